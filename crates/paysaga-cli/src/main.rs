@@ -1,0 +1,415 @@
+//! `paysaga`: the binary that wires the engine together: migrations, workers, definitions,
+//! starting and inspecting sagas.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use paysaga_core::{Definition, SagaStatus};
+use paysaga_runtime::{noop, Engine, Registry, SagaView, StartRequest, WorkerConfig};
+use paysaga_store::{PgStore, SagaFilter};
+use serde_json::Value;
+use uuid::Uuid;
+
+#[derive(Debug, Parser)]
+#[command(name = "paysaga", version, about = "Durable payout sagas on PostgreSQL")]
+struct Cli {
+    /// PostgreSQL URL.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply database migrations.
+    Migrate,
+    /// Run a worker (and its HTTP server) until SIGTERM/SIGINT.
+    Worker(WorkerArgs),
+    /// Submit or list workflow definitions.
+    #[command(subcommand)]
+    Definitions(DefinitionsCommand),
+    /// Start a saga; prints its id.
+    Start {
+        /// Workflow name.
+        workflow: String,
+        /// Input as JSON, or @FILE to read it from a file.
+        #[arg(long)]
+        input: String,
+        /// Idempotency key: starting again with the same key returns the same saga.
+        #[arg(long)]
+        key: Option<String>,
+        /// Definition version (default: latest).
+        #[arg(long)]
+        version: Option<u32>,
+    },
+    /// List sagas.
+    List {
+        /// Only these statuses (repeatable).
+        #[arg(long = "status")]
+        statuses: Vec<String>,
+        /// Only this workflow.
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Unfinished with no progress for this long (e.g. 10m), or waiting past its deadline.
+        #[arg(long)]
+        stuck_for: Option<humantime::Duration>,
+        /// Maximum rows.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a saga: status, current step, wait, outputs and history.
+    Show {
+        /// Saga id.
+        id: Uuid,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a saga (compensations of completed steps run).
+    Cancel {
+        /// Saga id.
+        id: Uuid,
+        /// Why (recorded in history).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DefinitionsCommand {
+    /// Validate and store definition files (TOML).
+    Submit {
+        /// Files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// List stored definitions.
+    List {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct WorkerArgs {
+    /// Steps run at once.
+    #[arg(long, env = "PAYSAGA_CONCURRENCY", default_value_t = 16)]
+    concurrency: usize,
+    /// HTTP address for webhooks, probes and metrics.
+    #[arg(long, env = "PAYSAGA_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    http_addr: SocketAddr,
+    /// A label for this worker (leases use an id unique per process start).
+    #[arg(long, env = "PAYSAGA_WORKER_ID")]
+    worker_id: Option<String>,
+    /// Lease length.
+    #[arg(long, env = "PAYSAGA_LEASE_TTL", default_value = "30s")]
+    lease_ttl: humantime::Duration,
+    /// Longest sleep without a notification.
+    #[arg(long, env = "PAYSAGA_IDLE_POLL", default_value = "5s")]
+    idle_poll: humantime::Duration,
+    /// Time in-flight steps get after SIGTERM.
+    #[arg(long, env = "PAYSAGA_SHUTDOWN_GRACE", default_value = "30s")]
+    shutdown_grace: humantime::Duration,
+    /// Do not apply migrations at start (run `paysaga migrate` as a separate job).
+    #[arg(long, env = "PAYSAGA_NO_MIGRATE")]
+    no_migrate: bool,
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::io::stderr().is_terminal() {
+        builder.init();
+    } else {
+        builder.json().flatten_event(true).with_current_span(true).init();
+    }
+}
+
+fn registry() -> Registry {
+    let mut registry = Registry::new();
+    registry.register(noop::Sleep);
+    registry
+}
+
+async fn engine(url: Option<&str>) -> Result<Engine> {
+    let url = url.context("no database: set DATABASE_URL or pass --database-url")?;
+    let store = PgStore::connect(url)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {}", redact_url(url)))?;
+    Ok(Engine::new(Arc::new(store), registry()))
+}
+
+/// Hides a password in a URL for messages.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Built-in definitions are available without a submission.
+async fn ensure_builtins(engine: &Engine) -> Result<()> {
+    engine
+        .submit_definition(&noop::noop_definition())
+        .await
+        .context("cannot store the built-in noop definition")?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging();
+    let url = cli.database_url.as_deref();
+    match cli.command {
+        Command::Migrate => {
+            let engine = engine(url).await?;
+            engine.store().migrate().await.context("migration failed")?;
+            ensure_builtins(&engine).await?;
+            println!("migrations applied");
+        }
+        Command::Worker(args) => run_worker(url, args).await?,
+        Command::Definitions(DefinitionsCommand::Submit { files }) => {
+            let engine = engine(url).await?;
+            for file in files {
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                let def = Definition::from_toml(&text).with_context(|| format!("{}", file.display()))?;
+                let rec = engine
+                    .submit_definition(&def)
+                    .await
+                    .with_context(|| format!("{} refused", file.display()))?;
+                println!("{} v{} {} ({})", rec.name, rec.version, &rec.content_hash[..12], file.display());
+            }
+        }
+        Command::Definitions(DefinitionsCommand::List { json }) => {
+            let engine = engine(url).await?;
+            ensure_builtins(&engine).await?;
+            let defs = engine.store().list_definitions().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&defs)?);
+            } else {
+                println!("{:<24} {:>7}  {:<12}  {}", "NAME", "VERSION", "HASH", "STEPS");
+                for d in defs {
+                    let steps: Vec<&str> = d.definition.steps.iter().map(|s| s.name.as_str()).collect();
+                    println!("{:<24} {:>7}  {:<12}  {}", d.name, d.version, &d.content_hash[..12], steps.join(" > "));
+                }
+            }
+        }
+        Command::Start { workflow, input, key, version } => {
+            let engine = engine(url).await?;
+            ensure_builtins(&engine).await?;
+            let input = read_input(&input)?;
+            let started = engine
+                .start_with(StartRequest {
+                    workflow: workflow.clone(),
+                    version,
+                    input,
+                    idempotency_key: key,
+                    actor: format!("cli:{}", whoami()),
+                })
+                .await
+                .with_context(|| format!("cannot start workflow {workflow}"))?;
+            println!("{}", started.saga_id);
+        }
+        Command::List { statuses, workflow, stuck_for, limit, json } => {
+            let engine = engine(url).await?;
+            let statuses = statuses
+                .iter()
+                .map(|s| s.parse::<SagaStatus>())
+                .collect::<Result<Vec<_>, _>>()?;
+            let stuck_since = stuck_for
+                .map(|d| chrono::Duration::from_std(d.into()).map(|d| chrono::Utc::now() - d))
+                .transpose()
+                .context("--stuck-for is too long")?;
+            let sagas = engine
+                .list(&SagaFilter { statuses, workflow, stuck_since, limit: Some(limit) })
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&sagas)?);
+            } else {
+                println!("{:<36}  {:<16} {:<12} {:>4}  {:<20}  {}", "ID", "WORKFLOW", "STATUS", "STEP", "UPDATED", "LAST ERROR");
+                for s in sagas {
+                    println!(
+                        "{:<36}  {:<16} {:<12} {:>4}  {:<20}  {}",
+                        s.id,
+                        format!("{} v{}", s.workflow, s.version),
+                        s.status.as_str(),
+                        s.step_index,
+                        s.updated_at.format("%Y-%m-%d %H:%M:%S"),
+                        s.last_error.as_deref().unwrap_or("")
+                    );
+                }
+            }
+        }
+        Command::Show { id, json } => {
+            let engine = engine(url).await?;
+            let view = engine.get(id).await.with_context(|| format!("cannot show saga {id}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                print_saga(&view);
+            }
+        }
+        Command::Cancel { id, reason } => {
+            let engine = engine(url).await?;
+            let saga = engine
+                .cancel(id, &format!("cli:{}", whoami()), &reason)
+                .await
+                .with_context(|| format!("cannot cancel saga {id}"))?;
+            println!("cancel requested for saga {} (status {}); compensations run next", saga.id, saga.status);
+        }
+    }
+    Ok(())
+}
+
+fn whoami() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "unknown".to_string())
+}
+
+fn read_input(arg: &str) -> Result<Value> {
+    let text = match arg.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read input file {path}"))?,
+        None => arg.to_string(),
+    };
+    serde_json::from_str(&text).context("--input is not valid JSON")
+}
+
+fn print_saga(v: &SagaView) {
+    let s = &v.saga;
+    println!("saga      {}", s.id);
+    println!("workflow  {} v{}", s.workflow, s.version);
+    println!("status    {}", s.status);
+    if let Some(step) = &v.current_step {
+        println!("step      {step} (#{}, attempt {})", s.step_index + 1, s.attempt);
+    }
+    if let Some(w) = &s.wait {
+        println!(
+            "waiting   for {} {} key {} until {} (next poll {})",
+            w.provider,
+            w.event_types.join("/"),
+            w.correlation_key,
+            w.deadline,
+            w.poll_at
+        );
+    }
+    if let Some(at) = s.run_at {
+        println!("next run  {at}");
+    }
+    if let Some(owner) = s.owner {
+        println!("lease     held by worker {owner}");
+    }
+    if let Some(e) = &s.last_error {
+        println!("error     {e}");
+    }
+    println!("input     {}", s.input);
+    println!("outputs   {}", s.outputs);
+    println!("history:");
+    let mut prev: Option<chrono::DateTime<chrono::Utc>> = None;
+    for h in &v.history {
+        let delta = prev.map(|p| format!("+{}ms", (h.at - p).num_milliseconds())).unwrap_or_default();
+        prev = Some(h.at);
+        println!(
+            "  {} {:>9}  {:<22} {:<16} {}{}",
+            h.at.format("%H:%M:%S%.3f"),
+            delta,
+            h.kind.as_str(),
+            h.step.as_deref().unwrap_or("-"),
+            h.attempt.map(|a| format!("attempt {a} ")).unwrap_or_default(),
+            h.error.as_deref().unwrap_or("")
+        );
+    }
+}
+
+async fn run_worker(url: Option<&str>, args: WorkerArgs) -> Result<()> {
+    let engine = engine(url).await?;
+    if !args.no_migrate {
+        engine.store().migrate().await.context("migration failed (use --no-migrate if migrations run as a separate job)")?;
+    }
+    ensure_builtins(&engine).await?;
+    let config = WorkerConfig {
+        name: args.worker_id.unwrap_or_else(|| "worker".to_string()),
+        concurrency: args.concurrency,
+        lease_ttl: args.lease_ttl.into(),
+        idle_poll: args.idle_poll.into(),
+        shutdown_grace: args.shutdown_grace.into(),
+        ..WorkerConfig::default()
+    };
+    if config.lease_ttl < Duration::from_millis(300) {
+        bail!("--lease-ttl must be at least 300ms");
+    }
+    let listener = tokio::net::TcpListener::bind(args.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.http_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "HTTP server listening");
+    let app = paysaga_runtime::http::probes(engine.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let http = tokio::spawn({
+        let mut rx = stop_rx.clone();
+        async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+        }
+    });
+    let worker = engine.worker(config);
+    let shutdown = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received; draining (a second signal exits at once)");
+        let _ = stop_tx.send(true);
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+    worker.run(shutdown).await.context("worker failed")?;
+    let _ = http.await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}

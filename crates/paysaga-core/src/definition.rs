@@ -1,0 +1,581 @@
+//! Workflow definitions: data that names step kinds, their parameters and policies.
+//!
+//! A definition is written in TOML (files in `workflows/`) or built in Rust, validated
+//! against the registered step kinds, and stored versioned by name + version + content hash.
+//!
+//! Parameters are JSON values. A string that starts with `$` is a JSONPath (RFC 9535, via
+//! `serde_json_path`) evaluated against the saga's *scope*:
+//! `{"input": <saga input>, "steps": {"<step name>": <its output>}, "saga": {"id", "workflow"}}`,
+//! e.g. `"$.input.amount"` or `"$.steps.create_payable.id"`. Write `"$$..."` for a literal
+//! string that starts with `$`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_json_path::JsonPath;
+use sha2::{Digest, Sha256};
+
+use crate::retry::{PolicyError, RetryPolicy};
+
+/// A workflow definition: a named, versioned, ordered list of steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Definition {
+    /// Workflow name used by `start` (`[a-z0-9_.-]+`).
+    pub name: String,
+    /// Version, starting at 1. Different content under an existing version is refused.
+    pub version: u32,
+    /// Free text for operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Steps in execution order.
+    pub steps: Vec<StepDef>,
+}
+
+/// One step of a definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepDef {
+    /// Unique within the definition; part of the step's idempotency key.
+    pub name: String,
+    /// Registered step kind, e.g. `noop.sleep` or `lumanu.create_payable`.
+    pub kind: String,
+    /// Parameters (JSON); strings starting with `$` are JSONPath references.
+    #[serde(default = "empty_object")]
+    pub params: Value,
+    /// Retry policy for transient failures.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// Longest time one attempt may run before it counts as a transient failure.
+    #[serde(default = "default_timeout", with = "serde_duration")]
+    pub timeout: Duration,
+    /// Longest time the step may wait for an event before it fails.
+    #[serde(default = "default_deadline", with = "serde_duration")]
+    pub deadline: Duration,
+    /// Silence after which a waiting step polls the provider (polling fallback).
+    #[serde(default = "default_poll_every", with = "serde_duration")]
+    pub poll_every: Duration,
+    /// Whether the step's compensation runs when a later step fails (default: yes, if the
+    /// step kind has one).
+    #[serde(default = "default_true")]
+    pub compensate: bool,
+    /// Marks the step's effect as impossible to undo even if the kind does not say so.
+    #[serde(default)]
+    pub irreversible: bool,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_deadline() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_poll_every() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_true() -> bool {
+    true
+}
+
+impl StepDef {
+    /// A step with default policies.
+    pub fn new(name: impl Into<String>, kind: impl Into<String>, params: Value) -> Self {
+        StepDef {
+            name: name.into(),
+            kind: kind.into(),
+            params,
+            retry: RetryPolicy::default(),
+            timeout: default_timeout(),
+            deadline: default_deadline(),
+            poll_every: default_poll_every(),
+            compensate: true,
+            irreversible: false,
+        }
+    }
+}
+
+/// What is wrong with a definition. Each variant names the step and field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DefinitionError {
+    /// The file is not valid TOML for a definition.
+    #[error("definition is not valid TOML: {0}")]
+    Parse(String),
+    /// Name empty or with characters outside `[a-z0-9_.-]`.
+    #[error("workflow name {0:?} must be non-empty and use only a-z, 0-9, '_', '.', '-'")]
+    BadName(String),
+    /// Version 0.
+    #[error("workflow {0}: version must be at least 1")]
+    ZeroVersion(String),
+    /// No steps.
+    #[error("workflow {0}: a definition needs at least one step")]
+    NoSteps(String),
+    /// Two steps share a name.
+    #[error("workflow {workflow}: step name {step:?} is used twice")]
+    DuplicateStep {
+        /// workflow
+        workflow: String,
+        /// step
+        step: String,
+    },
+    /// Step name empty or with characters outside `[a-z0-9_-]`.
+    #[error("workflow {workflow}: step name {step:?} must be non-empty and use only a-z, 0-9, '_', '-'")]
+    BadStepName {
+        /// workflow
+        workflow: String,
+        /// step
+        step: String,
+    },
+    /// The step kind is not registered with this engine.
+    #[error("workflow {workflow}, step {step}: unknown step kind {kind:?} (registered: {known})")]
+    UnknownKind {
+        /// workflow
+        workflow: String,
+        /// step
+        step: String,
+        /// kind
+        kind: String,
+        /// comma-separated registered kinds
+        known: String,
+    },
+    /// A parameter path is not valid JSONPath or refers to something that cannot exist.
+    #[error("workflow {workflow}, step {step}, parameter {param}: {reason}")]
+    BadReference {
+        /// workflow
+        workflow: String,
+        /// step
+        step: String,
+        /// parameter location, e.g. `params.amount`
+        param: String,
+        /// what is wrong
+        reason: String,
+    },
+    /// The retry policy is impossible.
+    #[error("workflow {workflow}, step {step}: retry policy: {source}")]
+    Policy {
+        /// workflow
+        workflow: String,
+        /// step
+        step: String,
+        /// what is wrong
+        source: PolicyError,
+    },
+    /// A duration that must be positive is zero.
+    #[error("workflow {workflow}, step {step}: {field} must be longer than zero")]
+    ZeroDuration {
+        /// workflow
+        workflow: String,
+        /// step
+        step: String,
+        /// field name
+        field: &'static str,
+    },
+    /// The step kind refused the step's parameters.
+    #[error("workflow {workflow}, step {step}: {reason}")]
+    Params {
+        /// workflow
+        workflow: String,
+        /// step
+        step: String,
+        /// what is wrong
+        reason: String,
+    },
+}
+
+impl Definition {
+    /// Parses a definition from TOML.
+    pub fn from_toml(text: &str) -> Result<Definition, DefinitionError> {
+        toml::from_str(text).map_err(|e| DefinitionError::Parse(e.to_string()))
+    }
+
+    /// Content hash: hex SHA-256 of the canonical JSON form (object keys sorted).
+    pub fn content_hash(&self) -> String {
+        let canonical = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(Sha256::digest(canonical))
+    }
+
+    /// The distinct step kinds this definition needs.
+    pub fn step_kinds(&self) -> Vec<String> {
+        let mut kinds: Vec<String> = self.steps.iter().map(|s| s.kind.clone()).collect();
+        kinds.sort();
+        kinds.dedup();
+        kinds
+    }
+
+    /// Validates structure, policies and references; `is_known_kind` answers whether a
+    /// step kind is registered. Returns the compiled form used at run time.
+    pub fn compile(
+        &self,
+        is_known_kind: &dyn Fn(&str) -> bool,
+        known_kinds: &[String],
+    ) -> Result<CompiledDefinition, DefinitionError> {
+        let wf = &self.name;
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c))
+        {
+            return Err(DefinitionError::BadName(self.name.clone()));
+        }
+        if self.version == 0 {
+            return Err(DefinitionError::ZeroVersion(wf.clone()));
+        }
+        if self.steps.is_empty() {
+            return Err(DefinitionError::NoSteps(wf.clone()));
+        }
+        let mut seen = HashSet::new();
+        let mut steps = Vec::with_capacity(self.steps.len());
+        for step in &self.steps {
+            let err_step = || step.name.clone();
+            if step.name.is_empty()
+                || !step
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-".contains(c))
+            {
+                return Err(DefinitionError::BadStepName { workflow: wf.clone(), step: err_step() });
+            }
+            if !seen.insert(step.name.as_str()) {
+                return Err(DefinitionError::DuplicateStep {
+                    workflow: wf.clone(),
+                    step: err_step(),
+                });
+            }
+            if !is_known_kind(&step.kind) {
+                return Err(DefinitionError::UnknownKind {
+                    workflow: wf.clone(),
+                    step: err_step(),
+                    kind: step.kind.clone(),
+                    known: known_kinds.join(", "),
+                });
+            }
+            step.retry.validate().map_err(|source| DefinitionError::Policy {
+                workflow: wf.clone(),
+                step: err_step(),
+                source,
+            })?;
+            for (field, d) in [
+                ("timeout", step.timeout),
+                ("deadline", step.deadline),
+                ("poll_every", step.poll_every),
+            ] {
+                if d.is_zero() {
+                    return Err(DefinitionError::ZeroDuration {
+                        workflow: wf.clone(),
+                        step: err_step(),
+                        field,
+                    });
+                }
+            }
+            // `seen` holds this step and the earlier ones; a step may not read its own output.
+            let mut earlier: HashSet<&str> = seen.clone();
+            earlier.remove(step.name.as_str());
+            let params = Params::compile(&step.params, "params", &earlier).map_err(
+                |(param, reason)| DefinitionError::BadReference {
+                    workflow: wf.clone(),
+                    step: err_step(),
+                    param,
+                    reason,
+                },
+            )?;
+            steps.push(CompiledStep { def: step.clone(), params });
+        }
+        Ok(CompiledDefinition { definition: self.clone(), steps })
+    }
+}
+
+/// A validated definition with parameter paths parsed once.
+#[derive(Debug, Clone)]
+pub struct CompiledDefinition {
+    /// The source definition.
+    pub definition: Definition,
+    /// Steps, in order.
+    pub steps: Vec<CompiledStep>,
+}
+
+/// A validated step.
+#[derive(Debug, Clone)]
+pub struct CompiledStep {
+    /// The step as written.
+    pub def: StepDef,
+    /// Its parameters with references parsed.
+    pub params: Params,
+}
+
+/// A parameter template: literals and JSONPath references.
+#[derive(Debug, Clone)]
+pub enum Params {
+    /// A literal JSON value.
+    Literal(Value),
+    /// A reference evaluated against the saga scope.
+    Path {
+        /// The path as written.
+        source: String,
+        /// Parsed path.
+        path: JsonPath,
+    },
+    /// An array of templates.
+    Array(Vec<Params>),
+    /// An object of templates.
+    Object(BTreeMap<String, Params>),
+}
+
+/// A parameter could not be resolved at run time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("parameter {param}: path {path} {reason}")]
+pub struct ResolveError {
+    /// Parameter location.
+    pub param: String,
+    /// The path as written.
+    pub path: String,
+    /// What went wrong.
+    pub reason: String,
+}
+
+impl Params {
+    fn compile(
+        value: &Value,
+        at: &str,
+        earlier_steps: &HashSet<&str>,
+    ) -> Result<Params, (String, String)> {
+        Ok(match value {
+            Value::String(s) if s.starts_with("$$") => Params::Literal(Value::String(s[1..].to_string())),
+            Value::String(s) if s.starts_with('$') => {
+                let path = JsonPath::parse(s)
+                    .map_err(|e| (at.to_string(), format!("{s:?} is not valid JSONPath: {e}")))?;
+                check_scope(s, earlier_steps).map_err(|reason| (at.to_string(), reason))?;
+                Params::Path { source: s.clone(), path }
+            }
+            Value::Array(items) => Params::Array(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| Params::compile(v, &format!("{at}[{i}]"), earlier_steps))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Value::Object(map) => Params::Object(
+                map.iter()
+                    .map(|(k, v)| {
+                        Params::compile(v, &format!("{at}.{k}"), earlier_steps).map(|p| (k.clone(), p))
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            other => Params::Literal(other.clone()),
+        })
+    }
+
+    /// Resolves the template against a scope (see the module docs). A path must match
+    /// exactly one value.
+    pub fn resolve(&self, scope: &Value) -> Result<Value, ResolveError> {
+        self.resolve_at(scope, "params")
+    }
+
+    fn resolve_at(&self, scope: &Value, at: &str) -> Result<Value, ResolveError> {
+        match self {
+            Params::Literal(v) => Ok(v.clone()),
+            Params::Path { source, path } => {
+                let nodes = path.query(scope).all();
+                match nodes.as_slice() {
+                    [one] => Ok((*one).clone()),
+                    [] => Err(ResolveError {
+                        param: at.to_string(),
+                        path: source.clone(),
+                        reason: "matched nothing".into(),
+                    }),
+                    many => Err(ResolveError {
+                        param: at.to_string(),
+                        path: source.clone(),
+                        reason: format!("matched {} values, expected one", many.len()),
+                    }),
+                }
+            }
+            Params::Array(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, p)| p.resolve_at(scope, &format!("{at}[{i}]")))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Value::Array),
+            Params::Object(map) => map
+                .iter()
+                .map(|(k, p)| p.resolve_at(scope, &format!("{at}.{k}")).map(|v| (k.clone(), v)))
+                .collect::<Result<serde_json::Map<_, _>, _>>()
+                .map(Value::Object),
+        }
+    }
+
+    /// Resolves only what the saga input decides: paths into `$.steps` become `null`.
+    /// Used to validate inputs at start, before any step has run.
+    pub fn resolve_input_only(&self, scope: &Value) -> Result<Value, ResolveError> {
+        match self {
+            Params::Path { source, .. } if source.starts_with("$.steps") => Ok(Value::Null),
+            Params::Array(items) => items
+                .iter()
+                .map(|p| p.resolve_input_only(scope))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Value::Array),
+            Params::Object(map) => map
+                .iter()
+                .map(|(k, p)| p.resolve_input_only(scope).map(|v| (k.clone(), v)))
+                .collect::<Result<serde_json::Map<_, _>, _>>()
+                .map(Value::Object),
+            other => other.resolve(scope),
+        }
+    }
+}
+
+/// Only `$.input...`, `$.saga...` and `$.steps.<earlier step>...` can exist at run time.
+fn check_scope(path: &str, earlier_steps: &HashSet<&str>) -> Result<(), String> {
+    let rest = path.strip_prefix("$.").ok_or_else(|| {
+        format!("{path:?} must start with $.input, $.saga or $.steps.<earlier step>")
+    })?;
+    let (root, tail) = match rest.find(['.', '[']) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    match root {
+        "input" | "saga" => Ok(()),
+        "steps" => {
+            let tail = tail.strip_prefix('.').ok_or_else(|| {
+                format!("{path:?}: write step references as $.steps.<step name>...")
+            })?;
+            let step = tail.split(['.', '[']).next().unwrap_or_default();
+            if earlier_steps.contains(step) {
+                Ok(())
+            } else {
+                Err(format!("{path:?} refers to step {step:?}, which is not an earlier step"))
+            }
+        }
+        other => Err(format!(
+            "{path:?} starts at {other:?}; references start at $.input, $.saga or $.steps"
+        )),
+    }
+}
+
+/// Serde for `Duration` as human-readable text (`"250ms"`, `"30s"`, `"5m"`, `"2h"`, `"7d"`).
+pub mod serde_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes `d` as text.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    /// Reads text such as `"1s"` or `"1h 30m"`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("bad duration {text:?} ({e}); write e.g. \"500ms\", \"30s\", \"5m\", \"7d\""))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn known(k: &str) -> bool {
+        k.starts_with("noop.")
+    }
+
+    fn compile(def: &Definition) -> Result<CompiledDefinition, DefinitionError> {
+        def.compile(&known, &["noop.sleep".to_string()])
+    }
+
+    const TOML: &str = r#"
+        name = "pay"
+        version = 1
+        [[steps]]
+        name = "create"
+        kind = "noop.sleep"
+        params = { amount = "$.input.amount", note = "$$literal" }
+        retry = { initial_delay = "100ms", max_attempts = 5, max_delay = "10s" }
+        [[steps]]
+        name = "confirm"
+        kind = "noop.sleep"
+        params = { id = "$.steps.create.id", list = ["$.input.amount", 3] }
+        deadline = "2h"
+    "#;
+
+    #[test]
+    fn toml_definition_compiles_and_resolves_references() {
+        let def = Definition::from_toml(TOML).expect("parses");
+        assert_eq!(def.steps[0].retry.initial_delay, Duration::from_millis(100));
+        assert_eq!(def.steps[1].deadline, Duration::from_secs(7200));
+        let c = compile(&def).expect("valid");
+        let scope = json!({"input": {"amount": 1200}, "steps": {"create": {"id": "p_1"}}});
+        assert_eq!(
+            c.steps[0].params.resolve(&scope).expect("resolves"),
+            json!({"amount": 1200, "note": "$literal"})
+        );
+        assert_eq!(
+            c.steps[1].params.resolve(&scope).expect("resolves"),
+            json!({"id": "p_1", "list": [1200, 3]})
+        );
+        assert_eq!(
+            c.steps[1].params.resolve_input_only(&json!({"input": {"amount": 5}})).expect("ok"),
+            json!({"id": null, "list": [5, 3]})
+        );
+        let err = c.steps[1].params.resolve(&json!({"input": {"amount": 1}})).unwrap_err();
+        assert!(err.to_string().contains("$.steps.create.id matched nothing"), "{err}");
+    }
+
+    #[test]
+    fn content_hash_is_stable_and_sensitive() {
+        let a = Definition::from_toml(TOML).expect("parses");
+        let b = Definition::from_toml(TOML).expect("parses");
+        assert_eq!(a.content_hash(), b.content_hash());
+        let mut c = a.clone();
+        c.steps[0].retry.max_attempts = crate::retry::Attempts::Limited(6);
+        assert_ne!(a.content_hash(), c.content_hash());
+    }
+
+    #[test]
+    fn bad_definitions_name_what_is_wrong() {
+        let base = Definition::from_toml(TOML).expect("parses");
+        let mut d = base.clone();
+        d.steps[1].name = "create".into();
+        assert!(matches!(compile(&d), Err(DefinitionError::DuplicateStep { .. })));
+        let mut d = base.clone();
+        d.steps[0].kind = "lumanu.nope".into();
+        let e = compile(&d).unwrap_err();
+        assert!(e.to_string().contains("unknown step kind \"lumanu.nope\""), "{e}");
+        let mut d = base.clone();
+        d.steps[0].params = json!({"x": "$.steps.confirm.id"});
+        let e = compile(&d).unwrap_err();
+        assert!(e.to_string().contains("not an earlier step"), "{e}");
+        let mut d = base.clone();
+        d.steps[0].params = json!({"x": "$.input[?"});
+        assert!(matches!(compile(&d), Err(DefinitionError::BadReference { .. })));
+        let mut d = base.clone();
+        d.steps[0].params = json!({"x": "$.secrets.key"});
+        assert!(matches!(compile(&d), Err(DefinitionError::BadReference { .. })));
+        let mut d = base.clone();
+        d.steps[0].retry.multiplier = 0.1;
+        assert!(matches!(compile(&d), Err(DefinitionError::Policy { .. })));
+        let mut d = base.clone();
+        d.version = 0;
+        assert!(matches!(compile(&d), Err(DefinitionError::ZeroVersion(_))));
+        let mut d = base;
+        d.steps.clear();
+        assert!(matches!(compile(&d), Err(DefinitionError::NoSteps(_))));
+        assert!(matches!(
+            Definition::from_toml("name = 1"),
+            Err(DefinitionError::Parse(_))
+        ));
+        assert!(Definition::from_toml(
+            "name='x'\nversion=1\n[[steps]]\nname='a'\nkind='noop.sleep'\ntimeout='soon'"
+        )
+        .unwrap_err()
+        .to_string()
+        .contains("bad duration"));
+    }
+}

@@ -1,0 +1,48 @@
+//! # paysaga-core
+//!
+//! The pure model of paysaga: workflow definitions (data), the step-kind trait, retry
+//! policies and the saga state machine. Nothing here does I/O; the store persists what the
+//! state machine decides and the runtime runs the step kinds.
+//!
+//! ## Glossary
+//! - **saga**: one run of a workflow definition for one input (one payout).
+//! - **definition**: a named, versioned list of steps ([`Definition`]); sagas pin the version
+//!   they started on.
+//! - **step kind**: Rust code registered under a stable name ([`StepKind`]); a step names a kind.
+//! - **attempt**: one run of a step; transient failures lead to another attempt later.
+//! - **wait**: a step waiting for an event (with a deadline and a polling fallback).
+//! - **event**: a provider webhook (or an operator's manual event) stored in the inbox.
+//! - **compensation**: undoing a completed step's effect after a later step failed.
+//! - **transition**: what the state machine decides after a run ([`Transition`]); the store
+//!   applies it in one transaction.
+//!
+//! ## Example
+//! ```
+//! use paysaga_core::{Definition, SagaStatus};
+//!
+//! let def = Definition::from_toml(r#"
+//!     name = "noop"
+//!     version = 1
+//!     [[steps]]
+//!     name = "first"
+//!     kind = "noop.sleep"
+//!     params = { delay_ms = "$.input.delay_ms" }
+//! "#).unwrap();
+//! let compiled = def.compile(&|kind| kind == "noop.sleep", &["noop.sleep".into()]).unwrap();
+//! let scope = serde_json::json!({ "input": { "delay_ms": 5 } });
+//! assert_eq!(compiled.steps[0].params.resolve(&scope).unwrap(), serde_json::json!({ "delay_ms": 5 }));
+//! assert!(SagaStatus::Completed.is_final());
+//! ```
+
+pub mod definition;
+pub mod retry;
+pub mod saga;
+pub mod step;
+
+pub use definition::{CompiledDefinition, CompiledStep, Definition, DefinitionError, Params, StepDef};
+pub use retry::{Attempts, RetryDecision, RetryPolicy};
+pub use saga::{
+    after_compensation, after_step, next_run, ActiveWait, HistoryEntry, HistoryKind, NextRun,
+    SagaState, SagaStatus, StepTraits, Transition,
+};
+pub use step::{compensation_key, idempotency_key, Event, StepContext, StepKind, StepOutcome, Wake, WaitSpec};

@@ -1,0 +1,868 @@
+//! The saga state machine: pure functions from (state, step outcome) to a [`Transition`]
+//! that the store applies in one transaction. No I/O here.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::definition::CompiledDefinition;
+use crate::retry::RetryDecision;
+use crate::step::{Event, StepOutcome, Wake, WaitSpec};
+
+/// Where a saga is. Stored as text (`as_str`) with a CHECK constraint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SagaStatus {
+    /// Started, no step has run yet.
+    Scheduled,
+    /// Running a step or backing off before its next attempt.
+    Running,
+    /// Waiting for an event (with a deadline and a poll time).
+    Waiting,
+    /// A step failed permanently; completed steps are being undone in reverse.
+    Compensating,
+    /// Every step completed.
+    Completed,
+    /// Failed and fully rolled back (or nothing needed undoing).
+    Compensated,
+    /// Needs an operator: says why and what was already done.
+    Failed,
+    /// Cancelled by an operator; compensations ran.
+    Cancelled,
+}
+
+impl SagaStatus {
+    /// All statuses, in lifecycle order.
+    pub const ALL: [SagaStatus; 8] = [
+        SagaStatus::Scheduled,
+        SagaStatus::Running,
+        SagaStatus::Waiting,
+        SagaStatus::Compensating,
+        SagaStatus::Completed,
+        SagaStatus::Compensated,
+        SagaStatus::Failed,
+        SagaStatus::Cancelled,
+    ];
+
+    /// The stored text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SagaStatus::Scheduled => "scheduled",
+            SagaStatus::Running => "running",
+            SagaStatus::Waiting => "waiting",
+            SagaStatus::Compensating => "compensating",
+            SagaStatus::Completed => "completed",
+            SagaStatus::Compensated => "compensated",
+            SagaStatus::Failed => "failed",
+            SagaStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// No worker will touch the saga again without an operator.
+    pub fn is_final(self) -> bool {
+        match self {
+            SagaStatus::Completed
+            | SagaStatus::Compensated
+            | SagaStatus::Failed
+            | SagaStatus::Cancelled => true,
+            SagaStatus::Scheduled
+            | SagaStatus::Running
+            | SagaStatus::Waiting
+            | SagaStatus::Compensating => false,
+        }
+    }
+}
+
+impl fmt::Display for SagaStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown status text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown saga status {0:?} (expected one of scheduled, running, waiting, compensating, completed, compensated, failed, cancelled)")]
+pub struct UnknownStatus(pub String);
+
+impl FromStr for SagaStatus {
+    type Err = UnknownStatus;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        SagaStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| UnknownStatus(s.to_string()))
+    }
+}
+
+/// What kind of history entry. Stored as text with a CHECK constraint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HistoryKind {
+    /// The saga was created.
+    SagaStarted,
+    /// A step finished with an output.
+    StepCompleted,
+    /// A step failed transiently; the next attempt is scheduled.
+    StepRetrying,
+    /// A step began (or went on) waiting for an event.
+    StepWaiting,
+    /// An event ended a wait.
+    EventReceived,
+    /// A step failed permanently.
+    StepFailed,
+    /// Compensation of completed steps began.
+    CompensationStarted,
+    /// One step's effect was undone.
+    StepCompensated,
+    /// A compensation failed transiently.
+    CompensationRetrying,
+    /// A compensation failed for good.
+    CompensationFailed,
+    /// The saga completed.
+    SagaCompleted,
+    /// The saga ended rolled back.
+    SagaCompensated,
+    /// The saga is parked for an operator.
+    SagaFailed,
+    /// The saga was cancelled.
+    SagaCancelled,
+    /// An operator asked for a cancel.
+    CancelRequested,
+    /// A worker lost its lease and another took the saga over.
+    LeaseTakenOver,
+}
+
+impl HistoryKind {
+    /// All kinds.
+    pub const ALL: [HistoryKind; 16] = [
+        HistoryKind::SagaStarted,
+        HistoryKind::StepCompleted,
+        HistoryKind::StepRetrying,
+        HistoryKind::StepWaiting,
+        HistoryKind::EventReceived,
+        HistoryKind::StepFailed,
+        HistoryKind::CompensationStarted,
+        HistoryKind::StepCompensated,
+        HistoryKind::CompensationRetrying,
+        HistoryKind::CompensationFailed,
+        HistoryKind::SagaCompleted,
+        HistoryKind::SagaCompensated,
+        HistoryKind::SagaFailed,
+        HistoryKind::SagaCancelled,
+        HistoryKind::CancelRequested,
+        HistoryKind::LeaseTakenOver,
+    ];
+
+    /// The stored text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HistoryKind::SagaStarted => "saga_started",
+            HistoryKind::StepCompleted => "step_completed",
+            HistoryKind::StepRetrying => "step_retrying",
+            HistoryKind::StepWaiting => "step_waiting",
+            HistoryKind::EventReceived => "event_received",
+            HistoryKind::StepFailed => "step_failed",
+            HistoryKind::CompensationStarted => "compensation_started",
+            HistoryKind::StepCompensated => "step_compensated",
+            HistoryKind::CompensationRetrying => "compensation_retrying",
+            HistoryKind::CompensationFailed => "compensation_failed",
+            HistoryKind::SagaCompleted => "saga_completed",
+            HistoryKind::SagaCompensated => "saga_compensated",
+            HistoryKind::SagaFailed => "saga_failed",
+            HistoryKind::SagaCancelled => "saga_cancelled",
+            HistoryKind::CancelRequested => "cancel_requested",
+            HistoryKind::LeaseTakenOver => "lease_taken_over",
+        }
+    }
+}
+
+impl FromStr for HistoryKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        HistoryKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown history kind {s:?}"))
+    }
+}
+
+/// One history entry produced by a transition (the store adds time and worker).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// What happened.
+    pub kind: HistoryKind,
+    /// Which step, if any.
+    pub step: Option<String>,
+    /// Which attempt of it.
+    pub attempt: Option<u32>,
+    /// The error, for failures.
+    pub error: Option<String>,
+    /// Extra facts (next attempt time, wait key, output size...).
+    pub detail: Value,
+}
+
+impl HistoryEntry {
+    fn new(kind: HistoryKind, step: Option<&str>, attempt: Option<u32>) -> Self {
+        HistoryEntry {
+            kind,
+            step: step.map(str::to_string),
+            attempt,
+            error: None,
+            detail: Value::Null,
+        }
+    }
+    fn error(mut self, e: &str) -> Self {
+        self.error = Some(e.to_string());
+        self
+    }
+    fn detail(mut self, d: Value) -> Self {
+        self.detail = d;
+        self
+    }
+}
+
+/// An active wait as stored on the saga.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActiveWait {
+    /// Provider whose events may end it.
+    pub provider: String,
+    /// Event types that end it.
+    pub event_types: Vec<String>,
+    /// Correlation key the event must carry.
+    pub correlation_key: String,
+    /// When the step gives up.
+    pub deadline: DateTime<Utc>,
+    /// When the step polls the provider if no event came.
+    pub poll_at: DateTime<Utc>,
+    /// When the wait began.
+    pub since: DateTime<Utc>,
+    /// State handed back to the step.
+    #[serde(default)]
+    pub state: Value,
+}
+
+/// What the state machine needs to know about a saga.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SagaState {
+    /// Saga id.
+    pub id: Uuid,
+    /// Status.
+    pub status: SagaStatus,
+    /// The current step (forward) or the step being compensated.
+    pub step_index: usize,
+    /// Attempts already made of the current step (or compensation).
+    pub attempt: u32,
+    /// When the first attempt of the current step ran.
+    pub step_started_at: Option<DateTime<Utc>>,
+    /// The active wait, when waiting.
+    pub wait: Option<ActiveWait>,
+    /// An operator asked to cancel.
+    pub cancel_requested: bool,
+    /// The error operators see; during compensation, the failure that started it.
+    pub last_error: Option<String>,
+}
+
+/// Per-step facts that come from the registered step kinds, not the definition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StepTraits {
+    /// The kind can undo its effect and the definition allows it.
+    pub compensable: bool,
+    /// The effect cannot be undone.
+    pub irreversible: bool,
+}
+
+/// What the worker should run next for a claimed saga.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NextRun {
+    /// Run step `index` forward.
+    Step {
+        /// Step index.
+        index: usize,
+        /// Why.
+        wake: Wake,
+        /// Attempt number of this run.
+        attempt: u32,
+    },
+    /// Run the compensation of step `index`.
+    Compensate {
+        /// Step index.
+        index: usize,
+        /// Attempt number of this run.
+        attempt: u32,
+    },
+    /// Nothing to run; apply this transition (e.g. a cancel with nothing to undo).
+    Apply(Box<Transition>),
+}
+
+/// The result of deciding: what the store writes in one transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    /// New status.
+    pub status: SagaStatus,
+    /// New step cursor.
+    pub step_index: usize,
+    /// Attempts made of the (new) current step.
+    pub attempt: u32,
+    /// First attempt time of the (new) current step.
+    pub step_started_at: Option<DateTime<Utc>>,
+    /// When a worker should pick the saga up again; `None` when final.
+    pub run_at: Option<DateTime<Utc>>,
+    /// The wait to store (status `Waiting`).
+    pub wait: Option<ActiveWait>,
+    /// A step output to store under the step's name.
+    pub output: Option<(String, Value)>,
+    /// The error to show operators (`None` clears it).
+    pub last_error: Option<String>,
+    /// History entries to append.
+    pub history: Vec<HistoryEntry>,
+    /// The worker keeps its lease and runs the next step at once (no re-claim).
+    pub continue_now: bool,
+}
+
+impl Transition {
+    fn base(state: &SagaState, status: SagaStatus) -> Self {
+        Transition {
+            status,
+            step_index: state.step_index,
+            attempt: state.attempt,
+            step_started_at: state.step_started_at,
+            run_at: None,
+            wait: None,
+            output: None,
+            last_error: None,
+            history: Vec::new(),
+            continue_now: false,
+        }
+    }
+}
+
+/// Decides what to run for a saga a worker just claimed (or kept).
+pub fn next_run(
+    state: &SagaState,
+    def: &CompiledDefinition,
+    traits: &[StepTraits],
+    wake_event: Option<Event>,
+    now: DateTime<Utc>,
+) -> NextRun {
+    match state.status {
+        SagaStatus::Scheduled | SagaStatus::Running | SagaStatus::Waiting
+            if state.cancel_requested =>
+        {
+            NextRun::Apply(Box::new(begin_unwind(
+                state,
+                def,
+                traits,
+                "cancelled by operator",
+                now,
+                Vec::new(),
+            )))
+        }
+        SagaStatus::Scheduled | SagaStatus::Running => {
+            let wake = if state.attempt == 0 {
+                Wake::Start
+            } else {
+                Wake::Retry { last_error: state.last_error.clone().unwrap_or_default() }
+            };
+            NextRun::Step { index: state.step_index, wake, attempt: state.attempt + 1 }
+        }
+        SagaStatus::Waiting => {
+            let wake = match (wake_event, &state.wait) {
+                (Some(ev), _) => Wake::Event(ev),
+                (None, Some(w)) => Wake::Poll { deadline_passed: now >= w.deadline },
+                (None, None) => Wake::Poll { deadline_passed: false },
+            };
+            NextRun::Step { index: state.step_index, wake, attempt: state.attempt.max(1) }
+        }
+        SagaStatus::Compensating => {
+            NextRun::Compensate { index: state.step_index, attempt: state.attempt + 1 }
+        }
+        SagaStatus::Completed
+        | SagaStatus::Compensated
+        | SagaStatus::Failed
+        | SagaStatus::Cancelled => {
+            // A final saga is never claimed; keep it where it is.
+            NextRun::Apply(Box::new(Transition::base(state, state.status)))
+        }
+    }
+}
+
+fn jitter_seed(id: Uuid, index: usize, attempt: u32) -> u64 {
+    let v = id.as_u128();
+    (v as u64) ^ ((v >> 64) as u64) ^ ((index as u64) << 32) ^ u64::from(attempt)
+}
+
+fn since(now: DateTime<Utc>, start: Option<DateTime<Utc>>) -> Duration {
+    start.map(|s| (now - s).to_std().unwrap_or_default()).unwrap_or_default()
+}
+
+fn add(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// Decides the transition after a forward run of step `index` returned `outcome`.
+pub fn after_step(
+    state: &SagaState,
+    def: &CompiledDefinition,
+    traits: &[StepTraits],
+    index: usize,
+    attempt: u32,
+    wake: &Wake,
+    outcome: StepOutcome,
+    now: DateTime<Utc>,
+) -> Transition {
+    let step = &def.steps[index].def;
+    let name = step.name.as_str();
+    let started = state.step_started_at.or(Some(now));
+    let waiting = matches!(wake, Wake::Event(_) | Wake::Poll { .. });
+    let mut history = Vec::new();
+    if let Wake::Event(ev) = wake {
+        history.push(
+            HistoryEntry::new(HistoryKind::EventReceived, Some(name), Some(attempt)).detail(json!({
+                "provider": ev.provider, "event_id": ev.event_id, "event_type": ev.event_type,
+                "correlation_key": ev.correlation_key, "inbox_id": ev.inbox_id,
+            })),
+        );
+    }
+    match outcome {
+        StepOutcome::Done(output) => {
+            history.push(HistoryEntry::new(HistoryKind::StepCompleted, Some(name), Some(attempt)));
+            let next = index + 1;
+            let mut t = Transition::base(state, SagaStatus::Running);
+            t.output = Some((name.to_string(), output));
+            t.step_index = next;
+            t.attempt = 0;
+            t.step_started_at = None;
+            if next >= def.steps.len() {
+                t.status = SagaStatus::Completed;
+                history.push(HistoryEntry::new(HistoryKind::SagaCompleted, None, None));
+            } else {
+                t.run_at = Some(now);
+                t.continue_now = true;
+            }
+            t.history = history;
+            t
+        }
+        StepOutcome::Wait(spec) => {
+            if let Wake::Poll { deadline_passed: true } = wake {
+                let error = format!(
+                    "wait deadline passed: no {} event {} for {} and the provider still has no final answer",
+                    spec.provider,
+                    spec.event_types.join("/"),
+                    spec.correlation_key
+                );
+                return fail_step(state, def, traits, index, attempt, &error, now, history);
+            }
+            let t = begin_wait(state, step, index, attempt, spec, now, started, history);
+            t
+        }
+        StepOutcome::Retry { error, after } if waiting => {
+            // A failed poll or event handling: the wait goes on; poll again after a backoff,
+            // never later than the wait's own rhythm. The deadline still rules.
+            let Some(wait) = state.wait.clone() else {
+                return fail_step(state, def, traits, index, attempt, &error, now, history);
+            };
+            if now >= wait.deadline {
+                let error = format!("wait deadline passed; last poll failed: {error}");
+                return fail_step(state, def, traits, index, attempt, &error, now, history);
+            }
+            let failures = state.attempt.saturating_add(1);
+            let delay = step.retry.base_delay(failures).min(step.poll_every).max(after.unwrap_or_default());
+            let poll_at = add(now, delay).min(wait.deadline);
+            history.push(
+                HistoryEntry::new(HistoryKind::StepWaiting, Some(name), Some(attempt))
+                    .error(&error)
+                    .detail(json!({"poll_at": poll_at, "deadline": wait.deadline})),
+            );
+            let mut t = Transition::base(state, SagaStatus::Waiting);
+            t.attempt = failures;
+            t.run_at = Some(poll_at);
+            t.wait = Some(ActiveWait { poll_at, ..wait });
+            t.last_error = Some(error);
+            t.history = history;
+            t
+        }
+        StepOutcome::Retry { error, after } => {
+            let elapsed = since(now, started);
+            match step.retry.decide(attempt, elapsed, jitter_seed(state.id, index, attempt), after) {
+                RetryDecision::RetryAfter(delay) => {
+                    let at = add(now, delay);
+                    history.push(
+                        HistoryEntry::new(HistoryKind::StepRetrying, Some(name), Some(attempt))
+                            .error(&error)
+                            .detail(json!({"next_attempt_at": at})),
+                    );
+                    let mut t = Transition::base(state, SagaStatus::Running);
+                    t.attempt = attempt;
+                    t.step_started_at = started;
+                    t.run_at = Some(at);
+                    t.last_error = Some(error);
+                    t.history = history;
+                    t
+                }
+                RetryDecision::Exhausted => {
+                    let error = format!("retries exhausted after {attempt} attempts: {error}");
+                    fail_step(state, def, traits, index, attempt, &error, now, history)
+                }
+            }
+        }
+        StepOutcome::Fail { error } => {
+            fail_step(state, def, traits, index, attempt, &error, now, history)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn begin_wait(
+    state: &SagaState,
+    step: &crate::definition::StepDef,
+    index: usize,
+    attempt: u32,
+    spec: WaitSpec,
+    now: DateTime<Utc>,
+    started: Option<DateTime<Utc>>,
+    mut history: Vec<HistoryEntry>,
+) -> Transition {
+    let same_step_wait = state.status == SagaStatus::Waiting && state.step_index == index;
+    let deadline = match (spec.new_deadline, &state.wait) {
+        (Some(d), _) => add(now, d),
+        (None, Some(w)) if same_step_wait => w.deadline,
+        (None, _) => add(now, step.deadline),
+    };
+    let since = match &state.wait {
+        Some(w) if same_step_wait && spec.new_deadline.is_none() => w.since,
+        _ => now,
+    };
+    let poll_at = add(now, spec.poll_after.unwrap_or(step.poll_every)).min(deadline);
+    history.push(
+        HistoryEntry::new(HistoryKind::StepWaiting, Some(&step.name), Some(attempt)).detail(json!({
+            "provider": spec.provider, "event_types": spec.event_types,
+            "correlation_key": spec.correlation_key, "deadline": deadline, "poll_at": poll_at,
+        })),
+    );
+    let mut t = Transition::base(state, SagaStatus::Waiting);
+    t.attempt = attempt;
+    t.step_started_at = started;
+    t.run_at = Some(poll_at);
+    t.wait = Some(ActiveWait {
+        provider: spec.provider,
+        event_types: spec.event_types,
+        correlation_key: spec.correlation_key,
+        deadline,
+        poll_at,
+        since,
+        state: spec.state,
+    });
+    t.history = history;
+    t
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fail_step(
+    state: &SagaState,
+    def: &CompiledDefinition,
+    traits: &[StepTraits],
+    index: usize,
+    attempt: u32,
+    error: &str,
+    now: DateTime<Utc>,
+    mut history: Vec<HistoryEntry>,
+) -> Transition {
+    let name = def.steps[index].def.name.as_str();
+    history.push(HistoryEntry::new(HistoryKind::StepFailed, Some(name), Some(attempt)).error(error));
+    let reason = format!("step {name} failed: {error}");
+    let unwinding = SagaState { step_index: index, ..state.clone() };
+    begin_unwind(&unwinding, def, traits, &reason, now, history)
+}
+
+/// Starts undoing the steps completed before `state.step_index`: compensations in
+/// reverse, or a park for an operator when one of them cannot be undone.
+fn begin_unwind(
+    state: &SagaState,
+    def: &CompiledDefinition,
+    traits: &[StepTraits],
+    reason: &str,
+    now: DateTime<Utc>,
+    mut history: Vec<HistoryEntry>,
+) -> Transition {
+    let completed = state.step_index.min(def.steps.len());
+    let irreversible: Vec<&str> = (0..completed)
+        .filter(|&j| traits[j].irreversible || def.steps[j].def.irreversible)
+        .map(|j| def.steps[j].def.name.as_str())
+        .collect();
+    let mut t = Transition::base(state, SagaStatus::Failed);
+    t.wait = None;
+    t.attempt = 0;
+    t.step_started_at = None;
+    if state.cancel_requested {
+        history.push(HistoryEntry::new(HistoryKind::CancelRequested, None, None).detail(json!({"applied": true})));
+    }
+    if !irreversible.is_empty() {
+        let error = format!(
+            "{reason}; parked for an operator because completed step(s) {} cannot be undone (money may have moved): check the provider, then skip, retry or close the saga",
+            irreversible.join(", ")
+        );
+        history.push(HistoryEntry::new(HistoryKind::SagaFailed, None, None).error(&error));
+        t.last_error = Some(error);
+        t.history = history;
+        return t;
+    }
+    t.last_error = Some(reason.to_string());
+    match previous_compensable(traits, def, completed) {
+        Some(j) => {
+            history.push(
+                HistoryEntry::new(HistoryKind::CompensationStarted, None, None)
+                    .error(reason)
+                    .detail(json!({"first": def.steps[j].def.name})),
+            );
+            t.status = SagaStatus::Compensating;
+            t.step_index = j;
+            t.run_at = Some(now);
+            t.continue_now = true;
+        }
+        None => {
+            let (status, kind) = end_of_unwind(state);
+            history.push(HistoryEntry::new(kind, None, None).error(reason));
+            t.status = status;
+        }
+    }
+    t.history = history;
+    t
+}
+
+fn end_of_unwind(state: &SagaState) -> (SagaStatus, HistoryKind) {
+    if state.cancel_requested {
+        (SagaStatus::Cancelled, HistoryKind::SagaCancelled)
+    } else {
+        (SagaStatus::Compensated, HistoryKind::SagaCompensated)
+    }
+}
+
+/// The highest compensable step below `below`.
+fn previous_compensable(traits: &[StepTraits], def: &CompiledDefinition, below: usize) -> Option<usize> {
+    (0..below).rev().find(|&j| traits[j].compensable && def.steps[j].def.compensate)
+}
+
+/// Decides the transition after the compensation of step `index` returned `outcome`.
+pub fn after_compensation(
+    state: &SagaState,
+    def: &CompiledDefinition,
+    traits: &[StepTraits],
+    index: usize,
+    attempt: u32,
+    outcome: StepOutcome,
+    now: DateTime<Utc>,
+) -> Transition {
+    let step = &def.steps[index].def;
+    let name = step.name.as_str();
+    let started = state.step_started_at.or(Some(now));
+    let (error, after) = match outcome {
+        StepOutcome::Done(_) => {
+            let mut history =
+                vec![HistoryEntry::new(HistoryKind::StepCompensated, Some(name), Some(attempt))];
+            let mut t = Transition::base(state, SagaStatus::Compensating);
+            t.attempt = 0;
+            t.step_started_at = None;
+            t.last_error = state.last_error.clone();
+            match previous_compensable(traits, def, index) {
+                Some(j) => {
+                    t.step_index = j;
+                    t.run_at = Some(now);
+                    t.continue_now = true;
+                }
+                None => {
+                    let (status, kind) = end_of_unwind(state);
+                    history.push(HistoryEntry::new(kind, None, None));
+                    t.status = status;
+                }
+            }
+            t.history = history;
+            return t;
+        }
+        StepOutcome::Fail { error } => (error, None),
+        StepOutcome::Retry { error, after } => {
+            let elapsed = since(now, started);
+            match step.retry.decide(attempt, elapsed, jitter_seed(state.id, index, attempt), after) {
+                RetryDecision::RetryAfter(delay) => {
+                    let at = add(now, delay);
+                    let mut t = Transition::base(state, SagaStatus::Compensating);
+                    t.attempt = attempt;
+                    t.step_started_at = started;
+                    t.run_at = Some(at);
+                    // The failure that started the unwind stays visible; this error is in history.
+                    t.last_error = state.last_error.clone();
+                    t.history = vec![HistoryEntry::new(
+                        HistoryKind::CompensationRetrying,
+                        Some(name),
+                        Some(attempt),
+                    )
+                    .error(&error)
+                    .detail(json!({"next_attempt_at": at}))];
+                    return t;
+                }
+                RetryDecision::Exhausted => {
+                    (format!("retries exhausted after {attempt} attempts: {error}"), after)
+                }
+            }
+        }
+        StepOutcome::Wait(_) => ("a compensation may not wait for events".to_string(), None),
+    };
+    let _ = after;
+    let error = format!(
+        "compensation of step {name} failed: {error}; parked for an operator: steps before {name} were not undone"
+    );
+    let mut t = Transition::base(state, SagaStatus::Failed);
+    t.attempt = 0;
+    t.step_started_at = None;
+    t.last_error = Some(error.clone());
+    t.history = vec![
+        HistoryEntry::new(HistoryKind::CompensationFailed, Some(name), Some(attempt)).error(&error),
+        HistoryEntry::new(HistoryKind::SagaFailed, None, None).error(&error),
+    ];
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::{Definition, StepDef};
+    use serde_json::json;
+
+    fn def(n: usize) -> CompiledDefinition {
+        let d = Definition {
+            name: "t".into(),
+            version: 1,
+            description: None,
+            steps: (0..n).map(|i| StepDef::new(format!("s{i}"), "k", json!({}))).collect(),
+        };
+        d.compile(&|_| true, &[]).expect("valid")
+    }
+
+    fn state(status: SagaStatus, index: usize) -> SagaState {
+        SagaState {
+            id: Uuid::from_u128(1),
+            status,
+            step_index: index,
+            attempt: 0,
+            step_started_at: None,
+            wait: None,
+            cancel_requested: false,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn done_advances_and_last_step_completes() {
+        let d = def(2);
+        let tr = [StepTraits::default(); 2];
+        let now = Utc::now();
+        let s = state(SagaStatus::Scheduled, 0);
+        let t = after_step(&s, &d, &tr, 0, 1, &Wake::Start, StepOutcome::Done(json!(1)), now);
+        assert_eq!((t.status, t.step_index, t.continue_now), (SagaStatus::Running, 1, true));
+        let s = state(SagaStatus::Running, 1);
+        let t = after_step(&s, &d, &tr, 1, 1, &Wake::Start, StepOutcome::Done(json!(2)), now);
+        assert_eq!(t.status, SagaStatus::Completed);
+        assert_eq!(t.run_at, None);
+        assert_eq!(t.history.last().map(|h| h.kind), Some(HistoryKind::SagaCompleted));
+    }
+
+    #[test]
+    fn permanent_failure_compensates_completed_steps_in_reverse() {
+        let d = def(4);
+        let tr = [
+            StepTraits { compensable: true, irreversible: false },
+            StepTraits { compensable: false, irreversible: false },
+            StepTraits { compensable: true, irreversible: false },
+            StepTraits::default(),
+        ];
+        let now = Utc::now();
+        let s = state(SagaStatus::Running, 3);
+        let t = after_step(&s, &d, &tr, 3, 1, &Wake::Start, StepOutcome::fail("no"), now);
+        assert_eq!((t.status, t.step_index), (SagaStatus::Compensating, 2));
+        let s = SagaState { status: SagaStatus::Compensating, step_index: 2, ..s };
+        let t = after_compensation(&s, &d, &tr, 2, 1, StepOutcome::Done(json!(null)), now);
+        assert_eq!((t.status, t.step_index), (SagaStatus::Compensating, 0));
+        let s = SagaState { step_index: 0, ..s };
+        let t = after_compensation(&s, &d, &tr, 0, 1, StepOutcome::Done(json!(null)), now);
+        assert_eq!(t.status, SagaStatus::Compensated);
+    }
+
+    #[test]
+    fn failure_after_irreversible_step_parks_for_operator() {
+        let d = def(3);
+        let tr = [
+            StepTraits { compensable: true, irreversible: false },
+            StepTraits { compensable: false, irreversible: true },
+            StepTraits::default(),
+        ];
+        let s = state(SagaStatus::Running, 2);
+        let t = after_step(&s, &d, &tr, 2, 1, &Wake::Start, StepOutcome::fail("bank said no"), Utc::now());
+        assert_eq!(t.status, SagaStatus::Failed);
+        assert!(t.last_error.as_deref().unwrap_or_default().contains("s1"));
+    }
+
+    #[test]
+    fn retries_then_exhausts() {
+        let d = def(1);
+        let tr = [StepTraits::default()];
+        let now = Utc::now();
+        let s = state(SagaStatus::Running, 0);
+        let t = after_step(&s, &d, &tr, 0, 1, &Wake::Start, StepOutcome::retry("503"), now);
+        assert_eq!(t.status, SagaStatus::Running);
+        assert!(t.run_at.is_some_and(|at| at > now));
+        assert_eq!(t.attempt, 1);
+        let t = after_step(&s, &d, &tr, 0, 10, &Wake::Start, StepOutcome::retry("503"), now);
+        assert_eq!(t.status, SagaStatus::Compensated);
+        assert!(t.last_error.as_deref().unwrap_or_default().contains("retries exhausted after 10"));
+    }
+
+    #[test]
+    fn wait_keeps_its_deadline_and_fails_when_it_passes() {
+        let d = def(2);
+        let tr = [StepTraits::default(); 2];
+        let now = Utc::now();
+        let s = state(SagaStatus::Running, 1);
+        let spec = WaitSpec::new("p", "paid", "k");
+        let t = after_step(&s, &d, &tr, 1, 1, &Wake::Start, StepOutcome::Wait(spec.clone()), now);
+        assert_eq!(t.status, SagaStatus::Waiting);
+        let wait = t.wait.clone().expect("wait");
+        assert!(wait.poll_at < wait.deadline);
+        let later = now + chrono::Duration::seconds(400);
+        let s2 = SagaState { status: SagaStatus::Waiting, wait: Some(wait.clone()), attempt: 1, ..s.clone() };
+        let t2 = after_step(&s2, &d, &tr, 1, 1, &Wake::Poll { deadline_passed: false }, StepOutcome::Wait(spec.clone()), later);
+        assert_eq!(t2.wait.as_ref().map(|w| w.deadline), Some(wait.deadline));
+        let t3 = after_step(&s2, &d, &tr, 1, 1, &Wake::Poll { deadline_passed: true }, StepOutcome::Wait(spec), later);
+        assert_eq!(t3.status, SagaStatus::Compensated);
+        assert!(t3.last_error.as_deref().unwrap_or_default().contains("deadline"));
+    }
+
+    #[test]
+    fn cancel_in_every_non_final_state_unwinds() {
+        let d = def(2);
+        let tr = [StepTraits { compensable: true, irreversible: false }, StepTraits::default()];
+        for status in [SagaStatus::Scheduled, SagaStatus::Running, SagaStatus::Waiting] {
+            let s = SagaState { cancel_requested: true, ..state(status, 1) };
+            let NextRun::Apply(t) = next_run(&s, &d, &tr, None, Utc::now()) else {
+                panic!("cancel must apply")
+            };
+            assert_eq!((t.status, t.step_index), (SagaStatus::Compensating, 0));
+        }
+        let s = SagaState { cancel_requested: true, ..state(SagaStatus::Running, 0) };
+        let NextRun::Apply(t) = next_run(&s, &d, &tr, None, Utc::now()) else { panic!() };
+        assert_eq!(t.status, SagaStatus::Cancelled);
+    }
+
+    #[test]
+    fn status_text_round_trips() {
+        for s in SagaStatus::ALL {
+            assert_eq!(s.as_str().parse::<SagaStatus>(), Ok(s));
+        }
+        for k in HistoryKind::ALL {
+            assert_eq!(k.as_str().parse::<HistoryKind>(), Ok(k));
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Step kinds: the Rust code a definition's steps name, and what one run of a step returns.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Namespace for deterministic idempotency keys (UUIDv5).
+const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x7a1c_5e2b_9f3d_4c8a_b6e0_1d2f_3a4b_5c6d);
+
+/// The idempotency key of a step's external effect: derived from (saga id, step name) only,
+/// so it is the same on every attempt, after a crash and on another worker.
+pub fn idempotency_key(saga_id: Uuid, step: &str) -> String {
+    Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, format!("{saga_id}/{step}").as_bytes()).to_string()
+}
+
+/// The idempotency key of a step's compensation.
+pub fn compensation_key(saga_id: Uuid, step: &str) -> String {
+    idempotency_key(saga_id, &format!("{step}#compensate"))
+}
+
+/// An event delivered to a waiting step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Inbox row id.
+    pub inbox_id: i64,
+    /// Provider (`lumanu`, `blaaiz`, `lean`, or a test name).
+    pub provider: String,
+    /// The provider's event id (dedup key).
+    pub event_id: String,
+    /// Event type, e.g. `payable.paid`.
+    pub event_type: String,
+    /// Correlation key that matched the wait.
+    pub correlation_key: String,
+    /// The event's JSON body.
+    pub payload: Value,
+}
+
+/// Why a step is being run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Wake {
+    /// First attempt.
+    Start,
+    /// A retry after a transient failure.
+    Retry {
+        /// The error of the previous attempt.
+        last_error: String,
+    },
+    /// The event the step waited for arrived.
+    Event(Event),
+    /// No event arrived within `poll_every` (or the deadline is reached): ask the provider.
+    Poll {
+        /// The wait's deadline has passed; if the step still has no answer, it fails.
+        deadline_passed: bool,
+    },
+    /// Run the step's compensation.
+    Compensate,
+}
+
+/// Everything a step run may know about where it is.
+#[derive(Debug, Clone)]
+pub struct StepContext {
+    /// The saga.
+    pub saga_id: Uuid,
+    /// Its workflow name.
+    pub workflow: String,
+    /// The step's name in the definition.
+    pub step: String,
+    /// Attempt number of this run, from 1.
+    pub attempt: u32,
+    /// Why it runs.
+    pub wake: Wake,
+    /// State the step stored with its previous `Wait`, if any.
+    pub wait_state: Option<Value>,
+    /// The step's output, when compensating.
+    pub output: Option<Value>,
+    /// Current time as seen by the worker.
+    pub now: DateTime<Utc>,
+}
+
+impl StepContext {
+    /// Idempotency key for this step's effect (same for every attempt).
+    pub fn idempotency_key(&self) -> String {
+        match self.wake {
+            Wake::Compensate => compensation_key(self.saga_id, &self.step),
+            _ => idempotency_key(self.saga_id, &self.step),
+        }
+    }
+}
+
+/// A wait for an external event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WaitSpec {
+    /// Provider whose events may end the wait.
+    pub provider: String,
+    /// Event types that end the wait.
+    pub event_types: Vec<String>,
+    /// The correlation key the event must carry (e.g. `payable:p_123`).
+    pub correlation_key: String,
+    /// Poll after this silence instead of the definition's `poll_every`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_after: Option<Duration>,
+    /// A new deadline measured from now (e.g. a reconciliation wait); otherwise the wait
+    /// keeps the deadline set when the step first waited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_deadline: Option<Duration>,
+    /// Opaque state handed back to the step on the next run.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub state: Value,
+}
+
+impl WaitSpec {
+    /// Waits for one event type with a correlation key.
+    pub fn new(provider: &str, event_type: &str, correlation_key: impl Into<String>) -> Self {
+        WaitSpec {
+            provider: provider.to_string(),
+            event_types: vec![event_type.to_string()],
+            correlation_key: correlation_key.into(),
+            poll_after: None,
+            new_deadline: None,
+            state: Value::Null,
+        }
+    }
+}
+
+/// What one run of a step returns.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepOutcome {
+    /// The step's effect happened; its output is stored for later steps.
+    Done(Value),
+    /// Wait for an event (with a deadline and a polling fallback).
+    Wait(WaitSpec),
+    /// A transient failure: try again later under the step's retry policy.
+    Retry {
+        /// What failed (shown to operators; must not contain secrets).
+        error: String,
+        /// A delay the provider asked for (429 `Retry-After`).
+        after: Option<Duration>,
+    },
+    /// A permanent failure: the step cannot succeed; compensation starts.
+    Fail {
+        /// What failed (shown to operators; must not contain secrets).
+        error: String,
+    },
+}
+
+impl StepOutcome {
+    /// A transient failure without a provider delay.
+    pub fn retry(error: impl Into<String>) -> Self {
+        StepOutcome::Retry { error: error.into(), after: None }
+    }
+    /// A permanent failure.
+    pub fn fail(error: impl Into<String>) -> Self {
+        StepOutcome::Fail { error: error.into() }
+    }
+}
+
+/// A step kind: Rust code registered with the engine under a stable name.
+///
+/// A run must be idempotent: it may be repeated after a crash, with the same
+/// [`StepContext::idempotency_key`]. Steps that create objects at a provider without
+/// idempotency support look the object up first (by a reference derived from that key).
+#[async_trait]
+pub trait StepKind: Send + Sync + std::fmt::Debug + 'static {
+    /// Registered name, e.g. `noop.sleep` or `lumanu.create_payable`.
+    fn name(&self) -> &'static str;
+
+    /// Checks parameters resolved from the saga input (step outputs appear as `null`).
+    /// Called at start, so a bad input is refused before anything is stored.
+    fn validate(&self, _params: &Value) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Runs the step once.
+    async fn run(&self, ctx: &StepContext, params: Value) -> StepOutcome;
+
+    /// Whether the kind can undo its effect (see [`StepKind::compensate`]).
+    fn compensable(&self) -> bool {
+        false
+    }
+
+    /// Undoes the step's effect; `ctx.output` holds the step's output.
+    /// `Wait` is not allowed here and is treated as a transient failure.
+    async fn compensate(&self, _ctx: &StepContext, _params: Value) -> StepOutcome {
+        StepOutcome::Done(Value::Null)
+    }
+
+    /// The effect cannot be undone (money sent). A failure after such a step parks the
+    /// saga for an operator instead of compensating.
+    fn irreversible(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_key_depends_only_on_saga_and_step() {
+        let saga = Uuid::from_u128(42);
+        assert_eq!(idempotency_key(saga, "pay"), idempotency_key(saga, "pay"));
+        assert_ne!(idempotency_key(saga, "pay"), idempotency_key(saga, "approve"));
+        assert_ne!(idempotency_key(saga, "pay"), idempotency_key(Uuid::from_u128(43), "pay"));
+        assert_ne!(idempotency_key(saga, "pay"), compensation_key(saga, "pay"));
+    }
+}

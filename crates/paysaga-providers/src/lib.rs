@@ -1,0 +1,1 @@
+//! paysaga-providers

@@ -1,0 +1,280 @@
+//! The engine handle: submit definitions, start sagas, query them, deliver events.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use paysaga_core::{CompiledDefinition, Definition, StepTraits};
+use paysaga_store::{
+    DefinitionRecord, Delivery, EventFilter, EventRecord, HistoryRecord, NewEvent, NewSaga,
+    SagaFilter, SagaRecord, Store,
+};
+use serde::Serialize;
+use serde_json::{json, Value};
+use tracing::{info, instrument};
+use uuid::Uuid;
+
+use crate::{Error, Registry, Worker, WorkerConfig};
+
+/// A definition version compiled against this process's registry.
+#[derive(Debug)]
+pub(crate) struct LoadedDefinition {
+    pub record: DefinitionRecord,
+    pub compiled: CompiledDefinition,
+    pub traits: Vec<StepTraits>,
+}
+
+/// What `start` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Started {
+    /// The saga (new or existing for the idempotency key).
+    pub saga_id: Uuid,
+    /// `false` when the key already named a saga.
+    pub created: bool,
+}
+
+/// A start request with every option.
+#[derive(Debug, Clone)]
+pub struct StartRequest {
+    /// Workflow name.
+    pub workflow: String,
+    /// Version; the latest when `None`.
+    pub version: Option<u32>,
+    /// Input.
+    pub input: Value,
+    /// Idempotency key: a second start with the same key returns the first saga.
+    pub idempotency_key: Option<String>,
+    /// Who starts it (history).
+    pub actor: String,
+}
+
+/// A saga with its history and current step name, as operators see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SagaView {
+    /// The saga row.
+    #[serde(flatten)]
+    pub saga: SagaRecord,
+    /// Name of the current step (or the step being compensated), if any.
+    pub current_step: Option<String>,
+    /// Step names in order.
+    pub steps: Vec<String>,
+    /// History, oldest first.
+    pub history: Vec<HistoryRecord>,
+}
+
+/// An event to deliver (webhook ingestion or an operator's manual event).
+#[derive(Debug, Clone)]
+pub struct IncomingEvent {
+    /// Provider name.
+    pub provider: String,
+    /// The provider's event id (dedup key).
+    pub event_id: String,
+    /// Event type.
+    pub event_type: String,
+    /// Correlation key that names the object (e.g. `payable:p_1`).
+    pub correlation_key: Option<String>,
+    /// Body.
+    pub payload: Value,
+}
+
+/// The engine handle: cheap to clone, shared by the API, the HTTP server and workers.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) registry: Arc<Registry>,
+    definitions: Arc<Mutex<HashMap<i64, Arc<LoadedDefinition>>>>,
+}
+
+impl Engine {
+    /// An engine over a store with the given step kinds.
+    pub fn new(store: Arc<dyn Store>, registry: Registry) -> Engine {
+        Engine { store, registry: Arc::new(registry), definitions: Default::default() }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The registered step kinds.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// A worker for this engine.
+    pub fn worker(&self, config: WorkerConfig) -> Worker {
+        Worker::new(self.clone(), config)
+    }
+
+    /// Validates a definition against the registered kinds and stores it (versioned by
+    /// name + version + content hash; the same content again is a no-op).
+    #[instrument(skip_all, fields(workflow = %def.name, version = def.version))]
+    pub async fn submit_definition(&self, def: &Definition) -> Result<DefinitionRecord, Error> {
+        let names = self.registry.names();
+        def.compile(&|k| self.registry.contains(k), &names)?;
+        let record = self.store.put_definition(def).await?;
+        info!(hash = %record.content_hash, "definition stored");
+        Ok(record)
+    }
+
+    /// Starts the latest version of `workflow` (idempotent on `idempotency_key`).
+    pub async fn start(
+        &self,
+        workflow: &str,
+        input: Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<Started, Error> {
+        self.start_with(StartRequest {
+            workflow: workflow.to_string(),
+            version: None,
+            input,
+            idempotency_key: idempotency_key.map(str::to_string),
+            actor: "api".to_string(),
+        })
+        .await
+    }
+
+    /// Starts a saga. The input is checked against every step's parameters first; a bad
+    /// input is refused with the step and field named, and nothing is stored.
+    #[instrument(skip_all, fields(workflow = %req.workflow))]
+    pub async fn start_with(&self, req: StartRequest) -> Result<Started, Error> {
+        let record = self.store.find_definition(&req.workflow, req.version).await?.ok_or_else(
+            || Error::UnknownWorkflow { workflow: req.workflow.clone(), version: req.version },
+        )?;
+        let loaded = self.load(record.id).await?;
+        self.validate_input(&loaded, &req.input)?;
+        let id = Uuid::new_v4();
+        let (saga, created) = self
+            .store
+            .create_saga(NewSaga {
+                id,
+                definition_id: record.id,
+                workflow: record.name.clone(),
+                version: record.version,
+                idempotency_key: req.idempotency_key,
+                input: req.input,
+                actor: req.actor,
+            })
+            .await?;
+        if created {
+            info!(saga_id = %saga.id, version = record.version, "saga started");
+        }
+        Ok(Started { saga_id: saga.id, created })
+    }
+
+    fn validate_input(&self, loaded: &LoadedDefinition, input: &Value) -> Result<(), Error> {
+        let scope = json!({"input": input, "saga": {"id": Uuid::nil(), "workflow": loaded.record.name}});
+        for step in &loaded.compiled.steps {
+            let invalid = |reason: String| Error::InvalidInput {
+                workflow: loaded.record.name.clone(),
+                step: step.def.name.clone(),
+                reason,
+            };
+            let params = step.params.resolve_input_only(&scope).map_err(|e| invalid(e.to_string()))?;
+            let kind = self.registry.get(&step.def.kind).ok_or_else(|| {
+                invalid(format!("step kind {} is not registered in this process", step.def.kind))
+            })?;
+            kind.validate(&params).map_err(invalid)?;
+        }
+        Ok(())
+    }
+
+    /// A saga with its history.
+    pub async fn get(&self, id: Uuid) -> Result<SagaView, Error> {
+        let saga = self.store.saga(id).await?.ok_or(Error::SagaNotFound(id))?;
+        let history = self.store.history(id).await?;
+        let def = self.store.definition(saga.definition_id).await?;
+        let steps: Vec<String> = def.definition.steps.iter().map(|s| s.name.clone()).collect();
+        let current_step = if saga.status.is_final() && saga.status != paysaga_core::SagaStatus::Failed {
+            None
+        } else {
+            steps.get(saga.step_index).cloned()
+        };
+        Ok(SagaView { saga, current_step, steps, history })
+    }
+
+    /// Sagas matching a filter.
+    pub async fn list(&self, filter: &SagaFilter) -> Result<Vec<SagaRecord>, Error> {
+        Ok(self.store.list_sagas(filter).await?)
+    }
+
+    /// Stores an event in the inbox (dedup on provider + event id) and wakes the saga
+    /// waiting for it, now or when its wait begins later.
+    #[instrument(skip_all, fields(provider = %event.provider, event_id = %event.event_id, event_type = %event.event_type))]
+    pub async fn deliver_event(&self, event: IncomingEvent) -> Result<Delivery, Error> {
+        let delivery = self
+            .store
+            .deliver_event(NewEvent {
+                provider: event.provider,
+                event_id: event.event_id,
+                event_type: Some(event.event_type),
+                correlation_key: event.correlation_key,
+                payload: Some(event.payload),
+                raw_body: None,
+                parse_error: None,
+            })
+            .await?;
+        Ok(delivery)
+    }
+
+    /// Stores an event whose body verified but could not be parsed, for operators.
+    pub async fn store_unparseable(
+        &self,
+        provider: &str,
+        event_id: &str,
+        raw_body: Vec<u8>,
+        reason: &str,
+    ) -> Result<Delivery, Error> {
+        Ok(self
+            .store
+            .deliver_event(NewEvent {
+                provider: provider.to_string(),
+                event_id: event_id.to_string(),
+                event_type: None,
+                correlation_key: None,
+                payload: None,
+                raw_body: Some(raw_body),
+                parse_error: Some(reason.to_string()),
+            })
+            .await?)
+    }
+
+    /// Inbox events.
+    pub async fn events(&self, filter: &EventFilter) -> Result<Vec<EventRecord>, Error> {
+        Ok(self.store.list_events(filter).await?)
+    }
+
+    /// Asks for a saga to be cancelled (compensations run); works in every non-final state.
+    pub async fn cancel(&self, id: Uuid, actor: &str, reason: &str) -> Result<SagaRecord, Error> {
+        Ok(self.store.request_cancel(id, actor, reason).await?)
+    }
+
+    /// The compiled definition for a stored version (cached).
+    pub(crate) async fn load(&self, definition_id: i64) -> Result<Arc<LoadedDefinition>, Error> {
+        if let Some(hit) = self.cached(definition_id) {
+            return Ok(hit);
+        }
+        let record = self.store.definition(definition_id).await?;
+        let names = self.registry.names();
+        let compiled = record.definition.compile(&|k| self.registry.contains(k), &names)?;
+        let traits = compiled
+            .steps
+            .iter()
+            .map(|s| {
+                let kind = self.registry.get(&s.def.kind);
+                StepTraits {
+                    compensable: s.def.compensate && kind.is_some_and(|k| k.compensable()),
+                    irreversible: s.def.irreversible || kind.is_some_and(|k| k.irreversible()),
+                }
+            })
+            .collect();
+        let loaded = Arc::new(LoadedDefinition { record, compiled, traits });
+        if let Ok(mut cache) = self.definitions.lock() {
+            cache.insert(definition_id, loaded.clone());
+        }
+        Ok(loaded)
+    }
+
+    fn cached(&self, definition_id: i64) -> Option<Arc<LoadedDefinition>> {
+        self.definitions.lock().ok().and_then(|c| c.get(&definition_id).cloned())
+    }
+}

@@ -1,0 +1,43 @@
+//! Runtime errors: what failed, for which workflow/saga/step, and what to do.
+
+use uuid::Uuid;
+
+/// Errors of the engine handle and the worker.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store failed (database unreachable, lease lost, conflicts...).
+    #[error(transparent)]
+    Store(#[from] paysaga_store::Error),
+    /// A definition was refused.
+    #[error("definition refused: {0}")]
+    Definition(#[from] paysaga_core::DefinitionError),
+    /// No such workflow (or version) has been submitted.
+    #[error("unknown workflow {workflow}{}: submit its definition first (`paysaga definitions submit FILE`)", .version.map(|v| format!(" version {v}")).unwrap_or_default())]
+    UnknownWorkflow {
+        /// Name.
+        workflow: String,
+        /// Version asked for.
+        version: Option<u32>,
+    },
+    /// The saga input is invalid; nothing was stored.
+    #[error("invalid input for workflow {workflow}, step {step}: {reason}")]
+    InvalidInput {
+        /// Workflow.
+        workflow: String,
+        /// The step whose parameters are wrong.
+        step: String,
+        /// What is wrong (names the field).
+        reason: String,
+    },
+    /// No such saga.
+    #[error("saga {0} not found")]
+    SagaNotFound(Uuid),
+    /// A stored saga needs a step kind this process does not register.
+    #[error("saga {saga}: step kind {kind:?} is not registered in this process; run it on a worker that has it")]
+    MissingKind {
+        /// Saga.
+        saga: Uuid,
+        /// Kind.
+        kind: String,
+    },
+}

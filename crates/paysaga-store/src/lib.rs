@@ -1,0 +1,171 @@
+//! # paysaga-store
+//!
+//! The [`Store`] trait (everything the engine persists) and [`PgStore`], its PostgreSQL
+//! implementation. This crate is the only place in paysaga with SQL; all of it is in
+//! `postgres.rs`, and every query on a hot path has an index (see `migrations/`).
+//!
+//! Guarantees the implementations keep:
+//! - **fenced leases**: [`Store::commit`] applies a transition only if the saga is still held
+//!   by the committing worker with the same fencing token *and* the worker's lease is live;
+//! - **inbox first**: [`Store::deliver_event`] stores the event (deduplicated by provider
+//!   event id) and matches it to a wait in the same transaction; a wait that begins later
+//!   consumes a stored event in the transaction that stores the wait;
+//! - **idempotent start**: [`Store::create_saga`] returns the existing saga for a known key,
+//!   even under concurrent calls.
+//!
+//! ## Example
+//! ```no_run
+//! # async fn demo() -> Result<(), paysaga_store::Error> {
+//! use paysaga_store::{PgStore, Store};
+//! let store = PgStore::connect("postgres://postgres@127.0.0.1/paysaga").await?;
+//! store.migrate().await?;
+//! for def in store.list_definitions().await? {
+//!     println!("{} v{}", def.name, def.version);
+//! }
+//! # Ok(()) }
+//! ```
+
+mod postgres;
+mod types;
+
+pub use postgres::PgStore;
+pub use types::*;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use paysaga_core::{Definition, Transition};
+use uuid::Uuid;
+
+/// Store errors. Each says what failed; callers add the saga/step context they hold.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database could not be reached or a query failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The worker no longer holds the saga (lease taken over or expired): nothing was written.
+    #[error("saga {saga}: lease lost (taken over by another worker or expired); nothing was committed")]
+    LeaseLost {
+        /// The saga.
+        saga: Uuid,
+    },
+    /// A definition version already exists with different content.
+    #[error("workflow {name} version {version} already exists with different content (hash {existing}); submit it as a new version")]
+    DefinitionConflict {
+        /// Workflow name.
+        name: String,
+        /// Version.
+        version: u32,
+        /// Stored content hash.
+        existing: String,
+    },
+    /// An idempotency key was reused with a different input.
+    #[error("workflow {workflow}: idempotency key {key:?} already started saga {saga} with a different input; use a new key or the same input")]
+    KeyReused {
+        /// Workflow.
+        workflow: String,
+        /// The key.
+        key: String,
+        /// The existing saga.
+        saga: Uuid,
+    },
+    /// A stored value could not be read back (schema drift or manual edits).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// The requested object does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The operation is not allowed in the saga's current state.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Everything the engine persists. Implemented for PostgreSQL by [`PgStore`].
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Applies pending migrations.
+    async fn migrate(&self) -> Result<(), Error>;
+
+    /// Stores a definition version; the same content again is a no-op, different content
+    /// under an existing version is [`Error::DefinitionConflict`].
+    async fn put_definition(&self, def: &Definition) -> Result<DefinitionRecord, Error>;
+    /// A definition by id.
+    async fn definition(&self, id: i64) -> Result<DefinitionRecord, Error>;
+    /// The latest version of a workflow, or the named version.
+    async fn find_definition(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<DefinitionRecord>, Error>;
+    /// All definitions, newest version first per name.
+    async fn list_definitions(&self) -> Result<Vec<DefinitionRecord>, Error>;
+
+    /// Creates a saga (status `scheduled`) or returns the existing one for the key.
+    async fn create_saga(&self, new: NewSaga) -> Result<(SagaRecord, bool), Error>;
+    /// A saga by id.
+    async fn saga(&self, id: Uuid) -> Result<Option<SagaRecord>, Error>;
+    /// Sagas matching a filter, newest first.
+    async fn list_sagas(&self, filter: &SagaFilter) -> Result<Vec<SagaRecord>, Error>;
+    /// A saga's history, oldest first.
+    async fn history(&self, id: Uuid) -> Result<Vec<HistoryRecord>, Error>;
+    /// Asks for a cancel; applied at once when no worker holds the saga, else by the
+    /// holder after its current step. Refused for final sagas.
+    async fn request_cancel(&self, id: Uuid, actor: &str, reason: &str) -> Result<SagaRecord, Error>;
+
+    /// Registers a worker process with a fresh lease.
+    async fn register_worker(&self, worker: &WorkerInfo, ttl: Duration) -> Result<(), Error>;
+    /// Extends a worker's lease; `false` when the lease was already lost (reaped).
+    async fn heartbeat(&self, worker: Uuid, ttl: Duration) -> Result<bool, Error>;
+    /// Marks a worker stopped and releases every saga it holds; returns how many.
+    async fn stop_worker(&self, worker: Uuid) -> Result<u64, Error>;
+    /// Releases the sagas of workers whose lease expired; returns how many sagas.
+    async fn reap_expired_workers(&self) -> Result<u64, Error>;
+    /// Unfinished sagas whose definitions need step kinds outside `kinds`.
+    async fn sagas_needing_other_kinds(&self, kinds: &[String]) -> Result<Vec<UnrunnableGroup>, Error>;
+
+    /// Claims up to `limit` runnable sagas for `worker` (fencing token incremented).
+    async fn claim(&self, worker: Uuid, kinds: &[String], limit: i64) -> Result<Vec<ClaimedSaga>, Error>;
+    /// When the next unowned saga this worker can run becomes due.
+    async fn next_due(&self, kinds: &[String]) -> Result<Option<DateTime<Utc>>, Error>;
+    /// Applies a transition in one transaction, checking the lease and fencing token.
+    async fn commit(&self, commit: Commit<'_>) -> Result<Committed, Error>;
+
+    /// Stores an event in the inbox (dedup on provider + event id) and wakes a matching wait.
+    async fn deliver_event(&self, event: NewEvent) -> Result<Delivery, Error>;
+    /// Inbox events, newest first.
+    async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRecord>, Error>;
+
+    /// A stream of wake-ups (new runnable work); may be lossy, callers also poll.
+    async fn wakeups(&self) -> Result<WakeupsBox, Error>;
+}
+
+/// A boxed [`Wakeups`] stream.
+pub type WakeupsBox = Box<dyn Wakeups>;
+
+/// Notifications that runnable work may exist.
+#[async_trait]
+pub trait Wakeups: Send {
+    /// Waits for the next notification.
+    async fn recv(&mut self) -> Result<(), Error>;
+}
+
+/// Arguments of [`Store::commit`].
+#[derive(Debug)]
+pub struct Commit<'a> {
+    /// The saga.
+    pub saga: Uuid,
+    /// The committing worker.
+    pub worker: Uuid,
+    /// The fencing token from the claim.
+    pub fence: i64,
+    /// The status the worker saw when it ran the step.
+    pub prior_status: paysaga_core::SagaStatus,
+    /// Inbox id of the event the run consumed, if any.
+    pub consumed_event: Option<i64>,
+    /// What to write.
+    pub transition: &'a Transition,
+}

@@ -1,0 +1,820 @@
+//! The PostgreSQL store. All of paysaga's SQL lives in this file.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use paysaga_core::{ActiveWait, Definition, Event, HistoryEntry, SagaStatus};
+use serde_json::{json, Value};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+use tracing::instrument;
+use uuid::Uuid;
+
+use crate::{
+    ClaimedSaga, Commit, Committed, DefinitionRecord, Delivery, Error, EventFilter, EventRecord,
+    HistoryRecord, NewEvent, NewSaga, SagaFilter, SagaRecord, Store, UnrunnableGroup, WakeupsBox,
+    WorkerInfo,
+};
+
+/// The channel workers LISTEN on for new runnable work.
+const WAKEUP_CHANNEL: &str = "paysaga_wakeup";
+
+const SAGA_COLUMNS: &str = "id, definition_id, workflow, version, idempotency_key, input, status, \
+    step_index, attempt, step_started_at, run_at, owner, fence, outputs, wait, wake_event, \
+    last_error, cancel_requested, created_at, updated_at, finished_at";
+
+const ACTIVE: &str = "('scheduled', 'running', 'waiting', 'compensating')";
+
+/// PostgreSQL implementation of [`Store`].
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects with a pool sized for a worker (16 connections).
+    pub async fn connect(url: &str) -> Result<PgStore, Error> {
+        let options: PgConnectOptions = url.parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        Ok(PgStore { pool })
+    }
+
+    /// Wraps an existing pool.
+    pub fn from_pool(pool: PgPool) -> PgStore {
+        PgStore { pool }
+    }
+
+    /// The pool (for readiness checks).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn saga_from_row(row: &PgRow) -> Result<SagaRecord, Error> {
+    let status: String = row.try_get("status")?;
+    let wait: Option<Value> = row.try_get("wait")?;
+    let wake_event: Option<Value> = row.try_get("wake_event")?;
+    Ok(SagaRecord {
+        id: row.try_get("id")?,
+        definition_id: row.try_get("definition_id")?,
+        workflow: row.try_get("workflow")?,
+        version: row.try_get::<i32, _>("version")? as u32,
+        idempotency_key: row.try_get("idempotency_key")?,
+        input: row.try_get("input")?,
+        status: status.parse().map_err(|e| Error::Corrupt(format!("{e}")))?,
+        step_index: row.try_get::<i32, _>("step_index")? as usize,
+        attempt: row.try_get::<i32, _>("attempt")? as u32,
+        step_started_at: row.try_get("step_started_at")?,
+        run_at: row.try_get("run_at")?,
+        owner: row.try_get("owner")?,
+        fence: row.try_get("fence")?,
+        outputs: row.try_get("outputs")?,
+        wait: wait
+            .map(serde_json::from_value::<ActiveWait>)
+            .transpose()
+            .map_err(|e| Error::Corrupt(format!("saga wait: {e}")))?,
+        wake_event: wake_event
+            .map(serde_json::from_value::<Event>)
+            .transpose()
+            .map_err(|e| Error::Corrupt(format!("saga wake_event: {e}")))?,
+        last_error: row.try_get("last_error")?,
+        cancel_requested: row.try_get("cancel_requested")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}
+
+fn definition_from_row(row: &PgRow) -> Result<DefinitionRecord, Error> {
+    let body: Value = row.try_get("body")?;
+    Ok(DefinitionRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        version: row.try_get::<i32, _>("version")? as u32,
+        content_hash: row.try_get("content_hash")?,
+        definition: serde_json::from_value(body)
+            .map_err(|e| Error::Corrupt(format!("definition body: {e}")))?,
+        step_kinds: row.try_get("step_kinds")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn event_from_row(row: &PgRow) -> Result<EventRecord, Error> {
+    Ok(EventRecord {
+        id: row.try_get("id")?,
+        provider: row.try_get("provider")?,
+        event_id: row.try_get("event_id")?,
+        event_type: row.try_get("event_type")?,
+        correlation_key: row.try_get("correlation_key")?,
+        payload: row.try_get("payload")?,
+        parse_error: row.try_get("parse_error")?,
+        received_at: row.try_get("received_at")?,
+        consumed_by: row.try_get("consumed_by")?,
+        consumed_at: row.try_get("consumed_at")?,
+    })
+}
+
+/// Serialises event matching per (provider, correlation key) so that an event stored
+/// concurrently with a wait beginning is seen by exactly one of the two transactions.
+async fn lock_correlation(
+    tx: &mut Transaction<'_, Postgres>,
+    provider: &str,
+    key: &str,
+) -> Result<(), Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || ':' || $2, 0))")
+        .bind(provider)
+        .bind(key)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn insert_history(
+    tx: &mut Transaction<'_, Postgres>,
+    saga: Uuid,
+    worker: Option<Uuid>,
+    actor: Option<&str>,
+    entries: &[HistoryEntry],
+) -> Result<(), Error> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let kinds: Vec<&str> = entries.iter().map(|e| e.kind.as_str()).collect();
+    let steps: Vec<Option<String>> = entries.iter().map(|e| e.step.clone()).collect();
+    let attempts: Vec<Option<i32>> = entries.iter().map(|e| e.attempt.map(|a| a as i32)).collect();
+    let errors: Vec<Option<String>> = entries.iter().map(|e| e.error.clone()).collect();
+    let details: Vec<Value> = entries.iter().map(|e| e.detail.clone()).collect();
+    sqlx::query(
+        "INSERT INTO paysaga_history (saga_id, worker, actor, step, attempt, kind, error, detail)
+         SELECT $1, $2, $3, t.step, t.attempt, t.kind, t.error, NULLIF(t.detail, 'null'::jsonb)
+         FROM UNNEST($4::text[], $5::int4[], $6::text[], $7::text[], $8::jsonb[])
+              WITH ORDINALITY AS t(step, attempt, kind, error, detail, n)
+         ORDER BY t.n",
+    )
+    .bind(saga)
+    .bind(worker)
+    .bind(actor)
+    .bind(&steps)
+    .bind(&attempts)
+    .bind(&kinds)
+    .bind(&errors)
+    .bind(&details)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn notify(tx: &mut Transaction<'_, Postgres>) -> Result<(), Error> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(WAKEUP_CHANNEL)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn migrate(&self) -> Result<(), Error> {
+        sqlx::migrate!("../../migrations").run(&self.pool).await?;
+        Ok(())
+    }
+
+    #[instrument(skip_all, fields(workflow = %def.name, version = def.version))]
+    async fn put_definition(&self, def: &Definition) -> Result<DefinitionRecord, Error> {
+        let hash = def.content_hash();
+        let body = serde_json::to_value(def).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let inserted = sqlx::query(
+            "INSERT INTO paysaga_definitions (name, version, content_hash, body, step_kinds)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (name, version) DO NOTHING
+             RETURNING id, name, version, content_hash, body, step_kinds, created_at",
+        )
+        .bind(&def.name)
+        .bind(def.version as i32)
+        .bind(&hash)
+        .bind(&body)
+        .bind(def.step_kinds())
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = inserted {
+            return definition_from_row(&row);
+        }
+        let existing = self
+            .find_definition(&def.name, Some(def.version))
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("definition {} v{}", def.name, def.version)))?;
+        if existing.content_hash != hash {
+            return Err(Error::DefinitionConflict {
+                name: def.name.clone(),
+                version: def.version,
+                existing: existing.content_hash,
+            });
+        }
+        Ok(existing)
+    }
+
+    async fn definition(&self, id: i64) -> Result<DefinitionRecord, Error> {
+        let row = sqlx::query(
+            "SELECT id, name, version, content_hash, body, step_kinds, created_at
+             FROM paysaga_definitions WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("definition id {id}")))?;
+        definition_from_row(&row)
+    }
+
+    async fn find_definition(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<DefinitionRecord>, Error> {
+        let row = sqlx::query(
+            "SELECT id, name, version, content_hash, body, step_kinds, created_at
+             FROM paysaga_definitions
+             WHERE name = $1 AND ($2::int4 IS NULL OR version = $2)
+             ORDER BY version DESC LIMIT 1",
+        )
+        .bind(name)
+        .bind(version.map(|v| v as i32))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(definition_from_row).transpose()
+    }
+
+    async fn list_definitions(&self) -> Result<Vec<DefinitionRecord>, Error> {
+        let rows = sqlx::query(
+            "SELECT id, name, version, content_hash, body, step_kinds, created_at
+             FROM paysaga_definitions ORDER BY name, version DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(definition_from_row).collect()
+    }
+
+    #[instrument(skip_all, fields(workflow = %new.workflow, saga_id = %new.id))]
+    async fn create_saga(&self, new: NewSaga) -> Result<(SagaRecord, bool), Error> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO paysaga_sagas (id, definition_id, workflow, version, idempotency_key,
+                                        input, status, run_at)
+             VALUES ($1, $2, $3, $4, $5, $6, 'scheduled', now())
+             ON CONFLICT (workflow, idempotency_key) DO NOTHING
+             RETURNING {SAGA_COLUMNS}"
+        ))
+        .bind(new.id)
+        .bind(new.definition_id)
+        .bind(&new.workflow)
+        .bind(new.version as i32)
+        .bind(&new.idempotency_key)
+        .bind(&new.input)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = inserted {
+            let saga = saga_from_row(&row)?;
+            let entry = HistoryEntry {
+                kind: paysaga_core::HistoryKind::SagaStarted,
+                step: None,
+                attempt: None,
+                error: None,
+                detail: json!({"definition_id": new.definition_id, "version": new.version,
+                               "idempotency_key": new.idempotency_key}),
+            };
+            insert_history(&mut tx, saga.id, None, Some(&new.actor), &[entry]).await?;
+            notify(&mut tx).await?;
+            tx.commit().await?;
+            return Ok((saga, true));
+        }
+        tx.rollback().await?;
+        // The key exists (possibly committed by a concurrent start a moment ago).
+        let row = sqlx::query(&format!(
+            "SELECT {SAGA_COLUMNS} FROM paysaga_sagas WHERE workflow = $1 AND idempotency_key = $2"
+        ))
+        .bind(&new.workflow)
+        .bind(&new.idempotency_key)
+        .fetch_one(&self.pool)
+        .await?;
+        let existing = saga_from_row(&row)?;
+        if existing.input != new.input {
+            return Err(Error::KeyReused {
+                workflow: new.workflow,
+                key: new.idempotency_key.unwrap_or_default(),
+                saga: existing.id,
+            });
+        }
+        Ok((existing, false))
+    }
+
+    async fn saga(&self, id: Uuid) -> Result<Option<SagaRecord>, Error> {
+        let row = sqlx::query(&format!("SELECT {SAGA_COLUMNS} FROM paysaga_sagas WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(saga_from_row).transpose()
+    }
+
+    async fn list_sagas(&self, filter: &SagaFilter) -> Result<Vec<SagaRecord>, Error> {
+        let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
+        let rows = sqlx::query(&format!(
+            "SELECT {SAGA_COLUMNS} FROM paysaga_sagas
+             WHERE (cardinality($1::text[]) = 0 OR status = ANY($1))
+               AND ($2::text IS NULL OR workflow = $2)
+               AND ($3::timestamptz IS NULL OR (status IN {ACTIVE} AND (updated_at < $3
+                    OR (wait IS NOT NULL AND (wait->>'deadline')::timestamptz < now()))))
+             ORDER BY created_at DESC
+             LIMIT $4"
+        ))
+        .bind(&statuses)
+        .bind(&filter.workflow)
+        .bind(filter.stuck_since)
+        .bind(filter.limit.unwrap_or(100))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(saga_from_row).collect()
+    }
+
+    async fn history(&self, id: Uuid) -> Result<Vec<HistoryRecord>, Error> {
+        let rows = sqlx::query(
+            "SELECT id, at, worker, actor, step, attempt, kind, error, detail
+             FROM paysaga_history WHERE saga_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let kind: String = row.try_get("kind")?;
+                Ok(HistoryRecord {
+                    id: row.try_get("id")?,
+                    at: row.try_get("at")?,
+                    worker: row.try_get("worker")?,
+                    actor: row.try_get("actor")?,
+                    step: row.try_get("step")?,
+                    attempt: row.try_get::<Option<i32>, _>("attempt")?.map(|a| a as u32),
+                    kind: kind.parse().map_err(Error::Corrupt)?,
+                    error: row.try_get("error")?,
+                    detail: row.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+
+    #[instrument(skip(self, reason), fields(saga_id = %id))]
+    async fn request_cancel(&self, id: Uuid, actor: &str, reason: &str) -> Result<SagaRecord, Error> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(&format!(
+            "SELECT {SAGA_COLUMNS} FROM paysaga_sagas WHERE id = $1 FOR UPDATE"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("saga {id}")))?;
+        let saga = saga_from_row(&row)?;
+        if saga.status.is_final() {
+            return Err(Error::Refused(format!(
+                "saga {id} is {} and cannot be cancelled",
+                saga.status
+            )));
+        }
+        // Make it runnable now (a retry backoff or a wait must not delay a cancel); the
+        // holder, if any, applies it after its current step.
+        let row = sqlx::query(&format!(
+            "UPDATE paysaga_sagas SET cancel_requested = true, run_at = now(), updated_at = now()
+             WHERE id = $1 RETURNING {SAGA_COLUMNS}"
+        ))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let entry = HistoryEntry {
+            kind: paysaga_core::HistoryKind::CancelRequested,
+            step: None,
+            attempt: None,
+            error: None,
+            detail: json!({"reason": reason}),
+        };
+        insert_history(&mut tx, id, None, Some(actor), &[entry]).await?;
+        notify(&mut tx).await?;
+        tx.commit().await?;
+        saga_from_row(&row)
+    }
+
+    async fn register_worker(&self, w: &WorkerInfo, ttl: Duration) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO paysaga_workers (id, name, hostname, pid, step_kinds, lease_expires_at)
+             VALUES ($1, $2, $3, $4, $5, now() + $6 * interval '1 millisecond')",
+        )
+        .bind(w.id)
+        .bind(&w.name)
+        .bind(&w.hostname)
+        .bind(w.pid as i32)
+        .bind(&w.step_kinds)
+        .bind(ttl.as_millis() as f64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn heartbeat(&self, worker: Uuid, ttl: Duration) -> Result<bool, Error> {
+        let updated = sqlx::query(
+            "UPDATE paysaga_workers
+             SET heartbeat_at = now(), lease_expires_at = now() + $2 * interval '1 millisecond'
+             WHERE id = $1 AND stopped_at IS NULL AND lease_expires_at > now()",
+        )
+        .bind(worker)
+        .bind(ttl.as_millis() as f64)
+        .execute(&self.pool)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn stop_worker(&self, worker: Uuid) -> Result<u64, Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE paysaga_workers SET stopped_at = now(), lease_expires_at = now() WHERE id = $1",
+        )
+        .bind(worker)
+        .execute(&mut *tx)
+        .await?;
+        let released = sqlx::query(
+            "UPDATE paysaga_sagas SET owner = NULL, run_at = LEAST(run_at, now()), updated_at = now()
+             WHERE owner = $1",
+        )
+        .bind(worker)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if released > 0 {
+            notify(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(released)
+    }
+
+    async fn reap_expired_workers(&self) -> Result<u64, Error> {
+        let mut tx = self.pool.begin().await?;
+        let dead: Vec<Uuid> = sqlx::query_scalar(
+            "UPDATE paysaga_workers SET stopped_at = now()
+             WHERE stopped_at IS NULL AND lease_expires_at < now()
+             RETURNING id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        if dead.is_empty() {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        let released: Vec<Uuid> = sqlx::query_scalar(
+            "UPDATE paysaga_sagas SET owner = NULL, run_at = LEAST(run_at, now()), updated_at = now()
+             WHERE owner = ANY($1) RETURNING id",
+        )
+        .bind(&dead)
+        .fetch_all(&mut *tx)
+        .await?;
+        for saga in &released {
+            let entry = HistoryEntry {
+                kind: paysaga_core::HistoryKind::LeaseTakenOver,
+                step: None,
+                attempt: None,
+                error: None,
+                detail: json!({"expired_workers": dead}),
+            };
+            insert_history(&mut tx, *saga, None, None, &[entry]).await?;
+        }
+        notify(&mut tx).await?;
+        tx.commit().await?;
+        if !released.is_empty() {
+            tracing::warn!(workers = ?dead, sagas = released.len(), "released sagas of workers whose lease expired");
+        }
+        Ok(released.len() as u64)
+    }
+
+    async fn sagas_needing_other_kinds(&self, kinds: &[String]) -> Result<Vec<UnrunnableGroup>, Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT d.name, d.version, count(*) AS sagas,
+                    ARRAY(SELECT unnest(d.step_kinds) EXCEPT SELECT unnest($1::text[])) AS missing
+             FROM paysaga_sagas s JOIN paysaga_definitions d ON d.id = s.definition_id
+             WHERE s.status IN {ACTIVE} AND NOT d.step_kinds <@ $1::text[]
+             GROUP BY d.id, d.name, d.version, d.step_kinds"
+        ))
+        .bind(kinds)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(UnrunnableGroup {
+                    workflow: r.try_get("name")?,
+                    version: r.try_get::<i32, _>("version")? as u32,
+                    sagas: r.try_get("sagas")?,
+                    missing_kinds: r.try_get("missing")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn claim(&self, worker: Uuid, kinds: &[String], limit: i64) -> Result<Vec<ClaimedSaga>, Error> {
+        let rows = sqlx::query(&format!(
+            "WITH runnable AS (
+                 SELECT id FROM paysaga_sagas
+                 WHERE owner IS NULL AND status IN {ACTIVE} AND run_at <= now()
+                   AND definition_id IN (SELECT id FROM paysaga_definitions WHERE step_kinds <@ $3::text[])
+                 ORDER BY run_at
+                 LIMIT $2
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE paysaga_sagas s SET owner = $1, fence = s.fence + 1
+             FROM runnable WHERE s.id = runnable.id
+             RETURNING {}",
+            SAGA_COLUMNS
+                .split(", ")
+                .map(|c| format!("s.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .bind(worker)
+        .bind(limit)
+        .bind(kinds)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(ClaimedSaga { saga: saga_from_row(r)? })).collect()
+    }
+
+    async fn next_due(&self, kinds: &[String]) -> Result<Option<DateTime<Utc>>, Error> {
+        let due: Option<DateTime<Utc>> = sqlx::query_scalar(&format!(
+            "SELECT run_at FROM paysaga_sagas
+             WHERE owner IS NULL AND status IN {ACTIVE} AND run_at IS NOT NULL
+               AND definition_id IN (SELECT id FROM paysaga_definitions WHERE step_kinds <@ $1::text[])
+             ORDER BY run_at LIMIT 1"
+        ))
+        .bind(kinds)
+        .fetch_optional(&self.pool)
+        .await?
+        .flatten();
+        Ok(due)
+    }
+
+    #[instrument(skip_all, fields(saga_id = %c.saga, status = %c.transition.status))]
+    async fn commit(&self, c: Commit<'_>) -> Result<Committed, Error> {
+        let t = c.transition;
+        let mut tx = self.pool.begin().await?;
+        // Same lock order as deliver_event (correlation lock, then saga row): no deadlock.
+        if let Some(wait) = &t.wait {
+            lock_correlation(&mut tx, &wait.provider, &wait.correlation_key).await?;
+        }
+        let row = sqlx::query(
+            "SELECT wake_event, cancel_requested FROM paysaga_sagas
+             WHERE id = $1 AND owner = $2 AND fence = $3
+               AND EXISTS (SELECT 1 FROM paysaga_workers w
+                           WHERE w.id = $2 AND w.stopped_at IS NULL AND w.lease_expires_at > now())
+             FOR UPDATE",
+        )
+        .bind(c.saga)
+        .bind(c.worker)
+        .bind(c.fence)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Err(Error::LeaseLost { saga: c.saga });
+        };
+        let stored_event: Option<Value> = row.try_get("wake_event")?;
+        let cancel_requested: bool = row.try_get("cancel_requested")?;
+        let mut pending: Option<Event> = stored_event
+            .map(serde_json::from_value::<Event>)
+            .transpose()
+            .map_err(|e| Error::Corrupt(format!("saga {} wake_event: {e}", c.saga)))?
+            .filter(|ev| Some(ev.inbox_id) != c.consumed_event);
+
+        let mut keep = t.continue_now;
+        let mut run_at = t.run_at;
+        let mut wait_json: Option<Value> = None;
+        if let Some(wait) = &t.wait {
+            if pending.is_none() {
+                // Inbox first: an event that arrived before the wait was stored ends it now.
+                let found = sqlx::query(
+                    "UPDATE paysaga_events SET consumed_by = $1, consumed_at = now()
+                     WHERE id = (SELECT id FROM paysaga_events
+                                 WHERE provider = $2 AND correlation_key = $3
+                                   AND event_type = ANY($4) AND consumed_by IS NULL
+                                   AND parse_error IS NULL
+                                 ORDER BY id LIMIT 1 FOR UPDATE)
+                     RETURNING id, provider, event_id, event_type, correlation_key, payload",
+                )
+                .bind(c.saga)
+                .bind(&wait.provider)
+                .bind(&wait.correlation_key)
+                .bind(&wait.event_types)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(r) = found {
+                    pending = Some(Event {
+                        inbox_id: r.try_get("id")?,
+                        provider: r.try_get("provider")?,
+                        event_id: r.try_get("event_id")?,
+                        event_type: r.try_get::<Option<String>, _>("event_type")?.unwrap_or_default(),
+                        correlation_key: r
+                            .try_get::<Option<String>, _>("correlation_key")?
+                            .unwrap_or_default(),
+                        payload: r.try_get::<Option<Value>, _>("payload")?.unwrap_or(Value::Null),
+                    });
+                }
+            }
+            wait_json = Some(serde_json::to_value(wait).map_err(|e| Error::Corrupt(e.to_string()))?);
+            if pending.is_some() {
+                keep = true;
+                run_at = Some(Utc::now());
+                sqlx::query("DELETE FROM paysaga_waits WHERE saga_id = $1")
+                    .bind(c.saga)
+                    .execute(&mut *tx)
+                    .await?;
+            } else {
+                sqlx::query(
+                    "INSERT INTO paysaga_waits (saga_id, provider, event_types, correlation_key, deadline)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (saga_id) DO UPDATE SET provider = EXCLUDED.provider,
+                        event_types = EXCLUDED.event_types, correlation_key = EXCLUDED.correlation_key,
+                        deadline = EXCLUDED.deadline",
+                )
+                .bind(c.saga)
+                .bind(&wait.provider)
+                .bind(&wait.event_types)
+                .bind(&wait.correlation_key)
+                .bind(wait.deadline)
+                .execute(&mut *tx)
+                .await?;
+            }
+        } else {
+            // The step left its wait (or never waited): no stale event or wait may remain.
+            pending = None;
+            if c.prior_status == SagaStatus::Waiting {
+                sqlx::query("DELETE FROM paysaga_waits WHERE saga_id = $1")
+                    .bind(c.saga)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let wake_json = pending
+            .as_ref()
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|e| Error::Corrupt(e.to_string()))?;
+        let final_status = t.status.is_final();
+        if final_status {
+            keep = false;
+            run_at = None;
+        }
+        let (output_name, output_value) = match &t.output {
+            Some((n, v)) => (Some(n.as_str()), Some(v)),
+            None => (None, None),
+        };
+        sqlx::query(
+            "UPDATE paysaga_sagas SET status = $2, step_index = $3, attempt = $4,
+                    step_started_at = $5, run_at = $6, wait = $7, wake_event = $8,
+                    outputs = CASE WHEN $9::text IS NULL THEN outputs
+                                   ELSE outputs || jsonb_build_object($9::text, $10::jsonb) END,
+                    last_error = $11,
+                    owner = CASE WHEN $12 THEN owner ELSE NULL END,
+                    updated_at = now(),
+                    finished_at = CASE WHEN $13 THEN now() ELSE NULL END
+             WHERE id = $1",
+        )
+        .bind(c.saga)
+        .bind(t.status.as_str())
+        .bind(t.step_index as i32)
+        .bind(t.attempt as i32)
+        .bind(t.step_started_at)
+        .bind(run_at)
+        .bind(&wait_json)
+        .bind(&wake_json)
+        .bind(output_name)
+        .bind(output_value)
+        .bind(&t.last_error)
+        .bind(keep)
+        .bind(final_status)
+        .execute(&mut *tx)
+        .await?;
+        insert_history(&mut tx, c.saga, Some(c.worker), None, &t.history).await?;
+        if !keep && run_at.is_some_and(|at| at <= Utc::now()) {
+            notify(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(Committed { kept: keep, wake_event: pending, cancel_requested })
+    }
+
+    #[instrument(skip_all, fields(provider = %e.provider, event_id = %e.event_id))]
+    async fn deliver_event(&self, e: NewEvent) -> Result<Delivery, Error> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(key) = &e.correlation_key {
+            lock_correlation(&mut tx, &e.provider, key).await?;
+        }
+        let inserted: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO paysaga_events (provider, event_id, event_type, correlation_key, payload,
+                                         raw_body, parse_error)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (provider, event_id) DO NOTHING
+             RETURNING id",
+        )
+        .bind(&e.provider)
+        .bind(&e.event_id)
+        .bind(&e.event_type)
+        .bind(&e.correlation_key)
+        .bind(&e.payload)
+        .bind(&e.raw_body)
+        .bind(&e.parse_error)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(inbox_id) = inserted else {
+            tx.rollback().await?;
+            let id: i64 = sqlx::query_scalar(
+                "SELECT id FROM paysaga_events WHERE provider = $1 AND event_id = $2",
+            )
+            .bind(&e.provider)
+            .bind(&e.event_id)
+            .fetch_one(&self.pool)
+            .await?;
+            return Ok(Delivery { inbox_id: id, duplicate: true, matched_saga: None });
+        };
+        let mut matched_saga = None;
+        if let (Some(key), Some(event_type), None) = (&e.correlation_key, &e.event_type, &e.parse_error) {
+            let waiting: Option<Uuid> = sqlx::query_scalar(
+                "DELETE FROM paysaga_waits WHERE saga_id = (
+                     SELECT saga_id FROM paysaga_waits
+                     WHERE provider = $1 AND correlation_key = $2 AND $3 = ANY(event_types)
+                     ORDER BY created_at LIMIT 1 FOR UPDATE)
+                 RETURNING saga_id",
+            )
+            .bind(&e.provider)
+            .bind(key)
+            .bind(event_type)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(saga) = waiting {
+                let event = Event {
+                    inbox_id,
+                    provider: e.provider.clone(),
+                    event_id: e.event_id.clone(),
+                    event_type: event_type.clone(),
+                    correlation_key: key.clone(),
+                    payload: e.payload.clone().unwrap_or(Value::Null),
+                };
+                sqlx::query(
+                    "UPDATE paysaga_events SET consumed_by = $2, consumed_at = now() WHERE id = $1",
+                )
+                .bind(inbox_id)
+                .bind(saga)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE paysaga_sagas SET wake_event = $2, run_at = now(), updated_at = now()
+                     WHERE id = $1",
+                )
+                .bind(saga)
+                .bind(serde_json::to_value(&event).map_err(|e| Error::Corrupt(e.to_string()))?)
+                .execute(&mut *tx)
+                .await?;
+                notify(&mut tx).await?;
+                matched_saga = Some(saga);
+            }
+        }
+        tx.commit().await?;
+        Ok(Delivery { inbox_id, duplicate: false, matched_saga })
+    }
+
+    async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRecord>, Error> {
+        let rows = sqlx::query(
+            "SELECT id, provider, event_id, event_type, correlation_key, payload, parse_error,
+                    received_at, consumed_by, consumed_at
+             FROM paysaga_events
+             WHERE (NOT $1 OR consumed_by IS NULL) AND ($2::text IS NULL OR provider = $2)
+             ORDER BY id DESC LIMIT $3",
+        )
+        .bind(filter.unmatched)
+        .bind(&filter.provider)
+        .bind(filter.limit.unwrap_or(100))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn wakeups(&self) -> Result<WakeupsBox, Error> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(WAKEUP_CHANNEL).await?;
+        Ok(Box::new(PgWakeups { listener }))
+    }
+}
+
+struct PgWakeups {
+    listener: PgListener,
+}
+
+#[async_trait]
+impl crate::Wakeups for PgWakeups {
+    async fn recv(&mut self) -> Result<(), Error> {
+        self.listener.recv().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,256 @@
+//! Records the store reads and writes.
+
+use chrono::{DateTime, Utc};
+use paysaga_core::{ActiveWait, Definition, Event, HistoryKind, SagaState, SagaStatus};
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+/// A stored definition version.
+#[derive(Debug, Clone, Serialize)]
+pub struct DefinitionRecord {
+    /// Row id (sagas pin it).
+    pub id: i64,
+    /// Workflow name.
+    pub name: String,
+    /// Version.
+    pub version: u32,
+    /// Hex SHA-256 of the canonical content.
+    pub content_hash: String,
+    /// The definition.
+    pub definition: Definition,
+    /// Step kinds it needs.
+    pub step_kinds: Vec<String>,
+    /// When it was stored.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A saga to create.
+#[derive(Debug, Clone)]
+pub struct NewSaga {
+    /// Its id.
+    pub id: Uuid,
+    /// The definition version it pins.
+    pub definition_id: i64,
+    /// Workflow name.
+    pub workflow: String,
+    /// Version.
+    pub version: u32,
+    /// Caller's idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Input (validated by the caller).
+    pub input: Value,
+    /// Who started it (for history).
+    pub actor: String,
+}
+
+/// A saga as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct SagaRecord {
+    /// Id.
+    pub id: Uuid,
+    /// Pinned definition.
+    pub definition_id: i64,
+    /// Workflow name.
+    pub workflow: String,
+    /// Definition version.
+    pub version: u32,
+    /// Caller's idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Input.
+    pub input: Value,
+    /// Status.
+    pub status: SagaStatus,
+    /// Current step (or step being compensated).
+    pub step_index: usize,
+    /// Attempts made of the current step.
+    pub attempt: u32,
+    /// First attempt of the current step.
+    pub step_started_at: Option<DateTime<Utc>>,
+    /// When a worker picks it up next.
+    pub run_at: Option<DateTime<Utc>>,
+    /// Worker holding the lease.
+    pub owner: Option<Uuid>,
+    /// Fencing token.
+    pub fence: i64,
+    /// Step outputs by step name.
+    pub outputs: Value,
+    /// Active wait.
+    pub wait: Option<ActiveWait>,
+    /// Event that ended the wait and awaits processing.
+    pub wake_event: Option<Event>,
+    /// Last error shown to operators.
+    pub last_error: Option<String>,
+    /// An operator asked to cancel.
+    pub cancel_requested: bool,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// Reached a final status.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl SagaRecord {
+    /// The part the state machine needs.
+    pub fn state(&self) -> SagaState {
+        SagaState {
+            id: self.id,
+            status: self.status,
+            step_index: self.step_index,
+            attempt: self.attempt,
+            step_started_at: self.step_started_at,
+            wait: self.wait.clone(),
+            cancel_requested: self.cancel_requested,
+            last_error: self.last_error.clone(),
+        }
+    }
+}
+
+/// A saga claimed by a worker.
+#[derive(Debug, Clone)]
+pub struct ClaimedSaga {
+    /// The saga as claimed (its `fence` is the worker's fencing token).
+    pub saga: SagaRecord,
+}
+
+/// Which sagas to list.
+#[derive(Debug, Clone, Default)]
+pub struct SagaFilter {
+    /// Only these statuses.
+    pub statuses: Vec<SagaStatus>,
+    /// Only this workflow.
+    pub workflow: Option<String>,
+    /// Unfinished and not updated since this time, or waiting past its deadline.
+    pub stuck_since: Option<DateTime<Utc>>,
+    /// At most this many (default 100).
+    pub limit: Option<i64>,
+}
+
+/// One history entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryRecord {
+    /// Row id (order).
+    pub id: i64,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Which worker wrote it.
+    pub worker: Option<Uuid>,
+    /// Who, for operator and API entries.
+    pub actor: Option<String>,
+    /// Step name.
+    pub step: Option<String>,
+    /// Attempt.
+    pub attempt: Option<u32>,
+    /// What happened.
+    pub kind: HistoryKind,
+    /// Error.
+    pub error: Option<String>,
+    /// Details.
+    pub detail: Option<Value>,
+}
+
+/// A worker process registering itself.
+#[derive(Debug, Clone)]
+pub struct WorkerInfo {
+    /// Unique per process start.
+    pub id: Uuid,
+    /// Configured name (a label only).
+    pub name: String,
+    /// Host.
+    pub hostname: String,
+    /// Process id.
+    pub pid: u32,
+    /// Registered step kinds.
+    pub step_kinds: Vec<String>,
+}
+
+/// Unfinished sagas a worker cannot run.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnrunnableGroup {
+    /// Workflow.
+    pub workflow: String,
+    /// Version.
+    pub version: u32,
+    /// How many sagas.
+    pub sagas: i64,
+    /// Step kinds the worker lacks.
+    pub missing_kinds: Vec<String>,
+}
+
+/// The result of a commit.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The worker still holds the saga (run the next step now).
+    pub kept: bool,
+    /// An event that ended the new wait at once (the worker keeps the saga to handle it).
+    pub wake_event: Option<Event>,
+    /// An operator asked to cancel meanwhile.
+    pub cancel_requested: bool,
+}
+
+/// An event for the inbox.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// Provider.
+    pub provider: String,
+    /// Provider's event id.
+    pub event_id: String,
+    /// Event type (absent when unparseable).
+    pub event_type: Option<String>,
+    /// Correlation key (absent when unknown).
+    pub correlation_key: Option<String>,
+    /// Parsed body.
+    pub payload: Option<Value>,
+    /// Raw body, kept when it could not be parsed.
+    pub raw_body: Option<Vec<u8>>,
+    /// Why it could not be parsed.
+    pub parse_error: Option<String>,
+}
+
+/// What happened to a delivered event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Delivery {
+    /// Inbox row id.
+    pub inbox_id: i64,
+    /// Already stored before (same provider event id): ignored.
+    pub duplicate: bool,
+    /// The saga whose wait it ended, if any.
+    pub matched_saga: Option<Uuid>,
+}
+
+/// An inbox row.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRecord {
+    /// Row id.
+    pub id: i64,
+    /// Provider.
+    pub provider: String,
+    /// Provider's event id.
+    pub event_id: String,
+    /// Type.
+    pub event_type: Option<String>,
+    /// Correlation key.
+    pub correlation_key: Option<String>,
+    /// Body.
+    pub payload: Option<Value>,
+    /// Parse error.
+    pub parse_error: Option<String>,
+    /// Received.
+    pub received_at: DateTime<Utc>,
+    /// Consumed by this saga.
+    pub consumed_by: Option<Uuid>,
+    /// Consumed when.
+    pub consumed_at: Option<DateTime<Utc>>,
+}
+
+/// Which inbox events to list.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Only events no saga consumed.
+    pub unmatched: bool,
+    /// Only this provider.
+    pub provider: Option<String>,
+    /// At most this many (default 100).
+    pub limit: Option<i64>,
+}
