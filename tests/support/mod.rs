@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use paysaga_core::{Definition, StepContext, StepKind, StepOutcome, Wake, WaitSpec};
+use paysaga_core::{Definition, StepContext, StepKind, StepOutcome, WaitSpec, Wake};
 use paysaga_runtime::{noop, Engine, Registry, WorkerConfig};
 use paysaga_store::{PgStore, Store};
 use paysaga_testkit::TestDatabase;
@@ -107,7 +107,11 @@ impl StepKind for Effect {
         true
     }
     async fn compensate(&self, ctx: &StepContext, _params: Value) -> StepOutcome {
-        self.0.compensations.lock().unwrap().push((ctx.saga_id, ctx.step.clone()));
+        self.0
+            .compensations
+            .lock()
+            .unwrap()
+            .push((ctx.saga_id, ctx.step.clone()));
         StepOutcome::Done(Value::Null)
     }
 }
@@ -141,7 +145,9 @@ impl StepKind for Flaky {
     async fn run(&self, ctx: &StepContext, params: Value) -> StepOutcome {
         let failures = params["failures"].as_u64().unwrap_or(1) as u32;
         let mut left = self.0.failures_left.lock().unwrap();
-        let n = left.entry((ctx.saga_id, ctx.step.clone())).or_insert(failures);
+        let n = left
+            .entry((ctx.saga_id, ctx.step.clone()))
+            .or_insert(failures);
         if *n > 0 {
             *n -= 1;
             return StepOutcome::retry(format!("provider returned 503 (attempt {})", ctx.attempt));
@@ -213,8 +219,16 @@ pub async fn harness() -> Harness {
     let store = PgStore::connect(db.url()).await.unwrap();
     store.migrate().await.unwrap();
     let engine = Engine::new(Arc::new(store), registry(&provider));
-    engine.submit_definition(&noop::noop_definition()).await.unwrap();
-    Harness { db, pool, engine, provider }
+    engine
+        .submit_definition(&noop::noop_definition())
+        .await
+        .unwrap();
+    Harness {
+        db,
+        pool,
+        engine,
+        provider,
+    }
 }
 
 impl Harness {

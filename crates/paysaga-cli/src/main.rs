@@ -1,6 +1,8 @@
 //! `paysaga`: the binary that wires the engine together: migrations, workers, definitions,
 //! starting and inspecting sagas.
 
+mod demo;
+
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,7 +18,11 @@ use serde_json::Value;
 use uuid::Uuid;
 
 #[derive(Debug, Parser)]
-#[command(name = "paysaga", version, about = "Durable payout sagas on PostgreSQL")]
+#[command(
+    name = "paysaga",
+    version,
+    about = "Durable payout sagas on PostgreSQL"
+)]
 struct Cli {
     /// PostgreSQL URL.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
@@ -74,6 +80,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run sagas end to end in one process and print what happened (finds or starts a
+    /// PostgreSQL when DATABASE_URL is not set).
+    Demo,
     /// Cancel a saga (compensations of completed steps run).
     Cancel {
         /// Saga id.
@@ -127,12 +136,19 @@ struct WorkerArgs {
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if std::io::stderr().is_terminal() {
         builder.init();
     } else {
-        builder.json().flatten_event(true).with_current_span(true).init();
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init();
     }
 }
 
@@ -191,12 +207,19 @@ async fn main() -> Result<()> {
             for file in files {
                 let text = std::fs::read_to_string(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?;
-                let def = Definition::from_toml(&text).with_context(|| format!("{}", file.display()))?;
+                let def =
+                    Definition::from_toml(&text).with_context(|| format!("{}", file.display()))?;
                 let rec = engine
                     .submit_definition(&def)
                     .await
                     .with_context(|| format!("{} refused", file.display()))?;
-                println!("{} v{} {} ({})", rec.name, rec.version, &rec.content_hash[..12], file.display());
+                println!(
+                    "{} v{} {} ({})",
+                    rec.name,
+                    rec.version,
+                    &rec.content_hash[..12],
+                    file.display()
+                );
             }
         }
         Command::Definitions(DefinitionsCommand::List { json }) => {
@@ -206,14 +229,26 @@ async fn main() -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&defs)?);
             } else {
-                println!("{:<24} {:>7}  {:<12}  {}", "NAME", "VERSION", "HASH", "STEPS");
+                println!("{:<24} {:>7}  {:<12}  STEPS", "NAME", "VERSION", "HASH");
                 for d in defs {
-                    let steps: Vec<&str> = d.definition.steps.iter().map(|s| s.name.as_str()).collect();
-                    println!("{:<24} {:>7}  {:<12}  {}", d.name, d.version, &d.content_hash[..12], steps.join(" > "));
+                    let steps: Vec<&str> =
+                        d.definition.steps.iter().map(|s| s.name.as_str()).collect();
+                    println!(
+                        "{:<24} {:>7}  {:<12}  {}",
+                        d.name,
+                        d.version,
+                        &d.content_hash[..12],
+                        steps.join(" > ")
+                    );
                 }
             }
         }
-        Command::Start { workflow, input, key, version } => {
+        Command::Start {
+            workflow,
+            input,
+            key,
+            version,
+        } => {
             let engine = engine(url).await?;
             ensure_builtins(&engine).await?;
             let input = read_input(&input)?;
@@ -229,7 +264,13 @@ async fn main() -> Result<()> {
                 .with_context(|| format!("cannot start workflow {workflow}"))?;
             println!("{}", started.saga_id);
         }
-        Command::List { statuses, workflow, stuck_for, limit, json } => {
+        Command::List {
+            statuses,
+            workflow,
+            stuck_for,
+            limit,
+            json,
+        } => {
             let engine = engine(url).await?;
             let statuses = statuses
                 .iter()
@@ -240,12 +281,20 @@ async fn main() -> Result<()> {
                 .transpose()
                 .context("--stuck-for is too long")?;
             let sagas = engine
-                .list(&SagaFilter { statuses, workflow, stuck_since, limit: Some(limit) })
+                .list(&SagaFilter {
+                    statuses,
+                    workflow,
+                    stuck_since,
+                    limit: Some(limit),
+                })
                 .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&sagas)?);
             } else {
-                println!("{:<36}  {:<16} {:<12} {:>4}  {:<20}  {}", "ID", "WORKFLOW", "STATUS", "STEP", "UPDATED", "LAST ERROR");
+                println!(
+                    "{:<36}  {:<16} {:<12} {:>4}  {:<20}  LAST ERROR",
+                    "ID", "WORKFLOW", "STATUS", "STEP", "UPDATED"
+                );
                 for s in sagas {
                     println!(
                         "{:<36}  {:<16} {:<12} {:>4}  {:<20}  {}",
@@ -261,20 +310,27 @@ async fn main() -> Result<()> {
         }
         Command::Show { id, json } => {
             let engine = engine(url).await?;
-            let view = engine.get(id).await.with_context(|| format!("cannot show saga {id}"))?;
+            let view = engine
+                .get(id)
+                .await
+                .with_context(|| format!("cannot show saga {id}"))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&view)?);
             } else {
                 print_saga(&view);
             }
         }
+        Command::Demo => demo::run(url).await?,
         Command::Cancel { id, reason } => {
             let engine = engine(url).await?;
             let saga = engine
                 .cancel(id, &format!("cli:{}", whoami()), &reason)
                 .await
                 .with_context(|| format!("cannot cancel saga {id}"))?;
-            println!("cancel requested for saga {} (status {}); compensations run next", saga.id, saga.status);
+            println!(
+                "cancel requested for saga {} (status {}); compensations run next",
+                saga.id, saga.status
+            );
         }
     }
     Ok(())
@@ -286,7 +342,8 @@ fn whoami() -> String {
 
 fn read_input(arg: &str) -> Result<Value> {
     let text = match arg.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read input file {path}"))?,
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read input file {path}"))?,
         None => arg.to_string(),
     };
     serde_json::from_str(&text).context("--input is not valid JSON")
@@ -298,7 +355,11 @@ fn print_saga(v: &SagaView) {
     println!("workflow  {} v{}", s.workflow, s.version);
     println!("status    {}", s.status);
     if let Some(step) = &v.current_step {
-        println!("step      {step} (#{}, attempt {})", s.step_index + 1, s.attempt);
+        println!(
+            "step      {step} (#{}, attempt {})",
+            s.step_index + 1,
+            s.attempt
+        );
     }
     if let Some(w) = &s.wait {
         println!(
@@ -324,7 +385,9 @@ fn print_saga(v: &SagaView) {
     println!("history:");
     let mut prev: Option<chrono::DateTime<chrono::Utc>> = None;
     for h in &v.history {
-        let delta = prev.map(|p| format!("+{}ms", (h.at - p).num_milliseconds())).unwrap_or_default();
+        let delta = prev
+            .map(|p| format!("+{}ms", (h.at - p).num_milliseconds()))
+            .unwrap_or_default();
         prev = Some(h.at);
         println!(
             "  {} {:>9}  {:<22} {:<16} {}{}",
@@ -332,7 +395,9 @@ fn print_saga(v: &SagaView) {
             delta,
             h.kind.as_str(),
             h.step.as_deref().unwrap_or("-"),
-            h.attempt.map(|a| format!("attempt {a} ")).unwrap_or_default(),
+            h.attempt
+                .map(|a| format!("attempt {a} "))
+                .unwrap_or_default(),
             h.error.as_deref().unwrap_or("")
         );
     }
@@ -341,7 +406,11 @@ fn print_saga(v: &SagaView) {
 async fn run_worker(url: Option<&str>, args: WorkerArgs) -> Result<()> {
     let engine = engine(url).await?;
     if !args.no_migrate {
-        engine.store().migrate().await.context("migration failed (use --no-migrate if migrations run as a separate job)")?;
+        engine
+            .store()
+            .migrate()
+            .await
+            .context("migration failed (use --no-migrate if migrations run as a separate job)")?;
     }
     ensure_builtins(&engine).await?;
     let config = WorkerConfig {
@@ -393,7 +462,10 @@ async fn run_worker(url: Option<&str>, args: WorkerArgs) -> Result<()> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         let _ = tokio::signal::ctrl_c().await;
         return;
     };
@@ -409,7 +481,10 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted_from_urls() {
-        assert_eq!(redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(
+            redact_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
     }
 }

@@ -18,6 +18,7 @@ use serde_json_path::JsonPath;
 use sha2::{Digest, Sha256};
 
 use crate::retry::{PolicyError, RetryPolicy};
+use crate::saga::StepTraits;
 
 /// A workflow definition: a named, versioned, ordered list of steps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,7 +124,9 @@ pub enum DefinitionError {
         step: String,
     },
     /// Step name empty or with characters outside `[a-z0-9_-]`.
-    #[error("workflow {workflow}: step name {step:?} must be non-empty and use only a-z, 0-9, '_', '-'")]
+    #[error(
+        "workflow {workflow}: step name {step:?} must be non-empty and use only a-z, 0-9, '_', '-'"
+    )]
     BadStepName {
         /// workflow
         workflow: String,
@@ -206,11 +209,12 @@ impl Definition {
         kinds
     }
 
-    /// Validates structure, policies and references; `is_known_kind` answers whether a
-    /// step kind is registered. Returns the compiled form used at run time.
+    /// Validates structure, policies and references; `kind_traits` answers what a
+    /// registered step kind can do (`None`: not registered). Returns the compiled form used
+    /// at run time.
     pub fn compile(
         &self,
-        is_known_kind: &dyn Fn(&str) -> bool,
+        kind_traits: &dyn Fn(&str) -> Option<StepTraits>,
         known_kinds: &[String],
     ) -> Result<CompiledDefinition, DefinitionError> {
         let wf = &self.name;
@@ -238,7 +242,10 @@ impl Definition {
                     .chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-".contains(c))
             {
-                return Err(DefinitionError::BadStepName { workflow: wf.clone(), step: err_step() });
+                return Err(DefinitionError::BadStepName {
+                    workflow: wf.clone(),
+                    step: err_step(),
+                });
             }
             if !seen.insert(step.name.as_str()) {
                 return Err(DefinitionError::DuplicateStep {
@@ -246,19 +253,25 @@ impl Definition {
                     step: err_step(),
                 });
             }
-            if !is_known_kind(&step.kind) {
+            let Some(kind) = kind_traits(&step.kind) else {
                 return Err(DefinitionError::UnknownKind {
                     workflow: wf.clone(),
                     step: err_step(),
                     kind: step.kind.clone(),
                     known: known_kinds.join(", "),
                 });
-            }
-            step.retry.validate().map_err(|source| DefinitionError::Policy {
-                workflow: wf.clone(),
-                step: err_step(),
-                source,
-            })?;
+            };
+            let traits = StepTraits {
+                compensable: kind.compensable && step.compensate,
+                irreversible: kind.irreversible || step.irreversible,
+            };
+            step.retry
+                .validate()
+                .map_err(|source| DefinitionError::Policy {
+                    workflow: wf.clone(),
+                    step: err_step(),
+                    source,
+                })?;
             for (field, d) in [
                 ("timeout", step.timeout),
                 ("deadline", step.deadline),
@@ -275,17 +288,25 @@ impl Definition {
             // `seen` holds this step and the earlier ones; a step may not read its own output.
             let mut earlier: HashSet<&str> = seen.clone();
             earlier.remove(step.name.as_str());
-            let params = Params::compile(&step.params, "params", &earlier).map_err(
-                |(param, reason)| DefinitionError::BadReference {
-                    workflow: wf.clone(),
-                    step: err_step(),
-                    param,
-                    reason,
-                },
-            )?;
-            steps.push(CompiledStep { def: step.clone(), params });
+            let params =
+                Params::compile(&step.params, "params", &earlier).map_err(|(param, reason)| {
+                    DefinitionError::BadReference {
+                        workflow: wf.clone(),
+                        step: err_step(),
+                        param,
+                        reason,
+                    }
+                })?;
+            steps.push(CompiledStep {
+                def: step.clone(),
+                params,
+                traits,
+            });
         }
-        Ok(CompiledDefinition { definition: self.clone(), steps })
+        Ok(CompiledDefinition {
+            definition: self.clone(),
+            steps,
+        })
     }
 }
 
@@ -305,6 +326,8 @@ pub struct CompiledStep {
     pub def: StepDef,
     /// Its parameters with references parsed.
     pub params: Params,
+    /// What its kind (and the definition) say about undoing it.
+    pub traits: StepTraits,
 }
 
 /// A parameter template: literals and JSONPath references.
@@ -344,12 +367,17 @@ impl Params {
         earlier_steps: &HashSet<&str>,
     ) -> Result<Params, (String, String)> {
         Ok(match value {
-            Value::String(s) if s.starts_with("$$") => Params::Literal(Value::String(s[1..].to_string())),
+            Value::String(s) if s.starts_with("$$") => {
+                Params::Literal(Value::String(s[1..].to_string()))
+            }
             Value::String(s) if s.starts_with('$') => {
                 let path = JsonPath::parse(s)
                     .map_err(|e| (at.to_string(), format!("{s:?} is not valid JSONPath: {e}")))?;
                 check_scope(s, earlier_steps).map_err(|reason| (at.to_string(), reason))?;
-                Params::Path { source: s.clone(), path }
+                Params::Path {
+                    source: s.clone(),
+                    path,
+                }
             }
             Value::Array(items) => Params::Array(
                 items
@@ -361,7 +389,8 @@ impl Params {
             Value::Object(map) => Params::Object(
                 map.iter()
                     .map(|(k, v)| {
-                        Params::compile(v, &format!("{at}.{k}"), earlier_steps).map(|p| (k.clone(), p))
+                        Params::compile(v, &format!("{at}.{k}"), earlier_steps)
+                            .map(|p| (k.clone(), p))
                     })
                     .collect::<Result<_, _>>()?,
             ),
@@ -402,7 +431,10 @@ impl Params {
                 .map(Value::Array),
             Params::Object(map) => map
                 .iter()
-                .map(|(k, p)| p.resolve_at(scope, &format!("{at}.{k}")).map(|v| (k.clone(), v)))
+                .map(|(k, p)| {
+                    p.resolve_at(scope, &format!("{at}.{k}"))
+                        .map(|v| (k.clone(), v))
+                })
                 .collect::<Result<serde_json::Map<_, _>, _>>()
                 .map(Value::Object),
         }
@@ -447,7 +479,9 @@ fn check_scope(path: &str, earlier_steps: &HashSet<&str>) -> Result<(), String> 
             if earlier_steps.contains(step) {
                 Ok(())
             } else {
-                Err(format!("{path:?} refers to step {step:?}, which is not an earlier step"))
+                Err(format!(
+                    "{path:?} refers to step {step:?}, which is not an earlier step"
+                ))
             }
         }
         other => Err(format!(
@@ -471,7 +505,9 @@ pub mod serde_duration {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!("bad duration {text:?} ({e}); write e.g. \"500ms\", \"30s\", \"5m\", \"7d\""))
+            serde::de::Error::custom(format!(
+                "bad duration {text:?} ({e}); write e.g. \"500ms\", \"30s\", \"5m\", \"7d\""
+            ))
         })
     }
 }
@@ -482,8 +518,8 @@ mod tests {
 
     use super::*;
 
-    fn known(k: &str) -> bool {
-        k.starts_with("noop.")
+    fn known(k: &str) -> Option<StepTraits> {
+        k.starts_with("noop.").then_some(StepTraits::default())
     }
 
     fn compile(def: &Definition) -> Result<CompiledDefinition, DefinitionError> {
@@ -521,11 +557,21 @@ mod tests {
             json!({"id": "p_1", "list": [1200, 3]})
         );
         assert_eq!(
-            c.steps[1].params.resolve_input_only(&json!({"input": {"amount": 5}})).expect("ok"),
+            c.steps[1]
+                .params
+                .resolve_input_only(&json!({"input": {"amount": 5}}))
+                .expect("ok"),
             json!({"id": null, "list": [5, 3]})
         );
-        let err = c.steps[1].params.resolve(&json!({"input": {"amount": 1}})).unwrap_err();
-        assert!(err.to_string().contains("$.steps.create.id matched nothing"), "{err}");
+        let err = c.steps[1]
+            .params
+            .resolve(&json!({"input": {"amount": 1}}))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("$.steps.create.id matched nothing"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -543,21 +589,33 @@ mod tests {
         let base = Definition::from_toml(TOML).expect("parses");
         let mut d = base.clone();
         d.steps[1].name = "create".into();
-        assert!(matches!(compile(&d), Err(DefinitionError::DuplicateStep { .. })));
+        assert!(matches!(
+            compile(&d),
+            Err(DefinitionError::DuplicateStep { .. })
+        ));
         let mut d = base.clone();
         d.steps[0].kind = "lumanu.nope".into();
         let e = compile(&d).unwrap_err();
-        assert!(e.to_string().contains("unknown step kind \"lumanu.nope\""), "{e}");
+        assert!(
+            e.to_string().contains("unknown step kind \"lumanu.nope\""),
+            "{e}"
+        );
         let mut d = base.clone();
         d.steps[0].params = json!({"x": "$.steps.confirm.id"});
         let e = compile(&d).unwrap_err();
         assert!(e.to_string().contains("not an earlier step"), "{e}");
         let mut d = base.clone();
         d.steps[0].params = json!({"x": "$.input[?"});
-        assert!(matches!(compile(&d), Err(DefinitionError::BadReference { .. })));
+        assert!(matches!(
+            compile(&d),
+            Err(DefinitionError::BadReference { .. })
+        ));
         let mut d = base.clone();
         d.steps[0].params = json!({"x": "$.secrets.key"});
-        assert!(matches!(compile(&d), Err(DefinitionError::BadReference { .. })));
+        assert!(matches!(
+            compile(&d),
+            Err(DefinitionError::BadReference { .. })
+        ));
         let mut d = base.clone();
         d.steps[0].retry.multiplier = 0.1;
         assert!(matches!(compile(&d), Err(DefinitionError::Policy { .. })));

@@ -18,7 +18,7 @@
 //!
 //! ## Example
 //! ```
-//! use paysaga_core::{Definition, SagaStatus};
+//! use paysaga_core::{Definition, SagaStatus, StepTraits};
 //!
 //! let def = Definition::from_toml(r#"
 //!     name = "noop"
@@ -28,7 +28,7 @@
 //!     kind = "noop.sleep"
 //!     params = { delay_ms = "$.input.delay_ms" }
 //! "#).unwrap();
-//! let compiled = def.compile(&|kind| kind == "noop.sleep", &["noop.sleep".into()]).unwrap();
+//! let compiled = def.compile(&|kind| (kind == "noop.sleep").then(StepTraits::default), &["noop.sleep".into()]).unwrap();
 //! let scope = serde_json::json!({ "input": { "delay_ms": 5 } });
 //! assert_eq!(compiled.steps[0].params.resolve(&scope).unwrap(), serde_json::json!({ "delay_ms": 5 }));
 //! assert!(SagaStatus::Completed.is_final());
@@ -39,10 +39,14 @@ pub mod retry;
 pub mod saga;
 pub mod step;
 
-pub use definition::{CompiledDefinition, CompiledStep, Definition, DefinitionError, Params, StepDef};
+pub use definition::{
+    CompiledDefinition, CompiledStep, Definition, DefinitionError, Params, StepDef,
+};
 pub use retry::{Attempts, RetryDecision, RetryPolicy};
 pub use saga::{
     after_compensation, after_step, next_run, ActiveWait, HistoryEntry, HistoryKind, NextRun,
     SagaState, SagaStatus, StepTraits, Transition,
 };
-pub use step::{compensation_key, idempotency_key, Event, StepContext, StepKind, StepOutcome, Wake, WaitSpec};
+pub use step::{
+    compensation_key, idempotency_key, Event, StepContext, StepKind, StepOutcome, WaitSpec, Wake,
+};

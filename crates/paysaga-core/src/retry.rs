@@ -226,31 +226,49 @@ mod tests {
             p.decide(1, Duration::ZERO, 7, None),
             RetryDecision::RetryAfter(Duration::from_secs(1))
         );
-        assert_eq!(p.decide(3, Duration::ZERO, 7, None), RetryDecision::Exhausted);
+        assert_eq!(
+            p.decide(3, Duration::ZERO, 7, None),
+            RetryDecision::Exhausted
+        );
         let p = RetryPolicy {
             max_attempts: Attempts::Unlimited,
             max_total: Duration::from_secs(10),
             jitter: 0.0,
             ..RetryPolicy::default()
         };
-        assert_eq!(p.decide(1000, Duration::from_secs(9), 1, None), RetryDecision::Exhausted);
+        assert_eq!(
+            p.decide(1000, Duration::from_secs(9), 1, None),
+            RetryDecision::Exhausted
+        );
     }
 
     #[test]
     fn jitter_stays_in_range_and_is_deterministic() {
-        let p = RetryPolicy { jitter: 0.5, ..RetryPolicy::default() };
+        let p = RetryPolicy {
+            jitter: 0.5,
+            ..RetryPolicy::default()
+        };
         for seed in 0..1000 {
             let RetryDecision::RetryAfter(d) = p.decide(2, Duration::ZERO, seed, None) else {
                 panic!("expected a retry");
             };
-            assert!(d >= Duration::from_secs(1) && d <= Duration::from_secs(2), "{d:?}");
-            assert_eq!(p.decide(2, Duration::ZERO, seed, None), RetryDecision::RetryAfter(d));
+            assert!(
+                d >= Duration::from_secs(1) && d <= Duration::from_secs(2),
+                "{d:?}"
+            );
+            assert_eq!(
+                p.decide(2, Duration::ZERO, seed, None),
+                RetryDecision::RetryAfter(d)
+            );
         }
     }
 
     #[test]
     fn provider_retry_after_wins_when_longer() {
-        let p = RetryPolicy { jitter: 0.0, ..RetryPolicy::default() };
+        let p = RetryPolicy {
+            jitter: 0.0,
+            ..RetryPolicy::default()
+        };
         assert_eq!(
             p.decide(1, Duration::ZERO, 0, Some(Duration::from_secs(30))),
             RetryDecision::RetryAfter(Duration::from_secs(30))
@@ -260,16 +278,31 @@ mod tests {
     #[test]
     fn impossible_policies_are_refused() {
         let bad = [
-            RetryPolicy { max_attempts: Attempts::Limited(0), ..RetryPolicy::default() },
-            RetryPolicy { multiplier: 0.5, ..RetryPolicy::default() },
-            RetryPolicy { multiplier: f64::NAN, ..RetryPolicy::default() },
-            RetryPolicy { jitter: 1.5, ..RetryPolicy::default() },
+            RetryPolicy {
+                max_attempts: Attempts::Limited(0),
+                ..RetryPolicy::default()
+            },
+            RetryPolicy {
+                multiplier: 0.5,
+                ..RetryPolicy::default()
+            },
+            RetryPolicy {
+                multiplier: f64::NAN,
+                ..RetryPolicy::default()
+            },
+            RetryPolicy {
+                jitter: 1.5,
+                ..RetryPolicy::default()
+            },
             RetryPolicy {
                 initial_delay: Duration::from_secs(10),
                 max_delay: Duration::from_secs(1),
                 ..RetryPolicy::default()
             },
-            RetryPolicy { max_total: Duration::ZERO, ..RetryPolicy::default() },
+            RetryPolicy {
+                max_total: Duration::ZERO,
+                ..RetryPolicy::default()
+            },
         ];
         for p in bad {
             assert!(p.validate().is_err(), "{p:?} should be refused");

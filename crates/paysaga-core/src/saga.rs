@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::definition::CompiledDefinition;
 use crate::retry::RetryDecision;
-use crate::step::{Event, StepOutcome, Wake, WaitSpec};
+use crate::step::{Event, StepOutcome, WaitSpec, Wake};
 
 /// Where a saga is. Stored as text (`as_str`) with a CHECK constraint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -267,10 +267,10 @@ pub struct SagaState {
     pub last_error: Option<String>,
 }
 
-/// Per-step facts that come from the registered step kinds, not the definition.
+/// What a step kind (combined with the definition's flags) says about undoing a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StepTraits {
-    /// The kind can undo its effect and the definition allows it.
+    /// The step can be undone (the kind can, and the definition allows it).
     pub compensable: bool,
     /// The effect cannot be undone.
     pub irreversible: bool,
@@ -345,7 +345,6 @@ impl Transition {
 pub fn next_run(
     state: &SagaState,
     def: &CompiledDefinition,
-    traits: &[StepTraits],
     wake_event: Option<Event>,
     now: DateTime<Utc>,
 ) -> NextRun {
@@ -356,7 +355,6 @@ pub fn next_run(
             NextRun::Apply(Box::new(begin_unwind(
                 state,
                 def,
-                traits,
                 "cancelled by operator",
                 now,
                 Vec::new(),
@@ -366,21 +364,36 @@ pub fn next_run(
             let wake = if state.attempt == 0 {
                 Wake::Start
             } else {
-                Wake::Retry { last_error: state.last_error.clone().unwrap_or_default() }
+                Wake::Retry {
+                    last_error: state.last_error.clone().unwrap_or_default(),
+                }
             };
-            NextRun::Step { index: state.step_index, wake, attempt: state.attempt + 1 }
+            NextRun::Step {
+                index: state.step_index,
+                wake,
+                attempt: state.attempt + 1,
+            }
         }
         SagaStatus::Waiting => {
             let wake = match (wake_event, &state.wait) {
                 (Some(ev), _) => Wake::Event(ev),
-                (None, Some(w)) => Wake::Poll { deadline_passed: now >= w.deadline },
-                (None, None) => Wake::Poll { deadline_passed: false },
+                (None, Some(w)) => Wake::Poll {
+                    deadline_passed: now >= w.deadline,
+                },
+                (None, None) => Wake::Poll {
+                    deadline_passed: false,
+                },
             };
-            NextRun::Step { index: state.step_index, wake, attempt: state.attempt.max(1) }
+            NextRun::Step {
+                index: state.step_index,
+                wake,
+                attempt: state.attempt.max(1),
+            }
         }
-        SagaStatus::Compensating => {
-            NextRun::Compensate { index: state.step_index, attempt: state.attempt + 1 }
-        }
+        SagaStatus::Compensating => NextRun::Compensate {
+            index: state.step_index,
+            attempt: state.attempt + 1,
+        },
         SagaStatus::Completed
         | SagaStatus::Compensated
         | SagaStatus::Failed
@@ -397,7 +410,9 @@ fn jitter_seed(id: Uuid, index: usize, attempt: u32) -> u64 {
 }
 
 fn since(now: DateTime<Utc>, start: Option<DateTime<Utc>>) -> Duration {
-    start.map(|s| (now - s).to_std().unwrap_or_default()).unwrap_or_default()
+    start
+        .map(|s| (now - s).to_std().unwrap_or_default())
+        .unwrap_or_default()
 }
 
 fn add(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
@@ -408,7 +423,6 @@ fn add(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
 pub fn after_step(
     state: &SagaState,
     def: &CompiledDefinition,
-    traits: &[StepTraits],
     index: usize,
     attempt: u32,
     wake: &Wake,
@@ -422,15 +436,21 @@ pub fn after_step(
     let mut history = Vec::new();
     if let Wake::Event(ev) = wake {
         history.push(
-            HistoryEntry::new(HistoryKind::EventReceived, Some(name), Some(attempt)).detail(json!({
-                "provider": ev.provider, "event_id": ev.event_id, "event_type": ev.event_type,
-                "correlation_key": ev.correlation_key, "inbox_id": ev.inbox_id,
-            })),
+            HistoryEntry::new(HistoryKind::EventReceived, Some(name), Some(attempt)).detail(
+                json!({
+                    "provider": ev.provider, "event_id": ev.event_id, "event_type": ev.event_type,
+                    "correlation_key": ev.correlation_key, "inbox_id": ev.inbox_id,
+                }),
+            ),
         );
     }
     match outcome {
         StepOutcome::Done(output) => {
-            history.push(HistoryEntry::new(HistoryKind::StepCompleted, Some(name), Some(attempt)));
+            history.push(HistoryEntry::new(
+                HistoryKind::StepCompleted,
+                Some(name),
+                Some(attempt),
+            ));
             let next = index + 1;
             let mut t = Transition::base(state, SagaStatus::Running);
             t.output = Some((name.to_string(), output));
@@ -448,30 +468,36 @@ pub fn after_step(
             t
         }
         StepOutcome::Wait(spec) => {
-            if let Wake::Poll { deadline_passed: true } = wake {
+            if let Wake::Poll {
+                deadline_passed: true,
+            } = wake
+            {
                 let error = format!(
                     "wait deadline passed: no {} event {} for {} and the provider still has no final answer",
                     spec.provider,
                     spec.event_types.join("/"),
                     spec.correlation_key
                 );
-                return fail_step(state, def, traits, index, attempt, &error, now, history);
+                return fail_step(state, def, index, attempt, &error, now, history);
             }
-            let t = begin_wait(state, step, index, attempt, spec, now, started, history);
-            t
+            begin_wait(state, step, index, attempt, spec, now, started, history)
         }
         StepOutcome::Retry { error, after } if waiting => {
             // A failed poll or event handling: the wait goes on; poll again after a backoff,
             // never later than the wait's own rhythm. The deadline still rules.
             let Some(wait) = state.wait.clone() else {
-                return fail_step(state, def, traits, index, attempt, &error, now, history);
+                return fail_step(state, def, index, attempt, &error, now, history);
             };
             if now >= wait.deadline {
                 let error = format!("wait deadline passed; last poll failed: {error}");
-                return fail_step(state, def, traits, index, attempt, &error, now, history);
+                return fail_step(state, def, index, attempt, &error, now, history);
             }
             let failures = state.attempt.saturating_add(1);
-            let delay = step.retry.base_delay(failures).min(step.poll_every).max(after.unwrap_or_default());
+            let delay = step
+                .retry
+                .base_delay(failures)
+                .min(step.poll_every)
+                .max(after.unwrap_or_default());
             let poll_at = add(now, delay).min(wait.deadline);
             history.push(
                 HistoryEntry::new(HistoryKind::StepWaiting, Some(name), Some(attempt))
@@ -488,7 +514,12 @@ pub fn after_step(
         }
         StepOutcome::Retry { error, after } => {
             let elapsed = since(now, started);
-            match step.retry.decide(attempt, elapsed, jitter_seed(state.id, index, attempt), after) {
+            match step.retry.decide(
+                attempt,
+                elapsed,
+                jitter_seed(state.id, index, attempt),
+                after,
+            ) {
                 RetryDecision::RetryAfter(delay) => {
                     let at = add(now, delay);
                     history.push(
@@ -506,13 +537,11 @@ pub fn after_step(
                 }
                 RetryDecision::Exhausted => {
                     let error = format!("retries exhausted after {attempt} attempts: {error}");
-                    fail_step(state, def, traits, index, attempt, &error, now, history)
+                    fail_step(state, def, index, attempt, &error, now, history)
                 }
             }
         }
-        StepOutcome::Fail { error } => {
-            fail_step(state, def, traits, index, attempt, &error, now, history)
-        }
+        StepOutcome::Fail { error } => fail_step(state, def, index, attempt, &error, now, history),
     }
 }
 
@@ -539,10 +568,12 @@ fn begin_wait(
     };
     let poll_at = add(now, spec.poll_after.unwrap_or(step.poll_every)).min(deadline);
     history.push(
-        HistoryEntry::new(HistoryKind::StepWaiting, Some(&step.name), Some(attempt)).detail(json!({
-            "provider": spec.provider, "event_types": spec.event_types,
-            "correlation_key": spec.correlation_key, "deadline": deadline, "poll_at": poll_at,
-        })),
+        HistoryEntry::new(HistoryKind::StepWaiting, Some(&step.name), Some(attempt)).detail(
+            json!({
+                "provider": spec.provider, "event_types": spec.event_types,
+                "correlation_key": spec.correlation_key, "deadline": deadline, "poll_at": poll_at,
+            }),
+        ),
     );
     let mut t = Transition::base(state, SagaStatus::Waiting);
     t.attempt = attempt;
@@ -565,7 +596,6 @@ fn begin_wait(
 fn fail_step(
     state: &SagaState,
     def: &CompiledDefinition,
-    traits: &[StepTraits],
     index: usize,
     attempt: u32,
     error: &str,
@@ -573,10 +603,14 @@ fn fail_step(
     mut history: Vec<HistoryEntry>,
 ) -> Transition {
     let name = def.steps[index].def.name.as_str();
-    history.push(HistoryEntry::new(HistoryKind::StepFailed, Some(name), Some(attempt)).error(error));
+    history
+        .push(HistoryEntry::new(HistoryKind::StepFailed, Some(name), Some(attempt)).error(error));
     let reason = format!("step {name} failed: {error}");
-    let unwinding = SagaState { step_index: index, ..state.clone() };
-    begin_unwind(&unwinding, def, traits, &reason, now, history)
+    let unwinding = SagaState {
+        step_index: index,
+        ..state.clone()
+    };
+    begin_unwind(&unwinding, def, &reason, now, history)
 }
 
 /// Starts undoing the steps completed before `state.step_index`: compensations in
@@ -584,14 +618,13 @@ fn fail_step(
 fn begin_unwind(
     state: &SagaState,
     def: &CompiledDefinition,
-    traits: &[StepTraits],
     reason: &str,
     now: DateTime<Utc>,
     mut history: Vec<HistoryEntry>,
 ) -> Transition {
     let completed = state.step_index.min(def.steps.len());
     let irreversible: Vec<&str> = (0..completed)
-        .filter(|&j| traits[j].irreversible || def.steps[j].def.irreversible)
+        .filter(|&j| def.steps[j].traits.irreversible)
         .map(|j| def.steps[j].def.name.as_str())
         .collect();
     let mut t = Transition::base(state, SagaStatus::Failed);
@@ -599,7 +632,10 @@ fn begin_unwind(
     t.attempt = 0;
     t.step_started_at = None;
     if state.cancel_requested {
-        history.push(HistoryEntry::new(HistoryKind::CancelRequested, None, None).detail(json!({"applied": true})));
+        history.push(
+            HistoryEntry::new(HistoryKind::CancelRequested, None, None)
+                .detail(json!({"applied": true})),
+        );
     }
     if !irreversible.is_empty() {
         let error = format!(
@@ -612,7 +648,7 @@ fn begin_unwind(
         return t;
     }
     t.last_error = Some(reason.to_string());
-    match previous_compensable(traits, def, completed) {
+    match previous_compensable(def, completed) {
         Some(j) => {
             history.push(
                 HistoryEntry::new(HistoryKind::CompensationStarted, None, None)
@@ -643,15 +679,14 @@ fn end_of_unwind(state: &SagaState) -> (SagaStatus, HistoryKind) {
 }
 
 /// The highest compensable step below `below`.
-fn previous_compensable(traits: &[StepTraits], def: &CompiledDefinition, below: usize) -> Option<usize> {
-    (0..below).rev().find(|&j| traits[j].compensable && def.steps[j].def.compensate)
+fn previous_compensable(def: &CompiledDefinition, below: usize) -> Option<usize> {
+    (0..below).rev().find(|&j| def.steps[j].traits.compensable)
 }
 
 /// Decides the transition after the compensation of step `index` returned `outcome`.
 pub fn after_compensation(
     state: &SagaState,
     def: &CompiledDefinition,
-    traits: &[StepTraits],
     index: usize,
     attempt: u32,
     outcome: StepOutcome,
@@ -662,13 +697,16 @@ pub fn after_compensation(
     let started = state.step_started_at.or(Some(now));
     let (error, after) = match outcome {
         StepOutcome::Done(_) => {
-            let mut history =
-                vec![HistoryEntry::new(HistoryKind::StepCompensated, Some(name), Some(attempt))];
+            let mut history = vec![HistoryEntry::new(
+                HistoryKind::StepCompensated,
+                Some(name),
+                Some(attempt),
+            )];
             let mut t = Transition::base(state, SagaStatus::Compensating);
             t.attempt = 0;
             t.step_started_at = None;
             t.last_error = state.last_error.clone();
-            match previous_compensable(traits, def, index) {
+            match previous_compensable(def, index) {
                 Some(j) => {
                     t.step_index = j;
                     t.run_at = Some(now);
@@ -686,7 +724,12 @@ pub fn after_compensation(
         StepOutcome::Fail { error } => (error, None),
         StepOutcome::Retry { error, after } => {
             let elapsed = since(now, started);
-            match step.retry.decide(attempt, elapsed, jitter_seed(state.id, index, attempt), after) {
+            match step.retry.decide(
+                attempt,
+                elapsed,
+                jitter_seed(state.id, index, attempt),
+                after,
+            ) {
                 RetryDecision::RetryAfter(delay) => {
                     let at = add(now, delay);
                     let mut t = Transition::base(state, SagaStatus::Compensating);
@@ -704,9 +747,10 @@ pub fn after_compensation(
                     .detail(json!({"next_attempt_at": at}))];
                     return t;
                 }
-                RetryDecision::Exhausted => {
-                    (format!("retries exhausted after {attempt} attempts: {error}"), after)
-                }
+                RetryDecision::Exhausted => (
+                    format!("retries exhausted after {attempt} attempts: {error}"),
+                    after,
+                ),
             }
         }
         StepOutcome::Wait(_) => ("a compensation may not wait for events".to_string(), None),
@@ -732,14 +776,17 @@ mod tests {
     use crate::definition::{Definition, StepDef};
     use serde_json::json;
 
-    fn def(n: usize) -> CompiledDefinition {
+    fn def(traits: &[StepTraits]) -> CompiledDefinition {
         let d = Definition {
             name: "t".into(),
             version: 1,
             description: None,
-            steps: (0..n).map(|i| StepDef::new(format!("s{i}"), "k", json!({}))).collect(),
+            steps: (0..traits.len())
+                .map(|i| StepDef::new(format!("s{i}"), format!("k{i}"), json!({})))
+                .collect(),
         };
-        d.compile(&|_| true, &[]).expect("valid")
+        let kind = |k: &str| k[1..].parse::<usize>().ok().map(|i| traits[i]);
+        d.compile(&kind, &[]).expect("valid")
     }
 
     fn state(status: SagaStatus, index: usize) -> SagaState {
@@ -757,102 +804,194 @@ mod tests {
 
     #[test]
     fn done_advances_and_last_step_completes() {
-        let d = def(2);
         let tr = [StepTraits::default(); 2];
+        let d = def(&tr);
         let now = Utc::now();
         let s = state(SagaStatus::Scheduled, 0);
-        let t = after_step(&s, &d, &tr, 0, 1, &Wake::Start, StepOutcome::Done(json!(1)), now);
-        assert_eq!((t.status, t.step_index, t.continue_now), (SagaStatus::Running, 1, true));
+        let t = after_step(&s, &d, 0, 1, &Wake::Start, StepOutcome::Done(json!(1)), now);
+        assert_eq!(
+            (t.status, t.step_index, t.continue_now),
+            (SagaStatus::Running, 1, true)
+        );
         let s = state(SagaStatus::Running, 1);
-        let t = after_step(&s, &d, &tr, 1, 1, &Wake::Start, StepOutcome::Done(json!(2)), now);
+        let t = after_step(&s, &d, 1, 1, &Wake::Start, StepOutcome::Done(json!(2)), now);
         assert_eq!(t.status, SagaStatus::Completed);
         assert_eq!(t.run_at, None);
-        assert_eq!(t.history.last().map(|h| h.kind), Some(HistoryKind::SagaCompleted));
+        assert_eq!(
+            t.history.last().map(|h| h.kind),
+            Some(HistoryKind::SagaCompleted)
+        );
     }
 
     #[test]
     fn permanent_failure_compensates_completed_steps_in_reverse() {
-        let d = def(4);
         let tr = [
-            StepTraits { compensable: true, irreversible: false },
-            StepTraits { compensable: false, irreversible: false },
-            StepTraits { compensable: true, irreversible: false },
+            StepTraits {
+                compensable: true,
+                irreversible: false,
+            },
+            StepTraits {
+                compensable: false,
+                irreversible: false,
+            },
+            StepTraits {
+                compensable: true,
+                irreversible: false,
+            },
             StepTraits::default(),
         ];
+        let d = def(&tr);
         let now = Utc::now();
         let s = state(SagaStatus::Running, 3);
-        let t = after_step(&s, &d, &tr, 3, 1, &Wake::Start, StepOutcome::fail("no"), now);
+        let t = after_step(&s, &d, 3, 1, &Wake::Start, StepOutcome::fail("no"), now);
         assert_eq!((t.status, t.step_index), (SagaStatus::Compensating, 2));
-        let s = SagaState { status: SagaStatus::Compensating, step_index: 2, ..s };
-        let t = after_compensation(&s, &d, &tr, 2, 1, StepOutcome::Done(json!(null)), now);
+        let s = SagaState {
+            status: SagaStatus::Compensating,
+            step_index: 2,
+            ..s
+        };
+        let t = after_compensation(&s, &d, 2, 1, StepOutcome::Done(json!(null)), now);
         assert_eq!((t.status, t.step_index), (SagaStatus::Compensating, 0));
         let s = SagaState { step_index: 0, ..s };
-        let t = after_compensation(&s, &d, &tr, 0, 1, StepOutcome::Done(json!(null)), now);
+        let t = after_compensation(&s, &d, 0, 1, StepOutcome::Done(json!(null)), now);
         assert_eq!(t.status, SagaStatus::Compensated);
     }
 
     #[test]
     fn failure_after_irreversible_step_parks_for_operator() {
-        let d = def(3);
         let tr = [
-            StepTraits { compensable: true, irreversible: false },
-            StepTraits { compensable: false, irreversible: true },
+            StepTraits {
+                compensable: true,
+                irreversible: false,
+            },
+            StepTraits {
+                compensable: false,
+                irreversible: true,
+            },
             StepTraits::default(),
         ];
+        let d = def(&tr);
         let s = state(SagaStatus::Running, 2);
-        let t = after_step(&s, &d, &tr, 2, 1, &Wake::Start, StepOutcome::fail("bank said no"), Utc::now());
+        let t = after_step(
+            &s,
+            &d,
+            2,
+            1,
+            &Wake::Start,
+            StepOutcome::fail("bank said no"),
+            Utc::now(),
+        );
         assert_eq!(t.status, SagaStatus::Failed);
         assert!(t.last_error.as_deref().unwrap_or_default().contains("s1"));
     }
 
     #[test]
     fn retries_then_exhausts() {
-        let d = def(1);
         let tr = [StepTraits::default()];
+        let d = def(&tr);
         let now = Utc::now();
         let s = state(SagaStatus::Running, 0);
-        let t = after_step(&s, &d, &tr, 0, 1, &Wake::Start, StepOutcome::retry("503"), now);
+        let t = after_step(&s, &d, 0, 1, &Wake::Start, StepOutcome::retry("503"), now);
         assert_eq!(t.status, SagaStatus::Running);
         assert!(t.run_at.is_some_and(|at| at > now));
         assert_eq!(t.attempt, 1);
-        let t = after_step(&s, &d, &tr, 0, 10, &Wake::Start, StepOutcome::retry("503"), now);
+        let t = after_step(&s, &d, 0, 10, &Wake::Start, StepOutcome::retry("503"), now);
         assert_eq!(t.status, SagaStatus::Compensated);
-        assert!(t.last_error.as_deref().unwrap_or_default().contains("retries exhausted after 10"));
+        assert!(t
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("retries exhausted after 10"));
     }
 
     #[test]
     fn wait_keeps_its_deadline_and_fails_when_it_passes() {
-        let d = def(2);
         let tr = [StepTraits::default(); 2];
+        let d = def(&tr);
         let now = Utc::now();
         let s = state(SagaStatus::Running, 1);
         let spec = WaitSpec::new("p", "paid", "k");
-        let t = after_step(&s, &d, &tr, 1, 1, &Wake::Start, StepOutcome::Wait(spec.clone()), now);
+        let t = after_step(
+            &s,
+            &d,
+            1,
+            1,
+            &Wake::Start,
+            StepOutcome::Wait(spec.clone()),
+            now,
+        );
         assert_eq!(t.status, SagaStatus::Waiting);
         let wait = t.wait.clone().expect("wait");
         assert!(wait.poll_at < wait.deadline);
         let later = now + chrono::Duration::seconds(400);
-        let s2 = SagaState { status: SagaStatus::Waiting, wait: Some(wait.clone()), attempt: 1, ..s.clone() };
-        let t2 = after_step(&s2, &d, &tr, 1, 1, &Wake::Poll { deadline_passed: false }, StepOutcome::Wait(spec.clone()), later);
+        let s2 = SagaState {
+            status: SagaStatus::Waiting,
+            wait: Some(wait.clone()),
+            attempt: 1,
+            ..s.clone()
+        };
+        let t2 = after_step(
+            &s2,
+            &d,
+            1,
+            1,
+            &Wake::Poll {
+                deadline_passed: false,
+            },
+            StepOutcome::Wait(spec.clone()),
+            later,
+        );
         assert_eq!(t2.wait.as_ref().map(|w| w.deadline), Some(wait.deadline));
-        let t3 = after_step(&s2, &d, &tr, 1, 1, &Wake::Poll { deadline_passed: true }, StepOutcome::Wait(spec), later);
+        let t3 = after_step(
+            &s2,
+            &d,
+            1,
+            1,
+            &Wake::Poll {
+                deadline_passed: true,
+            },
+            StepOutcome::Wait(spec),
+            later,
+        );
         assert_eq!(t3.status, SagaStatus::Compensated);
-        assert!(t3.last_error.as_deref().unwrap_or_default().contains("deadline"));
+        assert!(t3
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("deadline"));
     }
 
     #[test]
     fn cancel_in_every_non_final_state_unwinds() {
-        let d = def(2);
-        let tr = [StepTraits { compensable: true, irreversible: false }, StepTraits::default()];
-        for status in [SagaStatus::Scheduled, SagaStatus::Running, SagaStatus::Waiting] {
-            let s = SagaState { cancel_requested: true, ..state(status, 1) };
-            let NextRun::Apply(t) = next_run(&s, &d, &tr, None, Utc::now()) else {
+        let tr = [
+            StepTraits {
+                compensable: true,
+                irreversible: false,
+            },
+            StepTraits::default(),
+        ];
+        let d = def(&tr);
+        for status in [
+            SagaStatus::Scheduled,
+            SagaStatus::Running,
+            SagaStatus::Waiting,
+        ] {
+            let s = SagaState {
+                cancel_requested: true,
+                ..state(status, 1)
+            };
+            let NextRun::Apply(t) = next_run(&s, &d, None, Utc::now()) else {
                 panic!("cancel must apply")
             };
             assert_eq!((t.status, t.step_index), (SagaStatus::Compensating, 0));
         }
-        let s = SagaState { cancel_requested: true, ..state(SagaStatus::Running, 0) };
-        let NextRun::Apply(t) = next_run(&s, &d, &tr, None, Utc::now()) else { panic!() };
+        let s = SagaState {
+            cancel_requested: true,
+            ..state(SagaStatus::Running, 0)
+        };
+        let NextRun::Apply(t) = next_run(&s, &d, None, Utc::now()) else {
+            panic!()
+        };
         assert_eq!(t.status, SagaStatus::Cancelled);
     }
 

@@ -14,7 +14,11 @@ const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x7a1c_5e2b_9f3d_4c8a_b6e0_1
 /// The idempotency key of a step's external effect: derived from (saga id, step name) only,
 /// so it is the same on every attempt, after a crash and on another worker.
 pub fn idempotency_key(saga_id: Uuid, step: &str) -> String {
-    Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, format!("{saga_id}/{step}").as_bytes()).to_string()
+    Uuid::new_v5(
+        &IDEMPOTENCY_NAMESPACE,
+        format!("{saga_id}/{step}").as_bytes(),
+    )
+    .to_string()
 }
 
 /// The idempotency key of a step's compensation.
@@ -150,11 +154,16 @@ pub enum StepOutcome {
 impl StepOutcome {
     /// A transient failure without a provider delay.
     pub fn retry(error: impl Into<String>) -> Self {
-        StepOutcome::Retry { error: error.into(), after: None }
+        StepOutcome::Retry {
+            error: error.into(),
+            after: None,
+        }
     }
     /// A permanent failure.
     pub fn fail(error: impl Into<String>) -> Self {
-        StepOutcome::Fail { error: error.into() }
+        StepOutcome::Fail {
+            error: error.into(),
+        }
     }
 }
 
@@ -203,8 +212,14 @@ mod tests {
     fn idempotency_key_depends_only_on_saga_and_step() {
         let saga = Uuid::from_u128(42);
         assert_eq!(idempotency_key(saga, "pay"), idempotency_key(saga, "pay"));
-        assert_ne!(idempotency_key(saga, "pay"), idempotency_key(saga, "approve"));
-        assert_ne!(idempotency_key(saga, "pay"), idempotency_key(Uuid::from_u128(43), "pay"));
+        assert_ne!(
+            idempotency_key(saga, "pay"),
+            idempotency_key(saga, "approve")
+        );
+        assert_ne!(
+            idempotency_key(saga, "pay"),
+            idempotency_key(Uuid::from_u128(43), "pay")
+        );
         assert_ne!(idempotency_key(saga, "pay"), compensation_key(saga, "pay"));
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use paysaga_core::{CompiledDefinition, Definition, StepTraits};
+use paysaga_core::{CompiledDefinition, Definition};
 use paysaga_store::{
     DefinitionRecord, Delivery, EventFilter, EventRecord, HistoryRecord, NewEvent, NewSaga,
     SagaFilter, SagaRecord, Store,
@@ -20,7 +20,6 @@ use crate::{Error, Registry, Worker, WorkerConfig};
 pub(crate) struct LoadedDefinition {
     pub record: DefinitionRecord,
     pub compiled: CompiledDefinition,
-    pub traits: Vec<StepTraits>,
 }
 
 /// What `start` returns.
@@ -87,7 +86,11 @@ pub struct Engine {
 impl Engine {
     /// An engine over a store with the given step kinds.
     pub fn new(store: Arc<dyn Store>, registry: Registry) -> Engine {
-        Engine { store, registry: Arc::new(registry), definitions: Default::default() }
+        Engine {
+            store,
+            registry: Arc::new(registry),
+            definitions: Default::default(),
+        }
     }
 
     /// The store.
@@ -109,8 +112,7 @@ impl Engine {
     /// name + version + content hash; the same content again is a no-op).
     #[instrument(skip_all, fields(workflow = %def.name, version = def.version))]
     pub async fn submit_definition(&self, def: &Definition) -> Result<DefinitionRecord, Error> {
-        let names = self.registry.names();
-        def.compile(&|k| self.registry.contains(k), &names)?;
+        def.compile(&|k| self.registry.traits(k), &self.registry.names())?;
         let record = self.store.put_definition(def).await?;
         info!(hash = %record.content_hash, "definition stored");
         Ok(record)
@@ -137,9 +139,14 @@ impl Engine {
     /// input is refused with the step and field named, and nothing is stored.
     #[instrument(skip_all, fields(workflow = %req.workflow))]
     pub async fn start_with(&self, req: StartRequest) -> Result<Started, Error> {
-        let record = self.store.find_definition(&req.workflow, req.version).await?.ok_or_else(
-            || Error::UnknownWorkflow { workflow: req.workflow.clone(), version: req.version },
-        )?;
+        let record = self
+            .store
+            .find_definition(&req.workflow, req.version)
+            .await?
+            .ok_or_else(|| Error::UnknownWorkflow {
+                workflow: req.workflow.clone(),
+                version: req.version,
+            })?;
         let loaded = self.load(record.id).await?;
         self.validate_input(&loaded, &req.input)?;
         let id = Uuid::new_v4();
@@ -158,20 +165,30 @@ impl Engine {
         if created {
             info!(saga_id = %saga.id, version = record.version, "saga started");
         }
-        Ok(Started { saga_id: saga.id, created })
+        Ok(Started {
+            saga_id: saga.id,
+            created,
+        })
     }
 
     fn validate_input(&self, loaded: &LoadedDefinition, input: &Value) -> Result<(), Error> {
-        let scope = json!({"input": input, "saga": {"id": Uuid::nil(), "workflow": loaded.record.name}});
+        let scope =
+            json!({"input": input, "saga": {"id": Uuid::nil(), "workflow": loaded.record.name}});
         for step in &loaded.compiled.steps {
             let invalid = |reason: String| Error::InvalidInput {
                 workflow: loaded.record.name.clone(),
                 step: step.def.name.clone(),
                 reason,
             };
-            let params = step.params.resolve_input_only(&scope).map_err(|e| invalid(e.to_string()))?;
+            let params = step
+                .params
+                .resolve_input_only(&scope)
+                .map_err(|e| invalid(e.to_string()))?;
             let kind = self.registry.get(&step.def.kind).ok_or_else(|| {
-                invalid(format!("step kind {} is not registered in this process", step.def.kind))
+                invalid(format!(
+                    "step kind {} is not registered in this process",
+                    step.def.kind
+                ))
             })?;
             kind.validate(&params).map_err(invalid)?;
         }
@@ -183,13 +200,24 @@ impl Engine {
         let saga = self.store.saga(id).await?.ok_or(Error::SagaNotFound(id))?;
         let history = self.store.history(id).await?;
         let def = self.store.definition(saga.definition_id).await?;
-        let steps: Vec<String> = def.definition.steps.iter().map(|s| s.name.clone()).collect();
-        let current_step = if saga.status.is_final() && saga.status != paysaga_core::SagaStatus::Failed {
-            None
-        } else {
-            steps.get(saga.step_index).cloned()
-        };
-        Ok(SagaView { saga, current_step, steps, history })
+        let steps: Vec<String> = def
+            .definition
+            .steps
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        let current_step =
+            if saga.status.is_final() && saga.status != paysaga_core::SagaStatus::Failed {
+                None
+            } else {
+                steps.get(saga.step_index).cloned()
+            };
+        Ok(SagaView {
+            saga,
+            current_step,
+            steps,
+            history,
+        })
     }
 
     /// Sagas matching a filter.
@@ -254,20 +282,10 @@ impl Engine {
             return Ok(hit);
         }
         let record = self.store.definition(definition_id).await?;
-        let names = self.registry.names();
-        let compiled = record.definition.compile(&|k| self.registry.contains(k), &names)?;
-        let traits = compiled
-            .steps
-            .iter()
-            .map(|s| {
-                let kind = self.registry.get(&s.def.kind);
-                StepTraits {
-                    compensable: s.def.compensate && kind.is_some_and(|k| k.compensable()),
-                    irreversible: s.def.irreversible || kind.is_some_and(|k| k.irreversible()),
-                }
-            })
-            .collect();
-        let loaded = Arc::new(LoadedDefinition { record, compiled, traits });
+        let compiled = record
+            .definition
+            .compile(&|k| self.registry.traits(k), &self.registry.names())?;
+        let loaded = Arc::new(LoadedDefinition { record, compiled });
         if let Ok(mut cache) = self.definitions.lock() {
             cache.insert(definition_id, loaded.clone());
         }
@@ -275,6 +293,9 @@ impl Engine {
     }
 
     fn cached(&self, definition_id: i64) -> Option<Arc<LoadedDefinition>> {
-        self.definitions.lock().ok().and_then(|c| c.get(&definition_id).cloned())
+        self.definitions
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&definition_id).cloned())
     }
 }

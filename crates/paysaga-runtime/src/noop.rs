@@ -17,10 +17,9 @@ const MAX_DELAY_MS: u64 = 3_600_000;
 fn delay_ms(params: &Value) -> Result<u64, String> {
     match params.get("delay_ms") {
         None | Some(Value::Null) => Ok(0),
-        Some(v) => v
-            .as_u64()
-            .filter(|ms| *ms <= MAX_DELAY_MS)
-            .ok_or_else(|| format!("delay_ms must be an integer between 0 and {MAX_DELAY_MS}, got {v}")),
+        Some(v) => v.as_u64().filter(|ms| *ms <= MAX_DELAY_MS).ok_or_else(|| {
+            format!("delay_ms must be an integer between 0 and {MAX_DELAY_MS}, got {v}")
+        }),
     }
 }
 
@@ -55,7 +54,11 @@ pub fn noop_definition() -> Definition {
         description: Some("Five noop.sleep steps; input {\"delay_ms\": N}. Built in.".to_string()),
         steps: (1..=5)
             .map(|i| {
-                let mut step = StepDef::new(format!("sleep{i}"), "noop.sleep", json!({"delay_ms": "$.input.delay_ms"}));
+                let mut step = StepDef::new(
+                    format!("sleep{i}"),
+                    "noop.sleep",
+                    json!({"delay_ms": "$.input.delay_ms"}),
+                );
                 step.retry.initial_delay = Duration::from_millis(100);
                 step.retry.max_delay = Duration::from_secs(5);
                 step

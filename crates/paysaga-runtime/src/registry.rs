@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use paysaga_core::StepKind;
+use paysaga_core::{StepKind, StepTraits};
 
 /// Step kinds registered in code, by their stable names.
 #[derive(Debug, Clone, Default)]
@@ -32,6 +32,14 @@ impl Registry {
     /// The kind registered under `name`.
     pub fn get(&self, name: &str) -> Option<&Arc<dyn StepKind>> {
         self.kinds.get(name)
+    }
+
+    /// What the kind registered under `name` says about undoing its effect.
+    pub fn traits(&self, name: &str) -> Option<StepTraits> {
+        self.kinds.get(name).map(|k| StepTraits {
+            compensable: k.compensable(),
+            irreversible: k.irreversible(),
+        })
     }
 
     /// Whether `name` is registered.

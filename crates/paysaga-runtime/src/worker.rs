@@ -97,7 +97,11 @@ impl Shared {
 
 impl Worker {
     pub(crate) fn new(engine: Engine, config: WorkerConfig) -> Worker {
-        Worker { engine, config, stats: Arc::default() }
+        Worker {
+            engine,
+            config,
+            stats: Arc::default(),
+        }
     }
 
     /// The worker's counters.
@@ -151,15 +155,26 @@ impl Worker {
             let free = permits.available_permits();
             let mut claimed_all = false;
             if free > 0 {
-                match self.engine.store.claim(shared.id(), &kinds, free as i64).await {
+                match self
+                    .engine
+                    .store
+                    .claim(shared.id(), &kinds, free as i64)
+                    .await
+                {
                     Ok(batch) => {
                         claimed_all = batch.len() == free;
-                        shared.stats.claimed.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        shared
+                            .stats
+                            .claimed
+                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
                         for claimed in batch {
-                            let Ok(permit) = permits.clone().acquire_owned().await else { break };
+                            let Ok(permit) = permits.clone().acquire_owned().await else {
+                                break;
+                            };
                             let shared = shared.clone();
                             let saga = claimed.saga;
-                            let span = info_span!("saga", saga_id = %saga.id, workflow = %saga.workflow);
+                            let span =
+                                info_span!("saga", saga_id = %saga.id, workflow = %saga.workflow);
                             tasks.spawn(
                                 async move {
                                     run_saga(&shared, saga).await;
@@ -183,7 +198,10 @@ impl Worker {
                 continue;
             }
             let sleep_for = match self.engine.store.next_due(&kinds).await {
-                Ok(Some(at)) => (at - Utc::now()).to_std().unwrap_or_default().min(self.config.idle_poll),
+                Ok(Some(at)) => (at - Utc::now())
+                    .to_std()
+                    .unwrap_or_default()
+                    .min(self.config.idle_poll),
                 Ok(None) => self.config.idle_poll,
                 Err(_) => Duration::from_secs(1),
             }
@@ -239,7 +257,11 @@ async fn register(shared: &Shared) -> Result<(), Error> {
         pid: std::process::id(),
         step_kinds: shared.kinds.clone(),
     };
-    shared.engine.store.register_worker(&info, shared.config.lease_ttl).await?;
+    shared
+        .engine
+        .store
+        .register_worker(&info, shared.config.lease_ttl)
+        .await?;
     if let Ok(mut g) = shared.worker_id.lock() {
         *g = id;
     }
@@ -256,7 +278,12 @@ fn spawn_background(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
                 let every = shared.config.lease_ttl / 3;
                 loop {
                     tokio::time::sleep(every).await;
-                    match shared.engine.store.heartbeat(shared.id(), shared.config.lease_ttl).await {
+                    match shared
+                        .engine
+                        .store
+                        .heartbeat(shared.id(), shared.config.lease_ttl)
+                        .await
+                    {
                         Ok(true) => {}
                         Ok(false) => {
                             // Our lease expired (paused process, long outage): the sagas we held
@@ -311,24 +338,57 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
         let now = Utc::now();
         let state = saga.state();
         let prior_status = saga.status;
-        let next = next_run(&state, &loaded.compiled, &loaded.traits, wake_event.take(), now);
+        let next = next_run(&state, &loaded.compiled, wake_event.take(), now);
         let (transition, consumed) = match next {
-            NextRun::Step { index, wake, attempt } => {
+            NextRun::Step {
+                index,
+                wake,
+                attempt,
+            } => {
                 let consumed = match &wake {
                     Wake::Event(ev) => Some(ev.inbox_id),
                     _ => None,
                 };
-                let outcome = run_step(shared, &saga, &loaded, index, attempt, wake.clone(), false).await;
-                let t = after_step(&state, &loaded.compiled, &loaded.traits, index, attempt, &wake, outcome, Utc::now());
+                let outcome =
+                    run_step(shared, &saga, &loaded, index, attempt, wake.clone(), false).await;
+                let t = after_step(
+                    &state,
+                    &loaded.compiled,
+                    index,
+                    attempt,
+                    &wake,
+                    outcome,
+                    Utc::now(),
+                );
                 (t, consumed)
             }
             NextRun::Compensate { index, attempt } => {
-                let outcome = run_step(shared, &saga, &loaded, index, attempt, Wake::Compensate, true).await;
-                (after_compensation(&state, &loaded.compiled, &loaded.traits, index, attempt, outcome, Utc::now()), None)
+                let outcome = run_step(
+                    shared,
+                    &saga,
+                    &loaded,
+                    index,
+                    attempt,
+                    Wake::Compensate,
+                    true,
+                )
+                .await;
+                (
+                    after_compensation(
+                        &state,
+                        &loaded.compiled,
+                        index,
+                        attempt,
+                        outcome,
+                        Utc::now(),
+                    ),
+                    None,
+                )
             }
             NextRun::Apply(t) => (*t, None),
         };
-        let committed = commit_with_retry(shared, &saga, worker, prior_status, consumed, &transition).await;
+        let committed =
+            commit_with_retry(shared, &saga, worker, prior_status, consumed, &transition).await;
         let committed = match committed {
             Ok(c) => c,
             Err(Error::Store(paysaga_store::Error::LeaseLost { .. })) => {
@@ -422,7 +482,10 @@ async fn run_step(
     let span = info_span!("step", step = %name, kind = %step.def.kind, attempt, compensating);
     async move {
         let Some(kind) = shared.engine.registry.get(&step.def.kind) else {
-            return StepOutcome::fail(format!("step kind {} is not registered on this worker", step.def.kind));
+            return StepOutcome::fail(format!(
+                "step kind {} is not registered on this worker",
+                step.def.kind
+            ));
         };
         let scope = json!({
             "input": saga.input,

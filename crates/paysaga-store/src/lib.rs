@@ -48,7 +48,9 @@ pub enum Error {
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// The worker no longer holds the saga (lease taken over or expired): nothing was written.
-    #[error("saga {saga}: lease lost (taken over by another worker or expired); nothing was committed")]
+    #[error(
+        "saga {saga}: lease lost (taken over by another worker or expired); nothing was committed"
+    )]
     LeaseLost {
         /// The saga.
         saga: Uuid,
@@ -114,7 +116,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn history(&self, id: Uuid) -> Result<Vec<HistoryRecord>, Error>;
     /// Asks for a cancel; applied at once when no worker holds the saga, else by the
     /// holder after its current step. Refused for final sagas.
-    async fn request_cancel(&self, id: Uuid, actor: &str, reason: &str) -> Result<SagaRecord, Error>;
+    async fn request_cancel(
+        &self,
+        id: Uuid,
+        actor: &str,
+        reason: &str,
+    ) -> Result<SagaRecord, Error>;
 
     /// Registers a worker process with a fresh lease.
     async fn register_worker(&self, worker: &WorkerInfo, ttl: Duration) -> Result<(), Error>;
@@ -125,10 +132,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Releases the sagas of workers whose lease expired; returns how many sagas.
     async fn reap_expired_workers(&self) -> Result<u64, Error>;
     /// Unfinished sagas whose definitions need step kinds outside `kinds`.
-    async fn sagas_needing_other_kinds(&self, kinds: &[String]) -> Result<Vec<UnrunnableGroup>, Error>;
+    async fn sagas_needing_other_kinds(
+        &self,
+        kinds: &[String],
+    ) -> Result<Vec<UnrunnableGroup>, Error>;
 
     /// Claims up to `limit` runnable sagas for `worker` (fencing token incremented).
-    async fn claim(&self, worker: Uuid, kinds: &[String], limit: i64) -> Result<Vec<ClaimedSaga>, Error>;
+    async fn claim(
+        &self,
+        worker: Uuid,
+        kinds: &[String],
+        limit: i64,
+    ) -> Result<Vec<ClaimedSaga>, Error>;
     /// When the next unowned saga this worker can run becomes due.
     async fn next_due(&self, kinds: &[String]) -> Result<Option<DateTime<Utc>>, Error>;
     /// Applies a transition in one transaction, checking the lease and fencing token.

@@ -26,6 +26,36 @@ const SAGA_COLUMNS: &str = "id, definition_id, workflow, version, idempotency_ke
 
 const ACTIVE: &str = "('scheduled', 'running', 'waiting', 'compensating')";
 
+/// The claim: unowned runnable sagas, oldest due first, skipping rows other workers are
+/// claiming; served by the partial index `paysaga_sagas_runnable`, whose size does not grow
+/// with finished sagas. `$1` worker, `$2` limit, `$3` the worker's step kinds.
+fn claim_sql() -> String {
+    let returning: Vec<String> = SAGA_COLUMNS.split(", ").map(|c| format!("s.{c}")).collect();
+    format!(
+        "WITH runnable AS (
+             SELECT id FROM paysaga_sagas
+             WHERE owner IS NULL AND status IN {ACTIVE} AND run_at <= now()
+               AND definition_id IN (SELECT id FROM paysaga_definitions WHERE step_kinds <@ $3::text[])
+             ORDER BY run_at
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED)
+         UPDATE paysaga_sagas s SET owner = $1, fence = s.fence + 1
+         FROM runnable WHERE s.id = runnable.id
+         RETURNING {}",
+        returning.join(", ")
+    )
+}
+
+/// When the next unowned saga becomes due (`$1` step kinds); same index as the claim.
+fn next_due_sql() -> String {
+    format!(
+        "SELECT run_at FROM paysaga_sagas
+         WHERE owner IS NULL AND status IN {ACTIVE} AND run_at IS NOT NULL
+           AND definition_id IN (SELECT id FROM paysaga_definitions WHERE step_kinds <@ $1::text[])
+         ORDER BY run_at LIMIT 1"
+    )
+}
+
 /// PostgreSQL implementation of [`Store`].
 #[derive(Debug, Clone)]
 pub struct PgStore {
@@ -146,7 +176,10 @@ async fn insert_history(
     }
     let kinds: Vec<&str> = entries.iter().map(|e| e.kind.as_str()).collect();
     let steps: Vec<Option<String>> = entries.iter().map(|e| e.step.clone()).collect();
-    let attempts: Vec<Option<i32>> = entries.iter().map(|e| e.attempt.map(|a| a as i32)).collect();
+    let attempts: Vec<Option<i32>> = entries
+        .iter()
+        .map(|e| e.attempt.map(|a| a as i32))
+        .collect();
     let errors: Vec<Option<String>> = entries.iter().map(|e| e.error.clone()).collect();
     let details: Vec<Value> = entries.iter().map(|e| e.detail.clone()).collect();
     sqlx::query(
@@ -312,10 +345,12 @@ impl Store for PgStore {
     }
 
     async fn saga(&self, id: Uuid) -> Result<Option<SagaRecord>, Error> {
-        let row = sqlx::query(&format!("SELECT {SAGA_COLUMNS} FROM paysaga_sagas WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {SAGA_COLUMNS} FROM paysaga_sagas WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(saga_from_row).transpose()
     }
 
@@ -366,7 +401,12 @@ impl Store for PgStore {
     }
 
     #[instrument(skip(self, reason), fields(saga_id = %id))]
-    async fn request_cancel(&self, id: Uuid, actor: &str, reason: &str) -> Result<SagaRecord, Error> {
+    async fn request_cancel(
+        &self,
+        id: Uuid,
+        actor: &str,
+        reason: &str,
+    ) -> Result<SagaRecord, Error> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(&format!(
             "SELECT {SAGA_COLUMNS} FROM paysaga_sagas WHERE id = $1 FOR UPDATE"
@@ -494,7 +534,10 @@ impl Store for PgStore {
         Ok(released.len() as u64)
     }
 
-    async fn sagas_needing_other_kinds(&self, kinds: &[String]) -> Result<Vec<UnrunnableGroup>, Error> {
+    async fn sagas_needing_other_kinds(
+        &self,
+        kinds: &[String],
+    ) -> Result<Vec<UnrunnableGroup>, Error> {
         let rows = sqlx::query(&format!(
             "SELECT d.name, d.version, count(*) AS sagas,
                     ARRAY(SELECT unnest(d.step_kinds) EXCEPT SELECT unnest($1::text[])) AS missing
@@ -517,43 +560,33 @@ impl Store for PgStore {
             .collect()
     }
 
-    async fn claim(&self, worker: Uuid, kinds: &[String], limit: i64) -> Result<Vec<ClaimedSaga>, Error> {
-        let rows = sqlx::query(&format!(
-            "WITH runnable AS (
-                 SELECT id FROM paysaga_sagas
-                 WHERE owner IS NULL AND status IN {ACTIVE} AND run_at <= now()
-                   AND definition_id IN (SELECT id FROM paysaga_definitions WHERE step_kinds <@ $3::text[])
-                 ORDER BY run_at
-                 LIMIT $2
-                 FOR UPDATE SKIP LOCKED)
-             UPDATE paysaga_sagas s SET owner = $1, fence = s.fence + 1
-             FROM runnable WHERE s.id = runnable.id
-             RETURNING {}",
-            SAGA_COLUMNS
-                .split(", ")
-                .map(|c| format!("s.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
-        .bind(worker)
-        .bind(limit)
-        .bind(kinds)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(|r| Ok(ClaimedSaga { saga: saga_from_row(r)? })).collect()
+    async fn claim(
+        &self,
+        worker: Uuid,
+        kinds: &[String],
+        limit: i64,
+    ) -> Result<Vec<ClaimedSaga>, Error> {
+        let rows = sqlx::query(&claim_sql())
+            .bind(worker)
+            .bind(limit)
+            .bind(kinds)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ClaimedSaga {
+                    saga: saga_from_row(r)?,
+                })
+            })
+            .collect()
     }
 
     async fn next_due(&self, kinds: &[String]) -> Result<Option<DateTime<Utc>>, Error> {
-        let due: Option<DateTime<Utc>> = sqlx::query_scalar(&format!(
-            "SELECT run_at FROM paysaga_sagas
-             WHERE owner IS NULL AND status IN {ACTIVE} AND run_at IS NOT NULL
-               AND definition_id IN (SELECT id FROM paysaga_definitions WHERE step_kinds <@ $1::text[])
-             ORDER BY run_at LIMIT 1"
-        ))
-        .bind(kinds)
-        .fetch_optional(&self.pool)
-        .await?
-        .flatten();
+        let due: Option<DateTime<Utc>> = sqlx::query_scalar(&next_due_sql())
+            .bind(kinds)
+            .fetch_optional(&self.pool)
+            .await?
+            .flatten();
         Ok(due)
     }
 
@@ -615,15 +648,20 @@ impl Store for PgStore {
                         inbox_id: r.try_get("id")?,
                         provider: r.try_get("provider")?,
                         event_id: r.try_get("event_id")?,
-                        event_type: r.try_get::<Option<String>, _>("event_type")?.unwrap_or_default(),
+                        event_type: r
+                            .try_get::<Option<String>, _>("event_type")?
+                            .unwrap_or_default(),
                         correlation_key: r
                             .try_get::<Option<String>, _>("correlation_key")?
                             .unwrap_or_default(),
-                        payload: r.try_get::<Option<Value>, _>("payload")?.unwrap_or(Value::Null),
+                        payload: r
+                            .try_get::<Option<Value>, _>("payload")?
+                            .unwrap_or(Value::Null),
                     });
                 }
             }
-            wait_json = Some(serde_json::to_value(wait).map_err(|e| Error::Corrupt(e.to_string()))?);
+            wait_json =
+                Some(serde_json::to_value(wait).map_err(|e| Error::Corrupt(e.to_string()))?);
             if pending.is_some() {
                 keep = true;
                 run_at = Some(Utc::now());
@@ -702,7 +740,11 @@ impl Store for PgStore {
             notify(&mut tx).await?;
         }
         tx.commit().await?;
-        Ok(Committed { kept: keep, wake_event: pending, cancel_requested })
+        Ok(Committed {
+            kept: keep,
+            wake_event: pending,
+            cancel_requested,
+        })
     }
 
     #[instrument(skip_all, fields(provider = %e.provider, event_id = %e.event_id))]
@@ -736,10 +778,16 @@ impl Store for PgStore {
             .bind(&e.event_id)
             .fetch_one(&self.pool)
             .await?;
-            return Ok(Delivery { inbox_id: id, duplicate: true, matched_saga: None });
+            return Ok(Delivery {
+                inbox_id: id,
+                duplicate: true,
+                matched_saga: None,
+            });
         };
         let mut matched_saga = None;
-        if let (Some(key), Some(event_type), None) = (&e.correlation_key, &e.event_type, &e.parse_error) {
+        if let (Some(key), Some(event_type), None) =
+            (&e.correlation_key, &e.event_type, &e.parse_error)
+        {
             let waiting: Option<Uuid> = sqlx::query_scalar(
                 "DELETE FROM paysaga_waits WHERE saga_id = (
                      SELECT saga_id FROM paysaga_waits
@@ -781,7 +829,11 @@ impl Store for PgStore {
             }
         }
         tx.commit().await?;
-        Ok(Delivery { inbox_id, duplicate: false, matched_saga })
+        Ok(Delivery {
+            inbox_id,
+            duplicate: false,
+            matched_saga,
+        })
     }
 
     async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRecord>, Error> {
@@ -816,5 +868,93 @@ impl crate::Wakeups for PgWakeups {
     async fn recv(&mut self) -> Result<(), Error> {
         self.listener.recv().await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    async fn plan(pool: &PgPool, sql: &str, kinds: &[String]) -> String {
+        let rows: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {sql}"))
+            .bind(kinds)
+            .fetch_all(pool)
+            .await
+            .unwrap();
+        rows.join("\n")
+    }
+
+    /// Every hot-path query is served by an index, with many finished sagas in the table.
+    #[tokio::test]
+    async fn hot_path_queries_use_their_indexes() {
+        let db = paysaga_testkit::database().await;
+        let store = PgStore::connect(db.url()).await.unwrap();
+        store.migrate().await.unwrap();
+        let pool = store.pool().clone();
+        sqlx::raw_sql(
+            "INSERT INTO paysaga_definitions (name, version, content_hash, body, step_kinds)
+                 VALUES ('noop', 1, 'h', '{}', '{noop.sleep}');
+             INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status, finished_at)
+                 SELECT gen_random_uuid(), 1, 'noop', 1, '{}', 'completed', now()
+                 FROM generate_series(1, 50000);
+             INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status, run_at)
+                 SELECT gen_random_uuid(), 1, 'noop', 1, '{}', 'scheduled', now()
+                 FROM generate_series(1, 20);
+             INSERT INTO paysaga_history (saga_id, kind) SELECT id, 'saga_started' FROM paysaga_sagas;
+             INSERT INTO paysaga_events (provider, event_id, event_type, correlation_key, payload, consumed_by)
+                 SELECT 'lumanu', 'e' || g, 'payable.paid', 'payable:' || g, '{}', (SELECT id FROM paysaga_sagas LIMIT 1)
+                 FROM generate_series(1, 50000) g;
+             ANALYZE;",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let kinds = vec!["noop.sleep".to_string()];
+        // The claim's parameters: EXPLAIN the statement with its placeholders bound.
+        let claim = sqlx::query_scalar::<_, String>(&format!("EXPLAIN {}", claim_sql()))
+            .bind(Uuid::new_v4())
+            .bind(16_i64)
+            .bind(&kinds)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .join("\n");
+        assert!(
+            claim.contains("paysaga_sagas_runnable"),
+            "claim plan:\n{claim}"
+        );
+        let due = plan(&pool, &next_due_sql(), &kinds).await;
+        assert!(
+            due.contains("paysaga_sagas_runnable"),
+            "next_due plan:\n{due}"
+        );
+        let history: Vec<String> = sqlx::query_scalar(
+            "EXPLAIN SELECT id, at, worker, actor, step, attempt, kind, error, detail
+             FROM paysaga_history WHERE saga_id = $1 ORDER BY id",
+        )
+        .bind(Uuid::new_v4())
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert!(
+            history.join("\n").contains("paysaga_history_saga"),
+            "{history:?}"
+        );
+        let pending: Vec<String> = sqlx::query_scalar(
+            "EXPLAIN SELECT id FROM paysaga_events
+             WHERE provider = $1 AND correlation_key = $2 AND event_type = ANY($3) AND consumed_by IS NULL
+               AND parse_error IS NULL ORDER BY id LIMIT 1",
+        )
+        .bind("lumanu")
+        .bind("payable:1")
+        .bind(vec!["payable.paid".to_string()])
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert!(
+            pending.join("\n").contains("paysaga_events_pending"),
+            "{pending:?}"
+        );
     }
 }

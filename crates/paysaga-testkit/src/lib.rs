@@ -55,13 +55,18 @@ impl Drop for TestDatabase {
         let name = self.name.clone();
         // Drop runs outside any runtime guarantee: use a private one on its own thread.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
                 if let Ok(mut c) = PgConnection::connect(&admin).await {
                     let _ = c
-                        .execute(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str())
+                        .execute(
+                            format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str(),
+                        )
                         .await;
                 }
             });
@@ -86,7 +91,11 @@ pub async fn database() -> TestDatabase {
         .execute(format!("CREATE DATABASE \"{name}\"").as_str())
         .await
         .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
-    TestDatabase { url: with_database(&admin_url, &name), admin_url, name }
+    TestDatabase {
+        url: with_database(&admin_url, &name),
+        admin_url,
+        name,
+    }
 }
 
 fn with_database(url: &str, db: &str) -> String {
@@ -157,12 +166,17 @@ fn start_throwaway_cluster() -> String {
     let root = std::env::temp_dir().join("paysaga-test-pg");
     let data = root.join("data");
     let port_file = root.join("port");
-    std::fs::create_dir_all(&root).unwrap_or_else(|e| panic!("cannot create {}: {e}", root.display()));
+    std::fs::create_dir_all(&root)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", root.display()));
     // Several test binaries may race here (nextest): serialise with a file lock.
-    let lock = std::fs::File::create(root.join("lock")).unwrap_or_else(|e| panic!("lock file: {e}"));
+    let lock =
+        std::fs::File::create(root.join("lock")).unwrap_or_else(|e| panic!("lock file: {e}"));
     lock.lock().unwrap_or_else(|e| panic!("lock: {e}"));
     if is_root() {
-        let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&root).status();
+        let _ = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&root)
+            .status();
     }
     if let Ok(port) = std::fs::read_to_string(&port_file) {
         let port: u16 = port.trim().parse().unwrap_or(0);
@@ -174,9 +188,22 @@ fn start_throwaway_cluster() -> String {
     if !data.join("PG_VERSION").exists() {
         let out = run_pg(
             &pg_bin("initdb"),
-            &["-D", &data.to_string_lossy(), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"],
+            &[
+                "-D",
+                &data.to_string_lossy(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
         );
-        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -189,7 +216,16 @@ fn start_throwaway_cluster() -> String {
     let log = root.join("server.log");
     let out = run_pg(
         &pg_bin("pg_ctl"),
-        &["-D", &data.to_string_lossy(), "-o", &opts, "-l", &log.to_string_lossy(), "-w", "start"],
+        &[
+            "-D",
+            &data.to_string_lossy(),
+            "-o",
+            &opts,
+            "-l",
+            &log.to_string_lossy(),
+            "-w",
+            "start",
+        ],
     );
     assert!(
         out.status.success(),
@@ -198,7 +234,10 @@ fn start_throwaway_cluster() -> String {
         log.display()
     );
     std::fs::write(&port_file, port.to_string()).unwrap_or_else(|e| panic!("port file: {e}"));
-    eprintln!("paysaga-testkit: started throwaway PostgreSQL on 127.0.0.1:{port} ({})", data.display());
+    eprintln!(
+        "paysaga-testkit: started throwaway PostgreSQL on 127.0.0.1:{port} ({})",
+        data.display()
+    );
     format!("postgres://postgres@127.0.0.1:{port}/postgres")
 }
 
@@ -208,7 +247,10 @@ mod tests {
 
     #[test]
     fn database_part_of_url_is_replaced() {
-        assert_eq!(with_database("postgres://u@h:1/x?sslmode=disable", "t"), "postgres://u@h:1/t?sslmode=disable");
+        assert_eq!(
+            with_database("postgres://u@h:1/x?sslmode=disable", "t"),
+            "postgres://u@h:1/t?sslmode=disable"
+        );
         assert_eq!(with_database("postgres://u@h:1", "t"), "postgres://u@h:1/t");
     }
 
@@ -218,10 +260,11 @@ mod tests {
         let b = database().await;
         assert_ne!(a.name(), b.name());
         let mut c = PgConnection::connect(a.url()).await.expect("connect");
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
-            .fetch_one(&mut c)
-            .await
-            .expect("query");
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+                .fetch_one(&mut c)
+                .await
+                .expect("query");
         assert_eq!(n, 0);
     }
 }
