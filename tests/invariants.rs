@@ -136,6 +136,9 @@ async fn fenced_lease_worker_whose_lease_was_taken_over_cannot_commit() {
         ("scheduled", 0, json!({}))
     );
 
+    // A cannot give the saga back either; B could.
+    assert!(!store.release(saga, a, fence_a).await.unwrap());
+
     // B, the holder, commits.
     store
         .commit(Commit {

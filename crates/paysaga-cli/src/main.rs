@@ -2,6 +2,7 @@
 //! starting and inspecting sagas.
 
 mod demo;
+mod operate;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -11,9 +12,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use paysaga_core::{Definition, SagaStatus};
-use paysaga_runtime::{noop, Engine, Registry, SagaView, StartRequest, WorkerConfig};
-use paysaga_store::{PgStore, SagaFilter};
+use paysaga_core::Definition;
+use paysaga_runtime::{noop, Engine, Registry, StartRequest, WorkerConfig};
+use paysaga_store::PgStore;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -54,25 +55,16 @@ enum Command {
         #[arg(long)]
         version: Option<u32>,
     },
-    /// List sagas.
+    /// List sagas (filters, sorting, pagination; `--stuck-for` finds stuck ones).
     List {
-        /// Only these statuses (repeatable).
-        #[arg(long = "status")]
-        statuses: Vec<String>,
-        /// Only this workflow.
-        #[arg(long)]
-        workflow: Option<String>,
-        /// Unfinished with no progress for this long (e.g. 10m), or waiting past its deadline.
-        #[arg(long)]
-        stuck_for: Option<humantime::Duration>,
-        /// Maximum rows.
-        #[arg(long, default_value_t = 100)]
-        limit: i64,
+        #[command(flatten)]
+        filter: operate::FilterArgs,
         /// JSON output.
         #[arg(long)]
         json: bool,
     },
-    /// Show a saga: status, current step, wait, outputs and history.
+    /// Show a saga: input (secrets redacted), current step and why it is there, outputs,
+    /// and its history as a timeline.
     Show {
         /// Saga id.
         id: Uuid,
@@ -80,17 +72,53 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run sagas end to end in one process and print what happened (finds or starts a
-    /// PostgreSQL when DATABASE_URL is not set).
-    Demo,
-    /// Cancel a saga (compensations of completed steps run).
-    Cancel {
+    /// Counts by workflow and status, sagas per step, oldest waiting, retries.
+    Stats {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the current step now, resetting its backoff (one saga, or a filter).
+    Retry(operate::ActionArgs),
+    /// Cancel: compensations of completed steps run (one saga, or a filter).
+    Cancel(operate::ActionArgs),
+    /// Resume a saga parked for an operator (one saga, or a filter).
+    Resume(operate::ActionArgs),
+    /// Assert a step's effect happened (e.g. checked on the provider's dashboard) and
+    /// supply its output; the saga moves on.
+    Skip {
         /// Saga id.
         id: Uuid,
+        /// The current step's name.
+        #[arg(long)]
+        step: String,
+        /// The step's output as JSON (what later steps read).
+        #[arg(long)]
+        output: String,
         /// Why (recorded in history).
         #[arg(long)]
         reason: String,
     },
+    /// Deliver an event by hand to a waiting saga.
+    Deliver {
+        /// Saga id.
+        id: Uuid,
+        /// Event type (one the saga waits for).
+        #[arg(long)]
+        event: String,
+        /// Event body as JSON.
+        #[arg(long, default_value = "{}")]
+        payload: String,
+        /// Why (recorded in history).
+        #[arg(long)]
+        reason: String,
+    },
+    /// The webhook inbox: list, show, replay.
+    #[command(subcommand)]
+    Events(operate::EventsCommand),
+    /// Run sagas end to end in one process and print what happened (finds or starts a
+    /// PostgreSQL when DATABASE_URL is not set).
+    Demo,
 }
 
 #[derive(Debug, Subcommand)]
@@ -224,7 +252,6 @@ async fn main() -> Result<()> {
         }
         Command::Definitions(DefinitionsCommand::List { json }) => {
             let engine = engine(url).await?;
-            ensure_builtins(&engine).await?;
             let defs = engine.store().list_definitions().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&defs)?);
@@ -258,86 +285,69 @@ async fn main() -> Result<()> {
                     version,
                     input,
                     idempotency_key: key,
-                    actor: format!("cli:{}", whoami()),
+                    actor: operate::actor(),
                 })
                 .await
                 .with_context(|| format!("cannot start workflow {workflow}"))?;
             println!("{}", started.saga_id);
         }
-        Command::List {
-            statuses,
-            workflow,
-            stuck_for,
-            limit,
-            json,
+        Command::List { filter, json } => operate::list(&engine(url).await?, &filter, json).await?,
+        Command::Show { id, json } => operate::show(&engine(url).await?, id, json).await?,
+        Command::Stats { json } => operate::stats(&engine(url).await?, json).await?,
+        Command::Retry(args) => {
+            operate::act(&engine(url).await?, operate::Action::Retry, &args).await?
+        }
+        Command::Cancel(args) => {
+            operate::act(&engine(url).await?, operate::Action::Cancel, &args).await?
+        }
+        Command::Resume(args) => {
+            operate::act(&engine(url).await?, operate::Action::Resume, &args).await?
+        }
+        Command::Skip {
+            id,
+            step,
+            output,
+            reason,
         } => {
-            let engine = engine(url).await?;
-            let statuses = statuses
-                .iter()
-                .map(|s| s.parse::<SagaStatus>())
-                .collect::<Result<Vec<_>, _>>()?;
-            let stuck_since = stuck_for
-                .map(|d| chrono::Duration::from_std(d.into()).map(|d| chrono::Utc::now() - d))
-                .transpose()
-                .context("--stuck-for is too long")?;
-            let sagas = engine
-                .list(&SagaFilter {
-                    statuses,
-                    workflow,
-                    stuck_since,
-                    limit: Some(limit),
-                })
-                .await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&sagas)?);
-            } else {
-                println!(
-                    "{:<36}  {:<16} {:<12} {:>4}  {:<20}  LAST ERROR",
-                    "ID", "WORKFLOW", "STATUS", "STEP", "UPDATED"
-                );
-                for s in sagas {
-                    println!(
-                        "{:<36}  {:<16} {:<12} {:>4}  {:<20}  {}",
-                        s.id,
-                        format!("{} v{}", s.workflow, s.version),
-                        s.status.as_str(),
-                        s.step_index,
-                        s.updated_at.format("%Y-%m-%d %H:%M:%S"),
-                        s.last_error.as_deref().unwrap_or("")
-                    );
-                }
-            }
-        }
-        Command::Show { id, json } => {
-            let engine = engine(url).await?;
-            let view = engine
-                .get(id)
+            let output: Value =
+                serde_json::from_str(&output).context("--output is not valid JSON")?;
+            let saga = engine(url)
+                .await?
+                .skip(id, &step, output, &operate::actor(), &reason)
                 .await
-                .with_context(|| format!("cannot show saga {id}"))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&view)?);
-            } else {
-                print_saga(&view);
-            }
-        }
-        Command::Demo => demo::run(url).await?,
-        Command::Cancel { id, reason } => {
-            let engine = engine(url).await?;
-            let saga = engine
-                .cancel(id, &format!("cli:{}", whoami()), &reason)
-                .await
-                .with_context(|| format!("cannot cancel saga {id}"))?;
+                .with_context(|| format!("cannot skip step {step} of saga {id}"))?;
             println!(
-                "cancel requested for saga {} (status {}); compensations run next",
-                saga.id, saga.status
+                "skipped step {step}: saga {} is now {} at step #{}",
+                saga.id,
+                saga.status,
+                saga.step_index + 1
             );
         }
+        Command::Deliver {
+            id,
+            event,
+            payload,
+            reason,
+        } => {
+            let payload: Value =
+                serde_json::from_str(&payload).context("--payload is not valid JSON")?;
+            let d = engine(url)
+                .await?
+                .deliver_manual(id, &event, payload, &operate::actor(), &reason)
+                .await
+                .with_context(|| format!("cannot deliver {event} to saga {id}"))?;
+            println!(
+                "event stored as inbox {} and delivered to saga {}",
+                d.inbox_id,
+                d.matched_saga
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "(none)".into())
+            );
+        }
+        Command::Events(cmd) => operate::events(&engine(url).await?, cmd).await?,
+        Command::Demo => demo::run(url).await?,
     }
     Ok(())
-}
-
-fn whoami() -> String {
-    std::env::var("USER").unwrap_or_else(|_| "unknown".to_string())
 }
 
 fn read_input(arg: &str) -> Result<Value> {
@@ -347,60 +357,6 @@ fn read_input(arg: &str) -> Result<Value> {
         None => arg.to_string(),
     };
     serde_json::from_str(&text).context("--input is not valid JSON")
-}
-
-fn print_saga(v: &SagaView) {
-    let s = &v.saga;
-    println!("saga      {}", s.id);
-    println!("workflow  {} v{}", s.workflow, s.version);
-    println!("status    {}", s.status);
-    if let Some(step) = &v.current_step {
-        println!(
-            "step      {step} (#{}, attempt {})",
-            s.step_index + 1,
-            s.attempt
-        );
-    }
-    if let Some(w) = &s.wait {
-        println!(
-            "waiting   for {} {} key {} until {} (next poll {})",
-            w.provider,
-            w.event_types.join("/"),
-            w.correlation_key,
-            w.deadline,
-            w.poll_at
-        );
-    }
-    if let Some(at) = s.run_at {
-        println!("next run  {at}");
-    }
-    if let Some(owner) = s.owner {
-        println!("lease     held by worker {owner}");
-    }
-    if let Some(e) = &s.last_error {
-        println!("error     {e}");
-    }
-    println!("input     {}", s.input);
-    println!("outputs   {}", s.outputs);
-    println!("history:");
-    let mut prev: Option<chrono::DateTime<chrono::Utc>> = None;
-    for h in &v.history {
-        let delta = prev
-            .map(|p| format!("+{}ms", (h.at - p).num_milliseconds()))
-            .unwrap_or_default();
-        prev = Some(h.at);
-        println!(
-            "  {} {:>9}  {:<22} {:<16} {}{}",
-            h.at.format("%H:%M:%S%.3f"),
-            delta,
-            h.kind.as_str(),
-            h.step.as_deref().unwrap_or("-"),
-            h.attempt
-                .map(|a| format!("attempt {a} "))
-                .unwrap_or_default(),
-            h.error.as_deref().unwrap_or("")
-        );
-    }
 }
 
 async fn run_worker(url: Option<&str>, args: WorkerArgs) -> Result<()> {

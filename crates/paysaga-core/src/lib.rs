@@ -35,6 +35,7 @@
 //! ```
 
 pub mod definition;
+pub mod operator;
 pub mod retry;
 pub mod saga;
 pub mod step;

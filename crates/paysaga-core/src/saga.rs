@@ -135,11 +135,21 @@ pub enum HistoryKind {
     CancelRequested,
     /// A worker lost its lease and another took the saga over.
     LeaseTakenOver,
+    /// An operator ran the current step now, resetting its backoff.
+    OperatorRetry,
+    /// An operator resumed a saga parked for them.
+    OperatorResume,
+    /// An operator asserted a step's effect happened and supplied its output.
+    OperatorSkip,
+    /// An operator delivered an event by hand.
+    OperatorEvent,
+    /// A stored event was matched again on an operator's request.
+    EventReplayed,
 }
 
 impl HistoryKind {
     /// All kinds.
-    pub const ALL: [HistoryKind; 16] = [
+    pub const ALL: [HistoryKind; 21] = [
         HistoryKind::SagaStarted,
         HistoryKind::StepCompleted,
         HistoryKind::StepRetrying,
@@ -156,6 +166,11 @@ impl HistoryKind {
         HistoryKind::SagaCancelled,
         HistoryKind::CancelRequested,
         HistoryKind::LeaseTakenOver,
+        HistoryKind::OperatorRetry,
+        HistoryKind::OperatorResume,
+        HistoryKind::OperatorSkip,
+        HistoryKind::OperatorEvent,
+        HistoryKind::EventReplayed,
     ];
 
     /// The stored text.
@@ -177,6 +192,11 @@ impl HistoryKind {
             HistoryKind::SagaCancelled => "saga_cancelled",
             HistoryKind::CancelRequested => "cancel_requested",
             HistoryKind::LeaseTakenOver => "lease_taken_over",
+            HistoryKind::OperatorRetry => "operator_retry",
+            HistoryKind::OperatorResume => "operator_resume",
+            HistoryKind::OperatorSkip => "operator_skip",
+            HistoryKind::OperatorEvent => "operator_event",
+            HistoryKind::EventReplayed => "event_replayed",
         }
     }
 }
@@ -631,12 +651,6 @@ fn begin_unwind(
     t.wait = None;
     t.attempt = 0;
     t.step_started_at = None;
-    if state.cancel_requested {
-        history.push(
-            HistoryEntry::new(HistoryKind::CancelRequested, None, None)
-                .detail(json!({"applied": true})),
-        );
-    }
     if !irreversible.is_empty() {
         let error = format!(
             "{reason}; parked for an operator because completed step(s) {} cannot be undone (money may have moved): check the provider, then skip, retry or close the saga",

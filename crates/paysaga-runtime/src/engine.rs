@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use paysaga_core::{CompiledDefinition, Definition};
+use paysaga_core::{CompiledDefinition, Definition, HistoryKind};
 use paysaga_store::{
     DefinitionRecord, Delivery, EventFilter, EventRecord, HistoryRecord, NewEvent, NewSaga,
     SagaFilter, SagaRecord, Store,
@@ -274,6 +274,164 @@ impl Engine {
     /// Asks for a saga to be cancelled (compensations run); works in every non-final state.
     pub async fn cancel(&self, id: Uuid, actor: &str, reason: &str) -> Result<SagaRecord, Error> {
         Ok(self.store.request_cancel(id, actor, reason).await?)
+    }
+
+    /// Runs the saga's current step (or poll, or compensation) now, resetting its backoff.
+    pub async fn retry_now(
+        &self,
+        id: Uuid,
+        actor: &str,
+        reason: &str,
+    ) -> Result<SagaRecord, Error> {
+        let (saga, loaded) = self.saga_and_definition(id).await?;
+        let t =
+            paysaga_core::operator::retry_now(&saga.state(), &loaded, reason, chrono::Utc::now())?;
+        self.apply_operator(&saga, &t, actor).await
+    }
+
+    /// Resumes a saga parked for an operator (status `failed`): the step that failed (or
+    /// the compensation that failed) runs again with a fresh retry budget.
+    pub async fn resume(&self, id: Uuid, actor: &str, reason: &str) -> Result<SagaRecord, Error> {
+        let (saga, loaded) = self.saga_and_definition(id).await?;
+        let history = self.store.history(id).await?;
+        let in_compensation = history
+            .iter()
+            .rev()
+            .find_map(|h| match h.kind {
+                HistoryKind::CompensationFailed => Some(true),
+                HistoryKind::StepFailed => Some(false),
+                _ => None,
+            })
+            .unwrap_or(false);
+        let t = paysaga_core::operator::resume(
+            &saga.state(),
+            &loaded,
+            in_compensation,
+            reason,
+            chrono::Utc::now(),
+        )?;
+        self.apply_operator(&saga, &t, actor).await
+    }
+
+    /// Records that `step`'s effect happened (checked by an operator at the provider) with
+    /// `output`, and moves the saga to its next step.
+    pub async fn skip(
+        &self,
+        id: Uuid,
+        step: &str,
+        output: Value,
+        actor: &str,
+        reason: &str,
+    ) -> Result<SagaRecord, Error> {
+        let (saga, loaded) = self.saga_and_definition(id).await?;
+        let t = paysaga_core::operator::skip(
+            &saga.state(),
+            &loaded,
+            step,
+            output,
+            reason,
+            chrono::Utc::now(),
+        )?;
+        self.apply_operator(&saga, &t, actor).await
+    }
+
+    /// Delivers an event by hand to a waiting saga (for its wait's provider and key).
+    pub async fn deliver_manual(
+        &self,
+        id: Uuid,
+        event_type: &str,
+        payload: Value,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Delivery, Error> {
+        let saga = self.store.saga(id).await?.ok_or(Error::SagaNotFound(id))?;
+        let wait = match (&saga.status, &saga.wait) {
+            (paysaga_core::SagaStatus::Waiting, Some(w)) => w.clone(),
+            (status, _) => {
+                return Err(Error::Refused(format!(
+                    "cannot deliver an event to saga {id}: it is {status}, not waiting for an event"
+                )))
+            }
+        };
+        if !wait.event_types.iter().any(|t| t == event_type) {
+            return Err(Error::Refused(format!(
+                "saga {id} waits for {} event(s) {}, not {event_type}",
+                wait.provider,
+                wait.event_types.join("/")
+            )));
+        }
+        let event_id = format!("manual:{}", Uuid::new_v4());
+        let entry = paysaga_core::HistoryEntry {
+            kind: HistoryKind::OperatorEvent,
+            step: self.get(id).await?.current_step,
+            attempt: None,
+            error: None,
+            detail: json!({"reason": reason, "event_id": event_id, "event_type": event_type}),
+        };
+        self.store.append_history(id, actor, &[entry]).await?;
+        self.deliver_event(IncomingEvent {
+            provider: wait.provider,
+            event_id,
+            event_type: event_type.to_string(),
+            correlation_key: Some(wait.correlation_key),
+            payload,
+        })
+        .await
+    }
+
+    /// Matches a stored inbox event again against the waits that exist now; `fields`
+    /// (type, correlation key, payload) replaces what was stored, e.g. after a re-parse.
+    pub async fn replay_event(
+        &self,
+        inbox_id: i64,
+        fields: Option<(String, String, Value)>,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Delivery, Error> {
+        Ok(self
+            .store
+            .replay_event(inbox_id, fields, actor, reason)
+            .await?)
+    }
+
+    /// Counts for operators.
+    pub async fn stats(&self) -> Result<paysaga_store::Stats, Error> {
+        Ok(self.store.stats().await?)
+    }
+
+    /// The saga and its definition for an operator action. Operator transitions need step
+    /// names only, so this works in a process (e.g. the CLI) that does not register the
+    /// saga's step kinds; the result is not cached with the workers' compiled definitions.
+    async fn saga_and_definition(
+        &self,
+        id: Uuid,
+    ) -> Result<(SagaRecord, CompiledDefinition), Error> {
+        let saga = self.store.saga(id).await?.ok_or(Error::SagaNotFound(id))?;
+        let record = self.store.definition(saga.definition_id).await?;
+        let compiled = record
+            .definition
+            .compile(&|_| Some(paysaga_core::StepTraits::default()), &[])?;
+        Ok((saga, compiled))
+    }
+
+    async fn apply_operator(
+        &self,
+        saga: &SagaRecord,
+        t: &paysaga_core::Transition,
+        actor: &str,
+    ) -> Result<SagaRecord, Error> {
+        let record = self
+            .store
+            .operator_apply(paysaga_store::OperatorAction {
+                saga: saga.id,
+                expect_status: saga.status,
+                expect_step_index: saga.step_index,
+                transition: t,
+                actor,
+            })
+            .await?;
+        info!(saga_id = %saga.id, %actor, status = %record.status, "operator action applied");
+        Ok(record)
     }
 
     /// The compiled definition for a stored version (cached).

@@ -29,6 +29,12 @@ pub enum Error {
         /// What is wrong (names the field).
         reason: String,
     },
+    /// An operator action is not allowed in the saga's state.
+    #[error(transparent)]
+    Refusal(#[from] paysaga_core::operator::Refusal),
+    /// An action was refused for another reason (said in the message).
+    #[error("{0}")]
+    Refused(String),
     /// No such saga.
     #[error("saga {0} not found")]
     SagaNotFound(Uuid),

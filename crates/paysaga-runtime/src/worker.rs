@@ -87,6 +87,9 @@ struct Shared {
     stopping: AtomicBool,
     wake: Notify,
     stats: Arc<WorkerStats>,
+    /// Sagas whose result could not be committed (database unreachable): given back as soon
+    /// as the database answers again, so they do not stay held by a live worker.
+    to_release: Mutex<Vec<(Uuid, Uuid, i64)>>,
 }
 
 impl Shared {
@@ -121,6 +124,7 @@ impl Worker {
             stopping: AtomicBool::new(false),
             wake: Notify::new(),
             stats: self.stats.clone(),
+            to_release: Mutex::new(Vec::new()),
         });
         register(&shared).await?;
         for group in self.engine.store.sagas_needing_other_kinds(&kinds).await? {
@@ -142,6 +146,7 @@ impl Worker {
                     error!(error = %e, "saga task panicked");
                 }
             }
+            release_abandoned(&shared).await;
             if last_reap.elapsed() >= self.config.reap_every {
                 last_reap = tokio::time::Instant::now();
                 match self.engine.store.reap_expired_workers().await {
@@ -236,6 +241,25 @@ impl Worker {
         let released = self.engine.store.stop_worker(shared.id()).await?;
         info!(released, "worker stopped");
         Ok(())
+    }
+}
+
+/// Gives back sagas whose commit failed for good.
+async fn release_abandoned(shared: &Shared) {
+    let pending: Vec<(Uuid, Uuid, i64)> = match shared.to_release.lock() {
+        Ok(mut list) => std::mem::take(&mut *list),
+        Err(_) => return,
+    };
+    for (saga, worker, fence) in pending {
+        match shared.engine.store.release(saga, worker, fence).await {
+            Ok(_) => info!(saga_id = %saga, "gave back a saga whose result could not be committed"),
+            Err(e) => {
+                warn!(saga_id = %saga, error = %e, "cannot give the saga back yet; retrying");
+                if let Ok(mut list) = shared.to_release.lock() {
+                    list.push((saga, worker, fence));
+                }
+            }
+        }
     }
 }
 
@@ -398,7 +422,10 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
                 return;
             }
             Err(e) => {
-                error!(error = %e, "could not commit step result; the lease will be released at shutdown or expiry and the step re-run");
+                error!(error = %e, "could not commit the step result; the saga is given back when the database answers and the step re-runs with the same idempotency key");
+                if let Ok(mut list) = shared.to_release.lock() {
+                    list.push((saga.id, worker, saga.fence));
+                }
                 return;
             }
         };

@@ -146,6 +146,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Vec<ClaimedSaga>, Error>;
     /// When the next unowned saga this worker can run becomes due.
     async fn next_due(&self, kinds: &[String]) -> Result<Option<DateTime<Utc>>, Error>;
+    /// Gives a claimed saga back without changing it (the step will run again, with the
+    /// same idempotency key); `false` when the worker no longer held it.
+    async fn release(&self, saga: Uuid, worker: Uuid, fence: i64) -> Result<bool, Error>;
     /// Applies a transition in one transaction, checking the lease and fencing token.
     async fn commit(&self, commit: Commit<'_>) -> Result<Committed, Error>;
 
@@ -153,6 +156,30 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn deliver_event(&self, event: NewEvent) -> Result<Delivery, Error>;
     /// Inbox events, newest first.
     async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRecord>, Error>;
+    /// One inbox event (with its raw body).
+    async fn event(&self, id: i64) -> Result<Option<EventRecord>, Error>;
+    /// Matches a stored event again against the waits that exist now (operator replay);
+    /// `fields` replaces the event's type, correlation key and payload (a re-parse).
+    async fn replay_event(
+        &self,
+        id: i64,
+        fields: Option<(String, String, serde_json::Value)>,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Delivery, Error>;
+
+    /// Applies an operator action: refused if the saga moved since it was read; releases
+    /// any lease (fencing out an in-flight worker) and records the actor.
+    async fn operator_apply(&self, action: OperatorAction<'_>) -> Result<SagaRecord, Error>;
+    /// Appends history entries written by an operator or an API call.
+    async fn append_history(
+        &self,
+        saga: Uuid,
+        actor: &str,
+        entries: &[paysaga_core::HistoryEntry],
+    ) -> Result<(), Error>;
+    /// Counts for operators.
+    async fn stats(&self) -> Result<Stats, Error>;
 
     /// A stream of wake-ups (new runnable work); may be lossy, callers also poll.
     async fn wakeups(&self) -> Result<WakeupsBox, Error>;

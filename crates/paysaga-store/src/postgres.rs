@@ -13,8 +13,8 @@ use uuid::Uuid;
 
 use crate::{
     ClaimedSaga, Commit, Committed, DefinitionRecord, Delivery, Error, EventFilter, EventRecord,
-    HistoryRecord, NewEvent, NewSaga, SagaFilter, SagaRecord, Store, UnrunnableGroup, WakeupsBox,
-    WorkerInfo,
+    HistoryRecord, NewEvent, NewSaga, OperatorAction, SagaFilter, SagaRecord, Stats, Store,
+    UnrunnableGroup, WakeupsBox, WorkerInfo,
 };
 
 /// The channel workers LISTEN on for new runnable work.
@@ -143,6 +143,7 @@ fn event_from_row(row: &PgRow) -> Result<EventRecord, Error> {
         correlation_key: row.try_get("correlation_key")?,
         payload: row.try_get("payload")?,
         parse_error: row.try_get("parse_error")?,
+        raw_body: row.try_get("raw_body")?,
         received_at: row.try_get("received_at")?,
         consumed_by: row.try_get("consumed_by")?,
         consumed_at: row.try_get("consumed_at")?,
@@ -355,20 +356,50 @@ impl Store for PgStore {
     }
 
     async fn list_sagas(&self, filter: &SagaFilter) -> Result<Vec<SagaRecord>, Error> {
-        let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
+        let statuses: Vec<&str> = filter.statuses.iter().map(|st| st.as_str()).collect();
+        let columns: Vec<String> = SAGA_COLUMNS.split(", ").map(|c| format!("s.{c}")).collect();
+        let order = match (filter.sort_by_updated, filter.ascending) {
+            (false, false) => "s.created_at DESC",
+            (false, true) => "s.created_at ASC",
+            (true, false) => "s.updated_at DESC",
+            (true, true) => "s.updated_at ASC",
+        };
         let rows = sqlx::query(&format!(
-            "SELECT {SAGA_COLUMNS} FROM paysaga_sagas
-             WHERE (cardinality($1::text[]) = 0 OR status = ANY($1))
-               AND ($2::text IS NULL OR workflow = $2)
-               AND ($3::timestamptz IS NULL OR (status IN {ACTIVE} AND (updated_at < $3
-                    OR (wait IS NOT NULL AND (wait->>'deadline')::timestamptz < now()))))
-             ORDER BY created_at DESC
-             LIMIT $4"
+            "SELECT {} FROM paysaga_sagas s JOIN paysaga_definitions d ON d.id = s.definition_id
+             WHERE (cardinality($1::text[]) = 0 OR s.status = ANY($1))
+               AND ($2::text IS NULL OR s.workflow = $2)
+               AND ($3::text IS NULL OR d.body->'steps'->s.step_index->>'name' = $3)
+               AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM unnest(d.step_kinds) k WHERE k LIKE $4 || '.%'))
+               AND ($5::text IS NULL OR s.idempotency_key = $5)
+               AND ($6::timestamptz IS NULL OR s.created_at >= $6)
+               AND ($7::timestamptz IS NULL OR s.created_at < $7)
+               AND ($8::timestamptz IS NULL OR s.updated_at >= $8)
+               AND ($9::timestamptz IS NULL OR s.updated_at < $9)
+               AND ($10::timestamptz IS NULL OR s.status = 'failed'
+                    OR (s.status IN {ACTIVE} AND (
+                        s.updated_at < $10
+                        OR (s.wait IS NOT NULL AND (s.wait->>'deadline')::timestamptz < now())
+                        OR s.attempt >= $11
+                        OR (s.owner IS NOT NULL AND NOT EXISTS (
+                            SELECT 1 FROM paysaga_workers w
+                            WHERE w.id = s.owner AND w.stopped_at IS NULL AND w.lease_expires_at > now())))))
+             ORDER BY {order}
+             LIMIT $12 OFFSET $13",
+            columns.join(", ")
         ))
         .bind(&statuses)
         .bind(&filter.workflow)
+        .bind(&filter.step)
+        .bind(&filter.provider)
+        .bind(&filter.key)
+        .bind(filter.created_after)
+        .bind(filter.created_before)
+        .bind(filter.updated_after)
+        .bind(filter.updated_before)
         .bind(filter.stuck_since)
+        .bind(filter.stuck_attempts.unwrap_or(5) as i32)
         .bind(filter.limit.unwrap_or(100))
+        .bind(filter.offset.unwrap_or(0))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(saga_from_row).collect()
@@ -588,6 +619,26 @@ impl Store for PgStore {
             .await?
             .flatten();
         Ok(due)
+    }
+
+    async fn release(&self, saga: Uuid, worker: Uuid, fence: i64) -> Result<bool, Error> {
+        let mut tx = self.pool.begin().await?;
+        let released = sqlx::query(
+            "UPDATE paysaga_sagas SET owner = NULL, run_at = LEAST(run_at, now()), updated_at = now()
+             WHERE id = $1 AND owner = $2 AND fence = $3",
+        )
+        .bind(saga)
+        .bind(worker)
+        .bind(fence)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if released {
+            notify(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(released)
     }
 
     #[instrument(skip_all, fields(saga_id = %c.saga, status = %c.transition.status))]
@@ -839,17 +890,240 @@ impl Store for PgStore {
     async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRecord>, Error> {
         let rows = sqlx::query(
             "SELECT id, provider, event_id, event_type, correlation_key, payload, parse_error,
-                    received_at, consumed_by, consumed_at
+                    NULL::bytea AS raw_body, received_at, consumed_by, consumed_at
              FROM paysaga_events
              WHERE (NOT $1 OR consumed_by IS NULL) AND ($2::text IS NULL OR provider = $2)
+               AND (NOT $4 OR parse_error IS NOT NULL)
              ORDER BY id DESC LIMIT $3",
         )
         .bind(filter.unmatched)
         .bind(&filter.provider)
         .bind(filter.limit.unwrap_or(100))
+        .bind(filter.unparseable)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(event_from_row).collect()
+    }
+
+    async fn event(&self, id: i64) -> Result<Option<EventRecord>, Error> {
+        let row = sqlx::query(
+            "SELECT id, provider, event_id, event_type, correlation_key, payload, parse_error,
+                    raw_body, received_at, consumed_by, consumed_at
+             FROM paysaga_events WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(event_from_row).transpose()
+    }
+
+    #[instrument(skip(self, fields, reason))]
+    async fn replay_event(
+        &self,
+        id: i64,
+        fields: Option<(String, String, Value)>,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Delivery, Error> {
+        let stored = self
+            .event(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("inbox event {id}")))?;
+        let (event_type, key, payload) = match fields {
+            Some(f) => f,
+            None => match (&stored.event_type, &stored.correlation_key, &stored.payload) {
+                (Some(t), Some(k), Some(p)) if stored.parse_error.is_none() => (t.clone(), k.clone(), p.clone()),
+                _ => {
+                    return Err(Error::Refused(format!(
+                        "inbox event {id} has no event type, correlation key or parsed body{}; it cannot be matched as it is",
+                        stored.parse_error.as_ref().map(|e| format!(" (parse error: {e})")).unwrap_or_default()
+                    )))
+                }
+            },
+        };
+        let mut tx = self.pool.begin().await?;
+        lock_correlation(&mut tx, &stored.provider, &key).await?;
+        sqlx::query(
+            "UPDATE paysaga_events SET event_type = $2, correlation_key = $3, payload = $4, parse_error = NULL
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(&event_type)
+        .bind(&key)
+        .bind(&payload)
+        .execute(&mut *tx)
+        .await?;
+        let waiting: Option<Uuid> = sqlx::query_scalar(
+            "DELETE FROM paysaga_waits WHERE saga_id = (
+                 SELECT saga_id FROM paysaga_waits
+                 WHERE provider = $1 AND correlation_key = $2 AND $3 = ANY(event_types)
+                 ORDER BY created_at LIMIT 1 FOR UPDATE)
+             RETURNING saga_id",
+        )
+        .bind(&stored.provider)
+        .bind(&key)
+        .bind(&event_type)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(saga) = waiting else {
+            tx.commit().await?;
+            return Err(Error::Refused(format!(
+                "no saga waits for {} {event_type} with key {key} now; the event stays in the inbox{}",
+                stored.provider,
+                if stored.consumed_by.is_none() { " and is consumed when such a wait begins" } else { "" }
+            )));
+        };
+        let event = Event {
+            inbox_id: id,
+            provider: stored.provider.clone(),
+            event_id: stored.event_id.clone(),
+            event_type,
+            correlation_key: key,
+            payload,
+        };
+        sqlx::query(
+            "UPDATE paysaga_events SET consumed_by = $2, consumed_at = now() WHERE id = $1",
+        )
+        .bind(id)
+        .bind(saga)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE paysaga_sagas SET wake_event = $2, run_at = now(), updated_at = now() WHERE id = $1")
+            .bind(saga)
+            .bind(serde_json::to_value(&event).map_err(|e| Error::Corrupt(e.to_string()))?)
+            .execute(&mut *tx)
+            .await?;
+        let entry = HistoryEntry {
+            kind: paysaga_core::HistoryKind::EventReplayed,
+            step: None,
+            attempt: None,
+            error: None,
+            detail: json!({"reason": reason, "inbox_id": id, "event_id": event.event_id}),
+        };
+        insert_history(&mut tx, saga, None, Some(actor), &[entry]).await?;
+        notify(&mut tx).await?;
+        tx.commit().await?;
+        Ok(Delivery {
+            inbox_id: id,
+            duplicate: false,
+            matched_saga: Some(saga),
+        })
+    }
+
+    #[instrument(skip_all, fields(saga_id = %a.saga, actor = %a.actor))]
+    async fn operator_apply(&self, a: OperatorAction<'_>) -> Result<SagaRecord, Error> {
+        let t = a.transition;
+        let mut tx = self.pool.begin().await?;
+        let row =
+            sqlx::query("SELECT status, step_index FROM paysaga_sagas WHERE id = $1 FOR UPDATE")
+                .bind(a.saga)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("saga {}", a.saga)))?;
+        let status: String = row.try_get("status")?;
+        let step_index: i32 = row.try_get("step_index")?;
+        if status != a.expect_status.as_str() || step_index as usize != a.expect_step_index {
+            return Err(Error::Refused(format!(
+                "saga {} changed while the action was prepared (now {status} at step #{}); look at it again and retry the action",
+                a.saga,
+                step_index + 1
+            )));
+        }
+        let wait_json = t
+            .wait
+            .as_ref()
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|e| Error::Corrupt(e.to_string()))?;
+        let (output_name, output_value) = match &t.output {
+            Some((n, v)) => (Some(n.as_str()), Some(v)),
+            None => (None, None),
+        };
+        let final_status = t.status.is_final();
+        let row = sqlx::query(&format!(
+            "UPDATE paysaga_sagas SET status = $2, step_index = $3, attempt = $4, step_started_at = $5,
+                    run_at = $6, wait = $7,
+                    wake_event = CASE WHEN $7::jsonb IS NULL THEN NULL ELSE wake_event END,
+                    outputs = CASE WHEN $8::text IS NULL THEN outputs
+                                   ELSE outputs || jsonb_build_object($8::text, $9::jsonb) END,
+                    last_error = $10, owner = NULL, fence = fence + 1, updated_at = now(),
+                    finished_at = CASE WHEN $11 THEN now() ELSE NULL END
+             WHERE id = $1 RETURNING {SAGA_COLUMNS}"
+        ))
+        .bind(a.saga)
+        .bind(t.status.as_str())
+        .bind(t.step_index as i32)
+        .bind(t.attempt as i32)
+        .bind(t.step_started_at)
+        .bind(if final_status { None } else { t.run_at })
+        .bind(&wait_json)
+        .bind(output_name)
+        .bind(output_value)
+        .bind(&t.last_error)
+        .bind(final_status)
+        .fetch_one(&mut *tx)
+        .await?;
+        if t.wait.is_none() {
+            sqlx::query("DELETE FROM paysaga_waits WHERE saga_id = $1")
+                .bind(a.saga)
+                .execute(&mut *tx)
+                .await?;
+        }
+        insert_history(&mut tx, a.saga, None, Some(a.actor), &t.history).await?;
+        notify(&mut tx).await?;
+        tx.commit().await?;
+        saga_from_row(&row)
+    }
+
+    async fn append_history(
+        &self,
+        saga: Uuid,
+        actor: &str,
+        entries: &[HistoryEntry],
+    ) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        insert_history(&mut tx, saga, None, Some(actor), entries).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<Stats, Error> {
+        let by_status: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT workflow, status, count(*) FROM paysaga_sagas GROUP BY 1, 2 ORDER BY 1, 2",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let by_step: Vec<(String, String, i64)> = sqlx::query_as(&format!(
+            "SELECT s.workflow, coalesce(d.body->'steps'->s.step_index->>'name', '-'), count(*)
+             FROM paysaga_sagas s JOIN paysaga_definitions d ON d.id = s.definition_id
+             WHERE s.status IN {ACTIVE} GROUP BY 1, 2 ORDER BY 3 DESC"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        let oldest_waiting: Option<(Uuid, String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT id, workflow, (wait->>'since')::timestamptz FROM paysaga_sagas
+             WHERE status = 'waiting' ORDER BY (wait->>'since')::timestamptz LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        let retries: Vec<(i32, i64)> = sqlx::query_as(&format!(
+            "SELECT attempt, count(*) FROM paysaga_sagas WHERE status IN {ACTIVE} AND attempt > 1
+             GROUP BY 1 ORDER BY 1"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        let unmatched_events: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT provider, count(*) FROM paysaga_events WHERE consumed_by IS NULL GROUP BY 1 ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Stats {
+            by_status,
+            by_step,
+            oldest_waiting,
+            retries,
+            unmatched_events,
+        })
     }
 
     async fn wakeups(&self) -> Result<WakeupsBox, Error> {

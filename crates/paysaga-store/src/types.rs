@@ -121,10 +121,64 @@ pub struct SagaFilter {
     pub statuses: Vec<SagaStatus>,
     /// Only this workflow.
     pub workflow: Option<String>,
-    /// Unfinished and not updated since this time, or waiting past its deadline.
+    /// Only sagas whose current step has this name.
+    pub step: Option<String>,
+    /// Only sagas whose workflow uses step kinds of this provider (`lumanu`, ...).
+    pub provider: Option<String>,
+    /// Only this business key (the idempotency key given at start).
+    pub key: Option<String>,
+    /// Created at or after.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Created before.
+    pub created_before: Option<DateTime<Utc>>,
+    /// Updated at or after.
+    pub updated_after: Option<DateTime<Utc>>,
+    /// Updated before.
+    pub updated_before: Option<DateTime<Utc>>,
+    /// Stuck: parked for an operator; or unfinished and without progress since this time,
+    /// waiting past its deadline, held by a worker whose lease expired, or at
+    /// `stuck_attempts` attempts or more.
     pub stuck_since: Option<DateTime<Utc>>,
+    /// Attempt count that counts as stuck (with `stuck_since`; default 5).
+    pub stuck_attempts: Option<u32>,
+    /// Sort by `updated_at` instead of `created_at`.
+    pub sort_by_updated: bool,
+    /// Oldest first instead of newest first.
+    pub ascending: bool,
     /// At most this many (default 100).
     pub limit: Option<i64>,
+    /// Skip this many (pagination).
+    pub offset: Option<i64>,
+}
+
+/// An operator action to apply (see `paysaga_core::operator`).
+#[derive(Debug)]
+pub struct OperatorAction<'a> {
+    /// The saga.
+    pub saga: Uuid,
+    /// The status the transition was computed from; refused if the saga moved meanwhile.
+    pub expect_status: SagaStatus,
+    /// The step index it was computed from.
+    pub expect_step_index: usize,
+    /// What to write.
+    pub transition: &'a paysaga_core::Transition,
+    /// Who (recorded in history).
+    pub actor: &'a str,
+}
+
+/// Counts for `paysaga stats`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    /// (workflow, status, sagas).
+    pub by_status: Vec<(String, String, i64)>,
+    /// (workflow, current step, sagas) of unfinished sagas.
+    pub by_step: Vec<(String, String, i64)>,
+    /// The longest-waiting saga: (id, workflow, waiting since).
+    pub oldest_waiting: Option<(Uuid, String, DateTime<Utc>)>,
+    /// (attempts made, unfinished sagas) for sagas retrying (attempt > 1).
+    pub retries: Vec<(i32, i64)>,
+    /// Inbox events no saga consumed: (provider, events).
+    pub unmatched_events: Vec<(String, i64)>,
 }
 
 /// One history entry.
@@ -236,6 +290,9 @@ pub struct EventRecord {
     pub payload: Option<Value>,
     /// Parse error.
     pub parse_error: Option<String>,
+    /// Raw body, kept for unparseable events (base64 is the caller's business).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_body: Option<Vec<u8>>,
     /// Received.
     pub received_at: DateTime<Utc>,
     /// Consumed by this saga.
@@ -247,6 +304,8 @@ pub struct EventRecord {
 /// Which inbox events to list.
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
+    /// Only events whose body could not be parsed.
+    pub unparseable: bool,
     /// Only events no saga consumed.
     pub unmatched: bool,
     /// Only this provider.

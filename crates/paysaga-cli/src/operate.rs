@@ -1,0 +1,594 @@
+//! Operator commands: find stuck sagas, see why, and move them on. Read-only commands
+//! (`list`, `show`, `stats`, `events list|show`) never write, so they work with a read-only
+//! database role.
+
+use std::io::IsTerminal;
+
+use anyhow::{bail, Context, Result};
+use chrono::{DateTime, Utc};
+use clap::{Args, Subcommand, ValueEnum};
+use paysaga_core::SagaStatus;
+use paysaga_runtime::{Engine, SagaView};
+use paysaga_store::{EventFilter, SagaFilter, SagaRecord};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Filters shared by `list` and the bulk forms of the actions.
+#[derive(Debug, Args, Clone, Default)]
+pub struct FilterArgs {
+    /// Only these statuses (repeatable): scheduled, running, waiting, compensating,
+    /// completed, compensated, failed, cancelled.
+    #[arg(long = "status")]
+    pub statuses: Vec<String>,
+    /// Only this workflow.
+    #[arg(long)]
+    pub workflow: Option<String>,
+    /// Only sagas whose current step has this name.
+    #[arg(long)]
+    pub step: Option<String>,
+    /// Only workflows using this provider's step kinds (lumanu, blaaiz, lean).
+    #[arg(long)]
+    pub provider: Option<String>,
+    /// Only this business key (the idempotency key given at start).
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Created at or after: RFC 3339 time, or a duration meaning "ago" (e.g. 2h).
+    #[arg(long)]
+    pub created_after: Option<String>,
+    /// Created before: RFC 3339 time or a duration ago.
+    #[arg(long)]
+    pub created_before: Option<String>,
+    /// Updated at or after: RFC 3339 time or a duration ago.
+    #[arg(long)]
+    pub updated_after: Option<String>,
+    /// Updated before: RFC 3339 time or a duration ago.
+    #[arg(long)]
+    pub updated_before: Option<String>,
+    /// Stuck: parked for an operator, or unfinished with no progress for this long, waiting
+    /// past its deadline, held by a dead worker, or at --stuck-attempts attempts.
+    #[arg(long)]
+    pub stuck_for: Option<humantime::Duration>,
+    /// Attempts that count as stuck with --stuck-for.
+    #[arg(long, default_value_t = 5)]
+    pub stuck_attempts: u32,
+    /// Sort key.
+    #[arg(long, value_enum, default_value_t = SortKey::Created)]
+    pub sort: SortKey,
+    /// Oldest first.
+    #[arg(long)]
+    pub asc: bool,
+    /// Maximum rows.
+    #[arg(long, default_value_t = 100)]
+    pub limit: i64,
+    /// Rows to skip (pagination).
+    #[arg(long, default_value_t = 0)]
+    pub offset: i64,
+}
+
+/// Sort key of `list`.
+#[derive(Debug, Clone, Copy, Default, ValueEnum)]
+pub enum SortKey {
+    /// Creation time.
+    #[default]
+    Created,
+    /// Last change.
+    Updated,
+}
+
+impl FilterArgs {
+    fn is_empty(&self) -> bool {
+        self.statuses.is_empty()
+            && self.workflow.is_none()
+            && self.step.is_none()
+            && self.provider.is_none()
+            && self.key.is_none()
+            && self.created_after.is_none()
+            && self.created_before.is_none()
+            && self.updated_after.is_none()
+            && self.updated_before.is_none()
+            && self.stuck_for.is_none()
+    }
+
+    /// The store filter.
+    pub fn to_filter(&self) -> Result<SagaFilter> {
+        let statuses = self
+            .statuses
+            .iter()
+            .map(|s| s.parse::<SagaStatus>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let stuck_since = self.stuck_for.map(|d| ago(d.into())).transpose()?;
+        Ok(SagaFilter {
+            statuses,
+            workflow: self.workflow.clone(),
+            step: self.step.clone(),
+            provider: self.provider.clone(),
+            key: self.key.clone(),
+            created_after: self.created_after.as_deref().map(time_arg).transpose()?,
+            created_before: self.created_before.as_deref().map(time_arg).transpose()?,
+            updated_after: self.updated_after.as_deref().map(time_arg).transpose()?,
+            updated_before: self.updated_before.as_deref().map(time_arg).transpose()?,
+            stuck_since,
+            stuck_attempts: Some(self.stuck_attempts),
+            sort_by_updated: matches!(self.sort, SortKey::Updated),
+            ascending: self.asc,
+            limit: Some(self.limit),
+            offset: Some(self.offset),
+        })
+    }
+}
+
+fn ago(d: std::time::Duration) -> Result<DateTime<Utc>> {
+    Ok(Utc::now() - chrono::Duration::from_std(d).context("duration too long")?)
+}
+
+fn time_arg(s: &str) -> Result<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let d = humantime::parse_duration(s)
+        .with_context(|| format!("{s:?} is neither an RFC 3339 time nor a duration like 2h"))?;
+    ago(d)
+}
+
+/// Which sagas an action applies to.
+#[derive(Debug, Args)]
+pub struct ActionArgs {
+    /// The saga; omit it to act on every saga matching the filter flags.
+    pub id: Option<Uuid>,
+    /// Why (required; recorded in history with who and when).
+    #[arg(long)]
+    pub reason: String,
+    /// Show what would be done, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+/// The actions that take a saga or a filter.
+#[derive(Debug, Clone, Copy)]
+pub enum Action {
+    /// Run the current step now.
+    Retry,
+    /// Cancel (compensations run).
+    Cancel,
+    /// Resume a parked saga.
+    Resume,
+}
+
+impl Action {
+    fn verb(self) -> &'static str {
+        match self {
+            Action::Retry => "retry",
+            Action::Cancel => "cancel",
+            Action::Resume => "resume",
+        }
+    }
+}
+
+/// `events ...`.
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Inbox events, newest first.
+    List {
+        /// Only events no saga consumed.
+        #[arg(long)]
+        unmatched: bool,
+        /// Only events whose body could not be parsed.
+        #[arg(long)]
+        unparseable: bool,
+        /// Only this provider.
+        #[arg(long)]
+        provider: Option<String>,
+        /// Maximum rows.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One event with its body.
+    Show {
+        /// Inbox id.
+        id: i64,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Match a stored event again against the waits that exist now.
+    Replay {
+        /// Inbox id.
+        id: i64,
+        /// Why (recorded in history).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+/// Who runs the command: `PAYSAGA_OPERATOR` or `cli:$USER`.
+pub fn actor() -> String {
+    std::env::var("PAYSAGA_OPERATOR").unwrap_or_else(|_| {
+        format!(
+            "cli:{}",
+            std::env::var("USER").unwrap_or_else(|_| "unknown".to_string())
+        )
+    })
+}
+
+fn colour(status: SagaStatus) -> &'static str {
+    match status {
+        SagaStatus::Completed => "\x1b[32m",
+        SagaStatus::Failed => "\x1b[31m",
+        SagaStatus::Compensating | SagaStatus::Compensated | SagaStatus::Cancelled => "\x1b[33m",
+        SagaStatus::Waiting => "\x1b[36m",
+        SagaStatus::Scheduled | SagaStatus::Running => "",
+    }
+}
+
+fn status_cell(status: SagaStatus, width: usize) -> String {
+    let text = format!("{:<width$}", status.as_str());
+    let c = colour(status);
+    if std::io::stdout().is_terminal() && !c.is_empty() {
+        format!("{c}{text}\x1b[0m")
+    } else {
+        text
+    }
+}
+
+/// `list`.
+pub async fn list(engine: &Engine, filter: &FilterArgs, json: bool) -> Result<()> {
+    let sagas = engine.list(&filter.to_filter()?).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&sagas)?);
+        return Ok(());
+    }
+    println!(
+        "{:<36}  {:<20} {:<12} {:>4} {:>7}  {:<19}  LAST ERROR",
+        "ID", "WORKFLOW", "STATUS", "STEP", "ATTEMPT", "UPDATED"
+    );
+    for s in &sagas {
+        println!(
+            "{:<36}  {:<20} {} {:>4} {:>7}  {:<19}  {}",
+            s.id,
+            format!("{} v{}", s.workflow, s.version),
+            status_cell(s.status, 12),
+            s.step_index + 1,
+            s.attempt,
+            s.updated_at.format("%Y-%m-%d %H:%M:%S"),
+            s.last_error
+                .as_deref()
+                .unwrap_or("")
+                .chars()
+                .take(100)
+                .collect::<String>()
+        );
+    }
+    eprintln!("{} saga(s)", sagas.len());
+    Ok(())
+}
+
+/// `show`.
+pub async fn show(engine: &Engine, id: Uuid, json: bool) -> Result<()> {
+    let view = engine
+        .get(id)
+        .await
+        .with_context(|| format!("cannot show saga {id}"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        print_saga(&view);
+    }
+    Ok(())
+}
+
+fn print_saga(v: &SagaView) {
+    let s = &v.saga;
+    println!("saga      {}", s.id);
+    println!("workflow  {} v{}", s.workflow, s.version);
+    println!("status    {}", status_cell(s.status, 0));
+    if let Some(key) = &s.idempotency_key {
+        println!("key       {key}");
+    }
+    if let Some(step) = &v.current_step {
+        println!(
+            "step      {step} (#{} of {}, {} attempt(s) made)",
+            s.step_index + 1,
+            v.steps.len(),
+            s.attempt
+        );
+    }
+    let why = match (s.status, &s.wait, s.run_at) {
+        (SagaStatus::Waiting, Some(w), _) => format!(
+            "waiting for {} {} with key {} until {} (polls the provider at {})",
+            w.provider,
+            w.event_types.join("/"),
+            w.correlation_key,
+            w.deadline.format("%Y-%m-%d %H:%M:%S"),
+            w.poll_at.format("%Y-%m-%d %H:%M:%S")
+        ),
+        (SagaStatus::Running | SagaStatus::Compensating, _, Some(at))
+            if s.attempt > 0 && at > Utc::now() =>
+        {
+            format!(
+                "backing off after a transient failure; next attempt at {}",
+                at.format("%Y-%m-%d %H:%M:%S%.3f")
+            )
+        }
+        (SagaStatus::Failed, _, _) => {
+            "parked for an operator (see error): resume, skip or cancel".to_string()
+        }
+        (status, _, Some(_)) if !status.is_final() => "runnable: a worker picks it up".to_string(),
+        _ => String::new(),
+    };
+    if !why.is_empty() {
+        println!("why       {why}");
+    }
+    if let Some(owner) = s.owner {
+        println!(
+            "lease     held by worker {owner} (fencing token {})",
+            s.fence
+        );
+    }
+    if let Some(e) = &s.last_error {
+        println!("error     {e}");
+    }
+    println!("input     {}", redact(&s.input));
+    println!("outputs   {}", redact(&s.outputs));
+    println!("history");
+    let mut prev: Option<DateTime<Utc>> = None;
+    for h in &v.history {
+        let delta = prev.map(|p| {
+            format!(
+                "+{:.1}ms",
+                (h.at - p).num_microseconds().unwrap_or(0) as f64 / 1000.0
+            )
+        });
+        prev = Some(h.at);
+        let who = h
+            .actor
+            .clone()
+            .or(h.worker.map(|w| format!("worker {}", &w.to_string()[..8])))
+            .unwrap_or_default();
+        let reason = h
+            .detail
+            .as_ref()
+            .and_then(|d| d.get("reason"))
+            .and_then(Value::as_str);
+        println!(
+            "  {} {:>10}  {:<22} {:<18} {:<10} {:<16} {}{}",
+            h.at.format("%Y-%m-%d %H:%M:%S%.3f"),
+            delta.unwrap_or_default(),
+            h.kind.as_str(),
+            h.step.as_deref().unwrap_or("-"),
+            h.attempt
+                .map(|a| format!("attempt {a}"))
+                .unwrap_or_default(),
+            who,
+            h.error.as_deref().unwrap_or(""),
+            reason.map(|r| format!("reason: {r}")).unwrap_or_default()
+        );
+    }
+}
+
+/// Field names whose values are never printed.
+const SECRET_FIELDS: [&str; 8] = [
+    "secret",
+    "password",
+    "token",
+    "api_key",
+    "apikey",
+    "authorization",
+    "iban",
+    "account_number",
+];
+
+/// Replaces the values of secret-looking fields with `"***"`.
+pub fn redact(v: &Value) -> Value {
+    match v {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let lower = k.to_ascii_lowercase();
+                    if SECRET_FIELDS.iter().any(|s| lower.contains(s)) {
+                        (k.clone(), Value::String("***".into()))
+                    } else {
+                        (k.clone(), redact(v))
+                    }
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(redact).collect()),
+        other => other.clone(),
+    }
+}
+
+/// `stats`.
+pub async fn stats(engine: &Engine, json: bool) -> Result<()> {
+    let stats = engine.stats().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&stats)?);
+        return Ok(());
+    }
+    println!("{:<24} {:<14} {:>8}", "WORKFLOW", "STATUS", "SAGAS");
+    for (w, s, n) in &stats.by_status {
+        println!("{w:<24} {s:<14} {n:>8}");
+    }
+    println!(
+        "\n{:<24} {:<24} {:>8}",
+        "WORKFLOW", "CURRENT STEP (unfinished)", "SAGAS"
+    );
+    for (w, s, n) in &stats.by_step {
+        println!("{w:<24} {s:<24} {n:>8}");
+    }
+    match &stats.oldest_waiting {
+        Some((id, w, since)) => println!(
+            "\noldest waiting: {id} ({w}) since {}",
+            since.format("%Y-%m-%d %H:%M:%S")
+        ),
+        None => println!("\noldest waiting: none"),
+    }
+    if !stats.retries.is_empty() {
+        println!("\n{:>8} {:>8}", "ATTEMPTS", "SAGAS");
+        for (a, n) in &stats.retries {
+            println!("{a:>8} {n:>8}");
+        }
+    }
+    for (p, n) in &stats.unmatched_events {
+        println!("unmatched inbox events from {p}: {n}");
+    }
+    Ok(())
+}
+
+/// `retry`, `cancel`, `resume`: one saga, or every saga matching the filter.
+pub async fn act(engine: &Engine, action: Action, args: &ActionArgs) -> Result<()> {
+    if args.reason.trim().is_empty() {
+        bail!("--reason must say why (it is recorded in the saga's history)");
+    }
+    let targets: Vec<SagaRecord> = match args.id {
+        Some(id) => {
+            if !args.filter.is_empty() {
+                bail!("give either a saga id or filter flags, not both");
+            }
+            vec![engine.get(id).await?.saga]
+        }
+        None => {
+            if args.filter.is_empty() {
+                bail!("bulk {} needs at least one filter (e.g. --status, --workflow, --stuck-for); refusing to act on every saga", action.verb());
+            }
+            engine.list(&args.filter.to_filter()?).await?
+        }
+    };
+    let who = actor();
+    let mut failed = 0;
+    for saga in &targets {
+        if args.dry_run {
+            println!(
+                "would {} saga {} ({} {}, step #{})",
+                action.verb(),
+                saga.id,
+                saga.workflow,
+                saga.status,
+                saga.step_index + 1
+            );
+            continue;
+        }
+        let result = match action {
+            Action::Retry => engine.retry_now(saga.id, &who, &args.reason).await,
+            Action::Cancel => engine.cancel(saga.id, &who, &args.reason).await,
+            Action::Resume => engine.resume(saga.id, &who, &args.reason).await,
+        };
+        match result {
+            Ok(s) => println!("{}: saga {} is now {}", action.verb(), s.id, s.status),
+            Err(e) => {
+                failed += 1;
+                eprintln!("{}: saga {}: {e}", action.verb(), saga.id);
+            }
+        }
+    }
+    if args.dry_run {
+        println!(
+            "dry run: {} saga(s) matched, nothing changed",
+            targets.len()
+        );
+    }
+    if failed > 0 {
+        bail!(
+            "{failed} of {} saga(s) refused the {}",
+            targets.len(),
+            action.verb()
+        );
+    }
+    Ok(())
+}
+
+/// `events ...`.
+pub async fn events(engine: &Engine, cmd: EventsCommand) -> Result<()> {
+    match cmd {
+        EventsCommand::List {
+            unmatched,
+            unparseable,
+            provider,
+            limit,
+            json,
+        } => {
+            let events = engine
+                .events(&EventFilter {
+                    unmatched,
+                    unparseable,
+                    provider,
+                    limit: Some(limit),
+                })
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&events)?);
+                return Ok(());
+            }
+            println!(
+                "{:>8}  {:<8} {:<36} {:<32} {:<32} {:<36} RECEIVED",
+                "ID", "PROVIDER", "EVENT ID", "TYPE", "KEY", "CONSUMED BY"
+            );
+            for e in events {
+                println!(
+                    "{:>8}  {:<8} {:<36} {:<32} {:<32} {:<36} {}",
+                    e.id,
+                    e.provider,
+                    e.event_id,
+                    e.event_type
+                        .as_deref()
+                        .unwrap_or(if e.parse_error.is_some() {
+                            "(unparseable)"
+                        } else {
+                            "-"
+                        }),
+                    e.correlation_key.as_deref().unwrap_or("-"),
+                    e.consumed_by
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    e.received_at.format("%Y-%m-%d %H:%M:%S")
+                );
+            }
+        }
+        EventsCommand::Show { id, json } => {
+            let e = engine
+                .store()
+                .event(id)
+                .await?
+                .with_context(|| format!("inbox event {id} not found"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&e)?);
+            } else {
+                println!("event     {} ({} {})", e.id, e.provider, e.event_id);
+                println!("type      {}", e.event_type.as_deref().unwrap_or("-"));
+                println!("key       {}", e.correlation_key.as_deref().unwrap_or("-"));
+                println!("received  {}", e.received_at);
+                println!(
+                    "consumed  {}",
+                    e.consumed_by
+                        .map(|s| format!("by saga {s} at {:?}", e.consumed_at))
+                        .unwrap_or_else(|| "no".into())
+                );
+                if let Some(err) = &e.parse_error {
+                    println!("unparseable: {err}");
+                    if let Some(raw) = &e.raw_body {
+                        println!(
+                            "raw body ({} bytes): {}",
+                            raw.len(),
+                            String::from_utf8_lossy(raw)
+                        );
+                    }
+                }
+                if let Some(p) = &e.payload {
+                    println!("payload   {}", serde_json::to_string_pretty(&redact(p))?);
+                }
+            }
+        }
+        EventsCommand::Replay { id, reason } => {
+            let d = engine.replay_event(id, None, &actor(), &reason).await?;
+            match d.matched_saga {
+                Some(s) => println!("event {id} delivered to saga {s}"),
+                None => println!("event {id} matched no wait"),
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,1287 @@
+//! End-to-end tests: the sandbox on port 0, driven with reqwest, webhooks received and
+//! signature-checked by a small axum receiver.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use hmac::{Hmac, Mac};
+use paysaga_sandbox::{Credentials, RunningSandbox, SandboxConfig};
+use reqwest::Client;
+use serde_json::{json, Value};
+use sha2::{Sha256, Sha512};
+
+const LUMANU_WS: &str = paysaga_sandbox::seeds::LUMANU_WORKSPACE_ID;
+const BLAAIZ_NGN_WALLET: &str = paysaga_sandbox::seeds::BLAAIZ_WALLETS[0].0;
+
+/// Webhooks received, each verified against its provider's signature scheme.
+#[derive(Clone, Default)]
+struct Received {
+    events: Arc<Mutex<Vec<(String, Value)>>>,
+    rejected: Arc<Mutex<u32>>,
+}
+
+fn hmac256(key: &str, data: &[u8]) -> String {
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key.as_bytes()).unwrap();
+    m.update(data);
+    hex::encode(m.finalize().into_bytes())
+}
+
+fn hmac512(key: &str, data: &[u8]) -> String {
+    let mut m = <Hmac<Sha512> as Mac>::new_from_slice(key.as_bytes()).unwrap();
+    m.update(data);
+    hex::encode(m.finalize().into_bytes())
+}
+
+fn verify(provider: &str, headers: &HeaderMap, body: &[u8]) -> bool {
+    let h = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    match provider {
+        "lumanu" => h("x-signature") == hmac256("sandbox-lumanu-webhook-secret", body),
+        "blaaiz" => {
+            let ts = h("x-blaaiz-timestamp");
+            let age = chrono::Utc::now().timestamp() - ts.parse::<i64>().unwrap_or(0);
+            let mut signed = format!("{ts}.").into_bytes();
+            signed.extend_from_slice(body);
+            age.abs() < 300
+                && h("x-blaaiz-signature") == hmac256("sandbox-blaaiz-webhook-secret", &signed)
+        }
+        "lean" => {
+            h("lean-signature")
+                == format!("sha512={}", hmac512("sandbox-lean-webhook-secret", body))
+        }
+        _ => false,
+    }
+}
+
+async fn receive(
+    State(rx): State<Received>,
+    Path(provider): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    if !verify(&provider, &headers, &body) {
+        *rx.rejected.lock().unwrap() += 1;
+        return StatusCode::UNAUTHORIZED;
+    }
+    let value: Value = serde_json::from_slice(&body).unwrap();
+    rx.events.lock().unwrap().push((provider, value));
+    StatusCode::OK
+}
+
+impl Received {
+    async fn start() -> (Self, SocketAddr) {
+        let rx = Received::default();
+        let app = Router::new()
+            .route("/webhooks/{provider}", post(receive))
+            .with_state(rx.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (rx, addr)
+    }
+
+    fn all(&self) -> Vec<(String, Value)> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// Waits (up to 5 s) for a webhook matching `pred`.
+    async fn wait_for(&self, what: &str, pred: impl Fn(&str, &Value) -> bool) -> Value {
+        for _ in 0..250 {
+            if let Some((_, v)) = self.all().into_iter().find(|(p, v)| pred(p, v)) {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no webhook {what}; got {:#?}", self.all());
+    }
+}
+
+struct Harness {
+    sandbox: RunningSandbox,
+    hooks: Received,
+    http: Client,
+}
+
+impl Harness {
+    async fn start(faults: &str) -> Self {
+        let (hooks, hook_addr) = Received::start().await;
+        let mut config = SandboxConfig::new("127.0.0.1:0".parse().unwrap(), Credentials::dev());
+        config.webhook_base = Some(format!("http://{hook_addr}"));
+        config.faults = faults.parse().unwrap();
+        let sandbox = paysaga_sandbox::spawn(config).await.unwrap();
+        Self {
+            sandbox,
+            hooks,
+            http: Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.sandbox.base_url())
+    }
+
+    async fn lumanu_token(&self) -> String {
+        let r: Value = self
+            .http
+            .post(self.url("/lumanu/oauth/token"))
+            .json(&json!({
+                "client_id": "sandbox-lumanu-client",
+                "client_secret": "sandbox-lumanu-secret",
+                "audience": "https://lumanu-demo.hasura.app/v1/graphql",
+                "grant_type": "client_credentials",
+            }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["token_type"], "Bearer");
+        assert!(r["expires_in"].as_u64().unwrap() > 0);
+        r["access_token"].as_str().unwrap().to_owned()
+    }
+
+    async fn form_token(&self, path: &str, provider: &str, scope: &str) -> String {
+        let r = self
+            .http
+            .post(self.url(path))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", &format!("sandbox-{provider}-client")),
+                ("client_secret", &format!("sandbox-{provider}-secret")),
+                ("scope", scope),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["token_type"], "Bearer");
+        v["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// Sends a request; returns (status, JSON body or Null).
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        self.call_with(method, path, token, body, &[]).await
+    }
+
+    async fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), self.url(path))
+            .bearer_auth(token);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn ledger(&self) -> Vec<Value> {
+        self.get("/_sandbox/ledger")
+            .await
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// Every balance equals the sum of its ledger entries.
+    async fn assert_balances_match_ledger(&self) {
+        let ledger = self.ledger().await;
+        let balances = self.get("/_sandbox/balances").await;
+        let accounts = balances["accounts"].as_array().unwrap();
+        for account in accounts {
+            let sum: i64 = ledger
+                .iter()
+                .filter(|e| {
+                    e["provider"] == account["provider"]
+                        && e["account"] == account["account"]
+                        && e["currency"] == account["currency"]
+                })
+                .map(|e| {
+                    let a = e["amount"].as_i64().unwrap();
+                    if e["direction"] == "credit" {
+                        a
+                    } else {
+                        -a
+                    }
+                })
+                .sum();
+            assert_eq!(account["balance"].as_i64().unwrap(), sum, "{account}");
+        }
+        for entry in &ledger {
+            assert!(
+                accounts.iter().any(|a| a["account"] == entry["account"]),
+                "ledger account {} missing from balances",
+                entry["account"]
+            );
+        }
+    }
+}
+
+async fn poll_until(h: &Harness, path: &str, token: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..100 {
+        let (status, v) = h.call("GET", path, token, None).await;
+        assert_eq!(status, 200, "{path}: {v}");
+        if pred(&v) {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{path} never reached the expected state");
+}
+
+#[tokio::test]
+async fn every_api_requires_valid_credentials() {
+    let h = Harness::start("none").await;
+    // Lumanu: no token, bad token, bad client secret.
+    let (status, body) = h.call("GET", "/lumanu/api/rest/payable", "", None).await;
+    assert_eq!(status, 401);
+    assert!(
+        body["error"]["code"].is_string() && body["error"]["request_id"].is_string(),
+        "{body}"
+    );
+    let (status, _) = h
+        .call("GET", "/lumanu/api/rest/payable", "forged", None)
+        .await;
+    assert_eq!(status, 401);
+    let r = h
+        .http
+        .post(h.url("/lumanu/oauth/token"))
+        .json(&json!({"client_id": "sandbox-lumanu-client", "client_secret": "wrong", "grant_type": "client_credentials"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let token = h.lumanu_token().await;
+    let (status, _) = h
+        .call("GET", "/lumanu/api/rest/payable", &token, None)
+        .await;
+    assert_eq!(status, 200);
+    // A Lumanu token is not a Lean or Blaaiz token.
+    let (status, body) = h
+        .call("GET", "/lean/payments/v1/destinations", &token, None)
+        .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (401, Some("UNAUTHORIZED"))
+    );
+    let (status, body) = h
+        .call("GET", "/blaaiz/api/external/customer/x", &token, None)
+        .await;
+    assert_eq!((status, body["status"].as_bool()), (401, Some(false)));
+    // Legacy credentials.
+    let r = h
+        .http
+        .get(h.url("/blaaiz/api/external/transaction/nope"))
+        .header("x-blaaiz-api-key", "sandbox-blaaiz-api-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = h
+        .http
+        .get(h.url("/lean/payments/v1/destinations"))
+        .header("lean-app-token", "sandbox-lean-app-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = h
+        .http
+        .get(h.url("/lean/payments/v1/destinations"))
+        .header("lean-app-token", "wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // OAuth tokens for Blaaiz and Lean.
+    let bt = h
+        .form_token(
+            "/blaaiz/oauth/token",
+            "blaaiz",
+            "customer:write payout:create",
+        )
+        .await;
+    let (status, _) = h
+        .call(
+            "GET",
+            "/blaaiz/api/external/customer?email=a@b.c",
+            &bt,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let lt = h.form_token("/lean/oauth2/token", "lean", "api").await;
+    let (status, _) = h
+        .call("GET", "/lean/payments/v1/destinations", &lt, None)
+        .await;
+    assert_eq!(status, 200);
+    h.sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn lumanu_prefunding_flow_pays_exactly_once() {
+    let h = Harness::start("none").await;
+    let t = h.lumanu_token().await;
+    // 1. Funding invoice.
+    let (status, funding) = h
+        .call(
+            "POST",
+            "/lumanu/api/rest/funding",
+            &t,
+            Some(json!({
+                "workspace_id": LUMANU_WS, "method": "invoice", "amount": 50_000,
+                "description": "saga-1 funding", "recipient_email": "ap@brand.co",
+                "bill_to": "AP", "company_name": "Brand", "company_address_one": "1 Main St",
+            })),
+        )
+        .await;
+    assert_eq!(status, 200, "{funding}");
+    assert_eq!(funding["status"], "pending");
+    assert_eq!(funding["amount_denomination"], "us_cents");
+    assert!(funding["invoice_number"].as_i64().unwrap() > 0);
+    let funding_id = funding["id"].as_str().unwrap().to_owned();
+
+    // 2. The deposit arrives: signed transfer.created naming the funding.
+    let hook = h
+        .hooks
+        .wait_for("transfer.created", |p, v| {
+            p == "lumanu"
+                && v["event_type"] == "transfer.created"
+                && v["data"]["funding_id"] == funding_id.as_str()
+        })
+        .await;
+    let transfer_id = hook["data"]["id"].as_str().unwrap().to_owned();
+    let (_, wallet) = h
+        .call(
+            "GET",
+            &format!("/lumanu/api/rest/workspace/{LUMANU_WS}/wallet"),
+            &t,
+            None,
+        )
+        .await;
+    assert_eq!(wallet["balance"]["balance"], 50_000);
+    assert_eq!(wallet["balance"]["available_balance"], 0);
+    let (_, txns) = h
+        .call("GET", &format!("/lumanu/api/rest/workspace/{LUMANU_WS}/wallet/transaction?limit=10&offset=0&order_by=created_at&order_by_direction=desc"), &t, None)
+        .await;
+    assert_eq!(txns["total"], 1);
+    assert_eq!(txns["data"][0]["id"], transfer_id.as_str());
+    assert_eq!(txns["data"][0]["type"], "deposit");
+    let invoice = funding["invoice_number"].to_string();
+    assert!(txns["data"][0]["description"]
+        .as_str()
+        .unwrap()
+        .contains(&invoice));
+
+    // 3. Link the deposit; linking again is an error.
+    let link = format!("/lumanu/api/rest/funding/{funding_id}/link-deposit");
+    let (status, linked) = h
+        .call("POST", &link, &t, Some(json!({"transfer_id": transfer_id})))
+        .await;
+    assert_eq!(
+        (status, linked["status"].as_str()),
+        (200, Some("completed"))
+    );
+    let (status, err) = h
+        .call("POST", &link, &t, Some(json!({"transfer_id": transfer_id})))
+        .await;
+    assert_eq!(status, 409, "{err}");
+    let (_, wallet) = h
+        .call(
+            "GET",
+            &format!("/lumanu/api/rest/workspace/{LUMANU_WS}/wallet"),
+            &t,
+            None,
+        )
+        .await;
+    assert_eq!(wallet["balance"]["available_balance"], 50_000);
+
+    // 4. Payable (a repeat creates a second one: no idempotency) -> approve.
+    let payable_body = json!({"workspace_id": LUMANU_WS, "payee_email": "creator@example.com", "amount": 12_345, "description": "saga-1 payout"});
+    let (status, payable) = h
+        .call(
+            "POST",
+            "/lumanu/api/rest/payable",
+            &t,
+            Some(payable_body.clone()),
+        )
+        .await;
+    assert_eq!(status, 200, "{payable}");
+    assert_eq!(payable["payable_status"], "not_approved");
+    assert!(payable["status"].is_null());
+    let payable_id = payable["id"].as_str().unwrap().to_owned();
+    let (_, dup) = h
+        .call("POST", "/lumanu/api/rest/payable", &t, Some(payable_body))
+        .await;
+    assert_ne!(dup["id"], payable["id"]);
+    let (_, found) = h
+        .call(
+            "GET",
+            "/lumanu/api/rest/payable?description=saga-1%20payout&limit=10",
+            &t,
+            None,
+        )
+        .await;
+    assert_eq!(found["total"], 2);
+    // Cancel the duplicate (compensation path).
+    let (status, cancelled) = h
+        .call(
+            "POST",
+            &format!(
+                "/lumanu/api/rest/payable/{}/cancel",
+                dup["id"].as_str().unwrap()
+            ),
+            &t,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, cancelled["payable_status"].as_str()),
+        (200, Some("canceled"))
+    );
+    let (status, approved) = h
+        .call(
+            "POST",
+            &format!("/lumanu/api/rest/payable/{payable_id}/approve"),
+            &t,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, approved["payable_status"].as_str()),
+        (200, Some("approved"))
+    );
+
+    // 5. Pay from balance; paying again or paying the cancelled one is refused.
+    let pay = json!({"workspace_id": LUMANU_WS, "method": "balance", "payable_ids": [payable_id]});
+    let (status, paid) = h
+        .call("POST", "/lumanu/api/rest/funding", &t, Some(pay.clone()))
+        .await;
+    assert_eq!(status, 200, "{paid}");
+    assert_eq!(paid["method"], "balance");
+    let (status, _) = h
+        .call("POST", "/lumanu/api/rest/funding", &t, Some(pay))
+        .await;
+    assert_eq!(status, 422);
+    let (status, _) = h
+        .call(
+            "POST",
+            "/lumanu/api/rest/funding",
+            &t,
+            Some(
+                json!({"workspace_id": LUMANU_WS, "method": "balance", "payable_ids": [dup["id"]]}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 422);
+    h.hooks
+        .wait_for("payable.paid", |p, v| {
+            p == "lumanu"
+                && v["event_type"] == "payable.paid"
+                && v["data"]["id"] == payable_id.as_str()
+        })
+        .await;
+    let (_, p) = h
+        .call(
+            "GET",
+            &format!("/lumanu/api/rest/payable/{payable_id}"),
+            &t,
+            None,
+        )
+        .await;
+    assert_eq!(p["payable_status"], "paid");
+    for ev in ["payable.created", "payable.approved", "payable.canceled"] {
+        assert!(
+            h.hooks.all().iter().any(|(_, v)| v["event_type"] == ev),
+            "missing {ev}"
+        );
+    }
+
+    // 6. Insufficient balance for a payable larger than what is left.
+    let (_, big) = h
+        .call("POST", "/lumanu/api/rest/payable", &t, Some(json!({"workspace_id": LUMANU_WS, "payee_email": "x@example.com", "amount": 40_000, "description": "too big"})))
+        .await;
+    h.call(
+        "POST",
+        &format!(
+            "/lumanu/api/rest/payable/{}/approve",
+            big["id"].as_str().unwrap()
+        ),
+        &t,
+        None,
+    )
+    .await;
+    let (status, err) = h
+        .call(
+            "POST",
+            "/lumanu/api/rest/funding",
+            &t,
+            Some(
+                json!({"workspace_id": LUMANU_WS, "method": "balance", "payable_ids": [big["id"]]}),
+            ),
+        )
+        .await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (422, Some("insufficient_balance"))
+    );
+
+    // The ledger: one deposit, exactly one payment of the right amount.
+    let ledger = h.ledger().await;
+    let lumanu: Vec<&Value> = ledger
+        .iter()
+        .filter(|e| e["provider"] == "lumanu")
+        .collect();
+    let payments: Vec<&&Value> = lumanu.iter().filter(|e| e["kind"] == "payment").collect();
+    assert_eq!(payments.len(), 1, "{ledger:#?}");
+    assert_eq!(payments[0]["amount"], 12_345);
+    assert_eq!(payments[0]["reference"], payable_id.as_str());
+    assert_eq!(payments[0]["direction"], "debit");
+    assert_eq!(lumanu.iter().filter(|e| e["kind"] == "deposit").count(), 1);
+    let (_, wallet) = h
+        .call(
+            "GET",
+            &format!("/lumanu/api/rest/workspace/{LUMANU_WS}/wallet"),
+            &t,
+            None,
+        )
+        .await;
+    assert_eq!(wallet["balance"]["balance"], 50_000 - 12_345);
+    h.assert_balances_match_ledger().await;
+    assert_eq!(*h.hooks.rejected.lock().unwrap(), 0);
+    h.sandbox.shutdown().await.unwrap();
+}
+
+async fn blaaiz_customer(h: &Harness, t: &str, last_name: &str) -> String {
+    let (status, created) = h
+        .call(
+            "POST",
+            "/blaaiz/api/external/customer",
+            t,
+            Some(json!({
+                "type": "individual", "first_name": "Ada", "last_name": last_name,
+                "email": format!("ada.{last_name}@example.com"), "country": "NG",
+                "id_type": "passport", "id_number": "A123",
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["data"]["verification_status"], "PENDING");
+    created["data"]["id"].as_str().unwrap().to_owned()
+}
+
+/// Gets an upload URL, PUTs `bytes` with the returned headers; returns the file id.
+async fn blaaiz_upload(h: &Harness, t: &str, customer: &str, category: &str) -> String {
+    let (status, up) = h
+        .call(
+            "POST",
+            "/blaaiz/api/external/file/get-presigned-url",
+            t,
+            Some(json!({
+                "customer_id": customer, "file_category": category,
+                "file_name": "passport.jpg", "file_type": "image/jpeg",
+            })),
+        )
+        .await;
+    assert_eq!(status, 200, "{up}");
+    assert_eq!(up["file_id"], up["data"]["file_id"]);
+    let url = up["url"].as_str().unwrap();
+    let headers = up["headers"].as_object().unwrap();
+    let mut req = h.http.put(url).body(b"\xff\xd8fake-jpeg".to_vec());
+    for (k, v) in headers {
+        req = req.header(k, v.as_str().unwrap());
+    }
+    assert_eq!(req.send().await.unwrap().status(), 200);
+    up["file_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn blaaiz_kyc_then_payout() {
+    let h = Harness::start("none").await;
+    let t = h
+        .form_token(
+            "/blaaiz/oauth/token",
+            "blaaiz",
+            "customer:write payout:create transaction:read",
+        )
+        .await;
+    let customer = blaaiz_customer(&h, &t, "Okafor").await;
+    let (_, found) = h
+        .call(
+            "GET",
+            "/blaaiz/api/external/customer?email=ada.okafor@example.com",
+            &t,
+            None,
+        )
+        .await;
+    assert_eq!(found["data"][0]["id"], customer.as_str());
+
+    // Upload with a wrong header is refused.
+    let (_, up) = h
+        .call("POST", "/blaaiz/api/external/file/get-presigned-url", &t, Some(json!({
+            "customer_id": customer, "file_category": "identity", "file_name": "id.jpg", "file_type": "image/jpeg",
+        })))
+        .await;
+    let url = up["url"].as_str().unwrap();
+    let wrong = h
+        .http
+        .put(url)
+        .header("content-type", "image/png")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 403);
+    let tampered = h
+        .http
+        .put(url.replace("X-Amz-Signature=", "X-Amz-Signature=00"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tampered.status(), 403);
+    // Attaching a file that was never uploaded is refused.
+    let (status, err) = h
+        .call(
+            "POST",
+            &format!("/blaaiz/api/external/customer/{customer}/files"),
+            &t,
+            Some(json!({"id_file": up["file_id"]})),
+        )
+        .await;
+    assert_eq!(status, 400, "{err}");
+
+    // Payout before verification is refused.
+    let payout = json!({
+        "wallet_id": BLAAIZ_NGN_WALLET, "customer_id": customer, "method": "bank_transfer",
+        "from_amount": 1500.25, "from_currency_id": "NGN", "to_currency_id": "NGN",
+        "account_number": "0123456789", "bank_id": "1", "account_name": "Ada Okafor", "note": "saga-7",
+    });
+    let (status, _) = h
+        .call(
+            "POST",
+            "/blaaiz/api/external/payout",
+            &t,
+            Some(payout.clone()),
+        )
+        .await;
+    assert_eq!(status, 400);
+
+    let id_file = blaaiz_upload(&h, &t, &customer, "identity").await;
+    let poa = blaaiz_upload(&h, &t, &customer, "proof_of_address").await;
+    let (status, ok) = h
+        .call(
+            "POST",
+            &format!("/blaaiz/api/external/customer/{customer}/files"),
+            &t,
+            Some(json!({"id_file": id_file, "proof_of_address_file": poa})),
+        )
+        .await;
+    assert_eq!(status, 200, "{ok}");
+    let verified = h
+        .hooks
+        .wait_for("VERIFIED", |p, v| {
+            p == "blaaiz" && v["customer_id"] == customer.as_str() && v["new_status"] == "VERIFIED"
+        })
+        .await;
+    assert_eq!(verified["event_type"], "customer.status_changed");
+    assert_eq!(verified["old_status"], "PROCESSING");
+    let (_, c) = h
+        .call(
+            "GET",
+            &format!("/blaaiz/api/external/customer/{customer}"),
+            &t,
+            None,
+        )
+        .await;
+    assert_eq!(c["data"]["verification_status"], "VERIFIED");
+    assert_eq!(c["data"]["files"].as_array().unwrap().len(), 2);
+
+    // Payout: PENDING now, SUCCESSFUL by webhook and by GET.
+    let (status, created) = h
+        .call("POST", "/blaaiz/api/external/payout", &t, Some(payout))
+        .await;
+    assert_eq!(status, 200, "{created}");
+    assert_eq!(created["transaction"]["status"], "PENDING");
+    assert_eq!(created["transaction"]["amount"].to_string(), "1500.25");
+    let txn = created["transaction"]["id"].as_str().unwrap().to_owned();
+    let hook = h
+        .hooks
+        .wait_for("payout SUCCESSFUL", |p, v| {
+            p == "blaaiz" && v["type"] == "payout" && v["transaction_id"] == txn.as_str()
+        })
+        .await;
+    assert_eq!(hook["transaction_status"], "SUCCESSFUL");
+    assert_eq!(hook["merchant_reference"], "saga-7");
+    assert_eq!(hook["transaction_amount"].to_string(), "1500.25");
+    let (_, got) = h
+        .call(
+            "GET",
+            &format!("/blaaiz/api/external/transaction/{txn}"),
+            &t,
+            None,
+        )
+        .await;
+    assert_eq!(got["data"]["status"], "SUCCESSFUL");
+    let (_, list) = h
+        .call(
+            "POST",
+            "/blaaiz/api/external/transaction",
+            &t,
+            Some(json!({"customer_id": customer, "status": "completed"})),
+        )
+        .await;
+    assert_eq!(list["meta"]["total"], 1);
+
+    // Insufficient funds.
+    let (status, err) = h
+        .call(
+            "POST",
+            "/blaaiz/api/external/payout",
+            &t,
+            Some(json!({
+                "wallet_id": BLAAIZ_NGN_WALLET, "customer_id": customer, "method": "bank_transfer",
+                "from_amount": 999_999_999.99, "from_currency_id": "NGN", "to_currency_id": "NGN",
+                "account_number": "0123456789", "bank_id": "1",
+            })),
+        )
+        .await;
+    assert_eq!(
+        (status, err["message"].as_str()),
+        (400, Some("Insufficient funds."))
+    );
+
+    let ledger = h.ledger().await;
+    let payouts: Vec<&Value> = ledger.iter().filter(|e| e["kind"] == "payout").collect();
+    assert_eq!(payouts.len(), 1);
+    assert_eq!(payouts[0]["amount"], 150_025);
+    assert_eq!(payouts[0]["account"], BLAAIZ_NGN_WALLET);
+    let balances = h.get("/_sandbox/balances").await;
+    let ngn = balances["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["account"] == BLAAIZ_NGN_WALLET)
+        .unwrap()
+        .clone();
+    assert_eq!(ngn["balance"], 10_000_000_000i64 - 150_025);
+    h.assert_balances_match_ledger().await;
+    h.sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn blaaiz_rejects_the_trigger_customer() {
+    let h = Harness::start("none").await;
+    let t = h
+        .form_token("/blaaiz/oauth/token", "blaaiz", "customer:write")
+        .await;
+    let customer = blaaiz_customer(&h, &t, "Reject").await;
+    let id_file = blaaiz_upload(&h, &t, &customer, "identity").await;
+    let (status, _) = h
+        .call(
+            "POST",
+            &format!("/blaaiz/api/external/customer/{customer}/files"),
+            &t,
+            Some(json!({"id_file": id_file})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let hook = h
+        .hooks
+        .wait_for("REJECTED", |_, v| {
+            v["customer_id"] == customer.as_str() && v["new_status"] == "REJECTED"
+        })
+        .await;
+    assert!(hook["comment"].as_str().unwrap().contains("Reject"));
+    h.sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn lean_customer_conflict_and_idempotent_intents() {
+    let h = Harness::start("none").await;
+    let t = h.form_token("/lean/oauth2/token", "lean", "api").await;
+    let (status, dest) = h
+        .call("POST", "/lean/payments/v1/destinations", &t, Some(json!({
+            "display_name": "Payee AED", "name": "Payee LLC", "bank_identifier": "ENBD_UAE",
+            "address": "", "city": "Dubai", "country": "ARE", "account_number": "1234", "iban": "AE070331234567890123456",
+        })))
+        .await;
+    assert_eq!(status, 200, "{dest}");
+    let dest_id = dest["id"].as_str().unwrap().to_owned();
+    let (_, dests) = h
+        .call("GET", "/lean/payments/v1/destinations", &t, None)
+        .await;
+    assert_eq!(dests.as_array().unwrap().len(), 2);
+
+    let (status, customer) = h
+        .call(
+            "POST",
+            "/lean/payments/v1/customer",
+            &t,
+            Some(json!({"app_user_id": "user-42"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{customer}");
+    let customer_id = customer["customer_id"].as_str().unwrap().to_owned();
+    let (status, conflict) = h
+        .call(
+            "POST",
+            "/lean/payments/v1/customer",
+            &t,
+            Some(json!({"app_user_id": "user-42"})),
+        )
+        .await;
+    assert_eq!(status, 409);
+    assert_eq!(conflict["status"], "CUSTOMER_ALREADY_EXISTS");
+    assert!(conflict["message"].is_string() && conflict["timestamp"].is_string());
+    let (_, looked_up) = h
+        .call("GET", "/lean/customers/v1/app-user-id/user-42", &t, None)
+        .await;
+    assert_eq!(looked_up["customer_id"], customer_id.as_str());
+
+    // The simulated LinkSDK: beneficiary created (cool-off), then ACTIVE.
+    let created = h
+        .hooks
+        .wait_for("beneficiary.created", |p, v| {
+            p == "lean"
+                && v["type"] == "payment_source.beneficiary.created"
+                && v["payload"]["payment_destination_id"] == dest_id.as_str()
+        })
+        .await;
+    assert_eq!(
+        created["payload"]["status"],
+        "AWAITING_BENEFICIARY_COOL_OFF"
+    );
+    assert_eq!(created["payload"]["customer_id"], customer_id.as_str());
+    assert!(created["event_id"].is_string());
+    h.hooks
+        .wait_for("beneficiary ACTIVE", |_, v| {
+            v["type"] == "payment_source.beneficiary.updated"
+                && v["payload"]["payment_destination_id"] == dest_id.as_str()
+                && v["payload"]["status"] == "ACTIVE"
+        })
+        .await;
+    let source_id = created["payload"]["payment_source_id"].as_str().unwrap();
+    let (_, source) = h
+        .call(
+            "GET",
+            &format!("/lean/customers/v1/{customer_id}/payment_sources/{source_id}"),
+            &t,
+            None,
+        )
+        .await;
+    let beneficiary = source["beneficiaries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["payment_destination_id"] == dest_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(beneficiary["status"], "ACTIVE");
+
+    // Intents: the same Idempotency-Key twice -> one intent, one payment.
+    let intent = json!({"amount": 10.12, "currency": "AED", "payment_destination_id": dest_id, "customer_id": customer_id, "description": "saga-9"});
+    let key = [("Idempotency-Key", "saga-9:create-intent")];
+    let (s1, i1) = h
+        .call_with(
+            "POST",
+            "/lean/payments/v1/intents",
+            &t,
+            Some(intent.clone()),
+            &key,
+        )
+        .await;
+    let (s2, i2) = h
+        .call_with(
+            "POST",
+            "/lean/payments/v1/intents",
+            &t,
+            Some(intent.clone()),
+            &key,
+        )
+        .await;
+    assert_eq!((s1, s2), (200, 200), "{i1} {i2}");
+    assert_eq!(i1["payment_intent_id"], i2["payment_intent_id"]);
+    assert_eq!(i1["amount"].to_string(), "10.12");
+    let intent_id = i1["payment_intent_id"].as_str().unwrap().to_owned();
+    // Same key, different body.
+    let mut other = intent.clone();
+    other["amount"] = json!(11);
+    let (status, _) = h
+        .call_with("POST", "/lean/payments/v1/intents", &t, Some(other), &key)
+        .await;
+    assert_eq!(status, 409);
+
+    let created = h
+        .hooks
+        .wait_for("payment.created", |_, v| {
+            v["type"] == "payment.created" && v["payload"]["intent_id"] == intent_id.as_str()
+        })
+        .await;
+    assert_eq!(created["payload"]["status"], "PENDING_WITH_BANK");
+    let updated = h
+        .hooks
+        .wait_for("payment.updated", |_, v| {
+            v["type"] == "payment.updated" && v["payload"]["intent_id"] == intent_id.as_str()
+        })
+        .await;
+    assert_eq!(updated["payload"]["status"], "ACCEPTED_BY_BANK");
+    assert_eq!(updated["payload"]["amount"].to_string(), "10.12");
+    let got = poll_until(
+        &h,
+        &format!("/lean/payments/v1/intents/{intent_id}"),
+        &t,
+        |v| v["payments"][0]["status"] == "ACCEPTED_BY_BANK",
+    )
+    .await;
+    assert_eq!(got["payments"].as_array().unwrap().len(), 1);
+    assert_eq!(got["payment_destination"]["id"], dest_id.as_str());
+    let payment_id = got["payments"][0]["id"].as_str().unwrap();
+    let (status, payment) = h
+        .call("GET", &format!("/lean/payments/v1/{payment_id}"), &t, None)
+        .await;
+    assert_eq!(
+        (status, payment["status"].as_str()),
+        (200, Some("ACCEPTED_BY_BANK"))
+    );
+    assert_eq!(payment["intent_id"], intent_id.as_str());
+
+    // Concurrent retries with one key still make one intent.
+    let key2 = [("Idempotency-Key", "saga-10:create-intent")];
+    let body2 = json!({"amount": 5, "currency": "AED", "payment_destination_id": dest_id, "customer_id": customer_id, "description": "saga-10"});
+    let calls = (0..8).map(|_| {
+        h.call_with(
+            "POST",
+            "/lean/payments/v1/intents",
+            &t,
+            Some(body2.clone()),
+            &key2,
+        )
+    });
+    let results = futures::future::join_all(calls).await;
+    let ids: std::collections::HashSet<String> = results
+        .iter()
+        .map(|(s, v)| {
+            assert_eq!(*s, 200, "{v}");
+            v["payment_intent_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1);
+    let intent10 = ids.into_iter().next().unwrap();
+    poll_until(
+        &h,
+        &format!("/lean/payments/v1/intents/{intent10}"),
+        &t,
+        |v| v["payments"][0]["status"] == "ACCEPTED_BY_BANK",
+    )
+    .await;
+
+    let ledger = h.ledger().await;
+    let payments: Vec<&Value> = ledger
+        .iter()
+        .filter(|e| e["provider"] == "lean" && e["kind"] == "payment")
+        .collect();
+    assert_eq!(payments.len(), 2, "{ledger:#?}");
+    assert_eq!(payments[0]["amount"], 1012);
+    assert_eq!(payments[0]["currency"], "AED");
+    assert_eq!(payments[1]["amount"], 500);
+    assert_eq!(
+        h.hooks
+            .all()
+            .iter()
+            .filter(|(_, v)| v["type"] == "payment.created")
+            .count(),
+        2
+    );
+    h.assert_balances_match_ledger().await;
+    h.sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn error_rate_one_answers_5xx_or_429_but_spares_tokens_and_control() {
+    let h = Harness::start("error_rate=1,rate_limit_share=0.5,retry_after_s=3,seed=11").await;
+    let t = h.lumanu_token().await; // token endpoint exempt
+    let mut seen_429 = false;
+    let mut seen_5xx = false;
+    for _ in 0..20 {
+        let resp = h
+            .http
+            .get(h.url("/lumanu/api/rest/payable"))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        if status == 429 {
+            assert_eq!(resp.headers()["retry-after"], "3");
+            seen_429 = true;
+        } else {
+            assert!((500..600).contains(&status), "status {status}");
+            seen_5xx = true;
+        }
+        let body: Value = resp.json().await.unwrap();
+        assert!(body["error"]["code"].is_string(), "{body}");
+    }
+    assert!(seen_429 && seen_5xx);
+    let (status, body) = h
+        .call(
+            "POST",
+            "/lean/payments/v1/customer",
+            "x",
+            Some(json!({"app_user_id": "u"})),
+        )
+        .await;
+    assert!(status == 429 || status >= 500);
+    assert!(body["status"].is_string(), "{body}");
+    // Control endpoints are never faulted; the spec can be read and replaced at run time.
+    let spec = h.get("/_sandbox/faults").await;
+    assert!(spec["spec"].as_str().unwrap().contains("error_rate=1"));
+    let r = h
+        .http
+        .put(h.url("/_sandbox/faults"))
+        .body("error_rate=0,seed=3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, _) = h.call("GET", "/lumanu/api/rest/payable", &t, None).await;
+    assert_eq!(status, 200);
+    let r = h
+        .http
+        .put(h.url("/_sandbox/faults"))
+        .body("error_rate=7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    h.sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn timeout_after_effect_applies_the_effect_then_hangs() {
+    let h =
+        Harness::start("timeout_after_effect@POST:/lumanu/api/rest/payable=1,hang_ms=2000").await;
+    let t = h.lumanu_token().await;
+    let short = Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let err = short
+        .post(h.url("/lumanu/api/rest/payable"))
+        .bearer_auth(&t)
+        .json(&json!({"workspace_id": LUMANU_WS, "payee_email": "c@example.com", "amount": 100, "description": "lost-response"}))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    // The payable exists and its webhook was sent although the client saw a timeout.
+    let (_, list) = h
+        .call(
+            "GET",
+            "/lumanu/api/rest/payable?description=lost-response",
+            &t,
+            None,
+        )
+        .await;
+    assert_eq!(list["total"], 1);
+    h.hooks
+        .wait_for("payable.created", |_, v| {
+            v["event_type"] == "payable.created" && v["data"]["id"] == list["data"][0]["id"]
+        })
+        .await;
+    h.sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn early_and_duplicated_webhooks() {
+    let h = Harness::start("webhook_early=1,webhook_duplicate=1,seed=5").await;
+    let t = h.lumanu_token().await;
+    let (status, p) = h
+        .call("POST", "/lumanu/api/rest/payable", &t, Some(json!({"workspace_id": LUMANU_WS, "payee_email": "c@example.com", "amount": 100, "description": "early"})))
+        .await;
+    assert_eq!(status, 200);
+    // Early: already delivered when the response arrived.
+    let copies = |h: &Harness| {
+        h.hooks
+            .all()
+            .iter()
+            .filter(|(_, v)| v["data"]["id"] == p["id"])
+            .count()
+    };
+    assert!(copies(&h) >= 1, "webhook was not early");
+    h.hooks.wait_for("duplicate", |_, _| copies(&h) == 2).await;
+    let events: Vec<Value> = h
+        .hooks
+        .all()
+        .into_iter()
+        .map(|(_, v)| v)
+        .filter(|v| v["data"]["id"] == p["id"])
+        .collect();
+    assert_eq!(
+        events[0]["id"], events[1]["id"],
+        "a duplicate carries the same event id"
+    );
+    let log = h.get("/_sandbox/webhooks").await;
+    assert!(log.as_array().unwrap().iter().any(|d| d["early"] == true));
+    h.sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn dropped_webhooks_are_never_sent_and_retries_recover_failures() {
+    let h = Harness::start("webhook_drop=1").await;
+    let t = h.lumanu_token().await;
+    h.call("POST", "/lumanu/api/rest/payable", &t, Some(json!({"workspace_id": LUMANU_WS, "payee_email": "c@example.com", "amount": 100, "description": "dropped"})))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(h.hooks.all().is_empty());
+    let log = h.get("/_sandbox/webhooks").await;
+    assert_eq!(log[0]["dropped"], true);
+    h.sandbox.shutdown().await.unwrap();
+
+    // A receiver that is down at first: the sandbox retries until it is up.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let mut config = SandboxConfig::new("127.0.0.1:0".parse().unwrap(), Credentials::dev());
+    config.webhook_base = Some(format!("http://{addr}"));
+    let sandbox = paysaga_sandbox::spawn(config).await.unwrap();
+    let http = Client::new();
+    let token: Value = http
+        .post(format!("{}/lumanu/oauth/token", sandbox.base_url()))
+        .json(&json!({"client_id": "sandbox-lumanu-client", "client_secret": "sandbox-lumanu-secret", "grant_type": "client_credentials"}))
+        .send().await.unwrap().json().await.unwrap();
+    http.post(format!("{}/lumanu/api/rest/payable", sandbox.base_url()))
+        .bearer_auth(token["access_token"].as_str().unwrap())
+        .json(&json!({"workspace_id": LUMANU_WS, "payee_email": "c@example.com", "amount": 100, "description": "retried"}))
+        .send().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let rx = Received::default();
+    let app = Router::new()
+        .route("/webhooks/{provider}", post(receive))
+        .with_state(rx.clone());
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    rx.wait_for("retried payable.created", |_, v| {
+        v["event_type"] == "payable.created"
+    })
+    .await;
+    let log: Value = http
+        .get(format!("{}/_sandbox/webhooks", sandbox.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(log[0]["attempts"].as_u64().unwrap() >= 2, "{log}");
+    assert_eq!(log[0]["delivered"], true);
+    sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn expired_tokens_are_refused() {
+    let mut config = SandboxConfig::new("127.0.0.1:0".parse().unwrap(), Credentials::dev());
+    config.timing.lumanu_token_ttl = Duration::from_millis(200);
+    let sandbox = paysaga_sandbox::spawn(config).await.unwrap();
+    let http = Client::new();
+    let token: Value = http
+        .post(format!("{}/lumanu/oauth/token", sandbox.base_url()))
+        .json(&json!({"client_id": "sandbox-lumanu-client", "client_secret": "sandbox-lumanu-secret", "grant_type": "client_credentials"}))
+        .send().await.unwrap().json().await.unwrap();
+    assert_eq!(token["expires_in"], 0);
+    let token = token["access_token"].as_str().unwrap().to_owned();
+    let url = format!(
+        "{}/lumanu/api/rest/workspace/{LUMANU_WS}/wallet",
+        sandbox.base_url()
+    );
+    assert_eq!(
+        http.get(&url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let resp = http.get(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_token");
+    sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn request_webhooks_follow_the_response_without_changing_its_framing() {
+    let h = Harness::start("none").await;
+    let t = h.lumanu_token().await;
+    let resp = h
+        .http
+        .post(h.url("/lumanu/api/rest/payable"))
+        .bearer_auth(&t)
+        .json(&json!({"workspace_id": LUMANU_WS, "payee_email": "c@example.com", "amount": 100, "description": "framing"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let len = resp.content_length().expect("explicit Content-Length");
+    let bytes = resp.bytes().await.unwrap();
+    assert_eq!(len, bytes.len() as u64);
+    let payable: Value = serde_json::from_slice(&bytes).unwrap();
+    h.hooks
+        .wait_for("payable.created", |_, v| {
+            v["event_type"] == "payable.created" && v["data"]["id"] == payable["id"]
+        })
+        .await;
+    h.sandbox.shutdown().await.unwrap();
+}
