@@ -3,6 +3,7 @@
 
 mod demo;
 mod operate;
+mod webhooks;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -119,6 +120,9 @@ enum Command {
     /// Run sagas end to end in one process and print what happened (finds or starts a
     /// PostgreSQL when DATABASE_URL is not set).
     Demo,
+    /// Run the provider sandbox: the Lumanu, Blaaiz and Lean APIs with a money ledger,
+    /// signed webhooks and fault injection.
+    Sandbox(paysaga_sandbox::cli::SandboxArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -346,6 +350,15 @@ async fn main() -> Result<()> {
         }
         Command::Events(cmd) => operate::events(&engine(url).await?, cmd).await?,
         Command::Demo => demo::run(url).await?,
+        Command::Sandbox(args) => {
+            let config = args
+                .config()
+                .map_err(anyhow::Error::msg)
+                .context("sandbox configuration")?;
+            paysaga_sandbox::serve(config)
+                .await
+                .context("sandbox failed")?;
+        }
     }
     Ok(())
 }
@@ -360,6 +373,9 @@ fn read_input(arg: &str) -> Result<Value> {
 }
 
 async fn run_worker(url: Option<&str>, args: WorkerArgs) -> Result<()> {
+    let providers = paysaga_providers::ProvidersConfig::from_env().context(
+        "provider configuration (PAYSAGA_LUMANU_*, PAYSAGA_BLAAIZ_*, PAYSAGA_LEAN_*) is incomplete",
+    )?;
     let engine = engine(url).await?;
     if !args.no_migrate {
         engine
@@ -367,6 +383,18 @@ async fn run_worker(url: Option<&str>, args: WorkerArgs) -> Result<()> {
             .migrate()
             .await
             .context("migration failed (use --no-migrate if migrations run as a separate job)")?;
+    }
+    let (applied, known) = engine
+        .store()
+        .schema_versions()
+        .await
+        .context("cannot read the schema version")?;
+    match applied {
+        Some(v) if v > known => bail!(
+            "the database schema (migration {v}) is newer than this build knows ({known}); run a newer paysaga or roll the database back"
+        ),
+        Some(v) if v == known => {}
+        other => bail!("the database schema is at {other:?}, this build needs {known}: run `paysaga migrate` first"),
     }
     ensure_builtins(&engine).await?;
     let config = WorkerConfig {
@@ -384,7 +412,13 @@ async fn run_worker(url: Option<&str>, args: WorkerArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.http_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "HTTP server listening");
-    let app = paysaga_runtime::http::probes(engine.clone());
+    let verifiers = webhooks::verifiers(&providers);
+    tracing::info!(providers = ?verifiers.iter().map(|v| v.provider().to_string()).collect::<Vec<_>>(), "webhook endpoints");
+    let app = paysaga_runtime::http::router(
+        engine.clone(),
+        verifiers,
+        paysaga_runtime::http::DEFAULT_BODY_LIMIT,
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let http = tokio::spawn({
         let mut rx = stop_rx.clone();

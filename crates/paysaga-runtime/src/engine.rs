@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use tracing::{info, instrument};
 use uuid::Uuid;
 
+use crate::metrics::{Metrics, SharedMetrics, WorkflowLabels};
 use crate::{Error, Registry, Worker, WorkerConfig};
 
 /// A definition version compiled against this process's registry.
@@ -80,6 +81,7 @@ pub struct IncomingEvent {
 pub struct Engine {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) registry: Arc<Registry>,
+    pub(crate) metrics: SharedMetrics,
     definitions: Arc<Mutex<HashMap<i64, Arc<LoadedDefinition>>>>,
 }
 
@@ -89,6 +91,7 @@ impl Engine {
         Engine {
             store,
             registry: Arc::new(registry),
+            metrics: Arc::new(Metrics::new()),
             definitions: Default::default(),
         }
     }
@@ -96,6 +99,11 @@ impl Engine {
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// This process's metrics.
+    pub fn metrics(&self) -> &SharedMetrics {
+        &self.metrics
     }
 
     /// The registered step kinds.
@@ -163,6 +171,12 @@ impl Engine {
             })
             .await?;
         if created {
+            self.metrics
+                .sagas_started
+                .get_or_create(&WorkflowLabels {
+                    workflow: record.name.clone(),
+                })
+                .inc();
             info!(saga_id = %saga.id, version = record.version, "saga started");
         }
         Ok(Started {
@@ -229,6 +243,7 @@ impl Engine {
     /// waiting for it, now or when its wait begins later.
     #[instrument(skip_all, fields(provider = %event.provider, event_id = %event.event_id, event_type = %event.event_type))]
     pub async fn deliver_event(&self, event: IncomingEvent) -> Result<Delivery, Error> {
+        let provider = event.provider.clone();
         let delivery = self
             .store
             .deliver_event(NewEvent {
@@ -241,6 +256,12 @@ impl Engine {
                 parse_error: None,
             })
             .await?;
+        let result = match (delivery.duplicate, delivery.matched_saga) {
+            (true, _) => "duplicate",
+            (false, Some(_)) => "matched",
+            (false, None) => "stored",
+        };
+        self.metrics.inbox(&provider, result);
         Ok(delivery)
     }
 
@@ -252,6 +273,7 @@ impl Engine {
         raw_body: Vec<u8>,
         reason: &str,
     ) -> Result<Delivery, Error> {
+        self.metrics.inbox(provider, "unparseable");
         Ok(self
             .store
             .deliver_event(NewEvent {

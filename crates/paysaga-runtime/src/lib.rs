@@ -30,6 +30,7 @@
 mod engine;
 mod error;
 pub mod http;
+pub mod metrics;
 pub mod noop;
 mod registry;
 mod worker;

@@ -153,6 +153,7 @@ impl Worker {
                     Ok(0) => {}
                     Ok(n) => {
                         shared.stats.takeovers.fetch_add(n, Ordering::Relaxed);
+                        shared.engine.metrics.lease_takeovers.inc_by(n);
                     }
                     Err(e) => warn!(error = %e, "could not release expired leases; will retry"),
                 }
@@ -168,6 +169,13 @@ impl Worker {
                 {
                     Ok(batch) => {
                         claimed_all = batch.len() == free;
+                        if !batch.is_empty() {
+                            shared
+                                .engine
+                                .metrics
+                                .claim_batch
+                                .observe(batch.len() as f64);
+                        }
                         shared
                             .stats
                             .claimed
@@ -417,6 +425,7 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
             Ok(c) => c,
             Err(Error::Store(paysaga_store::Error::LeaseLost { .. })) => {
                 shared.stats.lease_lost.fetch_add(1, Ordering::Relaxed);
+                shared.engine.metrics.lease_lost.inc();
                 warn!(step = ?loaded.compiled.steps.get(saga.step_index).map(|s| &s.def.name),
                       "lease lost before commit: result discarded; the saga's new holder re-runs the step with the same idempotency key");
                 return;
@@ -429,6 +438,7 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
                 return;
             }
         };
+        record_transition(shared, &saga.workflow, &transition);
         if transition.status.is_final() {
             shared.stats.finished.fetch_add(1, Ordering::Relaxed);
             info!(status = %transition.status, error = ?transition.last_error, "saga finished");
@@ -442,6 +452,38 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
             debug!("shutting down: leaving the saga for the next holder");
             return;
         }
+    }
+}
+
+fn record_transition(shared: &Shared, workflow: &str, t: &Transition) {
+    use crate::metrics::{FinishLabels, WorkflowLabels};
+    use paysaga_core::HistoryKind;
+    let m = &shared.engine.metrics;
+    let wf = || WorkflowLabels {
+        workflow: workflow.to_string(),
+    };
+    for h in &t.history {
+        match h.kind {
+            HistoryKind::StepRetrying | HistoryKind::CompensationRetrying => {
+                m.retries.get_or_create(&wf()).inc()
+            }
+            HistoryKind::StepFailed
+                if h.error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("wait deadline passed")) =>
+            {
+                m.waits_past_deadline.get_or_create(&wf()).inc()
+            }
+            _ => 0,
+        };
+    }
+    if t.status.is_final() {
+        m.sagas_finished
+            .get_or_create(&FinishLabels {
+                workflow: workflow.to_string(),
+                status: t.status.as_str().to_string(),
+            })
+            .inc();
     }
 }
 
@@ -534,6 +576,7 @@ async fn run_step(
             now: Utc::now(),
         };
         shared.stats.steps_run.fetch_add(1, Ordering::Relaxed);
+        let started = std::time::Instant::now();
         let run = async {
             if compensating {
                 kind.compensate(&ctx, params).await
@@ -545,6 +588,16 @@ async fn run_step(
             Ok(outcome) => outcome,
             Err(_) => StepOutcome::retry(format!("attempt timed out after {:?}", step.def.timeout)),
         };
+        let label = match &outcome {
+            StepOutcome::Done(_) => "done",
+            StepOutcome::Wait(_) => "wait",
+            StepOutcome::Retry { .. } => "retry",
+            StepOutcome::Fail { .. } => "fail",
+        };
+        shared
+            .engine
+            .metrics
+            .step(&saga.workflow, &step.def.kind, label, started.elapsed());
         match &outcome {
             StepOutcome::Done(_) => debug!("step done"),
             StepOutcome::Wait(w) => debug!(key = %w.correlation_key, "step waits"),

@@ -102,6 +102,7 @@ mod app;
 mod auth;
 mod blaaiz;
 mod body;
+pub mod cli;
 mod config;
 mod control;
 mod faults;

@@ -91,6 +91,8 @@ pub enum Error {
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<(), Error>;
+    /// (latest migration applied to the database, latest migration this build knows).
+    async fn schema_versions(&self) -> Result<(Option<i64>, i64), Error>;
 
     /// Stores a definition version; the same content again is a no-op, different content
     /// under an existing version is [`Error::DefinitionConflict`].

@@ -17,6 +17,9 @@ use crate::{
     UnrunnableGroup, WakeupsBox, WorkerInfo,
 };
 
+/// The migrations in `migrations/`, embedded at build time.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
 /// The channel workers LISTEN on for new runnable work.
 const WAKEUP_CHANNEL: &str = "paysaga_wakeup";
 
@@ -214,8 +217,24 @@ async fn notify(tx: &mut Transaction<'_, Postgres>) -> Result<(), Error> {
 #[async_trait]
 impl Store for PgStore {
     async fn migrate(&self) -> Result<(), Error> {
-        sqlx::migrate!("../../migrations").run(&self.pool).await?;
+        MIGRATOR.run(&self.pool).await?;
         Ok(())
+    }
+
+    async fn schema_versions(&self) -> Result<(Option<i64>, i64), Error> {
+        let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        let table: Option<String> =
+            sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
+                .fetch_one(&self.pool)
+                .await?;
+        if table.is_none() {
+            return Ok((None, known));
+        }
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok((applied, known))
     }
 
     #[instrument(skip_all, fields(workflow = %def.name, version = def.version))]
