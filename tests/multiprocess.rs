@@ -377,3 +377,33 @@ async fn sigterm_drains_in_flight_steps_and_exits_zero() {
     .await;
     assert_eq!(dupes, 0);
 }
+
+#[tokio::test]
+async fn worker_refuses_a_schema_newer_than_it_knows_and_reads_database_url_from_a_file() {
+    let db = paysaga_testkit::database().await;
+    let url = db.url().to_string();
+    // The URL from a file (Kubernetes secret / systemd credential), not the environment.
+    let file = std::env::temp_dir().join(format!("paysaga-db-url-{}", Uuid::new_v4().simple()));
+    std::fs::write(&file, format!("{url}\n")).unwrap();
+    let migrate = Command::new(BIN).arg("migrate").env_remove("DATABASE_URL").env("DATABASE_URL_FILE", &file).output().unwrap();
+    assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
+    // A newer release migrated the database.
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (29991231000000, 'from the future', true, '\\x00'::bytea, 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["worker", "--http-addr", "127.0.0.1:0", "--no-migrate"])
+        .env("DATABASE_URL", &url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("newer than this build knows"), "{err}");
+    std::fs::remove_file(file).ok();
+}

@@ -190,8 +190,24 @@ fn registry() -> Registry {
     registry
 }
 
+/// `--database-url` / `DATABASE_URL`, else the file named by `DATABASE_URL_FILE`
+/// (Kubernetes secrets, systemd credentials).
+fn database_url(flag: Option<&str>) -> Result<Option<String>> {
+    if let Some(url) = flag {
+        return Ok(Some(url.to_string()));
+    }
+    match std::env::var_os("DATABASE_URL_FILE") {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read DATABASE_URL_FILE {}", std::path::Path::new(&path).display()))?;
+            Ok(Some(text.trim_end_matches(['\n', '\r']).to_string()))
+        }
+        None => Ok(None),
+    }
+}
+
 async fn engine(url: Option<&str>) -> Result<Engine> {
-    let url = url.context("no database: set DATABASE_URL or pass --database-url")?;
+    let url = url.context("no database: set DATABASE_URL (or DATABASE_URL_FILE) or pass --database-url")?;
     let store = PgStore::connect(url)
         .await
         .with_context(|| format!("cannot connect to PostgreSQL at {}", redact_url(url)))?;
@@ -225,7 +241,8 @@ async fn ensure_builtins(engine: &Engine) -> Result<()> {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging();
-    let url = cli.database_url.as_deref();
+    let url = database_url(cli.database_url.as_deref())?;
+    let url = url.as_deref();
     match cli.command {
         Command::Migrate => {
             let engine = engine(url).await?;
