@@ -385,8 +385,17 @@ async fn worker_refuses_a_schema_newer_than_it_knows_and_reads_database_url_from
     // The URL from a file (Kubernetes secret / systemd credential), not the environment.
     let file = std::env::temp_dir().join(format!("paysaga-db-url-{}", Uuid::new_v4().simple()));
     std::fs::write(&file, format!("{url}\n")).unwrap();
-    let migrate = Command::new(BIN).arg("migrate").env_remove("DATABASE_URL").env("DATABASE_URL_FILE", &file).output().unwrap();
-    assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
+    let migrate = Command::new(BIN)
+        .arg("migrate")
+        .env_remove("DATABASE_URL")
+        .env("DATABASE_URL_FILE", &file)
+        .output()
+        .unwrap();
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
     // A newer release migrated the database.
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     sqlx::query(

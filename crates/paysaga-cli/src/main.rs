@@ -198,8 +198,12 @@ fn database_url(flag: Option<&str>) -> Result<Option<String>> {
     }
     match std::env::var_os("DATABASE_URL_FILE") {
         Some(path) => {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("cannot read DATABASE_URL_FILE {}", std::path::Path::new(&path).display()))?;
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "cannot read DATABASE_URL_FILE {}",
+                    std::path::Path::new(&path).display()
+                )
+            })?;
             Ok(Some(text.trim_end_matches(['\n', '\r']).to_string()))
         }
         None => Ok(None),
@@ -207,7 +211,8 @@ fn database_url(flag: Option<&str>) -> Result<Option<String>> {
 }
 
 async fn engine(url: Option<&str>) -> Result<Engine> {
-    let url = url.context("no database: set DATABASE_URL (or DATABASE_URL_FILE) or pass --database-url")?;
+    let url =
+        url.context("no database: set DATABASE_URL (or DATABASE_URL_FILE) or pass --database-url")?;
     let store = PgStore::connect(url)
         .await
         .with_context(|| format!("cannot connect to PostgreSQL at {}", redact_url(url)))?;

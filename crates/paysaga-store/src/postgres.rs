@@ -86,7 +86,111 @@ impl PgStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    /// The hot path of [`Store::commit`]: a transition that neither begins nor ends a wait
+    /// (a step done, a retry scheduled, a failure, a compensation). One statement, so one
+    /// round trip and one implicit transaction: the fence check (row lock), the saga update,
+    /// the history rows and the wake-up notification commit together or not at all.
+    async fn commit_simple(&self, c: &Commit<'_>) -> Result<Committed, Error> {
+        let t = c.transition;
+        let final_status = t.status.is_final();
+        let keep = t.continue_now && !final_status;
+        let run_at = if final_status { None } else { t.run_at };
+        let notify_now = !keep && run_at.is_some_and(|at| at <= Utc::now());
+        let (output_name, output_value) = match &t.output {
+            Some((n, v)) => (Some(n.as_str()), Some(v)),
+            None => (None, None),
+        };
+        let h = HistoryColumns::from(t.history.as_slice());
+        let row = sqlx::query(COMMIT_SIMPLE_SQL)
+            .bind(c.saga)
+            .bind(c.worker)
+            .bind(c.fence)
+            .bind(t.status.as_str())
+            .bind(t.step_index as i32)
+            .bind(t.attempt as i32)
+            .bind(t.step_started_at)
+            .bind(run_at)
+            .bind(output_name)
+            .bind(output_value)
+            .bind(&t.last_error)
+            .bind(keep)
+            .bind(final_status)
+            .bind(&h.steps)
+            .bind(&h.attempts)
+            .bind(&h.kinds)
+            .bind(&h.errors)
+            .bind(&h.details)
+            .bind(notify_now)
+            .bind(WAKEUP_CHANNEL)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            return Err(Error::LeaseLost { saga: c.saga });
+        };
+        Ok(Committed {
+            kept: keep,
+            wake_event: None,
+            cancel_requested: row.try_get("cancel_requested")?,
+        })
+    }
 }
+
+/// History entries as column arrays for `UNNEST`.
+struct HistoryColumns {
+    steps: Vec<Option<String>>,
+    attempts: Vec<Option<i32>>,
+    kinds: Vec<&'static str>,
+    errors: Vec<Option<String>>,
+    details: Vec<Value>,
+}
+
+impl From<&[HistoryEntry]> for HistoryColumns {
+    fn from(entries: &[HistoryEntry]) -> Self {
+        HistoryColumns {
+            steps: entries.iter().map(|e| e.step.clone()).collect(),
+            attempts: entries
+                .iter()
+                .map(|e| e.attempt.map(|a| a as i32))
+                .collect(),
+            kinds: entries.iter().map(|e| e.kind.as_str()).collect(),
+            errors: entries.iter().map(|e| e.error.clone()).collect(),
+            details: entries.iter().map(|e| e.detail.clone()).collect(),
+        }
+    }
+}
+
+/// One statement for the hot-path commit. Data-modifying CTEs run even if unreferenced; the
+/// notification CTE is referenced so that it runs. No row back = lease lost, nothing written.
+const COMMIT_SIMPLE_SQL: &str = "
+WITH lease AS (
+    SELECT id, cancel_requested FROM paysaga_sagas
+    WHERE id = $1 AND owner = $2 AND fence = $3
+      AND EXISTS (SELECT 1 FROM paysaga_workers w
+                  WHERE w.id = $2 AND w.stopped_at IS NULL AND w.lease_expires_at > now())
+    FOR UPDATE),
+upd AS (
+    UPDATE paysaga_sagas s SET status = $4, step_index = $5, attempt = $6, step_started_at = $7,
+           run_at = $8, wait = NULL, wake_event = NULL,
+           outputs = CASE WHEN $9::text IS NULL THEN s.outputs
+                          ELSE s.outputs || jsonb_build_object($9::text, $10::jsonb) END,
+           last_error = $11,
+           owner = CASE WHEN $12 THEN s.owner ELSE NULL END,
+           updated_at = now(),
+           finished_at = CASE WHEN $13 THEN now() ELSE NULL END
+    FROM lease WHERE s.id = lease.id
+    RETURNING s.id),
+hist AS (
+    INSERT INTO paysaga_history (saga_id, worker, step, attempt, kind, error, detail)
+    SELECT upd.id, $2, t.step, t.attempt, t.kind, t.error, NULLIF(t.detail, 'null'::jsonb)
+    FROM upd, UNNEST($14::text[], $15::int4[], $16::text[], $17::text[], $18::jsonb[])
+         WITH ORDINALITY AS t(step, attempt, kind, error, detail, n)
+    ORDER BY t.n
+    RETURNING 1),
+wake AS (SELECT pg_notify($20, '') FROM upd WHERE $19)
+SELECT lease.cancel_requested, (SELECT count(*) FROM hist) AS history_rows,
+       (SELECT count(*) FROM wake) AS notified
+FROM lease";
 
 fn saga_from_row(row: &PgRow) -> Result<SagaRecord, Error> {
     let status: String = row.try_get("status")?;
@@ -178,14 +282,13 @@ async fn insert_history(
     if entries.is_empty() {
         return Ok(());
     }
-    let kinds: Vec<&str> = entries.iter().map(|e| e.kind.as_str()).collect();
-    let steps: Vec<Option<String>> = entries.iter().map(|e| e.step.clone()).collect();
-    let attempts: Vec<Option<i32>> = entries
-        .iter()
-        .map(|e| e.attempt.map(|a| a as i32))
-        .collect();
-    let errors: Vec<Option<String>> = entries.iter().map(|e| e.error.clone()).collect();
-    let details: Vec<Value> = entries.iter().map(|e| e.detail.clone()).collect();
+    let HistoryColumns {
+        steps,
+        attempts,
+        kinds,
+        errors,
+        details,
+    } = HistoryColumns::from(entries);
     sqlx::query(
         "INSERT INTO paysaga_history (saga_id, worker, actor, step, attempt, kind, error, detail)
          SELECT $1, $2, $3, t.step, t.attempt, t.kind, t.error, NULLIF(t.detail, 'null'::jsonb)
@@ -663,6 +766,9 @@ impl Store for PgStore {
     #[instrument(skip_all, fields(saga_id = %c.saga, status = %c.transition.status))]
     async fn commit(&self, c: Commit<'_>) -> Result<Committed, Error> {
         let t = c.transition;
+        if t.wait.is_none() && c.prior_status != SagaStatus::Waiting {
+            return self.commit_simple(&c).await;
+        }
         let mut tx = self.pool.begin().await?;
         // Same lock order as deliver_event (correlation lock, then saga row): no deadlock.
         if let Some(wait) = &t.wait {
