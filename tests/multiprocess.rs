@@ -97,11 +97,12 @@ async fn kill_dash_nine_under_load_loses_no_saga_and_commits_no_step_twice() {
         .fetch_one(&h.pool)
         .await
         .unwrap();
-    let held_at_kill = count(
-        &h.pool,
-        &format!("SELECT count(*) FROM paysaga_sagas WHERE owner = '{w1_id}'"),
-    )
-    .await;
+    let held_at_kill: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM paysaga_sagas WHERE owner = $1")
+            .bind(w1_id)
+            .fetch_one(&h.pool)
+            .await
+            .unwrap();
     w1.kill().unwrap(); // SIGKILL
     let killed_at = Instant::now();
     w1.wait().unwrap();
