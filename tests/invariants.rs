@@ -96,6 +96,7 @@ async fn fenced_lease_worker_whose_lease_was_taken_over_cannot_commit() {
         prior_status: SagaStatus::Scheduled,
         consumed_event: None,
         transition: &t,
+        token: Uuid::new_v4(),
     };
     let err = store.commit(commit_a(fence_a)).await.unwrap_err();
     assert!(
@@ -148,6 +149,7 @@ async fn fenced_lease_worker_whose_lease_was_taken_over_cannot_commit() {
             prior_status: SagaStatus::Scheduled,
             consumed_event: None,
             transition: &t,
+            token: Uuid::new_v4(),
         })
         .await
         .unwrap();

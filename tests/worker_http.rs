@@ -1,5 +1,6 @@
 //! The worker's HTTP surface, on a real `paysaga worker` process: webhook ingestion (inbox
-//! first, signature schemes), `/metrics` counters, and `/readyz` following the database.
+//! first, signature schemes), `/metrics` counters (provider calls included), and `/readyz`
+//! following the database.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -65,7 +66,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn spawn_worker(db_url: &str, http_port: u16) -> Child {
+/// A worker with Lumanu configured at `lumanu` (base URL without a path).
+fn spawn_worker(db_url: &str, http_port: u16, lumanu: &str) -> Child {
     Command::new(BIN)
         .args([
             "worker",
@@ -80,9 +82,9 @@ fn spawn_worker(db_url: &str, http_port: u16) -> Child {
         .env("RUST_LOG", "info")
         .env(
             "PAYSAGA_LUMANU_BASE_URL",
-            "http://127.0.0.1:9/lumanu/api/rest",
+            format!("{lumanu}/lumanu/api/rest"),
         )
-        .env("PAYSAGA_LUMANU_AUTH_URL", "http://127.0.0.1:9/lumanu")
+        .env("PAYSAGA_LUMANU_AUTH_URL", format!("{lumanu}/lumanu"))
         .env("PAYSAGA_LUMANU_CLIENT_ID", "client")
         .env("PAYSAGA_LUMANU_CLIENT_SECRET", "client-secret-never-logged")
         .env("PAYSAGA_LUMANU_WEBHOOK_SECRET", LUMANU_SECRET)
@@ -142,7 +144,7 @@ async fn webhooks_metrics_and_readiness_on_a_running_worker() {
     let db_name = h.db.name().to_string();
     let via_proxy = format!("postgres://postgres@127.0.0.1:{}/{db_name}", proxy.port);
     let port = free_port();
-    let mut worker = spawn_worker(&via_proxy, port);
+    let mut worker = spawn_worker(&via_proxy, port, "http://127.0.0.1:9");
     let base = format!("http://127.0.0.1:{port}");
     wait_for(&format!("{base}/readyz"), 200, Duration::from_secs(20)).await;
     assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
@@ -334,4 +336,118 @@ async fn webhooks_metrics_and_readiness_on_a_running_worker() {
         "worker exited with {status}; log:\n{}",
         std::fs::read_to_string(log).unwrap_or_default()
     );
+}
+
+/// A Lumanu that hands out tokens and answers every API call with 503.
+async fn busy_lumanu() -> String {
+    use axum::http::{StatusCode, Uri};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().fallback(|uri: Uri| async move {
+        if uri.path() == "/lumanu/oauth/token" {
+            (
+                StatusCode::OK,
+                axum::Json(json!({"access_token": "tok-secret-never-exposed", "expires_in": 3600})),
+            )
+        } else {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({"error": {"message": "maintenance"}})),
+            )
+        }
+    });
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    base
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_call_latency_and_errors_on_a_running_worker() {
+    let h = harness().await;
+    let lumanu = busy_lumanu().await;
+    // An engine that knows the provider kinds (for validation) to submit and start.
+    let mut registry = paysaga_runtime::Registry::new();
+    for kind in paysaga_providers::steps::validation_kinds() {
+        registry.register_arc(kind);
+    }
+    let store = paysaga_store::PgStore::connect(h.db.url()).await.unwrap();
+    let engine = paysaga_runtime::Engine::new(Arc::new(store), registry);
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let toml = std::fs::read_to_string(format!("{root}/workflows/lumanu_prefund.toml")).unwrap();
+    engine
+        .submit_definition(&paysaga_core::Definition::from_toml(&toml).unwrap())
+        .await
+        .unwrap();
+    let input =
+        std::fs::read_to_string(format!("{root}/workflows/examples/lumanu_prefund.json")).unwrap();
+    engine
+        .start(
+            "lumanu_prefund",
+            serde_json::from_str(&input).unwrap(),
+            Some("metrics-1"),
+        )
+        .await
+        .unwrap();
+
+    let port = free_port();
+    let mut worker = spawn_worker(h.db.url(), port, &lumanu);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_for(&format!("{base}/readyz"), 200, Duration::from_secs(20)).await;
+    // fund_invoice: a token, then `POST /funding` answered 503 (retried later by the saga).
+    let errors = r#"paysaga_provider_call_errors_total{provider="lumanu",endpoint="create_funding",class="transient",status="503"}"#;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let (_, text) = get(&format!("{base}/metrics")).await;
+        if metric(&text, errors) >= 1.0 {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "provider call not counted:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(text.contains("# TYPE paysaga_provider_call_duration_seconds histogram"));
+    // prometheus-client writes `le` first.
+    assert_eq!(
+        metric(
+            &text,
+            r#"paysaga_provider_call_duration_seconds_bucket{le="+Inf",provider="lumanu",endpoint="token",outcome="ok"}"#
+        ),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            r#"paysaga_provider_call_duration_seconds_bucket{le="+Inf",provider="lumanu",endpoint="create_funding",outcome="transient"}"#
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            r#"paysaga_provider_call_duration_seconds_count{provider="lumanu",endpoint="create_funding",outcome="transient"}"#
+        ) >= 1.0
+    );
+    assert!(!text.contains(r#"endpoint="token",class"#), "{text}");
+    for secret in [
+        "tok-secret-never-exposed",
+        "client-secret-never-logged",
+        LUMANU_SECRET,
+        "127.0.0.1",
+    ] {
+        assert!(!text.contains(secret), "{secret} in /metrics");
+    }
+
+    Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || worker.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "worker exited with {status}");
 }

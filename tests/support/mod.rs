@@ -2,6 +2,9 @@
 //! kinds whose effects are recorded in a table of the test database, as a provider would.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod processes;
+pub mod workflows;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,127 +1,718 @@
-//! `paysaga demo`: runs sagas end to end in one process and prints what happened.
+//! `paysaga demo`: one saga of each payout workflow (`lumanu_prefund`, `blaaiz_kyc_payout`,
+//! `lean_payout`) run end to end in one process against the provider sandbox, with a line of
+//! progress per change, then a summary of each saga's steps and the sandbox's money ledger.
 //!
-//! Database: `DATABASE_URL` if set, else a server on 127.0.0.1:5432, else a throwaway
-//! cluster started from the installed PostgreSQL binaries (see `paysaga-testkit`).
+//! Everything runs in this process, wired as in production:
+//! * the sandbox (fake Lumanu, Blaaiz and Lean with a money ledger) on `127.0.0.1:0`, with the
+//!   well-known development credentials;
+//! * the worker's HTTP app (`POST /webhooks/{provider}`, signature-checked) on `127.0.0.1:0`,
+//!   which is the sandbox's webhook target: sandbox -> signed webhook -> inbox -> saga woken;
+//! * one worker with the three providers' step kinds, configured for the sandbox.
+//!
+//! The workflow definitions, their example inputs and the example KYC documents are embedded
+//! in the binary, so the demo works from any working directory (the documents are written to a
+//! temporary directory for the run).
+//!
+//! Database: see [`open_database`].
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use paysaga_runtime::{Engine, WorkerConfig};
-use paysaga_store::{PgStore, Store};
-use serde_json::json;
-use sqlx::Connection;
+use anyhow::{bail, Context, Result};
+use chrono::{DateTime, Utc};
+use paysaga_core::{Definition, HistoryKind, SagaStatus};
+use paysaga_providers::ProvidersConfig;
+use paysaga_runtime::{Engine, SagaView, WorkerConfig};
+use paysaga_store::{HistoryRecord, SagaFilter, Store};
+use serde_json::Value;
 use uuid::Uuid;
 
-/// Runs the demo.
-pub async fn run(url: Option<&str>) -> Result<()> {
-    let url = match url {
-        Some(u) => u.to_string(),
+/// How long the three sagas get to complete (they take a few seconds).
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How often progress is read from the database.
+const POLL: Duration = Duration::from_millis(100);
+
+/// A workflow the demo runs: its definition file and example input, embedded.
+struct Workflow {
+    name: &'static str,
+    definition: &'static str,
+    input: &'static str,
+}
+
+const WORKFLOWS: [Workflow; 3] = [
+    Workflow {
+        name: "lumanu_prefund",
+        definition: include_str!("../../../workflows/lumanu_prefund.toml"),
+        input: include_str!("../../../workflows/examples/lumanu_prefund.json"),
+    },
+    Workflow {
+        name: "blaaiz_kyc_payout",
+        definition: include_str!("../../../workflows/blaaiz_kyc_payout.toml"),
+        input: include_str!("../../../workflows/examples/blaaiz_kyc_payout.json"),
+    },
+    Workflow {
+        name: "lean_payout",
+        definition: include_str!("../../../workflows/lean_payout.toml"),
+        input: include_str!("../../../workflows/examples/lean_payout.json"),
+    },
+];
+
+/// The example KYC documents the Blaaiz input names (by file name).
+const DOCUMENTS: [(&str, &[u8]); 3] = [
+    (
+        "passport-front.png",
+        include_bytes!("../../../workflows/examples/documents/passport-front.png"),
+    ),
+    (
+        "passport-back.png",
+        include_bytes!("../../../workflows/examples/documents/passport-back.png"),
+    ),
+    (
+        "utility-bill.pdf",
+        include_bytes!("../../../workflows/examples/documents/utility-bill.pdf"),
+    ),
+];
+
+/// The demo's database and what to do with it afterwards.
+struct DemoDatabase {
+    store: Arc<dyn Store>,
+    /// Where it is, for messages (password redacted).
+    label: String,
+    /// A SQLite file created for this run: removed after a successful run, kept (and named)
+    /// after a failed one.
+    created: Option<PathBuf>,
+}
+
+/// Chooses and opens the demo's database (the one place to change to use another store):
+/// * `DATABASE_URL` (or `--database-url`) as given, PostgreSQL or SQLite; it must hold no
+///   unfinished saga, since the demo's worker would run it against the sandbox;
+/// * otherwise a fresh SQLite file for this run under the system temp dir (the embedded
+///   store: nothing to install). A file per run keeps concurrent or interrupted demos from
+///   running each other's sagas.
+async fn open_database(url: Option<&str>, run_id: &str) -> Result<DemoDatabase> {
+    let (url, created) = match url {
+        Some(u) => (u.to_string(), None),
         None => {
-            let server = tokio::task::spawn_blocking(paysaga_testkit::server_url).await?;
-            ensure_database(&server, "paysaga_demo").await?
+            let path = std::env::temp_dir().join(format!("paysaga-demo-{run_id}.db"));
+            (format!("sqlite://{}", path.display()), Some(path))
         }
     };
-    println!("database: {}", crate::redact_url(&url));
-    let store = PgStore::connect(&url)
+    let label = crate::redact_url(&url);
+    let store = paysaga_store::connect(&url)
         .await
-        .context("cannot connect to the demo database")?;
+        .with_context(|| format!("cannot open the demo database {label}"))?;
     store.migrate().await.context("migrations failed")?;
-    let engine = Engine::new(Arc::new(store), crate::registry());
-    crate::ensure_builtins(&engine).await?;
-
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let worker = engine.worker(WorkerConfig {
-        name: "demo".into(),
-        concurrency: 8,
-        ..WorkerConfig::default()
-    });
-    let worker = tokio::spawn(worker.run(async move {
-        let _ = stop_rx.await;
-    }));
-
-    let run_id = Uuid::new_v4().simple().to_string();
-    let mut sagas = Vec::new();
-    for (i, delay) in [0u64, 20, 50].into_iter().enumerate() {
-        let started = engine
-            .start(
-                "noop",
-                json!({"delay_ms": delay}),
-                Some(&format!("demo-{run_id}-{i}")),
-            )
-            .await?;
-        println!("started noop saga {} (delay_ms {delay})", started.saga_id);
-        sagas.push(started.saga_id);
-    }
-    let begun = Instant::now();
-    loop {
-        let mut line = Vec::new();
-        let mut done = 0;
-        for id in &sagas {
-            let view = engine.get(*id).await?;
-            if view.saga.status.is_final() {
-                done += 1;
-            }
-            line.push(format!("{}:{}", &id.to_string()[..8], view.saga.status));
-        }
-        println!(
-            "  [{:>5} ms] {}",
-            begun.elapsed().as_millis(),
-            line.join("  ")
-        );
-        if done == sagas.len() {
-            break;
-        }
-        anyhow::ensure!(
-            begun.elapsed() < Duration::from_secs(60),
-            "demo sagas did not finish within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let _ = stop_tx.send(());
-    worker.await?.context("worker failed")?;
-
-    println!("\nsummary");
-    for id in &sagas {
-        let view = engine.get(*id).await?;
-        println!(
-            "saga {} {} v{}: {}",
-            id, view.saga.workflow, view.saga.version, view.saga.status
-        );
-        let mut prev = view.history.first().map(|h| h.at);
-        for h in &view.history {
-            let ms = prev
-                .map(|p| (h.at - p).num_microseconds().unwrap_or(0) as f64 / 1000.0)
-                .unwrap_or(0.0);
-            prev = Some(h.at);
-            println!(
-                "  {:<16} {:<10} +{:>8.2} ms",
-                h.kind.as_str(),
-                h.step.as_deref().unwrap_or("-"),
-                ms
+    if created.is_none() {
+        let unfinished = store
+            .list_sagas(&SagaFilter {
+                statuses: vec![
+                    SagaStatus::Scheduled,
+                    SagaStatus::Running,
+                    SagaStatus::Waiting,
+                    SagaStatus::Compensating,
+                ],
+                limit: Some(1),
+                ..SagaFilter::default()
+            })
+            .await
+            .context("cannot list unfinished sagas")?;
+        if let Some(s) = unfinished.first() {
+            bail!(
+                "the database {label} holds unfinished sagas (e.g. {} {} {}): the demo's worker \
+                 would run them against the sandbox's fake providers. Point DATABASE_URL at an \
+                 empty database, or unset it to let the demo create its own",
+                s.id,
+                s.workflow,
+                s.status
             );
         }
+    }
+    Ok(DemoDatabase {
+        store,
+        label,
+        created,
+    })
+}
+
+impl DemoDatabase {
+    /// Removes a database file created for this run (after a success), or says where it was
+    /// kept.
+    async fn finish(self, succeeded: bool) {
+        let Some(path) = self.created else {
+            return;
+        };
+        drop(self.store);
+        if !succeeded {
+            println!(
+                "kept the database for inspection: DATABASE_URL={} paysaga show ID",
+                self.label
+            );
+            return;
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.clone().into_os_string();
+            file.push(suffix);
+            let _ = std::fs::remove_file(file);
+        }
+    }
+}
+
+/// The `PAYSAGA_*` provider variables a worker needs to use the sandbox at `base`, with its
+/// development credentials.
+fn sandbox_provider_env(base: &str) -> HashMap<&'static str, String> {
+    let mut env: HashMap<&'static str, String> =
+        paysaga_providers::sandbox_env(base).into_iter().collect();
+    env.insert("PAYSAGA_PROVIDER_REQUEST_TIMEOUT_SECS", "10".into());
+    env
+}
+
+/// Writes the embedded documents to `dir` and points the input's `documents[].path` at them.
+fn localize_documents(input: &mut Value, dir: &Path) -> Result<()> {
+    let Some(docs) = input.get_mut("documents").and_then(Value::as_array_mut) else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for doc in docs {
+        let path = doc
+            .get("path")
+            .and_then(Value::as_str)
+            .context("a document in the example input has no path")?;
+        let file = Path::new(path)
+            .file_name()
+            .and_then(|f| f.to_str())
+            .with_context(|| format!("document path {path} has no file name"))?;
+        let (_, bytes) = DOCUMENTS
+            .iter()
+            .find(|(name, _)| *name == file)
+            .with_context(|| format!("document {file} is not embedded in the binary"))?;
+        let target = dir.join(file);
+        std::fs::write(&target, bytes)
+            .with_context(|| format!("cannot write {}", target.display()))?;
+        doc["path"] = Value::String(target.to_string_lossy().into_owned());
     }
     Ok(())
 }
 
-/// Creates `name` on the server if missing; returns its URL.
-async fn ensure_database(server: &str, name: &str) -> Result<String> {
-    let mut admin = sqlx::PgConnection::connect(server)
+/// One saga the demo started, and how much of its history is printed.
+struct Tracked {
+    workflow: &'static str,
+    id: Uuid,
+    printed: i64,
+    view: Option<SagaView>,
+}
+
+/// Runs the demo.
+pub async fn run(url: Option<&str>) -> Result<()> {
+    let run_id = Uuid::new_v4().simple().to_string();
+    let db = open_database(url, &run_id).await?;
+    println!("database  {}", db.label);
+    let docs_dir = std::env::temp_dir().join(format!("paysaga-demo-{run_id}"));
+    let outcome = run_in(&db, &run_id, &docs_dir).await;
+    let _ = std::fs::remove_dir_all(&docs_dir);
+    db.finish(matches!(outcome, Ok(true))).await;
+    outcome.map(|_| ())
+}
+
+/// Everything between opening and closing the database. `Ok(true)`: every saga completed.
+/// A saga that did not complete is reported as an error after the summary was printed.
+async fn run_in(db: &DemoDatabase, run_id: &str, docs_dir: &Path) -> Result<bool> {
+    // The worker's HTTP app is bound first: its address is the sandbox's webhook target.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
         .await
-        .with_context(|| format!("cannot connect to {}", crate::redact_url(server)))?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(name)
-            .fetch_one(&mut admin)
-            .await?;
-    if !exists {
-        sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
-            .execute(&mut admin)
-            .await?;
+        .context("cannot listen for webhooks on 127.0.0.1")?;
+    let webhook_addr = listener.local_addr()?;
+    let mut sandbox_config = paysaga_sandbox::SandboxConfig::new(
+        ([127, 0, 0, 1], 0).into(),
+        paysaga_sandbox::Credentials::dev(),
+    );
+    sandbox_config.webhook_base = Some(format!("http://{webhook_addr}"));
+    let sandbox = paysaga_sandbox::spawn(sandbox_config)
+        .await
+        .context("cannot start the provider sandbox")?;
+    let sandbox_url = sandbox.base_url().to_string();
+    println!("sandbox   {sandbox_url} (Lumanu, Blaaiz, Lean; development credentials)");
+    println!("webhooks  http://{webhook_addr}/webhooks/{{lumanu,blaaiz,lean}}");
+
+    let env = sandbox_provider_env(&sandbox_url);
+    let providers = ProvidersConfig::from_lookup(|name| env.get(name).cloned())
+        .context("provider configuration for the sandbox")?;
+    let kinds = paysaga_providers::steps::step_kinds(&providers.clients());
+    let engine = Engine::new(db.store.clone(), crate::registry(kinds));
+    crate::ensure_builtins(&engine).await?;
+    for wf in &WORKFLOWS {
+        let def = Definition::from_toml(wf.definition)
+            .with_context(|| format!("embedded definition {}", wf.name))?;
+        engine
+            .submit_definition(&def)
+            .await
+            .with_context(|| format!("definition {} refused", wf.name))?;
     }
-    Ok(server
-        .rsplit_once('/')
-        .map(|(base, _)| format!("{base}/{name}"))
-        .unwrap_or_else(|| server.to_string()))
+
+    let app = paysaga_runtime::http::router(
+        engine.clone(),
+        crate::webhooks::verifiers(&providers),
+        paysaga_runtime::http::DEFAULT_BODY_LIMIT,
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let http = tokio::spawn({
+        let mut rx = stop_rx.clone();
+        async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+        }
+    });
+    let worker = engine.worker(WorkerConfig {
+        name: "demo".into(),
+        concurrency: 8,
+        idle_poll: Duration::from_millis(500),
+        shutdown_grace: Duration::from_secs(5),
+        ..WorkerConfig::default()
+    });
+    let worker = tokio::spawn({
+        let mut rx = stop_rx.clone();
+        worker.run(async move {
+            let _ = rx.wait_for(|s| *s).await;
+        })
+    });
+
+    let result = drive(&engine, run_id, docs_dir).await;
+
+    let _ = stop_tx.send(true);
+    match worker.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!("warning: the demo worker stopped with an error: {e:#}"),
+        Err(e) => eprintln!("warning: the demo worker task failed: {e}"),
+    }
+    let _ = http.await;
+    let ledger = fetch_ledger(&sandbox_url).await;
+    if let Err(e) = sandbox.shutdown().await {
+        eprintln!("warning: the sandbox did not stop cleanly: {e}");
+    }
+
+    let mut sagas = result?;
+    println!();
+    for s in &mut sagas {
+        // The last read may be up to one poll old.
+        if let Ok(view) = engine.get(s.id).await {
+            s.view = Some(view);
+        }
+        if let Some(view) = &s.view {
+            print_summary(s.workflow, view);
+        }
+    }
+    match ledger {
+        Ok(entries) => print_ledger(&entries),
+        Err(e) => println!("sandbox ledger unavailable: {e:#}"),
+    }
+    println!();
+
+    let problems: Vec<String> = sagas
+        .iter()
+        .filter_map(|s| {
+            let view = s.view.as_ref()?;
+            (view.saga.status != SagaStatus::Completed).then(|| problem(s.workflow, view))
+        })
+        .collect();
+    if problems.is_empty() {
+        println!(
+            "all {} sagas completed: {}",
+            sagas.len(),
+            sagas
+                .iter()
+                .map(|s| s.workflow)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Ok(true)
+    } else {
+        bail!(
+            "{} of {} demo sagas did not complete (timeout {}):\n  {}",
+            problems.len(),
+            sagas.len(),
+            humantime::format_duration(TIMEOUT),
+            problems.join("\n  ")
+        )
+    }
+}
+
+/// Starts the three sagas and prints their progress until all are final, the timeout passes
+/// or the user interrupts.
+async fn drive(engine: &Engine, run_id: &str, docs_dir: &Path) -> Result<Vec<Tracked>> {
+    let mut sagas = Vec::new();
+    for wf in &WORKFLOWS {
+        let mut input: Value = serde_json::from_str(wf.input)
+            .with_context(|| format!("embedded example input of {}", wf.name))?;
+        localize_documents(&mut input, docs_dir)?;
+        let key = format!("demo-{run_id}-{}", wf.name);
+        let started = engine
+            .start(wf.name, input, Some(&key))
+            .await
+            .with_context(|| format!("cannot start {}", wf.name))?;
+        sagas.push(Tracked {
+            workflow: wf.name,
+            id: started.saga_id,
+            printed: 0,
+            view: None,
+        });
+    }
+    println!("\nprogress (time since the first saga started)");
+    let begun = Instant::now();
+    let mut t0: Option<DateTime<Utc>> = None;
+    let interrupt = tokio::signal::ctrl_c();
+    tokio::pin!(interrupt);
+    loop {
+        let mut lines: Vec<(DateTime<Utc>, i64, String)> = Vec::new();
+        let mut all_final = true;
+        for s in &mut sagas {
+            let view = engine.get(s.id).await?;
+            let t0 = *t0.get_or_insert(view.saga.created_at);
+            let printed = s.printed;
+            for h in view.history.iter().filter(|h| h.id > printed) {
+                lines.push((h.at, h.id, progress_line(s.workflow, &view, h, t0)));
+                s.printed = h.id;
+            }
+            all_final &= view.saga.status.is_final();
+            s.view = Some(view);
+        }
+        lines.sort_by_key(|(at, id, _)| (*at, *id));
+        for (_, _, line) in lines {
+            println!("{line}");
+        }
+        if all_final || begun.elapsed() >= TIMEOUT {
+            break;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(POLL) => {}
+            _ = &mut interrupt => bail!("interrupted"),
+        }
+    }
+    Ok(sagas)
+}
+
+/// One line of progress for a history entry.
+fn progress_line(workflow: &str, view: &SagaView, h: &HistoryRecord, t0: DateTime<Utc>) -> String {
+    let step = h.step.as_deref().unwrap_or("-");
+    let attempt = h.attempt.unwrap_or(0);
+    let detail = h.detail.as_ref().unwrap_or(&Value::Null);
+    let text = |key: &str| detail.get(key).and_then(Value::as_str).unwrap_or("?");
+    let error = h.error.as_deref().unwrap_or("");
+    let what = match h.kind {
+        HistoryKind::SagaStarted => format!("started, saga {}", view.saga.id),
+        HistoryKind::StepCompleted => {
+            let next = view
+                .steps
+                .iter()
+                .position(|s| s == step)
+                .and_then(|i| view.steps.get(i + 1));
+            match next {
+                Some(next) => format!("{step} done (attempt {attempt}) -> moved to {next}"),
+                None => format!("{step} done (attempt {attempt})"),
+            }
+        }
+        HistoryKind::StepWaiting if h.error.is_some() => {
+            format!("{step} still waiting; a poll failed: {error}")
+        }
+        HistoryKind::StepWaiting => {
+            let events = detail
+                .get("event_types")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join("/")
+                })
+                .unwrap_or_default();
+            format!(
+                "{step} waiting for {} event {events} ({})",
+                text("provider"),
+                text("correlation_key")
+            )
+        }
+        HistoryKind::EventReceived => format!(
+            "{step} woken by {} event {} (webhook {})",
+            text("provider"),
+            text("event_type"),
+            text("event_id")
+        ),
+        HistoryKind::StepRetrying => {
+            format!("{step} attempt {attempt} failed, will retry: {error}")
+        }
+        HistoryKind::StepFailed => format!("{step} FAILED: {error}"),
+        HistoryKind::SagaCompleted => {
+            let total = view
+                .saga
+                .finished_at
+                .map(|f| fmt_ms((f - view.saga.created_at).num_milliseconds()))
+                .unwrap_or_default();
+            format!("COMPLETED in {total}")
+        }
+        HistoryKind::SagaFailed => format!("FAILED (parked for an operator): {error}"),
+        HistoryKind::SagaCompensated => "COMPENSATED (rolled back)".to_string(),
+        other => format!("{} {step} {error}", other.as_str()),
+    };
+    format!(
+        "{:>9}  {workflow:<18} {what}",
+        format!("+{}", fmt_ms((h.at - t0).num_milliseconds().max(0)))
+    )
+}
+
+/// Milliseconds as seconds with three decimals (integer arithmetic).
+fn fmt_ms(ms: i64) -> String {
+    format!("{}.{:03}s", ms / 1000, ms % 1000)
+}
+
+/// One row of a saga's summary.
+struct StepRow {
+    status: String,
+    attempts: u32,
+    events: usize,
+    duration_ms: Option<i64>,
+}
+
+/// Per step: last status, attempts, events received and time from the previous step's end
+/// (or the saga's start) to its own.
+fn step_rows(view: &SagaView) -> Vec<StepRow> {
+    let started = view
+        .history
+        .first()
+        .map(|h| h.at)
+        .unwrap_or(view.saga.created_at);
+    let mut prev_end = Some(started);
+    let mut rows = Vec::new();
+    for (i, name) in view.steps.iter().enumerate() {
+        let entries: Vec<&HistoryRecord> = view
+            .history
+            .iter()
+            .filter(|h| h.step.as_deref() == Some(name.as_str()))
+            .collect();
+        let attempts = entries.iter().filter_map(|h| h.attempt).max().unwrap_or(0);
+        let events = entries
+            .iter()
+            .filter(|h| h.kind == HistoryKind::EventReceived)
+            .count();
+        let completed = entries
+            .iter()
+            .rev()
+            .find(|h| {
+                matches!(
+                    h.kind,
+                    HistoryKind::StepCompleted | HistoryKind::OperatorSkip
+                )
+            })
+            .map(|h| h.at);
+        let status = match entries.last().map(|h| h.kind) {
+            Some(HistoryKind::StepCompleted) => "completed".to_string(),
+            Some(HistoryKind::OperatorSkip) => "skipped".to_string(),
+            Some(HistoryKind::StepWaiting) => "waiting".to_string(),
+            Some(HistoryKind::StepRetrying) => "retrying".to_string(),
+            Some(HistoryKind::StepFailed) => "failed".to_string(),
+            Some(HistoryKind::StepCompensated) => "compensated".to_string(),
+            Some(other) => other.as_str().to_string(),
+            None if i == view.saga.step_index && !view.saga.status.is_final() => {
+                "running".to_string()
+            }
+            None => "-".to_string(),
+        };
+        let end = completed
+            .or_else(|| (i == view.saga.step_index && !view.saga.status.is_final()).then(Utc::now));
+        let duration_ms = match (prev_end, end) {
+            (Some(a), Some(b)) => Some((b - a).num_milliseconds().max(0)),
+            _ => None,
+        };
+        prev_end = completed;
+        rows.push(StepRow {
+            status,
+            attempts,
+            events,
+            duration_ms,
+        });
+    }
+    rows
+}
+
+fn print_summary(workflow: &str, view: &SagaView) {
+    let s = &view.saga;
+    let total = s
+        .finished_at
+        .map(|f| format!(" in {}", fmt_ms((f - s.created_at).num_milliseconds())))
+        .unwrap_or_default();
+    println!(
+        "{workflow} v{} saga {}: {}{total}",
+        s.version, s.id, s.status
+    );
+    println!(
+        "  {:<22} {:<12} {:>8} {:>7} {:>10}",
+        "STEP", "STATUS", "ATTEMPTS", "EVENTS", "DURATION"
+    );
+    for (name, row) in view.steps.iter().zip(step_rows(view)) {
+        println!(
+            "  {name:<22} {:<12} {:>8} {:>7} {:>10}",
+            row.status,
+            row.attempts,
+            row.events,
+            row.duration_ms.map(fmt_ms).unwrap_or_else(|| "-".into())
+        );
+    }
+    if let Some(last) = view.steps.last().and_then(|n| s.outputs.get(n)) {
+        println!("  result: {}", crate::operate::redact(last));
+    }
+    if let Some(e) = &s.last_error {
+        if s.status != SagaStatus::Completed {
+            println!("  last error: {e}");
+        }
+    }
+    println!();
+}
+
+/// Why a saga is not completed: its status, step and what it is doing.
+fn problem(workflow: &str, view: &SagaView) -> String {
+    let s = &view.saga;
+    let step = view
+        .current_step
+        .clone()
+        .or_else(|| view.steps.get(s.step_index).cloned())
+        .unwrap_or_else(|| "-".into());
+    let mut text = format!(
+        "saga {} ({workflow}) is {} at step {step} (attempt {})",
+        s.id, s.status, s.attempt
+    );
+    if let (SagaStatus::Waiting, Some(w)) = (s.status, &s.wait) {
+        text.push_str(&format!(
+            ", waiting for {} event {} ({})",
+            w.provider,
+            w.event_types.join("/"),
+            w.correlation_key
+        ));
+    }
+    if let Some(e) = &s.last_error {
+        text.push_str(&format!("; last error: {e}"));
+    }
+    text
+}
+
+/// `GET {sandbox}/_sandbox/ledger`: every money movement the sandbox made.
+async fn fetch_ledger(sandbox_url: &str) -> Result<Vec<Value>> {
+    let url = format!("{sandbox_url}/_sandbox/ledger");
+    let body: Value = reqwest::get(&url)
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(|| format!("GET {url}"))?
+        .json()
+        .await
+        .with_context(|| format!("GET {url}: not JSON"))?;
+    match body {
+        Value::Array(items) => Ok(items),
+        other => bail!("GET {url}: expected a JSON array, got {other}"),
+    }
+}
+
+fn print_ledger(entries: &[Value]) {
+    let text = |e: &Value, key: &str| e.get(key).and_then(Value::as_str).unwrap_or("").to_string();
+    let (seeds, moves): (Vec<&Value>, Vec<&Value>) =
+        entries.iter().partition(|e| text(e, "kind") == "seed");
+    println!(
+        "sandbox ledger: {} money movement(s) (amounts in minor units; {} opening balance(s) not shown)",
+        moves.len(),
+        seeds.len()
+    );
+    println!(
+        "  {:<8} {:<8} {:<7} {:>12} {:<4}  {:<22} {:<38} COUNTERPARTY",
+        "PROVIDER", "KIND", "SIDE", "AMOUNT", "CUR", "ACCOUNT", "REFERENCE"
+    );
+    for e in moves {
+        let amount = e
+            .get("amount")
+            .and_then(Value::as_i64)
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| e.get("amount").map(Value::to_string).unwrap_or_default());
+        println!(
+            "  {:<8} {:<8} {:<7} {:>12} {:<4}  {:<22} {:<38} {}",
+            text(e, "provider"),
+            text(e, "kind"),
+            text(e, "direction"),
+            amount,
+            text(e, "currency"),
+            shorten(&text(e, "account"), 22),
+            text(e, "reference"),
+            mask_account(&text(e, "counterparty"))
+        );
+    }
+}
+
+/// `abcdefgh...` cut to `width` characters with an ellipsis.
+fn shorten(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        s.to_string()
+    } else {
+        let head: String = s.chars().take(width.saturating_sub(3)).collect();
+        format!("{head}...")
+    }
+}
+
+/// Bank account numbers and IBANs keep their last four characters only.
+fn mask_account(s: &str) -> String {
+    let digits = s.chars().filter(char::is_ascii_digit).count();
+    let account_like = s.len() >= 8
+        && digits >= 6
+        && s.chars().all(|c| c.is_ascii_alphanumeric())
+        && Uuid::parse_str(s).is_err();
+    if account_like {
+        let tail: String = s[s.len() - 4..].to_string();
+        format!("***{tail}")
+    } else {
+        s.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn embedded_workflows_parse_and_name_themselves() {
+        for wf in &WORKFLOWS {
+            let def = Definition::from_toml(wf.definition).expect("definition parses");
+            assert_eq!(def.name, wf.name);
+            let _: Value = serde_json::from_str(wf.input).expect("input parses");
+        }
+    }
+
+    #[test]
+    fn documents_are_written_and_the_input_points_at_them() {
+        let dir = std::env::temp_dir().join(format!("paysaga-demo-test-{}", Uuid::new_v4()));
+        let mut input: Value = serde_json::from_str(WORKFLOWS[1].input).expect("input");
+        localize_documents(&mut input, &dir).expect("documents written");
+        let docs = input["documents"].as_array().expect("documents");
+        assert_eq!(docs.len(), 3);
+        for doc in docs {
+            let path = PathBuf::from(doc["path"].as_str().expect("path"));
+            assert!(path.starts_with(&dir), "{}", path.display());
+            assert!(!std::fs::read(&path).expect("readable").is_empty());
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn account_numbers_are_masked_but_ids_and_emails_are_not() {
+        assert_eq!(mask_account("0123456789"), "***6789");
+        assert_eq!(mask_account("AE070331234567890123456"), "***3456");
+        assert_eq!(mask_account("creator@example.com"), "creator@example.com");
+        let id = "266733cc-6f46-4e87-af7e-9bb46b99601d";
+        assert_eq!(mask_account(id), id);
+    }
+
+    #[test]
+    fn milliseconds_print_as_seconds() {
+        assert_eq!(fmt_ms(0), "0.000s");
+        assert_eq!(fmt_ms(1234), "1.234s");
+        assert_eq!(fmt_ms(60_005), "60.005s");
+    }
 }

@@ -3,6 +3,7 @@
 
 mod demo;
 mod operate;
+mod provider_metrics;
 mod webhooks;
 
 use std::io::IsTerminal;
@@ -13,9 +14,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use paysaga_core::Definition;
+use paysaga_core::{Definition, StepKind};
 use paysaga_runtime::{noop, Engine, Registry, StartRequest, WorkerConfig};
-use paysaga_store::PgStore;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -166,10 +166,11 @@ struct WorkerArgs {
     no_migrate: bool,
 }
 
-fn init_logging() {
+/// Logs to stderr; `default_filter` applies when `RUST_LOG` is not set.
+fn init_logging(default_filter: &str) {
     use tracing_subscriber::EnvFilter;
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -184,9 +185,13 @@ fn init_logging() {
     }
 }
 
-fn registry() -> Registry {
+/// The built-in `noop.sleep` plus the given provider step kinds.
+fn registry(kinds: Vec<Arc<dyn StepKind>>) -> Registry {
     let mut registry = Registry::new();
     registry.register(noop::Sleep);
+    for kind in kinds {
+        registry.register_arc(kind);
+    }
     registry
 }
 
@@ -210,13 +215,20 @@ fn database_url(flag: Option<&str>) -> Result<Option<String>> {
     }
 }
 
+/// An engine for commands that validate and store but never run steps: every provider's
+/// kinds are known (for validation) without any provider secret.
 async fn engine(url: Option<&str>) -> Result<Engine> {
+    engine_with(url, paysaga_providers::steps::validation_kinds()).await
+}
+
+async fn engine_with(url: Option<&str>, kinds: Vec<Arc<dyn StepKind>>) -> Result<Engine> {
     let url =
         url.context("no database: set DATABASE_URL (or DATABASE_URL_FILE) or pass --database-url")?;
-    let store = PgStore::connect(url)
+    // postgres:// or postgresql:// for PostgreSQL, sqlite://FILE for the embedded store.
+    let store = paysaga_store::connect(url)
         .await
-        .with_context(|| format!("cannot connect to PostgreSQL at {}", redact_url(url)))?;
-    Ok(Engine::new(Arc::new(store), registry()))
+        .with_context(|| format!("cannot open the database at {}", redact_url(url)))?;
+    Ok(Engine::new(store, registry(kinds)))
 }
 
 /// Hides a password in a URL for messages.
@@ -245,7 +257,11 @@ async fn ensure_builtins(engine: &Engine) -> Result<()> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    init_logging();
+    // The demo prints its own progress on stdout: only warnings and errors go to stderr.
+    init_logging(match cli.command {
+        Command::Demo => "warn",
+        _ => "info,sqlx=warn",
+    });
     let url = database_url(cli.database_url.as_deref())?;
     let url = url.as_deref();
     match cli.command {
@@ -398,7 +414,16 @@ async fn run_worker(url: Option<&str>, args: WorkerArgs) -> Result<()> {
     let providers = paysaga_providers::ProvidersConfig::from_env().context(
         "provider configuration (PAYSAGA_LUMANU_*, PAYSAGA_BLAAIZ_*, PAYSAGA_LEAN_*) is incomplete",
     )?;
-    let engine = engine(url).await?;
+    let call_metrics = provider_metrics::ProviderMetrics::new();
+    let kinds =
+        paysaga_providers::steps::step_kinds(&providers.clients_observed(call_metrics.clone()));
+    tracing::info!(
+        providers = ?providers.configured().iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+        step_kinds = kinds.len(),
+        "providers configured"
+    );
+    let engine = engine_with(url, kinds).await?;
+    call_metrics.attach(engine.metrics().clone());
     if !args.no_migrate {
         engine
             .store()
@@ -445,11 +470,12 @@ async fn run_worker(url: Option<&str>, args: WorkerArgs) -> Result<()> {
     let http = tokio::spawn({
         let mut rx = stop_rx.clone();
         async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
-                .await
+            // Header-read and request timeouts, a connection cap (axum::serve has none).
+            let limits = paysaga_runtime::http::ServeConfig::default();
+            paysaga_runtime::http::serve(listener, app, limits, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
         }
     });
     let worker = engine.worker(config);

@@ -128,11 +128,16 @@ fn check(
         }
     }
     prop_assert!(!t.history.is_empty(), "a transition without history");
-    if let Attempts::Limited(max) = def.steps[state.step_index.min(n - 1)]
-        .def
-        .retry
-        .max_attempts
-    {
+    // A step's retry policy bounds its attempts outside a wait; inside one, failed polls and
+    // failed event handling go on until the wait's deadline (they count only for backoff).
+    let in_wait = t.status == SagaStatus::Waiting || state.status == SagaStatus::Waiting;
+    if let (false, Attempts::Limited(max)) = (
+        in_wait,
+        def.steps[state.step_index.min(n - 1)]
+            .def
+            .retry
+            .max_attempts,
+    ) {
         prop_assert!(
             t.attempt <= max + 1,
             "attempts {} beyond policy {max}",

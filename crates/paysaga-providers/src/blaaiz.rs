@@ -249,6 +249,9 @@ pub struct Customer {
     /// Creation time.
     #[serde(default)]
     pub created_at: Option<String>,
+    /// The reviewer's comment (the rejection reason of a `REJECTED` customer).
+    #[serde(default)]
+    pub comment: Option<String>,
 }
 
 impl Customer {

@@ -19,6 +19,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -26,6 +27,7 @@ use secrecy::SecretString;
 use crate::blaaiz::{BlaaizAuth, BlaaizClient, BlaaizConfig, DEFAULT_SCOPE};
 use crate::lean::{LeanAuth, LeanClient, LeanConfig};
 use crate::lumanu::{LumanuClient, LumanuConfig};
+use crate::observe::CallObserver;
 use crate::Provider;
 
 /// Timeouts applied to every HTTP call of a client.
@@ -295,6 +297,12 @@ impl ProvidersConfig {
         }
     }
 
+    /// Like [`ProvidersConfig::clients`], the clients (and their clones) reporting every HTTP
+    /// attempt, token fetches included, to `observer` (see [`crate::observe`]).
+    pub fn clients_observed(&self, observer: Arc<dyn CallObserver>) -> Clients {
+        crate::observe::with_observer(observer, || self.clients())
+    }
+
     /// The providers that are configured.
     pub fn configured(&self) -> Vec<Provider> {
         Provider::ALL
@@ -412,6 +420,43 @@ fn missing(provider: Provider, variable: &str) -> ConfigError {
         provider,
         variable: variable.to_owned(),
     }
+}
+
+/// The `PAYSAGA_*` variables that point the three clients at a provider sandbox
+/// (`paysaga sandbox --dev-credentials`) listening at `base`, with the sandbox's well-known,
+/// public development credentials (Lean by app token). For demos and tests only: these values
+/// open nothing at a real provider. Add `PAYSAGA_PROVIDER_REQUEST_TIMEOUT_SECS` as needed.
+pub fn sandbox_env(base: &str) -> Vec<(&'static str, String)> {
+    let base = base.trim_end_matches('/');
+    vec![
+        ("PAYSAGA_LUMANU_BASE_URL", format!("{base}/lumanu/api/rest")),
+        ("PAYSAGA_LUMANU_AUTH_URL", format!("{base}/lumanu")),
+        ("PAYSAGA_LUMANU_CLIENT_ID", "sandbox-lumanu-client".into()),
+        (
+            "PAYSAGA_LUMANU_CLIENT_SECRET",
+            "sandbox-lumanu-secret".into(),
+        ),
+        (
+            "PAYSAGA_LUMANU_WEBHOOK_SECRET",
+            "sandbox-lumanu-webhook-secret".into(),
+        ),
+        ("PAYSAGA_BLAAIZ_BASE_URL", format!("{base}/blaaiz")),
+        ("PAYSAGA_BLAAIZ_CLIENT_ID", "sandbox-blaaiz-client".into()),
+        (
+            "PAYSAGA_BLAAIZ_CLIENT_SECRET",
+            "sandbox-blaaiz-secret".into(),
+        ),
+        (
+            "PAYSAGA_BLAAIZ_WEBHOOK_SECRET",
+            "sandbox-blaaiz-webhook-secret".into(),
+        ),
+        ("PAYSAGA_LEAN_BASE_URL", format!("{base}/lean")),
+        ("PAYSAGA_LEAN_APP_TOKEN", "sandbox-lean-app-token".into()),
+        (
+            "PAYSAGA_LEAN_WEBHOOK_SECRET",
+            "sandbox-lean-webhook-secret".into(),
+        ),
+    ]
 }
 
 #[cfg(test)]

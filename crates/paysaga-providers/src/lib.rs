@@ -8,6 +8,8 @@
 //! * [`webhook::verify_and_parse`]: signature verification, event id, event type and
 //!   correlation key for the webhooks each provider sends.
 //! * [`config::ProvidersConfig::from_env`]: the `PAYSAGA_*` environment variables.
+//! * [`observe`]: a [`CallObserver`] hears of every HTTP attempt (provider, endpoint, status,
+//!   ok/transient/permanent, duration), e.g. for metrics.
 //!
 //! Every client operation is one `async fn` returning [`Result`]; every [`Error`] says whether
 //! retrying may help ([`Error::is_transient`], [`Error::retry_after`]) so that a saga step can
@@ -54,6 +56,8 @@ pub mod error;
 pub mod lean;
 pub mod lumanu;
 pub mod money;
+pub mod observe;
+pub mod steps;
 pub mod token;
 mod transport;
 pub mod webhook;
@@ -61,9 +65,10 @@ pub mod webhook;
 use std::fmt;
 use std::str::FromStr;
 
-pub use config::{Clients, HttpOptions, ProvidersConfig};
+pub use config::{sandbox_env, Clients, HttpOptions, ProvidersConfig};
 pub use error::{Error, Result};
 pub use money::{DecimalAmount, MoneyError};
+pub use observe::{CallObserver, CallOutcome, CallRecord};
 
 /// The three payout providers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

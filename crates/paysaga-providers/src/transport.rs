@@ -1,7 +1,10 @@
 //! The HTTP plumbing shared by the three clients: authentication, the one 401 retry, error
-//! classification and JSON decoding.
+//! classification, JSON decoding and the [`crate::observe`] records of every attempt.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderName, HeaderValue, ACCEPT, AUTHORIZATION};
 use reqwest::{RequestBuilder, StatusCode};
@@ -9,6 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
+use crate::observe::{self, CallOutcome, CallRecord, ObserverSlot};
 use crate::token::{AccessToken, TokenCache};
 use crate::Provider;
 
@@ -49,6 +53,11 @@ pub(crate) struct Core {
     base_url: String,
     pub http: reqwest::Client,
     auth: Auth,
+    /// Who hears about every attempt (set by [`observe::with_observer`] at construction).
+    observer: ObserverSlot,
+    /// The newest token generation already reported as a `token` call, so that a fetch is
+    /// reported once even when concurrent callers waited for it. Shared by clones.
+    token_reported: Arc<AtomicU64>,
 }
 
 impl Core {
@@ -58,6 +67,8 @@ impl Core {
             base_url: base_url.trim_end_matches('/').to_owned(),
             http,
             auth,
+            observer: observe::current(),
+            token_reported: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -66,21 +77,39 @@ impl Core {
         format!("{}{}", self.base_url, path)
     }
 
-    /// Sends the request `make` builds (called again for the retry after a 401), returns the
-    /// body of a 2xx answer or the classified error.
-    pub async fn send(
+    /// Sends the request `make` builds (called again for the retry after a 401) and decodes the
+    /// JSON body of a 2xx answer into `T`, or returns the classified error.
+    pub async fn json<T: DeserializeOwned>(
         &self,
         endpoint: &'static str,
         make: impl Fn(&reqwest::Client) -> RequestBuilder,
-    ) -> Result<Answer> {
+    ) -> Result<T> {
+        let provider = self.provider;
+        self.call(endpoint, make, |answer| decode(provider, endpoint, &answer))
+            .await
+    }
+
+    /// Sends the request (again after a 401 on an OAuth call), then `finish`es a 2xx answer;
+    /// reports every attempt to the observer (an answer `finish` refuses counts as failed, with
+    /// its status).
+    async fn call<T>(
+        &self,
+        endpoint: &'static str,
+        make: impl Fn(&reqwest::Client) -> RequestBuilder,
+        finish: impl FnOnce(Answer) -> Result<T>,
+    ) -> Result<T> {
         let mut refreshed = false;
         loop {
             let (request, token) = self.authorize(endpoint, make(&self.http)).await?;
-            let response = request
-                .header(ACCEPT, "application/json")
-                .send()
-                .await
-                .map_err(|e| Error::from_reqwest(self.provider, endpoint, e))?;
+            let started = Instant::now();
+            let response = match request.header(ACCEPT, "application/json").send().await {
+                Ok(response) => response,
+                Err(e) => {
+                    let err = Error::from_reqwest(self.provider, endpoint, e);
+                    self.report_error(endpoint, None, &err, started.elapsed());
+                    return Err(err);
+                }
+            };
             let status = response.status();
             tracing::debug!(status = status.as_u16(), "provider answered");
             if status == StatusCode::UNAUTHORIZED && !refreshed {
@@ -88,21 +117,37 @@ impl Core {
                     tracing::info!(
                         "401 from provider: refreshing the access token and retrying once"
                     );
+                    self.report(
+                        endpoint,
+                        Some(status.as_u16()),
+                        CallOutcome::Permanent,
+                        started.elapsed(),
+                    );
                     cache.invalidate_if_current(token).await;
                     refreshed = true;
                     continue;
                 }
             }
             let headers = response.headers().clone();
-            let body = response
-                .bytes()
-                .await
-                .map_err(|e| Error::from_reqwest(self.provider, endpoint, e))?;
+            let body = match response.bytes().await {
+                Ok(body) => body,
+                Err(e) => {
+                    let err = Error::from_reqwest(self.provider, endpoint, e);
+                    self.report_error(endpoint, Some(status), &err, started.elapsed());
+                    return Err(err);
+                }
+            };
+            let took = started.elapsed();
             if status.is_success() {
-                return Ok(Answer {
+                let done = finish(Answer {
                     status,
                     body: body.to_vec(),
                 });
+                match &done {
+                    Ok(_) => self.report(endpoint, Some(status.as_u16()), CallOutcome::Ok, took),
+                    Err(err) => self.report_error(endpoint, Some(status), err, took),
+                }
+                return done;
             }
             let err = Error::from_response(
                 self.provider,
@@ -113,18 +158,63 @@ impl Core {
                 chrono::Utc::now(),
             );
             tracing::warn!(status = status.as_u16(), transient = err.is_transient(), error = %err, "provider call failed");
+            self.report_error(endpoint, Some(status), &err, took);
             return Err(err);
         }
     }
 
-    /// Like [`Core::send`], decoding the JSON body into `T`.
-    pub async fn json<T: DeserializeOwned>(
+    fn report(
         &self,
         endpoint: &'static str,
-        make: impl Fn(&reqwest::Client) -> RequestBuilder,
-    ) -> Result<T> {
-        let answer = self.send(endpoint, make).await?;
-        decode(self.provider, endpoint, &answer)
+        status: Option<u16>,
+        outcome: CallOutcome,
+        duration: Duration,
+    ) {
+        self.observer.observe(CallRecord {
+            provider: self.provider,
+            endpoint,
+            status,
+            outcome,
+            duration,
+        });
+    }
+
+    /// Reports a failed attempt; `answered` is the status of the answer, if one arrived.
+    fn report_error(
+        &self,
+        endpoint: &'static str,
+        answered: Option<StatusCode>,
+        err: &Error,
+        duration: Duration,
+    ) {
+        let status = err.status().or(answered.map(|s| s.as_u16()));
+        self.report(endpoint, status, CallOutcome::of_error(err), duration);
+    }
+
+    /// A token from `cache`, reporting the fetch (endpoint `token`) if one was needed: every
+    /// failed fetch (each is its caller's own), and each new token once.
+    async fn token(&self, cache: &TokenCache) -> Result<AccessToken> {
+        const ENDPOINT: &str = "token";
+        if !self.observer.is_set() {
+            return cache.get().await;
+        }
+        let known = cache.fetch_count();
+        let started = Instant::now();
+        match cache.get().await {
+            Ok(token) => {
+                let generation = token.generation();
+                if generation > known
+                    && self.token_reported.fetch_max(generation, Ordering::SeqCst) < generation
+                {
+                    self.report(ENDPOINT, None, CallOutcome::Ok, started.elapsed());
+                }
+                Ok(token)
+            }
+            Err(err) => {
+                self.report_error(ENDPOINT, None, &err, started.elapsed());
+                Err(err)
+            }
+        }
     }
 
     async fn authorize(
@@ -134,7 +224,7 @@ impl Core {
     ) -> Result<(RequestBuilder, Option<AccessToken>)> {
         match &self.auth {
             Auth::OAuth(cache) => {
-                let token = cache.get().await?;
+                let token = self.token(cache).await?;
                 let value = sensitive(
                     &format!("Bearer {}", token.secret().expose_secret()),
                     self.provider,

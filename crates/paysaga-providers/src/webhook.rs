@@ -219,7 +219,8 @@ pub fn verify(
                 .verify_slice(&sig)
                 .map_err(|_| WebhookError::BadSignature)?;
             let timestamp: i64 = ts_text.parse().map_err(|_| WebhookError::BadSignature)?;
-            if (now.timestamp() - timestamp).abs() > BLAAIZ_TOLERANCE_SECS {
+            // `abs_diff`: a signed timestamp near i64::MIN/MAX must not overflow (a panic).
+            if now.timestamp().abs_diff(timestamp) > BLAAIZ_TOLERANCE_SECS.unsigned_abs() {
                 return Err(WebhookError::StaleTimestamp { timestamp });
             }
             Ok(())
@@ -248,6 +249,13 @@ pub fn parse(provider: Provider, raw_body: &[u8]) -> Result<ParsedEvent, Webhook
         .map_err(|e| unparseable(format!("body is not JSON: {e}")))?;
     if !payload.is_object() {
         return Err(unparseable("body is not a JSON object".to_owned()));
+    }
+    if has_nul(&payload) {
+        // Valid JSON, but PostgreSQL cannot store U+0000 in jsonb or text: refusing it here
+        // keeps the raw body (400) instead of failing the insert (503, retried forever).
+        return Err(unparseable(
+            "body contains U+0000 (NUL), which cannot be stored as JSON text".to_owned(),
+        ));
     }
     let id_field = match provider {
         Provider::Lumanu => "id",
@@ -318,6 +326,17 @@ pub fn correlation_key(
             }
             _ => None,
         },
+    }
+}
+
+/// Does any string or key of `v` contain U+0000? (`v` is at most 128 levels deep: serde_json's
+/// recursion limit.)
+fn has_nul(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(has_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
     }
 }
 

@@ -3,9 +3,17 @@
 //!
 //! Signature schemes are the providers' business: the binary plugs in one
 //! [`WebhookVerifier`] per configured provider.
+//!
+//! [`serve`] runs a router with the limits a public endpoint needs (`axum::serve` has none):
+//! a client must send its request head within [`ServeConfig::header_read_timeout`] (else the
+//! connection is closed), a whole request (body included) must be read and answered within
+//! [`ServeConfig::request_timeout`] (else 408), and at most
+//! [`ServeConfig::max_connections`] connections are served at once.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -21,6 +29,109 @@ use crate::{Engine, IncomingEvent};
 
 /// Default largest webhook body accepted (413 above it).
 pub const DEFAULT_BODY_LIMIT: usize = 256 * 1024;
+
+/// Limits of [`serve`].
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Time a client has to send a whole request head (and, on a kept-alive connection, the
+    /// next one). Past it the connection is closed without an answer (slow-loris headers).
+    pub header_read_timeout: Duration,
+    /// Time a request has from its head to its answer, reading the body included. Past it the
+    /// answer is 408 (slow-loris bodies). Longer than the database's acquire timeout, so a
+    /// database outage still answers 503.
+    pub request_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Time in-flight requests get after the shutdown signal.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(20),
+            max_connections: 1024,
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Serves `app` on `listener` (HTTP/1.1) until `shutdown` completes, with the limits of
+/// `config`; then lets in-flight requests finish for up to `config.shutdown_grace`.
+///
+/// Errors accepting a connection (e.g. out of file descriptors) are logged and retried; they
+/// never stop the server.
+pub async fn serve<F>(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    config: ServeConfig,
+    shutdown: F,
+) -> std::io::Result<()>
+where
+    F: Future<Output = ()> + Send,
+{
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let app = app.layer(tower_http::timeout::TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        config.request_timeout,
+    ));
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout);
+    let permits = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = shutdown.as_mut() => break,
+        };
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning or exiting.
+                    warn!(error = %e, "cannot accept an HTTP connection; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.as_mut() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let conn = http1.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                if e.is_timeout() {
+                    // Also how every idle keep-alive connection ends (a provider's connection
+                    // pool keeps them open): routine, so not at info.
+                    tracing::debug!(%remote, "HTTP connection closed: request head not received in time");
+                } else {
+                    tracing::debug!(%remote, error = %e, "HTTP connection ended with an error");
+                }
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!(grace = ?config.shutdown_grace, "HTTP connections still open after the grace period; dropping them");
+    }
+    Ok(())
+}
 
 /// A webhook that passed its signature check.
 #[derive(Debug, Clone)]
@@ -87,6 +198,10 @@ pub fn router(
         .route("/metrics", get(metrics))
         .route("/webhooks/{provider}", post(webhook))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            body_limit,
+            refuse_announced_oversize,
+        ))
         .with_state(AppState {
             engine,
             verifiers: Arc::new(verifiers),
@@ -96,6 +211,27 @@ pub fn router(
 /// Probes only (`/healthz`, `/readyz`, `/metrics`), for processes without webhooks.
 pub fn probes(engine: Engine) -> Router {
     router(engine, Vec::new(), DEFAULT_BODY_LIMIT)
+}
+
+/// 413 at once for a `Content-Length` above the limit, instead of waiting for a body that
+/// will be refused anyway (or that never comes).
+async fn refuse_announced_oversize(
+    State(limit): State<usize>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let announced = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match announced {
+        Some(n) if n > limit as u64 => reply(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            json!({"error": format!("body of {n} bytes is over the limit of {limit} bytes")}),
+        ),
+        _ => next.run(request).await,
+    }
 }
 
 async fn readyz(State(app): State<AppState>) -> (StatusCode, String) {
@@ -115,6 +251,21 @@ async fn metrics(State(app): State<AppState>) -> Response {
         app.engine.metrics().render(),
     )
         .into_response()
+}
+
+/// Runs store work to its end even if the request is dropped meanwhile (client gone, request
+/// timeout): a transaction cancelled half way, above all during its `BEGIN`, can leave a pooled
+/// connection inside an open transaction whose locks then stall every worker on the database.
+/// Found by the long chaos run.
+async fn to_completion<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, crate::Error>> + Send + 'static,
+) -> Result<T, String> {
+    use tracing::Instrument;
+    match tokio::spawn(work.in_current_span()).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(format!("the store task failed: {e}")),
+    }
 }
 
 fn reply(status: StatusCode, body: Value) -> Response {
@@ -137,16 +288,15 @@ async fn webhook(
     match verifier.verify(&headers, &body, Utc::now()) {
         Ok(event) => {
             let event_id = event.event_id.clone();
-            match engine
-                .deliver_event(IncomingEvent {
-                    provider: provider.clone(),
-                    event_id: event.event_id,
-                    event_type: event.event_type,
-                    correlation_key: event.correlation_key,
-                    payload: event.payload,
-                })
-                .await
-            {
+            let incoming = IncomingEvent {
+                provider: provider.clone(),
+                event_id: event.event_id,
+                event_type: event.event_type,
+                correlation_key: event.correlation_key,
+                payload: event.payload,
+            };
+            let delivering = engine.clone();
+            match to_completion(async move { delivering.deliver_event(incoming).await }).await {
                 Ok(d) => {
                     info!(%provider, %event_id, inbox_id = d.inbox_id, duplicate = d.duplicate, matched = ?d.matched_saga, "webhook stored");
                     reply(
@@ -170,8 +320,14 @@ async fn webhook(
             reply(StatusCode::UNAUTHORIZED, json!({"error": reason}))
         }
         Err(Rejection::Unparseable { event_id, reason }) => {
-            match engine
-                .store_unparseable(&provider, &event_id, body.to_vec(), &reason)
+            let storing = engine.clone();
+            let (p, id, raw, why) = (
+                provider.clone(),
+                event_id.clone(),
+                body.to_vec(),
+                reason.clone(),
+            );
+            match to_completion(async move { storing.store_unparseable(&p, &id, raw, &why).await })
                 .await
             {
                 Ok(d) => {
@@ -190,5 +346,30 @@ async fn webhook(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request dropped while its store work runs (client gone, request timeout) must not
+    /// cancel that work half way: it finishes on its own task.
+    #[tokio::test]
+    async fn store_work_runs_to_completion_when_the_request_is_dropped() {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let request = to_completion(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = done_tx.send(());
+            Ok::<_, crate::Error>(())
+        });
+        // The request is dropped long before its work ends.
+        assert!(tokio::time::timeout(Duration::from_millis(1), request)
+            .await
+            .is_err());
+        tokio::time::timeout(Duration::from_secs(5), done_rx)
+            .await
+            .expect("the work went on after the request was dropped")
+            .expect("and finished");
     }
 }

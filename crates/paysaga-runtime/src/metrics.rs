@@ -46,6 +46,30 @@ pub struct InboxLabels {
     pub result: String,
 }
 
+/// Labels of a provider API call (one HTTP attempt).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderCallLabels {
+    /// Provider (`lumanu`, `blaaiz`, `lean`).
+    pub provider: String,
+    /// Static operation name (`get_payable`, `token`): never a URL or an id.
+    pub endpoint: String,
+    /// ok, transient, permanent.
+    pub outcome: String,
+}
+
+/// Labels of a failed provider API call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderErrorLabels {
+    /// Provider.
+    pub provider: String,
+    /// Static operation name.
+    pub endpoint: String,
+    /// transient or permanent.
+    pub class: String,
+    /// HTTP status, or `none` when no answer arrived (timeout, connection error).
+    pub status: String,
+}
+
 /// Every metric the engine and worker record.
 #[derive(Debug)]
 pub struct Metrics {
@@ -68,6 +92,10 @@ pub struct Metrics {
     pub lease_lost: Counter,
     /// Webhooks and manual events by result.
     pub inbox_events: Family<InboxLabels, Counter>,
+    /// Provider API call latency (every HTTP attempt).
+    pub provider_call_seconds: Family<ProviderCallLabels, Histogram>,
+    /// Failed provider API calls.
+    pub provider_call_errors: Family<ProviderErrorLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -91,6 +119,10 @@ impl Metrics {
         let lease_takeovers = Counter::default();
         let lease_lost = Counter::default();
         let inbox_events = Family::<InboxLabels, Counter>::default();
+        let provider_call_seconds = Family::<ProviderCallLabels, Histogram>::new_with_constructor(
+            provider_call_histogram as fn() -> Histogram,
+        );
+        let provider_call_errors = Family::<ProviderErrorLabels, Counter>::default();
         registry.register("sagas_started", "Sagas started", sagas_started.clone());
         registry.register(
             "sagas_finished",
@@ -132,6 +164,16 @@ impl Metrics {
             "Webhooks and manual events by result",
             inbox_events.clone(),
         );
+        registry.register(
+            "provider_call_duration_seconds",
+            "Duration of provider API calls (each HTTP attempt) by outcome",
+            provider_call_seconds.clone(),
+        );
+        registry.register(
+            "provider_call_errors",
+            "Failed provider API calls by class and HTTP status",
+            provider_call_errors.clone(),
+        );
         Metrics {
             registry,
             sagas_started,
@@ -143,6 +185,8 @@ impl Metrics {
             lease_takeovers,
             lease_lost,
             inbox_events,
+            provider_call_seconds,
+            provider_call_errors,
         }
     }
 
@@ -177,9 +221,110 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// Records one provider API call (HTTP attempt): its duration under `outcome` (`ok`,
+    /// `transient`, `permanent`) and, unless `ok`, an error of that class with `status`
+    /// (`None`: no answer). `provider` and `endpoint` must be static names (an endpoint is an
+    /// operation such as `get_payable`, never a URL, an id or anything secret): each distinct
+    /// value is a time series.
+    pub fn provider_call(
+        &self,
+        provider: &str,
+        endpoint: &str,
+        outcome: &str,
+        status: Option<u16>,
+        took: Duration,
+    ) {
+        self.provider_call_seconds
+            .get_or_create(&ProviderCallLabels {
+                provider: provider.into(),
+                endpoint: endpoint.into(),
+                outcome: outcome.into(),
+            })
+            .observe(took.as_secs_f64());
+        if outcome != "ok" {
+            self.provider_call_errors
+                .get_or_create(&ProviderErrorLabels {
+                    provider: provider.into(),
+                    endpoint: endpoint.into(),
+                    class: outcome.into(),
+                    status: status.map_or_else(|| "none".to_owned(), |s| s.to_string()),
+                })
+                .inc();
+        }
+    }
+}
+
+/// 5 ms to 41 s: provider requests time out after 30 s by default.
+fn provider_call_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
 fn step_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 18))
 }
 
 /// Shared handle.
 pub type SharedMetrics = Arc<Metrics>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_calls_are_exposed_by_provider_endpoint_and_outcome() {
+        let m = Metrics::new();
+        m.provider_call(
+            "lumanu",
+            "get_payable",
+            "ok",
+            Some(200),
+            Duration::from_millis(12),
+        );
+        m.provider_call(
+            "lumanu",
+            "get_payable",
+            "transient",
+            Some(503),
+            Duration::from_millis(30),
+        );
+        m.provider_call("lumanu", "token", "transient", None, Duration::from_secs(5));
+        m.provider_call(
+            "lean",
+            "get_payment",
+            "permanent",
+            Some(404),
+            Duration::ZERO,
+        );
+        let text = m.render();
+        // prometheus-client writes `le` first.
+        assert!(
+            text.contains(
+                r#"paysaga_provider_call_duration_seconds_bucket{le="0.02",provider="lumanu",endpoint="get_payable",outcome="ok"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            r#"paysaga_provider_call_duration_seconds_bucket{le="0.01",provider="lumanu",endpoint="get_payable",outcome="ok"} 0"#
+        ));
+        assert!(text.contains(
+            r#"paysaga_provider_call_duration_seconds_count{provider="lumanu",endpoint="get_payable",outcome="transient"} 1"#
+        ));
+        assert!(text.contains(
+            r#"paysaga_provider_call_errors_total{provider="lumanu",endpoint="get_payable",class="transient",status="503"} 1"#
+        ));
+        assert!(text.contains(
+            r#"paysaga_provider_call_errors_total{provider="lumanu",endpoint="token",class="transient",status="none"} 1"#
+        ));
+        assert!(text.contains(
+            r#"paysaga_provider_call_errors_total{provider="lean",endpoint="get_payment",class="permanent",status="404"} 1"#
+        ));
+        assert!(!text.contains(r#"outcome="ok",status"#));
+        assert!(
+            !text.contains(r#"class="ok""#),
+            "a successful call is not an error"
+        );
+        assert!(text.contains("# TYPE paysaga_provider_call_duration_seconds histogram"));
+        assert!(text.contains("# TYPE paysaga_provider_call_errors counter"));
+    }
+}

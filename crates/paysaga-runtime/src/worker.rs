@@ -90,11 +90,39 @@ struct Shared {
     /// Sagas whose result could not be committed (database unreachable): given back as soon
     /// as the database answers again, so they do not stay held by a live worker.
     to_release: Mutex<Vec<(Uuid, Uuid, i64)>>,
+    /// Until when this process knows its lease holds, by its own monotonic clock: the send
+    /// time of the last successful renewal plus the lease length. A process that was frozen
+    /// (SIGSTOP, a paused VM) finds it passed when it wakes up.
+    lease_until: Mutex<std::time::Instant>,
 }
 
 impl Shared {
     fn id(&self) -> Uuid {
         self.worker_id.lock().map(|g| *g).unwrap_or_default()
+    }
+
+    fn lease_renewed(&self, sent: std::time::Instant) {
+        if let Ok(mut until) = self.lease_until.lock() {
+            *until = sent + self.config.lease_ttl;
+        }
+    }
+
+    /// Whether the lease surely holds for at least half its length more: the condition for
+    /// starting a call whose effect cannot be undone. A worker frozen past its lease and then
+    /// thawed may still be running a step whose saga already belongs to another worker; the
+    /// fence stops its commit, this check stops its irreversible calls.
+    fn lease_fresh(&self) -> bool {
+        self.lease_until
+            .lock()
+            .map(|until| std::time::Instant::now() + self.config.lease_ttl / 2 < *until)
+            .unwrap_or(false)
+    }
+
+    /// Gives the saga back (as soon as the database answers) instead of running it.
+    fn give_back(&self, saga: &SagaRecord, worker: Uuid) {
+        if let Ok(mut list) = self.to_release.lock() {
+            list.push((saga.id, worker, saga.fence));
+        }
     }
 }
 
@@ -125,6 +153,7 @@ impl Worker {
             wake: Notify::new(),
             stats: self.stats.clone(),
             to_release: Mutex::new(Vec::new()),
+            lease_until: Mutex::new(std::time::Instant::now()),
         });
         register(&shared).await?;
         for group in self.engine.store.sagas_needing_other_kinds(&kinds).await? {
@@ -282,6 +311,7 @@ impl Drop for AbortOnDrop {
 
 async fn register(shared: &Shared) -> Result<(), Error> {
     let id = Uuid::new_v4();
+    let sent = std::time::Instant::now();
     let info = WorkerInfo {
         id,
         name: shared.config.name.clone(),
@@ -297,6 +327,7 @@ async fn register(shared: &Shared) -> Result<(), Error> {
     if let Ok(mut g) = shared.worker_id.lock() {
         *g = id;
     }
+    shared.lease_renewed(sent);
     info!(worker_id = %id, name = %shared.config.name, kinds = ?shared.kinds, "worker registered");
     Ok(())
 }
@@ -310,13 +341,14 @@ fn spawn_background(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
                 let every = shared.config.lease_ttl / 3;
                 loop {
                     tokio::time::sleep(every).await;
+                    let sent = std::time::Instant::now();
                     match shared
                         .engine
                         .store
                         .heartbeat(shared.id(), shared.config.lease_ttl)
                         .await
                     {
-                        Ok(true) => {}
+                        Ok(true) => shared.lease_renewed(sent),
                         Ok(false) => {
                             // Our lease expired (paused process, long outage): the sagas we held
                             // may already run elsewhere and our commits are refused. Start a new
@@ -364,6 +396,7 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
             Ok(l) => l,
             Err(e) => {
                 error!(error = %e, "cannot load the saga's definition; releasing it");
+                shared.give_back(&saga, worker);
                 return;
             }
         };
@@ -381,6 +414,12 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
                     Wake::Event(ev) => Some(ev.inbox_id),
                     _ => None,
                 };
+                if loaded.compiled.steps[index].traits.irreversible && !shared.lease_fresh() {
+                    warn!(step = %loaded.compiled.steps[index].def.name,
+                          "the lease may be about to lapse (a pause or a slow database): not starting an irreversible step; giving the saga back");
+                    shared.give_back(&saga, worker);
+                    return;
+                }
                 let outcome =
                     run_step(shared, &saga, &loaded, index, attempt, wake.clone(), false).await;
                 let t = after_step(
@@ -508,6 +547,8 @@ async fn commit_with_retry(
     consumed_event: Option<i64>,
     transition: &Transition,
 ) -> Result<Committed, Error> {
+    // One token for every try: a try applied whose answer was lost is not applied again.
+    let token = Uuid::new_v4();
     let attempt = || async {
         shared
             .engine
@@ -519,6 +560,7 @@ async fn commit_with_retry(
                 prior_status,
                 consumed_event,
                 transition,
+                token,
             })
             .await
     };

@@ -88,10 +88,16 @@ pub(crate) struct Delivery {
     pub created_at: DateTime<Utc>,
 }
 
+/// Delivery attempts in flight at once.
+const MAX_IN_FLIGHT: usize = 64;
+
 /// The webhook dispatcher.
 #[derive(Debug)]
 pub(crate) struct Webhooks {
     client: reqwest::Client,
+    /// Delivery attempts in flight at once, like a provider's delivery queue: a burst of
+    /// events reuses a bounded set of keep-alive connections instead of opening one each.
+    in_flight: tokio::sync::Semaphore,
     base: Option<String>,
     credentials: Credentials,
     timing: Timing,
@@ -160,9 +166,11 @@ impl Webhooks {
     ) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .timeout(timing.webhook_timeout)
+            .pool_max_idle_per_host(MAX_IN_FLIGHT)
             .build()?;
         Ok(Self {
             client,
+            in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
             base: base.map(|b| b.trim_end_matches('/').to_owned()),
             credentials,
             timing,
@@ -273,6 +281,9 @@ impl Webhooks {
             tracing::debug!(event_id = %event.event_id, event_type = %event.event_type, "no webhook base configured; not sending");
             self.update(index, |d| d.attempts = attempt);
             return true;
+        };
+        let Ok(_permit) = self.in_flight.acquire().await else {
+            return false;
         };
         let url = format!("{base}/webhooks/{}", event.provider);
         let mut request = self

@@ -1,8 +1,12 @@
 //! # paysaga-store
 //!
-//! The [`Store`] trait (everything the engine persists) and [`PgStore`], its PostgreSQL
-//! implementation. This crate is the only place in paysaga with SQL; all of it is in
-//! `postgres.rs`, and every query on a hot path has an index (see `migrations/`).
+//! The [`Store`] trait (everything the engine persists) and its two implementations:
+//! [`PgStore`] (PostgreSQL, for production and several workers) and [`SqliteStore`] (the
+//! embedded store: one SQLite file, one node, for the demo and development; see
+//! `docs/EMBEDDED-STORE.md`). [`connect`] picks one by the URL's scheme. This crate is the
+//! only place in paysaga with SQL; each store keeps all of its SQL in one file
+//! (`postgres.rs`, `sqlite.rs`) and its schema in `migrations/` (PostgreSQL) or
+//! `migrations/sqlite/`; every query on a hot path has an index.
 //!
 //! Guarantees the implementations keep:
 //! - **fenced leases**: [`Store::commit`] applies a transition only if the saga is still held
@@ -13,11 +17,13 @@
 //! - **idempotent start**: [`Store::create_saga`] returns the existing saga for a known key,
 //!   even under concurrent calls.
 //!
+//! The same conformance tests (`tests/conformance.rs`) run against both stores.
+//!
 //! ## Example
 //! ```no_run
 //! # async fn demo() -> Result<(), paysaga_store::Error> {
-//! use paysaga_store::{PgStore, Store};
-//! let store = PgStore::connect("postgres://postgres@127.0.0.1/paysaga").await?;
+//! // `postgres://...` or `sqlite://paysaga.db` (the file is created if missing).
+//! let store = paysaga_store::connect("postgres://postgres@127.0.0.1/paysaga").await?;
 //! store.migrate().await?;
 //! for def in store.list_definitions().await? {
 //!     println!("{} v{}", def.name, def.version);
@@ -26,11 +32,14 @@
 //! ```
 
 mod postgres;
+pub mod sqlite;
 mod types;
 
 pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
 pub use types::*;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -84,9 +93,45 @@ pub enum Error {
     /// The operation is not allowed in the saga's current state.
     #[error("{0}")]
     Refused(String),
+    /// The embedded (SQLite) store runs one worker at a time and another one is live.
+    #[error("another worker is running on this SQLite database: {name:?} (worker id {worker}, pid {pid} on {hostname}, lease until {lease_expires_at}). The embedded SQLite store runs one worker at a time: stop that worker first (if it died, its lease expires at that time), or use PostgreSQL (a postgres:// DATABASE_URL) to run several workers")]
+    WorkerAlreadyRunning {
+        /// The live worker's id.
+        worker: Uuid,
+        /// Its configured name.
+        name: String,
+        /// Its host.
+        hostname: String,
+        /// Its process id.
+        pid: u32,
+        /// When its lease expires unless renewed.
+        lease_expires_at: DateTime<Utc>,
+    },
+    /// The database URL names no supported store.
+    #[error("unsupported database URL scheme {scheme:?}: use postgres://... (or postgresql://...) for PostgreSQL, or sqlite://FILE for the embedded store")]
+    UnsupportedUrl {
+        /// The scheme found (never the rest of the URL, which may hold a password).
+        scheme: String,
+    },
 }
 
-/// Everything the engine persists. Implemented for PostgreSQL by [`PgStore`].
+/// Opens the store a URL names: [`PgStore`] for `postgres://` and `postgresql://`,
+/// [`SqliteStore`] for `sqlite://FILE` (created if missing; `sqlite::memory:` for a
+/// throwaway in-memory database). Migrations are not applied: call [`Store::migrate`].
+pub async fn connect(url: &str) -> Result<Arc<dyn Store>, Error> {
+    let scheme = url
+        .split_once(':')
+        .map(|(scheme, _)| scheme.to_ascii_lowercase())
+        .unwrap_or_default();
+    match scheme.as_str() {
+        "postgres" | "postgresql" => Ok(Arc::new(PgStore::connect(url).await?)),
+        "sqlite" => Ok(Arc::new(SqliteStore::connect(url).await?)),
+        _ => Err(Error::UnsupportedUrl { scheme }),
+    }
+}
+
+/// Everything the engine persists. Implemented for PostgreSQL by [`PgStore`] and for one
+/// SQLite file by [`SqliteStore`].
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Applies pending migrations.
@@ -212,4 +257,49 @@ pub struct Commit<'a> {
     pub consumed_event: Option<i64>,
     /// What to write.
     pub transition: &'a Transition,
+    /// Unique per transition and the same across retries of its commit: a retry whose earlier
+    /// try was applied but not acknowledged (connection lost) finds it and writes nothing twice.
+    pub token: Uuid,
+}
+
+/// Resubmitting a definition version: the same content is a no-op, other content is refused
+/// (the rule both stores apply after their insert found the version already stored).
+fn same_definition_or_conflict(
+    existing: DefinitionRecord,
+    def: &Definition,
+    hash: &str,
+) -> Result<DefinitionRecord, Error> {
+    if existing.content_hash != hash {
+        return Err(Error::DefinitionConflict {
+            name: def.name.clone(),
+            version: def.version,
+            existing: existing.content_hash,
+        });
+    }
+    Ok(existing)
+}
+
+/// What a replay matches on: the operator's corrected fields, else the stored event's own
+/// (refused when it has none to match on).
+fn replay_fields(
+    stored: &EventRecord,
+    fields: Option<(String, String, serde_json::Value)>,
+) -> Result<(String, String, serde_json::Value), Error> {
+    if let Some(f) = fields {
+        return Ok(f);
+    }
+    match (&stored.event_type, &stored.correlation_key, &stored.payload) {
+        (Some(t), Some(k), Some(p)) if stored.parse_error.is_none() => {
+            Ok((t.clone(), k.clone(), p.clone()))
+        }
+        _ => Err(Error::Refused(format!(
+            "inbox event {} has no event type, correlation key or parsed body{}; it cannot be matched as it is",
+            stored.id,
+            stored
+                .parse_error
+                .as_ref()
+                .map(|e| format!(" (parse error: {e})"))
+                .unwrap_or_default()
+        ))),
+    }
 }

@@ -35,10 +35,15 @@ const ACTIVE: &str = "('scheduled', 'running', 'waiting', 'compensating')";
 fn claim_sql() -> String {
     let returning: Vec<String> = SAGA_COLUMNS.split(", ").map(|c| format!("s.{c}")).collect();
     format!(
-        "WITH runnable AS (
+        "WITH me AS (
+             SELECT id FROM paysaga_workers
+             WHERE id = $1 AND stopped_at IS NULL AND lease_expires_at > now()
+             FOR SHARE),
+         runnable AS (
              SELECT id FROM paysaga_sagas
              WHERE owner IS NULL AND status IN {ACTIVE} AND run_at <= now()
                AND definition_id IN (SELECT id FROM paysaga_definitions WHERE step_kinds <@ $3::text[])
+               AND EXISTS (SELECT 1 FROM me)
              ORDER BY run_at
              LIMIT $2
              FOR UPDATE SKIP LOCKED)
@@ -63,28 +68,83 @@ fn next_due_sql() -> String {
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// One connection of its own for lease renewals (register, heartbeat): a burst of webhooks
+    /// or slow queries that drains `pool` must not make a live worker lose its lease.
+    lease_pool: PgPool,
 }
 
 impl PgStore {
-    /// Connects with a pool sized for a worker (16 connections).
+    /// Connects with a pool sized for a worker (16 connections) plus one connection for lease
+    /// renewals.
     pub async fn connect(url: &str) -> Result<PgStore, Error> {
-        let options: PgConnectOptions = url.parse()?;
+        // A safety net: a session left idle inside a transaction (a cancelled `BEGIN`) would
+        // hold its locks and stall every worker; PostgreSQL ends it after a minute. paysaga's
+        // own transactions never wait on anything but the database.
+        let options: PgConnectOptions = url
+            .parse::<PgConnectOptions>()?
+            .options([("idle_in_transaction_session_timeout", "60s")]);
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
-        Ok(PgStore { pool })
+        let lease_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(options);
+        Ok(PgStore { pool, lease_pool })
     }
 
-    /// Wraps an existing pool.
+    /// Wraps an existing pool (lease renewals share it).
     pub fn from_pool(pool: PgPool) -> PgStore {
-        PgStore { pool }
+        PgStore {
+            lease_pool: pool.clone(),
+            pool,
+        }
     }
 
     /// The pool (for readiness checks).
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// A commit that found no row it may write: either the lease is lost, or an earlier try of
+    /// this very commit was applied but its acknowledgement was lost (the saga carries the
+    /// commit's token). Then nothing is written twice; the saga is given back if this worker
+    /// still holds it, so that it is claimed again from what is stored.
+    async fn already_committed(&self, c: &Commit<'_>) -> Result<Committed, Error> {
+        let applied: Option<bool> = sqlx::query_scalar(
+            "SELECT last_commit IS NOT DISTINCT FROM $2 FROM paysaga_sagas WHERE id = $1",
+        )
+        .bind(c.saga)
+        .bind(c.token)
+        .fetch_optional(&self.pool)
+        .await?;
+        if applied != Some(true) {
+            return Err(Error::LeaseLost { saga: c.saga });
+        }
+        let mut tx = self.pool.begin().await?;
+        let released = sqlx::query(
+            "UPDATE paysaga_sagas SET owner = NULL, run_at = LEAST(run_at, now()), updated_at = now()
+             WHERE id = $1 AND owner = $2 AND fence = $3",
+        )
+        .bind(c.saga)
+        .bind(c.worker)
+        .bind(c.fence)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if released > 0 {
+            notify(&mut tx).await?;
+        }
+        tx.commit().await?;
+        tracing::warn!(saga_id = %c.saga, "commit retried after a lost acknowledgement: it had been applied; nothing written twice");
+        Ok(Committed {
+            kept: false,
+            wake_event: None,
+            cancel_requested: false,
+        })
     }
 
     /// The hot path of [`Store::commit`]: a transition that neither begins nor ends a wait
@@ -123,10 +183,11 @@ impl PgStore {
             .bind(&h.details)
             .bind(notify_now)
             .bind(WAKEUP_CHANNEL)
+            .bind(c.token)
             .fetch_optional(&self.pool)
             .await?;
         let Some(row) = row else {
-            return Err(Error::LeaseLost { saga: c.saga });
+            return self.already_committed(c).await;
         };
         Ok(Committed {
             kept: keep,
@@ -165,7 +226,7 @@ impl From<&[HistoryEntry]> for HistoryColumns {
 const COMMIT_SIMPLE_SQL: &str = "
 WITH lease AS (
     SELECT id, cancel_requested FROM paysaga_sagas
-    WHERE id = $1 AND owner = $2 AND fence = $3
+    WHERE id = $1 AND owner = $2 AND fence = $3 AND last_commit IS DISTINCT FROM $21
       AND EXISTS (SELECT 1 FROM paysaga_workers w
                   WHERE w.id = $2 AND w.stopped_at IS NULL AND w.lease_expires_at > now())
     FOR UPDATE),
@@ -177,7 +238,8 @@ upd AS (
            last_error = $11,
            owner = CASE WHEN $12 THEN s.owner ELSE NULL END,
            updated_at = now(),
-           finished_at = CASE WHEN $13 THEN now() ELSE NULL END
+           finished_at = CASE WHEN $13 THEN now() ELSE NULL END,
+           last_commit = $21
     FROM lease WHERE s.id = lease.id
     RETURNING s.id),
 hist AS (
@@ -364,14 +426,7 @@ impl Store for PgStore {
             .find_definition(&def.name, Some(def.version))
             .await?
             .ok_or_else(|| Error::NotFound(format!("definition {} v{}", def.name, def.version)))?;
-        if existing.content_hash != hash {
-            return Err(Error::DefinitionConflict {
-                name: def.name.clone(),
-                version: def.version,
-                existing: existing.content_hash,
-            });
-        }
-        Ok(existing)
+        crate::same_definition_or_conflict(existing, def, &hash)
     }
 
     async fn definition(&self, id: i64) -> Result<DefinitionRecord, Error> {
@@ -608,7 +663,7 @@ impl Store for PgStore {
         .bind(w.pid as i32)
         .bind(&w.step_kinds)
         .bind(ttl.as_millis() as f64)
-        .execute(&self.pool)
+        .execute(&self.lease_pool)
         .await?;
         Ok(())
     }
@@ -621,7 +676,7 @@ impl Store for PgStore {
         )
         .bind(worker)
         .bind(ttl.as_millis() as f64)
-        .execute(&self.pool)
+        .execute(&self.lease_pool)
         .await?;
         Ok(updated.rows_affected() == 1)
     }
@@ -658,17 +713,22 @@ impl Store for PgStore {
         )
         .fetch_all(&mut *tx)
         .await?;
-        if dead.is_empty() {
-            tx.rollback().await?;
-            return Ok(0);
-        }
+        // The sagas of the workers just found dead, and (a safety net: the claim refuses a
+        // worker that is not live, so this should find none) any saga still held by a worker
+        // stopped earlier.
         let released: Vec<Uuid> = sqlx::query_scalar(
             "UPDATE paysaga_sagas SET owner = NULL, run_at = LEAST(run_at, now()), updated_at = now()
-             WHERE owner = ANY($1) RETURNING id",
+             WHERE owner = ANY($1)
+                OR owner IN (SELECT id FROM paysaga_workers WHERE stopped_at IS NOT NULL)
+             RETURNING id",
         )
         .bind(&dead)
         .fetch_all(&mut *tx)
         .await?;
+        if released.is_empty() && dead.is_empty() {
+            tx.rollback().await?;
+            return Ok(0);
+        }
         for saga in &released {
             let entry = HistoryEntry {
                 kind: paysaga_core::HistoryKind::LeaseTakenOver,
@@ -776,7 +836,7 @@ impl Store for PgStore {
         }
         let row = sqlx::query(
             "SELECT wake_event, cancel_requested FROM paysaga_sagas
-             WHERE id = $1 AND owner = $2 AND fence = $3
+             WHERE id = $1 AND owner = $2 AND fence = $3 AND last_commit IS DISTINCT FROM $4
                AND EXISTS (SELECT 1 FROM paysaga_workers w
                            WHERE w.id = $2 AND w.stopped_at IS NULL AND w.lease_expires_at > now())
              FOR UPDATE",
@@ -784,11 +844,12 @@ impl Store for PgStore {
         .bind(c.saga)
         .bind(c.worker)
         .bind(c.fence)
+        .bind(c.token)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
             tx.rollback().await?;
-            return Err(Error::LeaseLost { saga: c.saga });
+            return self.already_committed(&c).await;
         };
         let stored_event: Option<Value> = row.try_get("wake_event")?;
         let cancel_requested: bool = row.try_get("cancel_requested")?;
@@ -893,7 +954,8 @@ impl Store for PgStore {
                     last_error = $11,
                     owner = CASE WHEN $12 THEN owner ELSE NULL END,
                     updated_at = now(),
-                    finished_at = CASE WHEN $13 THEN now() ELSE NULL END
+                    finished_at = CASE WHEN $13 THEN now() ELSE NULL END,
+                    last_commit = $14
              WHERE id = $1",
         )
         .bind(c.saga)
@@ -909,6 +971,7 @@ impl Store for PgStore {
         .bind(&t.last_error)
         .bind(keep)
         .bind(final_status)
+        .bind(c.token)
         .execute(&mut *tx)
         .await?;
         insert_history(&mut tx, c.saga, Some(c.worker), None, &t.history).await?;
@@ -1054,18 +1117,7 @@ impl Store for PgStore {
             .event(id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("inbox event {id}")))?;
-        let (event_type, key, payload) = match fields {
-            Some(f) => f,
-            None => match (&stored.event_type, &stored.correlation_key, &stored.payload) {
-                (Some(t), Some(k), Some(p)) if stored.parse_error.is_none() => (t.clone(), k.clone(), p.clone()),
-                _ => {
-                    return Err(Error::Refused(format!(
-                        "inbox event {id} has no event type, correlation key or parsed body{}; it cannot be matched as it is",
-                        stored.parse_error.as_ref().map(|e| format!(" (parse error: {e})")).unwrap_or_default()
-                    )))
-                }
-            },
-        };
+        let (event_type, key, payload) = crate::replay_fields(&stored, fields)?;
         let mut tx = self.pool.begin().await?;
         lock_correlation(&mut tx, &stored.provider, &key).await?;
         sqlx::query(

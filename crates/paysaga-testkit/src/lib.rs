@@ -241,6 +241,126 @@ fn start_throwaway_cluster() -> String {
     format!("postgres://postgres@127.0.0.1:{port}/postgres")
 }
 
+/// A private PostgreSQL cluster (own data directory and port) that a test may restart, stop
+/// and start at will: for chaos tests that must not disturb the shared server. Removed on drop.
+#[derive(Debug)]
+pub struct Cluster {
+    root: PathBuf,
+    port: u16,
+}
+
+impl Cluster {
+    /// Initialises and starts a cluster under the system temp dir on a free port.
+    pub fn start(name: &str) -> Cluster {
+        let root = std::env::temp_dir().join(format!(
+            "paysaga-cluster-{name}-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&root)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", root.display()));
+        if is_root() {
+            let _ = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(&root)
+                .status();
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("no free port: {e}"));
+        let cluster = Cluster { root, port };
+        let out = run_pg(
+            &pg_bin("initdb"),
+            &[
+                "-D",
+                &cluster.data().to_string_lossy(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cluster.pg_ctl(&["start"]);
+        cluster
+    }
+
+    fn data(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    fn pg_ctl(&self, action: &[&str]) {
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_connections=200",
+            self.port,
+            self.root.to_string_lossy()
+        );
+        let log = self.root.join("server.log");
+        let mut args = vec![
+            "-D".to_string(),
+            self.data().to_string_lossy().into_owned(),
+            "-o".to_string(),
+            opts,
+            "-l".to_string(),
+            log.to_string_lossy().into_owned(),
+            "-w".to_string(),
+        ];
+        args.extend(action.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run_pg(&pg_bin("pg_ctl"), &args);
+        assert!(
+            out.status.success(),
+            "pg_ctl {action:?} failed: {} (log: {})",
+            String::from_utf8_lossy(&out.stderr),
+            log.display()
+        );
+    }
+
+    /// URL of database `db` on this cluster.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// `pg_ctl restart -m immediate`: every connection dies, as in a crash of the server.
+    pub fn restart_immediate(&self) {
+        self.pg_ctl(&["-m", "immediate", "restart"]);
+    }
+
+    /// Stops the server at once (`-m immediate`): unreachable until [`Cluster::resume`].
+    pub fn stop_immediate(&self) {
+        self.pg_ctl(&["-m", "immediate", "stop"]);
+    }
+
+    /// Starts a stopped server again.
+    pub fn resume(&self) {
+        self.pg_ctl(&["start"]);
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = run_pg(
+            &pg_bin("pg_ctl"),
+            &[
+                "-D",
+                &self.data().to_string_lossy(),
+                "-m",
+                "immediate",
+                "stop",
+            ],
+        );
+        if std::env::var_os("PAYSAGA_KEEP_TEST_DB").is_none() {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,410 @@
+//! The report: targets with pass/fail, a readable table and the JSON file.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::machine::Machine;
+use crate::scenarios::claim::ClaimScale;
+use crate::scenarios::memory_wake::MemoryWake;
+use crate::scenarios::single::Single;
+use crate::scenarios::throughput::Throughput;
+
+/// One target of issue 6 with its measured value.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    /// What is checked.
+    pub name: String,
+    /// The threshold.
+    pub threshold: String,
+    /// The measured value.
+    pub measured: String,
+    /// `pass`, `FAIL` or `not run`.
+    pub verdict: String,
+    /// Caveats.
+    pub note: String,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// When the run started (UTC).
+    pub started_at: String,
+    /// Seconds the whole run took.
+    pub duration_s: f64,
+    /// `--quick`.
+    pub quick: bool,
+    /// The command line's effective parameters.
+    pub parameters: serde_json::Value,
+    /// Machine and server.
+    pub machine: Machine,
+    /// Scenarios 1 and 2.
+    pub throughput: Option<Throughput>,
+    /// Scenarios 5 and 3.
+    pub memory_wake: Option<MemoryWake>,
+    /// Scenario 4.
+    pub claim: Option<ClaimScale>,
+    /// Scenario 6.
+    pub single: Option<Single>,
+    /// Scenario failures.
+    pub errors: Vec<String>,
+    /// The targets.
+    pub targets: Vec<Target>,
+}
+
+fn verdict(pass: bool) -> String {
+    if pass { "pass" } else { "FAIL" }.to_string()
+}
+
+fn target(name: &str, threshold: &str, value: Option<(String, bool)>, note: String) -> Target {
+    let (measured, verdict) = match value {
+        Some((m, ok)) => (m, verdict(ok)),
+        None => ("-".to_string(), "not run".to_string()),
+    };
+    Target {
+        name: name.to_string(),
+        threshold: threshold.to_string(),
+        measured,
+        verdict,
+        note,
+    }
+}
+
+impl Report {
+    /// Evaluates the targets from the measurements.
+    pub fn evaluate(&mut self) {
+        let mut t = Vec::new();
+        let tp = self.throughput.as_ref();
+        t.push(target(
+            "durable commits per step (hot path)",
+            "<= 1.0",
+            tp.map(|x| {
+                (
+                    format!(
+                        "{:.4} ({:.2} with claims)",
+                        x.drain.hot_path_commits_per_step, x.drain.write_xacts_per_step
+                    ),
+                    // Within 0.5%: the residue is the few non-step write transactions
+                    // (a worker giving back sagas it claimed, `release`), not step commits.
+                    x.drain.hot_path_commits_per_step <= 1.005,
+                )
+            }),
+            "write xacts (xid advance) in the drain less claims and lease heartbeats, per step; pass at <= 1.005 (residue: releases)".into(),
+        ));
+        t.push(target(
+            "steps/s vs pgbench 1-row INSERT+COMMIT",
+            ">= 0.5x",
+            tp.and_then(|x| {
+                let r = x.ratio_to_ceiling?;
+                let tps = x.ceiling_mean_tps?;
+                Some((
+                    format!("{r:.2}x ({:.0} / {tps:.0} tps)", x.drain.steps_per_s),
+                    r >= 0.5,
+                ))
+            }),
+            tp.map(|x| format!("{} clients both", x.workers * x.concurrency))
+                .unwrap_or_default(),
+        ));
+        let wake = self
+            .memory_wake
+            .as_ref()
+            .and_then(|m| m.wake.ack_to_next_step.clone());
+        t.push(target(
+            "wake latency p50",
+            "< 5 ms",
+            wake.as_ref()
+                .map(|p| (format!("{:.2} ms", p.p50_ms), p.p50_ms < 5.0)),
+            "HTTP 2xx of a signed webhook -> the step after the wait starts".into(),
+        ));
+        t.push(target(
+            "wake latency p99",
+            "< 50 ms",
+            wake.as_ref()
+                .map(|p| (format!("{:.2} ms", p.p99_ms), p.p99_ms < 50.0)),
+            String::new(),
+        ));
+        let claim = self.claim.as_ref();
+        t.push(target(
+            "claim p50 at largest vs smallest table",
+            "<= 1.2x",
+            claim.and_then(|c| {
+                let r = c.ratio_p50?;
+                let first = c.points.first()?;
+                let last = c.points.last()?;
+                Some((
+                    format!(
+                        "{r:.2}x ({:.3} ms at {} / {:.3} ms at {})",
+                        last.claim.as_ref()?.p50_ms,
+                        last.finished_sagas,
+                        first.claim.as_ref()?.p50_ms,
+                        first.finished_sagas
+                    ),
+                    r <= 1.2,
+                ))
+            }),
+            claim
+                .and_then(|c| c.points.last())
+                .map(|p| {
+                    if p.finished_sagas < 1_000_000 {
+                        format!(
+                            "largest table {} finished sagas (the target is stated for 1M)",
+                            p.finished_sagas
+                        )
+                    } else {
+                        String::new()
+                    }
+                })
+                .unwrap_or_default(),
+        ));
+        let mem = self.memory_wake.as_ref();
+        t.push(target(
+            "worker RSS with sagas waiting",
+            "< 100 MB",
+            mem.map(|m| {
+                (
+                    format!("{:.1} MiB", m.rss_waiting_mib),
+                    m.rss_waiting_mib < 100.0,
+                )
+            }),
+            mem.map(|m| {
+                let s = format!("{} sagas waiting", m.waiting);
+                if m.waiting < 100_000 {
+                    format!("{s} (the target is stated for 100k)")
+                } else {
+                    s
+                }
+            })
+            .unwrap_or_default(),
+        ));
+        let single = self.single.as_ref().and_then(|s| s.end_to_end.clone());
+        t.push(target(
+            "single 5-step saga p50",
+            "< 5 ms",
+            single
+                .as_ref()
+                .map(|p| (format!("{:.2} ms", p.p50_ms), p.p50_ms < 5.0)),
+            "Engine::start call -> finished seen (1 ms polling)".into(),
+        ));
+        self.targets = t;
+    }
+
+    /// The readable table.
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let m = &self.machine;
+        let _ = writeln!(
+            o,
+            "\npaysaga benchmark  {}  ({:.0} s{})",
+            self.started_at,
+            self.duration_s,
+            if self.quick { ", --quick" } else { "" }
+        );
+        let _ = writeln!(
+            o,
+            "machine   {} cores ({}), {} MiB, kernel {}, load avg at start {}",
+            m.cores, m.cpu_model, m.memory_mib, m.kernel, m.load_average_at_start
+        );
+        let _ = writeln!(o, "postgres  {}", m.postgres_version);
+        let _ = writeln!(o, "server    {}", m.server);
+        let settings: Vec<String> = m.settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(o, "settings  {}", settings.join(" "));
+        let _ = writeln!(o, "pgbench   {}", m.pgbench);
+
+        if let Some(x) = &self.throughput {
+            let d = &x.drain;
+            let _ = writeln!(o, "\n[1] throughput: {} sagas of noop (5 steps, delay_ms 0), {} worker processes x concurrency {}", x.sagas, x.workers, x.concurrency);
+            let _ = writeln!(o, "  submit (no worker)     {:.0} starts/s, {:.2} write xacts/start, {:.0} WAL B/start", x.submit.starts_per_s, x.submit.write_xacts_per_start, x.submit.wal_bytes_per_start);
+            let _ = writeln!(o, "  drain                  {:.0} sagas/s, {:.0} steps/s ({} completed, {} not completed, {:.1} s)", d.sagas_per_s, d.steps_per_s, d.completed, d.not_completed, d.seconds);
+            let _ = writeln!(o, "  commits                {:.2} per saga (xact_commit, read-only included), {:.2} write xacts/saga = {:.2} per step, {:.2} rollbacks/saga", d.commits_per_saga, d.write_xacts_per_saga, d.write_xacts_per_step, d.rollbacks_per_saga);
+            let _ = writeln!(o, "  hot path               {:.3} write xacts per step without the {} claim transactions ({:.2} claims/saga) and {} lease bookkeeping ones", d.hot_path_commits_per_step, d.claim_batches, d.claim_batches as f64 / d.completed.max(1) as f64, d.lease_bookkeeping_xacts);
+            let _ = writeln!(o, "  WAL                    {:.0} B/saga ({:.0} by pg_stat_wal), {:.0} B/step, {:.1} records/step, {:.2} flushes/step, HOT updates {:.0}%", d.wal_bytes_per_saga, d.pg_stat_wal_bytes_per_saga, d.wal_bytes_per_step, d.wal_records_per_step, d.wal_syncs_per_step, d.hot_update_pct);
+            if d.statements_per_step > 0.0 {
+                let _ = writeln!(
+                    o,
+                    "  statements             {:.1} per step",
+                    d.statements_per_step
+                );
+            }
+            let c = &d.cpu;
+            let _ = writeln!(o, "  CPU (s)                workers {:.1}, postgres backends {:.1}, bench {:.1}, machine busy {:.1} of {:.1}", c.workers_s, c.postgres_backends_s, c.bench_process_s, c.machine_busy_s, c.machine_total_s);
+            let rss: Vec<String> = d
+                .worker_rss_peak_mib
+                .iter()
+                .map(|r| format!("{r:.1}"))
+                .collect();
+            let _ = writeln!(o, "  worker RSS peak (MiB)  {}", rss.join(", "));
+            if let Some(p) = &x.latency.start_to_complete {
+                let _ = writeln!(
+                    o,
+                    "  start-to-complete      {} at {:.0} sagas/s (half the drain rate)",
+                    p.short(),
+                    x.latency.rate_per_s
+                );
+            }
+            if let Some(c) = x.ceiling.first() {
+                let _ = writeln!(
+                    o,
+                    "\n[2] ceiling: pgbench -c {} -j {} -T {} -M prepared, script `{}`, before and after paysaga's phases",
+                    c.clients, c.threads, c.seconds, c.script
+                );
+            }
+            for (i, c) in x.ceiling.iter().enumerate() {
+                let when = if i == 0 && x.ceiling.len() > 1 {
+                    "before"
+                } else {
+                    "after"
+                };
+                let _ = writeln!(o, "  pgbench ({when:<6})       {:.0} tps, avg latency {:.2} ms, {:.0} WAL B/tx, {:.2} flushes/tx", c.tps, c.latency_avg_ms, c.wal_bytes_per_tx, c.wal_syncs_per_tx);
+                if let (Some(l), Some(t)) = (c.one_client_latency_ms, c.one_client_tps) {
+                    let _ = writeln!(o, "  pgbench 1 client       {t:.0} tps, {l:.2} ms per durable INSERT+COMMIT round trip");
+                }
+            }
+            if let (Some(r), Some(tps)) = (x.ratio_to_ceiling, x.ceiling_mean_tps) {
+                let _ = writeln!(
+                    o,
+                    "  paysaga {:.0} steps/s / pgbench mean {tps:.0} tps = {r:.2}",
+                    x.drain.steps_per_s
+                );
+            }
+            if let Some(e) = &x.ceiling_error {
+                let _ = writeln!(o, "  pgbench failed: {e}");
+            }
+            if !x.top_statements.is_empty() {
+                let _ = writeln!(
+                    o,
+                    "\n  top statements during the drain (pg_stat_statements, server time):"
+                );
+                let _ = writeln!(
+                    o,
+                    "  {:>8} {:>9} {:>8} {:>9}  query",
+                    "calls", "total ms", "mean ms", "WAL B"
+                );
+                for s in x.top_statements.iter().take(8) {
+                    let _ = writeln!(
+                        o,
+                        "  {:>8} {:>9.0} {:>8.3} {:>9}  {}",
+                        s.calls,
+                        s.total_ms,
+                        s.mean_ms,
+                        s.wal_bytes,
+                        s.query.chars().take(90).collect::<String>()
+                    );
+                }
+            }
+        }
+        if let Some(mw) = &self.memory_wake {
+            let _ = writeln!(o, "\n[5] memory: {} bench_wait sagas waiting on webhooks; 1 worker process brought {} into their wait ({:.0} waits/s), {} cloned in SQL ({:.1} s in all)", mw.waiting, mw.through_worker, mw.waits_per_s, mw.waiting - mw.through_worker, mw.to_waiting_seconds);
+            let _ = writeln!(o, "  worker RSS (MiB)       start {:.1}, with {} waiting {:.1}, peak {:.1}, after wakes {:.1}", mw.rss_start_mib, mw.waiting, mw.rss_waiting_mib, mw.rss_peak_mib, mw.rss_after_wakes_mib);
+            let _ = writeln!(o, "  idle cost              {:.1} statements/s from the idle worker (pg_stat_statements, over {:.0} s, all sagas waiting)", mw.idle.statements_per_s, mw.idle.seconds);
+            let w = &mw.wake;
+            let _ = writeln!(
+                o,
+                "\n[3] wake latency: {} events at {:.0}/s via {}",
+                w.events, w.rate_per_s, w.delivery_path
+            );
+            if let Some(p) = &w.delivery_call {
+                let _ = writeln!(o, "  POST -> 2xx            {}", p.short());
+            }
+            if let Some(p) = &w.ack_to_resumed_step {
+                let _ = writeln!(o, "  2xx -> woken wait step {}", p.short());
+            }
+            if let Some(p) = &w.ack_to_next_step {
+                let _ = writeln!(o, "  2xx -> next step       {}", p.short());
+            }
+            let _ = writeln!(
+                o,
+                "  resumed {} of {}; {} started before the 2xx arrived; bad signature answered {}",
+                w.resumed, w.events, w.started_before_ack, w.bad_signature_status
+            );
+        }
+        if let Some(c) = &self.claim {
+            let _ = writeln!(
+                o,
+                "\n[4] claim cost at scale (Store::claim limit 1, 64 runnable sagas)"
+            );
+            let _ = writeln!(
+                o,
+                "  {:>10} {:>10} {:>10} {:>11} {:>10} {:>12} {:>8}  {:<16} index",
+                "finished",
+                "claim p50",
+                "claim p99",
+                "server mean",
+                "empty p50",
+                "next_due p50",
+                "load s",
+                "plan buffers"
+            );
+            for p in &c.points {
+                let f = |x: &Option<crate::stats::Percentiles>, p99: bool| {
+                    x.as_ref()
+                        .map(|v| format!("{:.3}", if p99 { v.p99_ms } else { v.p50_ms }))
+                        .unwrap_or_else(|| "-".into())
+                };
+                let _ = writeln!(
+                    o,
+                    "  {:>10} {:>10} {:>10} {:>11} {:>10} {:>12} {:>8.1}  {:<16} {}",
+                    p.finished_sagas,
+                    f(&p.claim, false),
+                    f(&p.claim, true),
+                    p.server_mean_ms
+                        .map(|m| format!("{m:.3}"))
+                        .unwrap_or_else(|| "-".into()),
+                    f(&p.empty_claim, false),
+                    f(&p.next_due, false),
+                    p.load_seconds,
+                    p.plan_buffers,
+                    if p.uses_runnable_index {
+                        "paysaga_sagas_runnable"
+                    } else {
+                        "NOT the runnable index"
+                    }
+                );
+            }
+            if let (Some(a), Some(b)) = (c.ratio_p50, c.ratio_p99) {
+                let _ = writeln!(o, "  ratio largest/smallest: p50 {a:.2}x, p99 {b:.2}x");
+            }
+            if let Some(p) = c.points.last() {
+                let _ = writeln!(o, "  plan at {} finished sagas:", p.finished_sagas);
+                for line in p.plan.lines() {
+                    let _ = writeln!(o, "    {line}");
+                }
+            }
+        }
+        if let Some(s) = &self.single {
+            let _ = writeln!(
+                o,
+                "\n[6] single-saga latency: {} noop sagas one at a time, 1 idle worker",
+                s.sagas
+            );
+            if let Some(p) = &s.end_to_end {
+                let _ = writeln!(o, "  end to end             {}", p.short());
+            }
+            if let Some(p) = &s.in_database {
+                let _ = writeln!(o, "  in the database        {}", p.short());
+            }
+            if let Some(p) = &s.start_call {
+                let _ = writeln!(o, "  Engine::start call     {}", p.short());
+            }
+        }
+        for e in &self.errors {
+            let _ = writeln!(o, "\nERROR {e}");
+        }
+        let _ = writeln!(o, "\ntargets");
+        let _ = writeln!(
+            o,
+            "  {:<40} {:>9}  {:<46} result",
+            "target", "threshold", "measured"
+        );
+        for t in &self.targets {
+            let _ = writeln!(
+                o,
+                "  {:<40} {:>9}  {:<46} {}",
+                t.name, t.threshold, t.measured, t.verdict
+            );
+            if !t.note.is_empty() {
+                let _ = writeln!(o, "  {:<40} {:>9}  ({})", "", "", t.note);
+            }
+        }
+        o
+    }
+}

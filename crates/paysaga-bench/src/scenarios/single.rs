@@ -1,0 +1,101 @@
+//! Scenario 6: one 5-step `noop` saga at a time on an otherwise idle worker.
+//!
+//! Two figures per saga: **end to end**, measured here from calling `Engine::start` to
+//! seeing the saga finished (polled every millisecond, so it includes up to ~1 ms of
+//! polling delay), and **in the database**, from the `saga_started` history entry (written
+//! in the start transaction) to the `saga_completed` entry (written in the last commit).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{stop_all, Setup};
+use crate::child::Reports;
+use crate::cluster::Server;
+use crate::stats::Percentiles;
+
+/// Scenario 6.
+#[derive(Debug, Clone, Serialize)]
+pub struct Single {
+    /// Sagas measured (after 10 warm-up sagas).
+    pub sagas: usize,
+    /// Start call to finished seen.
+    pub end_to_end: Option<Percentiles>,
+    /// `saga_started` to `saga_completed` (database clock).
+    pub in_database: Option<Percentiles>,
+    /// The `Engine::start` call alone.
+    pub start_call: Option<Percentiles>,
+}
+
+/// Runs scenario 6.
+pub async fn run(
+    server: &Server,
+    sagas: usize,
+    concurrency: usize,
+    log_dir: &std::path::Path,
+) -> Result<Single> {
+    let setup = Setup::new(server, "single", log_dir).await?;
+    let result = run_in(&setup, sagas, concurrency).await;
+    setup.finish(server).await?;
+    result
+}
+
+async fn run_in(setup: &Setup, sagas: usize, concurrency: usize) -> Result<Single> {
+    let reports = Arc::new(Reports::default());
+    let workers = setup.spawn_workers(1, concurrency, "single", &reports)?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut e2e = Vec::new();
+    let mut start_call = Vec::new();
+    let mut ids = Vec::new();
+    let warmup = 10;
+    for i in 0..warmup + sagas {
+        let t = Instant::now();
+        let id = setup
+            .engine
+            .start("noop", json!({"delay_ms": 0}), Some(&format!("single-{i}")))
+            .await?
+            .saga_id;
+        let started = t.elapsed();
+        let deadline = t + Duration::from_secs(30);
+        loop {
+            let done: bool = sqlx::query_scalar(
+                "SELECT finished_at IS NOT NULL FROM paysaga_sagas WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&setup.pool)
+            .await?;
+            if done {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("saga {id} did not finish within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if i >= warmup {
+            e2e.push(t.elapsed().as_micros() as u64);
+            start_call.push(started.as_micros() as u64);
+            ids.push(id);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop_all(workers).await?;
+    let db: Vec<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM c.at - s.at)::float8 * 1e6
+         FROM paysaga_history s JOIN paysaga_history c ON c.saga_id = s.saga_id AND c.kind = 'saga_completed'
+         WHERE s.kind = 'saga_started' AND s.saga_id = ANY($1)",
+    )
+    .bind(&ids as &[Uuid])
+    .fetch_all(&setup.pool)
+    .await?;
+    Ok(Single {
+        sagas,
+        end_to_end: Percentiles::from_micros(e2e),
+        in_database: Percentiles::from_micros(db.iter().map(|v| v.max(0.0) as u64).collect()),
+        start_call: Percentiles::from_micros(start_call),
+    })
+}

@@ -1,0 +1,436 @@
+//! Lean step kinds: bank payouts (`workflows/lean_payout.toml`).
+//!
+//! find or create the payment destination -> ensure the customer -> wait until the customer's
+//! beneficiary for the destination is `ACTIVE` -> create the payment intent
+//! (`Idempotency-Key`) -> wait for the bank's answer; `PENDING_WITH_BANK` becomes a
+//! reconciliation wait with its own deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use paysaga_core::{StepContext, StepKind, StepOutcome, WaitSpec};
+use serde_json::{json, Value};
+
+use super::common::{outcome_for, params, Fields, Mode};
+use crate::lean::{
+    BeneficiaryStatus, CreateDestination, CreatePaymentIntent, Destination, LeanClient,
+    PaymentStatus,
+};
+
+const PROVIDER: &str = "lean";
+
+/// Longest `description` Lean accepts on an intent.
+pub const MAX_DESCRIPTION: usize = 32;
+
+/// Default reconciliation wait for a `PENDING_WITH_BANK` payment.
+pub const DEFAULT_RECONCILE_FOR: Duration = Duration::from_secs(2 * 24 * 3600);
+
+/// The Lean step kinds, sharing `client`.
+pub fn kinds(client: &LeanClient) -> Vec<Arc<dyn StepKind>> {
+    vec![
+        Arc::new(CreateDestinationStep(client.clone())),
+        Arc::new(EnsureCustomer(client.clone())),
+        Arc::new(AwaitBeneficiary(client.clone())),
+        Arc::new(CreateIntent(client.clone())),
+        Arc::new(AwaitPayment(client.clone())),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// `lean.create_destination`: the payment destination for this bank account, created if Lean
+/// has none.
+///
+/// Params: `destination` `{display_name, name, bank_identifier, iban, account_number, address,
+/// city, country, swift_code?}`. Every run first lists the destinations and reuses one with the
+/// same IBAN or account number (spaces and case ignored) and the same holder name. Output:
+/// `{destination_id, existing}`. Not compensable: a destination moves no money and may serve
+/// later payouts.
+#[derive(Debug, Clone)]
+pub struct CreateDestinationStep(pub LeanClient);
+
+fn destination_params(f: &Fields<'_>) -> Result<CreateDestination, String> {
+    let d = f.object("destination")?;
+    Ok(CreateDestination {
+        display_name: d.string("display_name")?,
+        name: d.string("name")?,
+        bank_identifier: d.string("bank_identifier")?,
+        iban: d.string("iban")?,
+        account_number: d.string("account_number")?,
+        address: d.string("address")?,
+        city: d.string("city")?,
+        country: d.string("country")?,
+        swift_code: d.opt_string("swift_code")?,
+    })
+}
+
+fn normalized(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_uppercase()
+}
+
+fn same_name(a: &str, b: &str) -> bool {
+    a.split_whitespace()
+        .map(str::to_lowercase)
+        .eq(b.split_whitespace().map(str::to_lowercase))
+}
+
+/// The destination is this bank account of this holder.
+fn destination_matches(d: &Destination, want: &CreateDestination) -> bool {
+    let same = |have: &Option<String>, want: &str| {
+        have.as_deref()
+            .is_some_and(|h| !h.is_empty() && normalized(h) == normalized(want))
+    };
+    let account = same(&d.iban, &want.iban) || same(&d.account_number, &want.account_number);
+    let name = d.name.as_deref().is_some_and(|n| same_name(n, &want.name));
+    account && name
+}
+
+#[async_trait]
+impl StepKind for CreateDestinationStep {
+    fn name(&self) -> &'static str {
+        "lean.create_destination"
+    }
+
+    fn validate(&self, params: &Value) -> Result<(), String> {
+        Fields::new(params, Mode::Validate).and_then(|f| destination_params(&f).map(|_| ()))
+    }
+
+    async fn run(&self, _ctx: &StepContext, params: Value) -> StepOutcome {
+        let request = params!(&params, Mode::Run, destination_params);
+        let find = || async {
+            self.0
+                .list_destinations()
+                .await
+                .map(|all| all.into_iter().find(|d| destination_matches(d, &request)))
+        };
+        match find().await {
+            Ok(Some(d)) => {
+                return StepOutcome::Done(json!({"destination_id": d.id, "existing": true}))
+            }
+            Ok(None) => {}
+            Err(e) => return outcome_for("list destinations", &e),
+        }
+        match self.0.create_destination(&request).await {
+            Ok(d) => StepOutcome::Done(json!({"destination_id": d.id, "existing": false})),
+            Err(e) if e.may_have_taken_effect() => match find().await {
+                Ok(Some(d)) => StepOutcome::Done(json!({"destination_id": d.id, "existing": true})),
+                _ => super::common::retry_unknown_effect("create destination", &e),
+            },
+            Err(e) => outcome_for("create destination", &e),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// `lean.ensure_customer`: the Lean customer for `app_user_id` (Lean's 409
+/// `CUSTOMER_ALREADY_EXISTS` means it exists: it is fetched).
+///
+/// Params: `app_user_id`. Output: `{customer_id, app_user_id, existing}`.
+#[derive(Debug, Clone)]
+pub struct EnsureCustomer(pub LeanClient);
+
+fn app_user_param(f: &Fields<'_>) -> Result<String, String> {
+    f.string("app_user_id")
+}
+
+#[async_trait]
+impl StepKind for EnsureCustomer {
+    fn name(&self) -> &'static str {
+        "lean.ensure_customer"
+    }
+
+    fn validate(&self, params: &Value) -> Result<(), String> {
+        Fields::new(params, Mode::Validate).and_then(|f| app_user_param(&f).map(|_| ()))
+    }
+
+    async fn run(&self, _ctx: &StepContext, params: Value) -> StepOutcome {
+        let app_user_id = params!(&params, Mode::Run, app_user_param);
+        match self.0.ensure_customer(&app_user_id).await {
+            Ok(ensured) => {
+                let existing = matches!(ensured, crate::lean::EnsuredCustomer::Existing(_));
+                let c = ensured.into_customer();
+                StepOutcome::Done(json!({
+                    "customer_id": c.customer_id,
+                    "app_user_id": c.app_user_id,
+                    "existing": existing,
+                }))
+            }
+            Err(e) => outcome_for("create customer", &e),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// `lean.await_beneficiary`: waits until one of the customer's payment sources has an
+/// `ACTIVE` beneficiary for the destination (the end user links a bank through Lean's LinkSDK;
+/// the beneficiary then passes its cool-off).
+///
+/// Params: `customer_id`, `destination_id`. Waits for `payment_source.beneficiary.created` /
+/// `.updated` with key `beneficiary:{customer_id}:{destination_id}`, re-reading the payment
+/// sources on every run. Output: `{beneficiary_id, status}`.
+#[derive(Debug, Clone)]
+pub struct AwaitBeneficiary(pub LeanClient);
+
+fn beneficiary_params(f: &Fields<'_>) -> Result<(String, String), String> {
+    Ok((f.string("customer_id")?, f.string("destination_id")?))
+}
+
+#[async_trait]
+impl StepKind for AwaitBeneficiary {
+    fn name(&self) -> &'static str {
+        "lean.await_beneficiary"
+    }
+
+    fn validate(&self, params: &Value) -> Result<(), String> {
+        Fields::new(params, Mode::Validate).and_then(|f| beneficiary_params(&f).map(|_| ()))
+    }
+
+    async fn run(&self, _ctx: &StepContext, params: Value) -> StepOutcome {
+        let (customer_id, destination_id) = params!(&params, Mode::Run, beneficiary_params);
+        let sources = match self.0.list_payment_sources(&customer_id).await {
+            Ok(s) => s,
+            Err(e) => return outcome_for("list payment sources", &e),
+        };
+        let active = sources.iter().find_map(|s| {
+            s.beneficiaries
+                .iter()
+                .find(|b| {
+                    b.payment_destination_id.as_deref() == Some(destination_id.as_str())
+                        && b.status == Some(BeneficiaryStatus::Active)
+                })
+                .map(|b| (s.id.clone(), b.id.clone()))
+        });
+        match active {
+            Some((source_id, beneficiary_id)) => StepOutcome::Done(json!({
+                "beneficiary_id": beneficiary_id,
+                "payment_source_id": source_id,
+                "status": "ACTIVE",
+            })),
+            None => {
+                let mut spec = WaitSpec::new(
+                    PROVIDER,
+                    "payment_source.beneficiary.created",
+                    format!("beneficiary:{customer_id}:{destination_id}"),
+                );
+                spec.event_types
+                    .push("payment_source.beneficiary.updated".to_owned());
+                StepOutcome::Wait(spec)
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// `lean.create_intent`: creates the payment intent with `Idempotency-Key` = the step's
+/// idempotency key, so a repeat answers the same intent and never a second payment.
+/// Irreversible.
+///
+/// Params: `customer_id`, `destination_id`, `amount` (minor units), `currency`, `description`
+/// (at most 32 characters). Output: `{intent_id, amount, currency, customer_id,
+/// destination_id}`.
+#[derive(Debug, Clone)]
+pub struct CreateIntent(pub LeanClient);
+
+struct IntentParams {
+    amount: i64,
+    currency: String,
+    request: Option<CreatePaymentIntent>,
+}
+
+fn intent_params(f: &Fields<'_>) -> Result<IntentParams, String> {
+    let customer_id = f.string("customer_id")?;
+    let destination_id = f.string("destination_id")?;
+    let amount = f.amount("amount")?;
+    let currency = f.currency("currency")?;
+    let description = f.string("description")?;
+    if description.chars().count() > MAX_DESCRIPTION {
+        return Err(format!(
+            "{} must be at most {MAX_DESCRIPTION} characters (Lean's limit; got {})",
+            f.path("description"),
+            description.chars().count()
+        ));
+    }
+    let request = match f.mode() {
+        Mode::Validate => None,
+        Mode::Run => Some(
+            CreatePaymentIntent::new(
+                amount,
+                &currency,
+                &destination_id,
+                &customer_id,
+                Some(&description),
+            )
+            .map_err(|e| format!("amount/currency: {e}"))?,
+        ),
+    };
+    Ok(IntentParams {
+        amount,
+        currency,
+        request,
+    })
+}
+
+#[async_trait]
+impl StepKind for CreateIntent {
+    fn name(&self) -> &'static str {
+        "lean.create_intent"
+    }
+
+    fn validate(&self, params: &Value) -> Result<(), String> {
+        Fields::new(params, Mode::Validate).and_then(|f| intent_params(&f).map(|_| ()))
+    }
+
+    fn irreversible(&self) -> bool {
+        true
+    }
+
+    async fn run(&self, ctx: &StepContext, params: Value) -> StepOutcome {
+        let p = params!(&params, Mode::Run, intent_params);
+        let Some(request) = p.request else {
+            return StepOutcome::fail("invalid params: no intent to create");
+        };
+        match self
+            .0
+            .create_payment_intent(&request, &ctx.idempotency_key())
+            .await
+        {
+            Ok(intent) => StepOutcome::Done(json!({
+                "intent_id": intent.payment_intent_id,
+                "amount": intent.amount_minor().unwrap_or(p.amount),
+                "currency": p.currency,
+                "customer_id": request.customer_id,
+                "destination_id": request.payment_destination_id,
+            })),
+            Err(e) => outcome_for("create payment intent", &e),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// `lean.await_payment`: waits for the bank's answer on the intent's payment.
+///
+/// Params: `intent_id`, `reconcile_for` (optional duration, default `"2d"`). Re-reads the intent
+/// on every run; its latest payment decides: `ACCEPTED_BY_BANK` -> done; `REJECTED_BY_BANK` /
+/// `FAILED` -> fails; `PENDING_WITH_BANK` (the bank gave no reference: it may still settle) ->
+/// a reconciliation wait whose deadline is `reconcile_for` from the first time it is seen (set
+/// once: the wait's state says `reconciling`); no payment yet -> waits. Waits are for
+/// `payment.created` / `payment.updated` with key `intent:{intent_id}`. Output: `{intent_id,
+/// payment_id, status, bank_transaction_reference, amount, currency}`.
+#[derive(Debug, Clone)]
+pub struct AwaitPayment(pub LeanClient);
+
+fn payment_params(f: &Fields<'_>) -> Result<(String, Duration), String> {
+    Ok((
+        f.string("intent_id")?,
+        f.duration("reconcile_for", DEFAULT_RECONCILE_FOR)?,
+    ))
+}
+
+#[async_trait]
+impl StepKind for AwaitPayment {
+    fn name(&self) -> &'static str {
+        "lean.await_payment"
+    }
+
+    fn validate(&self, params: &Value) -> Result<(), String> {
+        Fields::new(params, Mode::Validate).and_then(|f| payment_params(&f).map(|_| ()))
+    }
+
+    async fn run(&self, ctx: &StepContext, params: Value) -> StepOutcome {
+        let (intent_id, reconcile_for) = params!(&params, Mode::Run, payment_params);
+        let intent = match self.0.get_payment_intent(&intent_id).await {
+            Ok(i) => i,
+            Err(e) => return outcome_for("get payment intent", &e),
+        };
+        let mut spec = WaitSpec::new(PROVIDER, "payment.created", format!("intent:{intent_id}"));
+        spec.event_types.push("payment.updated".to_owned());
+        // Keep the reconciliation marker across waits.
+        spec.state = ctx.wait_state.clone().unwrap_or(Value::Null);
+        let Some(payment) = intent.latest_payment() else {
+            return StepOutcome::Wait(spec);
+        };
+        match &payment.status {
+            PaymentStatus::AcceptedByBank => StepOutcome::Done(json!({
+                "intent_id": intent_id,
+                "payment_id": payment.id,
+                "status": payment.status.to_string(),
+                "bank_transaction_reference": payment.bank_transaction_reference,
+                "amount": payment.amount_minor().ok(),
+                "currency": payment.currency,
+            })),
+            PaymentStatus::RejectedByBank | PaymentStatus::Failed => StepOutcome::fail(format!(
+                "Lean payment {} of intent {intent_id} is {}: no money was paid",
+                payment.id, payment.status
+            )),
+            PaymentStatus::PendingWithBank => {
+                let reconciling = ctx
+                    .wait_state
+                    .as_ref()
+                    .and_then(|s| s.get("reconciling"))
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                if !reconciling {
+                    spec.new_deadline = Some(reconcile_for);
+                    spec.state = json!({
+                        "reconciling": true,
+                        "payment_id": payment.id,
+                        "since": ctx.now,
+                        "reconcile_for": humantime::format_duration(reconcile_for).to_string(),
+                    });
+                }
+                StepOutcome::Wait(spec)
+            }
+            _ => StepOutcome::Wait(spec),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_match_on_account_and_holder() {
+        let want = CreateDestination {
+            name: "Acme  Trading LLC".into(),
+            iban: "AE07 0331 2345 6789 0123 456".into(),
+            account_number: "1234567890123456".into(),
+            ..CreateDestination::default()
+        };
+        let have = |iban: &str, acct: &str, name: &str| Destination {
+            id: "d".into(),
+            display_name: None,
+            name: Some(name.into()),
+            bank_identifier: None,
+            iban: Some(iban.into()),
+            account_number: Some(acct.into()),
+            country: None,
+            status: None,
+            default: None,
+        };
+        assert!(destination_matches(
+            &have("AE070331234567890123456", "", "acme trading llc"),
+            &want
+        ));
+        assert!(destination_matches(
+            &have("", "1234567890123456", "Acme Trading LLC"),
+            &want
+        ));
+        assert!(!destination_matches(
+            &have("AE070331234567890123456", "", "Other Co"),
+            &want
+        ));
+        assert!(!destination_matches(
+            &have("AE99", "999", "Acme Trading LLC"),
+            &want
+        ));
+    }
+}

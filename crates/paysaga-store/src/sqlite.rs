@@ -1,0 +1,1498 @@
+//! The embedded store: paysaga on one SQLite file. All of its SQL lives in this file and its
+//! schema in `migrations/sqlite/`.
+//!
+//! ## What it is for
+//! Running paysaga on a laptop with nothing installed but Rust: the demo, developing and
+//! testing a workflow, a single-node tool. Select it with a `sqlite://` URL
+//! (`sqlite://paysaga.db`, relative to the working directory, or `sqlite:///abs/path.db`);
+//! the file is created if missing. [`crate::connect`] picks it by the URL scheme.
+//!
+//! ## What it keeps
+//! Every invariant one node can keep, with the same meaning as the PostgreSQL store (the
+//! conformance suite in `tests/conformance.rs` runs the same tests against both):
+//! - fenced leases: [`Store::commit`] checks owner, fencing token and the worker's live lease
+//!   in the transaction that writes the step's result;
+//! - inbox first: [`Store::deliver_event`] stores the event (dedup on provider + event id)
+//!   and ends a matching wait in one transaction; a wait that begins later consumes a stored
+//!   event in the transaction that would store the wait;
+//! - durable retries (attempt, first attempt time and next run time are stored), idempotent
+//!   submit and start, history rows written with each transition.
+//!
+//! Every write transaction starts with `BEGIN IMMEDIATE` on the pool's single writer
+//! connection, so writes are serialised in this process and, through SQLite's file lock
+//! (with a busy timeout), across processes: a read-then-write can never interleave with
+//! another writer. Reads use a few more connections (WAL mode lets them run beside the
+//! writer).
+//!
+//! ## What it is not
+//! - **Not for several workers.** One live worker per file: [`Store::register_worker`]
+//!   refuses a second one with [`Error::WorkerAlreadyRunning`], naming the live worker. CLI
+//!   commands (`start`, `list`, `retry`, ...) from other processes are fine. Use PostgreSQL to
+//!   run several workers or several hosts.
+//! - **No LISTEN/NOTIFY.** [`Store::wakeups`] hears writes of the same process at once and
+//!   notices other processes' writes by polling `PRAGMA data_version` every
+//!   [`CROSS_PROCESS_POLL`] (a webhook delivered by another process wakes the worker within
+//!   that time).
+//! - Not on a network file system (SQLite's locking needs a local disk), and no read-only
+//!   roles: anyone who can read the file can change it.
+//!
+//! ## Storage formats
+//! UUIDs are lowercase hyphenated text; timestamps are UTC text in one fixed format
+//! (`2026-11-23T10:00:00.000000Z`) written by the store, so that text order is time order;
+//! JSON is text. Inspect with `sqlite3 paysaga.db 'SELECT id, status, run_at FROM paysaga_sagas'`.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDateTime, Utc};
+use paysaga_core::{ActiveWait, Definition, Event, HistoryEntry, HistoryKind, SagaStatus};
+use serde::Serialize;
+use serde_json::{json, Value};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Connection, Row, Sqlite, SqliteConnection, Transaction};
+use tokio::sync::broadcast;
+use tracing::instrument;
+use uuid::Uuid;
+
+use crate::{
+    ClaimedSaga, Commit, Committed, DefinitionRecord, Delivery, Error, EventFilter, EventRecord,
+    HistoryRecord, NewEvent, NewSaga, OperatorAction, SagaFilter, SagaRecord, Stats, Store,
+    UnrunnableGroup, WakeupsBox, WorkerInfo,
+};
+
+/// The migrations in `migrations/sqlite/`, embedded at build time.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
+
+/// How often [`Store::wakeups`] checks whether another process wrote to the file.
+pub const CROSS_PROCESS_POLL: Duration = Duration::from_millis(250);
+
+/// How long a statement waits for another process's write lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+const SAGA_COLUMNS: &str = "id, definition_id, workflow, version, idempotency_key, input, status, \
+    step_index, attempt, step_started_at, run_at, owner, fence, outputs, wait, wake_event, \
+    last_error, cancel_requested, created_at, updated_at, finished_at";
+
+const ACTIVE: &str = "('scheduled', 'running', 'waiting', 'compensating')";
+
+/// The claim: unowned runnable sagas whose step kinds the worker has (`$3`, a JSON array),
+/// oldest due first; served by the partial index `paysaga_sagas_runnable` (forced with
+/// `INDEXED BY`: the planner has no statistics on a fresh file). One statement, so
+/// atomic without an explicit transaction. `$1` worker, `$2` limit, `$4` now.
+const CLAIM_SQL: &str = "
+UPDATE paysaga_sagas SET owner = $1, fence = fence + 1
+WHERE id IN (
+    SELECT id FROM paysaga_sagas INDEXED BY paysaga_sagas_runnable
+    WHERE owner IS NULL AND status IN ('scheduled', 'running', 'waiting', 'compensating')
+      AND run_at <= $4
+      AND definition_id IN (
+          SELECT d.id FROM paysaga_definitions d
+          WHERE NOT EXISTS (SELECT 1 FROM json_each(d.step_kinds) k
+                            WHERE k.value NOT IN (SELECT value FROM json_each($3))))
+      AND EXISTS (SELECT 1 FROM paysaga_workers
+                  WHERE id = $1 AND stopped_at IS NULL AND lease_expires_at > $4)
+    ORDER BY run_at
+    LIMIT $2)
+RETURNING id, definition_id, workflow, version, idempotency_key, input, status, step_index,
+    attempt, step_started_at, run_at, owner, fence, outputs, wait, wake_event, last_error,
+    cancel_requested, created_at, updated_at, finished_at";
+
+/// When the next unowned saga the worker can run becomes due (`$1` its kinds, JSON array).
+const NEXT_DUE_SQL: &str = "
+SELECT run_at FROM paysaga_sagas INDEXED BY paysaga_sagas_runnable
+WHERE owner IS NULL AND status IN ('scheduled', 'running', 'waiting', 'compensating')
+  AND run_at IS NOT NULL
+  AND definition_id IN (
+      SELECT d.id FROM paysaga_definitions d
+      WHERE NOT EXISTS (SELECT 1 FROM json_each(d.step_kinds) k
+                        WHERE k.value NOT IN (SELECT value FROM json_each($1))))
+ORDER BY run_at LIMIT 1";
+
+/// SQLite implementation of [`Store`] for one node (see the module docs).
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    /// One connection: every write goes through it (`BEGIN IMMEDIATE`).
+    writer: SqlitePool,
+    /// Readers (WAL lets them run beside the writer); the writer itself for `:memory:`.
+    reader: SqlitePool,
+    /// Options for the wake-up poller's own connection; `None` for an in-memory database,
+    /// which no other process can write.
+    poll_options: Option<SqliteConnectOptions>,
+    /// Wake-ups of writes made through this store in this process.
+    wake: broadcast::Sender<()>,
+}
+
+impl SqliteStore {
+    /// Opens (and creates if missing) the database at a `sqlite://` URL, in WAL mode with a
+    /// busy timeout and a single writer connection.
+    pub async fn connect(url: &str) -> Result<SqliteStore, Error> {
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let options = if in_memory {
+            options
+        } else {
+            options
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+        };
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(if in_memory { 1 } else { 0 })
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.clone())
+            .await?;
+        let reader = if in_memory {
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(options.clone())
+                .await?
+        };
+        let (wake, _) = broadcast::channel(16);
+        Ok(SqliteStore {
+            writer,
+            reader,
+            poll_options: (!in_memory).then_some(options),
+            wake,
+        })
+    }
+
+    /// A write transaction holding the database's write lock from its first statement.
+    async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>, Error> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// Tells this process's wake-up streams that runnable work may exist.
+    fn notify(&self) {
+        // No receiver is fine: nobody listens.
+        let _ = self.wake.send(());
+    }
+
+    async fn saga_in(
+        &self,
+        tx: &mut Transaction<'static, Sqlite>,
+        id: Uuid,
+    ) -> Result<Option<SagaRecord>, Error> {
+        let row = sqlx::query(&format!(
+            "SELECT {SAGA_COLUMNS} FROM paysaga_sagas WHERE id = $1"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&mut **tx)
+        .await?;
+        row.as_ref().map(saga_from_row).transpose()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Conversions
+
+/// The one timestamp format: fixed width, so that text order is time order.
+fn ts(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+fn parse_ts(text: &str) -> Result<DateTime<Utc>, Error> {
+    NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.fZ")
+        .map(|n| n.and_utc())
+        .or_else(|_| DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc)))
+        .map_err(|e| Error::Corrupt(format!("timestamp {text:?}: {e}")))
+}
+
+fn get_ts(row: &SqliteRow, column: &str) -> Result<DateTime<Utc>, Error> {
+    parse_ts(&row.try_get::<String, _>(column)?)
+}
+
+fn get_opt_ts(row: &SqliteRow, column: &str) -> Result<Option<DateTime<Utc>>, Error> {
+    row.try_get::<Option<String>, _>(column)?
+        .as_deref()
+        .map(parse_ts)
+        .transpose()
+}
+
+fn parse_uuid(text: &str) -> Result<Uuid, Error> {
+    Uuid::parse_str(text).map_err(|e| Error::Corrupt(format!("uuid {text:?}: {e}")))
+}
+
+fn get_uuid(row: &SqliteRow, column: &str) -> Result<Uuid, Error> {
+    parse_uuid(&row.try_get::<String, _>(column)?)
+}
+
+fn get_opt_uuid(row: &SqliteRow, column: &str) -> Result<Option<Uuid>, Error> {
+    row.try_get::<Option<String>, _>(column)?
+        .as_deref()
+        .map(parse_uuid)
+        .transpose()
+}
+
+fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<String, Error> {
+    serde_json::to_string(value).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+fn parse_json(text: &str, what: &str) -> Result<Value, Error> {
+    serde_json::from_str(text).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
+}
+
+fn get_json(row: &SqliteRow, column: &str) -> Result<Value, Error> {
+    parse_json(&row.try_get::<String, _>(column)?, column)
+}
+
+fn get_opt_json(row: &SqliteRow, column: &str) -> Result<Option<Value>, Error> {
+    row.try_get::<Option<String>, _>(column)?
+        .map(|t| parse_json(&t, column))
+        .transpose()
+}
+
+fn get_u32(row: &SqliteRow, column: &str) -> Result<u32, Error> {
+    let v: i64 = row.try_get(column)?;
+    u32::try_from(v).map_err(|_| Error::Corrupt(format!("{column} = {v}")))
+}
+
+fn saga_from_row(row: &SqliteRow) -> Result<SagaRecord, Error> {
+    let status: String = row.try_get("status")?;
+    Ok(SagaRecord {
+        id: get_uuid(row, "id")?,
+        definition_id: row.try_get("definition_id")?,
+        workflow: row.try_get("workflow")?,
+        version: get_u32(row, "version")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        input: get_json(row, "input")?,
+        status: status.parse().map_err(|e| Error::Corrupt(format!("{e}")))?,
+        step_index: get_u32(row, "step_index")? as usize,
+        attempt: get_u32(row, "attempt")?,
+        step_started_at: get_opt_ts(row, "step_started_at")?,
+        run_at: get_opt_ts(row, "run_at")?,
+        owner: get_opt_uuid(row, "owner")?,
+        fence: row.try_get("fence")?,
+        outputs: get_json(row, "outputs")?,
+        wait: get_opt_json(row, "wait")?
+            .map(serde_json::from_value::<ActiveWait>)
+            .transpose()
+            .map_err(|e| Error::Corrupt(format!("saga wait: {e}")))?,
+        wake_event: get_opt_json(row, "wake_event")?
+            .map(serde_json::from_value::<Event>)
+            .transpose()
+            .map_err(|e| Error::Corrupt(format!("saga wake_event: {e}")))?,
+        last_error: row.try_get("last_error")?,
+        cancel_requested: row.try_get("cancel_requested")?,
+        created_at: get_ts(row, "created_at")?,
+        updated_at: get_ts(row, "updated_at")?,
+        finished_at: get_opt_ts(row, "finished_at")?,
+    })
+}
+
+fn string_list(text: &str, what: &str) -> Result<Vec<String>, Error> {
+    serde_json::from_str(text).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
+}
+
+fn definition_from_row(row: &SqliteRow) -> Result<DefinitionRecord, Error> {
+    Ok(DefinitionRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        version: get_u32(row, "version")?,
+        content_hash: row.try_get("content_hash")?,
+        definition: serde_json::from_value(get_json(row, "body")?)
+            .map_err(|e| Error::Corrupt(format!("definition body: {e}")))?,
+        step_kinds: string_list(&row.try_get::<String, _>("step_kinds")?, "step_kinds")?,
+        created_at: get_ts(row, "created_at")?,
+    })
+}
+
+fn event_from_row(row: &SqliteRow) -> Result<EventRecord, Error> {
+    Ok(EventRecord {
+        id: row.try_get("id")?,
+        provider: row.try_get("provider")?,
+        event_id: row.try_get("event_id")?,
+        event_type: row.try_get("event_type")?,
+        correlation_key: row.try_get("correlation_key")?,
+        payload: get_opt_json(row, "payload")?,
+        parse_error: row.try_get("parse_error")?,
+        raw_body: row.try_get("raw_body")?,
+        received_at: get_ts(row, "received_at")?,
+        consumed_by: get_opt_uuid(row, "consumed_by")?,
+        consumed_at: get_opt_ts(row, "consumed_at")?,
+    })
+}
+
+/// `outputs` with `output` set (the PostgreSQL store's `outputs || {name: value}`).
+fn merged_outputs(outputs: &str, output: &Option<(String, Value)>) -> Result<String, Error> {
+    let mut outputs = parse_json(outputs, "outputs")?;
+    if let Some((name, value)) = output {
+        match outputs.as_object_mut() {
+            Some(map) => {
+                map.insert(name.clone(), value.clone());
+            }
+            None => outputs = json!({ name: value }),
+        }
+    }
+    to_json(&outputs)
+}
+
+async fn insert_history(
+    tx: &mut Transaction<'static, Sqlite>,
+    saga: Uuid,
+    worker: Option<Uuid>,
+    actor: Option<&str>,
+    entries: &[HistoryEntry],
+) -> Result<(), Error> {
+    for e in entries {
+        let detail = match &e.detail {
+            Value::Null => None,
+            d => Some(to_json(d)?),
+        };
+        sqlx::query(
+            "INSERT INTO paysaga_history (saga_id, at, worker, actor, step, attempt, kind, error, detail)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(saga.to_string())
+        .bind(ts(Utc::now()))
+        .bind(worker.map(|w| w.to_string()))
+        .bind(actor)
+        .bind(&e.step)
+        .bind(e.attempt.map(i64::from))
+        .bind(e.kind.as_str())
+        .bind(&e.error)
+        .bind(detail)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Ends the oldest wait matching an event (`None` when nothing waits for it): deletes the
+/// wait, marks the event consumed and makes the saga due with the event to handle.
+async fn end_matching_wait(
+    tx: &mut Transaction<'static, Sqlite>,
+    event: &Event,
+    now: &str,
+) -> Result<Option<Uuid>, Error> {
+    let waiting: Option<String> = sqlx::query_scalar(
+        "SELECT saga_id FROM paysaga_waits
+         WHERE provider = $1 AND correlation_key = $2
+           AND $3 IN (SELECT value FROM json_each(event_types))
+         ORDER BY created_at, rowid LIMIT 1",
+    )
+    .bind(&event.provider)
+    .bind(&event.correlation_key)
+    .bind(&event.event_type)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(saga) = waiting else {
+        return Ok(None);
+    };
+    sqlx::query("DELETE FROM paysaga_waits WHERE saga_id = $1")
+        .bind(&saga)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("UPDATE paysaga_events SET consumed_by = $2, consumed_at = $3 WHERE id = $1")
+        .bind(event.inbox_id)
+        .bind(&saga)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "UPDATE paysaga_sagas SET wake_event = $2, run_at = $3, updated_at = $3 WHERE id = $1",
+    )
+    .bind(&saga)
+    .bind(to_json(event)?)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    parse_uuid(&saga).map(Some)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn migrate(&self) -> Result<(), Error> {
+        MIGRATOR.run(&self.writer).await?;
+        Ok(())
+    }
+
+    async fn schema_versions(&self) -> Result<(Option<i64>, i64), Error> {
+        let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        let table: Option<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_optional(&self.reader)
+        .await?;
+        if table.is_none() {
+            return Ok((None, known));
+        }
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.reader)
+                .await?;
+        Ok((applied, known))
+    }
+
+    #[instrument(skip_all, fields(workflow = %def.name, version = def.version))]
+    async fn put_definition(&self, def: &Definition) -> Result<DefinitionRecord, Error> {
+        let hash = def.content_hash();
+        let inserted = sqlx::query(
+            "INSERT INTO paysaga_definitions (name, version, content_hash, body, step_kinds, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (name, version) DO NOTHING
+             RETURNING id, name, version, content_hash, body, step_kinds, created_at",
+        )
+        .bind(&def.name)
+        .bind(i64::from(def.version))
+        .bind(&hash)
+        .bind(to_json(def)?)
+        .bind(to_json(&def.step_kinds())?)
+        .bind(ts(Utc::now()))
+        .fetch_optional(&self.writer)
+        .await?;
+        if let Some(row) = inserted {
+            return definition_from_row(&row);
+        }
+        let existing = self
+            .find_definition(&def.name, Some(def.version))
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("definition {} v{}", def.name, def.version)))?;
+        crate::same_definition_or_conflict(existing, def, &hash)
+    }
+
+    async fn definition(&self, id: i64) -> Result<DefinitionRecord, Error> {
+        let row = sqlx::query(
+            "SELECT id, name, version, content_hash, body, step_kinds, created_at
+             FROM paysaga_definitions WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("definition id {id}")))?;
+        definition_from_row(&row)
+    }
+
+    async fn find_definition(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<DefinitionRecord>, Error> {
+        let row = sqlx::query(
+            "SELECT id, name, version, content_hash, body, step_kinds, created_at
+             FROM paysaga_definitions
+             WHERE name = $1 AND ($2 IS NULL OR version = $2)
+             ORDER BY version DESC LIMIT 1",
+        )
+        .bind(name)
+        .bind(version.map(i64::from))
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(definition_from_row).transpose()
+    }
+
+    async fn list_definitions(&self) -> Result<Vec<DefinitionRecord>, Error> {
+        let rows = sqlx::query(
+            "SELECT id, name, version, content_hash, body, step_kinds, created_at
+             FROM paysaga_definitions ORDER BY name, version DESC",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(definition_from_row).collect()
+    }
+
+    #[instrument(skip_all, fields(workflow = %new.workflow, saga_id = %new.id))]
+    async fn create_saga(&self, new: NewSaga) -> Result<(SagaRecord, bool), Error> {
+        let now = ts(Utc::now());
+        let mut tx = self.write_tx().await?;
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO paysaga_sagas (id, definition_id, workflow, version, idempotency_key,
+                                        input, status, run_at, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, 'scheduled', $7, $7, $7)
+             ON CONFLICT (workflow, idempotency_key) DO NOTHING
+             RETURNING {SAGA_COLUMNS}"
+        ))
+        .bind(new.id.to_string())
+        .bind(new.definition_id)
+        .bind(&new.workflow)
+        .bind(i64::from(new.version))
+        .bind(&new.idempotency_key)
+        .bind(to_json(&new.input)?)
+        .bind(&now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = inserted {
+            let saga = saga_from_row(&row)?;
+            let entry = HistoryEntry {
+                kind: HistoryKind::SagaStarted,
+                step: None,
+                attempt: None,
+                error: None,
+                detail: json!({"definition_id": new.definition_id, "version": new.version,
+                               "idempotency_key": new.idempotency_key}),
+            };
+            insert_history(&mut tx, saga.id, None, Some(&new.actor), &[entry]).await?;
+            tx.commit().await?;
+            self.notify();
+            return Ok((saga, true));
+        }
+        // The key exists: read it in the same transaction (writes are serialised, so it is
+        // committed and cannot change under us).
+        let row = sqlx::query(&format!(
+            "SELECT {SAGA_COLUMNS} FROM paysaga_sagas WHERE workflow = $1 AND idempotency_key = $2"
+        ))
+        .bind(&new.workflow)
+        .bind(&new.idempotency_key)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.rollback().await?;
+        let existing = saga_from_row(&row)?;
+        if existing.input != new.input {
+            return Err(Error::KeyReused {
+                workflow: new.workflow,
+                key: new.idempotency_key.unwrap_or_default(),
+                saga: existing.id,
+            });
+        }
+        Ok((existing, false))
+    }
+
+    async fn saga(&self, id: Uuid) -> Result<Option<SagaRecord>, Error> {
+        let row = sqlx::query(&format!(
+            "SELECT {SAGA_COLUMNS} FROM paysaga_sagas WHERE id = $1"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(saga_from_row).transpose()
+    }
+
+    async fn list_sagas(&self, filter: &SagaFilter) -> Result<Vec<SagaRecord>, Error> {
+        let statuses: Vec<&str> = filter.statuses.iter().map(|st| st.as_str()).collect();
+        let columns: Vec<String> = SAGA_COLUMNS.split(", ").map(|c| format!("s.{c}")).collect();
+        let order = match (filter.sort_by_updated, filter.ascending) {
+            (false, false) => "s.created_at DESC, s.rowid DESC",
+            (false, true) => "s.created_at ASC, s.rowid ASC",
+            (true, false) => "s.updated_at DESC, s.rowid DESC",
+            (true, true) => "s.updated_at ASC, s.rowid ASC",
+        };
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM paysaga_sagas s JOIN paysaga_definitions d ON d.id = s.definition_id
+             WHERE (json_array_length($1) = 0 OR s.status IN (SELECT value FROM json_each($1)))
+               AND ($2 IS NULL OR s.workflow = $2)
+               AND ($3 IS NULL OR json_extract(d.body, '$.steps[' || s.step_index || '].name') = $3)
+               AND ($4 IS NULL OR EXISTS (SELECT 1 FROM json_each(d.step_kinds) k
+                                          WHERE substr(k.value, 1, length($4) + 1) = $4 || '.'))
+               AND ($5 IS NULL OR s.idempotency_key = $5)
+               AND ($6 IS NULL OR s.created_at >= $6)
+               AND ($7 IS NULL OR s.created_at < $7)
+               AND ($8 IS NULL OR s.updated_at >= $8)
+               AND ($9 IS NULL OR s.updated_at < $9)
+               AND ($10 IS NULL OR s.status = 'failed'
+                    OR (s.status IN {ACTIVE} AND (
+                        s.updated_at < $10
+                        OR (s.wait_deadline IS NOT NULL AND s.wait_deadline < $14)
+                        OR s.attempt >= $11
+                        OR (s.owner IS NOT NULL AND NOT EXISTS (
+                            SELECT 1 FROM paysaga_workers w
+                            WHERE w.id = s.owner AND w.stopped_at IS NULL AND w.lease_expires_at > $14)))))
+             ORDER BY {order}
+             LIMIT $12 OFFSET $13",
+            columns.join(", ")
+        ))
+        .bind(to_json(&statuses)?)
+        .bind(&filter.workflow)
+        .bind(&filter.step)
+        .bind(&filter.provider)
+        .bind(&filter.key)
+        .bind(filter.created_after.map(ts))
+        .bind(filter.created_before.map(ts))
+        .bind(filter.updated_after.map(ts))
+        .bind(filter.updated_before.map(ts))
+        .bind(filter.stuck_since.map(ts))
+        .bind(i64::from(filter.stuck_attempts.unwrap_or(5)))
+        .bind(filter.limit.unwrap_or(100))
+        .bind(filter.offset.unwrap_or(0))
+        .bind(ts(Utc::now()))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(saga_from_row).collect()
+    }
+
+    async fn history(&self, id: Uuid) -> Result<Vec<HistoryRecord>, Error> {
+        let rows = sqlx::query(
+            "SELECT id, at, worker, actor, step, attempt, kind, error, detail
+             FROM paysaga_history WHERE saga_id = $1 ORDER BY id",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let kind: String = row.try_get("kind")?;
+                Ok(HistoryRecord {
+                    id: row.try_get("id")?,
+                    at: get_ts(row, "at")?,
+                    worker: get_opt_uuid(row, "worker")?,
+                    actor: row.try_get("actor")?,
+                    step: row.try_get("step")?,
+                    attempt: row.try_get::<Option<i64>, _>("attempt")?.map(|a| a as u32),
+                    kind: kind.parse().map_err(Error::Corrupt)?,
+                    error: row.try_get("error")?,
+                    detail: get_opt_json(row, "detail")?,
+                })
+            })
+            .collect()
+    }
+
+    #[instrument(skip(self, reason), fields(saga_id = %id))]
+    async fn request_cancel(
+        &self,
+        id: Uuid,
+        actor: &str,
+        reason: &str,
+    ) -> Result<SagaRecord, Error> {
+        let now = ts(Utc::now());
+        let mut tx = self.write_tx().await?;
+        let saga = self
+            .saga_in(&mut tx, id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("saga {id}")))?;
+        if saga.status.is_final() {
+            return Err(Error::Refused(format!(
+                "saga {id} is {} and cannot be cancelled",
+                saga.status
+            )));
+        }
+        // Make it runnable now (a retry backoff or a wait must not delay a cancel); the
+        // holder, if any, applies it after its current step.
+        let row = sqlx::query(&format!(
+            "UPDATE paysaga_sagas SET cancel_requested = 1, run_at = $2, updated_at = $2
+             WHERE id = $1 RETURNING {SAGA_COLUMNS}"
+        ))
+        .bind(id.to_string())
+        .bind(&now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let entry = HistoryEntry {
+            kind: HistoryKind::CancelRequested,
+            step: None,
+            attempt: None,
+            error: None,
+            detail: json!({"reason": reason}),
+        };
+        insert_history(&mut tx, id, None, Some(actor), &[entry]).await?;
+        tx.commit().await?;
+        self.notify();
+        saga_from_row(&row)
+    }
+
+    async fn register_worker(&self, w: &WorkerInfo, ttl: Duration) -> Result<(), Error> {
+        let now = Utc::now();
+        let expires = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+        let mut tx = self.write_tx().await?;
+        // One node, one worker: a second live worker would share the file's single writer
+        // and, worse, make "this worker is the only one" assumptions of operators wrong.
+        let live = sqlx::query(
+            "SELECT id, name, hostname, pid, lease_expires_at FROM paysaga_workers
+             WHERE stopped_at IS NULL AND lease_expires_at > $1 AND id <> $2
+             ORDER BY lease_expires_at DESC LIMIT 1",
+        )
+        .bind(ts(now))
+        .bind(w.id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = live {
+            let err = Error::WorkerAlreadyRunning {
+                worker: get_uuid(&row, "id")?,
+                name: row.try_get("name")?,
+                hostname: row.try_get("hostname")?,
+                pid: get_u32(&row, "pid")?,
+                lease_expires_at: get_ts(&row, "lease_expires_at")?,
+            };
+            tx.rollback().await?;
+            return Err(err);
+        }
+        sqlx::query(
+            "INSERT INTO paysaga_workers (id, name, hostname, pid, step_kinds, started_at,
+                                          heartbeat_at, lease_expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $7)",
+        )
+        .bind(w.id.to_string())
+        .bind(&w.name)
+        .bind(&w.hostname)
+        .bind(i64::from(w.pid))
+        .bind(to_json(&w.step_kinds)?)
+        .bind(ts(now))
+        .bind(ts(expires))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn heartbeat(&self, worker: Uuid, ttl: Duration) -> Result<bool, Error> {
+        let now = Utc::now();
+        let expires = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+        let updated = sqlx::query(
+            "UPDATE paysaga_workers SET heartbeat_at = $2, lease_expires_at = $3
+             WHERE id = $1 AND stopped_at IS NULL AND lease_expires_at > $2",
+        )
+        .bind(worker.to_string())
+        .bind(ts(now))
+        .bind(ts(expires))
+        .execute(&self.writer)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn stop_worker(&self, worker: Uuid) -> Result<u64, Error> {
+        let now = ts(Utc::now());
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "UPDATE paysaga_workers SET stopped_at = $2, lease_expires_at = $2 WHERE id = $1",
+        )
+        .bind(worker.to_string())
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+        let released = sqlx::query(
+            // A released saga is due now unless it was due earlier (`LEAST(run_at, now)`).
+            "UPDATE paysaga_sagas
+             SET owner = NULL, updated_at = $2,
+                 run_at = CASE WHEN run_at IS NULL OR run_at > $2 THEN $2 ELSE run_at END
+             WHERE owner = $1",
+        )
+        .bind(worker.to_string())
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        if released > 0 {
+            self.notify();
+        }
+        Ok(released)
+    }
+
+    async fn reap_expired_workers(&self) -> Result<u64, Error> {
+        let now = ts(Utc::now());
+        // Called every second by the worker: look first without taking the write lock.
+        let any: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM paysaga_workers
+                            WHERE stopped_at IS NULL AND lease_expires_at < $1)",
+        )
+        .bind(&now)
+        .fetch_one(&self.reader)
+        .await?;
+        if !any {
+            return Ok(0);
+        }
+        let mut tx = self.write_tx().await?;
+        let dead: Vec<String> = sqlx::query_scalar(
+            "UPDATE paysaga_workers SET stopped_at = $1
+             WHERE stopped_at IS NULL AND lease_expires_at < $1
+             RETURNING id",
+        )
+        .bind(&now)
+        .fetch_all(&mut *tx)
+        .await?;
+        if dead.is_empty() {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        let released: Vec<String> = sqlx::query_scalar(
+            "UPDATE paysaga_sagas
+             SET owner = NULL, updated_at = $2,
+                 run_at = CASE WHEN run_at IS NULL OR run_at > $2 THEN $2 ELSE run_at END
+             WHERE owner IN (SELECT value FROM json_each($1)) RETURNING id",
+        )
+        .bind(to_json(&dead)?)
+        .bind(&now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let dead_ids = dead
+            .iter()
+            .map(|d| parse_uuid(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        for saga in &released {
+            let entry = HistoryEntry {
+                kind: HistoryKind::LeaseTakenOver,
+                step: None,
+                attempt: None,
+                error: None,
+                detail: json!({"expired_workers": dead_ids}),
+            };
+            insert_history(&mut tx, parse_uuid(saga)?, None, None, &[entry]).await?;
+        }
+        tx.commit().await?;
+        self.notify();
+        if !released.is_empty() {
+            tracing::warn!(workers = ?dead_ids, sagas = released.len(), "released sagas of workers whose lease expired");
+        }
+        Ok(released.len() as u64)
+    }
+
+    async fn sagas_needing_other_kinds(
+        &self,
+        kinds: &[String],
+    ) -> Result<Vec<UnrunnableGroup>, Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT d.name, d.version, d.step_kinds, count(*) AS sagas
+             FROM paysaga_sagas s JOIN paysaga_definitions d ON d.id = s.definition_id
+             WHERE s.status IN {ACTIVE}
+               AND EXISTS (SELECT 1 FROM json_each(d.step_kinds) k
+                           WHERE k.value NOT IN (SELECT value FROM json_each($1)))
+             GROUP BY d.id, d.name, d.version, d.step_kinds
+             ORDER BY d.name, d.version"
+        ))
+        .bind(to_json(kinds)?)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let mut missing: Vec<String> =
+                    string_list(&r.try_get::<String, _>("step_kinds")?, "step_kinds")?
+                        .into_iter()
+                        .filter(|k| !kinds.contains(k))
+                        .collect();
+                missing.sort();
+                missing.dedup();
+                Ok(UnrunnableGroup {
+                    workflow: r.try_get("name")?,
+                    version: get_u32(r, "version")?,
+                    sagas: r.try_get("sagas")?,
+                    missing_kinds: missing,
+                })
+            })
+            .collect()
+    }
+
+    async fn claim(
+        &self,
+        worker: Uuid,
+        kinds: &[String],
+        limit: i64,
+    ) -> Result<Vec<ClaimedSaga>, Error> {
+        let rows = sqlx::query(CLAIM_SQL)
+            .bind(worker.to_string())
+            .bind(limit)
+            .bind(to_json(kinds)?)
+            .bind(ts(Utc::now()))
+            .fetch_all(&self.writer)
+            .await?;
+        let mut claimed = rows
+            .iter()
+            .map(|r| {
+                Ok(ClaimedSaga {
+                    saga: saga_from_row(r)?,
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        claimed.sort_by_key(|c| c.saga.run_at);
+        Ok(claimed)
+    }
+
+    async fn next_due(&self, kinds: &[String]) -> Result<Option<DateTime<Utc>>, Error> {
+        let due: Option<String> = sqlx::query_scalar(NEXT_DUE_SQL)
+            .bind(to_json(kinds)?)
+            .fetch_optional(&self.reader)
+            .await?;
+        due.as_deref().map(parse_ts).transpose()
+    }
+
+    async fn release(&self, saga: Uuid, worker: Uuid, fence: i64) -> Result<bool, Error> {
+        let now = ts(Utc::now());
+        let released = sqlx::query(
+            "UPDATE paysaga_sagas
+             SET owner = NULL, updated_at = $2,
+                 run_at = CASE WHEN run_at IS NULL OR run_at > $2 THEN $2 ELSE run_at END
+             WHERE id = $1 AND owner = $3 AND fence = $4",
+        )
+        .bind(saga.to_string())
+        .bind(&now)
+        .bind(worker.to_string())
+        .bind(fence)
+        .execute(&self.writer)
+        .await?
+        .rows_affected()
+            == 1;
+        if released {
+            self.notify();
+        }
+        Ok(released)
+    }
+
+    #[instrument(skip_all, fields(saga_id = %c.saga, status = %c.transition.status))]
+    async fn commit(&self, c: Commit<'_>) -> Result<Committed, Error> {
+        let t = c.transition;
+        let now_t = Utc::now();
+        let now = ts(now_t);
+        let saga_id = c.saga.to_string();
+        let mut tx = self.write_tx().await?;
+        // Fenced lease: owner, fencing token and the worker's live lease, checked in the
+        // transaction that writes the result (which holds the database's write lock).
+        let row = sqlx::query(
+            "SELECT wake_event, cancel_requested, outputs FROM paysaga_sagas
+             WHERE id = $1 AND owner = $2 AND fence = $3 AND last_commit IS NOT $5
+               AND EXISTS (SELECT 1 FROM paysaga_workers w
+                           WHERE w.id = $2 AND w.stopped_at IS NULL AND w.lease_expires_at > $4)",
+        )
+        .bind(&saga_id)
+        .bind(c.worker.to_string())
+        .bind(c.fence)
+        .bind(&now)
+        .bind(c.token.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            // Lease lost, or an earlier try of this commit was applied but not acknowledged
+            // (the saga carries its token): then write nothing twice and give the saga back.
+            let applied: Option<bool> =
+                sqlx::query_scalar("SELECT last_commit IS $2 FROM paysaga_sagas WHERE id = $1")
+                    .bind(&saga_id)
+                    .bind(c.token.to_string())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if applied != Some(true) {
+                tx.rollback().await?;
+                return Err(Error::LeaseLost { saga: c.saga });
+            }
+            sqlx::query(
+                "UPDATE paysaga_sagas SET owner = NULL, updated_at = $4,
+                        run_at = CASE WHEN run_at IS NULL OR run_at > $4 THEN $4 ELSE run_at END
+                 WHERE id = $1 AND owner = $2 AND fence = $3",
+            )
+            .bind(&saga_id)
+            .bind(c.worker.to_string())
+            .bind(c.fence)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            self.notify();
+            return Ok(Committed {
+                kept: false,
+                wake_event: None,
+                cancel_requested: false,
+            });
+        };
+        let cancel_requested: bool = row.try_get("cancel_requested")?;
+        let outputs: String = row.try_get("outputs")?;
+        let mut pending: Option<Event> = get_opt_json(&row, "wake_event")?
+            .map(serde_json::from_value::<Event>)
+            .transpose()
+            .map_err(|e| Error::Corrupt(format!("saga {} wake_event: {e}", c.saga)))?
+            .filter(|ev| Some(ev.inbox_id) != c.consumed_event);
+
+        let mut keep = t.continue_now;
+        let mut run_at = t.run_at;
+        let mut wait_json: Option<String> = None;
+        if let Some(wait) = &t.wait {
+            if pending.is_none() {
+                // Inbox first: an event that arrived before the wait was stored ends it now.
+                let found = sqlx::query(
+                    "SELECT id, provider, event_id, event_type, correlation_key, payload
+                     FROM paysaga_events
+                     WHERE provider = $1 AND correlation_key = $2
+                       AND event_type IN (SELECT value FROM json_each($3))
+                       AND consumed_by IS NULL AND parse_error IS NULL
+                     ORDER BY id LIMIT 1",
+                )
+                .bind(&wait.provider)
+                .bind(&wait.correlation_key)
+                .bind(to_json(&wait.event_types)?)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(r) = found {
+                    let event = Event {
+                        inbox_id: r.try_get("id")?,
+                        provider: r.try_get("provider")?,
+                        event_id: r.try_get("event_id")?,
+                        event_type: r
+                            .try_get::<Option<String>, _>("event_type")?
+                            .unwrap_or_default(),
+                        correlation_key: r
+                            .try_get::<Option<String>, _>("correlation_key")?
+                            .unwrap_or_default(),
+                        payload: get_opt_json(&r, "payload")?.unwrap_or(Value::Null),
+                    };
+                    sqlx::query(
+                        "UPDATE paysaga_events SET consumed_by = $2, consumed_at = $3 WHERE id = $1",
+                    )
+                    .bind(event.inbox_id)
+                    .bind(&saga_id)
+                    .bind(&now)
+                    .execute(&mut *tx)
+                    .await?;
+                    pending = Some(event);
+                }
+            }
+            wait_json = Some(to_json(wait)?);
+            if pending.is_some() {
+                keep = true;
+                run_at = Some(now_t);
+                sqlx::query("DELETE FROM paysaga_waits WHERE saga_id = $1")
+                    .bind(&saga_id)
+                    .execute(&mut *tx)
+                    .await?;
+            } else {
+                sqlx::query(
+                    "INSERT INTO paysaga_waits (saga_id, provider, event_types, correlation_key,
+                                                deadline, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (saga_id) DO UPDATE SET provider = excluded.provider,
+                        event_types = excluded.event_types,
+                        correlation_key = excluded.correlation_key,
+                        deadline = excluded.deadline",
+                )
+                .bind(&saga_id)
+                .bind(&wait.provider)
+                .bind(to_json(&wait.event_types)?)
+                .bind(&wait.correlation_key)
+                .bind(ts(wait.deadline))
+                .bind(&now)
+                .execute(&mut *tx)
+                .await?;
+            }
+        } else {
+            // The step left its wait (or never waited): no stale event or wait may remain.
+            pending = None;
+            if c.prior_status == SagaStatus::Waiting {
+                sqlx::query("DELETE FROM paysaga_waits WHERE saga_id = $1")
+                    .bind(&saga_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let wake_json = pending.as_ref().map(to_json).transpose()?;
+        let final_status = t.status.is_final();
+        if final_status {
+            keep = false;
+            run_at = None;
+        }
+        sqlx::query(
+            "UPDATE paysaga_sagas SET status = $2, step_index = $3, attempt = $4,
+                    step_started_at = $5, run_at = $6, wait = $7, wait_deadline = $8,
+                    wait_since = $9, wake_event = $10, outputs = $11, last_error = $12,
+                    owner = CASE WHEN $13 THEN owner ELSE NULL END,
+                    updated_at = $14,
+                    finished_at = CASE WHEN $15 THEN $14 ELSE NULL END,
+                    last_commit = $16
+             WHERE id = $1",
+        )
+        .bind(&saga_id)
+        .bind(t.status.as_str())
+        .bind(t.step_index as i64)
+        .bind(i64::from(t.attempt))
+        .bind(t.step_started_at.map(ts))
+        .bind(run_at.map(ts))
+        .bind(&wait_json)
+        .bind(t.wait.as_ref().map(|w| ts(w.deadline)))
+        .bind(t.wait.as_ref().map(|w| ts(w.since)))
+        .bind(&wake_json)
+        .bind(merged_outputs(&outputs, &t.output)?)
+        .bind(&t.last_error)
+        .bind(keep)
+        .bind(&now)
+        .bind(final_status)
+        .bind(c.token.to_string())
+        .execute(&mut *tx)
+        .await?;
+        insert_history(&mut tx, c.saga, Some(c.worker), None, &t.history).await?;
+        tx.commit().await?;
+        if !keep && run_at.is_some_and(|at| at <= Utc::now()) {
+            self.notify();
+        }
+        Ok(Committed {
+            kept: keep,
+            wake_event: pending,
+            cancel_requested,
+        })
+    }
+
+    #[instrument(skip_all, fields(provider = %e.provider, event_id = %e.event_id))]
+    async fn deliver_event(&self, e: NewEvent) -> Result<Delivery, Error> {
+        let now = ts(Utc::now());
+        let payload = e.payload.as_ref().map(to_json).transpose()?;
+        let mut tx = self.write_tx().await?;
+        let inserted: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO paysaga_events (provider, event_id, event_type, correlation_key, payload,
+                                         raw_body, parse_error, received_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (provider, event_id) DO NOTHING
+             RETURNING id",
+        )
+        .bind(&e.provider)
+        .bind(&e.event_id)
+        .bind(&e.event_type)
+        .bind(&e.correlation_key)
+        .bind(&payload)
+        .bind(&e.raw_body)
+        .bind(&e.parse_error)
+        .bind(&now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(inbox_id) = inserted else {
+            let id: i64 = sqlx::query_scalar(
+                "SELECT id FROM paysaga_events WHERE provider = $1 AND event_id = $2",
+            )
+            .bind(&e.provider)
+            .bind(&e.event_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.rollback().await?;
+            return Ok(Delivery {
+                inbox_id: id,
+                duplicate: true,
+                matched_saga: None,
+            });
+        };
+        let mut matched_saga = None;
+        if let (Some(key), Some(event_type), None) =
+            (&e.correlation_key, &e.event_type, &e.parse_error)
+        {
+            let event = Event {
+                inbox_id,
+                provider: e.provider.clone(),
+                event_id: e.event_id.clone(),
+                event_type: event_type.clone(),
+                correlation_key: key.clone(),
+                payload: e.payload.clone().unwrap_or(Value::Null),
+            };
+            matched_saga = end_matching_wait(&mut tx, &event, &now).await?;
+        }
+        tx.commit().await?;
+        if matched_saga.is_some() {
+            self.notify();
+        }
+        Ok(Delivery {
+            inbox_id,
+            duplicate: false,
+            matched_saga,
+        })
+    }
+
+    async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRecord>, Error> {
+        let rows = sqlx::query(
+            "SELECT id, provider, event_id, event_type, correlation_key, payload, parse_error,
+                    NULL AS raw_body, received_at, consumed_by, consumed_at
+             FROM paysaga_events
+             WHERE (NOT $1 OR consumed_by IS NULL) AND ($2 IS NULL OR provider = $2)
+               AND (NOT $4 OR parse_error IS NOT NULL)
+             ORDER BY id DESC LIMIT $3",
+        )
+        .bind(filter.unmatched)
+        .bind(&filter.provider)
+        .bind(filter.limit.unwrap_or(100))
+        .bind(filter.unparseable)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn event(&self, id: i64) -> Result<Option<EventRecord>, Error> {
+        let row = sqlx::query(
+            "SELECT id, provider, event_id, event_type, correlation_key, payload, parse_error,
+                    raw_body, received_at, consumed_by, consumed_at
+             FROM paysaga_events WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(event_from_row).transpose()
+    }
+
+    #[instrument(skip(self, fields, reason))]
+    async fn replay_event(
+        &self,
+        id: i64,
+        fields: Option<(String, String, Value)>,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Delivery, Error> {
+        let stored = self
+            .event(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("inbox event {id}")))?;
+        let (event_type, key, payload) = crate::replay_fields(&stored, fields)?;
+        let now = ts(Utc::now());
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "UPDATE paysaga_events SET event_type = $2, correlation_key = $3, payload = $4,
+                    parse_error = NULL
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(&event_type)
+        .bind(&key)
+        .bind(to_json(&payload)?)
+        .execute(&mut *tx)
+        .await?;
+        let event = Event {
+            inbox_id: id,
+            provider: stored.provider.clone(),
+            event_id: stored.event_id.clone(),
+            event_type,
+            correlation_key: key,
+            payload,
+        };
+        let Some(saga) = end_matching_wait(&mut tx, &event, &now).await? else {
+            tx.commit().await?;
+            return Err(Error::Refused(format!(
+                "no saga waits for {} {} with key {} now; the event stays in the inbox{}",
+                stored.provider,
+                event.event_type,
+                event.correlation_key,
+                if stored.consumed_by.is_none() {
+                    " and is consumed when such a wait begins"
+                } else {
+                    ""
+                }
+            )));
+        };
+        let entry = HistoryEntry {
+            kind: HistoryKind::EventReplayed,
+            step: None,
+            attempt: None,
+            error: None,
+            detail: json!({"reason": reason, "inbox_id": id, "event_id": event.event_id}),
+        };
+        insert_history(&mut tx, saga, None, Some(actor), &[entry]).await?;
+        tx.commit().await?;
+        self.notify();
+        Ok(Delivery {
+            inbox_id: id,
+            duplicate: false,
+            matched_saga: Some(saga),
+        })
+    }
+
+    #[instrument(skip_all, fields(saga_id = %a.saga, actor = %a.actor))]
+    async fn operator_apply(&self, a: OperatorAction<'_>) -> Result<SagaRecord, Error> {
+        let t = a.transition;
+        let now = ts(Utc::now());
+        let saga_id = a.saga.to_string();
+        let mut tx = self.write_tx().await?;
+        let row =
+            sqlx::query("SELECT status, step_index, outputs FROM paysaga_sagas WHERE id = $1")
+                .bind(&saga_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("saga {}", a.saga)))?;
+        let status: String = row.try_get("status")?;
+        let step_index: i64 = row.try_get("step_index")?;
+        if status != a.expect_status.as_str() || step_index as usize != a.expect_step_index {
+            tx.rollback().await?;
+            return Err(Error::Refused(format!(
+                "saga {} changed while the action was prepared (now {status} at step #{}); look at it again and retry the action",
+                a.saga,
+                step_index + 1
+            )));
+        }
+        let outputs: String = row.try_get("outputs")?;
+        let wait_json = t.wait.as_ref().map(to_json).transpose()?;
+        let final_status = t.status.is_final();
+        let row = sqlx::query(&format!(
+            "UPDATE paysaga_sagas SET status = $2, step_index = $3, attempt = $4,
+                    step_started_at = $5, run_at = $6, wait = $7, wait_deadline = $8,
+                    wait_since = $9,
+                    wake_event = CASE WHEN $7 IS NULL THEN NULL ELSE wake_event END,
+                    outputs = $10, last_error = $11, owner = NULL, fence = fence + 1,
+                    updated_at = $12,
+                    finished_at = CASE WHEN $13 THEN $12 ELSE NULL END
+             WHERE id = $1 RETURNING {SAGA_COLUMNS}"
+        ))
+        .bind(&saga_id)
+        .bind(t.status.as_str())
+        .bind(t.step_index as i64)
+        .bind(i64::from(t.attempt))
+        .bind(t.step_started_at.map(ts))
+        .bind(if final_status { None } else { t.run_at.map(ts) })
+        .bind(&wait_json)
+        .bind(t.wait.as_ref().map(|w| ts(w.deadline)))
+        .bind(t.wait.as_ref().map(|w| ts(w.since)))
+        .bind(merged_outputs(&outputs, &t.output)?)
+        .bind(&t.last_error)
+        .bind(&now)
+        .bind(final_status)
+        .fetch_one(&mut *tx)
+        .await?;
+        if t.wait.is_none() {
+            sqlx::query("DELETE FROM paysaga_waits WHERE saga_id = $1")
+                .bind(&saga_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        insert_history(&mut tx, a.saga, None, Some(a.actor), &t.history).await?;
+        tx.commit().await?;
+        self.notify();
+        saga_from_row(&row)
+    }
+
+    async fn append_history(
+        &self,
+        saga: Uuid,
+        actor: &str,
+        entries: &[HistoryEntry],
+    ) -> Result<(), Error> {
+        let mut tx = self.write_tx().await?;
+        insert_history(&mut tx, saga, None, Some(actor), entries).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<Stats, Error> {
+        let by_status: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT workflow, status, count(*) FROM paysaga_sagas GROUP BY 1, 2 ORDER BY 1, 2",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        let by_step: Vec<(String, String, i64)> = sqlx::query_as(&format!(
+            "SELECT s.workflow,
+                    coalesce(json_extract(d.body, '$.steps[' || s.step_index || '].name'), '-'),
+                    count(*)
+             FROM paysaga_sagas s JOIN paysaga_definitions d ON d.id = s.definition_id
+             WHERE s.status IN {ACTIVE} GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2"
+        ))
+        .fetch_all(&self.reader)
+        .await?;
+        let oldest: Option<(String, String, String)> = sqlx::query_as(
+            "SELECT id, workflow, wait_since FROM paysaga_sagas
+             WHERE status = 'waiting' AND wait_since IS NOT NULL ORDER BY wait_since LIMIT 1",
+        )
+        .fetch_optional(&self.reader)
+        .await?;
+        let oldest_waiting = oldest
+            .map(|(id, workflow, since)| {
+                Ok::<_, Error>((parse_uuid(&id)?, workflow, parse_ts(&since)?))
+            })
+            .transpose()?;
+        let retries: Vec<(i64, i64)> = sqlx::query_as(&format!(
+            "SELECT attempt, count(*) FROM paysaga_sagas WHERE status IN {ACTIVE} AND attempt > 1
+             GROUP BY 1 ORDER BY 1"
+        ))
+        .fetch_all(&self.reader)
+        .await?;
+        let unmatched_events: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT provider, count(*) FROM paysaga_events WHERE consumed_by IS NULL
+             GROUP BY 1 ORDER BY 1",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(Stats {
+            by_status,
+            by_step,
+            oldest_waiting,
+            retries: retries
+                .into_iter()
+                .map(|(attempt, n)| (attempt as i32, n))
+                .collect(),
+            unmatched_events,
+        })
+    }
+
+    async fn wakeups(&self) -> Result<WakeupsBox, Error> {
+        let receiver = self.wake.subscribe();
+        let poller = match &self.poll_options {
+            Some(options) => {
+                let mut conn = SqliteConnection::connect_with(options).await?;
+                let version: i64 = sqlx::query_scalar("PRAGMA data_version")
+                    .fetch_one(&mut conn)
+                    .await?;
+                Some((conn, version))
+            }
+            None => None,
+        };
+        Ok(Box::new(SqliteWakeups { receiver, poller }))
+    }
+}
+
+/// Wake-ups: this process's writes at once, other processes' writes by polling
+/// `PRAGMA data_version` (which changes when another connection commits).
+struct SqliteWakeups {
+    receiver: broadcast::Receiver<()>,
+    poller: Option<(SqliteConnection, i64)>,
+}
+
+#[async_trait]
+impl crate::Wakeups for SqliteWakeups {
+    async fn recv(&mut self) -> Result<(), Error> {
+        loop {
+            tokio::select! {
+                received = self.receiver.recv() => {
+                    return match received {
+                        // Lagged: several wake-ups folded into one, which is what callers want.
+                        Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => Ok(()),
+                        // The store is gone (callers hold it while they listen).
+                        Err(broadcast::error::RecvError::Closed) => {
+                            Err(Error::Refused("the store was closed".to_string()))
+                        }
+                    };
+                }
+                _ = tokio::time::sleep(CROSS_PROCESS_POLL), if self.poller.is_some() => {
+                    if let Some((conn, seen)) = &mut self.poller {
+                        let version: i64 = sqlx::query_scalar("PRAGMA data_version")
+                            .fetch_one(&mut *conn)
+                            .await?;
+                        if version != *seen {
+                            *seen = version;
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn timestamps_sort_as_text_in_time_order_and_read_back_exactly() {
+        let a = DateTime::parse_from_rfc3339("2026-11-23T09:59:59.999999Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let b = DateTime::parse_from_rfc3339("2026-11-23T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert!(ts(a) < ts(b));
+        assert_eq!(ts(b), "2026-11-23T10:00:00.000000Z");
+        assert_eq!(parse_ts(&ts(a)).unwrap(), a);
+    }
+
+    /// The claim and the next-due query are served by the runnable index, not a table scan.
+    #[tokio::test]
+    async fn hot_path_queries_use_their_indexes() {
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        store.migrate().await.unwrap();
+        for (sql, kinds_param) in [(CLAIM_SQL, 3), (NEXT_DUE_SQL, 1)] {
+            // EXPLAIN of a constant query.
+            let explain = format!("EXPLAIN QUERY PLAN {sql}");
+            let mut q = sqlx::query_as::<_, (i64, i64, i64, String)>(&explain);
+            for i in 1..=4 {
+                q = if i == kinds_param {
+                    q.bind("[\"noop.sleep\"]")
+                } else {
+                    q.bind(i.to_string())
+                };
+            }
+            let plan: Vec<String> = q
+                .fetch_all(&store.reader)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.3)
+                .collect();
+            assert!(
+                plan.iter().any(|l| l.contains("paysaga_sagas_runnable")),
+                "plan of {sql}:\n{}",
+                plan.join("\n")
+            );
+        }
+    }
+}

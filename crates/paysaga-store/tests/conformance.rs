@@ -1,0 +1,1588 @@
+//! One conformance suite for every [`Store`]: each test body below runs against PostgreSQL
+//! (a fresh database per test, from `paysaga-testkit`) and against the embedded SQLite store
+//! (a fresh temp file per test). The `conformance!` macro at the end generates
+//! `postgres::NAME` and `sqlite::NAME` for every body; a test's name says the invariant it
+//! protects.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use paysaga_core::{
+    ActiveWait, Definition, HistoryEntry, HistoryKind, SagaStatus, StepDef, Transition,
+};
+use paysaga_store::{
+    Commit, Error, EventFilter, NewEvent, NewSaga, OperatorAction, SagaFilter, SagaRecord, Store,
+    WorkerInfo,
+};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+// ---------------------------------------------------------------------------------------
+// Harness
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// A store under test and what keeps its database alive.
+struct Env {
+    store: Arc<dyn Store>,
+    backend: Backend,
+    url: String,
+    _pg: Option<paysaga_testkit::TestDatabase>,
+    _file: Option<TempDb>,
+}
+
+/// A SQLite file (and its WAL files) removed when the test ends.
+struct TempDb(PathBuf);
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = self.0.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+impl Env {
+    async fn postgres() -> Env {
+        let db = paysaga_testkit::database().await;
+        let url = db.url().to_string();
+        let store = paysaga_store::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        Env {
+            store,
+            backend: Backend::Postgres,
+            url,
+            _pg: Some(db),
+            _file: None,
+        }
+    }
+
+    async fn sqlite() -> Env {
+        let path = std::env::temp_dir().join(format!("paysaga-conformance-{}.db", Uuid::new_v4()));
+        let url = format!("sqlite://{}", path.display());
+        let file = TempDb(path);
+        let store = paysaga_store::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        Env {
+            store,
+            backend: Backend::Sqlite,
+            url,
+            _pg: None,
+            _file: Some(file),
+        }
+    }
+
+    fn s(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+}
+
+const STEP: &str = "test.step";
+const LUMANU: &str = "lumanu.create_payable";
+const LONG_TTL: Duration = Duration::from_secs(30);
+
+fn definition(name: &str, version: u32, kinds: &[&str]) -> Definition {
+    Definition {
+        name: name.to_string(),
+        version,
+        description: None,
+        steps: kinds
+            .iter()
+            .enumerate()
+            .map(|(i, k)| StepDef::new(format!("s{}", i + 1), *k, json!({})))
+            .collect(),
+    }
+}
+
+fn all_kinds() -> Vec<String> {
+    vec![STEP.to_string(), LUMANU.to_string()]
+}
+
+async fn start(store: &dyn Store, workflow: &str, kinds: &[&str], key: Option<&str>) -> SagaRecord {
+    let def = match store.find_definition(workflow, None).await.unwrap() {
+        Some(d) => d,
+        None => store
+            .put_definition(&definition(workflow, 1, kinds))
+            .await
+            .unwrap(),
+    };
+    let (saga, created) = store
+        .create_saga(NewSaga {
+            id: Uuid::new_v4(),
+            definition_id: def.id,
+            workflow: workflow.to_string(),
+            version: def.version,
+            idempotency_key: key.map(str::to_string),
+            input: json!({"amount": "10.00"}),
+            actor: "test".to_string(),
+        })
+        .await
+        .unwrap();
+    assert!(created);
+    // Distinct creation times for ordering checks.
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    saga
+}
+
+async fn worker(store: &dyn Store, ttl: Duration) -> Uuid {
+    let id = Uuid::new_v4();
+    store
+        .register_worker(
+            &WorkerInfo {
+                id,
+                name: "conformance".to_string(),
+                hostname: "localhost".to_string(),
+                pid: std::process::id(),
+                step_kinds: all_kinds(),
+            },
+            ttl,
+        )
+        .await
+        .unwrap();
+    id
+}
+
+/// Claims exactly the given saga (it must be the only runnable one).
+async fn claim_one(store: &dyn Store, w: Uuid, saga: Uuid) -> SagaRecord {
+    let claimed = store.claim(w, &all_kinds(), 16).await.unwrap();
+    assert_eq!(claimed.len(), 1, "expected one claim: {claimed:?}");
+    assert_eq!(claimed[0].saga.id, saga);
+    claimed[0].saga.clone()
+}
+
+fn entry(kind: HistoryKind, step: Option<&str>, attempt: Option<u32>) -> HistoryEntry {
+    HistoryEntry {
+        kind,
+        step: step.map(str::to_string),
+        attempt,
+        error: None,
+        detail: Value::Null,
+    }
+}
+
+fn transition(status: SagaStatus, step_index: usize) -> Transition {
+    Transition {
+        status,
+        step_index,
+        attempt: 0,
+        step_started_at: None,
+        run_at: if status.is_final() {
+            None
+        } else {
+            Some(Utc::now())
+        },
+        wait: None,
+        output: None,
+        last_error: None,
+        history: Vec::new(),
+        continue_now: false,
+    }
+}
+
+fn wait_transition(key: &str, until: DateTime<Utc>) -> Transition {
+    let now = Utc::now();
+    let mut t = transition(SagaStatus::Waiting, 0);
+    t.attempt = 1;
+    t.step_started_at = Some(now);
+    t.run_at = Some(until);
+    t.wait = Some(ActiveWait {
+        provider: "lumanu".to_string(),
+        event_types: vec!["payable.paid".to_string(), "payable.failed".to_string()],
+        correlation_key: key.to_string(),
+        deadline: until,
+        poll_at: until,
+        since: now,
+        state: json!({"payable_id": key}),
+    });
+    t.history = vec![entry(HistoryKind::StepWaiting, Some("s1"), Some(1))];
+    t
+}
+
+async fn commit(
+    store: &dyn Store,
+    saga: &SagaRecord,
+    w: Uuid,
+    t: &Transition,
+    consumed_event: Option<i64>,
+) -> Result<paysaga_store::Committed, Error> {
+    commit_with_token(store, saga, w, t, consumed_event, Uuid::new_v4()).await
+}
+
+async fn commit_with_token(
+    store: &dyn Store,
+    saga: &SagaRecord,
+    w: Uuid,
+    t: &Transition,
+    consumed_event: Option<i64>,
+    token: Uuid,
+) -> Result<paysaga_store::Committed, Error> {
+    store
+        .commit(Commit {
+            saga: saga.id,
+            worker: w,
+            fence: saga.fence,
+            prior_status: saga.status,
+            consumed_event,
+            transition: t,
+            token,
+        })
+        .await
+}
+
+fn event(event_id: &str, event_type: &str, key: &str) -> NewEvent {
+    NewEvent {
+        provider: "lumanu".to_string(),
+        event_id: event_id.to_string(),
+        event_type: Some(event_type.to_string()),
+        correlation_key: Some(key.to_string()),
+        payload: Some(json!({"id": key, "status": "paid"})),
+        raw_body: None,
+        parse_error: None,
+    }
+}
+
+async fn saga(store: &dyn Store, id: Uuid) -> SagaRecord {
+    store.saga(id).await.unwrap().unwrap()
+}
+
+async fn history_kinds(store: &dyn Store, id: Uuid) -> Vec<HistoryKind> {
+    store
+        .history(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.kind)
+        .collect()
+}
+
+fn close(a: DateTime<Utc>, b: DateTime<Utc>) -> bool {
+    (a - b).num_milliseconds().abs() <= 1
+}
+
+fn ids(sagas: &[SagaRecord]) -> Vec<Uuid> {
+    sagas.iter().map(|s| s.id).collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Test bodies
+
+async fn definition_submit_is_idempotent_and_changed_content_is_refused(e: Env) {
+    let s = e.s();
+    let v1 = definition("flow", 1, &[STEP, STEP]);
+    let first = s.put_definition(&v1).await.unwrap();
+    let again = s.put_definition(&v1).await.unwrap();
+    assert_eq!(first.id, again.id);
+    assert_eq!(first.content_hash, v1.content_hash());
+    assert_eq!(first.step_kinds, v1.step_kinds());
+    assert_eq!(s.definition(first.id).await.unwrap().definition, v1);
+
+    let changed = definition("flow", 1, &[STEP, STEP, STEP]);
+    match s.put_definition(&changed).await {
+        Err(Error::DefinitionConflict {
+            name,
+            version,
+            existing,
+        }) => {
+            assert_eq!((name.as_str(), version), ("flow", 1));
+            assert_eq!(existing, first.content_hash);
+        }
+        other => panic!("changed content under v1 must be refused, got {other:?}"),
+    }
+    assert_eq!(s.definition(first.id).await.unwrap().definition, v1);
+
+    let v2 = s
+        .put_definition(&definition("flow", 2, &[STEP, STEP, STEP]))
+        .await
+        .unwrap();
+    assert_ne!(v2.id, first.id);
+    assert_eq!(
+        s.find_definition("flow", None).await.unwrap().unwrap().id,
+        v2.id
+    );
+    assert_eq!(
+        s.find_definition("flow", Some(1))
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        first.id
+    );
+    assert!(s.find_definition("flow", Some(3)).await.unwrap().is_none());
+    assert!(matches!(s.definition(9999).await, Err(Error::NotFound(_))));
+    let listed: Vec<(String, u32)> = s
+        .list_definitions()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.name, d.version))
+        .collect();
+    assert_eq!(listed, [("flow".to_string(), 2), ("flow".to_string(), 1)]);
+}
+
+async fn start_is_idempotent_per_key_and_a_reused_key_with_another_input_is_refused(e: Env) {
+    let s = e.s();
+    let first = start(s, "flow", &[STEP], Some("order-42")).await;
+    assert_eq!(first.status, SagaStatus::Scheduled);
+    assert!(first.run_at.is_some_and(|at| at <= Utc::now()));
+    assert_eq!(first.fence, 0);
+    assert!(first.owner.is_none());
+
+    let mut same = NewSaga {
+        id: Uuid::new_v4(),
+        definition_id: first.definition_id,
+        workflow: "flow".to_string(),
+        version: 1,
+        idempotency_key: Some("order-42".to_string()),
+        input: first.input.clone(),
+        actor: "test".to_string(),
+    };
+    let (existing, created) = s.create_saga(same.clone()).await.unwrap();
+    assert!(!created);
+    assert_eq!(existing.id, first.id);
+
+    same.id = Uuid::new_v4();
+    same.input = json!({"amount": "99.00"});
+    match s.create_saga(same.clone()).await {
+        Err(Error::KeyReused { saga, key, .. }) => {
+            assert_eq!(saga, first.id);
+            assert_eq!(key, "order-42");
+        }
+        other => panic!("a reused key with another input must be refused, got {other:?}"),
+    }
+    // Without a key, every start is a new saga.
+    same.idempotency_key = None;
+    let (a, created_a) = s.create_saga(same.clone()).await.unwrap();
+    same.id = Uuid::new_v4();
+    let (b, created_b) = s.create_saga(same).await.unwrap();
+    assert!(created_a && created_b && a.id != b.id);
+
+    let history = s.history(first.id).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].kind, HistoryKind::SagaStarted);
+    assert_eq!(history[0].actor.as_deref(), Some("test"));
+}
+
+async fn concurrent_starts_with_one_key_create_exactly_one_saga(e: Env) {
+    let def = e
+        .s()
+        .put_definition(&definition("flow", 1, &[STEP]))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = e.store.clone();
+        let def_id = def.id;
+        tasks.push(tokio::spawn(async move {
+            store
+                .create_saga(NewSaga {
+                    id: Uuid::new_v4(),
+                    definition_id: def_id,
+                    workflow: "flow".to_string(),
+                    version: 1,
+                    idempotency_key: Some("same-key".to_string()),
+                    input: json!({"n": 1}),
+                    actor: "test".to_string(),
+                })
+                .await
+                .unwrap()
+        }));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    assert_eq!(results.iter().filter(|(_, created)| *created).count(), 1);
+    let id = results[0].0.id;
+    assert!(results.iter().all(|(s, _)| s.id == id));
+    let listed = e
+        .s()
+        .list_sagas(&SagaFilter {
+            key: Some("same-key".to_string()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&listed), [id]);
+}
+
+async fn claim_bumps_the_fence_and_a_stale_fence_cannot_commit(e: Env) {
+    let s = e.s();
+    let w = worker(s, LONG_TTL).await;
+    let started = start(s, "flow", &[STEP, STEP], None).await;
+    let first = claim_one(s, w, started.id).await;
+    assert_eq!((first.owner, first.fence), (Some(w), 1));
+    assert!(s.claim(w, &all_kinds(), 16).await.unwrap().is_empty());
+
+    assert!(s.release(first.id, w, first.fence).await.unwrap());
+    let second = claim_one(s, w, started.id).await;
+    assert_eq!(second.fence, 2);
+
+    let mut done = transition(SagaStatus::Running, 1);
+    done.output = Some(("s1".to_string(), json!({"stale": true})));
+    done.history = vec![entry(HistoryKind::StepCompleted, Some("s1"), Some(1))];
+    let err = commit(s, &first, w, &done, None).await.unwrap_err();
+    assert!(matches!(err, Error::LeaseLost { saga } if saga == started.id));
+    let unchanged = saga(s, started.id).await;
+    assert_eq!(
+        (unchanged.status, unchanged.step_index),
+        (SagaStatus::Scheduled, 0)
+    );
+    assert_eq!(unchanged.outputs, json!({}));
+    assert_eq!(
+        history_kinds(s, started.id).await,
+        [HistoryKind::SagaStarted]
+    );
+
+    done.output = Some(("s1".to_string(), json!({"fresh": true})));
+    commit(s, &second, w, &done, None).await.unwrap();
+    assert_eq!(
+        saga(s, started.id).await.outputs,
+        json!({"s1": {"fresh": true}})
+    );
+}
+
+async fn worker_whose_lease_expired_cannot_commit_even_before_it_is_reaped(e: Env) {
+    let s = e.s();
+    let w = worker(s, Duration::from_millis(300)).await;
+    let started = start(s, "flow", &[STEP], None).await;
+    let claimed = claim_one(s, w, started.id).await;
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let done = transition(SagaStatus::Completed, 1);
+    let err = commit(s, &claimed, w, &done, None).await.unwrap_err();
+    assert!(matches!(err, Error::LeaseLost { .. }));
+    assert!(!s.heartbeat(w, LONG_TTL).await.unwrap());
+    assert_eq!(saga(s, started.id).await.status, SagaStatus::Scheduled);
+}
+
+/// Found by the chaos run: a worker frozen (SIGSTOP) past its lease was reaped, then thawed
+/// and claimed sagas under its dead id before its heartbeat noticed; nothing ever released
+/// them again. A worker that is not live claims nothing.
+async fn a_worker_whose_lease_expired_or_was_reaped_claims_nothing(e: Env) {
+    let s = e.s();
+    let w = worker(s, Duration::from_millis(300)).await;
+    let started = start(s, "flow", &[STEP], None).await;
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    // Expired, not yet reaped.
+    assert!(s.claim(w, &all_kinds(), 16).await.unwrap().is_empty());
+    let alive = worker(s, LONG_TTL).await;
+    assert_eq!(s.reap_expired_workers().await.unwrap(), 0);
+    // Reaped.
+    assert!(s.claim(w, &all_kinds(), 16).await.unwrap().is_empty());
+    let unowned = saga(s, started.id).await;
+    assert!(unowned.owner.is_none(), "the saga stays claimable");
+    assert_eq!(claim_one(s, alive, started.id).await.owner, Some(alive));
+}
+
+/// A commit applied whose acknowledgement was lost (connection cut after the server
+/// committed) is retried by the worker with the same token: nothing is written twice, and the
+/// saga is given back to be claimed from what is stored.
+async fn a_commit_retried_after_a_lost_acknowledgement_writes_nothing_twice(e: Env) {
+    let s = e.s();
+    let w = worker(s, LONG_TTL).await;
+    let started = start(s, "flow", &[STEP, STEP], None).await;
+    let claimed = claim_one(s, w, started.id).await;
+    let mut done = transition(SagaStatus::Running, 1);
+    done.continue_now = true;
+    done.run_at = Some(Utc::now());
+    done.output = Some(("s1".to_string(), json!({"n": 1})));
+    done.history = vec![entry(HistoryKind::StepCompleted, Some("s1"), Some(1))];
+    let token = Uuid::new_v4();
+    let first = commit_with_token(s, &claimed, w, &done, None, token)
+        .await
+        .unwrap();
+    assert!(first.kept);
+    let again = commit_with_token(s, &claimed, w, &done, None, token)
+        .await
+        .unwrap();
+    assert!(!again.kept, "the retry gives the saga back");
+    assert_eq!(
+        history_kinds(s, started.id).await,
+        [HistoryKind::SagaStarted, HistoryKind::StepCompleted]
+    );
+    let stored = saga(s, started.id).await;
+    assert_eq!((stored.status, stored.step_index), (SagaStatus::Running, 1));
+    assert!(stored.owner.is_none());
+    // Another transition of the same holder with a new token is still refused (lease given
+    // back), and the saga is claimable again.
+    assert!(matches!(
+        commit(s, &claimed, w, &done, None).await.unwrap_err(),
+        Error::LeaseLost { .. }
+    ));
+    assert_eq!(claim_one(s, w, started.id).await.fence, claimed.fence + 1);
+}
+
+async fn heartbeat_extends_a_live_lease(e: Env) {
+    let s = e.s();
+    let w = worker(s, Duration::from_millis(400)).await;
+    let started = start(s, "flow", &[STEP], None).await;
+    let claimed = claim_one(s, w, started.id).await;
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(s.heartbeat(w, Duration::from_millis(400)).await.unwrap());
+    }
+    assert_eq!(s.reap_expired_workers().await.unwrap(), 0);
+    commit(s, &claimed, w, &transition(SagaStatus::Completed, 1), None)
+        .await
+        .unwrap();
+}
+
+async fn reaper_releases_sagas_of_expired_workers_and_their_fence_is_stale(e: Env) {
+    let s = e.s();
+    let dead = worker(s, Duration::from_millis(300)).await;
+    let started = start(s, "flow", &[STEP], None).await;
+    let held = claim_one(s, dead, started.id).await;
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    // A new worker may register once the old lease has expired (on every store).
+    let alive = worker(s, LONG_TTL).await;
+    assert_eq!(s.reap_expired_workers().await.unwrap(), 1);
+    assert_eq!(s.reap_expired_workers().await.unwrap(), 0);
+    let released = saga(s, started.id).await;
+    assert!(released.owner.is_none());
+    assert!(released.run_at.is_some_and(|at| at <= Utc::now()));
+    let history = s.history(started.id).await.unwrap();
+    let takeover = history.last().unwrap();
+    assert_eq!(takeover.kind, HistoryKind::LeaseTakenOver);
+    assert_eq!(
+        takeover.detail.as_ref().unwrap()["expired_workers"],
+        json!([dead])
+    );
+
+    let taken = claim_one(s, alive, started.id).await;
+    assert_eq!(taken.fence, held.fence + 1);
+    let err = commit(s, &held, dead, &transition(SagaStatus::Completed, 1), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::LeaseLost { .. }));
+    commit(
+        s,
+        &taken,
+        alive,
+        &transition(SagaStatus::Completed, 1),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(saga(s, started.id).await.status, SagaStatus::Completed);
+}
+
+async fn stop_worker_releases_every_saga_it_holds(e: Env) {
+    let s = e.s();
+    let w = worker(s, LONG_TTL).await;
+    let a = start(s, "flow", &[STEP], None).await;
+    let b = start(s, "flow", &[STEP], None).await;
+    let claimed = s.claim(w, &all_kinds(), 16).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    assert_eq!(s.stop_worker(w).await.unwrap(), 2);
+    for id in [a.id, b.id] {
+        assert!(saga(s, id).await.owner.is_none());
+    }
+    assert!(!s.heartbeat(w, LONG_TTL).await.unwrap());
+    let err = commit(
+        s,
+        &claimed[0].saga,
+        w,
+        &transition(SagaStatus::Completed, 1),
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::LeaseLost { .. }));
+}
+
+async fn release_gives_the_saga_back_unchanged(e: Env) {
+    let s = e.s();
+    let w = worker(s, LONG_TTL).await;
+    let started = start(s, "flow", &[STEP], None).await;
+    let claimed = claim_one(s, w, started.id).await;
+    assert!(!s.release(started.id, w, claimed.fence + 1).await.unwrap());
+    assert!(!s
+        .release(started.id, Uuid::new_v4(), claimed.fence)
+        .await
+        .unwrap());
+    assert!(s.release(started.id, w, claimed.fence).await.unwrap());
+    let released = saga(s, started.id).await;
+    assert_eq!(released.owner, None);
+    assert_eq!(
+        (released.status, released.step_index, released.attempt),
+        (started.status, started.step_index, started.attempt)
+    );
+    assert!(released.run_at.is_some_and(|at| at <= Utc::now()));
+    assert_eq!(claim_one(s, w, started.id).await.fence, claimed.fence + 1);
+}
+
+async fn commit_stores_done_retry_and_fail_transitions_with_their_history(e: Env) {
+    let s = e.s();
+    let w = worker(s, LONG_TTL).await;
+    let started = start(s, "flow", &[STEP, STEP], None).await;
+    let claimed = claim_one(s, w, started.id).await;
+
+    // Step done, continue at once: the worker keeps the lease (one commit per step).
+    let mut done = transition(SagaStatus::Running, 1);
+    done.output = Some(("s1".to_string(), json!({"id": "pay_1"})));
+    done.history = vec![entry(HistoryKind::StepCompleted, Some("s1"), Some(1))];
+    done.continue_now = true;
+    let c = commit(s, &claimed, w, &done, None).await.unwrap();
+    assert!(c.kept && c.wake_event.is_none() && !c.cancel_requested);
+    let kept = saga(s, started.id).await;
+    assert_eq!((kept.owner, kept.fence), (Some(w), claimed.fence));
+    assert_eq!((kept.status, kept.step_index), (SagaStatus::Running, 1));
+
+    // A transient failure: attempt, first attempt time and next run time are stored.
+    let first_attempt = Utc::now();
+    let retry_at = Utc::now() + chrono::Duration::milliseconds(300);
+    let mut retry = transition(SagaStatus::Running, 1);
+    retry.attempt = 1;
+    retry.step_started_at = Some(first_attempt);
+    retry.run_at = Some(retry_at);
+    retry.last_error = Some("provider timed out".to_string());
+    retry.history = vec![HistoryEntry {
+        error: Some("provider timed out".to_string()),
+        detail: json!({"next_attempt_at": retry_at}),
+        ..entry(HistoryKind::StepRetrying, Some("s2"), Some(1))
+    }];
+    let c = commit(s, &kept, w, &retry, None).await.unwrap();
+    assert!(!c.kept);
+    let backing_off = saga(s, started.id).await;
+    assert_eq!(backing_off.owner, None);
+    assert_eq!(backing_off.attempt, 1);
+    assert!(close(backing_off.step_started_at.unwrap(), first_attempt));
+    assert!(close(backing_off.run_at.unwrap(), retry_at));
+    assert_eq!(
+        backing_off.last_error.as_deref(),
+        Some("provider timed out")
+    );
+    assert_eq!(backing_off.outputs, json!({"s1": {"id": "pay_1"}}));
+    assert!(s.claim(w, &all_kinds(), 16).await.unwrap().is_empty());
+    assert!(close(
+        s.next_due(&all_kinds()).await.unwrap().unwrap(),
+        retry_at
+    ));
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let again = claim_one(s, w, started.id).await;
+    assert_eq!(again.attempt, 1);
+
+    // A permanent failure: final, not runnable, not owned.
+    let mut fail = transition(SagaStatus::Failed, 1);
+    fail.attempt = 2;
+    fail.last_error = Some("account closed".to_string());
+    fail.history = vec![
+        HistoryEntry {
+            error: Some("account closed".to_string()),
+            ..entry(HistoryKind::StepFailed, Some("s2"), Some(2))
+        },
+        entry(HistoryKind::SagaFailed, None, None),
+    ];
+    let c = commit(s, &again, w, &fail, None).await.unwrap();
+    assert!(!c.kept);
+    let failed = saga(s, started.id).await;
+    assert_eq!(failed.status, SagaStatus::Failed);
+    assert!(failed.run_at.is_none() && failed.owner.is_none() && failed.finished_at.is_some());
+    assert!(s.next_due(&all_kinds()).await.unwrap().is_none());
+
+    let history = s.history(started.id).await.unwrap();
+    let kinds: Vec<HistoryKind> = history.iter().map(|h| h.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            HistoryKind::SagaStarted,
+            HistoryKind::StepCompleted,
+            HistoryKind::StepRetrying,
+            HistoryKind::StepFailed,
+            HistoryKind::SagaFailed
+        ]
+    );
+    assert!(history
+        .windows(2)
+        .all(|p| p[0].id < p[1].id && p[0].at <= p[1].at));
+    assert!(history[1..].iter().all(|h| h.worker == Some(w)));
+    assert_eq!(history[2].attempt, Some(1));
+    assert_eq!(history[2].error.as_deref(), Some("provider timed out"));
+    assert!(history[2].detail.as_ref().unwrap()["next_attempt_at"].is_string());
+    assert_eq!(history[3].step.as_deref(), Some("s2"));
+    assert_eq!(history[4].detail, None);
+}
+
+async fn commit_of_a_completed_saga_makes_it_final(e: Env) {
+    let s = e.s();
+    let w = worker(s, LONG_TTL).await;
+    let started = start(s, "flow", &[STEP], None).await;
+    let claimed = claim_one(s, w, started.id).await;
+    let mut done = transition(SagaStatus::Completed, 1);
+    done.output = Some(("s1".to_string(), json!(1)));
+    done.continue_now = true; // ignored for a final status
+    done.history = vec![
+        entry(HistoryKind::StepCompleted, Some("s1"), Some(1)),
+        entry(HistoryKind::SagaCompleted, None, None),
+    ];
+    let c = commit(s, &claimed, w, &done, None).await.unwrap();
+    assert!(!c.kept);
+    let finished = saga(s, started.id).await;
+    assert_eq!(finished.status, SagaStatus::Completed);
+    assert!(finished.owner.is_none() && finished.run_at.is_none());
+    assert!(finished.finished_at.is_some());
+    assert_eq!(finished.outputs, json!({"s1": 1}));
+    assert!(s.claim(w, &all_kinds(), 16).await.unwrap().is_empty());
+}
+
+async fn event_delivered_before_the_wait_is_kept_and_consumed_when_the_wait_begins(e: Env) {
+    let s = e.s();
+    let early = s
+        .deliver_event(event("evt-1", "payable.paid", "payable:1"))
+        .await
+        .unwrap();
+    assert!(!early.duplicate && early.matched_saga.is_none());
+    let unmatched = s
+        .list_events(&EventFilter {
+            unmatched: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(unmatched.len(), 1);
+
+    let w = worker(s, LONG_TTL).await;
+    let started = start(s, "flow", &[LUMANU, STEP], None).await;
+    let claimed = claim_one(s, w, started.id).await;
+    let wait = wait_transition("payable:1", Utc::now() + chrono::Duration::hours(1));
+    let c = commit(s, &claimed, w, &wait, None).await.unwrap();
+    assert!(c.kept, "the stored event ends the wait at once");
+    let woke = c.wake_event.unwrap();
+    assert_eq!(woke.inbox_id, early.inbox_id);
+    assert_eq!(woke.event_type, "payable.paid");
+    assert_eq!(woke.payload["status"], "paid");
+    let waiting = saga(s, started.id).await;
+    assert_eq!(waiting.owner, Some(w));
+    assert_eq!(
+        waiting.wake_event.as_ref().unwrap().inbox_id,
+        early.inbox_id
+    );
+    let stored = s.event(early.inbox_id).await.unwrap().unwrap();
+    assert_eq!(stored.consumed_by, Some(started.id));
+    assert!(stored.consumed_at.is_some());
+
+    let mut done = transition(SagaStatus::Running, 1);
+    done.history = vec![
+        entry(HistoryKind::EventReceived, Some("s1"), Some(1)),
+        entry(HistoryKind::StepCompleted, Some("s1"), Some(1)),
+    ];
+    commit(s, &waiting, w, &done, Some(early.inbox_id))
+        .await
+        .unwrap();
+    let after = saga(s, started.id).await;
+    assert!(after.wake_event.is_none() && after.wait.is_none());
+    // The consumed event matches nothing else.
+    let other = start(s, "flow", &[LUMANU, STEP], None).await;
+    let held = s.claim(w, &all_kinds(), 16).await.unwrap();
+    let other_claim = held.iter().find(|c| c.saga.id == other.id).unwrap();
+    let c = commit(s, &other_claim.saga, w, &wait, None).await.unwrap();
+    assert!(!c.kept && c.wake_event.is_none());
+}
+
+async fn event_delivered_after_the_wait_ends_it_and_makes_the_saga_due(e: Env) {
+    let s = e.s();
+    let w = worker(s, LONG_TTL).await;
+    let started = start(s, "flow", &[LUMANU, STEP], None).await;
+    let claimed = claim_one(s, w, started.id).await;
+    let until = Utc::now() + chrono::Duration::hours(1);
+    let c = commit(s, &claimed, w, &wait_transition("payable:7", until), None)
+        .await
+        .unwrap();
+    assert!(!c.kept);
+    let waiting = saga(s, started.id).await;
+    assert_eq!(waiting.status, SagaStatus::Waiting);
+    assert!(waiting.owner.is_none());
+    assert_eq!(waiting.wait.as_ref().unwrap().correlation_key, "payable:7");
+    assert!(close(
+        s.next_due(&all_kinds()).await.unwrap().unwrap(),
+        until
+    ));
+
+    for (id, ty, key) in [
+        ("e-other-type", "payable.created", "payable:7"),
+        ("e-other-key", "payable.paid", "payable:8"),
+    ] {
+        let d = s.deliver_event(event(id, ty, key)).await.unwrap();
+        assert!(d.matched_saga.is_none(), "{id} must not match");
+    }
+    let mut other_provider = event("e-other-provider", "payable.paid", "payable:7");
+    other_provider.provider = "blaaiz".to_string();
+    assert!(s
+        .deliver_event(other_provider)
+        .await
+        .unwrap()
+        .matched_saga
+        .is_none());
+
+    let d = s
+        .deliver_event(event("e-match", "payable.failed", "payable:7"))
+        .await
+        .unwrap();
+    assert_eq!(d.matched_saga, Some(started.id));
+    let woken = saga(s, started.id).await;
+    assert!(woken.run_at.is_some_and(|at| at <= Utc::now()));
+    assert_eq!(woken.wake_event.as_ref().unwrap().inbox_id, d.inbox_id);
+    // A second matching event finds no wait: it stays in the inbox.
+    let late = s
+        .deliver_event(event("e-late", "payable.paid", "payable:7"))
+        .await
+        .unwrap();
+    assert!(late.matched_saga.is_none());
+
+    let reclaimed = claim_one(s, w, started.id).await;
+    assert_eq!(reclaimed.wake_event.as_ref().unwrap().event_id, "e-match");
+    let mut done = transition(SagaStatus::Completed, 2);
+    done.history = vec![entry(HistoryKind::SagaCompleted, None, None)];
+    commit(s, &reclaimed, w, &done, Some(d.inbox_id))
+        .await
+        .unwrap();
+    assert_eq!(saga(s, started.id).await.status, SagaStatus::Completed);
+    assert_eq!(
+        s.event(d.inbox_id).await.unwrap().unwrap().consumed_by,
+        Some(started.id)
+    );
+}
+
+async fn duplicate_events_are_acknowledged_and_ignored(e: Env) {
+    let s = e.s();
+    let first = s
+        .deliver_event(event("evt-9", "payable.paid", "payable:9"))
+        .await
+        .unwrap();
+    let again = s
+        .deliver_event(event("evt-9", "payable.paid", "payable:other"))
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.inbox_id, first.inbox_id);
+    assert!(again.matched_saga.is_none());
+    // The stored event is the first one.
+    let stored = s.event(first.inbox_id).await.unwrap().unwrap();
+    assert_eq!(stored.correlation_key.as_deref(), Some("payable:9"));
+    // The same event id from another provider is another event.
+    let mut other = event("evt-9", "payable.paid", "payable:9");
+    other.provider = "lean".to_string();
+    assert!(!s.deliver_event(other).await.unwrap().duplicate);
+    assert_eq!(
+        s.list_events(&EventFilter::default()).await.unwrap().len(),
+        2
+    );
+    assert_eq!(
+        s.list_events(&EventFilter {
+            provider: Some("lean".to_string()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .len(),
+        1
+    );
+}
+
+async fn unparseable_event_is_kept_with_its_raw_body_and_shown_to_operators(e: Env) {
+    let s = e.s();
+    let d = s
+        .deliver_event(NewEvent {
+            provider: "lumanu".to_string(),
+            event_id: "raw-1".to_string(),
+            event_type: None,
+            correlation_key: None,
+            payload: None,
+            raw_body: Some(b"not json".to_vec()),
+            parse_error: Some("expected value at line 1".to_string()),
+        })
+        .await
+        .unwrap();
+    let listed = s
+        .list_events(&EventFilter {
+            unparseable: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].raw_body.is_none(), "lists leave raw bodies out");
+    let stored = s.event(d.inbox_id).await.unwrap().unwrap();
+    assert_eq!(stored.raw_body.as_deref(), Some(&b"not json"[..]));
+    assert_eq!(
+        stored.parse_error.as_deref(),
+        Some("expected value at line 1")
+    );
+    let refused = s.replay_event(d.inbox_id, None, "ops", "try").await;
+    assert!(matches!(refused, Err(Error::Refused(m)) if m.contains("parse error")));
+    s.deliver_event(event("parsed", "payable.paid", "k"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.list_events(&EventFilter {
+            unparseable: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .len(),
+        1
+    );
+}
+
+async fn replay_matches_a_stored_event_to_a_wait_that_exists_now(e: Env) {
+    let s = e.s();
+    let stray = s
+        .deliver_event(event("stray", "payable.paid", "wrong-key"))
+        .await
+        .unwrap();
+    let refused = s.replay_event(stray.inbox_id, None, "ops", "try").await;
+    assert!(
+        matches!(&refused, Err(Error::Refused(m)) if m.contains("stays in the inbox")),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        s.replay_event(424242, None, "ops", "x").await,
+        Err(Error::NotFound(_))
+    ));
+
+    let w = worker(s, LONG_TTL).await;
+    let started = start(s, "flow", &[LUMANU], None).await;
+    let claimed = claim_one(s, w, started.id).await;
+    commit(
+        s,
+        &claimed,
+        w,
+        &wait_transition("payable:r", Utc::now() + chrono::Duration::hours(1)),
+        None,
+    )
+    .await
+    .unwrap();
+    let d = s
+        .replay_event(
+            stray.inbox_id,
+            Some((
+                "payable.paid".to_string(),
+                "payable:r".to_string(),
+                json!({"id": "payable:r"}),
+            )),
+            "cli:alice",
+            "key fixed, ticket 7",
+        )
+        .await
+        .unwrap();
+    assert_eq!(d.matched_saga, Some(started.id));
+    let woken = saga(s, started.id).await;
+    let ev = woken.wake_event.unwrap();
+    assert_eq!(
+        (ev.inbox_id, ev.correlation_key.as_str()),
+        (stray.inbox_id, "payable:r")
+    );
+    let stored = s.event(stray.inbox_id).await.unwrap().unwrap();
+    assert_eq!(stored.consumed_by, Some(started.id));
+    assert_eq!(stored.correlation_key.as_deref(), Some("payable:r"));
+    let last = s.history(started.id).await.unwrap().pop().unwrap();
+    assert_eq!(last.kind, HistoryKind::EventReplayed);
+    assert_eq!(last.actor.as_deref(), Some("cli:alice"));
+    assert_eq!(last.detail.unwrap()["reason"], "key fixed, ticket 7");
+}
+
+async fn wait_deadline_makes_the_saga_due_and_marks_it_stuck_once_passed(e: Env) {
+    let s = e.s();
+    let w = worker(s, LONG_TTL).await;
+    let started = start(s, "flow", &[LUMANU], None).await;
+    let claimed = claim_one(s, w, started.id).await;
+    let deadline = Utc::now() + chrono::Duration::milliseconds(400);
+    commit(
+        s,
+        &claimed,
+        w,
+        &wait_transition("payable:d", deadline),
+        None,
+    )
+    .await
+    .unwrap();
+    let stuck = SagaFilter {
+        stuck_since: Some(Utc::now() - chrono::Duration::hours(1)),
+        ..Default::default()
+    };
+    assert!(s.claim(w, &all_kinds(), 16).await.unwrap().is_empty());
+    assert!(close(
+        s.next_due(&all_kinds()).await.unwrap().unwrap(),
+        deadline
+    ));
+    assert!(s.list_sagas(&stuck).await.unwrap().is_empty());
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(ids(&s.list_sagas(&stuck).await.unwrap()), [started.id]);
+    let due = claim_one(s, w, started.id).await;
+    assert_eq!(due.status, SagaStatus::Waiting);
+    assert!(
+        due.wake_event.is_none(),
+        "woken by the deadline, not an event"
+    );
+    assert!(close(due.wait.unwrap().deadline, deadline));
+}
+
+async fn list_filters_select_by_status_workflow_step_provider_key_and_time(e: Env) {
+    let s = e.s();
+    let w = worker(s, LONG_TTL).await;
+    let t0 = Utc::now();
+    let a1 = start(s, "alpha", &[STEP, STEP], Some("k1")).await;
+    let a2 = start(s, "alpha", &[STEP, STEP], None).await;
+    let b1 = start(s, "beta", &[LUMANU], Some("k2")).await;
+    let t1 = Utc::now();
+    // a1 moves to its second step and backs off (last update); the others go back.
+    let claimed = s.claim(w, &all_kinds(), 16).await.unwrap();
+    for c in claimed.iter().filter(|c| c.saga.id != a1.id) {
+        assert!(s.release(c.saga.id, w, c.saga.fence).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    let held = claimed.iter().find(|c| c.saga.id == a1.id).unwrap();
+    let mut t = transition(SagaStatus::Running, 1);
+    t.run_at = Some(Utc::now() + chrono::Duration::hours(1));
+    commit(s, &held.saga, w, &t, None).await.unwrap();
+    let list = |f: SagaFilter| async move { ids(&s.list_sagas(&f).await.unwrap()) };
+
+    assert_eq!(list(SagaFilter::default()).await, [b1.id, a2.id, a1.id]);
+    assert_eq!(
+        list(SagaFilter {
+            ascending: true,
+            ..Default::default()
+        })
+        .await,
+        [a1.id, a2.id, b1.id]
+    );
+    assert_eq!(
+        list(SagaFilter {
+            sort_by_updated: true,
+            ..Default::default()
+        })
+        .await[0],
+        a1.id
+    );
+    assert_eq!(
+        list(SagaFilter {
+            statuses: vec![SagaStatus::Scheduled],
+            ascending: true,
+            ..Default::default()
+        })
+        .await,
+        [a2.id, b1.id]
+    );
+    assert_eq!(
+        list(SagaFilter {
+            statuses: vec![SagaStatus::Running, SagaStatus::Completed],
+            ..Default::default()
+        })
+        .await,
+        [a1.id]
+    );
+    assert_eq!(
+        list(SagaFilter {
+            workflow: Some("beta".to_string()),
+            ..Default::default()
+        })
+        .await,
+        [b1.id]
+    );
+    assert_eq!(
+        list(SagaFilter {
+            step: Some("s2".to_string()),
+            ..Default::default()
+        })
+        .await,
+        [a1.id]
+    );
+    assert_eq!(
+        list(SagaFilter {
+            provider: Some("lumanu".to_string()),
+            ..Default::default()
+        })
+        .await,
+        [b1.id]
+    );
+    assert!(list(SagaFilter {
+        provider: Some("lum".to_string()),
+        ..Default::default()
+    })
+    .await
+    .is_empty());
+    assert_eq!(
+        list(SagaFilter {
+            key: Some("k1".to_string()),
+            ..Default::default()
+        })
+        .await,
+        [a1.id]
+    );
+    assert_eq!(
+        list(SagaFilter {
+            created_after: Some(t0),
+            created_before: Some(t1),
+            ascending: true,
+            ..Default::default()
+        })
+        .await,
+        [a1.id, a2.id, b1.id]
+    );
+    assert!(list(SagaFilter {
+        created_after: Some(t1),
+        ..Default::default()
+    })
+    .await
+    .is_empty());
+    assert_eq!(
+        list(SagaFilter {
+            updated_after: Some(t1),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        3,
+        "claims and releases touch a2 and b1 too"
+    );
+    assert!(list(SagaFilter {
+        updated_before: Some(t0),
+        ..Default::default()
+    })
+    .await
+    .is_empty());
+    assert_eq!(
+        list(SagaFilter {
+            ascending: true,
+            limit: Some(1),
+            offset: Some(1),
+            ..Default::default()
+        })
+        .await,
+        [a2.id]
+    );
+    // Stuck: nothing yet; then a2 at 5 attempts.
+    let stuck = || SagaFilter {
+        stuck_since: Some(Utc::now() - chrono::Duration::hours(1)),
+        ..Default::default()
+    };
+    assert!(list(stuck()).await.is_empty());
+    let claimed = s.claim(w, &all_kinds(), 16).await.unwrap();
+    let c = &claimed.iter().find(|c| c.saga.id == a2.id).unwrap().saga;
+    let mut t = transition(SagaStatus::Running, 0);
+    t.attempt = 5;
+    t.run_at = Some(Utc::now() + chrono::Duration::hours(1));
+    commit(s, c, w, &t, None).await.unwrap();
+    for other in claimed.iter().filter(|c| c.saga.id != a2.id) {
+        assert!(s.release(other.saga.id, w, other.saga.fence).await.unwrap());
+    }
+    assert_eq!(list(stuck()).await, [a2.id]);
+    assert!(list(SagaFilter {
+        stuck_attempts: Some(6),
+        ..stuck()
+    })
+    .await
+    .is_empty());
+    // ... and everything when "no progress since" is in the future.
+    assert_eq!(
+        list(SagaFilter {
+            stuck_since: Some(Utc::now() + chrono::Duration::hours(1)),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        3
+    );
+}
+
+async fn sagas_held_by_a_dead_worker_are_listed_as_stuck(e: Env) {
+    let s = e.s();
+    let w = worker(s, Duration::from_millis(300)).await;
+    let started = start(s, "flow", &[STEP], None).await;
+    claim_one(s, w, started.id).await;
+    let stuck = SagaFilter {
+        stuck_since: Some(Utc::now() - chrono::Duration::hours(1)),
+        ..Default::default()
+    };
+    assert!(s.list_sagas(&stuck).await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(ids(&s.list_sagas(&stuck).await.unwrap()), [started.id]);
+}
+
+async fn stats_count_by_status_step_retries_waits_and_unmatched_events(e: Env) {
+    let s = e.s();
+    let w = worker(s, LONG_TTL).await;
+    let a1 = start(s, "alpha", &[LUMANU, STEP], None).await;
+    let a2 = start(s, "alpha", &[LUMANU, STEP], None).await;
+    start(s, "beta", &[STEP], None).await;
+    s.deliver_event(NewEvent {
+        provider: "blaaiz".to_string(),
+        ..event("b-1", "payout.done", "x")
+    })
+    .await
+    .unwrap();
+    let claimed = s.claim(w, &all_kinds(), 16).await.unwrap();
+    for c in &claimed {
+        if c.saga.id == a1.id {
+            let mut t = transition(SagaStatus::Running, 0);
+            t.attempt = 2;
+            t.run_at = Some(Utc::now() + chrono::Duration::hours(1));
+            commit(s, &c.saga, w, &t, None).await.unwrap();
+        } else if c.saga.id == a2.id {
+            let t = wait_transition("payable:s", Utc::now() + chrono::Duration::hours(1));
+            commit(s, &c.saga, w, &t, None).await.unwrap();
+        } else {
+            s.release(c.saga.id, w, c.saga.fence).await.unwrap();
+        }
+    }
+    let stats = s.stats().await.unwrap();
+    let row = |wf: &str, st: &str, n: i64| (wf.to_string(), st.to_string(), n);
+    assert_eq!(
+        stats.by_status,
+        [
+            row("alpha", "running", 1),
+            row("alpha", "waiting", 1),
+            row("beta", "scheduled", 1)
+        ]
+    );
+    let mut by_step = stats.by_step.clone();
+    by_step.sort();
+    assert_eq!(by_step, [row("alpha", "s1", 2), row("beta", "s1", 1)]);
+    assert_eq!(stats.retries, [(2, 1)]);
+    let (oldest, workflow, _since) = stats.oldest_waiting.unwrap();
+    assert_eq!((oldest, workflow.as_str()), (a2.id, "alpha"));
+    assert_eq!(stats.unmatched_events, [("blaaiz".to_string(), 1)]);
+}
+
+async fn operator_action_fences_out_the_worker_and_records_the_actor(e: Env) {
+    let s = e.s();
+    let w = worker(s, LONG_TTL).await;
+    let started = start(s, "flow", &[STEP, STEP], None).await;
+    let held = claim_one(s, w, started.id).await;
+
+    // Refused when the saga moved since the operator looked.
+    let mut skip = transition(SagaStatus::Running, 1);
+    skip.output = Some(("s1".to_string(), json!({"id": "by-hand"})));
+    skip.history = vec![HistoryEntry {
+        detail: json!({"reason": "created by hand"}),
+        ..entry(HistoryKind::OperatorSkip, Some("s1"), None)
+    }];
+    let refused = s
+        .operator_apply(OperatorAction {
+            saga: started.id,
+            expect_status: SagaStatus::Waiting,
+            expect_step_index: 0,
+            transition: &skip,
+            actor: "cli:alice",
+        })
+        .await;
+    assert!(matches!(refused, Err(Error::Refused(m)) if m.contains("changed")));
+    assert_eq!(saga(s, started.id).await.fence, held.fence);
+    assert!(matches!(
+        s.operator_apply(OperatorAction {
+            saga: Uuid::new_v4(),
+            expect_status: SagaStatus::Scheduled,
+            expect_step_index: 0,
+            transition: &skip,
+            actor: "cli:alice",
+        })
+        .await,
+        Err(Error::NotFound(_))
+    ));
+
+    let applied = s
+        .operator_apply(OperatorAction {
+            saga: started.id,
+            expect_status: SagaStatus::Scheduled,
+            expect_step_index: 0,
+            transition: &skip,
+            actor: "cli:alice",
+        })
+        .await
+        .unwrap();
+    assert_eq!(applied.owner, None);
+    assert_eq!(applied.fence, held.fence + 1);
+    assert_eq!(
+        (applied.status, applied.step_index),
+        (SagaStatus::Running, 1)
+    );
+    assert_eq!(applied.outputs, json!({"s1": {"id": "by-hand"}}));
+    assert_eq!(saga(s, started.id).await.fence, applied.fence);
+
+    // The worker that held it cannot commit over the operator.
+    let err = commit(s, &held, w, &transition(SagaStatus::Completed, 2), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::LeaseLost { .. }));
+    let last = s.history(started.id).await.unwrap().pop().unwrap();
+    assert_eq!(last.kind, HistoryKind::OperatorSkip);
+    assert_eq!(last.actor.as_deref(), Some("cli:alice"));
+    assert_eq!(last.worker, None);
+
+    // An operator ending a wait removes the wait row: a later event matches nothing.
+    let waiting = claim_one(s, w, started.id).await;
+    commit(
+        s,
+        &waiting,
+        w,
+        &wait_transition("payable:o", Utc::now() + chrono::Duration::hours(1)),
+        None,
+    )
+    .await
+    .unwrap();
+    let mut resume = transition(SagaStatus::Running, 1);
+    resume.history = vec![entry(HistoryKind::OperatorRetry, Some("s2"), None)];
+    s.operator_apply(OperatorAction {
+        saga: started.id,
+        expect_status: SagaStatus::Waiting,
+        expect_step_index: 0,
+        transition: &resume,
+        actor: "cli:bob",
+    })
+    .await
+    .unwrap();
+    let d = s
+        .deliver_event(event("after-op", "payable.paid", "payable:o"))
+        .await
+        .unwrap();
+    assert!(d.matched_saga.is_none());
+}
+
+async fn cancel_makes_a_backing_off_saga_due_and_is_refused_when_final(e: Env) {
+    let s = e.s();
+    let w = worker(s, LONG_TTL).await;
+    let started = start(s, "flow", &[STEP], None).await;
+    let held = claim_one(s, w, started.id).await;
+    let mut retry = transition(SagaStatus::Running, 0);
+    retry.attempt = 1;
+    retry.run_at = Some(Utc::now() + chrono::Duration::hours(1));
+    commit(s, &held, w, &retry, None).await.unwrap();
+
+    let cancelled = s
+        .request_cancel(started.id, "cli:alice", "payee withdrew")
+        .await
+        .unwrap();
+    assert!(cancelled.cancel_requested);
+    assert!(cancelled.run_at.is_some_and(|at| at <= Utc::now()));
+    let last = s.history(started.id).await.unwrap().pop().unwrap();
+    assert_eq!(last.kind, HistoryKind::CancelRequested);
+    assert_eq!(last.actor.as_deref(), Some("cli:alice"));
+
+    // The holder learns of a cancel requested while it runs the step.
+    let again = claim_one(s, w, started.id).await;
+    assert!(again.cancel_requested);
+    s.request_cancel(started.id, "cli:alice", "really")
+        .await
+        .unwrap();
+    let mut step = transition(SagaStatus::Running, 0);
+    step.continue_now = true;
+    let c = commit(s, &again, w, &step, None).await.unwrap();
+    assert!(c.cancel_requested);
+    let mut done = transition(SagaStatus::Cancelled, 0);
+    done.history = vec![entry(HistoryKind::SagaCancelled, None, None)];
+    commit(s, &again, w, &done, None).await.unwrap();
+
+    let refused = s.request_cancel(started.id, "cli:alice", "again").await;
+    assert!(matches!(refused, Err(Error::Refused(m)) if m.contains("cancelled")));
+    assert!(matches!(
+        s.request_cancel(Uuid::new_v4(), "cli:alice", "x").await,
+        Err(Error::NotFound(_))
+    ));
+}
+
+async fn worker_without_a_step_kind_leaves_those_sagas_alone(e: Env) {
+    let s = e.s();
+    let w = worker(s, LONG_TTL).await;
+    let started = start(s, "payout", &[LUMANU, STEP], None).await;
+    let only_step = vec![STEP.to_string()];
+    assert!(s.claim(w, &only_step, 16).await.unwrap().is_empty());
+    assert!(s.next_due(&only_step).await.unwrap().is_none());
+    let groups = s.sagas_needing_other_kinds(&only_step).await.unwrap();
+    assert_eq!(groups.len(), 1);
+    assert_eq!(
+        (
+            groups[0].workflow.as_str(),
+            groups[0].version,
+            groups[0].sagas
+        ),
+        ("payout", 1, 1)
+    );
+    assert_eq!(groups[0].missing_kinds, [LUMANU.to_string()]);
+    assert!(s
+        .sagas_needing_other_kinds(&all_kinds())
+        .await
+        .unwrap()
+        .is_empty());
+    claim_one(s, w, started.id).await;
+}
+
+async fn wakeups_are_heard_after_new_work_is_stored_here_or_by_another_process(e: Env) {
+    let mut wakeups = e.store.wakeups().await.unwrap();
+    start(e.s(), "flow", &[STEP], None).await;
+    tokio::time::timeout(Duration::from_secs(5), wakeups.recv())
+        .await
+        .expect("a start in this process wakes listeners")
+        .unwrap();
+    // Drain what the first write may have queued.
+    while tokio::time::timeout(Duration::from_millis(600), wakeups.recv())
+        .await
+        .is_ok()
+    {}
+    // Another connection pool, as another process would have.
+    let other = paysaga_store::connect(&e.url).await.unwrap();
+    start(other.as_ref(), "flow", &[STEP], None).await;
+    tokio::time::timeout(Duration::from_secs(5), wakeups.recv())
+        .await
+        .expect("a start by another process wakes listeners")
+        .unwrap();
+}
+
+async fn a_second_live_worker_is_refused_where_one_node_is_the_limit(e: Env) {
+    let s = e.s();
+    let first = worker(s, LONG_TTL).await;
+    let second = WorkerInfo {
+        id: Uuid::new_v4(),
+        name: "second".to_string(),
+        hostname: "localhost".to_string(),
+        pid: 1,
+        step_kinds: all_kinds(),
+    };
+    let result = s.register_worker(&second, LONG_TTL).await;
+    match e.backend {
+        Backend::Postgres => result.unwrap(),
+        Backend::Sqlite => {
+            let err = result.unwrap_err();
+            assert!(
+                matches!(&err, Error::WorkerAlreadyRunning { worker, .. } if *worker == first),
+                "{err:?}"
+            );
+            let message = err.to_string();
+            assert!(message.contains(&first.to_string()), "{message}");
+            assert!(message.contains("PostgreSQL"), "{message}");
+            // Once the first worker stopped, a new one may start.
+            s.stop_worker(first).await.unwrap();
+            s.register_worker(&second, LONG_TTL).await.unwrap();
+        }
+    }
+}
+
+async fn schema_is_current_after_migrate_and_migrate_is_idempotent(e: Env) {
+    let s = e.s();
+    s.migrate().await.unwrap();
+    let (applied, known) = s.schema_versions().await.unwrap();
+    assert_eq!(applied, Some(known));
+}
+
+async fn appended_history_entries_keep_their_actor_and_order(e: Env) {
+    let s = e.s();
+    let started = start(s, "flow", &[STEP], None).await;
+    s.append_history(
+        started.id,
+        "api:key-1",
+        &[
+            HistoryEntry {
+                detail: json!({"reason": "r1"}),
+                ..entry(HistoryKind::OperatorEvent, Some("s1"), None)
+            },
+            HistoryEntry {
+                error: Some("note".to_string()),
+                ..entry(HistoryKind::OperatorRetry, None, Some(3))
+            },
+        ],
+    )
+    .await
+    .unwrap();
+    let history = s.history(started.id).await.unwrap();
+    assert_eq!(history.len(), 3);
+    assert_eq!(history[1].kind, HistoryKind::OperatorEvent);
+    assert_eq!(history[1].actor.as_deref(), Some("api:key-1"));
+    assert_eq!(history[1].detail.as_ref().unwrap()["reason"], "r1");
+    assert_eq!(history[2].attempt, Some(3));
+    assert_eq!(history[2].error.as_deref(), Some("note"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Every body against every store
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Env::postgres().await).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Env::sqlite().await).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    definition_submit_is_idempotent_and_changed_content_is_refused,
+    start_is_idempotent_per_key_and_a_reused_key_with_another_input_is_refused,
+    concurrent_starts_with_one_key_create_exactly_one_saga,
+    claim_bumps_the_fence_and_a_stale_fence_cannot_commit,
+    worker_whose_lease_expired_cannot_commit_even_before_it_is_reaped,
+    heartbeat_extends_a_live_lease,
+    a_worker_whose_lease_expired_or_was_reaped_claims_nothing,
+    a_commit_retried_after_a_lost_acknowledgement_writes_nothing_twice,
+    reaper_releases_sagas_of_expired_workers_and_their_fence_is_stale,
+    stop_worker_releases_every_saga_it_holds,
+    release_gives_the_saga_back_unchanged,
+    commit_stores_done_retry_and_fail_transitions_with_their_history,
+    commit_of_a_completed_saga_makes_it_final,
+    event_delivered_before_the_wait_is_kept_and_consumed_when_the_wait_begins,
+    event_delivered_after_the_wait_ends_it_and_makes_the_saga_due,
+    duplicate_events_are_acknowledged_and_ignored,
+    unparseable_event_is_kept_with_its_raw_body_and_shown_to_operators,
+    replay_matches_a_stored_event_to_a_wait_that_exists_now,
+    wait_deadline_makes_the_saga_due_and_marks_it_stuck_once_passed,
+    list_filters_select_by_status_workflow_step_provider_key_and_time,
+    sagas_held_by_a_dead_worker_are_listed_as_stuck,
+    stats_count_by_status_step_retries_waits_and_unmatched_events,
+    operator_action_fences_out_the_worker_and_records_the_actor,
+    cancel_makes_a_backing_off_saga_due_and_is_refused_when_final,
+    worker_without_a_step_kind_leaves_those_sagas_alone,
+    wakeups_are_heard_after_new_work_is_stored_here_or_by_another_process,
+    a_second_live_worker_is_refused_where_one_node_is_the_limit,
+    schema_is_current_after_migrate_and_migrate_is_idempotent,
+    appended_history_entries_keep_their_actor_and_order,
+);
+
+/// `connect` picks the store by the URL's scheme and never echoes the rest of the URL.
+#[tokio::test]
+async fn connect_picks_the_store_by_url_scheme() {
+    let path = std::env::temp_dir().join(format!("paysaga-connect-{}.db", Uuid::new_v4()));
+    let _cleanup = TempDb(path.clone());
+    assert!(!path.exists());
+    let store = paysaga_store::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    assert!(path.exists(), "the SQLite file is created if missing");
+    assert!(format!("{store:?}").contains("SqliteStore"));
+    store.migrate().await.unwrap();
+
+    let db = paysaga_testkit::database().await;
+    let pg = paysaga_store::connect(db.url()).await.unwrap();
+    assert!(format!("{pg:?}").contains("PgStore"));
+    let alt = db.url().replacen("postgres://", "postgresql://", 1);
+    assert!(paysaga_store::connect(&alt).await.is_ok());
+
+    match paysaga_store::connect("mysql://root:secret@localhost/db").await {
+        Err(e @ Error::UnsupportedUrl { .. }) => {
+            let m = e.to_string();
+            assert!(m.contains("\"mysql\"") && !m.contains("secret"), "{m}");
+        }
+        other => panic!("expected UnsupportedUrl, got {other:?}"),
+    }
+}

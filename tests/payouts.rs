@@ -1,0 +1,521 @@
+//! The three payout workflows end to end, across real processes: `paysaga sandbox` (the
+//! providers, fault injection, signed webhooks, a money ledger), `paysaga worker` processes and
+//! a real PostgreSQL. Sagas are started through the library call on the same database.
+//!
+//! What these tests protect (DESIGN.md invariants 1-3): no payout is lost, none is made twice,
+//! whatever the providers and the workers do.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use paysaga_core::SagaStatus;
+use paysaga_providers::lumanu::PayableQuery;
+use paysaga_providers::{Clients, ProvidersConfig};
+use paysaga_runtime::Engine;
+use paysaga_store::SagaRecord;
+use paysaga_testkit::TestDatabase;
+use serde_json::Value;
+use support::processes::{free_port, log_dir, provider_env, Sandbox, WorkerProcess};
+use support::workflows::{control_engine, input, lumanu_workspace, test_definition, WORKFLOWS};
+use uuid::Uuid;
+
+/// Postgres, a sandbox process, and an engine (for starting and reading sagas) that knows
+/// every provider kind for validation only: steps run in the worker processes.
+struct Rig {
+    db: TestDatabase,
+    engine: Engine,
+    sandbox: Sandbox,
+    worker_port: u16,
+    logs: PathBuf,
+    clients: Clients,
+    run: String,
+}
+
+impl Rig {
+    async fn new(name: &str, faults: &str) -> Rig {
+        let db = paysaga_testkit::database().await;
+        let engine = control_engine(db.url()).await;
+        let logs = log_dir(name);
+        let worker_port = free_port();
+        let sandbox = Sandbox::start(worker_port, faults, &logs.join("sandbox.log"));
+        let env: HashMap<String, String> = provider_env(sandbox.port).into_iter().collect();
+        let clients = ProvidersConfig::from_lookup(|k| env.get(k).cloned())
+            .unwrap()
+            .clients();
+        Rig {
+            db,
+            engine,
+            sandbox,
+            worker_port,
+            logs,
+            clients,
+            run: Uuid::new_v4().simple().to_string()[..8].to_string(),
+        }
+    }
+
+    /// A worker serving the webhook port the sandbox sends to.
+    fn worker(&self, name: &str, extra_env: &[(&str, &str)]) -> WorkerProcess {
+        WorkerProcess::start_with_env(
+            self.db.url(),
+            self.worker_port,
+            self.sandbox.port,
+            name,
+            &self.logs.join(format!("{name}.log")),
+            extra_env,
+        )
+    }
+
+    /// A worker on a port of its own (webhooks go to the first one).
+    fn extra_worker(&self, name: &str) -> WorkerProcess {
+        WorkerProcess::start(
+            self.db.url(),
+            free_port(),
+            self.sandbox.port,
+            name,
+            &self.logs.join(format!("{name}.log")),
+        )
+    }
+
+    async fn start(&self, workflow: &str, n: usize) -> Uuid {
+        self.engine
+            .start(
+                workflow,
+                input(workflow, &self.run, n),
+                Some(&format!("{workflow}-{}-{n}", self.run)),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("cannot start {workflow} #{n}: {e}"))
+            .saga_id
+    }
+
+    async fn saga(&self, id: Uuid) -> SagaRecord {
+        self.engine.store().saga(id).await.unwrap().unwrap()
+    }
+
+    /// Waits until every saga is terminal; panics naming the stragglers and the logs.
+    async fn wait_terminal(&self, ids: &[Uuid], within: Duration) -> Vec<SagaRecord> {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut sagas = Vec::new();
+            for id in ids {
+                sagas.push(self.saga(*id).await);
+            }
+            if sagas.iter().all(|s| s.status.is_final()) {
+                return sagas;
+            }
+            if Instant::now() > deadline {
+                let stuck: Vec<String> = sagas
+                    .iter()
+                    .filter(|s| !s.status.is_final())
+                    .map(|s| {
+                        format!(
+                            "{} {} step #{} {} attempt {} error {:?}",
+                            s.workflow,
+                            s.id,
+                            s.step_index + 1,
+                            s.status,
+                            s.attempt,
+                            s.last_error
+                        )
+                    })
+                    .collect();
+                panic!(
+                    "{} sagas not terminal after {within:?} (logs in {}):\n{}",
+                    stuck.len(),
+                    self.logs.display(),
+                    stuck.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Waits until the saga is at `step` (running or backing off there).
+    async fn wait_at_step(&self, id: Uuid, step: &str, within: Duration) {
+        let def = test_definition(&self.saga(id).await.workflow);
+        let index = def.steps.iter().position(|s| s.name == step).unwrap();
+        let deadline = Instant::now() + within;
+        loop {
+            let s = self.saga(id).await;
+            if s.step_index == index {
+                return;
+            }
+            assert!(
+                s.step_index < index && !s.status.is_final(),
+                "saga {id} passed or ended before {step}: {} at #{}",
+                s.status,
+                s.step_index + 1
+            );
+            assert!(Instant::now() < deadline, "saga {id} never reached {step}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The sandbox's money movements of one kind (`payment`, `payout`, ...).
+    async fn ledger(&self, kind: &str) -> Vec<Value> {
+        self.sandbox
+            .ledger()
+            .await
+            .into_iter()
+            .filter(|e| e["kind"] == kind)
+            .collect()
+    }
+
+    /// Lumanu payables of saga `n`'s workspace whose description carries `text`.
+    async fn lumanu_payables(
+        &self,
+        n: usize,
+        text: &str,
+    ) -> Vec<paysaga_providers::lumanu::Payable> {
+        let client = self.clients.lumanu.as_ref().unwrap();
+        let page = client
+            .list_payables(&PayableQuery {
+                workspace_id: Some(lumanu_workspace(&self.run, n)),
+                limit: Some(100),
+                ..PayableQuery::default()
+            })
+            .await
+            .unwrap();
+        page.data
+            .into_iter()
+            .filter(|p| p.description.as_deref().is_some_and(|d| d.contains(text)))
+            .collect()
+    }
+
+    /// Blaaiz customers with this email (the raw list: duplicates included).
+    async fn blaaiz_customers(&self, email: &str) -> Vec<Value> {
+        let v: Value = reqwest::Client::new()
+            .get(self.sandbox.url("/blaaiz/api/external/customer"))
+            .query(&[("email", email)])
+            .header("x-blaaiz-api-key", "sandbox-blaaiz-api-key")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        match &v["data"] {
+            Value::Array(items) => items
+                .iter()
+                .filter(|c| c["email"].as_str() == Some(email))
+                .cloned()
+                .collect(),
+            Value::Object(_) => vec![v["data"].clone()],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The provider object whose ledger entry is the saga's payout.
+fn payout_reference(saga: &SagaRecord) -> String {
+    let out = &saga.outputs;
+    let r = match saga.workflow.as_str() {
+        "lumanu_prefund" => &out["create_payable"]["payable_id"],
+        "blaaiz_kyc_payout" => &out["payout"]["transaction_id"],
+        "lean_payout" => &out["await_payment"]["payment_id"],
+        other => panic!("unknown workflow {other}"),
+    };
+    r.as_str()
+        .unwrap_or_else(|| panic!("saga {} output has no payout reference: {out}", saga.id))
+        .to_string()
+}
+
+/// Every completed saga's payout is in the ledger exactly once, and the ledger holds no payout
+/// that belongs to no saga.
+async fn assert_each_payout_exactly_once(rig: &Rig, sagas: &[SagaRecord]) {
+    let mut payouts: Vec<Value> = rig.ledger("payment").await;
+    payouts.extend(rig.ledger("payout").await);
+    let mut by_reference: HashMap<String, usize> = HashMap::new();
+    for e in &payouts {
+        assert_eq!(e["direction"], "debit", "{e}");
+        *by_reference
+            .entry(e["reference"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    for saga in sagas {
+        assert_eq!(saga.status, SagaStatus::Completed, "saga {}", saga.id);
+        let reference = payout_reference(saga);
+        assert_eq!(
+            by_reference.get(&reference).copied(),
+            Some(1),
+            "{} saga {}: payout {reference} must be in the ledger exactly once",
+            saga.workflow,
+            saga.id
+        );
+        let amount = match saga.workflow.as_str() {
+            "blaaiz_kyc_payout" => &saga.input["payout"]["amount"],
+            _ => &saga.input["amount"],
+        };
+        let entry = payouts
+            .iter()
+            .find(|e| e["reference"] == reference.as_str())
+            .unwrap();
+        assert_eq!(
+            &entry["amount"], amount,
+            "payout amount of saga {}",
+            saga.id
+        );
+    }
+    assert_eq!(
+        payouts.len(),
+        sagas.len(),
+        "the ledger holds payouts that belong to no saga: {payouts:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_workflow_completes_against_the_sandbox_and_pays_once() {
+    let rig = Rig::new("payouts-happy", "none").await;
+    let _worker = rig.worker("w1", &[]);
+    let mut ids = Vec::new();
+    for workflow in WORKFLOWS {
+        ids.push(rig.start(workflow, 0).await);
+    }
+    let sagas = rig.wait_terminal(&ids, Duration::from_secs(60)).await;
+    assert_each_payout_exactly_once(&rig, &sagas).await;
+
+    let lumanu = &sagas[0];
+    let payables = rig
+        .lumanu_payables(0, &format!("creator fee {}-0", rig.run))
+        .await;
+    assert_eq!(payables.len(), 1, "one payable: {payables:?}");
+    assert_eq!(
+        lumanu.outputs["await_payable_paid"]["payable_status"],
+        "paid"
+    );
+    let blaaiz = &sagas[1];
+    assert_eq!(
+        rig.blaaiz_customers(&format!("kyc-{}-0@example.com", rig.run))
+            .await
+            .len(),
+        1
+    );
+    assert!(
+        blaaiz.outputs["upload_documents"]["files"].is_object()
+            || blaaiz.outputs["upload_documents"]["files"].is_array(),
+        "uploaded files recorded: {}",
+        blaaiz.outputs
+    );
+    // Webhooks went through the worker's endpoint into the inbox (verified, deduplicated).
+    let pool = sqlx::PgPool::connect(rig.db.url()).await.unwrap();
+    let providers: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT provider FROM paysaga_events ORDER BY provider")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(providers, ["blaaiz", "lean", "lumanu"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_provider_faults_every_saga_completes_and_each_payout_is_in_the_ledger_once() {
+    let seed: u64 = std::env::var("PAYSAGA_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| u64::from(Uuid::new_v4().as_fields().0));
+    let faults = format!(
+        "error_rate=0.2,timeout_after_effect=0.05,hang_ms=4000,webhook_duplicate=0.3,\
+         webhook_reorder=0.3,webhook_early=0.3,webhook_drop=0.05,webhook_delay_ms=0..300,seed={seed}"
+    );
+    eprintln!("fault spec: {faults} (replay with PAYSAGA_FAULT_SEED={seed})");
+    let rig = Rig::new("payouts-faults", &faults).await;
+    let _w1 = rig.worker("w1", &[]);
+    let _w2 = rig.extra_worker("w2");
+    let per_workflow = 8;
+    let mut ids = Vec::new();
+    for n in 0..per_workflow {
+        for workflow in WORKFLOWS {
+            ids.push(rig.start(workflow, n).await);
+        }
+    }
+    let sagas = rig.wait_terminal(&ids, Duration::from_secs(240)).await;
+    // The checks below read the sandbox through its APIs: no faults for them.
+    rig.sandbox.set_faults("none").await;
+    assert_each_payout_exactly_once(&rig, &sagas).await;
+    for n in 0..per_workflow {
+        let payables = rig
+            .lumanu_payables(n, &format!("creator fee {}-{n} ", rig.run))
+            .await;
+        assert_eq!(payables.len(), 1, "saga #{n}: one payable: {payables:?}");
+        let customers = rig
+            .blaaiz_customers(&format!("kyc-{}-{n}@example.com", rig.run))
+            .await;
+        assert_eq!(customers.len(), 1, "saga #{n}: one Blaaiz customer");
+    }
+    // Injected faults really happened: sagas retried.
+    let pool = sqlx::PgPool::connect(rig.db.url()).await.unwrap();
+    let retries: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM paysaga_history WHERE kind = 'step_retrying'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    eprintln!("retries under faults: {retries}");
+    assert!(retries > 0, "the injected faults caused no retry");
+}
+
+/// Kills the worker (`kill -9`) while the provider has applied `endpoint`'s effect but its
+/// answer is held back (`timeout_after_effect`), so the step cannot have committed; a new
+/// worker then finishes the saga.
+async fn crash_after_effect(
+    rig: &Rig,
+    saga: Uuid,
+    step: &str,
+    endpoint: &str,
+    worker: WorkerProcess,
+    applied: impl AsyncFnOnce() -> bool,
+    name: &str,
+) -> WorkerProcess {
+    rig.wait_at_step(saga, step, Duration::from_secs(60)).await;
+    // The effect must be visible at the provider before the kill...
+    assert!(
+        applied().await,
+        "the effect of {endpoint} never appeared at the sandbox"
+    );
+    // ...while the step has not committed (its answer is held back for a minute).
+    let s = rig.saga(saga).await;
+    assert_eq!(
+        s.step_index,
+        test_definition(&s.workflow)
+            .steps
+            .iter()
+            .position(|d| d.name == step)
+            .unwrap(),
+        "the step {step} has not committed"
+    );
+    worker.kill();
+    rig.sandbox.set_faults("none").await;
+    rig.worker(name, &[])
+}
+
+/// Polls `f` until it is true (or 30 s).
+async fn eventually(mut f: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// The worker waits this long for a provider's answer in the crash tests: longer than the
+/// test takes to notice the effect and kill it.
+const SLOW_CLIENT: [(&str, &str); 1] = [("PAYSAGA_PROVIDER_REQUEST_TIMEOUT_SECS", "60")];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lumanu_worker_killed_after_the_payable_was_created_leaves_one_payable_paid_once() {
+    let rig = Rig::new(
+        "crash-lumanu",
+        "timeout_after_effect@POST:/lumanu/api/rest/payable=1,hang_ms=60000",
+    )
+    .await;
+    let w1 = rig.worker("w1", &SLOW_CLIENT);
+    let saga = rig.start("lumanu_prefund", 0).await;
+    let description = format!("creator fee {}-0", rig.run);
+    let _w2 = crash_after_effect(
+        &rig,
+        saga,
+        "create_payable",
+        "POST /payable",
+        w1,
+        async || eventually(async || !rig.lumanu_payables(0, &description).await.is_empty()).await,
+        "w2",
+    )
+    .await;
+    let sagas = rig.wait_terminal(&[saga], Duration::from_secs(60)).await;
+    assert_each_payout_exactly_once(&rig, &sagas).await;
+    let payables = rig.lumanu_payables(0, &description).await;
+    assert_eq!(payables.len(), 1, "no duplicate payable: {payables:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blaaiz_worker_killed_after_customer_and_after_payout_creation_leaves_one_of_each() {
+    let rig = Rig::new(
+        "crash-blaaiz",
+        "timeout_after_effect@POST:/blaaiz/api/external/customer=1,hang_ms=60000",
+    )
+    .await;
+    let w1 = rig.worker("w1", &SLOW_CLIENT);
+    let saga = rig.start("blaaiz_kyc_payout", 0).await;
+    let email = format!("kyc-{}-0@example.com", rig.run);
+    // Crash 1: the customer exists at Blaaiz, the step has not committed.
+    let w2 = crash_after_effect(
+        &rig,
+        saga,
+        "create_customer",
+        "POST /customer",
+        w1,
+        async || eventually(async || !rig.blaaiz_customers(&email).await.is_empty()).await,
+        "w2",
+    )
+    .await;
+    // Crash 2: the payout exists (money left the wallet), the step has not committed.
+    w2.kill();
+    rig.sandbox
+        .set_faults("timeout_after_effect@POST:/blaaiz/api/external/payout=1,hang_ms=60000")
+        .await;
+    let w3 = rig.worker("w3", &SLOW_CLIENT);
+    let _w4 = crash_after_effect(
+        &rig,
+        saga,
+        "payout",
+        "POST /payout",
+        w3,
+        async || eventually(async || !rig.ledger("payout").await.is_empty()).await,
+        "w4",
+    )
+    .await;
+    let sagas = rig.wait_terminal(&[saga], Duration::from_secs(60)).await;
+    assert_each_payout_exactly_once(&rig, &sagas).await;
+    assert_eq!(
+        rig.blaaiz_customers(&email).await.len(),
+        1,
+        "no duplicate customer"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lean_worker_killed_after_the_intent_was_created_pays_once() {
+    let rig = Rig::new(
+        "crash-lean",
+        "timeout_after_effect@POST:/lean/payments/v1/intents=1,hang_ms=60000",
+    )
+    .await;
+    let w1 = rig.worker("w1", &SLOW_CLIENT);
+    let saga = rig.start("lean_payout", 0).await;
+    // The sandbox's bank pays an intent on its own shortly after it is created: the payment
+    // in the ledger proves the intent exists while our step still waits for its answer.
+    let _w2 = crash_after_effect(
+        &rig,
+        saga,
+        "create_intent",
+        "POST /payments/v1/intents",
+        w1,
+        async || eventually(async || !rig.ledger("payment").await.is_empty()).await,
+        "w2",
+    )
+    .await;
+    let sagas = rig.wait_terminal(&[saga], Duration::from_secs(60)).await;
+    assert_each_payout_exactly_once(&rig, &sagas).await;
+    let destinations = rig
+        .clients
+        .lean
+        .as_ref()
+        .unwrap()
+        .list_destinations()
+        .await
+        .unwrap();
+    let iban = sagas[0].input["destination"]["iban"].as_str().unwrap();
+    assert_eq!(
+        destinations
+            .iter()
+            .filter(|d| d.iban.as_deref() == Some(iban))
+            .count(),
+        1,
+        "no duplicate destination"
+    );
+}
