@@ -28,7 +28,6 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use paysaga_core::SagaStatus;
@@ -37,7 +36,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use sqlx::Connection;
-use support::processes::{log_dir, stable_port, Sandbox, WorkerProcess};
+use support::processes::{log_dir, signal, stable_port, Sandbox, WorkerProcess};
 use support::workflows::{control_engine, input, test_definition, WORKFLOWS};
 use uuid::Uuid;
 
@@ -78,13 +77,6 @@ impl Fleet {
     fn pid(&self, i: usize) -> Option<u32> {
         self.workers[i].as_ref().map(|w| w.child.id())
     }
-}
-
-fn signal(pid: u32, sig: &str) {
-    Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap();
 }
 
 #[derive(Debug, Default)]

@@ -19,7 +19,7 @@ use paysaga_runtime::Engine;
 use paysaga_store::SagaRecord;
 use paysaga_testkit::TestDatabase;
 use serde_json::Value;
-use support::processes::{free_port, log_dir, provider_env, Sandbox, WorkerProcess};
+use support::processes::{free_port, log_dir, provider_env, signal, Sandbox, WorkerProcess};
 use support::workflows::{control_engine, input, lumanu_workspace, test_definition, WORKFLOWS};
 use uuid::Uuid;
 
@@ -70,13 +70,14 @@ impl Rig {
     }
 
     /// A worker on a port of its own (webhooks go to the first one).
-    fn extra_worker(&self, name: &str) -> WorkerProcess {
-        WorkerProcess::start(
+    fn extra_worker(&self, name: &str, extra_env: &[(&str, &str)]) -> WorkerProcess {
+        WorkerProcess::start_with_env(
             self.db.url(),
             free_port(),
             self.sandbox.port,
             name,
             &self.logs.join(format!("{name}.log")),
+            extra_env,
         )
     }
 
@@ -323,7 +324,7 @@ async fn under_provider_faults_every_saga_completes_and_each_payout_is_in_the_le
     eprintln!("fault spec: {faults} (replay with PAYSAGA_FAULT_SEED={seed})");
     let rig = Rig::new("payouts-faults", &faults).await;
     let _w1 = rig.worker("w1", &[]);
-    let _w2 = rig.extra_worker("w2");
+    let _w2 = rig.extra_worker("w2", &[]);
     let per_workflow = 8;
     let mut ids = Vec::new();
     for n in 0..per_workflow {
@@ -518,4 +519,71 @@ async fn lean_worker_killed_after_the_intent_was_created_pays_once() {
         1,
         "no duplicate destination"
     );
+}
+
+/// Found by the chaos run in CI: a Blaaiz payout sent twice (Blaaiz has no idempotency key).
+/// A worker whose lease lapsed while its payout request was in flight, sent but not yet
+/// applied, and the worker that took the saga over both created one: the second looked before
+/// the first had landed. Now the request is marked in the database before it leaves, and the
+/// next worker does not send it again before that request has surely landed or failed; then
+/// it looks again and finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blaaiz_payout_in_flight_from_a_frozen_worker_is_not_sent_again_by_the_next_one() {
+    // The provider applies a payout 6 s after receiving it; everything else is quick.
+    let rig = Rig::new(
+        "frozen-blaaiz",
+        "latency_ms@POST:/blaaiz/api/external/payout=6000",
+    )
+    .await;
+    // 10 s request timeout: each worker's effect window is 1 s + 10 s + 5 s.
+    let timeout = [("PAYSAGA_PROVIDER_REQUEST_TIMEOUT_SECS", "10")];
+    let w1 = rig.worker("w1", &timeout);
+    let saga = rig.start("blaaiz_kyc_payout", 0).await;
+    let pool = sqlx::PgPool::connect(rig.db.url()).await.unwrap();
+    let marked = async || {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT effect_marked_at IS NOT NULL FROM paysaga_sagas WHERE id = $1",
+        )
+        .bind(saga)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    assert!(eventually(marked).await, "w1 never marked the payout");
+    // w1 has sent the payout (the sandbox holds it for 6 s): freeze w1 past its 2 s lease.
+    let w1_pid = w1.child.id();
+    assert!(signal(w1_pid, "-STOP"));
+    let w2 = rig.extra_worker("w2", &timeout);
+    // w2 takes the saga over, finds no payout yet, and holds back instead of sending one.
+    let held_back = async || {
+        rig.engine
+            .store()
+            .history(saga)
+            .await
+            .unwrap()
+            .iter()
+            .any(|h| {
+                h.error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("may have sent its request"))
+            })
+    };
+    assert!(
+        eventually(held_back).await,
+        "w2 did not hold the payout back"
+    );
+    assert!(rig.ledger("payout").await.len() <= 1);
+    // Thaw w1: its answer arrives, its commit is fenced out.
+    assert!(signal(w1_pid, "-CONT"));
+    let sagas = rig.wait_terminal(&[saga], Duration::from_secs(90)).await;
+    assert_each_payout_exactly_once(&rig, &sagas).await;
+    assert_eq!(rig.ledger("payout").await.len(), 1, "one payout, not two");
+    assert_eq!(
+        sagas[0].outputs["payout"]["existing"],
+        Value::Bool(true),
+        "w2 found w1's payout: {}",
+        sagas[0].outputs["payout"]
+    );
+    w1.kill();
+    w2.kill();
 }

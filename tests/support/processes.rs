@@ -11,6 +11,16 @@ use serde_json::Value;
 /// The `paysaga` binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_paysaga");
 
+/// Sends `sig` (e.g. `-STOP`, `-CONT`, `-TERM`) to process `pid`; `false` if `kill` failed
+/// (e.g. the process is gone).
+pub fn signal(pid: u32, sig: &str) -> bool {
+    Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success()
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -450,6 +450,11 @@ async fn run_worker(url: Option<&str>, args: WorkerArgs) -> Result<()> {
         lease_ttl: args.lease_ttl.into(),
         idle_poll: args.idle_poll.into(),
         shutdown_grace: args.shutdown_grace.into(),
+        // A marked request may be in flight for half the lease (its send-by) plus the
+        // provider's request timeout; 5 s more for clocks and network.
+        effect_window: Duration::from(args.lease_ttl) / 2
+            + providers.longest_request_timeout()
+            + Duration::from_secs(5),
         ..WorkerConfig::default()
     };
     if config.lease_ttl < Duration::from_millis(300) {

@@ -49,5 +49,6 @@ pub use saga::{
     SagaState, SagaStatus, StepTraits, Transition,
 };
 pub use step::{
-    compensation_key, idempotency_key, Event, StepContext, StepKind, StepOutcome, WaitSpec, Wake,
+    compensation_key, idempotency_key, EffectGuard, EffectPermit, Event, StepContext, StepKind,
+    StepOutcome, Unguarded, WaitSpec, Wake,
 };

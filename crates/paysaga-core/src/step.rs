@@ -1,6 +1,7 @@
 //! Step kinds: the Rust code a definition's steps name, and what one run of a step returns.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -83,6 +84,9 @@ pub struct StepContext {
     pub output: Option<Value>,
     /// Current time as seen by the worker.
     pub now: DateTime<Utc>,
+    /// Guards requests whose effect the provider cannot deduplicate: see
+    /// [`StepContext::begin_effect`].
+    pub effects: Arc<dyn EffectGuard>,
 }
 
 impl StepContext {
@@ -92,6 +96,63 @@ impl StepContext {
             Wake::Compensate => compensation_key(self.saga_id, &self.step),
             _ => idempotency_key(self.saga_id, &self.step),
         }
+    }
+
+    /// Call right before sending a request whose effect the provider cannot deduplicate (a
+    /// create without an idempotency key), after looking for the object an earlier attempt
+    /// may have created. The worker durably marks, under the saga's lease, that the request
+    /// is about to go out; the permit says until when it may be sent (pass
+    /// [`EffectPermit::send_by`] to the client, which refuses to send later).
+    ///
+    /// `Err(outcome)`: return that outcome instead of sending. This happens when the lease
+    /// may lapse before the request would be out, and while an earlier attempt's mark is
+    /// younger than the effect window: that attempt's request may still land, so the step
+    /// retries (looking again first) once the window has closed.
+    pub async fn begin_effect(&self) -> Result<EffectPermit, StepOutcome> {
+        self.effects.begin(self).await
+    }
+}
+
+/// Decides whether a step may send a request the provider cannot deduplicate. The worker
+/// implements it with a fenced, durable mark in the store; [`Unguarded`] is for tests and
+/// tools that run steps outside a worker.
+#[async_trait]
+pub trait EffectGuard: Send + Sync + std::fmt::Debug {
+    /// See [`StepContext::begin_effect`].
+    async fn begin(&self, ctx: &StepContext) -> Result<EffectPermit, StepOutcome>;
+}
+
+/// Permission to send one request whose effect the provider cannot deduplicate, until
+/// [`EffectPermit::send_by`].
+#[derive(Debug, Clone, Copy)]
+pub struct EffectPermit {
+    send_by: Instant,
+}
+
+impl EffectPermit {
+    /// A permit that holds until `send_by`.
+    pub fn until(send_by: Instant) -> Self {
+        EffectPermit { send_by }
+    }
+
+    /// The request must not leave after this instant (monotonic clock): past it another
+    /// worker may already have taken the saga over and be about to send the same request.
+    pub fn send_by(&self) -> Instant {
+        self.send_by
+    }
+}
+
+/// An [`EffectGuard`] that always permits (for 60 s): for tests and for tools that run a
+/// step outside a worker, where no other process can run the same step.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unguarded;
+
+#[async_trait]
+impl EffectGuard for Unguarded {
+    async fn begin(&self, _ctx: &StepContext) -> Result<EffectPermit, StepOutcome> {
+        Ok(EffectPermit::until(
+            Instant::now() + Duration::from_secs(60),
+        ))
     }
 }
 

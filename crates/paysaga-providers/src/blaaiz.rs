@@ -774,13 +774,19 @@ impl BlaaizClient {
             .await
     }
 
-    /// `POST /api/external/payout`. Not idempotent: look up by reference first. A business
-    /// refusal (e.g. "Insufficient funds.") is a permanent 400.
+    /// `POST /api/external/payout`. Not idempotent: look up by reference first, and pass the
+    /// instant after which the request must not leave (`paysaga_core::EffectPermit::send_by`
+    /// in a step; [`Error::NotSent`](crate::Error::NotSent) past it). A business refusal
+    /// (e.g. "Insufficient funds.") is a permanent 400.
     #[tracing::instrument(skip_all, fields(provider = "blaaiz", endpoint = "create_payout"))]
-    pub async fn create_payout(&self, request: &CreatePayout) -> Result<PayoutResponse> {
+    pub async fn create_payout(
+        &self,
+        request: &CreatePayout,
+        send_by: std::time::Instant,
+    ) -> Result<PayoutResponse> {
         let url = self.core.url("/api/external/payout");
         self.core
-            .json("create_payout", |c| c.post(&url).json(request))
+            .json_before("create_payout", send_by, |c| c.post(&url).json(request))
             .await
     }
 

@@ -310,6 +310,20 @@ impl ProvidersConfig {
             .filter(|p| self.webhook_secret(*p).is_some())
             .collect()
     }
+
+    /// The longest whole-request timeout of the configured providers (the default when none
+    /// is configured): how long a request may still be in flight after it was sent.
+    pub fn longest_request_timeout(&self) -> Duration {
+        [
+            self.lumanu.as_ref().map(|p| p.client.http.request_timeout),
+            self.blaaiz.as_ref().map(|p| p.client.http.request_timeout),
+            self.lean.as_ref().map(|p| p.client.http.request_timeout),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(HttpOptions::default().request_timeout)
+    }
 }
 
 fn lumanu(

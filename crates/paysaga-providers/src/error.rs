@@ -104,6 +104,15 @@ pub enum Error {
         #[source]
         source: MoneyError,
     },
+    /// The request was not sent: its send-by instant (see `paysaga_core::EffectPermit`) had
+    /// passed, e.g. after a slow token refresh. Transient; nothing was sent.
+    #[error("{provider} {endpoint}: not sent: its send-by time passed before it could leave (another worker may take the step over); nothing was sent")]
+    NotSent {
+        /// Provider concerned.
+        provider: Provider,
+        /// Operation label.
+        endpoint: &'static str,
+    },
     /// The request could not be built (bad base URL, invalid header value, bad input).
     /// Permanent; nothing was sent.
     #[error("{provider} {endpoint}: invalid request: {detail}")]
@@ -122,7 +131,10 @@ impl Error {
     /// HTTP `5xx`, `408` and `429`.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Timeout { .. } | Error::Connect { .. } | Error::Transport { .. } => true,
+            Error::Timeout { .. }
+            | Error::Connect { .. }
+            | Error::Transport { .. }
+            | Error::NotSent { .. } => true,
             Error::Api { status, .. } => *status >= 500 || *status == 429 || *status == 408,
             Error::Decode { .. } | Error::Money { .. } | Error::InvalidRequest { .. } => false,
         }
@@ -149,7 +161,10 @@ impl Error {
         match self {
             Error::Timeout { .. } | Error::Transport { .. } | Error::Decode { .. } => true,
             Error::Api { status, .. } => *status >= 500,
-            Error::Connect { .. } | Error::Money { .. } | Error::InvalidRequest { .. } => false,
+            Error::Connect { .. }
+            | Error::NotSent { .. }
+            | Error::Money { .. }
+            | Error::InvalidRequest { .. } => false,
         }
     }
 
@@ -187,6 +202,7 @@ impl Error {
             | Error::Api { provider, .. }
             | Error::Decode { provider, .. }
             | Error::Money { provider, .. }
+            | Error::NotSent { provider, .. }
             | Error::InvalidRequest { provider, .. } => *provider,
         }
     }

@@ -85,8 +85,26 @@ impl Core {
         make: impl Fn(&reqwest::Client) -> RequestBuilder,
     ) -> Result<T> {
         let provider = self.provider;
-        self.call(endpoint, make, |answer| decode(provider, endpoint, &answer))
-            .await
+        self.call(endpoint, None, make, |answer| {
+            decode(provider, endpoint, &answer)
+        })
+        .await
+    }
+
+    /// Like [`Core::json`] for a request whose effect the provider cannot deduplicate: it is
+    /// not sent (not even its retry after a 401) once `send_by` has passed
+    /// ([`Error::NotSent`]).
+    pub async fn json_before<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        send_by: Instant,
+        make: impl Fn(&reqwest::Client) -> RequestBuilder,
+    ) -> Result<T> {
+        let provider = self.provider;
+        self.call(endpoint, Some(send_by), make, |answer| {
+            decode(provider, endpoint, &answer)
+        })
+        .await
     }
 
     /// Sends the request (again after a 401 on an OAuth call), then `finish`es a 2xx answer;
@@ -95,12 +113,20 @@ impl Core {
     async fn call<T>(
         &self,
         endpoint: &'static str,
+        send_by: Option<Instant>,
         make: impl Fn(&reqwest::Client) -> RequestBuilder,
         finish: impl FnOnce(Answer) -> Result<T>,
     ) -> Result<T> {
         let mut refreshed = false;
         loop {
             let (request, token) = self.authorize(endpoint, make(&self.http)).await?;
+            if send_by.is_some_and(|by| Instant::now() >= by) {
+                tracing::warn!("send-by time passed before the request could leave: not sending");
+                return Err(Error::NotSent {
+                    provider: self.provider,
+                    endpoint,
+                });
+            }
             let started = Instant::now();
             let response = match request.header(ACCEPT, "application/json").send().await {
                 Ok(response) => response,

@@ -148,6 +148,7 @@ fn ctx(saga: Uuid, workflow: &str, step: &str) -> StepContext {
         wait_state: None,
         output: None,
         now: Utc::now(),
+        effects: std::sync::Arc::new(paysaga_core::Unguarded),
     }
 }
 

@@ -27,9 +27,11 @@
 //! # Ok(()) }
 //! ```
 
+mod effect;
 mod engine;
 mod error;
 pub mod http;
+mod lease;
 pub mod metrics;
 pub mod noop;
 mod registry;

@@ -23,7 +23,9 @@ use tokio::task::JoinSet;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 use uuid::Uuid;
 
+use crate::effect::StoreEffectGuard;
 use crate::engine::LoadedDefinition;
+use crate::lease::LeaseClock;
 use crate::{Engine, Error};
 
 /// Worker settings.
@@ -41,6 +43,11 @@ pub struct WorkerConfig {
     pub reap_every: Duration,
     /// Time in-flight steps get to finish after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// How long a request whose effect the provider cannot deduplicate may still land after
+    /// it was marked (see [`paysaga_core::StepContext::begin_effect`]): no other attempt sends
+    /// it again before. At least half the lease plus the provider request timeout plus a
+    /// margin; every worker of a deployment uses the same.
+    pub effect_window: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -52,6 +59,7 @@ impl Default for WorkerConfig {
             idle_poll: Duration::from_secs(5),
             reap_every: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(30),
+            effect_window: Duration::from_secs(60),
         }
     }
 }
@@ -90,32 +98,13 @@ struct Shared {
     /// Sagas whose result could not be committed (database unreachable): given back as soon
     /// as the database answers again, so they do not stay held by a live worker.
     to_release: Mutex<Vec<(Uuid, Uuid, i64)>>,
-    /// Until when this process knows its lease holds, by its own monotonic clock: the send
-    /// time of the last successful renewal plus the lease length. A process that was frozen
-    /// (SIGSTOP, a paused VM) finds it passed when it wakes up.
-    lease_until: Mutex<std::time::Instant>,
+    /// This process's view of its lease.
+    lease: Arc<LeaseClock>,
 }
 
 impl Shared {
     fn id(&self) -> Uuid {
         self.worker_id.lock().map(|g| *g).unwrap_or_default()
-    }
-
-    fn lease_renewed(&self, sent: std::time::Instant) {
-        if let Ok(mut until) = self.lease_until.lock() {
-            *until = sent + self.config.lease_ttl;
-        }
-    }
-
-    /// Whether the lease surely holds for at least half its length more: the condition for
-    /// starting a call whose effect cannot be undone. A worker frozen past its lease and then
-    /// thawed may still be running a step whose saga already belongs to another worker; the
-    /// fence stops its commit, this check stops its irreversible calls.
-    fn lease_fresh(&self) -> bool {
-        self.lease_until
-            .lock()
-            .map(|until| std::time::Instant::now() + self.config.lease_ttl / 2 < *until)
-            .unwrap_or(false)
     }
 
     /// Gives the saga back (as soon as the database answers) instead of running it.
@@ -153,7 +142,7 @@ impl Worker {
             wake: Notify::new(),
             stats: self.stats.clone(),
             to_release: Mutex::new(Vec::new()),
-            lease_until: Mutex::new(std::time::Instant::now()),
+            lease: Arc::new(LeaseClock::new(self.config.lease_ttl)),
         });
         register(&shared).await?;
         for group in self.engine.store.sagas_needing_other_kinds(&kinds).await? {
@@ -327,7 +316,7 @@ async fn register(shared: &Shared) -> Result<(), Error> {
     if let Ok(mut g) = shared.worker_id.lock() {
         *g = id;
     }
-    shared.lease_renewed(sent);
+    shared.lease.renewed(sent);
     info!(worker_id = %id, name = %shared.config.name, kinds = ?shared.kinds, "worker registered");
     Ok(())
 }
@@ -348,7 +337,7 @@ fn spawn_background(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
                         .heartbeat(shared.id(), shared.config.lease_ttl)
                         .await
                     {
-                        Ok(true) => shared.lease_renewed(sent),
+                        Ok(true) => shared.lease.renewed(sent),
                         Ok(false) => {
                             // Our lease expired (paused process, long outage): the sagas we held
                             // may already run elsewhere and our commits are refused. Start a new
@@ -414,7 +403,7 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
                     Wake::Event(ev) => Some(ev.inbox_id),
                     _ => None,
                 };
-                if loaded.compiled.steps[index].traits.irreversible && !shared.lease_fresh() {
+                if loaded.compiled.steps[index].traits.irreversible && !shared.lease.fresh() {
                     warn!(step = %loaded.compiled.steps[index].def.name,
                           "the lease may be about to lapse (a pause or a slow database): not starting an irreversible step; giving the saga back");
                     shared.give_back(&saga, worker);
@@ -616,6 +605,15 @@ async fn run_step(
             wait_state: saga.wait.as_ref().map(|w| w.state.clone()),
             output: saga.outputs.get(name).cloned(),
             now: Utc::now(),
+            effects: Arc::new(StoreEffectGuard {
+                store: shared.engine.store.clone(),
+                lease: shared.lease.clone(),
+                worker: shared.id(),
+                saga: saga.id,
+                fence: saga.fence,
+                step: i32::try_from(index).unwrap_or(i32::MAX),
+                window: shared.config.effect_window,
+            }),
         };
         shared.stats.steps_run.fetch_add(1, Ordering::Relaxed);
         let started = std::time::Instant::now();

@@ -66,26 +66,26 @@ impl FromStr for MsRange {
     }
 }
 
-/// Which fault a per-endpoint rule sets the probability of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a per-endpoint rule sets for the requests it matches.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum EndpointFault {
-    /// `error_rate@...`
-    Error,
-    /// `timeout_after_effect@...`
-    TimeoutAfterEffect,
+    /// `error_rate@...=P`: the probability of an injected 5xx/429.
+    Error(f64),
+    /// `timeout_after_effect@...=P`: the probability of a timeout after the effect.
+    TimeoutAfterEffect(f64),
+    /// `latency_ms@...=RANGE`: the latency added before the request is handled.
+    Latency(MsRange),
 }
 
-/// A per-endpoint probability override, e.g. `error_rate@POST:/lumanu/api/rest/payable=0.5`.
+/// A per-endpoint override, e.g. `error_rate@POST:/lumanu/api/rest/payable=0.5`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EndpointRule {
-    /// Which fault.
+    /// Which fault, and its setting.
     pub fault: EndpointFault,
     /// HTTP method (upper case), or any.
     pub method: Option<String>,
     /// Request paths starting with this prefix match.
     pub path_prefix: String,
-    /// Probability in `[0, 1]`.
-    pub rate: f64,
 }
 
 impl EndpointRule {
@@ -189,6 +189,23 @@ fn whole(v: &str) -> Result<u64, String> {
         .map_err(|_| format!("`{v}` is not a non-negative whole number"))
 }
 
+impl FaultSpec {
+    /// The setting `pick` reads from the most specific rule matching the request, if any.
+    fn rule<T>(
+        &self,
+        method: &str,
+        path: &str,
+        pick: impl Fn(&EndpointFault) -> Option<T>,
+    ) -> Option<T> {
+        self.rules
+            .iter()
+            .filter(|r| r.matches(method, path))
+            .filter_map(|r| pick(&r.fault).map(|v| (r.weight(), v)))
+            .max_by_key(|(weight, _)| *weight)
+            .map(|(_, v)| v)
+    }
+}
+
 impl FromStr for FaultSpec {
     type Err = FaultSpecError;
 
@@ -213,11 +230,14 @@ impl FromStr for FaultSpec {
             let key = key.trim();
             if let Some((name, target)) = key.split_once('@') {
                 let fault = match name {
-                    "error_rate" => EndpointFault::Error,
-                    "timeout_after_effect" => EndpointFault::TimeoutAfterEffect,
+                    "error_rate" => EndpointFault::Error(probability(value).map_err(err)?),
+                    "timeout_after_effect" => {
+                        EndpointFault::TimeoutAfterEffect(probability(value).map_err(err)?)
+                    }
+                    "latency_ms" => EndpointFault::Latency(value.parse().map_err(err)?),
                     other => {
                         return Err(err(format!(
-                            "`{other}` has no per-endpoint form (use error_rate@ or timeout_after_effect@)"
+                            "`{other}` has no per-endpoint form (use error_rate@, timeout_after_effect@ or latency_ms@)"
                         )))
                     }
                 };
@@ -238,7 +258,6 @@ impl FromStr for FaultSpec {
                     fault,
                     method,
                     path_prefix: path.to_owned(),
-                    rate: probability(value).map_err(err)?,
                 });
                 continue;
             }
@@ -309,13 +328,14 @@ impl fmt::Display for FaultSpec {
             items.push(format!("seed={seed}"));
         }
         for rule in &self.rules {
-            let name = match rule.fault {
-                EndpointFault::Error => "error_rate",
-                EndpointFault::TimeoutAfterEffect => "timeout_after_effect",
+            let (name, value) = match rule.fault {
+                EndpointFault::Error(p) => ("error_rate", p.to_string()),
+                EndpointFault::TimeoutAfterEffect(p) => ("timeout_after_effect", p.to_string()),
+                EndpointFault::Latency(r) => ("latency_ms", r.to_string()),
             };
             match &rule.method {
-                Some(m) => items.push(format!("{name}@{m}:{}={}", rule.path_prefix, rule.rate)),
-                None => items.push(format!("{name}@{}={}", rule.path_prefix, rule.rate)),
+                Some(m) => items.push(format!("{name}@{m}:{}={value}", rule.path_prefix)),
+                None => items.push(format!("{name}@{}={value}", rule.path_prefix)),
             }
         }
         if items.is_empty() {
@@ -408,23 +428,31 @@ impl Faults {
         is_token: bool,
     ) -> (Duration, RequestOutcome) {
         let spec = self.spec.read().unwrap_or_else(PoisonError::into_inner);
-        let rule_rate = |fault: EndpointFault| {
-            spec.rules
-                .iter()
-                .filter(|r| r.fault == fault && r.matches(method, path))
-                .max_by_key(|r| r.weight())
-                .map(|r| r.rate)
-        };
         let global = |v: f64| if is_token { 0.0 } else { v };
-        let error_rate = rule_rate(EndpointFault::Error).unwrap_or(global(spec.error_rate));
-        let timeout_rate = rule_rate(EndpointFault::TimeoutAfterEffect)
+        let error_rate = spec
+            .rule(method, path, |f| match f {
+                EndpointFault::Error(p) => Some(*p),
+                _ => None,
+            })
+            .unwrap_or(global(spec.error_rate));
+        let timeout_rate = spec
+            .rule(method, path, |f| match f {
+                EndpointFault::TimeoutAfterEffect(p) => Some(*p),
+                _ => None,
+            })
             .unwrap_or(global(spec.timeout_after_effect));
-        self.with_rng(|rng| {
-            let latency = if is_token {
-                Duration::ZERO
+        let latency_ms = spec
+            .rule(method, path, |f| match f {
+                EndpointFault::Latency(r) => Some(*r),
+                _ => None,
+            })
+            .unwrap_or(if is_token {
+                MsRange::default()
             } else {
-                self.range(rng, spec.latency_ms)
-            };
+                spec.latency_ms
+            });
+        self.with_rng(|rng| {
+            let latency = self.range(rng, latency_ms);
             let outcome = if error_rate > 0.0 && rng.gen_bool(error_rate) {
                 if spec.rate_limit_share > 0.0 && rng.gen_bool(spec.rate_limit_share) {
                     RequestOutcome::Error {
@@ -592,14 +620,19 @@ mod tests {
     fn parses_the_documented_example_and_round_trips() {
         let text = "error_rate=0.2,timeout_after_effect=0.1,latency_ms=50,webhook_duplicate=0.3,\
                     webhook_delay_ms=0..2000,webhook_reorder=0.2,webhook_drop=0.1,webhook_early=0.3,\
-                    seed=42,error_rate@POST:/lumanu/api/rest/payable=1,timeout_after_effect@/blaaiz=0.5";
+                    seed=42,error_rate@POST:/lumanu/api/rest/payable=1,timeout_after_effect@/blaaiz=0.5,\
+                    latency_ms@POST:/blaaiz/api/external/payout=100..200";
         let spec: FaultSpec = text.parse().expect("parse");
         assert_eq!(spec.error_rate, 0.2);
         assert_eq!(spec.latency_ms, MsRange { min: 50, max: 50 });
         assert_eq!(spec.webhook_delay_ms, MsRange { min: 0, max: 2000 });
         assert_eq!(spec.seed, Some(42));
-        assert_eq!(spec.rules.len(), 2);
+        assert_eq!(spec.rules.len(), 3);
         assert_eq!(spec.rules[0].method.as_deref(), Some("POST"));
+        assert_eq!(
+            spec.rules[2].fault,
+            EndpointFault::Latency(MsRange { min: 100, max: 200 })
+        );
         let again: FaultSpec = spec.to_string().parse().expect("reparse");
         assert_eq!(again, spec);
         assert_eq!(FaultSpec::default().to_string(), "none");
@@ -617,6 +650,7 @@ mod tests {
             "seed=-1",
             "error_rate@lumanu=0.1",
             "webhook_drop@/x=0.1",
+            "latency_ms@/x=fast",
         ] {
             assert!(bad.parse::<FaultSpec>().is_err(), "{bad} should not parse");
         }
@@ -642,6 +676,22 @@ mod tests {
         );
         let (_, o) = faults.decide_request("POST", "/lean/oauth2/token", true);
         assert!(matches!(o, RequestOutcome::Error { .. }));
+    }
+
+    #[test]
+    fn a_latency_rule_slows_only_the_requests_it_matches() {
+        let faults = Faults::new(
+            "latency_ms=5,latency_ms@POST:/blaaiz/api/external/payout=300..400,seed=1"
+                .parse()
+                .expect("spec"),
+        );
+        let (latency, o) = faults.decide_request("POST", "/blaaiz/api/external/payout", false);
+        assert!((300..=400).contains(&latency.as_millis()), "{latency:?}");
+        assert_eq!(o, RequestOutcome::Pass);
+        let (latency, _) = faults.decide_request("GET", "/blaaiz/api/external/payout", false);
+        assert_eq!(latency, Duration::from_millis(5));
+        let (latency, _) = faults.decide_request("POST", "/blaaiz/oauth/token", true);
+        assert_eq!(latency, Duration::ZERO);
     }
 
     #[test]

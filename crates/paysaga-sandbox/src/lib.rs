@@ -53,6 +53,7 @@
 //! key     = "error_rate" | "timeout_after_effect"          ; probability per API request
 //!         | "error_rate@" target | "timeout_after_effect@" target   ; per-endpoint override
 //!         | "latency_ms"                                     ; range, added to every API request
+//!         | "latency_ms@" target                             ; range, per-endpoint override
 //!         | "rate_limit_share"                               ; share of injected errors that are 429 (default 0.25)
 //!         | "retry_after_s"                                  ; Retry-After of injected 429s (default 1)
 //!         | "hang_ms"                                        ; how long a timeout-after-effect hangs (default 30000)

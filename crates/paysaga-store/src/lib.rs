@@ -198,6 +198,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn release(&self, saga: Uuid, worker: Uuid, fence: i64) -> Result<bool, Error>;
     /// Applies a transition in one transaction, checking the lease and fencing token.
     async fn commit(&self, commit: Commit<'_>) -> Result<Committed, Error>;
+    /// Records, under the same fence as a commit, that the holder of `saga` is about to send
+    /// step `step`'s request whose effect the provider cannot deduplicate. Refused with
+    /// [`EffectMark::Wait`] while an earlier mark on the same step is younger than `window`
+    /// (that attempt's request may still land: look again once the window has closed);
+    /// [`Error::LeaseLost`] when the worker no longer holds the saga.
+    async fn mark_effect(
+        &self,
+        saga: Uuid,
+        worker: Uuid,
+        fence: i64,
+        step: i32,
+        window: Duration,
+    ) -> Result<EffectMark, Error>;
 
     /// Stores an event in the inbox (dedup on provider + event id) and wakes a matching wait.
     async fn deliver_event(&self, event: NewEvent) -> Result<Delivery, Error>;
@@ -240,6 +253,20 @@ pub type WakeupsBox = Box<dyn Wakeups>;
 pub trait Wakeups: Send {
     /// Waits for the next notification.
     async fn recv(&mut self) -> Result<(), Error>;
+}
+
+/// The answer to [`Store::mark_effect`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EffectMark {
+    /// Marked now: the request may go out.
+    Marked,
+    /// An earlier attempt marked the same step at `marked_at`, less than the window ago.
+    Wait {
+        /// When the earlier attempt marked it (database clock).
+        marked_at: DateTime<Utc>,
+        /// How long until the window closes (database clock).
+        remaining: Duration,
+    },
 }
 
 /// Arguments of [`Store::commit`].

@@ -12,9 +12,9 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use crate::{
-    ClaimedSaga, Commit, Committed, DefinitionRecord, Delivery, Error, EventFilter, EventRecord,
-    HistoryRecord, NewEvent, NewSaga, OperatorAction, SagaFilter, SagaRecord, Stats, Store,
-    UnrunnableGroup, WakeupsBox, WorkerInfo,
+    ClaimedSaga, Commit, Committed, DefinitionRecord, Delivery, EffectMark, Error, EventFilter,
+    EventRecord, HistoryRecord, NewEvent, NewSaga, OperatorAction, SagaFilter, SagaRecord, Stats,
+    Store, UnrunnableGroup, WakeupsBox, WorkerInfo,
 };
 
 /// The migrations in `migrations/`, embedded at build time.
@@ -801,6 +801,58 @@ impl Store for PgStore {
             .await?
             .flatten();
         Ok(due)
+    }
+
+    #[instrument(skip_all, fields(saga_id = %saga, step))]
+    async fn mark_effect(
+        &self,
+        saga: Uuid,
+        worker: Uuid,
+        fence: i64,
+        step: i32,
+        window: Duration,
+    ) -> Result<EffectMark, Error> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "SELECT effect_marked_at,
+                    effect_step = $4 AND effect_marked_at > now() - make_interval(secs => $5)
+                        AS recent,
+                    extract(epoch FROM effect_marked_at + make_interval(secs => $5) - now())::float8
+                        AS remaining
+             FROM paysaga_sagas
+             WHERE id = $1 AND owner = $2 AND fence = $3
+               AND EXISTS (SELECT 1 FROM paysaga_workers w
+                           WHERE w.id = $2 AND w.stopped_at IS NULL AND w.lease_expires_at > now())
+             FOR UPDATE",
+        )
+        .bind(saga)
+        .bind(worker)
+        .bind(fence)
+        .bind(step)
+        .bind(window.as_secs_f64())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Err(Error::LeaseLost { saga });
+        };
+        if row.try_get::<Option<bool>, _>("recent")?.unwrap_or(false) {
+            tx.rollback().await?;
+            let remaining: f64 = row.try_get::<Option<f64>, _>("remaining")?.unwrap_or(0.0);
+            return Ok(EffectMark::Wait {
+                marked_at: row.try_get("effect_marked_at")?,
+                remaining: Duration::from_secs_f64(remaining.max(0.0)),
+            });
+        }
+        sqlx::query(
+            "UPDATE paysaga_sagas SET effect_step = $2, effect_marked_at = now() WHERE id = $1",
+        )
+        .bind(saga)
+        .bind(step)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(EffectMark::Marked)
     }
 
     async fn release(&self, saga: Uuid, worker: Uuid, fence: i64) -> Result<bool, Error> {

@@ -59,9 +59,9 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use crate::{
-    ClaimedSaga, Commit, Committed, DefinitionRecord, Delivery, Error, EventFilter, EventRecord,
-    HistoryRecord, NewEvent, NewSaga, OperatorAction, SagaFilter, SagaRecord, Stats, Store,
-    UnrunnableGroup, WakeupsBox, WorkerInfo,
+    ClaimedSaga, Commit, Committed, DefinitionRecord, Delivery, EffectMark, Error, EventFilter,
+    EventRecord, HistoryRecord, NewEvent, NewSaga, OperatorAction, SagaFilter, SagaRecord, Stats,
+    Store, UnrunnableGroup, WakeupsBox, WorkerInfo,
 };
 
 /// The migrations in `migrations/sqlite/`, embedded at build time.
@@ -900,6 +900,61 @@ impl Store for SqliteStore {
             .fetch_optional(&self.reader)
             .await?;
         due.as_deref().map(parse_ts).transpose()
+    }
+
+    #[instrument(skip_all, fields(saga_id = %saga, step))]
+    async fn mark_effect(
+        &self,
+        saga: Uuid,
+        worker: Uuid,
+        fence: i64,
+        step: i32,
+        window: Duration,
+    ) -> Result<EffectMark, Error> {
+        let now_t = Utc::now();
+        let now = ts(now_t);
+        let saga_id = saga.to_string();
+        let mut tx = self.write_tx().await?;
+        let row = sqlx::query(
+            "SELECT effect_step, effect_marked_at FROM paysaga_sagas
+             WHERE id = $1 AND owner = $2 AND fence = $3
+               AND EXISTS (SELECT 1 FROM paysaga_workers w
+                           WHERE w.id = $2 AND w.stopped_at IS NULL AND w.lease_expires_at > $4)",
+        )
+        .bind(&saga_id)
+        .bind(worker.to_string())
+        .bind(fence)
+        .bind(&now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Err(Error::LeaseLost { saga });
+        };
+        let earlier: Option<String> = row.try_get("effect_marked_at")?;
+        if let (Some(s), Some(marked_at)) = (row.try_get::<Option<i32>, _>("effect_step")?, earlier)
+        {
+            let marked_at = parse_ts(&marked_at)?;
+            let closes =
+                marked_at + chrono::Duration::from_std(window).unwrap_or(chrono::TimeDelta::MAX);
+            if s == step && closes > now_t {
+                tx.rollback().await?;
+                return Ok(EffectMark::Wait {
+                    marked_at,
+                    remaining: (closes - now_t).to_std().unwrap_or_default(),
+                });
+            }
+        }
+        sqlx::query(
+            "UPDATE paysaga_sagas SET effect_step = $2, effect_marked_at = $3 WHERE id = $1",
+        )
+        .bind(&saga_id)
+        .bind(step)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(EffectMark::Marked)
     }
 
     async fn release(&self, saga: Uuid, worker: Uuid, fence: i64) -> Result<bool, Error> {

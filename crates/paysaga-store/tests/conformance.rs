@@ -15,8 +15,8 @@ use paysaga_core::{
     ActiveWait, Definition, HistoryEntry, HistoryKind, SagaStatus, StepDef, Transition,
 };
 use paysaga_store::{
-    Commit, Error, EventFilter, NewEvent, NewSaga, OperatorAction, SagaFilter, SagaRecord, Store,
-    WorkerInfo,
+    Commit, EffectMark, Error, EventFilter, NewEvent, NewSaga, OperatorAction, SagaFilter,
+    SagaRecord, Store, WorkerInfo,
 };
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -519,6 +519,73 @@ async fn a_commit_retried_after_a_lost_acknowledgement_writes_nothing_twice(e: E
         Error::LeaseLost { .. }
     ));
     assert_eq!(claim_one(s, w, started.id).await.fence, claimed.fence + 1);
+}
+
+/// Chaos found a Blaaiz payout sent twice: a worker whose lease lapsed while it was about
+/// to create the payout (found none, then paused) and the worker that took the saga over
+/// both sent it. A request is marked under the fence before it is sent; a mark on the same
+/// step younger than the window holds every other attempt back, and a worker that lost
+/// the saga cannot mark at all.
+async fn a_marked_request_is_not_sent_again_within_its_window_nor_by_a_worker_that_lost_the_saga(
+    e: Env,
+) {
+    let s = e.s();
+    let window = Duration::from_millis(600);
+    let a = worker(s, Duration::from_millis(300)).await;
+    let started = start(s, "flow", &[STEP, STEP], None).await;
+    let held = claim_one(s, a, started.id).await;
+    assert_eq!(
+        s.mark_effect(started.id, a, held.fence, 0, window)
+            .await
+            .unwrap(),
+        EffectMark::Marked
+    );
+    // The same holder's next attempt of the same step waits (its request may still land).
+    match s
+        .mark_effect(started.id, a, held.fence, 0, window)
+        .await
+        .unwrap()
+    {
+        EffectMark::Wait { remaining, .. } => {
+            assert!(
+                remaining > Duration::ZERO && remaining <= window,
+                "{remaining:?}"
+            )
+        }
+        other => panic!("expected Wait, got {other:?}"),
+    }
+    // Another step is another request.
+    assert_eq!(
+        s.mark_effect(started.id, a, held.fence, 1, window)
+            .await
+            .unwrap(),
+        EffectMark::Marked
+    );
+    // A's lease lapses (a pause); B takes the saga over.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let b = worker(s, LONG_TTL).await;
+    s.reap_expired_workers().await.unwrap();
+    let taken = claim_one(s, b, started.id).await;
+    assert!(matches!(
+        s.mark_effect(started.id, a, held.fence, 1, window)
+            .await
+            .unwrap_err(),
+        Error::LeaseLost { .. }
+    ));
+    assert!(matches!(
+        s.mark_effect(started.id, b, taken.fence, 1, window)
+            .await
+            .unwrap(),
+        EffectMark::Wait { .. }
+    ));
+    // Once the window has closed, B may send.
+    tokio::time::sleep(window).await;
+    assert_eq!(
+        s.mark_effect(started.id, b, taken.fence, 1, window)
+            .await
+            .unwrap(),
+        EffectMark::Marked
+    );
 }
 
 async fn heartbeat_extends_a_live_lease(e: Env) {
@@ -1536,6 +1603,7 @@ conformance!(
     heartbeat_extends_a_live_lease,
     a_worker_whose_lease_expired_or_was_reaped_claims_nothing,
     a_commit_retried_after_a_lost_acknowledgement_writes_nothing_twice,
+    a_marked_request_is_not_sent_again_within_its_window_nor_by_a_worker_that_lost_the_saga,
     reaper_releases_sagas_of_expired_workers_and_their_fence_is_stale,
     stop_worker_releases_every_saga_it_holds,
     release_gives_the_saga_back_unchanged,

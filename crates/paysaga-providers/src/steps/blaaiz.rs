@@ -439,7 +439,9 @@ impl StepKind for AwaitVerification {
 /// bank_name?, routing_number?, swift_code?, sort_code?, iban?, bic_code?, recipient_type?,
 /// phone_number?, email?, interac_first_name?, interac_last_name?, country?, state?, street?,
 /// city?, zip_code?}`. The `note` carries `ps-{idempotency key}`; every run first looks for
-/// the customer's payout with that reference. Output: `{transaction_id, status, reference,
+/// the customer's payout with that reference, then, Blaaiz having no idempotency key, sends
+/// only under [`StepContext::begin_effect`] (a fenced mark; no other attempt sends within the
+/// effect window, so a look-up never races an earlier attempt's request still in flight). Output: `{transaction_id, status, reference,
 /// amount, currency, existing}`; the status may already be final.
 #[derive(Debug, Clone)]
 pub struct PayoutStep(pub BlaaizClient);
@@ -607,7 +609,14 @@ impl StepKind for PayoutStep {
             Ok(None) => {}
             Err(e) => return outcome_for("look up payout by reference", &e),
         }
-        match self.0.create_payout(&request).await {
+        // Blaaiz has no idempotency key: mark the attempt durably before sending, so that a
+        // worker taking the saga over waits until this request has surely landed or failed
+        // before it looks again (and would create again).
+        let permit = match ctx.begin_effect().await {
+            Ok(permit) => permit,
+            Err(outcome) => return outcome,
+        };
+        match self.0.create_payout(&request, permit.send_by()).await {
             Ok(r) => StepOutcome::Done(payout_output(&r.transaction, &reference, false)),
             Err(e) if e.may_have_taken_effect() => match self
                 .0

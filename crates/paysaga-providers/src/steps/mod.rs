@@ -13,7 +13,7 @@
 //! | `blaaiz.upload_documents` | uploads KYC documents (pre-signed URLs) | no | no |
 //! | `blaaiz.attach_files` | attaches them, which starts the review | no | no |
 //! | `blaaiz.await_verification` | waits for `VERIFIED` (`REJECTED` fails) | — | — |
-//! | `blaaiz.payout` | creates the payout (look-before-create) | no | **yes** |
+//! | `blaaiz.payout` | creates the payout (look-before-create, then a fenced effect mark: `StepContext::begin_effect`) | no | **yes** |
 //! | `blaaiz.await_payout` | waits for `SUCCESSFUL` (`FAILED` fails) | — | — |
 //! | `lean.create_destination` | finds or creates a payment destination | no | no |
 //! | `lean.ensure_customer` | creates the customer (409 = existing) | no | no |

@@ -253,7 +253,7 @@ async fn payout_create_get_and_look_up_by_reference() {
     .unwrap();
     request.bank_id = Some("1".into());
     request.account_number = Some("1234567890".into());
-    let created = c.create_payout(&request).await.unwrap();
+    let created = c.create_payout(&request, soon()).await.unwrap();
     assert_eq!(created.transaction.id, "tx-1");
     assert_eq!(created.transaction.amount_minor().unwrap(), 10_050);
     assert_eq!(created.transaction.status, TransactionStatus::Pending);
@@ -291,10 +291,22 @@ async fn payout_create_get_and_look_up_by_reference() {
     // A refusal is permanent and carries Blaaiz's message.
     let mut broke = request.clone();
     broke.from_amount = Some("999".parse().unwrap());
-    let err = c.create_payout(&broke).await.unwrap_err();
+    let err = c.create_payout(&broke, soon()).await.unwrap_err();
     assert!(err.is_permanent());
     assert_eq!(err.status(), Some(400));
     assert_eq!(err.provider_message(), Some("Insufficient funds."));
+
+    // Past its send-by instant the payout is not sent at all (another worker may be about
+    // to send it): a transient error that says nothing can have happened.
+    let payouts_before = mock.to("/blaaiz/api/external/payout").len();
+    let late = std::time::Instant::now() - std::time::Duration::from_millis(1);
+    let err = c.create_payout(&request, late).await.unwrap_err();
+    assert!(
+        matches!(err, paysaga_providers::Error::NotSent { .. }),
+        "{err:?}"
+    );
+    assert!(err.is_transient() && !err.may_have_taken_effect());
+    assert_eq!(mock.to("/blaaiz/api/external/payout").len(), payouts_before);
 }
 
 #[tokio::test]
@@ -360,4 +372,9 @@ async fn validation_errors_are_reported() {
         Some("The given data was invalid. (id_number: The id number field is required.)")
     );
     assert!(!format!("{c:?} {err:?}").contains(SECRET));
+}
+
+/// A send-by instant that does not get in the way.
+fn soon() -> std::time::Instant {
+    std::time::Instant::now() + std::time::Duration::from_secs(60)
 }

@@ -1,0 +1,84 @@
+//! The worker's [`EffectGuard`]: a fenced, durable mark before each request whose effect the
+//! provider cannot deduplicate.
+//!
+//! The race it closes: worker A looks for the payout its earlier attempt may have created,
+//! finds none, and is about to create it; A pauses (GC, SIGSTOP, a slow database blocking its
+//! heartbeats) and its lease lapses; worker B takes the saga over, looks, finds none, creates
+//! the payout; A wakes and creates a second one. The provider has no idempotency key to stop
+//! it. With the guard:
+//! - A sends only after committing a mark under its lease (the fence refuses it once B holds
+//!   the saga), and only before `send_by` = the time it checked its lease + half the lease
+//!   length (the transport refuses later sends, its 401 retry included);
+//! - B, finding a mark on the same step younger than the effect window (at least half the
+//!   lease + the provider request timeout + a margin), does not send: the step retries once
+//!   the window has closed, looking again first, and then finds A's payout if A sent it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use paysaga_core::{EffectGuard, EffectPermit, StepContext, StepOutcome};
+use paysaga_store::{EffectMark, Error as StoreError, Store};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::lease::LeaseClock;
+
+/// Marks requests of one step run of one saga.
+#[derive(Debug)]
+pub(crate) struct StoreEffectGuard {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) lease: Arc<LeaseClock>,
+    pub(crate) worker: Uuid,
+    pub(crate) saga: Uuid,
+    pub(crate) fence: i64,
+    pub(crate) step: i32,
+    pub(crate) window: Duration,
+}
+
+#[async_trait]
+impl EffectGuard for StoreEffectGuard {
+    async fn begin(&self, ctx: &StepContext) -> Result<EffectPermit, StepOutcome> {
+        let checked = Instant::now();
+        if !self.lease.fresh() {
+            warn!(saga_id = %self.saga, step = %ctx.step,
+                  "the lease may lapse before the request would be out (a pause or a slow database): not sending");
+            return Err(StepOutcome::retry(
+                "not sent: this worker's lease may lapse before the request would be out; the step runs again",
+            ));
+        }
+        match self
+            .store
+            .mark_effect(self.saga, self.worker, self.fence, self.step, self.window)
+            .await
+        {
+            Ok(EffectMark::Marked) => {
+                info!(saga_id = %self.saga, step = %ctx.step, "request marked; sending");
+                Ok(EffectPermit::until(checked + self.lease.ttl() / 2))
+            }
+            Ok(EffectMark::Wait {
+                marked_at,
+                remaining,
+            }) => {
+                warn!(saga_id = %self.saga, step = %ctx.step, %marked_at, wait_ms = remaining.as_millis() as u64,
+                      "an earlier attempt may have sent this request; looking again once its window has closed");
+                Err(StepOutcome::Retry {
+                    error: format!(
+                        "an earlier attempt of step {} may have sent its request at {marked_at} and \
+                         the provider cannot deduplicate it: not sending before that request has \
+                         surely landed or failed; the step looks again in {}s",
+                        ctx.step,
+                        remaining.as_secs() + 1
+                    ),
+                    after: Some(remaining + Duration::from_millis(100)),
+                })
+            }
+            Err(StoreError::LeaseLost { .. }) => Err(StepOutcome::retry(
+                "not sent: this worker no longer holds the saga",
+            )),
+            Err(e) => Err(StepOutcome::retry(format!(
+                "not sent: the request could not be marked in the database first: {e}"
+            ))),
+        }
+    }
+}
