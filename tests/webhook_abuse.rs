@@ -18,11 +18,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
-use paysaga_providers::webhook::{self, WebhookError};
+use paysaga_providers::endpoint::ProviderWebhook;
+use paysaga_providers::webhook;
 use paysaga_providers::Provider;
-use paysaga_runtime::http::{Rejection, ServeConfig, VerifiedEvent, WebhookVerifier};
+use paysaga_runtime::http::{ServeConfig, WebhookVerifier};
 use secrecy::SecretString;
 use serde_json::json;
 use sqlx::PgPool;
@@ -33,41 +33,6 @@ use tokio::net::TcpStream;
 /// The webhook secrets of `support::processes::provider_env`.
 fn secret(p: Provider) -> SecretString {
     SecretString::from(format!("sandbox-{p}-webhook-secret"))
-}
-
-/// The provider's scheme behind the runtime's trait, as the binary wires it.
-#[derive(Debug)]
-struct Verifier(Provider);
-
-impl WebhookVerifier for Verifier {
-    fn provider(&self) -> &str {
-        self.0.as_str()
-    }
-    fn verify(
-        &self,
-        headers: &HeaderMap,
-        body: &[u8],
-        now: DateTime<Utc>,
-    ) -> Result<VerifiedEvent, Rejection> {
-        match webhook::verify_and_parse(self.0, headers, body, &secret(self.0), now) {
-            Ok(e) => Ok(VerifiedEvent {
-                event_id: e.event_id,
-                event_type: e.event_type,
-                correlation_key: e.correlation_key,
-                payload: e.payload,
-            }),
-            Err(WebhookError::Unparseable {
-                reason,
-                fallback_event_id,
-            }) => Err(Rejection::Unparseable {
-                event_id: fallback_event_id,
-                reason,
-            }),
-            Err(other) => Err(Rejection::Unauthorized {
-                reason: other.to_string(),
-            }),
-        }
-    }
 }
 
 /// The signature headers of `body` as `provider` would send them at `at`.
@@ -617,7 +582,7 @@ async fn hostile_webhook_requests_get_clear_answers_and_only_authentic_events_ar
     let h = support::harness().await;
     let verifiers: Vec<Arc<dyn WebhookVerifier>> = Provider::ALL
         .into_iter()
-        .map(|p| Arc::new(Verifier(p)) as Arc<dyn WebhookVerifier>)
+        .map(|p| Arc::new(ProviderWebhook::new(p, secret(p))) as Arc<dyn WebhookVerifier>)
         .collect();
     let app = paysaga_runtime::http::router(
         h.engine.clone(),

@@ -62,7 +62,10 @@ pub async fn run_child(
                 .context("worker child: listen")?;
             let addr = listener.local_addr()?;
             let verifiers: Vec<Arc<dyn paysaga_runtime::http::WebhookVerifier>> =
-                vec![Arc::new(crate::webhook::BenchWebhook::new(secret))];
+                vec![Arc::new(paysaga_providers::endpoint::ProviderWebhook::new(
+                    crate::webhook::PROVIDER,
+                    secret.to_string().into(),
+                ))];
             let app = paysaga_runtime::http::router(
                 engine.clone(),
                 verifiers,

@@ -253,7 +253,7 @@ async fn run_in(db: &DemoDatabase, run_id: &str, docs_dir: &Path) -> Result<bool
 
     let app = paysaga_runtime::http::router(
         engine.clone(),
-        crate::webhooks::verifiers(&providers),
+        paysaga_providers::endpoint::verifiers(&providers),
         paysaga_runtime::http::DEFAULT_BODY_LIMIT,
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

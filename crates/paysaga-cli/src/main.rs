@@ -4,7 +4,6 @@
 mod demo;
 mod operate;
 mod provider_metrics;
-mod webhooks;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -464,7 +463,7 @@ async fn run_worker(url: Option<&str>, args: WorkerArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.http_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "HTTP server listening");
-    let verifiers = webhooks::verifiers(&providers);
+    let verifiers = paysaga_providers::endpoint::verifiers(&providers);
     tracing::info!(providers = ?verifiers.iter().map(|v| v.provider().to_string()).collect::<Vec<_>>(), "webhook endpoints");
     let app = paysaga_runtime::http::router(
         engine.clone(),

@@ -52,6 +52,8 @@
 
 pub mod blaaiz;
 pub mod config;
+#[cfg(feature = "runtime")]
+pub mod endpoint;
 pub mod error;
 pub mod lean;
 pub mod lumanu;

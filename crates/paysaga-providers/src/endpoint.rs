@@ -1,19 +1,38 @@
-//! Wiring: the providers' signature schemes behind the runtime's webhook endpoint.
+//! The providers' webhook schemes behind the runtime's webhook endpoint (feature `runtime`):
+//! [`ProviderWebhook`] implements `paysaga_runtime::http::WebhookVerifier` with
+//! [`webhook::verify_and_parse`], and [`verifiers`] builds one per configured provider.
+//!
+//! ```
+//! use paysaga_providers::endpoint::ProviderWebhook;
+//! use paysaga_providers::Provider;
+//! use paysaga_runtime::http::WebhookVerifier;
+//!
+//! let lumanu = ProviderWebhook::new(Provider::Lumanu, "whsec_example".to_string().into());
+//! assert_eq!(lumanu.provider(), "lumanu");
+//! assert!(!format!("{lumanu:?}").contains("whsec_example"));
+//! ```
 
 use std::sync::Arc;
 
-use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
-use paysaga_providers::webhook::{self, WebhookError};
-use paysaga_providers::Provider;
-use paysaga_providers::ProvidersConfig;
+use http::HeaderMap;
 use paysaga_runtime::http::{Rejection, VerifiedEvent, WebhookVerifier};
 use secrecy::SecretString;
 
-/// One provider's webhook secret and scheme. `Debug` never shows the secret.
+use crate::webhook::{self, WebhookError};
+use crate::{Provider, ProvidersConfig};
+
+/// One provider's webhook secret and signature scheme. `Debug` never shows the secret.
 pub struct ProviderWebhook {
     provider: Provider,
     secret: SecretString,
+}
+
+impl ProviderWebhook {
+    /// A verifier of `provider`'s webhooks signed with `secret`.
+    pub fn new(provider: Provider, secret: SecretString) -> ProviderWebhook {
+        ProviderWebhook { provider, secret }
+    }
 }
 
 impl std::fmt::Debug for ProviderWebhook {
@@ -62,12 +81,9 @@ pub fn verifiers(config: &ProvidersConfig) -> Vec<Arc<dyn WebhookVerifier>> {
         .configured()
         .into_iter()
         .filter_map(|p| {
-            config.webhook_secret(p).map(|s| {
-                Arc::new(ProviderWebhook {
-                    provider: p,
-                    secret: s.clone(),
-                }) as Arc<dyn WebhookVerifier>
-            })
+            config
+                .webhook_secret(p)
+                .map(|s| Arc::new(ProviderWebhook::new(p, s.clone())) as Arc<dyn WebhookVerifier>)
         })
         .collect()
 }
