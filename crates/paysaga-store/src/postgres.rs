@@ -223,6 +223,10 @@ impl From<&[HistoryEntry]> for HistoryColumns {
 
 /// One statement for the hot-path commit. Data-modifying CTEs run even if unreferenced; the
 /// notification CTE is referenced so that it runs. No row back = lease lost, nothing written.
+/// A saga the worker keeps (`$12`) keeps its `run_at`: nothing reads it while the saga is
+/// owned (the claim and `next_due` look at unowned sagas only; a release sets
+/// `LEAST(run_at, now())`), and leaving it, like every other indexed column, alone makes the
+/// update HOT (no new index entries; see docs/PERFORMANCE.md).
 const COMMIT_SIMPLE_SQL: &str = "
 WITH lease AS (
     SELECT id, cancel_requested FROM paysaga_sagas
@@ -232,7 +236,7 @@ WITH lease AS (
     FOR UPDATE),
 upd AS (
     UPDATE paysaga_sagas s SET status = $4, step_index = $5, attempt = $6, step_started_at = $7,
-           run_at = $8, wait = NULL, wake_event = NULL,
+           run_at = CASE WHEN $12 THEN s.run_at ELSE $8 END, wait = NULL, wake_event = NULL,
            outputs = CASE WHEN $9::text IS NULL THEN s.outputs
                           ELSE s.outputs || jsonb_build_object($9::text, $10::jsonb) END,
            last_error = $11,
@@ -1000,7 +1004,8 @@ impl Store for PgStore {
         };
         sqlx::query(
             "UPDATE paysaga_sagas SET status = $2, step_index = $3, attempt = $4,
-                    step_started_at = $5, run_at = $6, wait = $7, wake_event = $8,
+                    step_started_at = $5, run_at = CASE WHEN $12 THEN run_at ELSE $6 END,
+                    wait = $7, wake_event = $8,
                     outputs = CASE WHEN $9::text IS NULL THEN outputs
                                    ELSE outputs || jsonb_build_object($9::text, $10::jsonb) END,
                     last_error = $11,

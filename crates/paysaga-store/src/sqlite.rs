@@ -1129,7 +1129,8 @@ impl Store for SqliteStore {
         }
         sqlx::query(
             "UPDATE paysaga_sagas SET status = $2, step_index = $3, attempt = $4,
-                    step_started_at = $5, run_at = $6, wait = $7, wait_deadline = $8,
+                    step_started_at = $5, run_at = CASE WHEN $13 THEN run_at ELSE $6 END,
+                    wait = $7, wait_deadline = $8,
                     wait_since = $9, wake_event = $10, outputs = $11, last_error = $12,
                     owner = CASE WHEN $13 THEN owner ELSE NULL END,
                     updated_at = $14,

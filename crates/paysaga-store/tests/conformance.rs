@@ -588,6 +588,112 @@ async fn a_marked_request_is_not_sent_again_within_its_window_nor_by_a_worker_th
     );
 }
 
+/// Step commits of many sagas at the same moment (PostgreSQL gathers them into shared
+/// statements): each is applied exactly once, with its own output and history; one whose
+/// fence is stale is refused without holding the others back, and a saga that finishes
+/// gives its lease back while the others keep theirs.
+async fn concurrent_commits_of_many_sagas_each_apply_once_and_a_stale_one_is_refused(e: Env) {
+    let s = e.s();
+    let w = worker(s, LONG_TTL).await;
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        let started = start(s, "flow", &[STEP, STEP], None).await;
+        held.push(claim_one(s, w, started.id).await);
+    }
+    // The last one's fence goes stale: given back and claimed again.
+    let stale = held.pop().unwrap();
+    assert!(s.release(stale.id, w, stale.fence).await.unwrap());
+    let fresh = claim_one(s, w, stale.id).await;
+    let transitions: Vec<Transition> = (0..held.len() + 1)
+        .map(|n| {
+            let mut t = transition(SagaStatus::Running, 1);
+            t.continue_now = n % 2 == 0;
+            t.run_at = Some(Utc::now());
+            t.output = Some(("s1".to_string(), json!({ "n": n })));
+            t.history = vec![entry(HistoryKind::StepCompleted, Some("s1"), Some(1))];
+            t
+        })
+        .collect();
+    let sagas: Vec<&SagaRecord> = held.iter().chain([&stale]).collect();
+    let results = futures::future::join_all(
+        sagas
+            .iter()
+            .zip(&transitions)
+            .map(|(saga, t)| commit(s, saga, w, t, None)),
+    )
+    .await;
+    let (last, applied) = results.split_last().unwrap();
+    assert!(matches!(last, Err(Error::LeaseLost { .. })), "{last:?}");
+    for (n, (result, saga_before)) in applied.iter().zip(&held).enumerate() {
+        let committed = result.as_ref().unwrap();
+        assert_eq!(committed.kept, n % 2 == 0);
+        let stored = saga(s, saga_before.id).await;
+        assert_eq!(stored.step_index, 1);
+        assert_eq!(stored.outputs["s1"], json!({ "n": n }));
+        assert_eq!(stored.owner.is_some(), n % 2 == 0, "saga #{n}");
+        assert_eq!(
+            history_kinds(s, saga_before.id).await,
+            [HistoryKind::SagaStarted, HistoryKind::StepCompleted],
+            "saga #{n}"
+        );
+    }
+    let untouched = saga(s, stale.id).await;
+    assert_eq!((untouched.step_index, untouched.fence), (0, fresh.fence));
+    assert_eq!(history_kinds(s, stale.id).await, [HistoryKind::SagaStarted]);
+}
+
+/// A commit that keeps the saga (the worker runs the next step at once) leaves `run_at` as it
+/// was: nothing reads it while the saga is owned, and a release makes the saga due at once.
+/// On PostgreSQL those commits are then HOT updates (no indexed column changes).
+async fn commits_that_keep_the_saga_leave_run_at_and_are_hot_updates(e: Env) {
+    let s = e.s();
+    let w = worker(s, LONG_TTL).await;
+    let started = start(s, "flow", &[STEP; 6], None).await;
+    let claimed = claim_one(s, w, started.id).await;
+    let claimed_run_at = saga(s, started.id).await.run_at;
+    let mut held = claimed.clone();
+    for step in 1..=5 {
+        let mut t = transition(SagaStatus::Running, step);
+        t.continue_now = true;
+        t.run_at = Some(Utc::now() + chrono::Duration::hours(1));
+        t.output = Some((format!("s{step}"), json!({ "step": step })));
+        t.history = vec![entry(HistoryKind::StepCompleted, Some("s1"), Some(1))];
+        assert!(commit(s, &held, w, &t, None).await.unwrap().kept);
+        held = saga(s, started.id).await;
+        assert_eq!(held.run_at, claimed_run_at, "run_at untouched while kept");
+        assert_eq!(held.step_index, step);
+    }
+    // Given back, the saga is due at once.
+    assert!(s.release(started.id, w, held.fence).await.unwrap());
+    assert!(saga(s, started.id).await.run_at.unwrap() <= Utc::now());
+    if e.backend == Backend::Postgres {
+        let pool = sqlx::PgPool::connect(&e.url).await.unwrap();
+        // Backends report table statistics at most once a second, when idle.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let (updates, hot): (i64, i64) = loop {
+            let counts: (i64, i64) = sqlx::query_as(
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
+                 WHERE relname = 'paysaga_sagas'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            let _ = s.saga(started.id).await;
+            if counts.1 >= 4 || std::time::Instant::now() > deadline {
+                break counts;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            sqlx::query("SELECT pg_stat_clear_snapshot()")
+                .execute(&pool)
+                .await
+                .unwrap();
+        };
+        // The claim, the first step (status scheduled -> running) and the release change
+        // indexed columns; the four later step commits must not.
+        assert!(hot >= 4, "{hot} HOT updates of {updates}");
+    }
+}
+
 async fn heartbeat_extends_a_live_lease(e: Env) {
     let s = e.s();
     let w = worker(s, Duration::from_millis(400)).await;
@@ -1604,6 +1710,8 @@ conformance!(
     a_worker_whose_lease_expired_or_was_reaped_claims_nothing,
     a_commit_retried_after_a_lost_acknowledgement_writes_nothing_twice,
     a_marked_request_is_not_sent_again_within_its_window_nor_by_a_worker_that_lost_the_saga,
+    concurrent_commits_of_many_sagas_each_apply_once_and_a_stale_one_is_refused,
+    commits_that_keep_the_saga_leave_run_at_and_are_hot_updates,
     reaper_releases_sagas_of_expired_workers_and_their_fence_is_stale,
     stop_worker_releases_every_saga_it_holds,
     release_gives_the_saga_back_unchanged,
