@@ -317,6 +317,9 @@ fn print_saga(v: &SagaView) {
         (SagaStatus::Failed, _, _) => {
             "parked for an operator (see error): resume, skip or cancel".to_string()
         }
+        (status, _, _) if !status.is_final() && s.owner.is_some() => {
+            "running: a worker holds it and is running its current step (see lease)".to_string()
+        }
         (status, _, Some(_)) if !status.is_final() => "runnable: a worker picks it up".to_string(),
         _ => String::new(),
     };
