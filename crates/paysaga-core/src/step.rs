@@ -111,6 +111,14 @@ impl StepContext {
     pub async fn begin_effect(&self) -> Result<EffectPermit, StepOutcome> {
         self.effects.begin(self).await
     }
+
+    /// Call after [`StepContext::begin_effect`] when the request surely did not take effect:
+    /// the provider refused it before acting (a 4xx such as 429, a connection that never
+    /// opened, a request not sent). The mark is withdrawn, so the next attempt may send
+    /// without waiting for the effect window. Never call it after a timeout or a 5xx.
+    pub async fn effect_not_sent(&self) {
+        self.effects.not_sent(self).await
+    }
 }
 
 /// Decides whether a step may send a request the provider cannot deduplicate. The worker
@@ -120,6 +128,9 @@ impl StepContext {
 pub trait EffectGuard: Send + Sync + std::fmt::Debug {
     /// See [`StepContext::begin_effect`].
     async fn begin(&self, ctx: &StepContext) -> Result<EffectPermit, StepOutcome>;
+    /// See [`StepContext::effect_not_sent`]. Best effort: if the mark stays, the next attempt
+    /// only waits longer.
+    async fn not_sent(&self, _ctx: &StepContext) {}
 }
 
 /// Permission to send one request whose effect the provider cannot deduplicate, until

@@ -1294,3 +1294,55 @@ async fn only_configured_providers_contribute_kinds() {
     assert_eq!(names, LEAN_KINDS.to_vec());
     assert!(steps::step_kinds(&Clients::default()).is_empty());
 }
+
+/// Records what a step asked of its effect guard.
+#[derive(Debug, Default)]
+struct RecordingGuard {
+    calls: std::sync::Mutex<Vec<&'static str>>,
+}
+
+#[async_trait::async_trait]
+impl paysaga_core::EffectGuard for RecordingGuard {
+    async fn begin(&self, ctx: &StepContext) -> Result<paysaga_core::EffectPermit, StepOutcome> {
+        self.calls.lock().unwrap().push("begin");
+        paysaga_core::Unguarded.begin(ctx).await
+    }
+    async fn not_sent(&self, _ctx: &StepContext) {
+        self.calls.lock().unwrap().push("not_sent");
+    }
+}
+
+/// The payout is created only under the effect guard; a create Blaaiz refused before acting
+/// (429) withdraws the mark, a create that may have taken effect (timeout) keeps it.
+#[tokio::test]
+async fn blaaiz_payout_marks_before_sending_and_withdraws_only_when_refused() {
+    let env = env().await;
+    let saga = Uuid::new_v4();
+    let email = format!("t.{}@example.com", Uuid::new_v4().simple());
+    let (customer_id, outcome) = verified_customer(&env, saga, &email, "Eze").await;
+    done(outcome);
+    let wallet = paysaga_sandbox::seeds::BLAAIZ_WALLETS[1].0; // USD
+    let params = json!({"customer_id": customer_id, "payout": {
+        "wallet_id": wallet, "method": "ach", "amount": 4_321, "currency": "USD",
+        "account_number": "987654321", "routing_number": "021000021", "account_name": "Eze Obi",
+        "account_type": "checking", "recipient_type": "individual"}});
+    let guard = std::sync::Arc::new(RecordingGuard::default());
+    let mut c = ctx(saga, "blaaiz_kyc_payout", "payout");
+    c.effects = guard.clone();
+    env.faults("error_rate@POST:/blaaiz/api/external/payout=1,rate_limit_share=1")
+        .await;
+    let refused = env.start("blaaiz.payout", &c, &params).await;
+    assert!(matches!(refused, StepOutcome::Retry { .. }), "{refused:?}");
+    assert_eq!(*guard.calls.lock().unwrap(), ["begin", "not_sent"]);
+    guard.calls.lock().unwrap().clear();
+    env.faults("timeout_after_effect@POST:/blaaiz/api/external/payout=1,hang_ms=4000")
+        .await;
+    let _ = env.start("blaaiz.payout", &c, &params).await;
+    env.faults("none").await;
+    assert_eq!(
+        *guard.calls.lock().unwrap(),
+        ["begin"],
+        "a timeout keeps the mark"
+    );
+    assert_eq!(env.movements("blaaiz", "payout").await.len(), 1);
+}

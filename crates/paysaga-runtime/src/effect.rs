@@ -81,4 +81,18 @@ impl EffectGuard for StoreEffectGuard {
             ))),
         }
     }
+
+    async fn not_sent(&self, ctx: &StepContext) {
+        match self
+            .store
+            .clear_effect_mark(self.saga, self.worker, self.fence, self.step)
+            .await
+        {
+            Ok(_) => {
+                info!(saga_id = %self.saga, step = %ctx.step, "request refused before it took effect; mark withdrawn")
+            }
+            Err(e) => warn!(saga_id = %self.saga, step = %ctx.step, error = %e,
+                            "could not withdraw the mark; the next attempt waits for the effect window"),
+        }
+    }
 }

@@ -211,6 +211,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         step: i32,
         window: Duration,
     ) -> Result<EffectMark, Error>;
+    /// Withdraws the holder's mark on step `step` (its request surely did not take effect);
+    /// `false` when there was none or the worker no longer holds the saga.
+    async fn clear_effect_mark(
+        &self,
+        saga: Uuid,
+        worker: Uuid,
+        fence: i64,
+        step: i32,
+    ) -> Result<bool, Error>;
 
     /// Stores an event in the inbox (dedup on provider + event id) and wakes a matching wait.
     async fn deliver_event(&self, event: NewEvent) -> Result<Delivery, Error>;

@@ -957,6 +957,28 @@ impl Store for SqliteStore {
         Ok(EffectMark::Marked)
     }
 
+    #[instrument(skip_all, fields(saga_id = %saga, step))]
+    async fn clear_effect_mark(
+        &self,
+        saga: Uuid,
+        worker: Uuid,
+        fence: i64,
+        step: i32,
+    ) -> Result<bool, Error> {
+        let cleared = sqlx::query(
+            "UPDATE paysaga_sagas SET effect_step = NULL, effect_marked_at = NULL
+             WHERE id = $1 AND owner = $2 AND fence = $3 AND effect_step = $4",
+        )
+        .bind(saga.to_string())
+        .bind(worker.to_string())
+        .bind(fence)
+        .bind(step)
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok(cleared == 1)
+    }
+
     async fn release(&self, saga: Uuid, worker: Uuid, fence: i64) -> Result<bool, Error> {
         let now = ts(Utc::now());
         let released = sqlx::query(

@@ -554,6 +554,17 @@ async fn a_marked_request_is_not_sent_again_within_its_window_nor_by_a_worker_th
         }
         other => panic!("expected Wait, got {other:?}"),
     }
+    // Withdrawn (refused before it took effect): the next attempt may send at once.
+    assert!(s
+        .clear_effect_mark(started.id, a, held.fence, 0)
+        .await
+        .unwrap());
+    assert_eq!(
+        s.mark_effect(started.id, a, held.fence, 0, window)
+            .await
+            .unwrap(),
+        EffectMark::Marked
+    );
     // Another step is another request.
     assert_eq!(
         s.mark_effect(started.id, a, held.fence, 1, window)
@@ -572,6 +583,11 @@ async fn a_marked_request_is_not_sent_again_within_its_window_nor_by_a_worker_th
             .unwrap_err(),
         Error::LeaseLost { .. }
     ));
+    // Nor can it withdraw its mark: B still waits for A's request.
+    assert!(!s
+        .clear_effect_mark(started.id, a, held.fence, 1)
+        .await
+        .unwrap());
     assert!(matches!(
         s.mark_effect(started.id, b, taken.fence, 1, window)
             .await

@@ -626,7 +626,12 @@ impl StepKind for PayoutStep {
                 Ok(Some(t)) => found(t),
                 _ => retry_unknown_effect("create payout", &e),
             },
-            Err(e) => outcome_for("create payout", &e),
+            Err(e) => {
+                // Refused before Blaaiz acted (4xx, 429, no connection, not sent): the next
+                // attempt need not wait for this request to land.
+                ctx.effect_not_sent().await;
+                outcome_for("create payout", &e)
+            }
         }
     }
 }
