@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, TimeZone, Utc};
 use http::{HeaderMap, HeaderName, HeaderValue};
-use paysaga_core::{CompiledDefinition, Definition, StepKind, StepTraits};
+use paysaga_core::{CompiledDefinition, Definition, StepKind};
 use paysaga_providers::webhook::{self, WebhookError};
 use paysaga_providers::Provider;
 use secrecy::SecretString;
@@ -110,12 +110,7 @@ fn kind(name: &str) -> Option<&'static Arc<dyn StepKind>> {
 fn compile(text: &str) -> Option<CompiledDefinition> {
     let def = Definition::from_toml(text).ok()?;
     let names: Vec<String> = kinds().iter().map(|k| k.name().to_string()).collect();
-    let traits = |name: &str| {
-        kind(name).map(|k| StepTraits {
-            compensable: k.compensable(),
-            irreversible: k.irreversible(),
-        })
-    };
+    let traits = |name: &str| kind(name).map(|k| k.traits());
     let compiled = def.compile(&traits, &names).ok()?;
     let _ = compiled.definition.content_hash();
     Some(compiled)

@@ -274,6 +274,15 @@ pub trait StepKind: Send + Sync + std::fmt::Debug + 'static {
     fn irreversible(&self) -> bool {
         false
     }
+
+    /// [`StepKind::compensable`] and [`StepKind::irreversible`], as definitions are compiled
+    /// against them.
+    fn traits(&self) -> crate::StepTraits {
+        crate::StepTraits {
+            compensable: self.compensable(),
+            irreversible: self.irreversible(),
+        }
+    }
 }
 
 #[cfg(test)]

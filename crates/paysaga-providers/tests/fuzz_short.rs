@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, TimeZone, Utc};
 use http::{HeaderMap, HeaderName, HeaderValue};
-use paysaga_core::{CompiledDefinition, Definition, StepKind, StepTraits};
+use paysaga_core::{CompiledDefinition, Definition, StepKind};
 use paysaga_providers::webhook::{self, WebhookError, BLAAIZ_TIMESTAMP};
 use paysaga_providers::Provider;
 use proptest::prelude::*;
@@ -407,12 +407,7 @@ fn kind(name: &str) -> Option<&'static Arc<dyn StepKind>> {
 fn compile_toml(text: &str) -> Option<CompiledDefinition> {
     let def = Definition::from_toml(text).ok()?;
     let names: Vec<String> = kinds().iter().map(|k| k.name().to_string()).collect();
-    let traits = |name: &str| {
-        kind(name).map(|k| StepTraits {
-            compensable: k.compensable(),
-            irreversible: k.irreversible(),
-        })
-    };
+    let traits = |name: &str| kind(name).map(|k| k.traits());
     def.compile(&traits, &names).ok()
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use paysaga_core::{Definition, Event, StepContext, StepKind, StepOutcome, StepTraits, Wake};
+use paysaga_core::{Definition, Event, StepContext, StepKind, StepOutcome, Wake};
 use paysaga_providers::steps::{self, BLAAIZ_KINDS, LEAN_KINDS, LUMANU_KINDS};
 use paysaga_providers::{Clients, ProvidersConfig};
 use paysaga_sandbox::{Credentials, RunningSandbox, SandboxConfig};
@@ -1186,12 +1186,7 @@ async fn workflow_files_compile_against_the_registered_kinds_and_accept_their_ex
     let mut names: Vec<&str> = all.iter().map(String::as_str).collect();
     names.sort();
     assert_eq!(names, expected, "every provider's kinds are registered");
-    let traits = |k: &str| {
-        env.kinds.get(k).map(|kind| StepTraits {
-            compensable: kind.compensable(),
-            irreversible: kind.irreversible(),
-        })
-    };
+    let traits = |k: &str| env.kinds.get(k).map(|kind| kind.traits());
 
     let root = repo_root();
     for (file, irreversible, compensable) in [

@@ -36,10 +36,7 @@ impl Registry {
 
     /// What the kind registered under `name` says about undoing its effect.
     pub fn traits(&self, name: &str) -> Option<StepTraits> {
-        self.kinds.get(name).map(|k| StepTraits {
-            compensable: k.compensable(),
-            irreversible: k.irreversible(),
-        })
+        self.kinds.get(name).map(|k| k.traits())
     }
 
     /// Whether `name` is registered.

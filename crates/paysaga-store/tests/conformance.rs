@@ -604,10 +604,9 @@ async fn a_marked_request_is_not_sent_again_within_its_window_nor_by_a_worker_th
     );
 }
 
-/// Step commits of many sagas at the same moment (PostgreSQL gathers them into shared
-/// statements): each is applied exactly once, with its own output and history; one whose
-/// fence is stale is refused without holding the others back, and a saga that finishes
-/// gives its lease back while the others keep theirs.
+/// Step commits of many sagas at the same moment: each is applied exactly once, with its own
+/// output and history; one whose fence is stale is refused without holding the others back;
+/// the sagas whose transition does not continue give their lease back, the others keep it.
 async fn concurrent_commits_of_many_sagas_each_apply_once_and_a_stale_one_is_refused(e: Env) {
     let s = e.s();
     let w = worker(s, LONG_TTL).await;
