@@ -187,7 +187,24 @@ pub enum DefinitionError {
         /// what is wrong
         reason: String,
     },
+    /// A duration longer than [`MAX_DURATION`] (times that far out cannot be scheduled).
+    #[error("workflow {workflow}, step {step}: {field} = {value} is longer than the longest allowed duration (10 years); write a shorter one")]
+    DurationTooLong {
+        /// workflow
+        workflow: String,
+        /// step
+        step: String,
+        /// field name (`deadline`, `retry.max_total`...)
+        field: &'static str,
+        /// the duration as written back
+        value: String,
+    },
 }
+
+/// The longest duration a definition may give (deadline, timeout, poll interval, retry
+/// delays and total): ten years. Longer ones are refused at submit, so that no time the engine
+/// schedules overflows.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
 
 impl Definition {
     /// Parses a definition from TOML.
@@ -272,6 +289,23 @@ impl Definition {
                     step: err_step(),
                     source,
                 })?;
+            for (field, d) in [
+                ("timeout", step.timeout),
+                ("deadline", step.deadline),
+                ("poll_every", step.poll_every),
+                ("retry.initial_delay", step.retry.initial_delay),
+                ("retry.max_delay", step.retry.max_delay),
+                ("retry.max_total", step.retry.max_total),
+            ] {
+                if d > MAX_DURATION {
+                    return Err(DefinitionError::DurationTooLong {
+                        workflow: wf.clone(),
+                        step: err_step(),
+                        field,
+                        value: humantime::format_duration(d).to_string(),
+                    });
+                }
+            }
             for (field, d) in [
                 ("timeout", step.timeout),
                 ("deadline", step.deadline),
@@ -622,6 +656,14 @@ mod tests {
         let mut d = base.clone();
         d.version = 0;
         assert!(matches!(compile(&d), Err(DefinitionError::ZeroVersion(_))));
+        let far = Definition::from_toml(
+            "name='x'\nversion=1\n[[steps]]\nname='a'\nkind='noop.sleep'\ndeadline='300000y'",
+        )
+        .expect("parses");
+        assert!(matches!(
+            compile(&far),
+            Err(DefinitionError::DurationTooLong { field: "deadline", .. })
+        ));
         let mut d = base;
         d.steps.clear();
         assert!(matches!(compile(&d), Err(DefinitionError::NoSteps(_))));

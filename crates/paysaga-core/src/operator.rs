@@ -60,6 +60,7 @@ fn base(state: &SagaState, status: SagaStatus) -> Transition {
         last_error: state.last_error.clone(),
         history: Vec::new(),
         continue_now: false,
+        effect_possible: state.effect_possible,
     }
 }
 
@@ -171,6 +172,7 @@ pub fn skip(
             t.step_started_at = None;
             t.wait = None;
             t.last_error = None;
+            t.effect_possible = false;
             t.output = Some((step.to_string(), output.clone()));
             t.run_at = if done { None } else { Some(now) };
             t.history = vec![entry(HistoryKind::OperatorSkip, Some(step), reason, json!({"output": output}))];

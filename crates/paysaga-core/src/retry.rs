@@ -175,7 +175,9 @@ impl RetryPolicy {
         if let Some(hint) = provider_hint {
             delay = delay.max(hint);
         }
-        if elapsed + delay > self.max_total {
+        // Saturating: a provider hint of years (a huge `Retry-After`) must exhaust the policy,
+        // not overflow.
+        if elapsed.saturating_add(delay) > self.max_total {
             return RetryDecision::Exhausted;
         }
         RetryDecision::RetryAfter(delay)
@@ -272,6 +274,19 @@ mod tests {
         assert_eq!(
             p.decide(1, Duration::ZERO, 0, Some(Duration::from_secs(30))),
             RetryDecision::RetryAfter(Duration::from_secs(30))
+        );
+    }
+
+    #[test]
+    fn huge_retry_after_exhausts_instead_of_overflowing() {
+        let p = RetryPolicy::default();
+        assert_eq!(
+            p.decide(1, Duration::from_secs(5), 0, Some(Duration::MAX)),
+            RetryDecision::Exhausted
+        );
+        assert_eq!(
+            p.decide(1, Duration::MAX, 0, Some(Duration::from_secs(u64::MAX / 2))),
+            RetryDecision::Exhausted
         );
     }
 

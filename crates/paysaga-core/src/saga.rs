@@ -285,6 +285,11 @@ pub struct SagaState {
     pub cancel_requested: bool,
     /// The error operators see; during compensation, the failure that started it.
     pub last_error: Option<String>,
+    /// An attempt of the current step may have reached the provider: the step is
+    /// irreversible and an attempt ended without a definite answer (a transient failure: a
+    /// timeout, a 5xx, a connection lost after sending), or an effect mark is on it. An unwind
+    /// then parks for an operator instead of claiming nothing happened.
+    pub effect_possible: bool,
 }
 
 /// What a step kind (combined with the definition's flags) says about undoing a step.
@@ -342,6 +347,9 @@ pub struct Transition {
     pub history: Vec<HistoryEntry>,
     /// The worker keeps its lease and runs the next step at once (no re-claim).
     pub continue_now: bool,
+    /// An attempt of the (new) current step may have reached the provider (see
+    /// [`SagaState::effect_possible`]); stored with the saga.
+    pub effect_possible: bool,
 }
 
 impl Transition {
@@ -357,6 +365,7 @@ impl Transition {
             last_error: None,
             history: Vec::new(),
             continue_now: false,
+            effect_possible: state.effect_possible,
         }
     }
 }
@@ -435,8 +444,14 @@ fn since(now: DateTime<Utc>, start: Option<DateTime<Utc>>) -> Duration {
         .unwrap_or_default()
 }
 
+/// `now + d`, with `d` capped at [`crate::definition::MAX_DURATION`]: a step's or provider's
+/// hint of centuries (a huge `Retry-After` or wait) schedules far out instead of overflowing.
 fn add(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
-    now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+    let d = d.min(crate::definition::MAX_DURATION);
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// Decides the transition after a forward run of step `index` returned `outcome`.
@@ -453,6 +468,10 @@ pub fn after_step(
     let name = step.name.as_str();
     let started = state.step_started_at.or(Some(now));
     let waiting = matches!(wake, Wake::Event(_) | Wake::Poll { .. });
+    // An irreversible step that waits or fails transiently may have acted at the provider
+    // (the engine cannot tell a timeout or 5xx after sending from a refusal before it).
+    let irreversible = def.steps[index].traits.irreversible;
+    let possible = state.effect_possible || irreversible;
     let mut history = Vec::new();
     if let Wake::Event(ev) = wake {
         history.push(
@@ -477,6 +496,7 @@ pub fn after_step(
             t.step_index = next;
             t.attempt = 0;
             t.step_started_at = None;
+            t.effect_possible = false;
             if next >= def.steps.len() {
                 t.status = SagaStatus::Completed;
                 history.push(HistoryEntry::new(HistoryKind::SagaCompleted, None, None));
@@ -498,19 +518,21 @@ pub fn after_step(
                     spec.event_types.join("/"),
                     spec.correlation_key
                 );
-                return fail_step(state, def, index, attempt, &error, now, history);
+                return fail_step(state, def, index, attempt, &error, possible, now, history);
             }
-            begin_wait(state, step, index, attempt, spec, now, started, history)
+            let mut t = begin_wait(state, step, index, attempt, spec, now, started, history);
+            t.effect_possible = possible;
+            t
         }
         StepOutcome::Retry { error, after } if waiting => {
             // A failed poll or event handling: the wait goes on; poll again after a backoff,
             // never later than the wait's own rhythm. The deadline still rules.
             let Some(wait) = state.wait.clone() else {
-                return fail_step(state, def, index, attempt, &error, now, history);
+                return fail_step(state, def, index, attempt, &error, possible, now, history);
             };
             if now >= wait.deadline {
                 let error = format!("wait deadline passed; last poll failed: {error}");
-                return fail_step(state, def, index, attempt, &error, now, history);
+                return fail_step(state, def, index, attempt, &error, possible, now, history);
             }
             let failures = state.attempt.saturating_add(1);
             let delay = step
@@ -553,15 +575,20 @@ pub fn after_step(
                     t.run_at = Some(at);
                     t.last_error = Some(error);
                     t.history = history;
+                    t.effect_possible = possible;
                     t
                 }
                 RetryDecision::Exhausted => {
                     let error = format!("retries exhausted after {attempt} attempts: {error}");
-                    fail_step(state, def, index, attempt, &error, now, history)
+                    fail_step(state, def, index, attempt, &error, possible, now, history)
                 }
             }
         }
-        StepOutcome::Fail { error } => fail_step(state, def, index, attempt, &error, now, history),
+        StepOutcome::Fail { error } => {
+            // A definite refusal of this attempt; an earlier attempt may still have acted.
+            let possible = state.effect_possible;
+            fail_step(state, def, index, attempt, &error, possible, now, history)
+        }
     }
 }
 
@@ -619,6 +646,7 @@ fn fail_step(
     index: usize,
     attempt: u32,
     error: &str,
+    effect_possible: bool,
     now: DateTime<Utc>,
     mut history: Vec<HistoryEntry>,
 ) -> Transition {
@@ -628,13 +656,16 @@ fn fail_step(
     let reason = format!("step {name} failed: {error}");
     let unwinding = SagaState {
         step_index: index,
+        attempt,
+        effect_possible,
         ..state.clone()
     };
     begin_unwind(&unwinding, def, &reason, now, history)
 }
 
 /// Starts undoing the steps completed before `state.step_index`: compensations in
-/// reverse, or a park for an operator when one of them cannot be undone.
+/// reverse, or a park for an operator when one of them cannot be undone, or when the current
+/// step is irreversible and an attempt of it may have reached the provider.
 fn begin_unwind(
     state: &SagaState,
     def: &CompiledDefinition,
@@ -647,10 +678,41 @@ fn begin_unwind(
         .filter(|&j| def.steps[j].traits.irreversible)
         .map(|j| def.steps[j].def.name.as_str())
         .collect();
+    let current_may_have_acted = state.effect_possible
+        && def
+            .steps
+            .get(state.step_index)
+            .is_some_and(|s| s.traits.irreversible);
     let mut t = Transition::base(state, SagaStatus::Failed);
     t.wait = None;
     t.attempt = 0;
     t.step_started_at = None;
+    if current_may_have_acted {
+        // The step stays current with its attempts kept: `resume` runs it again (it looks
+        // for what an earlier attempt did first), `skip` records what the operator found.
+        let name = def.steps[state.step_index].def.name.as_str();
+        let done = if irreversible.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (completed step(s) {} cannot be undone either)",
+                irreversible.join(", ")
+            )
+        };
+        let error = format!(
+            "{reason}; parked for an operator because step {name} is irreversible and attempt {} of it may have reached the provider (money may have moved){done}: check the provider, then resume or skip the step",
+            state.attempt.max(1)
+        );
+        history.push(
+            HistoryEntry::new(HistoryKind::SagaFailed, Some(name), Some(state.attempt))
+                .error(&error)
+                .detail(json!({"effect_possible": true})),
+        );
+        t.attempt = state.attempt;
+        t.last_error = Some(error);
+        t.history = history;
+        return t;
+    }
     if !irreversible.is_empty() {
         let error = format!(
             "{reason}; parked for an operator because completed step(s) {} cannot be undone (money may have moved): check the provider, then skip, retry or close the saga",
@@ -661,6 +723,7 @@ fn begin_unwind(
         t.history = history;
         return t;
     }
+    t.effect_possible = false;
     t.last_error = Some(reason.to_string());
     match previous_compensable(def, completed) {
         Some(j) => {
@@ -813,6 +876,7 @@ mod tests {
             wait: None,
             cancel_requested: false,
             last_error: None,
+            effect_possible: false,
         }
     }
 
@@ -1007,6 +1071,90 @@ mod tests {
             panic!()
         };
         assert_eq!(t.status, SagaStatus::Cancelled);
+    }
+
+    #[test]
+    fn cancel_after_an_ambiguous_attempt_of_an_irreversible_step_parks() {
+        let tr = [
+            StepTraits {
+                compensable: true,
+                irreversible: false,
+            },
+            StepTraits {
+                compensable: false,
+                irreversible: true,
+            },
+        ];
+        let d = def(&tr);
+        let now = Utc::now();
+        // Attempt 1 of the payout timed out: it may have paid.
+        let s = state(SagaStatus::Running, 1);
+        let t = after_step(
+            &s,
+            &d,
+            1,
+            1,
+            &Wake::Start,
+            StepOutcome::retry("timed out"),
+            now,
+        );
+        assert!(t.effect_possible);
+        let s = SagaState {
+            attempt: 1,
+            effect_possible: true,
+            cancel_requested: true,
+            ..s
+        };
+        let NextRun::Apply(t) = next_run(&s, &d, None, now) else {
+            panic!("cancel must apply")
+        };
+        assert_eq!(t.status, SagaStatus::Failed);
+        assert!(t.effect_possible);
+        assert!(t
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("may have reached the provider"));
+        // A later definite refusal (4xx) does not erase the earlier ambiguity either.
+        let s = SagaState {
+            cancel_requested: false,
+            ..s
+        };
+        let t = after_step(&s, &d, 1, 2, &Wake::Start, StepOutcome::fail("400"), now);
+        assert_eq!(t.status, SagaStatus::Failed);
+        // Without an ambiguous attempt a refusal compensates as before.
+        let s = SagaState {
+            effect_possible: false,
+            ..s
+        };
+        let t = after_step(&s, &d, 1, 1, &Wake::Start, StepOutcome::fail("400"), now);
+        assert_eq!(t.status, SagaStatus::Compensating);
+    }
+
+    #[test]
+    fn huge_wait_and_retry_hints_do_not_overflow() {
+        let tr = [StepTraits::default()];
+        let d = def(&tr);
+        let now = Utc::now();
+        let s = state(SagaStatus::Running, 0);
+        let mut spec = WaitSpec::new("p", "paid", "k");
+        spec.poll_after = Some(Duration::MAX);
+        spec.new_deadline = Some(Duration::MAX);
+        let t = after_step(&s, &d, 0, 1, &Wake::Start, StepOutcome::Wait(spec), now);
+        assert_eq!(t.status, SagaStatus::Waiting);
+        let t = after_step(
+            &s,
+            &d,
+            0,
+            1,
+            &Wake::Start,
+            StepOutcome::Retry {
+                error: "429".into(),
+                after: Some(Duration::MAX),
+            },
+            now,
+        );
+        assert_eq!(t.status, SagaStatus::Compensated);
     }
 
     #[test]

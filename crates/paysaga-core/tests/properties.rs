@@ -74,6 +74,7 @@ fn apply(state: &mut SagaState, t: &Transition) {
     state.step_started_at = t.step_started_at;
     state.wait = t.wait.clone();
     state.last_error = t.last_error.clone();
+    state.effect_possible = t.effect_possible;
 }
 
 fn check(
@@ -166,7 +167,10 @@ proptest! {
             wait: None,
             cancel_requested: false,
             last_error: None,
+            effect_possible: false,
         };
+        // Irreversible steps an attempt of which may have reached the provider.
+        let mut maybe_acted: Vec<usize> = Vec::new();
         let mut compensated: Vec<usize> = Vec::new();
         let mut completed_steps: Vec<usize> = Vec::new();
         for input in inputs {
@@ -198,6 +202,11 @@ proptest! {
                     if let Wake::Event(_) = wake { prop_assert_eq!(state.status, SagaStatus::Waiting); }
                     let t = after_step(&state, &def, index, attempt, &wake, outcome.clone(), now);
                     if t.output.is_some() { completed_steps.push(index); }
+                    if def.steps[index].traits.irreversible
+                        && matches!(outcome, StepOutcome::Retry { .. } | StepOutcome::Wait(_))
+                    {
+                        maybe_acted.push(index);
+                    }
                     t
                 }
                 NextRun::Compensate { index, attempt } => {
@@ -219,6 +228,11 @@ proptest! {
         prop_assert!(completed_steps.windows(2).all(|w| w[0] < w[1]), "steps completed out of order {completed_steps:?}");
         if state.status == SagaStatus::Cancelled {
             prop_assert!(state.cancel_requested);
+        }
+        // Money safety: a saga one of whose irreversible steps may have acted never ends
+        // saying nothing happened.
+        if matches!(state.status, SagaStatus::Cancelled | SagaStatus::Compensated) {
+            prop_assert!(maybe_acted.is_empty(), "ended {} although irreversible step(s) {maybe_acted:?} may have acted", state.status);
         }
     }
 
