@@ -847,6 +847,38 @@ pub fn after_compensation(
     t
 }
 
+/// The result of attempt `attempt` of the current step (or compensation) could not be stored
+/// (the database refused the commit again and again: a constraint, a value it cannot hold):
+/// the saga parks for an operator with the database's error, the attempt counted, so that
+/// the step and its provider call do not run again and again.
+pub fn unstorable(
+    state: &SagaState,
+    def: &CompiledDefinition,
+    attempt: u32,
+    db_error: &str,
+    _now: DateTime<Utc>,
+) -> Transition {
+    let step = def.steps.get(state.step_index);
+    let name = step.map(|s| s.def.name.as_str()).unwrap_or("-");
+    let phase = if state.status == SagaStatus::Compensating {
+        "compensation of step"
+    } else {
+        "step"
+    };
+    let error = format!(
+        "the result of attempt {attempt} of {phase} {name} could not be stored ({db_error}); parked for an operator: check what the step did at the provider, fix the cause, then resume or skip it"
+    );
+    let mut t = Transition::base(state, SagaStatus::Failed);
+    t.attempt = attempt;
+    t.wait = None;
+    t.effect_possible = state.effect_possible || step.is_some_and(|s| s.traits.irreversible);
+    t.last_error = Some(error.clone());
+    t.history = vec![HistoryEntry::new(HistoryKind::SagaFailed, Some(name), Some(attempt))
+        .error(&error)
+        .detail(json!({"unstorable": true}))];
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

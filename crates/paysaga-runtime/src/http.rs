@@ -30,6 +30,14 @@ use crate::{Engine, IncomingEvent};
 /// Default largest webhook body accepted (413 above it).
 pub const DEFAULT_BODY_LIMIT: usize = 256 * 1024;
 
+/// Webhooks stored at once. The store's pool (16 connections) also serves the worker's claims
+/// and step commits: a burst of webhooks may use a quarter of it, never all of it.
+pub const WEBHOOK_STORE_CONCURRENCY: usize = 4;
+
+/// How long a webhook waits for a turn to be stored before it is answered 503 (the provider
+/// retries it later); shorter than the request timeout.
+pub const WEBHOOK_STORE_WAIT: Duration = Duration::from_secs(5);
+
 /// Limits of [`serve`].
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -180,6 +188,8 @@ pub trait WebhookVerifier: Send + Sync + std::fmt::Debug + 'static {
 struct AppState {
     engine: Engine,
     verifiers: Arc<HashMap<String, Arc<dyn WebhookVerifier>>>,
+    /// Turns to store webhooks ([`WEBHOOK_STORE_CONCURRENCY`]).
+    store_turns: Arc<tokio::sync::Semaphore>,
 }
 
 /// The whole HTTP surface of a worker.
@@ -205,6 +215,7 @@ pub fn router(
         .with_state(AppState {
             engine,
             verifiers: Arc::new(verifiers),
+            store_turns: Arc::new(tokio::sync::Semaphore::new(WEBHOOK_STORE_CONCURRENCY)),
         })
 }
 
@@ -268,6 +279,29 @@ async fn to_completion<T: Send + 'static>(
     }
 }
 
+/// A turn to use the store, to be held by the store work to its end (also if the request is
+/// dropped): a burst of webhooks cannot take every pooled connection from step commits. No turn
+/// within [`WEBHOOK_STORE_WAIT`]: 503 with `Retry-After`, so the provider sends it again.
+async fn store_turn(
+    app: &AppState,
+    provider: &str,
+) -> Result<tokio::sync::OwnedSemaphorePermit, Response> {
+    match tokio::time::timeout(WEBHOOK_STORE_WAIT, app.store_turns.clone().acquire_owned()).await
+    {
+        Ok(Ok(turn)) => Ok(turn),
+        _ => {
+            app.engine.metrics().inbox(provider, "busy");
+            warn!(%provider, "too many webhooks being stored at once; answering 503 so the provider retries");
+            Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(axum::http::header::RETRY_AFTER, "1")],
+                Json(json!({"error": "busy: event not stored; retry later"})),
+            )
+                .into_response())
+        }
+    }
+}
+
 fn reply(status: StatusCode, body: Value) -> Response {
     (status, Json(body)).into_response()
 }
@@ -287,6 +321,10 @@ async fn webhook(
     let engine = &app.engine;
     match verifier.verify(&headers, &body, Utc::now()) {
         Ok(event) => {
+            let turn = match store_turn(&app, &provider).await {
+                Ok(turn) => turn,
+                Err(busy) => return busy,
+            };
             let event_id = event.event_id.clone();
             let incoming = IncomingEvent {
                 provider: provider.clone(),
@@ -296,7 +334,13 @@ async fn webhook(
                 payload: event.payload,
             };
             let delivering = engine.clone();
-            match to_completion(async move { delivering.deliver_event(incoming).await }).await {
+            match to_completion(async move {
+                let delivered = delivering.deliver_event(incoming).await;
+                drop(turn);
+                delivered
+            })
+            .await
+            {
                 Ok(d) => {
                     info!(%provider, %event_id, inbox_id = d.inbox_id, duplicate = d.duplicate, matched = ?d.matched_saga, "webhook stored");
                     reply(
@@ -320,6 +364,10 @@ async fn webhook(
             reply(StatusCode::UNAUTHORIZED, json!({"error": reason}))
         }
         Err(Rejection::Unparseable { event_id, reason }) => {
+            let turn = match store_turn(&app, &provider).await {
+                Ok(turn) => turn,
+                Err(busy) => return busy,
+            };
             let storing = engine.clone();
             let (p, id, raw, why) = (
                 provider.clone(),
@@ -327,8 +375,12 @@ async fn webhook(
                 body.to_vec(),
                 reason.clone(),
             );
-            match to_completion(async move { storing.store_unparseable(&p, &id, raw, &why).await })
-                .await
+            match to_completion(async move {
+                let stored = storing.store_unparseable(&p, &id, raw, &why).await;
+                drop(turn);
+                stored
+            })
+            .await
             {
                 Ok(d) => {
                     warn!(%provider, %event_id, inbox_id = d.inbox_id, %reason, "webhook verified but unparseable; stored for operators");

@@ -5,16 +5,19 @@
 //! sagas it holds); a saga's fencing token increases at every claim. A step result is
 //! committed only while the worker's lease is live and the token unchanged.
 
+use std::collections::HashSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use paysaga_core::{
-    after_compensation, after_step, next_run, NextRun, SagaStatus, StepContext, StepOutcome,
-    Transition, Wake,
+    after_compensation, after_step, next_run, unstorable, NextRun, SagaStatus, StepContext,
+    StepOutcome, Transition, Wake,
 };
 use paysaga_store::{Commit, Committed, SagaRecord, WorkerInfo};
 use serde_json::{json, Value};
@@ -48,6 +51,10 @@ pub struct WorkerConfig {
     /// it again before. At least half the lease plus the provider request timeout plus a
     /// margin; every worker of a deployment uses the same.
     pub effect_window: Duration,
+    /// A test hook: how far this process's clock is off (it reads `Utc::now()` plus this).
+    /// The worker schedules with the database's clock anyway (it learns the offset at every
+    /// heartbeat), so a skewed clock must change nothing; tests prove it with +/- minutes.
+    pub clock_skew: chrono::TimeDelta,
 }
 
 impl Default for WorkerConfig {
@@ -60,6 +67,7 @@ impl Default for WorkerConfig {
             reap_every: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(30),
             effect_window: Duration::from_secs(60),
+            clock_skew: chrono::TimeDelta::zero(),
         }
     }
 }
@@ -77,6 +85,12 @@ pub struct WorkerStats {
     pub finished: AtomicU64,
     /// Leases of dead workers released by this worker.
     pub takeovers: AtomicU64,
+    /// Sagas this worker held without running them (a claim whose reply was lost), released.
+    pub orphans_released: AtomicU64,
+    /// Step runs that panicked (recorded as transient failures).
+    pub panics: AtomicU64,
+    /// Sagas parked because their results could not be stored.
+    pub unstorable: AtomicU64,
 }
 
 /// A worker bound to an engine. Run it with [`Worker::run`].
@@ -100,11 +114,46 @@ struct Shared {
     to_release: Mutex<Vec<(Uuid, Uuid, i64)>>,
     /// This process's view of its lease.
     lease: Arc<LeaseClock>,
+    /// Sagas a task of this worker is running (the others it owns are orphans).
+    running: Mutex<HashSet<Uuid>>,
+    /// Database clock minus this process's clock, in milliseconds (learned at heartbeats).
+    clock_offset_ms: AtomicI64,
 }
 
 impl Shared {
     fn id(&self) -> Uuid {
         self.worker_id.lock().map(|g| *g).unwrap_or_default()
+    }
+
+    /// This process's clock (with the test skew, if any).
+    fn local_now(&self) -> DateTime<Utc> {
+        Utc::now() + self.config.clock_skew
+    }
+
+    /// The database's clock as this worker knows it: every time the worker schedules (run_at,
+    /// wait deadlines and polls, backoff, `max_total`) is measured with it, like leases and
+    /// effect marks, whatever this machine's clock says.
+    fn now(&self) -> DateTime<Utc> {
+        self.local_now()
+            + chrono::TimeDelta::milliseconds(self.clock_offset_ms.load(Ordering::Relaxed))
+    }
+
+    /// Learns the database clock's offset (one round trip; the answer is taken as of its
+    /// middle).
+    async fn sync_clock(&self) {
+        let before = self.local_now();
+        match self.engine.store.db_now().await {
+            Ok(db) => {
+                let after = self.local_now();
+                let middle = before + (after - before) / 2;
+                let offset = (db - middle).num_milliseconds();
+                let old = self.clock_offset_ms.swap(offset, Ordering::Relaxed);
+                if (offset - old).abs() > 1_000 {
+                    warn!(offset_ms = offset, "this machine's clock differs from the database's; scheduling with the database's clock");
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot read the database clock; keeping the last offset"),
+        }
     }
 
     /// Gives the saga back (as soon as the database answers) instead of running it.
@@ -143,8 +192,11 @@ impl Worker {
             stats: self.stats.clone(),
             to_release: Mutex::new(Vec::new()),
             lease: Arc::new(LeaseClock::new(self.config.lease_ttl)),
+            running: Mutex::new(HashSet::new()),
+            clock_offset_ms: AtomicI64::new(0),
         });
         register(&shared).await?;
+        shared.sync_clock().await;
         for group in self.engine.store.sagas_needing_other_kinds(&kinds).await? {
             warn!(
                 workflow = %group.workflow, version = group.version, sagas = group.sagas,
@@ -158,6 +210,7 @@ impl Worker {
         let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         tokio::pin!(shutdown);
         let mut last_reap = tokio::time::Instant::now();
+        let mut last_orphan_check = tokio::time::Instant::now();
         loop {
             while let Some(done) = tasks.try_join_next() {
                 if let Err(e) = done {
@@ -165,6 +218,12 @@ impl Worker {
                 }
             }
             release_abandoned(&shared).await;
+            // No claim is in flight here (claims run in this loop): a saga the store says we
+            // own that no task runs was claimed by a claim whose reply was lost.
+            if last_orphan_check.elapsed() >= self.config.lease_ttl / 3 {
+                last_orphan_check = tokio::time::Instant::now();
+                release_orphans(&shared).await;
+            }
             if last_reap.elapsed() >= self.config.reap_every {
                 last_reap = tokio::time::Instant::now();
                 match self.engine.store.reap_expired_workers().await {
@@ -206,9 +265,25 @@ impl Worker {
                             let saga = claimed.saga;
                             let span =
                                 info_span!("saga", saga_id = %saga.id, workflow = %saga.workflow);
+                            if let Ok(mut running) = shared.running.lock() {
+                                running.insert(saga.id);
+                            }
                             tasks.spawn(
                                 async move {
-                                    run_saga(&shared, saga).await;
+                                    let (id, fence) = (saga.id, saga.fence);
+                                    let worker = shared.id();
+                                    let run = AssertUnwindSafe(run_saga(&shared, saga));
+                                    if let Err(panic) = run.catch_unwind().await {
+                                        // Outside a step (a step's panic is caught in run_step):
+                                        // give the saga back rather than hold it.
+                                        error!(panic = %panic_message(&panic), "saga task panicked; giving the saga back");
+                                        if let Ok(mut list) = shared.to_release.lock() {
+                                            list.push((id, worker, fence));
+                                        }
+                                    }
+                                    if let Ok(mut running) = shared.running.lock() {
+                                        running.remove(&id);
+                                    }
                                     drop(permit);
                                     shared.wake.notify_one();
                                 }
@@ -229,7 +304,7 @@ impl Worker {
                 continue;
             }
             let sleep_for = match self.engine.store.next_due(&kinds).await {
-                Ok(Some(at)) => (at - Utc::now())
+                Ok(Some(at)) => (at - shared.now())
                     .to_std()
                     .unwrap_or_default()
                     .min(self.config.idle_poll),
@@ -289,6 +364,48 @@ async fn release_abandoned(shared: &Shared) {
     }
 }
 
+/// Releases (fenced) the sagas the store says this worker holds but no task of it runs: the
+/// claim that took them committed but its reply never arrived (connection lost), so nothing
+/// would run them before this worker stops.
+async fn release_orphans(shared: &Shared) {
+    let worker = shared.id();
+    let owned = match shared.engine.store.owned_sagas(worker).await {
+        Ok(owned) => owned,
+        Err(e) => {
+            warn!(error = %e, "cannot list the sagas this worker holds; checking again later");
+            return;
+        }
+    };
+    let orphans: Vec<(Uuid, i64)> = match shared.running.lock() {
+        Ok(running) => owned
+            .into_iter()
+            .filter(|(id, _)| !running.contains(id))
+            .collect(),
+        Err(_) => return,
+    };
+    for (saga, fence) in orphans {
+        match shared.engine.store.release(saga, worker, fence).await {
+            Ok(true) => {
+                shared.stats.orphans_released.fetch_add(1, Ordering::Relaxed);
+                warn!(saga_id = %saga, "released a saga this worker held without running it (a claim whose reply was lost)");
+            }
+            Ok(false) => {}
+            Err(e) => warn!(saga_id = %saga, error = %e, "cannot release a saga held without running it; retrying later"),
+        }
+    }
+}
+
+/// The text of a panic's payload.
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
+}
+
 /// Aborts a background task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -337,7 +454,10 @@ fn spawn_background(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
                         .heartbeat(shared.id(), shared.config.lease_ttl)
                         .await
                     {
-                        Ok(true) => shared.lease.renewed(sent),
+                        Ok(true) => {
+                            shared.lease.renewed(sent);
+                            shared.sync_clock().await;
+                        }
                         Ok(false) => {
                             // Our lease expired (paused process, long outage): the sagas we held
                             // may already run elsewhere and our commits are refused. Start a new
@@ -389,11 +509,11 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
                 return;
             }
         };
-        let now = Utc::now();
+        let now = shared.now();
         let state = saga.state();
         let prior_status = saga.status;
         let next = next_run(&state, &loaded.compiled, wake_event.take(), now);
-        let (transition, consumed) = match next {
+        let (transition, consumed, ran) = match next {
             NextRun::Step {
                 index,
                 wake,
@@ -418,9 +538,9 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
                     attempt,
                     &wake,
                     outcome,
-                    Utc::now(),
+                    shared.now(),
                 );
-                (t, consumed)
+                (t, consumed, Some(attempt))
             }
             NextRun::Compensate { index, attempt } => {
                 let outcome = run_step(
@@ -440,15 +560,38 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
                         index,
                         attempt,
                         outcome,
-                        Utc::now(),
+                        shared.now(),
                     ),
                     None,
+                    Some(attempt),
                 )
             }
-            NextRun::Apply(t) => (*t, None),
+            NextRun::Apply(t) => (*t, None, None),
         };
-        let committed =
+        let mut transition = transition;
+        make_storable(&mut transition);
+        let mut committed =
             commit_with_retry(shared, &saga, worker, prior_status, consumed, &transition).await;
+        if let (Err(Error::Store(e)), Some(attempt)) = (&committed, ran) {
+            if e.is_unstorable() {
+                // The database refuses this result for good (a constraint, a value it cannot
+                // hold): park with its error, the attempt counted, instead of giving the saga
+                // back to run the step (and its provider call) again and again.
+                let mut park = unstorable(
+                    &state,
+                    &loaded.compiled,
+                    attempt,
+                    &e.to_string(),
+                    shared.now(),
+                );
+                make_storable(&mut park);
+                error!(error = %e, attempt, "the step's result cannot be stored; parking the saga for an operator");
+                shared.stats.unstorable.fetch_add(1, Ordering::Relaxed);
+                committed =
+                    commit_with_retry(shared, &saga, worker, prior_status, None, &park).await;
+                transition = park;
+            }
+        }
         let committed = match committed {
             Ok(c) => c,
             Err(Error::Store(paysaga_store::Error::LeaseLost { .. })) => {
@@ -528,6 +671,53 @@ fn apply_locally(saga: &mut SagaRecord, t: &Transition, c: &Committed) {
     }
 }
 
+/// Makes provider text storable: PostgreSQL `text` and `jsonb` refuse the NUL character, which
+/// a provider's answer or error may hold. Every NUL in the transition's strings (outputs, object
+/// keys, errors, history details, wait state) becomes U+FFFD.
+fn make_storable(t: &mut Transition) {
+    fn text(s: &mut String) {
+        if s.contains('\0') {
+            *s = s.replace('\0', "\u{FFFD}");
+        }
+    }
+    fn value(v: &mut Value) {
+        match v {
+            Value::String(s) => text(s),
+            Value::Array(items) => items.iter_mut().for_each(value),
+            Value::Object(map) => {
+                if map.keys().any(|k| k.contains('\0')) {
+                    let old = std::mem::take(map);
+                    for (mut k, v) in old {
+                        text(&mut k);
+                        map.insert(k, v);
+                    }
+                }
+                map.values_mut().for_each(value);
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+    }
+    if let Some((name, output)) = &mut t.output {
+        text(name);
+        value(output);
+    }
+    if let Some(e) = &mut t.last_error {
+        text(e);
+    }
+    for h in &mut t.history {
+        if let Some(e) = &mut h.error {
+            text(e);
+        }
+        value(&mut h.detail);
+    }
+    if let Some(w) = &mut t.wait {
+        text(&mut w.provider);
+        text(&mut w.correlation_key);
+        w.event_types.iter_mut().for_each(text);
+        value(&mut w.state);
+    }
+}
+
 async fn commit_with_retry(
     shared: &Shared,
     saga: &SagaRecord,
@@ -604,7 +794,7 @@ async fn run_step(
             wake,
             wait_state: saga.wait.as_ref().map(|w| w.state.clone()),
             output: saga.outputs.get(name).cloned(),
-            now: Utc::now(),
+            now: shared.now(),
             effects: Arc::new(StoreEffectGuard {
                 store: shared.engine.store.clone(),
                 lease: shared.lease.clone(),
@@ -624,8 +814,17 @@ async fn run_step(
                 kind.run(&ctx, params).await
             }
         };
+        // A panicking step is a transient failure of this attempt, with the panic's message in
+        // history; the saga is committed (or given back) as after any failure, never held.
+        let run = AssertUnwindSafe(run).catch_unwind();
         let outcome = match tokio::time::timeout(step.def.timeout, run).await {
-            Ok(outcome) => outcome,
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(panic)) => {
+                shared.stats.panics.fetch_add(1, Ordering::Relaxed);
+                let message = panic_message(&panic);
+                error!(panic = %message, "step panicked");
+                StepOutcome::retry(format!("step panicked: {message}"))
+            }
             Err(_) => StepOutcome::retry(format!("attempt timed out after {:?}", step.def.timeout)),
         };
         let label = match &outcome {

@@ -115,6 +115,36 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Whether the database refused a write for what it was asked to hold, not for being
+    /// unreachable or busy: a data or constraint error, a value it cannot encode, a corrupt
+    /// row. Retrying the same write cannot succeed.
+    pub fn is_unstorable(&self) -> bool {
+        match self {
+            Error::Corrupt(_) => true,
+            Error::Database(sqlx::Error::Database(db)) => {
+                let code = db.code().unwrap_or_default();
+                match code.parse::<i64>() {
+                    // SQLite (extended) result codes: busy, locked, I/O, full, cannot open pass.
+                    Ok(sqlite) => !matches!(sqlite & 0xff, 5 | 6 | 10 | 13 | 14),
+                    // PostgreSQL SQLSTATE: connection (08), rollback (40: serialization,
+                    // deadlock), resources (53), operator intervention (57), system (58) pass.
+                    Err(_) => {
+                        !code.is_empty()
+                            && !["08", "40", "53", "57", "58"]
+                                .iter()
+                                .any(|class| code.starts_with(class))
+                    }
+                }
+            }
+            Error::Database(
+                sqlx::Error::Encode(_) | sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_),
+            ) => true,
+            _ => false,
+        }
+    }
+}
+
 /// Opens the store a URL names: [`PgStore`] for `postgres://` and `postgresql://`,
 /// [`SqliteStore`] for `sqlite://FILE` (created if missing; `sqlite::memory:` for a
 /// throwaway in-memory database). Migrations are not applied: call [`Store::migrate`].
@@ -252,6 +282,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// A stream of wake-ups (new runnable work); may be lossy, callers also poll.
     async fn wakeups(&self) -> Result<WakeupsBox, Error>;
+
+    /// The sagas `worker` holds, with their fencing tokens (index `paysaga_sagas_owner`): a
+    /// worker compares them with the sagas it runs and releases the others (a claim whose
+    /// reply was lost).
+    async fn owned_sagas(&self, worker: Uuid) -> Result<Vec<(Uuid, i64)>, Error>;
+    /// The database's clock (leases and effect marks are measured with it; workers schedule
+    /// with it too).
+    async fn db_now(&self) -> Result<DateTime<Utc>, Error>;
 }
 
 /// A boxed [`Wakeups`] stream.

@@ -25,7 +25,7 @@ const WAKEUP_CHANNEL: &str = "paysaga_wakeup";
 
 const SAGA_COLUMNS: &str = "id, definition_id, workflow, version, idempotency_key, input, status, \
     step_index, attempt, step_started_at, run_at, owner, fence, outputs, wait, wake_event, \
-    last_error, cancel_requested, created_at, updated_at, finished_at";
+    last_error, cancel_requested, created_at, updated_at, finished_at, effect_possible, effect_step";
 
 const ACTIVE: &str = "('scheduled', 'running', 'waiting', 'compensating')";
 
@@ -71,6 +71,9 @@ pub struct PgStore {
     /// One connection of its own for lease renewals (register, heartbeat): a burst of webhooks
     /// or slow queries that drains `pool` must not make a live worker lose its lease.
     lease_pool: PgPool,
+    /// The LISTEN connection's own pool (one connection): a listener holds its connection for
+    /// as long as it lives, which must not take one of `pool`'s from claims and commits.
+    listen_pool: PgPool,
 }
 
 impl PgStore {
@@ -92,14 +95,24 @@ impl PgStore {
             .max_connections(1)
             .min_connections(0)
             .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(options.clone());
+        let listen_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(10))
             .connect_lazy_with(options);
-        Ok(PgStore { pool, lease_pool })
+        Ok(PgStore {
+            pool,
+            lease_pool,
+            listen_pool,
+        })
     }
 
     /// Wraps an existing pool (lease renewals share it).
     pub fn from_pool(pool: PgPool) -> PgStore {
         PgStore {
             lease_pool: pool.clone(),
+            listen_pool: pool.clone(),
             pool,
         }
     }
@@ -184,6 +197,7 @@ impl PgStore {
             .bind(notify_now)
             .bind(WAKEUP_CHANNEL)
             .bind(c.token)
+            .bind(t.effect_possible)
             .fetch_optional(&self.pool)
             .await?;
         let Some(row) = row else {
@@ -243,7 +257,9 @@ upd AS (
            owner = CASE WHEN $12 THEN s.owner ELSE NULL END,
            updated_at = now(),
            finished_at = CASE WHEN $13 THEN now() ELSE NULL END,
-           last_commit = $21
+           last_commit = $21,
+           effect_possible = $22,
+           cancel_requested = s.cancel_requested AND NOT $13
     FROM lease WHERE s.id = lease.id
     RETURNING s.id),
 hist AS (
@@ -290,6 +306,9 @@ fn saga_from_row(row: &PgRow) -> Result<SagaRecord, Error> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         finished_at: row.try_get("finished_at")?,
+        effect_possible: row.try_get::<bool, _>("effect_possible")?
+            || row.try_get::<Option<i32>, _>("effect_step")?
+                == Some(row.try_get::<i32, _>("step_index")?),
     })
 }
 
@@ -1034,7 +1053,8 @@ impl Store for PgStore {
                     owner = CASE WHEN $12 THEN owner ELSE NULL END,
                     updated_at = now(),
                     finished_at = CASE WHEN $13 THEN now() ELSE NULL END,
-                    last_commit = $14
+                    last_commit = $14, effect_possible = $15,
+                    cancel_requested = cancel_requested AND NOT $13
              WHERE id = $1",
         )
         .bind(c.saga)
@@ -1051,6 +1071,7 @@ impl Store for PgStore {
         .bind(keep)
         .bind(final_status)
         .bind(c.token)
+        .bind(t.effect_possible)
         .execute(&mut *tx)
         .await?;
         insert_history(&mut tx, c.saga, Some(c.worker), None, &t.history).await?;
@@ -1303,7 +1324,8 @@ impl Store for PgStore {
                     outputs = CASE WHEN $8::text IS NULL THEN outputs
                                    ELSE outputs || jsonb_build_object($8::text, $9::jsonb) END,
                     last_error = $10, owner = NULL, fence = fence + 1, updated_at = now(),
-                    finished_at = CASE WHEN $11 THEN now() ELSE NULL END
+                    finished_at = CASE WHEN $11 THEN now() ELSE NULL END,
+                    effect_possible = $12
              WHERE id = $1 RETURNING {SAGA_COLUMNS}"
         ))
         .bind(a.saga)
@@ -1317,6 +1339,7 @@ impl Store for PgStore {
         .bind(output_value)
         .bind(&t.last_error)
         .bind(final_status)
+        .bind(t.effect_possible)
         .fetch_one(&mut *tx)
         .await?;
         if t.wait.is_none() {
@@ -1382,8 +1405,24 @@ impl Store for PgStore {
         })
     }
 
+    async fn owned_sagas(&self, worker: Uuid) -> Result<Vec<(Uuid, i64)>, Error> {
+        let rows: Vec<(Uuid, i64)> =
+            sqlx::query_as("SELECT id, fence FROM paysaga_sagas WHERE owner = $1")
+                .bind(worker)
+                .fetch_all(&self.lease_pool)
+                .await?;
+        Ok(rows)
+    }
+
+    async fn db_now(&self) -> Result<DateTime<Utc>, Error> {
+        let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+            .fetch_one(&self.lease_pool)
+            .await?;
+        Ok(now)
+    }
+
     async fn wakeups(&self) -> Result<WakeupsBox, Error> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
+        let mut listener = PgListener::connect_with(&self.listen_pool).await?;
         listener.listen(WAKEUP_CHANNEL).await?;
         Ok(Box::new(PgWakeups { listener }))
     }

@@ -75,7 +75,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 const SAGA_COLUMNS: &str = "id, definition_id, workflow, version, idempotency_key, input, status, \
     step_index, attempt, step_started_at, run_at, owner, fence, outputs, wait, wake_event, \
-    last_error, cancel_requested, created_at, updated_at, finished_at";
+    last_error, cancel_requested, created_at, updated_at, finished_at, effect_possible, effect_step";
 
 const ACTIVE: &str = "('scheduled', 'running', 'waiting', 'compensating')";
 
@@ -99,7 +99,7 @@ WHERE id IN (
     LIMIT $2)
 RETURNING id, definition_id, workflow, version, idempotency_key, input, status, step_index,
     attempt, step_started_at, run_at, owner, fence, outputs, wait, wake_event, last_error,
-    cancel_requested, created_at, updated_at, finished_at";
+    cancel_requested, created_at, updated_at, finished_at, effect_possible, effect_step";
 
 /// When the next unowned saga the worker can run becomes due (`$1` its kinds, JSON array).
 const NEXT_DUE_SQL: &str = "
@@ -288,6 +288,9 @@ fn saga_from_row(row: &SqliteRow) -> Result<SagaRecord, Error> {
         created_at: get_ts(row, "created_at")?,
         updated_at: get_ts(row, "updated_at")?,
         finished_at: get_opt_ts(row, "finished_at")?,
+        effect_possible: row.try_get::<bool, _>("effect_possible")?
+            || row.try_get::<Option<i64>, _>("effect_step")?
+                == Some(row.try_get::<i64, _>("step_index")?),
     })
 }
 
@@ -1157,7 +1160,8 @@ impl Store for SqliteStore {
                     owner = CASE WHEN $13 THEN owner ELSE NULL END,
                     updated_at = $14,
                     finished_at = CASE WHEN $15 THEN $14 ELSE NULL END,
-                    last_commit = $16
+                    last_commit = $16, effect_possible = $17,
+                    cancel_requested = cancel_requested AND NOT $15
              WHERE id = $1",
         )
         .bind(&saga_id)
@@ -1176,6 +1180,7 @@ impl Store for SqliteStore {
         .bind(&now)
         .bind(final_status)
         .bind(c.token.to_string())
+        .bind(t.effect_possible)
         .execute(&mut *tx)
         .await?;
         insert_history(&mut tx, c.saga, Some(c.worker), None, &t.history).await?;
@@ -1379,7 +1384,8 @@ impl Store for SqliteStore {
                     wake_event = CASE WHEN $7 IS NULL THEN NULL ELSE wake_event END,
                     outputs = $10, last_error = $11, owner = NULL, fence = fence + 1,
                     updated_at = $12,
-                    finished_at = CASE WHEN $13 THEN $12 ELSE NULL END
+                    finished_at = CASE WHEN $13 THEN $12 ELSE NULL END,
+                    effect_possible = $14
              WHERE id = $1 RETURNING {SAGA_COLUMNS}"
         ))
         .bind(&saga_id)
@@ -1395,6 +1401,7 @@ impl Store for SqliteStore {
         .bind(&t.last_error)
         .bind(&now)
         .bind(final_status)
+        .bind(t.effect_possible)
         .fetch_one(&mut *tx)
         .await?;
         if t.wait.is_none() {
@@ -1469,6 +1476,23 @@ impl Store for SqliteStore {
                 .collect(),
             unmatched_events,
         })
+    }
+
+    async fn owned_sagas(&self, worker: Uuid) -> Result<Vec<(Uuid, i64)>, Error> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT id, fence FROM paysaga_sagas INDEXED BY paysaga_sagas_owner WHERE owner = $1",
+        )
+        .bind(worker.to_string())
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter()
+            .map(|(id, fence)| Ok((parse_uuid(&id)?, fence)))
+            .collect()
+    }
+
+    async fn db_now(&self) -> Result<DateTime<Utc>, Error> {
+        // The embedded store stamps every time with this process's clock.
+        Ok(Utc::now())
     }
 
     async fn wakeups(&self) -> Result<WakeupsBox, Error> {

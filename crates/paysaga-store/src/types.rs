@@ -89,6 +89,9 @@ pub struct SagaRecord {
     pub updated_at: DateTime<Utc>,
     /// Reached a final status.
     pub finished_at: Option<DateTime<Utc>>,
+    /// An attempt of the current step may have reached the provider: the stored flag (an
+    /// ambiguous outcome of an irreversible step) or an effect mark on the current step.
+    pub effect_possible: bool,
 }
 
 impl SagaRecord {
@@ -103,6 +106,7 @@ impl SagaRecord {
             wait: self.wait.clone(),
             cancel_requested: self.cancel_requested,
             last_error: self.last_error.clone(),
+            effect_possible: self.effect_possible,
         }
     }
 }
