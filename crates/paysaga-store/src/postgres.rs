@@ -64,6 +64,9 @@ fn next_due_sql() -> String {
     )
 }
 
+/// The sagas a worker holds (`$1`), served by the partial index `paysaga_sagas_owner`.
+const OWNED_SQL: &str = "SELECT id, fence FROM paysaga_sagas WHERE owner = $1";
+
 /// PostgreSQL implementation of [`Store`].
 #[derive(Debug, Clone)]
 pub struct PgStore {
@@ -1407,7 +1410,7 @@ impl Store for PgStore {
 
     async fn owned_sagas(&self, worker: Uuid) -> Result<Vec<(Uuid, i64)>, Error> {
         let rows: Vec<(Uuid, i64)> =
-            sqlx::query_as("SELECT id, fence FROM paysaga_sagas WHERE owner = $1")
+            sqlx::query_as(OWNED_SQL)
                 .bind(worker)
                 .fetch_all(&self.lease_pool)
                 .await?;
@@ -1494,6 +1497,15 @@ mod tests {
             "claim plan:\n{claim}"
         );
         let due = plan(&pool, &next_due_sql(), &kinds).await;
+        let owned: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {OWNED_SQL}"))
+            .bind(Uuid::new_v4())
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        assert!(
+            owned.join("\n").contains("paysaga_sagas_owner"),
+            "owned sagas plan: {owned:?}"
+        );
         assert!(
             due.contains("paysaga_sagas_runnable"),
             "next_due plan:\n{due}"

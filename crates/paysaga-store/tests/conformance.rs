@@ -186,6 +186,7 @@ fn transition(status: SagaStatus, step_index: usize) -> Transition {
         last_error: None,
         history: Vec::new(),
         continue_now: false,
+        effect_possible: false,
     }
 }
 
@@ -1694,6 +1695,88 @@ async fn appended_history_entries_keep_their_actor_and_order(e: Env) {
 // ---------------------------------------------------------------------------------------
 // Every body against every store
 
+async fn a_cancel_acted_on_is_reset_and_a_possible_effect_is_kept_until_the_step_moves_on(
+    e: Env,
+) {
+    let s = e.s();
+    let w = worker(s, LONG_TTL).await;
+    let started = start(s, "flow", &[STEP, STEP], None).await;
+    assert!(!started.effect_possible);
+    let held = claim_one(s, w, started.id).await;
+    // Attempt 1 ended without a definite answer: stored with the saga.
+    let mut retry = transition(SagaStatus::Running, 0);
+    retry.attempt = 1;
+    retry.effect_possible = true;
+    commit(s, &held, w, &retry, None).await.unwrap();
+    let stored = saga(s, started.id).await;
+    assert!(stored.effect_possible && stored.state().effect_possible);
+    s.request_cancel(started.id, "cli:alice", "payee withdrew")
+        .await
+        .unwrap();
+    // The cancel is acted on (here: parked for an operator): the request is reset, the
+    // possible effect stays with the step.
+    let held = claim_one(s, w, started.id).await;
+    assert!(held.cancel_requested && held.effect_possible);
+    let mut parked = transition(SagaStatus::Failed, 0);
+    parked.attempt = 1;
+    parked.effect_possible = true;
+    parked.last_error = Some("cancelled by operator; parked".into());
+    parked.history = vec![entry(HistoryKind::SagaFailed, Some("s1"), Some(1))];
+    commit(s, &held, w, &parked, None).await.unwrap();
+    let stored = saga(s, started.id).await;
+    assert_eq!(stored.status, SagaStatus::Failed);
+    assert!(!stored.cancel_requested, "a cancel acted on must not stay set");
+    assert!(stored.effect_possible);
+    // An operator's skip moves the step on: the flag goes with it.
+    let mut skip = transition(SagaStatus::Running, 1);
+    skip.history = vec![entry(HistoryKind::OperatorSkip, Some("s1"), None)];
+    let after = s
+        .operator_apply(OperatorAction {
+            saga: started.id,
+            expect_status: SagaStatus::Failed,
+            expect_step_index: 0,
+            transition: &skip,
+            actor: "cli:alice",
+        })
+        .await
+        .unwrap();
+    assert!(!after.effect_possible && !after.cancel_requested);
+}
+
+async fn an_effect_mark_on_the_current_step_counts_as_a_possible_effect(e: Env) {
+    let s = e.s();
+    let w = worker(s, LONG_TTL).await;
+    let started = start(s, "flow", &[STEP, STEP], None).await;
+    let held = claim_one(s, w, started.id).await;
+    assert_eq!(
+        s.mark_effect(started.id, w, held.fence, 0, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        EffectMark::Marked
+    );
+    assert!(saga(s, started.id).await.state().effect_possible);
+    // Once the step completed, the mark on it says nothing about the next step.
+    let mut done = transition(SagaStatus::Running, 1);
+    done.history = vec![entry(HistoryKind::StepCompleted, Some("s1"), Some(1))];
+    commit(s, &held, w, &done, None).await.unwrap();
+    assert!(!saga(s, started.id).await.effect_possible);
+}
+
+async fn owned_sagas_lists_what_a_worker_holds_with_its_fence(e: Env) {
+    let s = e.s();
+    let w = worker(s, LONG_TTL).await;
+    let other = Uuid::new_v4();
+    let a = start(s, "flow", &[STEP], None).await;
+    assert!(s.owned_sagas(w).await.unwrap().is_empty());
+    let held = claim_one(s, w, a.id).await;
+    assert_eq!(s.owned_sagas(w).await.unwrap(), vec![(a.id, held.fence)]);
+    assert!(s.owned_sagas(other).await.unwrap().is_empty());
+    assert!(s.release(a.id, w, held.fence).await.unwrap());
+    assert!(s.owned_sagas(w).await.unwrap().is_empty());
+    let db_now = s.db_now().await.unwrap();
+    assert!((db_now - Utc::now()).num_seconds().abs() < 5);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -1748,6 +1831,9 @@ conformance!(
     a_second_live_worker_is_refused_where_one_node_is_the_limit,
     schema_is_current_after_migrate_and_migrate_is_idempotent,
     appended_history_entries_keep_their_actor_and_order,
+    a_cancel_acted_on_is_reset_and_a_possible_effect_is_kept_until_the_step_moves_on,
+    an_effect_mark_on_the_current_step_counts_as_a_possible_effect,
+    owned_sagas_lists_what_a_worker_holds_with_its_fence,
 );
 
 /// `connect` picks the store by the URL's scheme and never echoes the rest of the URL.
