@@ -56,6 +56,7 @@ fn step_done(index: usize) -> Transition {
             detail: json!(null),
         }],
         continue_now: false,
+        effect_possible: false,
     }
 }
 

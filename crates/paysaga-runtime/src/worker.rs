@@ -91,6 +91,8 @@ pub struct WorkerStats {
     pub panics: AtomicU64,
     /// Sagas parked because their results could not be stored.
     pub unstorable: AtomicU64,
+    /// Commit tries that failed and were retried (database errors, pool time-outs).
+    pub commit_retries: AtomicU64,
 }
 
 /// A worker bound to an engine. Run it with [`Worker::run`].
@@ -752,7 +754,10 @@ async fn commit_with_retry(
                 .with_jitter(),
         )
         .when(|e| matches!(e, paysaga_store::Error::Database(_)))
-        .notify(|e, after| warn!(error = %e, retry_in = ?after, "commit failed; retrying"))
+        .notify(|e, after| {
+            shared.stats.commit_retries.fetch_add(1, Ordering::Relaxed);
+            warn!(error = %e, retry_in = ?after, "commit failed; retrying")
+        })
         .await
         .map_err(Error::from)
 }
