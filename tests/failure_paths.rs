@@ -208,14 +208,21 @@ async fn cancel_after_an_irreversible_payout_timed_out_parks_instead_of_cancelli
     )
     .await;
     let worker = spawn_worker(&engine, fast_worker("fp"));
-    let id = engine.start("fp_cancel", json!({}), None).await.unwrap().saga_id;
+    let id = engine
+        .start("fp_cancel", json!({}), None)
+        .await
+        .unwrap()
+        .saga_id;
     // Attempt 1 of `pay` timed out; the saga backs off for an hour.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while row(&h, id).await.1 < 1 {
         assert!(tokio::time::Instant::now() < deadline, "pay never ran");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    engine.cancel(id, "cli:alice", "payee withdrew").await.unwrap();
+    engine
+        .cancel(id, "cli:alice", "payee withdrew")
+        .await
+        .unwrap();
     h.wait_status(id, "failed", Duration::from_secs(10)).await;
     let (_, attempt, last_error, cancel_requested) = row(&h, id).await;
     let last_error = last_error.unwrap();
@@ -233,13 +240,20 @@ async fn cancel_after_an_irreversible_payout_timed_out_parks_instead_of_cancelli
     let kinds: Vec<String> = h.history_kinds(id).await.into_iter().map(|k| k.0).collect();
     assert!(kinds.contains(&"saga_failed".to_string()), "{kinds:?}");
     assert!(!kinds.contains(&"saga_cancelled".to_string()), "{kinds:?}");
-    assert!(!kinds.contains(&"step_compensated".to_string()), "{kinds:?}");
+    assert!(
+        !kinds.contains(&"step_compensated".to_string()),
+        "{kinds:?}"
+    );
     assert_eq!(calls.get("fp.ambiguous_pay"), 1);
 
     // The operator checked the provider and resumes: the step runs again (the provider
     // deduplicates it) and the saga completes instead of parking again.
-    engine.resume(id, "cli:alice", "payout p_1 seen at the provider").await.unwrap();
-    h.wait_status(id, "completed", Duration::from_secs(10)).await;
+    engine
+        .resume(id, "cli:alice", "payout p_1 seen at the provider")
+        .await
+        .unwrap();
+    h.wait_status(id, "completed", Duration::from_secs(10))
+        .await;
     assert_eq!(calls.get("fp.ambiguous_pay"), 2);
     worker.shutdown().await;
 }
@@ -268,12 +282,19 @@ async fn payout_refused_after_an_earlier_timeout_parks_instead_of_compensating()
     )
     .await;
     let worker = spawn_worker(&engine, fast_worker("fp"));
-    let id = engine.start("fp_refused", json!({}), None).await.unwrap().saga_id;
+    let id = engine
+        .start("fp_refused", json!({}), None)
+        .await
+        .unwrap()
+        .saga_id;
     // One attempt allowed: it times out, the retries are exhausted.
     h.wait_status(id, "failed", Duration::from_secs(10)).await;
     let (_, _, last_error, _) = row(&h, id).await;
     assert!(
-        last_error.as_deref().unwrap_or_default().contains("may have reached the provider"),
+        last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("may have reached the provider"),
         "{last_error:?}"
     );
     assert!(h.provider.compensations.lock().unwrap().is_empty());
@@ -306,8 +327,13 @@ async fn a_provider_answer_with_nul_characters_is_stored_and_the_step_is_not_rer
     )
     .await;
     let worker = spawn_worker(&engine, fast_worker("fp"));
-    let id = engine.start("fp_nul", json!({}), None).await.unwrap().saga_id;
-    h.wait_status(id, "completed", Duration::from_secs(15)).await;
+    let id = engine
+        .start("fp_nul", json!({}), None)
+        .await
+        .unwrap()
+        .saga_id;
+    h.wait_status(id, "completed", Duration::from_secs(15))
+        .await;
     let output: Value =
         sqlx::query_scalar("SELECT outputs->'fetch' FROM paysaga_sagas WHERE id = $1")
             .bind(id)
@@ -323,7 +349,10 @@ async fn a_provider_answer_with_nul_characters_is_stored_and_the_step_is_not_rer
     .fetch_one(&h.pool)
     .await
     .unwrap();
-    assert_eq!(retry_error.as_deref(), Some("provider said: bad\u{FFFD}gateway"));
+    assert_eq!(
+        retry_error.as_deref(),
+        Some("provider said: bad\u{FFFD}gateway")
+    );
     assert_eq!(calls.get("fp.nul_answer"), 2);
     worker.shutdown().await;
 }
@@ -363,7 +392,11 @@ async fn a_result_the_database_always_refuses_parks_the_saga_after_bounded_tries
     .await
     .unwrap();
     let worker = spawn_worker(&engine, fast_worker("fp"));
-    let id = engine.start("fp_poison", json!({}), None).await.unwrap().saga_id;
+    let id = engine
+        .start("fp_poison", json!({}), None)
+        .await
+        .unwrap()
+        .saga_id;
     h.wait_status(id, "failed", Duration::from_secs(40)).await;
     let (_, attempt, last_error, _) = row(&h, id).await;
     let last_error = last_error.unwrap();
@@ -372,16 +405,18 @@ async fn a_result_the_database_always_refuses_parks_the_saga_after_bounded_tries
             && last_error.contains("refused by the test constraint"),
         "{last_error}"
     );
-    assert_eq!(attempt, 1, "the attempt is counted although its result was not stored");
+    assert_eq!(
+        attempt, 1,
+        "the attempt is counted although its result was not stored"
+    );
     // Let a few more claim cycles pass: the parked saga is not run again.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(calls.get("fp.counted"), 1);
-    let owner: Option<Uuid> =
-        sqlx::query_scalar("SELECT owner FROM paysaga_sagas WHERE id = $1")
-            .bind(id)
-            .fetch_one(&h.pool)
-            .await
-            .unwrap();
+    let owner: Option<Uuid> = sqlx::query_scalar("SELECT owner FROM paysaga_sagas WHERE id = $1")
+        .bind(id)
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
     assert_eq!(owner, None);
     worker.shutdown().await;
 }
@@ -410,8 +445,13 @@ async fn a_panicking_step_is_a_transient_failure_and_the_saga_is_not_held() {
     )
     .await;
     let worker = spawn_worker(&engine, fast_worker("fp"));
-    let id = engine.start("fp_panic", json!({}), None).await.unwrap().saga_id;
-    h.wait_status(id, "completed", Duration::from_secs(10)).await;
+    let id = engine
+        .start("fp_panic", json!({}), None)
+        .await
+        .unwrap()
+        .saga_id;
+    h.wait_status(id, "completed", Duration::from_secs(10))
+        .await;
     let error: Option<String> = sqlx::query_scalar(
         "SELECT error FROM paysaga_history WHERE saga_id = $1 AND kind = 'step_retrying'",
     )
@@ -447,11 +487,19 @@ async fn a_retry_after_of_centuries_ends_the_retries_and_a_300000_year_deadline_
     )
     .await;
     let worker = spawn_worker(&engine, fast_worker("fp"));
-    let id = engine.start("fp_centuries", json!({}), None).await.unwrap().saga_id;
-    h.wait_status(id, "compensated", Duration::from_secs(10)).await;
+    let id = engine
+        .start("fp_centuries", json!({}), None)
+        .await
+        .unwrap()
+        .saga_id;
+    h.wait_status(id, "compensated", Duration::from_secs(10))
+        .await;
     let (_, _, last_error, _) = row(&h, id).await;
     assert!(
-        last_error.as_deref().unwrap_or_default().contains("retries exhausted after 1"),
+        last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("retries exhausted after 1"),
         "{last_error:?}"
     );
     assert_eq!(calls.get("fp.retry_in_centuries"), 1);
@@ -468,7 +516,11 @@ async fn a_retry_after_of_centuries_ends_the_retries_and_a_300000_year_deadline_
     "#,
     )
     .unwrap();
-    let refused = engine.submit_definition(&far).await.unwrap_err().to_string();
+    let refused = engine
+        .submit_definition(&far)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(
         refused.contains("deadline") && refused.contains("longest allowed"),
         "{refused}"
@@ -503,7 +555,11 @@ async fn a_saga_claimed_by_a_claim_whose_reply_was_lost_is_released_and_run() {
     "#,
     )
     .await;
-    let id = engine.start("fp_lost_claim", json!({}), None).await.unwrap().saga_id;
+    let id = engine
+        .start("fp_lost_claim", json!({}), None)
+        .await
+        .unwrap()
+        .saga_id;
     // Not due yet, so that the worker does not claim it itself.
     sqlx::query("UPDATE paysaga_sagas SET run_at = now() + interval '1 hour' WHERE id = $1")
         .bind(id)
@@ -521,7 +577,10 @@ async fn a_saga_claimed_by_a_claim_whose_reply_was_lost_is_released_and_run() {
         if let Some(w) = live {
             break w;
         }
-        assert!(tokio::time::Instant::now() < deadline, "worker never registered");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "worker never registered"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     // What a claim does, with its reply lost on the way back.
@@ -533,14 +592,14 @@ async fn a_saga_claimed_by_a_claim_whose_reply_was_lost_is_released_and_run() {
     .execute(&h.pool)
     .await
     .unwrap();
-    h.wait_status(id, "completed", Duration::from_secs(10)).await;
+    h.wait_status(id, "completed", Duration::from_secs(10))
+        .await;
     assert_eq!(calls.get("fp.counted"), 1);
-    let owner: Option<Uuid> =
-        sqlx::query_scalar("SELECT owner FROM paysaga_sagas WHERE id = $1")
-            .bind(id)
-            .fetch_one(&h.pool)
-            .await
-            .unwrap();
+    let owner: Option<Uuid> = sqlx::query_scalar("SELECT owner FROM paysaga_sagas WHERE id = $1")
+        .bind(id)
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
     assert_eq!(owner, None);
     worker.shutdown().await;
 }
@@ -588,13 +647,18 @@ async fn worker_clock_off_by(skew: chrono::TimeDelta) {
             ..fast_worker("skewed")
         },
     );
-    let retried = engine.start("fp_clock_retry", json!({}), None).await.unwrap().saga_id;
+    let retried = engine
+        .start("fp_clock_retry", json!({}), None)
+        .await
+        .unwrap()
+        .saga_id;
     let waiting = engine
         .start("fp_clock_wait", json!({"key": "w1"}), None)
         .await
         .unwrap()
         .saga_id;
-    h.wait_status(retried, "completed", Duration::from_secs(20)).await;
+    h.wait_status(retried, "completed", Duration::from_secs(20))
+        .await;
     let times: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
         "SELECT kind, at FROM paysaga_history WHERE saga_id = $1
            AND kind IN ('step_retrying', 'step_completed') ORDER BY id",
@@ -620,7 +684,10 @@ async fn worker_clock_off_by(skew: chrono::TimeDelta) {
     .fetch_one(&h.pool)
     .await
     .unwrap();
-    assert_eq!(status, "waiting", "the wait expired early with a clock {skew} off");
+    assert_eq!(
+        status, "waiting",
+        "the wait expired early with a clock {skew} off"
+    );
     let left = deadline - db_now;
     assert!(
         left > chrono::TimeDelta::minutes(4) && left <= chrono::TimeDelta::minutes(5),
@@ -680,7 +747,10 @@ impl WebhookVerifier for TrustingVerifier {
 /// (never lost silently).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_of_2000_webhooks_while_200_sagas_run_starves_no_commit() {
-    let _ = tracing_subscriber::fmt().with_env_filter("warn").with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_test_writer()
+        .try_init();
     let h = harness().await;
     let engine = h.engine.clone();
     submit(
@@ -734,7 +804,13 @@ async fn a_burst_of_2000_webhooks_while_200_sagas_run_starves_no_commit() {
 
     let mut ids = Vec::new();
     for _ in 0..200 {
-        ids.push(engine.start("fp_steps", json!({}), None).await.unwrap().saga_id);
+        ids.push(
+            engine
+                .start("fp_steps", json!({}), None)
+                .await
+                .unwrap()
+                .saga_id,
+        );
     }
     let client = reqwest::Client::new();
     let answered = Arc::new(Mutex::new(HashMap::<u16, u32>::new()));
@@ -761,7 +837,8 @@ async fn a_burst_of_2000_webhooks_while_200_sagas_run_starves_no_commit() {
     }
     while burst.join_next().await.is_some() {}
     for id in &ids {
-        h.wait_status(*id, "completed", Duration::from_secs(60)).await;
+        h.wait_status(*id, "completed", Duration::from_secs(60))
+            .await;
     }
     let answered = answered.lock().unwrap().clone();
     assert!(
@@ -777,7 +854,11 @@ async fn a_burst_of_2000_webhooks_while_200_sagas_run_starves_no_commit() {
     .fetch_one(&h.pool)
     .await
     .unwrap();
-    assert_eq!(stored, ok_ids.len() as i64, "a webhook answered 200 was not stored");
+    assert_eq!(
+        stored,
+        ok_ids.len() as i64,
+        "a webhook answered 200 was not stored"
+    );
     assert!(!ok_ids.is_empty());
     assert_eq!(
         stats.commit_retries.load(Ordering::Relaxed),

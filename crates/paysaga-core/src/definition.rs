@@ -662,7 +662,10 @@ mod tests {
         .expect("parses");
         assert!(matches!(
             compile(&far),
-            Err(DefinitionError::DurationTooLong { field: "deadline", .. })
+            Err(DefinitionError::DurationTooLong {
+                field: "deadline",
+                ..
+            })
         ));
         let mut d = base;
         d.steps.clear();

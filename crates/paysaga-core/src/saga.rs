@@ -873,9 +873,11 @@ pub fn unstorable(
     t.wait = None;
     t.effect_possible = state.effect_possible || step.is_some_and(|s| s.traits.irreversible);
     t.last_error = Some(error.clone());
-    t.history = vec![HistoryEntry::new(HistoryKind::SagaFailed, Some(name), Some(attempt))
-        .error(&error)
-        .detail(json!({"unstorable": true}))];
+    t.history = vec![
+        HistoryEntry::new(HistoryKind::SagaFailed, Some(name), Some(attempt))
+            .error(&error)
+            .detail(json!({"unstorable": true})),
+    ];
     t
 }
 

@@ -286,8 +286,7 @@ async fn store_turn(
     app: &AppState,
     provider: &str,
 ) -> Result<tokio::sync::OwnedSemaphorePermit, Response> {
-    match tokio::time::timeout(WEBHOOK_STORE_WAIT, app.store_turns.clone().acquire_owned()).await
-    {
+    match tokio::time::timeout(WEBHOOK_STORE_WAIT, app.store_turns.clone().acquire_owned()).await {
         Ok(Ok(turn)) => Ok(turn),
         _ => {
             app.engine.metrics().inbox(provider, "busy");

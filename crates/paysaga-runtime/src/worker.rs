@@ -278,7 +278,7 @@ impl Worker {
                                     if let Err(panic) = run.catch_unwind().await {
                                         // Outside a step (a step's panic is caught in run_step):
                                         // give the saga back rather than hold it.
-                                        error!(panic = %panic_message(&panic), "saga task panicked; giving the saga back");
+                                        error!(panic = %panic_message(&*panic), "saga task panicked; giving the saga back");
                                         if let Ok(mut list) = shared.to_release.lock() {
                                             list.push((id, worker, fence));
                                         }
@@ -388,17 +388,22 @@ async fn release_orphans(shared: &Shared) {
     for (saga, fence) in orphans {
         match shared.engine.store.release(saga, worker, fence).await {
             Ok(true) => {
-                shared.stats.orphans_released.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .stats
+                    .orphans_released
+                    .fetch_add(1, Ordering::Relaxed);
                 warn!(saga_id = %saga, "released a saga this worker held without running it (a claim whose reply was lost)");
             }
             Ok(false) => {}
-            Err(e) => warn!(saga_id = %saga, error = %e, "cannot release a saga held without running it; retrying later"),
+            Err(e) => {
+                warn!(saga_id = %saga, error = %e, "cannot release a saga held without running it; retrying later")
+            }
         }
     }
 }
 
 /// The text of a panic's payload.
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = panic.downcast_ref::<String>() {
@@ -668,6 +673,7 @@ fn apply_locally(saga: &mut SagaRecord, t: &Transition, c: &Committed) {
     saga.wait = t.wait.clone();
     saga.last_error = t.last_error.clone();
     saga.cancel_requested = c.cancel_requested;
+    saga.effect_possible = t.effect_possible;
     if let (Some((name, value)), Value::Object(map)) = (&t.output, &mut saga.outputs) {
         map.insert(name.clone(), value.clone());
     }
@@ -826,7 +832,7 @@ async fn run_step(
             Ok(Ok(outcome)) => outcome,
             Ok(Err(panic)) => {
                 shared.stats.panics.fetch_add(1, Ordering::Relaxed);
-                let message = panic_message(&panic);
+                let message = panic_message(&*panic);
                 error!(panic = %message, "step panicked");
                 StepOutcome::retry(format!("step panicked: {message}"))
             }

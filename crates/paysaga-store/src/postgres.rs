@@ -1409,11 +1409,10 @@ impl Store for PgStore {
     }
 
     async fn owned_sagas(&self, worker: Uuid) -> Result<Vec<(Uuid, i64)>, Error> {
-        let rows: Vec<(Uuid, i64)> =
-            sqlx::query_as(OWNED_SQL)
-                .bind(worker)
-                .fetch_all(&self.lease_pool)
-                .await?;
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(OWNED_SQL)
+            .bind(worker)
+            .fetch_all(&self.lease_pool)
+            .await?;
         Ok(rows)
     }
 

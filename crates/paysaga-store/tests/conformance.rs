@@ -1695,9 +1695,7 @@ async fn appended_history_entries_keep_their_actor_and_order(e: Env) {
 // ---------------------------------------------------------------------------------------
 // Every body against every store
 
-async fn a_cancel_acted_on_is_reset_and_a_possible_effect_is_kept_until_the_step_moves_on(
-    e: Env,
-) {
+async fn a_cancel_acted_on_is_reset_and_a_possible_effect_is_kept_until_the_step_moves_on(e: Env) {
     let s = e.s();
     let w = worker(s, LONG_TTL).await;
     let started = start(s, "flow", &[STEP, STEP], None).await;
@@ -1725,7 +1723,10 @@ async fn a_cancel_acted_on_is_reset_and_a_possible_effect_is_kept_until_the_step
     commit(s, &held, w, &parked, None).await.unwrap();
     let stored = saga(s, started.id).await;
     assert_eq!(stored.status, SagaStatus::Failed);
-    assert!(!stored.cancel_requested, "a cancel acted on must not stay set");
+    assert!(
+        !stored.cancel_requested,
+        "a cancel acted on must not stay set"
+    );
     assert!(stored.effect_possible);
     // An operator's skip moves the step on: the flag goes with it.
     let mut skip = transition(SagaStatus::Running, 1);
