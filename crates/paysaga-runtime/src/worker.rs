@@ -97,7 +97,8 @@ struct Shared {
     stats: Arc<WorkerStats>,
     /// Sagas whose result could not be committed (database unreachable): given back as soon
     /// as the database answers again, so they do not stay held by a live worker.
-    to_release: Mutex<Vec<(Uuid, Uuid, i64)>>,
+    /// (saga, worker, fence, why: recorded in the saga's history when it is given back).
+    to_release: Mutex<Vec<(Uuid, Uuid, i64, &'static str)>>,
     /// This process's view of its lease.
     lease: Arc<LeaseClock>,
 }
@@ -108,9 +109,9 @@ impl Shared {
     }
 
     /// Gives the saga back (as soon as the database answers) instead of running it.
-    fn give_back(&self, saga: &SagaRecord, worker: Uuid) {
+    fn give_back(&self, saga: &SagaRecord, worker: Uuid, reason: &'static str) {
         if let Ok(mut list) = self.to_release.lock() {
-            list.push((saga.id, worker, saga.fence));
+            list.push((saga.id, worker, saga.fence, reason));
         }
     }
 }
@@ -264,7 +265,16 @@ impl Worker {
             while tasks.join_next().await.is_some() {}
         }
         drop(background);
-        let released = self.engine.store.stop_worker(shared.id()).await?;
+        let reason = if drained.is_err() {
+            "worker stopping: grace period over, the attempt in flight (if any) was aborted; the step runs again with the same idempotency key"
+        } else {
+            "worker stopping"
+        };
+        let released = self
+            .engine
+            .store
+            .stop_worker_because(shared.id(), reason)
+            .await?;
         info!(released, "worker stopped");
         Ok(())
     }
@@ -272,17 +282,22 @@ impl Worker {
 
 /// Gives back sagas whose commit failed for good.
 async fn release_abandoned(shared: &Shared) {
-    let pending: Vec<(Uuid, Uuid, i64)> = match shared.to_release.lock() {
+    let pending: Vec<(Uuid, Uuid, i64, &'static str)> = match shared.to_release.lock() {
         Ok(mut list) => std::mem::take(&mut *list),
         Err(_) => return,
     };
-    for (saga, worker, fence) in pending {
-        match shared.engine.store.release(saga, worker, fence).await {
+    for (saga, worker, fence, reason) in pending {
+        match shared
+            .engine
+            .store
+            .give_back(saga, worker, fence, reason)
+            .await
+        {
             Ok(_) => info!(saga_id = %saga, "gave back a saga whose result could not be committed"),
             Err(e) => {
                 warn!(saga_id = %saga, error = %e, "cannot give the saga back yet; retrying");
                 if let Ok(mut list) = shared.to_release.lock() {
-                    list.push((saga, worker, fence));
+                    list.push((saga, worker, fence, reason));
                 }
             }
         }
@@ -385,7 +400,11 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
             Ok(l) => l,
             Err(e) => {
                 error!(error = %e, "cannot load the saga's definition; releasing it");
-                shared.give_back(&saga, worker);
+                shared.give_back(
+                    &saga,
+                    worker,
+                    "its definition could not be loaded on this worker",
+                );
                 return;
             }
         };
@@ -406,7 +425,11 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
                 if loaded.compiled.steps[index].traits.irreversible && !shared.lease.fresh() {
                     warn!(step = %loaded.compiled.steps[index].def.name,
                           "the lease may be about to lapse (a pause or a slow database): not starting an irreversible step; giving the saga back");
-                    shared.give_back(&saga, worker);
+                    shared.give_back(
+                        &saga,
+                        worker,
+                        "this worker's lease might lapse before an irreversible step would be done: not started",
+                    );
                     return;
                 }
                 let outcome =
@@ -461,7 +484,12 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
             Err(e) => {
                 error!(error = %e, "could not commit the step result; the saga is given back when the database answers and the step re-runs with the same idempotency key");
                 if let Ok(mut list) = shared.to_release.lock() {
-                    list.push((saga.id, worker, saga.fence));
+                    list.push((
+                        saga.id,
+                        worker,
+                        saga.fence,
+                        "the step's result could not be committed (database error); the step runs again",
+                    ));
                 }
                 return;
             }
