@@ -97,8 +97,7 @@ struct Shared {
     stats: Arc<WorkerStats>,
     /// Sagas whose result could not be committed (database unreachable): given back as soon
     /// as the database answers again, so they do not stay held by a live worker.
-    /// (saga, worker, fence, why: recorded in the saga's history when it is given back).
-    to_release: Mutex<Vec<(Uuid, Uuid, i64, &'static str)>>,
+    to_release: Mutex<Vec<(Uuid, Uuid, i64)>>,
     /// This process's view of its lease.
     lease: Arc<LeaseClock>,
 }
@@ -109,9 +108,9 @@ impl Shared {
     }
 
     /// Gives the saga back (as soon as the database answers) instead of running it.
-    fn give_back(&self, saga: &SagaRecord, worker: Uuid, reason: &'static str) {
+    fn give_back(&self, saga: &SagaRecord, worker: Uuid) {
         if let Ok(mut list) = self.to_release.lock() {
-            list.push((saga.id, worker, saga.fence, reason));
+            list.push((saga.id, worker, saga.fence));
         }
     }
 }
@@ -282,11 +281,12 @@ impl Worker {
 
 /// Gives back sagas whose commit failed for good.
 async fn release_abandoned(shared: &Shared) {
-    let pending: Vec<(Uuid, Uuid, i64, &'static str)> = match shared.to_release.lock() {
+    let pending: Vec<(Uuid, Uuid, i64)> = match shared.to_release.lock() {
         Ok(mut list) => std::mem::take(&mut *list),
         Err(_) => return,
     };
-    for (saga, worker, fence, reason) in pending {
+    for (saga, worker, fence) in pending {
+        let reason = "given back without a result: its step was not started (lease doubt, definition not loadable) or its result could not be committed; the step runs again with the same idempotency key";
         match shared
             .engine
             .store
@@ -297,7 +297,7 @@ async fn release_abandoned(shared: &Shared) {
             Err(e) => {
                 warn!(saga_id = %saga, error = %e, "cannot give the saga back yet; retrying");
                 if let Ok(mut list) = shared.to_release.lock() {
-                    list.push((saga, worker, fence, reason));
+                    list.push((saga, worker, fence));
                 }
             }
         }
@@ -400,11 +400,7 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
             Ok(l) => l,
             Err(e) => {
                 error!(error = %e, "cannot load the saga's definition; releasing it");
-                shared.give_back(
-                    &saga,
-                    worker,
-                    "its definition could not be loaded on this worker",
-                );
+                shared.give_back(&saga, worker);
                 return;
             }
         };
@@ -425,11 +421,7 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
                 if loaded.compiled.steps[index].traits.irreversible && !shared.lease.fresh() {
                     warn!(step = %loaded.compiled.steps[index].def.name,
                           "the lease may be about to lapse (a pause or a slow database): not starting an irreversible step; giving the saga back");
-                    shared.give_back(
-                        &saga,
-                        worker,
-                        "this worker's lease might lapse before an irreversible step would be done: not started",
-                    );
+                    shared.give_back(&saga, worker);
                     return;
                 }
                 let outcome =
@@ -484,12 +476,7 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
             Err(e) => {
                 error!(error = %e, "could not commit the step result; the saga is given back when the database answers and the step re-runs with the same idempotency key");
                 if let Ok(mut list) = shared.to_release.lock() {
-                    list.push((
-                        saga.id,
-                        worker,
-                        saga.fence,
-                        "the step's result could not be committed (database error); the step runs again",
-                    ));
+                    list.push((saga.id, worker, saga.fence));
                 }
                 return;
             }
