@@ -711,6 +711,56 @@ async fn start_retried_after_a_new_definition_version_returns_the_first_saga() {
     assert_eq!(rows, [(first.saga_id, 1)]);
 }
 
+/// Issue 11 item 10: a worker stopping after its grace period aborted the attempt in flight
+/// and released the saga without a trace in its history. The release now records why, which
+/// worker and at which step and attempt, in the transaction that releases it.
+#[tokio::test]
+async fn an_attempt_aborted_at_shutdown_is_recorded_in_history() {
+    let h = harness().await;
+    let saga = h
+        .engine
+        .start("noop", json!({"delay_ms": 60_000}), None)
+        .await
+        .unwrap()
+        .saga_id;
+    let mut config = fast_worker("stopping");
+    config.shutdown_grace = Duration::from_millis(200);
+    let w = spawn_worker(&h.engine, config);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let owner: Option<Uuid> =
+            sqlx::query_scalar("SELECT owner FROM paysaga_sagas WHERE id = $1")
+                .bind(saga)
+                .fetch_one(&h.pool)
+                .await
+                .unwrap();
+        if owner.is_some() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never claimed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    w.shutdown().await;
+    let rows: Vec<(String, Option<Uuid>, Option<i32>)> = sqlx::query_as(
+        "SELECT detail->>'reason', worker, (detail->>'step_index')::int4 FROM paysaga_history
+         WHERE saga_id = $1 AND kind = 'saga_released'",
+    )
+    .bind(saga)
+    .fetch_all(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(rows[0].0.contains("grace period over"), "{rows:?}");
+    assert!(rows[0].1.is_some(), "names the worker");
+    assert_eq!(rows[0].2, Some(0), "at the first step");
+    let owner: Option<Uuid> = sqlx::query_scalar("SELECT owner FROM paysaga_sagas WHERE id = $1")
+        .bind(saga)
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert_eq!(owner, None);
+}
+
 #[tokio::test]
 async fn history_is_complete() {
     let h = harness().await;
