@@ -1653,5 +1653,19 @@ mod tests {
             pending.join("\n").contains("paysaga_events_pending"),
             "{pending:?}"
         );
+        // A start with a key looks it up first (`find_saga_by_key`).
+        let by_key: Vec<String> = sqlx::query_scalar(&format!(
+            "EXPLAIN SELECT {SAGA_COLUMNS} FROM paysaga_sagas WHERE workflow = $1 AND idempotency_key = $2"
+        ))
+        .bind("noop")
+        .bind("payout-1")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let by_key = by_key.join("\n");
+        assert!(
+            by_key.contains("Index") && by_key.contains("idempotency_key"),
+            "{by_key}"
+        );
     }
 }
