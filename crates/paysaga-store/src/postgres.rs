@@ -1071,13 +1071,17 @@ impl Store for PgStore {
         let mut keep = t.continue_now;
         let mut run_at = t.run_at;
         let mut wait_json: Option<Value> = None;
+        // The wait row before any inbox row: the step's old wait ends here (a new one is
+        // inserted below, keeping the old one's place in the queue for its key, unless a
+        // stored event ends it at once).
+        let mut waiting_since: Option<DateTime<Utc>> = None;
         if t.wait.is_some() || c.prior_status == SagaStatus::Waiting {
-            // The wait row before any inbox row: the step's old wait ends here (a new one is
-            // inserted below unless a stored event ends it at once).
-            sqlx::query("DELETE FROM paysaga_waits WHERE saga_id = $1")
-                .bind(c.saga)
-                .execute(&mut *tx)
-                .await?;
+            waiting_since = sqlx::query_scalar(
+                "DELETE FROM paysaga_waits WHERE saga_id = $1 RETURNING created_at",
+            )
+            .bind(c.saga)
+            .fetch_optional(&mut *tx)
+            .await?;
         }
         if let Some(wait) = &t.wait {
             if pending.is_none() {
@@ -1121,14 +1125,16 @@ impl Store for PgStore {
                 run_at = Some(Utc::now());
             } else {
                 sqlx::query(
-                    "INSERT INTO paysaga_waits (saga_id, provider, event_types, correlation_key, deadline)
-                     VALUES ($1, $2, $3, $4, $5)",
+                    "INSERT INTO paysaga_waits (saga_id, provider, event_types, correlation_key, deadline,
+                                                created_at)
+                     VALUES ($1, $2, $3, $4, $5, COALESCE($6, now()))",
                 )
                 .bind(c.saga)
                 .bind(&wait.provider)
                 .bind(&wait.event_types)
                 .bind(&wait.correlation_key)
                 .bind(wait.deadline)
+                .bind(waiting_since)
                 .execute(&mut *tx)
                 .await?;
             }

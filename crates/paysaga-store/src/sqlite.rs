@@ -1126,14 +1126,17 @@ impl Store for SqliteStore {
         let mut keep = t.continue_now;
         let mut run_at = t.run_at;
         let mut wait_json: Option<String> = None;
+        // The wait row before any inbox row (the lock order of the PostgreSQL store): the
+        // step's old wait ends here; a new one is inserted below, keeping the old one's place
+        // in the queue for its key, unless a stored event ends it at once.
+        let mut waiting_since: Option<String> = None;
         if t.wait.is_some() || c.prior_status == SagaStatus::Waiting {
-            // The wait row before any inbox row (the lock order of the PostgreSQL store): the
-            // step's old wait ends here; a new one is inserted below unless a stored event
-            // ends it at once.
-            sqlx::query("DELETE FROM paysaga_waits WHERE saga_id = $1")
-                .bind(&saga_id)
-                .execute(&mut *tx)
-                .await?;
+            waiting_since = sqlx::query_scalar(
+                "DELETE FROM paysaga_waits WHERE saga_id = $1 RETURNING created_at",
+            )
+            .bind(&saga_id)
+            .fetch_optional(&mut *tx)
+            .await?;
         }
         if let Some(wait) = &t.wait {
             if pending.is_none() {
@@ -1190,7 +1193,7 @@ impl Store for SqliteStore {
                 .bind(to_json(&wait.event_types)?)
                 .bind(&wait.correlation_key)
                 .bind(ts(wait.deadline))
-                .bind(&now)
+                .bind(waiting_since.as_deref().unwrap_or(&now))
                 .execute(&mut *tx)
                 .await?;
             }
