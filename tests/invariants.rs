@@ -163,12 +163,17 @@ async fn fenced_lease_worker_whose_lease_was_taken_over_cannot_commit() {
     .await
     .unwrap();
     assert_eq!(completed, 1);
-    let by_a: i64 = sqlx::query_scalar("SELECT count(*) FROM paysaga_history WHERE worker = $1")
-        .bind(a)
-        .fetch_one(&h.pool)
-        .await
-        .unwrap();
-    assert_eq!(by_a, 0, "the fenced-out worker wrote nothing");
+    let by_a: Vec<String> =
+        sqlx::query_scalar("SELECT kind FROM paysaga_history WHERE worker = $1 ORDER BY id")
+            .bind(a)
+            .fetch_all(&h.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        by_a,
+        ["commit_refused", "commit_refused"],
+        "the fenced-out worker wrote nothing; its two refused commits are on record"
+    );
 }
 
 #[tokio::test]
@@ -627,6 +632,134 @@ async fn idempotent_concurrent_start_creates_one_saga() {
         matches!(err, Error::Store(paysaga_store::Error::KeyReused { .. })),
         "{err}"
     );
+}
+
+/// Issue 11 item 11: a start retried after a new definition version was validated against
+/// the new version before its key was looked up, so a retry of a start that had succeeded
+/// (same key, same input) was refused as invalid input. The key is looked up first; the
+/// input is compared as a value (`0e0` is `0`).
+#[tokio::test]
+async fn start_retried_after_a_new_definition_version_returns_the_first_saga() {
+    let h = harness().await;
+    let v1 = r#"
+        name = "pay_flow"
+        version = 1
+        [[steps]]
+        name = "sleep"
+        kind = "noop.sleep"
+        params = { delay_ms = "$.input.delay_ms" }
+    "#;
+    h.submit(v1).await;
+    let first = h
+        .engine
+        .start("pay_flow", json!({"delay_ms": 0}), Some("payout-9"))
+        .await
+        .unwrap();
+    assert!(first.created);
+    // Version 2 needs an input field the first start did not have.
+    let v2_step = r#"
+        [[steps]]
+        name = "await"
+        kind = "test.wait"
+        params = { key = "$.input.key" }
+    "#;
+    h.submit(&format!(
+        "{}{v2_step}",
+        v1.replace("version = 1", "version = 2")
+    ))
+    .await;
+    // The same input, and the same input written differently (which version 1's step
+    // would not even accept as it is written).
+    for input in [
+        json!({"delay_ms": 0}),
+        serde_json::from_str(r#"{"delay_ms": 0e0}"#).unwrap(),
+    ] {
+        let retried = h
+            .engine
+            .start("pay_flow", input.clone(), Some("payout-9"))
+            .await
+            .unwrap_or_else(|e| panic!("the retried start {input} was refused: {e}"));
+        assert_eq!(
+            retried,
+            paysaga_runtime::Started {
+                saga_id: first.saga_id,
+                created: false
+            }
+        );
+    }
+    // Another input under the same key is still a reused key, not a validation error.
+    let err = h
+        .engine
+        .start("pay_flow", json!({"delay_ms": 5}), Some("payout-9"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Store(paysaga_store::Error::KeyReused { .. })),
+        "{err}"
+    );
+    // A new key starts on version 2 and is validated against it.
+    let err = h
+        .engine
+        .start("pay_flow", json!({"delay_ms": 0}), Some("payout-10"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("$.input.key"), "{err}");
+    let rows: Vec<(Uuid, i32)> =
+        sqlx::query_as("SELECT id, version FROM paysaga_sagas WHERE workflow = 'pay_flow'")
+            .fetch_all(&h.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows, [(first.saga_id, 1)]);
+}
+
+/// Issue 11 item 10: a worker stopping after its grace period aborted the attempt in flight
+/// and released the saga without a trace in its history. The release now records why, which
+/// worker and at which step and attempt, in the transaction that releases it.
+#[tokio::test]
+async fn an_attempt_aborted_at_shutdown_is_recorded_in_history() {
+    let h = harness().await;
+    let saga = h
+        .engine
+        .start("noop", json!({"delay_ms": 60_000}), None)
+        .await
+        .unwrap()
+        .saga_id;
+    let mut config = fast_worker("stopping");
+    config.shutdown_grace = Duration::from_millis(200);
+    let w = spawn_worker(&h.engine, config);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let owner: Option<Uuid> =
+            sqlx::query_scalar("SELECT owner FROM paysaga_sagas WHERE id = $1")
+                .bind(saga)
+                .fetch_one(&h.pool)
+                .await
+                .unwrap();
+        if owner.is_some() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never claimed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    w.shutdown().await;
+    let rows: Vec<(String, Option<Uuid>, Option<i32>)> = sqlx::query_as(
+        "SELECT detail->>'reason', worker, (detail->>'step_index')::int4 FROM paysaga_history
+         WHERE saga_id = $1 AND kind = 'saga_released'",
+    )
+    .bind(saga)
+    .fetch_all(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(rows[0].0.contains("grace period over"), "{rows:?}");
+    assert!(rows[0].1.is_some(), "names the worker");
+    assert_eq!(rows[0].2, Some(0), "at the first step");
+    let owner: Option<Uuid> = sqlx::query_scalar("SELECT owner FROM paysaga_sagas WHERE id = $1")
+        .bind(saga)
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert_eq!(owner, None);
 }
 
 #[tokio::test]

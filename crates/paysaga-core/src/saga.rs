@@ -145,11 +145,22 @@ pub enum HistoryKind {
     OperatorEvent,
     /// A stored event was matched again on an operator's request.
     EventReplayed,
+    /// A worker was about to send a request the provider cannot deduplicate (effect mark:
+    /// worker, time and the end of its effect window).
+    EffectMarked,
+    /// A marked request was refused before it took effect; the mark was withdrawn.
+    EffectMarkWithdrawn,
+    /// A commit was refused by the fence (the worker no longer held the saga); nothing of
+    /// it was written. Recorded after the refusal, in a transaction of its own.
+    CommitRefused,
+    /// A worker gave the saga back without a result (lease doubt, commit not stored,
+    /// shutdown, a claim it was not running), with the reason.
+    SagaReleased,
 }
 
 impl HistoryKind {
     /// All kinds.
-    pub const ALL: [HistoryKind; 21] = [
+    pub const ALL: [HistoryKind; 25] = [
         HistoryKind::SagaStarted,
         HistoryKind::StepCompleted,
         HistoryKind::StepRetrying,
@@ -171,6 +182,10 @@ impl HistoryKind {
         HistoryKind::OperatorSkip,
         HistoryKind::OperatorEvent,
         HistoryKind::EventReplayed,
+        HistoryKind::EffectMarked,
+        HistoryKind::EffectMarkWithdrawn,
+        HistoryKind::CommitRefused,
+        HistoryKind::SagaReleased,
     ];
 
     /// The stored text.
@@ -197,6 +212,10 @@ impl HistoryKind {
             HistoryKind::OperatorSkip => "operator_skip",
             HistoryKind::OperatorEvent => "operator_event",
             HistoryKind::EventReplayed => "event_replayed",
+            HistoryKind::EffectMarked => "effect_marked",
+            HistoryKind::EffectMarkWithdrawn => "effect_mark_withdrawn",
+            HistoryKind::CommitRefused => "commit_refused",
+            HistoryKind::SagaReleased => "saga_released",
         }
     }
 }

@@ -12,13 +12,18 @@
 //! - B, finding a mark on the same step younger than the effect window (at least half the
 //!   lease + the provider request timeout + a margin), does not send: the step retries once
 //!   the window has closed, looking again first, and then finds A's payout if A sent it.
+//!
+//! The window is this process's configuration (lease length, provider timeout), so the mark
+//! stores its end: a worker configured with a shorter window during a rolling change still
+//! waits for the end the sender stored. Each mark (and each withdrawal) is a history row
+//! written with it: which worker was about to send which step's request, and when.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use paysaga_core::{EffectGuard, EffectPermit, StepContext, StepOutcome};
-use paysaga_store::{EffectMark, Error as StoreError, Store};
+use paysaga_store::{EffectMark, EffectMarkRequest, Error as StoreError, Store};
 use tracing::{info, warn};
 use uuid::Uuid;
 
@@ -36,6 +41,20 @@ pub(crate) struct StoreEffectGuard {
     pub(crate) window: Duration,
 }
 
+impl StoreEffectGuard {
+    fn request<'a>(&self, ctx: &'a StepContext) -> EffectMarkRequest<'a> {
+        EffectMarkRequest {
+            saga: self.saga,
+            worker: self.worker,
+            fence: self.fence,
+            step: self.step,
+            step_name: &ctx.step,
+            attempt: ctx.attempt,
+            window: self.window,
+        }
+    }
+}
+
 #[async_trait]
 impl EffectGuard for StoreEffectGuard {
     async fn begin(&self, ctx: &StepContext) -> Result<EffectPermit, StepOutcome> {
@@ -47,11 +66,7 @@ impl EffectGuard for StoreEffectGuard {
                 "not sent: this worker's lease may lapse before the request would be out; the step runs again",
             ));
         }
-        match self
-            .store
-            .mark_effect(self.saga, self.worker, self.fence, self.step, self.window)
-            .await
-        {
+        match self.store.mark_effect(self.request(ctx)).await {
             Ok(EffectMark::Marked) => {
                 info!(saga_id = %self.saga, step = %ctx.step, "request marked; sending");
                 Ok(EffectPermit::until(checked + self.lease.ttl() / 2))
@@ -83,11 +98,7 @@ impl EffectGuard for StoreEffectGuard {
     }
 
     async fn not_sent(&self, ctx: &StepContext) {
-        match self
-            .store
-            .clear_effect_mark(self.saga, self.worker, self.fence, self.step)
-            .await
-        {
+        match self.store.clear_effect_mark(self.request(ctx)).await {
             Ok(_) => {
                 info!(saga_id = %self.saga, step = %ctx.step, "request refused before it took effect; mark withdrawn")
             }

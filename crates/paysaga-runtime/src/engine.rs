@@ -147,6 +147,24 @@ impl Engine {
     /// input is refused with the step and field named, and nothing is stored.
     #[instrument(skip_all, fields(workflow = %req.workflow))]
     pub async fn start_with(&self, req: StartRequest) -> Result<Started, Error> {
+        // The key first: a retried start returns its saga (the same input, compared as
+        // values) even if a newer definition version would now refuse that input.
+        if let Some(key) = &req.idempotency_key {
+            if let Some(existing) = self.store.find_saga_by_key(&req.workflow, key).await? {
+                if !paysaga_store::same_input(&existing.input, &req.input) {
+                    return Err(paysaga_store::Error::KeyReused {
+                        workflow: req.workflow,
+                        key: key.clone(),
+                        saga: existing.id,
+                    }
+                    .into());
+                }
+                return Ok(Started {
+                    saga_id: existing.id,
+                    created: false,
+                });
+            }
+        }
         let record = self
             .store
             .find_definition(&req.workflow, req.version)
@@ -390,15 +408,27 @@ impl Engine {
             error: None,
             detail: json!({"reason": reason, "event_id": event_id, "event_type": event_type}),
         };
-        self.store.append_history(id, actor, &[entry]).await?;
-        self.deliver_event(IncomingEvent {
-            provider: wait.provider,
-            event_id,
-            event_type: event_type.to_string(),
-            correlation_key: Some(wait.correlation_key),
-            payload,
-        })
-        .await
+        // To this saga only, with the operator's entry, in one transaction.
+        let provider = wait.provider.clone();
+        let delivery = self
+            .store
+            .deliver_to_saga(
+                id,
+                NewEvent {
+                    provider: wait.provider,
+                    event_id,
+                    event_type: Some(event_type.to_string()),
+                    correlation_key: Some(wait.correlation_key),
+                    payload: Some(payload),
+                    raw_body: None,
+                    parse_error: None,
+                },
+                actor,
+                entry,
+            )
+            .await?;
+        self.metrics.inbox(&provider, "matched");
+        Ok(delivery)
     }
 
     /// Matches a stored inbox event again against the waits that exist now; `fields`

@@ -341,7 +341,16 @@ impl Worker {
             while tasks.join_next().await.is_some() {}
         }
         drop(background);
-        let released = self.engine.store.stop_worker(shared.id()).await?;
+        let reason = if drained.is_err() {
+            "worker stopping: grace period over, the attempt in flight (if any) was aborted; the step runs again with the same idempotency key"
+        } else {
+            "worker stopping"
+        };
+        let released = self
+            .engine
+            .store
+            .stop_worker_because(shared.id(), reason)
+            .await?;
         info!(released, "worker stopped");
         Ok(())
     }
@@ -354,7 +363,13 @@ async fn release_abandoned(shared: &Shared) {
         Err(_) => return,
     };
     for (saga, worker, fence) in pending {
-        match shared.engine.store.release(saga, worker, fence).await {
+        let reason = "given back without a result: its step was not started (lease doubt, definition not loadable) or its result could not be committed; the step runs again with the same idempotency key";
+        match shared
+            .engine
+            .store
+            .give_back(saga, worker, fence, reason)
+            .await
+        {
             Ok(_) => info!(saga_id = %saga, "gave back a saga whose result could not be committed"),
             Err(e) => {
                 warn!(saga_id = %saga, error = %e, "cannot give the saga back yet; retrying");
@@ -386,7 +401,17 @@ async fn release_orphans(shared: &Shared) {
         Err(_) => return,
     };
     for (saga, fence) in orphans {
-        match shared.engine.store.release(saga, worker, fence).await {
+        match shared
+            .engine
+            .store
+            .give_back(
+                saga,
+                worker,
+                fence,
+                "lost claim: held by this worker without running it",
+            )
+            .await
+        {
             Ok(true) => {
                 shared
                     .stats

@@ -204,8 +204,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn register_worker(&self, worker: &WorkerInfo, ttl: Duration) -> Result<(), Error>;
     /// Extends a worker's lease; `false` when the lease was already lost (reaped).
     async fn heartbeat(&self, worker: Uuid, ttl: Duration) -> Result<bool, Error>;
-    /// Marks a worker stopped and releases every saga it holds; returns how many.
-    async fn stop_worker(&self, worker: Uuid) -> Result<u64, Error>;
+    /// Marks a worker stopped and releases every saga it holds; returns how many. Same as
+    /// [`Store::stop_worker_because`] with a generic reason.
+    async fn stop_worker(&self, worker: Uuid) -> Result<u64, Error> {
+        self.stop_worker_because(worker, "worker stopped").await
+    }
     /// Releases the sagas of workers whose lease expired; returns how many sagas.
     async fn reap_expired_workers(&self) -> Result<u64, Error>;
     /// Unfinished sagas whose definitions need step kinds outside `kinds`.
@@ -224,32 +227,27 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// When the next unowned saga this worker can run becomes due.
     async fn next_due(&self, kinds: &[String]) -> Result<Option<DateTime<Utc>>, Error>;
     /// Gives a claimed saga back without changing it (the step will run again, with the
-    /// same idempotency key); `false` when the worker no longer held it.
-    async fn release(&self, saga: Uuid, worker: Uuid, fence: i64) -> Result<bool, Error>;
+    /// same idempotency key); `false` when the worker no longer held it. Same as
+    /// [`Store::give_back`] with a generic reason.
+    async fn release(&self, saga: Uuid, worker: Uuid, fence: i64) -> Result<bool, Error> {
+        self.give_back(saga, worker, fence, "given back by its worker")
+            .await
+    }
     /// Applies a transition in one transaction, checking the lease and fencing token.
     async fn commit(&self, commit: Commit<'_>) -> Result<Committed, Error>;
     /// Records, under the same fence as a commit, that the holder of `saga` is about to send
-    /// step `step`'s request whose effect the provider cannot deduplicate. Refused with
-    /// [`EffectMark::Wait`] while an earlier mark on the same step is younger than `window`
-    /// (that attempt's request may still land: look again once the window has closed);
-    /// [`Error::LeaseLost`] when the worker no longer holds the saga.
-    async fn mark_effect(
-        &self,
-        saga: Uuid,
-        worker: Uuid,
-        fence: i64,
-        step: i32,
-        window: Duration,
-    ) -> Result<EffectMark, Error>;
-    /// Withdraws the holder's mark on step `step` (its request surely did not take effect);
+    /// step `step`'s request whose effect the provider cannot deduplicate. The mark keeps the
+    /// end of the sender's effect window (`now + window`), so a worker configured with a
+    /// shorter window (a rolling change) still honours it. Refused with [`EffectMark::Wait`]
+    /// while an earlier mark on the same step holds: until the later of its stored end and
+    /// its time + this caller's `window` (that attempt's request may still land: look again
+    /// once the window has closed); [`Error::LeaseLost`] when the worker no longer holds the
+    /// saga. A mark made writes an `effect_marked` history row in the same transaction.
+    async fn mark_effect(&self, mark: EffectMarkRequest<'_>) -> Result<EffectMark, Error>;
+    /// Withdraws the holder's mark on step `mark.step` (its request surely did not take
+    /// effect; `mark.window` is not used), with an `effect_mark_withdrawn` history row;
     /// `false` when there was none or the worker no longer holds the saga.
-    async fn clear_effect_mark(
-        &self,
-        saga: Uuid,
-        worker: Uuid,
-        fence: i64,
-        step: i32,
-    ) -> Result<bool, Error>;
+    async fn clear_effect_mark(&self, mark: EffectMarkRequest<'_>) -> Result<bool, Error>;
 
     /// Stores an event in the inbox (dedup on provider + event id) and wakes a matching wait.
     async fn deliver_event(&self, event: NewEvent) -> Result<Delivery, Error>;
@@ -290,6 +288,97 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The database's clock (leases and effect marks are measured with it; workers schedule
     /// with it too).
     async fn db_now(&self) -> Result<DateTime<Utc>, Error>;
+    /// Gives a claimed saga back without changing it and records why (a `saga_released`
+    /// history row naming the worker, the fence and `reason`, in the same transaction);
+    /// `false` (and no row) when the worker no longer held it.
+    async fn give_back(
+        &self,
+        saga: Uuid,
+        worker: Uuid,
+        fence: i64,
+        reason: &str,
+    ) -> Result<bool, Error>;
+    /// Marks a worker stopped and releases every saga it holds, each with a `saga_released`
+    /// history row giving `reason` and the step and attempt it was at (in the same
+    /// transaction); returns how many.
+    async fn stop_worker_because(&self, worker: Uuid, reason: &str) -> Result<u64, Error>;
+    /// The saga a workflow's idempotency key started, if any.
+    async fn find_saga_by_key(
+        &self,
+        workflow: &str,
+        key: &str,
+    ) -> Result<Option<SagaRecord>, Error>;
+    /// Delivers an operator's event to saga `saga` only: stores it in the inbox, ends the
+    /// saga's wait (which must match the event's provider, key and type, else
+    /// [`Error::Refused`] and nothing is stored) and appends `entry` under `actor`, all in
+    /// one transaction.
+    async fn deliver_to_saga(
+        &self,
+        saga: Uuid,
+        event: NewEvent,
+        actor: &str,
+        entry: paysaga_core::HistoryEntry,
+    ) -> Result<Delivery, Error>;
+}
+
+/// Arguments of [`Store::mark_effect`] and [`Store::clear_effect_mark`].
+#[derive(Debug, Clone, Copy)]
+pub struct EffectMarkRequest<'a> {
+    /// The saga.
+    pub saga: Uuid,
+    /// The worker holding it.
+    pub worker: Uuid,
+    /// Its fencing token.
+    pub fence: i64,
+    /// The step's index.
+    pub step: i32,
+    /// The step's name (history).
+    pub step_name: &'a str,
+    /// The attempt about to send (history).
+    pub attempt: u32,
+    /// This worker's effect window: how long another attempt must not send after the mark.
+    pub window: Duration,
+}
+
+/// Whether two saga inputs are the same JSON value: object key order does not matter and
+/// numbers compare by value (`1e2`, `100.0` and `100` are equal), as PostgreSQL's `jsonb`
+/// and SQLite's text store them differently. Used to tell a retried start from a reused key.
+pub fn same_input(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => same_number(x, y),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(v, w)| same_input(v, w))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_input(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+fn same_number(x: &serde_json::Number, y: &serde_json::Number) -> bool {
+    let int = |n: &serde_json::Number| {
+        n.as_i64()
+            .map(i128::from)
+            .or_else(|| n.as_u64().map(i128::from))
+    };
+    match (int(x), int(y)) {
+        (Some(i), Some(j)) => i == j,
+        (Some(i), None) => float_is_int(y.as_f64(), i),
+        (None, Some(j)) => float_is_int(x.as_f64(), j),
+        (None, None) => x.as_f64() == y.as_f64(),
+    }
+}
+
+/// A float equal to an integer: integral, and exactly that integer (no rounding).
+fn float_is_int(f: Option<f64>, i: i128) -> bool {
+    match f {
+        Some(f) if f.is_finite() && f.fract() == 0.0 && f.abs() < 1.7e38 => f as i128 == i,
+        _ => false,
+    }
 }
 
 /// A boxed [`Wakeups`] stream.
@@ -375,5 +464,123 @@ fn replay_fields(
                 .map(|e| format!(" (parse error: {e})"))
                 .unwrap_or_default()
         ))),
+    }
+}
+
+/// A start whose key already names `existing`: the saga when the input is the same (see
+/// [`same_input`]), else [`Error::KeyReused`].
+fn existing_for_key(existing: SagaRecord, new: NewSaga) -> Result<(SagaRecord, bool), Error> {
+    if same_input(&existing.input, &new.input) {
+        return Ok((existing, false));
+    }
+    Err(Error::KeyReused {
+        workflow: new.workflow,
+        key: new.idempotency_key.unwrap_or_default(),
+        saga: existing.id,
+    })
+}
+
+/// The history row of a commit the fence refused.
+fn refused_commit_entry(c: &Commit<'_>) -> paysaga_core::HistoryEntry {
+    let t = c.transition;
+    let step = t.history.iter().find_map(|h| h.step.clone());
+    let attempt = t.history.iter().find_map(|h| h.attempt);
+    paysaga_core::HistoryEntry {
+        kind: paysaga_core::HistoryKind::CommitRefused,
+        step,
+        attempt,
+        error: Some(format!(
+            "worker {} no longer held the saga (fencing token {} is stale or its lease lapsed): \
+             its result was not stored; the saga's holder runs the step again",
+            c.worker, c.fence
+        )),
+        detail: serde_json::json!({
+            "worker": c.worker,
+            "fence": c.fence,
+            "status": t.status.as_str(),
+            "step_index": t.step_index,
+            "attempt": t.attempt,
+            "refused_entries": t.history.iter().map(|h| h.kind.as_str()).collect::<Vec<_>>(),
+            "last_error": t.last_error,
+        }),
+    }
+}
+
+/// The history row of a saga its worker gave back without a result.
+fn released_entry(
+    worker: Uuid,
+    fence: i64,
+    status: String,
+    step_index: i32,
+    attempt: i32,
+    reason: &str,
+) -> paysaga_core::HistoryEntry {
+    paysaga_core::HistoryEntry {
+        kind: paysaga_core::HistoryKind::SagaReleased,
+        step: None,
+        attempt: u32::try_from(attempt).ok().filter(|a| *a > 0),
+        error: None,
+        detail: serde_json::json!({
+            "reason": reason,
+            "worker": worker,
+            "fence": fence,
+            "status": status,
+            "step_index": step_index,
+        }),
+    }
+}
+
+/// The history row of an effect mark.
+fn effect_marked_entry(
+    m: &EffectMarkRequest<'_>,
+    marked_at: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> paysaga_core::HistoryEntry {
+    paysaga_core::HistoryEntry {
+        kind: paysaga_core::HistoryKind::EffectMarked,
+        step: Some(m.step_name.to_string()),
+        attempt: Some(m.attempt),
+        error: None,
+        detail: serde_json::json!({
+            "worker": m.worker,
+            "fence": m.fence,
+            "step_index": m.step,
+            "marked_at": marked_at,
+            "window_ms": u64::try_from(m.window.as_millis()).unwrap_or(u64::MAX),
+            "until": until,
+        }),
+    }
+}
+
+/// The history row of a withdrawn effect mark.
+fn effect_withdrawn_entry(m: &EffectMarkRequest<'_>) -> paysaga_core::HistoryEntry {
+    paysaga_core::HistoryEntry {
+        kind: paysaga_core::HistoryKind::EffectMarkWithdrawn,
+        step: Some(m.step_name.to_string()),
+        attempt: Some(m.attempt),
+        error: None,
+        detail: serde_json::json!({"worker": m.worker, "fence": m.fence, "step_index": m.step}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_input;
+    use serde_json::json;
+
+    #[test]
+    fn inputs_compare_as_values_not_as_text() {
+        let parse = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap_or_default();
+        assert!(same_input(
+            &parse(r#"{"a": 1e2, "b": [1, 2]}"#),
+            &json!({"b": [1, 2], "a": 100})
+        ));
+        assert!(same_input(&parse("100.0"), &json!(100)));
+        assert!(same_input(&parse("-3"), &parse("-3.0")));
+        assert!(!same_input(&parse("100.5"), &json!(100)));
+        assert!(!same_input(&json!("100"), &json!(100)));
+        assert!(!same_input(&json!([1, 2]), &json!([2, 1])));
+        assert!(!same_input(&json!({"a": 1}), &json!({"a": 1, "b": null})));
+        assert!(!same_input(&json!(u64::MAX), &json!(-1)));
     }
 }

@@ -12,9 +12,9 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use crate::{
-    ClaimedSaga, Commit, Committed, DefinitionRecord, Delivery, EffectMark, Error, EventFilter,
-    EventRecord, HistoryRecord, NewEvent, NewSaga, OperatorAction, SagaFilter, SagaRecord, Stats,
-    Store, UnrunnableGroup, WakeupsBox, WorkerInfo,
+    ClaimedSaga, Commit, Committed, DefinitionRecord, Delivery, EffectMark, EffectMarkRequest,
+    Error, EventFilter, EventRecord, HistoryRecord, NewEvent, NewSaga, OperatorAction, SagaFilter,
+    SagaRecord, Stats, Store, UnrunnableGroup, WakeupsBox, WorkerInfo,
 };
 
 /// The migrations in `migrations/`, embedded at build time.
@@ -138,6 +138,7 @@ impl PgStore {
         .fetch_optional(&self.pool)
         .await?;
         if applied != Some(true) {
+            self.record_refused_commit(c).await;
             return Err(Error::LeaseLost { saga: c.saga });
         }
         let mut tx = self.pool.begin().await?;
@@ -161,6 +162,30 @@ impl PgStore {
             wake_event: None,
             cancel_requested: false,
         })
+    }
+
+    /// Records a commit the fence refused, in a small transaction of its own after the
+    /// refusal (the refused transaction wrote nothing and rolled back). Best effort: the
+    /// refusal stands even if this row cannot be written.
+    async fn record_refused_commit(&self, c: &Commit<'_>) {
+        let entry = crate::refused_commit_entry(c);
+        let written = async {
+            let mut tx = self.pool.begin().await?;
+            let exists: Option<i32> =
+                sqlx::query_scalar("SELECT 1 FROM paysaga_sagas WHERE id = $1")
+                    .bind(c.saga)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if exists.is_some() {
+                insert_history(&mut tx, c.saga, Some(c.worker), None, &[entry]).await?;
+            }
+            tx.commit().await?;
+            Ok::<(), Error>(())
+        }
+        .await;
+        if let Err(e) = written {
+            tracing::warn!(saga_id = %c.saga, error = %e, "could not record the refused commit in history");
+        }
     }
 
     /// The hot path of [`Store::commit`]: a transition that neither begins nor ends a wait
@@ -345,6 +370,17 @@ fn event_from_row(row: &PgRow) -> Result<EventRecord, Error> {
     })
 }
 
+/// Lock order, the same in every transaction (so two of them never wait for each other in a
+/// cycle, which PostgreSQL would break with "deadlock detected"):
+/// 1. the correlation key's advisory lock (`lock_correlation`: event delivery and replay, a
+///    commit that begins a wait), at most one per transaction;
+/// 2. the saga row (`FOR UPDATE`, or the `UPDATE` itself);
+/// 3. the saga's wait row (`paysaga_waits`);
+/// 4. inbox rows (`paysaga_events`).
+///
+/// A transaction that finds a wait by its key reads it without a lock, locks the saga, then
+/// deletes the wait only if it still matches (see `end_matching_wait`).
+///
 /// Serialises event matching per (provider, correlation key) so that an event stored
 /// concurrently with a wait beginning is seen by exactly one of the two transactions.
 async fn lock_correlation(
@@ -358,6 +394,109 @@ async fn lock_correlation(
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+/// Ends the oldest wait matching (provider, key, event type), in the lock order: reads the
+/// candidate without a lock, locks its saga row, then deletes the wait if it still matches
+/// (a commit or an operator action may have ended it meanwhile: then the next candidate).
+/// The caller holds the key's advisory lock, so no matching wait can begin meanwhile.
+async fn end_matching_wait(
+    tx: &mut Transaction<'_, Postgres>,
+    provider: &str,
+    key: &str,
+    event_type: &str,
+) -> Result<Option<Uuid>, Error> {
+    let mut passed: Vec<Uuid> = Vec::new();
+    loop {
+        let candidate: Option<Uuid> = sqlx::query_scalar(
+            "SELECT saga_id FROM paysaga_waits
+             WHERE provider = $1 AND correlation_key = $2 AND $3 = ANY(event_types)
+               AND saga_id <> ALL($4)
+             ORDER BY created_at LIMIT 1",
+        )
+        .bind(provider)
+        .bind(key)
+        .bind(event_type)
+        .bind(&passed)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let Some(saga) = candidate else {
+            return Ok(None);
+        };
+        sqlx::query("SELECT 1 FROM paysaga_sagas WHERE id = $1 FOR UPDATE")
+            .bind(saga)
+            .execute(&mut **tx)
+            .await?;
+        let ended: Option<Uuid> = sqlx::query_scalar(
+            "DELETE FROM paysaga_waits
+             WHERE saga_id = $1 AND provider = $2 AND correlation_key = $3 AND $4 = ANY(event_types)
+             RETURNING saga_id",
+        )
+        .bind(saga)
+        .bind(provider)
+        .bind(key)
+        .bind(event_type)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if ended.is_some() {
+            return Ok(ended);
+        }
+        passed.push(saga);
+    }
+}
+
+/// Marks an inbox event consumed by `saga` and hands it to the saga (run now).
+async fn hand_event_to_saga(
+    tx: &mut Transaction<'_, Postgres>,
+    saga: Uuid,
+    event: &Event,
+) -> Result<(), Error> {
+    sqlx::query("UPDATE paysaga_sagas SET wake_event = $2, run_at = now(), updated_at = now() WHERE id = $1")
+        .bind(saga)
+        .bind(serde_json::to_value(event).map_err(|e| Error::Corrupt(e.to_string()))?)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("UPDATE paysaga_events SET consumed_by = $2, consumed_at = now() WHERE id = $1")
+        .bind(event.inbox_id)
+        .bind(saga)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Releases the sagas `worker` holds (`only`: just that one, under `fence`) with a
+/// `saga_released` history row each; returns the sagas released.
+async fn release_sagas(
+    tx: &mut Transaction<'_, Postgres>,
+    worker: Uuid,
+    only: Option<(Uuid, i64)>,
+    reason: &str,
+) -> Result<Vec<Uuid>, Error> {
+    let rows = sqlx::query(
+        "UPDATE paysaga_sagas SET owner = NULL, run_at = LEAST(run_at, now()), updated_at = now()
+         WHERE owner = $1 AND ($2::uuid IS NULL OR (id = $2 AND fence = $3))
+         RETURNING id, fence, status, step_index, attempt",
+    )
+    .bind(worker)
+    .bind(only.map(|o| o.0))
+    .bind(only.map(|o| o.1))
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut released = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id: Uuid = row.try_get("id")?;
+        let entry = crate::released_entry(
+            worker,
+            row.try_get("fence")?,
+            row.try_get::<String, _>("status")?,
+            row.try_get::<i32, _>("step_index")?,
+            row.try_get::<i32, _>("attempt")?,
+            reason,
+        );
+        insert_history(tx, id, Some(worker), None, &[entry]).await?;
+        released.push(id);
+    }
+    Ok(released)
 }
 
 async fn insert_history(
@@ -497,6 +636,12 @@ impl Store for PgStore {
 
     #[instrument(skip_all, fields(workflow = %new.workflow, saga_id = %new.id))]
     async fn create_saga(&self, new: NewSaga) -> Result<(SagaRecord, bool), Error> {
+        // The key first: a retried start returns its saga without writing.
+        if let Some(key) = &new.idempotency_key {
+            if let Some(existing) = self.find_saga_by_key(&new.workflow, key).await? {
+                return crate::existing_for_key(existing, new);
+            }
+        }
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(&format!(
             "INSERT INTO paysaga_sagas (id, definition_id, workflow, version, idempotency_key,
@@ -537,15 +682,7 @@ impl Store for PgStore {
         .bind(&new.idempotency_key)
         .fetch_one(&self.pool)
         .await?;
-        let existing = saga_from_row(&row)?;
-        if existing.input != new.input {
-            return Err(Error::KeyReused {
-                workflow: new.workflow,
-                key: new.idempotency_key.unwrap_or_default(),
-                saga: existing.id,
-            });
-        }
-        Ok((existing, false))
+        crate::existing_for_key(saga_from_row(&row)?, new)
     }
 
     async fn saga(&self, id: Uuid) -> Result<Option<SagaRecord>, Error> {
@@ -707,7 +844,7 @@ impl Store for PgStore {
         Ok(updated.rows_affected() == 1)
     }
 
-    async fn stop_worker(&self, worker: Uuid) -> Result<u64, Error> {
+    async fn stop_worker_because(&self, worker: Uuid, reason: &str) -> Result<u64, Error> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE paysaga_workers SET stopped_at = now(), lease_expires_at = now() WHERE id = $1",
@@ -715,14 +852,7 @@ impl Store for PgStore {
         .bind(worker)
         .execute(&mut *tx)
         .await?;
-        let released = sqlx::query(
-            "UPDATE paysaga_sagas SET owner = NULL, run_at = LEAST(run_at, now()), updated_at = now()
-             WHERE owner = $1",
-        )
-        .bind(worker)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let released = release_sagas(&mut tx, worker, None, reason).await?.len() as u64;
         if released > 0 {
             notify(&mut tx).await?;
         }
@@ -829,38 +959,35 @@ impl Store for PgStore {
         Ok(due)
     }
 
-    #[instrument(skip_all, fields(saga_id = %saga, step))]
-    async fn mark_effect(
-        &self,
-        saga: Uuid,
-        worker: Uuid,
-        fence: i64,
-        step: i32,
-        window: Duration,
-    ) -> Result<EffectMark, Error> {
+    #[instrument(skip_all, fields(saga_id = %m.saga, step = m.step))]
+    async fn mark_effect(&self, m: EffectMarkRequest<'_>) -> Result<EffectMark, Error> {
         let mut tx = self.pool.begin().await?;
+        // Held back until the later of the end the marking worker stored and the mark's time
+        // plus this worker's own window.
         let row = sqlx::query(
-            "SELECT effect_marked_at,
-                    effect_step = $4 AND effect_marked_at > now() - make_interval(secs => $5)
+            "SELECT effect_marked_at, effect_until,
+                    GREATEST(effect_until, effect_marked_at + make_interval(secs => $5)) AS closes,
+                    effect_step = $4
+                      AND GREATEST(effect_until, effect_marked_at + make_interval(secs => $5)) > now()
                         AS recent,
-                    extract(epoch FROM effect_marked_at + make_interval(secs => $5) - now())::float8
-                        AS remaining
+                    extract(epoch FROM GREATEST(effect_until, effect_marked_at + make_interval(secs => $5))
+                                       - now())::float8 AS remaining
              FROM paysaga_sagas
              WHERE id = $1 AND owner = $2 AND fence = $3
                AND EXISTS (SELECT 1 FROM paysaga_workers w
                            WHERE w.id = $2 AND w.stopped_at IS NULL AND w.lease_expires_at > now())
              FOR UPDATE",
         )
-        .bind(saga)
-        .bind(worker)
-        .bind(fence)
-        .bind(step)
-        .bind(window.as_secs_f64())
+        .bind(m.saga)
+        .bind(m.worker)
+        .bind(m.fence)
+        .bind(m.step)
+        .bind(m.window.as_secs_f64())
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
             tx.rollback().await?;
-            return Err(Error::LeaseLost { saga });
+            return Err(Error::LeaseLost { saga: m.saga });
         };
         if row.try_get::<Option<bool>, _>("recent")?.unwrap_or(false) {
             tx.rollback().await?;
@@ -870,52 +997,56 @@ impl Store for PgStore {
                 remaining: Duration::from_secs_f64(remaining.max(0.0)),
             });
         }
-        sqlx::query(
-            "UPDATE paysaga_sagas SET effect_step = $2, effect_marked_at = now() WHERE id = $1",
+        let marked: (DateTime<Utc>, DateTime<Utc>) = sqlx::query_as(
+            "UPDATE paysaga_sagas SET effect_step = $2, effect_marked_at = now(),
+                    effect_until = now() + make_interval(secs => $3)
+             WHERE id = $1 RETURNING effect_marked_at, effect_until",
         )
-        .bind(saga)
-        .bind(step)
-        .execute(&mut *tx)
+        .bind(m.saga)
+        .bind(m.step)
+        .bind(m.window.as_secs_f64())
+        .fetch_one(&mut *tx)
         .await?;
+        let entry = crate::effect_marked_entry(&m, marked.0, marked.1);
+        insert_history(&mut tx, m.saga, Some(m.worker), None, &[entry]).await?;
         tx.commit().await?;
         Ok(EffectMark::Marked)
     }
 
-    #[instrument(skip_all, fields(saga_id = %saga, step))]
-    async fn clear_effect_mark(
-        &self,
-        saga: Uuid,
-        worker: Uuid,
-        fence: i64,
-        step: i32,
-    ) -> Result<bool, Error> {
+    #[instrument(skip_all, fields(saga_id = %m.saga, step = m.step))]
+    async fn clear_effect_mark(&self, m: EffectMarkRequest<'_>) -> Result<bool, Error> {
+        let mut tx = self.pool.begin().await?;
         let cleared = sqlx::query(
-            "UPDATE paysaga_sagas SET effect_step = NULL, effect_marked_at = NULL
+            "UPDATE paysaga_sagas SET effect_step = NULL, effect_marked_at = NULL, effect_until = NULL
              WHERE id = $1 AND owner = $2 AND fence = $3 AND effect_step = $4",
         )
-        .bind(saga)
-        .bind(worker)
-        .bind(fence)
-        .bind(step)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(cleared == 1)
-    }
-
-    async fn release(&self, saga: Uuid, worker: Uuid, fence: i64) -> Result<bool, Error> {
-        let mut tx = self.pool.begin().await?;
-        let released = sqlx::query(
-            "UPDATE paysaga_sagas SET owner = NULL, run_at = LEAST(run_at, now()), updated_at = now()
-             WHERE id = $1 AND owner = $2 AND fence = $3",
-        )
-        .bind(saga)
-        .bind(worker)
-        .bind(fence)
+        .bind(m.saga)
+        .bind(m.worker)
+        .bind(m.fence)
+        .bind(m.step)
         .execute(&mut *tx)
         .await?
         .rows_affected()
             == 1;
+        if cleared {
+            let entry = crate::effect_withdrawn_entry(&m);
+            insert_history(&mut tx, m.saga, Some(m.worker), None, &[entry]).await?;
+        }
+        tx.commit().await?;
+        Ok(cleared)
+    }
+
+    async fn give_back(
+        &self,
+        saga: Uuid,
+        worker: Uuid,
+        fence: i64,
+        reason: &str,
+    ) -> Result<bool, Error> {
+        let mut tx = self.pool.begin().await?;
+        let released = !release_sagas(&mut tx, worker, Some((saga, fence)), reason)
+            .await?
+            .is_empty();
         if released {
             notify(&mut tx).await?;
         }
@@ -930,7 +1061,7 @@ impl Store for PgStore {
             return self.commit_simple(&c).await;
         }
         let mut tx = self.pool.begin().await?;
-        // Same lock order as deliver_event (correlation lock, then saga row): no deadlock.
+        // The lock order (see `lock_correlation`): correlation lock, saga row, wait row, events.
         if let Some(wait) = &t.wait {
             lock_correlation(&mut tx, &wait.provider, &wait.correlation_key).await?;
         }
@@ -962,6 +1093,18 @@ impl Store for PgStore {
         let mut keep = t.continue_now;
         let mut run_at = t.run_at;
         let mut wait_json: Option<Value> = None;
+        // The wait row before any inbox row: the step's old wait ends here (a new one is
+        // inserted below, keeping the old one's place in the queue for its key, unless a
+        // stored event ends it at once).
+        let mut waiting_since: Option<DateTime<Utc>> = None;
+        if t.wait.is_some() || c.prior_status == SagaStatus::Waiting {
+            waiting_since = sqlx::query_scalar(
+                "DELETE FROM paysaga_waits WHERE saga_id = $1 RETURNING created_at",
+            )
+            .bind(c.saga)
+            .fetch_optional(&mut *tx)
+            .await?;
+        }
         if let Some(wait) = &t.wait {
             if pending.is_none() {
                 // Inbox first: an event that arrived before the wait was stored ends it now.
@@ -1002,35 +1145,25 @@ impl Store for PgStore {
             if pending.is_some() {
                 keep = true;
                 run_at = Some(Utc::now());
-                sqlx::query("DELETE FROM paysaga_waits WHERE saga_id = $1")
-                    .bind(c.saga)
-                    .execute(&mut *tx)
-                    .await?;
             } else {
                 sqlx::query(
-                    "INSERT INTO paysaga_waits (saga_id, provider, event_types, correlation_key, deadline)
-                     VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (saga_id) DO UPDATE SET provider = EXCLUDED.provider,
-                        event_types = EXCLUDED.event_types, correlation_key = EXCLUDED.correlation_key,
-                        deadline = EXCLUDED.deadline",
+                    "INSERT INTO paysaga_waits (saga_id, provider, event_types, correlation_key, deadline,
+                                                created_at)
+                     VALUES ($1, $2, $3, $4, $5, COALESCE($6, now()))",
                 )
                 .bind(c.saga)
                 .bind(&wait.provider)
                 .bind(&wait.event_types)
                 .bind(&wait.correlation_key)
                 .bind(wait.deadline)
+                .bind(waiting_since)
                 .execute(&mut *tx)
                 .await?;
             }
         } else {
-            // The step left its wait (or never waited): no stale event or wait may remain.
+            // The step left its wait (or never waited): no stale event or wait may remain
+            // (the wait row was deleted above).
             pending = None;
-            if c.prior_status == SagaStatus::Waiting {
-                sqlx::query("DELETE FROM paysaga_waits WHERE saga_id = $1")
-                    .bind(c.saga)
-                    .execute(&mut *tx)
-                    .await?;
-            }
         }
         let wake_json = pending
             .as_ref()
@@ -1130,19 +1263,9 @@ impl Store for PgStore {
         if let (Some(key), Some(event_type), None) =
             (&e.correlation_key, &e.event_type, &e.parse_error)
         {
-            let waiting: Option<Uuid> = sqlx::query_scalar(
-                "DELETE FROM paysaga_waits WHERE saga_id = (
-                     SELECT saga_id FROM paysaga_waits
-                     WHERE provider = $1 AND correlation_key = $2 AND $3 = ANY(event_types)
-                     ORDER BY created_at LIMIT 1 FOR UPDATE)
-                 RETURNING saga_id",
-            )
-            .bind(&e.provider)
-            .bind(key)
-            .bind(event_type)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(saga) = waiting {
+            // The event's own (new) inbox row is invisible to others: locking the saga after
+            // inserting it keeps the lock order.
+            if let Some(saga) = end_matching_wait(&mut tx, &e.provider, key, event_type).await? {
                 let event = Event {
                     inbox_id,
                     provider: e.provider.clone(),
@@ -1151,21 +1274,7 @@ impl Store for PgStore {
                     correlation_key: key.clone(),
                     payload: e.payload.clone().unwrap_or(Value::Null),
                 };
-                sqlx::query(
-                    "UPDATE paysaga_events SET consumed_by = $2, consumed_at = now() WHERE id = $1",
-                )
-                .bind(inbox_id)
-                .bind(saga)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "UPDATE paysaga_sagas SET wake_event = $2, run_at = now(), updated_at = now()
-                     WHERE id = $1",
-                )
-                .bind(saga)
-                .bind(serde_json::to_value(&event).map_err(|e| Error::Corrupt(e.to_string()))?)
-                .execute(&mut *tx)
-                .await?;
+                hand_event_to_saga(&mut tx, saga, &event).await?;
                 notify(&mut tx).await?;
                 matched_saga = Some(saga);
             }
@@ -1223,6 +1332,8 @@ impl Store for PgStore {
         let (event_type, key, payload) = crate::replay_fields(&stored, fields)?;
         let mut tx = self.pool.begin().await?;
         lock_correlation(&mut tx, &stored.provider, &key).await?;
+        // The lock order: the saga (and its wait) before the inbox row.
+        let waiting = end_matching_wait(&mut tx, &stored.provider, &key, &event_type).await?;
         sqlx::query(
             "UPDATE paysaga_events SET event_type = $2, correlation_key = $3, payload = $4, parse_error = NULL
              WHERE id = $1",
@@ -1232,18 +1343,6 @@ impl Store for PgStore {
         .bind(&key)
         .bind(&payload)
         .execute(&mut *tx)
-        .await?;
-        let waiting: Option<Uuid> = sqlx::query_scalar(
-            "DELETE FROM paysaga_waits WHERE saga_id = (
-                 SELECT saga_id FROM paysaga_waits
-                 WHERE provider = $1 AND correlation_key = $2 AND $3 = ANY(event_types)
-                 ORDER BY created_at LIMIT 1 FOR UPDATE)
-             RETURNING saga_id",
-        )
-        .bind(&stored.provider)
-        .bind(&key)
-        .bind(&event_type)
-        .fetch_optional(&mut *tx)
         .await?;
         let Some(saga) = waiting else {
             tx.commit().await?;
@@ -1261,18 +1360,7 @@ impl Store for PgStore {
             correlation_key: key,
             payload,
         };
-        sqlx::query(
-            "UPDATE paysaga_events SET consumed_by = $2, consumed_at = now() WHERE id = $1",
-        )
-        .bind(id)
-        .bind(saga)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE paysaga_sagas SET wake_event = $2, run_at = now(), updated_at = now() WHERE id = $1")
-            .bind(saga)
-            .bind(serde_json::to_value(&event).map_err(|e| Error::Corrupt(e.to_string()))?)
-            .execute(&mut *tx)
-            .await?;
+        hand_event_to_saga(&mut tx, saga, &event).await?;
         let entry = HistoryEntry {
             kind: paysaga_core::HistoryKind::EventReplayed,
             step: None,
@@ -1428,6 +1516,91 @@ impl Store for PgStore {
         listener.listen(WAKEUP_CHANNEL).await?;
         Ok(Box::new(PgWakeups { listener }))
     }
+
+    async fn find_saga_by_key(
+        &self,
+        workflow: &str,
+        key: &str,
+    ) -> Result<Option<SagaRecord>, Error> {
+        let row = sqlx::query(&format!(
+            "SELECT {SAGA_COLUMNS} FROM paysaga_sagas WHERE workflow = $1 AND idempotency_key = $2"
+        ))
+        .bind(workflow)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(saga_from_row).transpose()
+    }
+
+    #[instrument(skip_all, fields(saga_id = %saga, provider = %e.provider, event_id = %e.event_id))]
+    async fn deliver_to_saga(
+        &self,
+        saga: Uuid,
+        e: NewEvent,
+        actor: &str,
+        entry: HistoryEntry,
+    ) -> Result<Delivery, Error> {
+        let (Some(key), Some(event_type), Some(payload)) =
+            (&e.correlation_key, &e.event_type, &e.payload)
+        else {
+            return Err(Error::Refused(format!(
+                "an event for saga {saga} needs a type, a correlation key and a body"
+            )));
+        };
+        let mut tx = self.pool.begin().await?;
+        // The lock order: correlation lock, saga row, wait row, inbox row.
+        lock_correlation(&mut tx, &e.provider, key).await?;
+        sqlx::query("SELECT 1 FROM paysaga_sagas WHERE id = $1 FOR UPDATE")
+            .bind(saga)
+            .execute(&mut *tx)
+            .await?;
+        let ended: Option<Uuid> = sqlx::query_scalar(
+            "DELETE FROM paysaga_waits
+             WHERE saga_id = $1 AND provider = $2 AND correlation_key = $3 AND $4 = ANY(event_types)
+             RETURNING saga_id",
+        )
+        .bind(saga)
+        .bind(&e.provider)
+        .bind(key)
+        .bind(event_type)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if ended.is_none() {
+            tx.rollback().await?;
+            return Err(Error::Refused(format!(
+                "saga {saga} no longer waits for {} {event_type} with key {key}; nothing was delivered",
+                e.provider
+            )));
+        }
+        let inbox_id: i64 = sqlx::query_scalar(
+            "INSERT INTO paysaga_events (provider, event_id, event_type, correlation_key, payload)
+             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        )
+        .bind(&e.provider)
+        .bind(&e.event_id)
+        .bind(event_type)
+        .bind(key)
+        .bind(payload)
+        .fetch_one(&mut *tx)
+        .await?;
+        let event = Event {
+            inbox_id,
+            provider: e.provider.clone(),
+            event_id: e.event_id.clone(),
+            event_type: event_type.clone(),
+            correlation_key: key.clone(),
+            payload: payload.clone(),
+        };
+        hand_event_to_saga(&mut tx, saga, &event).await?;
+        insert_history(&mut tx, saga, None, Some(actor), &[entry]).await?;
+        notify(&mut tx).await?;
+        tx.commit().await?;
+        Ok(Delivery {
+            inbox_id,
+            duplicate: false,
+            matched_saga: Some(saga),
+        })
+    }
 }
 
 struct PgWakeups {
@@ -1535,6 +1708,20 @@ mod tests {
         assert!(
             pending.join("\n").contains("paysaga_events_pending"),
             "{pending:?}"
+        );
+        // A start with a key looks it up first (`find_saga_by_key`).
+        let by_key: Vec<String> = sqlx::query_scalar(&format!(
+            "EXPLAIN SELECT {SAGA_COLUMNS} FROM paysaga_sagas WHERE workflow = $1 AND idempotency_key = $2"
+        ))
+        .bind("noop")
+        .bind("payout-1")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let by_key = by_key.join("\n");
+        assert!(
+            by_key.contains("Index") && by_key.contains("idempotency_key"),
+            "{by_key}"
         );
     }
 }

@@ -59,9 +59,9 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use crate::{
-    ClaimedSaga, Commit, Committed, DefinitionRecord, Delivery, EffectMark, Error, EventFilter,
-    EventRecord, HistoryRecord, NewEvent, NewSaga, OperatorAction, SagaFilter, SagaRecord, Stats,
-    Store, UnrunnableGroup, WakeupsBox, WorkerInfo,
+    ClaimedSaga, Commit, Committed, DefinitionRecord, Delivery, EffectMark, EffectMarkRequest,
+    Error, EventFilter, EventRecord, HistoryRecord, NewEvent, NewSaga, OperatorAction, SagaFilter,
+    SagaRecord, Stats, Store, UnrunnableGroup, WakeupsBox, WorkerInfo,
 };
 
 /// The migrations in `migrations/sqlite/`, embedded at build time.
@@ -177,6 +177,17 @@ impl SqliteStore {
     fn notify(&self) {
         // No receiver is fine: nobody listens.
         let _ = self.wake.send(());
+    }
+
+    /// Records a commit the fence refused (see `Store::commit`), after the refusal.
+    async fn record_refused_commit(&self, c: &Commit<'_>) -> Result<(), Error> {
+        let entry = crate::refused_commit_entry(c);
+        let mut tx = self.write_tx().await?;
+        if self.saga_in(&mut tx, c.saga).await?.is_some() {
+            insert_history(&mut tx, c.saga, Some(c.worker), None, &[entry]).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn saga_in(
@@ -397,21 +408,74 @@ async fn end_matching_wait(
         .bind(&saga)
         .execute(&mut **tx)
         .await?;
-    sqlx::query("UPDATE paysaga_events SET consumed_by = $2, consumed_at = $3 WHERE id = $1")
-        .bind(event.inbox_id)
-        .bind(&saga)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
+    let saga = parse_uuid(&saga)?;
+    hand_event_to_saga(tx, saga, event, now).await?;
+    Ok(Some(saga))
+}
+
+/// Hands an event to a saga (run now) and marks it consumed: saga row, then inbox row, the
+/// lock order of the PostgreSQL store (writes are serialised here anyway).
+async fn hand_event_to_saga(
+    tx: &mut Transaction<'static, Sqlite>,
+    saga: Uuid,
+    event: &Event,
+    now: &str,
+) -> Result<(), Error> {
     sqlx::query(
         "UPDATE paysaga_sagas SET wake_event = $2, run_at = $3, updated_at = $3 WHERE id = $1",
     )
-    .bind(&saga)
+    .bind(saga.to_string())
     .bind(to_json(event)?)
     .bind(now)
     .execute(&mut **tx)
     .await?;
-    parse_uuid(&saga).map(Some)
+    sqlx::query("UPDATE paysaga_events SET consumed_by = $2, consumed_at = $3 WHERE id = $1")
+        .bind(event.inbox_id)
+        .bind(saga.to_string())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Releases the sagas `worker` holds (`only`: just that one, under `fence`) with a
+/// `saga_released` history row each; returns the sagas released.
+async fn release_sagas(
+    tx: &mut Transaction<'static, Sqlite>,
+    worker: Uuid,
+    only: Option<(Uuid, i64)>,
+    reason: &str,
+    now: &str,
+) -> Result<Vec<Uuid>, Error> {
+    // A released saga is due now unless it was due earlier (`LEAST(run_at, now)`).
+    let rows = sqlx::query(
+        "UPDATE paysaga_sagas
+         SET owner = NULL, updated_at = $2,
+             run_at = CASE WHEN run_at IS NULL OR run_at > $2 THEN $2 ELSE run_at END
+         WHERE owner = $1 AND ($3 IS NULL OR (id = $3 AND fence = $4))
+         RETURNING id, fence, status, step_index, attempt",
+    )
+    .bind(worker.to_string())
+    .bind(now)
+    .bind(only.map(|o| o.0.to_string()))
+    .bind(only.map(|o| o.1))
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut released = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id = get_uuid(row, "id")?;
+        let entry = crate::released_entry(
+            worker,
+            row.try_get("fence")?,
+            row.try_get::<String, _>("status")?,
+            row.try_get::<i32, _>("step_index")?,
+            row.try_get::<i32, _>("attempt")?,
+            reason,
+        );
+        insert_history(tx, id, Some(worker), None, &[entry]).await?;
+        released.push(id);
+    }
+    Ok(released)
 }
 
 #[async_trait]
@@ -507,6 +571,12 @@ impl Store for SqliteStore {
 
     #[instrument(skip_all, fields(workflow = %new.workflow, saga_id = %new.id))]
     async fn create_saga(&self, new: NewSaga) -> Result<(SagaRecord, bool), Error> {
+        // The key first: a retried start returns its saga without writing.
+        if let Some(key) = &new.idempotency_key {
+            if let Some(existing) = self.find_saga_by_key(&new.workflow, key).await? {
+                return crate::existing_for_key(existing, new);
+            }
+        }
         let now = ts(Utc::now());
         let mut tx = self.write_tx().await?;
         let inserted = sqlx::query(&format!(
@@ -550,15 +620,7 @@ impl Store for SqliteStore {
         .fetch_one(&mut *tx)
         .await?;
         tx.rollback().await?;
-        let existing = saga_from_row(&row)?;
-        if existing.input != new.input {
-            return Err(Error::KeyReused {
-                workflow: new.workflow,
-                key: new.idempotency_key.unwrap_or_default(),
-                saga: existing.id,
-            });
-        }
-        Ok((existing, false))
+        crate::existing_for_key(saga_from_row(&row)?, new)
     }
 
     async fn saga(&self, id: Uuid) -> Result<Option<SagaRecord>, Error> {
@@ -750,7 +812,7 @@ impl Store for SqliteStore {
         Ok(updated.rows_affected() == 1)
     }
 
-    async fn stop_worker(&self, worker: Uuid) -> Result<u64, Error> {
+    async fn stop_worker_because(&self, worker: Uuid, reason: &str) -> Result<u64, Error> {
         let now = ts(Utc::now());
         let mut tx = self.write_tx().await?;
         sqlx::query(
@@ -760,18 +822,9 @@ impl Store for SqliteStore {
         .bind(&now)
         .execute(&mut *tx)
         .await?;
-        let released = sqlx::query(
-            // A released saga is due now unless it was due earlier (`LEAST(run_at, now)`).
-            "UPDATE paysaga_sagas
-             SET owner = NULL, updated_at = $2,
-                 run_at = CASE WHEN run_at IS NULL OR run_at > $2 THEN $2 ELSE run_at END
-             WHERE owner = $1",
-        )
-        .bind(worker.to_string())
-        .bind(&now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let released = release_sagas(&mut tx, worker, None, reason, &now)
+            .await?
+            .len() as u64;
         tx.commit().await?;
         if released > 0 {
             self.notify();
@@ -905,42 +958,39 @@ impl Store for SqliteStore {
         due.as_deref().map(parse_ts).transpose()
     }
 
-    #[instrument(skip_all, fields(saga_id = %saga, step))]
-    async fn mark_effect(
-        &self,
-        saga: Uuid,
-        worker: Uuid,
-        fence: i64,
-        step: i32,
-        window: Duration,
-    ) -> Result<EffectMark, Error> {
+    #[instrument(skip_all, fields(saga_id = %m.saga, step = m.step))]
+    async fn mark_effect(&self, m: EffectMarkRequest<'_>) -> Result<EffectMark, Error> {
         let now_t = Utc::now();
         let now = ts(now_t);
-        let saga_id = saga.to_string();
+        let saga_id = m.saga.to_string();
+        let window = chrono::Duration::from_std(m.window).unwrap_or(chrono::TimeDelta::MAX);
         let mut tx = self.write_tx().await?;
         let row = sqlx::query(
-            "SELECT effect_step, effect_marked_at FROM paysaga_sagas
+            "SELECT effect_step, effect_marked_at, effect_until FROM paysaga_sagas
              WHERE id = $1 AND owner = $2 AND fence = $3
                AND EXISTS (SELECT 1 FROM paysaga_workers w
                            WHERE w.id = $2 AND w.stopped_at IS NULL AND w.lease_expires_at > $4)",
         )
         .bind(&saga_id)
-        .bind(worker.to_string())
-        .bind(fence)
+        .bind(m.worker.to_string())
+        .bind(m.fence)
         .bind(&now)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
             tx.rollback().await?;
-            return Err(Error::LeaseLost { saga });
+            return Err(Error::LeaseLost { saga: m.saga });
         };
-        let earlier: Option<String> = row.try_get("effect_marked_at")?;
+        let earlier = get_opt_ts(&row, "effect_marked_at")?;
         if let (Some(s), Some(marked_at)) = (row.try_get::<Option<i32>, _>("effect_step")?, earlier)
         {
-            let marked_at = parse_ts(&marked_at)?;
-            let closes =
-                marked_at + chrono::Duration::from_std(window).unwrap_or(chrono::TimeDelta::MAX);
-            if s == step && closes > now_t {
+            // Held back until the later of the end the marking worker stored and the mark's
+            // time plus this worker's own window.
+            let own = marked_at
+                .checked_add_signed(window)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC);
+            let closes = get_opt_ts(&row, "effect_until")?.map_or(own, |until| until.max(own));
+            if s == m.step && closes > now_t {
                 tx.rollback().await?;
                 return Ok(EffectMark::Wait {
                     marked_at,
@@ -948,56 +998,61 @@ impl Store for SqliteStore {
                 });
             }
         }
+        let until = now_t
+            .checked_add_signed(window)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         sqlx::query(
-            "UPDATE paysaga_sagas SET effect_step = $2, effect_marked_at = $3 WHERE id = $1",
+            "UPDATE paysaga_sagas SET effect_step = $2, effect_marked_at = $3, effect_until = $4
+             WHERE id = $1",
         )
         .bind(&saga_id)
-        .bind(step)
+        .bind(m.step)
         .bind(&now)
+        .bind(ts(until))
         .execute(&mut *tx)
         .await?;
+        let entry = crate::effect_marked_entry(&m, now_t, until);
+        insert_history(&mut tx, m.saga, Some(m.worker), None, &[entry]).await?;
         tx.commit().await?;
         Ok(EffectMark::Marked)
     }
 
-    #[instrument(skip_all, fields(saga_id = %saga, step))]
-    async fn clear_effect_mark(
+    #[instrument(skip_all, fields(saga_id = %m.saga, step = m.step))]
+    async fn clear_effect_mark(&self, m: EffectMarkRequest<'_>) -> Result<bool, Error> {
+        let mut tx = self.write_tx().await?;
+        let cleared = sqlx::query(
+            "UPDATE paysaga_sagas SET effect_step = NULL, effect_marked_at = NULL, effect_until = NULL
+             WHERE id = $1 AND owner = $2 AND fence = $3 AND effect_step = $4",
+        )
+        .bind(m.saga.to_string())
+        .bind(m.worker.to_string())
+        .bind(m.fence)
+        .bind(m.step)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if cleared {
+            let entry = crate::effect_withdrawn_entry(&m);
+            insert_history(&mut tx, m.saga, Some(m.worker), None, &[entry]).await?;
+        }
+        tx.commit().await?;
+        Ok(cleared)
+    }
+
+    async fn give_back(
         &self,
         saga: Uuid,
         worker: Uuid,
         fence: i64,
-        step: i32,
+        reason: &str,
     ) -> Result<bool, Error> {
-        let cleared = sqlx::query(
-            "UPDATE paysaga_sagas SET effect_step = NULL, effect_marked_at = NULL
-             WHERE id = $1 AND owner = $2 AND fence = $3 AND effect_step = $4",
-        )
-        .bind(saga.to_string())
-        .bind(worker.to_string())
-        .bind(fence)
-        .bind(step)
-        .execute(&self.writer)
-        .await?
-        .rows_affected();
-        Ok(cleared == 1)
-    }
-
-    async fn release(&self, saga: Uuid, worker: Uuid, fence: i64) -> Result<bool, Error> {
         let now = ts(Utc::now());
-        let released = sqlx::query(
-            "UPDATE paysaga_sagas
-             SET owner = NULL, updated_at = $2,
-                 run_at = CASE WHEN run_at IS NULL OR run_at > $2 THEN $2 ELSE run_at END
-             WHERE id = $1 AND owner = $3 AND fence = $4",
-        )
-        .bind(saga.to_string())
-        .bind(&now)
-        .bind(worker.to_string())
-        .bind(fence)
-        .execute(&self.writer)
-        .await?
-        .rows_affected()
-            == 1;
+        let mut tx = self.write_tx().await?;
+        let released = !release_sagas(&mut tx, worker, Some((saga, fence)), reason, &now)
+            .await?
+            .is_empty();
+        tx.commit().await?;
         if released {
             self.notify();
         }
@@ -1037,6 +1092,11 @@ impl Store for SqliteStore {
                     .await?;
             if applied != Some(true) {
                 tx.rollback().await?;
+                // Recorded after the refusal, in a small transaction of its own (the refused
+                // one wrote nothing). Best effort: the refusal stands either way.
+                if let Err(e) = self.record_refused_commit(&c).await {
+                    tracing::warn!(saga_id = %c.saga, error = %e, "could not record the refused commit in history");
+                }
                 return Err(Error::LeaseLost { saga: c.saga });
             }
             sqlx::query(
@@ -1069,6 +1129,18 @@ impl Store for SqliteStore {
         let mut keep = t.continue_now;
         let mut run_at = t.run_at;
         let mut wait_json: Option<String> = None;
+        // The wait row before any inbox row (the lock order of the PostgreSQL store): the
+        // step's old wait ends here; a new one is inserted below, keeping the old one's place
+        // in the queue for its key, unless a stored event ends it at once.
+        let mut waiting_since: Option<String> = None;
+        if t.wait.is_some() || c.prior_status == SagaStatus::Waiting {
+            waiting_since = sqlx::query_scalar(
+                "DELETE FROM paysaga_waits WHERE saga_id = $1 RETURNING created_at",
+            )
+            .bind(&saga_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        }
         if let Some(wait) = &t.wait {
             if pending.is_none() {
                 // Inbox first: an event that arrived before the wait was stored ends it now.
@@ -1113,38 +1185,25 @@ impl Store for SqliteStore {
             if pending.is_some() {
                 keep = true;
                 run_at = Some(now_t);
-                sqlx::query("DELETE FROM paysaga_waits WHERE saga_id = $1")
-                    .bind(&saga_id)
-                    .execute(&mut *tx)
-                    .await?;
             } else {
                 sqlx::query(
                     "INSERT INTO paysaga_waits (saga_id, provider, event_types, correlation_key,
                                                 deadline, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6)
-                     ON CONFLICT (saga_id) DO UPDATE SET provider = excluded.provider,
-                        event_types = excluded.event_types,
-                        correlation_key = excluded.correlation_key,
-                        deadline = excluded.deadline",
+                     VALUES ($1, $2, $3, $4, $5, $6)",
                 )
                 .bind(&saga_id)
                 .bind(&wait.provider)
                 .bind(to_json(&wait.event_types)?)
                 .bind(&wait.correlation_key)
                 .bind(ts(wait.deadline))
-                .bind(&now)
+                .bind(waiting_since.as_deref().unwrap_or(&now))
                 .execute(&mut *tx)
                 .await?;
             }
         } else {
-            // The step left its wait (or never waited): no stale event or wait may remain.
+            // The step left its wait (or never waited): no stale event or wait may remain
+            // (the wait row was deleted above).
             pending = None;
-            if c.prior_status == SagaStatus::Waiting {
-                sqlx::query("DELETE FROM paysaga_waits WHERE saga_id = $1")
-                    .bind(&saga_id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
         }
         let wake_json = pending.as_ref().map(to_json).transpose()?;
         let final_status = t.status.is_final();
@@ -1302,17 +1361,6 @@ impl Store for SqliteStore {
         let (event_type, key, payload) = crate::replay_fields(&stored, fields)?;
         let now = ts(Utc::now());
         let mut tx = self.write_tx().await?;
-        sqlx::query(
-            "UPDATE paysaga_events SET event_type = $2, correlation_key = $3, payload = $4,
-                    parse_error = NULL
-             WHERE id = $1",
-        )
-        .bind(id)
-        .bind(&event_type)
-        .bind(&key)
-        .bind(to_json(&payload)?)
-        .execute(&mut *tx)
-        .await?;
         let event = Event {
             inbox_id: id,
             provider: stored.provider.clone(),
@@ -1321,7 +1369,20 @@ impl Store for SqliteStore {
             correlation_key: key,
             payload,
         };
-        let Some(saga) = end_matching_wait(&mut tx, &event, &now).await? else {
+        // The saga and its wait before the inbox row (the lock order of the PostgreSQL store).
+        let matched = end_matching_wait(&mut tx, &event, &now).await?;
+        sqlx::query(
+            "UPDATE paysaga_events SET event_type = $2, correlation_key = $3, payload = $4,
+                    parse_error = NULL
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(&event.event_type)
+        .bind(&event.correlation_key)
+        .bind(to_json(&event.payload)?)
+        .execute(&mut *tx)
+        .await?;
+        let Some(saga) = matched else {
             tx.commit().await?;
             return Err(Error::Refused(format!(
                 "no saga waits for {} {} with key {} now; the event stays in the inbox{}",
@@ -1508,6 +1569,90 @@ impl Store for SqliteStore {
             None => None,
         };
         Ok(Box::new(SqliteWakeups { receiver, poller }))
+    }
+
+    async fn find_saga_by_key(
+        &self,
+        workflow: &str,
+        key: &str,
+    ) -> Result<Option<SagaRecord>, Error> {
+        let row = sqlx::query(&format!(
+            "SELECT {SAGA_COLUMNS} FROM paysaga_sagas WHERE workflow = $1 AND idempotency_key = $2"
+        ))
+        .bind(workflow)
+        .bind(key)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(saga_from_row).transpose()
+    }
+
+    #[instrument(skip_all, fields(saga_id = %saga, provider = %e.provider, event_id = %e.event_id))]
+    async fn deliver_to_saga(
+        &self,
+        saga: Uuid,
+        e: NewEvent,
+        actor: &str,
+        entry: HistoryEntry,
+    ) -> Result<Delivery, Error> {
+        let (Some(key), Some(event_type), Some(payload)) =
+            (&e.correlation_key, &e.event_type, &e.payload)
+        else {
+            return Err(Error::Refused(format!(
+                "an event for saga {saga} needs a type, a correlation key and a body"
+            )));
+        };
+        let now = ts(Utc::now());
+        let mut tx = self.write_tx().await?;
+        // Saga and wait row, then the inbox row (the lock order of the PostgreSQL store).
+        let ended: Option<String> = sqlx::query_scalar(
+            "DELETE FROM paysaga_waits
+             WHERE saga_id = $1 AND provider = $2 AND correlation_key = $3
+               AND $4 IN (SELECT value FROM json_each(event_types))
+             RETURNING saga_id",
+        )
+        .bind(saga.to_string())
+        .bind(&e.provider)
+        .bind(key)
+        .bind(event_type)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if ended.is_none() {
+            tx.rollback().await?;
+            return Err(Error::Refused(format!(
+                "saga {saga} no longer waits for {} {event_type} with key {key}; nothing was delivered",
+                e.provider
+            )));
+        }
+        let inbox_id: i64 = sqlx::query_scalar(
+            "INSERT INTO paysaga_events (provider, event_id, event_type, correlation_key, payload,
+                                         received_at)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        )
+        .bind(&e.provider)
+        .bind(&e.event_id)
+        .bind(event_type)
+        .bind(key)
+        .bind(to_json(payload)?)
+        .bind(&now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let event = Event {
+            inbox_id,
+            provider: e.provider.clone(),
+            event_id: e.event_id.clone(),
+            event_type: event_type.clone(),
+            correlation_key: key.clone(),
+            payload: payload.clone(),
+        };
+        hand_event_to_saga(&mut tx, saga, &event, &now).await?;
+        insert_history(&mut tx, saga, None, Some(actor), &[entry]).await?;
+        tx.commit().await?;
+        self.notify();
+        Ok(Delivery {
+            inbox_id,
+            duplicate: false,
+            matched_saga: Some(saga),
+        })
     }
 }
 

@@ -15,8 +15,8 @@ use paysaga_core::{
     ActiveWait, Definition, HistoryEntry, HistoryKind, SagaStatus, StepDef, Transition,
 };
 use paysaga_store::{
-    Commit, EffectMark, Error, EventFilter, NewEvent, NewSaga, OperatorAction, SagaFilter,
-    SagaRecord, Store, WorkerInfo,
+    Commit, EffectMark, EffectMarkRequest, Error, EventFilter, NewEvent, NewSaga, OperatorAction,
+    SagaFilter, SagaRecord, Store, WorkerInfo,
 };
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -266,6 +266,26 @@ async fn history_kinds(store: &dyn Store, id: Uuid) -> Vec<HistoryKind> {
         .collect()
 }
 
+/// A mark of step `step` (named `s{step+1}`, attempt 1).
+fn mark(
+    saga: Uuid,
+    worker: Uuid,
+    fence: i64,
+    step: i32,
+    window: Duration,
+) -> EffectMarkRequest<'static> {
+    const NAMES: [&str; 2] = ["s1", "s2"];
+    EffectMarkRequest {
+        saga,
+        worker,
+        fence,
+        step,
+        step_name: NAMES[step as usize],
+        attempt: 1,
+        window,
+    }
+}
+
 fn close(a: DateTime<Utc>, b: DateTime<Utc>) -> bool {
     (a - b).num_milliseconds().abs() <= 1
 }
@@ -439,10 +459,24 @@ async fn claim_bumps_the_fence_and_a_stale_fence_cannot_commit(e: Env) {
         (SagaStatus::Scheduled, 0)
     );
     assert_eq!(unchanged.outputs, json!({}));
+    // The give-back and the refusal are in history; nothing of the refused transition is.
     assert_eq!(
         history_kinds(s, started.id).await,
-        [HistoryKind::SagaStarted]
+        [
+            HistoryKind::SagaStarted,
+            HistoryKind::SagaReleased,
+            HistoryKind::CommitRefused
+        ]
     );
+    let refused = s.history(started.id).await.unwrap().pop().unwrap();
+    assert_eq!(refused.worker, Some(w));
+    assert_eq!(
+        (refused.step.as_deref(), refused.attempt),
+        (Some("s1"), Some(1))
+    );
+    let detail = refused.detail.unwrap();
+    assert_eq!(detail["fence"], json!(first.fence));
+    assert_eq!(detail["refused_entries"], json!(["step_completed"]));
 
     done.output = Some(("s1".to_string(), json!({"fresh": true})));
     commit(s, &second, w, &done, None).await.unwrap();
@@ -536,14 +570,14 @@ async fn a_marked_request_is_not_sent_again_within_its_window_nor_by_a_worker_th
     let started = start(s, "flow", &[STEP, STEP], None).await;
     let held = claim_one(s, a, started.id).await;
     assert_eq!(
-        s.mark_effect(started.id, a, held.fence, 0, window)
+        s.mark_effect(mark(started.id, a, held.fence, 0, window))
             .await
             .unwrap(),
         EffectMark::Marked
     );
     // The same holder's next attempt of the same step waits (its request may still land).
     match s
-        .mark_effect(started.id, a, held.fence, 0, window)
+        .mark_effect(mark(started.id, a, held.fence, 0, window))
         .await
         .unwrap()
     {
@@ -557,18 +591,18 @@ async fn a_marked_request_is_not_sent_again_within_its_window_nor_by_a_worker_th
     }
     // Withdrawn (refused before it took effect): the next attempt may send at once.
     assert!(s
-        .clear_effect_mark(started.id, a, held.fence, 0)
+        .clear_effect_mark(mark(started.id, a, held.fence, 0, Duration::ZERO))
         .await
         .unwrap());
     assert_eq!(
-        s.mark_effect(started.id, a, held.fence, 0, window)
+        s.mark_effect(mark(started.id, a, held.fence, 0, window))
             .await
             .unwrap(),
         EffectMark::Marked
     );
     // Another step is another request.
     assert_eq!(
-        s.mark_effect(started.id, a, held.fence, 1, window)
+        s.mark_effect(mark(started.id, a, held.fence, 1, window))
             .await
             .unwrap(),
         EffectMark::Marked
@@ -579,18 +613,18 @@ async fn a_marked_request_is_not_sent_again_within_its_window_nor_by_a_worker_th
     s.reap_expired_workers().await.unwrap();
     let taken = claim_one(s, b, started.id).await;
     assert!(matches!(
-        s.mark_effect(started.id, a, held.fence, 1, window)
+        s.mark_effect(mark(started.id, a, held.fence, 1, window))
             .await
             .unwrap_err(),
         Error::LeaseLost { .. }
     ));
     // Nor can it withdraw its mark: B still waits for A's request.
     assert!(!s
-        .clear_effect_mark(started.id, a, held.fence, 1)
+        .clear_effect_mark(mark(started.id, a, held.fence, 1, Duration::ZERO))
         .await
         .unwrap());
     assert!(matches!(
-        s.mark_effect(started.id, b, taken.fence, 1, window)
+        s.mark_effect(mark(started.id, b, taken.fence, 1, window))
             .await
             .unwrap(),
         EffectMark::Wait { .. }
@@ -598,7 +632,7 @@ async fn a_marked_request_is_not_sent_again_within_its_window_nor_by_a_worker_th
     // Once the window has closed, B may send.
     tokio::time::sleep(window).await;
     assert_eq!(
-        s.mark_effect(started.id, b, taken.fence, 1, window)
+        s.mark_effect(mark(started.id, b, taken.fence, 1, window))
             .await
             .unwrap(),
         EffectMark::Marked
@@ -655,7 +689,14 @@ async fn concurrent_commits_of_many_sagas_each_apply_once_and_a_stale_one_is_ref
     }
     let untouched = saga(s, stale.id).await;
     assert_eq!((untouched.step_index, untouched.fence), (0, fresh.fence));
-    assert_eq!(history_kinds(s, stale.id).await, [HistoryKind::SagaStarted]);
+    assert_eq!(
+        history_kinds(s, stale.id).await,
+        [
+            HistoryKind::SagaStarted,
+            HistoryKind::SagaReleased,
+            HistoryKind::CommitRefused
+        ]
+    );
 }
 
 /// A commit that keeps the saga (the worker runs the next step at once) leaves `run_at` as it
@@ -1505,7 +1546,13 @@ async fn operator_action_fences_out_the_worker_and_records_the_actor(e: Env) {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::LeaseLost { .. }));
-    let last = s.history(started.id).await.unwrap().pop().unwrap();
+    let mut history = s.history(started.id).await.unwrap();
+    let refused = history.pop().unwrap();
+    assert_eq!(
+        (refused.kind, refused.worker),
+        (HistoryKind::CommitRefused, Some(w))
+    );
+    let last = history.pop().unwrap();
     assert_eq!(last.kind, HistoryKind::OperatorSkip);
     assert_eq!(last.actor.as_deref(), Some("cli:alice"));
     assert_eq!(last.worker, None);
@@ -1692,6 +1739,406 @@ async fn appended_history_entries_keep_their_actor_and_order(e: Env) {
     assert_eq!(history[2].error.as_deref(), Some("note"));
 }
 
+/// Issue 11 item 6. Event delivery, a poll that ends the wait (commit) and an operator
+/// action on the same waiting saga at the same moment: commits and operator actions locked
+/// saga then wait, delivery locked wait then saga, and PostgreSQL broke the cycle with
+/// "deadlock detected" (the webhook answered 503, the commit was retried). One lock order
+/// everywhere: no database error at all, exactly one of the commit and the operator action
+/// applied per saga, each event consumed at most once, no wait left behind.
+async fn concurrent_delivery_poll_completion_and_operator_action_never_deadlock(e: Env) {
+    const SAGAS: usize = 40;
+    let s = e.s();
+    let w = worker(s, LONG_TTL).await;
+    let mut sagas = Vec::new();
+    for _ in 0..SAGAS {
+        sagas.push(start(s, "flow", &[LUMANU, STEP], None).await.id);
+    }
+    // Each saga waits for its own payable (due at once: the next claim is its poll).
+    let mut held = Vec::new();
+    while held.len() < SAGAS {
+        held.extend(s.claim(w, &all_kinds(), 16).await.unwrap());
+    }
+    for c in &held {
+        let key = format!("payable:{}", c.saga.id);
+        commit(s, &c.saga, w, &wait_transition(&key, Utc::now()), None)
+            .await
+            .unwrap();
+    }
+    let mut polled = Vec::new();
+    while polled.len() < SAGAS {
+        polled.extend(s.claim(w, &all_kinds(), 16).await.unwrap());
+    }
+    assert!(polled.iter().all(|c| c.saga.status == SagaStatus::Waiting));
+
+    let barrier = Arc::new(tokio::sync::Barrier::new(SAGAS * 3));
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in polled {
+        let held = c.saga;
+        let key = format!("payable:{}", held.id);
+        // The poll found the payable paid: the step is done, the wait ends.
+        let (store, b) = (e.store.clone(), barrier.clone());
+        let held2 = held.clone();
+        tasks.spawn(async move {
+            let mut done = transition(SagaStatus::Running, 1);
+            done.output = Some(("s1".to_string(), json!({"by": "poll"})));
+            done.history = vec![entry(HistoryKind::StepCompleted, Some("s1"), Some(1))];
+            b.wait().await;
+            (
+                "commit",
+                commit(store.as_ref(), &held2, w, &done, None).await.err(),
+            )
+        });
+        // The webhook for it.
+        let (store, b, k) = (e.store.clone(), barrier.clone(), key.clone());
+        tasks.spawn(async move {
+            b.wait().await;
+            let r = store
+                .deliver_event(event(&format!("evt-{k}"), "payable.paid", &k))
+                .await;
+            ("deliver", r.err())
+        });
+        // An operator skipping the step by hand.
+        let (store, b) = (e.store.clone(), barrier.clone());
+        let id = held.id;
+        tasks.spawn(async move {
+            let mut skip = transition(SagaStatus::Running, 1);
+            skip.output = Some(("s1".to_string(), json!({"by": "operator"})));
+            skip.history = vec![entry(HistoryKind::OperatorSkip, Some("s1"), None)];
+            b.wait().await;
+            let r = store
+                .operator_apply(OperatorAction {
+                    saga: id,
+                    expect_status: SagaStatus::Waiting,
+                    expect_step_index: 0,
+                    transition: &skip,
+                    actor: "cli:ops",
+                })
+                .await;
+            ("operator", r.err())
+        });
+    }
+    let (mut deadlocks, mut db_errors) = (0, Vec::new());
+    while let Some(joined) = tasks.join_next().await {
+        match joined.unwrap() {
+            (_, None) => {}
+            // Expected outcomes of the race: the operator saw the saga move, or the commit
+            // found the operator had fenced it out.
+            ("operator", Some(Error::Refused(_))) | ("commit", Some(Error::LeaseLost { .. })) => {}
+            (what, Some(err)) => {
+                if err.to_string().contains("deadlock") {
+                    deadlocks += 1;
+                }
+                db_errors.push(format!("{what}: {err}"));
+            }
+        }
+    }
+    assert_eq!(deadlocks, 0, "deadlocks: {db_errors:#?}");
+    assert!(db_errors.is_empty(), "{db_errors:#?}");
+
+    let events = s
+        .list_events(&EventFilter {
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(events.len(), SAGAS, "every webhook stored once");
+    for id in &sagas {
+        let row = saga(s, *id).await;
+        assert_eq!((row.status, row.step_index), (SagaStatus::Running, 1));
+        assert!(row.wait.is_none() && row.wake_event.is_none(), "{row:?}");
+        let applied = history_kinds(s, *id)
+            .await
+            .into_iter()
+            .filter(|k| matches!(k, HistoryKind::StepCompleted | HistoryKind::OperatorSkip))
+            .count();
+        assert_eq!(
+            applied, 1,
+            "exactly one of the poll commit and the operator action"
+        );
+        let key = format!("payable:{id}");
+        let mine: Vec<_> = events
+            .iter()
+            .filter(|ev| ev.correlation_key.as_deref() == Some(&key))
+            .collect();
+        assert_eq!(mine.len(), 1);
+        assert!(mine[0].consumed_by.is_none() || mine[0].consumed_by == Some(*id));
+        // No orphan wait: a second webhook for the key finds nothing waiting.
+        let probe = s
+            .deliver_event(event(&format!("probe-{key}"), "payable.paid", &key))
+            .await
+            .unwrap();
+        assert_eq!(probe.matched_saga, None, "orphan wait left for {key}");
+    }
+}
+
+/// Issue 11 item 11. The same input written differently (`1e2` for `100`, keys in another
+/// order) is the same start, on both stores: PostgreSQL's jsonb stored `100` and the
+/// comparison refused `100.0` as a reused key; another input is still refused.
+async fn a_start_retried_with_the_same_input_written_differently_returns_the_saga(e: Env) {
+    let s = e.s();
+    let def = s
+        .put_definition(&definition("flow", 1, &[STEP]))
+        .await
+        .unwrap();
+    let new = |input: Value| NewSaga {
+        id: Uuid::new_v4(),
+        definition_id: def.id,
+        workflow: "flow".to_string(),
+        version: 1,
+        idempotency_key: Some("payout-7".to_string()),
+        input,
+        actor: "test".to_string(),
+    };
+    let first: Value = serde_json::from_str(
+        r#"{"amount_minor": 100, "currency": "NGN", "payee": {"id": "p1", "bank": "058"}}"#,
+    )
+    .unwrap();
+    let (saga_row, created) = s.create_saga(new(first)).await.unwrap();
+    assert!(created);
+    for text in [
+        r#"{"currency": "NGN", "payee": {"bank": "058", "id": "p1"}, "amount_minor": 1e2}"#,
+        r#"{"amount_minor": 100.0, "payee": {"id": "p1", "bank": "058"}, "currency": "NGN"}"#,
+        r#"{"payee": {"bank": "058", "id": "p1"}, "currency": "NGN", "amount_minor": 100}"#,
+    ] {
+        let again: Value = serde_json::from_str(text).unwrap();
+        let (existing, created) = s.create_saga(new(again)).await.unwrap_or_else(|err| {
+            panic!("{text}: the same input written differently was refused: {err}")
+        });
+        assert!(!created, "{text}");
+        assert_eq!(existing.id, saga_row.id, "{text}");
+    }
+    for text in [
+        r#"{"amount_minor": 101, "currency": "NGN", "payee": {"id": "p1", "bank": "058"}}"#,
+        r#"{"amount_minor": 100.5, "currency": "NGN", "payee": {"id": "p1", "bank": "058"}}"#,
+        r#"{"amount_minor": "100", "currency": "NGN", "payee": {"id": "p1", "bank": "058"}}"#,
+        r#"{"amount_minor": 100, "currency": "NGN", "payee": {"id": "p1"}}"#,
+    ] {
+        let other: Value = serde_json::from_str(text).unwrap();
+        assert!(
+            matches!(s.create_saga(new(other)).await, Err(Error::KeyReused { saga, .. }) if saga == saga_row.id),
+            "{text} is another input"
+        );
+    }
+    let rows = s
+        .list_sagas(&SagaFilter {
+            key: Some("payout-7".to_string()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&rows), [saga_row.id], "one saga for the key");
+    assert_eq!(
+        history_kinds(s, saga_row.id).await,
+        [HistoryKind::SagaStarted]
+    );
+}
+
+/// Issue 11 item 8. The effect window is per-process configuration (lease length, provider
+/// timeout). During a rolling change, worker A (long window) marks and sends; A is paused
+/// past its lease; worker B, configured with a short window, took the saga over and used to
+/// send again once *its own* window had passed since A's mark: the window A stored holds B
+/// back until A's end.
+async fn a_mark_made_with_a_long_window_holds_back_a_worker_whose_own_window_is_short(e: Env) {
+    let s = e.s();
+    let long = Duration::from_millis(1500);
+    let short = Duration::from_millis(100);
+    let a = worker(s, Duration::from_millis(300)).await;
+    let started = start(s, "flow", &[STEP, STEP], None).await;
+    let held = claim_one(s, a, started.id).await;
+    assert_eq!(
+        s.mark_effect(mark(started.id, a, held.fence, 0, long))
+            .await
+            .unwrap(),
+        EffectMark::Marked
+    );
+    // A's lease lapses; B (short window) takes the saga over well after B's own window.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let b = worker(s, LONG_TTL).await;
+    s.reap_expired_workers().await.unwrap();
+    let taken = claim_one(s, b, started.id).await;
+    match s
+        .mark_effect(mark(started.id, b, taken.fence, 0, short))
+        .await
+        .unwrap()
+    {
+        EffectMark::Wait { remaining, .. } => assert!(
+            remaining > Duration::from_millis(500) && remaining <= long,
+            "held back until A's window ends: {remaining:?}"
+        ),
+        other => panic!("B's short window let it send again within A's window: {other:?}"),
+    }
+    // Only A's mark is recorded; B sent nothing.
+    let marks: Vec<_> = s
+        .history(started.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|h| h.kind == HistoryKind::EffectMarked)
+        .collect();
+    assert_eq!(marks.len(), 1);
+    assert_eq!(marks[0].worker, Some(a));
+    assert_eq!(marks[0].detail.as_ref().unwrap()["window_ms"], json!(1500));
+    // Once A's window has closed, B may send.
+    tokio::time::sleep(long).await;
+    assert_eq!(
+        s.mark_effect(mark(started.id, b, taken.fence, 0, short))
+            .await
+            .unwrap(),
+        EffectMark::Marked
+    );
+}
+
+/// Issue 11 item 10. An investigation of a payout needs to know when a worker was about to
+/// send it, which commits the fence refused, and when and why a worker gave a saga back
+/// (lease doubt, shutdown with the attempt aborted). None of these left a history row; each
+/// is now written in the transaction that does it.
+async fn marks_give_backs_and_shutdown_releases_are_recorded_in_history(e: Env) {
+    let s = e.s();
+    let w = worker(s, LONG_TTL).await;
+    let started = start(s, "flow", &[STEP, STEP], None).await;
+    let held = claim_one(s, w, started.id).await;
+    let window = Duration::from_secs(60);
+    assert_eq!(
+        s.mark_effect(mark(started.id, w, held.fence, 1, window))
+            .await
+            .unwrap(),
+        EffectMark::Marked
+    );
+    // Held back: no second mark row.
+    assert!(matches!(
+        s.mark_effect(mark(started.id, w, held.fence, 1, window))
+            .await
+            .unwrap(),
+        EffectMark::Wait { .. }
+    ));
+    assert!(s
+        .clear_effect_mark(mark(started.id, w, held.fence, 1, window))
+        .await
+        .unwrap());
+    assert!(s
+        .give_back(started.id, w, held.fence, "lease doubt: not started")
+        .await
+        .unwrap());
+    // Not held any more: refused, and no row.
+    assert!(!s
+        .give_back(started.id, w, held.fence, "twice")
+        .await
+        .unwrap());
+    let again = claim_one(s, w, started.id).await;
+    assert_eq!(
+        s.stop_worker_because(w, "grace period over: attempt aborted")
+            .await
+            .unwrap(),
+        1
+    );
+    let history = s.history(started.id).await.unwrap();
+    let kinds: Vec<HistoryKind> = history.iter().map(|h| h.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            HistoryKind::SagaStarted,
+            HistoryKind::EffectMarked,
+            HistoryKind::EffectMarkWithdrawn,
+            HistoryKind::SagaReleased,
+            HistoryKind::SagaReleased,
+        ]
+    );
+    let marked = &history[1];
+    assert_eq!(
+        (marked.worker, marked.step.as_deref(), marked.attempt),
+        (Some(w), Some("s2"), Some(1))
+    );
+    let d = marked.detail.as_ref().unwrap();
+    let at: DateTime<Utc> = serde_json::from_value(d["marked_at"].clone()).unwrap();
+    let until: DateTime<Utc> = serde_json::from_value(d["until"].clone()).unwrap();
+    assert!((until - at).num_milliseconds().abs_diff(60_000) <= 1, "{d}");
+    assert_eq!(d["fence"], json!(held.fence));
+    assert_eq!(history[2].worker, Some(w));
+    let given = history[3].detail.as_ref().unwrap();
+    assert_eq!(given["reason"], json!("lease doubt: not started"));
+    assert_eq!(
+        (given["fence"].clone(), history[3].worker),
+        (json!(held.fence), Some(w))
+    );
+    let stopped = history[4].detail.as_ref().unwrap();
+    assert_eq!(
+        stopped["reason"],
+        json!("grace period over: attempt aborted")
+    );
+    assert_eq!(stopped["fence"], json!(again.fence));
+    assert!(saga(s, started.id).await.owner.is_none());
+}
+
+/// Issue 11 item 10. `deliver_manual` wrote the operator's entry in one transaction and
+/// delivered in another (by key, so possibly to another saga): an entry without a delivery,
+/// or a delivery without its entry. Now the event goes to that saga's wait only, with the
+/// entry, in one transaction; a saga that no longer waits gets neither.
+async fn a_manual_event_and_its_operator_entry_are_stored_together_for_that_saga_only(e: Env) {
+    let s = e.s();
+    let w = worker(s, LONG_TTL).await;
+    let older = start(s, "flow", &[LUMANU, STEP], None).await;
+    let target = start(s, "flow", &[LUMANU, STEP], None).await;
+    let mut held = s.claim(w, &all_kinds(), 16).await.unwrap();
+    assert_eq!(held.len(), 2);
+    held.sort_by_key(|c| c.saga.created_at);
+    // Both wait for the same payable; `older` waits first.
+    for c in &held {
+        commit(
+            s,
+            &c.saga,
+            w,
+            &wait_transition("payable:shared", Utc::now() + chrono::Duration::hours(1)),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    let manual = |id: &str| NewEvent {
+        event_id: id.to_string(),
+        ..event(id, "payable.paid", "payable:shared")
+    };
+    let op_entry = HistoryEntry {
+        detail: json!({"reason": "paid per the provider's dashboard"}),
+        ..entry(HistoryKind::OperatorEvent, Some("s1"), None)
+    };
+    let d = s
+        .deliver_to_saga(target.id, manual("manual:1"), "cli:alice", op_entry.clone())
+        .await
+        .unwrap();
+    assert_eq!(d.matched_saga, Some(target.id));
+    let woken = saga(s, target.id).await;
+    assert_eq!(
+        woken.wake_event.as_ref().map(|e| e.inbox_id),
+        Some(d.inbox_id)
+    );
+    assert!(
+        saga(s, older.id).await.wake_event.is_none(),
+        "not the older waiter"
+    );
+    let last = s.history(target.id).await.unwrap().pop().unwrap();
+    assert_eq!(
+        (last.kind, last.actor.as_deref()),
+        (HistoryKind::OperatorEvent, Some("cli:alice"))
+    );
+    let stored = s.event(d.inbox_id).await.unwrap().unwrap();
+    assert_eq!(stored.consumed_by, Some(target.id));
+
+    // The target no longer waits: refused, no event, no entry.
+    let before = s.history(target.id).await.unwrap().len();
+    assert!(matches!(
+        s.deliver_to_saga(target.id, manual("manual:2"), "cli:alice", op_entry)
+            .await,
+        Err(Error::Refused(_))
+    ));
+    assert_eq!(s.history(target.id).await.unwrap().len(), before);
+    let events = s.list_events(&EventFilter::default()).await.unwrap();
+    assert!(
+        events.iter().all(|e| e.event_id != "manual:2"),
+        "{events:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Every body against every store
 
@@ -1750,7 +2197,7 @@ async fn an_effect_mark_on_the_current_step_counts_as_a_possible_effect(e: Env) 
     let started = start(s, "flow", &[STEP, STEP], None).await;
     let held = claim_one(s, w, started.id).await;
     assert_eq!(
-        s.mark_effect(started.id, w, held.fence, 0, Duration::from_secs(60))
+        s.mark_effect(mark(started.id, w, held.fence, 0, Duration::from_secs(60)))
             .await
             .unwrap(),
         EffectMark::Marked
@@ -1835,6 +2282,11 @@ conformance!(
     a_cancel_acted_on_is_reset_and_a_possible_effect_is_kept_until_the_step_moves_on,
     an_effect_mark_on_the_current_step_counts_as_a_possible_effect,
     owned_sagas_lists_what_a_worker_holds_with_its_fence,
+    concurrent_delivery_poll_completion_and_operator_action_never_deadlock,
+    a_start_retried_with_the_same_input_written_differently_returns_the_saga,
+    a_mark_made_with_a_long_window_holds_back_a_worker_whose_own_window_is_short,
+    marks_give_backs_and_shutdown_releases_are_recorded_in_history,
+    a_manual_event_and_its_operator_entry_are_stored_together_for_that_saga_only,
 );
 
 /// `connect` picks the store by the URL's scheme and never echoes the rest of the URL.
