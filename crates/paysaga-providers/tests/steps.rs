@@ -666,6 +666,53 @@ async fn blaaiz_payout_created_before_a_timeout_is_found_not_duplicated() {
 }
 
 #[tokio::test]
+async fn payouts_in_zero_and_three_decimal_currencies_reach_the_ledger_in_minor_units() {
+    // The client and the sandbox read one ISO 4217 table: before, the sandbox took CLP, ISK
+    // and VND for 2-decimal currencies and debited 100 times the amount sent.
+    let env = env().await;
+    let email = format!("fx.{}@example.com", Uuid::new_v4().simple());
+    let (customer_id, outcome) = verified_customer(&env, Uuid::new_v4(), &email, "Obi").await;
+    done(outcome);
+    let cases: [(&str, i64, &str); 7] = [
+        ("JPY", 1_500, "1500"),
+        ("CLP", 25_000, "25000"),
+        ("ISK", 1_500, "1500"),
+        ("VND", 250_000, "250000"),
+        ("KWD", 12_345, "12.345"),
+        ("BHD", 5_005, "5.005"),
+        ("JOD", 1_001, "1.001"),
+    ];
+    for (currency, minor, major) in cases {
+        assert_eq!(
+            paysaga_providers::money::minor_to_decimal(minor, currency),
+            major
+        );
+        let wallet = paysaga_sandbox::seeds::BLAAIZ_WALLETS
+            .iter()
+            .find(|(_, c, _)| *c == currency)
+            .map(|(id, _, _)| *id)
+            .expect("a seeded wallet in the currency");
+        let params = json!({"customer_id": customer_id, "payout": {
+            "wallet_id": wallet, "method": "bank_transfer", "amount": minor,
+            "currency": currency, "account_number": "987654321", "account_name": "Ada Obi"}});
+        let c = ctx(Uuid::new_v4(), "blaaiz_kyc_payout", "payout");
+        let out = done(env.start("blaaiz.payout", &c, &params).await);
+        assert_eq!(out["amount"], minor, "{currency}: the client reads it back");
+        let payouts: Vec<Value> = env
+            .movements("blaaiz", "payout")
+            .await
+            .into_iter()
+            .filter(|e| e["currency"] == currency)
+            .collect();
+        assert_eq!(payouts.len(), 1, "{currency}: {payouts:?}");
+        assert_eq!(
+            payouts[0]["amount"], minor,
+            "{currency}: the ledger holds the minor units sent ({major} {currency})"
+        );
+    }
+}
+
+#[tokio::test]
 async fn blaaiz_rejected_kyc_fails_with_the_reviewers_comment_and_failed_payout_fails() {
     let env = env().await;
     let email = format!("r.{}@example.com", Uuid::new_v4().simple());
