@@ -48,7 +48,9 @@ pub use saga::{
     after_compensation, after_step, next_run, ActiveWait, HistoryEntry, HistoryKind, NextRun,
     SagaState, SagaStatus, StepTraits, Transition,
 };
+pub use saga::alert_entries;
 pub use step::{
-    compensation_key, idempotency_key, EffectGuard, EffectPermit, Event, StepContext, StepKind,
+    alert, compensation_key, idempotency_key, EffectGuard, EffectPermit, Event, StepContext, StepKind,
     StepOutcome, Unguarded, WaitSpec, Wake,
 };
+pub use step::ALERTS_FIELD;

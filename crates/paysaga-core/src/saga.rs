@@ -145,11 +145,14 @@ pub enum HistoryKind {
     OperatorEvent,
     /// A stored event was matched again on an operator's request.
     EventReplayed,
+    /// A step reported something an operator must look at although the saga goes on (e.g. a
+    /// duplicate funding invoice that was paid): see [`crate::step::alert`].
+    SagaAlert,
 }
 
 impl HistoryKind {
     /// All kinds.
-    pub const ALL: [HistoryKind; 21] = [
+    pub const ALL: [HistoryKind; 22] = [
         HistoryKind::SagaStarted,
         HistoryKind::StepCompleted,
         HistoryKind::StepRetrying,
@@ -171,6 +174,7 @@ impl HistoryKind {
         HistoryKind::OperatorSkip,
         HistoryKind::OperatorEvent,
         HistoryKind::EventReplayed,
+        HistoryKind::SagaAlert,
     ];
 
     /// The stored text.
@@ -197,6 +201,7 @@ impl HistoryKind {
             HistoryKind::OperatorSkip => "operator_skip",
             HistoryKind::OperatorEvent => "operator_event",
             HistoryKind::EventReplayed => "event_replayed",
+            HistoryKind::SagaAlert => "saga_alert",
         }
     }
 }
@@ -244,6 +249,35 @@ impl HistoryEntry {
         self.detail = d;
         self
     }
+}
+
+/// One `saga_alert` history entry per alert in a step's output (its
+/// [`crate::step::ALERTS_FIELD`] array, see [`crate::step::alert`]); written in the commit of
+/// the step's result. Detail: `{"alert": kind, "message": ..., ...the alert's detail}`.
+pub fn alert_entries(step: &str, attempt: u32, output: &Value) -> Vec<HistoryEntry> {
+    let Some(alerts) = output
+        .get(crate::step::ALERTS_FIELD)
+        .and_then(Value::as_array)
+    else {
+        return Vec::new();
+    };
+    alerts
+        .iter()
+        .map(|a| {
+            let kind = a.get("kind").and_then(Value::as_str).unwrap_or("unspecified");
+            let message = a.get("message").and_then(Value::as_str).unwrap_or_default();
+            let mut detail = json!({"alert": kind, "message": message});
+            if let (Some(extra), Some(map)) = (
+                a.get("detail").and_then(Value::as_object),
+                detail.as_object_mut(),
+            ) {
+                for (k, v) in extra {
+                    map.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
+            HistoryEntry::new(HistoryKind::SagaAlert, Some(step), Some(attempt)).detail(detail)
+        })
+        .collect()
 }
 
 /// An active wait as stored on the saga.
@@ -471,6 +505,7 @@ pub fn after_step(
                 Some(name),
                 Some(attempt),
             ));
+            history.extend(alert_entries(name, attempt, &output));
             let next = index + 1;
             let mut t = Transition::base(state, SagaStatus::Running);
             t.output = Some((name.to_string(), output));
