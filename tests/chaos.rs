@@ -400,13 +400,24 @@ async fn chaos_loses_no_saga_and_pays_no_payout_twice() {
     let stray_deposits: Vec<String> = deposits
         .iter()
         .filter(|d| deposit_owners.get(d["reference"].as_str().unwrap_or("")) != Some(&1))
-        .map(|d| format!("deposit {} of {} into {}", d["reference"], d["amount"], d["account"]))
+        .map(|d| {
+            format!(
+                "deposit {} of {} into {}",
+                d["reference"], d["amount"], d["account"]
+            )
+        })
         .collect();
     let unfunded = lumanu_completed
         .iter()
         .filter(|s| {
-            let transfer = s.outputs["await_deposit"]["transfer_id"].as_str().unwrap_or("?");
-            deposits.iter().filter(|d| d["reference"] == transfer).count() != 1
+            let transfer = s.outputs["await_deposit"]["transfer_id"]
+                .as_str()
+                .unwrap_or("?");
+            deposits
+                .iter()
+                .filter(|d| d["reference"] == transfer)
+                .count()
+                != 1
         })
         .count();
     table.push((

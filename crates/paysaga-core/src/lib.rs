@@ -44,13 +44,13 @@ pub use definition::{
     CompiledDefinition, CompiledStep, Definition, DefinitionError, Params, StepDef,
 };
 pub use retry::{Attempts, RetryDecision, RetryPolicy};
+pub use saga::alert_entries;
 pub use saga::{
     after_compensation, after_step, next_run, ActiveWait, HistoryEntry, HistoryKind, NextRun,
     SagaState, SagaStatus, StepTraits, Transition,
 };
-pub use saga::alert_entries;
-pub use step::{
-    alert, compensation_key, idempotency_key, EffectGuard, EffectPermit, Event, StepContext, StepKind,
-    StepOutcome, Unguarded, WaitSpec, Wake,
-};
 pub use step::ALERTS_FIELD;
+pub use step::{
+    alert, compensation_key, idempotency_key, EffectGuard, EffectPermit, Event, StepContext,
+    StepKind, StepOutcome, Unguarded, WaitSpec, Wake,
+};

@@ -264,7 +264,10 @@ pub fn alert_entries(step: &str, attempt: u32, output: &Value) -> Vec<HistoryEnt
     alerts
         .iter()
         .map(|a| {
-            let kind = a.get("kind").and_then(Value::as_str).unwrap_or("unspecified");
+            let kind = a
+                .get("kind")
+                .and_then(Value::as_str)
+                .unwrap_or("unspecified");
             let message = a.get("message").and_then(Value::as_str).unwrap_or_default();
             let mut detail = json!({"alert": kind, "message": message});
             if let (Some(extra), Some(map)) = (

@@ -542,7 +542,9 @@ impl LumanuClient {
     /// `GET /funding/{id}`.
     #[tracing::instrument(skip_all, fields(provider = "lumanu", endpoint = "get_funding"))]
     pub async fn get_funding(&self, funding_id: &str) -> Result<Funding> {
-        let url = self.core.url_with("get_funding", &["funding", funding_id])?;
+        let url = self
+            .core
+            .url_with("get_funding", &["funding", funding_id])?;
         self.core.json("get_funding", |c| c.get(&url)).await
     }
 
@@ -598,7 +600,10 @@ impl LumanuClient {
         workspace_id: &str,
         query: &WalletTransactionQuery,
     ) -> Result<Page<WalletTransaction>> {
-        let url = self.core.url_with("list_wallet_transactions", &["workspace", workspace_id, "wallet", "transaction"])?;
+        let url = self.core.url_with(
+            "list_wallet_transactions",
+            &["workspace", workspace_id, "wallet", "transaction"],
+        )?;
         self.core
             .json("list_wallet_transactions", |c| c.get(&url).query(query))
             .await
@@ -671,7 +676,9 @@ impl LumanuClient {
     /// `GET /payable/{id}`.
     #[tracing::instrument(skip_all, fields(provider = "lumanu", endpoint = "get_payable"))]
     pub async fn get_payable(&self, payable_id: &str) -> Result<Payable> {
-        let url = self.core.url_with("get_payable", &["payable", payable_id])?;
+        let url = self
+            .core
+            .url_with("get_payable", &["payable", payable_id])?;
         self.core.json("get_payable", |c| c.get(&url)).await
     }
 

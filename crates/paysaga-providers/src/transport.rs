@@ -87,10 +87,7 @@ impl Core {
             endpoint,
             detail,
         };
-        if let Some(bad) = segments
-            .iter()
-            .find(|s| s.is_empty() || is_dot_segment(s))
-        {
+        if let Some(bad) = segments.iter().find(|s| s.is_empty() || is_dot_segment(s)) {
             return Err(invalid(format!(
                 "{bad:?} cannot be a path segment: an identifier must not be empty, `.` or `..`"
             )));
@@ -361,25 +358,34 @@ mod tests {
                 .url_with("get_wallet", &["workspace", bad, "wallet"])
                 .expect_err("refused");
             assert!(
-                matches!(err, Error::InvalidRequest { endpoint: "get_wallet", .. }),
+                matches!(
+                    err,
+                    Error::InvalidRequest {
+                        endpoint: "get_wallet",
+                        ..
+                    }
+                ),
                 "{err:?}"
             );
         }
-        for tricky in ["../payable", "%2e%2e", ".%2E", "..%2F..", "a/../../b", "?x=1", "#f"] {
+        for tricky in [
+            "../payable",
+            "%2e%2e",
+            ".%2E",
+            "..%2F..",
+            "a/../../b",
+            "?x=1",
+            "#f",
+        ] {
             let url = c.url_with("get_wallet", &["workspace", tricky, "wallet"])?;
             let parsed = reqwest::Url::parse(&url).expect("a URL");
             let segments: Vec<&str> = parsed.path_segments().expect("segments").collect();
-            assert_eq!(
-                segments.len(),
-                6,
-                "{tricky:?} stays one segment: {url}"
-            );
-            assert_eq!(
-                (segments[3], segments[5]),
-                ("workspace", "wallet"),
+            assert_eq!(segments.len(), 6, "{tricky:?} stays one segment: {url}");
+            assert_eq!((segments[3], segments[5]), ("workspace", "wallet"), "{url}");
+            assert!(
+                parsed.query().is_none() && parsed.fragment().is_none(),
                 "{url}"
             );
-            assert!(parsed.query().is_none() && parsed.fragment().is_none(), "{url}");
         }
         Ok(())
     }

@@ -1462,7 +1462,10 @@ async fn lumanu_funding_invoice_created_before_a_timeout_is_found_not_invoiced_t
     // The finance team pays the invoice (the sandbox's `invoice_paid`, 200 ms).
     tokio::time::sleep(Duration::from_millis(600)).await;
     let found = done(env.start("lumanu.fund_invoice", &c, &params).await);
-    assert_eq!(found["existing"], true, "found, not invoiced again: {found}");
+    assert_eq!(
+        found["existing"], true,
+        "found, not invoiced again: {found}"
+    );
     let invoices = env.invoices(&ws).await;
     assert_eq!(invoices.len(), 1, "one invoice: {invoices:?}");
     assert_eq!(found["funding_id"], invoices[0]["id"]);
@@ -1557,7 +1560,9 @@ async fn lumanu_fund_invoice_refused_before_acting_withdraws_its_mark() {
     c.effects = guard.clone();
     env.faults("error_rate@POST:/lumanu/api/rest/funding=1,rate_limit_share=1")
         .await;
-    let refused = env.start("lumanu.fund_invoice", &c, &fund_params(&ws, 1_000)).await;
+    let refused = env
+        .start("lumanu.fund_invoice", &c, &fund_params(&ws, 1_000))
+        .await;
     env.faults("none").await;
     assert!(matches!(refused, StepOutcome::Retry { .. }), "{refused:?}");
     assert_eq!(*guard.calls.lock().unwrap(), ["begin", "not_sent"]);
@@ -1580,10 +1585,7 @@ async fn dot_segment_identifiers_are_refused_before_any_request() {
             json!({"workspace_id": ".", "funding_id": null}),
         ),
         ("lumanu.approve_payable", json!({"payable_id": ".."})),
-        (
-            "blaaiz.await_verification",
-            json!({"customer_id": ".."}),
-        ),
+        ("blaaiz.await_verification", json!({"customer_id": ".."})),
         (
             "lean.create_intent",
             json!({"customer_id": "..", "destination_id": null, "amount": 100,

@@ -300,7 +300,10 @@ impl Objects {
             .map(|f| {
                 let mut v = f.json();
                 if let Some(map) = v.as_object_mut() {
-                    map.insert("deposit_transfer_id".to_owned(), json!(f.deposit_transfer_id));
+                    map.insert(
+                        "deposit_transfer_id".to_owned(),
+                        json!(f.deposit_transfer_id),
+                    );
                 }
                 v
             })

@@ -188,7 +188,10 @@ mod tests {
                 Err(AmountError::TooPrecise(0)),
                 "{c}"
             );
-            assert_eq!(serde_json::to_string(&json_amount(1500, c)).ok().as_deref(), Some("1500"));
+            assert_eq!(
+                serde_json::to_string(&json_amount(1500, c)).ok().as_deref(),
+                Some("1500")
+            );
         }
         for c in ["KWD", "BHD", "JOD"] {
             assert_eq!(exponent(c), 3, "{c}");

@@ -131,11 +131,9 @@ impl StepKind for FundInvoice {
         let tag = format!("[{reference}]");
         let earlier = self
             .0
-            .find_wallet_transaction(
-                &p.workspace_id,
-                Some(WalletTransactionType::Deposit),
-                |t| t.description.as_deref().is_some_and(|d| d.contains(&tag)),
-            )
+            .find_wallet_transaction(&p.workspace_id, Some(WalletTransactionType::Deposit), |t| {
+                t.description.as_deref().is_some_and(|d| d.contains(&tag))
+            })
             .await;
         match earlier {
             Ok(Some(deposit)) => {
@@ -350,7 +348,12 @@ fn reference_tag(description: Option<&str>) -> Option<&str> {
 }
 
 /// The alert for a deposit that paid another invoice carrying the saga's reference.
-fn duplicate_alert(t: &WalletTransaction, workspace_id: &str, funding_id: &str, tag: &str) -> Value {
+fn duplicate_alert(
+    t: &WalletTransaction,
+    workspace_id: &str,
+    funding_id: &str,
+    tag: &str,
+) -> Value {
     paysaga_core::alert(
         "duplicate_funding_deposit",
         format!(
