@@ -876,6 +876,35 @@ mod tests {
     }
 
     #[test]
+    fn alerts_in_a_done_output_become_saga_alert_history_entries_of_the_same_commit() {
+        let tr = [StepTraits::default(); 2];
+        let d = def(&tr);
+        let s = state(SagaStatus::Running, 0);
+        let output = json!({"x": 1, "alerts": [
+            crate::step::alert("duplicate_funding_deposit", "funded twice", json!({"amount": 5})),
+            {"message": "no kind"},
+        ]});
+        let t = after_step(&s, &d, 0, 2, &Wake::Start, StepOutcome::Done(output), Utc::now());
+        let alerts: Vec<&HistoryEntry> = t
+            .history
+            .iter()
+            .filter(|h| h.kind == HistoryKind::SagaAlert)
+            .collect();
+        assert_eq!(alerts.len(), 2);
+        assert_eq!(alerts[0].step.as_deref(), Some("s0"));
+        assert_eq!(alerts[0].attempt, Some(2));
+        assert_eq!(
+            alerts[0].detail,
+            json!({"alert": "duplicate_funding_deposit", "message": "funded twice", "amount": 5})
+        );
+        assert_eq!(alerts[1].detail["alert"], "unspecified");
+        // No alerts field, no alert rows.
+        let t = after_step(&s, &d, 0, 1, &Wake::Start, StepOutcome::Done(json!({})), Utc::now());
+        assert!(t.history.iter().all(|h| h.kind != HistoryKind::SagaAlert));
+        assert_eq!(HistoryKind::SagaAlert.as_str().parse(), Ok(HistoryKind::SagaAlert));
+    }
+
+    #[test]
     fn permanent_failure_compensates_completed_steps_in_reverse() {
         let tr = [
             StepTraits {
