@@ -814,7 +814,6 @@ async fn sagas_with_an_alert_are_listed_by_the_alerts_filter(e: Env) {
     let s = e.s();
     let w = worker(s, LONG_TTL).await;
     let alerted = start(s, "flow", &[STEP, STEP], None).await;
-    let quiet = start(s, "flow", &[STEP, STEP], None).await;
     let claimed = claim_one(s, w, alerted.id).await;
     let mut done = transition(SagaStatus::Completed, 2);
     done.output = Some(("s1".to_string(), json!({"alerts": [{"kind": "duplicate_funding_deposit"}]})));
@@ -827,6 +826,7 @@ async fn sagas_with_an_alert_are_listed_by_the_alerts_filter(e: Env) {
         entry(HistoryKind::SagaCompleted, None, None),
     ];
     commit(s, &claimed, w, &done, None).await.unwrap();
+    let quiet = start(s, "flow", &[STEP, STEP], None).await;
     let listed = s
         .list_sagas(&SagaFilter {
             alerts: true,
