@@ -884,7 +884,15 @@ mod tests {
             crate::step::alert("duplicate_funding_deposit", "funded twice", json!({"amount": 5})),
             {"message": "no kind"},
         ]});
-        let t = after_step(&s, &d, 0, 2, &Wake::Start, StepOutcome::Done(output), Utc::now());
+        let t = after_step(
+            &s,
+            &d,
+            0,
+            2,
+            &Wake::Start,
+            StepOutcome::Done(output),
+            Utc::now(),
+        );
         let alerts: Vec<&HistoryEntry> = t
             .history
             .iter()
@@ -899,9 +907,20 @@ mod tests {
         );
         assert_eq!(alerts[1].detail["alert"], "unspecified");
         // No alerts field, no alert rows.
-        let t = after_step(&s, &d, 0, 1, &Wake::Start, StepOutcome::Done(json!({})), Utc::now());
+        let t = after_step(
+            &s,
+            &d,
+            0,
+            1,
+            &Wake::Start,
+            StepOutcome::Done(json!({})),
+            Utc::now(),
+        );
         assert!(t.history.iter().all(|h| h.kind != HistoryKind::SagaAlert));
-        assert_eq!(HistoryKind::SagaAlert.as_str().parse(), Ok(HistoryKind::SagaAlert));
+        assert_eq!(
+            HistoryKind::SagaAlert.as_str().parse(),
+            Ok(HistoryKind::SagaAlert)
+        );
     }
 
     #[test]

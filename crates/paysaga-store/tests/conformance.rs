@@ -816,7 +816,10 @@ async fn sagas_with_an_alert_are_listed_by_the_alerts_filter(e: Env) {
     let alerted = start(s, "flow", &[STEP, STEP], None).await;
     let claimed = claim_one(s, w, alerted.id).await;
     let mut done = transition(SagaStatus::Completed, 2);
-    done.output = Some(("s1".to_string(), json!({"alerts": [{"kind": "duplicate_funding_deposit"}]})));
+    done.output = Some((
+        "s1".to_string(),
+        json!({"alerts": [{"kind": "duplicate_funding_deposit"}]}),
+    ));
     done.history = vec![
         entry(HistoryKind::StepCompleted, Some("s1"), Some(1)),
         HistoryEntry {
