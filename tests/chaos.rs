@@ -340,6 +340,114 @@ async fn chaos_loses_no_saga_and_pays_no_payout_twice() {
         ),
     ));
 
+    // Lumanu objects: each deposit paid the invoice of exactly one completed saga, each
+    // completed Lumanu saga was funded exactly once, and no invoice or payable is stray (not the
+    // one object of exactly one completed saga: a duplicate from a retried create).
+    let objects: Value = reqwest::get(sandbox.url("/_sandbox/lumanu/objects"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let lumanu_completed: Vec<_> = completed
+        .iter()
+        .filter(|s| s.workflow == "lumanu_prefund")
+        .collect();
+    let owners = |step: &str, field: &str| {
+        let mut owners: HashMap<String, usize> = HashMap::new();
+        for s in &lumanu_completed {
+            if let Some(id) = s.outputs[step][field].as_str() {
+                *owners.entry(id.to_owned()).or_default() += 1;
+            }
+        }
+        owners
+    };
+    let funding_owners = owners("fund_invoice", "funding_id");
+    let payable_owners = owners("create_payable", "payable_id");
+    let deposit_owners = owners("await_deposit", "transfer_id");
+    let listed = |key: &str| objects[key].as_array().cloned().unwrap_or_default();
+    let invoices: Vec<Value> = listed("fundings")
+        .into_iter()
+        .filter(|f| f["method"] == "invoice")
+        .collect();
+    let payables = listed("payables");
+    let stray: Vec<String> = invoices
+        .iter()
+        .map(|f| ("invoice", f))
+        .chain(payables.iter().map(|p| ("payable", p)))
+        .filter(|(what, o)| {
+            let owners = if *what == "invoice" {
+                &funding_owners
+            } else {
+                &payable_owners
+            };
+            owners.get(o["id"].as_str().unwrap_or("")) != Some(&1)
+        })
+        .map(|(what, o)| format!("{what} {} {}", o["id"], o["description"]))
+        .collect();
+    table.push((
+        "no stray invoice or payable".into(),
+        stray.is_empty(),
+        format!(
+            "{} invoices, {} payables for {} completed Lumanu sagas, {} stray",
+            invoices.len(),
+            payables.len(),
+            lumanu_completed.len(),
+            stray.len()
+        ),
+    ));
+    let deposits: Vec<&Value> = ledger.iter().filter(|e| e["kind"] == "deposit").collect();
+    let stray_deposits: Vec<String> = deposits
+        .iter()
+        .filter(|d| deposit_owners.get(d["reference"].as_str().unwrap_or("")) != Some(&1))
+        .map(|d| {
+            format!(
+                "deposit {} of {} into {}",
+                d["reference"], d["amount"], d["account"]
+            )
+        })
+        .collect();
+    let unfunded = lumanu_completed
+        .iter()
+        .filter(|s| {
+            let transfer = s.outputs["await_deposit"]["transfer_id"]
+                .as_str()
+                .unwrap_or("?");
+            deposits
+                .iter()
+                .filter(|d| d["reference"] == transfer)
+                .count()
+                != 1
+        })
+        .count();
+    table.push((
+        "each completed Lumanu saga funded exactly once".into(),
+        stray_deposits.is_empty() && unfunded == 0,
+        format!(
+            "{} deposits for {} completed Lumanu sagas, {} not its saga's one deposit, {} sagas \
+             not funded exactly once",
+            deposits.len(),
+            lumanu_completed.len(),
+            stray_deposits.len(),
+            unfunded
+        ),
+    ));
+    let alert_rows: Vec<(Uuid, Option<Value>)> = sqlx::query_as(
+        "SELECT saga_id, detail FROM paysaga_history WHERE kind = 'saga_alert' ORDER BY id",
+    )
+    .fetch_all(&sqlx::PgPool::connect(&db_url).await.unwrap())
+    .await
+    .unwrap();
+    table.push((
+        "no saga alert (a duplicate would raise one)".into(),
+        alert_rows.is_empty(),
+        format!("{} alerts", alert_rows.len()),
+    ));
+    let stray_alerts: Vec<String> = alert_rows
+        .iter()
+        .map(|(saga, detail)| format!("{saga}: {detail:?}"))
+        .collect();
+
     // Balances add up.
     let balances: Value = reqwest::get(sandbox.url("/_sandbox/balances"))
         .await
@@ -491,6 +599,9 @@ async fn chaos_loses_no_saga_and_pays_no_payout_twice() {
         ("balances off", &off),
         ("webhooks missing from the inbox", &lost),
         ("history off", &gaps),
+        ("stray provider object", &stray),
+        ("stray deposit", &stray_deposits),
+        ("saga alert", &stray_alerts),
     ] {
         for item in items.iter().take(10) {
             println!("{label}: {item}");

@@ -587,3 +587,177 @@ async fn blaaiz_payout_in_flight_from_a_frozen_worker_is_not_sent_again_by_the_n
     w1.kill();
     w2.kill();
 }
+
+/// Invoice fundings (`/_sandbox/lumanu/objects`) of a workspace.
+async fn lumanu_invoices(rig: &Rig, workspace: &str) -> Vec<Value> {
+    let v: Value = reqwest::get(rig.sandbox.url("/_sandbox/lumanu/objects"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["fundings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["workspace_id"] == workspace && f["method"] == "invoice")
+        .cloned()
+        .collect()
+}
+
+async fn alert_rows(rig: &Rig, id: Uuid) -> Vec<paysaga_store::HistoryRecord> {
+    rig.engine
+        .store()
+        .history(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|h| h.kind == paysaga_core::HistoryKind::SagaAlert)
+        .collect()
+}
+
+/// Issue 11 item 9: timeouts after Lumanu created the funding invoice. Before the fix a retry
+/// created a second invoice and the sandbox paid both (the workspace funded twice, the saga
+/// completed silently). Now: deposits == invoices paid for each saga == 1, and any second
+/// invoice is surfaced as an alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lumanu_funding_invoice_timeouts_fund_each_saga_once() {
+    let rig = Rig::new(
+        "payouts-invoice-timeouts",
+        "timeout_after_effect@POST:/lumanu/api/rest/funding=0.5,hang_ms=4000,seed=7",
+    )
+    .await;
+    let _worker = rig.worker("w1", &[]);
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        ids.push(rig.start("lumanu_prefund", n).await);
+    }
+    let sagas = rig.wait_terminal(&ids, Duration::from_secs(150)).await;
+    assert_each_payout_exactly_once(&rig, &sagas).await;
+    let deposits = rig.ledger("deposit").await;
+    for (n, saga) in sagas.iter().enumerate() {
+        assert_eq!(saga.status, SagaStatus::Completed, "{}", saga.id);
+        let ws = lumanu_workspace(&rig.run, n);
+        let invoices = lumanu_invoices(&rig, &ws).await;
+        let paid = invoices
+            .iter()
+            .filter(|f| !f["deposit_transfer_id"].is_null())
+            .count();
+        let deposited = deposits.iter().filter(|d| d["account"] == ws).count();
+        assert_eq!(deposited, paid, "saga {n}: deposits == invoices paid");
+        let alerts = alert_rows(&rig, saga.id).await;
+        assert_eq!(
+            alerts.len(),
+            deposited - 1,
+            "saga {n}: every deposit beyond the first is surfaced: {invoices:?}"
+        );
+        assert_eq!(deposited, 1, "saga {n} funded once: {invoices:?}");
+    }
+}
+
+/// A second invoice for the same saga that gets paid (a retried create whose look-up ran before
+/// the first invoice was paid, here made by hand) is surfaced: a `saga_alert` history row in
+/// the commit of the deposit step, `paysaga_saga_alerts_total`, and `list --alerts`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lumanu_second_invoice_paid_for_a_saga_is_an_alert_in_history_metrics_and_listing() {
+    // Webhooks are dropped: the deposit step only polls, every 5 s (version 2 below).
+    let rig = Rig::new("payouts-invoice-alert", "webhook_drop=1").await;
+    let mut def = test_definition("lumanu_prefund");
+    def.version = 2;
+    def.steps[1].poll_every = Duration::from_secs(5);
+    rig.engine.submit_definition(&def).await.unwrap();
+    let _worker = rig.worker("w1", &[]);
+    let id = rig.start("lumanu_prefund", 0).await;
+    rig.wait_at_step(id, "await_deposit", Duration::from_secs(30))
+        .await;
+    let saga = rig.saga(id).await;
+    let description = saga.outputs["fund_invoice"]["description"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ws = lumanu_workspace(&rig.run, 0);
+    let second = rig
+        .clients
+        .lumanu
+        .as_ref()
+        .unwrap()
+        .create_invoice_funding(paysaga_providers::lumanu::InvoiceFunding {
+            workspace_id: ws.clone(),
+            amount: 1000,
+            amount_denomination: Some("us_cents".into()),
+            description,
+            recipient_email: "ap@brand.example".into(),
+            bill_to: "Brand".into(),
+            company_name: "Brand Inc".into(),
+            company_address_one: "1 Main St".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let sagas = rig.wait_terminal(&[id], Duration::from_secs(90)).await;
+    assert_eq!(sagas[0].status, SagaStatus::Completed);
+    let deposits: Vec<Value> = rig
+        .ledger("deposit")
+        .await
+        .into_iter()
+        .filter(|d| d["account"] == ws.as_str())
+        .collect();
+    assert_eq!(deposits.len(), 2, "the sandbox paid both invoices");
+    assert_eq!(lumanu_invoices(&rig, &ws).await.len(), 2);
+    let alerts = alert_rows(&rig, id).await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let detail = alerts[0].detail.clone().unwrap();
+    assert_eq!(alerts[0].step.as_deref(), Some("await_deposit"));
+    assert_eq!(detail["alert"], "duplicate_funding_deposit");
+    assert_eq!(detail["other_funding_id"], second.id.as_str());
+    let listed = rig
+        .engine
+        .store()
+        .list_sagas(&paysaga_store::SagaFilter {
+            alerts: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.iter().map(|s| s.id).collect::<Vec<_>>(), [id]);
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", rig.worker_port))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "paysaga_saga_alerts_total{workflow=\"lumanu_prefund\",kind=\"duplicate_funding_deposit\"} 1"
+        ),
+        "{metrics}"
+    );
+}
+
+/// Issue 11 item 12: an identifier that is a dot segment would change which endpoint the
+/// client calls (`/workspace/../wallet`); `start` refuses it, naming the field, and stores
+/// nothing.
+#[tokio::test]
+async fn start_with_a_dot_segment_identifier_is_refused_and_nothing_is_stored() {
+    let db = paysaga_testkit::database().await;
+    let engine = control_engine(db.url()).await;
+    for bad in ["..", "."] {
+        let mut v = input("lumanu_prefund", "dots", 0);
+        v["workspace_id"] = serde_json::json!(bad);
+        let err = engine
+            .start("lumanu_prefund", v, Some(&format!("dots-{bad}")))
+            .await
+            .expect_err("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("workspace_id") && text.contains("must be an identifier"),
+            "{text}"
+        );
+    }
+    let listed = engine
+        .store()
+        .list_sagas(&paysaga_store::SagaFilter::default())
+        .await
+        .unwrap();
+    assert!(listed.is_empty(), "nothing stored: {listed:?}");
+}

@@ -63,6 +63,10 @@ pub struct FilterArgs {
     /// Rows to skip (pagination).
     #[arg(long, default_value_t = 0)]
     pub offset: i64,
+    /// Only sagas a step raised an alert on (any status, completed included): e.g. a duplicate
+    /// Lumanu funding invoice that was paid. `show` prints the alert.
+    #[arg(long)]
+    pub alerts: bool,
 }
 
 /// Sort key of `list`.
@@ -87,6 +91,7 @@ impl FilterArgs {
             && self.updated_after.is_none()
             && self.updated_before.is_none()
             && self.stuck_for.is_none()
+            && !self.alerts
     }
 
     /// The store filter.
@@ -113,6 +118,7 @@ impl FilterArgs {
             ascending: self.asc,
             limit: Some(self.limit),
             offset: Some(self.offset),
+            alerts: self.alerts,
         })
     }
 }
@@ -334,6 +340,27 @@ fn print_saga(v: &SagaView) {
     }
     if let Some(e) = &s.last_error {
         println!("error     {e}");
+    }
+    for h in v
+        .history
+        .iter()
+        .filter(|h| h.kind == paysaga_core::HistoryKind::SagaAlert)
+    {
+        let field = |k: &str| {
+            h.detail
+                .as_ref()
+                .and_then(|d| d.get(k))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        println!(
+            "ALERT     {} (step {}, {}): {}",
+            field("alert"),
+            h.step.as_deref().unwrap_or("-"),
+            h.at.format("%Y-%m-%d %H:%M:%S"),
+            field("message")
+        );
     }
     println!("input     {}", redact(&s.input));
     println!("outputs   {}", redact(&s.outputs));

@@ -44,12 +44,14 @@ pub use definition::{
     CompiledDefinition, CompiledStep, Definition, DefinitionError, Params, StepDef,
 };
 pub use retry::{Attempts, RetryDecision, RetryPolicy};
+pub use saga::alert_entries;
 pub use saga::unstorable;
 pub use saga::{
     after_compensation, after_step, next_run, ActiveWait, HistoryEntry, HistoryKind, NextRun,
     SagaState, SagaStatus, StepTraits, Transition,
 };
+pub use step::ALERTS_FIELD;
 pub use step::{
-    compensation_key, idempotency_key, EffectGuard, EffectPermit, Event, StepContext, StepKind,
-    StepOutcome, Unguarded, WaitSpec, Wake,
+    alert, compensation_key, idempotency_key, EffectGuard, EffectPermit, Event, StepContext,
+    StepKind, StepOutcome, Unguarded, WaitSpec, Wake,
 };

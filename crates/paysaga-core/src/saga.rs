@@ -156,11 +156,14 @@ pub enum HistoryKind {
     /// A worker gave the saga back without a result (lease doubt, commit not stored,
     /// shutdown, a claim it was not running), with the reason.
     SagaReleased,
+    /// A step reported something an operator must look at although the saga goes on (e.g. a
+    /// duplicate funding invoice that was paid): see [`crate::step::alert`].
+    SagaAlert,
 }
 
 impl HistoryKind {
     /// All kinds.
-    pub const ALL: [HistoryKind; 25] = [
+    pub const ALL: [HistoryKind; 26] = [
         HistoryKind::SagaStarted,
         HistoryKind::StepCompleted,
         HistoryKind::StepRetrying,
@@ -186,6 +189,7 @@ impl HistoryKind {
         HistoryKind::EffectMarkWithdrawn,
         HistoryKind::CommitRefused,
         HistoryKind::SagaReleased,
+        HistoryKind::SagaAlert,
     ];
 
     /// The stored text.
@@ -216,6 +220,7 @@ impl HistoryKind {
             HistoryKind::EffectMarkWithdrawn => "effect_mark_withdrawn",
             HistoryKind::CommitRefused => "commit_refused",
             HistoryKind::SagaReleased => "saga_released",
+            HistoryKind::SagaAlert => "saga_alert",
         }
     }
 }
@@ -263,6 +268,38 @@ impl HistoryEntry {
         self.detail = d;
         self
     }
+}
+
+/// One `saga_alert` history entry per alert in a step's output (its
+/// [`crate::step::ALERTS_FIELD`] array, see [`crate::step::alert`]); written in the commit of
+/// the step's result. Detail: `{"alert": kind, "message": ..., ...the alert's detail}`.
+pub fn alert_entries(step: &str, attempt: u32, output: &Value) -> Vec<HistoryEntry> {
+    let Some(alerts) = output
+        .get(crate::step::ALERTS_FIELD)
+        .and_then(Value::as_array)
+    else {
+        return Vec::new();
+    };
+    alerts
+        .iter()
+        .map(|a| {
+            let kind = a
+                .get("kind")
+                .and_then(Value::as_str)
+                .unwrap_or("unspecified");
+            let message = a.get("message").and_then(Value::as_str).unwrap_or_default();
+            let mut detail = json!({"alert": kind, "message": message});
+            if let (Some(extra), Some(map)) = (
+                a.get("detail").and_then(Value::as_object),
+                detail.as_object_mut(),
+            ) {
+                for (k, v) in extra {
+                    map.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
+            HistoryEntry::new(HistoryKind::SagaAlert, Some(step), Some(attempt)).detail(detail)
+        })
+        .collect()
 }
 
 /// An active wait as stored on the saga.
@@ -509,6 +546,7 @@ pub fn after_step(
                 Some(name),
                 Some(attempt),
             ));
+            history.extend(alert_entries(name, attempt, &output));
             let next = index + 1;
             let mut t = Transition::base(state, SagaStatus::Running);
             t.output = Some((name.to_string(), output));
@@ -951,6 +989,54 @@ mod tests {
         assert_eq!(
             t.history.last().map(|h| h.kind),
             Some(HistoryKind::SagaCompleted)
+        );
+    }
+
+    #[test]
+    fn alerts_in_a_done_output_become_saga_alert_history_entries_of_the_same_commit() {
+        let tr = [StepTraits::default(); 2];
+        let d = def(&tr);
+        let s = state(SagaStatus::Running, 0);
+        let output = json!({"x": 1, "alerts": [
+            crate::step::alert("duplicate_funding_deposit", "funded twice", json!({"amount": 5})),
+            {"message": "no kind"},
+        ]});
+        let t = after_step(
+            &s,
+            &d,
+            0,
+            2,
+            &Wake::Start,
+            StepOutcome::Done(output),
+            Utc::now(),
+        );
+        let alerts: Vec<&HistoryEntry> = t
+            .history
+            .iter()
+            .filter(|h| h.kind == HistoryKind::SagaAlert)
+            .collect();
+        assert_eq!(alerts.len(), 2);
+        assert_eq!(alerts[0].step.as_deref(), Some("s0"));
+        assert_eq!(alerts[0].attempt, Some(2));
+        assert_eq!(
+            alerts[0].detail,
+            json!({"alert": "duplicate_funding_deposit", "message": "funded twice", "amount": 5})
+        );
+        assert_eq!(alerts[1].detail["alert"], "unspecified");
+        // No alerts field, no alert rows.
+        let t = after_step(
+            &s,
+            &d,
+            0,
+            1,
+            &Wake::Start,
+            StepOutcome::Done(json!({})),
+            Utc::now(),
+        );
+        assert!(t.history.iter().all(|h| h.kind != HistoryKind::SagaAlert));
+        assert_eq!(
+            HistoryKind::SagaAlert.as_str().parse(),
+            Ok(HistoryKind::SagaAlert)
         );
     }
 

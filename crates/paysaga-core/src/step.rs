@@ -239,6 +239,19 @@ impl StepOutcome {
     }
 }
 
+/// The field of a step's output that carries its alerts (see [`alert`]).
+pub const ALERTS_FIELD: &str = "alerts";
+
+/// An alert for a step's output (`{kind, message, detail}`), put in an array under
+/// [`ALERTS_FIELD`]: something an operator must look at although the step is done (a duplicate
+/// object at the provider that moved money). The worker writes each as a `saga_alert` history
+/// row in the commit of the step's result and counts it in `paysaga_saga_alerts_total{workflow,
+/// kind}`; `paysaga list --alerts` finds such sagas. `kind` is a short static name
+/// (`duplicate_funding_deposit`); `message` says what happened and what the operator can do.
+pub fn alert(kind: &str, message: impl Into<String>, detail: Value) -> Value {
+    serde_json::json!({"kind": kind, "message": message.into(), "detail": detail})
+}
+
 /// A step kind: Rust code registered with the engine under a stable name.
 ///
 /// A run must be idempotent: it may be repeated after a crash, with the same

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::money::{DecimalAmount, MoneyError};
 use crate::string_enum;
 use crate::token::{TokenCache, TokenRequest};
-use crate::transport::{seg, Auth, Core};
+use crate::transport::{Auth, Core};
 use crate::Provider;
 
 /// Scopes requested when `PAYSAGA_BLAAIZ_SCOPE` is not set.
@@ -673,9 +673,10 @@ impl BlaaizClient {
     /// `GET /api/external/customer/{id}`: the polling fallback for verification.
     #[tracing::instrument(skip_all, fields(provider = "blaaiz", endpoint = "get_customer"))]
     pub async fn get_customer(&self, customer_id: &str) -> Result<Customer> {
-        let url = self
-            .core
-            .url(&format!("/api/external/customer/{}", seg(customer_id)));
+        let url = self.core.url_with(
+            "get_customer",
+            &["api", "external", "customer", customer_id],
+        )?;
         let env: DataEnvelope<Customer> = self.core.json("get_customer", |c| c.get(&url)).await?;
         Ok(env.data)
     }
@@ -765,10 +766,10 @@ impl BlaaizClient {
         customer_id: &str,
         files: &AttachFiles,
     ) -> Result<MessageResponse> {
-        let url = self.core.url(&format!(
-            "/api/external/customer/{}/files",
-            seg(customer_id)
-        ));
+        let url = self.core.url_with(
+            "attach_files",
+            &["api", "external", "customer", customer_id, "files"],
+        )?;
         self.core
             .json("attach_files", |c| c.post(&url).json(files))
             .await
@@ -793,10 +794,10 @@ impl BlaaizClient {
     /// `GET /api/external/transaction/{id}`: the polling fallback for a payout.
     #[tracing::instrument(skip_all, fields(provider = "blaaiz", endpoint = "get_transaction"))]
     pub async fn get_transaction(&self, transaction_id: &str) -> Result<Transaction> {
-        let url = self.core.url(&format!(
-            "/api/external/transaction/{}",
-            seg(transaction_id)
-        ));
+        let url = self.core.url_with(
+            "get_transaction",
+            &["api", "external", "transaction", transaction_id],
+        )?;
         let env: DataEnvelope<Transaction> =
             self.core.json("get_transaction", |c| c.get(&url)).await?;
         Ok(env.data)

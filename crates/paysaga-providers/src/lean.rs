@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::money::{DecimalAmount, MoneyError};
 use crate::string_enum;
 use crate::token::{TokenCache, TokenRequest};
-use crate::transport::{seg, Auth, Core};
+use crate::transport::{Auth, Core};
 use crate::Provider;
 
 /// How the client authenticates.
@@ -427,9 +427,10 @@ impl LeanClient {
         fields(provider = "lean", endpoint = "get_customer_by_app_user_id")
     )]
     pub async fn get_customer_by_app_user_id(&self, app_user_id: &str) -> Result<Customer> {
-        let url = self
-            .core
-            .url(&format!("/customers/v1/app-user-id/{}", seg(app_user_id)));
+        let url = self.core.url_with(
+            "get_customer_by_app_user_id",
+            &["customers", "v1", "app-user-id", app_user_id],
+        )?;
         self.core
             .json("get_customer_by_app_user_id", |c| c.get(&url))
             .await
@@ -455,10 +456,10 @@ impl LeanClient {
     /// `GET /customers/v1/{customer_id}/payment_sources`.
     #[tracing::instrument(skip_all, fields(provider = "lean", endpoint = "list_payment_sources"))]
     pub async fn list_payment_sources(&self, customer_id: &str) -> Result<Vec<PaymentSource>> {
-        let url = self.core.url(&format!(
-            "/customers/v1/{}/payment_sources",
-            seg(customer_id)
-        ));
+        let url = self.core.url_with(
+            "list_payment_sources",
+            &["customers", "v1", customer_id, "payment_sources"],
+        )?;
         self.core
             .json("list_payment_sources", |c| c.get(&url))
             .await
@@ -471,11 +472,16 @@ impl LeanClient {
         customer_id: &str,
         payment_source_id: &str,
     ) -> Result<PaymentSource> {
-        let url = self.core.url(&format!(
-            "/customers/v1/{}/payment_sources/{}",
-            seg(customer_id),
-            seg(payment_source_id)
-        ));
+        let url = self.core.url_with(
+            "get_payment_source",
+            &[
+                "customers",
+                "v1",
+                customer_id,
+                "payment_sources",
+                payment_source_id,
+            ],
+        )?;
         self.core.json("get_payment_source", |c| c.get(&url)).await
     }
 
@@ -527,16 +533,19 @@ impl LeanClient {
     /// `GET /payments/v1/intents/{intent_id}`: the intent with its payments (status polling).
     #[tracing::instrument(skip_all, fields(provider = "lean", endpoint = "get_payment_intent"))]
     pub async fn get_payment_intent(&self, intent_id: &str) -> Result<PaymentIntent> {
-        let url = self
-            .core
-            .url(&format!("/payments/v1/intents/{}", seg(intent_id)));
+        let url = self.core.url_with(
+            "get_payment_intent",
+            &["payments", "v1", "intents", intent_id],
+        )?;
         self.core.json("get_payment_intent", |c| c.get(&url)).await
     }
 
     /// `GET /payments/v1/{payment_id}`.
     #[tracing::instrument(skip_all, fields(provider = "lean", endpoint = "get_payment"))]
     pub async fn get_payment(&self, payment_id: &str) -> Result<Payment> {
-        let url = self.core.url(&format!("/payments/v1/{}", seg(payment_id)));
+        let url = self
+            .core
+            .url_with("get_payment", &["payments", "v1", payment_id])?;
         self.core.json("get_payment", |c| c.get(&url)).await
     }
 }

@@ -15,7 +15,7 @@ use crate::config::HttpOptions;
 use crate::error::Result;
 use crate::string_enum;
 use crate::token::{TokenCache, TokenRequest};
-use crate::transport::{seg, Auth, Core};
+use crate::transport::{Auth, Core};
 use crate::Provider;
 use secrecy::SecretString;
 
@@ -402,6 +402,10 @@ pub struct WalletTransaction {
     /// Type.
     #[serde(default, rename = "type")]
     pub transaction_type: Option<WalletTransactionType>,
+    /// For a deposit that paid a funding invoice: that funding (the sandbox gives it, as on
+    /// `transfer.*` webhooks; [decided], see docs/PROVIDER-CONTRACTS.md). `None` when absent.
+    #[serde(default)]
+    pub funding_id: Option<String>,
 }
 
 /// A workspace wallet (`GET /workspace/{id}/wallet`), amounts in cents.
@@ -505,6 +509,22 @@ impl LumanuClient {
         self.create_funding(&FundingRequest::Invoice(invoice)).await
     }
 
+    /// [`LumanuClient::create_invoice_funding`] under an effect permit: Lumanu cannot
+    /// deduplicate it, so it is not sent (not even its retry after a 401) once `send_by` has
+    /// passed ([`crate::Error::NotSent`]).
+    #[tracing::instrument(skip_all, fields(provider = "lumanu", endpoint = "create_funding"))]
+    pub async fn create_invoice_funding_before(
+        &self,
+        invoice: InvoiceFunding,
+        send_by: std::time::Instant,
+    ) -> Result<Funding> {
+        let url = self.core.url("/funding");
+        let request = FundingRequest::Invoice(invoice);
+        self.core
+            .json_before("create_funding", send_by, |c| c.post(&url).json(&request))
+            .await
+    }
+
     /// `POST /funding` with `method: "balance"`: pays approved payables from the balance.
     /// Insufficient balance is a permanent 4xx error.
     pub async fn pay_from_balance(
@@ -522,7 +542,9 @@ impl LumanuClient {
     /// `GET /funding/{id}`.
     #[tracing::instrument(skip_all, fields(provider = "lumanu", endpoint = "get_funding"))]
     pub async fn get_funding(&self, funding_id: &str) -> Result<Funding> {
-        let url = self.core.url(&format!("/funding/{}", seg(funding_id)));
+        let url = self
+            .core
+            .url_with("get_funding", &["funding", funding_id])?;
         self.core.json("get_funding", |c| c.get(&url)).await
     }
 
@@ -531,7 +553,7 @@ impl LumanuClient {
     pub async fn link_deposit(&self, funding_id: &str, transfer_id: &str) -> Result<Funding> {
         let url = self
             .core
-            .url(&format!("/funding/{}/link-deposit", seg(funding_id)));
+            .url_with("link_deposit", &["funding", funding_id, "link-deposit"])?;
         let body = LinkDeposit { transfer_id };
         self.core
             .json("link_deposit", |c| c.post(&url).json(&body))
@@ -564,7 +586,7 @@ impl LumanuClient {
     pub async fn get_wallet(&self, workspace_id: &str) -> Result<Wallet> {
         let url = self
             .core
-            .url(&format!("/workspace/{}/wallet", seg(workspace_id)));
+            .url_with("get_wallet", &["workspace", workspace_id, "wallet"])?;
         self.core.json("get_wallet", |c| c.get(&url)).await
     }
 
@@ -578,10 +600,10 @@ impl LumanuClient {
         workspace_id: &str,
         query: &WalletTransactionQuery,
     ) -> Result<Page<WalletTransaction>> {
-        let url = self.core.url(&format!(
-            "/workspace/{}/wallet/transaction",
-            seg(workspace_id)
-        ));
+        let url = self.core.url_with(
+            "list_wallet_transactions",
+            &["workspace", workspace_id, "wallet", "transaction"],
+        )?;
         self.core
             .json("list_wallet_transactions", |c| c.get(&url).query(query))
             .await
@@ -615,6 +637,33 @@ impl LumanuClient {
         Ok(None)
     }
 
+    /// Every wallet transaction of `transaction_type` (newest first) that `matches` accepts,
+    /// scanning at most the helpers' page limit.
+    pub async fn wallet_transactions_matching(
+        &self,
+        workspace_id: &str,
+        transaction_type: Option<WalletTransactionType>,
+        matches: impl Fn(&WalletTransaction) -> bool,
+    ) -> Result<Vec<WalletTransaction>> {
+        let mut out = Vec::new();
+        for page in 0..SCAN_MAX_PAGES {
+            let query = WalletTransactionQuery {
+                limit: Some(SCAN_PAGE),
+                offset: Some(page * SCAN_PAGE),
+                order_by: Some("created_at".to_owned()),
+                order_by_direction: Some(SortDirection::Desc),
+                transaction_type: transaction_type.clone(),
+            };
+            let result = self.list_wallet_transactions(workspace_id, &query).await?;
+            let count = result.data.len();
+            out.extend(result.data.into_iter().filter(|t| matches(t)));
+            if last_page(count, page, result.total) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     /// `POST /payable`. Not idempotent: see the module docs.
     #[tracing::instrument(skip_all, fields(provider = "lumanu", endpoint = "create_payable"))]
     pub async fn create_payable(&self, request: &CreatePayable) -> Result<Payable> {
@@ -627,7 +676,9 @@ impl LumanuClient {
     /// `GET /payable/{id}`.
     #[tracing::instrument(skip_all, fields(provider = "lumanu", endpoint = "get_payable"))]
     pub async fn get_payable(&self, payable_id: &str) -> Result<Payable> {
-        let url = self.core.url(&format!("/payable/{}", seg(payable_id)));
+        let url = self
+            .core
+            .url_with("get_payable", &["payable", payable_id])?;
         self.core.json("get_payable", |c| c.get(&url)).await
     }
 
@@ -685,7 +736,7 @@ impl LumanuClient {
     pub async fn approve_payable(&self, payable_id: &str) -> Result<Payable> {
         let url = self
             .core
-            .url(&format!("/payable/{}/approve", seg(payable_id)));
+            .url_with("approve_payable", &["payable", payable_id, "approve"])?;
         self.core.json("approve_payable", |c| c.post(&url)).await
     }
 
@@ -694,7 +745,7 @@ impl LumanuClient {
     pub async fn cancel_payable(&self, payable_id: &str) -> Result<Payable> {
         let url = self
             .core
-            .url(&format!("/payable/{}/cancel", seg(payable_id)));
+            .url_with("cancel_payable", &["payable", payable_id, "cancel"])?;
         self.core.json("cancel_payable", |c| c.post(&url)).await
     }
 }

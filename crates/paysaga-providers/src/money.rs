@@ -47,7 +47,9 @@ pub enum MoneyError {
     Currency(String),
 }
 
-/// Number of decimals (ISO 4217 minor unit exponent) of `currency`; 2 for codes not listed.
+/// Number of decimals (ISO 4217 minor unit exponent) of `currency`, from the `iso_currency`
+/// table (the one the sandbox uses too); 2 for codes it does not know or that have no minor
+/// unit (`XAU`, `XXX`).
 ///
 /// ```
 /// assert_eq!(paysaga_providers::money::exponent("USD"), 2);
@@ -55,20 +57,9 @@ pub enum MoneyError {
 /// assert_eq!(paysaga_providers::money::exponent("KWD"), 3);
 /// ```
 pub fn exponent(currency: &str) -> u32 {
-    const ZERO: &[&str] = &[
-        "BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI", "VND",
-        "VUV", "XAF", "XOF", "XPF",
-    ];
-    const THREE: &[&str] = &["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"];
-    let code = currency.trim().to_ascii_uppercase();
-    if ZERO.contains(&code.as_str()) {
-        0
-    } else if THREE.contains(&code.as_str()) {
-        3
-    } else {
-        // USD, EUR, GBP, CAD, NGN, AED, SAR, KES, GHS, ZAR, ... and unknown codes.
-        2
-    }
+    iso_currency::Currency::from_code(&currency.trim().to_ascii_uppercase())
+        .and_then(|c| c.exponent())
+        .map_or(2, u32::from)
 }
 
 /// Checks that `currency` looks like an ISO 4217 code (three ASCII letters).
@@ -431,6 +422,26 @@ mod tests {
         assert!(validate_currency("USD").is_ok());
         assert!(validate_currency("US").is_err());
         assert!(validate_currency("U$D").is_err());
+    }
+
+    #[test]
+    fn zero_and_three_decimal_currencies_follow_iso_4217() {
+        // CLP, ISK and VND were missing from neither table here but from the sandbox's: both
+        // now read the `iso_currency` table.
+        for c in ["JPY", "CLP", "ISK", "VND", "KRW", "UGX", "XAF"] {
+            assert_eq!(exponent(c), 0, "{c}");
+            assert_eq!(decimal_to_minor("1500", c), Ok(1500), "{c}");
+            assert!(decimal_to_minor("1500.5", c).is_err(), "{c}");
+            assert_eq!(minor_to_decimal(1500, c), "1500", "{c}");
+        }
+        for c in ["KWD", "BHD", "JOD", "OMR", "TND"] {
+            assert_eq!(exponent(c), 3, "{c}");
+            assert_eq!(decimal_to_minor("12.345", c), Ok(12_345), "{c}");
+            assert!(decimal_to_minor("12.3456", c).is_err(), "{c}");
+            assert_eq!(minor_to_decimal(12_345, c), "12.345", "{c}");
+        }
+        assert_eq!(exponent("CLF"), 4);
+        assert_eq!(decimal_to_minor("1.2345", "CLF"), Ok(12_345));
     }
 
     #[derive(Serialize, Deserialize)]

@@ -72,9 +72,33 @@ impl Core {
         }
     }
 
-    /// `base_url` + `path` (`path` starts with `/`; embed ids with [`seg`]).
-    pub fn url(&self, path: &str) -> String {
+    /// `base_url` + a constant `path` (starts with `/`). A path with identifiers in it is built
+    /// with [`Core::url_with`].
+    pub fn url(&self, path: &'static str) -> String {
         format!("{}{}", self.base_url, path)
+    }
+
+    /// `base_url` + `segments`, each one path segment (percent-encoded by the `url` crate, `/`
+    /// and `%` included), so that an identifier never leaves its segment. An empty, `.` or `..`
+    /// segment is refused ([`Error::InvalidRequest`]): it would name another endpoint.
+    pub fn url_with(&self, endpoint: &'static str, segments: &[&str]) -> Result<String> {
+        let invalid = |detail: String| Error::InvalidRequest {
+            provider: self.provider,
+            endpoint,
+            detail,
+        };
+        if let Some(bad) = segments.iter().find(|s| s.is_empty() || is_dot_segment(s)) {
+            return Err(invalid(format!(
+                "{bad:?} cannot be a path segment: an identifier must not be empty, `.` or `..`"
+            )));
+        }
+        let mut url = reqwest::Url::parse(&self.base_url)
+            .map_err(|e| invalid(format!("the base URL does not parse: {e}")))?;
+        url.path_segments_mut()
+            .map_err(|()| invalid("the base URL cannot take a path".to_owned()))?
+            .pop_if_empty()
+            .extend(segments);
+        Ok(url.into())
     }
 
     /// Sends the request `make` builds (called again for the retry after a 401) and decodes the
@@ -285,27 +309,84 @@ pub(crate) fn decode<T: DeserializeOwned>(
         .map_err(|e| Error::decode(provider, endpoint, answer.status.as_u16(), e.to_string()))
 }
 
-/// Percent-encodes one path segment (an id taken from a provider or from saga input).
-pub(crate) fn seg(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    for b in raw.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+/// `.` or `..`: a path segment that names another endpoint (refused as an identifier).
+pub(crate) fn is_dot_segment(segment: &str) -> bool {
+    matches!(segment, "." | "..")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn core(base: &str) -> Core {
+        Core::new(
+            Provider::Lumanu,
+            base,
+            reqwest::Client::new(),
+            Auth::Header {
+                name: HeaderName::from_static("x-test"),
+                value: SecretString::from("k"),
+            },
+        )
+    }
+
     #[test]
-    fn segments_are_encoded() {
-        assert_eq!(seg("abc-123_x.y~z"), "abc-123_x.y~z");
-        assert_eq!(seg("a/b c?d#"), "a%2Fb%20c%3Fd%23");
-        assert_eq!(seg("ü"), "%C3%BC");
+    fn segments_are_encoded() -> Result<()> {
+        let c = core("http://h:1/lumanu/api/rest/");
+        assert_eq!(
+            c.url_with("t", &["payable", "abc-123_x.y~z", "approve"])?,
+            "http://h:1/lumanu/api/rest/payable/abc-123_x.y~z/approve"
+        );
+        assert_eq!(
+            c.url_with("t", &["payable", "a/b c?d#"])?,
+            "http://h:1/lumanu/api/rest/payable/a%2Fb%20c%3Fd%23"
+        );
+        assert_eq!(
+            c.url_with("t", &["payable", "\u{fc}"])?,
+            "http://h:1/lumanu/api/rest/payable/%C3%BC"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn an_identifier_never_escapes_its_path_segment() -> Result<()> {
+        // `workspace_id: ".."` made `/workspace/../wallet` = `/wallet`; the url crate alone
+        // drops dot segments (`/workspace/wallet`): both name another endpoint.
+        let c = core("http://h:1/lumanu/api/rest");
+        for bad in [".", "..", ""] {
+            let err = c
+                .url_with("get_wallet", &["workspace", bad, "wallet"])
+                .expect_err("refused");
+            assert!(
+                matches!(
+                    err,
+                    Error::InvalidRequest {
+                        endpoint: "get_wallet",
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+        }
+        for tricky in [
+            "../payable",
+            "%2e%2e",
+            ".%2E",
+            "..%2F..",
+            "a/../../b",
+            "?x=1",
+            "#f",
+        ] {
+            let url = c.url_with("get_wallet", &["workspace", tricky, "wallet"])?;
+            let parsed = reqwest::Url::parse(&url).expect("a URL");
+            let segments: Vec<&str> = parsed.path_segments().expect("segments").collect();
+            assert_eq!(segments.len(), 6, "{tricky:?} stays one segment: {url}");
+            assert_eq!((segments[3], segments[5]), ("workspace", "wallet"), "{url}");
+            assert!(
+                parsed.query().is_none() && parsed.fragment().is_none(),
+                "{url}"
+            );
+        }
+        Ok(())
     }
 }

@@ -666,6 +666,53 @@ async fn blaaiz_payout_created_before_a_timeout_is_found_not_duplicated() {
 }
 
 #[tokio::test]
+async fn payouts_in_zero_and_three_decimal_currencies_reach_the_ledger_in_minor_units() {
+    // The client and the sandbox read one ISO 4217 table: before, the sandbox took CLP, ISK
+    // and VND for 2-decimal currencies and debited 100 times the amount sent.
+    let env = env().await;
+    let email = format!("fx.{}@example.com", Uuid::new_v4().simple());
+    let (customer_id, outcome) = verified_customer(&env, Uuid::new_v4(), &email, "Obi").await;
+    done(outcome);
+    let cases: [(&str, i64, &str); 7] = [
+        ("JPY", 1_500, "1500"),
+        ("CLP", 25_000, "25000"),
+        ("ISK", 1_500, "1500"),
+        ("VND", 250_000, "250000"),
+        ("KWD", 12_345, "12.345"),
+        ("BHD", 5_005, "5.005"),
+        ("JOD", 1_001, "1.001"),
+    ];
+    for (currency, minor, major) in cases {
+        assert_eq!(
+            paysaga_providers::money::minor_to_decimal(minor, currency),
+            major
+        );
+        let wallet = paysaga_sandbox::seeds::BLAAIZ_WALLETS
+            .iter()
+            .find(|(_, c, _)| *c == currency)
+            .map(|(id, _, _)| *id)
+            .expect("a seeded wallet in the currency");
+        let params = json!({"customer_id": customer_id, "payout": {
+            "wallet_id": wallet, "method": "bank_transfer", "amount": minor,
+            "currency": currency, "account_number": "987654321", "account_name": "Ada Obi"}});
+        let c = ctx(Uuid::new_v4(), "blaaiz_kyc_payout", "payout");
+        let out = done(env.start("blaaiz.payout", &c, &params).await);
+        assert_eq!(out["amount"], minor, "{currency}: the client reads it back");
+        let payouts: Vec<Value> = env
+            .movements("blaaiz", "payout")
+            .await
+            .into_iter()
+            .filter(|e| e["currency"] == currency)
+            .collect();
+        assert_eq!(payouts.len(), 1, "{currency}: {payouts:?}");
+        assert_eq!(
+            payouts[0]["amount"], minor,
+            "{currency}: the ledger holds the minor units sent ({major} {currency})"
+        );
+    }
+}
+
+#[tokio::test]
 async fn blaaiz_rejected_kyc_fails_with_the_reviewers_comment_and_failed_payout_fails() {
     let env = env().await;
     let email = format!("r.{}@example.com", Uuid::new_v4().simple());
@@ -1340,4 +1387,236 @@ async fn blaaiz_payout_marks_before_sending_and_withdraws_only_when_refused() {
         "a timeout keeps the mark"
     );
     assert_eq!(env.movements("blaaiz", "payout").await.len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lumanu funding invoices (issue 11 item 9)
+
+fn fund_params(ws: &str, amount: i64) -> Value {
+    json!({"workspace_id": ws, "amount": amount, "currency": "USD", "description": "Prefund",
+           "invoice": {"recipient_email": "ap@brand.example", "bill_to": "Brand",
+                       "company_name": "Brand Inc", "company_address_one": "1 Main St"}})
+}
+
+impl Env {
+    /// `GET /_sandbox/lumanu/objects`: every funding and payable.
+    async fn lumanu_objects(&self) -> Value {
+        let url = format!("{}/_sandbox/lumanu/objects", self.sandbox.base_url());
+        self.http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Invoice fundings of workspace `ws`.
+    async fn invoices(&self, ws: &str) -> Vec<Value> {
+        self.lumanu_objects().await["fundings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["workspace_id"] == ws && f["method"] == "invoice")
+            .cloned()
+            .collect()
+    }
+
+    /// Deposits into workspace `ws` in the ledger.
+    async fn deposits(&self, ws: &str) -> Vec<Value> {
+        self.movements("lumanu", "deposit")
+            .await
+            .into_iter()
+            .filter(|e| e["account"] == ws)
+            .collect()
+    }
+}
+
+/// Lumanu creates the invoice but the answer is lost (timeout): before the fix the retry created
+/// a second invoice, which the sandbox's finance team paid too (the workspace funded twice).
+/// Now the retry finds the first invoice by the deposit carrying its reference.
+#[tokio::test]
+async fn lumanu_funding_invoice_created_before_a_timeout_is_found_not_invoiced_twice() {
+    let env = env().await;
+    let saga = Uuid::new_v4();
+    let ws = Uuid::new_v4().to_string();
+    let params = fund_params(&ws, 70_000);
+    let guard = std::sync::Arc::new(RecordingGuard::default());
+    let mut c = ctx(saga, "lumanu_prefund", "fund_invoice");
+    c.effects = guard.clone();
+    env.faults("timeout_after_effect@POST:/lumanu/api/rest/funding=1,hang_ms=4000")
+        .await;
+    let outcome = env.start("lumanu.fund_invoice", &c, &params).await;
+    env.faults("none").await;
+    match &outcome {
+        StepOutcome::Retry { error, .. } => assert!(error.contains("funding invoice"), "{error}"),
+        other => panic!("a timeout after the effect retries, got {other:?}"),
+    }
+    assert_eq!(
+        *guard.calls.lock().unwrap(),
+        ["begin"],
+        "marked before sending; a timeout keeps the mark"
+    );
+    assert_eq!(env.invoices(&ws).await.len(), 1);
+    // The finance team pays the invoice (the sandbox's `invoice_paid`, 200 ms).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let found = done(env.start("lumanu.fund_invoice", &c, &params).await);
+    assert_eq!(
+        found["existing"], true,
+        "found, not invoiced again: {found}"
+    );
+    let invoices = env.invoices(&ws).await;
+    assert_eq!(invoices.len(), 1, "one invoice: {invoices:?}");
+    assert_eq!(found["funding_id"], invoices[0]["id"]);
+    assert_eq!(
+        *guard.calls.lock().unwrap(),
+        ["begin"],
+        "nothing sent again"
+    );
+    // The saga goes on with that funding: one deposit, no alert.
+    let (_, outcome) = env
+        .until_done(
+            "lumanu.await_deposit",
+            &ctx(saga, "lumanu_prefund", "await_deposit"),
+            &json!({"workspace_id": ws, "funding_id": found["funding_id"]}),
+        )
+        .await;
+    let deposit = done(outcome);
+    assert!(deposit.get("alerts").is_none(), "{deposit}");
+    let deposits = env.deposits(&ws).await;
+    assert_eq!(deposits.len(), 1, "deposits == invoices paid: {deposits:?}");
+    assert_eq!(deposits[0]["amount"], 70_000);
+}
+
+/// An earlier attempt's invoice that was not paid yet cannot be found (Lumanu lists no
+/// fundings), so a retry may create a second one; when both are paid, the deposit step reports
+/// the other deposit as an alert instead of completing silently.
+#[tokio::test]
+async fn lumanu_second_funding_invoice_paid_for_the_same_saga_is_surfaced_as_an_alert() {
+    let env = env().await;
+    let saga = Uuid::new_v4();
+    let ws = Uuid::new_v4().to_string();
+    let params = fund_params(&ws, 33_000);
+    let c = ctx(saga, "lumanu_prefund", "fund_invoice");
+    let first = done(env.start("lumanu.fund_invoice", &c, &params).await);
+    assert_eq!(first["existing"], false);
+    // What a retried create leaves when its look-up ran before the first invoice was paid:
+    // a second invoice with the same description (the same reference).
+    let lumanu = env.clients.lumanu.as_ref().unwrap();
+    let second = lumanu
+        .create_invoice_funding(paysaga_providers::lumanu::InvoiceFunding {
+            workspace_id: ws.clone(),
+            amount: 33_000,
+            amount_denomination: Some("us_cents".into()),
+            description: s(&first, "description"),
+            recipient_email: "ap@brand.example".into(),
+            bill_to: "Brand".into(),
+            company_name: "Brand Inc".into(),
+            company_address_one: "1 Main St".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (_, outcome) = env
+        .until_done(
+            "lumanu.await_deposit",
+            &ctx(saga, "lumanu_prefund", "await_deposit"),
+            &json!({"workspace_id": ws, "funding_id": first["funding_id"]}),
+        )
+        .await;
+    let deposit = done(outcome);
+    let deposits = env.deposits(&ws).await;
+    assert_eq!(deposits.len(), 2, "the sandbox paid both invoices");
+    let alerts = deposit["alerts"].as_array().expect("an alert").clone();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["kind"], "duplicate_funding_deposit");
+    assert_eq!(alerts[0]["detail"]["other_funding_id"], json!(second.id));
+    assert_eq!(alerts[0]["detail"]["amount"], 33_000);
+    let other = deposits
+        .iter()
+        .find(|d| d["reference"] != deposit["transfer_id"])
+        .unwrap();
+    assert_eq!(alerts[0]["detail"]["transfer_id"], other["reference"]);
+    assert!(alerts[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("funded twice"));
+    // The engine turns each alert into a `saga_alert` history row.
+    let entries = paysaga_core::alert_entries("await_deposit", 1, &deposit);
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].kind, paysaga_core::HistoryKind::SagaAlert);
+    assert_eq!(entries[0].detail["alert"], "duplicate_funding_deposit");
+}
+
+/// A refused create (429, before Lumanu acted) withdraws the effect mark.
+#[tokio::test]
+async fn lumanu_fund_invoice_refused_before_acting_withdraws_its_mark() {
+    let env = env().await;
+    let ws = Uuid::new_v4().to_string();
+    let guard = std::sync::Arc::new(RecordingGuard::default());
+    let mut c = ctx(Uuid::new_v4(), "lumanu_prefund", "fund_invoice");
+    c.effects = guard.clone();
+    env.faults("error_rate@POST:/lumanu/api/rest/funding=1,rate_limit_share=1")
+        .await;
+    let refused = env
+        .start("lumanu.fund_invoice", &c, &fund_params(&ws, 1_000))
+        .await;
+    env.faults("none").await;
+    assert!(matches!(refused, StepOutcome::Retry { .. }), "{refused:?}");
+    assert_eq!(*guard.calls.lock().unwrap(), ["begin", "not_sent"]);
+    assert!(env.invoices(&ws).await.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Identifiers in URLs (issue 11 item 12)
+
+/// `workspace_id: ".."` made the client call `/workspace/../wallet` (= `/wallet`), another
+/// endpoint. Every step kind refuses `.`/`..` identifiers at validation (so `start` refuses the
+/// input before storing anything), and at run time.
+#[tokio::test]
+async fn dot_segment_identifiers_are_refused_before_any_request() {
+    let env = env().await;
+    let cases: [(&str, Value); 5] = [
+        ("lumanu.fund_invoice", fund_params("..", 1_000)),
+        (
+            "lumanu.await_deposit",
+            json!({"workspace_id": ".", "funding_id": null}),
+        ),
+        ("lumanu.approve_payable", json!({"payable_id": ".."})),
+        ("blaaiz.await_verification", json!({"customer_id": ".."})),
+        (
+            "lean.create_intent",
+            json!({"customer_id": "..", "destination_id": null, "amount": 100,
+                   "currency": "SAR", "description": "x"}),
+        ),
+    ];
+    for (kind, params) in cases {
+        let Some(k) = env.kinds.get(kind) else {
+            panic!("{kind} registered")
+        };
+        let err = k.validate(&params).expect_err(kind);
+        assert!(err.contains("must be an identifier"), "{kind}: {err}");
+    }
+    // At run time too (a value from an earlier step's output), with no request sent.
+    let before = env.lumanu_objects().await;
+    let out = env
+        .start(
+            "lumanu.approve_payable",
+            &ctx(Uuid::new_v4(), "lumanu_prefund", "approve_payable"),
+            &json!({"payable_id": ".."}),
+        )
+        .await;
+    assert!(failed(out).contains("must be an identifier"));
+    assert_eq!(env.lumanu_objects().await, before);
+    // The client itself never builds a path outside the identifier's segment.
+    let lumanu = env.clients.lumanu.as_ref().unwrap();
+    let err = lumanu.get_wallet("..").await.expect_err("refused");
+    assert!(
+        matches!(err, paysaga_providers::Error::InvalidRequest { .. }),
+        "{err:?}"
+    );
+    let err = lumanu.get_payable("../funding").await.expect_err("404");
+    assert_eq!(err.status(), Some(404), "stays one segment: {err:?}");
 }

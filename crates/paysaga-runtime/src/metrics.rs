@@ -71,6 +71,15 @@ pub struct ProviderErrorLabels {
 }
 
 /// Every metric the engine and worker record.
+/// Labels of `saga_alerts`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabels {
+    /// Workflow name.
+    pub workflow: String,
+    /// The alert's kind (a static name chosen by the step kind).
+    pub kind: String,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -96,6 +105,8 @@ pub struct Metrics {
     pub provider_call_seconds: Family<ProviderCallLabels, Histogram>,
     /// Failed provider API calls.
     pub provider_call_errors: Family<ProviderErrorLabels, Counter>,
+    /// Alerts steps raised (`saga_alert` history rows), by workflow and kind.
+    pub saga_alerts: Family<AlertLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -123,6 +134,7 @@ impl Metrics {
             provider_call_histogram as fn() -> Histogram,
         );
         let provider_call_errors = Family::<ProviderErrorLabels, Counter>::default();
+        let saga_alerts = Family::<AlertLabels, Counter>::default();
         registry.register("sagas_started", "Sagas started", sagas_started.clone());
         registry.register(
             "sagas_finished",
@@ -174,6 +186,11 @@ impl Metrics {
             "Failed provider API calls by class and HTTP status",
             provider_call_errors.clone(),
         );
+        registry.register(
+            "saga_alerts",
+            "Alerts raised by steps for an operator (e.g. a duplicate funding invoice paid)",
+            saga_alerts.clone(),
+        );
         Metrics {
             registry,
             sagas_started,
@@ -187,6 +204,7 @@ impl Metrics {
             inbox_events,
             provider_call_seconds,
             provider_call_errors,
+            saga_alerts,
         }
     }
 

@@ -677,6 +677,20 @@ fn record_transition(shared: &Shared, workflow: &str, t: &Transition) {
             {
                 m.waits_past_deadline.get_or_create(&wf()).inc()
             }
+            HistoryKind::SagaAlert => {
+                let kind = h
+                    .detail
+                    .get("alert")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("unspecified");
+                warn!(alert = kind, step = ?h.step, detail = %h.detail, "saga alert: an operator must look at this saga");
+                m.saga_alerts
+                    .get_or_create(&crate::metrics::AlertLabels {
+                        workflow: workflow.to_string(),
+                        kind: kind.to_string(),
+                    })
+                    .inc()
+            }
             _ => 0,
         };
     }

@@ -40,6 +40,14 @@ pub const WALLETS: &[(&str, &str, i64)] = &[
     ("b18ed308-5ac5-4e9e-bb16-8c03ec2d3c03", "CAD", 100_000_000),
     ("b18ed308-5ac5-4e9e-bb16-8c03ec2d3c04", "GBP", 100_000_000),
     ("b18ed308-5ac5-4e9e-bb16-8c03ec2d3c05", "EUR", 100_000_000),
+    // Currencies with 0 and 3 decimals (minor units: yen, pesos, kronur, dong; fils).
+    ("b18ed308-5ac5-4e9e-bb16-8c03ec2d3c06", "JPY", 100_000_000),
+    ("b18ed308-5ac5-4e9e-bb16-8c03ec2d3c07", "CLP", 100_000_000),
+    ("b18ed308-5ac5-4e9e-bb16-8c03ec2d3c08", "ISK", 100_000_000),
+    ("b18ed308-5ac5-4e9e-bb16-8c03ec2d3c09", "VND", 100_000_000),
+    ("b18ed308-5ac5-4e9e-bb16-8c03ec2d3c0a", "KWD", 100_000_000),
+    ("b18ed308-5ac5-4e9e-bb16-8c03ec2d3c0b", "BHD", 100_000_000),
+    ("b18ed308-5ac5-4e9e-bb16-8c03ec2d3c0c", "JOD", 100_000_000),
 ];
 
 /// `account_number` that makes a payout fail (and be refunded).

@@ -1,4 +1,5 @@
-//! `/_sandbox/*`: ledger, balances, faults, webhook log, reset, and the Blaaiz upload target.
+//! `/_sandbox/*`: ledger, balances, Lumanu objects, faults, webhook log, reset, and the Blaaiz
+//! upload target.
 //! No authentication and never subject to faults.
 
 use axum::body::Bytes;
@@ -20,6 +21,7 @@ pub(crate) fn router() -> Router<App> {
         .route("/faults", get(get_faults).put(put_faults))
         .route("/webhooks", get(webhooks))
         .route("/reset", post(reset))
+        .route("/lumanu/objects", get(lumanu_objects))
         .nest("/blaaiz/uploads", blaaiz::upload_router())
 }
 
@@ -74,6 +76,12 @@ async fn balances(State(app): State<App>) -> Json<Value> {
             "lean_default_destination_id": crate::lean::DEFAULT_DESTINATION_ID,
         })
     }))
+}
+
+/// `GET /_sandbox/lumanu/objects`: every Lumanu funding (invoice or balance, with
+/// `deposit_transfer_id` once an invoice was paid) and payable, oldest first.
+async fn lumanu_objects(State(app): State<App>) -> Json<Value> {
+    Json(app.with(|w| w.lumanu.objects_json()))
 }
 
 async fn get_faults(State(app): State<App>) -> Json<Value> {

@@ -222,6 +222,16 @@ struct WalletTxn {
 
 impl WalletTxn {
     fn json(&self) -> Value {
+        let mut v = self.listed();
+        // [decided] A deposit names the funding whose invoice it paid, as `transfer.*`
+        // webhooks do: the only way a client can find an invoice whose create answer it lost.
+        if let (Some(funding_id), Some(map)) = (&self.funding_id, v.as_object_mut()) {
+            map.insert("funding_id".to_owned(), json!(funding_id));
+        }
+        v
+    }
+
+    fn listed(&self) -> Value {
         json!({
             "id": self.id,
             "description": self.description,
@@ -279,6 +289,27 @@ impl Objects {
         let n = self.next_invoice;
         self.next_invoice += 1;
         n
+    }
+
+    /// Every funding (with the deposit that paid it) and payable, for `GET
+    /// /_sandbox/lumanu/objects`: what a check for stray or duplicate objects needs.
+    pub(crate) fn objects_json(&self) -> Value {
+        let fundings: Vec<Value> = self
+            .fundings
+            .iter()
+            .map(|f| {
+                let mut v = f.json();
+                if let Some(map) = v.as_object_mut() {
+                    map.insert(
+                        "deposit_transfer_id".to_owned(),
+                        json!(f.deposit_transfer_id),
+                    );
+                }
+                v
+            })
+            .collect();
+        let payables: Vec<Value> = self.payables.iter().map(Payable::json).collect();
+        json!({"fundings": fundings, "payables": payables})
     }
 
     /// `(workspace id, balance, available balance)` of every workspace.

@@ -26,13 +26,13 @@ pub enum AmountError {
     TooLarge,
 }
 
-/// Number of decimal places of an ISO 4217 currency (2 unless listed).
+/// Number of decimal places of an ISO 4217 currency, from the `iso_currency` table (the one
+/// the paysaga providers crate uses too); 2 for codes it does not know or that have no minor
+/// unit.
 pub fn exponent(currency: &str) -> u32 {
-    match currency.to_ascii_uppercase().as_str() {
-        "JPY" | "KRW" | "XOF" | "XAF" | "UGX" | "RWF" => 0,
-        "KWD" | "BHD" | "OMR" | "JOD" | "TND" | "LYD" | "IQD" => 3,
-        _ => 2,
-    }
+    iso_currency::Currency::from_code(&currency.trim().to_ascii_uppercase())
+        .and_then(|c| c.exponent())
+        .map_or(2, u32::from)
 }
 
 /// Parses a decimal amount given as a JSON number (or a string holding one) into minor units.
@@ -174,6 +174,35 @@ mod tests {
         );
         assert_eq!(parse_decimal_str("1.5e3", 2), Ok(150_000));
         assert_eq!(parse_decimal_str("1e-2", 2), Ok(1));
+    }
+
+    #[test]
+    fn zero_and_three_decimal_currencies_follow_iso_4217() {
+        // The sandbox knew six zero-decimal currencies: CLP, ISK and VND went into the ledger
+        // at 100 times their amount.
+        for c in ["JPY", "CLP", "ISK", "VND"] {
+            assert_eq!(exponent(c), 0, "{c}");
+            assert_eq!(parse_minor(&json!(1500), c), Ok(1500), "{c}");
+            assert_eq!(
+                parse_minor(&json!(1500.5), c),
+                Err(AmountError::TooPrecise(0)),
+                "{c}"
+            );
+            assert_eq!(
+                serde_json::to_string(&json_amount(1500, c)).ok().as_deref(),
+                Some("1500")
+            );
+        }
+        for c in ["KWD", "BHD", "JOD"] {
+            assert_eq!(exponent(c), 3, "{c}");
+            assert_eq!(parse_minor(&json!(12.345), c), Ok(12_345), "{c}");
+            assert_eq!(
+                parse_minor(&json!(12.3456), c),
+                Err(AmountError::TooPrecise(3)),
+                "{c}"
+            );
+            assert_eq!(format_minor(12_345, c), "12.345");
+        }
     }
 
     #[test]

@@ -723,6 +723,8 @@ impl Store for PgStore {
                         OR (s.owner IS NOT NULL AND NOT EXISTS (
                             SELECT 1 FROM paysaga_workers w
                             WHERE w.id = s.owner AND w.stopped_at IS NULL AND w.lease_expires_at > now())))))
+               AND (NOT $14::boolean OR EXISTS (SELECT 1 FROM paysaga_history h
+                                      WHERE h.saga_id = s.id AND h.kind = 'saga_alert'))
              ORDER BY {order}
              LIMIT $12 OFFSET $13",
             columns.join(", ")
@@ -740,6 +742,7 @@ impl Store for PgStore {
         .bind(filter.stuck_attempts.unwrap_or(5) as i32)
         .bind(filter.limit.unwrap_or(100))
         .bind(filter.offset.unwrap_or(0))
+        .bind(filter.alerts)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(saga_from_row).collect()

@@ -662,6 +662,8 @@ impl Store for SqliteStore {
                         OR (s.owner IS NOT NULL AND NOT EXISTS (
                             SELECT 1 FROM paysaga_workers w
                             WHERE w.id = s.owner AND w.stopped_at IS NULL AND w.lease_expires_at > $14)))))
+               AND ($15 = 0 OR EXISTS (SELECT 1 FROM paysaga_history h
+                                      WHERE h.saga_id = s.id AND h.kind = 'saga_alert'))
              ORDER BY {order}
              LIMIT $12 OFFSET $13",
             columns.join(", ")
@@ -680,6 +682,7 @@ impl Store for SqliteStore {
         .bind(filter.limit.unwrap_or(100))
         .bind(filter.offset.unwrap_or(0))
         .bind(ts(Utc::now()))
+        .bind(i64::from(filter.alerts))
         .fetch_all(&self.reader)
         .await?;
         rows.iter().map(saga_from_row).collect()

@@ -153,6 +153,8 @@ pub struct SagaFilter {
     pub limit: Option<i64>,
     /// Skip this many (pagination).
     pub offset: Option<i64>,
+    /// Only sagas with at least one `saga_alert` history row (any status).
+    pub alerts: bool,
 }
 
 /// An operator action to apply (see `paysaga_core::operator`).

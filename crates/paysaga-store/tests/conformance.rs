@@ -850,6 +850,52 @@ async fn release_gives_the_saga_back_unchanged(e: Env) {
     assert_eq!(claim_one(s, w, started.id).await.fence, claimed.fence + 1);
 }
 
+/// A step's alert is a `saga_alert` history row written with the step's result; `list` with
+/// `alerts` finds the saga whatever its status (issue 11 item 9).
+async fn sagas_with_an_alert_are_listed_by_the_alerts_filter(e: Env) {
+    let s = e.s();
+    let w = worker(s, LONG_TTL).await;
+    let alerted = start(s, "flow", &[STEP, STEP], None).await;
+    let claimed = claim_one(s, w, alerted.id).await;
+    let mut done = transition(SagaStatus::Completed, 2);
+    done.output = Some((
+        "s1".to_string(),
+        json!({"alerts": [{"kind": "duplicate_funding_deposit"}]}),
+    ));
+    done.history = vec![
+        entry(HistoryKind::StepCompleted, Some("s1"), Some(1)),
+        HistoryEntry {
+            detail: json!({"alert": "duplicate_funding_deposit", "message": "funded twice"}),
+            ..entry(HistoryKind::SagaAlert, Some("s1"), Some(1))
+        },
+        entry(HistoryKind::SagaCompleted, None, None),
+    ];
+    commit(s, &claimed, w, &done, None).await.unwrap();
+    let quiet = start(s, "flow", &[STEP, STEP], None).await;
+    let listed = s
+        .list_sagas(&SagaFilter {
+            alerts: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&listed), [alerted.id]);
+    let all = s.list_sagas(&SagaFilter::default()).await.unwrap();
+    assert_eq!(all.len(), 2, "{:?} and {}", ids(&all), quiet.id);
+    let rows: Vec<_> = s
+        .history(alerted.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|h| h.kind == HistoryKind::SagaAlert)
+        .collect();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].detail.as_ref().unwrap()["alert"],
+        "duplicate_funding_deposit"
+    );
+}
+
 async fn commit_stores_done_retry_and_fail_transitions_with_their_history(e: Env) {
     let s = e.s();
     let w = worker(s, LONG_TTL).await;
@@ -2287,6 +2333,7 @@ conformance!(
     a_mark_made_with_a_long_window_holds_back_a_worker_whose_own_window_is_short,
     marks_give_backs_and_shutdown_releases_are_recorded_in_history,
     a_manual_event_and_its_operator_entry_are_stored_together_for_that_saga_only,
+    sagas_with_an_alert_are_listed_by_the_alerts_filter,
 );
 
 /// `connect` picks the store by the URL's scheme and never echoes the rest of the URL.

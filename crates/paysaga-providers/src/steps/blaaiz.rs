@@ -152,7 +152,7 @@ struct Document {
 }
 
 fn documents_params(f: &Fields<'_>) -> Result<(String, Vec<Document>), String> {
-    let customer_id = f.string("customer_id")?;
+    let customer_id = f.id("customer_id")?;
     let docs = match f.raw("documents") {
         Some(Value::Array(items)) if !items.is_empty() => items,
         Some(Value::Array(_)) => return Err("documents must list at least one document".into()),
@@ -286,7 +286,7 @@ impl StepKind for UploadDocuments {
 pub struct AttachFilesStep(pub BlaaizClient);
 
 fn attach_params(f: &Fields<'_>) -> Result<(String, AttachFiles), String> {
-    let customer_id = f.string("customer_id")?;
+    let customer_id = f.id("customer_id")?;
     let mut attach = AttachFiles::default();
     match f.raw("files") {
         None if f.mode() == Mode::Validate => return Ok((customer_id, attach)),
@@ -380,7 +380,7 @@ impl StepKind for AttachFilesStep {
 pub struct AwaitVerification(pub BlaaizClient);
 
 fn customer_id_param(f: &Fields<'_>) -> Result<String, String> {
-    f.string("customer_id")
+    f.id("customer_id")
 }
 
 #[async_trait]
@@ -477,9 +477,9 @@ struct PayoutParams {
 }
 
 fn payout_params(f: &Fields<'_>) -> Result<PayoutParams, String> {
-    let customer_id = f.string("customer_id")?;
+    let customer_id = f.id("customer_id")?;
     let p = f.object("payout")?;
-    let wallet_id = p.string("wallet_id")?;
+    let wallet_id = p.id("wallet_id")?;
     let method: PayoutMethod = p
         .one_of("method", &METHODS)?
         .parse()
@@ -648,7 +648,7 @@ impl StepKind for PayoutStep {
 pub struct AwaitPayout(pub BlaaizClient);
 
 fn transaction_param(f: &Fields<'_>) -> Result<String, String> {
-    f.string("transaction_id")
+    f.id("transaction_id")
 }
 
 #[async_trait]

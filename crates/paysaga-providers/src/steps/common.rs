@@ -171,6 +171,29 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A required identifier that goes into a provider URL as one path segment: a non-empty
+    /// string that is not `.` or `..` (which would change which endpoint is called).
+    pub fn id(&self, name: &str) -> FieldResult<String> {
+        let id = self.string(name)?;
+        if crate::transport::is_dot_segment(&id) {
+            Err(format!(
+                "{} must be an identifier, not {id:?} (a path segment that would change which \
+                 provider endpoint is called)",
+                self.path(name)
+            ))
+        } else {
+            Ok(id)
+        }
+    }
+
+    /// An optional identifier (absent, `null` or as [`Fields::id`]).
+    pub fn opt_id(&self, name: &str) -> FieldResult<Option<String>> {
+        match self.raw(name) {
+            None => Ok(None),
+            Some(_) => self.id(name).map(Some),
+        }
+    }
+
     /// A required amount: a positive integer in minor units (cents, kobo, fils).
     pub fn amount(&self, name: &str) -> FieldResult<i64> {
         if self.deferred(name) {

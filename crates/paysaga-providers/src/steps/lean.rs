@@ -135,7 +135,7 @@ impl StepKind for CreateDestinationStep {
 pub struct EnsureCustomer(pub LeanClient);
 
 fn app_user_param(f: &Fields<'_>) -> Result<String, String> {
-    f.string("app_user_id")
+    f.id("app_user_id")
 }
 
 #[async_trait]
@@ -178,7 +178,7 @@ impl StepKind for EnsureCustomer {
 pub struct AwaitBeneficiary(pub LeanClient);
 
 fn beneficiary_params(f: &Fields<'_>) -> Result<(String, String), String> {
-    Ok((f.string("customer_id")?, f.string("destination_id")?))
+    Ok((f.id("customer_id")?, f.id("destination_id")?))
 }
 
 #[async_trait]
@@ -245,8 +245,8 @@ struct IntentParams {
 }
 
 fn intent_params(f: &Fields<'_>) -> Result<IntentParams, String> {
-    let customer_id = f.string("customer_id")?;
-    let destination_id = f.string("destination_id")?;
+    let customer_id = f.id("customer_id")?;
+    let destination_id = f.id("destination_id")?;
     let amount = f.amount("amount")?;
     let currency = f.currency("currency")?;
     let description = f.string("description")?;
@@ -329,7 +329,7 @@ pub struct AwaitPayment(pub LeanClient);
 
 fn payment_params(f: &Fields<'_>) -> Result<(String, Duration), String> {
     Ok((
-        f.string("intent_id")?,
+        f.id("intent_id")?,
         f.duration("reconcile_for", DEFAULT_RECONCILE_FOR)?,
     ))
 }

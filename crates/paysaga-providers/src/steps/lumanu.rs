@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::common::{outcome_for, params, reference, retry_unknown_effect, tagged, Fields, Mode};
 use crate::lumanu::{
-    ApprovalStatus, CreatePayable, FundingStatus, InvoiceFunding, LumanuClient, Payable,
+    ApprovalStatus, CreatePayable, Funding, FundingStatus, InvoiceFunding, LumanuClient, Payable,
     PayableStatus, WalletTransaction, WalletTransactionStatus, WalletTransactionType,
 };
 
@@ -52,12 +52,17 @@ fn usd(f: &Fields<'_>, name: &str) -> Result<String, String> {
 ///
 /// Params: `workspace_id`, `amount` (cents), `currency` (`USD`), `description`, `invoice`
 /// `{recipient_email, bill_to, company_name, company_address_one, due_date?, po_number?}`.
-/// Output: `{funding_id, invoice_number, amount, currency, status, description}`.
+/// Output: `{funding_id, invoice_number, amount, currency, status, description, existing}`.
 ///
-/// The invoice's description carries the step's reference. Lumanu has no way to list fundings,
-/// so a create that fails after reaching Lumanu (timeout, 5xx) is retried and may leave a
-/// second, unpaid invoice with the same reference for an operator to void (see the
-/// workflow's comments).
+/// The invoice's description carries the step's reference (`[ps-{idempotency key}]`). Lumanu
+/// has no idempotency key and cannot list fundings, so every run first looks for an earlier
+/// attempt's invoice the only way Lumanu shows one: a deposit in the workspace's wallet whose
+/// description carries the reference (an invoice that was paid; the deposit names its funding).
+/// Then it sends only under [`StepContext::begin_effect`] (a fenced mark: no other attempt
+/// sends within the effect window, so a look-up never races a request still in flight); a
+/// create Lumanu refused before acting withdraws the mark. An earlier invoice that was not
+/// paid yet cannot be found: the retry creates a second one, and `lumanu.await_deposit`
+/// raises an alert if that one is paid too.
 #[derive(Debug, Clone)]
 pub struct FundInvoice(pub LumanuClient);
 
@@ -69,7 +74,7 @@ struct FundParams {
 }
 
 fn fund_params(f: &Fields<'_>) -> Result<FundParams, String> {
-    let workspace_id = f.string("workspace_id")?;
+    let workspace_id = f.id("workspace_id")?;
     let amount = f.amount("amount")?;
     usd(f, "currency")?;
     let description = f.string("description")?;
@@ -107,29 +112,84 @@ impl StepKind for FundInvoice {
 
     async fn run(&self, ctx: &StepContext, params: Value) -> StepOutcome {
         let p = params!(&params, Mode::Run, fund_params);
-        let description = tagged(&p.description, &reference(ctx));
-        let invoice = InvoiceFunding {
-            description: description.clone(),
-            ..p.invoice
-        };
-        match self.0.create_invoice_funding(invoice).await {
-            Ok(funding) => StepOutcome::Done(json!({
+        let reference = reference(ctx);
+        let description = tagged(&p.description, &reference);
+        let output = |funding: &Funding, existing: bool| {
+            json!({
                 "funding_id": funding.id,
                 "invoice_number": funding.invoice_number,
                 "amount": funding.amount.unwrap_or(p.amount),
                 "currency": "USD",
-                "status": funding.status.map(|s| s.to_string()),
+                "status": funding.status.as_ref().map(|s| s.to_string()),
                 "workspace_id": p.workspace_id,
                 "description": description,
-            })),
+                "existing": existing,
+            })
+        };
+        // Look first: an earlier attempt's invoice, once paid, shows as a deposit carrying the
+        // reference.
+        let tag = format!("[{reference}]");
+        let earlier = self
+            .0
+            .find_wallet_transaction(&p.workspace_id, Some(WalletTransactionType::Deposit), |t| {
+                t.description.as_deref().is_some_and(|d| d.contains(&tag))
+            })
+            .await;
+        match earlier {
+            Ok(Some(deposit)) => {
+                let Some(funding_id) = deposit.funding_id.clone() else {
+                    return StepOutcome::fail(format!(
+                        "an earlier attempt's funding invoice {description:?} was paid (deposit \
+                         {}, {} cents) but Lumanu does not say which funding it paid: not \
+                         invoicing again; an operator links the deposit by hand and skips this \
+                         step with its funding_id",
+                        deposit.id, deposit.amount
+                    ));
+                };
+                let funding = match self.0.get_funding(&funding_id).await {
+                    Ok(f) => f,
+                    Err(e) => return outcome_for("get the earlier attempt's funding", &e),
+                };
+                if funding.amount.is_some_and(|a| a != p.amount) {
+                    return StepOutcome::fail(format!(
+                        "funding {funding_id} carries this step's reference but is {} cents, not \
+                         {}",
+                        funding.amount.unwrap_or_default(),
+                        p.amount
+                    ));
+                }
+                return StepOutcome::Done(output(&funding, true));
+            }
+            Ok(None) => {}
+            Err(e) => return outcome_for("look for an earlier invoice's deposit", &e),
+        }
+        let invoice = InvoiceFunding {
+            description: description.clone(),
+            ..p.invoice
+        };
+        // Lumanu cannot deduplicate the create: mark the attempt durably before sending.
+        let permit = match ctx.begin_effect().await {
+            Ok(permit) => permit,
+            Err(outcome) => return outcome,
+        };
+        match self
+            .0
+            .create_invoice_funding_before(invoice, permit.send_by())
+            .await
+        {
+            Ok(funding) => StepOutcome::Done(output(&funding, false)),
             Err(e) if e.may_have_taken_effect() => retry_unknown_effect(
                 &format!(
-                    "create funding invoice (a duplicate unpaid invoice described {description:?} \
-                     may exist)"
+                    "create funding invoice (an invoice described {description:?} may exist; \
+                     a second one is surfaced as an alert if it is paid)"
                 ),
                 &e,
             ),
-            Err(e) => outcome_for("create funding invoice", &e),
+            Err(e) => {
+                // Refused before Lumanu acted (4xx, 429, no connection, not sent).
+                ctx.effect_not_sent().await;
+                outcome_for("create funding invoice", &e)
+            }
         }
     }
 }
@@ -142,12 +202,14 @@ impl StepKind for FundInvoice {
 /// key `funding:{funding_id}`; every run (start, event, poll) re-reads the funding and the
 /// wallet's deposits and accepts a processed deposit that is the one named by the event and
 /// carries this invoice's number (`#{invoice_number}`) in its description, with the
-/// funding's amount. Output: `{transfer_id, amount, funding_id}`.
+/// funding's amount. Output: `{transfer_id, amount, funding_id, alerts?}`: deposits that paid
+/// *other* invoices carrying the same reference (a second invoice from a retried create) are
+/// reported as `duplicate_funding_deposit` alerts (history row, metric, `list --alerts`).
 #[derive(Debug, Clone)]
 pub struct AwaitDeposit(pub LumanuClient);
 
 fn deposit_params(f: &Fields<'_>) -> Result<(String, String), String> {
-    Ok((f.string("workspace_id")?, f.string("funding_id")?))
+    Ok((f.id("workspace_id")?, f.id("funding_id")?))
 }
 
 fn deposit_matches(t: &WalletTransaction, invoice_tag: Option<&str>, event_id: &str) -> bool {
@@ -239,13 +301,77 @@ impl StepKind for AwaitDeposit {
                 ));
             }
         }
-        StepOutcome::Done(json!({
+        // Other invoices carrying this saga's reference (a create retried after a timeout)
+        // that were paid too: the workspace is funded twice. Surface each for an operator.
+        let alerts = match reference_tag(funding.description.as_deref()) {
+            Some(tag) => {
+                let others = self
+                    .0
+                    .wallet_transactions_matching(
+                        &workspace_id,
+                        Some(WalletTransactionType::Deposit),
+                        |t| {
+                            t.id != deposit.id
+                                && t.description.as_deref().is_some_and(|d| d.contains(tag))
+                        },
+                    )
+                    .await;
+                match others {
+                    Ok(others) => others
+                        .iter()
+                        .map(|t| duplicate_alert(t, &workspace_id, &funding_id, tag))
+                        .collect(),
+                    Err(e) => return outcome_for("look for deposits of duplicate invoices", &e),
+                }
+            }
+            None => Vec::new(),
+        };
+        let mut output = json!({
             "transfer_id": deposit.id,
             "amount": deposit.amount,
             "funding_id": funding_id,
             "already_linked": funding.status == Some(FundingStatus::Completed),
-        }))
+        });
+        if !alerts.is_empty() {
+            output[paysaga_core::ALERTS_FIELD] = Value::Array(alerts);
+        }
+        StepOutcome::Done(output)
     }
+}
+
+/// The `[ps-…]` reference a funding's description carries (see `lumanu.fund_invoice`).
+fn reference_tag(description: Option<&str>) -> Option<&str> {
+    let d = description?;
+    let start = d.rfind("[ps-")?;
+    let end = start + d[start..].find(']')?;
+    Some(&d[start..=end])
+}
+
+/// The alert for a deposit that paid another invoice carrying the saga's reference.
+fn duplicate_alert(
+    t: &WalletTransaction,
+    workspace_id: &str,
+    funding_id: &str,
+    tag: &str,
+) -> Value {
+    paysaga_core::alert(
+        "duplicate_funding_deposit",
+        format!(
+            "deposit {} of {} cents paid another funding invoice carrying this saga's reference \
+             {tag} into workspace {workspace_id} (the saga uses funding {funding_id}): the \
+             workspace was funded twice; an operator refunds or reallocates the surplus",
+            t.id, t.amount
+        ),
+        json!({
+            "transfer_id": t.id,
+            "amount": t.amount,
+            "currency": "USD",
+            "workspace_id": workspace_id,
+            "other_funding_id": t.funding_id,
+            "funding_id": funding_id,
+            "reference": tag,
+        }),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -258,7 +384,7 @@ impl StepKind for AwaitDeposit {
 pub struct LinkDeposit(pub LumanuClient);
 
 fn link_params(f: &Fields<'_>) -> Result<(String, String), String> {
-    Ok((f.string("funding_id")?, f.string("transfer_id")?))
+    Ok((f.id("funding_id")?, f.id("transfer_id")?))
 }
 
 #[async_trait]
@@ -304,7 +430,7 @@ impl StepKind for LinkDeposit {
 pub struct CreatePayableStep(pub LumanuClient);
 
 fn payable_params(f: &Fields<'_>) -> Result<CreatePayable, String> {
-    let workspace_id = f.string("workspace_id")?;
+    let workspace_id = f.id("workspace_id")?;
     let amount = f.amount("amount")?;
     usd(f, "currency")?;
     let description = f.string("description")?;
@@ -313,7 +439,7 @@ fn payable_params(f: &Fields<'_>) -> Result<CreatePayable, String> {
         Some(_) => Some(payee.email("email")?),
         None => None,
     };
-    let payee_lumanu_id = payee.opt_string("lumanu_id")?;
+    let payee_lumanu_id = payee.opt_id("lumanu_id")?;
     if f.mode() == Mode::Run || f.raw("payee").is_some() {
         match (&payee_email, &payee_lumanu_id) {
             (None, None) => {
@@ -440,7 +566,7 @@ impl StepKind for CreatePayableStep {
 pub struct ApprovePayable(pub LumanuClient);
 
 fn id_param(name: &'static str) -> impl Fn(&Fields<'_>) -> Result<String, String> {
-    move |f| f.string(name)
+    move |f| f.id(name)
 }
 
 fn is_approved_or_later(p: &Payable) -> bool {
@@ -532,7 +658,7 @@ impl StepKind for ApprovePayable {
 pub struct PayFromBalance(pub LumanuClient);
 
 fn pay_params(f: &Fields<'_>) -> Result<(String, String), String> {
-    Ok((f.string("workspace_id")?, f.string("payable_id")?))
+    Ok((f.id("workspace_id")?, f.id("payable_id")?))
 }
 
 #[async_trait]
@@ -648,6 +774,17 @@ impl StepKind for AwaitPayablePaid {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reference_tags_are_read_from_descriptions() {
+        assert_eq!(
+            reference_tag(Some("Payout 7 [ps-0b1c] [ps-1234-ab]")),
+            Some("[ps-1234-ab]")
+        );
+        assert_eq!(reference_tag(Some("no tag")), None);
+        assert_eq!(reference_tag(Some("[ps-open")), None);
+        assert_eq!(reference_tag(None), None);
+    }
 
     #[test]
     fn invoice_tags_do_not_match_prefixes() {

@@ -2,8 +2,8 @@
 //!
 //! | kind | effect | compensable | irreversible |
 //! |---|---|---|---|
-//! | `lumanu.fund_invoice` | creates a funding invoice | no | no |
-//! | `lumanu.await_deposit` | waits for the invoice's deposit (`transfer.created`) | — | — |
+//! | `lumanu.fund_invoice` | creates a funding invoice (looks for an earlier one's deposit first, then a fenced effect mark) | no | no |
+//! | `lumanu.await_deposit` | waits for the invoice's deposit (`transfer.created`); alerts on deposits of duplicate invoices | — | — |
 //! | `lumanu.link_deposit` | links the deposit to the funding | no | no |
 //! | `lumanu.create_payable` | creates a payable (look-before-create) | cancels it | no |
 //! | `lumanu.approve_payable` | approves it | no | no |
@@ -26,7 +26,9 @@
 //! reference derived from that key (in the payable's description, in the payout's `note`) and
 //! the step looks for an object with that reference before creating one; Blaaiz customers are
 //! looked up by email, Lean destinations by IBAN/account number + name, Lean customers are
-//! unique per `app_user_id`.
+//! unique per `app_user_id`; a Lumanu funding invoice is found by the deposit that paid it
+//! (Lumanu cannot list fundings). Identifiers go into URLs as one path segment each; `.` and
+//! `..` are refused at validation.
 //!
 //! Every waiting step asks the provider first (the object may already be final), and on an
 //! event or a poll re-fetches the object from the API before deciding: a webhook body only
