@@ -32,6 +32,7 @@ pub const DEFAULT_BODY_LIMIT: usize = 256 * 1024;
 
 /// Limits of [`serve`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ServeConfig {
     /// Time a client has to send a whole request head (and, on a kept-alive connection, the
     /// next one). Past it the connection is closed without an answer (slow-loris headers).
