@@ -264,13 +264,22 @@ async fn production_build_has_no_sandbox_and_its_worker_refuses_development_cred
         );
     }
     let db = paysaga_testkit::database().await;
-    let out = Command::new(BIN)
+    let mut worker = Command::new(BIN)
         .args(["worker", "--http-addr", "127.0.0.1:0"])
         .env("DATABASE_URL", db.url())
         .env("RUST_LOG", "warn")
         .envs(paysaga_providers::sandbox_env("http://127.0.0.1:9"))
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    // A worker that accepted the credentials would run until stopped.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while worker.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let _ = worker.kill();
+    let out = worker.wait_with_output().unwrap();
     assert!(!out.status.success(), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refusing to start"), "{err}");
