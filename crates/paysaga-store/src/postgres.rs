@@ -393,7 +393,7 @@ async fn notify(tx: &mut Transaction<'_, Postgres>) -> Result<(), Error> {
 }
 
 /// Key of the advisory lock `migrate` holds ("paysaga" in ASCII).
-const MIGRATION_LOCK: i64 = 0x7061_7973_6167_61;
+const MIGRATION_LOCK: i64 = 0x0070_6179_7361_6761;
 
 /// Applies `MIGRATOR`'s pending migrations, recording them in `paysaga_migrations` (sqlx's
 /// `_sqlx_migrations` stays the application's: a shared database works with both). The
