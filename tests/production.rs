@@ -300,3 +300,18 @@ fn development_build_has_the_sandbox_and_demo_commands() {
         assert!(out.status.success(), "{command}: {}", text(&out));
     }
 }
+
+/// The license the manifests declare ships as a LICENSE file with its text.
+#[test]
+fn the_repository_ships_the_license_its_manifests_declare() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains("license = \"Apache-2.0\""),
+        "workspace license changed: update LICENSE and this test"
+    );
+    let license = std::fs::read_to_string(root.join("LICENSE")).expect("a LICENSE file");
+    assert!(license.contains("Apache License"), "LICENSE is not Apache-2.0");
+    assert!(license.contains("Version 2.0, January 2004"));
+    assert!(license.contains("TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION"));
+}

@@ -192,3 +192,44 @@ async fn an_application_and_the_embedded_store_share_a_sqlite_file() {
     drop(store);
     std::fs::remove_dir_all(root).ok();
 }
+
+/// `--max-connections` (`ConnectOptions::max_connections`) sizes the PostgreSQL pool, and no
+/// more connections than that are opened however many queries wait.
+#[tokio::test]
+async fn the_postgres_pool_size_is_configurable_and_bounds_the_connections() {
+    let db = paysaga_testkit::database().await;
+    let options = paysaga_store::ConnectOptions::default().max_connections(3);
+    let store = paysaga_store::PgStore::connect_with(db.url(), &options)
+        .await
+        .unwrap();
+    assert_eq!(store.pool().options().get_max_connections(), 3);
+    // Ten concurrent sleeps on a pool of three: never more than three sessions at once.
+    let sleeps: Vec<_> = (0..10)
+        .map(|_| {
+            let pool = store.pool().clone();
+            tokio::spawn(async move {
+                sqlx::query("SELECT pg_sleep(0.2)")
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let observer = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let sessions: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(&observer)
+    .await
+    .unwrap();
+    assert_eq!(sessions, 3);
+    for s in sleeps {
+        s.await.unwrap();
+    }
+    assert_eq!(
+        paysaga_store::ConnectOptions::default().max_connections,
+        16,
+        "the documented default"
+    );
+}
