@@ -311,7 +311,10 @@ fn the_repository_ships_the_license_its_manifests_declare() {
         "workspace license changed: update LICENSE and this test"
     );
     let license = std::fs::read_to_string(root.join("LICENSE")).expect("a LICENSE file");
-    assert!(license.contains("Apache License"), "LICENSE is not Apache-2.0");
+    assert!(
+        license.contains("Apache License"),
+        "LICENSE is not Apache-2.0"
+    );
     assert!(license.contains("Version 2.0, January 2004"));
     assert!(license.contains("TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION"));
 }
