@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Installs the tools tests/deploy.rs needs, only those missing (idempotent; run as root, as CI is):
+# Optional: tests/deploy.rs installs what it needs itself (paysaga_testkit::tools: this pinned
+# kubernetes-validate in a venv under $TMPDIR/paysaga-tools, systemd-analyze by apt-get as root).
+# This script installs the same tools system-wide, e.g. to run them by hand. The pin below is
+# the one the tests read. Installs only those missing (idempotent; run as root):
 #   systemd-analyze      (Debian package systemd)         checks deploy/systemd/*.service
 #   kubernetes-validate  (PyPI, pinned; schemas included) checks deploy/kubernetes/*.yaml offline
 set -euo pipefail

@@ -9,8 +9,9 @@
 //!   Service and PodDisruptionBudget selecting the workers, secrets only as references.
 //! - Every environment variable the deploy files set is one the code reads.
 //!
-//! The tools are installed by `bash deploy/check-tools.sh` (CI runs it first); a missing tool
-//! fails these tests with that command.
+//! The tools are installed by the tests themselves (`paysaga_testkit::tools`): the pinned
+//! kubernetes-validate (version from `deploy/check-tools.sh`) into a virtual environment under
+//! `$TMPDIR/paysaga-tools`, systemd-analyze with apt-get when missing and root.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -185,8 +186,10 @@ fn stage_units(dir: &Path, extra_worker_line: Option<&str>) {
 
 /// `systemd-analyze verify` on the staged units; its output lines that concern them.
 fn verify_units(dir: &Path) -> (Output, Vec<String>) {
+    let systemd_analyze =
+        paysaga_testkit::tools::systemd_analyze().unwrap_or_else(|e| panic!("{e}"));
     let out = run(
-        Command::new("systemd-analyze")
+        Command::new(systemd_analyze)
             .arg("verify")
             .arg("--man=no")
             .arg(dir.join("paysaga-worker.service"))
@@ -399,8 +402,9 @@ fn file_name(path: &Path) -> String {
         .into_owned()
 }
 
-/// The pinned kubernetes-validate version (from deploy/check-tools.sh), checked installed.
-fn kubernetes_validate() -> Command {
+/// The Python of the test support's virtual environment with the pinned kubernetes-validate
+/// (version from deploy/check-tools.sh), installed there on first use.
+fn tools_python() -> PathBuf {
     let script = read(&repo().join("deploy/check-tools.sh"));
     let pinned = script
         .lines()
@@ -408,21 +412,12 @@ fn kubernetes_validate() -> Command {
         .expect("check-tools.sh pins KUBERNETES_VALIDATE_VERSION")
         .trim()
         .to_string();
-    let out = run(
-        Command::new("python3").args(["-m", "kubernetes_validate", "--version"]),
-        "python3",
-    );
-    let found = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(
-        out.status.success() && found == pinned,
-        "kubernetes-validate {pinned} is needed (found: {}); install it with `{INSTALL}`",
-        if out.status.success() {
-            found
-        } else {
-            text(&out)
-        }
-    );
-    let mut cmd = Command::new("python3");
+    paysaga_testkit::tools::kubernetes_validate(&pinned)
+}
+
+/// `kubernetes-validate --strict --quiet`, the pinned version.
+fn kubernetes_validate() -> Command {
+    let mut cmd = Command::new(tools_python());
     cmd.args(["-m", "kubernetes_validate", "--strict", "--quiet"]);
     cmd
 }
@@ -505,7 +500,10 @@ fn load_manifests() -> BTreeMap<String, Vec<Value>> {
         json.dump(out, sys.stdout)\n";
     let files = manifest_files();
     let out = run(
-        Command::new("python3").arg("-c").arg(SCRIPT).args(&files),
+        Command::new(tools_python())
+            .arg("-c")
+            .arg(SCRIPT)
+            .args(&files),
         "python3",
     );
     assert!(
@@ -866,4 +864,28 @@ fn deploy_files_set_only_variables_the_code_reads() {
         .map(|(f, n)| format!("{f}: {n}"))
         .collect();
     assert!(unknown.is_empty(), "variables no code reads: {unknown:?}");
+}
+
+/// The production build the deploy docs give leaves the `dev` feature (sandbox, demo,
+/// development credentials) out.
+#[test]
+fn deploy_docs_build_the_production_binary_without_the_dev_feature() {
+    let mut builds = Vec::new();
+    for doc in ["deploy/systemd/README.md", "deploy/kubernetes/README.md"] {
+        for line in read(&repo().join(doc)).lines() {
+            if line.contains("cargo build") || line.contains("cargo install") {
+                builds.push((doc, line.to_string()));
+            }
+        }
+    }
+    assert!(
+        !builds.is_empty(),
+        "the deploy docs say how to build paysaga"
+    );
+    for (doc, line) in builds {
+        assert!(
+            line.contains("--no-default-features"),
+            "{doc}: a production build must leave the dev feature out: {line}"
+        );
+    }
 }

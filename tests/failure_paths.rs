@@ -153,10 +153,9 @@ impl StepKind for WaitLong {
 /// The test worker with a lease long enough for a loaded test machine: a lease lost mid-step
 /// would run a step twice and blur the call counts these tests assert.
 fn steady_worker() -> WorkerConfig {
-    WorkerConfig {
-        lease_ttl: Duration::from_secs(6),
-        ..fast_worker("fp")
-    }
+    let mut config = fast_worker("fp");
+    config.lease_ttl = Duration::from_secs(6);
+    config
 }
 
 /// An engine on the harness's database with the support kinds and the kinds above.
@@ -649,13 +648,11 @@ async fn worker_clock_off_by(skew: chrono::TimeDelta) {
     "#,
     )
     .await;
-    let worker = spawn_worker(
-        &engine,
-        WorkerConfig {
-            clock_skew: skew,
-            ..steady_worker()
-        },
-    );
+    let worker = spawn_worker(&engine, {
+        let mut config = steady_worker();
+        config.clock_skew = skew;
+        config
+    });
     let retried = engine
         .start("fp_clock_retry", json!({}), None)
         .await
@@ -756,10 +753,6 @@ impl WebhookVerifier for TrustingVerifier {
 /// (never lost silently).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_of_2000_webhooks_while_200_sagas_run_starves_no_commit() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("warn")
-        .with_test_writer()
-        .try_init();
     let h = harness().await;
     let engine = h.engine.clone();
     submit(
@@ -800,11 +793,10 @@ async fn a_burst_of_2000_webhooks_while_200_sagas_run_starves_no_commit() {
     ));
     // A production-like lease: this test is about the pool, not about lease renewal on a
     // loaded test machine.
-    let worker = engine.worker(WorkerConfig {
-        concurrency: 16,
-        lease_ttl: Duration::from_secs(10),
-        ..fast_worker("burst")
-    });
+    let mut config = fast_worker("burst");
+    config.concurrency = 16;
+    config.lease_ttl = Duration::from_secs(10);
+    let worker = engine.worker(config);
     let stats = worker.stats();
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(worker.run(async move {

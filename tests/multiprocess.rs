@@ -400,7 +400,7 @@ async fn worker_refuses_a_schema_newer_than_it_knows_and_reads_database_url_from
     // A newer release migrated the database.
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     sqlx::query(
-        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+        "INSERT INTO paysaga_migrations (version, description, success, checksum, execution_time)
          VALUES (29991231000000, 'from the future', true, '\\x00'::bytea, 0)",
     )
     .execute(&pool)

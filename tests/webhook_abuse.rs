@@ -589,11 +589,9 @@ async fn hostile_webhook_requests_get_clear_answers_and_only_authentic_events_ar
         verifiers,
         paysaga_runtime::http::DEFAULT_BODY_LIMIT,
     );
-    let limits = ServeConfig {
-        header_read_timeout: Duration::from_secs(2),
-        request_timeout: Duration::from_secs(3),
-        ..ServeConfig::default()
-    };
+    let mut limits = ServeConfig::default();
+    limits.header_read_timeout = Duration::from_secs(2);
+    limits.request_timeout = Duration::from_secs(3);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

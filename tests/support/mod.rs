@@ -283,16 +283,15 @@ impl Harness {
 
 /// A worker config for tests: short lease and poll.
 pub fn fast_worker(name: &str) -> WorkerConfig {
-    WorkerConfig {
-        name: name.to_string(),
-        concurrency: 8,
-        lease_ttl: Duration::from_millis(900),
-        idle_poll: Duration::from_millis(200),
-        reap_every: Duration::from_millis(200),
-        shutdown_grace: Duration::from_secs(5),
-        effect_window: Duration::from_secs(5),
-        ..WorkerConfig::default()
-    }
+    let mut config = WorkerConfig::default();
+    config.name = name.to_string();
+    config.concurrency = 8;
+    config.lease_ttl = Duration::from_millis(900);
+    config.idle_poll = Duration::from_millis(200);
+    config.reap_every = Duration::from_millis(200);
+    config.shutdown_grace = Duration::from_secs(5);
+    config.effect_window = Duration::from_secs(5);
+    config
 }
 
 /// Runs a worker in the background; dropping the handle's sender stops it gracefully.

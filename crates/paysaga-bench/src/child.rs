@@ -83,11 +83,10 @@ pub async fn run_child(
         }
         None => None,
     };
-    let worker = engine.worker(WorkerConfig {
-        name: name.to_string(),
-        concurrency,
-        ..WorkerConfig::default()
-    });
+    let mut config = WorkerConfig::default();
+    config.name = name.to_string();
+    config.concurrency = concurrency;
+    let worker = engine.worker(config);
     let stats = worker.stats();
     let shutdown = async {
         // The parent closes our stdin to stop us.

@@ -145,13 +145,7 @@ fn main() -> Result<()> {
             concurrency,
             webhook_secret,
         }) => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "warn".into()),
-                )
-                .with_writer(std::io::stderr)
-                .init();
+            paysaga_log::init("warn");
             rt.block_on(child::run_child(
                 &url,
                 &name,

@@ -267,13 +267,12 @@ async fn run_in(db: &DemoDatabase, run_id: &str, docs_dir: &Path) -> Result<bool
                 .await
         }
     });
-    let worker = engine.worker(WorkerConfig {
-        name: "demo".into(),
-        concurrency: 8,
-        idle_poll: Duration::from_millis(500),
-        shutdown_grace: Duration::from_secs(5),
-        ..WorkerConfig::default()
-    });
+    let mut config = WorkerConfig::default();
+    config.name = "demo".into();
+    config.concurrency = 8;
+    config.idle_poll = Duration::from_millis(500);
+    config.shutdown_grace = Duration::from_secs(5);
+    let worker = engine.worker(config);
     let worker = tokio::spawn({
         let mut rx = stop_rx.clone();
         worker.run(async move {

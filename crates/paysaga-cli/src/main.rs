@@ -1,11 +1,11 @@
 //! `paysaga`: the binary that wires the engine together: migrations, workers, definitions,
 //! starting and inspecting sagas.
 
+#[cfg(feature = "dev")]
 mod demo;
 mod operate;
 mod provider_metrics;
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,9 +25,19 @@ use uuid::Uuid;
     about = "Durable payout sagas on PostgreSQL"
 )]
 struct Cli {
-    /// PostgreSQL URL.
+    /// PostgreSQL URL (TLS: `?sslmode=verify-full&sslrootcert=CA.pem`), or sqlite://FILE.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     database_url: Option<String>,
+    /// PostgreSQL pool size (plus one connection for lease renewals); see the README for
+    /// what a worker needs.
+    #[arg(
+        long,
+        env = "PAYSAGA_MAX_CONNECTIONS",
+        global = true,
+        default_value_t = 16,
+        value_parser = clap::value_parser!(u32).range(2..)
+    )]
+    max_connections: u32,
     #[command(subcommand)]
     command: Command,
 }
@@ -116,11 +126,14 @@ enum Command {
     /// The webhook inbox: list, show, replay.
     #[command(subcommand)]
     Events(operate::EventsCommand),
-    /// Run sagas end to end in one process and print what happened (finds or starts a
-    /// PostgreSQL when DATABASE_URL is not set).
+    /// Run sagas end to end in one process against the provider sandbox and print what
+    /// happened (a SQLite file of its own when DATABASE_URL is not set). Development builds
+    /// only (feature `dev`).
+    #[cfg(feature = "dev")]
     Demo,
     /// Run the provider sandbox: the Lumanu, Blaaiz and Lean APIs with a money ledger,
-    /// signed webhooks and fault injection.
+    /// signed webhooks and fault injection. Development builds only (feature `dev`).
+    #[cfg(feature = "dev")]
     Sandbox(paysaga_sandbox::cli::SandboxArgs),
 }
 
@@ -165,25 +178,6 @@ struct WorkerArgs {
     no_migrate: bool,
 }
 
-/// Logs to stderr; `default_filter` applies when `RUST_LOG` is not set.
-fn init_logging(default_filter: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::io::stderr().is_terminal() {
-        builder.init();
-    } else {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .init();
-    }
-}
-
 /// The built-in `noop.sleep` plus the given provider step kinds.
 fn registry(kinds: Vec<Arc<dyn StepKind>>) -> Registry {
     let mut registry = Registry::new();
@@ -216,18 +210,46 @@ fn database_url(flag: Option<&str>) -> Result<Option<String>> {
 
 /// An engine for commands that validate and store but never run steps: every provider's
 /// kinds are known (for validation) without any provider secret.
-async fn engine(url: Option<&str>) -> Result<Engine> {
-    engine_with(url, paysaga_providers::steps::validation_kinds()).await
+async fn engine(db: &Db<'_>) -> Result<Engine> {
+    engine_with(db, paysaga_providers::steps::validation_kinds()).await
 }
 
-async fn engine_with(url: Option<&str>, kinds: Vec<Arc<dyn StepKind>>) -> Result<Engine> {
-    let url =
-        url.context("no database: set DATABASE_URL (or DATABASE_URL_FILE) or pass --database-url")?;
+/// Where the database is and how to connect to it.
+#[derive(Debug, Clone, Copy)]
+struct Db<'a> {
+    url: Option<&'a str>,
+    max_connections: u32,
+}
+
+async fn engine_with(db: &Db<'_>, kinds: Vec<Arc<dyn StepKind>>) -> Result<Engine> {
+    let url = db
+        .url
+        .context("no database: set DATABASE_URL (or DATABASE_URL_FILE) or pass --database-url")?;
     // postgres:// or postgresql:// for PostgreSQL, sqlite://FILE for the embedded store.
-    let store = paysaga_store::connect(url)
+    let options = paysaga_store::ConnectOptions::default().max_connections(db.max_connections);
+    let store = paysaga_store::connect_with(url, &options)
         .await
+        .map_err(anyhow::Error::from)
+        .map_err(explain_tls)
         .with_context(|| format!("cannot open the database at {}", redact_url(url)))?;
     Ok(Engine::new(store, registry(kinds)))
+}
+
+/// Says what to check when the connection failed in TLS (the cause, e.g. `invalid peer
+/// certificate: UnknownIssuer`, follows in the chain).
+fn explain_tls(err: anyhow::Error) -> anyhow::Error {
+    let text = format!("{err:#}");
+    if ["TLS", "SSL", "certificate", "sslrootcert"]
+        .iter()
+        .any(|w| text.contains(w))
+    {
+        err.context(
+            "TLS to the database failed: check that sslrootcert names the CA (PEM) that signed \
+             the server's certificate and that the URL's host is a name in that certificate",
+        )
+    } else {
+        err
+    }
 }
 
 /// Hides a password in a URL for messages.
@@ -257,22 +279,27 @@ async fn ensure_builtins(engine: &Engine) -> Result<()> {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     // The demo prints its own progress on stdout: only warnings and errors go to stderr.
-    init_logging(match cli.command {
+    paysaga_log::init(match cli.command {
+        #[cfg(feature = "dev")]
         Command::Demo => "warn",
         _ => "info,sqlx=warn",
     });
     let url = database_url(cli.database_url.as_deref())?;
-    let url = url.as_deref();
+    let db = Db {
+        url: url.as_deref(),
+        max_connections: cli.max_connections,
+    };
+    let db = &db;
     match cli.command {
         Command::Migrate => {
-            let engine = engine(url).await?;
+            let engine = engine(db).await?;
             engine.store().migrate().await.context("migration failed")?;
             ensure_builtins(&engine).await?;
             println!("migrations applied");
         }
-        Command::Worker(args) => run_worker(url, args).await?,
+        Command::Worker(args) => run_worker(db, args).await?,
         Command::Definitions(DefinitionsCommand::Submit { files }) => {
-            let engine = engine(url).await?;
+            let engine = engine(db).await?;
             for file in files {
                 let text = std::fs::read_to_string(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?;
@@ -292,7 +319,7 @@ async fn main() -> Result<()> {
             }
         }
         Command::Definitions(DefinitionsCommand::List { json }) => {
-            let engine = engine(url).await?;
+            let engine = engine(db).await?;
             let defs = engine.store().list_definitions().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&defs)?);
@@ -317,7 +344,7 @@ async fn main() -> Result<()> {
             key,
             version,
         } => {
-            let engine = engine(url).await?;
+            let engine = engine(db).await?;
             ensure_builtins(&engine).await?;
             let input = read_input(&input)?;
             let started = engine
@@ -332,17 +359,17 @@ async fn main() -> Result<()> {
                 .with_context(|| format!("cannot start workflow {workflow}"))?;
             println!("{}", started.saga_id);
         }
-        Command::List { filter, json } => operate::list(&engine(url).await?, &filter, json).await?,
-        Command::Show { id, json } => operate::show(&engine(url).await?, id, json).await?,
-        Command::Stats { json } => operate::stats(&engine(url).await?, json).await?,
+        Command::List { filter, json } => operate::list(&engine(db).await?, &filter, json).await?,
+        Command::Show { id, json } => operate::show(&engine(db).await?, id, json).await?,
+        Command::Stats { json } => operate::stats(&engine(db).await?, json).await?,
         Command::Retry(args) => {
-            operate::act(&engine(url).await?, operate::Action::Retry, &args).await?
+            operate::act(&engine(db).await?, operate::Action::Retry, &args).await?
         }
         Command::Cancel(args) => {
-            operate::act(&engine(url).await?, operate::Action::Cancel, &args).await?
+            operate::act(&engine(db).await?, operate::Action::Cancel, &args).await?
         }
         Command::Resume(args) => {
-            operate::act(&engine(url).await?, operate::Action::Resume, &args).await?
+            operate::act(&engine(db).await?, operate::Action::Resume, &args).await?
         }
         Command::Skip {
             id,
@@ -352,7 +379,7 @@ async fn main() -> Result<()> {
         } => {
             let output: Value =
                 serde_json::from_str(&output).context("--output is not valid JSON")?;
-            let saga = engine(url)
+            let saga = engine(db)
                 .await?
                 .skip(id, &step, output, &operate::actor(), &reason)
                 .await
@@ -372,7 +399,7 @@ async fn main() -> Result<()> {
         } => {
             let payload: Value =
                 serde_json::from_str(&payload).context("--payload is not valid JSON")?;
-            let d = engine(url)
+            let d = engine(db)
                 .await?
                 .deliver_manual(id, &event, payload, &operate::actor(), &reason)
                 .await
@@ -385,8 +412,10 @@ async fn main() -> Result<()> {
                     .unwrap_or_else(|| "(none)".into())
             );
         }
-        Command::Events(cmd) => operate::events(&engine(url).await?, cmd).await?,
-        Command::Demo => demo::run(url).await?,
+        Command::Events(cmd) => operate::events(&engine(db).await?, cmd).await?,
+        #[cfg(feature = "dev")]
+        Command::Demo => demo::run(db.url).await?,
+        #[cfg(feature = "dev")]
         Command::Sandbox(args) => {
             let config = args
                 .config()
@@ -409,10 +438,25 @@ fn read_input(arg: &str) -> Result<Value> {
     serde_json::from_str(&text).context("--input is not valid JSON")
 }
 
-async fn run_worker(url: Option<&str>, args: WorkerArgs) -> Result<()> {
+async fn run_worker(db: &Db<'_>, args: WorkerArgs) -> Result<()> {
     let providers = paysaga_providers::ProvidersConfig::from_env().context(
         "provider configuration (PAYSAGA_LUMANU_*, PAYSAGA_BLAAIZ_*, PAYSAGA_LEAN_*) is incomplete",
     )?;
+    // A production build (without the `dev` feature) never runs on the sandbox's public
+    // development credentials: they would mean a fake provider, or a real one anyone can call.
+    #[cfg(not(feature = "dev"))]
+    {
+        let dev = paysaga_providers::development_credentials(|name| std::env::var(name).ok());
+        if !dev.is_empty() {
+            bail!(
+                "refusing to start: {} hold the sandbox's well-known development credentials, \
+                 which a production build does not accept; set the provider's real credentials \
+                 (docs/PROVIDER-CONTRACTS.md), or use a development build (feature `dev`) \
+                 against `paysaga sandbox`",
+                dev.join(", ")
+            );
+        }
+    }
     let call_metrics = provider_metrics::ProviderMetrics::new();
     let kinds =
         paysaga_providers::steps::step_kinds(&providers.clients_observed(call_metrics.clone()));
@@ -421,7 +465,7 @@ async fn run_worker(url: Option<&str>, args: WorkerArgs) -> Result<()> {
         step_kinds = kinds.len(),
         "providers configured"
     );
-    let engine = engine_with(url, kinds).await?;
+    let engine = engine_with(db, kinds).await?;
     call_metrics.attach(engine.metrics().clone());
     if !args.no_migrate {
         engine
@@ -443,19 +487,17 @@ async fn run_worker(url: Option<&str>, args: WorkerArgs) -> Result<()> {
         other => bail!("the database schema is at {other:?}, this build needs {known}: run `paysaga migrate` first"),
     }
     ensure_builtins(&engine).await?;
-    let config = WorkerConfig {
-        name: args.worker_id.unwrap_or_else(|| "worker".to_string()),
-        concurrency: args.concurrency,
-        lease_ttl: args.lease_ttl.into(),
-        idle_poll: args.idle_poll.into(),
-        shutdown_grace: args.shutdown_grace.into(),
-        // A marked request may be in flight for half the lease (its send-by) plus the
-        // provider's request timeout; 5 s more for clocks and network.
-        effect_window: Duration::from(args.lease_ttl) / 2
-            + providers.longest_request_timeout()
-            + Duration::from_secs(5),
-        ..WorkerConfig::default()
-    };
+    let mut config = WorkerConfig::default();
+    config.name = args.worker_id.unwrap_or_else(|| "worker".to_string());
+    config.concurrency = args.concurrency;
+    config.lease_ttl = args.lease_ttl.into();
+    config.idle_poll = args.idle_poll.into();
+    config.shutdown_grace = args.shutdown_grace.into();
+    // A marked request may be in flight for half the lease (its send-by) plus the provider's
+    // request timeout; 5 s more for clocks and network.
+    config.effect_window = Duration::from(args.lease_ttl) / 2
+        + providers.longest_request_timeout()
+        + Duration::from_secs(5);
     if config.lease_ttl < Duration::from_millis(300) {
         bail!("--lease-ttl must be at least 300ms");
     }

@@ -102,6 +102,7 @@ impl StepDef {
 
 /// What is wrong with a definition. Each variant names the step and field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DefinitionError {
     /// The file is not valid TOML for a definition.
     #[error("definition is not valid TOML: {0}")]

@@ -82,6 +82,7 @@ impl Default for RetryPolicy {
 
 /// Why a policy is impossible.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PolicyError {
     /// `max_attempts = 0` would never run the step.
     #[error("max_attempts must be at least 1 (use \"unlimited\" for no limit)")]

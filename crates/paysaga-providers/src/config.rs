@@ -32,6 +32,7 @@ use crate::Provider;
 
 /// Timeouts applied to every HTTP call of a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HttpOptions {
     /// Time allowed to establish a connection (default 5 s).
     pub connect_timeout: Duration,
@@ -73,6 +74,7 @@ pub struct ProviderSettings<C> {
 
 /// Configuration of the three providers; `None` for a provider that is not configured.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct ProvidersConfig {
     /// Lumanu, if configured.
     pub lumanu: Option<ProviderSettings<LumanuConfig>>,
@@ -248,6 +250,35 @@ const LEAN_VARS: &[&str] = &[
     "PAYSAGA_LEAN_TOKEN_URL",
     "PAYSAGA_LEAN_WEBHOOK_SECRET",
 ];
+
+/// The sandbox's well-known development secrets (`paysaga sandbox --dev-credentials`,
+/// [`sandbox_env`]): public, so a worker holding one talks to a fake provider or is exposed.
+const DEVELOPMENT_SECRETS: &[&str] = &[
+    "sandbox-lumanu-secret",
+    "sandbox-lumanu-webhook-secret",
+    "sandbox-blaaiz-secret",
+    "sandbox-blaaiz-api-key",
+    "sandbox-blaaiz-webhook-secret",
+    "sandbox-lean-secret",
+    "sandbox-lean-app-token",
+    "sandbox-lean-webhook-secret",
+];
+
+/// The `PAYSAGA_*` variables (directly or through `NAME_FILE`) that hold one of the sandbox's
+/// well-known development secrets. A production build's worker refuses to start when this is
+/// not empty. Unreadable files are left to [`ProvidersConfig::from_lookup`] to report.
+pub fn development_credentials(lookup: impl Fn(&str) -> Option<String>) -> Vec<&'static str> {
+    let r = Reader { lookup: &lookup };
+    LUMANU_VARS
+        .iter()
+        .chain(BLAAIZ_VARS)
+        .chain(LEAN_VARS)
+        .copied()
+        .filter(|name| {
+            matches!(r.get(name), Ok(Some(Value(v))) if DEVELOPMENT_SECRETS.contains(&v.as_str()))
+        })
+        .collect()
+}
 
 impl ProvidersConfig {
     /// Reads the configuration from the process environment.
@@ -478,6 +509,27 @@ mod tests {
     use super::*;
     use secrecy::ExposeSecret;
     use std::collections::HashMap;
+
+    #[test]
+    fn the_sandbox_development_credentials_are_recognised_and_real_ones_are_not() {
+        let dev: HashMap<&str, String> = sandbox_env("http://127.0.0.1:8099").into_iter().collect();
+        let found = development_credentials(|n| dev.get(n).cloned());
+        for name in [
+            "PAYSAGA_LUMANU_CLIENT_SECRET",
+            "PAYSAGA_LUMANU_WEBHOOK_SECRET",
+            "PAYSAGA_BLAAIZ_CLIENT_SECRET",
+            "PAYSAGA_BLAAIZ_WEBHOOK_SECRET",
+            "PAYSAGA_LEAN_APP_TOKEN",
+            "PAYSAGA_LEAN_WEBHOOK_SECRET",
+        ] {
+            assert!(found.contains(&name), "{name} not recognised: {found:?}");
+        }
+        let real: HashMap<&str, String> = dev
+            .iter()
+            .map(|(k, v)| (*k, v.replace("sandbox-", "prod-")))
+            .collect();
+        assert!(development_credentials(|n| real.get(n).cloned()).is_empty());
+    }
 
     fn cfg(vars: &[(&str, &str)]) -> Result<ProvidersConfig, ConfigError> {
         let map: HashMap<String, String> = vars

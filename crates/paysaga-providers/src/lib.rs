@@ -67,7 +67,7 @@ pub mod webhook;
 use std::fmt;
 use std::str::FromStr;
 
-pub use config::{sandbox_env, Clients, HttpOptions, ProvidersConfig};
+pub use config::{development_credentials, sandbox_env, Clients, HttpOptions, ProvidersConfig};
 pub use error::{Error, Result};
 pub use money::{DecimalAmount, MoneyError};
 pub use observe::{CallObserver, CallOutcome, CallRecord};

@@ -4,6 +4,7 @@ use uuid::Uuid;
 
 /// Errors of the engine handle and the worker.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The store failed (database unreachable, lease lost, conflicts...).
     #[error(transparent)]

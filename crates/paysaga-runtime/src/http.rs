@@ -40,6 +40,7 @@ pub const WEBHOOK_STORE_WAIT: Duration = Duration::from_secs(5);
 
 /// Limits of [`serve`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ServeConfig {
     /// Time a client has to send a whole request head (and, on a kept-alive connection, the
     /// next one). Past it the connection is closed without an answer (slow-loris headers).

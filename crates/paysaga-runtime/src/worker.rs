@@ -33,6 +33,7 @@ use crate::{Engine, Error};
 
 /// Worker settings.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct WorkerConfig {
     /// A label for operators (the lease owner id is unique per process start).
     pub name: String,

@@ -179,6 +179,7 @@ impl std::fmt::Display for Provider {
 
 /// Everything the sandbox needs to run.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SandboxConfig {
     /// Address to bind (port 0 picks a free port).
     pub addr: SocketAddr,
@@ -211,6 +212,7 @@ impl SandboxConfig {
 
 /// Errors starting or running the sandbox.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A required environment variable is not set.
     #[error("environment variable {0} (or {0}_FILE) is not set")]

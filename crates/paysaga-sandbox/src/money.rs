@@ -11,6 +11,7 @@ use serde_json::{Number, Value};
 
 /// Why an amount was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AmountError {
     /// The value is not a JSON number (or numeric string).
     #[error("amount must be a number")]

@@ -49,6 +49,7 @@ use uuid::Uuid;
 
 /// Store errors. Each says what failed; callers add the saga/step context they hold.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The database could not be reached or a query failed.
     #[error("database error: {0}")]
@@ -113,6 +114,12 @@ pub enum Error {
         /// The scheme found (never the rest of the URL, which may hold a password).
         scheme: String,
     },
+    /// A migration recorded in `paysaga_migrations` did not finish.
+    #[error("migration {version} is partially applied: restore the database from a backup, or finish it by hand and delete its row from paysaga_migrations")]
+    MigrationDirty {
+        /// The migration's version.
+        version: i64,
+    },
 }
 
 impl Error {
@@ -149,15 +156,69 @@ impl Error {
 /// [`SqliteStore`] for `sqlite://FILE` (created if missing; `sqlite::memory:` for a
 /// throwaway in-memory database). Migrations are not applied: call [`Store::migrate`].
 pub async fn connect(url: &str) -> Result<Arc<dyn Store>, Error> {
+    connect_with(url, &ConnectOptions::default()).await
+}
+
+/// How [`connect_with`] opens a store.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConnectOptions {
+    /// Connections in the PostgreSQL pool (default 16), plus one of its own for lease renewals.
+    /// A worker holds one for LISTEN for its whole life; steps, webhooks and probes take one
+    /// only while they read or commit. The embedded SQLite store ignores it (one writer, four
+    /// readers).
+    pub max_connections: u32,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            max_connections: 16,
+        }
+    }
+}
+
+impl ConnectOptions {
+    /// Sets [`ConnectOptions::max_connections`].
+    pub fn max_connections(mut self, n: u32) -> Self {
+        self.max_connections = n;
+        self
+    }
+}
+
+/// [`connect`] with options (pool size).
+pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Arc<dyn Store>, Error> {
     let scheme = url
         .split_once(':')
         .map(|(scheme, _)| scheme.to_ascii_lowercase())
         .unwrap_or_default();
     match scheme.as_str() {
-        "postgres" | "postgresql" => Ok(Arc::new(PgStore::connect(url).await?)),
+        "postgres" | "postgresql" => Ok(Arc::new(PgStore::connect_with(url, options).await?)),
         "sqlite" => Ok(Arc::new(SqliteStore::connect(url).await?)),
         _ => Err(Error::UnsupportedUrl { scheme }),
     }
+}
+
+/// Checks the migrations recorded in a store's `paysaga_migrations` table (version,
+/// checksum, success) against those this build embeds, as sqlx's migrator does.
+fn check_applied_migrations(
+    known: &sqlx::migrate::Migrator,
+    applied: &[(i64, Vec<u8>, bool)],
+) -> Result<(), Error> {
+    use sqlx::migrate::MigrateError;
+    for (version, checksum, success) in applied {
+        if !success {
+            return Err(Error::MigrationDirty { version: *version });
+        }
+        match known.iter().find(|m| m.version == *version) {
+            None => return Err(MigrateError::VersionMissing(*version).into()),
+            Some(m) if m.checksum.as_ref() != checksum.as_slice() => {
+                return Err(MigrateError::VersionMismatch(*version).into())
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Everything the engine persists. Implemented for PostgreSQL by [`PgStore`] and for one

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use paysaga_core::{ActiveWait, Definition, Event, HistoryEntry, SagaStatus};
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Connection, Postgres, Row, Transaction};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -83,6 +83,15 @@ impl PgStore {
     /// Connects with a pool sized for a worker (16 connections) plus one connection for lease
     /// renewals.
     pub async fn connect(url: &str) -> Result<PgStore, Error> {
+        PgStore::connect_with(url, &crate::ConnectOptions::default()).await
+    }
+
+    /// Connects with `options.max_connections` in the pool plus one connection for lease
+    /// renewals. TLS as the URL says (`sslmode`, `sslrootcert`, ...).
+    pub async fn connect_with(
+        url: &str,
+        connect: &crate::ConnectOptions,
+    ) -> Result<PgStore, Error> {
         // A safety net: a session left idle inside a transaction (a cancelled `BEGIN`) would
         // hold its locks and stall every worker; PostgreSQL ends it after a minute. paysaga's
         // own transactions never wait on anything but the database.
@@ -90,7 +99,7 @@ impl PgStore {
             .parse::<PgConnectOptions>()?
             .options([("idle_in_transaction_session_timeout", "60s")]);
         let pool = PgPoolOptions::new()
-            .max_connections(16)
+            .max_connections(connect.max_connections.max(1))
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options.clone())
             .await?;
@@ -544,24 +553,115 @@ async fn notify(tx: &mut Transaction<'_, Postgres>) -> Result<(), Error> {
     Ok(())
 }
 
+/// Key of the advisory lock `migrate` holds ("paysaga" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0070_6179_7361_6761;
+
+/// Applies `MIGRATOR`'s pending migrations, recording them in `paysaga_migrations` (sqlx's
+/// `_sqlx_migrations` stays the application's: a shared database works with both). The
+/// records of a deployment made before that table existed are moved over first. Each
+/// migration runs in its own transaction with its record. The caller holds `MIGRATION_LOCK`.
+async fn migrate_locked(conn: &mut sqlx::PgConnection) -> Result<(), Error> {
+    use sqlx::migrate::MigrateError;
+    sqlx::Executor::execute(
+        &mut *conn,
+        "CREATE TABLE IF NOT EXISTS paysaga_migrations (
+             version BIGINT PRIMARY KEY,
+             description TEXT NOT NULL,
+             installed_on TIMESTAMPTZ NOT NULL DEFAULT now(),
+             success BOOLEAN NOT NULL,
+             checksum BYTEA NOT NULL,
+             execution_time BIGINT NOT NULL)",
+    )
+    .await?;
+    let legacy: Option<String> = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
+        .fetch_one(&mut *conn)
+        .await?;
+    if legacy.is_some() {
+        // paysaga's own records (same version and checksum) move; an application's stay.
+        let mut tx = conn.begin().await?;
+        for m in MIGRATOR.iter() {
+            sqlx::query(
+                "WITH moved AS (
+                     DELETE FROM _sqlx_migrations WHERE version = $1 AND checksum = $2
+                     RETURNING version, description, installed_on, success, checksum, execution_time)
+                 INSERT INTO paysaga_migrations SELECT * FROM moved ON CONFLICT (version) DO NOTHING",
+            )
+            .bind(m.version)
+            .bind(m.checksum.as_ref())
+            .execute(&mut *tx)
+            .await?;
+        }
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+            .fetch_one(&mut *tx)
+            .await?;
+        if left == 0 {
+            sqlx::Executor::execute(&mut *tx, "DROP TABLE _sqlx_migrations").await?;
+        }
+        tx.commit().await?;
+    }
+    let applied: Vec<(i64, Vec<u8>, bool)> = sqlx::query_as(
+        "SELECT version, checksum, success FROM paysaga_migrations ORDER BY version",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    crate::check_applied_migrations(&MIGRATOR, &applied)?;
+    for m in MIGRATOR.iter() {
+        if applied.iter().any(|(v, _, _)| *v == m.version) {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let mut tx = conn.begin().await?;
+        sqlx::Executor::execute(&mut *tx, m.sql.as_ref())
+            .await
+            .map_err(|e| MigrateError::ExecuteMigration(e, m.version))?;
+        sqlx::query(
+            "INSERT INTO paysaga_migrations (version, description, success, checksum, execution_time)
+             VALUES ($1, $2, TRUE, $3, $4)",
+        )
+        .bind(m.version)
+        .bind(m.description.as_ref())
+        .bind(m.checksum.as_ref())
+        .bind(i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Store for PgStore {
     async fn migrate(&self) -> Result<(), Error> {
-        MIGRATOR.run(&self.pool).await?;
-        Ok(())
+        // One migrator at a time per database (workers starting together): a session lock,
+        // released on every path below before the connection goes back to the pool.
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *conn)
+            .await?;
+        let result = migrate_locked(&mut conn).await;
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *conn)
+            .await;
+        if unlocked.is_err() {
+            // Never return a connection holding the lock to the pool.
+            conn.detach();
+        }
+        result
     }
 
     async fn schema_versions(&self) -> Result<(Option<i64>, i64), Error> {
         let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
         let table: Option<String> =
-            sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
+            sqlx::query_scalar("SELECT to_regclass('paysaga_migrations')::text")
                 .fetch_one(&self.pool)
                 .await?;
         if table.is_none() {
             return Ok((None, known));
         }
         let applied: Option<i64> =
-            sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            sqlx::query_scalar("SELECT max(version) FROM paysaga_migrations WHERE success")
                 .fetch_one(&self.pool)
                 .await?;
         Ok((applied, known))

@@ -480,15 +480,87 @@ async fn release_sagas(
 
 #[async_trait]
 impl Store for SqliteStore {
+    /// As the PostgreSQL store: records in `paysaga_migrations` (sqlx's `_sqlx_migrations`
+    /// stays the application's), earlier records moved over, one write transaction (the
+    /// file's write lock) per migration with its record.
     async fn migrate(&self) -> Result<(), Error> {
-        MIGRATOR.run(&self.writer).await?;
+        let mut tx = self.write_tx().await?;
+        sqlx::Executor::execute(
+            &mut *tx,
+            "CREATE TABLE IF NOT EXISTS paysaga_migrations (
+                 version INTEGER PRIMARY KEY,
+                 description TEXT NOT NULL,
+                 installed_on TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
+                 success BOOLEAN NOT NULL,
+                 checksum BLOB NOT NULL,
+                 execution_time INTEGER NOT NULL)",
+        )
+        .await?;
+        let legacy: Option<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        if legacy.is_some() {
+            for m in MIGRATOR.iter() {
+                sqlx::query(
+                    "INSERT OR IGNORE INTO paysaga_migrations
+                         (version, description, installed_on, success, checksum, execution_time)
+                     SELECT version, description, installed_on, success, checksum, execution_time
+                     FROM _sqlx_migrations WHERE version = $1 AND checksum = $2",
+                )
+                .bind(m.version)
+                .bind(m.checksum.as_ref())
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("DELETE FROM _sqlx_migrations WHERE version = $1 AND checksum = $2")
+                    .bind(m.version)
+                    .bind(m.checksum.as_ref())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let left: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+                .fetch_one(&mut *tx)
+                .await?;
+            if left == 0 {
+                sqlx::Executor::execute(&mut *tx, "DROP TABLE _sqlx_migrations").await?;
+            }
+        }
+        let applied: Vec<(i64, Vec<u8>, bool)> = sqlx::query_as(
+            "SELECT version, checksum, success FROM paysaga_migrations ORDER BY version",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        crate::check_applied_migrations(&MIGRATOR, &applied)?;
+        for m in MIGRATOR.iter() {
+            if applied.iter().any(|(v, _, _)| *v == m.version) {
+                continue;
+            }
+            let started = std::time::Instant::now();
+            let mut tx = self.write_tx().await?;
+            sqlx::Executor::execute(&mut *tx, m.sql.as_ref())
+                .await
+                .map_err(|e| sqlx::migrate::MigrateError::ExecuteMigration(e, m.version))?;
+            sqlx::query(
+                "INSERT INTO paysaga_migrations (version, description, success, checksum, execution_time)
+                 VALUES ($1, $2, TRUE, $3, $4)",
+            )
+            .bind(m.version)
+            .bind(m.description.as_ref())
+            .bind(m.checksum.as_ref())
+            .bind(i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        }
         Ok(())
     }
 
     async fn schema_versions(&self) -> Result<(Option<i64>, i64), Error> {
         let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
         let table: Option<String> = sqlx::query_scalar(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'paysaga_migrations'",
         )
         .fetch_optional(&self.reader)
         .await?;
@@ -496,7 +568,7 @@ impl Store for SqliteStore {
             return Ok((None, known));
         }
         let applied: Option<i64> =
-            sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            sqlx::query_scalar("SELECT max(version) FROM paysaga_migrations WHERE success")
                 .fetch_one(&self.reader)
                 .await?;
         Ok((applied, known))

@@ -9,12 +9,17 @@
 //!    tests run as root, kept under the system temp dir and reused by later test binaries.
 //!    Stop it with `pg_ctl -D $TMPDIR/paysaga-test-pg stop`.
 //!
+//! Tools the tests run besides PostgreSQL (`kubernetes-validate`, `systemd-analyze`) are
+//! installed by [`tools`] on first use.
+//!
 //! ```no_run
 //! # async fn t() {
 //! let db = paysaga_testkit::database().await;
 //! let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
 //! # }
 //! ```
+
+pub mod tools;
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -252,6 +257,48 @@ pub struct Cluster {
 impl Cluster {
     /// Initialises and starts a cluster under the system temp dir on a free port.
     pub fn start(name: &str) -> Cluster {
+        let cluster = Cluster::init(name);
+        cluster.pg_ctl(&["start"]);
+        cluster
+    }
+
+    /// Like [`Cluster::start`], with `ssl = on` and the given server certificate (chain) and
+    /// key (PEM), and TCP connections accepted over TLS only (`hostssl` in `pg_hba.conf`).
+    pub fn start_tls(name: &str, cert_pem: &str, key_pem: &str) -> Cluster {
+        let cluster = Cluster::init(name);
+        let data = cluster.data();
+        let write = |file: &str, text: &str, mode: u32| {
+            use std::os::unix::fs::PermissionsExt;
+            let path = data.join(file);
+            std::fs::write(&path, text)
+                .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+        };
+        write("server.crt", cert_pem, 0o644);
+        write("server.key", key_pem, 0o600);
+        write(
+            "pg_hba.conf",
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n",
+            0o600,
+        );
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", conf.display()));
+        text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        write("postgresql.conf", &text, 0o600);
+        if is_root() {
+            let _ = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&data)
+                .status();
+        }
+        cluster.pg_ctl(&["start"]);
+        cluster
+    }
+
+    /// Creates the data directory (not started).
+    fn init(name: &str) -> Cluster {
         let root = std::env::temp_dir().join(format!(
             "paysaga-cluster-{name}-{}",
             uuid::Uuid::new_v4().simple()
@@ -287,7 +334,6 @@ impl Cluster {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        cluster.pg_ctl(&["start"]);
         cluster
     }
 
@@ -320,6 +366,11 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr),
             log.display()
         );
+    }
+
+    /// Its port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// URL of database `db` on this cluster.

@@ -321,13 +321,10 @@ async fn timeouts_and_refused_connections_are_transient() {
         Reply::json(200, payable("pay-1", "d")).after(Duration::from_secs(3))
     })
     .await;
-    let c = client(
-        &mock,
-        HttpOptions {
-            connect_timeout: Duration::from_secs(1),
-            request_timeout: Duration::from_millis(300),
-        },
-    );
+    let mut http = HttpOptions::default();
+    http.connect_timeout = Duration::from_secs(1);
+    http.request_timeout = Duration::from_millis(300);
+    let c = client(&mock, http);
     let err = c.get_payable("pay-1").await.unwrap_err();
     assert!(
         matches!(

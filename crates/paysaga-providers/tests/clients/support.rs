@@ -215,10 +215,10 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
 
 /// Short timeouts so that failure tests are quick.
 pub fn fast_http() -> HttpOptions {
-    HttpOptions {
-        connect_timeout: Duration::from_secs(2),
-        request_timeout: Duration::from_secs(5),
-    }
+    let mut http = HttpOptions::default();
+    http.connect_timeout = Duration::from_secs(2);
+    http.request_timeout = Duration::from_secs(5);
+    http
 }
 
 /// Counts earlier requests to `path`.

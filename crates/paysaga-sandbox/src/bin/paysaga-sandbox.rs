@@ -22,12 +22,8 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    // Logs on stderr (JSON unless a terminal), as every paysaga binary.
+    paysaga_log::init("info");
     let config = match Args::parse().sandbox.config() {
         Ok(c) => c,
         Err(err) => {

@@ -1,0 +1,159 @@
+//! Tools the tests run that are not Rust crates, installed by the tests themselves (as the
+//! test support starts its own PostgreSQL), so that `cargo test --workspace` passes on a fresh
+//! machine without running `deploy/check-tools.sh` first:
+//!
+//! - [`kubernetes_validate`]: the pinned `kubernetes-validate` (PyPI) in a Python virtual
+//!   environment of its own under `$TMPDIR/paysaga-tools/` (created with `python3 -m venv`,
+//!   filled with `pip`; reused by later runs, never touching the system's Python);
+//! - [`systemd_analyze`]: from `PATH` or `/usr/bin`, else installed with `apt-get install
+//!   systemd` when the tests run as root.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+/// Serialises installs within a test binary (a file lock does it across binaries).
+static INSTALLING: Mutex<()> = Mutex::new(());
+
+/// Where the tools go: `$TMPDIR/paysaga-tools`.
+pub fn tools_dir() -> PathBuf {
+    std::env::temp_dir().join("paysaga-tools")
+}
+
+/// Runs `f` holding the install locks.
+fn locked<T>(f: impl FnOnce() -> T) -> T {
+    let _guard = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tools_dir();
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    let lock = std::fs::File::create(dir.join("lock")).unwrap_or_else(|e| panic!("lock file: {e}"));
+    lock.lock().unwrap_or_else(|e| panic!("lock: {e}"));
+    f()
+}
+
+fn run(cmd: &mut Command, what: &str) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{what} failed ({cmd:?}):\n{text}");
+    text
+}
+
+/// The Python interpreter of a virtual environment holding `kubernetes-validate==version`
+/// (and PyYAML, which it requires): run it as `python -m kubernetes_validate`. Installed on
+/// first use into `$TMPDIR/paysaga-tools/kubernetes-validate-VERSION` (needs `python3` with
+/// `venv`, and PyPI; on Debian without `venv`, `python3-venv` is installed when root).
+pub fn kubernetes_validate(version: &str) -> PathBuf {
+    let venv = tools_dir().join(format!("kubernetes-validate-{version}"));
+    let python = venv.join("bin").join("python");
+    let installed = |python: &Path| {
+        Command::new(python)
+            .args(["-m", "kubernetes_validate", "--version"])
+            .output()
+            .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == version)
+            .unwrap_or(false)
+    };
+    if installed(&python) {
+        return python;
+    }
+    locked(|| {
+        if installed(&python) {
+            return;
+        }
+        eprintln!(
+            "paysaga-testkit: installing kubernetes-validate=={version} into {}",
+            venv.display()
+        );
+        let _ = std::fs::remove_dir_all(&venv);
+        let made = Command::new("python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv)
+            .output();
+        if !matches!(&made, Ok(o) if o.status.success()) {
+            // Debian's python3 ships venv (ensurepip) separately.
+            apt_install("python3-venv", "python3 -m venv");
+            let _ = std::fs::remove_dir_all(&venv);
+            run(
+                Command::new("python3").arg("-m").arg("venv").arg(&venv),
+                "python3 -m venv",
+            );
+        }
+        run(
+            Command::new(&python)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                ])
+                .arg(format!("kubernetes-validate=={version}"))
+                .env("PIP_REQUIRE_VIRTUALENV", "1"),
+            "pip install kubernetes-validate",
+        );
+    });
+    assert!(
+        installed(&python),
+        "kubernetes-validate {version} is not runnable from {} after installing it",
+        python.display()
+    );
+    python
+}
+
+/// `systemd-analyze`: from `PATH`, else `/usr/bin/systemd-analyze` or `/bin/systemd-analyze`,
+/// else installed with `apt-get install systemd` when running as root. `Err` with the reason
+/// when it is missing and cannot be installed (not root, or no apt-get).
+pub fn systemd_analyze() -> Result<PathBuf, String> {
+    fn find() -> Option<PathBuf> {
+        let on_path = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .unwrap_or_default();
+        on_path
+            .into_iter()
+            .chain([PathBuf::from("/usr/bin"), PathBuf::from("/bin")])
+            .map(|d| d.join("systemd-analyze"))
+            .find(|p| p.is_file())
+    }
+    if let Some(found) = find() {
+        return Ok(found);
+    }
+    if !crate::is_root() || !Path::new("/usr/bin/apt-get").exists() {
+        return Err(
+            "systemd-analyze is not installed, and installing it (apt-get install \
+                    systemd) needs root and apt-get; install it, or run the tests as root"
+                .to_string(),
+        );
+    }
+    locked(|| {
+        if find().is_none() {
+            apt_install("systemd", "systemd-analyze");
+        }
+    });
+    find().ok_or_else(|| "apt-get install systemd did not provide systemd-analyze".to_string())
+}
+
+/// `apt-get install -y PACKAGE` (after `apt-get update`), as root only.
+fn apt_install(package: &str, for_what: &str) {
+    assert!(
+        crate::is_root() && Path::new("/usr/bin/apt-get").exists(),
+        "{for_what} needs the Debian package {package}: install it (apt-get install {package}), \
+         or run the tests as root so they install it"
+    );
+    eprintln!("paysaga-testkit: installing {package} (apt-get) for {for_what}");
+    run(
+        Command::new("apt-get").args(["update", "-qq"]),
+        "apt-get update",
+    );
+    run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", package])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        "apt-get install",
+    );
+}
