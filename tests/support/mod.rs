@@ -291,6 +291,7 @@ pub fn fast_worker(name: &str) -> WorkerConfig {
         reap_every: Duration::from_millis(200),
         shutdown_grace: Duration::from_secs(5),
         effect_window: Duration::from_secs(5),
+        ..WorkerConfig::default()
     }
 }
 

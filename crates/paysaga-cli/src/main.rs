@@ -2,6 +2,7 @@
 //! starting and inspecting sagas.
 
 mod demo;
+mod documents;
 mod operate;
 mod provider_metrics;
 
@@ -122,6 +123,9 @@ enum Command {
     /// Run the provider sandbox: the Lumanu, Blaaiz and Lean APIs with a money ledger,
     /// signed webhooks and fault injection.
     Sandbox(paysaga_sandbox::cli::SandboxArgs),
+    /// Documents (e.g. KYC scans) stored in the database for saga inputs: put, show, get.
+    #[command(subcommand)]
+    Documents(documents::DocumentsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,6 +167,9 @@ struct WorkerArgs {
     /// Do not apply migrations at start (run `paysaga migrate` as a separate job).
     #[arg(long, env = "PAYSAGA_NO_MIGRATE")]
     no_migrate: bool,
+    /// How long documents keep their content after their saga reached a final status.
+    #[arg(long, env = "PAYSAGA_DOCUMENT_RETENTION", default_value = "7d")]
+    document_retention: humantime::Duration,
 }
 
 /// Logs to stderr; `default_filter` applies when `RUST_LOG` is not set.
@@ -396,6 +403,7 @@ async fn main() -> Result<()> {
                 .await
                 .context("sandbox failed")?;
         }
+        Command::Documents(cmd) => documents::run(engine(url).await?, cmd).await?,
     }
     Ok(())
 }
@@ -454,6 +462,7 @@ async fn run_worker(url: Option<&str>, args: WorkerArgs) -> Result<()> {
         effect_window: Duration::from(args.lease_ttl) / 2
             + providers.longest_request_timeout()
             + Duration::from_secs(5),
+        document_retention: args.document_retention.into(),
         ..WorkerConfig::default()
     };
     if config.lease_ttl < Duration::from_millis(300) {
