@@ -85,7 +85,7 @@ impl Rig {
         self.engine
             .start(
                 workflow,
-                input(workflow, &self.run, n),
+                input(&self.engine, workflow, &self.run, n).await,
                 Some(&format!("{workflow}-{}-{n}", self.run)),
             )
             .await

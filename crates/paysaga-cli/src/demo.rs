@@ -685,11 +685,15 @@ mod tests {
 
     #[tokio::test]
     async fn documents_are_stored_and_the_input_names_them_by_id() {
-        let store = paysaga_store::connect("sqlite::memory:").await.expect("store");
+        let store = paysaga_store::connect("sqlite::memory:")
+            .await
+            .expect("store");
         store.migrate().await.expect("migrate");
         let engine = Engine::new(store, paysaga_runtime::Registry::new());
         let mut input: Value = serde_json::from_str(WORKFLOWS[1].input).expect("input");
-        put_documents(&engine, &mut input).await.expect("documents stored");
+        put_documents(&engine, &mut input)
+            .await
+            .expect("documents stored");
         let docs = input["documents"].as_array().expect("documents");
         assert_eq!(docs.len(), 3);
         for doc in docs {

@@ -141,10 +141,9 @@ pub async fn run(engine: Engine, cmd: DocumentsCommand) -> Result<()> {
             }
         }
         DocumentsCommand::Get { id, output } => {
-            let content = engine
-                .document_content(id)
-                .await?
-                .with_context(|| format!("document {id} not found, or its content was deleted by retention"))?;
+            let content = engine.document_content(id).await?.with_context(|| {
+                format!("document {id} not found, or its content was deleted by retention")
+            })?;
             if output.as_os_str() == "-" {
                 if std::io::stdout().is_terminal() {
                     bail!("refusing to write document {id} to a terminal: pass --output FILE, or redirect stdout");

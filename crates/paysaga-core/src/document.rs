@@ -242,6 +242,9 @@ mod tests {
             content: b"A12345678".to_vec(),
         };
         let shown = format!("{doc:?}");
-        assert!(!shown.contains("A12345678") && !shown.contains("65, 49"), "{shown}");
+        assert!(
+            !shown.contains("A12345678") && !shown.contains("65, 49"),
+            "{shown}"
+        );
     }
 }

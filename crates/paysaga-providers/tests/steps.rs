@@ -1114,7 +1114,10 @@ async fn validation_errors_name_the_field() {
 
     let docs = |id: &str| json!({"customer_id": null, "documents": [{"file_category": "identity", "document_id": id}]});
     assert_eq!(
-        v("blaaiz.upload_documents", docs(&document("passport-front.png"))),
+        v(
+            "blaaiz.upload_documents",
+            docs(&document("passport-front.png"))
+        ),
         Ok(())
     );
     let e = err("blaaiz.upload_documents", docs("passport-front.png"));
@@ -1127,7 +1130,10 @@ async fn validation_errors_name_the_field() {
         "blaaiz.upload_documents",
         json!({"customer_id": null, "documents": [{"file_category": "identity", "path": "/etc/passwd"}]}),
     );
-    assert!(e.contains("documents[0].path") && e.contains("documents put"), "{e}");
+    assert!(
+        e.contains("documents[0].path") && e.contains("documents put"),
+        "{e}"
+    );
     let e = err(
         "blaaiz.upload_documents",
         json!({"customer_id": null, "documents": [{"file_category": "selfie", "document_id": document("passport-front.png")}]}),

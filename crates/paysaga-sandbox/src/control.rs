@@ -21,6 +21,7 @@ pub(crate) fn router() -> Router<App> {
         .route("/webhooks", get(webhooks))
         .route("/reset", post(reset))
         .nest("/blaaiz/uploads", blaaiz::upload_router())
+        .route("/blaaiz/files/{file_id}", get(blaaiz::uploaded_file))
 }
 
 /// `GET /_sandbox/ledger`: every money movement, oldest first.

@@ -1627,13 +1627,14 @@ mod tests {
         .execute(&pool)
         .await
         .unwrap();
-        let sweep: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", expired_documents_sql()))
-            .bind(60.0_f64)
-            .bind(86_400.0_f64)
-            .bind(100_i64)
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+        let sweep: Vec<String> =
+            sqlx::query_scalar(&format!("EXPLAIN {}", expired_documents_sql()))
+                .bind(60.0_f64)
+                .bind(86_400.0_f64)
+                .bind(100_i64)
+                .fetch_all(&pool)
+                .await
+                .unwrap();
         assert!(
             sweep.join("\n").contains("paysaga_documents_with_content"),
             "document retention plan:\n{}",

@@ -1600,7 +1600,8 @@ fn document_from_row(row: &SqliteRow) -> Result<DocumentRecord, Error> {
 /// batch size, `$4` now): documents that still hold content (the partial index
 /// `paysaga_documents_with_content`, oldest first) whose saga finished before `$1`, or that
 /// no existing saga holds and were stored before `$2`. The content goes; the rest stays.
-const EXPIRED_DOCUMENTS_SQL: &str = "UPDATE paysaga_documents SET content = NULL, content_deleted_at = $4
+const EXPIRED_DOCUMENTS_SQL: &str =
+    "UPDATE paysaga_documents SET content = NULL, content_deleted_at = $4
      WHERE id IN (
          SELECT d.id FROM paysaga_documents d
          LEFT JOIN paysaga_sagas s ON s.id = d.saga_id

@@ -15,8 +15,8 @@ use paysaga_core::{
     ActiveWait, Definition, DocumentId, HistoryEntry, HistoryKind, SagaStatus, StepDef, Transition,
 };
 use paysaga_store::{
-    Commit, EffectMark, Error, EventFilter, NewDocument, NewEvent, NewSaga, OperatorAction, SagaFilter,
-    SagaRecord, Store, WorkerInfo,
+    Commit, EffectMark, Error, EventFilter, NewDocument, NewEvent, NewSaga, OperatorAction,
+    SagaFilter, SagaRecord, Store, WorkerInfo,
 };
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -1691,7 +1691,6 @@ async fn appended_history_entries_keep_their_actor_and_order(e: Env) {
     assert_eq!(history[2].error.as_deref(), Some("note"));
 }
 
-
 // ---------------------------------------------------------------------------------------
 // Documents
 
@@ -1712,7 +1711,11 @@ async fn documents_keep_exact_bytes_and_a_claim_is_all_or_nothing(e: Env) {
     let stored = s.put_document(&doc).await.unwrap();
     assert_eq!(stored.id, doc.id);
     assert_eq!(
-        (stored.size, stored.sha256.as_str(), stored.content_type.as_str()),
+        (
+            stored.size,
+            stored.sha256.as_str(),
+            stored.content_type.as_str()
+        ),
         (4096, doc.sha256.as_str(), "image/png")
     );
     assert!(stored.saga_id.is_none() && stored.content_deleted_at.is_none());
@@ -1723,9 +1726,12 @@ async fn documents_keep_exact_bytes_and_a_claim_is_all_or_nothing(e: Env) {
     assert_eq!(s.document(missing).await.unwrap(), None);
     assert_eq!(s.document_content(missing).await.unwrap(), None);
     assert!(
-        s.put_document(&NewDocument { id: doc.id, ..new_document(b"x", "text/plain") })
-            .await
-            .is_err(),
+        s.put_document(&NewDocument {
+            id: doc.id,
+            ..new_document(b"x", "text/plain")
+        })
+        .await
+        .is_err(),
         "an id is stored once"
     );
 
@@ -1738,14 +1744,20 @@ async fn documents_keep_exact_bytes_and_a_claim_is_all_or_nothing(e: Env) {
     assert_eq!(s.document(doc.id).await.unwrap().unwrap().saga_id, None);
 
     s.claim_documents(saga_a, &[doc.id]).await.unwrap();
-    assert_eq!(s.document(doc.id).await.unwrap().unwrap().saga_id, Some(saga_a));
+    assert_eq!(
+        s.document(doc.id).await.unwrap().unwrap().saga_id,
+        Some(saga_a)
+    );
     s.claim_documents(saga_a, &[doc.id]).await.unwrap(); // the holder again: fine
     let saga_b = Uuid::new_v4();
     match s.claim_documents(saga_b, &[doc.id]).await {
         Err(Error::Refused(why)) => assert!(why.contains(&saga_a.to_string()), "{why}"),
         other => panic!("expected Refused, got {other:?}"),
     }
-    assert_eq!(s.document(doc.id).await.unwrap().unwrap().saga_id, Some(saga_a));
+    assert_eq!(
+        s.document(doc.id).await.unwrap().unwrap().saga_id,
+        Some(saga_a)
+    );
     assert_eq!(s.release_documents(saga_a).await.unwrap(), 1);
     assert_eq!(s.document(doc.id).await.unwrap().unwrap().saga_id, None);
 }
@@ -1778,7 +1790,10 @@ async fn document_content_goes_once_its_saga_is_final_plus_retention_and_metadat
     s.claim_documents(running.id, &[d2.id]).await.unwrap();
 
     // Within the retention nothing goes.
-    assert_eq!(s.delete_expired_documents(hour, hour, 100).await.unwrap(), 0);
+    assert_eq!(
+        s.delete_expired_documents(hour, hour, 100).await.unwrap(),
+        0
+    );
     assert_eq!(
         s.document_content(d1.id).await.unwrap().as_deref(),
         Some(&b"passport front"[..])
@@ -1786,7 +1801,9 @@ async fn document_content_goes_once_its_saga_is_final_plus_retention_and_metadat
     tokio::time::sleep(Duration::from_millis(20)).await;
     // Retention over for the finished saga: only its document's content goes.
     assert_eq!(
-        s.delete_expired_documents(Duration::from_millis(1), hour, 100).await.unwrap(),
+        s.delete_expired_documents(Duration::from_millis(1), hour, 100)
+            .await
+            .unwrap(),
         1
     );
     assert_eq!(s.document_content(d1.id).await.unwrap(), None);
@@ -1802,11 +1819,15 @@ async fn document_content_goes_once_its_saga_is_final_plus_retention_and_metadat
     }
     // Documents no existing saga holds go after their own delay, in batches.
     assert_eq!(
-        s.delete_expired_documents(Duration::from_millis(1), Duration::ZERO, 1).await.unwrap(),
+        s.delete_expired_documents(Duration::from_millis(1), Duration::ZERO, 1)
+            .await
+            .unwrap(),
         1
     );
     assert_eq!(
-        s.delete_expired_documents(Duration::from_millis(1), Duration::ZERO, 100).await.unwrap(),
+        s.delete_expired_documents(Duration::from_millis(1), Duration::ZERO, 100)
+            .await
+            .unwrap(),
         1
     );
     assert_eq!(s.document_content(d3.id).await.unwrap(), None);
@@ -1817,7 +1838,9 @@ async fn document_content_goes_once_its_saga_is_final_plus_retention_and_metadat
         Some(&b"passport back"[..])
     );
     assert_eq!(
-        s.delete_expired_documents(Duration::ZERO, Duration::ZERO, 100).await.unwrap(),
+        s.delete_expired_documents(Duration::ZERO, Duration::ZERO, 100)
+            .await
+            .unwrap(),
         0
     );
     // A document whose content went cannot be given to a new saga.

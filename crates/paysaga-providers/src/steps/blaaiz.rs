@@ -171,7 +171,9 @@ fn documents_params(f: &Fields<'_>) -> Result<(String, Vec<DocumentParam>), Stri
     for (i, item) in docs.iter().enumerate() {
         let at = format!("documents[{i}]");
         if !item.is_object() {
-            return Err(format!("{at} must be an object {{file_category, document_id}}"));
+            return Err(format!(
+                "{at} must be an object {{file_category, document_id}}"
+            ));
         }
         let wrapper = json!({ at.clone(): item });
         let outer = Fields::new(&wrapper, Mode::Run)?;
