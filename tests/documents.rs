@@ -199,11 +199,11 @@ async fn blaaiz_documents_reach_the_sandbox_from_a_worker_without_the_starters_d
     for (category, (id, bytes)) in &expected {
         loop {
             let doc = engine.document(*id).await.unwrap().unwrap();
-            if doc.content_deleted_at.is_some() {
+            if let Some(deleted_at) = doc.content_deleted_at {
                 assert_eq!(engine.document_content(*id).await.unwrap(), None);
                 assert_eq!(doc.sha256, paysaga_core::sha256_hex(bytes), "{category}");
                 assert_eq!(doc.size, bytes.len() as i64, "{category}");
-                assert!(doc.content_deleted_at.unwrap() >= saga.finished_at.unwrap());
+                assert!(deleted_at >= saga.finished_at.unwrap());
                 break;
             }
             assert!(
