@@ -183,8 +183,12 @@ impl Engine {
                 actor: req.actor,
             })
             .await;
-        if claimed && !matches!(&created, Ok((saga, true)) if saga.id == id) {
-            // Not inserted (an error, or the key named a saga already): give them back.
+        // Surely not inserted (the key named a saga already): give the documents back. After
+        // another error the insert may have committed: they stay with the id (if no saga has
+        // it, retention treats them as given to none).
+        let not_inserted = matches!(&created, Ok((saga, _)) if saga.id != id)
+            || matches!(&created, Err(paysaga_store::Error::KeyReused { .. }));
+        if claimed && not_inserted {
             if let Err(e) = self.store.release_documents(id).await {
                 warn!(error = %e, "could not give back the documents of a saga that was not inserted; they go with retention");
             }
