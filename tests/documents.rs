@@ -294,3 +294,118 @@ async fn start_naming_a_missing_or_taken_document_is_refused_and_stores_nothing(
         other => panic!("expected DocumentTooLarge, got {other:?}"),
     }
 }
+
+/// A step kind that reads the document its input names (as `blaaiz.upload_documents` does)
+/// and outputs its size and SHA-256.
+#[derive(Debug)]
+struct ReadDocument;
+
+#[async_trait::async_trait]
+impl paysaga_core::StepKind for ReadDocument {
+    fn name(&self) -> &'static str {
+        "test.read_document"
+    }
+    fn documents(&self, params: &Value) -> Vec<DocumentId> {
+        params["document_id"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .into_iter()
+            .collect()
+    }
+    async fn run(
+        &self,
+        ctx: &paysaga_core::StepContext,
+        params: Value,
+    ) -> paysaga_core::StepOutcome {
+        let id: DocumentId = params["document_id"].as_str().unwrap().parse().unwrap();
+        match ctx.documents.read(ctx, id).await {
+            Ok(doc) => paysaga_core::StepOutcome::Done(json!({
+                "size": doc.content.len(),
+                "sha256": paysaga_core::sha256_hex(&doc.content),
+            })),
+            Err(e) => paysaga_core::StepOutcome::fail(e.to_string()),
+        }
+    }
+}
+
+/// The worker reads a step's document from the store and checks it against the SHA-256
+/// recorded when it was stored: a document whose stored bytes changed fails the step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_reads_documents_from_the_store_and_refuses_content_that_does_not_match_its_hash() {
+    let db = paysaga_testkit::database().await;
+    let store = paysaga_store::PgStore::connect(db.url()).await.unwrap();
+    paysaga_store::Store::migrate(&store).await.unwrap();
+    let pool = store.pool().clone();
+    let mut registry = paysaga_runtime::Registry::new();
+    registry.register(ReadDocument);
+    let engine = paysaga_runtime::Engine::new(std::sync::Arc::new(store), registry);
+    engine
+        .submit_definition(
+            &paysaga_core::Definition::from_toml(
+                r#"
+name = "read_doc"
+version = 1
+[[steps]]
+name = "read"
+kind = "test.read_document"
+params = { document_id = "$.input.document_id" }
+retry = { max_attempts = 1 }
+"#,
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let good_bytes = b"passport scan \x00\xff".to_vec();
+    let good = engine
+        .put_document(good_bytes.clone(), "image/png")
+        .await
+        .unwrap();
+    let tampered = engine
+        .put_document(b"utility bill".to_vec(), "application/pdf")
+        .await
+        .unwrap();
+    let a = engine
+        .start("read_doc", json!({"document_id": good}), None)
+        .await
+        .unwrap();
+    let b = engine
+        .start("read_doc", json!({"document_id": tampered}), None)
+        .await
+        .unwrap();
+    // Same size, other bytes: only the hash can tell.
+    sqlx::query("UPDATE paysaga_documents SET content = 'UTILITY BILL'::bytea WHERE id = $1")
+        .bind(tampered.0)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let worker = support::spawn_worker(&engine, support::fast_worker("docs"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let final_of = |id: Uuid| {
+        let engine = engine.clone();
+        async move {
+            loop {
+                let s = engine.store().saga(id).await.unwrap().unwrap();
+                if s.status.is_final() {
+                    return s;
+                }
+                assert!(Instant::now() < deadline, "saga {id} not final: {s:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let a = final_of(a.saga_id).await;
+    assert_eq!(a.status, SagaStatus::Completed, "{:?}", a.last_error);
+    assert_eq!(
+        a.outputs["read"],
+        json!({"size": good_bytes.len(), "sha256": paysaga_core::sha256_hex(&good_bytes)})
+    );
+    let b = final_of(b.saga_id).await;
+    assert_ne!(b.status, SagaStatus::Completed);
+    let error = b.last_error.unwrap_or_default();
+    assert!(
+        error.contains(&tampered.to_string()) && error.contains("SHA-256"),
+        "{error}"
+    );
+    worker.shutdown().await;
+}
