@@ -157,11 +157,10 @@ async fn chaos_loses_no_saga_and_pays_no_payout_twice() {
             for n in 0..sagas_wanted {
                 let workflow = WORKFLOWS[n % WORKFLOWS.len()];
                 let key = format!("chaos-{run}-{n}");
+                // Once: a start retried after a lost answer must repeat the same input.
+                let input = input(&engine, workflow, &run, n).await;
                 loop {
-                    match engine
-                        .start(workflow, input(workflow, &run, n), Some(&key))
-                        .await
-                    {
+                    match engine.start(workflow, input.clone(), Some(&key)).await {
                         Ok(s) => {
                             ids.push(s.saga_id);
                             break;

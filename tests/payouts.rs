@@ -85,7 +85,7 @@ impl Rig {
         self.engine
             .start(
                 workflow,
-                input(workflow, &self.run, n),
+                input(&self.engine, workflow, &self.run, n).await,
                 Some(&format!("{workflow}-{}-{n}", self.run)),
             )
             .await
@@ -742,7 +742,7 @@ async fn start_with_a_dot_segment_identifier_is_refused_and_nothing_is_stored() 
     let db = paysaga_testkit::database().await;
     let engine = control_engine(db.url()).await;
     for bad in ["..", "."] {
-        let mut v = input("lumanu_prefund", "dots", 0);
+        let mut v = input(&engine, "lumanu_prefund", "dots", 0).await;
         v["workspace_id"] = serde_json::json!(bad);
         let err = engine
             .start("lumanu_prefund", v, Some(&format!("dots-{bad}")))

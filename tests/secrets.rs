@@ -168,9 +168,16 @@ fn cli_err(transcript: &mut String, db_url: &str, args: &[&str]) -> String {
     run.stderr
 }
 
-/// The example input of `workflow`, with document paths made absolute and the fields that
-/// must be unique per saga suffixed with `tag`; written to `dir`. Returns the file's path.
-fn input_file(dir: &Path, workflow: &str, tag: &str) -> String {
+/// The example input of `workflow`, with its documents stored (`paysaga documents put`) and
+/// the fields that must be unique per saga suffixed with `tag`; written to `dir`. Returns the
+/// file's path.
+fn input_file(
+    transcript: &mut String,
+    db_url: &str,
+    dir: &Path,
+    workflow: &str,
+    tag: &str,
+) -> String {
     let text = std::fs::read_to_string(repo().join(format!("workflows/examples/{workflow}.json")))
         .unwrap();
     let mut v: Value = serde_json::from_str(&text).unwrap();
@@ -182,8 +189,18 @@ fn input_file(dir: &Path, workflow: &str, tag: &str) -> String {
         "blaaiz_kyc_payout" => {
             v["customer"]["email"] = json!(format!("kyc-{tag}@example.com"));
             for doc in v["documents"].as_array_mut().unwrap() {
-                let path = repo().join(doc["path"].as_str().unwrap());
-                doc["path"] = json!(path.to_str().unwrap());
+                let file = match doc["file_category"].as_str().unwrap() {
+                    "identity" => "passport-front.png",
+                    "identity_back" => "passport-back.png",
+                    _ => "utility-bill.pdf",
+                };
+                let path = repo().join("workflows/examples/documents").join(file);
+                let id = cli_ok(
+                    transcript,
+                    db_url,
+                    &["documents", "put", path.to_str().unwrap()],
+                );
+                doc["document_id"] = json!(id.trim());
             }
         }
         "lean_payout" => {
@@ -315,7 +332,7 @@ async fn secrets_and_access_tokens_never_reach_logs_cli_output_or_the_database()
     // The three workflows, to completion.
     let mut ids = Vec::new();
     for w in WORKFLOWS {
-        let file = input_file(&inputs, w, "ok");
+        let file = input_file(&mut t, &url, &inputs, w, "ok");
         let id = cli_ok(
             &mut t,
             &url,
@@ -352,7 +369,7 @@ async fn secrets_and_access_tokens_never_reach_logs_cli_output_or_the_database()
     );
     let mut refused = Vec::new();
     for w in WORKFLOWS {
-        let file = input_file(&inputs, w, "refused");
+        let file = input_file(&mut t, &url, &inputs, w, "refused");
         let id = cli_ok(
             &mut t,
             &url,

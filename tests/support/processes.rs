@@ -172,7 +172,24 @@ impl WorkerProcess {
         log: &Path,
         extra_env: &[(&str, &str)],
     ) -> WorkerProcess {
-        let child = Command::new(BIN)
+        Self::start_in(db_url, http_port, sandbox_port, name, log, extra_env, None)
+    }
+
+    /// [`WorkerProcess::start_with_env`] in working directory `cwd` (default: the test's).
+    pub fn start_in(
+        db_url: &str,
+        http_port: u16,
+        sandbox_port: u16,
+        name: &str,
+        log: &Path,
+        extra_env: &[(&str, &str)],
+        cwd: Option<&Path>,
+    ) -> WorkerProcess {
+        let mut command = Command::new(BIN);
+        if let Some(dir) = cwd {
+            command.current_dir(dir);
+        }
+        let child = command
             .args([
                 "worker",
                 "--http-addr",

@@ -8,6 +8,17 @@ use std::time::Duration;
 use paysaga_core::{Attempts, Definition};
 use serde_json::{json, Value};
 
+/// The example document file (under `workflows/examples/documents/`) and content type of a
+/// Blaaiz `file_category`.
+pub fn example_document(category: &str) -> (&'static str, &'static str) {
+    match category {
+        "identity" => ("passport-front.png", "image/png"),
+        "identity_back" => ("passport-back.png", "image/png"),
+        "proof_of_address" => ("utility-bill.pdf", "application/pdf"),
+        other => panic!("no example document for {other}"),
+    }
+}
+
 /// The Lumanu workspace of saga `n` of run `run`.
 pub fn lumanu_workspace(run: &str, n: usize) -> String {
     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("{run}-{n}").as_bytes()).to_string()
@@ -64,8 +75,9 @@ pub fn test_definition(workflow: &str) -> Definition {
 }
 
 /// The input of saga `n` of `workflow`: the example input with fields made unique per saga
-/// (emails, user ids, accounts, descriptions), small amounts.
-pub fn input(workflow: &str, run: &str, n: usize) -> Value {
+/// (emails, user ids, accounts, descriptions), small amounts; the Blaaiz KYC documents are
+/// stored in `engine` first (one set per saga; retried while the database is away).
+pub async fn input(engine: &paysaga_runtime::Engine, workflow: &str, run: &str, n: usize) -> Value {
     let text = std::fs::read_to_string(repo().join(format!("workflows/examples/{workflow}.json")))
         .unwrap();
     let mut v: Value = serde_json::from_str(&text).unwrap();
@@ -81,8 +93,16 @@ pub fn input(workflow: &str, run: &str, n: usize) -> Value {
         "blaaiz_kyc_payout" => {
             v["customer"]["email"] = json!(format!("kyc-{run}-{n}@example.com"));
             for doc in v["documents"].as_array_mut().unwrap() {
-                let path = repo().join(doc["path"].as_str().unwrap());
-                doc["path"] = json!(path.to_str().unwrap());
+                let (file, content_type) = example_document(doc["file_category"].as_str().unwrap());
+                let bytes =
+                    std::fs::read(repo().join("workflows/examples/documents").join(file)).unwrap();
+                let id = loop {
+                    match engine.put_document(bytes.clone(), content_type).await {
+                        Ok(id) => break id,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    }
+                };
+                doc["document_id"] = json!(id);
             }
             v["payout"]["amount"] = json!(10_000 + n as i64);
             v["payout"]["account_number"] = json!(format!("{:010}", 1_000_000 + n));

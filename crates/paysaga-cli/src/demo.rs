@@ -10,13 +10,13 @@
 //! * one worker with the three providers' step kinds, configured for the sandbox.
 //!
 //! The workflow definitions, their example inputs and the example KYC documents are embedded
-//! in the binary, so the demo works from any working directory (the documents are written to a
-//! temporary directory for the run).
+//! in the binary, so the demo works from any working directory. The documents are stored in
+//! the database first (as `paysaga documents put` does) and the Blaaiz input names them by id.
 //!
 //! Database: see [`open_database`].
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,18 +60,21 @@ const WORKFLOWS: [Workflow; 3] = [
     },
 ];
 
-/// The example KYC documents the Blaaiz input names (by file name).
-const DOCUMENTS: [(&str, &[u8]); 3] = [
+/// The example KYC documents, by the Blaaiz input's `file_category`: (content type, bytes).
+const DOCUMENTS: [(&str, &str, &[u8]); 3] = [
     (
-        "passport-front.png",
+        "identity",
+        "image/png",
         include_bytes!("../../../workflows/examples/documents/passport-front.png"),
     ),
     (
-        "passport-back.png",
+        "identity_back",
+        "image/png",
         include_bytes!("../../../workflows/examples/documents/passport-back.png"),
     ),
     (
-        "utility-bill.pdf",
+        "proof_of_address",
+        "application/pdf",
         include_bytes!("../../../workflows/examples/documents/utility-bill.pdf"),
     ),
 ];
@@ -169,29 +172,27 @@ fn sandbox_provider_env(base: &str) -> HashMap<&'static str, String> {
     env
 }
 
-/// Writes the embedded documents to `dir` and points the input's `documents[].path` at them.
-fn localize_documents(input: &mut Value, dir: &Path) -> Result<()> {
+/// Stores the embedded documents in the engine and puts their ids in the input's
+/// `documents[].document_id` (the example's ids are placeholders).
+async fn put_documents(engine: &Engine, input: &mut Value) -> Result<()> {
     let Some(docs) = input.get_mut("documents").and_then(Value::as_array_mut) else {
         return Ok(());
     };
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     for doc in docs {
-        let path = doc
-            .get("path")
+        let category = doc
+            .get("file_category")
             .and_then(Value::as_str)
-            .context("a document in the example input has no path")?;
-        let file = Path::new(path)
-            .file_name()
-            .and_then(|f| f.to_str())
-            .with_context(|| format!("document path {path} has no file name"))?;
-        let (_, bytes) = DOCUMENTS
+            .context("a document in the example input has no file_category")?
+            .to_owned();
+        let (_, content_type, bytes) = DOCUMENTS
             .iter()
-            .find(|(name, _)| *name == file)
-            .with_context(|| format!("document {file} is not embedded in the binary"))?;
-        let target = dir.join(file);
-        std::fs::write(&target, bytes)
-            .with_context(|| format!("cannot write {}", target.display()))?;
-        doc["path"] = Value::String(target.to_string_lossy().into_owned());
+            .find(|(c, _, _)| *c == category)
+            .with_context(|| format!("no {category} document is embedded in the binary"))?;
+        let id = engine
+            .put_document(bytes.to_vec(), content_type)
+            .await
+            .with_context(|| format!("cannot store the example {category} document"))?;
+        doc["document_id"] = Value::String(id.to_string());
     }
     Ok(())
 }
@@ -209,16 +210,14 @@ pub async fn run(url: Option<&str>) -> Result<()> {
     let run_id = Uuid::new_v4().simple().to_string();
     let db = open_database(url, &run_id).await?;
     println!("database  {}", db.label);
-    let docs_dir = std::env::temp_dir().join(format!("paysaga-demo-{run_id}"));
-    let outcome = run_in(&db, &run_id, &docs_dir).await;
-    let _ = std::fs::remove_dir_all(&docs_dir);
+    let outcome = run_in(&db, &run_id).await;
     db.finish(matches!(outcome, Ok(true))).await;
     outcome.map(|_| ())
 }
 
 /// Everything between opening and closing the database. `Ok(true)`: every saga completed.
 /// A saga that did not complete is reported as an error after the summary was printed.
-async fn run_in(db: &DemoDatabase, run_id: &str, docs_dir: &Path) -> Result<bool> {
+async fn run_in(db: &DemoDatabase, run_id: &str) -> Result<bool> {
     // The worker's HTTP app is bound first: its address is the sandbox's webhook target.
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
         .await
@@ -280,7 +279,7 @@ async fn run_in(db: &DemoDatabase, run_id: &str, docs_dir: &Path) -> Result<bool
         })
     });
 
-    let result = drive(&engine, run_id, docs_dir).await;
+    let result = drive(&engine, run_id).await;
 
     let _ = stop_tx.send(true);
     match worker.await {
@@ -342,12 +341,12 @@ async fn run_in(db: &DemoDatabase, run_id: &str, docs_dir: &Path) -> Result<bool
 
 /// Starts the three sagas and prints their progress until all are final, the timeout passes
 /// or the user interrupts.
-async fn drive(engine: &Engine, run_id: &str, docs_dir: &Path) -> Result<Vec<Tracked>> {
+async fn drive(engine: &Engine, run_id: &str) -> Result<Vec<Tracked>> {
     let mut sagas = Vec::new();
     for wf in &WORKFLOWS {
         let mut input: Value = serde_json::from_str(wf.input)
             .with_context(|| format!("embedded example input of {}", wf.name))?;
-        localize_documents(&mut input, docs_dir)?;
+        put_documents(engine, &mut input).await?;
         let key = format!("demo-{run_id}-{}", wf.name);
         let started = engine
             .start(wf.name, input, Some(&key))
@@ -673,7 +672,6 @@ fn mask_account(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
 
     #[test]
     fn embedded_workflows_parse_and_name_themselves() {
@@ -684,19 +682,36 @@ mod tests {
         }
     }
 
-    #[test]
-    fn documents_are_written_and_the_input_points_at_them() {
-        let dir = std::env::temp_dir().join(format!("paysaga-demo-test-{}", Uuid::new_v4()));
+    #[tokio::test]
+    async fn documents_are_stored_and_the_input_names_them_by_id() {
+        let store = paysaga_store::connect("sqlite::memory:")
+            .await
+            .expect("store");
+        store.migrate().await.expect("migrate");
+        let engine = Engine::new(store, paysaga_runtime::Registry::new());
         let mut input: Value = serde_json::from_str(WORKFLOWS[1].input).expect("input");
-        localize_documents(&mut input, &dir).expect("documents written");
+        put_documents(&engine, &mut input)
+            .await
+            .expect("documents stored");
         let docs = input["documents"].as_array().expect("documents");
         assert_eq!(docs.len(), 3);
         for doc in docs {
-            let path = PathBuf::from(doc["path"].as_str().expect("path"));
-            assert!(path.starts_with(&dir), "{}", path.display());
-            assert!(!std::fs::read(&path).expect("readable").is_empty());
+            let id: paysaga_core::DocumentId = doc["document_id"]
+                .as_str()
+                .expect("document_id")
+                .parse()
+                .expect("an id");
+            let (_, content_type, bytes) = DOCUMENTS
+                .iter()
+                .find(|(c, _, _)| Some(*c) == doc["file_category"].as_str())
+                .expect("embedded");
+            let stored = engine.document(id).await.expect("read").expect("stored");
+            assert_eq!(stored.content_type, *content_type);
+            assert_eq!(
+                engine.document_content(id).await.expect("read").as_deref(),
+                Some(*bytes)
+            );
         }
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 #[cfg(feature = "dev")]
 mod demo;
+mod documents;
 mod operate;
 mod provider_metrics;
 
@@ -135,6 +136,9 @@ enum Command {
     /// signed webhooks and fault injection. Development builds only (feature `dev`).
     #[cfg(feature = "dev")]
     Sandbox(paysaga_sandbox::cli::SandboxArgs),
+    /// Documents (e.g. KYC scans) stored in the database for saga inputs: put, show, get.
+    #[command(subcommand)]
+    Documents(documents::DocumentsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -176,6 +180,9 @@ struct WorkerArgs {
     /// Do not apply migrations at start (run `paysaga migrate` as a separate job).
     #[arg(long, env = "PAYSAGA_NO_MIGRATE")]
     no_migrate: bool,
+    /// How long documents keep their content after their saga reached a final status.
+    #[arg(long, env = "PAYSAGA_DOCUMENT_RETENTION", default_value = "7d")]
+    document_retention: humantime::Duration,
 }
 
 /// The built-in `noop.sleep` plus the given provider step kinds.
@@ -425,6 +432,7 @@ async fn main() -> Result<()> {
                 .await
                 .context("sandbox failed")?;
         }
+        Command::Documents(cmd) => documents::run(engine(db).await?, cmd).await?,
     }
     Ok(())
 }
@@ -498,6 +506,7 @@ async fn run_worker(db: &Db<'_>, args: WorkerArgs) -> Result<()> {
     config.effect_window = Duration::from(args.lease_ttl) / 2
         + providers.longest_request_timeout()
         + Duration::from_secs(5);
+    config.document_retention = args.document_retention.into();
     if config.lease_ttl < Duration::from_millis(300) {
         bail!("--lease-ttl must be at least 300ms");
     }

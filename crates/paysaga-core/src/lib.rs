@@ -35,6 +35,7 @@
 //! ```
 
 pub mod definition;
+pub mod document;
 pub mod operator;
 pub mod retry;
 pub mod saga;
@@ -42,6 +43,10 @@ pub mod step;
 
 pub use definition::{
     CompiledDefinition, CompiledStep, Definition, DefinitionError, Params, StepDef,
+};
+pub use document::{
+    sha256_hex, BadDocumentId, Document, DocumentError, DocumentId, DocumentSource,
+    InMemoryDocuments,
 };
 pub use retry::{Attempts, RetryDecision, RetryPolicy};
 pub use saga::alert_entries;

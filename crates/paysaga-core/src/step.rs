@@ -87,6 +87,9 @@ pub struct StepContext {
     /// Guards requests whose effect the provider cannot deduplicate: see
     /// [`StepContext::begin_effect`].
     pub effects: Arc<dyn EffectGuard>,
+    /// The engine's documents (see [`crate::document`]): read the ones the step's
+    /// parameters name with `ctx.documents.read(ctx, id)`.
+    pub documents: Arc<dyn crate::DocumentSource>,
 }
 
 impl StepContext {
@@ -295,6 +298,14 @@ pub trait StepKind: Send + Sync + std::fmt::Debug + 'static {
             compensable: self.compensable(),
             irreversible: self.irreversible(),
         }
+    }
+
+    /// The documents (see [`crate::document`]) that parameters already checked by
+    /// [`StepKind::validate`] reference. `start` refuses an input naming one that does not
+    /// exist (or whose content is gone, or that another saga holds), and gives them to the
+    /// new saga; nothing is stored when it refuses.
+    fn documents(&self, _params: &Value) -> Vec<crate::DocumentId> {
+        Vec::new()
     }
 }
 

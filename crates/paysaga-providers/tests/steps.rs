@@ -149,6 +149,7 @@ fn ctx(saga: Uuid, workflow: &str, step: &str) -> StepContext {
         output: None,
         now: Utc::now(),
         effects: std::sync::Arc::new(paysaga_core::Unguarded),
+        documents: std::sync::Arc::new(DOCUMENTS.clone()),
     }
 }
 
@@ -179,12 +180,24 @@ fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+fn document_path(name: &str) -> PathBuf {
+    repo_root().join("workflows/examples/documents").join(name)
+}
+
+/// The documents steps read in these tests (the worker reads them from the engine's store).
+static DOCUMENTS: std::sync::LazyLock<paysaga_core::InMemoryDocuments> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Stores an example document and returns its id.
 fn document(name: &str) -> String {
-    repo_root()
-        .join("workflows/examples/documents")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
+    let content_type = if name.ends_with(".pdf") {
+        "application/pdf"
+    } else {
+        "image/png"
+    };
+    DOCUMENTS
+        .put(std::fs::read(document_path(name)).unwrap(), content_type)
+        .to_string()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -499,7 +512,7 @@ async fn verified_customer(
             "blaaiz.upload_documents",
             &ctx(saga, wf, "upload_documents"),
             &json!({"customer_id": customer_id, "documents": [
-                {"file_category": "identity", "path": document("passport-front.png")}]}),
+                {"file_category": "identity", "document_id": document("passport-front.png")}]}),
         )
         .await,
     );
@@ -556,15 +569,17 @@ async fn blaaiz_kyc_and_payout_steps_create_each_object_once() {
             "blaaiz.upload_documents",
             &ctx(saga, wf, "upload_documents"),
             &json!({"customer_id": customer_id, "documents": [
-                {"file_category": "identity", "path": front},
-                {"file_category": "proof_of_address", "path": bill}]}),
+                {"file_category": "identity", "document_id": front},
+                {"file_category": "proof_of_address", "document_id": bill}]}),
         )
         .await,
     );
     let files = upload["files"].as_array().unwrap();
     assert_eq!(files.len(), 2);
-    let bytes = std::fs::read(&front).unwrap();
+    let bytes = std::fs::read(document_path("passport-front.png")).unwrap();
     assert_eq!(files[0]["file_category"], "identity");
+    assert_eq!(files[0]["document_id"], json!(front));
+    assert_eq!(files[0]["content_type"], "image/png");
     assert_eq!(files[0]["sha256"], hex::encode(Sha256::digest(&bytes)));
     assert_eq!(files[0]["size"], bytes.len());
     assert!(!files[0]["file_id"].as_str().unwrap().is_empty());
@@ -1144,27 +1159,36 @@ async fn validation_errors_name_the_field() {
     );
     assert!(e.contains("customer.type"), "{e}");
 
-    let docs = |path: String| json!({"customer_id": null, "documents": [{"file_category": "identity", "path": path}]});
+    let docs = |id: &str| json!({"customer_id": null, "documents": [{"file_category": "identity", "document_id": id}]});
     assert_eq!(
         v(
             "blaaiz.upload_documents",
-            docs(document("passport-front.png"))
+            docs(&document("passport-front.png"))
         ),
         Ok(())
     );
-    let e = err("blaaiz.upload_documents", docs(document("missing.png")));
+    let e = err("blaaiz.upload_documents", docs("passport-front.png"));
     assert!(
-        e.contains("documents[0].path") && e.contains("missing.png"),
+        e.contains("documents[0].document_id") && e.contains("paysaga documents put"),
+        "{e}"
+    );
+    // A file path is refused, not read: the worker reads nothing from its own disk.
+    let e = err(
+        "blaaiz.upload_documents",
+        json!({"customer_id": null, "documents": [{"file_category": "identity", "path": "/etc/passwd"}]}),
+    );
+    assert!(
+        e.contains("documents[0].path") && e.contains("documents put"),
         "{e}"
     );
     let e = err(
         "blaaiz.upload_documents",
-        json!({"customer_id": null, "documents": [{"file_category": "selfie", "path": document("passport-front.png")}]}),
+        json!({"customer_id": null, "documents": [{"file_category": "selfie", "document_id": document("passport-front.png")}]}),
     );
     assert!(e.contains("documents[0].file_category"), "{e}");
     let e = err(
         "blaaiz.upload_documents",
-        json!({"customer_id": null, "documents": [{"file_category": "proof_of_address", "path": document("utility-bill.pdf")}]}),
+        json!({"customer_id": null, "documents": [{"file_category": "proof_of_address", "document_id": document("utility-bill.pdf")}]}),
     );
     assert!(e.contains("identity"), "{e}");
 
@@ -1275,18 +1299,11 @@ async fn workflow_files_compile_against_the_registered_kinds_and_accept_their_ex
             }
         }
 
-        // The example input passes every step's validation (document paths made absolute:
-        // they are relative to the repository root).
-        let mut input: Value = serde_json::from_str(
+        // The example input passes every step's validation.
+        let input: Value = serde_json::from_str(
             &std::fs::read_to_string(root.join(format!("workflows/examples/{file}.json"))).unwrap(),
         )
         .unwrap();
-        if let Some(docs) = input.get_mut("documents").and_then(Value::as_array_mut) {
-            for d in docs {
-                let rel = d["path"].as_str().unwrap().to_owned();
-                d["path"] = json!(root.join(rel).to_string_lossy());
-            }
-        }
         let scope =
             json!({"input": input, "steps": {}, "saga": {"id": Uuid::nil(), "workflow": file}});
         for step in &compiled.steps {

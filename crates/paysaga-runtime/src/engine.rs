@@ -3,14 +3,14 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use paysaga_core::{CompiledDefinition, Definition, HistoryKind};
+use paysaga_core::{CompiledDefinition, Definition, DocumentId, HistoryKind};
 use paysaga_store::{
-    DefinitionRecord, Delivery, EventFilter, EventRecord, HistoryRecord, NewEvent, NewSaga,
-    SagaFilter, SagaRecord, Store,
+    DefinitionRecord, Delivery, DocumentRecord, EventFilter, EventRecord, HistoryRecord,
+    NewDocument, NewEvent, NewSaga, SagaFilter, SagaRecord, Store,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
-use tracing::{info, instrument};
+use tracing::{info, instrument, warn};
 use uuid::Uuid;
 
 use crate::metrics::{Metrics, SharedMetrics, WorkflowLabels};
@@ -83,7 +83,11 @@ pub struct Engine {
     pub(crate) registry: Arc<Registry>,
     pub(crate) metrics: SharedMetrics,
     definitions: Arc<Mutex<HashMap<i64, Arc<LoadedDefinition>>>>,
+    max_document_size: usize,
 }
+
+/// The default largest document [`Engine::put_document`] stores: 10 MiB.
+pub const DEFAULT_MAX_DOCUMENT_SIZE: usize = 10 * 1024 * 1024;
 
 impl Engine {
     /// An engine over a store with the given step kinds.
@@ -93,7 +97,15 @@ impl Engine {
             registry: Arc::new(registry),
             metrics: Arc::new(Metrics::new()),
             definitions: Default::default(),
+            max_document_size: DEFAULT_MAX_DOCUMENT_SIZE,
         }
+    }
+
+    /// The largest document [`Engine::put_document`] stores (default
+    /// [`DEFAULT_MAX_DOCUMENT_SIZE`]).
+    pub fn with_max_document_size(mut self, bytes: usize) -> Engine {
+        self.max_document_size = bytes;
+        self
     }
 
     /// The store.
@@ -174,9 +186,10 @@ impl Engine {
                 version: req.version,
             })?;
         let loaded = self.load(record.id).await?;
-        self.validate_input(&loaded, &req.input)?;
+        let documents = self.validate_input(&loaded, &req.input)?;
         let id = Uuid::new_v4();
-        let (saga, created) = self
+        let claimed = self.claim_documents(&req, id, &documents).await?;
+        let created = self
             .store
             .create_saga(NewSaga {
                 id,
@@ -187,7 +200,18 @@ impl Engine {
                 input: req.input,
                 actor: req.actor,
             })
-            .await?;
+            .await;
+        // Surely not inserted (the key named a saga already): give the documents back. After
+        // another error the insert may have committed: they stay with the id (if no saga has
+        // it, retention treats them as given to none).
+        let not_inserted = matches!(&created, Ok((saga, _)) if saga.id != id)
+            || matches!(&created, Err(paysaga_store::Error::KeyReused { .. }));
+        if claimed && not_inserted {
+            if let Err(e) = self.store.release_documents(id).await {
+                warn!(error = %e, "could not give back the documents of a saga that was not inserted; they go with retention");
+            }
+        }
+        let (saga, created) = created?;
         if created {
             self.metrics
                 .sagas_started
@@ -203,7 +227,13 @@ impl Engine {
         })
     }
 
-    fn validate_input(&self, loaded: &LoadedDefinition, input: &Value) -> Result<(), Error> {
+    /// Checks the input against every step; returns the documents the steps reference.
+    fn validate_input(
+        &self,
+        loaded: &LoadedDefinition,
+        input: &Value,
+    ) -> Result<Vec<(String, DocumentId)>, Error> {
+        let mut documents = Vec::new();
         let scope =
             json!({"input": input, "saga": {"id": Uuid::nil(), "workflow": loaded.record.name}});
         for step in &loaded.compiled.steps {
@@ -223,8 +253,154 @@ impl Engine {
                 ))
             })?;
             kind.validate(&params).map_err(invalid)?;
+            for doc in kind.documents(&params) {
+                documents.push((step.def.name.clone(), doc));
+            }
         }
-        Ok(())
+        Ok(documents)
+    }
+
+    /// Gives the documents an input references to the saga about to be inserted, all or
+    /// none; refused (nothing stored) with the step and the document named. `false` when
+    /// there was nothing to give (no documents, or the idempotency key names a saga that
+    /// already holds them).
+    async fn claim_documents(
+        &self,
+        req: &StartRequest,
+        saga: Uuid,
+        documents: &[(String, DocumentId)],
+    ) -> Result<bool, Error> {
+        if documents.is_empty() {
+            return Ok(false);
+        }
+        let refused = |step: &str, reason: String| Error::InvalidInput {
+            workflow: req.workflow.clone(),
+            step: step.to_string(),
+            reason,
+        };
+        let existing = match &req.idempotency_key {
+            Some(key) => self
+                .store
+                .list_sagas(&SagaFilter {
+                    workflow: Some(req.workflow.clone()),
+                    key: Some(key.clone()),
+                    limit: Some(1),
+                    ..Default::default()
+                })
+                .await?
+                .into_iter()
+                .next()
+                .map(|s| s.id),
+            None => None,
+        };
+        for (step, id) in documents {
+            let record = self.store.document(*id).await?.ok_or_else(|| {
+                refused(step, paysaga_core::DocumentError::NotFound(*id).to_string())
+            })?;
+            if record.content_deleted_at.is_some() {
+                return Err(refused(
+                    step,
+                    paysaga_core::DocumentError::Deleted(*id).to_string(),
+                ));
+            }
+            match record.saga_id {
+                Some(holder) if Some(holder) == existing => {}
+                Some(holder) => {
+                    return Err(refused(
+                        step,
+                        paysaga_core::DocumentError::OtherSaga {
+                            id: *id,
+                            saga: holder,
+                        }
+                        .to_string(),
+                    ))
+                }
+                None => {}
+            }
+        }
+        if existing.is_some() {
+            // A repeated start: `create_saga` returns that saga (or refuses another input).
+            return Ok(false);
+        }
+        let ids: Vec<DocumentId> = documents.iter().map(|(_, id)| *id).collect();
+        self.store
+            .claim_documents(saga, &ids)
+            .await
+            .map_err(|e| match e {
+                paysaga_store::Error::NotFound(_) | paysaga_store::Error::Refused(_) => {
+                    Error::Refused(format!("workflow {}: {e}", req.workflow))
+                }
+                other => other.into(),
+            })?;
+        Ok(true)
+    }
+
+    /// Stores a document (e.g. a KYC scan) durably in the engine's database and returns its
+    /// id, which saga inputs reference as `{"document_id": "doc_..."}`; refused when larger
+    /// than the limit ([`Engine::with_max_document_size`]) or when `content_type` is not a
+    /// MIME type. The worker reads it from the database (no shared disk), checks its SHA-256,
+    /// and deletes the content once its saga is final for the retention
+    /// ([`crate::WorkerConfig::document_retention`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(engine: paysaga_runtime::Engine) -> Result<(), paysaga_runtime::Error> {
+    /// let bytes = std::fs::read("passport-front.png").expect("readable");
+    /// let id = engine.put_document(bytes, "image/png").await?;
+    /// let input = serde_json::json!({
+    ///     "documents": [{"file_category": "identity", "document_id": id}],
+    ///     // customer, payout ...
+    /// });
+    /// engine.start("blaaiz_kyc_payout", input, Some("payout-42")).await?;
+    /// # Ok(()) }
+    /// ```
+    #[instrument(skip_all, fields(size = content.len()))]
+    pub async fn put_document(
+        &self,
+        content: Vec<u8>,
+        content_type: &str,
+    ) -> Result<DocumentId, Error> {
+        if content.len() > self.max_document_size {
+            return Err(Error::DocumentTooLarge {
+                size: content.len(),
+                limit: self.max_document_size,
+            });
+        }
+        if !is_mime_type(content_type) {
+            return Err(Error::Refused(format!(
+                "content type {content_type:?} is not a MIME type (type/subtype, e.g. image/png or application/pdf)"
+            )));
+        }
+        let doc = NewDocument {
+            id: DocumentId::new(),
+            content_type: content_type.to_ascii_lowercase(),
+            sha256: paysaga_core::sha256_hex(&content),
+            content,
+        };
+        let record = self.store.put_document(&doc).await?;
+        info!(document = %record.id, size = record.size, sha256 = %record.sha256, "document stored");
+        Ok(record.id)
+    }
+
+    /// A document's metadata (never its content).
+    pub async fn document(&self, id: DocumentId) -> Result<Option<DocumentRecord>, Error> {
+        Ok(self.store.document(id).await?)
+    }
+
+    /// A document's content, checked against its recorded SHA-256; `None` when there is no
+    /// such document or retention deleted its content.
+    pub async fn document_content(&self, id: DocumentId) -> Result<Option<Vec<u8>>, Error> {
+        let Some(record) = self.store.document(id).await? else {
+            return Ok(None);
+        };
+        let Some(content) = self.store.document_content(id).await? else {
+            return Ok(None);
+        };
+        if paysaga_core::sha256_hex(&content) != record.sha256 {
+            return Err(Error::Refused(
+                paysaga_core::DocumentError::Corrupt(id).to_string(),
+            ));
+        }
+        Ok(Some(content))
     }
 
     /// A saga with its history.
@@ -508,4 +684,19 @@ impl Engine {
             .ok()
             .and_then(|c| c.get(&definition_id).cloned())
     }
+}
+
+/// `type/subtype` with optional parameters, printable ASCII, at most 255 characters.
+fn is_mime_type(s: &str) -> bool {
+    let essence = s.split(';').next().unwrap_or_default().trim();
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b))
+    };
+    s.len() <= 255
+        && s.bytes().all(|b| (0x20..0x7f).contains(&b))
+        && essence
+            .split_once('/')
+            .is_some_and(|(t, sub)| token(t) && token(sub))
 }

@@ -47,4 +47,12 @@ pub enum Error {
         /// Kind.
         kind: String,
     },
+    /// A document is larger than the engine's limit; nothing was stored.
+    #[error("the document is {size} bytes, over the limit of {limit} bytes; nothing was stored (raise the limit with --max-document-size / PAYSAGA_MAX_DOCUMENT_SIZE if such documents are expected)")]
+    DocumentTooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
 }

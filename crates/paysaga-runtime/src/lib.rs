@@ -27,6 +27,7 @@
 //! # Ok(()) }
 //! ```
 
+mod documents;
 mod effect;
 mod engine;
 mod error;
@@ -37,7 +38,9 @@ pub mod noop;
 mod registry;
 mod worker;
 
-pub use engine::{Engine, IncomingEvent, SagaView, StartRequest, Started};
+pub use engine::{
+    Engine, IncomingEvent, SagaView, StartRequest, Started, DEFAULT_MAX_DOCUMENT_SIZE,
+};
 pub use error::Error;
 pub use registry::Registry;
 pub use worker::{Worker, WorkerConfig, WorkerStats};

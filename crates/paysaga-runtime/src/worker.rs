@@ -56,6 +56,11 @@ pub struct WorkerConfig {
     /// The worker schedules with the database's clock anyway (it learns the offset at every
     /// heartbeat), so a skewed clock must change nothing; tests prove it with +/- minutes.
     pub clock_skew: chrono::TimeDelta,
+    /// How long a saga's documents keep their content after the saga reached a final status
+    /// (documents given to no saga keep it this long, and at least a day, after they were
+    /// stored). The worker deletes expired content in batches, checking every minute (or
+    /// every `document_retention`, if shorter).
+    pub document_retention: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -69,6 +74,7 @@ impl Default for WorkerConfig {
             shutdown_grace: Duration::from_secs(30),
             effect_window: Duration::from_secs(60),
             clock_skew: chrono::TimeDelta::zero(),
+            document_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -214,6 +220,13 @@ impl Worker {
         tokio::pin!(shutdown);
         let mut last_reap = tokio::time::Instant::now();
         let mut last_orphan_check = tokio::time::Instant::now();
+        let document_sweep_every = self
+            .config
+            .document_retention
+            .clamp(self.config.reap_every, Duration::from_secs(60));
+        let mut last_document_sweep = tokio::time::Instant::now()
+            .checked_sub(document_sweep_every)
+            .unwrap_or_else(tokio::time::Instant::now);
         loop {
             while let Some(done) = tasks.try_join_next() {
                 if let Err(e) = done {
@@ -237,6 +250,10 @@ impl Worker {
                     }
                     Err(e) => warn!(error = %e, "could not release expired leases; will retry"),
                 }
+            }
+            if last_document_sweep.elapsed() >= document_sweep_every {
+                last_document_sweep = tokio::time::Instant::now();
+                delete_expired_documents(&shared).await;
             }
             let free = permits.available_permits();
             let mut claimed_all = false;
@@ -855,6 +872,9 @@ async fn run_step(
                 step: i32::try_from(index).unwrap_or(i32::MAX),
                 window: shared.config.effect_window,
             }),
+            documents: Arc::new(crate::documents::StoreDocuments {
+                store: shared.engine.store.clone(),
+            }),
         };
         shared.stats.steps_run.fetch_add(1, Ordering::Relaxed);
         let started = std::time::Instant::now();
@@ -898,4 +918,33 @@ async fn run_step(
     }
     .instrument(span)
     .await
+}
+
+/// Deletes the content of documents whose retention is over, in batches (at most ten per
+/// sweep, the rest at the next sweep); metadata and hashes stay.
+async fn delete_expired_documents(shared: &Shared) {
+    const BATCH: i64 = 100;
+    let retention = shared.config.document_retention;
+    let unclaimed_after = retention.max(Duration::from_secs(24 * 3600));
+    for _ in 0..10 {
+        match shared
+            .engine
+            .store
+            .delete_expired_documents(retention, unclaimed_after, BATCH)
+            .await
+        {
+            Ok(n) => {
+                if n > 0 {
+                    info!(documents = n, "document content deleted after retention");
+                }
+                if n < BATCH as u64 {
+                    return;
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "could not delete expired document content; will retry");
+                return;
+            }
+        }
+    }
 }

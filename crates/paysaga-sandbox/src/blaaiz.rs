@@ -1120,3 +1120,28 @@ async fn list_transactions(
         "meta": meta,
     })))
 }
+
+/// `GET /_sandbox/blaaiz/files/{file_id}` (control API, for tests): what the pre-signed upload
+/// received: `{file_id, customer_id, category, content_type, uploaded, size, sha256,
+/// uploaded_at}` (the bytes are not kept); 404 for an unknown file id.
+pub(crate) async fn uploaded_file(State(app): State<App>, Path(file_id): Path<String>) -> Response {
+    let found = app.with(|w| w.blaaiz.files.get(&file_id).cloned());
+    match found {
+        Some(f) => Json(json!({
+            "file_id": f.id,
+            "customer_id": f.customer_id,
+            "category": f.category,
+            "content_type": f.content_type,
+            "uploaded": f.uploaded.is_some(),
+            "size": f.uploaded.as_ref().map(|u| u.0),
+            "sha256": f.uploaded.as_ref().map(|u| u.1.clone()),
+            "uploaded_at": f.uploaded.as_ref().map(|u| u.2),
+        }))
+        .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"message": format!("no file {file_id}")})),
+        )
+            .into_response(),
+    }
+}

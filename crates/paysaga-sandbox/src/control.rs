@@ -23,6 +23,7 @@ pub(crate) fn router() -> Router<App> {
         .route("/reset", post(reset))
         .route("/lumanu/objects", get(lumanu_objects))
         .nest("/blaaiz/uploads", blaaiz::upload_router())
+        .route("/blaaiz/files/{file_id}", get(blaaiz::uploaded_file))
 }
 
 /// `GET /_sandbox/ledger`: every money movement, oldest first.

@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use paysaga_core::{Definition, Transition};
+use paysaga_core::{Definition, DocumentId, Transition};
 use uuid::Uuid;
 
 /// Store errors. Each says what failed; callers add the saga/step context they hold.
@@ -380,6 +380,29 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         actor: &str,
         entry: paysaga_core::HistoryEntry,
     ) -> Result<Delivery, Error>;
+    /// Stores a document (content, type, size and SHA-256 as given; the caller checks the
+    /// size limit and the hash).
+    async fn put_document(&self, doc: &NewDocument) -> Result<DocumentRecord, Error>;
+    /// A document's metadata.
+    async fn document(&self, id: DocumentId) -> Result<Option<DocumentRecord>, Error>;
+    /// A document's content; `None` when there is no such document or retention deleted it.
+    async fn document_content(&self, id: DocumentId) -> Result<Option<Vec<u8>>, Error>;
+    /// Gives documents to saga `saga` (before its row is inserted), all or none: refused with
+    /// [`Error::NotFound`] for a missing document and [`Error::Refused`] for one whose
+    /// content was deleted or that another saga holds. Documents `saga` already holds pass.
+    async fn claim_documents(&self, saga: Uuid, ids: &[DocumentId]) -> Result<(), Error>;
+    /// Takes back the documents given to `saga` (its start did not insert it); returns how
+    /// many.
+    async fn release_documents(&self, saga: Uuid) -> Result<u64, Error>;
+    /// Deletes the content (keeping the metadata) of up to `limit` documents whose saga
+    /// finished more than `retention` ago, or, held by no existing saga, that were stored
+    /// more than `unclaimed_after` ago; returns how many.
+    async fn delete_expired_documents(
+        &self,
+        retention: Duration,
+        unclaimed_after: Duration,
+        limit: i64,
+    ) -> Result<u64, Error>;
 }
 
 /// Arguments of [`Store::mark_effect`] and [`Store::clear_effect_mark`].
@@ -525,6 +548,27 @@ fn replay_fields(
                 .map(|e| format!(" (parse error: {e})"))
                 .unwrap_or_default()
         ))),
+    }
+}
+
+/// Whether document `id` (found: (holding saga, content deleted)) may be given to `saga`:
+/// the rule both stores apply in [`Store::claim_documents`].
+fn check_document_claim(
+    saga: Uuid,
+    id: DocumentId,
+    found: Option<(Option<Uuid>, bool)>,
+) -> Result<(), Error> {
+    match found {
+        None => Err(Error::NotFound(format!(
+            "document {id} (store it with `paysaga documents put FILE` and use the id it prints)"
+        ))),
+        Some((_, true)) => Err(Error::Refused(format!(
+            "the content of document {id} was deleted by retention; store the document again"
+        ))),
+        Some((Some(holder), false)) if holder != saga => Err(Error::Refused(format!(
+            "document {id} was given to saga {holder}; a document serves one saga: store it again for this one"
+        ))),
+        Some(_) => Ok(()),
     }
 }
 

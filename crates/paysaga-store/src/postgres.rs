@@ -16,6 +16,8 @@ use crate::{
     Error, EventFilter, EventRecord, HistoryRecord, NewEvent, NewSaga, OperatorAction, SagaFilter,
     SagaRecord, Stats, Store, UnrunnableGroup, WakeupsBox, WorkerInfo,
 };
+use crate::{DocumentRecord, NewDocument};
+use paysaga_core::DocumentId;
 
 /// The migrations in `migrations/`, embedded at build time.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
@@ -1704,6 +1706,130 @@ impl Store for PgStore {
             matched_saga: Some(saga),
         })
     }
+    #[instrument(skip_all, fields(document = %doc.id, size = doc.content.len()))]
+    async fn put_document(&self, doc: &NewDocument) -> Result<DocumentRecord, Error> {
+        let row = sqlx::query(&format!(
+            "INSERT INTO paysaga_documents (id, content_type, size, sha256, content)
+             VALUES ($1, $2, $3, $4, $5) RETURNING {DOCUMENT_COLUMNS}"
+        ))
+        .bind(doc.id.0)
+        .bind(&doc.content_type)
+        .bind(doc.content.len() as i64)
+        .bind(&doc.sha256)
+        .bind(&doc.content)
+        .fetch_one(&self.pool)
+        .await?;
+        document_from_row(&row)
+    }
+
+    async fn document(&self, id: DocumentId) -> Result<Option<DocumentRecord>, Error> {
+        let row = sqlx::query(&format!(
+            "SELECT {DOCUMENT_COLUMNS} FROM paysaga_documents WHERE id = $1"
+        ))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(document_from_row).transpose()
+    }
+
+    async fn document_content(&self, id: DocumentId) -> Result<Option<Vec<u8>>, Error> {
+        let content: Option<Option<Vec<u8>>> =
+            sqlx::query_scalar("SELECT content FROM paysaga_documents WHERE id = $1")
+                .bind(id.0)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(content.flatten())
+    }
+
+    #[instrument(skip_all, fields(saga_id = %saga, documents = ids.len()))]
+    async fn claim_documents(&self, saga: Uuid, ids: &[DocumentId]) -> Result<(), Error> {
+        let uuids: Vec<Uuid> = ids.iter().map(|d| d.0).collect();
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "SELECT id, saga_id, content IS NULL AS deleted FROM paysaga_documents
+             WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        )
+        .bind(&uuids)
+        .fetch_all(&mut *tx)
+        .await?;
+        for id in ids {
+            let mut found = None;
+            for row in &rows {
+                if row.try_get::<Uuid, _>("id")? == id.0 {
+                    found = Some((row.try_get("saga_id")?, row.try_get("deleted")?));
+                }
+            }
+            crate::check_document_claim(saga, *id, found)?;
+        }
+        sqlx::query(
+            "UPDATE paysaga_documents SET saga_id = $1 WHERE id = ANY($2) AND saga_id IS NULL",
+        )
+        .bind(saga)
+        .bind(&uuids)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn release_documents(&self, saga: Uuid) -> Result<u64, Error> {
+        let done = sqlx::query("UPDATE paysaga_documents SET saga_id = NULL WHERE saga_id = $1")
+            .bind(saga)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    #[instrument(skip_all)]
+    async fn delete_expired_documents(
+        &self,
+        retention: Duration,
+        unclaimed_after: Duration,
+        limit: i64,
+    ) -> Result<u64, Error> {
+        let done = sqlx::query(&expired_documents_sql())
+            .bind(retention.as_secs_f64())
+            .bind(unclaimed_after.as_secs_f64())
+            .bind(limit)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+const DOCUMENT_COLUMNS: &str =
+    "id, content_type, size, sha256, created_at, saga_id, content_deleted_at";
+
+fn document_from_row(row: &PgRow) -> Result<DocumentRecord, Error> {
+    Ok(DocumentRecord {
+        id: DocumentId(row.try_get("id")?),
+        content_type: row.try_get("content_type")?,
+        size: row.try_get("size")?,
+        sha256: row.try_get("sha256")?,
+        created_at: row.try_get("created_at")?,
+        saga_id: row.try_get("saga_id")?,
+        content_deleted_at: row.try_get("content_deleted_at")?,
+    })
+}
+
+/// The retention sweep (`$1` retention in seconds, `$2` how long an unclaimed document
+/// keeps its content, `$3` batch size): documents that still hold content (the partial index
+/// `paysaga_documents_with_content`, oldest first), whose saga finished (`finished_at` is
+/// set exactly when the status is final) more than `$1` ago, or that no existing saga holds
+/// and were stored more than `$2` ago. The content goes; id, type, size and hash stay.
+fn expired_documents_sql() -> String {
+    "WITH doomed AS (
+         SELECT d.id FROM paysaga_documents d
+         LEFT JOIN paysaga_sagas s ON s.id = d.saga_id
+         WHERE d.content IS NOT NULL
+           AND (s.finished_at < now() - make_interval(secs => $1)
+                OR (s.id IS NULL AND d.created_at < now() - make_interval(secs => $2)))
+         ORDER BY d.created_at
+         LIMIT $3
+         FOR UPDATE OF d SKIP LOCKED)
+     UPDATE paysaga_documents SET content = NULL, content_deleted_at = now()
+     FROM doomed WHERE paysaga_documents.id = doomed.id"
+        .to_string()
 }
 
 struct PgWakeups {
@@ -1825,6 +1951,33 @@ mod tests {
         assert!(
             by_key.contains("Index") && by_key.contains("idempotency_key"),
             "{by_key}"
+        );
+        // The document retention sweep (run by every worker periodically): many documents
+        // whose content is already gone, a few still holding it.
+        sqlx::raw_sql(
+            "INSERT INTO paysaga_documents (id, content_type, size, sha256, content, saga_id, content_deleted_at)
+                 SELECT gen_random_uuid(), 'image/png', 3, repeat('a', 64), NULL, id, now()
+                 FROM paysaga_sagas WHERE status = 'completed';
+             INSERT INTO paysaga_documents (id, content_type, size, sha256, content, saga_id)
+                 SELECT gen_random_uuid(), 'image/png', 3, repeat('a', 64), 'abc'::bytea, id
+                 FROM paysaga_sagas WHERE status = 'scheduled';
+             ANALYZE;",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let sweep: Vec<String> =
+            sqlx::query_scalar(&format!("EXPLAIN {}", expired_documents_sql()))
+                .bind(60.0_f64)
+                .bind(86_400.0_f64)
+                .bind(100_i64)
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert!(
+            sweep.join("\n").contains("paysaga_documents_with_content"),
+            "document retention plan:\n{}",
+            sweep.join("\n")
         );
     }
 }

@@ -63,6 +63,8 @@ use crate::{
     Error, EventFilter, EventRecord, HistoryRecord, NewEvent, NewSaga, OperatorAction, SagaFilter,
     SagaRecord, Stats, Store, UnrunnableGroup, WakeupsBox, WorkerInfo,
 };
+use crate::{DocumentRecord, NewDocument};
+use paysaga_core::DocumentId;
 
 /// The migrations in `migrations/sqlite/`, embedded at build time.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -1729,7 +1731,128 @@ impl Store for SqliteStore {
             matched_saga: Some(saga),
         })
     }
+
+    #[instrument(skip_all, fields(document = %doc.id, size = doc.content.len()))]
+    async fn put_document(&self, doc: &NewDocument) -> Result<DocumentRecord, Error> {
+        let row = sqlx::query(&format!(
+            "INSERT INTO paysaga_documents (id, content_type, size, sha256, content, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING {DOCUMENT_COLUMNS}"
+        ))
+        .bind(doc.id.0.to_string())
+        .bind(&doc.content_type)
+        .bind(doc.content.len() as i64)
+        .bind(&doc.sha256)
+        .bind(&doc.content)
+        .bind(ts(Utc::now()))
+        .fetch_one(&self.writer)
+        .await?;
+        document_from_row(&row)
+    }
+
+    async fn document(&self, id: DocumentId) -> Result<Option<DocumentRecord>, Error> {
+        let row = sqlx::query(&format!(
+            "SELECT {DOCUMENT_COLUMNS} FROM paysaga_documents WHERE id = $1"
+        ))
+        .bind(id.0.to_string())
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(document_from_row).transpose()
+    }
+
+    async fn document_content(&self, id: DocumentId) -> Result<Option<Vec<u8>>, Error> {
+        let content: Option<Option<Vec<u8>>> =
+            sqlx::query_scalar("SELECT content FROM paysaga_documents WHERE id = $1")
+                .bind(id.0.to_string())
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(content.flatten())
+    }
+
+    #[instrument(skip_all, fields(saga_id = %saga, documents = ids.len()))]
+    async fn claim_documents(&self, saga: Uuid, ids: &[DocumentId]) -> Result<(), Error> {
+        let mut tx = self.write_tx().await?;
+        for id in ids {
+            let row = sqlx::query(
+                "SELECT saga_id, content IS NULL AS deleted FROM paysaga_documents WHERE id = $1",
+            )
+            .bind(id.0.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+            let found = match row {
+                Some(row) => Some((get_opt_uuid(&row, "saga_id")?, row.try_get("deleted")?)),
+                None => None,
+            };
+            crate::check_document_claim(saga, *id, found)?;
+            sqlx::query(
+                "UPDATE paysaga_documents SET saga_id = $1 WHERE id = $2 AND saga_id IS NULL",
+            )
+            .bind(saga.to_string())
+            .bind(id.0.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn release_documents(&self, saga: Uuid) -> Result<u64, Error> {
+        let done = sqlx::query("UPDATE paysaga_documents SET saga_id = NULL WHERE saga_id = $1")
+            .bind(saga.to_string())
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    #[instrument(skip_all)]
+    async fn delete_expired_documents(
+        &self,
+        retention: Duration,
+        unclaimed_after: Duration,
+        limit: i64,
+    ) -> Result<u64, Error> {
+        let now = Utc::now();
+        let before = |d: Duration| {
+            ts(now - chrono::Duration::from_std(d).unwrap_or(chrono::TimeDelta::MAX / 2))
+        };
+        let done = sqlx::query(EXPIRED_DOCUMENTS_SQL)
+            .bind(before(retention))
+            .bind(before(unclaimed_after))
+            .bind(limit)
+            .bind(ts(now))
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected())
+    }
 }
+
+const DOCUMENT_COLUMNS: &str =
+    "id, content_type, size, sha256, created_at, saga_id, content_deleted_at";
+
+fn document_from_row(row: &SqliteRow) -> Result<DocumentRecord, Error> {
+    Ok(DocumentRecord {
+        id: DocumentId(get_uuid(row, "id")?),
+        content_type: row.try_get("content_type")?,
+        size: row.try_get("size")?,
+        sha256: row.try_get("sha256")?,
+        created_at: get_ts(row, "created_at")?,
+        saga_id: get_opt_uuid(row, "saga_id")?,
+        content_deleted_at: get_opt_ts(row, "content_deleted_at")?,
+    })
+}
+
+/// The retention sweep (`$1` finished before, `$2` unclaimed documents stored before, `$3`
+/// batch size, `$4` now): documents that still hold content (the partial index
+/// `paysaga_documents_with_content`, oldest first) whose saga finished before `$1`, or that
+/// no existing saga holds and were stored before `$2`. The content goes; the rest stays.
+const EXPIRED_DOCUMENTS_SQL: &str =
+    "UPDATE paysaga_documents SET content = NULL, content_deleted_at = $4
+     WHERE id IN (
+         SELECT d.id FROM paysaga_documents d
+         LEFT JOIN paysaga_sagas s ON s.id = d.saga_id
+         WHERE d.content IS NOT NULL
+           AND (s.finished_at < $1 OR (s.id IS NULL AND d.created_at < $2))
+         ORDER BY d.created_at
+         LIMIT $3)";
 
 /// Wake-ups: this process's writes at once, other processes' writes by polling
 /// `PRAGMA data_version` (which changes when another connection commits).

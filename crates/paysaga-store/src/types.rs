@@ -319,3 +319,46 @@ pub struct EventFilter {
     /// At most this many (default 100).
     pub limit: Option<i64>,
 }
+
+/// A document to store (see [`crate::Store::put_document`]).
+#[derive(Clone)]
+pub struct NewDocument {
+    /// Its id.
+    pub id: paysaga_core::DocumentId,
+    /// MIME type.
+    pub content_type: String,
+    /// Lowercase hex SHA-256 of `content`.
+    pub sha256: String,
+    /// The bytes.
+    pub content: Vec<u8>,
+}
+
+impl std::fmt::Debug for NewDocument {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewDocument")
+            .field("id", &self.id)
+            .field("content_type", &self.content_type)
+            .field("size", &self.content.len())
+            .field("sha256", &self.sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A stored document's metadata (never its bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DocumentRecord {
+    /// Its id (`doc_<hex>`).
+    pub id: paysaga_core::DocumentId,
+    /// MIME type.
+    pub content_type: String,
+    /// Size in bytes.
+    pub size: i64,
+    /// Lowercase hex SHA-256 of the content.
+    pub sha256: String,
+    /// Stored when.
+    pub created_at: DateTime<Utc>,
+    /// The saga it was given to at start, if any.
+    pub saga_id: Option<Uuid>,
+    /// When retention deleted the content (`None`: the content is stored).
+    pub content_deleted_at: Option<DateTime<Utc>>,
+}

@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use paysaga_core::{
-    ActiveWait, Definition, HistoryEntry, HistoryKind, SagaStatus, StepDef, Transition,
+    ActiveWait, Definition, DocumentId, HistoryEntry, HistoryKind, SagaStatus, StepDef, Transition,
 };
 use paysaga_store::{
-    Commit, EffectMark, EffectMarkRequest, Error, EventFilter, NewEvent, NewSaga, OperatorAction,
-    SagaFilter, SagaRecord, Store, WorkerInfo,
+    Commit, EffectMark, EffectMarkRequest, Error, EventFilter, NewDocument, NewEvent, NewSaga,
+    OperatorAction, SagaFilter, SagaRecord, Store, WorkerInfo,
 };
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -2186,6 +2186,165 @@ async fn a_manual_event_and_its_operator_entry_are_stored_together_for_that_saga
 }
 
 // ---------------------------------------------------------------------------------------
+// Documents
+
+fn new_document(content: &[u8], content_type: &str) -> NewDocument {
+    NewDocument {
+        id: DocumentId::new(),
+        content_type: content_type.to_string(),
+        sha256: paysaga_core::sha256_hex(content),
+        content: content.to_vec(),
+    }
+}
+
+async fn documents_keep_exact_bytes_and_a_claim_is_all_or_nothing(e: Env) {
+    let s = e.s();
+    // Every byte value, NULs included: the column is binary, not text.
+    let bytes: Vec<u8> = (0..4096u32).map(|i| (i % 256) as u8).collect();
+    let doc = new_document(&bytes, "image/png");
+    let stored = s.put_document(&doc).await.unwrap();
+    assert_eq!(stored.id, doc.id);
+    assert_eq!(
+        (
+            stored.size,
+            stored.sha256.as_str(),
+            stored.content_type.as_str()
+        ),
+        (4096, doc.sha256.as_str(), "image/png")
+    );
+    assert!(stored.saga_id.is_none() && stored.content_deleted_at.is_none());
+    assert!((Utc::now() - stored.created_at).num_seconds().abs() < 60);
+    assert_eq!(s.document(doc.id).await.unwrap(), Some(stored.clone()));
+    assert_eq!(s.document_content(doc.id).await.unwrap(), Some(bytes));
+    let missing = DocumentId::new();
+    assert_eq!(s.document(missing).await.unwrap(), None);
+    assert_eq!(s.document_content(missing).await.unwrap(), None);
+    assert!(
+        s.put_document(&NewDocument {
+            id: doc.id,
+            ..new_document(b"x", "text/plain")
+        })
+        .await
+        .is_err(),
+        "an id is stored once"
+    );
+
+    // One missing document refuses the whole claim: the other is not taken.
+    let saga_a = Uuid::new_v4();
+    match s.claim_documents(saga_a, &[doc.id, missing]).await {
+        Err(Error::NotFound(what)) => assert!(what.contains(&missing.to_string()), "{what}"),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    assert_eq!(s.document(doc.id).await.unwrap().unwrap().saga_id, None);
+
+    s.claim_documents(saga_a, &[doc.id]).await.unwrap();
+    assert_eq!(
+        s.document(doc.id).await.unwrap().unwrap().saga_id,
+        Some(saga_a)
+    );
+    s.claim_documents(saga_a, &[doc.id]).await.unwrap(); // the holder again: fine
+    let saga_b = Uuid::new_v4();
+    match s.claim_documents(saga_b, &[doc.id]).await {
+        Err(Error::Refused(why)) => assert!(why.contains(&saga_a.to_string()), "{why}"),
+        other => panic!("expected Refused, got {other:?}"),
+    }
+    assert_eq!(
+        s.document(doc.id).await.unwrap().unwrap().saga_id,
+        Some(saga_a)
+    );
+    assert_eq!(s.release_documents(saga_a).await.unwrap(), 1);
+    assert_eq!(s.document(doc.id).await.unwrap().unwrap().saga_id, None);
+}
+
+async fn document_content_goes_once_its_saga_is_final_plus_retention_and_metadata_stays(e: Env) {
+    let s = e.s();
+    let hour = Duration::from_secs(3600);
+    let w = worker(s, LONG_TTL).await;
+    // d1: its saga completes; d2: its saga is still running; d3: never given to a saga;
+    // d4: given to a saga whose start never inserted it (a crash in between).
+    let d1 = new_document(b"passport front", "image/png");
+    let d2 = new_document(b"passport back", "image/png");
+    let d3 = new_document(b"utility bill", "application/pdf");
+    let d4 = new_document(b"liveness", "image/jpeg");
+    for d in [&d1, &d2, &d3, &d4] {
+        s.put_document(d).await.unwrap();
+    }
+    let finished = start(s, "flow", &[STEP], Some("finished")).await;
+    s.claim_documents(finished.id, &[d1.id]).await.unwrap();
+    s.claim_documents(Uuid::new_v4(), &[d4.id]).await.unwrap();
+    let claimed = claim_one(s, w, finished.id).await;
+    let mut done = transition(SagaStatus::Completed, 1);
+    done.output = Some(("s1".to_string(), json!(1)));
+    done.history = vec![
+        entry(HistoryKind::StepCompleted, Some("s1"), Some(1)),
+        entry(HistoryKind::SagaCompleted, None, None),
+    ];
+    commit(s, &claimed, w, &done, None).await.unwrap();
+    let running = start(s, "flow", &[STEP], Some("running")).await;
+    s.claim_documents(running.id, &[d2.id]).await.unwrap();
+
+    // Within the retention nothing goes.
+    assert_eq!(
+        s.delete_expired_documents(hour, hour, 100).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        s.document_content(d1.id).await.unwrap().as_deref(),
+        Some(&b"passport front"[..])
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Retention over for the finished saga: only its document's content goes.
+    assert_eq!(
+        s.delete_expired_documents(Duration::from_millis(1), hour, 100)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(s.document_content(d1.id).await.unwrap(), None);
+    let gone = s.document(d1.id).await.unwrap().unwrap();
+    assert!(gone.content_deleted_at.is_some());
+    assert_eq!(
+        (gone.size, gone.sha256.as_str(), gone.saga_id),
+        (14, d1.sha256.as_str(), Some(finished.id)),
+        "metadata and hash stay"
+    );
+    for d in [&d2, &d3, &d4] {
+        assert!(s.document_content(d.id).await.unwrap().is_some());
+    }
+    // Documents no existing saga holds go after their own delay, in batches.
+    assert_eq!(
+        s.delete_expired_documents(Duration::from_millis(1), Duration::ZERO, 1)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.delete_expired_documents(Duration::from_millis(1), Duration::ZERO, 100)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(s.document_content(d3.id).await.unwrap(), None);
+    assert_eq!(s.document_content(d4.id).await.unwrap(), None);
+    // The running saga's document stays whatever the retention.
+    assert_eq!(
+        s.document_content(d2.id).await.unwrap().as_deref(),
+        Some(&b"passport back"[..])
+    );
+    assert_eq!(
+        s.delete_expired_documents(Duration::ZERO, Duration::ZERO, 100)
+            .await
+            .unwrap(),
+        0
+    );
+    // A document whose content went cannot be given to a new saga.
+    match s.claim_documents(Uuid::new_v4(), &[d3.id]).await {
+        Err(Error::Refused(why)) => assert!(why.contains("deleted by retention"), "{why}"),
+        other => panic!("expected Refused, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Every body against every store
 
 async fn a_cancel_acted_on_is_reset_and_a_possible_effect_is_kept_until_the_step_moves_on(e: Env) {
@@ -2334,6 +2493,8 @@ conformance!(
     marks_give_backs_and_shutdown_releases_are_recorded_in_history,
     a_manual_event_and_its_operator_entry_are_stored_together_for_that_saga_only,
     sagas_with_an_alert_are_listed_by_the_alerts_filter,
+    documents_keep_exact_bytes_and_a_claim_is_all_or_nothing,
+    document_content_goes_once_its_saga_is_final_plus_retention_and_metadata_stays,
 );
 
 /// `connect` picks the store by the URL's scheme and never echoes the rest of the URL.

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 /// Placeholders allowed inside SQL built with `format!`, and why.
 const ALLOWED: &[(&str, &str)] = &[
     ("SAGA_COLUMNS", "constant column list"),
+    ("DOCUMENT_COLUMNS", "constant column list"),
     ("ACTIVE", "constant status set"),
     ("order", "one of four constant ORDER BY clauses"),
     (

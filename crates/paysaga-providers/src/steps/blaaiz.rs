@@ -1,16 +1,15 @@
 //! Blaaiz step kinds: KYC then payout (`workflows/blaaiz_kyc_payout.toml`).
 //!
 //! create (or find) customer -> upload documents -> attach them (starts the review) -> wait for
-//! `VERIFIED` -> payout -> wait for the payout's final status. Documents are read from the
-//! paths in the saga input; only file ids, sizes and SHA-256 hashes are kept in outputs.
+//! `VERIFIED` -> payout -> wait for the payout's final status. Documents are stored in the
+//! engine (`paysaga documents put`) and named by id in the saga input; the worker reads them
+//! from the engine's database; only ids, sizes and SHA-256 hashes are kept in outputs.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use paysaga_core::{StepContext, StepKind, StepOutcome, WaitSpec, Wake};
+use paysaga_core::{DocumentId, StepContext, StepKind, StepOutcome, WaitSpec, Wake};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use super::common::{outcome_for, params, reference, retry_unknown_effect, Fields, Mode};
 use crate::blaaiz::{
@@ -135,30 +134,34 @@ impl StepKind for CreateCustomerStep {
 
 /// `blaaiz.upload_documents`: uploads the KYC documents through pre-signed URLs.
 ///
-/// Params: `customer_id`, `documents`: a list of `{file_category, path}` with `file_category`
-/// one of `identity` (required), `identity_back`, `proof_of_address`, `liveness_check`, each at
-/// most once; `validate` checks that every path is a readable file. Each run reads the files,
-/// asks for a pre-signed URL and `PUT`s the bytes with the returned headers. Output:
-/// `{customer_id, files: [{file_category, file_id, file_name, size, sha256}]}` (never the
-/// bytes). A repeated run uploads again and gets new file ids (the earlier uploads stay
-/// unattached at Blaaiz; nothing is paid or verified twice).
+/// Params: `customer_id`, `documents`: a list of `{file_category, document_id}` with
+/// `file_category` one of `identity` (required), `identity_back`, `proof_of_address`,
+/// `liveness_check`, each at most once, and `document_id` a document stored in the engine
+/// (`doc_...`, from `paysaga documents put FILE` or `Engine::put_document`): `start` refuses
+/// an input naming a document that does not exist. File paths are not accepted: the worker
+/// reads nothing from its own disk. Each run reads each document from the engine's store
+/// (its SHA-256 checked), asks for a pre-signed URL with the document's content type and
+/// `PUT`s the bytes with the returned headers. Output: `{customer_id, files: [{file_category,
+/// document_id, file_id, file_name, content_type, size, sha256}]}` (never the bytes). A
+/// repeated run uploads again and gets new file ids (the earlier uploads stay unattached at
+/// Blaaiz; nothing is paid or verified twice).
 #[derive(Debug, Clone)]
 pub struct UploadDocuments(pub BlaaizClient);
 
 #[derive(Debug)]
-struct Document {
+struct DocumentParam {
     category: &'static str,
-    path: String,
+    id: DocumentId,
 }
 
-fn documents_params(f: &Fields<'_>) -> Result<(String, Vec<Document>), String> {
+fn documents_params(f: &Fields<'_>) -> Result<(String, Vec<DocumentParam>), String> {
     let customer_id = f.id("customer_id")?;
     let docs = match f.raw("documents") {
         Some(Value::Array(items)) if !items.is_empty() => items,
         Some(Value::Array(_)) => return Err("documents must list at least one document".into()),
         Some(other) => {
             return Err(format!(
-                "documents must be a list of {{file_category, path}} (got {})",
+                "documents must be a list of {{file_category, document_id}} (got {})",
                 super::common::kind(other)
             ))
         }
@@ -168,20 +171,31 @@ fn documents_params(f: &Fields<'_>) -> Result<(String, Vec<Document>), String> {
     for (i, item) in docs.iter().enumerate() {
         let at = format!("documents[{i}]");
         if !item.is_object() {
-            return Err(format!("{at} must be an object {{file_category, path}}"));
+            return Err(format!(
+                "{at} must be an object {{file_category, document_id}}"
+            ));
         }
         let wrapper = json!({ at.clone(): item });
         let outer = Fields::new(&wrapper, Mode::Run)?;
         let d = outer.object(&at)?;
         let category = d.one_of("file_category", &CATEGORIES)?;
-        let path = d.string("path")?;
-        if out.iter().any(|o: &Document| o.category == category) {
+        if d.raw("path").is_some() {
+            return Err(format!(
+                "{at}.path: file paths are not accepted (the worker has no access to the \
+                 starter's disk); store the file with `paysaga documents put FILE` and give \
+                 {at}.document_id"
+            ));
+        }
+        let id: DocumentId = d
+            .string("document_id")?
+            .parse()
+            .map_err(|e| format!("{at}.document_id: {e}"))?;
+        if out.iter().any(|o: &DocumentParam| o.category == category) {
             return Err(format!(
                 "{at}.file_category {category:?} is given twice (one file per category)"
             ));
         }
-        check_readable(&path).map_err(|e| format!("{at}.path {path:?} {e}"))?;
-        out.push(Document { category, path });
+        out.push(DocumentParam { category, id });
     }
     if !out.iter().any(|d| d.category == "identity") {
         return Err(
@@ -192,30 +206,23 @@ fn documents_params(f: &Fields<'_>) -> Result<(String, Vec<Document>), String> {
     Ok((customer_id, out))
 }
 
-fn check_readable(path: &str) -> Result<(), String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot be read: {e}"))?;
-    if !meta.is_file() {
-        return Err("is not a regular file".into());
-    }
-    std::fs::File::open(path).map_err(|e| format!("cannot be read: {e}"))?;
-    Ok(())
-}
-
-/// The MIME type sent with an upload, from the file's extension.
-fn mime_type(path: &str) -> &'static str {
-    let ext = Path::new(path)
-        .extension()
-        .and_then(|e| e.to_str())
+/// The file extension sent with an upload, from the document's content type.
+fn extension(content_type: &str) -> &'static str {
+    let essence = content_type
+        .split(';')
+        .next()
         .unwrap_or_default()
+        .trim()
         .to_ascii_lowercase();
-    match ext.as_str() {
-        "png" => "image/png",
-        "jpg" | "jpeg" => "image/jpeg",
-        "gif" => "image/gif",
-        "webp" => "image/webp",
-        "pdf" => "application/pdf",
-        "txt" => "text/plain",
-        _ => "application/octet-stream",
+    match essence.as_str() {
+        "image/png" => "png",
+        "image/jpeg" | "image/jpg" => "jpg",
+        "image/gif" => "gif",
+        "image/webp" => "webp",
+        "image/heic" => "heic",
+        "application/pdf" => "pdf",
+        "text/plain" => "txt",
+        _ => "bin",
     }
 }
 
@@ -229,45 +236,54 @@ impl StepKind for UploadDocuments {
         Fields::new(params, Mode::Validate).and_then(|f| documents_params(&f).map(|_| ()))
     }
 
-    async fn run(&self, _ctx: &StepContext, params: Value) -> StepOutcome {
+    fn documents(&self, params: &Value) -> Vec<DocumentId> {
+        Fields::new(params, Mode::Validate)
+            .and_then(|f| documents_params(&f))
+            .map(|(_, docs)| docs.into_iter().map(|d| d.id).collect())
+            .unwrap_or_default()
+    }
+
+    async fn run(&self, ctx: &StepContext, params: Value) -> StepOutcome {
         let (customer_id, documents) = params!(&params, Mode::Run, documents_params);
         let mut files = Vec::with_capacity(documents.len());
-        for doc in documents {
-            let bytes = match tokio::fs::read(&doc.path).await {
-                Ok(b) => b,
+        for param in documents {
+            let doc = match ctx.documents.read(ctx, param.id).await {
+                Ok(doc) => doc,
                 Err(e) => {
-                    return StepOutcome::fail(format!(
-                        "cannot read the {} document {:?}: {e}",
-                        doc.category, doc.path
-                    ))
+                    let error = format!("read the {} document: {e}", param.category);
+                    return if e.is_transient() {
+                        StepOutcome::retry(error)
+                    } else {
+                        StepOutcome::fail(error)
+                    };
                 }
             };
-            let sha256 = hex::encode(Sha256::digest(&bytes));
-            let size = bytes.len();
-            let file_name = Path::new(&doc.path)
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("document")
-                .to_owned();
+            let size = doc.content.len();
+            // No personal data in the name: the document id and an extension.
+            let file_name = format!("{}.{}", doc.id, extension(&doc.content_type));
             let request = PresignedUrlRequest {
                 customer_id: customer_id.clone(),
-                file_category: doc.category.parse().unwrap_or(FileCategory::Identity),
+                file_category: param.category.parse().unwrap_or(FileCategory::Identity),
                 file_name: file_name.clone(),
-                file_type: mime_type(&doc.path).to_owned(),
+                file_type: doc.content_type.clone(),
             };
             let upload = match self.0.get_presigned_url(&request).await {
                 Ok(u) => u,
-                Err(e) => return outcome_for(&format!("get upload URL for {}", doc.category), &e),
+                Err(e) => {
+                    return outcome_for(&format!("get upload URL for {}", param.category), &e)
+                }
             };
-            if let Err(e) = self.0.upload_file(&upload, bytes).await {
-                return outcome_for(&format!("upload the {} document", doc.category), &e);
+            if let Err(e) = self.0.upload_file(&upload, doc.content).await {
+                return outcome_for(&format!("upload the {} document", param.category), &e);
             }
             files.push(json!({
-                "file_category": doc.category,
+                "file_category": param.category,
+                "document_id": doc.id,
                 "file_id": upload.file_id,
                 "file_name": file_name,
+                "content_type": doc.content_type,
                 "size": size,
-                "sha256": sha256,
+                "sha256": doc.sha256,
             }));
         }
         StepOutcome::Done(json!({"customer_id": customer_id, "files": files}))
@@ -694,9 +710,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mime_types_follow_the_extension() {
-        assert_eq!(mime_type("a/b/passport.PNG"), "image/png");
-        assert_eq!(mime_type("proof.pdf"), "application/pdf");
-        assert_eq!(mime_type("noext"), "application/octet-stream");
+    fn extensions_follow_the_content_type() {
+        assert_eq!(extension("image/PNG"), "png");
+        assert_eq!(extension("application/pdf; charset=binary"), "pdf");
+        assert_eq!(extension("application/octet-stream"), "bin");
     }
 }
