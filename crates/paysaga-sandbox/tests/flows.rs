@@ -1720,3 +1720,164 @@ async fn blaaiz_registered_webhook_urls_receive_events_and_replay_resends_the_pa
     );
     h.sandbox.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn lumanu_quickstart_requests_are_accepted_verbatim() {
+    let h = Harness::start("none").await;
+    let t = h.lumanu_token().await;
+    // The quickstart's request, path and body as written (plural `payables`).
+    let (status, payable) = h
+        .call(
+            "POST",
+            "/lumanu/api/rest/payables",
+            &t,
+            Some(json!({
+                "workspace_id": LUMANU_WS,
+                "payee_email": "creator@example.com",
+                "amount": 100,
+                "description": "My first payout via the API",
+            })),
+        )
+        .await;
+    assert_eq!(status, 200, "{payable}");
+    assert_eq!(payable["amount"], 100);
+    assert_eq!(payable["amount_denomination"], "us_cents");
+    assert!(payable["status"].is_null());
+    // The quickstart's response has no project_id; a payable without a project omits it.
+    assert!(payable.get("project_id").is_none(), "{payable}");
+    let (_, with_project) = h
+        .call(
+            "POST",
+            "/lumanu/api/rest/payable",
+            &t,
+            Some(json!({
+                "workspace_id": LUMANU_WS, "payee_email": "creator@example.com", "amount": 200,
+                "description": "with project", "project_id": "d4e5f6a7-b8c9-0123-def4-567890abcdef",
+            })),
+        )
+        .await;
+    assert_eq!(
+        with_project["project_id"],
+        "d4e5f6a7-b8c9-0123-def4-567890abcdef"
+    );
+    // "Query a Payout: GET /api/rest/payouts".
+    let (status, payouts) = h
+        .call(
+            "GET",
+            &format!("/lumanu/api/rest/payouts?workspace_id={LUMANU_WS}&order_by_direction=asc"),
+            &t,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{payouts}");
+    assert_eq!(payouts["total"], 2);
+    assert_eq!(payouts["data"][0]["id"], payable["id"]);
+
+    let (status, ws) = h
+        .call(
+            "GET",
+            &format!("/lumanu/api/rest/workspace/{LUMANU_WS}"),
+            &t,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(ws["updated_at"].is_string(), "{ws}");
+
+    let (status, projects) = h
+        .call(
+            "GET",
+            &format!("/lumanu/api/rest/workspace/{LUMANU_WS}/project"),
+            &t,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{projects}");
+    assert_eq!(projects["total"], 2);
+    let ids: Vec<&str> = projects["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"d4e5f6a7-b8c9-0123-def4-567890abcdef"),
+        "{projects}"
+    );
+    let (status, project) = h
+        .call(
+            "GET",
+            &format!("/lumanu/api/rest/workspace/{LUMANU_WS}/project/d4e5f6a7-b8c9-0123-def4-567890abcdef"),
+            &t,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(project["balance"].is_null());
+    assert_eq!(project["archived"], false);
+
+    let (status, partners) = h
+        .call(
+            "GET",
+            &format!("/lumanu/api/rest/workspace/{LUMANU_WS}/partner?search=creator"),
+            &t,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{partners}");
+    assert_eq!(partners["total"], 1);
+    assert_eq!(partners["data"][0]["email"], "creator@example.com");
+    let partner_id = partners["data"][0]["id"].as_str().unwrap();
+    let (status, partner) = h
+        .call(
+            "GET",
+            &format!("/lumanu/api/rest/workspace/{LUMANU_WS}/partner/{partner_id}"),
+            &t,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(partner["payables_count"], 2);
+    assert_eq!(partner["emails"], json!(["creator@example.com"]));
+    let (status, missing) = h
+        .call(
+            "GET",
+            &format!("/lumanu/api/rest/workspace/{LUMANU_WS}/partner/00000000-0000-0000-0000-000000000000"),
+            &t,
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(missing["error"]["code"], "not_found");
+    h.sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn lean_payment_source_created_webhook_names_the_end_user() {
+    let h = Harness::start("none").await;
+    let t = h.form_token("/lean/oauth2/token", "lean", "api").await;
+    let (status, customer) = h
+        .call(
+            "POST",
+            "/lean/payments/v1/customer",
+            &t,
+            Some(json!({"app_user_id": "user-eu"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{customer}");
+    let customer_id = customer["customer_id"].as_str().unwrap().to_owned();
+    let created = h
+        .hooks
+        .wait_for("payment_source.created", |p, v| {
+            p == "lean" && v["type"] == "payment_source.created"
+        })
+        .await;
+    assert_eq!(created["payload"]["customer_id"], customer_id.as_str());
+    let end_user = created["payload"]["end_user_id"].as_str().unwrap();
+    assert!(uuid_like(end_user), "{created}");
+    h.sandbox.shutdown().await.unwrap();
+}
+
+fn uuid_like(s: &str) -> bool {
+    s.len() == 36 && s.chars().filter(|c| *c == '-').count() == 4
+}
