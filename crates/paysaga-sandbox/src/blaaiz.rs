@@ -240,17 +240,28 @@ impl Customer {
                 })
             })
             .collect();
+        // Blaaiz's schema types phone_number, date_of_birth and the address fields as strings
+        // (not nullable): a field the customer was created without is left out.
+        let mut address = serde_json::Map::new();
+        address.insert("country".into(), json!(self.country));
+        for (k, val) in [
+            ("street", &self.street),
+            ("city", &self.city),
+            ("state", &self.state),
+            ("postal_code", &self.zip_code),
+        ] {
+            if let Some(val) = val {
+                address.insert(k.into(), json!(val));
+            }
+        }
         if let Some(obj) = v.as_object_mut() {
+            for (k, val) in [("phone_number", &self.phone), ("date_of_birth", &self.dob)] {
+                if let Some(val) = val {
+                    obj.insert(k.into(), json!(val));
+                }
+            }
             for (k, val) in [
-                ("phone_number", json!(self.phone)),
-                ("date_of_birth", json!(self.dob)),
-                (
-                    "address",
-                    json!({
-                        "street": self.street, "city": self.city, "state": self.state,
-                        "country": self.country, "postal_code": self.zip_code,
-                    }),
-                ),
+                ("address", Value::Object(address)),
                 ("files", Value::Array(files)),
                 (
                     "status",
@@ -1255,20 +1266,15 @@ fn paginate(items: Vec<Value>, page: usize, per_page: usize) -> (Vec<Value>, Val
     let last_page = total.div_ceil(per_page).max(1);
     let start = (page - 1) * per_page;
     let data: Vec<Value> = items.into_iter().skip(start).take(per_page).collect();
-    let from = if data.is_empty() {
-        Value::Null
-    } else {
-        json!(start + 1)
-    };
-    let to = if data.is_empty() {
-        Value::Null
-    } else {
-        json!(start + data.len())
-    };
-    let meta = json!({
-        "current_page": page, "from": from, "last_page": last_page, "path": "",
-        "per_page": per_page, "to": to, "total": total,
+    let mut meta = json!({
+        "current_page": page, "last_page": last_page, "path": "",
+        "per_page": per_page, "total": total,
     });
+    // `from`/`to` are numbers in Blaaiz's schema: an empty page has neither.
+    if !data.is_empty() {
+        meta["from"] = json!(start + 1);
+        meta["to"] = json!(start + data.len());
+    }
     (data, meta)
 }
 

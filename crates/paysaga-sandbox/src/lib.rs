@@ -22,6 +22,7 @@
 //! | `/_sandbox/faults` | `GET` the active fault spec, `PUT` a new one (text body in the grammar below) |
 //! | `/_sandbox/webhooks` | every webhook delivery attempted |
 //! | `/_sandbox/reset` | `POST`: forget all objects and movements, re-seed the opening balances |
+//! | `/_sandbox/requests` | `GET` the provider API exchanges recorded (method, path, request and response bodies, status), `DELETE` forgets them; `PUT /_sandbox/requests/recording` with `on` or `off` switches recording (off by default) |
 //! | `/_sandbox/blaaiz/uploads/{file_id}` | the pre-signed `PUT` target for Blaaiz documents |
 //!
 //! Provider endpoints (below each prefix, as the providers spell them):
@@ -111,6 +112,7 @@ mod lean;
 mod ledger;
 mod lumanu;
 mod money;
+mod record;
 mod webhooks;
 
 use std::net::SocketAddr;
