@@ -28,11 +28,16 @@
 //! Provider endpoints (below each prefix, as the providers spell them):
 //! * Lumanu `/api/rest`: `POST /funding` (`method` `invoice` or `balance`), `GET /funding/{id}`,
 //!   `POST /funding/{id}/link-deposit`, `GET /workspace`, `GET /workspace/{id}`,
-//!   `GET /workspace/{id}/wallet`, `GET /workspace/{id}/wallet/transaction`, `POST|GET /payable`,
+//!   `GET /workspace/{id}/wallet`, `GET /workspace/{id}/wallet/transaction`,
+//!   `GET /workspace/{id}/project[/{id}]`, `GET /workspace/{id}/partner[/{id}]`,
+//!   `POST|GET /payable`, `POST /payables` and `GET /payouts` (the quickstart's paths),
 //!   `GET /payable/{id}`, `POST /payable/{id}/approve`, `POST /payable/{id}/cancel`.
 //! * Blaaiz `/api/external`: `POST /customer`, `GET /customer?email=`, `GET /customer/{id}`,
 //!   `POST /customer/{id}/files`, `POST /file/get-presigned-url`, `POST /payout`,
-//!   `POST /transaction` (list), `GET /transaction/{id}`.
+//!   `POST /transaction` (list), `GET /transaction/{id}`, `POST|GET /webhook`,
+//!   `PUT /webhook/{id}`, `POST /webhook-replay`, `GET /wallet[/{id}]`, `GET /currency`,
+//!   `GET /bank`, `POST /fees/breakdown`; OAuth scopes enforced per endpoint; unknown routes
+//!   404 `{"message"}`.
 //! * Lean: `POST|GET /payments/v1/destinations`, `GET /payments/v1/destinations/{id}`,
 //!   `POST /payments/v1/customer`, `POST /payments/v1/intents`, `GET /payments/v1/intents/{id}`,
 //!   `GET /payments/v1/{payment_id}`, `GET /customers/v1/app-user-id/{app_user_id}`,
