@@ -88,7 +88,10 @@ impl Env {
             .json()
             .await
             .unwrap();
-        let (requests, responses) = openapi::check(&openapi::Specs::load(), &exchanges);
+        let (requests, responses) = openapi::check(
+            &openapi::Specs::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/openapi")),
+            &exchanges,
+        );
         assert!(
             requests >= min_requests && responses >= min_responses,
             "checked {requests} request and {responses} response bodies of {} exchanges",

@@ -17,6 +17,10 @@ use std::time::Duration;
 use paysaga_sandbox::{Credentials, SandboxConfig};
 use serde_json::Value;
 
+/// The providers' OpenAPI files and their checker live with the client tests.
+#[path = "../../paysaga-providers/tests/openapi/mod.rs"]
+mod openapi;
+
 const SDK_DIR: &str = "blaaiz-python-sdk-1.7.0";
 
 fn tests_dir() -> PathBuf {
@@ -126,6 +130,17 @@ async fn blaaiz_official_python_sdk_runs_every_flow_against_the_sandbox() {
         .unwrap_or_else(|e| panic!("cannot install Blaaiz's official Python SDK: {e}"));
     let config = SandboxConfig::new("127.0.0.1:0".parse().unwrap(), Credentials::dev());
     let sandbox = paysaga_sandbox::spawn(config).await.unwrap();
+    let http = reqwest::Client::new();
+    let recording = http
+        .put(format!(
+            "{}/_sandbox/requests/recording",
+            sandbox.base_url()
+        ))
+        .body("on")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(recording.status(), 204);
     let base = format!("{}/blaaiz", sandbox.base_url());
     let wallet = paysaga_sandbox::seeds::BLAAIZ_WALLETS[0].0;
     let script = tests_dir().join("blaaiz_sdk_conformance.py");
@@ -162,9 +177,26 @@ async fn blaaiz_official_python_sdk_runs_every_flow_against_the_sandbox() {
         serde_json::json!(["/customer", "/payout"])
     );
 
+    // Every request the SDK sent and every answer it got, against Blaaiz's OpenAPI files.
+    let exchanges: Vec<Value> = http
+        .get(format!("{}/_sandbox/requests", sandbox.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let specs = openapi::Specs::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../paysaga-providers/tests/openapi"),
+    );
+    let (requests, responses) = openapi::check(&specs, &exchanges);
+    assert!(
+        requests >= 5 && responses >= 10,
+        "checked {requests} requests, {responses} responses"
+    );
+
     // The sandbox's side: one payout of 1500.25 NGN from the seeded wallet, every webhook
     // delivered to the registered URLs.
-    let http = reqwest::Client::new();
     let ledger: Vec<Value> = http
         .get(format!("{}/_sandbox/ledger", sandbox.base_url()))
         .send()
