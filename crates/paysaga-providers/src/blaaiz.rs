@@ -24,9 +24,10 @@ use crate::token::{TokenCache, TokenRequest};
 use crate::transport::{Auth, Core};
 use crate::Provider;
 
-/// Scopes requested when `PAYSAGA_BLAAIZ_SCOPE` is not set.
+/// Scopes requested when `PAYSAGA_BLAAIZ_SCOPE` is not set: the Blaaiz scopes (as its
+/// official SDKs name them) of the endpoints this client calls.
 pub const DEFAULT_SCOPE: &str =
-    "customer:read customer:write file:write payout:create transaction:read";
+    "customer:read customer:write file:upload payout:create transaction:read";
 
 /// How the client authenticates.
 #[derive(Debug, Clone)]

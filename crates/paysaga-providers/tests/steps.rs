@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod openapi;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,6 +35,14 @@ async fn env() -> Env {
         .await
         .expect("sandbox starts");
     let base = sandbox.base_url().to_owned();
+    // Record every exchange: the flow tests check them against the providers' OpenAPI files.
+    let recording = reqwest::Client::new()
+        .put(format!("{base}/_sandbox/requests/recording"))
+        .body("on")
+        .send()
+        .await
+        .expect("recording switched on");
+    assert_eq!(recording.status(), 204);
     // The sandbox's development credentials, Lean by OAuth client credentials here (the
     // binary's tests use its app token); a short timeout, so that an injected "effect, then no
     // answer" times the client out quickly.
@@ -64,6 +74,31 @@ async fn env() -> Env {
 }
 
 impl Env {
+    /// Every request the clients sent and every answer the sandbox gave so far validate against
+    /// the providers' OpenAPI files (see `openapi/mod.rs` for the allow-lists); `min` bodies of
+    /// each side at least were checked.
+    async fn assert_openapi_conformance(&self, min_requests: usize, min_responses: usize) {
+        let url = format!("{}/_sandbox/requests", self.sandbox.base_url());
+        let exchanges: Vec<Value> = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let (requests, responses) = openapi::check(
+            &openapi::Specs::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/openapi")),
+            &exchanges,
+        );
+        assert!(
+            requests >= min_requests && responses >= min_responses,
+            "checked {requests} request and {responses} response bodies of {} exchanges",
+            exchanges.len()
+        );
+    }
+
     fn kind(&self, name: &str) -> Arc<dyn StepKind> {
         self.kinds.get(name).cloned().expect("kind registered")
     }
@@ -328,6 +363,7 @@ async fn lumanu_prefund_steps_pay_the_payable_exactly_once() {
     let payments = env.movements("lumanu", "payment").await;
     assert_eq!(payments.len(), 1, "paid exactly once: {payments:?}");
     assert_eq!(payments[0]["amount"], amount);
+    env.assert_openapi_conformance(2, 10).await;
 }
 
 #[tokio::test]
@@ -645,6 +681,7 @@ async fn blaaiz_kyc_and_payout_steps_create_each_object_once() {
     let payouts = env.movements("blaaiz", "payout").await;
     assert_eq!(payouts.len(), 1, "one payout debit: {payouts:?}");
     assert_eq!(payouts[0]["amount"], 5_000_000);
+    env.assert_openapi_conformance(3, 5).await;
 }
 
 #[tokio::test]
@@ -942,6 +979,8 @@ async fn lean_payout_steps_reuse_objects_and_dedupe_the_intent() {
     done(outcome);
     let payments = env.movements("lean", "payment").await;
     assert_eq!(payments.len(), 2, "{payments:?}");
+    // Lean publishes no OpenAPI file: nothing to validate, but nothing undescribed either.
+    env.assert_openapi_conformance(0, 0).await;
 }
 
 #[tokio::test]

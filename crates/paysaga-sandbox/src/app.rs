@@ -54,6 +54,8 @@ pub(crate) struct AppState {
     /// Key of the signatures in pre-signed upload URLs.
     pub upload_key: secrecy::SecretString,
     pub shutdown: watch::Receiver<bool>,
+    /// The request log of `/_sandbox/requests` (off unless switched on).
+    pub recorder: crate::record::Recorder,
 }
 
 /// Handle passed to handlers.
@@ -146,6 +148,7 @@ pub(crate) async fn bind(
         public_url: public_url.clone(),
         upload_key: secrecy::SecretString::from(hex::encode(rand::random::<[u8; 32]>())),
         shutdown: shutdown.clone(),
+        recorder: crate::record::Recorder::default(),
     });
     Ok(Bound {
         listener,
@@ -166,6 +169,10 @@ pub(crate) fn router(state: App) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             faults::middleware,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            crate::record::middleware,
         ))
         .with_state(state)
 }

@@ -41,6 +41,8 @@ pub(crate) fn client_matches(
 struct Issued {
     provider: Provider,
     expires_at: Instant,
+    /// Scopes granted (Blaaiz); empty for providers without scopes.
+    scopes: Vec<String>,
 }
 
 /// Opaque bearer tokens with an expiry.
@@ -52,6 +54,16 @@ pub(crate) struct Tokens {
 impl Tokens {
     /// Issues a fresh random token for `provider`.
     pub(crate) fn issue(&self, provider: Provider, ttl: Duration) -> String {
+        self.issue_scoped(provider, ttl, Vec::new())
+    }
+
+    /// Issues a fresh random token for `provider` granting `scopes`.
+    pub(crate) fn issue_scoped(
+        &self,
+        provider: Provider,
+        ttl: Duration,
+        scopes: Vec<String>,
+    ) -> String {
         let token = format!(
             "sbx_{}_{}",
             provider,
@@ -65,6 +77,7 @@ impl Tokens {
             Issued {
                 provider,
                 expires_at: now + ttl,
+                scopes,
             },
         );
         token
@@ -72,10 +85,16 @@ impl Tokens {
 
     /// Is `token` a live token of `provider`?
     pub(crate) fn valid(&self, provider: Provider, token: &str) -> bool {
+        self.scopes(provider, token).is_some()
+    }
+
+    /// The scopes of a live token of `provider`; `None` if it is not one.
+    pub(crate) fn scopes(&self, provider: Provider, token: &str) -> Option<Vec<String>> {
         let issued = self.issued.lock().unwrap_or_else(PoisonError::into_inner);
         issued
             .get(token)
-            .is_some_and(|t| t.provider == provider && t.expires_at > Instant::now())
+            .filter(|t| t.provider == provider && t.expires_at > Instant::now())
+            .map(|t| t.scopes.clone())
     }
 }
 

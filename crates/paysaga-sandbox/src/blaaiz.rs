@@ -55,7 +55,71 @@ pub const FAILING_ACCOUNT_NUMBER: &str = "0000000000";
 /// `last_name` (or `business_name`) that makes a KYC review end `REJECTED`.
 pub const REJECTED_LAST_NAME: &str = "Reject";
 
-const UPLOAD_TOKEN_HEADER: &str = "x-amz-meta-upload-token";
+/// The OAuth scopes Blaaiz defines (the scope list of its official SDKs: Python 1.7.0,
+/// Node.js, Laravel). A token request naming any other scope is refused (`invalid_scope`).
+pub const SCOPES: &[&str] = &[
+    "wallet:read",
+    "currency:read",
+    "bank:read",
+    "customer:read",
+    "customer:write",
+    "beneficiary:read",
+    "virtual-account:read",
+    "virtual-account:create",
+    "virtual-account:close",
+    "collection:create",
+    "collection:crypto:create",
+    "collection:interac:accept",
+    "payout:create",
+    "swap:create",
+    "transaction:read",
+    "fees:read",
+    "file:upload",
+    "webhook:read",
+    "webhook:write",
+    "webhook:replay",
+    "rates:read",
+    "compliance-kyc:read",
+    "compliance-kyc:create",
+    "compliance-kyc:cancel",
+    "compliance-kyc:pii:read",
+];
+
+/// The scope an OAuth token needs for `method` on `path` (the route below `/api/external`).
+/// The legacy API key grants every scope.
+pub(crate) fn required_scope(method: &axum::http::Method, path: &str) -> Option<&'static str> {
+    use axum::http::Method;
+    let path = path
+        .find("/api/external")
+        .map_or(path, |i| &path[i + "/api/external".len()..]);
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let scope = match (method, segments.as_slice()) {
+        (&Method::POST, ["customer"]) | (&Method::POST, ["customer", _, "files"]) => {
+            "customer:write"
+        }
+        (&Method::GET, ["customer"]) | (&Method::GET, ["customer", _]) => "customer:read",
+        (&Method::POST, ["file", "get-presigned-url"]) => "file:upload",
+        (&Method::POST, ["payout"]) => "payout:create",
+        (&Method::POST, ["transaction"]) | (&Method::GET, ["transaction", _]) => "transaction:read",
+        (&Method::GET, ["webhook"]) => "webhook:read",
+        (&Method::POST, ["webhook"]) | (&Method::PUT, ["webhook", _]) => "webhook:write",
+        (&Method::POST, ["webhook-replay"]) => "webhook:replay",
+        (&Method::GET, ["wallet"]) | (&Method::GET, ["wallet", _]) => "wallet:read",
+        (&Method::GET, ["currency"]) => "currency:read",
+        (&Method::GET, ["bank"]) => "bank:read",
+        (&Method::POST, ["fees", "breakdown"]) => "fees:read",
+        _ => return None,
+    };
+    Some(scope)
+}
+
+/// Banks listed by `GET /api/external/bank`: (id, name, currency, country).
+pub const BANKS: &[(&str, &str, &str, &str)] = &[
+    ("1", "Access Bank", "NGN", "NG"),
+    ("2", "Guaranty Trust Bank", "NGN", "NG"),
+    ("3", "First Bank of Nigeria", "NGN", "NG"),
+    ("4", "Zenith Bank", "NGN", "NG"),
+];
 
 /// A Blaaiz error: `{"status": false, "message": ...}` (customer and file endpoints) or
 /// `{"message": ...}` (payout and transaction endpoints), as in Blaaiz's OpenAPI.
@@ -184,17 +248,28 @@ impl Customer {
                 })
             })
             .collect();
+        // Blaaiz's schema types phone_number, date_of_birth and the address fields as strings
+        // (not nullable): a field the customer was created without is left out.
+        let mut address = serde_json::Map::new();
+        address.insert("country".into(), json!(self.country));
+        for (k, val) in [
+            ("street", &self.street),
+            ("city", &self.city),
+            ("state", &self.state),
+            ("postal_code", &self.zip_code),
+        ] {
+            if let Some(val) = val {
+                address.insert(k.into(), json!(val));
+            }
+        }
         if let Some(obj) = v.as_object_mut() {
+            for (k, val) in [("phone_number", &self.phone), ("date_of_birth", &self.dob)] {
+                if let Some(val) = val {
+                    obj.insert(k.into(), json!(val));
+                }
+            }
             for (k, val) in [
-                ("phone_number", json!(self.phone)),
-                ("date_of_birth", json!(self.dob)),
-                (
-                    "address",
-                    json!({
-                        "street": self.street, "city": self.city, "state": self.state,
-                        "country": self.country, "postal_code": self.zip_code,
-                    }),
-                ),
+                ("address", Value::Object(address)),
                 ("files", Value::Array(files)),
                 (
                     "status",
@@ -223,11 +298,10 @@ struct FileRec {
     id: String,
     customer_id: String,
     category: String,
-    content_type: String,
-    upload_token: String,
-    expires_at: DateTime<Utc>,
     /// (size in bytes, hex sha256) once uploaded; the bytes are not kept.
     uploaded: Option<(usize, String, DateTime<Utc>)>,
+    /// The Content-Type the upload carried (empty when none).
+    uploaded_content_type: String,
 }
 
 #[derive(Debug, Clone)]
@@ -248,6 +322,8 @@ struct Txn {
     routing_number: Option<String>,
     note: Option<String>,
     date: DateTime<Utc>,
+    /// The last payout webhook raised for it (`POST /webhook-replay` sends it again).
+    last_event: Option<Event>,
 }
 
 impl Txn {
@@ -272,19 +348,31 @@ impl Txn {
             "merchant_reference": self.note,
             "payee_collection_email": null,
             "source_information": {"collection_email": null},
-            "recipient": {
-                "id": format!("rcp_{}", &self.id[..8]),
-                "account_number": self.account_number,
-                "account_name": self.account_name,
-                "amount": amount,
-                "currency": self.currency,
-                "bank_name": self.bank_name,
-                "bank_code": self.bank_code,
-                "status": self.status.to_ascii_lowercase(),
-                "routing_number": self.routing_number,
-                "email": self.email,
-            },
+            "recipient": self.recipient_json(&amount),
         })
+    }
+
+    /// Blaaiz's schema types `account_number`, `account_name`, `bank_name` and `bank_code`
+    /// as strings (never null): a field the payout did not carry is left out.
+    fn recipient_json(&self, amount: &Value) -> Value {
+        let mut r = serde_json::Map::new();
+        r.insert("id".into(), json!(format!("rcp_{}", &self.id[..8])));
+        for (k, v) in [
+            ("account_number", &self.account_number),
+            ("account_name", &self.account_name),
+            ("bank_name", &self.bank_name),
+            ("bank_code", &self.bank_code),
+        ] {
+            if let Some(v) = v {
+                r.insert(k.into(), json!(v));
+            }
+        }
+        r.insert("amount".into(), amount.clone());
+        r.insert("currency".into(), json!(self.currency));
+        r.insert("status".into(), json!(self.status.to_ascii_lowercase()));
+        r.insert("routing_number".into(), json!(self.routing_number));
+        r.insert("email".into(), json!(self.email));
+        Value::Object(r)
     }
 
     fn counterparty(&self) -> String {
@@ -295,12 +383,65 @@ impl Txn {
     }
 }
 
+/// URLs registered with `POST /api/external/webhook`.
+#[derive(Debug, Clone)]
+struct WebhookUrls {
+    id: String,
+    payout_url: String,
+    collection_url: String,
+    customer_url: Option<String>,
+    virtual_account_url: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl WebhookUrls {
+    fn json(&self) -> Value {
+        let mut v = json!({
+            "id": self.id,
+            "payout_url": self.payout_url,
+            "collection_url": self.collection_url,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        });
+        if let Some(obj) = v.as_object_mut() {
+            for (k, url) in [
+                ("customer_url", &self.customer_url),
+                ("virtual_account_url", &self.virtual_account_url),
+            ] {
+                if let Some(url) = url {
+                    obj.insert(k.into(), json!(url));
+                }
+            }
+        }
+        v
+    }
+}
+
 /// Blaaiz's objects.
 #[derive(Debug, Default)]
 pub(crate) struct Objects {
     customers: Vec<Customer>,
     files: HashMap<String, FileRec>,
     transactions: Vec<Txn>,
+    webhook: Option<WebhookUrls>,
+}
+
+impl Objects {
+    /// Where customer events go: the registered `customer_url`, else the `collection_url`
+    /// (PROVIDERS.md: KYC events reach the collection URL); unregistered: the sandbox default.
+    fn customer_url(&self) -> Option<String> {
+        self.webhook.as_ref().map(|w| {
+            w.customer_url
+                .clone()
+                .unwrap_or_else(|| w.collection_url.clone())
+        })
+    }
+
+    /// Where payout events go: the registered `payout_url`; unregistered: the sandbox default.
+    fn payout_url(&self) -> Option<String> {
+        self.webhook.as_ref().map(|w| w.payout_url.clone())
+    }
 }
 
 impl Objects {
@@ -334,7 +475,13 @@ impl Objects {
     }
 }
 
-fn customer_event(customer_id: &str, old: &str, new: &str, comment: Option<&str>) -> Event {
+fn customer_event(
+    url: Option<String>,
+    customer_id: &str,
+    old: &str,
+    new: &str,
+    comment: Option<&str>,
+) -> Event {
     let event_id = Uuid::new_v4().to_string();
     let body = json!({
         "event_type": "customer.status_changed",
@@ -345,10 +492,10 @@ fn customer_event(customer_id: &str, old: &str, new: &str, comment: Option<&str>
         "event_id": event_id,
         "type": "customer",
     });
-    Event::new(Provider::Blaaiz, event_id, "customer.status_changed", &body)
+    Event::new(Provider::Blaaiz, event_id, "customer.status_changed", &body).to(url)
 }
 
-fn payout_event(t: &Txn) -> Event {
+fn payout_event(url: Option<String>, t: &Txn) -> Event {
     let event_id = Uuid::new_v4().to_string();
     let message = match t.status {
         "SUCCESSFUL" => "Payout completed successfully.",
@@ -367,7 +514,7 @@ fn payout_event(t: &Txn) -> Event {
         "event_id": event_id,
         "type": "payout",
     });
-    Event::new(Provider::Blaaiz, event_id, "payout.status_changed", &body)
+    Event::new(Provider::Blaaiz, event_id, "payout.status_changed", &body).to(url)
 }
 
 /// Blaaiz's routes: `/oauth/token` and `/api/external/...`.
@@ -380,10 +527,47 @@ pub(crate) fn router(app: &App) -> Router<App> {
         .route("/payout", post(create_payout))
         .route("/transaction", post(list_transactions))
         .route("/transaction/{id}", get(get_transaction))
-        .route_layer(from_fn_with_state(app.clone(), require_auth));
+        .route("/webhook", post(register_webhook).get(get_webhook))
+        .route("/webhook/{id}", put(update_webhook))
+        .route("/webhook-replay", post(replay_webhook))
+        .route("/wallet", get(list_wallets))
+        .route("/wallet/{id}", get(get_wallet))
+        .route("/currency", get(list_currencies))
+        .route("/bank", get(list_banks))
+        .route("/fees/breakdown", post(fee_breakdown))
+        .route_layer(from_fn_with_state(app.clone(), require_auth))
+        .method_not_allowed_fallback(method_not_allowed);
     Router::new()
         .nest("/api/external", api)
         .route("/oauth/token", post(token))
+        .fallback(not_found)
+}
+
+/// Unknown routes answer as Blaaiz's (Laravel) API does: 404 `{"message": ...}`.
+async fn not_found(axum::extract::OriginalUri(uri): axum::extract::OriginalUri) -> Response {
+    let path = uri.path().trim_start_matches('/');
+    let path = path.strip_prefix("blaaiz/").unwrap_or(path);
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("The route {path} could not be found."),
+    )
+    .plain()
+    .into_response()
+}
+
+/// A known route with another method: 405 `{"message": ...}`.
+async fn method_not_allowed(
+    method: axum::http::Method,
+    axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
+) -> Response {
+    let path = uri.path().trim_start_matches('/');
+    let path = path.strip_prefix("blaaiz/").unwrap_or(path);
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("The {method} method is not supported for route {path}."),
+    )
+    .plain()
+    .into_response()
 }
 
 /// The pre-signed upload route, mounted under `/_sandbox/blaaiz/uploads/{file_id}`.
@@ -393,16 +577,32 @@ pub(crate) fn upload_router() -> Router<App> {
         .layer(DefaultBodyLimit::max(32 * 1024 * 1024))
 }
 
+/// API key (every scope) or a bearer token holding the route's scope
+/// ([`required_scope`]); a token without it is 403, as Laravel Passport's scope check answers.
 async fn require_auth(State(app): State<App>, req: Request, next: Next) -> Response {
     let creds = &app.credentials.blaaiz;
-    let by_token = bearer(req.headers()).is_some_and(|t| app.tokens.valid(Provider::Blaaiz, t));
+    let scopes = bearer(req.headers()).and_then(|t| app.tokens.scopes(Provider::Blaaiz, t));
+    if let Some(scopes) = scopes {
+        let path = req
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .map_or_else(|| req.uri().path().to_owned(), |m| m.as_str().to_owned());
+        let needed = required_scope(req.method(), &path);
+        return if needed.is_some_and(|n| scopes.iter().any(|s| s == n)) {
+            next.run(req).await
+        } else {
+            ApiError::new(StatusCode::FORBIDDEN, "Invalid scope(s) provided.")
+                .plain()
+                .into_response()
+        };
+    }
     let by_key = req
         .headers()
         .get("x-blaaiz-api-key")
         .and_then(|v| v.to_str().ok())
         .zip(creds.api_key.as_ref())
         .is_some_and(|(presented, expected)| secret_eq(presented, expected));
-    if by_token || by_key {
+    if by_key {
         next.run(req).await
     } else {
         ApiError::new(StatusCode::UNAUTHORIZED, "Invalid or missing API key").into_response()
@@ -441,13 +641,21 @@ async fn token(State(app): State<App>, bytes: Bytes) -> Response {
             "Client authentication failed",
         );
     }
+    let scope = field("scope").unwrap_or_default();
+    let scopes: Vec<String> = scope.split_whitespace().map(str::to_owned).collect();
+    if let Some(unknown) = scopes.iter().find(|s| !SCOPES.contains(&s.as_str())) {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            &format!("The requested scope is invalid, unknown, or malformed (hint: check the `{unknown}` scope)."),
+        );
+    }
     let ttl = app.timing.blaaiz_token_ttl;
-    let token = app.tokens.issue(Provider::Blaaiz, ttl);
+    let token = app.tokens.issue_scoped(Provider::Blaaiz, ttl, scopes);
     Json(json!({
         "token_type": "Bearer",
         "expires_in": ttl.as_secs(),
         "access_token": token,
-        "scope": field("scope").unwrap_or_default(),
     }))
     .into_response()
 }
@@ -596,11 +804,20 @@ const FILE_CATEGORIES: &[&str] = &[
     "liveness_check",
 ];
 
-fn upload_signature(app: &App, file_id: &str, expires: i64) -> String {
-    hmac_sha256_hex(&app.upload_key, format!("{file_id}:{expires}").as_bytes())
+/// The signature of a pre-signed URL: it covers the file, the expiry and, when the request
+/// named a `file_type`, the Content-Type the upload must carry (S3's signed headers). The URL
+/// carries its whole authority: the PUT needs nothing else (as Blaaiz's SDKs send it).
+fn upload_signature(app: &App, file_id: &str, expires: i64, content_type: Option<&str>) -> String {
+    let signed = match content_type {
+        Some(ct) => format!("{file_id}:{expires}:content-type={ct}"),
+        None => format!("{file_id}:{expires}"),
+    };
+    hmac_sha256_hex(&app.upload_key, signed.as_bytes())
 }
 
-/// `POST /api/external/file/get-presigned-url`.
+/// `POST /api/external/file/get-presigned-url`. Blaaiz's OpenAPI file requires `file_name`
+/// and `file_type`; its official SDKs send only `customer_id` and `file_category`: both forms
+/// are accepted. A given `file_type` is signed into the URL and returned in `headers`.
 async fn presigned_url(State(app): State<App>, bytes: Bytes) -> Result<Json<Value>, ApiError> {
     let body = Body::json(&bytes).map_err(ApiError::bad_request)?;
     let customer_id = req_field(&body, "customer_id")?;
@@ -611,8 +828,8 @@ async fn presigned_url(State(app): State<App>, bytes: Bytes) -> Result<Json<Valu
             "The selected file category is invalid.",
         ));
     }
-    let _file_name = req_field(&body, "file_name")?;
-    let content_type = req_field(&body, "file_type")?;
+    let _file_name = str_field(&body, "file_name")?;
+    let content_type = str_field(&body, "file_type")?;
     let ttl = chrono::Duration::from_std(app.timing.upload_url_ttl)
         .unwrap_or_else(|_| chrono::Duration::minutes(15));
     let expires_at = Utc::now() + ttl;
@@ -620,19 +837,25 @@ async fn presigned_url(State(app): State<App>, bytes: Bytes) -> Result<Json<Valu
         id: Uuid::new_v4().to_string(),
         customer_id: customer_id.clone(),
         category,
-        content_type: content_type.clone(),
-        upload_token: hex::encode(rand::random::<[u8; 16]>()),
-        expires_at,
         uploaded: None,
+        uploaded_content_type: String::new(),
     };
     let expires = expires_at.timestamp();
+    let signed_headers = if content_type.is_some() {
+        "content-type%3Bhost"
+    } else {
+        "host"
+    };
     let url = format!(
-        "{}/_sandbox/blaaiz/uploads/{}?X-Amz-Expires={expires}&X-Amz-Signature={}",
+        "{}/_sandbox/blaaiz/uploads/{}?X-Amz-Expires={expires}&X-Amz-SignedHeaders={signed_headers}&X-Amz-Signature={}",
         app.public_url,
         file.id,
-        upload_signature(&app, &file.id, expires)
+        upload_signature(&app, &file.id, expires, content_type.as_deref())
     );
-    let headers = json!({"Content-Type": content_type, UPLOAD_TOKEN_HEADER: file.upload_token});
+    let headers = match &content_type {
+        Some(ct) => json!({ "Content-Type": ct }),
+        None => json!({}),
+    };
     let file_id = file.id.clone();
     app.with(|w| {
         if !w.blaaiz.customers.iter().any(|c| c.id == customer_id) {
@@ -664,8 +887,9 @@ fn s3_error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-/// `PUT /_sandbox/blaaiz/uploads/{file_id}?X-Amz-Expires&X-Amz-Signature`: checks the URL
-/// signature, expiry and the headers `get-presigned-url` returned; keeps size and sha256 only.
+/// `PUT /_sandbox/blaaiz/uploads/{file_id}?X-Amz-Expires&X-Amz-SignedHeaders&X-Amz-Signature`:
+/// checks the URL signature (over the Content-Type too when it was signed) and the expiry;
+/// keeps size and sha256 only.
 async fn upload(
     State(app): State<App>,
     Path(file_id): Path<String>,
@@ -677,25 +901,34 @@ async fn upload(
         .get("X-Amz-Expires")
         .and_then(|e| e.parse().ok())
         .unwrap_or(0);
-    let signature_ok = q
-        .get("X-Amz-Signature")
-        .is_some_and(|s| secret_eq(s, &upload_signature(&app, &file_id, expires).into()));
+    let content_type_signed = q
+        .get("X-Amz-SignedHeaders")
+        .is_some_and(|h| h.split(';').any(|h| h.eq_ignore_ascii_case("content-type")));
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let signed_type = if content_type_signed {
+        Some(content_type.as_deref().unwrap_or(""))
+    } else {
+        None
+    };
+    let signature_ok = q.get("X-Amz-Signature").is_some_and(|s| {
+        secret_eq(
+            s,
+            &upload_signature(&app, &file_id, expires, signed_type).into(),
+        )
+    });
     if !signature_ok {
         return s3_error(
             StatusCode::FORBIDDEN,
             "SignatureDoesNotMatch",
-            "The request signature we calculated does not match the signature you provided.",
+            "The request signature we calculated does not match the signature you provided. Check your key and signing method.",
         );
     }
     if Utc::now().timestamp() > expires {
         return s3_error(StatusCode::FORBIDDEN, "AccessDenied", "Request has expired");
     }
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
     let digest = hex::encode(Sha256::digest(&bytes));
     let size = bytes.len();
     let result = app.with(|w| {
@@ -706,24 +939,8 @@ async fn upload(
                 "The specified key does not exist.",
             ));
         };
-        if header("content-type").as_deref() != Some(file.content_type.as_str()) {
-            return Err((
-                StatusCode::FORBIDDEN,
-                "SignatureDoesNotMatch",
-                "Content-Type does not match the signed headers.",
-            ));
-        }
-        if header(UPLOAD_TOKEN_HEADER).as_deref() != Some(file.upload_token.as_str()) {
-            return Err((
-                StatusCode::FORBIDDEN,
-                "SignatureDoesNotMatch",
-                "Signed header x-amz-meta-upload-token is missing or wrong.",
-            ));
-        }
-        if file.expires_at < Utc::now() {
-            return Err((StatusCode::FORBIDDEN, "AccessDenied", "Request has expired"));
-        }
         file.uploaded = Some((size, digest.clone(), Utc::now()));
+        file.uploaded_content_type = content_type.clone().unwrap_or_default();
         Ok(())
     });
     match result {
@@ -760,6 +977,7 @@ async fn attach_files(
     }
     let (events, review) = app.with(|w| {
         let state = &mut w.blaaiz;
+        let hook = state.customer_url();
         for (field, category, file_id) in &given {
             let file = state
                 .files
@@ -807,7 +1025,7 @@ async fn attach_files(
         customer.comment = None;
         customer.review += 1;
         Ok((
-            vec![customer_event(&customer.id, old, "PROCESSING", None)],
+            vec![customer_event(hook, &customer.id, old, "PROCESSING", None)],
             Some(customer.review),
         ))
     })?;
@@ -817,6 +1035,7 @@ async fn attach_files(
         let customer_id = id.clone();
         after(&app, delay, move |app| {
             let event = app.with(|w| {
+                let hook = w.blaaiz.customer_url();
                 let c = w
                     .blaaiz
                     .customers
@@ -833,7 +1052,7 @@ async fn attach_files(
                 c.verification_status = new;
                 c.comment = comment.clone();
                 c.updated_at = Utc::now();
-                Some(customer_event(&c.id, "PROCESSING", new, comment.as_deref()))
+                Some(customer_event(hook, &c.id, "PROCESSING", new, comment.as_deref()))
             });
             app.emit(event);
         });
@@ -932,12 +1151,19 @@ async fn create_payout(State(app): State<App>, bytes: Bytes) -> Result<Json<Valu
         method,
         account_number: account_number.or_else(|| opt("iban").ok().flatten()),
         account_name: opt("account_name")?,
-        bank_name: opt("bank_name")?,
+        bank_name: opt("bank_name")?.or_else(|| {
+            let bank_id = opt("bank_id").ok().flatten()?;
+            BANKS
+                .iter()
+                .find(|(id, ..)| *id == bank_id)
+                .map(|(_, name, ..)| (*name).to_owned())
+        }),
         bank_code: opt("bank_id")?,
         email,
         routing_number: opt("routing_number")?,
         note: opt("note")?,
         date: Utc::now(),
+        last_event: None,
     };
     let json = app.with(|w| {
         let customer = w
@@ -984,6 +1210,7 @@ async fn create_payout(State(app): State<App>, bytes: Bytes) -> Result<Json<Valu
 
 /// PENDING -> SUCCESSFUL, or FAILED with a refund for the failing account number.
 fn settle_payout(state: &mut Objects, ledger: &mut Ledger, txn_id: &str) -> Option<Event> {
+    let hook = state.payout_url();
     let t = state
         .transactions
         .iter_mut()
@@ -1006,7 +1233,9 @@ fn settle_payout(state: &mut Objects, ledger: &mut Ledger, txn_id: &str) -> Opti
     } else {
         t.status = "SUCCESSFUL";
     }
-    Some(payout_event(t))
+    let event = payout_event(hook, t);
+    t.last_event = Some(event.clone());
+    Some(event)
 }
 
 async fn get_transaction(
@@ -1049,20 +1278,15 @@ fn paginate(items: Vec<Value>, page: usize, per_page: usize) -> (Vec<Value>, Val
     let last_page = total.div_ceil(per_page).max(1);
     let start = (page - 1) * per_page;
     let data: Vec<Value> = items.into_iter().skip(start).take(per_page).collect();
-    let from = if data.is_empty() {
-        Value::Null
-    } else {
-        json!(start + 1)
-    };
-    let to = if data.is_empty() {
-        Value::Null
-    } else {
-        json!(start + data.len())
-    };
-    let meta = json!({
-        "current_page": page, "from": from, "last_page": last_page, "path": "",
-        "per_page": per_page, "to": to, "total": total,
+    let mut meta = json!({
+        "current_page": page, "last_page": last_page, "path": "",
+        "per_page": per_page, "total": total,
     });
+    // `from`/`to` are numbers in Blaaiz's schema: an empty page has neither.
+    if !data.is_empty() {
+        meta["from"] = json!(start + 1);
+        meta["to"] = json!(start + data.len());
+    }
     (data, meta)
 }
 
@@ -1131,7 +1355,7 @@ pub(crate) async fn uploaded_file(State(app): State<App>, Path(file_id): Path<St
             "file_id": f.id,
             "customer_id": f.customer_id,
             "category": f.category,
-            "content_type": f.content_type,
+            "content_type": f.uploaded.as_ref().map(|_| f.uploaded_content_type.clone()),
             "uploaded": f.uploaded.is_some(),
             "size": f.uploaded.as_ref().map(|u| u.0),
             "sha256": f.uploaded.as_ref().map(|u| u.1.clone()),
@@ -1144,4 +1368,272 @@ pub(crate) async fn uploaded_file(State(app): State<App>, Path(file_id): Path<St
         )
             .into_response(),
     }
+}
+/// A webhook URL Blaaiz would accept: an absolute `https` URL. The sandbox also takes `http`
+/// to a loopback host (a receiver on the test machine has no certificate).
+fn webhook_url(body: &Body, key: &str, required: bool) -> Result<Option<String>, ApiError> {
+    let value = str_field(body, key)?;
+    let Some(url) = value else {
+        if required {
+            return Err(ApiError::invalid(
+                key,
+                format!("The {key} field is required."),
+            ));
+        }
+        return Ok(None);
+    };
+    let ok = match reqwest::Url::parse(&url) {
+        Ok(u) if u.scheme() == "https" && u.host().is_some() => true,
+        Ok(u) if u.scheme() == "http" => {
+            matches!(u.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"))
+        }
+        _ => false,
+    };
+    if ok {
+        Ok(Some(url))
+    } else {
+        Err(ApiError::invalid(key, "Invalid webhook URL format"))
+    }
+}
+
+struct WebhookFields {
+    payout_url: String,
+    collection_url: String,
+    customer_url: Option<String>,
+    virtual_account_url: Option<String>,
+}
+
+fn webhook_fields(bytes: &[u8]) -> Result<WebhookFields, ApiError> {
+    let body = Body::json(bytes).map_err(ApiError::bad_request)?;
+    let required = |k: &str| -> Result<String, ApiError> {
+        webhook_url(&body, k, true)?
+            .ok_or_else(|| ApiError::invalid(k, format!("The {k} field is required.")))
+    };
+    Ok(WebhookFields {
+        payout_url: required("payout_url")?,
+        collection_url: required("collection_url")?,
+        customer_url: webhook_url(&body, "customer_url", false)?,
+        virtual_account_url: webhook_url(&body, "virtual_account_url", false)?,
+    })
+}
+
+/// `POST /api/external/webhook`: registers (or replaces) the business's webhook URLs; later
+/// Blaaiz webhooks go there instead of the sandbox's default target.
+async fn register_webhook(State(app): State<App>, bytes: Bytes) -> Result<Json<Value>, ApiError> {
+    let f = webhook_fields(&bytes)?;
+    let data = app.with(|w| {
+        let now = Utc::now();
+        let (id, created_at) = w.blaaiz.webhook.as_ref().map_or_else(
+            || (Uuid::new_v4().to_string(), now),
+            |h| (h.id.clone(), h.created_at),
+        );
+        let urls = WebhookUrls {
+            id,
+            payout_url: f.payout_url,
+            collection_url: f.collection_url,
+            customer_url: f.customer_url,
+            virtual_account_url: f.virtual_account_url,
+            created_at,
+            updated_at: now,
+        };
+        let data = urls.json();
+        w.blaaiz.webhook = Some(urls);
+        data
+    });
+    Ok(Json(json!({
+        "status": true,
+        "message": "Webhook URLs registered successfully",
+        "data": data,
+    })))
+}
+
+/// `GET /api/external/webhook`: the registered URLs (404 when none are).
+async fn get_webhook(State(app): State<App>) -> Result<Json<Value>, ApiError> {
+    let data = app
+        .with(|w| w.blaaiz.webhook.as_ref().map(WebhookUrls::json))
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "No webhook URLs registered."))?;
+    Ok(Json(json!({
+        "status": true,
+        "message": "Webhook retrieved successfully",
+        "data": data,
+    })))
+}
+
+/// `PUT /api/external/webhook/{id}`: replaces the registered URLs of that record.
+async fn update_webhook(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let f = webhook_fields(&bytes)?;
+    let data = app.with(|w| {
+        let urls = w
+            .blaaiz
+            .webhook
+            .as_mut()
+            .filter(|h| h.id == id)
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "Webhook not found."))?;
+        urls.payout_url = f.payout_url;
+        urls.collection_url = f.collection_url;
+        urls.customer_url = f.customer_url;
+        urls.virtual_account_url = f.virtual_account_url;
+        urls.updated_at = Utc::now();
+        Ok::<_, ApiError>(urls.json())
+    })?;
+    Ok(Json(json!({
+        "status": true,
+        "message": "Webhook URLs updated successfully",
+        "data": data,
+    })))
+}
+
+/// `POST /api/external/webhook-replay {transaction_id}`: sends the payout webhook of a
+/// successful transaction again (same body and `event_id`, freshly signed) to the URL
+/// registered now.
+async fn replay_webhook(State(app): State<App>, bytes: Bytes) -> Result<Json<Value>, ApiError> {
+    let body = Body::json(&bytes).map_err(|m| ApiError::bad_request(m).plain())?;
+    let id = req_field(&body, "transaction_id").map_err(ApiError::plain)?;
+    let event = app.with(|w| {
+        let hook = w.blaaiz.payout_url();
+        let t = w
+            .blaaiz
+            .transactions
+            .iter()
+            .find(|t| t.id == id)
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "Transaction not found").plain())?;
+        match (&t.last_event, t.status) {
+            (Some(event), "SUCCESSFUL") => Ok(event.clone().to(hook)),
+            _ => Err(ApiError::bad_request(format!(
+                "Only a successful transaction's webhook can be replayed (status {}).",
+                t.status
+            ))
+            .plain()),
+        }
+    })?;
+    app.emit([event]);
+    Ok(Json(json!({"message": "Webhook replayed successfully"})))
+}
+
+fn wallet_json(app: &App, id: &str, currency: &str) -> Value {
+    let balance = app.with(|w| w.ledger.balance(Provider::Blaaiz, id, currency));
+    json!({
+        "id": id,
+        "business_id": BUSINESS_ID,
+        "currency": currency,
+        "balance": json_amount(balance, currency),
+    })
+}
+
+/// `GET /api/external/wallet`: the business's wallets with their ledger balances.
+async fn list_wallets(State(app): State<App>) -> Json<Value> {
+    let data: Vec<Value> = WALLETS
+        .iter()
+        .map(|(id, currency, _)| wallet_json(&app, id, currency))
+        .collect();
+    Json(json!({"message": "Wallets retrieved successfully", "data": data}))
+}
+
+/// `GET /api/external/wallet/{id}`.
+async fn get_wallet(
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (wallet, currency, _) = WALLETS
+        .iter()
+        .find(|(w, _, _)| *w == id)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "Wallet not found.").plain())?;
+    Ok(Json(json!({
+        "message": "Wallet retrieved successfully",
+        "data": wallet_json(&app, wallet, currency),
+    })))
+}
+
+fn currency_name(code: &str) -> &'static str {
+    match code {
+        "NGN" => "Nigerian Naira",
+        "USD" => "US Dollar",
+        "CAD" => "Canadian Dollar",
+        "GBP" => "British Pound",
+        "EUR" => "Euro",
+        _ => "",
+    }
+}
+
+/// `GET /api/external/currency`: the currencies of the seeded wallets (ids are the codes,
+/// which `from_currency_id`/`to_currency_id` accept).
+async fn list_currencies() -> Json<Value> {
+    let data: Vec<Value> = WALLETS
+        .iter()
+        .map(|(_, code, _)| json!({"id": code, "code": code, "name": currency_name(code)}))
+        .collect();
+    Json(json!({"message": "Currencies retrieved successfully", "data": data}))
+}
+
+/// `GET /api/external/bank?currency=&country=&country_id=`.
+async fn list_banks(Query(q): Query<HashMap<String, String>>) -> Json<Value> {
+    let data: Vec<Value> = BANKS
+        .iter()
+        .filter(|(_, _, currency, country)| {
+            q.get("currency")
+                .is_none_or(|c| c.eq_ignore_ascii_case(currency))
+                && q.get("country")
+                    .or_else(|| q.get("country_id"))
+                    .is_none_or(|c| c.eq_ignore_ascii_case(country))
+        })
+        .map(|(id, name, currency, country)| {
+            json!({"id": id, "name": name, "code": id, "currency": currency, "country": country})
+        })
+        .collect();
+    Json(json!({"message": "Banks retrieved successfully", "data": data}))
+}
+
+/// `POST /api/external/fees/breakdown {from_currency_id, to_currency_id, from_amount|to_amount}`:
+/// the sandbox charges no fee and converts at 1 (same-currency payouts only, as `/payout`).
+async fn fee_breakdown(bytes: Bytes) -> Result<Json<Value>, ApiError> {
+    let body = Body::json(&bytes).map_err(|m| ApiError::bad_request(m).plain())?;
+    let from = req_field(&body, "from_currency_id")
+        .map_err(ApiError::plain)?
+        .to_ascii_uppercase();
+    let to = req_field(&body, "to_currency_id")
+        .map_err(ApiError::plain)?
+        .to_ascii_uppercase();
+    let value = body
+        .value("from_amount")
+        .or_else(|| body.value("to_amount"))
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "from_amount",
+                "The from amount field is required when to amount is not present.",
+            )
+            .plain()
+        })?;
+    for code in [&from, &to] {
+        if !WALLETS.iter().any(|(_, c, _)| c == code) {
+            return Err(
+                ApiError::bad_request(format!("Currency {code} is not supported.")).plain(),
+            );
+        }
+    }
+    if from != to {
+        return Err(
+            ApiError::bad_request("Currency conversion is not available in the sandbox.").plain(),
+        );
+    }
+    let amount = parse_minor(&value, &from)
+        .map_err(|e| ApiError::invalid("from_amount", format!("Invalid amount: {e}.")).plain())?;
+    let amount = json_amount(amount, &from);
+    Ok(Json(json!({
+        "message": "Fee breakdown retrieved successfully",
+        "data": {
+            "from_currency": from,
+            "to_currency": to,
+            "you_send": amount,
+            "recipient_gets": amount,
+            "our_fee": 0,
+            "payout_fees": 0,
+            "total_fees": 0,
+            "rate": 1,
+        },
+    })))
 }

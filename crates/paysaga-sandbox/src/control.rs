@@ -22,8 +22,37 @@ pub(crate) fn router() -> Router<App> {
         .route("/webhooks", get(webhooks))
         .route("/reset", post(reset))
         .route("/lumanu/objects", get(lumanu_objects))
+        .route("/requests", get(requests).delete(forget_requests))
+        .route("/requests/recording", axum::routing::put(recording))
         .nest("/blaaiz/uploads", blaaiz::upload_router())
         .route("/blaaiz/files/{file_id}", get(blaaiz::uploaded_file))
+}
+
+/// `GET /_sandbox/requests`: the provider API exchanges recorded, oldest first.
+async fn requests(State(app): State<App>) -> Json<Value> {
+    Json(json!(app.recorder.exchanges()))
+}
+
+/// `DELETE /_sandbox/requests`.
+async fn forget_requests(State(app): State<App>) -> StatusCode {
+    app.recorder.clear();
+    StatusCode::NO_CONTENT
+}
+
+/// `PUT /_sandbox/requests/recording` with body `on` or `off`.
+async fn recording(State(app): State<App>, body: Bytes) -> Response {
+    match String::from_utf8_lossy(&body).trim() {
+        "on" => app.recorder.set(true),
+        "off" => app.recorder.set(false),
+        other => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("expected `on` or `off`, not {other:?}"),
+            )
+                .into_response()
+        }
+    }
+    StatusCode::NO_CONTENT.into_response()
 }
 
 /// `GET /_sandbox/ledger`: every money movement, oldest first.

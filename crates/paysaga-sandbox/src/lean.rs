@@ -644,6 +644,7 @@ fn link_sdk(app: &App, customer_id: &str) {
                 "status": "AWAITING_BENEFICIARY_COOL_OFF",
                 "bank_identifier": "ENBD_UAE",
                 "bank_name": "Emirates NBD",
+                "end_user_id": end_user_id(&source.customer_id),
             }),
         )];
         for b in &source.beneficiaries {
@@ -659,6 +660,13 @@ fn link_sdk(app: &App, customer_id: &str) {
     });
     app.emit(events);
     schedule_cool_off(app, beneficiaries);
+}
+
+/// The Lean end user behind a customer's payment source (the getting-started seed's
+/// `payment_source.created` carries one): a stable UUID derived from the customer id.
+fn end_user_id(customer_id: &str) -> String {
+    const NAMESPACE: Uuid = Uuid::from_u128(0x6c65_616e_0000_0000_0000_656e_6475_7372);
+    Uuid::new_v5(&NAMESPACE, customer_id.as_bytes()).to_string()
 }
 
 async fn get_customer_by_app_user_id(

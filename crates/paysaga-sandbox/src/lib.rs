@@ -22,16 +22,22 @@
 //! | `/_sandbox/faults` | `GET` the active fault spec, `PUT` a new one (text body in the grammar below) |
 //! | `/_sandbox/webhooks` | every webhook delivery attempted |
 //! | `/_sandbox/reset` | `POST`: forget all objects and movements, re-seed the opening balances |
+//! | `/_sandbox/requests` | `GET` the provider API exchanges recorded (method, path, request and response bodies, status), `DELETE` forgets them; `PUT /_sandbox/requests/recording` with `on` or `off` switches recording (off by default) |
 //! | `/_sandbox/blaaiz/uploads/{file_id}` | the pre-signed `PUT` target for Blaaiz documents |
 //!
 //! Provider endpoints (below each prefix, as the providers spell them):
 //! * Lumanu `/api/rest`: `POST /funding` (`method` `invoice` or `balance`), `GET /funding/{id}`,
 //!   `POST /funding/{id}/link-deposit`, `GET /workspace`, `GET /workspace/{id}`,
-//!   `GET /workspace/{id}/wallet`, `GET /workspace/{id}/wallet/transaction`, `POST|GET /payable`,
+//!   `GET /workspace/{id}/wallet`, `GET /workspace/{id}/wallet/transaction`,
+//!   `GET /workspace/{id}/project[/{id}]`, `GET /workspace/{id}/partner[/{id}]`,
+//!   `POST|GET /payable`, `POST /payables` and `GET /payouts` (the quickstart's paths),
 //!   `GET /payable/{id}`, `POST /payable/{id}/approve`, `POST /payable/{id}/cancel`.
 //! * Blaaiz `/api/external`: `POST /customer`, `GET /customer?email=`, `GET /customer/{id}`,
 //!   `POST /customer/{id}/files`, `POST /file/get-presigned-url`, `POST /payout`,
-//!   `POST /transaction` (list), `GET /transaction/{id}`.
+//!   `POST /transaction` (list), `GET /transaction/{id}`, `POST|GET /webhook`,
+//!   `PUT /webhook/{id}`, `POST /webhook-replay`, `GET /wallet[/{id}]`, `GET /currency`,
+//!   `GET /bank`, `POST /fees/breakdown`; OAuth scopes enforced per endpoint; unknown routes
+//!   404 `{"message"}`.
 //! * Lean: `POST|GET /payments/v1/destinations`, `GET /payments/v1/destinations/{id}`,
 //!   `POST /payments/v1/customer`, `POST /payments/v1/intents`, `GET /payments/v1/intents/{id}`,
 //!   `GET /payments/v1/{payment_id}`, `GET /customers/v1/app-user-id/{app_user_id}`,
@@ -111,6 +117,7 @@ mod lean;
 mod ledger;
 mod lumanu;
 mod money;
+mod record;
 mod webhooks;
 
 use std::net::SocketAddr;

@@ -174,10 +174,9 @@ impl Payable {
             .as_deref()
             .and_then(|e| e.split('@').next())
             .map(str::to_owned);
-        json!({
+        let mut v = json!({
             "id": self.id,
             "workspace_id": self.workspace_id,
-            "project_id": self.project_id,
             "amount": self.amount,
             "amount_denomination": DENOMINATION,
             "description": self.description,
@@ -193,7 +192,13 @@ impl Payable {
             "custom_fields": self.custom_fields,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
-        })
+        });
+        // The schema types `project_id` as a uuid string; the quickstart's payable has none:
+        // present only when the payable has a project.
+        if let (Some(obj), Some(project)) = (v.as_object_mut(), &self.project_id) {
+            obj.insert("project_id".into(), json!(project));
+        }
+        v
     }
 
     fn payee(&self) -> String {
@@ -340,7 +345,15 @@ pub(crate) fn router(app: &App) -> Router<App> {
         .route("/workspace/{id}", get(get_workspace))
         .route("/workspace/{id}/wallet", get(get_wallet))
         .route("/workspace/{id}/wallet/transaction", get(list_transactions))
+        .route("/workspace/{id}/project", get(list_projects))
+        .route("/workspace/{id}/project/{project_id}", get(get_project))
+        .route("/workspace/{id}/partner", get(list_partners))
+        .route("/workspace/{id}/partner/{partner_id}", get(get_partner))
         .route("/payable", post(create_payable).get(list_payables))
+        // The quickstart creates a payable with `POST /api/rest/payables` and lists them with
+        // `GET /api/rest/payouts`; the API reference says `/payable`: both are served.
+        .route("/payables", post(create_payable))
+        .route("/payouts", get(list_payables))
         .route("/payable/{id}", get(get_payable))
         .route("/payable/{id}/approve", post(approve_payable))
         .route("/payable/{id}/cancel", post(cancel_payable))
@@ -768,7 +781,182 @@ async fn link_deposit(State(app): State<App>, Path(id): Path<String>, bytes: Byt
 }
 
 fn workspace_json(w: &Workspace) -> Value {
-    json!({"id": w.id, "display_name": w.display_name, "created_at": w.created_at})
+    json!({
+        "id": w.id,
+        "display_name": w.display_name,
+        "created_at": w.created_at,
+        "updated_at": w.created_at,
+    })
+}
+
+/// Namespace of the sandbox's derived project and partner ids.
+const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6c75_6d61_6e75_0000_0000_7061_7973_6167);
+
+/// The project every workspace has (`{name}` "Default project"), plus one per `project_id`
+/// its payables named: (json, 0, created_at) for [`Page::apply`].
+fn projects(objects: &mut Objects, ws_id: &str) -> Option<Vec<(Value, i64, DateTime<Utc>)>> {
+    let ws = objects.workspace_mut(ws_id)?.clone();
+    let default = Uuid::new_v5(&ID_NAMESPACE, format!("project:{}", ws.id).as_bytes()).to_string();
+    let mut out = vec![(default, "Default project".to_owned(), ws.created_at)];
+    for p in objects.payables.iter().filter(|p| p.workspace_id == ws.id) {
+        if let Some(id) = &p.project_id {
+            if !out.iter().any(|(o, _, _)| o == id) {
+                out.push((
+                    id.clone(),
+                    format!("Project {}", &id[..8.min(id.len())]),
+                    p.created_at,
+                ));
+            }
+        }
+    }
+    Some(
+        out.into_iter()
+            .map(|(id, name, at)| {
+                let json = json!({
+                    "id": id,
+                    "name": name,
+                    "alias": name.to_ascii_lowercase().replace(' ', "-"),
+                    "description": name,
+                    "po_number": "",
+                    "budget_amount": null,
+                    "budget_denomination": null,
+                    "archived": false,
+                    "created_at": at,
+                    "updated_at": at,
+                });
+                (json, 0, at)
+            })
+            .collect(),
+    )
+}
+
+/// One partner per payee of the workspace's payables.
+fn partners(objects: &mut Objects, ws_id: &str) -> Option<Vec<(Value, i64, DateTime<Utc>)>> {
+    let ws = objects.workspace_mut(ws_id)?.id.clone();
+    let mut out: Vec<(Value, i64, DateTime<Utc>)> = Vec::new();
+    for p in objects.payables.iter().filter(|p| p.workspace_id == ws) {
+        let payee = p.payee();
+        let id =
+            Uuid::new_v5(&ID_NAMESPACE, format!("partner:{ws}:{payee}").as_bytes()).to_string();
+        if let Some((v, count, _)) = out.iter_mut().find(|(v, _, _)| v["id"] == id.as_str()) {
+            *count += 1;
+            v["payables_count"] = json!(*count);
+            continue;
+        }
+        let name = payee.split('@').next().unwrap_or_default().to_owned();
+        let lumanu_id = p
+            .payee_lumanu_id
+            .clone()
+            .unwrap_or_else(|| format!("LUM{}", &id[..6].to_ascii_uppercase()));
+        let mut v = json!({
+            "id": id,
+            "name": name,
+            "lumanu_id": lumanu_id,
+            "status": "completed_w9",
+            "tax_origin_country": "US",
+            "tags": [],
+            "notes": "",
+            "has_approval_grant": false,
+            "created_at": p.created_at,
+            "updated_at": p.created_at,
+            "payables_count": 1,
+        });
+        if let Some(email) = &p.vendor_email {
+            v["email"] = json!(email);
+        }
+        out.push((v, 1, p.created_at));
+    }
+    Some(out)
+}
+
+/// `GET /workspace/{id}/project`: `include_archived` accepted (the sandbox archives none).
+async fn list_projects(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let page = Page::from_query(&q)?;
+    let items = app
+        .with(|w| projects(&mut w.lumanu, &id))
+        .ok_or_else(|| ApiError::not_found("workspace", &id))?;
+    Ok(Json(page.apply(items)))
+}
+
+/// `GET /workspace/{id}/project/{project_id}`: ProjectDetail (no dedicated wallet: `balance` null).
+async fn get_project(
+    State(app): State<App>,
+    Path((id, project_id)): Path<(String, String)>,
+) -> ApiResult {
+    let items = app
+        .with(|w| projects(&mut w.lumanu, &id))
+        .ok_or_else(|| ApiError::not_found("workspace", &id))?;
+    let (mut v, _, _) = items
+        .into_iter()
+        .find(|(v, _, _)| v["id"] == project_id.as_str())
+        .ok_or_else(|| ApiError::not_found("project", &project_id))?;
+    v["balance"] = Value::Null;
+    Ok(Json(v))
+}
+
+/// `GET /workspace/{id}/partner`: `search` (name, email or Lumanu id) and `tag` filters.
+async fn list_partners(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let page = Page::from_query(&q)?;
+    let items = app
+        .with(|w| partners(&mut w.lumanu, &id))
+        .ok_or_else(|| ApiError::not_found("workspace", &id))?;
+    let search = q.get("search").map(|s| s.to_ascii_lowercase());
+    let items: Vec<_> = items
+        .into_iter()
+        .filter(|(v, _, _)| {
+            search.as_deref().is_none_or(|s| {
+                ["name", "email", "lumanu_id"].iter().any(|k| {
+                    v[*k]
+                        .as_str()
+                        .is_some_and(|f| f.to_ascii_lowercase().contains(s))
+                })
+            }) && !q.contains_key("tag")
+        })
+        .map(|(mut v, _, at)| {
+            if let Some(obj) = v.as_object_mut() {
+                obj.remove("payables_count");
+            }
+            (v, 0, at)
+        })
+        .collect();
+    Ok(Json(page.apply(items)))
+}
+
+/// `GET /workspace/{id}/partner/{partner_id}`: PartnerDetail.
+async fn get_partner(
+    State(app): State<App>,
+    Path((id, partner_id)): Path<(String, String)>,
+) -> ApiResult {
+    let items = app
+        .with(|w| partners(&mut w.lumanu, &id))
+        .ok_or_else(|| ApiError::not_found("workspace", &id))?;
+    let (mut v, _, _) = items
+        .into_iter()
+        .find(|(v, _, _)| v["id"] == partner_id.as_str())
+        .ok_or_else(|| ApiError::not_found("partner", &partner_id))?;
+    let email = v["email"].clone();
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("description".into(), json!(""));
+        obj.insert("features".into(), json!([]));
+        obj.insert(
+            "emails".into(),
+            if email.is_null() {
+                json!([])
+            } else {
+                json!([email])
+            },
+        );
+        obj.insert("has_wallet".into(), json!(true));
+    }
+    Ok(Json(v))
 }
 
 async fn list_workspaces(State(app): State<App>) -> ApiResult {

@@ -43,6 +43,9 @@ pub(crate) struct Event {
     pub event_id: String,
     pub event_type: String,
     pub body: Arc<Vec<u8>>,
+    /// Where to send it when the business registered a URL for it (Blaaiz's
+    /// `POST /api/external/webhook`); otherwise `{webhook_base}/webhooks/{provider}`.
+    pub url: Option<String>,
 }
 
 impl Event {
@@ -59,7 +62,14 @@ impl Event {
             event_id,
             event_type: event_type.to_owned(),
             body: Arc::new(bytes),
+            url: None,
         }
+    }
+
+    /// The same event sent to `url` (a registered webhook URL) when given.
+    pub(crate) fn to(mut self, url: Option<String>) -> Self {
+        self.url = url;
+        self
     }
 }
 
@@ -277,15 +287,18 @@ impl Webhooks {
 
     /// One delivery attempt; true when the receiver answered 2xx (or nothing is configured).
     async fn attempt(&self, event: &Event, index: usize, attempt: u32) -> bool {
-        let Some(base) = &self.base else {
-            tracing::debug!(event_id = %event.event_id, event_type = %event.event_type, "no webhook base configured; not sending");
-            self.update(index, |d| d.attempts = attempt);
-            return true;
+        let url = match (&event.url, &self.base) {
+            (Some(url), _) => url.clone(),
+            (None, Some(base)) => format!("{base}/webhooks/{}", event.provider),
+            (None, None) => {
+                tracing::debug!(event_id = %event.event_id, event_type = %event.event_type, "no webhook base configured; not sending");
+                self.update(index, |d| d.attempts = attempt);
+                return true;
+            }
         };
         let Ok(_permit) = self.in_flight.acquire().await else {
             return false;
         };
-        let url = format!("{base}/webhooks/{}", event.provider);
         let mut request = self
             .client
             .post(&url)

@@ -348,7 +348,7 @@ async fn every_api_requires_valid_credentials() {
         .form_token(
             "/blaaiz/oauth/token",
             "blaaiz",
-            "customer:write payout:create",
+            "customer:read customer:write payout:create",
         )
         .await;
     let (status, _) = h
@@ -652,7 +652,7 @@ async fn blaaiz_kyc_then_payout() {
         .form_token(
             "/blaaiz/oauth/token",
             "blaaiz",
-            "customer:write payout:create transaction:read",
+            "customer:read customer:write file:upload payout:create transaction:read",
         )
         .await;
     let customer = blaaiz_customer(&h, &t, "Okafor").await;
@@ -823,7 +823,11 @@ async fn blaaiz_kyc_then_payout() {
 async fn blaaiz_rejects_the_trigger_customer() {
     let h = Harness::start("none").await;
     let t = h
-        .form_token("/blaaiz/oauth/token", "blaaiz", "customer:write")
+        .form_token(
+            "/blaaiz/oauth/token",
+            "blaaiz",
+            "customer:write file:upload",
+        )
         .await;
     let customer = blaaiz_customer(&h, &t, "Reject").await;
     let id_file = blaaiz_upload(&h, &t, &customer, "identity").await;
@@ -1284,4 +1288,596 @@ async fn request_webhooks_follow_the_response_without_changing_its_framing() {
         })
         .await;
     h.sandbox.shutdown().await.unwrap();
+}
+
+/// Sends `method path` with the legacy Blaaiz API key (every scope).
+async fn blaaiz_key_call(
+    h: &Harness,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    h.call_with(
+        method,
+        path,
+        "",
+        body,
+        &[("x-blaaiz-api-key", "sandbox-blaaiz-api-key")],
+    )
+    .await
+}
+
+async fn blaaiz_token_response(h: &Harness, scope: &str) -> (u16, Value) {
+    let r = h
+        .http
+        .post(h.url("/blaaiz/oauth/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "sandbox-blaaiz-client"),
+            ("client_secret", "sandbox-blaaiz-secret"),
+            ("scope", scope),
+        ])
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn blaaiz_token_for_a_scope_blaaiz_does_not_define_is_refused() {
+    let h = Harness::start("none").await;
+    let (status, body) = blaaiz_token_response(&h, "customer:read file:write").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_scope");
+    assert!(body["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("file:write"));
+    // The client's default scopes are all Blaaiz scopes.
+    let (status, body) = blaaiz_token_response(&h, paysaga_providers_default_scope()).await;
+    assert_eq!(status, 200, "{body}");
+    h.sandbox.shutdown().await.unwrap();
+}
+
+/// The scopes paysaga's Blaaiz client requests by default (kept in step with
+/// `paysaga_providers::blaaiz::DEFAULT_SCOPE`, which this crate does not depend on).
+fn paysaga_providers_default_scope() -> &'static str {
+    "customer:read customer:write file:upload payout:create transaction:read"
+}
+
+#[tokio::test]
+async fn blaaiz_endpoints_refuse_a_token_without_their_scope() {
+    let h = Harness::start("none").await;
+    let read_only = h
+        .form_token("/blaaiz/oauth/token", "blaaiz", "customer:read")
+        .await;
+    let new_customer = json!({
+        "type": "individual", "first_name": "Ada", "last_name": "Scope",
+        "email": "ada.scope@example.com", "country": "NG",
+        "id_type": "passport", "id_number": "A123",
+    });
+    let (status, body) = h
+        .call(
+            "POST",
+            "/blaaiz/api/external/customer",
+            &read_only,
+            Some(new_customer.clone()),
+        )
+        .await;
+    assert_eq!(
+        (status, body),
+        (403, json!({"message": "Invalid scope(s) provided."}))
+    );
+    let (status, _) = h
+        .call(
+            "GET",
+            "/blaaiz/api/external/customer?email=a@b.c",
+            &read_only,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let writer = h
+        .form_token("/blaaiz/oauth/token", "blaaiz", "customer:write")
+        .await;
+    let (status, created) = h
+        .call(
+            "POST",
+            "/blaaiz/api/external/customer",
+            &writer,
+            Some(new_customer),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["data"]["id"].as_str().unwrap();
+    for (method, path, body) in [
+        ("GET", format!("/blaaiz/api/external/customer/{id}"), None),
+        (
+            "POST",
+            "/blaaiz/api/external/file/get-presigned-url".to_owned(),
+            Some(json!({"customer_id": id, "file_category": "identity"})),
+        ),
+        (
+            "POST",
+            "/blaaiz/api/external/transaction".to_owned(),
+            Some(json!({})),
+        ),
+        ("GET", "/blaaiz/api/external/wallet".to_owned(), None),
+        ("GET", "/blaaiz/api/external/webhook".to_owned(), None),
+    ] {
+        let (status, body) = h.call(method, &path, &writer, body).await;
+        assert_eq!(status, 403, "{method} {path}: {body}");
+    }
+    // The legacy API key holds every scope.
+    let (status, _) = blaaiz_key_call(
+        &h,
+        "GET",
+        &format!("/blaaiz/api/external/customer/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = blaaiz_key_call(&h, "GET", "/blaaiz/api/external/wallet", None).await;
+    assert_eq!(status, 200);
+    h.sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn blaaiz_upload_url_requested_as_the_sdk_does_takes_a_put_with_content_type_only() {
+    let h = Harness::start("none").await;
+    let t = h
+        .form_token(
+            "/blaaiz/oauth/token",
+            "blaaiz",
+            "customer:write file:upload",
+        )
+        .await;
+    let customer = blaaiz_customer(&h, &t, "Sdk").await;
+    // The SDK's request: no file_name, no file_type.
+    let (status, up) = h
+        .call(
+            "POST",
+            "/blaaiz/api/external/file/get-presigned-url",
+            &t,
+            Some(json!({"customer_id": customer, "file_category": "identity"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{up}");
+    assert_eq!(up["headers"], json!({}));
+    assert_eq!(up["data"]["upload_url"], up["url"]);
+    let url = up["url"].as_str().unwrap();
+    // The SDK's upload: Content-Type (its own choice) and nothing else.
+    let put = h
+        .http
+        .put(url)
+        .header("content-type", "application/pdf")
+        .body("%PDF-1.4 fake")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    assert!(put.headers().get("etag").is_some());
+    let (status, body) = h
+        .call(
+            "POST",
+            &format!("/blaaiz/api/external/customer/{customer}/files"),
+            &t,
+            Some(json!({"id_file": up["file_id"]})),
+        )
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            200,
+            json!({"message": "Customer files uploaded successfully"})
+        )
+    );
+
+    // The spec's request names file_type: it is signed, the PUT must carry it.
+    let (_, up) = h
+        .call(
+            "POST",
+            "/blaaiz/api/external/file/get-presigned-url",
+            &t,
+            Some(json!({
+                "customer_id": customer, "file_category": "proof_of_address",
+                "file_name": "bill.jpg", "file_type": "image/jpeg",
+            })),
+        )
+        .await;
+    assert_eq!(up["headers"], json!({"Content-Type": "image/jpeg"}));
+    let url = up["url"].as_str().unwrap();
+    let without_type = h.http.put(url).body("x").send().await.unwrap();
+    assert_eq!(without_type.status(), 403);
+    assert!(without_type
+        .text()
+        .await
+        .unwrap()
+        .contains("<Code>SignatureDoesNotMatch</Code>"));
+    // Dropping the signed header from the URL does not unsign it.
+    let unsigned = url.replace(
+        "X-Amz-SignedHeaders=content-type%3Bhost",
+        "X-Amz-SignedHeaders=host",
+    );
+    assert_ne!(unsigned, url);
+    let put = h
+        .http
+        .put(&unsigned)
+        .header("content-type", "image/png")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 403);
+    let put = h
+        .http
+        .put(url)
+        .header("content-type", "image/jpeg")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    h.sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn blaaiz_unknown_routes_answer_404_with_a_message() {
+    let h = Harness::start("none").await;
+    let (status, body) = blaaiz_key_call(&h, "GET", "/blaaiz/api/external/nowhere", None).await;
+    assert_eq!(
+        (status, body),
+        (
+            404,
+            json!({"message": "The route api/external/nowhere could not be found."})
+        )
+    );
+    let (status, body) = blaaiz_key_call(&h, "DELETE", "/blaaiz/api/external/payout", None).await;
+    assert_eq!(status, 405);
+    assert_eq!(
+        body["message"],
+        "The DELETE method is not supported for route api/external/payout."
+    );
+    h.sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn blaaiz_reference_endpoints_list_wallets_currencies_banks_and_fees() {
+    let h = Harness::start("none").await;
+    let (status, wallets) = blaaiz_key_call(&h, "GET", "/blaaiz/api/external/wallet", None).await;
+    assert_eq!(status, 200);
+    let data = wallets["data"].as_array().unwrap();
+    assert_eq!(data.len(), paysaga_sandbox::seeds::BLAAIZ_WALLETS.len());
+    assert_eq!(data[0]["id"], BLAAIZ_NGN_WALLET);
+    assert_eq!(data[0]["currency"], "NGN");
+    assert_eq!(data[0]["balance"].to_string(), "100000000");
+    let (status, one) = blaaiz_key_call(
+        &h,
+        "GET",
+        &format!("/blaaiz/api/external/wallet/{BLAAIZ_NGN_WALLET}"),
+        None,
+    )
+    .await;
+    assert_eq!((status, &one["data"]), (200, &data[0]));
+    let (status, _) = blaaiz_key_call(&h, "GET", "/blaaiz/api/external/wallet/nope", None).await;
+    assert_eq!(status, 404);
+    let (status, currencies) =
+        blaaiz_key_call(&h, "GET", "/blaaiz/api/external/currency", None).await;
+    assert_eq!(status, 200);
+    assert!(currencies["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["id"] == "NGN" && c["code"] == "NGN"));
+    let (status, banks) =
+        blaaiz_key_call(&h, "GET", "/blaaiz/api/external/bank?currency=NGN", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        banks["data"][0],
+        json!({"id": "1", "name": "Access Bank", "code": "1", "currency": "NGN", "country": "NG"})
+    );
+    let (status, none) =
+        blaaiz_key_call(&h, "GET", "/blaaiz/api/external/bank?currency=EUR", None).await;
+    assert_eq!((status, none["data"].as_array().unwrap().len()), (200, 0));
+    let (status, fees) = blaaiz_key_call(
+        &h,
+        "POST",
+        "/blaaiz/api/external/fees/breakdown",
+        Some(json!({"from_currency_id": "NGN", "to_currency_id": "NGN", "from_amount": 1500.25})),
+    )
+    .await;
+    assert_eq!(status, 200, "{fees}");
+    assert_eq!(fees["data"]["you_send"].to_string(), "1500.25");
+    assert_eq!(fees["data"]["total_fees"], 0);
+    h.sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn blaaiz_registered_webhook_urls_receive_events_and_replay_resends_the_payout_event() {
+    let h = Harness::start("none").await;
+    let (mine, mine_addr) = Received::start().await;
+    let (status, body) = blaaiz_key_call(&h, "GET", "/blaaiz/api/external/webhook", None).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = blaaiz_key_call(
+        &h,
+        "POST",
+        "/blaaiz/api/external/webhook",
+        Some(
+            json!({"payout_url": "ftp://example.com/x", "collection_url": "https://example.com/c"}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["status"], &body["message"]),
+        (400, &json!(false), &json!("Invalid webhook URL format"))
+    );
+    let hook_url = format!("http://{mine_addr}/webhooks/blaaiz");
+    let (status, body) = blaaiz_key_call(
+        &h,
+        "POST",
+        "/blaaiz/api/external/webhook",
+        Some(json!({"payout_url": hook_url, "collection_url": hook_url})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], true);
+    assert_eq!(body["data"]["payout_url"], hook_url.as_str());
+    assert!(body["data"]["updated_at"].is_string());
+    let (status, got) = blaaiz_key_call(&h, "GET", "/blaaiz/api/external/webhook", None).await;
+    assert_eq!((status, &got["data"]), (200, &body["data"]));
+
+    let t = h
+        .form_token(
+            "/blaaiz/oauth/token",
+            "blaaiz",
+            "customer:write file:upload payout:create webhook:replay",
+        )
+        .await;
+    let customer = blaaiz_customer(&h, &t, "Hooked").await;
+    let id_file = blaaiz_upload(&h, &t, &customer, "identity").await;
+    let (status, _) = h
+        .call(
+            "POST",
+            &format!("/blaaiz/api/external/customer/{customer}/files"),
+            &t,
+            Some(json!({"id_file": id_file})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // Customer events go to the collection URL when no customer_url is registered.
+    mine.wait_for("VERIFIED", |_, v| {
+        v["customer_id"] == customer.as_str() && v["new_status"] == "VERIFIED"
+    })
+    .await;
+    let (status, created) = h
+        .call(
+            "POST",
+            "/blaaiz/api/external/payout",
+            &t,
+            Some(json!({
+                "wallet_id": BLAAIZ_NGN_WALLET, "customer_id": customer, "method": "bank_transfer",
+                "from_amount": 10, "from_currency_id": "NGN", "to_currency_id": "NGN",
+                "account_number": "0123456789", "bank_id": "1",
+            })),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    // No nulls where the schema says string: a field not given is left out, the bank named.
+    let recipient = &created["transaction"]["recipient"];
+    assert_eq!(recipient["bank_name"], "Access Bank");
+    assert!(recipient.get("account_name").is_none(), "{recipient}");
+    let txn = created["transaction"]["id"].as_str().unwrap().to_owned();
+    let first = mine
+        .wait_for("payout", |_, v| v["transaction_id"] == txn.as_str())
+        .await;
+    assert_eq!(first["transaction_status"], "SUCCESSFUL");
+    let (status, body) = h
+        .call(
+            "POST",
+            "/blaaiz/api/external/webhook-replay",
+            &t,
+            Some(json!({"transaction_id": txn})),
+        )
+        .await;
+    assert_eq!(
+        (status, body),
+        (200, json!({"message": "Webhook replayed successfully"}))
+    );
+    for _ in 0..250 {
+        if mine
+            .all()
+            .iter()
+            .filter(|(_, v)| v["transaction_id"] == txn.as_str())
+            .count()
+            == 2
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let copies: Vec<Value> = mine
+        .all()
+        .into_iter()
+        .filter(|(_, v)| v["transaction_id"] == txn.as_str())
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(copies.len(), 2, "{copies:#?}");
+    assert_eq!(copies[0], copies[1], "a replay resends the same event");
+    // Nothing went to the default target once URLs were registered.
+    assert!(h.hooks.all().is_empty(), "{:#?}", h.hooks.all());
+    assert_eq!(*mine.rejected.lock().unwrap(), 0);
+    let (status, body) = h
+        .call(
+            "POST",
+            "/blaaiz/api/external/webhook-replay",
+            &t,
+            Some(json!({"transaction_id": "nope"})),
+        )
+        .await;
+    assert_eq!(
+        (status, body),
+        (404, json!({"message": "Transaction not found"}))
+    );
+    h.sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn lumanu_quickstart_requests_are_accepted_verbatim() {
+    let h = Harness::start("none").await;
+    let t = h.lumanu_token().await;
+    // The quickstart's request, path and body as written (plural `payables`).
+    let (status, payable) = h
+        .call(
+            "POST",
+            "/lumanu/api/rest/payables",
+            &t,
+            Some(json!({
+                "workspace_id": LUMANU_WS,
+                "payee_email": "creator@example.com",
+                "amount": 100,
+                "description": "My first payout via the API",
+            })),
+        )
+        .await;
+    assert_eq!(status, 200, "{payable}");
+    assert_eq!(payable["amount"], 100);
+    assert_eq!(payable["amount_denomination"], "us_cents");
+    assert!(payable["status"].is_null());
+    // The quickstart's response has no project_id; a payable without a project omits it.
+    assert!(payable.get("project_id").is_none(), "{payable}");
+    let (_, with_project) = h
+        .call(
+            "POST",
+            "/lumanu/api/rest/payable",
+            &t,
+            Some(json!({
+                "workspace_id": LUMANU_WS, "payee_email": "creator@example.com", "amount": 200,
+                "description": "with project", "project_id": "d4e5f6a7-b8c9-0123-def4-567890abcdef",
+            })),
+        )
+        .await;
+    assert_eq!(
+        with_project["project_id"],
+        "d4e5f6a7-b8c9-0123-def4-567890abcdef"
+    );
+    // "Query a Payout: GET /api/rest/payouts".
+    let (status, payouts) = h
+        .call(
+            "GET",
+            &format!("/lumanu/api/rest/payouts?workspace_id={LUMANU_WS}&order_by_direction=asc"),
+            &t,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{payouts}");
+    assert_eq!(payouts["total"], 2);
+    assert_eq!(payouts["data"][0]["id"], payable["id"]);
+
+    let (status, ws) = h
+        .call(
+            "GET",
+            &format!("/lumanu/api/rest/workspace/{LUMANU_WS}"),
+            &t,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(ws["updated_at"].is_string(), "{ws}");
+
+    let (status, projects) = h
+        .call(
+            "GET",
+            &format!("/lumanu/api/rest/workspace/{LUMANU_WS}/project"),
+            &t,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{projects}");
+    assert_eq!(projects["total"], 2);
+    let ids: Vec<&str> = projects["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"d4e5f6a7-b8c9-0123-def4-567890abcdef"),
+        "{projects}"
+    );
+    let (status, project) = h
+        .call(
+            "GET",
+            &format!("/lumanu/api/rest/workspace/{LUMANU_WS}/project/d4e5f6a7-b8c9-0123-def4-567890abcdef"),
+            &t,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(project["balance"].is_null());
+    assert_eq!(project["archived"], false);
+
+    let (status, partners) = h
+        .call(
+            "GET",
+            &format!("/lumanu/api/rest/workspace/{LUMANU_WS}/partner?search=creator"),
+            &t,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{partners}");
+    assert_eq!(partners["total"], 1);
+    assert_eq!(partners["data"][0]["email"], "creator@example.com");
+    let partner_id = partners["data"][0]["id"].as_str().unwrap();
+    let (status, partner) = h
+        .call(
+            "GET",
+            &format!("/lumanu/api/rest/workspace/{LUMANU_WS}/partner/{partner_id}"),
+            &t,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(partner["payables_count"], 2);
+    assert_eq!(partner["emails"], json!(["creator@example.com"]));
+    let (status, missing) = h
+        .call(
+            "GET",
+            &format!("/lumanu/api/rest/workspace/{LUMANU_WS}/partner/00000000-0000-0000-0000-000000000000"),
+            &t,
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(missing["error"]["code"], "not_found");
+    h.sandbox.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn lean_payment_source_created_webhook_names_the_end_user() {
+    let h = Harness::start("none").await;
+    let t = h.form_token("/lean/oauth2/token", "lean", "api").await;
+    let (status, customer) = h
+        .call(
+            "POST",
+            "/lean/payments/v1/customer",
+            &t,
+            Some(json!({"app_user_id": "user-eu"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{customer}");
+    let customer_id = customer["customer_id"].as_str().unwrap().to_owned();
+    let created = h
+        .hooks
+        .wait_for("payment_source.created", |p, v| {
+            p == "lean" && v["type"] == "payment_source.created"
+        })
+        .await;
+    assert_eq!(created["payload"]["customer_id"], customer_id.as_str());
+    let end_user = created["payload"]["end_user_id"].as_str().unwrap();
+    assert!(uuid_like(end_user), "{created}");
+    h.sandbox.shutdown().await.unwrap();
+}
+
+fn uuid_like(s: &str) -> bool {
+    s.len() == 36 && s.chars().filter(|c| *c == '-').count() == 4
 }
