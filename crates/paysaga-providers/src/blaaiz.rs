@@ -47,6 +47,7 @@ pub enum BlaaizAuth {
 
 /// What [`BlaaizClient::new`] needs.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct BlaaizConfig {
     /// API base, e.g. `https://api-dev.blaaiz.com` or `{sandbox}/blaaiz`.
     pub base_url: String,
@@ -54,6 +55,23 @@ pub struct BlaaizConfig {
     pub auth: BlaaizAuth,
     /// Timeouts.
     pub http: HttpOptions,
+}
+
+impl BlaaizConfig {
+    /// A configuration with default timeouts.
+    pub fn new(base_url: impl Into<String>, auth: BlaaizAuth) -> Self {
+        Self {
+            base_url: base_url.into(),
+            auth,
+            http: HttpOptions::default(),
+        }
+    }
+
+    /// The same with timeouts `http`.
+    pub fn with_http(mut self, http: HttpOptions) -> Self {
+        self.http = http;
+        self
+    }
 }
 
 /// Blaaiz API client. Cheap to clone; clones share the connection pool and token cache.

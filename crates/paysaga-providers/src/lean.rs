@@ -37,6 +37,7 @@ pub enum LeanAuth {
 
 /// What [`LeanClient::new`] needs.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct LeanConfig {
     /// API base, e.g. `https://sandbox.leantech.me` or `{sandbox}/lean`.
     pub base_url: String,
@@ -44,6 +45,23 @@ pub struct LeanConfig {
     pub auth: LeanAuth,
     /// Timeouts.
     pub http: HttpOptions,
+}
+
+impl LeanConfig {
+    /// A configuration with default timeouts.
+    pub fn new(base_url: impl Into<String>, auth: LeanAuth) -> Self {
+        Self {
+            base_url: base_url.into(),
+            auth,
+            http: HttpOptions::default(),
+        }
+    }
+
+    /// The same with timeouts `http`.
+    pub fn with_http(mut self, http: HttpOptions) -> Self {
+        self.http = http;
+        self
+    }
 }
 
 /// Lean API client. Cheap to clone; clones share the connection pool and token cache.

@@ -21,6 +21,7 @@ use secrecy::SecretString;
 
 /// What [`LumanuClient::new`] needs.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct LumanuConfig {
     /// API base, e.g. `https://api.demo.lumanu.link/api/rest` or `{sandbox}/lumanu/api/rest`.
     pub base_url: String,
@@ -34,6 +35,37 @@ pub struct LumanuConfig {
     pub audience: Option<String>,
     /// Timeouts.
     pub http: HttpOptions,
+}
+
+impl LumanuConfig {
+    /// A configuration with default timeouts and no audience.
+    pub fn new(
+        base_url: impl Into<String>,
+        auth_url: impl Into<String>,
+        client_id: impl Into<String>,
+        client_secret: SecretString,
+    ) -> Self {
+        Self {
+            base_url: base_url.into(),
+            auth_url: auth_url.into(),
+            client_id: client_id.into(),
+            client_secret,
+            audience: None,
+            http: HttpOptions::default(),
+        }
+    }
+
+    /// The same with the OAuth audience `audience`.
+    pub fn with_audience(mut self, audience: impl Into<String>) -> Self {
+        self.audience = Some(audience.into());
+        self
+    }
+
+    /// The same with timeouts `http`.
+    pub fn with_http(mut self, http: HttpOptions) -> Self {
+        self.http = http;
+        self
+    }
 }
 
 /// Lumanu API client. Cheap to clone; clones share the HTTP connection pool and token cache.

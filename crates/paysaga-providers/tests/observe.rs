@@ -91,14 +91,8 @@ async fn mock(token_delay: Duration) -> Mock {
 }
 
 fn config(base_url: String, auth_url: String) -> LumanuConfig {
-    LumanuConfig {
-        base_url,
-        auth_url,
-        client_id: "client-1".into(),
-        client_secret: SecretString::from(SECRET),
-        audience: None,
-        http: fast_http(),
-    }
+    LumanuConfig::new(base_url, auth_url, "client-1", SecretString::from(SECRET))
+        .with_http(fast_http())
 }
 
 fn closed_port_url() -> String {

@@ -13,15 +13,17 @@ const API_KEY: &str = "blaaiz-legacy-key-XYZ";
 const TOKEN_PATH: &str = "/blaaiz/oauth/token";
 
 fn oauth_client(mock: &Mock) -> BlaaizClient {
-    BlaaizClient::new(BlaaizConfig {
-        base_url: format!("{}/blaaiz", mock.base),
-        auth: BlaaizAuth::OAuth {
-            client_id: "bl-client".into(),
-            client_secret: SecretString::from(SECRET),
-            scope: DEFAULT_SCOPE.into(),
-        },
-        http: fast_http(),
-    })
+    BlaaizClient::new(
+        BlaaizConfig::new(
+            format!("{}/blaaiz", mock.base),
+            BlaaizAuth::OAuth {
+                client_id: "bl-client".into(),
+                client_secret: SecretString::from(SECRET),
+                scope: DEFAULT_SCOPE.into(),
+            },
+        )
+        .with_http(fast_http()),
+    )
 }
 
 fn customer_json(status: &str) -> serde_json::Value {
@@ -331,11 +333,13 @@ async fn legacy_api_key_mode() {
         )
     })
     .await;
-    let c = BlaaizClient::new(BlaaizConfig {
-        base_url: format!("{}/blaaiz", mock.base),
-        auth: BlaaizAuth::ApiKey(SecretString::from(API_KEY)),
-        http: fast_http(),
-    });
+    let c = BlaaizClient::new(
+        BlaaizConfig::new(
+            format!("{}/blaaiz", mock.base),
+            BlaaizAuth::ApiKey(SecretString::from(API_KEY)),
+        )
+        .with_http(fast_http()),
+    );
     assert!(c.token_cache().is_none());
     c.get_customer("cus-1").await.unwrap();
     let first = &mock.requests()[0];

@@ -13,11 +13,13 @@ const APP_TOKEN: &str = "lean-app-token-XYZ";
 const SECRET: &str = "lean-client-secret-XYZ";
 
 fn app_token_client(mock: &Mock) -> LeanClient {
-    LeanClient::new(LeanConfig {
-        base_url: format!("{}/lean", mock.base),
-        auth: LeanAuth::AppToken(SecretString::from(APP_TOKEN)),
-        http: fast_http(),
-    })
+    LeanClient::new(
+        LeanConfig::new(
+            format!("{}/lean", mock.base),
+            LeanAuth::AppToken(SecretString::from(APP_TOKEN)),
+        )
+        .with_http(fast_http()),
+    )
 }
 
 fn lean_error(status: u16, code: &str, message: &str) -> Reply {
@@ -216,15 +218,17 @@ async fn oauth_mode_and_error_classification() {
         }
     })
     .await;
-    let c = LeanClient::new(LeanConfig {
-        base_url: format!("{}/lean", mock.base),
-        auth: LeanAuth::OAuth {
-            client_id: "lean-client".into(),
-            client_secret: SecretString::from(SECRET),
-            token_url: format!("{}/lean/oauth2/token", mock.base),
-        },
-        http: fast_http(),
-    });
+    let c = LeanClient::new(
+        LeanConfig::new(
+            format!("{}/lean", mock.base),
+            LeanAuth::OAuth {
+                client_id: "lean-client".into(),
+                client_secret: SecretString::from(SECRET),
+                token_url: format!("{}/lean/oauth2/token", mock.base),
+            },
+        )
+        .with_http(fast_http()),
+    );
     let busy = c.get_payment_intent("busy").await.unwrap_err();
     assert!(busy.is_transient());
     assert_eq!(busy.code(), Some("RATE_LIMIT_EXCEEDED"));

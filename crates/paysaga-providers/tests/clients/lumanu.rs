@@ -16,14 +16,16 @@ const SECRET: &str = "lumanu-client-secret-XYZ";
 const TOKEN_PATH: &str = "/lumanu/oauth/token";
 
 fn client(mock: &Mock, http: HttpOptions) -> LumanuClient {
-    LumanuClient::new(LumanuConfig {
-        base_url: format!("{}/lumanu/api/rest/", mock.base),
-        auth_url: format!("{}/lumanu", mock.base),
-        client_id: "client-1".into(),
-        client_secret: SecretString::from(SECRET),
-        audience: Some("https://lumanu-demo.hasura.app/v1/graphql".into()),
-        http,
-    })
+    LumanuClient::new(
+        LumanuConfig::new(
+            format!("{}/lumanu/api/rest/", mock.base),
+            format!("{}/lumanu", mock.base),
+            "client-1",
+            SecretString::from(SECRET),
+        )
+        .with_audience("https://lumanu-demo.hasura.app/v1/graphql")
+        .with_http(http),
+    )
 }
 
 fn payable(id: &str, description: &str) -> serde_json::Value {
@@ -342,14 +344,15 @@ async fn timeouts_and_refused_connections_are_transient() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
-    let closed = LumanuClient::new(LumanuConfig {
-        base_url: format!("http://{addr}/api/rest"),
-        auth_url: format!("http://{addr}"),
-        client_id: "c".into(),
-        client_secret: SecretString::from(SECRET),
-        audience: None,
-        http: fast_http(),
-    });
+    let closed = LumanuClient::new(
+        LumanuConfig::new(
+            format!("http://{addr}/api/rest"),
+            format!("http://{addr}"),
+            "c",
+            SecretString::from(SECRET),
+        )
+        .with_http(fast_http()),
+    );
     let err = closed.get_payable("p").await.unwrap_err();
     assert!(matches!(err, Error::Connect { .. }), "{err:?}");
     assert!(err.is_transient() && !err.may_have_taken_effect());
@@ -525,14 +528,13 @@ async fn secrets_never_appear_in_debug_or_errors() {
     let text = format!("{c:?} {err:?} {err} {:?}", c.token_cache());
     assert!(!text.contains(SECRET), "{text}");
     assert!(!text.contains("ACCESS-TOKEN-SHOULD-NOT-LEAK"), "{text}");
-    let config = LumanuConfig {
-        base_url: mock.base.clone(),
-        auth_url: mock.base.clone(),
-        client_id: "c".into(),
-        client_secret: SecretString::from(SECRET),
-        audience: None,
-        http: fast_http(),
-    };
+    let config = LumanuConfig::new(
+        mock.base.clone(),
+        mock.base.clone(),
+        "c",
+        SecretString::from(SECRET),
+    )
+    .with_http(fast_http());
     assert!(!format!("{config:?}").contains(SECRET));
 }
 
