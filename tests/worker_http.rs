@@ -394,8 +394,9 @@ async fn provider_call_latency_and_errors_on_a_running_worker() {
     let mut worker = spawn_worker(h.db.url(), port, &lumanu);
     let base = format!("http://127.0.0.1:{port}");
     wait_for(&format!("{base}/readyz"), 200, Duration::from_secs(20)).await;
-    // fund_invoice: a token, then `POST /funding` answered 503 (retried later by the saga).
-    let errors = r#"paysaga_provider_call_errors_total{provider="lumanu",endpoint="create_funding",class="transient",status="503"}"#;
+    // fund_invoice: a token, then the look-up for an earlier attempt's invoice (`GET` of the
+    // wallet's transactions) answered 503 (retried later by the saga).
+    let errors = r#"paysaga_provider_call_errors_total{provider="lumanu",endpoint="list_wallet_transactions",class="transient",status="503"}"#;
     let deadline = Instant::now() + Duration::from_secs(20);
     let text = loop {
         let (_, text) = get(&format!("{base}/metrics")).await;
@@ -421,14 +422,14 @@ async fn provider_call_latency_and_errors_on_a_running_worker() {
     assert!(
         metric(
             &text,
-            r#"paysaga_provider_call_duration_seconds_bucket{le="+Inf",provider="lumanu",endpoint="create_funding",outcome="transient"}"#
+            r#"paysaga_provider_call_duration_seconds_bucket{le="+Inf",provider="lumanu",endpoint="list_wallet_transactions",outcome="transient"}"#
         ) >= 1.0,
         "{text}"
     );
     assert!(
         metric(
             &text,
-            r#"paysaga_provider_call_duration_seconds_count{provider="lumanu",endpoint="create_funding",outcome="transient"}"#
+            r#"paysaga_provider_call_duration_seconds_count{provider="lumanu",endpoint="list_wallet_transactions",outcome="transient"}"#
         ) >= 1.0
     );
     assert!(!text.contains(r#"endpoint="token",class"#), "{text}");
