@@ -705,6 +705,21 @@ impl LumanuClient {
             .await
     }
 
+    /// [`LumanuClient::create_payable`] under an effect permit: Lumanu cannot deduplicate it,
+    /// so it is not sent (not even its retry after a 401) once `send_by` has passed
+    /// ([`crate::Error::NotSent`]).
+    #[tracing::instrument(skip_all, fields(provider = "lumanu", endpoint = "create_payable"))]
+    pub async fn create_payable_before(
+        &self,
+        request: &CreatePayable,
+        send_by: std::time::Instant,
+    ) -> Result<Payable> {
+        let url = self.core.url("/payable");
+        self.core
+            .json_before("create_payable", send_by, |c| c.post(&url).json(request))
+            .await
+    }
+
     /// `GET /payable/{id}`.
     #[tracing::instrument(skip_all, fields(provider = "lumanu", endpoint = "get_payable"))]
     pub async fn get_payable(&self, payable_id: &str) -> Result<Payable> {

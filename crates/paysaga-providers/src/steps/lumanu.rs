@@ -508,13 +508,27 @@ impl StepKind for CreatePayableStep {
             Ok(None) => {}
             Err(e) => return outcome_for("look up payable by reference", &e),
         }
-        match self.0.create_payable(&request).await {
+        // Lumanu cannot deduplicate the create: mark the attempt durably before sending, so
+        // a worker that lost the saga while its request was out cannot leave a second payable.
+        let permit = match ctx.begin_effect().await {
+            Ok(permit) => permit,
+            Err(outcome) => return outcome,
+        };
+        match self
+            .0
+            .create_payable_before(&request, permit.send_by())
+            .await
+        {
             Ok(p) => StepOutcome::Done(payable_output(&p, false)),
             Err(e) if e.may_have_taken_effect() => match find().await {
                 Ok(Some(existing)) => check(existing),
                 _ => retry_unknown_effect("create payable", &e),
             },
-            Err(e) => outcome_for("create payable", &e),
+            Err(e) => {
+                // Refused before Lumanu acted (4xx, 429, no connection, not sent).
+                ctx.effect_not_sent().await;
+                outcome_for("create payable", &e)
+            }
         }
     }
 
