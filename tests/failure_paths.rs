@@ -231,7 +231,8 @@ async fn cancel_after_an_irreversible_payout_timed_out_parks_instead_of_cancelli
         .cancel(id, "cli:alice", "payee withdrew")
         .await
         .unwrap();
-    h.wait_status(id, "failed", Duration::from_secs(10)).await;
+    h.wait_status(id, "needs_operator", Duration::from_secs(10))
+        .await;
     let (_, attempt, last_error, cancel_requested) = row(&h, id).await;
     let last_error = last_error.unwrap();
     assert!(
@@ -246,7 +247,7 @@ async fn cancel_after_an_irreversible_payout_timed_out_parks_instead_of_cancelli
         "nothing may be undone while the payout may have gone"
     );
     let kinds: Vec<String> = h.history_kinds(id).await.into_iter().map(|k| k.0).collect();
-    assert!(kinds.contains(&"saga_failed".to_string()), "{kinds:?}");
+    assert!(kinds.contains(&"saga_parked".to_string()), "{kinds:?}");
     assert!(!kinds.contains(&"saga_cancelled".to_string()), "{kinds:?}");
     assert!(
         !kinds.contains(&"step_compensated".to_string()),
@@ -296,7 +297,8 @@ async fn payout_refused_after_an_earlier_timeout_parks_instead_of_compensating()
         .unwrap()
         .saga_id;
     // One attempt allowed: it times out, the retries are exhausted.
-    h.wait_status(id, "failed", Duration::from_secs(10)).await;
+    h.wait_status(id, "needs_operator", Duration::from_secs(10))
+        .await;
     let (_, _, last_error, _) = row(&h, id).await;
     assert!(
         last_error
@@ -405,7 +407,8 @@ async fn a_result_the_database_always_refuses_parks_the_saga_after_bounded_tries
         .await
         .unwrap()
         .saga_id;
-    h.wait_status(id, "failed", Duration::from_secs(40)).await;
+    h.wait_status(id, "needs_operator", Duration::from_secs(40))
+        .await;
     let (_, attempt, last_error, _) = row(&h, id).await;
     let last_error = last_error.unwrap();
     assert!(

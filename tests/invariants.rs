@@ -40,7 +40,7 @@ fn worker_info(id: Uuid) -> WorkerInfo {
 
 fn step_done(index: usize) -> Transition {
     Transition {
-        status: SagaStatus::Running,
+        status: SagaStatus::Scheduled,
         step_index: index + 1,
         attempt: 0,
         step_started_at: None,
@@ -568,7 +568,8 @@ async fn compensation_runs_in_reverse_order() {
         .await
         .unwrap()
         .saga_id;
-    h.wait_status(saga, "failed", Duration::from_secs(10)).await;
+    h.wait_status(saga, "needs_operator", Duration::from_secs(10))
+        .await;
     w.shutdown().await;
     let last_error: String =
         sqlx::query_scalar("SELECT last_error FROM paysaga_sagas WHERE id = $1")

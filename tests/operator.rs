@@ -135,7 +135,7 @@ async fn stuck_sagas_are_found_and_each_action_moves_them_on() {
         .await;
     h.wait_status(past_deadline, "waiting", Duration::from_secs(10))
         .await;
-    h.wait_status(parked, "failed", Duration::from_secs(10))
+    h.wait_status(parked, "needs_operator", Duration::from_secs(10))
         .await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while sqlx::query_scalar::<_, i32>("SELECT attempt FROM paysaga_sagas WHERE id = $1")
@@ -253,7 +253,7 @@ async fn stuck_sagas_are_found_and_each_action_moves_them_on() {
             "--stuck-attempts",
             "3",
             "--status",
-            "running",
+            "retrying",
             "--reason",
             "x",
             "--dry-run",
@@ -378,7 +378,7 @@ async fn stuck_sagas_are_found_and_each_action_moves_them_on() {
         .await
         .unwrap()
         .saga_id;
-    h.wait_status(parked2, "failed", Duration::from_secs(10))
+    h.wait_status(parked2, "needs_operator", Duration::from_secs(10))
         .await;
     ok(&paysaga(
         &url,
@@ -393,7 +393,7 @@ async fn stuck_sagas_are_found_and_each_action_moves_them_on() {
         reason_of(&h, parked2, "operator_resume").await,
         Some(("ops:alice".into(), "bank fixed the account".into()))
     );
-    h.wait_status(parked2, "failed", Duration::from_secs(10))
+    h.wait_status(parked2, "needs_operator", Duration::from_secs(10))
         .await;
     let step_failed: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM paysaga_history WHERE saga_id = $1 AND kind = 'step_failed'",
@@ -449,7 +449,7 @@ async fn stuck_sagas_are_found_and_each_action_moves_them_on() {
     assert_eq!(ids, vec![parked2.to_string().as_str()]);
     let stats = ok(&paysaga(&url, &["stats"]));
     assert!(
-        stats.contains("sent_then_fail") && stats.contains("failed"),
+        stats.contains("sent_then_fail") && stats.contains("needs_operator"),
         "{stats}"
     );
 }

@@ -389,7 +389,7 @@ async fn secrets_and_access_tokens_never_reach_logs_cli_output_or_the_database()
         &refused,
         Duration::from_secs(60),
         "refused by the provider",
-        |v| v["last_error"].is_string() || v["status"] == "failed",
+        |v| v["last_error"].is_string() || v["status"] == "needs_operator",
     );
     drop(bad);
 

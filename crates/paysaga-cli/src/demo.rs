@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
-use paysaga_core::{Definition, HistoryKind, SagaStatus};
+use paysaga_core::{Definition, HistoryKind, ObservedStatus, SagaStatus};
 use paysaga_providers::ProvidersConfig;
 use paysaga_runtime::{Engine, SagaView, WorkerConfig};
 use paysaga_store::{HistoryRecord, SagaFilter, Store};
@@ -112,10 +112,11 @@ async fn open_database(url: Option<&str>, run_id: &str) -> Result<DemoDatabase> 
         let unfinished = store
             .list_sagas(&SagaFilter {
                 statuses: vec![
-                    SagaStatus::Scheduled,
-                    SagaStatus::Running,
-                    SagaStatus::Waiting,
-                    SagaStatus::Compensating,
+                    ObservedStatus::Scheduled,
+                    ObservedStatus::Running,
+                    ObservedStatus::Retrying,
+                    ObservedStatus::Waiting,
+                    ObservedStatus::Compensating,
                 ],
                 limit: Some(1),
                 ..SagaFilter::default()
@@ -451,7 +452,7 @@ fn progress_line(workflow: &str, view: &SagaView, h: &HistoryRecord, t0: DateTim
                 .unwrap_or_default();
             format!("COMPLETED in {total}")
         }
-        HistoryKind::SagaFailed => format!("FAILED (parked for an operator): {error}"),
+        HistoryKind::SagaParked => format!("NEEDS OPERATOR (parked): {error}"),
         HistoryKind::SagaCompensated => "COMPENSATED (rolled back)".to_string(),
         other => format!("{} {step} {error}", other.as_str()),
     };

@@ -7,7 +7,7 @@ use std::io::IsTerminal;
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand, ValueEnum};
-use paysaga_core::SagaStatus;
+use paysaga_core::{ObservedStatus, SagaStatus};
 use paysaga_runtime::{Engine, SagaView};
 use paysaga_store::{EventFilter, SagaFilter, SagaRecord};
 use serde_json::Value;
@@ -99,7 +99,7 @@ impl FilterArgs {
         let statuses = self
             .statuses
             .iter()
-            .map(|s| s.parse::<SagaStatus>())
+            .map(|s| s.parse::<ObservedStatus>())
             .collect::<Result<Vec<_>, _>>()?;
         let stuck_since = self.stuck_for.map(|d| ago(d.into())).transpose()?;
         Ok(SagaFilter {
@@ -221,17 +221,21 @@ pub fn actor() -> String {
     })
 }
 
-fn colour(status: SagaStatus) -> &'static str {
+fn colour(status: ObservedStatus) -> &'static str {
     match status {
-        SagaStatus::Completed => "\x1b[32m",
-        SagaStatus::Failed => "\x1b[31m",
-        SagaStatus::Compensating | SagaStatus::Compensated | SagaStatus::Cancelled => "\x1b[33m",
-        SagaStatus::Waiting => "\x1b[36m",
-        SagaStatus::Scheduled | SagaStatus::Running => "",
+        ObservedStatus::Completed => "\x1b[32m",
+        ObservedStatus::NeedsOperator => "\x1b[31m",
+        ObservedStatus::Compensating
+        | ObservedStatus::Compensated
+        | ObservedStatus::Cancelled
+        | ObservedStatus::Closed
+        | ObservedStatus::Retrying => "\x1b[33m",
+        ObservedStatus::Waiting => "\x1b[36m",
+        ObservedStatus::Scheduled | ObservedStatus::Running => "",
     }
 }
 
-fn status_cell(status: SagaStatus, width: usize) -> String {
+fn status_cell(status: ObservedStatus, width: usize) -> String {
     let text = format!("{:<width$}", status.as_str());
     let c = colour(status);
     if std::io::stdout().is_terminal() && !c.is_empty() {
@@ -249,7 +253,7 @@ pub async fn list(engine: &Engine, filter: &FilterArgs, json: bool) -> Result<()
         return Ok(());
     }
     println!(
-        "{:<36}  {:<20} {:<12} {:>4} {:>7}  {:<19}  LAST ERROR",
+        "{:<36}  {:<20} {:<14} {:>4} {:>7}  {:<19}  LAST ERROR",
         "ID", "WORKFLOW", "STATUS", "STEP", "ATTEMPT", "UPDATED"
     );
     for s in &sagas {
@@ -257,7 +261,7 @@ pub async fn list(engine: &Engine, filter: &FilterArgs, json: bool) -> Result<()
             "{:<36}  {:<20} {} {:>4} {:>7}  {:<19}  {}",
             s.id,
             format!("{} v{}", s.workflow, s.version),
-            status_cell(s.status, 12),
+            status_cell(s.observed_status(), 14),
             s.step_index + 1,
             s.attempt,
             s.updated_at.format("%Y-%m-%d %H:%M:%S"),
@@ -291,7 +295,13 @@ fn print_saga(v: &SagaView) {
     let s = &v.saga;
     println!("saga      {}", s.id);
     println!("workflow  {} v{}", s.workflow, s.version);
-    println!("status    {}", status_cell(s.status, 0));
+    match s.closed_outcome {
+        Some(outcome) => println!(
+            "status    {} (outcome declared by the operator: {outcome})",
+            status_cell(s.observed_status(), 0)
+        ),
+        None => println!("status    {}", status_cell(s.observed_status(), 0)),
+    }
     if let Some(key) = &s.idempotency_key {
         println!("key       {key}");
     }
@@ -312,15 +322,15 @@ fn print_saga(v: &SagaView) {
             w.deadline.format("%Y-%m-%d %H:%M:%S"),
             w.poll_at.format("%Y-%m-%d %H:%M:%S")
         ),
-        (SagaStatus::Running | SagaStatus::Compensating, _, Some(at))
-            if s.attempt > 0 && at > Utc::now() =>
+        (SagaStatus::Retrying | SagaStatus::Compensating, _, Some(at))
+            if s.owner.is_none() && s.attempt > 0 && at > Utc::now() =>
         {
             format!(
                 "backing off after a transient failure; next attempt at {}",
                 at.format("%Y-%m-%d %H:%M:%S%.3f")
             )
         }
-        (SagaStatus::Failed, _, _) => {
+        (SagaStatus::NeedsOperator, _, _) => {
             "parked for an operator (see error): resume, skip or cancel".to_string()
         }
         (status, _, _) if !status.is_final() && s.owner.is_some() => {

@@ -52,8 +52,8 @@ pub use retry::{Attempts, RetryDecision, RetryPolicy};
 pub use saga::alert_entries;
 pub use saga::unstorable;
 pub use saga::{
-    after_compensation, after_step, next_run, ActiveWait, HistoryEntry, HistoryKind, NextRun,
-    SagaState, SagaStatus, StepTraits, Transition,
+    after_compensation, after_step, next_run, ActiveWait, ClosedOutcome, HistoryEntry, HistoryKind,
+    NextRun, ObservedStatus, SagaState, SagaStatus, StepTraits, Transition,
 };
 pub use step::ALERTS_FIELD;
 pub use step::{

@@ -76,8 +76,10 @@ pub fn retry_now(
     now: DateTime<Utc>,
 ) -> Result<Transition, Refusal> {
     match state.status {
-        SagaStatus::Scheduled | SagaStatus::Running | SagaStatus::Waiting | SagaStatus::Compensating => {
-            let mut t = base(state, state.status);
+        SagaStatus::Scheduled | SagaStatus::Retrying | SagaStatus::Waiting | SagaStatus::Compensating => {
+            // A fresh retry budget: a step backing off is simply due again.
+            let status = if state.status == SagaStatus::Retrying { SagaStatus::Scheduled } else { state.status };
+            let mut t = base(state, status);
             t.attempt = 0;
             t.step_started_at = None;
             t.run_at = Some(now);
@@ -89,13 +91,13 @@ pub fn retry_now(
             )];
             Ok(t)
         }
-        SagaStatus::Failed => Err(Refusal::Status {
+        SagaStatus::NeedsOperator => Err(Refusal::Status {
             action: "retry",
             saga: state.id,
             status: state.status,
             hint: "it is parked for an operator: use `resume` once the cause is fixed, or `skip` if the step's effect happened",
         }),
-        SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Cancelled => Err(Refusal::Status {
+        SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Cancelled | SagaStatus::Closed => Err(Refusal::Status {
             action: "retry",
             saga: state.id,
             status: state.status,
@@ -114,8 +116,8 @@ pub fn resume(
     now: DateTime<Utc>,
 ) -> Result<Transition, Refusal> {
     match state.status {
-        SagaStatus::Failed => {
-            let status = if in_compensation { SagaStatus::Compensating } else { SagaStatus::Running };
+        SagaStatus::NeedsOperator => {
+            let status = if in_compensation { SagaStatus::Compensating } else { SagaStatus::Scheduled };
             let mut t = base(state, status);
             t.attempt = 0;
             t.step_started_at = None;
@@ -130,16 +132,17 @@ pub fn resume(
             Ok(t)
         }
         SagaStatus::Scheduled
-        | SagaStatus::Running
+        | SagaStatus::Retrying
         | SagaStatus::Waiting
         | SagaStatus::Compensating
         | SagaStatus::Completed
         | SagaStatus::Compensated
-        | SagaStatus::Cancelled => Err(Refusal::Status {
+        | SagaStatus::Cancelled
+        | SagaStatus::Closed => Err(Refusal::Status {
             action: "resume",
             saga: state.id,
             status: state.status,
-            hint: "only sagas parked for an operator (failed) can be resumed; use `retry` to run a backing-off step now",
+            hint: "only sagas parked for an operator (needs_operator) can be resumed; use `retry` to run a backing-off step now",
         }),
     }
 }
@@ -155,7 +158,7 @@ pub fn skip(
     now: DateTime<Utc>,
 ) -> Result<Transition, Refusal> {
     match state.status {
-        SagaStatus::Scheduled | SagaStatus::Running | SagaStatus::Waiting | SagaStatus::Failed => {
+        SagaStatus::Scheduled | SagaStatus::Retrying | SagaStatus::Waiting | SagaStatus::NeedsOperator => {
             let current = step_name(def, state.step_index).unwrap_or("-");
             if current != step {
                 return Err(Refusal::NotCurrentStep {
@@ -166,7 +169,7 @@ pub fn skip(
             }
             let next = state.step_index + 1;
             let done = next >= def.steps.len();
-            let mut t = base(state, if done { SagaStatus::Completed } else { SagaStatus::Running });
+            let mut t = base(state, if done { SagaStatus::Completed } else { SagaStatus::Scheduled });
             t.step_index = next;
             t.attempt = 0;
             t.step_started_at = None;
@@ -187,12 +190,16 @@ pub fn skip(
             }
             Ok(t)
         }
-        SagaStatus::Compensating | SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Cancelled => {
+        SagaStatus::Compensating
+        | SagaStatus::Completed
+        | SagaStatus::Compensated
+        | SagaStatus::Cancelled
+        | SagaStatus::Closed => {
             Err(Refusal::Status {
                 action: "skip a step of",
                 saga: state.id,
                 status: state.status,
-                hint: "only a saga moving forward (scheduled, running, waiting) or parked (failed) has a step to skip",
+                hint: "only a saga moving forward (scheduled, retrying, waiting) or parked (needs_operator) has a step to skip",
             })
         }
     }

@@ -14,67 +14,82 @@ use crate::definition::CompiledDefinition;
 use crate::retry::RetryDecision;
 use crate::step::{Event, StepOutcome, WaitSpec, Wake};
 
-/// Where a saga is. Stored as text (`as_str`) with a CHECK constraint.
+/// Where a saga is, as stored (text with a CHECK constraint). What operators are shown adds
+/// one derived value, `running` (a worker holds the saga right now): see [`ObservedStatus`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SagaStatus {
-    /// Started, no step has run yet.
+    /// Its next step is due at `run_at` (just started, or the previous step completed).
     Scheduled,
-    /// Running a step or backing off before its next attempt.
-    Running,
+    /// The current step failed transiently; its next attempt is due at `run_at`.
+    Retrying,
     /// Waiting for an event (with a deadline and a poll time).
     Waiting,
-    /// A step failed permanently; completed steps are being undone in reverse.
+    /// A step failed permanently (or an operator cancelled); completed steps are being undone
+    /// in reverse.
     Compensating,
     /// Every step completed.
     Completed,
-    /// Failed and fully rolled back (or nothing needed undoing).
+    /// Failed and fully rolled back (or nothing needed undoing): no money moved.
     Compensated,
-    /// Needs an operator: says why and what was already done.
-    Failed,
-    /// Cancelled by an operator; compensations ran.
+    /// Parked: no worker runs it until an operator acts. Money may have moved; the saga's
+    /// last error says why it stopped and what was already done.
+    NeedsOperator,
+    /// Cancelled by an operator before any irreversible effect; compensations ran.
     Cancelled,
+    /// Ended by an operator with a declared outcome ([`ClosedOutcome`]); final.
+    Closed,
 }
 
 impl SagaStatus {
-    /// All statuses, in lifecycle order.
-    pub const ALL: [SagaStatus; 8] = [
+    /// All stored statuses, in lifecycle order.
+    pub const ALL: [SagaStatus; 9] = [
         SagaStatus::Scheduled,
-        SagaStatus::Running,
+        SagaStatus::Retrying,
         SagaStatus::Waiting,
         SagaStatus::Compensating,
         SagaStatus::Completed,
         SagaStatus::Compensated,
-        SagaStatus::Failed,
+        SagaStatus::NeedsOperator,
         SagaStatus::Cancelled,
+        SagaStatus::Closed,
     ];
 
     /// The stored text.
     pub fn as_str(self) -> &'static str {
         match self {
             SagaStatus::Scheduled => "scheduled",
-            SagaStatus::Running => "running",
+            SagaStatus::Retrying => "retrying",
             SagaStatus::Waiting => "waiting",
             SagaStatus::Compensating => "compensating",
             SagaStatus::Completed => "completed",
             SagaStatus::Compensated => "compensated",
-            SagaStatus::Failed => "failed",
+            SagaStatus::NeedsOperator => "needs_operator",
             SagaStatus::Cancelled => "cancelled",
+            SagaStatus::Closed => "closed",
         }
     }
 
-    /// No worker will touch the saga again without an operator.
+    /// No worker will touch the saga again unless an operator acts: the ended statuses and
+    /// [`SagaStatus::NeedsOperator`]. Such a saga has no `run_at` and no owner.
     pub fn is_final(self) -> bool {
         match self {
             SagaStatus::Completed
             | SagaStatus::Compensated
-            | SagaStatus::Failed
-            | SagaStatus::Cancelled => true,
+            | SagaStatus::NeedsOperator
+            | SagaStatus::Cancelled
+            | SagaStatus::Closed => true,
             SagaStatus::Scheduled
-            | SagaStatus::Running
+            | SagaStatus::Retrying
             | SagaStatus::Waiting
             | SagaStatus::Compensating => false,
         }
+    }
+
+    /// The saga is over for good: nothing, not even an operator, moves it again
+    /// (completed, compensated, cancelled, closed). A saga that needs an operator is not.
+    pub fn is_ended(self) -> bool {
+        self.is_final() && self != SagaStatus::NeedsOperator
     }
 }
 
@@ -86,7 +101,7 @@ impl fmt::Display for SagaStatus {
 
 /// An unknown status text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown saga status {0:?} (expected one of scheduled, running, waiting, compensating, completed, compensated, failed, cancelled)")]
+#[error("unknown saga status {0:?} (expected one of scheduled, running, retrying, waiting, needs_operator, compensating, completed, compensated, cancelled, closed)")]
 pub struct UnknownStatus(pub String);
 
 impl FromStr for SagaStatus {
@@ -96,6 +111,161 @@ impl FromStr for SagaStatus {
             .into_iter()
             .find(|st| st.as_str() == s)
             .ok_or_else(|| UnknownStatus(s.to_string()))
+    }
+}
+
+/// The status operators see, in the CLI, JSON, metrics and docs: the stored
+/// [`SagaStatus`], except that a saga a worker holds right now (scheduled, retrying or
+/// waiting, with an owner) is `running`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObservedStatus {
+    /// Its next step is due; no worker holds it yet.
+    Scheduled,
+    /// A worker holds it and is running a step (or a poll of a wait).
+    Running,
+    /// Backing off after a transient failure of its current step.
+    Retrying,
+    /// Waiting for a provider's event, with a deadline and a poll time.
+    Waiting,
+    /// Parked: an operator must act (close, reset, retry, resume, skip).
+    NeedsOperator,
+    /// Undoing completed steps.
+    Compensating,
+    /// Every step completed.
+    Completed,
+    /// Failed and rolled back: no money moved.
+    Compensated,
+    /// Cancelled by an operator; compensations ran.
+    Cancelled,
+    /// Ended by an operator with a declared outcome.
+    Closed,
+}
+
+impl ObservedStatus {
+    /// Every value, in lifecycle order.
+    pub const ALL: [ObservedStatus; 10] = [
+        ObservedStatus::Scheduled,
+        ObservedStatus::Running,
+        ObservedStatus::Retrying,
+        ObservedStatus::Waiting,
+        ObservedStatus::NeedsOperator,
+        ObservedStatus::Compensating,
+        ObservedStatus::Completed,
+        ObservedStatus::Compensated,
+        ObservedStatus::Cancelled,
+        ObservedStatus::Closed,
+    ];
+
+    /// What a saga stored with `status` shows, `held` when a worker owns it.
+    pub fn of(status: SagaStatus, held: bool) -> ObservedStatus {
+        match status {
+            SagaStatus::Scheduled | SagaStatus::Retrying | SagaStatus::Waiting if held => {
+                ObservedStatus::Running
+            }
+            SagaStatus::Scheduled => ObservedStatus::Scheduled,
+            SagaStatus::Retrying => ObservedStatus::Retrying,
+            SagaStatus::Waiting => ObservedStatus::Waiting,
+            SagaStatus::Compensating => ObservedStatus::Compensating,
+            SagaStatus::Completed => ObservedStatus::Completed,
+            SagaStatus::Compensated => ObservedStatus::Compensated,
+            SagaStatus::NeedsOperator => ObservedStatus::NeedsOperator,
+            SagaStatus::Cancelled => ObservedStatus::Cancelled,
+            SagaStatus::Closed => ObservedStatus::Closed,
+        }
+    }
+
+    /// The text (the stored text for every value but `running`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObservedStatus::Scheduled => "scheduled",
+            ObservedStatus::Running => "running",
+            ObservedStatus::Retrying => "retrying",
+            ObservedStatus::Waiting => "waiting",
+            ObservedStatus::NeedsOperator => "needs_operator",
+            ObservedStatus::Compensating => "compensating",
+            ObservedStatus::Completed => "completed",
+            ObservedStatus::Compensated => "compensated",
+            ObservedStatus::Cancelled => "cancelled",
+            ObservedStatus::Closed => "closed",
+        }
+    }
+
+    /// The stored statuses this value can come from (`running`: scheduled, retrying,
+    /// waiting, held by a worker; the others: themselves, not held).
+    pub fn stored(self) -> &'static [SagaStatus] {
+        match self {
+            ObservedStatus::Running => &[
+                SagaStatus::Scheduled,
+                SagaStatus::Retrying,
+                SagaStatus::Waiting,
+            ],
+            ObservedStatus::Scheduled => &[SagaStatus::Scheduled],
+            ObservedStatus::Retrying => &[SagaStatus::Retrying],
+            ObservedStatus::Waiting => &[SagaStatus::Waiting],
+            ObservedStatus::NeedsOperator => &[SagaStatus::NeedsOperator],
+            ObservedStatus::Compensating => &[SagaStatus::Compensating],
+            ObservedStatus::Completed => &[SagaStatus::Completed],
+            ObservedStatus::Compensated => &[SagaStatus::Compensated],
+            ObservedStatus::Cancelled => &[SagaStatus::Cancelled],
+            ObservedStatus::Closed => &[SagaStatus::Closed],
+        }
+    }
+}
+
+impl fmt::Display for ObservedStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ObservedStatus {
+    type Err = UnknownStatus;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ObservedStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| UnknownStatus(s.to_string()))
+    }
+}
+
+/// What an operator declares when closing a saga ([`SagaStatus::Closed`]): did the payee get
+/// the money? Stored as text (`paid`, `not_paid`) with a CHECK constraint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClosedOutcome {
+    /// The payout reached the payee (e.g. confirmed with the provider by hand).
+    Paid,
+    /// No money reached the payee.
+    NotPaid,
+}
+
+impl ClosedOutcome {
+    /// The stored text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClosedOutcome::Paid => "paid",
+            ClosedOutcome::NotPaid => "not_paid",
+        }
+    }
+}
+
+impl fmt::Display for ClosedOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ClosedOutcome {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "paid" => Ok(ClosedOutcome::Paid),
+            "not_paid" | "not-paid" => Ok(ClosedOutcome::NotPaid),
+            other => Err(format!(
+                "unknown outcome {other:?} (expected paid or not_paid)"
+            )),
+        }
     }
 }
 
@@ -127,8 +297,8 @@ pub enum HistoryKind {
     SagaCompleted,
     /// The saga ended rolled back.
     SagaCompensated,
-    /// The saga is parked for an operator.
-    SagaFailed,
+    /// The saga is parked for an operator (status `needs_operator`).
+    SagaParked,
     /// The saga was cancelled.
     SagaCancelled,
     /// An operator asked for a cancel.
@@ -159,11 +329,19 @@ pub enum HistoryKind {
     /// A step reported something an operator must look at although the saga goes on (e.g. a
     /// duplicate funding invoice that was paid): see [`crate::step::alert`].
     SagaAlert,
+    /// An operator closed the saga with a declared outcome (detail: `outcome`, `compensate`).
+    SagaClosed,
+    /// An operator reset the saga to an earlier step (detail: step, input patch).
+    OperatorReset,
+    /// An operator's action was refused (detail: the action and the refusal).
+    OperatorRefused,
+    /// An operator printed the saga's personal data unredacted (`--reveal`).
+    DataRevealed,
 }
 
 impl HistoryKind {
     /// All kinds.
-    pub const ALL: [HistoryKind; 26] = [
+    pub const ALL: [HistoryKind; 30] = [
         HistoryKind::SagaStarted,
         HistoryKind::StepCompleted,
         HistoryKind::StepRetrying,
@@ -176,7 +354,7 @@ impl HistoryKind {
         HistoryKind::CompensationFailed,
         HistoryKind::SagaCompleted,
         HistoryKind::SagaCompensated,
-        HistoryKind::SagaFailed,
+        HistoryKind::SagaParked,
         HistoryKind::SagaCancelled,
         HistoryKind::CancelRequested,
         HistoryKind::LeaseTakenOver,
@@ -190,6 +368,10 @@ impl HistoryKind {
         HistoryKind::CommitRefused,
         HistoryKind::SagaReleased,
         HistoryKind::SagaAlert,
+        HistoryKind::SagaClosed,
+        HistoryKind::OperatorReset,
+        HistoryKind::OperatorRefused,
+        HistoryKind::DataRevealed,
     ];
 
     /// The stored text.
@@ -207,7 +389,7 @@ impl HistoryKind {
             HistoryKind::CompensationFailed => "compensation_failed",
             HistoryKind::SagaCompleted => "saga_completed",
             HistoryKind::SagaCompensated => "saga_compensated",
-            HistoryKind::SagaFailed => "saga_failed",
+            HistoryKind::SagaParked => "saga_parked",
             HistoryKind::SagaCancelled => "saga_cancelled",
             HistoryKind::CancelRequested => "cancel_requested",
             HistoryKind::LeaseTakenOver => "lease_taken_over",
@@ -221,6 +403,10 @@ impl HistoryKind {
             HistoryKind::CommitRefused => "commit_refused",
             HistoryKind::SagaReleased => "saga_released",
             HistoryKind::SagaAlert => "saga_alert",
+            HistoryKind::SagaClosed => "saga_closed",
+            HistoryKind::OperatorReset => "operator_reset",
+            HistoryKind::OperatorRefused => "operator_refused",
+            HistoryKind::DataRevealed => "data_revealed",
         }
     }
 }
@@ -434,7 +620,7 @@ pub fn next_run(
     now: DateTime<Utc>,
 ) -> NextRun {
     match state.status {
-        SagaStatus::Scheduled | SagaStatus::Running | SagaStatus::Waiting
+        SagaStatus::Scheduled | SagaStatus::Retrying | SagaStatus::Waiting
             if state.cancel_requested =>
         {
             NextRun::Apply(Box::new(begin_unwind(
@@ -445,7 +631,7 @@ pub fn next_run(
                 Vec::new(),
             )))
         }
-        SagaStatus::Scheduled | SagaStatus::Running => {
+        SagaStatus::Scheduled | SagaStatus::Retrying => {
             let wake = if state.attempt == 0 {
                 Wake::Start
             } else {
@@ -481,8 +667,9 @@ pub fn next_run(
         },
         SagaStatus::Completed
         | SagaStatus::Compensated
-        | SagaStatus::Failed
-        | SagaStatus::Cancelled => {
+        | SagaStatus::NeedsOperator
+        | SagaStatus::Cancelled
+        | SagaStatus::Closed => {
             // A final saga is never claimed; keep it where it is.
             NextRun::Apply(Box::new(Transition::base(state, state.status)))
         }
@@ -548,7 +735,7 @@ pub fn after_step(
             ));
             history.extend(alert_entries(name, attempt, &output));
             let next = index + 1;
-            let mut t = Transition::base(state, SagaStatus::Running);
+            let mut t = Transition::base(state, SagaStatus::Scheduled);
             t.output = Some((name.to_string(), output));
             t.step_index = next;
             t.attempt = 0;
@@ -626,7 +813,7 @@ pub fn after_step(
                             .error(&error)
                             .detail(json!({"next_attempt_at": at})),
                     );
-                    let mut t = Transition::base(state, SagaStatus::Running);
+                    let mut t = Transition::base(state, SagaStatus::Retrying);
                     t.attempt = attempt;
                     t.step_started_at = started;
                     t.run_at = Some(at);
@@ -740,7 +927,7 @@ fn begin_unwind(
             .steps
             .get(state.step_index)
             .is_some_and(|s| s.traits.irreversible);
-    let mut t = Transition::base(state, SagaStatus::Failed);
+    let mut t = Transition::base(state, SagaStatus::NeedsOperator);
     t.wait = None;
     t.attempt = 0;
     t.step_started_at = None;
@@ -761,7 +948,7 @@ fn begin_unwind(
             state.attempt.max(1)
         );
         history.push(
-            HistoryEntry::new(HistoryKind::SagaFailed, Some(name), Some(state.attempt))
+            HistoryEntry::new(HistoryKind::SagaParked, Some(name), Some(state.attempt))
                 .error(&error)
                 .detail(json!({"effect_possible": true})),
         );
@@ -775,7 +962,7 @@ fn begin_unwind(
             "{reason}; parked for an operator because completed step(s) {} cannot be undone (money may have moved): check the provider, then skip, retry or close the saga",
             irreversible.join(", ")
         );
-        history.push(HistoryEntry::new(HistoryKind::SagaFailed, None, None).error(&error));
+        history.push(HistoryEntry::new(HistoryKind::SagaParked, None, None).error(&error));
         t.last_error = Some(error);
         t.history = history;
         return t;
@@ -893,13 +1080,13 @@ pub fn after_compensation(
     let error = format!(
         "compensation of step {name} failed: {error}; parked for an operator: steps before {name} were not undone"
     );
-    let mut t = Transition::base(state, SagaStatus::Failed);
+    let mut t = Transition::base(state, SagaStatus::NeedsOperator);
     t.attempt = 0;
     t.step_started_at = None;
     t.last_error = Some(error.clone());
     t.history = vec![
         HistoryEntry::new(HistoryKind::CompensationFailed, Some(name), Some(attempt)).error(&error),
-        HistoryEntry::new(HistoryKind::SagaFailed, None, None).error(&error),
+        HistoryEntry::new(HistoryKind::SagaParked, None, None).error(&error),
     ];
     t
 }
@@ -925,13 +1112,13 @@ pub fn unstorable(
     let error = format!(
         "the result of attempt {attempt} of {phase} {name} could not be stored ({db_error}); parked for an operator: check what the step did at the provider, fix the cause, then resume or skip it"
     );
-    let mut t = Transition::base(state, SagaStatus::Failed);
+    let mut t = Transition::base(state, SagaStatus::NeedsOperator);
     t.attempt = attempt;
     t.wait = None;
     t.effect_possible = state.effect_possible || step.is_some_and(|s| s.traits.irreversible);
     t.last_error = Some(error.clone());
     t.history = vec![
-        HistoryEntry::new(HistoryKind::SagaFailed, Some(name), Some(attempt))
+        HistoryEntry::new(HistoryKind::SagaParked, Some(name), Some(attempt))
             .error(&error)
             .detail(json!({"unstorable": true})),
     ];
@@ -980,9 +1167,9 @@ mod tests {
         let t = after_step(&s, &d, 0, 1, &Wake::Start, StepOutcome::Done(json!(1)), now);
         assert_eq!(
             (t.status, t.step_index, t.continue_now),
-            (SagaStatus::Running, 1, true)
+            (SagaStatus::Scheduled, 1, true)
         );
-        let s = state(SagaStatus::Running, 1);
+        let s = state(SagaStatus::Scheduled, 1);
         let t = after_step(&s, &d, 1, 1, &Wake::Start, StepOutcome::Done(json!(2)), now);
         assert_eq!(t.status, SagaStatus::Completed);
         assert_eq!(t.run_at, None);
@@ -996,7 +1183,7 @@ mod tests {
     fn alerts_in_a_done_output_become_saga_alert_history_entries_of_the_same_commit() {
         let tr = [StepTraits::default(); 2];
         let d = def(&tr);
-        let s = state(SagaStatus::Running, 0);
+        let s = state(SagaStatus::Scheduled, 0);
         let output = json!({"x": 1, "alerts": [
             crate::step::alert("duplicate_funding_deposit", "funded twice", json!({"amount": 5})),
             {"message": "no kind"},
@@ -1059,7 +1246,7 @@ mod tests {
         ];
         let d = def(&tr);
         let now = Utc::now();
-        let s = state(SagaStatus::Running, 3);
+        let s = state(SagaStatus::Scheduled, 3);
         let t = after_step(&s, &d, 3, 1, &Wake::Start, StepOutcome::fail("no"), now);
         assert_eq!((t.status, t.step_index), (SagaStatus::Compensating, 2));
         let s = SagaState {
@@ -1088,7 +1275,7 @@ mod tests {
             StepTraits::default(),
         ];
         let d = def(&tr);
-        let s = state(SagaStatus::Running, 2);
+        let s = state(SagaStatus::Scheduled, 2);
         let t = after_step(
             &s,
             &d,
@@ -1098,7 +1285,7 @@ mod tests {
             StepOutcome::fail("bank said no"),
             Utc::now(),
         );
-        assert_eq!(t.status, SagaStatus::Failed);
+        assert_eq!(t.status, SagaStatus::NeedsOperator);
         assert!(t.last_error.as_deref().unwrap_or_default().contains("s1"));
     }
 
@@ -1107,9 +1294,9 @@ mod tests {
         let tr = [StepTraits::default()];
         let d = def(&tr);
         let now = Utc::now();
-        let s = state(SagaStatus::Running, 0);
+        let s = state(SagaStatus::Scheduled, 0);
         let t = after_step(&s, &d, 0, 1, &Wake::Start, StepOutcome::retry("503"), now);
-        assert_eq!(t.status, SagaStatus::Running);
+        assert_eq!(t.status, SagaStatus::Retrying);
         assert!(t.run_at.is_some_and(|at| at > now));
         assert_eq!(t.attempt, 1);
         let t = after_step(&s, &d, 0, 10, &Wake::Start, StepOutcome::retry("503"), now);
@@ -1126,7 +1313,7 @@ mod tests {
         let tr = [StepTraits::default(); 2];
         let d = def(&tr);
         let now = Utc::now();
-        let s = state(SagaStatus::Running, 1);
+        let s = state(SagaStatus::Scheduled, 1);
         let spec = WaitSpec::new("p", "paid", "k");
         let t = after_step(
             &s,
@@ -1190,7 +1377,7 @@ mod tests {
         let d = def(&tr);
         for status in [
             SagaStatus::Scheduled,
-            SagaStatus::Running,
+            SagaStatus::Retrying,
             SagaStatus::Waiting,
         ] {
             let s = SagaState {
@@ -1204,7 +1391,7 @@ mod tests {
         }
         let s = SagaState {
             cancel_requested: true,
-            ..state(SagaStatus::Running, 0)
+            ..state(SagaStatus::Scheduled, 0)
         };
         let NextRun::Apply(t) = next_run(&s, &d, None, Utc::now()) else {
             panic!()
@@ -1227,7 +1414,7 @@ mod tests {
         let d = def(&tr);
         let now = Utc::now();
         // Attempt 1 of the payout timed out: it may have paid.
-        let s = state(SagaStatus::Running, 1);
+        let s = state(SagaStatus::Scheduled, 1);
         let t = after_step(
             &s,
             &d,
@@ -1247,7 +1434,7 @@ mod tests {
         let NextRun::Apply(t) = next_run(&s, &d, None, now) else {
             panic!("cancel must apply")
         };
-        assert_eq!(t.status, SagaStatus::Failed);
+        assert_eq!(t.status, SagaStatus::NeedsOperator);
         assert!(t.effect_possible);
         assert!(t
             .last_error
@@ -1260,7 +1447,7 @@ mod tests {
             ..s
         };
         let t = after_step(&s, &d, 1, 2, &Wake::Start, StepOutcome::fail("400"), now);
-        assert_eq!(t.status, SagaStatus::Failed);
+        assert_eq!(t.status, SagaStatus::NeedsOperator);
         // Without an ambiguous attempt a refusal compensates as before.
         let s = SagaState {
             effect_possible: false,
@@ -1275,7 +1462,7 @@ mod tests {
         let tr = [StepTraits::default()];
         let d = def(&tr);
         let now = Utc::now();
-        let s = state(SagaStatus::Running, 0);
+        let s = state(SagaStatus::Scheduled, 0);
         let mut spec = WaitSpec::new("p", "paid", "k");
         spec.poll_after = Some(Duration::MAX);
         spec.new_deadline = Some(Duration::MAX);

@@ -94,7 +94,7 @@ fn check(
             prop_assert_eq!(t.step_index, n);
             prop_assert!(t.run_at.is_none());
         }
-        SagaStatus::Compensated | SagaStatus::Cancelled | SagaStatus::Failed => {
+        SagaStatus::Compensated | SagaStatus::Cancelled | SagaStatus::NeedsOperator => {
             prop_assert!(t.run_at.is_none(), "final saga with a run time");
             prop_assert!(t.wait.is_none(), "final saga with a wait");
             prop_assert!(
@@ -110,12 +110,23 @@ fn check(
             prop_assert_eq!(t.run_at, Some(w.poll_at));
             prop_assert!(t.step_index < n);
         }
-        SagaStatus::Running | SagaStatus::Scheduled => {
+        SagaStatus::Scheduled => {
             prop_assert!(
                 t.run_at.is_some_and(|at| at >= now),
                 "runnable saga without a run time"
             );
             prop_assert!(t.step_index < n);
+        }
+        SagaStatus::Retrying => {
+            prop_assert!(
+                t.run_at.is_some_and(|at| at >= now),
+                "saga backing off without a next attempt time"
+            );
+            prop_assert!(t.attempt > 0, "retrying without a failed attempt");
+            prop_assert!(t.step_index < n);
+        }
+        SagaStatus::Closed => {
+            prop_assert!(false, "no transition of the state machine closes a saga");
         }
         SagaStatus::Compensating => {
             prop_assert!(t.run_at.is_some());

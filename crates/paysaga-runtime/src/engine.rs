@@ -414,12 +414,11 @@ impl Engine {
             .iter()
             .map(|s| s.name.clone())
             .collect();
-        let current_step =
-            if saga.status.is_final() && saga.status != paysaga_core::SagaStatus::Failed {
-                None
-            } else {
-                steps.get(saga.step_index).cloned()
-            };
+        let current_step = if saga.status.is_ended() {
+            None
+        } else {
+            steps.get(saga.step_index).cloned()
+        };
         Ok(SagaView {
             saga,
             current_step,

@@ -574,6 +574,27 @@ fn check_document_claim(
 
 /// A start whose key already names `existing`: the saga when the input is the same (see
 /// [`same_input`]), else [`Error::KeyReused`].
+/// A stored `closed_outcome`.
+fn closed_outcome(text: Option<String>) -> Result<Option<paysaga_core::ClosedOutcome>, Error> {
+    text.map(|t| t.parse().map_err(Error::Corrupt)).transpose()
+}
+
+/// The stored statuses a worker can hold, shown as `running` while one does.
+const HOLDABLE: &str = "('scheduled', 'retrying', 'waiting')";
+
+/// The statuses filter of a saga listing, shared by both stores: `member(x)` is the store's
+/// SQL for "x is one of the asked (observed) statuses". A stored status matches itself unless
+/// a worker holds the saga, and `running` matches the held ones; the stored status is
+/// compared as a column, so a status index still serves it.
+fn status_filter_sql(member: impl Fn(&str) -> String) -> String {
+    format!(
+        "({} AND (s.owner IS NULL OR s.status NOT IN {HOLDABLE})
+          OR ({} AND s.owner IS NOT NULL AND s.status IN {HOLDABLE}))",
+        member("s.status"),
+        member("'running'")
+    )
+}
+
 fn existing_for_key(existing: SagaRecord, new: NewSaga) -> Result<(SagaRecord, bool), Error> {
     if same_input(&existing.input, &new.input) {
         return Ok((existing, false));

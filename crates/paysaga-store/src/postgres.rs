@@ -27,9 +27,10 @@ const WAKEUP_CHANNEL: &str = "paysaga_wakeup";
 
 const SAGA_COLUMNS: &str = "id, definition_id, workflow, version, idempotency_key, input, status, \
     step_index, attempt, step_started_at, run_at, owner, fence, outputs, wait, wake_event, \
-    last_error, cancel_requested, created_at, updated_at, finished_at, effect_possible, effect_step";
+    last_error, cancel_requested, created_at, updated_at, finished_at, effect_possible, effect_step, \
+    closed_outcome";
 
-const ACTIVE: &str = "('scheduled', 'running', 'waiting', 'compensating')";
+const ACTIVE: &str = "('scheduled', 'retrying', 'waiting', 'compensating')";
 
 /// The claim: unowned runnable sagas, oldest due first, skipping rows other workers are
 /// claiming; served by the partial index `paysaga_sagas_runnable`, whose size does not grow
@@ -348,6 +349,7 @@ fn saga_from_row(row: &PgRow) -> Result<SagaRecord, Error> {
         effect_possible: row.try_get::<bool, _>("effect_possible")?
             || row.try_get::<Option<i32>, _>("effect_step")?
                 == Some(row.try_get::<i32, _>("step_index")?),
+        closed_outcome: crate::closed_outcome(row.try_get("closed_outcome")?)?,
     })
 }
 
@@ -806,9 +808,10 @@ impl Store for PgStore {
             (true, false) => "s.updated_at DESC",
             (true, true) => "s.updated_at ASC",
         };
+        let status_filter = crate::status_filter_sql(|x| format!("{x} = ANY($1)"));
         let rows = sqlx::query(&format!(
             "SELECT {} FROM paysaga_sagas s JOIN paysaga_definitions d ON d.id = s.definition_id
-             WHERE (cardinality($1::text[]) = 0 OR s.status = ANY($1))
+             WHERE (cardinality($1::text[]) = 0 OR {status_filter})
                AND ($2::text IS NULL OR s.workflow = $2)
                AND ($3::text IS NULL OR d.body->'steps'->s.step_index->>'name' = $3)
                AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM unnest(d.step_kinds) k WHERE k LIKE $4 || '.%'))
@@ -817,7 +820,7 @@ impl Store for PgStore {
                AND ($7::timestamptz IS NULL OR s.created_at < $7)
                AND ($8::timestamptz IS NULL OR s.updated_at >= $8)
                AND ($9::timestamptz IS NULL OR s.updated_at < $9)
-               AND ($10::timestamptz IS NULL OR s.status = 'failed'
+               AND ($10::timestamptz IS NULL OR s.status = 'needs_operator'
                     OR (s.status IN {ACTIVE} AND (
                         s.updated_at < $10
                         OR (s.wait IS NOT NULL AND (s.wait->>'deadline')::timestamptz < now())
@@ -1564,7 +1567,12 @@ impl Store for PgStore {
 
     async fn stats(&self) -> Result<Stats, Error> {
         let by_status: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT workflow, status, count(*) FROM paysaga_sagas GROUP BY 1, 2 ORDER BY 1, 2",
+            &format!(
+                "SELECT workflow, CASE WHEN owner IS NOT NULL AND status IN {} THEN 'running' ELSE status END,
+                        count(*)
+                 FROM paysaga_sagas GROUP BY 1, 2 ORDER BY 1, 2",
+                crate::HOLDABLE
+            ),
         )
         .fetch_all(&self.pool)
         .await?;

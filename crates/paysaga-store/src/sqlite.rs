@@ -77,9 +77,12 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 const SAGA_COLUMNS: &str = "id, definition_id, workflow, version, idempotency_key, input, status, \
     step_index, attempt, step_started_at, run_at, owner, fence, outputs, wait, wake_event, \
-    last_error, cancel_requested, created_at, updated_at, finished_at, effect_possible, effect_step";
+    last_error, cancel_requested, created_at, updated_at, finished_at, effect_possible, effect_step, \
+    closed_outcome";
 
-const ACTIVE: &str = "('scheduled', 'running', 'waiting', 'compensating')";
+const ACTIVE: &str = "('scheduled', 'retrying', 'waiting', 'compensating')";
+/// First line of a migration that must run with foreign keys off (a table rebuild).
+const FOREIGN_KEYS_OFF: &str = "-- paysaga:foreign-keys-off";
 
 /// The claim: unowned runnable sagas whose step kinds the worker has (`$3`, a JSON array),
 /// oldest due first; served by the partial index `paysaga_sagas_runnable` (forced with
@@ -89,7 +92,7 @@ const CLAIM_SQL: &str = "
 UPDATE paysaga_sagas SET owner = $1, fence = fence + 1
 WHERE id IN (
     SELECT id FROM paysaga_sagas INDEXED BY paysaga_sagas_runnable
-    WHERE owner IS NULL AND status IN ('scheduled', 'running', 'waiting', 'compensating')
+    WHERE owner IS NULL AND status IN ('scheduled', 'retrying', 'waiting', 'compensating')
       AND run_at <= $4
       AND definition_id IN (
           SELECT d.id FROM paysaga_definitions d
@@ -101,12 +104,12 @@ WHERE id IN (
     LIMIT $2)
 RETURNING id, definition_id, workflow, version, idempotency_key, input, status, step_index,
     attempt, step_started_at, run_at, owner, fence, outputs, wait, wake_event, last_error,
-    cancel_requested, created_at, updated_at, finished_at, effect_possible, effect_step";
+    cancel_requested, created_at, updated_at, finished_at, effect_possible, effect_step, closed_outcome";
 
 /// When the next unowned saga the worker can run becomes due (`$1` its kinds, JSON array).
 const NEXT_DUE_SQL: &str = "
 SELECT run_at FROM paysaga_sagas INDEXED BY paysaga_sagas_runnable
-WHERE owner IS NULL AND status IN ('scheduled', 'running', 'waiting', 'compensating')
+WHERE owner IS NULL AND status IN ('scheduled', 'retrying', 'waiting', 'compensating')
   AND run_at IS NOT NULL
   AND definition_id IN (
       SELECT d.id FROM paysaga_definitions d
@@ -304,6 +307,7 @@ fn saga_from_row(row: &SqliteRow) -> Result<SagaRecord, Error> {
         effect_possible: row.try_get::<bool, _>("effect_possible")?
             || row.try_get::<Option<i64>, _>("effect_step")?
                 == Some(row.try_get::<i64, _>("step_index")?),
+        closed_outcome: crate::closed_outcome(row.try_get("closed_outcome")?)?,
     })
 }
 
@@ -540,10 +544,33 @@ impl Store for SqliteStore {
                 continue;
             }
             let started = std::time::Instant::now();
-            let mut tx = self.write_tx().await?;
+            // A migration that rebuilds a table other tables reference (SQLite cannot alter a
+            // CHECK constraint) runs with foreign keys off, as SQLite's documented procedure
+            // says, on the writer connection; every reference is checked before the commit.
+            let rebuild = m.sql.starts_with(FOREIGN_KEYS_OFF);
+            let mut conn = self.writer.acquire().await?;
+            if rebuild {
+                sqlx::Executor::execute(&mut *conn, "PRAGMA foreign_keys = OFF").await?;
+            }
+            let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
             sqlx::Executor::execute(&mut *tx, m.sql.as_ref())
                 .await
                 .map_err(|e| sqlx::migrate::MigrateError::ExecuteMigration(e, m.version))?;
+            if rebuild {
+                let broken: Vec<(String,)> =
+                    sqlx::query_as("SELECT \"table\" FROM pragma_foreign_key_check")
+                        .fetch_all(&mut *tx)
+                        .await?;
+                if let Some((table,)) = broken.first() {
+                    return Err(Error::Migrate(sqlx::migrate::MigrateError::Execute(
+                        sqlx::Error::Protocol(format!(
+                            "migration {} left {} rows with a dangling reference (first in {table}); nothing was changed",
+                            m.version,
+                            broken.len()
+                        )),
+                    )));
+                }
+            }
             sqlx::query(
                 "INSERT INTO paysaga_migrations (version, description, success, checksum, execution_time)
                  VALUES ($1, $2, TRUE, $3, $4)",
@@ -555,6 +582,9 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
+            if rebuild {
+                sqlx::Executor::execute(&mut *conn, "PRAGMA foreign_keys = ON").await?;
+            }
         }
         Ok(())
     }
@@ -716,9 +746,11 @@ impl Store for SqliteStore {
             (true, false) => "s.updated_at DESC, s.rowid DESC",
             (true, true) => "s.updated_at ASC, s.rowid ASC",
         };
+        let status_filter =
+            crate::status_filter_sql(|x| format!("{x} IN (SELECT value FROM json_each($1))"));
         let rows = sqlx::query(&format!(
             "SELECT {} FROM paysaga_sagas s JOIN paysaga_definitions d ON d.id = s.definition_id
-             WHERE (json_array_length($1) = 0 OR s.status IN (SELECT value FROM json_each($1)))
+             WHERE (json_array_length($1) = 0 OR {status_filter})
                AND ($2 IS NULL OR s.workflow = $2)
                AND ($3 IS NULL OR json_extract(d.body, '$.steps[' || s.step_index || '].name') = $3)
                AND ($4 IS NULL OR EXISTS (SELECT 1 FROM json_each(d.step_kinds) k
@@ -728,7 +760,7 @@ impl Store for SqliteStore {
                AND ($7 IS NULL OR s.created_at < $7)
                AND ($8 IS NULL OR s.updated_at >= $8)
                AND ($9 IS NULL OR s.updated_at < $9)
-               AND ($10 IS NULL OR s.status = 'failed'
+               AND ($10 IS NULL OR s.status = 'needs_operator'
                     OR (s.status IN {ACTIVE} AND (
                         s.updated_at < $10
                         OR (s.wait_deadline IS NOT NULL AND s.wait_deadline < $14)
@@ -1568,7 +1600,12 @@ impl Store for SqliteStore {
 
     async fn stats(&self) -> Result<Stats, Error> {
         let by_status: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT workflow, status, count(*) FROM paysaga_sagas GROUP BY 1, 2 ORDER BY 1, 2",
+            &format!(
+                "SELECT workflow, CASE WHEN owner IS NOT NULL AND status IN {} THEN 'running' ELSE status END,
+                        count(*)
+                 FROM paysaga_sagas GROUP BY 1, 2 ORDER BY 1, 2",
+                crate::HOLDABLE
+            ),
         )
         .fetch_all(&self.reader)
         .await?;

@@ -1,7 +1,10 @@
 //! Records the store reads and writes.
 
 use chrono::{DateTime, Utc};
-use paysaga_core::{ActiveWait, Definition, Event, HistoryKind, SagaState, SagaStatus};
+use paysaga_core::{
+    ActiveWait, ClosedOutcome, Definition, Event, HistoryKind, ObservedStatus, SagaState,
+    SagaStatus,
+};
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
@@ -92,9 +95,16 @@ pub struct SagaRecord {
     /// An attempt of the current step may have reached the provider: the stored flag (an
     /// ambiguous outcome of an irreversible step) or an effect mark on the current step.
     pub effect_possible: bool,
+    /// The outcome an operator declared when closing the saga (status `closed` only).
+    pub closed_outcome: Option<ClosedOutcome>,
 }
 
 impl SagaRecord {
+    /// What operators are shown: the stored status, or `running` while a worker holds it.
+    pub fn observed_status(&self) -> ObservedStatus {
+        ObservedStatus::of(self.status, self.owner.is_some())
+    }
+
     /// The part the state machine needs.
     pub fn state(&self) -> SagaState {
         SagaState {
@@ -121,8 +131,8 @@ pub struct ClaimedSaga {
 /// Which sagas to list.
 #[derive(Debug, Clone, Default)]
 pub struct SagaFilter {
-    /// Only these statuses.
-    pub statuses: Vec<SagaStatus>,
+    /// Only these statuses, as operators see them (`running`: held by a worker).
+    pub statuses: Vec<ObservedStatus>,
     /// Only this workflow.
     pub workflow: Option<String>,
     /// Only sagas whose current step has this name.

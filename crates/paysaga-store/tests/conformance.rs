@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use paysaga_core::{
-    ActiveWait, Definition, DocumentId, HistoryEntry, HistoryKind, SagaStatus, StepDef, Transition,
+    ActiveWait, Definition, DocumentId, HistoryEntry, HistoryKind, ObservedStatus, SagaStatus,
+    StepDef, Transition,
 };
 use paysaga_store::{
     Commit, EffectMark, EffectMarkRequest, Error, EventFilter, NewDocument, NewEvent, NewSaga,
@@ -448,7 +449,7 @@ async fn claim_bumps_the_fence_and_a_stale_fence_cannot_commit(e: Env) {
     let second = claim_one(s, w, started.id).await;
     assert_eq!(second.fence, 2);
 
-    let mut done = transition(SagaStatus::Running, 1);
+    let mut done = transition(SagaStatus::Scheduled, 1);
     done.output = Some(("s1".to_string(), json!({"stale": true})));
     done.history = vec![entry(HistoryKind::StepCompleted, Some("s1"), Some(1))];
     let err = commit(s, &first, w, &done, None).await.unwrap_err();
@@ -526,7 +527,7 @@ async fn a_commit_retried_after_a_lost_acknowledgement_writes_nothing_twice(e: E
     let w = worker(s, LONG_TTL).await;
     let started = start(s, "flow", &[STEP, STEP], None).await;
     let claimed = claim_one(s, w, started.id).await;
-    let mut done = transition(SagaStatus::Running, 1);
+    let mut done = transition(SagaStatus::Scheduled, 1);
     done.continue_now = true;
     done.run_at = Some(Utc::now());
     done.output = Some(("s1".to_string(), json!({"n": 1})));
@@ -545,7 +546,10 @@ async fn a_commit_retried_after_a_lost_acknowledgement_writes_nothing_twice(e: E
         [HistoryKind::SagaStarted, HistoryKind::StepCompleted]
     );
     let stored = saga(s, started.id).await;
-    assert_eq!((stored.status, stored.step_index), (SagaStatus::Running, 1));
+    assert_eq!(
+        (stored.status, stored.step_index),
+        (SagaStatus::Scheduled, 1)
+    );
     assert!(stored.owner.is_none());
     // Another transition of the same holder with a new token is still refused (lease given
     // back), and the saga is claimable again.
@@ -656,7 +660,7 @@ async fn concurrent_commits_of_many_sagas_each_apply_once_and_a_stale_one_is_ref
     let fresh = claim_one(s, w, stale.id).await;
     let transitions: Vec<Transition> = (0..held.len() + 1)
         .map(|n| {
-            let mut t = transition(SagaStatus::Running, 1);
+            let mut t = transition(SagaStatus::Scheduled, 1);
             t.continue_now = n % 2 == 0;
             t.run_at = Some(Utc::now());
             t.output = Some(("s1".to_string(), json!({ "n": n })));
@@ -710,7 +714,7 @@ async fn commits_that_keep_the_saga_leave_run_at_and_are_hot_updates(e: Env) {
     let claimed_run_at = saga(s, started.id).await.run_at;
     let mut held = claimed.clone();
     for step in 1..=5 {
-        let mut t = transition(SagaStatus::Running, step);
+        let mut t = transition(SagaStatus::Scheduled, step);
         t.continue_now = true;
         t.run_at = Some(Utc::now() + chrono::Duration::hours(1));
         t.output = Some((format!("s{step}"), json!({ "step": step })));
@@ -903,7 +907,7 @@ async fn commit_stores_done_retry_and_fail_transitions_with_their_history(e: Env
     let claimed = claim_one(s, w, started.id).await;
 
     // Step done, continue at once: the worker keeps the lease (one commit per step).
-    let mut done = transition(SagaStatus::Running, 1);
+    let mut done = transition(SagaStatus::Scheduled, 1);
     done.output = Some(("s1".to_string(), json!({"id": "pay_1"})));
     done.history = vec![entry(HistoryKind::StepCompleted, Some("s1"), Some(1))];
     done.continue_now = true;
@@ -911,12 +915,12 @@ async fn commit_stores_done_retry_and_fail_transitions_with_their_history(e: Env
     assert!(c.kept && c.wake_event.is_none() && !c.cancel_requested);
     let kept = saga(s, started.id).await;
     assert_eq!((kept.owner, kept.fence), (Some(w), claimed.fence));
-    assert_eq!((kept.status, kept.step_index), (SagaStatus::Running, 1));
+    assert_eq!((kept.status, kept.step_index), (SagaStatus::Scheduled, 1));
 
     // A transient failure: attempt, first attempt time and next run time are stored.
     let first_attempt = Utc::now();
     let retry_at = Utc::now() + chrono::Duration::milliseconds(300);
-    let mut retry = transition(SagaStatus::Running, 1);
+    let mut retry = transition(SagaStatus::Scheduled, 1);
     retry.attempt = 1;
     retry.step_started_at = Some(first_attempt);
     retry.run_at = Some(retry_at);
@@ -949,7 +953,7 @@ async fn commit_stores_done_retry_and_fail_transitions_with_their_history(e: Env
     assert_eq!(again.attempt, 1);
 
     // A permanent failure: final, not runnable, not owned.
-    let mut fail = transition(SagaStatus::Failed, 1);
+    let mut fail = transition(SagaStatus::NeedsOperator, 1);
     fail.attempt = 2;
     fail.last_error = Some("account closed".to_string());
     fail.history = vec![
@@ -957,12 +961,12 @@ async fn commit_stores_done_retry_and_fail_transitions_with_their_history(e: Env
             error: Some("account closed".to_string()),
             ..entry(HistoryKind::StepFailed, Some("s2"), Some(2))
         },
-        entry(HistoryKind::SagaFailed, None, None),
+        entry(HistoryKind::SagaParked, None, None),
     ];
     let c = commit(s, &again, w, &fail, None).await.unwrap();
     assert!(!c.kept);
     let failed = saga(s, started.id).await;
-    assert_eq!(failed.status, SagaStatus::Failed);
+    assert_eq!(failed.status, SagaStatus::NeedsOperator);
     assert!(failed.run_at.is_none() && failed.owner.is_none() && failed.finished_at.is_some());
     assert!(s.next_due(&all_kinds()).await.unwrap().is_none());
 
@@ -975,7 +979,7 @@ async fn commit_stores_done_retry_and_fail_transitions_with_their_history(e: Env
             HistoryKind::StepCompleted,
             HistoryKind::StepRetrying,
             HistoryKind::StepFailed,
-            HistoryKind::SagaFailed
+            HistoryKind::SagaParked
         ]
     );
     assert!(history
@@ -1047,7 +1051,7 @@ async fn event_delivered_before_the_wait_is_kept_and_consumed_when_the_wait_begi
     assert_eq!(stored.consumed_by, Some(started.id));
     assert!(stored.consumed_at.is_some());
 
-    let mut done = transition(SagaStatus::Running, 1);
+    let mut done = transition(SagaStatus::Scheduled, 1);
     done.history = vec![
         entry(HistoryKind::EventReceived, Some("s1"), Some(1)),
         entry(HistoryKind::StepCompleted, Some("s1"), Some(1)),
@@ -1320,7 +1324,8 @@ async fn list_filters_select_by_status_workflow_step_provider_key_and_time(e: En
     }
     tokio::time::sleep(Duration::from_millis(3)).await;
     let held = claimed.iter().find(|c| c.saga.id == a1.id).unwrap();
-    let mut t = transition(SagaStatus::Running, 1);
+    let mut t = transition(SagaStatus::Retrying, 1);
+    t.attempt = 1;
     t.run_at = Some(Utc::now() + chrono::Duration::hours(1));
     commit(s, &held.saga, w, &t, None).await.unwrap();
     let list = |f: SagaFilter| async move { ids(&s.list_sagas(&f).await.unwrap()) };
@@ -1344,7 +1349,7 @@ async fn list_filters_select_by_status_workflow_step_provider_key_and_time(e: En
     );
     assert_eq!(
         list(SagaFilter {
-            statuses: vec![SagaStatus::Scheduled],
+            statuses: vec![ObservedStatus::Scheduled],
             ascending: true,
             ..Default::default()
         })
@@ -1353,12 +1358,34 @@ async fn list_filters_select_by_status_workflow_step_provider_key_and_time(e: En
     );
     assert_eq!(
         list(SagaFilter {
-            statuses: vec![SagaStatus::Running, SagaStatus::Completed],
+            statuses: vec![ObservedStatus::Retrying, ObservedStatus::Completed],
             ..Default::default()
         })
         .await,
         [a1.id]
     );
+    // A saga a worker holds is `running`, and no longer `scheduled`.
+    let held = s.claim(w, &all_kinds(), 16).await.unwrap();
+    assert_eq!(
+        ids(&held.iter().map(|c| c.saga.clone()).collect::<Vec<_>>()).len(),
+        2
+    );
+    let running = list(SagaFilter {
+        statuses: vec![ObservedStatus::Running],
+        ascending: true,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(running, [a2.id, b1.id]);
+    assert!(list(SagaFilter {
+        statuses: vec![ObservedStatus::Scheduled],
+        ..Default::default()
+    })
+    .await
+    .is_empty());
+    for c in &held {
+        assert!(s.release(c.saga.id, w, c.saga.fence).await.unwrap());
+    }
     assert_eq!(
         list(SagaFilter {
             workflow: Some("beta".to_string()),
@@ -1447,7 +1474,7 @@ async fn list_filters_select_by_status_workflow_step_provider_key_and_time(e: En
     assert!(list(stuck()).await.is_empty());
     let claimed = s.claim(w, &all_kinds(), 16).await.unwrap();
     let c = &claimed.iter().find(|c| c.saga.id == a2.id).unwrap().saga;
-    let mut t = transition(SagaStatus::Running, 0);
+    let mut t = transition(SagaStatus::Scheduled, 0);
     t.attempt = 5;
     t.run_at = Some(Utc::now() + chrono::Duration::hours(1));
     commit(s, c, w, &t, None).await.unwrap();
@@ -1502,7 +1529,7 @@ async fn stats_count_by_status_step_retries_waits_and_unmatched_events(e: Env) {
     let claimed = s.claim(w, &all_kinds(), 16).await.unwrap();
     for c in &claimed {
         if c.saga.id == a1.id {
-            let mut t = transition(SagaStatus::Running, 0);
+            let mut t = transition(SagaStatus::Retrying, 0);
             t.attempt = 2;
             t.run_at = Some(Utc::now() + chrono::Duration::hours(1));
             commit(s, &c.saga, w, &t, None).await.unwrap();
@@ -1518,7 +1545,7 @@ async fn stats_count_by_status_step_retries_waits_and_unmatched_events(e: Env) {
     assert_eq!(
         stats.by_status,
         [
-            row("alpha", "running", 1),
+            row("alpha", "retrying", 1),
             row("alpha", "waiting", 1),
             row("beta", "scheduled", 1)
         ]
@@ -1539,7 +1566,7 @@ async fn operator_action_fences_out_the_worker_and_records_the_actor(e: Env) {
     let held = claim_one(s, w, started.id).await;
 
     // Refused when the saga moved since the operator looked.
-    let mut skip = transition(SagaStatus::Running, 1);
+    let mut skip = transition(SagaStatus::Scheduled, 1);
     skip.output = Some(("s1".to_string(), json!({"id": "by-hand"})));
     skip.history = vec![HistoryEntry {
         detail: json!({"reason": "created by hand"}),
@@ -1582,7 +1609,7 @@ async fn operator_action_fences_out_the_worker_and_records_the_actor(e: Env) {
     assert_eq!(applied.fence, held.fence + 1);
     assert_eq!(
         (applied.status, applied.step_index),
-        (SagaStatus::Running, 1)
+        (SagaStatus::Scheduled, 1)
     );
     assert_eq!(applied.outputs, json!({"s1": {"id": "by-hand"}}));
     assert_eq!(saga(s, started.id).await.fence, applied.fence);
@@ -1614,7 +1641,7 @@ async fn operator_action_fences_out_the_worker_and_records_the_actor(e: Env) {
     )
     .await
     .unwrap();
-    let mut resume = transition(SagaStatus::Running, 1);
+    let mut resume = transition(SagaStatus::Scheduled, 1);
     resume.history = vec![entry(HistoryKind::OperatorRetry, Some("s2"), None)];
     s.operator_apply(OperatorAction {
         saga: started.id,
@@ -1637,7 +1664,7 @@ async fn cancel_makes_a_backing_off_saga_due_and_is_refused_when_final(e: Env) {
     let w = worker(s, LONG_TTL).await;
     let started = start(s, "flow", &[STEP], None).await;
     let held = claim_one(s, w, started.id).await;
-    let mut retry = transition(SagaStatus::Running, 0);
+    let mut retry = transition(SagaStatus::Scheduled, 0);
     retry.attempt = 1;
     retry.run_at = Some(Utc::now() + chrono::Duration::hours(1));
     commit(s, &held, w, &retry, None).await.unwrap();
@@ -1658,7 +1685,7 @@ async fn cancel_makes_a_backing_off_saga_due_and_is_refused_when_final(e: Env) {
     s.request_cancel(started.id, "cli:alice", "really")
         .await
         .unwrap();
-    let mut step = transition(SagaStatus::Running, 0);
+    let mut step = transition(SagaStatus::Scheduled, 0);
     step.continue_now = true;
     let c = commit(s, &again, w, &step, None).await.unwrap();
     assert!(c.cancel_requested);
@@ -1825,7 +1852,7 @@ async fn concurrent_delivery_poll_completion_and_operator_action_never_deadlock(
         let (store, b) = (e.store.clone(), barrier.clone());
         let held2 = held.clone();
         tasks.spawn(async move {
-            let mut done = transition(SagaStatus::Running, 1);
+            let mut done = transition(SagaStatus::Scheduled, 1);
             done.output = Some(("s1".to_string(), json!({"by": "poll"})));
             done.history = vec![entry(HistoryKind::StepCompleted, Some("s1"), Some(1))];
             b.wait().await;
@@ -1847,7 +1874,7 @@ async fn concurrent_delivery_poll_completion_and_operator_action_never_deadlock(
         let (store, b) = (e.store.clone(), barrier.clone());
         let id = held.id;
         tasks.spawn(async move {
-            let mut skip = transition(SagaStatus::Running, 1);
+            let mut skip = transition(SagaStatus::Scheduled, 1);
             skip.output = Some(("s1".to_string(), json!({"by": "operator"})));
             skip.history = vec![entry(HistoryKind::OperatorSkip, Some("s1"), None)];
             b.wait().await;
@@ -1891,7 +1918,7 @@ async fn concurrent_delivery_poll_completion_and_operator_action_never_deadlock(
     assert_eq!(events.len(), SAGAS, "every webhook stored once");
     for id in &sagas {
         let row = saga(s, *id).await;
-        assert_eq!((row.status, row.step_index), (SagaStatus::Running, 1));
+        assert_eq!((row.status, row.step_index), (SagaStatus::Scheduled, 1));
         assert!(row.wait.is_none() && row.wake_event.is_none(), "{row:?}");
         let applied = history_kinds(s, *id)
             .await
@@ -2354,7 +2381,7 @@ async fn a_cancel_acted_on_is_reset_and_a_possible_effect_is_kept_until_the_step
     assert!(!started.effect_possible);
     let held = claim_one(s, w, started.id).await;
     // Attempt 1 ended without a definite answer: stored with the saga.
-    let mut retry = transition(SagaStatus::Running, 0);
+    let mut retry = transition(SagaStatus::Scheduled, 0);
     retry.attempt = 1;
     retry.effect_possible = true;
     commit(s, &held, w, &retry, None).await.unwrap();
@@ -2367,26 +2394,26 @@ async fn a_cancel_acted_on_is_reset_and_a_possible_effect_is_kept_until_the_step
     // possible effect stays with the step.
     let held = claim_one(s, w, started.id).await;
     assert!(held.cancel_requested && held.effect_possible);
-    let mut parked = transition(SagaStatus::Failed, 0);
+    let mut parked = transition(SagaStatus::NeedsOperator, 0);
     parked.attempt = 1;
     parked.effect_possible = true;
     parked.last_error = Some("cancelled by operator; parked".into());
-    parked.history = vec![entry(HistoryKind::SagaFailed, Some("s1"), Some(1))];
+    parked.history = vec![entry(HistoryKind::SagaParked, Some("s1"), Some(1))];
     commit(s, &held, w, &parked, None).await.unwrap();
     let stored = saga(s, started.id).await;
-    assert_eq!(stored.status, SagaStatus::Failed);
+    assert_eq!(stored.status, SagaStatus::NeedsOperator);
     assert!(
         !stored.cancel_requested,
         "a cancel acted on must not stay set"
     );
     assert!(stored.effect_possible);
     // An operator's skip moves the step on: the flag goes with it.
-    let mut skip = transition(SagaStatus::Running, 1);
+    let mut skip = transition(SagaStatus::Scheduled, 1);
     skip.history = vec![entry(HistoryKind::OperatorSkip, Some("s1"), None)];
     let after = s
         .operator_apply(OperatorAction {
             saga: started.id,
-            expect_status: SagaStatus::Failed,
+            expect_status: SagaStatus::NeedsOperator,
             expect_step_index: 0,
             transition: &skip,
             actor: "cli:alice",
@@ -2409,7 +2436,7 @@ async fn an_effect_mark_on_the_current_step_counts_as_a_possible_effect(e: Env) 
     );
     assert!(saga(s, started.id).await.state().effect_possible);
     // Once the step completed, the mark on it says nothing about the next step.
-    let mut done = transition(SagaStatus::Running, 1);
+    let mut done = transition(SagaStatus::Scheduled, 1);
     done.history = vec![entry(HistoryKind::StepCompleted, Some("s1"), Some(1))];
     commit(s, &held, w, &done, None).await.unwrap();
     assert!(!saga(s, started.id).await.effect_possible);
