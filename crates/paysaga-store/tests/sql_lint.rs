@@ -9,6 +9,14 @@ const ALLOWED: &[(&str, &str)] = &[
     ("SAGA_COLUMNS", "constant column list"),
     ("DOCUMENT_COLUMNS", "constant column list"),
     ("ACTIVE", "constant status set"),
+    (
+        "status_filter",
+        "the statuses filter built by status_filter_sql from constants",
+    ),
+    (
+        "x",
+        "status_filter_sql's operand: the status column or the constant 'running'",
+    ),
     ("order", "one of four constant ORDER BY clauses"),
     (
         "",
