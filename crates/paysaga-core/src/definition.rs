@@ -83,6 +83,114 @@ fn default_true() -> bool {
     true
 }
 
+/// Builds a [`Definition`] in Rust: the same data as a TOML file in `workflows/`, checked by
+/// the same validation when submitted (`Engine::submit_definition`), with the same content
+/// hash when the content is the same.
+///
+/// ```
+/// use std::time::Duration;
+/// use paysaga_core::{Definition, RetryPolicy, StepDef};
+/// use serde_json::json;
+///
+/// let def = Definition::builder("lumanu_payout", 1)
+///     .description("create, approve and pay a payable")
+///     .step(
+///         StepDef::new("create_payable", "lumanu.create_payable", json!({"payee": "$.input.payee"}))
+///             .with_retry(RetryPolicy::default().with_initial_delay(Duration::from_secs(2)).with_max_attempts(10))
+///             .with_timeout(Duration::from_secs(120)),
+///     )
+///     .step(
+///         StepDef::new("await_paid", "lumanu.await_payable_paid",
+///                      json!({"payable_id": "$.steps.create_payable.payable_id"}))
+///             .with_deadline(Duration::from_secs(5 * 24 * 3600))
+///             .with_poll_every(Duration::from_secs(15 * 60)),
+///     )
+///     .build();
+/// assert_eq!(def.steps.len(), 2);
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct DefinitionBuilder {
+    def: Definition,
+}
+
+impl DefinitionBuilder {
+    /// Free text for operators.
+    pub fn description(mut self, text: impl Into<String>) -> Self {
+        self.def.description = Some(text.into());
+        self
+    }
+
+    /// Appends a step (steps run in the order given).
+    pub fn step(mut self, step: StepDef) -> Self {
+        self.def.steps.push(step);
+        self
+    }
+
+    /// The definition (validated when submitted, as a parsed TOML file is).
+    pub fn build(self) -> Definition {
+        self.def
+    }
+}
+
+impl Definition {
+    /// Starts building a definition in Rust: see [`DefinitionBuilder`].
+    pub fn builder(name: impl Into<String>, version: u32) -> DefinitionBuilder {
+        DefinitionBuilder {
+            def: Definition {
+                name: name.into(),
+                version,
+                description: None,
+                steps: Vec::new(),
+            },
+        }
+    }
+}
+
+impl StepDef {
+    /// With this retry policy.
+    #[must_use]
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// With this attempt timeout.
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// With this wait deadline.
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Polling the provider after this much silence while waiting.
+    #[must_use]
+    pub fn with_poll_every(mut self, every: Duration) -> Self {
+        self.poll_every = every;
+        self
+    }
+
+    /// Without running the kind's compensation when a later step fails.
+    #[must_use]
+    pub fn without_compensation(mut self) -> Self {
+        self.compensate = false;
+        self
+    }
+
+    /// Marked irreversible even if its kind does not say so.
+    #[must_use]
+    pub fn irreversible(mut self) -> Self {
+        self.irreversible = true;
+        self
+    }
+}
+
 impl StepDef {
     /// A step with default policies.
     pub fn new(name: impl Into<String>, kind: impl Into<String>, params: Value) -> Self {

@@ -42,7 +42,8 @@ pub mod saga;
 pub mod step;
 
 pub use definition::{
-    CompiledDefinition, CompiledStep, Definition, DefinitionError, Params, StepDef,
+    CompiledDefinition, CompiledStep, Definition, DefinitionBuilder, DefinitionError, Params,
+    StepDef,
 };
 pub use document::{
     sha256_hex, BadDocumentId, Document, DocumentError, DocumentId, DocumentSource,

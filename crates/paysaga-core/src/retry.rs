@@ -80,6 +80,57 @@ impl Default for RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// With this delay before the second attempt.
+    #[must_use]
+    pub fn with_initial_delay(mut self, delay: Duration) -> Self {
+        self.initial_delay = delay;
+        self
+    }
+
+    /// With this factor applied to the delay after each attempt (>= 1.0).
+    #[must_use]
+    pub fn with_multiplier(mut self, multiplier: f64) -> Self {
+        self.multiplier = multiplier;
+        self
+    }
+
+    /// With this upper bound of one delay.
+    #[must_use]
+    pub fn with_max_delay(mut self, delay: Duration) -> Self {
+        self.max_delay = delay;
+        self
+    }
+
+    /// With at most `attempts` attempts (the first run is attempt 1).
+    #[must_use]
+    pub fn with_max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = Attempts::Limited(attempts);
+        self
+    }
+
+    /// Without an attempt limit (the total-time bound still applies).
+    #[must_use]
+    pub fn with_unlimited_attempts(mut self) -> Self {
+        self.max_attempts = Attempts::Unlimited;
+        self
+    }
+
+    /// With this bound of the time from the first attempt to the last retry.
+    #[must_use]
+    pub fn with_max_total(mut self, total: Duration) -> Self {
+        self.max_total = total;
+        self
+    }
+
+    /// With this randomised fraction of each delay, in `[0, 1]`.
+    #[must_use]
+    pub fn with_jitter(mut self, jitter: f64) -> Self {
+        self.jitter = jitter;
+        self
+    }
+}
+
 /// Why a policy is impossible.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

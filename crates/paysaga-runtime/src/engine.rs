@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use paysaga_core::{CompiledDefinition, Definition, DocumentId, HistoryKind};
 use paysaga_store::{
@@ -225,6 +226,146 @@ impl Engine {
             saga_id: saga.id,
             created,
         })
+    }
+
+    /// Starts a saga inside the caller's own PostgreSQL transaction, so that the
+    /// application's row (e.g. its payout) and the saga commit or roll back together: nothing
+    /// of the saga (row, history, documents taken, worker wake-up) is visible before the
+    /// caller commits, and nothing is left if it rolls back. The input is checked as by
+    /// [`Engine::start_with`]; the same idempotency key returns the existing saga (also one
+    /// this transaction started). `conn` must be a connection to the database of this engine's
+    /// store (a PostgreSQL store, migrated); `sqlx::Transaction<'_, Postgres>` derefs to it.
+    ///
+    /// ```no_run
+    /// # async fn demo(engine: paysaga_runtime::Engine, pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut tx = pool.begin().await?;
+    /// sqlx::query("INSERT INTO payouts (id, amount) VALUES ($1, $2)")
+    ///     .bind("po_42")
+    ///     .bind(12_500_i64)
+    ///     .execute(&mut *tx)
+    ///     .await?;
+    /// let started = engine
+    ///     .start_in(&mut tx, paysaga_runtime::StartRequest {
+    ///         workflow: "lean_payout".into(),
+    ///         version: None,
+    ///         input: serde_json::json!({"amount": 12_500, "currency": "AED"}),
+    ///         idempotency_key: Some("po_42".into()),
+    ///         actor: "payouts-api".into(),
+    ///     })
+    ///     .await?;
+    /// tx.commit().await?; // the saga becomes visible to workers only now
+    /// # let _ = started; Ok(()) }
+    /// ```
+    #[instrument(skip_all, fields(workflow = %req.workflow))]
+    pub async fn start_in(
+        &self,
+        conn: &mut paysaga_store::PgConnection,
+        req: StartRequest,
+    ) -> Result<Started, Error> {
+        if let Some(key) = &req.idempotency_key {
+            if let Some(existing) =
+                paysaga_store::PgStore::find_saga_by_key_in(conn, &req.workflow, key).await?
+            {
+                if !paysaga_store::same_input(&existing.input, &req.input) {
+                    return Err(paysaga_store::Error::KeyReused {
+                        workflow: req.workflow,
+                        key: key.clone(),
+                        saga: existing.id,
+                    }
+                    .into());
+                }
+                return Ok(Started {
+                    saga_id: existing.id,
+                    created: false,
+                });
+            }
+        }
+        let record = self
+            .store
+            .find_definition(&req.workflow, req.version)
+            .await?
+            .ok_or_else(|| Error::UnknownWorkflow {
+                workflow: req.workflow.clone(),
+                version: req.version,
+            })?;
+        let loaded = self.load(record.id).await?;
+        let documents = self.validate_input(&loaded, &req.input)?;
+        let ids: Vec<DocumentId> = documents.iter().map(|(_, id)| *id).collect();
+        let workflow = req.workflow.clone();
+        let (saga, created) = paysaga_store::PgStore::create_saga_in(
+            conn,
+            NewSaga {
+                id: Uuid::new_v4(),
+                definition_id: record.id,
+                workflow: record.name.clone(),
+                version: record.version,
+                idempotency_key: req.idempotency_key,
+                input: req.input,
+                actor: req.actor,
+            },
+            &ids,
+        )
+        .await
+        .map_err(|e| match e {
+            paysaga_store::Error::NotFound(_) | paysaga_store::Error::Refused(_) => {
+                Error::Refused(format!("workflow {workflow}: {e}"))
+            }
+            other => other.into(),
+        })?;
+        if created {
+            // Counted when the caller's transaction may still roll back: started means
+            // "handed to the database", as for a start whose commit acknowledgement is lost.
+            self.metrics
+                .sagas_started
+                .get_or_create(&WorkflowLabels {
+                    workflow: record.name.clone(),
+                })
+                .inc();
+            info!(saga_id = %saga.id, version = record.version, "saga started in the caller's transaction");
+        }
+        Ok(Started {
+            saga_id: saga.id,
+            created,
+        })
+    }
+
+    /// Waits until saga `id` stops moving on its own, at most `timeout`, and returns it as
+    /// stored then: ended (`completed` with its outputs, `compensated` or `cancelled` with
+    /// the error, `closed` with the declared outcome) or `needs_operator` (parked, with the
+    /// reason in `last_error`). [`Error::WaitTimedOut`] if it is still moving after
+    /// `timeout` (the saga goes on; waiting again is fine).
+    ///
+    /// The saga row is read on a backoff from 5 ms to 250 ms: cheap for a handful of callers
+    /// awaiting their own sagas, and it works whichever process runs the saga. (Completion is
+    /// not NOTIFYed: that would add a serialised NOTIFY to every saga's last commit.)
+    ///
+    /// ```no_run
+    /// # async fn demo(engine: paysaga_runtime::Engine) -> Result<(), paysaga_runtime::Error> {
+    /// let started = engine.start("noop", serde_json::json!({"delay_ms": 0}), Some("order-42")).await?;
+    /// let saga = engine.wait_for_end(started.saga_id, std::time::Duration::from_secs(30)).await?;
+    /// assert_eq!(saga.status, paysaga_core::SagaStatus::Completed);
+    /// println!("outputs {}", saga.outputs);
+    /// # Ok(()) }
+    /// ```
+    pub async fn wait_for_end(&self, id: Uuid, timeout: Duration) -> Result<SagaRecord, Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let saga = self.store.saga(id).await?.ok_or(Error::SagaNotFound(id))?;
+            if saga.status.is_final() {
+                return Ok(saga);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(Error::WaitTimedOut {
+                    saga: id,
+                    status: saga.observed_status(),
+                    waited: timeout,
+                });
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
     }
 
     /// Checks the input against every step; returns the documents the steps reference.

@@ -55,4 +55,14 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
+    /// [`crate::Engine::wait_for_end`] gave up; the saga goes on.
+    #[error("saga {saga} is still {status} after {waited:?}; it goes on (wait again, or look at it with `paysaga show {saga}`)")]
+    WaitTimedOut {
+        /// Saga.
+        saga: Uuid,
+        /// Its status when the wait ended.
+        status: paysaga_core::ObservedStatus,
+        /// How long the caller waited.
+        waited: std::time::Duration,
+    },
 }

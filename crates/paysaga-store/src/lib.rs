@@ -37,6 +37,9 @@ mod types;
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+/// The connection type [`PgStore::create_saga_in`] and `Engine::start_in` take: a
+/// `sqlx::Transaction<'_, sqlx::Postgres>` of the same sqlx version derefs to it.
+pub use sqlx::PgConnection;
 pub use types::*;
 
 use std::sync::Arc;

@@ -513,7 +513,7 @@ async fn release_sagas(
 }
 
 async fn insert_history(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut sqlx::PgConnection,
     saga: Uuid,
     worker: Option<Uuid>,
     actor: Option<&str>,
@@ -544,7 +544,7 @@ async fn insert_history(
     .bind(&kinds)
     .bind(&errors)
     .bind(&details)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }
@@ -555,6 +555,130 @@ async fn notify(tx: &mut Transaction<'_, Postgres>) -> Result<(), Error> {
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+/// Inserts a saga (`scheduled`, due now) with its `saga_started` history row and the
+/// wake-up NOTIFY on `conn`, inside whatever transaction `conn` is in; with the idempotency
+/// key of an existing saga (committed, or this transaction's own), returns that one
+/// (`false`) or refuses another input ([`Error::KeyReused`]) and writes nothing.
+async fn insert_saga_on(
+    conn: &mut sqlx::PgConnection,
+    new: NewSaga,
+) -> Result<(SagaRecord, bool), Error> {
+    let inserted = sqlx::query(&format!(
+        "INSERT INTO paysaga_sagas (id, definition_id, workflow, version, idempotency_key,
+                                    input, status, run_at)
+         VALUES ($1, $2, $3, $4, $5, $6, 'scheduled', now())
+         ON CONFLICT (workflow, idempotency_key) DO NOTHING
+         RETURNING {SAGA_COLUMNS}"
+    ))
+    .bind(new.id)
+    .bind(new.definition_id)
+    .bind(&new.workflow)
+    .bind(new.version as i32)
+    .bind(&new.idempotency_key)
+    .bind(&new.input)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(row) = inserted {
+        let saga = saga_from_row(&row)?;
+        let entry = HistoryEntry {
+            kind: paysaga_core::HistoryKind::SagaStarted,
+            step: None,
+            attempt: None,
+            error: None,
+            detail: json!({"definition_id": new.definition_id, "version": new.version,
+                           "idempotency_key": new.idempotency_key}),
+        };
+        insert_history(conn, saga.id, None, Some(&new.actor), &[entry]).await?;
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(WAKEUP_CHANNEL)
+            .execute(&mut *conn)
+            .await?;
+        return Ok((saga, true));
+    }
+    // The key exists: committed by a concurrent start (the insert waited for it), or
+    // inserted earlier in this very transaction.
+    let row = sqlx::query(&format!(
+        "SELECT {SAGA_COLUMNS} FROM paysaga_sagas WHERE workflow = $1 AND idempotency_key = $2"
+    ))
+    .bind(&new.workflow)
+    .bind(&new.idempotency_key)
+    .fetch_one(&mut *conn)
+    .await?;
+    crate::existing_for_key(saga_from_row(&row)?, new)
+}
+
+/// Gives the documents `ids` to `saga` on `conn` (inside its transaction): all or none.
+async fn claim_documents_on(
+    conn: &mut sqlx::PgConnection,
+    saga: Uuid,
+    ids: &[DocumentId],
+) -> Result<(), Error> {
+    let uuids: Vec<Uuid> = ids.iter().map(|d| d.0).collect();
+    let rows = sqlx::query(
+        "SELECT id, saga_id, content IS NULL AS deleted FROM paysaga_documents
+         WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+    )
+    .bind(&uuids)
+    .fetch_all(&mut *conn)
+    .await?;
+    for id in ids {
+        let mut found = None;
+        for row in &rows {
+            if row.try_get::<Uuid, _>("id")? == id.0 {
+                found = Some((row.try_get("saga_id")?, row.try_get("deleted")?));
+            }
+        }
+        crate::check_document_claim(saga, *id, found)?;
+    }
+    sqlx::query("UPDATE paysaga_documents SET saga_id = $1 WHERE id = ANY($2) AND saga_id IS NULL")
+        .bind(saga)
+        .bind(&uuids)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+impl PgStore {
+    /// The saga started with `key` for `workflow`, read on `conn` (inside the caller's
+    /// transaction: a saga this transaction started is found too).
+    pub async fn find_saga_by_key_in(
+        conn: &mut sqlx::PgConnection,
+        workflow: &str,
+        key: &str,
+    ) -> Result<Option<SagaRecord>, Error> {
+        let row = sqlx::query(&format!(
+            "SELECT {SAGA_COLUMNS} FROM paysaga_sagas WHERE workflow = $1 AND idempotency_key = $2"
+        ))
+        .bind(workflow)
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await?;
+        row.as_ref().map(saga_from_row).transpose()
+    }
+
+    /// Creates a saga inside the caller's own transaction on `conn` (a
+    /// `sqlx::Transaction<Postgres>` derefs to it): the saga, its history row, the documents
+    /// it takes (`documents`, checked as by [`Store::claim_documents`]) and its wake-up
+    /// NOTIFY commit or roll back with the caller's own writes (e.g. the application's payout
+    /// row). `conn` must be a connection to this store's database, migrated. The input must
+    /// have been validated (use `paysaga_runtime::Engine::start_in`, which does).
+    pub async fn create_saga_in(
+        conn: &mut sqlx::PgConnection,
+        new: NewSaga,
+        documents: &[DocumentId],
+    ) -> Result<(SagaRecord, bool), Error> {
+        if let Some(key) = &new.idempotency_key {
+            if let Some(existing) = Self::find_saga_by_key_in(conn, &new.workflow, key).await? {
+                return crate::existing_for_key(existing, new);
+            }
+        }
+        if !documents.is_empty() {
+            claim_documents_on(conn, new.id, documents).await?;
+        }
+        insert_saga_on(conn, new).await
+    }
 }
 
 /// Key of the advisory lock `migrate` holds ("paysaga" in ASCII).
@@ -747,46 +871,13 @@ impl Store for PgStore {
             }
         }
         let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(&format!(
-            "INSERT INTO paysaga_sagas (id, definition_id, workflow, version, idempotency_key,
-                                        input, status, run_at)
-             VALUES ($1, $2, $3, $4, $5, $6, 'scheduled', now())
-             ON CONFLICT (workflow, idempotency_key) DO NOTHING
-             RETURNING {SAGA_COLUMNS}"
-        ))
-        .bind(new.id)
-        .bind(new.definition_id)
-        .bind(&new.workflow)
-        .bind(new.version as i32)
-        .bind(&new.idempotency_key)
-        .bind(&new.input)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(row) = inserted {
-            let saga = saga_from_row(&row)?;
-            let entry = HistoryEntry {
-                kind: paysaga_core::HistoryKind::SagaStarted,
-                step: None,
-                attempt: None,
-                error: None,
-                detail: json!({"definition_id": new.definition_id, "version": new.version,
-                               "idempotency_key": new.idempotency_key}),
-            };
-            insert_history(&mut tx, saga.id, None, Some(&new.actor), &[entry]).await?;
-            notify(&mut tx).await?;
+        let created = insert_saga_on(&mut tx, new).await?;
+        if created.1 {
             tx.commit().await?;
-            return Ok((saga, true));
+        } else {
+            tx.rollback().await?;
         }
-        tx.rollback().await?;
-        // The key exists (possibly committed by a concurrent start a moment ago).
-        let row = sqlx::query(&format!(
-            "SELECT {SAGA_COLUMNS} FROM paysaga_sagas WHERE workflow = $1 AND idempotency_key = $2"
-        ))
-        .bind(&new.workflow)
-        .bind(&new.idempotency_key)
-        .fetch_one(&self.pool)
-        .await?;
-        crate::existing_for_key(saga_from_row(&row)?, new)
+        Ok(created)
     }
 
     async fn saga(&self, id: Uuid) -> Result<Option<SagaRecord>, Error> {
@@ -1751,31 +1842,8 @@ impl Store for PgStore {
 
     #[instrument(skip_all, fields(saga_id = %saga, documents = ids.len()))]
     async fn claim_documents(&self, saga: Uuid, ids: &[DocumentId]) -> Result<(), Error> {
-        let uuids: Vec<Uuid> = ids.iter().map(|d| d.0).collect();
         let mut tx = self.pool.begin().await?;
-        let rows = sqlx::query(
-            "SELECT id, saga_id, content IS NULL AS deleted FROM paysaga_documents
-             WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-        )
-        .bind(&uuids)
-        .fetch_all(&mut *tx)
-        .await?;
-        for id in ids {
-            let mut found = None;
-            for row in &rows {
-                if row.try_get::<Uuid, _>("id")? == id.0 {
-                    found = Some((row.try_get("saga_id")?, row.try_get("deleted")?));
-                }
-            }
-            crate::check_document_claim(saga, *id, found)?;
-        }
-        sqlx::query(
-            "UPDATE paysaga_documents SET saga_id = $1 WHERE id = ANY($2) AND saga_id IS NULL",
-        )
-        .bind(saga)
-        .bind(&uuids)
-        .execute(&mut *tx)
-        .await?;
+        claim_documents_on(&mut tx, saga, ids).await?;
         tx.commit().await?;
         Ok(())
     }
