@@ -130,6 +130,7 @@ pub use config::{
     BlaaizCredentials, ClientCredentials, Credentials, LeanCredentials, LumanuCredentials, Timing,
 };
 pub use faults::{EndpointFault, EndpointRule, FaultSpec, FaultSpecError, MsRange};
+pub use lean::{AuthorizationSetting as LeanAuthorizationSetting, LeanAuthorization};
 
 /// Ids of the objects that exist from the start (also listed by `GET /_sandbox/balances`).
 pub mod seeds {
@@ -139,7 +140,7 @@ pub mod seeds {
     };
     pub use crate::lean::{
         DEFAULT_DESTINATION_ID as LEAN_DEFAULT_DESTINATION_ID,
-        PAYER_ACCOUNTS as LEAN_PAYER_ACCOUNTS,
+        PAYER_ACCOUNTS as LEAN_PAYER_ACCOUNTS, QUEUED_STATUS as LEAN_QUEUED_STATUS,
     };
     pub use crate::lumanu::DEFAULT_WORKSPACE_ID as LUMANU_WORKSPACE_ID;
 }
@@ -201,6 +202,9 @@ pub struct SandboxConfig {
     pub credentials: Credentials,
     /// Delays of the scripted progress and webhook retries.
     pub timing: Timing,
+    /// How Lean authorises queued payments (default automatic; replaceable at run time through
+    /// `PUT /_sandbox/lean/authorization`).
+    pub lean_authorization: LeanAuthorizationSetting,
 }
 
 impl SandboxConfig {
@@ -213,6 +217,7 @@ impl SandboxConfig {
             faults: FaultSpec::default(),
             credentials,
             timing: Timing::default(),
+            lean_authorization: LeanAuthorizationSetting::default(),
         }
     }
 }
