@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::{Credentials, FaultSpec, LeanAuthorization, LeanAuthorizationSetting, SandboxConfig, Timing};
+use crate::{
+    Credentials, FaultSpec, LeanAuthorization, LeanAuthorizationSetting, SandboxConfig, Timing,
+};
 
 /// Fake Lumanu, Blaaiz and Lean APIs with a money ledger, signed webhooks and fault injection.
 #[derive(Debug, Clone, clap::Args)]
@@ -31,7 +33,11 @@ pub struct SandboxArgs {
     /// How Lean authorises the payments it queues: `automatic` (at once) or `manual` (queued as
     /// `CREATED` until `POST /_sandbox/lean/payments/{id}/authorize`, or the delay below). An
     /// intent's `authorize_payment` overrides it per payment.
-    #[arg(long, env = "PAYSAGA_SANDBOX_LEAN_AUTHORIZATION", default_value = "automatic")]
+    #[arg(
+        long,
+        env = "PAYSAGA_SANDBOX_LEAN_AUTHORIZATION",
+        default_value = "automatic"
+    )]
     pub lean_authorization: LeanAuthorization,
     /// Manual mode: a simulated Financial Controller authorises each queued payment after this
     /// many milliseconds (not scaled by --time-scale); unset, only the control endpoint does.

@@ -31,7 +31,10 @@ pub(crate) fn router() -> Router<App> {
             get(get_lean_authorization).put(put_lean_authorization),
         )
         .route("/lean/payments", get(lean_payments))
-        .route("/lean/payments/{payment_id}/authorize", post(authorize_lean_payment))
+        .route(
+            "/lean/payments/{payment_id}/authorize",
+            post(authorize_lean_payment),
+        )
 }
 
 /// `GET /_sandbox/lean/authorization`: `{"mode": "automatic"|"manual", "authorize_after_ms"}`.
@@ -90,7 +93,10 @@ async fn lean_payments(
     State(app): State<App>,
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Json<Value> {
-    Json(lean::payments_json(&app, q.get("intent_id").map(String::as_str)))
+    Json(lean::payments_json(
+        &app,
+        q.get("intent_id").map(String::as_str),
+    ))
 }
 
 /// `POST /_sandbox/lean/payments/{payment_id}/authorize` (body optional `{"authorized_by"}`):
@@ -103,7 +109,11 @@ async fn authorize_lean_payment(
 ) -> Response {
     let by = serde_json::from_slice::<Value>(&bytes)
         .ok()
-        .and_then(|v| v.get("authorized_by").and_then(Value::as_str).map(str::to_owned))
+        .and_then(|v| {
+            v.get("authorized_by")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
         .unwrap_or_else(|| "Financial Controller (sandbox control endpoint)".to_owned());
     match lean::authorize(&app, &payment_id, &by) {
         Ok(payment) => Json(payment).into_response(),

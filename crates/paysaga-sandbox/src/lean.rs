@@ -905,9 +905,7 @@ fn create_intent_inner(
     // Lean's Payouts API chooses the flow per payment with `authorize_payment` (false: manual
     // or on-demand authorisation, true: automatic); absent, the sandbox's setting decides.
     let manual = match body.value("authorize_payment") {
-        None | Some(Value::Null) => {
-            app.lean_authorization().mode == LeanAuthorization::Manual
-        }
+        None | Some(Value::Null) => app.lean_authorization().mode == LeanAuthorization::Manual,
         Some(Value::Bool(authorize)) => !authorize,
         Some(_) => return Err(ApiError::invalid("authorize_payment must be a boolean")),
     };
@@ -919,8 +917,7 @@ fn create_intent_inner(
     let fingerprint = format!(
         "{amount}|{currency}|{customer_id}|{destination_id}|{}|{:?}",
         description.as_deref().unwrap_or(""),
-        body.value("authorize_payment")
-            .and_then(Value::as_bool)
+        body.value("authorize_payment").and_then(Value::as_bool)
     );
     let (json, created) = app.with(|w| {
         let lean = &mut w.lean;
