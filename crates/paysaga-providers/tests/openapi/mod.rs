@@ -256,6 +256,7 @@ impl Specs {
     }
 
     /// Lean's assembled document.
+    #[allow(dead_code)] // used by steps.rs, not by the sandbox's official_sdk.rs
     fn lean(&self) -> &Value {
         &self
             .docs
@@ -430,6 +431,7 @@ pub fn check(specs: &Specs, exchanges: &[Value]) -> (usize, usize) {
 /// Checks the sandbox's Lean webhook deliveries (`/_sandbox/webhooks`) against the `webhooks`
 /// section of `lean/openapi.json` (the seeds' webhook examples); panics listing every violation.
 /// Returns how many bodies were validated.
+#[allow(dead_code)] // used by steps.rs, not by the sandbox's official_sdk.rs
 pub fn check_webhooks(specs: &Specs, deliveries: &[Value]) -> usize {
     let doc = specs.lean();
     let mut violations = BTreeSet::new();
@@ -462,6 +464,7 @@ pub fn check_webhooks(specs: &Specs, deliveries: &[Value]) -> usize {
 
 /// The examples `lean/openapi.json` carries (the seeds' own JSON) validate against the schemas
 /// derived from them: the document says what the seeds show.
+#[allow(dead_code)] // used by steps.rs, not by the sandbox's official_sdk.rs
 pub fn check_lean_examples(specs: &Specs) -> usize {
     let doc = specs.lean();
     let mut checked = 0;
