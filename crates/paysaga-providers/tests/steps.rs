@@ -1164,6 +1164,25 @@ async fn lean_manual_authorization_wait_names_the_authoriser_sets_its_deadline_o
         }
     }
     let w = awaiting.expect("a queued payment starts an authorisation wait");
+    // A definition for automatic authorisation keeps its deadline but says what it sees.
+    match kind
+        .run(
+            &ctx(saga, "lean_payout", "await_payment"),
+            json!({"intent_id": intent_id}),
+        )
+        .await
+    {
+        StepOutcome::Wait(auto) => {
+            assert_eq!(auto.new_deadline, None);
+            let d = auto.state["description"].as_str().unwrap();
+            assert!(
+                d.contains("queued at Lean (status CREATED)")
+                    && d.contains("expected to be authorised by Lean (automatic authorisation)"),
+                "{d}"
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
     assert_eq!(w.new_deadline, Some(Duration::from_secs(3 * 24 * 3600)));
     assert_eq!(w.state["awaiting_authorization"], true);
     assert_eq!(w.state["authorized_by"], "Treasury (Lean dashboard)");

@@ -347,7 +347,8 @@ impl StepKind for CreateIntent {
 /// not authorised) in manual mode -> an authorisation wait whose deadline is `authorize_within`
 /// from the first time it is seen (set once: `awaiting_authorization`), after which the step
 /// fails saying the payment may still be authorised at Lean (the saga parks: `create_intent` is
-/// irreversible); no payment yet -> waits. The wait's state carries a `description` for
+/// irreversible); `CREATED` in automatic mode -> waits under the step's deadline, its state
+/// saying the payment is queued; no payment yet -> waits. The wait's state carries a `description` for
 /// operators (`paysaga show`). Waits are for `payment.created` / `payment.updated` with key
 /// `intent:{intent_id}`. Output: `{intent_id, payment_id, status, bank_transaction_reference,
 /// amount, currency}`.
@@ -496,6 +497,27 @@ impl StepKind for AwaitPayment {
                                 || "none".to_owned(),
                                 |u| u.format("%Y-%m-%d %H:%M:%S UTC").to_string()
                             ),
+                        ),
+                    });
+                }
+                StepOutcome::Wait(spec)
+            }
+            PaymentStatus::Created => {
+                // Automatic mode: Lean should authorise at once. Say so, in case the Lean
+                // account is in fact set to manual authorisation (then lean_payout_manual fits).
+                if spec.state.get("description").is_none() {
+                    spec.state = json!({
+                        "payment_id": payment.id,
+                        "since": ctx.now,
+                        "description": format!(
+                            "Lean payment {} ({}) of intent {intent_id} is queued at Lean \
+                             (status CREATED) since {}, expected to be authorised by {}; if \
+                             this Lean account authorises payouts manually, a Financial \
+                             Controller must approve it in Lean's Application Dashboard",
+                            payment.id,
+                            money(payment),
+                            ctx.now.format("%Y-%m-%d %H:%M:%S UTC"),
+                            p.authorized_by,
                         ),
                     });
                 }
