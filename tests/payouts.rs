@@ -19,7 +19,9 @@ use paysaga_runtime::Engine;
 use paysaga_store::SagaRecord;
 use paysaga_testkit::TestDatabase;
 use serde_json::Value;
-use support::processes::{free_port, log_dir, provider_env, signal, Sandbox, WorkerProcess};
+use support::processes::{
+    free_port, log_dir, paysaga_ok, provider_env, signal, Sandbox, WorkerProcess,
+};
 use support::workflows::{control_engine, input, lumanu_workspace, test_definition, WORKFLOWS};
 use uuid::Uuid;
 
@@ -217,7 +219,7 @@ fn payout_reference(saga: &SagaRecord) -> String {
     let r = match saga.workflow.as_str() {
         "lumanu_prefund" => &out["create_payable"]["payable_id"],
         "blaaiz_kyc_payout" => &out["payout"]["transaction_id"],
-        "lean_payout" => &out["await_payment"]["payment_id"],
+        "lean_payout" | "lean_payout_manual" => &out["await_payment"]["payment_id"],
         other => panic!("unknown workflow {other}"),
     };
     r.as_str()
@@ -760,4 +762,192 @@ async fn start_with_a_dot_segment_identifier_is_refused_and_nothing_is_stored() 
         .await
         .unwrap();
     assert!(listed.is_empty(), "nothing stored: {listed:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lean manual payout authorisation (issue 18 item 8): Lean queues the payment until a Financial
+// Controller approves it in Lean's Application Dashboard, possibly days later.
+
+impl Rig {
+    /// Submits `workflows/lean_payout_manual.toml` at test timings, with `authorize_within`
+    /// replaced when given; sets the sandbox's Lean account to manual authorisation.
+    async fn lean_manual(&self, authorize_within: Option<&str>) {
+        let mut def = test_definition("lean_payout_manual");
+        if let Some(within) = authorize_within {
+            let step = def
+                .steps
+                .iter_mut()
+                .find(|s| s.name == "await_payment")
+                .unwrap();
+            step.params["authorize_within"] = serde_json::json!(within);
+        }
+        self.engine.submit_definition(&def).await.unwrap();
+        let r = reqwest::Client::new()
+            .put(self.sandbox.url("/_sandbox/lean/authorization"))
+            .body("manual")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "sandbox switched to manual authorisation");
+    }
+
+    /// The sandbox's Lean payments of `intent_id`, as its control endpoint shows them.
+    async fn lean_payments(&self, intent_id: &str) -> Vec<Value> {
+        let v: Value = reqwest::Client::new()
+            .get(self.sandbox.url("/_sandbox/lean/payments"))
+            .query(&[("intent_id", intent_id)])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v.as_array().unwrap().clone()
+    }
+
+    /// Waits until the saga waits at `await_payment` for the payment's authorisation.
+    async fn wait_for_authorization_wait(&self, id: Uuid) -> SagaRecord {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = self.saga(id).await;
+            let awaiting = s
+                .wait
+                .as_ref()
+                .is_some_and(|w| w.state["awaiting_authorization"] == true);
+            if s.status == SagaStatus::Waiting && awaiting {
+                return s;
+            }
+            assert!(
+                !s.status.is_final() && Instant::now() < deadline,
+                "saga {id} never waited for the authorisation: {} at #{} {:?} {:?}",
+                s.status,
+                s.step_index + 1,
+                s.wait,
+                s.last_error
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn wait_rows(&self, id: Uuid) -> i64 {
+        let pool = sqlx::PgPool::connect(self.db.url()).await.unwrap();
+        sqlx::query_scalar("SELECT count(*) FROM paysaga_waits WHERE saga_id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lean_manual_authorization_saga_waits_for_the_financial_controller_then_pays_once() {
+    let rig = Rig::new("lean-manual", "none").await;
+    rig.lean_manual(None).await;
+    let _w = rig.worker("w1", &[]);
+    let id = rig.start("lean_payout_manual", 0).await;
+    let waiting = rig.wait_for_authorization_wait(id).await;
+    let intent_id = waiting.outputs["create_intent"]["intent_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let wait = waiting.wait.clone().unwrap();
+    // The deadline is the definition's `authorize_within` (5 days) from the queued payment.
+    let left = wait.deadline - chrono::Utc::now();
+    assert!(
+        left > chrono::Duration::days(4) && left <= chrono::Duration::days(5),
+        "authorisation deadline {} is about 5 days away",
+        wait.deadline
+    );
+    assert_eq!(
+        wait.state["authorized_by"],
+        "a Financial Controller in Lean's Application Dashboard"
+    );
+    // Operators see it awaits authorisation at Lean, and by whom.
+    let shown = paysaga_ok(rig.db.url(), &["show", &id.to_string()]);
+    assert!(
+        shown.contains(
+            "awaits    awaiting authorisation at Lean by a Financial Controller in Lean's \
+             Application Dashboard"
+        ),
+        "{shown}"
+    );
+
+    // Several poll rounds later (the test definition polls every second) nothing has moved:
+    // still waiting with its wait row, one queued payment, no money.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let s = rig.saga(id).await;
+    assert_eq!(s.status, SagaStatus::Waiting);
+    assert_eq!(s.step_index, 4, "at await_payment");
+    assert_eq!(rig.wait_rows(id).await, 1, "the wait row exists");
+    let payments = rig.lean_payments(&intent_id).await;
+    assert_eq!(payments.len(), 1, "one payment: {payments:#?}");
+    assert_eq!(payments[0]["status"], "CREATED");
+    assert_eq!(payments[0]["awaiting_authorization"], true);
+    assert!(rig.ledger("payment").await.is_empty(), "no money moved");
+
+    // The Financial Controller authorises it.
+    let payment_id = payments[0]["id"].as_str().unwrap().to_owned();
+    let r = reqwest::Client::new()
+        .post(
+            rig.sandbox
+                .url(&format!("/_sandbox/lean/payments/{payment_id}/authorize")),
+        )
+        .json(&serde_json::json!({"authorized_by": "fc@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let sagas = rig.wait_terminal(&[id], Duration::from_secs(60)).await;
+    assert_eq!(
+        sagas[0].status,
+        SagaStatus::Completed,
+        "{:?}",
+        sagas[0].last_error
+    );
+    let out = &sagas[0].outputs["await_payment"];
+    assert_eq!(out["status"], "ACCEPTED_BY_BANK");
+    assert_eq!(out["payment_id"], payment_id.as_str());
+    assert_eq!(rig.wait_rows(id).await, 0, "no wait row left");
+    let payments = rig.lean_payments(&intent_id).await;
+    assert_eq!(payments.len(), 1, "still one payment");
+    assert_eq!(payments[0]["authorized_by"], "fc@example.com");
+    let paid: Vec<Value> = rig
+        .ledger("payment")
+        .await
+        .into_iter()
+        .filter(|e| e["reference"] == payment_id.as_str())
+        .collect();
+    assert_eq!(paid.len(), 1, "paid once: {paid:#?}");
+    assert_eq!(paid[0]["amount"], sagas[0].input["amount"]);
+    assert_each_payout_exactly_once(&rig, &sagas).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lean_manual_payment_never_authorised_parks_the_saga_at_the_deadline_with_nothing_paid() {
+    let rig = Rig::new("lean-manual-deadline", "none").await;
+    rig.lean_manual(Some("3s")).await;
+    let _w = rig.worker("w1", &[]);
+    let id = rig.start("lean_payout_manual", 0).await;
+    let waiting = rig.wait_for_authorization_wait(id).await;
+    let intent_id = waiting.outputs["create_intent"]["intent_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let sagas = rig.wait_terminal(&[id], Duration::from_secs(60)).await;
+    // Parked for an operator, not compensated: the queued payment may still be authorised at
+    // Lean, and `create_intent` is irreversible.
+    assert_eq!(sagas[0].status, SagaStatus::Failed);
+    let error = sagas[0].last_error.clone().unwrap_or_default();
+    assert!(
+        error.contains("was not authorised within 3s by a Financial Controller")
+            && error.contains("may yet be authorised there"),
+        "{error}"
+    );
+    assert_eq!(rig.wait_rows(id).await, 0, "the wait ended");
+    let payments = rig.lean_payments(&intent_id).await;
+    assert_eq!(payments.len(), 1, "{payments:#?}");
+    assert_eq!(payments[0]["status"], "CREATED", "still queued at Lean");
+    assert!(rig.ledger("payment").await.is_empty(), "no money moved");
+    let shown = paysaga_ok(rig.db.url(), &["show", &id.to_string()]);
+    assert!(shown.contains("parked for an operator"), "{shown}");
 }

@@ -78,8 +78,13 @@ pub fn test_definition(workflow: &str) -> Definition {
 /// (emails, user ids, accounts, descriptions), small amounts; the Blaaiz KYC documents are
 /// stored in `engine` first (one set per saga; retried while the database is away).
 pub async fn input(engine: &paysaga_runtime::Engine, workflow: &str, run: &str, n: usize) -> Value {
-    let text = std::fs::read_to_string(repo().join(format!("workflows/examples/{workflow}.json")))
-        .unwrap();
+    // lean_payout_manual takes lean_payout's input (same steps; only the authorisation differs).
+    let example = match workflow {
+        "lean_payout_manual" => "lean_payout",
+        other => other,
+    };
+    let text =
+        std::fs::read_to_string(repo().join(format!("workflows/examples/{example}.json"))).unwrap();
     let mut v: Value = serde_json::from_str(&text).unwrap();
     match workflow {
         "lumanu_prefund" => {
@@ -107,7 +112,7 @@ pub async fn input(engine: &paysaga_runtime::Engine, workflow: &str, run: &str, 
             v["payout"]["amount"] = json!(10_000 + n as i64);
             v["payout"]["account_number"] = json!(format!("{:010}", 1_000_000 + n));
         }
-        "lean_payout" => {
+        "lean_payout" | "lean_payout_manual" => {
             v["app_user_id"] = json!(format!("user-{run}-{n}"));
             // Twenty payees: Lean links every destination to every customer's bank account
             // (as the sandbox does), so a destination per saga would grow quadratically.

@@ -342,6 +342,15 @@ fn print_saga(v: &SagaView) {
     if !why.is_empty() {
         println!("why       {why}");
     }
+    // What the waiting step says it waits for (e.g. Lean's manual authorisation: by whom).
+    if let Some(description) = s
+        .wait
+        .as_ref()
+        .and_then(|w| w.state.get("description"))
+        .and_then(Value::as_str)
+    {
+        println!("awaits    {description}");
+    }
     if let Some(owner) = s.owner {
         println!(
             "lease     held by worker {owner} (fencing token {})",

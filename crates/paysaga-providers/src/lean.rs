@@ -84,6 +84,10 @@ string_enum! {
         Failed => "FAILED",
         /// Waiting for the user's bank login/MFA.
         AwaitingLoginMfa => "AWAITING_LOGIN_MFA",
+        /// Queued at Lean, not yet authorised (a payout awaiting manual authorisation; no
+        /// interaction with the bank yet). The getting-started payouts guide names no status
+        /// for a queued payment; `CREATED` is the one Lean's payment lifecycle documents.
+        Created => "CREATED",
     }
 }
 

@@ -99,6 +99,26 @@ impl Env {
         );
     }
 
+    /// Every Lean webhook the sandbox raised so far validates against the seeds' webhook
+    /// examples (`openapi/lean/openapi.json`, `webhooks`); at least `min` were checked.
+    async fn assert_lean_webhooks_match_the_seeds(&self, min: usize) {
+        let url = format!("{}/_sandbox/webhooks", self.sandbox.base_url());
+        let deliveries: Vec<Value> = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let checked = openapi::check_webhooks(
+            &openapi::Specs::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/openapi")),
+            &deliveries,
+        );
+        assert!(checked >= min, "checked {checked} Lean webhooks");
+    }
+
     fn kind(&self, name: &str) -> Arc<dyn StepKind> {
         self.kinds.get(name).cloned().expect("kind registered")
     }
@@ -979,8 +999,12 @@ async fn lean_payout_steps_reuse_objects_and_dedupe_the_intent() {
     done(outcome);
     let payments = env.movements("lean", "payment").await;
     assert_eq!(payments.len(), 2, "{payments:?}");
-    // Lean publishes no OpenAPI file: nothing to validate, but nothing undescribed either.
-    env.assert_openapi_conformance(0, 0).await;
+    // Lean publishes no OpenAPI file: requests, responses and webhooks are checked against the
+    // document assembled from the seeds' examples (`openapi/lean/openapi.json`).
+    env.assert_openapi_conformance(5, 12).await;
+    // payment_source.created, beneficiary created/updated for each destination, and
+    // payment.created/updated for both intents.
+    env.assert_lean_webhooks_match_the_seeds(7).await;
 }
 
 #[tokio::test]
@@ -1086,6 +1110,154 @@ async fn lean_pending_with_bank_becomes_a_reconciliation_wait_set_once_and_rejec
         )
         .await;
     assert!(failed(outcome).contains("REJECTED_BY_BANK"));
+}
+
+/// Issue 18 item 8: a Lean account with manual authorisation queues the payment (`CREATED`)
+/// until a Financial Controller approves it; the step waits for it with its own deadline, says
+/// by whom, and fails at the deadline saying the payment may still be authorised.
+#[tokio::test]
+async fn lean_manual_authorization_wait_names_the_authoriser_sets_its_deadline_once_and_fails_after_it(
+) {
+    let env = env().await;
+    let put = env
+        .http
+        .put(format!(
+            "{}/_sandbox/lean/authorization",
+            env.sandbox.base_url()
+        ))
+        .json(&json!({"mode": "manual"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let saga = Uuid::new_v4();
+    let (customer_id, destination_id) =
+        lean_ready(&env, saga, &format!("user-{}", Uuid::new_v4().simple())).await;
+    let intent = done(
+        env.start(
+            "lean.create_intent",
+            &ctx(saga, "lean_payout_manual", "create_intent"),
+            &json!({"customer_id": customer_id, "destination_id": destination_id,
+                    "amount": 25_000, "currency": "AED", "description": "Manual 1"}),
+        )
+        .await,
+    );
+    let intent_id = s(&intent, "intent_id");
+    let params = json!({"intent_id": intent_id, "authorization": "manual",
+                        "authorize_within": "3d", "authorized_by": "Treasury (Lean dashboard)"});
+    let kind = env.kind("lean.await_payment");
+    let mut c = ctx(saga, "lean_payout_manual", "await_payment");
+    let mut awaiting = None;
+    for _ in 0..200 {
+        match kind.run(&c, params.clone()).await {
+            StepOutcome::Wait(w) if w.new_deadline.is_some() => {
+                awaiting = Some(w);
+                break;
+            }
+            StepOutcome::Wait(_) => {
+                c.wake = Wake::Poll {
+                    deadline_passed: false,
+                };
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let w = awaiting.expect("a queued payment starts an authorisation wait");
+    // A definition for automatic authorisation keeps its deadline but says what it sees.
+    match kind
+        .run(
+            &ctx(saga, "lean_payout", "await_payment"),
+            json!({"intent_id": intent_id}),
+        )
+        .await
+    {
+        StepOutcome::Wait(auto) => {
+            assert_eq!(auto.new_deadline, None);
+            let d = auto.state["description"].as_str().unwrap();
+            assert!(
+                d.contains("queued at Lean (status CREATED)")
+                    && d.contains("expected to be authorised by Lean (automatic authorisation)"),
+                "{d}"
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(w.new_deadline, Some(Duration::from_secs(3 * 24 * 3600)));
+    assert_eq!(w.state["awaiting_authorization"], true);
+    assert_eq!(w.state["authorized_by"], "Treasury (Lean dashboard)");
+    let description = w.state["description"].as_str().unwrap();
+    assert!(
+        description.starts_with("awaiting authorisation at Lean by Treasury (Lean dashboard)")
+            && description.contains(" AED)"),
+        "{description}"
+    );
+    // Polls keep waiting without moving the deadline.
+    c.wait_state = Some(w.state.clone());
+    match kind.run(&c, params.clone()).await {
+        StepOutcome::Wait(again) => {
+            assert_eq!(again.new_deadline, None);
+            assert_eq!(again.state, w.state);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // The deadline passes: the step fails, saying the payment may still be authorised.
+    c.wake = Wake::Poll {
+        deadline_passed: true,
+    };
+    let error = failed(kind.run(&c, params.clone()).await);
+    assert!(
+        error.contains("was not authorised within 3days by Treasury (Lean dashboard)")
+            && error.contains("may yet be authorised there"),
+        "{error}"
+    );
+    assert!(env.movements("lean", "payment").await.is_empty());
+
+    // Authorised (late, from the dashboard): the payment goes to the bank and is paid once;
+    // a second authorisation is refused.
+    let payment_id = match env
+        .clients
+        .lean
+        .as_ref()
+        .unwrap()
+        .get_payment_intent(&intent_id)
+        .await
+    {
+        Ok(i) => i.latest_payment().unwrap().id.clone(),
+        Err(e) => panic!("{e}"),
+    };
+    let authorize = || {
+        env.http
+            .post(format!(
+                "{}/_sandbox/lean/payments/{payment_id}/authorize",
+                env.sandbox.base_url()
+            ))
+            .send()
+    };
+    assert_eq!(authorize().await.unwrap().status(), 200);
+    assert_eq!(authorize().await.unwrap().status(), 409);
+    let (_, outcome) = env
+        .until_done(
+            "lean.await_payment",
+            &ctx(saga, "lean_payout_manual", "await_payment_again"),
+            &params,
+        )
+        .await;
+    assert_eq!(done(outcome)["status"], "ACCEPTED_BY_BANK");
+    assert_eq!(env.movements("lean", "payment").await.len(), 1);
+    // The queued payment's answers and webhooks validate against the seeds' shapes, `CREATED`
+    // being the one allowed difference (openapi/mod.rs).
+    env.assert_openapi_conformance(3, 8).await;
+    env.assert_lean_webhooks_match_the_seeds(5).await;
+}
+
+#[test]
+fn lean_document_assembled_from_the_seeds_validates_its_own_seed_examples() {
+    let specs =
+        openapi::Specs::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/openapi"));
+    // Destination request and response, customer request, payment source, intent request,
+    // payment, and both seeds' payment_source.created.
+    assert!(openapi::check_lean_examples(&specs) >= 8);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1307,6 +1479,7 @@ async fn workflow_files_compile_against_the_registered_kinds_and_accept_their_ex
         ),
         ("blaaiz_kyc_payout", vec!["payout"], vec![]),
         ("lean_payout", vec!["create_intent"], vec![]),
+        ("lean_payout_manual", vec!["create_intent"], vec![]),
     ] {
         let text = std::fs::read_to_string(root.join(format!("workflows/{file}.toml"))).unwrap();
         let def = Definition::from_toml(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
@@ -1340,7 +1513,12 @@ async fn workflow_files_compile_against_the_registered_kinds_and_accept_their_ex
 
         // The example input passes every step's validation.
         let input: Value = serde_json::from_str(
-            &std::fs::read_to_string(root.join(format!("workflows/examples/{file}.json"))).unwrap(),
+            // lean_payout_manual takes lean_payout's input (only the authorisation differs).
+            &std::fs::read_to_string(root.join(format!(
+                "workflows/examples/{}.json",
+                file.strip_suffix("_manual").unwrap_or(file)
+            )))
+            .unwrap(),
         )
         .unwrap();
         let scope =

@@ -56,6 +56,8 @@ pub(crate) struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// The request log of `/_sandbox/requests` (off unless switched on).
     pub recorder: crate::record::Recorder,
+    /// Lean's payout authorisation mode (`--lean-authorization`, `PUT /_sandbox/lean/authorization`).
+    lean_authorization: Mutex<lean::AuthorizationSetting>,
 }
 
 /// Handle passed to handlers.
@@ -71,6 +73,22 @@ impl AppState {
     /// Replaces the world with a freshly seeded one.
     pub(crate) fn reset(&self) {
         self.with(|w| *w = World::seeded());
+    }
+
+    /// The current Lean authorisation setting.
+    pub(crate) fn lean_authorization(&self) -> lean::AuthorizationSetting {
+        *self
+            .lean_authorization
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Replaces the Lean authorisation setting (payments already queued stay queued).
+    pub(crate) fn set_lean_authorization(&self, setting: lean::AuthorizationSetting) {
+        *self
+            .lean_authorization
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = setting;
     }
 
     /// Raises webhooks (see [`Webhooks::emit`]).
@@ -149,6 +167,7 @@ pub(crate) async fn bind(
         upload_key: secrecy::SecretString::from(hex::encode(rand::random::<[u8; 32]>())),
         shutdown: shutdown.clone(),
         recorder: crate::record::Recorder::default(),
+        lean_authorization: Mutex::new(config.lean_authorization),
     });
     Ok(Bound {
         listener,

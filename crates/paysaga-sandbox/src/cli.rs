@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::{Credentials, FaultSpec, SandboxConfig, Timing};
+use crate::{
+    Credentials, FaultSpec, LeanAuthorization, LeanAuthorizationSetting, SandboxConfig, Timing,
+};
 
 /// Fake Lumanu, Blaaiz and Lean APIs with a money ledger, signed webhooks and fault injection.
 #[derive(Debug, Clone, clap::Args)]
@@ -28,6 +30,19 @@ pub struct SandboxArgs {
     /// Multiply every scripted delay (invoice paid, KYC review, cool-off, ...) by this factor.
     #[arg(long, env = "PAYSAGA_SANDBOX_TIME_SCALE", default_value_t = 1.0)]
     pub time_scale: f64,
+    /// How Lean authorises the payments it queues: `automatic` (at once) or `manual` (queued as
+    /// `CREATED` until `POST /_sandbox/lean/payments/{id}/authorize`, or the delay below). An
+    /// intent's `authorize_payment` overrides it per payment.
+    #[arg(
+        long,
+        env = "PAYSAGA_SANDBOX_LEAN_AUTHORIZATION",
+        default_value = "automatic"
+    )]
+    pub lean_authorization: LeanAuthorization,
+    /// Manual mode: a simulated Financial Controller authorises each queued payment after this
+    /// many milliseconds (not scaled by --time-scale); unset, only the control endpoint does.
+    #[arg(long, env = "PAYSAGA_SANDBOX_LEAN_AUTHORIZE_AFTER_MS")]
+    pub lean_authorize_after_ms: Option<u64>,
 }
 
 impl SandboxArgs {
@@ -60,6 +75,10 @@ impl SandboxArgs {
             faults: self.faults.clone(),
             credentials,
             timing,
+            lean_authorization: LeanAuthorizationSetting {
+                mode: self.lean_authorization,
+                authorize_after: self.lean_authorize_after_ms.map(Duration::from_millis),
+            },
         })
     }
 }

@@ -1,9 +1,9 @@
-//! `/_sandbox/*`: ledger, balances, Lumanu objects, faults, webhook log, reset, and the Blaaiz
-//! upload target.
+//! `/_sandbox/*`: ledger, balances, Lumanu objects, faults, webhook log, reset, the Blaaiz
+//! upload target, and Lean's payout authorisation (mode, queued payments, authorise).
 //! No authentication and never subject to faults.
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::app::App;
 use crate::faults::FaultSpec;
-use crate::{blaaiz, lumanu, Provider};
+use crate::{blaaiz, lean, lumanu, Provider};
 
 pub(crate) fn router() -> Router<App> {
     Router::new()
@@ -26,6 +26,110 @@ pub(crate) fn router() -> Router<App> {
         .route("/requests/recording", axum::routing::put(recording))
         .nest("/blaaiz/uploads", blaaiz::upload_router())
         .route("/blaaiz/files/{file_id}", get(blaaiz::uploaded_file))
+        .route(
+            "/lean/authorization",
+            get(get_lean_authorization).put(put_lean_authorization),
+        )
+        .route("/lean/payments", get(lean_payments))
+        .route(
+            "/lean/payments/{payment_id}/authorize",
+            post(authorize_lean_payment),
+        )
+}
+
+/// `GET /_sandbox/lean/authorization`: `{"mode": "automatic"|"manual", "authorize_after_ms"}`.
+async fn get_lean_authorization(State(app): State<App>) -> Json<Value> {
+    let s = app.lean_authorization();
+    Json(json!({
+        "mode": s.mode.as_str(),
+        "authorize_after_ms": s.authorize_after.map(|d| d.as_millis() as u64),
+    }))
+}
+
+/// `PUT /_sandbox/lean/authorization`: `{"mode", "authorize_after_ms"?}` or a plain-text mode.
+/// Applies to intents created afterwards; queued payments stay queued.
+async fn put_lean_authorization(State(app): State<App>, bytes: Bytes) -> Response {
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let parsed = match serde_json::from_str::<Value>(&text) {
+        Ok(Value::Object(map)) => {
+            let mode = map
+                .get("mode")
+                .and_then(Value::as_str)
+                .ok_or_else(|| "expected {\"mode\": \"automatic\"|\"manual\"}".to_owned())
+                .and_then(str::parse::<lean::LeanAuthorization>);
+            let after = match map.get("authorize_after_ms") {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => v
+                    .as_u64()
+                    .map(|ms| Some(std::time::Duration::from_millis(ms)))
+                    .ok_or_else(|| "authorize_after_ms must be a non-negative integer".to_owned()),
+            };
+            mode.and_then(|mode| {
+                after.map(|authorize_after| lean::AuthorizationSetting {
+                    mode,
+                    authorize_after,
+                })
+            })
+        }
+        _ => text
+            .parse::<lean::LeanAuthorization>()
+            .map(|mode| lean::AuthorizationSetting {
+                mode,
+                authorize_after: None,
+            }),
+    };
+    match parsed {
+        Ok(setting) => {
+            app.set_lean_authorization(setting);
+            get_lean_authorization(State(app)).await.into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, Json(json!({"error": e}))).into_response(),
+    }
+}
+
+/// `GET /_sandbox/lean/payments[?intent_id=]`: every Lean payment, oldest first, with
+/// `awaiting_authorization` and, once authorised, `authorized_by` / `authorized_at`.
+async fn lean_payments(
+    State(app): State<App>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Json<Value> {
+    Json(lean::payments_json(
+        &app,
+        q.get("intent_id").map(String::as_str),
+    ))
+}
+
+/// `POST /_sandbox/lean/payments/{payment_id}/authorize` (body optional `{"authorized_by"}`):
+/// a Financial Controller approves a queued payment in Lean's Application Dashboard. 200 with
+/// the payment; 404 unknown; 409 when it is not awaiting authorisation.
+async fn authorize_lean_payment(
+    State(app): State<App>,
+    Path(payment_id): Path<String>,
+    bytes: Bytes,
+) -> Response {
+    let by = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| {
+            v.get("authorized_by")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "Financial Controller (sandbox control endpoint)".to_owned());
+    match lean::authorize(&app, &payment_id, &by) {
+        Ok(payment) => Json(payment).into_response(),
+        Err(lean::AuthorizeError::Unknown) => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": format!("no Lean payment {payment_id}")})),
+        )
+            .into_response(),
+        Err(lean::AuthorizeError::NotQueued(status)) => (
+            StatusCode::CONFLICT,
+            Json(json!({"error": format!(
+                "Lean payment {payment_id} is {status}, not awaiting authorisation"
+            )})),
+        )
+            .into_response(),
+    }
 }
 
 /// `GET /_sandbox/requests`: the provider API exchanges recorded, oldest first.

@@ -33,6 +33,64 @@ pub const PAYER_ACCOUNTS: &[(&str, i64)] = &[
 ];
 const APP_ID: &str = "2c9280887230f322017231b408cf0007";
 const MAX_DESCRIPTION: usize = 32;
+/// Status of a payment queued for manual authorisation. Lean's getting-started payouts guide
+/// says payments are "queued" and authorised later but names no status; `CREATED` is the one
+/// Lean's payment lifecycle documents for "a transaction record exists, no interaction with the
+/// bank yet ... progress within the approval flow" (docs/PROVIDER-CONTRACTS.md, Lean).
+pub const QUEUED_STATUS: &str = "CREATED";
+
+/// How Lean authorises the payments it queues from the connected account (the getting-started
+/// payouts guide: manual authorisation by a Financial Controller in the Application Dashboard or
+/// the bank portal, automatic, or on demand).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LeanAuthorization {
+    /// Lean authorises at once (the sandbox's behaviour before manual mode existed).
+    #[default]
+    Automatic,
+    /// The payment waits in [`QUEUED_STATUS`] until a Financial Controller authorises it
+    /// (`POST /_sandbox/lean/payments/{id}/authorize`, or the scripted delay).
+    Manual,
+}
+
+impl LeanAuthorization {
+    /// `automatic` or `manual`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeanAuthorization::Automatic => "automatic",
+            LeanAuthorization::Manual => "manual",
+        }
+    }
+}
+
+impl std::fmt::Display for LeanAuthorization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for LeanAuthorization {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "automatic" => Ok(LeanAuthorization::Automatic),
+            "manual" => Ok(LeanAuthorization::Manual),
+            other => Err(format!(
+                "unknown Lean authorisation mode {other:?} (expected automatic or manual)"
+            )),
+        }
+    }
+}
+
+/// The sandbox's Lean authorisation setting: the mode of intents that do not choose one
+/// (`authorize_payment`), and, in manual mode, an optional scripted approval delay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AuthorizationSetting {
+    /// Mode of intents without `authorize_payment`.
+    pub mode: LeanAuthorization,
+    /// Manual mode: a simulated Financial Controller authorises each queued payment this long
+    /// after it was queued; `None`: only the control endpoint authorises.
+    pub authorize_after: Option<std::time::Duration>,
+}
 
 /// A Lean error: `{"status": "<CODE>", "message", "timestamp"}`.
 #[derive(Debug)]
@@ -198,6 +256,8 @@ struct Intent {
     destination_id: String,
     description: Option<String>,
     created_at: DateTime<Utc>,
+    /// Queued for manual authorisation rather than authorised at once.
+    manual: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -211,6 +271,8 @@ struct Payment {
     bank_transaction_reference: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    /// Who authorised a manually authorised payment, and when (sandbox control view only).
+    authorized: Option<(String, DateTime<Utc>)>,
 }
 
 impl Payment {
@@ -358,6 +420,38 @@ pub(crate) fn router(app: &App) -> Router<App> {
         )
         .route_layer(from_fn_with_state(app.clone(), require_auth))
         .route("/oauth2/token", post(token))
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+}
+
+/// The path below `/lean`, as Lean would see it.
+fn lean_path(uri: &axum::http::Uri) -> &str {
+    let path = uri.path();
+    path.strip_prefix("/lean").unwrap_or(path)
+}
+
+/// Unknown routes: 404 in Lean's error shape. Lean documents no 404 body; its error shape
+/// `{status, message, timestamp}` with the sandbox's `RESOURCE_NOT_FOUND` is the closest.
+async fn not_found(axum::extract::OriginalUri(uri): axum::extract::OriginalUri) -> Response {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "RESOURCE_NOT_FOUND",
+        format!("No endpoint {}", lean_path(&uri)),
+    )
+    .into_response()
+}
+
+/// A known route with another method: 405 in Lean's error shape.
+async fn method_not_allowed(
+    method: axum::http::Method,
+    axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
+) -> Response {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        format!("{method} is not supported for {}", lean_path(&uri)),
+    )
+    .into_response()
 }
 
 async fn require_auth(State(app): State<App>, req: Request, next: Next) -> Response {
@@ -808,14 +902,22 @@ fn create_intent_inner(
             "description must be at most {MAX_DESCRIPTION} characters"
         )));
     }
+    // Lean's Payouts API chooses the flow per payment with `authorize_payment` (false: manual
+    // or on-demand authorisation, true: automatic); absent, the sandbox's setting decides.
+    let manual = match body.value("authorize_payment") {
+        None | Some(Value::Null) => app.lean_authorization().mode == LeanAuthorization::Manual,
+        Some(Value::Bool(authorize)) => !authorize,
+        Some(_) => return Err(ApiError::invalid("authorize_payment must be a boolean")),
+    };
     let key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .filter(|k| !k.is_empty());
     let fingerprint = format!(
-        "{amount}|{currency}|{customer_id}|{destination_id}|{}",
-        description.as_deref().unwrap_or("")
+        "{amount}|{currency}|{customer_id}|{destination_id}|{}|{:?}",
+        description.as_deref().unwrap_or(""),
+        body.value("authorize_payment").and_then(Value::as_bool)
     );
     let (json, created) = app.with(|w| {
         let lean = &mut w.lean;
@@ -854,6 +956,7 @@ fn create_intent_inner(
             destination_id: destination_id.clone(),
             description: description.clone(),
             created_at: Utc::now(),
+            manual,
         };
         if let Some(key) = key {
             lean.idempotency
@@ -872,7 +975,8 @@ fn create_intent_inner(
     Ok((json, replayed))
 }
 
-/// The simulated end user authorises the intent: a payment is created with the bank.
+/// The simulated end user authorises the intent: a payment is created with the bank. A manual
+/// intent's payment is queued in [`QUEUED_STATUS`] until it is authorised ([`authorize`]).
 fn initiate_payment(app: &App, intent_id: &str) {
     let outcome = app.with(|w| {
         let lean = &mut w.lean;
@@ -886,6 +990,8 @@ fn initiate_payment(app: &App, intent_id: &str) {
         });
         let status = if !active || description.contains("FAILED") {
             "FAILED"
+        } else if intent.manual {
+            QUEUED_STATUS
         } else {
             "PENDING_WITH_BANK"
         };
@@ -900,6 +1006,7 @@ fn initiate_payment(app: &App, intent_id: &str) {
             bank_transaction_reference: None,
             created_at: now,
             updated_at: now,
+            authorized: None,
         };
         let ev = event(
             "payment.created",
@@ -907,18 +1014,103 @@ fn initiate_payment(app: &App, intent_id: &str) {
             payment.payload(),
         );
         let continues = status == "PENDING_WITH_BANK" && !description.contains("PENDING_WITH_BANK");
+        let queued = status == QUEUED_STATUS;
         let id = payment.id.clone();
         lean.payments.push(payment);
-        Some((ev, continues.then_some(id)))
+        Some((ev, continues.then(|| id.clone()), queued.then_some(id)))
     });
-    let Some((ev, next)) = outcome else { return };
+    let Some((ev, next, queued)) = outcome else {
+        return;
+    };
     app.emit([ev]);
     if let Some(payment_id) = next {
-        after(app, app.timing.bank_settlement, move |app| {
-            let ev = app.with(|w| settle_payment(&mut w.lean, &mut w.ledger, &payment_id));
-            app.emit(ev);
+        schedule_settlement(app, payment_id);
+    }
+    if let (Some(payment_id), Some(delay)) = (queued, app.lean_authorization().authorize_after) {
+        after(app, delay, move |app| {
+            let _ = authorize(app, &payment_id, "sandbox scripted Financial Controller");
         });
     }
+}
+
+fn schedule_settlement(app: &App, payment_id: String) {
+    after(app, app.timing.bank_settlement, move |app| {
+        let ev = app.with(|w| settle_payment(&mut w.lean, &mut w.ledger, &payment_id));
+        app.emit(ev);
+    });
+}
+
+/// Why a queued payment cannot be authorised.
+#[derive(Debug)]
+pub(crate) enum AuthorizeError {
+    /// No payment with this id.
+    Unknown,
+    /// The payment is not queued for authorisation (its status).
+    NotQueued(&'static str),
+}
+
+/// A Financial Controller authorises a queued payment: it goes to the bank
+/// (`payment.updated` `PENDING_WITH_BANK`) and then proceeds as an automatic one.
+pub(crate) fn authorize(app: &App, payment_id: &str, by: &str) -> Result<Value, AuthorizeError> {
+    let (json, ev, continues) = app.with(|w| {
+        let lean = &mut w.lean;
+        let payment = lean
+            .payments
+            .iter_mut()
+            .find(|p| p.id == payment_id)
+            .ok_or(AuthorizeError::Unknown)?;
+        if payment.status != QUEUED_STATUS {
+            return Err(AuthorizeError::NotQueued(payment.status));
+        }
+        let now = Utc::now();
+        payment.status = "PENDING_WITH_BANK";
+        payment.updated_at = now;
+        payment.authorized = Some((by.to_owned(), now));
+        let ev = event(
+            "payment.updated",
+            "A payment object has been updated.",
+            payment.payload(),
+        );
+        let payment = payment.clone();
+        let stays_pending = lean
+            .intents
+            .iter()
+            .find(|i| i.id == payment.intent_id)
+            .and_then(|i| i.description.as_deref())
+            .is_some_and(|d| d.contains("PENDING_WITH_BANK"));
+        Ok((control_json(&payment), ev, !stays_pending))
+    })?;
+    app.emit([ev]);
+    if continues {
+        schedule_settlement(app, payment_id.to_owned());
+    }
+    Ok(json)
+}
+
+/// A payment as the sandbox's control endpoints show it: the API object plus the
+/// authorisation (`awaiting_authorization`, `authorized_by`, `authorized_at`).
+fn control_json(p: &Payment) -> Value {
+    let mut v = p.json();
+    v["awaiting_authorization"] = json!(p.status == QUEUED_STATUS);
+    if let Some((by, at)) = &p.authorized {
+        v["authorized_by"] = json!(by);
+        v["authorized_at"] = json!(at);
+    }
+    v
+}
+
+/// Every payment, oldest first, for `GET /_sandbox/lean/payments` (`intent_id` filters).
+pub(crate) fn payments_json(app: &App, intent_id: Option<&str>) -> Value {
+    app.with(|w| {
+        Value::Array(
+            w.lean
+                .payments
+                .iter()
+                .filter(|p| intent_id.is_none_or(|i| p.intent_id == i))
+                .map(control_json)
+                .collect(),
+        )
+    })
 }
 
 /// The bank answers: the payer's account is debited (`ACCEPTED_BY_BANK`) or the payment is

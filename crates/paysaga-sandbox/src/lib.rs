@@ -24,6 +24,8 @@
 //! | `/_sandbox/reset` | `POST`: forget all objects and movements, re-seed the opening balances |
 //! | `/_sandbox/requests` | `GET` the provider API exchanges recorded (method, path, request and response bodies, status), `DELETE` forgets them; `PUT /_sandbox/requests/recording` with `on` or `off` switches recording (off by default) |
 //! | `/_sandbox/blaaiz/uploads/{file_id}` | the pre-signed `PUT` target for Blaaiz documents |
+//! | `/_sandbox/lean/authorization` | `GET`/`PUT` Lean's payout authorisation mode (`automatic` or `manual`, optional `authorize_after_ms`) |
+//! | `/_sandbox/lean/payments` | `GET` Lean payments (`?intent_id=`) with `awaiting_authorization`; `POST .../{payment_id}/authorize`: a Financial Controller authorises a queued payment |
 //!
 //! Provider endpoints (below each prefix, as the providers spell them):
 //! * Lumanu `/api/rest`: `POST /funding` (`method` `invoice` or `balance`), `GET /funding/{id}`,
@@ -41,13 +43,15 @@
 //! * Lean: `POST|GET /payments/v1/destinations`, `GET /payments/v1/destinations/{id}`,
 //!   `POST /payments/v1/customer`, `POST /payments/v1/intents`, `GET /payments/v1/intents/{id}`,
 //!   `GET /payments/v1/{payment_id}`, `GET /customers/v1/app-user-id/{app_user_id}`,
-//!   `GET /customers/v1/{customer_id}`, `GET /customers/v1/{customer_id}/payment_sources[/{id}]`.
+//!   `GET /customers/v1/{customer_id}`, `GET /customers/v1/{customer_id}/payment_sources[/{id}]`;
+//!   unknown routes 404 in Lean's error shape (Lumanu's: in its own).
 //!
 //! Scripted progress (delays from [`Timing`]): a Lumanu invoice is paid (deposit +
 //! `transfer.created`); a payable paid from the balance becomes `paid`; a Blaaiz customer with an
 //! `id_file` attached is reviewed; a Blaaiz payout settles; a new Lean customer links a bank
 //! (payment source + beneficiaries), beneficiaries leave their cool-off; a Lean intent becomes a
-//! payment that the bank accepts.
+//! payment that the bank accepts (in manual authorisation mode, [`LeanAuthorization::Manual`],
+//! the payment waits as `CREATED` until it is authorised).
 //!
 //! ## Fault spec grammar
 //! A fault spec is a comma-separated list of `key=value` items (whitespace around items is
@@ -130,6 +134,7 @@ pub use config::{
     BlaaizCredentials, ClientCredentials, Credentials, LeanCredentials, LumanuCredentials, Timing,
 };
 pub use faults::{EndpointFault, EndpointRule, FaultSpec, FaultSpecError, MsRange};
+pub use lean::{AuthorizationSetting as LeanAuthorizationSetting, LeanAuthorization};
 
 /// Ids of the objects that exist from the start (also listed by `GET /_sandbox/balances`).
 pub mod seeds {
@@ -139,7 +144,7 @@ pub mod seeds {
     };
     pub use crate::lean::{
         DEFAULT_DESTINATION_ID as LEAN_DEFAULT_DESTINATION_ID,
-        PAYER_ACCOUNTS as LEAN_PAYER_ACCOUNTS,
+        PAYER_ACCOUNTS as LEAN_PAYER_ACCOUNTS, QUEUED_STATUS as LEAN_QUEUED_STATUS,
     };
     pub use crate::lumanu::DEFAULT_WORKSPACE_ID as LUMANU_WORKSPACE_ID;
 }
@@ -201,6 +206,9 @@ pub struct SandboxConfig {
     pub credentials: Credentials,
     /// Delays of the scripted progress and webhook retries.
     pub timing: Timing,
+    /// How Lean authorises queued payments (default automatic; replaceable at run time through
+    /// `PUT /_sandbox/lean/authorization`).
+    pub lean_authorization: LeanAuthorizationSetting,
 }
 
 impl SandboxConfig {
@@ -213,6 +221,7 @@ impl SandboxConfig {
             faults: FaultSpec::default(),
             credentials,
             timing: Timing::default(),
+            lean_authorization: LeanAuthorizationSetting::default(),
         }
     }
 }

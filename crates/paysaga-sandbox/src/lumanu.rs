@@ -361,6 +361,38 @@ pub(crate) fn router(app: &App) -> Router<App> {
     Router::new()
         .nest("/api/rest", api)
         .route("/oauth/token", post(token))
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+}
+
+/// The path below `/lumanu`, as Lumanu would see it.
+fn lumanu_path(uri: &axum::http::Uri) -> &str {
+    let path = uri.path();
+    path.strip_prefix("/lumanu").unwrap_or(path)
+}
+
+/// Unknown routes: 404 in Lumanu's documented error shape `{"error": {code, message,
+/// request_id}}` (the reference shows 404s with a description only, no body).
+async fn not_found(axum::extract::OriginalUri(uri): axum::extract::OriginalUri) -> Response {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("No route {}", lumanu_path(&uri)),
+    )
+    .into_response()
+}
+
+/// A known route with another method: 405 in Lumanu's error shape.
+async fn method_not_allowed(
+    method: axum::http::Method,
+    axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
+) -> Response {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not supported for {}", lumanu_path(&uri)),
+    )
+    .into_response()
 }
 
 async fn require_token(State(app): State<App>, req: Request, next: Next) -> Response {

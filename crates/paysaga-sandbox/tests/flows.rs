@@ -1881,3 +1881,451 @@ async fn lean_payment_source_created_webhook_names_the_end_user() {
 fn uuid_like(s: &str) -> bool {
     s.len() == 36 && s.chars().filter(|c| *c == '-').count() == 4
 }
+
+/// Sends `body` exactly as written (bytes and headers as given; no bearer token).
+async fn raw_call(
+    h: &Harness,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, Value) {
+    let mut req = h.http.request(method.parse().unwrap(), h.url(path));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if let Some(b) = body {
+        req = req.body(b.to_owned());
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await.unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// Issue 18 item 3: unknown routes answer 404 (and known routes another method 405) in each
+/// provider's documented error shape, never with an empty body. Lumanu documents 404s without
+/// a body and Lean documents no 404: the sandbox keeps their documented error shapes.
+#[tokio::test]
+async fn lumanu_and_lean_unknown_routes_answer_in_the_providers_error_shapes() {
+    let h = Harness::start("none").await;
+    let t = h.lumanu_token().await;
+    for path in ["/lumanu/api/rest/nowhere", "/lumanu/nowhere"] {
+        let (status, body) = h.call("GET", path, &t, None).await;
+        assert_eq!(status, 404, "{path}");
+        assert_eq!(body["error"]["code"], "not_found", "{path}: {body}");
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/nowhere"));
+        assert!(body["error"]["request_id"].is_string());
+    }
+    let (status, body) = h.call("DELETE", "/lumanu/api/rest/payable", &t, None).await;
+    assert_eq!(status, 405);
+    assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+
+    let lean = [("lean-app-token", "sandbox-lean-app-token")];
+    for path in ["/lean/payments/v1/nowhere/at/all", "/lean/nowhere"] {
+        let (status, body) = raw_call(&h, "GET", path, &lean, None).await;
+        assert_eq!(status, 404, "{path}");
+        assert_eq!(body["status"], "RESOURCE_NOT_FOUND", "{path}: {body}");
+        assert!(body["message"].as_str().unwrap().contains("/nowhere"));
+        assert!(body["timestamp"].is_string());
+    }
+    let (status, body) = raw_call(&h, "DELETE", "/lean/payments/v1/intents", &lean, None).await;
+    assert_eq!(status, 405);
+    assert_eq!(body["status"], "METHOD_NOT_ALLOWED", "{body}");
+    h.sandbox.shutdown().await.unwrap();
+}
+
+/// Issue 18 item 8, the sandbox's side: in manual mode a payment waits in `CREATED` (no money
+/// moves) until `POST /_sandbox/lean/payments/{id}/authorize`; then `payment.updated`
+/// PENDING_WITH_BANK and ACCEPTED_BY_BANK follow as in automatic mode. An intent's
+/// `authorize_payment` (Lean's Payouts API field) overrides the mode; a scripted delay
+/// authorises on its own.
+#[tokio::test]
+async fn lean_manual_mode_queues_payments_until_authorised_and_authorize_payment_overrides_it() {
+    let (hooks, hook_addr) = Received::start().await;
+    let mut config = SandboxConfig::new("127.0.0.1:0".parse().unwrap(), Credentials::dev());
+    config.webhook_base = Some(format!("http://{hook_addr}"));
+    config.lean_authorization = paysaga_sandbox::LeanAuthorizationSetting {
+        mode: paysaga_sandbox::LeanAuthorization::Manual,
+        authorize_after: None,
+    };
+    let h = Harness {
+        sandbox: paysaga_sandbox::spawn(config).await.unwrap(),
+        hooks,
+        http: Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap(),
+    };
+    assert_eq!(
+        h.get("/_sandbox/lean/authorization").await,
+        json!({"mode": "manual", "authorize_after_ms": null})
+    );
+    let t = h.form_token("/lean/oauth2/token", "lean", "api").await;
+    let dest = paysaga_sandbox::seeds::LEAN_DEFAULT_DESTINATION_ID;
+    let (_, customer) = h
+        .call(
+            "POST",
+            "/lean/payments/v1/customer",
+            &t,
+            Some(json!({"app_user_id": "manual-1"})),
+        )
+        .await;
+    let customer_id = customer["customer_id"].as_str().unwrap().to_owned();
+    h.hooks
+        .wait_for("beneficiary ACTIVE", |_, v| {
+            v["type"] == "payment_source.beneficiary.updated" && v["payload"]["status"] == "ACTIVE"
+        })
+        .await;
+    let intent = |description: &str, authorize: Option<bool>| {
+        let mut body = json!({"amount": 10.12, "currency": "AED", "payment_destination_id": dest,
+                              "customer_id": customer_id, "description": description});
+        if let Some(a) = authorize {
+            body["authorize_payment"] = json!(a);
+        }
+        body
+    };
+    let (status, manual) = h
+        .call(
+            "POST",
+            "/lean/payments/v1/intents",
+            &t,
+            Some(intent("manual", None)),
+        )
+        .await;
+    assert_eq!(status, 200, "{manual}");
+    let manual_id = manual["payment_intent_id"].as_str().unwrap().to_owned();
+    let created = h
+        .hooks
+        .wait_for("payment.created", |_, v| {
+            v["type"] == "payment.created" && v["payload"]["intent_id"] == manual_id.as_str()
+        })
+        .await;
+    assert_eq!(created["payload"]["status"], "CREATED");
+    // authorize_payment: true is automatic even though the account is manual.
+    let (_, auto) = h
+        .call(
+            "POST",
+            "/lean/payments/v1/intents",
+            &t,
+            Some(intent("auto", Some(true))),
+        )
+        .await;
+    let auto_id = auto["payment_intent_id"].as_str().unwrap().to_owned();
+    poll_until(
+        &h,
+        &format!("/lean/payments/v1/intents/{auto_id}"),
+        &t,
+        |v| v["payments"][0]["status"] == "ACCEPTED_BY_BANK",
+    )
+    .await;
+    // The manual one is still queued, and nothing of it is in the ledger.
+    let queued = h
+        .get(&format!("/_sandbox/lean/payments?intent_id={manual_id}"))
+        .await;
+    assert_eq!(queued.as_array().unwrap().len(), 1);
+    assert_eq!(queued[0]["status"], "CREATED");
+    assert_eq!(queued[0]["awaiting_authorization"], true);
+    let payment_id = queued[0]["id"].as_str().unwrap().to_owned();
+    let debited = |ledger: &[Value], id: &str| {
+        ledger
+            .iter()
+            .filter(|e| e["kind"] == "payment" && e["reference"] == id)
+            .count()
+    };
+    assert_eq!(debited(&h.ledger().await, &payment_id), 0);
+
+    let authorize = |id: String| {
+        h.http
+            .post(h.url(&format!("/_sandbox/lean/payments/{id}/authorize")))
+            .json(&json!({"authorized_by": "fc@example.com"}))
+            .send()
+    };
+    assert_eq!(
+        authorize("no-such-payment".into()).await.unwrap().status(),
+        404
+    );
+    let r = authorize(payment_id.clone()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let authorised: Value = r.json().await.unwrap();
+    assert_eq!(authorised["status"], "PENDING_WITH_BANK");
+    assert_eq!(authorised["authorized_by"], "fc@example.com");
+    assert_eq!(authorize(payment_id.clone()).await.unwrap().status(), 409);
+    let updated = h
+        .hooks
+        .wait_for("payment.updated ACCEPTED_BY_BANK", |_, v| {
+            v["type"] == "payment.updated"
+                && v["payload"]["id"] == payment_id.as_str()
+                && v["payload"]["status"] == "ACCEPTED_BY_BANK"
+        })
+        .await;
+    assert_eq!(updated["payload"]["amount"].to_string(), "10.12");
+    assert_eq!(debited(&h.ledger().await, &payment_id), 1);
+
+    // A scripted Financial Controller: authorised after the delay, without the control call.
+    let put = h
+        .http
+        .put(h.url("/_sandbox/lean/authorization"))
+        .json(&json!({"mode": "manual", "authorize_after_ms": 100}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let (_, scripted) = h
+        .call(
+            "POST",
+            "/lean/payments/v1/intents",
+            &t,
+            Some(intent("scripted", None)),
+        )
+        .await;
+    let scripted_id = scripted["payment_intent_id"].as_str().unwrap().to_owned();
+    poll_until(
+        &h,
+        &format!("/lean/payments/v1/intents/{scripted_id}"),
+        &t,
+        |v| v["payments"][0]["status"] == "ACCEPTED_BY_BANK",
+    )
+    .await;
+    let p = h
+        .get(&format!("/_sandbox/lean/payments?intent_id={scripted_id}"))
+        .await;
+    assert_eq!(
+        p[0]["authorized_by"],
+        "sandbox scripted Financial Controller"
+    );
+    let bad = h
+        .http
+        .put(h.url("/_sandbox/lean/authorization"))
+        .body("on_demand")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    h.assert_balances_match_ledger().await;
+    h.sandbox.shutdown().await.unwrap();
+}
+
+/// Issue 18 acceptance: the seeds' example requests are accepted verbatim. Lean: the
+/// multi-destination seed's curl bodies and headers as printed (its placeholders `YOUR_APP_TOKEN`,
+/// `USD_DESTINATION_ID`, `CUSTOMER_ID`, `<customer_id>`, `<payment_source_id>` replaced by real
+/// values; `IDENTIFIER_FOR_CUSTOMER` kept). Blaaiz: its seed names endpoints only, so the request
+/// examples of Blaaiz's own OpenAPI files are sent as published (example ids replaced by the
+/// objects created before). Lumanu: the quickstart's requests are sent by
+/// `lumanu_quickstart_requests_are_accepted_verbatim` (and its token request by every Lumanu test).
+#[tokio::test]
+async fn seed_and_published_example_requests_are_accepted_verbatim() {
+    let h = Harness::start("none").await;
+
+    // --- Lean (lean-multi-destination-payments.txt) ---
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("lean-app-token", "sandbox-lean-app-token"),
+    ];
+    let (status, dest) = raw_call(
+        &h,
+        "POST",
+        "/lean/payments/v1/destinations",
+        &headers,
+        Some(r#"{"display_name": "Acme USD Account","name": "Acme Inc.","bank_identifier": "ENBD_UAE","address": "","city": "","country": "","account_number": "","iban": ""}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{dest}");
+    let usd_destination = dest["id"].as_str().unwrap().to_owned();
+    let (status, all) = raw_call(&h, "GET", "/lean/payments/v1/destinations", &headers, None).await;
+    assert_eq!(status, 200);
+    assert!(all
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["id"] == usd_destination.as_str()));
+    let (status, customer) = raw_call(
+        &h,
+        "POST",
+        "/lean/payments/v1/customer",
+        &headers,
+        Some(r#"{"app_user_id": "IDENTIFIER_FOR_CUSTOMER"}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{customer}");
+    let customer_id = customer["customer_id"].as_str().unwrap().to_owned();
+    let active = h
+        .hooks
+        .wait_for("beneficiary ACTIVE for the USD destination", |_, v| {
+            v["type"] == "payment_source.beneficiary.updated"
+                && v["payload"]["payment_destination_id"] == usd_destination.as_str()
+                && v["payload"]["status"] == "ACTIVE"
+        })
+        .await;
+    let source_id = active["payload"]["payment_source_id"].as_str().unwrap();
+    let (status, source) = raw_call(
+        &h,
+        "GET",
+        &format!("/lean/customers/v1/{customer_id}/payment_sources/{source_id}"),
+        &headers,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{source}");
+    let intent_body = r#"{"amount": 1000,"currency": "USD","payment_destination_id": "USD_DESTINATION_ID","customer_id": "CUSTOMER_ID"}"#
+        .replace("USD_DESTINATION_ID", &usd_destination)
+        .replace("CUSTOMER_ID", &customer_id);
+    let (status, intent) = raw_call(
+        &h,
+        "POST",
+        "/lean/payments/v1/intents",
+        &headers,
+        Some(&intent_body),
+    )
+    .await;
+    assert_eq!(status, 200, "{intent}");
+    let intent_id = intent["payment_intent_id"].as_str().unwrap().to_owned();
+    let paid = h
+        .hooks
+        .wait_for("payment.updated of the seed's intent", |_, v| {
+            v["type"] == "payment.updated" && v["payload"]["intent_id"] == intent_id.as_str()
+        })
+        .await;
+    assert_eq!(paid["payload"]["status"], "ACCEPTED_BY_BANK");
+    assert_eq!(paid["payload"]["amount"].as_f64(), Some(1000.0));
+
+    // --- Blaaiz (the request examples of its OpenAPI files) ---
+    let example = |file: &str, path: &str| -> Value {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../paysaga-providers/tests/openapi/blaaiz");
+        let doc: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap();
+        doc["paths"][path]["post"]["requestBody"]["content"]["application/json"].clone()
+    };
+    let customer_examples = example("customer-create.json", "/api/external/customer");
+    let mut customers = Vec::new();
+    for name in ["individual", "business"] {
+        let body = customer_examples["examples"][name]["value"].clone();
+        let (status, created) =
+            blaaiz_key_call(&h, "POST", "/blaaiz/api/external/customer", Some(body)).await;
+        assert_eq!(status, 201, "{name}: {created}");
+        customers.push(created["data"]["id"].as_str().unwrap().to_owned());
+    }
+    let customer = customers[0].clone();
+    let file_example =
+        example("file-create.json", "/api/external/file/get-presigned-url")["example"].clone();
+    let mut files = std::collections::HashMap::new();
+    for category in ["identity", "proof_of_address", "liveness_check"] {
+        let mut body = file_example.clone();
+        body["customer_id"] = json!(customer);
+        body["file_category"] = json!(category); // the published example is "identity"
+        let (status, up) = blaaiz_key_call(
+            &h,
+            "POST",
+            "/blaaiz/api/external/file/get-presigned-url",
+            Some(body),
+        )
+        .await;
+        assert_eq!(status, 200, "{up}");
+        let mut req = h
+            .http
+            .put(up["url"].as_str().unwrap())
+            .body(b"\xff\xd8fake-jpeg".to_vec());
+        for (k, v) in up["headers"].as_object().unwrap() {
+            req = req.header(k, v.as_str().unwrap());
+        }
+        assert_eq!(req.send().await.unwrap().status(), 200);
+        files.insert(category, up["file_id"].as_str().unwrap().to_owned());
+    }
+    let mut attach = example(
+        "customer-upload-files.json",
+        "/api/external/customer/{id}/files",
+    )["example"]
+        .clone();
+    attach["id_file"] = json!(files["identity"]);
+    attach["proof_of_address_file"] = json!(files["proof_of_address"]);
+    attach["liveness_check_file"] = json!(files["liveness_check"]);
+    let (status, attached) = blaaiz_key_call(
+        &h,
+        "POST",
+        &format!("/blaaiz/api/external/customer/{customer}/files"),
+        Some(attach),
+    )
+    .await;
+    assert_eq!(status, 200, "{attached}");
+    let mut verified = false;
+    for _ in 0..100 {
+        let (_, c) = blaaiz_key_call(
+            &h,
+            "GET",
+            &format!("/blaaiz/api/external/customer/{customer}"),
+            None,
+        )
+        .await;
+        if c["data"]["verification_status"] == "VERIFIED" {
+            verified = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(verified, "the example customer is verified after its files");
+    let mut payout = example("payout-create.json", "/api/external/payout")["example"].clone();
+    assert_eq!(
+        payout["wallet_id"], BLAAIZ_NGN_WALLET,
+        "the published wallet id is seeded"
+    );
+    payout["customer_id"] = json!(customer);
+    let (status, paid) =
+        blaaiz_key_call(&h, "POST", "/blaaiz/api/external/payout", Some(payout)).await;
+    assert!((200..300).contains(&status), "{status} {paid}");
+    let transaction = paid["transaction"]["id"].as_str().unwrap().to_owned();
+    let list = example("transaction-list.json", "/api/external/transaction")["example"].clone();
+    let (status, listed) =
+        blaaiz_key_call(&h, "POST", "/blaaiz/api/external/transaction", Some(list)).await;
+    assert_eq!(status, 200, "{listed}");
+    let mut settled = false;
+    for _ in 0..100 {
+        let (_, t) = blaaiz_key_call(
+            &h,
+            "GET",
+            &format!("/blaaiz/api/external/transaction/{transaction}"),
+            None,
+        )
+        .await;
+        if t["data"]["status"] == "SUCCESSFUL" || t["transaction"]["status"] == "SUCCESSFUL" {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(settled, "the example payout settles");
+    let mut replay =
+        example("webhook-replay.json", "/api/external/webhook-replay")["example"].clone();
+    let (status, unknown) = blaaiz_key_call(
+        &h,
+        "POST",
+        "/blaaiz/api/external/webhook-replay",
+        Some(replay.clone()),
+    )
+    .await;
+    assert_eq!(
+        status, 404,
+        "the published example's transaction does not exist here: {unknown}"
+    );
+    replay["transaction_id"] = json!(transaction);
+    let (status, replayed) = blaaiz_key_call(
+        &h,
+        "POST",
+        "/blaaiz/api/external/webhook-replay",
+        Some(replay),
+    )
+    .await;
+    assert_eq!(status, 200, "{replayed}");
+    // Last: registering the published (https://yourapp.com) URLs would send later events there.
+    let register = example("webhook-register.json", "/api/external/webhook")["example"].clone();
+    let (status, registered) =
+        blaaiz_key_call(&h, "POST", "/blaaiz/api/external/webhook", Some(register)).await;
+    assert!((200..300).contains(&status), "{status} {registered}");
+    h.sandbox.shutdown().await.unwrap();
+}

@@ -26,6 +26,23 @@ pub const MAX_DESCRIPTION: usize = 32;
 /// Default reconciliation wait for a `PENDING_WITH_BANK` payment.
 pub const DEFAULT_RECONCILE_FOR: Duration = Duration::from_secs(2 * 24 * 3600);
 
+/// Default time a Financial Controller has to authorise a queued payment (manual mode).
+pub const DEFAULT_AUTHORIZE_WITHIN: Duration = Duration::from_secs(5 * 24 * 3600);
+
+/// Who authorises a queued payment in manual mode, unless the definition says otherwise.
+pub const DEFAULT_MANUAL_AUTHORIZER: &str =
+    "a Financial Controller in Lean's Application Dashboard";
+
+/// How the deployment's Lean account authorises the payments Lean queues (Lean's
+/// getting-started payouts guide: manual, automatic or on demand; set in Lean's dashboard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authorization {
+    /// Lean authorises at once.
+    Automatic,
+    /// A person authorises each queued payment (Application Dashboard or bank portal).
+    Manual,
+}
+
 /// The Lean step kinds, sharing `client`.
 pub fn kinds(client: &LeanClient) -> Vec<Arc<dyn StepKind>> {
     vec![
@@ -317,21 +334,68 @@ impl StepKind for CreateIntent {
 
 /// `lean.await_payment`: waits for the bank's answer on the intent's payment.
 ///
-/// Params: `intent_id`, `reconcile_for` (optional duration, default `"2d"`). Re-reads the intent
-/// on every run; its latest payment decides: `ACCEPTED_BY_BANK` -> done; `REJECTED_BY_BANK` /
-/// `FAILED` -> fails; `PENDING_WITH_BANK` (the bank gave no reference: it may still settle) ->
-/// a reconciliation wait whose deadline is `reconcile_for` from the first time it is seen (set
-/// once: the wait's state says `reconciling`); no payment yet -> waits. Waits are for
-/// `payment.created` / `payment.updated` with key `intent:{intent_id}`. Output: `{intent_id,
-/// payment_id, status, bank_transaction_reference, amount, currency}`.
+/// Params: `intent_id`, `reconcile_for` (optional duration, default `"2d"`), `authorization`
+/// (optional, `"automatic"` (default) or `"manual"`: how the deployment's Lean account
+/// authorises queued payments), `authorize_within` (optional duration, default `"5d"`, manual
+/// mode) and `authorized_by` (optional text naming who authorises, default "a Financial
+/// Controller in Lean's Application Dashboard").
+///
+/// Re-reads the intent on every run; its latest payment decides: `ACCEPTED_BY_BANK` -> done;
+/// `REJECTED_BY_BANK` / `FAILED` -> fails; `PENDING_WITH_BANK` (the bank gave no reference: it
+/// may still settle) -> a reconciliation wait whose deadline is `reconcile_for` from the first
+/// time it is seen (set once: the wait's state says `reconciling`); `CREATED` (queued at Lean,
+/// not authorised) in manual mode -> an authorisation wait whose deadline is `authorize_within`
+/// from the first time it is seen (set once: `awaiting_authorization`), after which the step
+/// fails saying the payment may still be authorised at Lean (the saga parks: `create_intent` is
+/// irreversible); `CREATED` in automatic mode -> waits under the step's deadline, its state
+/// saying the payment is queued; no payment yet -> waits. The wait's state carries a `description` for
+/// operators (`paysaga show`). Waits are for `payment.created` / `payment.updated` with key
+/// `intent:{intent_id}`. Output: `{intent_id, payment_id, status, bank_transaction_reference,
+/// amount, currency}`.
 #[derive(Debug, Clone)]
 pub struct AwaitPayment(pub LeanClient);
 
-fn payment_params(f: &Fields<'_>) -> Result<(String, Duration), String> {
-    Ok((
-        f.id("intent_id")?,
-        f.duration("reconcile_for", DEFAULT_RECONCILE_FOR)?,
-    ))
+struct PaymentParams {
+    intent_id: String,
+    reconcile_for: Duration,
+    authorization: Authorization,
+    authorize_within: Duration,
+    authorized_by: String,
+}
+
+fn payment_params(f: &Fields<'_>) -> Result<PaymentParams, String> {
+    let authorization = match f.raw("authorization") {
+        None => Authorization::Automatic,
+        Some(_) => match f.one_of("authorization", &["automatic", "manual"])? {
+            "manual" => Authorization::Manual,
+            _ => Authorization::Automatic,
+        },
+    };
+    let authorized_by = f
+        .opt_string("authorized_by")?
+        .unwrap_or_else(|| match authorization {
+            Authorization::Manual => DEFAULT_MANUAL_AUTHORIZER.to_owned(),
+            Authorization::Automatic => "Lean (automatic authorisation)".to_owned(),
+        });
+    Ok(PaymentParams {
+        intent_id: f.id("intent_id")?,
+        reconcile_for: f.duration("reconcile_for", DEFAULT_RECONCILE_FOR)?,
+        authorization,
+        authorize_within: f.duration("authorize_within", DEFAULT_AUTHORIZE_WITHIN)?,
+        authorized_by,
+    })
+}
+
+fn state_flag(ctx: &StepContext, flag: &str) -> bool {
+    ctx.wait_state
+        .as_ref()
+        .and_then(|s| s.get(flag))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
+fn money(payment: &crate::lean::Payment) -> String {
+    format!("{} {}", payment.amount, payment.currency)
 }
 
 #[async_trait]
@@ -345,14 +409,15 @@ impl StepKind for AwaitPayment {
     }
 
     async fn run(&self, ctx: &StepContext, params: Value) -> StepOutcome {
-        let (intent_id, reconcile_for) = params!(&params, Mode::Run, payment_params);
+        let p = params!(&params, Mode::Run, payment_params);
+        let intent_id = p.intent_id.clone();
         let intent = match self.0.get_payment_intent(&intent_id).await {
             Ok(i) => i,
             Err(e) => return outcome_for("get payment intent", &e),
         };
         let mut spec = WaitSpec::new(PROVIDER, "payment.created", format!("intent:{intent_id}"));
         spec.event_types.push("payment.updated".to_owned());
-        // Keep the reconciliation marker across waits.
+        // Keep the reconciliation / authorisation marker across waits.
         spec.state = ctx.wait_state.clone().unwrap_or(Value::Null);
         let Some(payment) = intent.latest_payment() else {
             return StepOutcome::Wait(spec);
@@ -371,19 +436,89 @@ impl StepKind for AwaitPayment {
                 payment.id, payment.status
             )),
             PaymentStatus::PendingWithBank => {
-                let reconciling = ctx
-                    .wait_state
-                    .as_ref()
-                    .and_then(|s| s.get("reconciling"))
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false);
-                if !reconciling {
-                    spec.new_deadline = Some(reconcile_for);
+                if !state_flag(ctx, "reconciling") {
+                    spec.new_deadline = Some(p.reconcile_for);
+                    let reconcile_for = humantime::format_duration(p.reconcile_for).to_string();
                     spec.state = json!({
                         "reconciling": true,
                         "payment_id": payment.id,
                         "since": ctx.now,
-                        "reconcile_for": humantime::format_duration(reconcile_for).to_string(),
+                        "reconcile_for": reconcile_for,
+                        "description": format!(
+                            "reconciling Lean payment {} ({}) of intent {intent_id}: \
+                             PENDING_WITH_BANK (the bank gave no reference; it may settle \
+                             later) since {}, for up to {reconcile_for}",
+                            payment.id,
+                            money(payment),
+                            ctx.now.format("%Y-%m-%d %H:%M:%S UTC"),
+                        ),
+                    });
+                }
+                StepOutcome::Wait(spec)
+            }
+            PaymentStatus::Created if p.authorization == Authorization::Manual => {
+                let deadline_passed = matches!(
+                    ctx.wake,
+                    paysaga_core::Wake::Poll {
+                        deadline_passed: true
+                    }
+                );
+                if deadline_passed && state_flag(ctx, "awaiting_authorization") {
+                    return StepOutcome::fail(format!(
+                        "Lean payment {} ({}) of intent {intent_id} was not authorised within \
+                         {} by {}: it is still queued at Lean and may yet be authorised there. \
+                         Reject it in Lean's Application Dashboard (or get it authorised), \
+                         then resume this saga (the step reads the final status again) or cancel it",
+                        payment.id,
+                        money(payment),
+                        humantime::format_duration(p.authorize_within),
+                        p.authorized_by,
+                    ));
+                }
+                if !state_flag(ctx, "awaiting_authorization") {
+                    spec.new_deadline = Some(p.authorize_within);
+                    let until = chrono::Duration::from_std(p.authorize_within)
+                        .ok()
+                        .and_then(|d| ctx.now.checked_add_signed(d));
+                    spec.state = json!({
+                        "awaiting_authorization": true,
+                        "payment_id": payment.id,
+                        "since": ctx.now,
+                        "authorized_by": p.authorized_by,
+                        "authorize_within": humantime::format_duration(p.authorize_within).to_string(),
+                        "description": format!(
+                            "awaiting authorisation at Lean by {}: payment {} ({}) of intent \
+                             {intent_id} queued (status CREATED) since {}; deadline {}",
+                            p.authorized_by,
+                            payment.id,
+                            money(payment),
+                            ctx.now.format("%Y-%m-%d %H:%M:%S UTC"),
+                            until.map_or_else(
+                                || "none".to_owned(),
+                                |u| u.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+                            ),
+                        ),
+                    });
+                }
+                StepOutcome::Wait(spec)
+            }
+            PaymentStatus::Created => {
+                // Automatic mode: Lean should authorise at once. Say so, in case the Lean
+                // account is in fact set to manual authorisation (then lean_payout_manual fits).
+                if spec.state.get("description").is_none() {
+                    spec.state = json!({
+                        "payment_id": payment.id,
+                        "since": ctx.now,
+                        "description": format!(
+                            "Lean payment {} ({}) of intent {intent_id} is queued at Lean \
+                             (status CREATED) since {}, expected to be authorised by {}; if \
+                             this Lean account authorises payouts manually, a Financial \
+                             Controller must approve it in Lean's Application Dashboard",
+                            payment.id,
+                            money(payment),
+                            ctx.now.format("%Y-%m-%d %H:%M:%S UTC"),
+                            p.authorized_by,
+                        ),
                     });
                 }
                 StepOutcome::Wait(spec)
