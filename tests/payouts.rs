@@ -936,7 +936,7 @@ async fn lean_manual_payment_never_authorised_parks_the_saga_at_the_deadline_wit
     let sagas = rig.wait_terminal(&[id], Duration::from_secs(60)).await;
     // Parked for an operator, not compensated: the queued payment may still be authorised at
     // Lean, and `create_intent` is irreversible.
-    assert_eq!(sagas[0].status, SagaStatus::Failed);
+    assert_eq!(sagas[0].status, SagaStatus::NeedsOperator);
     let error = sagas[0].last_error.clone().unwrap_or_default();
     assert!(
         error.contains("was not authorised within 3s by a Financial Controller")
