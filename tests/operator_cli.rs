@@ -88,7 +88,13 @@ async fn bulk_cancel_acts_on_all_113_matches_after_printing_the_total_and_confir
     // No worker runs: all 113 stay scheduled. Two other sagas must not be touched.
     let mut ids = Vec::new();
     for _ in 0..113 {
-        ids.push(h.engine.start("bulk", json!({}), None).await.unwrap().saga_id);
+        ids.push(
+            h.engine
+                .start("bulk", json!({}), None)
+                .await
+                .unwrap()
+                .saga_id,
+        );
     }
     let other = h
         .engine
@@ -106,7 +112,11 @@ async fn bulk_cancel_acts_on_all_113_matches_after_printing_the_total_and_confir
     assert!(stdout(&refused).starts_with("113 saga(s) match"));
     assert!(stderr(&refused).contains("--yes"), "{}", stderr(&refused));
     assert_eq!(
-        count(&h, "SELECT count(*) FROM paysaga_history WHERE kind = 'cancel_requested'").await,
+        count(
+            &h,
+            "SELECT count(*) FROM paysaga_history WHERE kind = 'cancel_requested'"
+        )
+        .await,
         0
     );
 
@@ -130,7 +140,11 @@ async fn bulk_cancel_acts_on_all_113_matches_after_printing_the_total_and_confir
         "{dry}"
     );
     assert_eq!(
-        count(&h, "SELECT count(*) FROM paysaga_sagas WHERE cancel_requested").await,
+        count(
+            &h,
+            "SELECT count(*) FROM paysaga_sagas WHERE cancel_requested"
+        )
+        .await,
         0
     );
 
@@ -210,13 +224,21 @@ async fn bulk_confirmation_on_a_terminal_acts_only_on_yes() {
     assert!(no.contains("Type yes to go on"), "{no}");
     assert!(no.contains("exit=4"), "{no}");
     assert_eq!(
-        count(&h, "SELECT count(*) FROM paysaga_sagas WHERE cancel_requested").await,
+        count(
+            &h,
+            "SELECT count(*) FROM paysaga_sagas WHERE cancel_requested"
+        )
+        .await,
         0
     );
     let yes = run("yes");
     assert!(yes.contains("exit=0"), "{yes}");
     assert_eq!(
-        count(&h, "SELECT count(*) FROM paysaga_sagas WHERE cancel_requested").await,
+        count(
+            &h,
+            "SELECT count(*) FROM paysaga_sagas WHERE cancel_requested"
+        )
+        .await,
         12
     );
 }
@@ -306,13 +328,19 @@ async fn bulk_dry_run_reports_the_sagas_the_real_run_refuses_with_the_reason() {
     }
     for id in &parked {
         assert!(
-            dry.contains(&format!("would resume saga {id} (parking needs_operator, step confirm)")),
+            dry.contains(&format!(
+                "would resume saga {id} (parking needs_operator, step confirm)"
+            )),
             "{dry}"
         );
     }
     assert!(dry.contains("15 saga(s) matched, 3 would be refused, nothing changed"));
     assert_eq!(
-        count(&h, "SELECT count(*) FROM paysaga_history WHERE kind = 'operator_resume'").await,
+        count(
+            &h,
+            "SELECT count(*) FROM paysaga_history WHERE kind = 'operator_resume'"
+        )
+        .await,
         0
     );
 
@@ -344,8 +372,8 @@ async fn bulk_dry_run_reports_the_sagas_the_real_run_refuses_with_the_reason() {
 }
 
 #[tokio::test]
-async fn account_numbers_are_redacted_in_every_output_unless_revealed_and_the_reveal_is_in_history(
-) {
+async fn account_numbers_are_redacted_in_every_output_unless_revealed_and_the_reveal_is_in_history()
+{
     let h = harness().await;
     let url = h.db.url().to_string();
     let iban = "GB33BUKB20201555555555";
@@ -381,7 +409,30 @@ async fn account_numbers_are_redacted_in_every_output_unless_revealed_and_the_re
         .await
         .unwrap();
 
+    // An inbox event carrying them.
+    let inbox = h
+        .engine
+        .deliver_event(paysaga_runtime::IncomingEvent {
+            provider: "test".into(),
+            event_id: "ev-pii".into(),
+            event_type: "done".into(),
+            correlation_key: Some("nobody-waits".into()),
+            payload: json!({"beneficiary": {"iban": iban}}),
+        })
+        .await
+        .unwrap()
+        .inbox_id;
+
     let leaks = |text: &str| text.contains(iban) || text.contains(account);
+    for args in [
+        vec!["events", "list", "--json"],
+        vec!["events", "show", &inbox.to_string() as &str, "--json"],
+        vec!["events", "show", &inbox.to_string()],
+    ] {
+        let out = ok(&paysaga(&url, &args));
+        assert!(!leaks(&out), "{args:?} leaks: {out}");
+        assert!(out.contains("***"), "{args:?}: {out}");
+    }
     for args in [
         vec!["show", &id.to_string() as &str],
         vec!["show", &id.to_string(), "--json"],
@@ -396,9 +447,16 @@ async fn account_numbers_are_redacted_in_every_output_unless_revealed_and_the_re
     assert_eq!(shown["input"]["payee"]["iban"], "***");
     assert_eq!(shown["input"]["payee"]["accountNumber"], "***");
     assert_eq!(shown["input"]["payee"]["name"], "Ada");
-    assert_eq!(shown["outputs"]["sleep1"]["paid_to"]["account_number"], "***");
     assert_eq!(
-        count(&h, "SELECT count(*) FROM paysaga_history WHERE kind = 'data_revealed'").await,
+        shown["outputs"]["sleep1"]["paid_to"]["account_number"],
+        "***"
+    );
+    assert_eq!(
+        count(
+            &h,
+            "SELECT count(*) FROM paysaga_history WHERE kind = 'data_revealed'"
+        )
+        .await,
         0,
         "reading is not revealing"
     );
@@ -456,7 +514,11 @@ async fn account_numbers_are_redacted_in_every_output_unless_revealed_and_the_re
     ));
     assert!(text.contains(iban), "{text}");
     assert_eq!(
-        count(&h, "SELECT count(*) FROM paysaga_history WHERE kind = 'data_revealed'").await,
+        count(
+            &h,
+            "SELECT count(*) FROM paysaga_history WHERE kind = 'data_revealed'"
+        )
+        .await,
         2
     );
 }
@@ -517,17 +579,12 @@ async fn list_and_stats_json_have_the_documented_shape_with_step_names() {
     let stats: Value = serde_json::from_str(&ok(&paysaga(&url, &["stats", "--json"]))).unwrap();
     let by_status = stats["by_status"].as_array().unwrap();
     assert!(
-        by_status
-            .iter()
-            .any(|r| r["workflow"] == "parking" && r["status"] == "needs_operator" && r["sagas"] == 1),
+        by_status.iter().any(|r| r["workflow"] == "parking"
+            && r["status"] == "needs_operator"
+            && r["sagas"] == 1),
         "{stats}"
     );
-    for key in [
-        "by_step",
-        "oldest_waiting",
-        "retries",
-        "unmatched_events",
-    ] {
+    for key in ["by_step", "oldest_waiting", "retries", "unmatched_events"] {
         assert!(stats.get(key).is_some(), "{key} in {stats}");
     }
 }
@@ -549,7 +606,13 @@ async fn exit_codes_tell_usage_not_found_refused_and_unreachable_apart() {
 
     // Usage (2): statuses are a closed list (shown in --help), times and limits are typed.
     let help = ok(&paysaga(&url, &["list", "--help"]));
-    for status in ["scheduled", "running", "retrying", "needs_operator", "closed"] {
+    for status in [
+        "scheduled",
+        "running",
+        "retrying",
+        "needs_operator",
+        "closed",
+    ] {
         assert!(help.contains(status), "{status} in {help}");
     }
     let top_help = ok(&paysaga(&url, &["--help"]));
@@ -566,7 +629,14 @@ async fn exit_codes_tell_usage_not_found_refused_and_unreachable_apart() {
     assert!(stderr(&paysaga(&url, &["list", "--status", "failed"])).contains("needs_operator"));
     let filtered: Vec<Value> = serde_json::from_str(&ok(&paysaga(
         &url,
-        &["list", "--status", "completed", "--created-after", "1h", "--json"],
+        &[
+            "list",
+            "--status",
+            "completed",
+            "--created-after",
+            "1h",
+            "--json",
+        ],
     )))
     .unwrap();
     assert_eq!(filtered.len(), 1);
@@ -616,7 +686,11 @@ async fn the_cli_refuses_a_database_schema_older_or_newer_than_it_knows() {
     let empty = paysaga_testkit::database().await;
     let out = paysaga(empty.url(), &["list"]);
     assert_eq!(code(&out), 6, "{}", stderr(&out));
-    assert!(stderr(&out).contains("run `paysaga migrate` first"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("run `paysaga migrate` first"),
+        "{}",
+        stderr(&out)
+    );
     ok(&paysaga(empty.url(), &["migrate"]));
     ok(&paysaga(empty.url(), &["list"]));
 
@@ -641,7 +715,13 @@ async fn a_closed_pipe_ends_list_quietly_and_no_color_turns_colours_off() {
     h.submit(BULK_FLOW).await;
     let mut last = None;
     for _ in 0..50 {
-        last = Some(h.engine.start("bulk", json!({}), None).await.unwrap().saga_id);
+        last = Some(
+            h.engine
+                .start("bulk", json!({}), None)
+                .await
+                .unwrap()
+                .saga_id,
+        );
     }
     let w = spawn_worker(&h.engine, fast_worker("pipe"));
     h.wait_status(last.unwrap(), "completed", Duration::from_secs(20))
@@ -663,17 +743,13 @@ async fn a_closed_pipe_ends_list_quietly_and_no_color_turns_colours_off() {
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
-    assert!(
-        stdout(&piped).starts_with("ID "),
-        "{}",
-        stdout(&piped)
-    );
+    assert!(stdout(&piped).starts_with("ID "), "{}", stdout(&piped));
     assert!(!stderr(&piped).contains("panicked"), "{}", stderr(&piped));
 
     // On a terminal the status is coloured, unless NO_COLOR is set.
     let coloured = {
-        let mut child = command(&url, &[])
-            .spawn_script(&format!("{BIN} list --status completed --limit 1"));
+        let mut child =
+            command(&url, &[]).spawn_script(&format!("{BIN} list --status completed --limit 1"));
         drop(child.stdin.take());
         String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned()
     };

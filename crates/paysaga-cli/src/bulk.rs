@@ -202,9 +202,7 @@ pub async fn act(engine: &Engine, action: Action, args: &ActionArgs) -> Result<(
         }
     }
     if args.dry_run {
-        println!(
-            "dry run: {total} saga(s) matched, {refused} would be refused, nothing changed"
-        );
+        println!("dry run: {total} saga(s) matched, {refused} would be refused, nothing changed");
         return Ok(());
     }
     if refused > 0 {

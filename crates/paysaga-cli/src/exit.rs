@@ -78,7 +78,10 @@ pub fn code(err: &anyhow::Error) -> u8 {
     if let Some(e) = err.downcast_ref::<paysaga_store::Error>() {
         return store_code(e);
     }
-    if err.downcast_ref::<paysaga_core::operator::Refusal>().is_some() {
+    if err
+        .downcast_ref::<paysaga_core::operator::Refusal>()
+        .is_some()
+    {
         return REFUSED;
     }
     FAILED

@@ -2,6 +2,7 @@
 //! scripts (named fields, statuses as operators see them, step names; no lease internals
 //! and no saga input: `show` prints that, redacted).
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 use anyhow::{Context, Result};
@@ -57,23 +58,29 @@ impl StepNames {
         if saga.status.is_ended() {
             return Ok(None);
         }
-        if !self.by_definition.contains_key(&saga.definition_id) {
-            let def = engine
-                .store()
-                .definition(saga.definition_id)
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot read definition {} of saga {}",
-                        saga.definition_id, saga.id
-                    )
-                })?;
-            let names = def.definition.steps.iter().map(|s| s.name.clone()).collect();
-            self.by_definition.insert(saga.definition_id, names);
-        }
-        Ok(self.by_definition[&saga.definition_id]
-            .get(saga.step_index)
-            .cloned())
+        let names = match self.by_definition.entry(saga.definition_id) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(slot) => {
+                let def = engine
+                    .store()
+                    .definition(saga.definition_id)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot read definition {} of saga {}",
+                            saga.definition_id, saga.id
+                        )
+                    })?;
+                slot.insert(
+                    def.definition
+                        .steps
+                        .iter()
+                        .map(|s| s.name.clone())
+                        .collect(),
+                )
+            }
+        };
+        Ok(names.get(saga.step_index).cloned())
     }
 
     /// The summary `list --json` prints.
@@ -222,14 +229,13 @@ pub async fn stats(engine: &Engine, json: bool) -> Result<()> {
                     sagas: *sagas,
                 })
                 .collect(),
-            oldest_waiting: stats
-                .oldest_waiting
-                .as_ref()
-                .map(|(id, workflow, since)| OldestWaiting {
+            oldest_waiting: stats.oldest_waiting.as_ref().map(|(id, workflow, since)| {
+                OldestWaiting {
                     id: *id,
                     workflow: workflow.clone(),
                     since: *since,
-                }),
+                }
+            }),
             retries: stats
                 .retries
                 .iter()

@@ -1,15 +1,15 @@
 //! `paysaga`: the binary that wires the engine together: migrations, workers, definitions,
 //! starting and inspecting sagas.
 
+mod bulk;
 #[cfg(feature = "dev")]
 mod demo;
 mod documents;
-mod operate;
-mod provider_metrics;
 mod exit;
 mod listing;
-mod bulk;
+mod operate;
 mod privacy;
+mod provider_metrics;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -509,8 +509,9 @@ fn read_input(arg: &str) -> Result<Value> {
     let text = match arg.strip_prefix('@') {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("cannot read input file {path}"))?,
-        None if arg == "-" => std::io::read_to_string(std::io::stdin())
-            .context("cannot read the input from stdin")?,
+        None if arg == "-" => {
+            std::io::read_to_string(std::io::stdin()).context("cannot read the input from stdin")?
+        }
         None => arg.to_string(),
     };
     serde_json::from_str(&text).context("--input is not valid JSON")
