@@ -102,6 +102,13 @@ async fn bulk_cancel_acts_on_all_113_matches_after_printing_the_total_and_confir
         .await
         .unwrap()
         .saga_id;
+    // The first 105 were created at the same instant (an import): more than a page (100)
+    // shares one creation time, the keyset must still reach every saga.
+    sqlx::query("UPDATE paysaga_sagas SET created_at = '2026-11-26T08:00:00Z' WHERE id = ANY($1)")
+        .bind(&ids[..105])
+        .execute(&h.pool)
+        .await
+        .unwrap();
 
     // Above the threshold without a terminal and without --yes: refused, nothing changed.
     let refused = paysaga(

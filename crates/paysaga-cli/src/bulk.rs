@@ -17,7 +17,7 @@ use crate::listing::StepNames;
 use crate::operate::{actor, Action, ActionArgs, FilterArgs};
 
 /// Sagas read per page of the filter.
-const PAGE: i64 = 500;
+const PAGE: i64 = 100;
 /// Above this many sagas a bulk action asks for confirmation (or `--yes`).
 pub const CONFIRM_ABOVE: usize = 10;
 /// Progress is reported every this many sagas.
