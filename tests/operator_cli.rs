@@ -656,6 +656,8 @@ async fn exit_codes_tell_usage_not_found_refused_and_unreachable_apart() {
         &["cancel", &Uuid::new_v4().to_string(), "--reason", "x"],
     );
     assert_eq!(code(&missing), 3, "{}", stderr(&missing));
+    let missing = paysaga(&url, &["events", "show", "999999"]);
+    assert_eq!(code(&missing), 3, "{}", stderr(&missing));
     // Refused (4).
     let refused = paysaga(&url, &["retry", &done.to_string(), "--reason", "again"]);
     assert_eq!(code(&refused), 4, "{}", stderr(&refused));

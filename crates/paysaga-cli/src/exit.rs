@@ -61,6 +61,18 @@ impl fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
+/// The object asked for does not exist (for errors that are not the engine's own).
+#[derive(Debug)]
+pub struct NotFound(pub String);
+
+impl fmt::Display for NotFound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotFound {}
+
 /// The exit code for an error.
 pub fn code(err: &anyhow::Error) -> u8 {
     if err.downcast_ref::<SchemaMismatch>().is_some() {
@@ -71,6 +83,9 @@ pub fn code(err: &anyhow::Error) -> u8 {
     }
     if err.downcast_ref::<Refused>().is_some() {
         return REFUSED;
+    }
+    if err.downcast_ref::<NotFound>().is_some() {
+        return NOT_FOUND;
     }
     if let Some(e) = err.downcast_ref::<paysaga_runtime::Error>() {
         return runtime_code(e);

@@ -470,7 +470,7 @@ pub async fn events(engine: &Engine, cmd: EventsCommand) -> Result<()> {
                 .store()
                 .event(id)
                 .await?
-                .with_context(|| format!("inbox event {id} not found"))?;
+                .ok_or_else(|| crate::exit::NotFound(format!("inbox event {id} not found")))?;
             if json {
                 let e = crate::privacy::redact_event(e);
                 println!("{}", serde_json::to_string_pretty(&e)?);
