@@ -281,10 +281,9 @@ async fn engine_with(db: &Db<'_>, kinds: Vec<Arc<dyn StepKind>>) -> Result<Engin
         .map_err(|e| {
             // A URL this build cannot use is not an unreachable database.
             match e.downcast_ref::<paysaga_store::Error>() {
-                Some(paysaga_store::Error::Database(_)) => {
-                    let text = format!("{e:#}");
-                    e.context(exit::Unreachable(text))
-                }
+                Some(paysaga_store::Error::Database(_)) => e.context(exit::Unreachable(
+                    "cannot connect to the database (exit 5)".to_string(),
+                )),
                 _ => e,
             }
         })?;
