@@ -191,6 +191,14 @@ pub async fn act(engine: &Engine, action: Action, args: &ActionArgs) -> Result<(
                     return Err(anyhow::Error::from(e).context(format!("cannot {verb} saga {id}")))
                 }
                 Err(e) => {
+                    let e = anyhow::Error::from(e);
+                    if crate::exit::code(&e) != crate::exit::REFUSED {
+                        // Not this saga's state (e.g. the database went away): stop here.
+                        return Err(e.context(format!(
+                            "{verb} stopped at saga {id} after {done} of {total} saga(s); \
+                             the rest were not acted on (run the command again)"
+                        )));
+                    }
                     refused += 1;
                     eprintln!("{verb}: saga {id}: {e}");
                 }
