@@ -116,7 +116,7 @@ pub async fn run(engine: Engine, cmd: DocumentsCommand) -> Result<()> {
             let doc = engine
                 .document(id)
                 .await?
-                .with_context(|| format!("document {id} not found"))?;
+                .ok_or_else(|| crate::exit::NotFound(format!("document {id} not found")))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
@@ -141,8 +141,10 @@ pub async fn run(engine: Engine, cmd: DocumentsCommand) -> Result<()> {
             }
         }
         DocumentsCommand::Get { id, output } => {
-            let content = engine.document_content(id).await?.with_context(|| {
-                format!("document {id} not found, or its content was deleted by retention")
+            let content = engine.document_content(id).await?.ok_or_else(|| {
+                crate::exit::NotFound(format!(
+                    "document {id} not found, or its content was deleted by retention"
+                ))
             })?;
             if output.as_os_str() == "-" {
                 if std::io::stdout().is_terminal() {

@@ -1,14 +1,19 @@
 //! `paysaga`: the binary that wires the engine together: migrations, workers, definitions,
 //! starting and inspecting sagas.
 
+mod bulk;
 #[cfg(feature = "dev")]
 mod demo;
 mod documents;
+mod exit;
+mod listing;
 mod operate;
+mod privacy;
 mod provider_metrics;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +28,8 @@ use uuid::Uuid;
 #[command(
     name = "paysaga",
     version,
-    about = "Durable payout sagas on PostgreSQL"
+    about = "Durable payout sagas on PostgreSQL",
+    after_help = exit::HELP
 )]
 struct Cli {
     /// PostgreSQL URL (TLS: `?sslmode=verify-full&sslrootcert=CA.pem`), or sqlite://FILE.
@@ -56,7 +62,7 @@ enum Command {
     Start {
         /// Workflow name.
         workflow: String,
-        /// Input as JSON, or @FILE to read it from a file.
+        /// Input as JSON, @FILE to read it from a file, or - to read it from stdin.
         #[arg(long)]
         input: String,
         /// Idempotency key: starting again with the same key returns the same saga.
@@ -82,6 +88,13 @@ enum Command {
         /// JSON output.
         #[arg(long)]
         json: bool,
+        /// Print account numbers, IBANs and other redacted fields as stored; recorded in the
+        /// saga's history (`data_revealed`, with --reason).
+        #[arg(long, requires = "reason")]
+        reveal: bool,
+        /// Why the data is revealed (required with --reveal).
+        #[arg(long)]
+        reason: Option<String>,
     },
     /// Counts by workflow and status, sagas per step, oldest waiting, retries.
     Stats {
@@ -159,9 +172,10 @@ enum DefinitionsCommand {
 
 #[derive(Debug, Args)]
 struct WorkerArgs {
-    /// Steps run at once.
-    #[arg(long, env = "PAYSAGA_CONCURRENCY", default_value_t = 16)]
-    concurrency: usize,
+    /// Steps run at once (at least 1).
+    #[arg(long, env = "PAYSAGA_CONCURRENCY", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    concurrency: u32,
     /// HTTP address for webhooks, probes and metrics.
     #[arg(long, env = "PAYSAGA_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     http_addr: SocketAddr,
@@ -217,8 +231,33 @@ fn database_url(flag: Option<&str>) -> Result<Option<String>> {
 
 /// An engine for commands that validate and store but never run steps: every provider's
 /// kinds are known (for validation) without any provider secret.
+/// Refused when the database schema is older or newer than this build.
 async fn engine(db: &Db<'_>) -> Result<Engine> {
-    engine_with(db, paysaga_providers::steps::validation_kinds()).await
+    let engine = engine_with(db, paysaga_providers::steps::validation_kinds()).await?;
+    check_schema(&engine).await?;
+    Ok(engine)
+}
+
+/// The database schema must be the one this build knows (the worker and every command but
+/// `migrate` check it).
+async fn check_schema(engine: &Engine) -> Result<()> {
+    let (applied, known) = engine
+        .store()
+        .schema_versions()
+        .await
+        .context("cannot read the schema version")?;
+    match applied {
+        Some(v) if v > known => Err(exit::SchemaMismatch(format!(
+            "the database schema (migration {v}) is newer than this build knows ({known}); run a newer paysaga or roll the database back"
+        ))
+        .into()),
+        Some(v) if v == known => Ok(()),
+        other => Err(exit::SchemaMismatch(format!(
+            "the database schema is at {}, this build needs {known}: run `paysaga migrate` first",
+            other.map_or("no migration".to_string(), |v| format!("migration {v}"))
+        ))
+        .into()),
+    }
 }
 
 /// Where the database is and how to connect to it.
@@ -238,7 +277,16 @@ async fn engine_with(db: &Db<'_>, kinds: Vec<Arc<dyn StepKind>>) -> Result<Engin
         .await
         .map_err(anyhow::Error::from)
         .map_err(explain_tls)
-        .with_context(|| format!("cannot open the database at {}", redact_url(url)))?;
+        .with_context(|| format!("cannot open the database at {}", redact_url(url)))
+        .map_err(|e| {
+            // A URL this build cannot use is not an unreachable database.
+            match e.downcast_ref::<paysaga_store::Error>() {
+                Some(paysaga_store::Error::Database(_)) => e.context(exit::Unreachable(
+                    "cannot connect to the database (exit 5)".to_string(),
+                )),
+                _ => e,
+            }
+        })?;
     Ok(Engine::new(store, registry(kinds)))
 }
 
@@ -283,7 +331,18 @@ async fn ensure_builtins(engine: &Engine) -> Result<()> {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> ExitCode {
+    exit::quiet_on_broken_pipe();
+    match run().await {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(err) => {
+            eprintln!("Error: {err:?}");
+            ExitCode::from(exit::code(&err))
+        }
+    }
+}
+
+async fn run() -> Result<()> {
     let cli = Cli::parse();
     // The demo prints its own progress on stdout: only warnings and errors go to stderr.
     paysaga_log::init(match cli.command {
@@ -299,7 +358,7 @@ async fn main() -> Result<()> {
     let db = &db;
     match cli.command {
         Command::Migrate => {
-            let engine = engine(db).await?;
+            let engine = engine_with(db, paysaga_providers::steps::validation_kinds()).await?;
             engine.store().migrate().await.context("migration failed")?;
             ensure_builtins(&engine).await?;
             println!("migrations applied");
@@ -366,17 +425,25 @@ async fn main() -> Result<()> {
                 .with_context(|| format!("cannot start workflow {workflow}"))?;
             println!("{}", started.saga_id);
         }
-        Command::List { filter, json } => operate::list(&engine(db).await?, &filter, json).await?,
-        Command::Show { id, json } => operate::show(&engine(db).await?, id, json).await?,
-        Command::Stats { json } => operate::stats(&engine(db).await?, json).await?,
+        Command::List { filter, json } => listing::list(&engine(db).await?, &filter, json).await?,
+        Command::Show {
+            id,
+            json,
+            reveal,
+            reason,
+        } => {
+            let reveal = privacy::Reveal::from_flags(reveal, reason.as_deref())?;
+            operate::show(&engine(db).await?, id, json, reveal.as_ref()).await?
+        }
+        Command::Stats { json } => listing::stats(&engine(db).await?, json).await?,
         Command::Retry(args) => {
-            operate::act(&engine(db).await?, operate::Action::Retry, &args).await?
+            bulk::act(&engine(db).await?, operate::Action::Retry, &args).await?
         }
         Command::Cancel(args) => {
-            operate::act(&engine(db).await?, operate::Action::Cancel, &args).await?
+            bulk::act(&engine(db).await?, operate::Action::Cancel, &args).await?
         }
         Command::Resume(args) => {
-            operate::act(&engine(db).await?, operate::Action::Resume, &args).await?
+            bulk::act(&engine(db).await?, operate::Action::Resume, &args).await?
         }
         Command::Skip {
             id,
@@ -441,6 +508,9 @@ fn read_input(arg: &str) -> Result<Value> {
     let text = match arg.strip_prefix('@') {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("cannot read input file {path}"))?,
+        None if arg == "-" => {
+            std::io::read_to_string(std::io::stdin()).context("cannot read the input from stdin")?
+        }
         None => arg.to_string(),
     };
     serde_json::from_str(&text).context("--input is not valid JSON")
@@ -482,22 +552,11 @@ async fn run_worker(db: &Db<'_>, args: WorkerArgs) -> Result<()> {
             .await
             .context("migration failed (use --no-migrate if migrations run as a separate job)")?;
     }
-    let (applied, known) = engine
-        .store()
-        .schema_versions()
-        .await
-        .context("cannot read the schema version")?;
-    match applied {
-        Some(v) if v > known => bail!(
-            "the database schema (migration {v}) is newer than this build knows ({known}); run a newer paysaga or roll the database back"
-        ),
-        Some(v) if v == known => {}
-        other => bail!("the database schema is at {other:?}, this build needs {known}: run `paysaga migrate` first"),
-    }
+    check_schema(&engine).await?;
     ensure_builtins(&engine).await?;
     let mut config = WorkerConfig::default();
     config.name = args.worker_id.unwrap_or_else(|| "worker".to_string());
-    config.concurrency = args.concurrency;
+    config.concurrency = args.concurrency as usize;
     config.lease_ttl = args.lease_ttl.into();
     config.idle_poll = args.idle_poll.into();
     config.shutdown_grace = args.shutdown_grace.into();

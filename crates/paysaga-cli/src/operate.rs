@@ -4,22 +4,24 @@
 
 use std::io::IsTerminal;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
+use clap::builder::PossibleValue;
 use clap::{Args, Subcommand, ValueEnum};
 use paysaga_core::{ObservedStatus, SagaStatus};
 use paysaga_runtime::{Engine, SagaView};
-use paysaga_store::{EventFilter, SagaFilter, SagaRecord};
+use paysaga_store::{EventFilter, SagaFilter};
 use serde_json::Value;
 use uuid::Uuid;
+
+pub use crate::privacy::redact;
 
 /// Filters shared by `list` and the bulk forms of the actions.
 #[derive(Debug, Args, Clone, Default)]
 pub struct FilterArgs {
-    /// Only these statuses (repeatable): scheduled, running, waiting, compensating,
-    /// completed, compensated, failed, cancelled.
-    #[arg(long = "status")]
-    pub statuses: Vec<String>,
+    /// Only these statuses (repeatable), as `list` shows them.
+    #[arg(long = "status", value_enum)]
+    pub statuses: Vec<StatusArg>,
     /// Only this workflow.
     #[arg(long)]
     pub workflow: Option<String>,
@@ -33,17 +35,17 @@ pub struct FilterArgs {
     #[arg(long)]
     pub key: Option<String>,
     /// Created at or after: RFC 3339 time, or a duration meaning "ago" (e.g. 2h).
-    #[arg(long)]
-    pub created_after: Option<String>,
+    #[arg(long, value_parser = time_arg)]
+    pub created_after: Option<DateTime<Utc>>,
     /// Created before: RFC 3339 time or a duration ago.
-    #[arg(long)]
-    pub created_before: Option<String>,
+    #[arg(long, value_parser = time_arg)]
+    pub created_before: Option<DateTime<Utc>>,
     /// Updated at or after: RFC 3339 time or a duration ago.
-    #[arg(long)]
-    pub updated_after: Option<String>,
+    #[arg(long, value_parser = time_arg)]
+    pub updated_after: Option<DateTime<Utc>>,
     /// Updated before: RFC 3339 time or a duration ago.
-    #[arg(long)]
-    pub updated_before: Option<String>,
+    #[arg(long, value_parser = time_arg)]
+    pub updated_before: Option<DateTime<Utc>>,
     /// Stuck: parked for an operator, or unfinished with no progress for this long, waiting
     /// past its deadline, held by a dead worker, or at --stuck-attempts attempts.
     #[arg(long)]
@@ -57,12 +59,12 @@ pub struct FilterArgs {
     /// Oldest first.
     #[arg(long)]
     pub asc: bool,
-    /// Maximum rows.
-    #[arg(long, default_value_t = 100)]
-    pub limit: i64,
-    /// Rows to skip (pagination).
+    /// Maximum rows (`list`: default 100). Bulk actions act on every match unless given.
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// Rows to skip (`list` pagination).
     #[arg(long, default_value_t = 0)]
-    pub offset: i64,
+    pub offset: u32,
     /// Only sagas a step raised an alert on (any status, completed included): e.g. a duplicate
     /// Lumanu funding invoice that was paid. `show` prints the alert.
     #[arg(long)]
@@ -79,8 +81,23 @@ pub enum SortKey {
     Updated,
 }
 
+/// A status flag value: every [`ObservedStatus`], named as `list` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusArg(pub ObservedStatus);
+
+impl ValueEnum for StatusArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        static ALL: std::sync::OnceLock<Vec<StatusArg>> = std::sync::OnceLock::new();
+        ALL.get_or_init(|| ObservedStatus::ALL.iter().copied().map(StatusArg).collect())
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(self.0.as_str()))
+    }
+}
+
 impl FilterArgs {
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.statuses.is_empty()
             && self.workflow.is_none()
             && self.step.is_none()
@@ -96,11 +113,7 @@ impl FilterArgs {
 
     /// The store filter.
     pub fn to_filter(&self) -> Result<SagaFilter> {
-        let statuses = self
-            .statuses
-            .iter()
-            .map(|s| s.parse::<ObservedStatus>())
-            .collect::<Result<Vec<_>, _>>()?;
+        let statuses = self.statuses.iter().map(|s| s.0).collect();
         let stuck_since = self.stuck_for.map(|d| ago(d.into())).transpose()?;
         Ok(SagaFilter {
             statuses,
@@ -108,16 +121,16 @@ impl FilterArgs {
             step: self.step.clone(),
             provider: self.provider.clone(),
             key: self.key.clone(),
-            created_after: self.created_after.as_deref().map(time_arg).transpose()?,
-            created_before: self.created_before.as_deref().map(time_arg).transpose()?,
-            updated_after: self.updated_after.as_deref().map(time_arg).transpose()?,
-            updated_before: self.updated_before.as_deref().map(time_arg).transpose()?,
+            created_after: self.created_after,
+            created_before: self.created_before,
+            updated_after: self.updated_after,
+            updated_before: self.updated_before,
             stuck_since,
             stuck_attempts: Some(self.stuck_attempts),
             sort_by_updated: matches!(self.sort, SortKey::Updated),
             ascending: self.asc,
-            limit: Some(self.limit),
-            offset: Some(self.offset),
+            limit: Some(i64::from(self.limit.unwrap_or(100))),
+            offset: Some(i64::from(self.offset)),
             alerts: self.alerts,
         })
     }
@@ -127,13 +140,16 @@ fn ago(d: std::time::Duration) -> Result<DateTime<Utc>> {
     Ok(Utc::now() - chrono::Duration::from_std(d).context("duration too long")?)
 }
 
-fn time_arg(s: &str) -> Result<DateTime<Utc>> {
+/// A time flag: an RFC 3339 time, or a duration meaning that long ago (clap's parser: a bad
+/// value is a usage error).
+fn time_arg(s: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
     }
-    let d = humantime::parse_duration(s)
-        .with_context(|| format!("{s:?} is neither an RFC 3339 time nor a duration like 2h"))?;
-    ago(d)
+    let d = humantime::parse_duration(s).map_err(|_| {
+        format!("{s:?} is neither an RFC 3339 time (2026-11-26T10:00:00Z) nor a duration like 2h")
+    })?;
+    ago(d).map_err(|e| e.to_string())
 }
 
 /// Which sagas an action applies to.
@@ -144,11 +160,16 @@ pub struct ActionArgs {
     /// Why (required; recorded in history with who and when).
     #[arg(long)]
     pub reason: String,
-    /// Show what would be done, change nothing.
+    /// Change nothing: check each saga's preconditions and report those the action would
+    /// refuse, with the reason.
     #[arg(long)]
     pub dry_run: bool,
     #[command(flatten)]
     pub filter: FilterArgs,
+    /// Act on more than 10 sagas without asking (scripts); without it, a bulk action over
+    /// 10 sagas asks on a terminal and is refused otherwise.
+    #[arg(long)]
+    pub yes: bool,
 }
 
 /// The actions that take a saga or a filter.
@@ -163,7 +184,7 @@ pub enum Action {
 }
 
 impl Action {
-    fn verb(self) -> &'static str {
+    pub(crate) fn verb(self) -> &'static str {
         match self {
             Action::Retry => "retry",
             Action::Cancel => "cancel",
@@ -188,7 +209,7 @@ pub enum EventsCommand {
         provider: Option<String>,
         /// Maximum rows.
         #[arg(long, default_value_t = 50)]
-        limit: i64,
+        limit: u32,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -235,54 +256,37 @@ fn colour(status: ObservedStatus) -> &'static str {
     }
 }
 
-fn status_cell(status: ObservedStatus, width: usize) -> String {
+/// Colours on a terminal unless `NO_COLOR` is set (no-color.org).
+pub(crate) fn status_cell(status: ObservedStatus, width: usize) -> String {
     let text = format!("{:<width$}", status.as_str());
     let c = colour(status);
-    if std::io::stdout().is_terminal() && !c.is_empty() {
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    if std::io::stdout().is_terminal() && !no_color && !c.is_empty() {
         format!("{c}{text}\x1b[0m")
     } else {
         text
     }
 }
 
-/// `list`.
-pub async fn list(engine: &Engine, filter: &FilterArgs, json: bool) -> Result<()> {
-    let sagas = engine.list(&filter.to_filter()?).await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&sagas)?);
-        return Ok(());
-    }
-    println!(
-        "{:<36}  {:<20} {:<14} {:>4} {:>7}  {:<19}  LAST ERROR",
-        "ID", "WORKFLOW", "STATUS", "STEP", "ATTEMPT", "UPDATED"
-    );
-    for s in &sagas {
-        println!(
-            "{:<36}  {:<20} {} {:>4} {:>7}  {:<19}  {}",
-            s.id,
-            format!("{} v{}", s.workflow, s.version),
-            status_cell(s.observed_status(), 14),
-            s.step_index + 1,
-            s.attempt,
-            s.updated_at.format("%Y-%m-%d %H:%M:%S"),
-            s.last_error
-                .as_deref()
-                .unwrap_or("")
-                .chars()
-                .take(100)
-                .collect::<String>()
-        );
-    }
-    eprintln!("{} saga(s)", sagas.len());
-    Ok(())
-}
-
 /// `show`.
-pub async fn show(engine: &Engine, id: Uuid, json: bool) -> Result<()> {
+pub async fn show(
+    engine: &Engine,
+    id: Uuid,
+    json: bool,
+    reveal: Option<&crate::privacy::Reveal>,
+) -> Result<()> {
     let view = engine
         .get(id)
         .await
         .with_context(|| format!("cannot show saga {id}"))?;
+    let view = match reveal {
+        Some(r) => {
+            r.record(engine, &[id], if json { "show --json" } else { "show" })
+                .await?;
+            view
+        }
+        None => crate::privacy::redact_view(view),
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&view)?);
     } else {
@@ -381,8 +385,8 @@ fn print_saga(v: &SagaView) {
             field("message")
         );
     }
-    println!("input     {}", redact(&s.input));
-    println!("outputs   {}", redact(&s.outputs));
+    println!("input     {}", s.input);
+    println!("outputs   {}", s.outputs);
     println!("history");
     let mut prev: Option<DateTime<Utc>> = None;
     for h in &v.history {
@@ -419,137 +423,6 @@ fn print_saga(v: &SagaView) {
     }
 }
 
-/// Field names whose values are never printed.
-const SECRET_FIELDS: [&str; 8] = [
-    "secret",
-    "password",
-    "token",
-    "api_key",
-    "apikey",
-    "authorization",
-    "iban",
-    "account_number",
-];
-
-/// Replaces the values of secret-looking fields with `"***"`.
-pub fn redact(v: &Value) -> Value {
-    match v {
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| {
-                    let lower = k.to_ascii_lowercase();
-                    if SECRET_FIELDS.iter().any(|s| lower.contains(s)) {
-                        (k.clone(), Value::String("***".into()))
-                    } else {
-                        (k.clone(), redact(v))
-                    }
-                })
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.iter().map(redact).collect()),
-        other => other.clone(),
-    }
-}
-
-/// `stats`.
-pub async fn stats(engine: &Engine, json: bool) -> Result<()> {
-    let stats = engine.stats().await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&stats)?);
-        return Ok(());
-    }
-    println!("{:<24} {:<14} {:>8}", "WORKFLOW", "STATUS", "SAGAS");
-    for (w, s, n) in &stats.by_status {
-        println!("{w:<24} {s:<14} {n:>8}");
-    }
-    println!(
-        "\n{:<24} {:<24} {:>8}",
-        "WORKFLOW", "CURRENT STEP (unfinished)", "SAGAS"
-    );
-    for (w, s, n) in &stats.by_step {
-        println!("{w:<24} {s:<24} {n:>8}");
-    }
-    match &stats.oldest_waiting {
-        Some((id, w, since)) => println!(
-            "\noldest waiting: {id} ({w}) since {}",
-            since.format("%Y-%m-%d %H:%M:%S")
-        ),
-        None => println!("\noldest waiting: none"),
-    }
-    if !stats.retries.is_empty() {
-        println!("\n{:>8} {:>8}", "ATTEMPTS", "SAGAS");
-        for (a, n) in &stats.retries {
-            println!("{a:>8} {n:>8}");
-        }
-    }
-    for (p, n) in &stats.unmatched_events {
-        println!("unmatched inbox events from {p}: {n}");
-    }
-    Ok(())
-}
-
-/// `retry`, `cancel`, `resume`: one saga, or every saga matching the filter.
-pub async fn act(engine: &Engine, action: Action, args: &ActionArgs) -> Result<()> {
-    if args.reason.trim().is_empty() {
-        bail!("--reason must say why (it is recorded in the saga's history)");
-    }
-    let targets: Vec<SagaRecord> = match args.id {
-        Some(id) => {
-            if !args.filter.is_empty() {
-                bail!("give either a saga id or filter flags, not both");
-            }
-            vec![engine.get(id).await?.saga]
-        }
-        None => {
-            if args.filter.is_empty() {
-                bail!("bulk {} needs at least one filter (e.g. --status, --workflow, --stuck-for); refusing to act on every saga", action.verb());
-            }
-            engine.list(&args.filter.to_filter()?).await?
-        }
-    };
-    let who = actor();
-    let mut failed = 0;
-    for saga in &targets {
-        if args.dry_run {
-            println!(
-                "would {} saga {} ({} {}, step #{})",
-                action.verb(),
-                saga.id,
-                saga.workflow,
-                saga.status,
-                saga.step_index + 1
-            );
-            continue;
-        }
-        let result = match action {
-            Action::Retry => engine.retry_now(saga.id, &who, &args.reason).await,
-            Action::Cancel => engine.cancel(saga.id, &who, &args.reason).await,
-            Action::Resume => engine.resume(saga.id, &who, &args.reason).await,
-        };
-        match result {
-            Ok(s) => println!("{}: saga {} is now {}", action.verb(), s.id, s.status),
-            Err(e) => {
-                failed += 1;
-                eprintln!("{}: saga {}: {e}", action.verb(), saga.id);
-            }
-        }
-    }
-    if args.dry_run {
-        println!(
-            "dry run: {} saga(s) matched, nothing changed",
-            targets.len()
-        );
-    }
-    if failed > 0 {
-        bail!(
-            "{failed} of {} saga(s) refused the {}",
-            targets.len(),
-            action.verb()
-        );
-    }
-    Ok(())
-}
-
 /// `events ...`.
 pub async fn events(engine: &Engine, cmd: EventsCommand) -> Result<()> {
     match cmd {
@@ -565,10 +438,14 @@ pub async fn events(engine: &Engine, cmd: EventsCommand) -> Result<()> {
                     unmatched,
                     unparseable,
                     provider,
-                    limit: Some(limit),
+                    limit: Some(i64::from(limit)),
                 })
                 .await?;
             if json {
+                let events: Vec<_> = events
+                    .into_iter()
+                    .map(crate::privacy::redact_event)
+                    .collect();
                 println!("{}", serde_json::to_string_pretty(&events)?);
                 return Ok(());
             }
@@ -602,8 +479,9 @@ pub async fn events(engine: &Engine, cmd: EventsCommand) -> Result<()> {
                 .store()
                 .event(id)
                 .await?
-                .with_context(|| format!("inbox event {id} not found"))?;
+                .ok_or_else(|| crate::exit::NotFound(format!("inbox event {id} not found")))?;
             if json {
+                let e = crate::privacy::redact_event(e);
                 println!("{}", serde_json::to_string_pretty(&e)?);
             } else {
                 println!("event     {} ({} {})", e.id, e.provider, e.event_id);

@@ -101,6 +101,27 @@ impl PgStore {
         let options: PgConnectOptions = url
             .parse::<PgConnectOptions>()?
             .options([("idle_in_transaction_session_timeout", "60s")]);
+        // One connection first, on its own: a pool retries a failing connect until its
+        // acquire timeout and then says only "pool timed out"; this says why (connection
+        // refused, unknown host, authentication, TLS, no such database).
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            sqlx::PgConnection::connect_with(&options),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+            }
+            Ok(Err(err)) => return Err(err.into()),
+            Err(_) => {
+                return Err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no answer from the database server within 10s",
+                ))
+                .into())
+            }
+        }
         let pool = PgPoolOptions::new()
             .max_connections(connect.max_connections.max(1))
             .acquire_timeout(Duration::from_secs(10))
