@@ -331,7 +331,7 @@ fn print_saga(v: &SagaView) {
             )
         }
         (SagaStatus::NeedsOperator, _, _) => {
-            "parked for an operator (see error): resume, skip or cancel".to_string()
+            "parked for an operator (see error): close, reset, resume or skip".to_string()
         }
         (status, _, _) if !status.is_final() && s.owner.is_some() => {
             "running: a worker holds it and is running its current step (see lease)".to_string()
