@@ -90,14 +90,34 @@ pub struct StepContext {
     /// The engine's documents (see [`crate::document`]): read the ones the step's
     /// parameters name with `ctx.documents.read(ctx, id)`.
     pub documents: Arc<dyn crate::DocumentSource>,
+    /// How many times an operator reset the saga to run this step again (0 unless reset):
+    /// each generation has its own idempotency key, so a step run again after a reset (its
+    /// earlier request done or confirmed not sent) makes a new request instead of finding
+    /// the earlier one.
+    pub key_generation: u32,
 }
 
 impl StepContext {
     /// Idempotency key for this step's effect (same for every attempt).
     pub fn idempotency_key(&self) -> String {
         match self.wake {
-            Wake::Compensate => compensation_key(self.saga_id, &self.step),
-            _ => idempotency_key(self.saga_id, &self.step),
+            Wake::Compensate => compensation_key(self.saga_id, &self.keyed_step()),
+            _ => self.forward_idempotency_key(),
+        }
+    }
+
+    /// The idempotency key of the step's forward effect, also when compensating (the key of
+    /// the object to undo).
+    pub fn forward_idempotency_key(&self) -> String {
+        idempotency_key(self.saga_id, &self.keyed_step())
+    }
+
+    /// The step name the keys derive from: the name, with the reset generation after it
+    /// once an operator reset the saga to run the step again.
+    fn keyed_step(&self) -> String {
+        match self.key_generation {
+            0 => self.step.clone(),
+            n => format!("{}#reset{n}", self.step),
         }
     }
 

@@ -44,3 +44,4 @@ pub use engine::{
 pub use error::Error;
 pub use registry::Registry;
 pub use worker::{Worker, WorkerConfig, WorkerStats};
+pub use engine::{CloseSaga, Expected, ResetSaga};
