@@ -5,6 +5,7 @@
 mod demo;
 mod documents;
 mod operate;
+mod operate_actions;
 mod provider_metrics;
 
 use std::net::SocketAddr;
@@ -139,6 +140,14 @@ enum Command {
     /// Documents (e.g. KYC scans) stored in the database for saga inputs: put, show, get.
     #[command(subcommand)]
     Documents(documents::DocumentsCommand),
+    /// End a saga that is not over (parked, or moving while no worker holds it) with the
+    /// outcome you checked at the provider: status `closed`; nothing is undone.
+    Close(operate_actions::CloseArgs),
+    /// Run a saga again from a step (the current one or earlier), optionally with its input
+    /// patched (e.g. a corrected bank account); earlier outputs are kept.
+    Reset(operate_actions::ResetArgs),
+    /// Every operator action across sagas (refused ones included), newest last.
+    Audit(operate_actions::AuditArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -239,7 +248,8 @@ async fn engine_with(db: &Db<'_>, kinds: Vec<Arc<dyn StepKind>>) -> Result<Engin
         .map_err(anyhow::Error::from)
         .map_err(explain_tls)
         .with_context(|| format!("cannot open the database at {}", redact_url(url)))?;
-    Ok(Engine::new(store, registry(kinds)))
+    Ok(Engine::new(store, registry(kinds))
+        .with_operator_detail(operate_actions::operator_detail()))
 }
 
 /// Says what to check when the connection failed in TLS (the cause, e.g. `invalid peer
@@ -433,6 +443,9 @@ async fn main() -> Result<()> {
                 .context("sandbox failed")?;
         }
         Command::Documents(cmd) => documents::run(engine(db).await?, cmd).await?,
+        Command::Close(args) => operate_actions::close(&engine(db).await?, &args).await?,
+        Command::Reset(args) => operate_actions::reset(&engine(db).await?, &args).await?,
+        Command::Audit(args) => operate_actions::audit(&engine(db).await?, &args).await?,
     }
     Ok(())
 }
