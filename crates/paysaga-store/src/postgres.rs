@@ -2002,6 +2002,31 @@ mod tests {
             history.join("\n").contains("paysaga_history_saga"),
             "{history:?}"
         );
+        // `paysaga audit`: operator rows (a few among many) through their partial index.
+        sqlx::raw_sql(
+            "INSERT INTO paysaga_history (saga_id, kind, actor, detail)
+                 SELECT id, 'operator_retry', 'ops:alice', '{\"reason\": \"r\"}'
+                 FROM paysaga_sagas LIMIT 200;
+             ANALYZE paysaga_history;",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        for actor in [None, Some("ops:alice")] {
+            let audit: Vec<String> =
+                sqlx::query_scalar(&format!("EXPLAIN {OPERATOR_HISTORY_SQL}"))
+                    .bind(Some(Utc::now() - chrono::Duration::days(1)))
+                    .bind(actor)
+                    .bind(100_i64)
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+            assert!(
+                audit.join("\n").contains("paysaga_history_operator"),
+                "audit plan:\n{}",
+                audit.join("\n")
+            );
+        }
         let pending: Vec<String> = sqlx::query_scalar(
             "EXPLAIN SELECT id FROM paysaga_events
              WHERE provider = $1 AND correlation_key = $2 AND event_type = ANY($3) AND consumed_by IS NULL

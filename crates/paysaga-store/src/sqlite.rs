@@ -2054,4 +2054,27 @@ mod tests {
             );
         }
     }
+
+    /// `paysaga audit` reads operator rows through their partial index, not the history.
+    #[tokio::test]
+    async fn the_audit_query_uses_the_operator_history_index() {
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        store.migrate().await.unwrap();
+        let explain = format!("EXPLAIN QUERY PLAN {OPERATOR_HISTORY_SQL}");
+        let plan: Vec<String> = sqlx::query_as::<_, (i64, i64, i64, String)>(&explain)
+            .bind(Option::<String>::None)
+            .bind("ops:alice")
+            .bind(100_i64)
+            .fetch_all(&store.reader)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.3)
+            .collect();
+        assert!(
+            plan.iter().any(|l| l.contains("paysaga_history_operator")),
+            "audit plan:\n{}",
+            plan.join("\n")
+        );
+    }
 }
