@@ -248,8 +248,8 @@ async fn engine_with(db: &Db<'_>, kinds: Vec<Arc<dyn StepKind>>) -> Result<Engin
         .map_err(anyhow::Error::from)
         .map_err(explain_tls)
         .with_context(|| format!("cannot open the database at {}", redact_url(url)))?;
-    Ok(Engine::new(store, registry(kinds))
-        .with_operator_detail(operate_actions::operator_detail()))
+    let engine = Engine::new(store, registry(kinds));
+    Ok(engine.with_operator_detail(operate_actions::operator_detail()))
 }
 
 /// Says what to check when the connection failed in TLS (the cause, e.g. `invalid peer

@@ -41,7 +41,8 @@ pub struct ExpectArgs {
 }
 
 fn parse_status(s: &str) -> Result<ObservedStatus, String> {
-    s.parse().map_err(|e: paysaga_core::saga::UnknownStatus| e.to_string())
+    s.parse()
+        .map_err(|e: paysaga_core::saga::UnknownStatus| e.to_string())
 }
 
 impl ExpectArgs {

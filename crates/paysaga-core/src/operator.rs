@@ -145,9 +145,16 @@ pub fn retry_now(
 ) -> Result<Transition, Refusal> {
     need_reason("retry", state, reason)?;
     match state.status {
-        SagaStatus::Scheduled | SagaStatus::Retrying | SagaStatus::Waiting | SagaStatus::Compensating => {
+        SagaStatus::Scheduled
+        | SagaStatus::Retrying
+        | SagaStatus::Waiting
+        | SagaStatus::Compensating => {
             // A fresh retry budget: a step backing off is simply due again.
-            let status = if state.status == SagaStatus::Retrying { SagaStatus::Scheduled } else { state.status };
+            let status = if state.status == SagaStatus::Retrying {
+                SagaStatus::Scheduled
+            } else {
+                state.status
+            };
             let mut t = base(state, status);
             t.attempt = 0;
             t.step_started_at = None;
@@ -166,7 +173,10 @@ pub fn retry_now(
             status: state.status,
             hint: PARKED_HINT,
         }),
-        SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Cancelled | SagaStatus::Closed => Err(Refusal::Status {
+        SagaStatus::Completed
+        | SagaStatus::Compensated
+        | SagaStatus::Cancelled
+        | SagaStatus::Closed => Err(Refusal::Status {
             action: "retry",
             saga: state.id,
             status: state.status,
@@ -552,8 +562,15 @@ mod tests {
             SagaStatus::Waiting,
             SagaStatus::Compensating,
         ] {
-            let t = close(&state(status, 2), &d, ClosedOutcome::NotPaid, false, "bank rejected", Utc::now())
-                .expect("closes");
+            let t = close(
+                &state(status, 2),
+                &d,
+                ClosedOutcome::NotPaid,
+                false,
+                "bank rejected",
+                Utc::now(),
+            )
+            .expect("closes");
             assert_eq!(t.status, SagaStatus::Closed);
             assert_eq!((t.run_at, t.wait.is_none()), (None, true));
             assert_eq!(t.history.len(), 1);
@@ -564,15 +581,47 @@ mod tests {
             assert_eq!(h.detail["reason"], "bank rejected");
             assert_eq!(h.detail["from_status"], status.as_str());
         }
-        for status in [SagaStatus::Completed, SagaStatus::Compensated, SagaStatus::Cancelled, SagaStatus::Closed] {
-            let err = close(&state(status, 2), &d, ClosedOutcome::Paid, false, "x", Utc::now()).unwrap_err();
+        for status in [
+            SagaStatus::Completed,
+            SagaStatus::Compensated,
+            SagaStatus::Cancelled,
+            SagaStatus::Closed,
+        ] {
+            let err = close(
+                &state(status, 2),
+                &d,
+                ClosedOutcome::Paid,
+                false,
+                "x",
+                Utc::now(),
+            )
+            .unwrap_err();
             assert!(err.to_string().contains("already ended"), "{err}");
         }
-        let err = close(&state(SagaStatus::NeedsOperator, 2), &d, ClosedOutcome::Paid, true, "x", Utc::now())
-            .unwrap_err();
-        assert_eq!(err, Refusal::CompensateUnsupported { saga: uuid::Uuid::from_u128(7) });
-        let err = close(&state(SagaStatus::NeedsOperator, 2), &d, ClosedOutcome::Paid, false, "  ", Utc::now())
-            .unwrap_err();
+        let err = close(
+            &state(SagaStatus::NeedsOperator, 2),
+            &d,
+            ClosedOutcome::Paid,
+            true,
+            "x",
+            Utc::now(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            Refusal::CompensateUnsupported {
+                saga: uuid::Uuid::from_u128(7)
+            }
+        );
+        let err = close(
+            &state(SagaStatus::NeedsOperator, 2),
+            &d,
+            ClosedOutcome::Paid,
+            false,
+            "  ",
+            Utc::now(),
+        )
+        .unwrap_err();
         assert!(matches!(err, Refusal::NoReason { .. }));
     }
 
@@ -582,43 +631,134 @@ mod tests {
         let now = Utc::now();
         let parked = state(SagaStatus::NeedsOperator, 2);
         let patch = json!({"payout": {"account_number": "1234567890"}});
-        let req = ResetRequest { step: "payout", input_patch: Some(&patch), confirm_not_sent: false };
+        let req = ResetRequest {
+            step: "payout",
+            input_patch: Some(&patch),
+            confirm_not_sent: false,
+        };
         // payout completed: it reached the provider.
         let err = reset(&parked, &d, req, "account corrected", now).unwrap_err();
         let text = err.to_string();
         assert!(matches!(err, Refusal::MaySendAgain { .. }), "{text}");
-        assert!(text.contains("irreversible step payout completed") && text.contains("--confirm-not-sent"), "{text}");
-        let t = reset(&parked, &d, ResetRequest { confirm_not_sent: true, ..req }, "account corrected", now)
-            .expect("confirmed");
-        assert_eq!((t.status, t.step_index, t.attempt), (SagaStatus::Scheduled, 1, 0));
-        assert_eq!((t.run_at, t.last_error.clone(), t.effect_possible), (Some(now), None, false));
+        assert!(
+            text.contains("irreversible step payout completed")
+                && text.contains("--confirm-not-sent"),
+            "{text}"
+        );
+        let t = reset(
+            &parked,
+            &d,
+            ResetRequest {
+                confirm_not_sent: true,
+                ..req
+            },
+            "account corrected",
+            now,
+        )
+        .expect("confirmed");
+        assert_eq!(
+            (t.status, t.step_index, t.attempt),
+            (SagaStatus::Scheduled, 1, 0)
+        );
+        assert_eq!(
+            (t.run_at, t.last_error.clone(), t.effect_possible),
+            (Some(now), None, false)
+        );
         let h = &t.history[0];
         assert_eq!(h.kind, HistoryKind::OperatorReset);
         assert_eq!(h.step.as_deref(), Some("payout"));
         assert_eq!(h.detail["input_patch"], patch);
         assert_eq!(h.detail["from_step"], "await_payout");
         assert_eq!(h.detail["reason"], "account corrected");
-        assert_eq!(reset_steps(&parked, &d, "payout"), vec!["payout", "await_payout"]);
+        assert_eq!(
+            reset_steps(&parked, &d, "payout"),
+            vec!["payout", "await_payout"]
+        );
         // Back to the first step: no irreversible step ran before the current one...
         let at_payout = state(SagaStatus::Retrying, 1);
-        let t = reset(&at_payout, &d, ResetRequest { step: "create", input_patch: None, confirm_not_sent: false }, "r", now)
-            .expect("nothing irreversible acted");
+        let t = reset(
+            &at_payout,
+            &d,
+            ResetRequest {
+                step: "create",
+                input_patch: None,
+                confirm_not_sent: false,
+            },
+            "r",
+            now,
+        )
+        .expect("nothing irreversible acted");
         assert_eq!(t.step_index, 0);
         // ...unless an attempt of the current irreversible step may have reached the provider.
-        let ambiguous = SagaState { effect_possible: true, ..at_payout.clone() };
-        let err = reset(&ambiguous, &d, ResetRequest { step: "create", input_patch: None, confirm_not_sent: false }, "r", now)
-            .unwrap_err();
-        assert!(err.to_string().contains("may have reached the provider"), "{err}");
+        let ambiguous = SagaState {
+            effect_possible: true,
+            ..at_payout.clone()
+        };
+        let err = reset(
+            &ambiguous,
+            &d,
+            ResetRequest {
+                step: "create",
+                input_patch: None,
+                confirm_not_sent: false,
+            },
+            "r",
+            now,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("may have reached the provider"),
+            "{err}"
+        );
         // Forward, unknown steps, compensation, ended sagas are refused.
-        let err = reset(&at_payout, &d, ResetRequest { step: "await_payout", input_patch: None, confirm_not_sent: true }, "r", now)
-            .unwrap_err();
+        let err = reset(
+            &at_payout,
+            &d,
+            ResetRequest {
+                step: "await_payout",
+                input_patch: None,
+                confirm_not_sent: true,
+            },
+            "r",
+            now,
+        )
+        .unwrap_err();
         assert!(matches!(err, Refusal::ResetAhead { .. }));
-        let err = reset(&at_payout, &d, ResetRequest { step: "nope", input_patch: None, confirm_not_sent: true }, "r", now)
-            .unwrap_err();
-        assert!(err.to_string().contains("create, payout, await_payout"), "{err}");
-        for status in [SagaStatus::Compensating, SagaStatus::Completed, SagaStatus::Closed, SagaStatus::Cancelled, SagaStatus::Compensated] {
+        let err = reset(
+            &at_payout,
+            &d,
+            ResetRequest {
+                step: "nope",
+                input_patch: None,
+                confirm_not_sent: true,
+            },
+            "r",
+            now,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("create, payout, await_payout"),
+            "{err}"
+        );
+        for status in [
+            SagaStatus::Compensating,
+            SagaStatus::Completed,
+            SagaStatus::Closed,
+            SagaStatus::Cancelled,
+            SagaStatus::Compensated,
+        ] {
             assert!(matches!(
-                reset(&state(status, 1), &d, ResetRequest { step: "create", input_patch: None, confirm_not_sent: true }, "r", now),
+                reset(
+                    &state(status, 1),
+                    &d,
+                    ResetRequest {
+                        step: "create",
+                        input_patch: None,
+                        confirm_not_sent: true
+                    },
+                    "r",
+                    now
+                ),
                 Err(Refusal::Status { .. })
             ));
         }
@@ -628,14 +768,31 @@ mod tests {
     fn skip_refuses_an_output_without_the_fields_later_steps_read() {
         let d = def();
         let s = state(SagaStatus::NeedsOperator, 1);
-        let err = skip(&s, &d, "payout", json!({"transaction_id": "t_1"}), "seen on dashboard", Utc::now())
-            .unwrap_err();
+        let err = skip(
+            &s,
+            &d,
+            "payout",
+            json!({"transaction_id": "t_1"}),
+            "seen on dashboard",
+            Utc::now(),
+        )
+        .unwrap_err();
         let Refusal::OutputMissesReferences { missing, .. } = &err else {
             panic!("{err}")
         };
-        assert_eq!(missing, &vec!["step await_payout params.also[0]: $.steps.payout.status".to_string()]);
-        let t = skip(&s, &d, "payout", json!({"transaction_id": "t_1", "status": "SUCCESSFUL"}), "seen", Utc::now())
-            .expect("complete output");
+        assert_eq!(
+            missing,
+            &vec!["step await_payout params.also[0]: $.steps.payout.status".to_string()]
+        );
+        let t = skip(
+            &s,
+            &d,
+            "payout",
+            json!({"transaction_id": "t_1", "status": "SUCCESSFUL"}),
+            "seen",
+            Utc::now(),
+        )
+        .expect("complete output");
         assert_eq!(t.step_index, 2);
         // The last step has no later readers; an empty reason is refused.
         let last = state(SagaStatus::Waiting, 2);
@@ -650,11 +807,19 @@ mod tests {
     fn every_action_refuses_an_empty_reason_and_parked_refusals_name_the_parked_actions() {
         let d = def();
         let s = state(SagaStatus::NeedsOperator, 1);
-        assert!(matches!(resume(&s, &d, false, " ", Utc::now()), Err(Refusal::NoReason { .. })));
+        assert!(matches!(
+            resume(&s, &d, false, " ", Utc::now()),
+            Err(Refusal::NoReason { .. })
+        ));
         let s = state(SagaStatus::Retrying, 1);
-        assert!(matches!(retry_now(&s, &d, "", Utc::now()), Err(Refusal::NoReason { .. })));
+        assert!(matches!(
+            retry_now(&s, &d, "", Utc::now()),
+            Err(Refusal::NoReason { .. })
+        ));
         let parked = state(SagaStatus::NeedsOperator, 1);
-        let err = retry_now(&parked, &d, "r", Utc::now()).unwrap_err().to_string();
+        let err = retry_now(&parked, &d, "r", Utc::now())
+            .unwrap_err()
+            .to_string();
         for action in ["`close`", "`reset`", "`resume`", "`skip`"] {
             assert!(err.contains(action), "{err}");
         }
@@ -663,8 +828,14 @@ mod tests {
     #[test]
     fn merge_patch_follows_rfc_7396() {
         let mut v = json!({"a": "b", "c": {"d": "e", "f": "g"}, "l": [1]});
-        merge_patch(&mut v, &json!({"a": "z", "c": {"f": null, "h": 1}, "l": [2], "n": {"x": null}}));
-        assert_eq!(v, json!({"a": "z", "c": {"d": "e", "h": 1}, "l": [2], "n": {}}));
+        merge_patch(
+            &mut v,
+            &json!({"a": "z", "c": {"f": null, "h": 1}, "l": [2], "n": {"x": null}}),
+        );
+        assert_eq!(
+            v,
+            json!({"a": "z", "c": {"d": "e", "h": 1}, "l": [2], "n": {}})
+        );
         let mut v = json!([1]);
         merge_patch(&mut v, &json!({"a": 1}));
         assert_eq!(v, json!({"a": 1}));

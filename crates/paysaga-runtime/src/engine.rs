@@ -857,8 +857,7 @@ impl Engine {
                     step: None,
                     attempt: None,
                     error: Some(e.to_string()),
-                    detail: self
-                        .operator_detail_with(json!({"action": action, "reason": reason})),
+                    detail: self.operator_detail_with(json!({"action": action, "reason": reason})),
                 };
                 if let Ok(Some(_)) = self.store.saga(id).await {
                     if let Err(write) = self.store.append_history(id, actor, &[entry]).await {
@@ -982,7 +981,7 @@ impl Engine {
                     let mut input = saga.input.clone();
                     paysaga_core::operator::merge_patch(&mut input, patch);
                     let documents = self.validate_input(&loaded, &input)?;
-                    let ids: Vec<DocumentId> = documents.iter().map(|(_, d)| d.clone()).collect();
+                    let ids: Vec<DocumentId> = documents.iter().map(|(_, d)| *d).collect();
                     if !ids.is_empty() {
                         self.store.claim_documents(id, &ids).await?;
                     }

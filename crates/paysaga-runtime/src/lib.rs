@@ -38,10 +38,10 @@ pub mod noop;
 mod registry;
 mod worker;
 
+pub use engine::{CloseSaga, Expected, ResetSaga};
 pub use engine::{
     Engine, IncomingEvent, SagaView, StartRequest, Started, DEFAULT_MAX_DOCUMENT_SIZE,
 };
 pub use error::Error;
 pub use registry::Registry;
 pub use worker::{Worker, WorkerConfig, WorkerStats};
-pub use engine::{CloseSaga, Expected, ResetSaga};

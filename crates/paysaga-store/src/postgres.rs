@@ -11,12 +11,12 @@ use sqlx::{Connection, Postgres, Row, Transaction};
 use tracing::instrument;
 use uuid::Uuid;
 
+use crate::{AuditFilter, AuditRecord, OperatorChange};
 use crate::{
     ClaimedSaga, Commit, Committed, DefinitionRecord, Delivery, EffectMark, EffectMarkRequest,
     Error, EventFilter, EventRecord, HistoryRecord, NewEvent, NewSaga, OperatorAction, SagaFilter,
     SagaRecord, Stats, Store, UnrunnableGroup, WakeupsBox, WorkerInfo,
 };
-use crate::{AuditFilter, AuditRecord, OperatorChange};
 use crate::{DocumentRecord, NewDocument};
 use paysaga_core::DocumentId;
 
@@ -1711,7 +1711,7 @@ impl Store for PgStore {
     }
 
     #[instrument(skip_all, fields(saga_id = %a.saga, actor = %a.actor))]
-        async fn operator_apply_with(
+    async fn operator_apply_with(
         &self,
         a: OperatorAction<'_>,
         change: OperatorChange<'_>,
@@ -2013,14 +2013,13 @@ mod tests {
         .await
         .unwrap();
         for actor in [None, Some("ops:alice")] {
-            let audit: Vec<String> =
-                sqlx::query_scalar(&format!("EXPLAIN {OPERATOR_HISTORY_SQL}"))
-                    .bind(Some(Utc::now() - chrono::Duration::days(1)))
-                    .bind(actor)
-                    .bind(100_i64)
-                    .fetch_all(&pool)
-                    .await
-                    .unwrap();
+            let audit: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {OPERATOR_HISTORY_SQL}"))
+                .bind(Some(Utc::now() - chrono::Duration::days(1)))
+                .bind(actor)
+                .bind(100_i64)
+                .fetch_all(&pool)
+                .await
+                .unwrap();
             assert!(
                 audit.join("\n").contains("paysaga_history_operator"),
                 "audit plan:\n{}",

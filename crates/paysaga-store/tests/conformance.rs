@@ -2461,9 +2461,7 @@ async fn owned_sagas_lists_what_a_worker_holds_with_its_fence(e: Env) {
 /// status `closed`), a patched input, fresh key generations; refused while a worker holds the
 /// saga when asked. Operator rows (refusals included) are listed across sagas by the audit,
 /// newest first, starts excepted; a cancel keeps the detail it was given.
-async fn operator_changes_store_outcome_input_and_key_generations_and_the_audit_lists_them(
-    e: Env,
-) {
+async fn operator_changes_store_outcome_input_and_key_generations_and_the_audit_lists_them(e: Env) {
     use paysaga_core::ClosedOutcome;
     use paysaga_store::{AuditFilter, OperatorChange};
     let s = e.s();
@@ -2497,12 +2495,16 @@ async fn operator_changes_store_outcome_input_and_key_generations_and_the_audit_
             },
         )
         .await;
-    assert!(matches!(&refused, Err(Error::Refused(m)) if m.contains("running")), "{refused:?}");
+    assert!(
+        matches!(&refused, Err(Error::Refused(m)) if m.contains("running")),
+        "{refused:?}"
+    );
     // A closed status without an outcome (or an outcome without it) is refused.
     s.release(a.id, w, held.fence).await.unwrap();
     let a = saga(s, a.id).await;
     assert!(matches!(
-        s.operator_apply_with(action(&a, &closed), OperatorChange::default()).await,
+        s.operator_apply_with(action(&a, &closed), OperatorChange::default())
+            .await,
         Err(Error::Refused(_))
     ));
     let scheduled = transition(SagaStatus::Scheduled, 0);
@@ -2531,7 +2533,10 @@ async fn operator_changes_store_outcome_input_and_key_generations_and_the_audit_
     assert_eq!(done.status, SagaStatus::Closed);
     assert_eq!(done.closed_outcome, Some(ClosedOutcome::NotPaid));
     assert!(done.finished_at.is_some() && done.run_at.is_none());
-    assert_eq!(saga(s, a.id).await.closed_outcome, Some(ClosedOutcome::NotPaid));
+    assert_eq!(
+        saga(s, a.id).await.closed_outcome,
+        Some(ClosedOutcome::NotPaid)
+    );
 
     // A reset: new input, key generations up by one per reset, other steps untouched.
     let mut reset = transition(SagaStatus::Scheduled, 0);
@@ -2553,7 +2558,10 @@ async fn operator_changes_store_outcome_input_and_key_generations_and_the_audit_
         .await
         .unwrap();
     assert_eq!(once.input, patched);
-    assert_eq!((once.key_generation("s1"), once.key_generation("s2")), (1, 1));
+    assert_eq!(
+        (once.key_generation("s1"), once.key_generation("s2")),
+        (1, 1)
+    );
     let twice = s
         .operator_apply_with(
             action(&once, &reset),
@@ -2565,7 +2573,10 @@ async fn operator_changes_store_outcome_input_and_key_generations_and_the_audit_
         .await
         .unwrap();
     assert_eq!(twice.input, patched, "no input: the stored one stays");
-    assert_eq!((twice.key_generation("s1"), twice.key_generation("s2")), (1, 2));
+    assert_eq!(
+        (twice.key_generation("s1"), twice.key_generation("s2")),
+        (1, 2)
+    );
     assert_eq!(saga(s, b.id).await.key_generation("s2"), 2);
     // The claimed saga carries them (workers derive the steps' keys from them).
     let claimed = claim_one(s, w, b.id).await;
@@ -2584,12 +2595,22 @@ async fn operator_changes_store_outcome_input_and_key_generations_and_the_audit_
     )
     .await
     .unwrap();
-    s.request_cancel_with(b.id, "ops:bob", json!({"reason": "payee gone", "os_user": "bob"}))
-        .await
-        .unwrap();
+    s.request_cancel_with(
+        b.id,
+        "ops:bob",
+        json!({"reason": "payee gone", "os_user": "bob"}),
+    )
+    .await
+    .unwrap();
     let history = s.history(b.id).await.unwrap();
-    let cancel = history.iter().find(|h| h.kind == HistoryKind::CancelRequested).unwrap();
-    assert_eq!(cancel.detail, Some(json!({"reason": "payee gone", "os_user": "bob"})));
+    let cancel = history
+        .iter()
+        .find(|h| h.kind == HistoryKind::CancelRequested)
+        .unwrap();
+    assert_eq!(
+        cancel.detail,
+        Some(json!({"reason": "payee gone", "os_user": "bob"}))
+    );
 
     let all = s
         .operator_history(&AuditFilter {
