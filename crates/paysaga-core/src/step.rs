@@ -347,4 +347,52 @@ mod tests {
         );
         assert_ne!(idempotency_key(saga, "pay"), compensation_key(saga, "pay"));
     }
+
+    #[test]
+    fn a_reset_generation_gives_the_step_new_keys_and_generation_zero_keeps_the_old_ones() {
+        let saga = Uuid::from_u128(42);
+        let ctx = |wake: Wake, key_generation: u32| StepContext {
+            saga_id: saga,
+            workflow: "w".into(),
+            step: "pay".into(),
+            attempt: 1,
+            wake,
+            wait_state: None,
+            output: None,
+            now: Utc::now(),
+            effects: Arc::new(Unguarded),
+            documents: Arc::new(crate::InMemoryDocuments::default()),
+            key_generation,
+        };
+        // Generation 0: the keys sagas always had.
+        assert_eq!(
+            ctx(Wake::Start, 0).idempotency_key(),
+            idempotency_key(saga, "pay")
+        );
+        assert_eq!(
+            ctx(Wake::Compensate, 0).idempotency_key(),
+            compensation_key(saga, "pay")
+        );
+        // After a reset: new forward and compensation keys, stable across attempts; the
+        // compensation names the object of its own generation.
+        let reset = ctx(Wake::Start, 1);
+        assert_ne!(reset.idempotency_key(), idempotency_key(saga, "pay"));
+        assert_eq!(
+            reset.idempotency_key(),
+            ctx(
+                Wake::Retry {
+                    last_error: String::new()
+                },
+                1
+            )
+            .idempotency_key()
+        );
+        assert_ne!(
+            reset.idempotency_key(),
+            ctx(Wake::Start, 2).idempotency_key()
+        );
+        let undo = ctx(Wake::Compensate, 1);
+        assert_eq!(undo.forward_idempotency_key(), reset.idempotency_key());
+        assert_ne!(undo.idempotency_key(), compensation_key(saga, "pay"));
+    }
 }
