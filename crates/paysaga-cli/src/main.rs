@@ -9,6 +9,7 @@ mod exit;
 mod listing;
 mod operate;
 mod privacy;
+mod operate_actions;
 mod provider_metrics;
 
 use std::net::SocketAddr;
@@ -152,6 +153,14 @@ enum Command {
     /// Documents (e.g. KYC scans) stored in the database for saga inputs: put, show, get.
     #[command(subcommand)]
     Documents(documents::DocumentsCommand),
+    /// End a saga that is not over (parked, or moving while no worker holds it) with the
+    /// outcome you checked at the provider: status `closed`; nothing is undone.
+    Close(operate_actions::CloseArgs),
+    /// Run a saga again from a step (the current one or earlier), optionally with its input
+    /// patched (e.g. a corrected bank account); earlier outputs are kept.
+    Reset(operate_actions::ResetArgs),
+    /// Every operator action across sagas (refused ones included), newest last.
+    Audit(operate_actions::AuditArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -287,7 +296,8 @@ async fn engine_with(db: &Db<'_>, kinds: Vec<Arc<dyn StepKind>>) -> Result<Engin
                 _ => e,
             }
         })?;
-    Ok(Engine::new(store, registry(kinds)))
+    let engine = Engine::new(store, registry(kinds));
+    Ok(engine.with_operator_detail(operate_actions::operator_detail()))
 }
 
 /// Says what to check when the connection failed in TLS (the cause, e.g. `invalid peer
@@ -500,6 +510,9 @@ async fn run() -> Result<()> {
                 .context("sandbox failed")?;
         }
         Command::Documents(cmd) => documents::run(engine(db).await?, cmd).await?,
+        Command::Close(args) => operate_actions::close(&engine(db).await?, &args).await?,
+        Command::Reset(args) => operate_actions::reset(&engine(db).await?, &args).await?,
+        Command::Audit(args) => operate_actions::audit(&engine(db).await?, &args).await?,
     }
     Ok(())
 }

@@ -232,14 +232,13 @@ pub enum EventsCommand {
     },
 }
 
-/// Who runs the command: `PAYSAGA_OPERATOR` or `cli:$USER`.
+/// Who runs the command: `PAYSAGA_OPERATOR`, else `cli:` and the OS user (history rows
+/// record the OS user as well, see [`crate::operate_actions::os_user`]).
 pub fn actor() -> String {
-    std::env::var("PAYSAGA_OPERATOR").unwrap_or_else(|_| {
-        format!(
-            "cli:{}",
-            std::env::var("USER").unwrap_or_else(|_| "unknown".to_string())
-        )
-    })
+    std::env::var("PAYSAGA_OPERATOR")
+        .ok()
+        .filter(|a| !a.trim().is_empty())
+        .unwrap_or_else(|| format!("cli:{}", crate::operate_actions::os_user()))
 }
 
 fn colour(status: ObservedStatus) -> &'static str {
@@ -335,7 +334,7 @@ fn print_saga(v: &SagaView) {
             )
         }
         (SagaStatus::NeedsOperator, _, _) => {
-            "parked for an operator (see error): resume, skip or cancel".to_string()
+            "parked for an operator (see error): close, reset, resume or skip".to_string()
         }
         (status, _, _) if !status.is_final() && s.owner.is_some() => {
             "running: a worker holds it and is running its current step (see lease)".to_string()

@@ -603,6 +603,38 @@ impl Params {
     }
 }
 
+impl Params {
+    /// Every JSONPath reference of the template: (parameter location, path as written, path).
+    pub fn references(&self) -> Vec<(String, &str, &JsonPath)> {
+        let mut out = Vec::new();
+        self.collect_references("params", &mut out);
+        out
+    }
+
+    fn collect_references<'a>(&'a self, at: &str, out: &mut Vec<(String, &'a str, &'a JsonPath)>) {
+        match self {
+            Params::Literal(_) => {}
+            Params::Path { source, path } => out.push((at.to_string(), source.as_str(), path)),
+            Params::Array(items) => {
+                for (i, p) in items.iter().enumerate() {
+                    p.collect_references(&format!("{at}[{i}]"), out);
+                }
+            }
+            Params::Object(map) => {
+                for (k, p) in map {
+                    p.collect_references(&format!("{at}.{k}"), out);
+                }
+            }
+        }
+    }
+}
+
+/// The step a reference reads (`$.steps.<step>...`), if it reads a step's output.
+pub fn referenced_step(source: &str) -> Option<&str> {
+    let rest = source.strip_prefix("$.steps.")?;
+    rest.split(['.', '[']).next().filter(|s| !s.is_empty())
+}
+
 /// Only `$.input...`, `$.saga...` and `$.steps.<earlier step>...` can exist at run time.
 fn check_scope(path: &str, earlier_steps: &HashSet<&str>) -> Result<(), String> {
     let rest = path.strip_prefix("$.").ok_or_else(|| {

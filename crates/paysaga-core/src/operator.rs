@@ -32,7 +32,75 @@ pub enum Refusal {
         /// Current step.
         current: String,
     },
+    /// No reason given: every action is recorded in history with why.
+    #[error("cannot {action} saga {saga}: --reason must say why (it is recorded in the saga's history with who and when)")]
+    NoReason {
+        /// Action.
+        action: &'static str,
+        /// Saga id.
+        saga: uuid::Uuid,
+    },
+    /// A skipped step's output lacks what later steps read from it.
+    #[error("cannot skip step {step} of saga {saga}: later steps read fields the given output does not have: {}; give an output with them (see the step's output in a saga that completed it)", .missing.join("; "))]
+    OutputMissesReferences {
+        /// Saga id.
+        saga: uuid::Uuid,
+        /// The skipped step.
+        step: String,
+        /// `step X param P: path` for each reference that matches nothing.
+        missing: Vec<String>,
+    },
+    /// `close --compensate` is not supported.
+    #[error("cannot close saga {saga} with --compensate: closing with compensations is not supported yet; close it without --compensate (nothing is undone: undo completed steps at the provider by hand if needed), or `cancel` a saga that is still moving so that its compensations run")]
+    CompensateUnsupported {
+        /// Saga id.
+        saga: uuid::Uuid,
+    },
+    /// The named step is not in the saga's definition.
+    #[error("saga {saga} has no step {step}; its steps are {}", .steps.join(", "))]
+    UnknownStep {
+        /// Saga id.
+        saga: uuid::Uuid,
+        /// Step named by the operator.
+        step: String,
+        /// The definition's steps.
+        steps: Vec<String>,
+    },
+    /// A reset may only go back (or stay): it cannot jump over steps that never ran.
+    #[error("cannot reset saga {saga} to step {step}: it is after the current step {current} (steps in between never ran); reset to {current} or an earlier step")]
+    ResetAhead {
+        /// Saga id.
+        saga: uuid::Uuid,
+        /// Step named by the operator.
+        step: String,
+        /// Current step.
+        current: String,
+    },
+    /// The reset would run an irreversible step again that may already have acted.
+    #[error("cannot reset saga {saga} to step {step} without --confirm-not-sent: {}; running it again could pay twice. Check at the provider that nothing was sent (or that it failed and the money came back), then repeat the reset with --confirm-not-sent", .why.join("; "))]
+    MaySendAgain {
+        /// Saga id.
+        saga: uuid::Uuid,
+        /// Step named by the operator.
+        step: String,
+        /// For each irreversible step that may have acted: which and why.
+        why: Vec<String>,
+    },
 }
+
+/// Refuses an action without a reason.
+fn need_reason(action: &'static str, state: &SagaState, reason: &str) -> Result<(), Refusal> {
+    if reason.trim().is_empty() {
+        return Err(Refusal::NoReason {
+            action,
+            saga: state.id,
+        });
+    }
+    Ok(())
+}
+
+/// What an operator can do with a parked saga (the same list as `show` and the stored error).
+pub const PARKED_HINT: &str = "it is parked for an operator: `close` it with the outcome you checked at the provider, `reset` it to a step to run again (e.g. after correcting the input), `resume` it once the cause is fixed, or `skip` the step if its effect happened";
 
 fn entry(kind: HistoryKind, step: Option<&str>, reason: &str, extra: Value) -> HistoryEntry {
     let mut detail = json!({ "reason": reason });
@@ -75,10 +143,18 @@ pub fn retry_now(
     reason: &str,
     now: DateTime<Utc>,
 ) -> Result<Transition, Refusal> {
+    need_reason("retry", state, reason)?;
     match state.status {
-        SagaStatus::Scheduled | SagaStatus::Retrying | SagaStatus::Waiting | SagaStatus::Compensating => {
+        SagaStatus::Scheduled
+        | SagaStatus::Retrying
+        | SagaStatus::Waiting
+        | SagaStatus::Compensating => {
             // A fresh retry budget: a step backing off is simply due again.
-            let status = if state.status == SagaStatus::Retrying { SagaStatus::Scheduled } else { state.status };
+            let status = if state.status == SagaStatus::Retrying {
+                SagaStatus::Scheduled
+            } else {
+                state.status
+            };
             let mut t = base(state, status);
             t.attempt = 0;
             t.step_started_at = None;
@@ -95,9 +171,12 @@ pub fn retry_now(
             action: "retry",
             saga: state.id,
             status: state.status,
-            hint: "it is parked for an operator: use `resume` once the cause is fixed, or `skip` if the step's effect happened",
+            hint: PARKED_HINT,
         }),
-        SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Cancelled | SagaStatus::Closed => Err(Refusal::Status {
+        SagaStatus::Completed
+        | SagaStatus::Compensated
+        | SagaStatus::Cancelled
+        | SagaStatus::Closed => Err(Refusal::Status {
             action: "retry",
             saga: state.id,
             status: state.status,
@@ -115,6 +194,7 @@ pub fn resume(
     reason: &str,
     now: DateTime<Utc>,
 ) -> Result<Transition, Refusal> {
+    need_reason("resume", state, reason)?;
     match state.status {
         SagaStatus::NeedsOperator => {
             let status = if in_compensation { SagaStatus::Compensating } else { SagaStatus::Scheduled };
@@ -157,6 +237,7 @@ pub fn skip(
     reason: &str,
     now: DateTime<Utc>,
 ) -> Result<Transition, Refusal> {
+    need_reason("skip a step of", state, reason)?;
     match state.status {
         SagaStatus::Scheduled | SagaStatus::Retrying | SagaStatus::Waiting | SagaStatus::NeedsOperator => {
             let current = step_name(def, state.step_index).unwrap_or("-");
@@ -165,6 +246,14 @@ pub fn skip(
                     saga: state.id,
                     asked: step.to_string(),
                     current: current.to_string(),
+                });
+            }
+            let missing = unmatched_references(def, state.step_index, &output);
+            if !missing.is_empty() {
+                return Err(Refusal::OutputMissesReferences {
+                    saga: state.id,
+                    step: step.to_string(),
+                    missing,
                 });
             }
             let next = state.step_index + 1;
@@ -202,5 +291,553 @@ pub fn skip(
                 hint: "only a saga moving forward (scheduled, retrying, waiting) or parked (needs_operator) has a step to skip",
             })
         }
+    }
+}
+
+/// The references of steps after `index` into step `index`'s output that `output` does
+/// not satisfy: `step X params.P: $.steps.S...` for each one that matches nothing.
+pub fn unmatched_references(def: &CompiledDefinition, index: usize, output: &Value) -> Vec<String> {
+    let Some(name) = step_name(def, index) else {
+        return Vec::new();
+    };
+    let scope = json!({ "steps": { name: output } });
+    let mut missing = Vec::new();
+    for later in def.steps.iter().skip(index + 1) {
+        for (at, source, path) in later.params.references() {
+            if crate::definition::referenced_step(source) == Some(name)
+                && path.query(&scope).all().is_empty()
+            {
+                missing.push(format!("step {} {at}: {source}", later.def.name));
+            }
+        }
+    }
+    missing
+}
+
+/// Ends a saga that is not over (parked, or moving while no worker holds it) with the
+/// outcome the operator declares after checking the provider. Nothing is undone: with
+/// `compensate` the action is refused (not supported yet, see [`Refusal::CompensateUnsupported`]).
+/// The store writes `closed_outcome` with the status.
+pub fn close(
+    state: &SagaState,
+    def: &CompiledDefinition,
+    outcome: crate::saga::ClosedOutcome,
+    compensate: bool,
+    reason: &str,
+    _now: DateTime<Utc>,
+) -> Result<Transition, Refusal> {
+    need_reason("close", state, reason)?;
+    match state.status {
+        SagaStatus::NeedsOperator
+        | SagaStatus::Scheduled
+        | SagaStatus::Retrying
+        | SagaStatus::Waiting
+        | SagaStatus::Compensating => {
+            if compensate {
+                return Err(Refusal::CompensateUnsupported { saga: state.id });
+            }
+            let mut t = base(state, SagaStatus::Closed);
+            t.run_at = None;
+            t.wait = None;
+            t.history = vec![entry(
+                HistoryKind::SagaClosed,
+                step_name(def, state.step_index),
+                reason,
+                json!({
+                    "outcome": outcome.as_str(),
+                    "compensate": false,
+                    "from_status": state.status.as_str(),
+                    "effect_possible": state.effect_possible,
+                }),
+            )];
+            Ok(t)
+        }
+        SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Cancelled | SagaStatus::Closed => {
+            Err(Refusal::Status {
+                action: "close",
+                saga: state.id,
+                status: state.status,
+                hint: "it has already ended, so there is nothing to close; start a new saga if the payout must be made again",
+            })
+        }
+    }
+}
+
+/// What `reset` is asked to do.
+#[derive(Debug, Clone, Copy)]
+pub struct ResetRequest<'a> {
+    /// The step to run again from.
+    pub step: &'a str,
+    /// The RFC 7396 merge patch applied to the input (recorded in history).
+    pub input_patch: Option<&'a Value>,
+    /// The operator checked at the provider that the irreversible steps to run again did not
+    /// act (or failed and were reversed).
+    pub confirm_not_sent: bool,
+}
+
+/// Runs a saga again from an earlier (or its current) step: a fresh attempt count, earlier
+/// outputs kept. Refused on an ended saga, during compensation, and, without
+/// `confirm_not_sent`, when an irreversible step at or after `step` may already have acted
+/// (it completed, or an attempt of it may have reached the provider). `def` must carry the
+/// kinds' real traits. The caller patches and re-validates the input and gives the steps from
+/// `step` on fresh idempotency keys.
+pub fn reset(
+    state: &SagaState,
+    def: &CompiledDefinition,
+    req: ResetRequest<'_>,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<Transition, Refusal> {
+    need_reason("reset", state, reason)?;
+    match state.status {
+        SagaStatus::NeedsOperator | SagaStatus::Scheduled | SagaStatus::Retrying | SagaStatus::Waiting => {
+            let steps: Vec<String> = def.steps.iter().map(|s| s.def.name.clone()).collect();
+            let Some(to) = steps.iter().position(|s| s == req.step) else {
+                return Err(Refusal::UnknownStep {
+                    saga: state.id,
+                    step: req.step.to_string(),
+                    steps,
+                });
+            };
+            let current = state.step_index.min(def.steps.len().saturating_sub(1));
+            if to > current {
+                return Err(Refusal::ResetAhead {
+                    saga: state.id,
+                    step: req.step.to_string(),
+                    current: steps[current].clone(),
+                });
+            }
+            let acted: Vec<String> = (to..=current)
+                .filter(|&j| def.steps[j].traits.irreversible)
+                .filter_map(|j| {
+                    let name = &steps[j];
+                    if j < state.step_index {
+                        Some(format!("irreversible step {name} completed (its request reached the provider; see its output)"))
+                    } else if state.effect_possible {
+                        Some(format!("an attempt of irreversible step {name} may have reached the provider (money may have moved)"))
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            if !acted.is_empty() && !req.confirm_not_sent {
+                return Err(Refusal::MaySendAgain {
+                    saga: state.id,
+                    step: req.step.to_string(),
+                    why: acted,
+                });
+            }
+            let mut t = base(state, SagaStatus::Scheduled);
+            t.step_index = to;
+            t.attempt = 0;
+            t.step_started_at = None;
+            t.run_at = Some(now);
+            t.wait = None;
+            t.last_error = None;
+            t.effect_possible = false;
+            t.history = vec![entry(
+                HistoryKind::OperatorReset,
+                Some(req.step),
+                reason,
+                json!({
+                    "from_step": steps[current],
+                    "from_status": state.status.as_str(),
+                    "input_patch": req.input_patch,
+                    "confirm_not_sent": req.confirm_not_sent,
+                    "may_have_acted": acted,
+                }),
+            )];
+            Ok(t)
+        }
+        SagaStatus::Compensating => Err(Refusal::Status {
+            action: "reset",
+            saga: state.id,
+            status: state.status,
+            hint: "it is undoing completed steps; wait until it ends or parks (then reset it), or `close` it",
+        }),
+        SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Cancelled | SagaStatus::Closed => {
+            Err(Refusal::Status {
+                action: "reset",
+                saga: state.id,
+                status: state.status,
+                hint: "it has ended; start a new saga (with the corrected input) if the payout must be made",
+            })
+        }
+    }
+}
+
+/// The steps a reset to `to` runs again (from `to` to the current step): they get fresh
+/// idempotency keys, since their earlier requests are done (or confirmed not sent).
+pub fn reset_steps(state: &SagaState, def: &CompiledDefinition, to: &str) -> Vec<String> {
+    let Some(from) = def.steps.iter().position(|s| s.def.name == to) else {
+        return Vec::new();
+    };
+    let current = state.step_index.min(def.steps.len().saturating_sub(1));
+    def.steps[from..=current.max(from)]
+        .iter()
+        .map(|s| s.def.name.clone())
+        .collect()
+}
+
+/// Applies an RFC 7396 JSON merge patch: objects merge key by key, `null` removes a key,
+/// anything else replaces.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(serde_json::Map::new());
+    }
+    if let Value::Object(map) = target {
+        for (k, v) in patch {
+            if v.is_null() {
+                map.remove(k);
+            } else {
+                merge_patch(map.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::Definition;
+    use crate::saga::{ClosedOutcome, StepTraits};
+
+    /// create (compensable) -> payout (irreversible) -> await_payout (reads payout's id).
+    fn def() -> CompiledDefinition {
+        let d = Definition::from_toml(
+            r#"
+            name = "t"
+            version = 1
+            [[steps]]
+            name = "create"
+            kind = "k.create"
+            [[steps]]
+            name = "payout"
+            kind = "k.payout"
+            params = { customer = "$.steps.create.customer_id", payout = "$.input.payout" }
+            [[steps]]
+            name = "await_payout"
+            kind = "k.await"
+            params = { id = "$.steps.payout.transaction_id", also = ["$.steps.payout.status"] }
+            "#,
+        )
+        .expect("toml");
+        d.compile(
+            &|k| {
+                Some(StepTraits {
+                    compensable: k == "k.create",
+                    irreversible: k == "k.payout",
+                })
+            },
+            &[],
+        )
+        .expect("valid")
+    }
+
+    fn state(status: SagaStatus, index: usize) -> SagaState {
+        SagaState {
+            id: uuid::Uuid::from_u128(7),
+            status,
+            step_index: index,
+            attempt: 2,
+            step_started_at: None,
+            wait: None,
+            cancel_requested: false,
+            last_error: Some("step await_payout failed: FAILED".into()),
+            effect_possible: false,
+        }
+    }
+
+    #[test]
+    fn close_ends_a_parked_or_moving_saga_with_the_outcome_and_refuses_an_ended_one() {
+        let d = def();
+        for status in [
+            SagaStatus::NeedsOperator,
+            SagaStatus::Scheduled,
+            SagaStatus::Retrying,
+            SagaStatus::Waiting,
+            SagaStatus::Compensating,
+        ] {
+            let t = close(
+                &state(status, 2),
+                &d,
+                ClosedOutcome::NotPaid,
+                false,
+                "bank rejected",
+                Utc::now(),
+            )
+            .expect("closes");
+            assert_eq!(t.status, SagaStatus::Closed);
+            assert_eq!((t.run_at, t.wait.is_none()), (None, true));
+            assert_eq!(t.history.len(), 1);
+            let h = &t.history[0];
+            assert_eq!(h.kind, HistoryKind::SagaClosed);
+            assert_eq!(h.step.as_deref(), Some("await_payout"));
+            assert_eq!(h.detail["outcome"], "not_paid");
+            assert_eq!(h.detail["reason"], "bank rejected");
+            assert_eq!(h.detail["from_status"], status.as_str());
+        }
+        for status in [
+            SagaStatus::Completed,
+            SagaStatus::Compensated,
+            SagaStatus::Cancelled,
+            SagaStatus::Closed,
+        ] {
+            let err = close(
+                &state(status, 2),
+                &d,
+                ClosedOutcome::Paid,
+                false,
+                "x",
+                Utc::now(),
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("already ended"), "{err}");
+        }
+        let err = close(
+            &state(SagaStatus::NeedsOperator, 2),
+            &d,
+            ClosedOutcome::Paid,
+            true,
+            "x",
+            Utc::now(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            Refusal::CompensateUnsupported {
+                saga: uuid::Uuid::from_u128(7)
+            }
+        );
+        let err = close(
+            &state(SagaStatus::NeedsOperator, 2),
+            &d,
+            ClosedOutcome::Paid,
+            false,
+            "  ",
+            Utc::now(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, Refusal::NoReason { .. }));
+    }
+
+    #[test]
+    fn reset_runs_again_from_an_earlier_step_and_needs_confirmation_past_an_irreversible_one() {
+        let d = def();
+        let now = Utc::now();
+        let parked = state(SagaStatus::NeedsOperator, 2);
+        let patch = json!({"payout": {"account_number": "1234567890"}});
+        let req = ResetRequest {
+            step: "payout",
+            input_patch: Some(&patch),
+            confirm_not_sent: false,
+        };
+        // payout completed: it reached the provider.
+        let err = reset(&parked, &d, req, "account corrected", now).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, Refusal::MaySendAgain { .. }), "{text}");
+        assert!(
+            text.contains("irreversible step payout completed")
+                && text.contains("--confirm-not-sent"),
+            "{text}"
+        );
+        let t = reset(
+            &parked,
+            &d,
+            ResetRequest {
+                confirm_not_sent: true,
+                ..req
+            },
+            "account corrected",
+            now,
+        )
+        .expect("confirmed");
+        assert_eq!(
+            (t.status, t.step_index, t.attempt),
+            (SagaStatus::Scheduled, 1, 0)
+        );
+        assert_eq!(
+            (t.run_at, t.last_error.clone(), t.effect_possible),
+            (Some(now), None, false)
+        );
+        let h = &t.history[0];
+        assert_eq!(h.kind, HistoryKind::OperatorReset);
+        assert_eq!(h.step.as_deref(), Some("payout"));
+        assert_eq!(h.detail["input_patch"], patch);
+        assert_eq!(h.detail["from_step"], "await_payout");
+        assert_eq!(h.detail["reason"], "account corrected");
+        assert_eq!(
+            reset_steps(&parked, &d, "payout"),
+            vec!["payout", "await_payout"]
+        );
+        // Back to the first step: no irreversible step ran before the current one...
+        let at_payout = state(SagaStatus::Retrying, 1);
+        let t = reset(
+            &at_payout,
+            &d,
+            ResetRequest {
+                step: "create",
+                input_patch: None,
+                confirm_not_sent: false,
+            },
+            "r",
+            now,
+        )
+        .expect("nothing irreversible acted");
+        assert_eq!(t.step_index, 0);
+        // ...unless an attempt of the current irreversible step may have reached the provider.
+        let ambiguous = SagaState {
+            effect_possible: true,
+            ..at_payout.clone()
+        };
+        let err = reset(
+            &ambiguous,
+            &d,
+            ResetRequest {
+                step: "create",
+                input_patch: None,
+                confirm_not_sent: false,
+            },
+            "r",
+            now,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("may have reached the provider"),
+            "{err}"
+        );
+        // Forward, unknown steps, compensation, ended sagas are refused.
+        let err = reset(
+            &at_payout,
+            &d,
+            ResetRequest {
+                step: "await_payout",
+                input_patch: None,
+                confirm_not_sent: true,
+            },
+            "r",
+            now,
+        )
+        .unwrap_err();
+        assert!(matches!(err, Refusal::ResetAhead { .. }));
+        let err = reset(
+            &at_payout,
+            &d,
+            ResetRequest {
+                step: "nope",
+                input_patch: None,
+                confirm_not_sent: true,
+            },
+            "r",
+            now,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("create, payout, await_payout"),
+            "{err}"
+        );
+        for status in [
+            SagaStatus::Compensating,
+            SagaStatus::Completed,
+            SagaStatus::Closed,
+            SagaStatus::Cancelled,
+            SagaStatus::Compensated,
+        ] {
+            assert!(matches!(
+                reset(
+                    &state(status, 1),
+                    &d,
+                    ResetRequest {
+                        step: "create",
+                        input_patch: None,
+                        confirm_not_sent: true
+                    },
+                    "r",
+                    now
+                ),
+                Err(Refusal::Status { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn skip_refuses_an_output_without_the_fields_later_steps_read() {
+        let d = def();
+        let s = state(SagaStatus::NeedsOperator, 1);
+        let err = skip(
+            &s,
+            &d,
+            "payout",
+            json!({"transaction_id": "t_1"}),
+            "seen on dashboard",
+            Utc::now(),
+        )
+        .unwrap_err();
+        let Refusal::OutputMissesReferences { missing, .. } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(
+            missing,
+            &vec!["step await_payout params.also[0]: $.steps.payout.status".to_string()]
+        );
+        let t = skip(
+            &s,
+            &d,
+            "payout",
+            json!({"transaction_id": "t_1", "status": "SUCCESSFUL"}),
+            "seen",
+            Utc::now(),
+        )
+        .expect("complete output");
+        assert_eq!(t.step_index, 2);
+        // The last step has no later readers; an empty reason is refused.
+        let last = state(SagaStatus::Waiting, 2);
+        assert!(skip(&last, &d, "await_payout", json!({}), "ok", Utc::now()).is_ok());
+        assert!(matches!(
+            skip(&last, &d, "await_payout", json!({}), "", Utc::now()),
+            Err(Refusal::NoReason { .. })
+        ));
+    }
+
+    #[test]
+    fn every_action_refuses_an_empty_reason_and_parked_refusals_name_the_parked_actions() {
+        let d = def();
+        let s = state(SagaStatus::NeedsOperator, 1);
+        assert!(matches!(
+            resume(&s, &d, false, " ", Utc::now()),
+            Err(Refusal::NoReason { .. })
+        ));
+        let s = state(SagaStatus::Retrying, 1);
+        assert!(matches!(
+            retry_now(&s, &d, "", Utc::now()),
+            Err(Refusal::NoReason { .. })
+        ));
+        let parked = state(SagaStatus::NeedsOperator, 1);
+        let err = retry_now(&parked, &d, "r", Utc::now())
+            .unwrap_err()
+            .to_string();
+        for action in ["`close`", "`reset`", "`resume`", "`skip`"] {
+            assert!(err.contains(action), "{err}");
+        }
+    }
+
+    #[test]
+    fn merge_patch_follows_rfc_7396() {
+        let mut v = json!({"a": "b", "c": {"d": "e", "f": "g"}, "l": [1]});
+        merge_patch(
+            &mut v,
+            &json!({"a": "z", "c": {"f": null, "h": 1}, "l": [2], "n": {"x": null}}),
+        );
+        assert_eq!(
+            v,
+            json!({"a": "z", "c": {"d": "e", "h": 1}, "l": [2], "n": {}})
+        );
+        let mut v = json!([1]);
+        merge_patch(&mut v, &json!({"a": 1}));
+        assert_eq!(v, json!({"a": 1}));
     }
 }

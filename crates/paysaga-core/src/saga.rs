@@ -944,7 +944,7 @@ fn begin_unwind(
             )
         };
         let error = format!(
-            "{reason}; parked for an operator because step {name} is irreversible and attempt {} of it may have reached the provider (money may have moved){done}: check the provider, then resume or skip the step",
+            "{reason}; parked for an operator because step {name} is irreversible and attempt {} of it may have reached the provider (money may have moved){done}: check the provider, then `close` the saga with the outcome, `reset` it to a step, `resume` the step or `skip` it",
             state.attempt.max(1)
         );
         history.push(
@@ -959,7 +959,7 @@ fn begin_unwind(
     }
     if !irreversible.is_empty() {
         let error = format!(
-            "{reason}; parked for an operator because completed step(s) {} cannot be undone (money may have moved): check the provider, then skip, retry or close the saga",
+            "{reason}; parked for an operator because completed step(s) {} cannot be undone (money may have moved): check the provider, then `close` the saga with the outcome, `reset` it to a step, `resume` it or `skip` the step",
             irreversible.join(", ")
         );
         history.push(HistoryEntry::new(HistoryKind::SagaParked, None, None).error(&error));
@@ -1078,7 +1078,7 @@ pub fn after_compensation(
     };
     let _ = after;
     let error = format!(
-        "compensation of step {name} failed: {error}; parked for an operator: steps before {name} were not undone"
+        "compensation of step {name} failed: {error}; parked for an operator: steps before {name} were not undone; fix the cause and `resume`, or `close` the saga with the outcome (`reset` and `skip` also apply)"
     );
     let mut t = Transition::base(state, SagaStatus::NeedsOperator);
     t.attempt = 0;
@@ -1110,7 +1110,7 @@ pub fn unstorable(
         "step"
     };
     let error = format!(
-        "the result of attempt {attempt} of {phase} {name} could not be stored ({db_error}); parked for an operator: check what the step did at the provider, fix the cause, then resume or skip it"
+        "the result of attempt {attempt} of {phase} {name} could not be stored ({db_error}); parked for an operator: check what the step did at the provider, fix the cause, then `resume` or `skip` it, `reset` it to a step, or `close` the saga with the outcome"
     );
     let mut t = Transition::base(state, SagaStatus::NeedsOperator);
     t.attempt = attempt;

@@ -90,14 +90,34 @@ pub struct StepContext {
     /// The engine's documents (see [`crate::document`]): read the ones the step's
     /// parameters name with `ctx.documents.read(ctx, id)`.
     pub documents: Arc<dyn crate::DocumentSource>,
+    /// How many times an operator reset the saga to run this step again (0 unless reset):
+    /// each generation has its own idempotency key, so a step run again after a reset (its
+    /// earlier request done or confirmed not sent) makes a new request instead of finding
+    /// the earlier one.
+    pub key_generation: u32,
 }
 
 impl StepContext {
     /// Idempotency key for this step's effect (same for every attempt).
     pub fn idempotency_key(&self) -> String {
         match self.wake {
-            Wake::Compensate => compensation_key(self.saga_id, &self.step),
-            _ => idempotency_key(self.saga_id, &self.step),
+            Wake::Compensate => compensation_key(self.saga_id, &self.keyed_step()),
+            _ => self.forward_idempotency_key(),
+        }
+    }
+
+    /// The idempotency key of the step's forward effect, also when compensating (the key of
+    /// the object to undo).
+    pub fn forward_idempotency_key(&self) -> String {
+        idempotency_key(self.saga_id, &self.keyed_step())
+    }
+
+    /// The step name the keys derive from: the name, with the reset generation after it
+    /// once an operator reset the saga to run the step again.
+    fn keyed_step(&self) -> String {
+        match self.key_generation {
+            0 => self.step.clone(),
+            n => format!("{}#reset{n}", self.step),
         }
     }
 
@@ -326,5 +346,53 @@ mod tests {
             idempotency_key(Uuid::from_u128(43), "pay")
         );
         assert_ne!(idempotency_key(saga, "pay"), compensation_key(saga, "pay"));
+    }
+
+    #[test]
+    fn a_reset_generation_gives_the_step_new_keys_and_generation_zero_keeps_the_old_ones() {
+        let saga = Uuid::from_u128(42);
+        let ctx = |wake: Wake, key_generation: u32| StepContext {
+            saga_id: saga,
+            workflow: "w".into(),
+            step: "pay".into(),
+            attempt: 1,
+            wake,
+            wait_state: None,
+            output: None,
+            now: Utc::now(),
+            effects: Arc::new(Unguarded),
+            documents: Arc::new(crate::InMemoryDocuments::default()),
+            key_generation,
+        };
+        // Generation 0: the keys sagas always had.
+        assert_eq!(
+            ctx(Wake::Start, 0).idempotency_key(),
+            idempotency_key(saga, "pay")
+        );
+        assert_eq!(
+            ctx(Wake::Compensate, 0).idempotency_key(),
+            compensation_key(saga, "pay")
+        );
+        // After a reset: new forward and compensation keys, stable across attempts; the
+        // compensation names the object of its own generation.
+        let reset = ctx(Wake::Start, 1);
+        assert_ne!(reset.idempotency_key(), idempotency_key(saga, "pay"));
+        assert_eq!(
+            reset.idempotency_key(),
+            ctx(
+                Wake::Retry {
+                    last_error: String::new()
+                },
+                1
+            )
+            .idempotency_key()
+        );
+        assert_ne!(
+            reset.idempotency_key(),
+            ctx(Wake::Start, 2).idempotency_key()
+        );
+        let undo = ctx(Wake::Compensate, 1);
+        assert_eq!(undo.forward_idempotency_key(), reset.idempotency_key());
+        assert_ne!(undo.idempotency_key(), compensation_key(saga, "pay"));
     }
 }

@@ -205,6 +205,7 @@ fn ctx(saga: Uuid, workflow: &str, step: &str) -> StepContext {
         now: Utc::now(),
         effects: std::sync::Arc::new(paysaga_core::Unguarded),
         documents: std::sync::Arc::new(DOCUMENTS.clone()),
+        key_generation: 0,
     }
 }
 

@@ -85,6 +85,7 @@ pub struct Engine {
     pub(crate) metrics: SharedMetrics,
     definitions: Arc<Mutex<HashMap<i64, Arc<LoadedDefinition>>>>,
     max_document_size: usize,
+    operator_detail: Option<Arc<serde_json::Map<String, Value>>>,
 }
 
 /// The default largest document [`Engine::put_document`] stores: 10 MiB.
@@ -99,6 +100,7 @@ impl Engine {
             metrics: Arc::new(Metrics::new()),
             definitions: Default::default(),
             max_document_size: DEFAULT_MAX_DOCUMENT_SIZE,
+            operator_detail: None,
         }
     }
 
@@ -629,7 +631,13 @@ impl Engine {
 
     /// Asks for a saga to be cancelled (compensations run); works in every non-final state.
     pub async fn cancel(&self, id: Uuid, actor: &str, reason: &str) -> Result<SagaRecord, Error> {
-        Ok(self.store.request_cancel(id, actor, reason).await?)
+        let r = async {
+            need_reason("cancel", id, reason)?;
+            let detail = self.operator_detail_with(json!({ "reason": reason }));
+            Ok(self.store.request_cancel_with(id, actor, detail).await?)
+        }
+        .await;
+        self.audit_refusal(id, actor, "cancel", reason, r).await
     }
 
     /// Runs the saga's current step (or poll, or compensation) now, resetting its backoff.
@@ -639,15 +647,28 @@ impl Engine {
         actor: &str,
         reason: &str,
     ) -> Result<SagaRecord, Error> {
-        let (saga, loaded) = self.saga_and_definition(id).await?;
-        let t =
-            paysaga_core::operator::retry_now(&saga.state(), &loaded, reason, chrono::Utc::now())?;
-        self.apply_operator(&saga, &t, actor).await
+        let r = async {
+            let (saga, loaded) = self.saga_and_definition(id).await?;
+            let t = paysaga_core::operator::retry_now(
+                &saga.state(),
+                &loaded,
+                reason,
+                chrono::Utc::now(),
+            )?;
+            self.apply_operator(&saga, &t, actor).await
+        }
+        .await;
+        self.audit_refusal(id, actor, "retry", reason, r).await
     }
 
     /// Resumes a saga parked for an operator (status `failed`): the step that failed (or
     /// the compensation that failed) runs again with a fresh retry budget.
     pub async fn resume(&self, id: Uuid, actor: &str, reason: &str) -> Result<SagaRecord, Error> {
+        let r = self.resume_saga(id, actor, reason).await;
+        self.audit_refusal(id, actor, "resume", reason, r).await
+    }
+
+    async fn resume_saga(&self, id: Uuid, actor: &str, reason: &str) -> Result<SagaRecord, Error> {
         let (saga, loaded) = self.saga_and_definition(id).await?;
         let history = self.store.history(id).await?;
         let in_compensation = history
@@ -679,16 +700,20 @@ impl Engine {
         actor: &str,
         reason: &str,
     ) -> Result<SagaRecord, Error> {
-        let (saga, loaded) = self.saga_and_definition(id).await?;
-        let t = paysaga_core::operator::skip(
-            &saga.state(),
-            &loaded,
-            step,
-            output,
-            reason,
-            chrono::Utc::now(),
-        )?;
-        self.apply_operator(&saga, &t, actor).await
+        let r = async {
+            let (saga, loaded) = self.saga_and_definition(id).await?;
+            let t = paysaga_core::operator::skip(
+                &saga.state(),
+                &loaded,
+                step,
+                output,
+                reason,
+                chrono::Utc::now(),
+            )?;
+            self.apply_operator(&saga, &t, actor).await
+        }
+        .await;
+        self.audit_refusal(id, actor, "skip", reason, r).await
     }
 
     /// Delivers an event by hand to a waiting saga (for its wait's provider and key).
@@ -700,6 +725,21 @@ impl Engine {
         actor: &str,
         reason: &str,
     ) -> Result<Delivery, Error> {
+        let r = self
+            .deliver_to_waiting(id, event_type, payload, actor, reason)
+            .await;
+        self.audit_refusal(id, actor, "deliver", reason, r).await
+    }
+
+    async fn deliver_to_waiting(
+        &self,
+        id: Uuid,
+        event_type: &str,
+        payload: Value,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Delivery, Error> {
+        need_reason("deliver an event to", id, reason)?;
         let saga = self.store.saga(id).await?.ok_or(Error::SagaNotFound(id))?;
         let wait = match (&saga.status, &saga.wait) {
             (paysaga_core::SagaStatus::Waiting, Some(w)) => w.clone(),
@@ -722,7 +762,9 @@ impl Engine {
             step: self.get(id).await?.current_step,
             attempt: None,
             error: None,
-            detail: json!({"reason": reason, "event_id": event_id, "event_type": event_type}),
+            detail: self.operator_detail_with(
+                json!({"reason": reason, "event_id": event_id, "event_type": event_type}),
+            ),
         };
         // To this saga only, with the operator's entry, in one transaction.
         let provider = wait.provider.clone();
@@ -788,15 +830,33 @@ impl Engine {
         t: &paysaga_core::Transition,
         actor: &str,
     ) -> Result<SagaRecord, Error> {
+        self.apply_operator_with(saga, t, actor, paysaga_store::OperatorChange::default())
+            .await
+    }
+
+    async fn apply_operator_with(
+        &self,
+        saga: &SagaRecord,
+        t: &paysaga_core::Transition,
+        actor: &str,
+        change: paysaga_store::OperatorChange<'_>,
+    ) -> Result<SagaRecord, Error> {
+        let mut t = t.clone();
+        for h in &mut t.history {
+            h.detail = self.operator_detail_with(std::mem::take(&mut h.detail));
+        }
         let record = self
             .store
-            .operator_apply(paysaga_store::OperatorAction {
-                saga: saga.id,
-                expect_status: saga.status,
-                expect_step_index: saga.step_index,
-                transition: t,
-                actor,
-            })
+            .operator_apply_with(
+                paysaga_store::OperatorAction {
+                    saga: saga.id,
+                    expect_status: saga.status,
+                    expect_step_index: saga.step_index,
+                    transition: &t,
+                    actor,
+                },
+                change,
+            )
             .await?;
         info!(saga_id = %saga.id, %actor, status = %record.status, "operator action applied");
         Ok(record)
@@ -839,4 +899,260 @@ fn is_mime_type(s: &str) -> bool {
         && essence
             .split_once('/')
             .is_some_and(|(t, sub)| token(t) && token(sub))
+}
+
+/// Where the operator saw the saga (`show`, `list`): an action is refused if it moved since.
+#[derive(Debug, Clone, Default)]
+pub struct Expected {
+    /// The status seen (as operators see it: `running` when a worker held it).
+    pub status: Option<paysaga_core::ObservedStatus>,
+    /// The current step seen.
+    pub step: Option<String>,
+}
+
+/// `close`: end a saga with the outcome the operator declares.
+#[derive(Debug, Clone)]
+pub struct CloseSaga {
+    /// Did the payee get the money?
+    pub outcome: paysaga_core::ClosedOutcome,
+    /// Run compensations first (not supported yet: refused).
+    pub compensate: bool,
+    /// Where the operator saw it.
+    pub expected: Expected,
+}
+
+/// `reset`: run a saga again from a step.
+#[derive(Debug, Clone)]
+pub struct ResetSaga {
+    /// The step to run again from.
+    pub step: String,
+    /// RFC 7396 merge patch for the input.
+    pub input_patch: Option<Value>,
+    /// The irreversible steps to run again surely did not act (checked at the provider).
+    pub confirm_not_sent: bool,
+    /// Where the operator saw it.
+    pub expected: Expected,
+}
+
+/// A refusal of an operator action (an operator must see why and act differently).
+fn is_refusal(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Refusal(_)
+            | Error::Refused(_)
+            | Error::InvalidInput { .. }
+            | Error::Store(paysaga_store::Error::Refused(_))
+    )
+}
+
+fn need_reason(action: &str, id: Uuid, reason: &str) -> Result<(), Error> {
+    if reason.trim().is_empty() {
+        return Err(Error::Refused(format!(
+            "cannot {action} saga {id}: --reason must say why (it is recorded in the saga's history with who and when)"
+        )));
+    }
+    Ok(())
+}
+
+impl Engine {
+    /// Who runs operator commands besides the actor name (e.g. `{"os_user": "alice"}`):
+    /// merged into the detail of every history row an operator action of this engine writes.
+    pub fn with_operator_detail(mut self, detail: serde_json::Map<String, Value>) -> Engine {
+        self.operator_detail = Some(Arc::new(detail));
+        self
+    }
+
+    /// `detail` (an object, or null) with the operator detail added.
+    fn operator_detail_with(&self, detail: Value) -> Value {
+        let mut map = match detail {
+            Value::Object(m) => m,
+            Value::Null => serde_json::Map::new(),
+            other => {
+                let mut m = serde_json::Map::new();
+                m.insert("value".into(), other);
+                m
+            }
+        };
+        if let Some(extra) = &self.operator_detail {
+            for (k, v) in extra.iter() {
+                map.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        Value::Object(map)
+    }
+
+    /// Records a refused operator action on an existing saga (`operator_refused`: the action,
+    /// the reason given and the refusal) and returns the result unchanged.
+    async fn audit_refusal<T>(
+        &self,
+        id: Uuid,
+        actor: &str,
+        action: &str,
+        reason: &str,
+        result: Result<T, Error>,
+    ) -> Result<T, Error> {
+        if let Err(e) = &result {
+            if is_refusal(e) {
+                let entry = paysaga_core::HistoryEntry {
+                    kind: HistoryKind::OperatorRefused,
+                    step: None,
+                    attempt: None,
+                    error: Some(e.to_string()),
+                    detail: self.operator_detail_with(json!({"action": action, "reason": reason})),
+                };
+                if let Ok(Some(_)) = self.store.saga(id).await {
+                    if let Err(write) = self.store.append_history(id, actor, &[entry]).await {
+                        warn!(saga_id = %id, error = %write, "the refused action could not be recorded in history");
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    fn check_expected(
+        saga: &SagaRecord,
+        current_step: Option<&str>,
+        expected: &Expected,
+    ) -> Result<(), Error> {
+        let status = saga.observed_status();
+        let status_moved = expected.status.is_some_and(|s| s != status);
+        let step_moved = expected
+            .step
+            .as_deref()
+            .is_some_and(|s| Some(s) != current_step);
+        if status_moved || step_moved {
+            return Err(Error::Refused(format!(
+                "saga {} is no longer where you saw it: it is now {status} at step {} (you expected {}{}); look at it again with `paysaga show {}` and act on what it shows",
+                saga.id,
+                current_step.unwrap_or("-"),
+                expected.status.map(|s| s.to_string()).unwrap_or_else(|| "any status".into()),
+                expected.step.as_deref().map(|s| format!(" at step {s}")).unwrap_or_default(),
+                saga.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refused while a worker holds the saga: an operator acts on a saga no worker runs.
+    fn check_unheld(saga: &SagaRecord, action: &str) -> Result<(), Error> {
+        match saga.owner {
+            Some(worker) if !saga.status.is_final() => Err(Error::Refused(format!(
+                "cannot {action} saga {}: it is running (worker {worker} holds it and is running its current step); wait until it lets go (`paysaga show {}` no longer shows a lease), then act again",
+                saga.id, saga.id
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Ends a saga that is not over (parked, or moving while no worker holds it) with the
+    /// outcome the operator declares: status `closed`, a `saga_closed` history row, nothing
+    /// undone. Refused on ended sagas, while a worker holds the saga, and when it moved
+    /// since the operator saw it.
+    pub async fn close(
+        &self,
+        id: Uuid,
+        req: &CloseSaga,
+        actor: &str,
+        reason: &str,
+    ) -> Result<SagaRecord, Error> {
+        let r = async {
+            let (saga, def) = self.saga_and_definition(id).await?;
+            let current = def.steps.get(saga.step_index).map(|s| s.def.name.as_str());
+            Self::check_expected(&saga, current, &req.expected)?;
+            let t = paysaga_core::operator::close(
+                &saga.state(),
+                &def,
+                req.outcome,
+                req.compensate,
+                reason,
+                chrono::Utc::now(),
+            )?;
+            Self::check_unheld(&saga, "close")?;
+            self.apply_operator_with(
+                &saga,
+                &t,
+                actor,
+                paysaga_store::OperatorChange {
+                    closed_outcome: Some(req.outcome),
+                    require_unheld: true,
+                    ..Default::default()
+                },
+            )
+            .await
+        }
+        .await;
+        self.audit_refusal(id, actor, "close", reason, r).await
+    }
+
+    /// Runs a saga again from `req.step` (at or before its current step) with a fresh attempt
+    /// count, earlier outputs kept and the input patched (RFC 7396) and validated as at
+    /// start; the steps run again get new idempotency keys. Refused without
+    /// `confirm_not_sent` when an irreversible step to run again may already have acted.
+    /// Needs the saga's step kinds registered (their traits say which steps are
+    /// irreversible; validation kinds suffice).
+    pub async fn reset(
+        &self,
+        id: Uuid,
+        req: &ResetSaga,
+        actor: &str,
+        reason: &str,
+    ) -> Result<SagaRecord, Error> {
+        let r = async {
+            let saga = self.store.saga(id).await?.ok_or(Error::SagaNotFound(id))?;
+            let loaded = self.load(saga.definition_id).await?;
+            let def = &loaded.compiled;
+            let current = def.steps.get(saga.step_index).map(|s| s.def.name.as_str());
+            Self::check_expected(&saga, current, &req.expected)?;
+            let state = saga.state();
+            let t = paysaga_core::operator::reset(
+                &state,
+                def,
+                paysaga_core::operator::ResetRequest {
+                    step: &req.step,
+                    input_patch: req.input_patch.as_ref(),
+                    confirm_not_sent: req.confirm_not_sent,
+                },
+                reason,
+                chrono::Utc::now(),
+            )?;
+            Self::check_unheld(&saga, "reset")?;
+            let input = match &req.input_patch {
+                Some(patch) => {
+                    let mut input = saga.input.clone();
+                    paysaga_core::operator::merge_patch(&mut input, patch);
+                    let documents = self.validate_input(&loaded, &input)?;
+                    let ids: Vec<DocumentId> = documents.iter().map(|(_, d)| *d).collect();
+                    if !ids.is_empty() {
+                        self.store.claim_documents(id, &ids).await?;
+                    }
+                    Some(input)
+                }
+                None => None,
+            };
+            let steps = paysaga_core::operator::reset_steps(&state, def, &req.step);
+            self.apply_operator_with(
+                &saga,
+                &t,
+                actor,
+                paysaga_store::OperatorChange {
+                    input: input.as_ref(),
+                    new_key_generation: &steps,
+                    require_unheld: true,
+                    ..Default::default()
+                },
+            )
+            .await
+        }
+        .await;
+        self.audit_refusal(id, actor, "reset", reason, r).await
+    }
+
+    /// Operator actions across sagas (refused ones included), newest first.
+    pub async fn audit(
+        &self,
+        filter: &paysaga_store::AuditFilter,
+    ) -> Result<Vec<paysaga_store::AuditRecord>, Error> {
+        Ok(self.store.operator_history(filter).await?)
+    }
 }

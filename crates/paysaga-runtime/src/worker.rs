@@ -875,6 +875,7 @@ async fn run_step(
             documents: Arc::new(crate::documents::StoreDocuments {
                 store: shared.engine.store.clone(),
             }),
+            key_generation: saga.key_generation(name),
         };
         shared.stats.steps_run.fetch_add(1, Ordering::Relaxed);
         let started = std::time::Instant::now();

@@ -406,6 +406,25 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         unclaimed_after: Duration,
         limit: i64,
     ) -> Result<u64, Error>;
+    /// [`Store::operator_apply`] with what some actions write besides the transition: the
+    /// closed outcome, a new input, fresh idempotency key generations; optionally refused
+    /// while a worker holds the saga. One transaction.
+    async fn operator_apply_with(
+        &self,
+        action: OperatorAction<'_>,
+        change: OperatorChange<'_>,
+    ) -> Result<SagaRecord, Error>;
+    /// Operator history rows across sagas (every row with an actor, starts excepted), newest
+    /// first; served by the partial index `paysaga_history_operator`.
+    async fn operator_history(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, Error>;
+    /// [`Store::request_cancel`] with the `cancel_requested` row's whole detail (the reason
+    /// and who ran the command, e.g. `{"reason": ..., "os_user": ...}`).
+    async fn request_cancel_with(
+        &self,
+        id: Uuid,
+        actor: &str,
+        detail: serde_json::Value,
+    ) -> Result<SagaRecord, Error>;
 }
 
 /// Arguments of [`Store::mark_effect`] and [`Store::clear_effect_mark`].
@@ -580,6 +599,53 @@ fn check_document_claim(
 /// A stored `closed_outcome`.
 fn closed_outcome(text: Option<String>) -> Result<Option<paysaga_core::ClosedOutcome>, Error> {
     text.map(|t| t.parse().map_err(Error::Corrupt)).transpose()
+}
+
+/// The key generations after an operator action: `stored` with each step of
+/// `change.new_key_generation` one higher.
+fn next_key_generations(
+    saga: Uuid,
+    stored: serde_json::Value,
+    change: &OperatorChange<'_>,
+) -> Result<serde_json::Value, Error> {
+    let mut map: std::collections::BTreeMap<String, u32> = serde_json::from_value(stored)
+        .map_err(|e| Error::Corrupt(format!("saga {saga} key_generations: {e}")))?;
+    for step in change.new_key_generation {
+        *map.entry(step.clone()).or_insert(0) += 1;
+    }
+    serde_json::to_value(map).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+/// What both stores check before applying an operator change: no worker holds the saga when
+/// required, and a closed outcome exactly with status `closed`.
+fn check_operator_change(
+    saga: Uuid,
+    t: &Transition,
+    owner: Option<Uuid>,
+    change: &OperatorChange<'_>,
+) -> Result<(), Error> {
+    if let (true, Some(worker)) = (change.require_unheld, owner) {
+        return Err(Error::Refused(format!(
+            "saga {saga} is running: worker {worker} holds it and is running its current step; wait until it lets go (`paysaga show {saga}` no longer shows a lease), then act again"
+        )));
+    }
+    let closing = t.status == paysaga_core::SagaStatus::Closed;
+    if closing != change.closed_outcome.is_some() {
+        return Err(Error::Refused(format!(
+            "saga {saga}: a closed saga needs its declared outcome, and only a closed one has one (status {}, outcome {:?})",
+            t.status, change.closed_outcome
+        )));
+    }
+    Ok(())
+}
+
+/// What to do instead of cancelling a saga in `status` (a final one), for the refusal.
+fn cancel_refusal_hint(status: paysaga_core::SagaStatus) -> &'static str {
+    if status == paysaga_core::SagaStatus::NeedsOperator {
+        "; it is parked for an operator: `close` it with the outcome, `reset` it to a step, `resume` it or `skip` the step"
+    } else {
+        "; it has ended"
+    }
 }
 
 /// The stored statuses a worker can hold, shown as `running` while one does.

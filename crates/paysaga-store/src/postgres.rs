@@ -11,6 +11,7 @@ use sqlx::{Connection, Postgres, Row, Transaction};
 use tracing::instrument;
 use uuid::Uuid;
 
+use crate::{AuditFilter, AuditRecord, OperatorChange};
 use crate::{
     ClaimedSaga, Commit, Committed, DefinitionRecord, Delivery, EffectMark, EffectMarkRequest,
     Error, EventFilter, EventRecord, HistoryRecord, NewEvent, NewSaga, OperatorAction, SagaFilter,
@@ -28,7 +29,7 @@ const WAKEUP_CHANNEL: &str = "paysaga_wakeup";
 const SAGA_COLUMNS: &str = "id, definition_id, workflow, version, idempotency_key, input, status, \
     step_index, attempt, step_started_at, run_at, owner, fence, outputs, wait, wake_event, \
     last_error, cancel_requested, created_at, updated_at, finished_at, effect_possible, effect_step, \
-    closed_outcome";
+    closed_outcome, key_generations";
 
 const ACTIVE: &str = "('scheduled', 'retrying', 'waiting', 'compensating')";
 
@@ -371,6 +372,8 @@ fn saga_from_row(row: &PgRow) -> Result<SagaRecord, Error> {
             || row.try_get::<Option<i32>, _>("effect_step")?
                 == Some(row.try_get::<i32, _>("step_index")?),
         closed_outcome: crate::closed_outcome(row.try_get("closed_outcome")?)?,
+        key_generations: serde_json::from_value(row.try_get("key_generations")?)
+            .map_err(|e| Error::Corrupt(format!("saga key_generations: {e}")))?,
     })
 }
 
@@ -991,48 +994,14 @@ impl Store for PgStore {
             .collect()
     }
 
-    #[instrument(skip(self, reason), fields(saga_id = %id))]
     async fn request_cancel(
         &self,
         id: Uuid,
         actor: &str,
         reason: &str,
     ) -> Result<SagaRecord, Error> {
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(&format!(
-            "SELECT {SAGA_COLUMNS} FROM paysaga_sagas WHERE id = $1 FOR UPDATE"
-        ))
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("saga {id}")))?;
-        let saga = saga_from_row(&row)?;
-        if saga.status.is_final() {
-            return Err(Error::Refused(format!(
-                "saga {id} is {} and cannot be cancelled",
-                saga.status
-            )));
-        }
-        // Make it runnable now (a retry backoff or a wait must not delay a cancel); the
-        // holder, if any, applies it after its current step.
-        let row = sqlx::query(&format!(
-            "UPDATE paysaga_sagas SET cancel_requested = true, run_at = now(), updated_at = now()
-             WHERE id = $1 RETURNING {SAGA_COLUMNS}"
-        ))
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
-        let entry = HistoryEntry {
-            kind: paysaga_core::HistoryKind::CancelRequested,
-            step: None,
-            attempt: None,
-            error: None,
-            detail: json!({"reason": reason}),
-        };
-        insert_history(&mut tx, id, None, Some(actor), &[entry]).await?;
-        notify(&mut tx).await?;
-        tx.commit().await?;
-        saga_from_row(&row)
+        self.request_cancel_with(id, actor, json!({"reason": reason}))
+            .await
     }
 
     async fn register_worker(&self, w: &WorkerInfo, ttl: Duration) -> Result<(), Error> {
@@ -1598,71 +1567,8 @@ impl Store for PgStore {
         })
     }
 
-    #[instrument(skip_all, fields(saga_id = %a.saga, actor = %a.actor))]
     async fn operator_apply(&self, a: OperatorAction<'_>) -> Result<SagaRecord, Error> {
-        let t = a.transition;
-        let mut tx = self.pool.begin().await?;
-        let row =
-            sqlx::query("SELECT status, step_index FROM paysaga_sagas WHERE id = $1 FOR UPDATE")
-                .bind(a.saga)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or_else(|| Error::NotFound(format!("saga {}", a.saga)))?;
-        let status: String = row.try_get("status")?;
-        let step_index: i32 = row.try_get("step_index")?;
-        if status != a.expect_status.as_str() || step_index as usize != a.expect_step_index {
-            return Err(Error::Refused(format!(
-                "saga {} changed while the action was prepared (now {status} at step #{}); look at it again and retry the action",
-                a.saga,
-                step_index + 1
-            )));
-        }
-        let wait_json = t
-            .wait
-            .as_ref()
-            .map(serde_json::to_value)
-            .transpose()
-            .map_err(|e| Error::Corrupt(e.to_string()))?;
-        let (output_name, output_value) = match &t.output {
-            Some((n, v)) => (Some(n.as_str()), Some(v)),
-            None => (None, None),
-        };
-        let final_status = t.status.is_final();
-        let row = sqlx::query(&format!(
-            "UPDATE paysaga_sagas SET status = $2, step_index = $3, attempt = $4, step_started_at = $5,
-                    run_at = $6, wait = $7,
-                    wake_event = CASE WHEN $7::jsonb IS NULL THEN NULL ELSE wake_event END,
-                    outputs = CASE WHEN $8::text IS NULL THEN outputs
-                                   ELSE outputs || jsonb_build_object($8::text, $9::jsonb) END,
-                    last_error = $10, owner = NULL, fence = fence + 1, updated_at = now(),
-                    finished_at = CASE WHEN $11 THEN now() ELSE NULL END,
-                    effect_possible = $12
-             WHERE id = $1 RETURNING {SAGA_COLUMNS}"
-        ))
-        .bind(a.saga)
-        .bind(t.status.as_str())
-        .bind(t.step_index as i32)
-        .bind(t.attempt as i32)
-        .bind(t.step_started_at)
-        .bind(if final_status { None } else { t.run_at })
-        .bind(&wait_json)
-        .bind(output_name)
-        .bind(output_value)
-        .bind(&t.last_error)
-        .bind(final_status)
-        .bind(t.effect_possible)
-        .fetch_one(&mut *tx)
-        .await?;
-        if t.wait.is_none() {
-            sqlx::query("DELETE FROM paysaga_waits WHERE saga_id = $1")
-                .bind(a.saga)
-                .execute(&mut *tx)
-                .await?;
-        }
-        insert_history(&mut tx, a.saga, None, Some(a.actor), &t.history).await?;
-        notify(&mut tx).await?;
-        tx.commit().await?;
-        saga_from_row(&row)
+        self.operator_apply_with(a, OperatorChange::default()).await
     }
 
     async fn append_history(
@@ -1892,6 +1798,159 @@ impl Store for PgStore {
             .await?;
         Ok(done.rows_affected())
     }
+
+    #[instrument(skip_all, fields(saga_id = %a.saga, actor = %a.actor))]
+    async fn operator_apply_with(
+        &self,
+        a: OperatorAction<'_>,
+        change: OperatorChange<'_>,
+    ) -> Result<SagaRecord, Error> {
+        let t = a.transition;
+        let mut tx = self.pool.begin().await?;
+        let row =
+            sqlx::query("SELECT status, step_index, owner, key_generations FROM paysaga_sagas WHERE id = $1 FOR UPDATE")
+                .bind(a.saga)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("saga {}", a.saga)))?;
+        let status: String = row.try_get("status")?;
+        let step_index: i32 = row.try_get("step_index")?;
+        if status != a.expect_status.as_str() || step_index as usize != a.expect_step_index {
+            return Err(Error::Refused(format!(
+                "saga {} changed while the action was prepared (now {status} at step #{}); look at it again and retry the action",
+                a.saga,
+                step_index + 1
+            )));
+        }
+        let owner: Option<Uuid> = row.try_get("owner")?;
+        let generations: Value = row.try_get("key_generations")?;
+        let generations = crate::next_key_generations(a.saga, generations, &change)?;
+        crate::check_operator_change(a.saga, t, owner, &change)?;
+        let wait_json = t
+            .wait
+            .as_ref()
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|e| Error::Corrupt(e.to_string()))?;
+        let (output_name, output_value) = match &t.output {
+            Some((n, v)) => (Some(n.as_str()), Some(v)),
+            None => (None, None),
+        };
+        let final_status = t.status.is_final();
+        let row = sqlx::query(&format!(
+            "UPDATE paysaga_sagas SET status = $2, step_index = $3, attempt = $4, step_started_at = $5,
+                    run_at = $6, wait = $7,
+                    wake_event = CASE WHEN $7::jsonb IS NULL THEN NULL ELSE wake_event END,
+                    outputs = CASE WHEN $8::text IS NULL THEN outputs
+                                   ELSE outputs || jsonb_build_object($8::text, $9::jsonb) END,
+                    last_error = $10, owner = NULL, fence = fence + 1, updated_at = now(),
+                    finished_at = CASE WHEN $11 THEN now() ELSE NULL END,
+                    effect_possible = $12, closed_outcome = $13,
+                    input = coalesce($14, input), key_generations = $15
+             WHERE id = $1 RETURNING {SAGA_COLUMNS}"
+        ))
+        .bind(a.saga)
+        .bind(t.status.as_str())
+        .bind(t.step_index as i32)
+        .bind(t.attempt as i32)
+        .bind(t.step_started_at)
+        .bind(if final_status { None } else { t.run_at })
+        .bind(&wait_json)
+        .bind(output_name)
+        .bind(output_value)
+        .bind(&t.last_error)
+        .bind(final_status)
+        .bind(t.effect_possible)
+        .bind(change.closed_outcome.map(|o| o.as_str()))
+        .bind(change.input)
+        .bind(&generations)
+        .fetch_one(&mut *tx)
+        .await?;
+        if t.wait.is_none() {
+            sqlx::query("DELETE FROM paysaga_waits WHERE saga_id = $1")
+                .bind(a.saga)
+                .execute(&mut *tx)
+                .await?;
+        }
+        insert_history(&mut tx, a.saga, None, Some(a.actor), &t.history).await?;
+        notify(&mut tx).await?;
+        tx.commit().await?;
+        saga_from_row(&row)
+    }
+
+    #[instrument(skip(self, detail), fields(saga_id = %id))]
+    async fn request_cancel_with(
+        &self,
+        id: Uuid,
+        actor: &str,
+        detail: Value,
+    ) -> Result<SagaRecord, Error> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(&format!(
+            "SELECT {SAGA_COLUMNS} FROM paysaga_sagas WHERE id = $1 FOR UPDATE"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("saga {id}")))?;
+        let saga = saga_from_row(&row)?;
+        if saga.status.is_final() {
+            return Err(Error::Refused(format!(
+                "saga {id} is {} and cannot be cancelled{}",
+                saga.status,
+                crate::cancel_refusal_hint(saga.status)
+            )));
+        }
+        // Make it runnable now (a retry backoff or a wait must not delay a cancel); the
+        // holder, if any, applies it after its current step.
+        let row = sqlx::query(&format!(
+            "UPDATE paysaga_sagas SET cancel_requested = true, run_at = now(), updated_at = now()
+             WHERE id = $1 RETURNING {SAGA_COLUMNS}"
+        ))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let entry = HistoryEntry {
+            kind: paysaga_core::HistoryKind::CancelRequested,
+            step: None,
+            attempt: None,
+            error: None,
+            detail,
+        };
+        insert_history(&mut tx, id, None, Some(actor), &[entry]).await?;
+        notify(&mut tx).await?;
+        tx.commit().await?;
+        saga_from_row(&row)
+    }
+
+    async fn operator_history(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, Error> {
+        let rows = sqlx::query(OPERATOR_HISTORY_SQL)
+            .bind(filter.since)
+            .bind(&filter.actor)
+            .bind(filter.limit.unwrap_or(100))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let kind: String = row.try_get("kind")?;
+                Ok(AuditRecord {
+                    saga_id: row.try_get("saga_id")?,
+                    workflow: row.try_get("workflow")?,
+                    entry: HistoryRecord {
+                        id: row.try_get("id")?,
+                        at: row.try_get("at")?,
+                        worker: row.try_get("worker")?,
+                        actor: row.try_get("actor")?,
+                        step: row.try_get("step")?,
+                        attempt: row.try_get::<Option<i32>, _>("attempt")?.map(|a| a as u32),
+                        kind: kind.parse().map_err(Error::Corrupt)?,
+                        error: row.try_get("error")?,
+                        detail: row.try_get("detail")?,
+                    },
+                })
+            })
+            .collect()
+    }
 }
 
 const DOCUMENT_COLUMNS: &str =
@@ -1928,6 +1987,18 @@ fn expired_documents_sql() -> String {
      FROM doomed WHERE paysaga_documents.id = doomed.id"
         .to_string()
 }
+
+/// Operator rows across sagas, newest first (`$1` since, `$2` actor, `$3` limit); served by
+/// the partial index `paysaga_history_operator`.
+const OPERATOR_HISTORY_SQL: &str =
+    "SELECT h.id, h.saga_id, s.workflow, h.at, h.worker, h.actor, h.step, h.attempt, h.kind,
+            h.error, h.detail
+     FROM paysaga_history h JOIN paysaga_sagas s ON s.id = h.saga_id
+     WHERE h.actor IS NOT NULL AND h.kind <> 'saga_started'
+       AND h.at >= coalesce($1::timestamptz, '-infinity')
+       AND ($2::text IS NULL OR h.actor = $2)
+     ORDER BY h.at DESC, h.id DESC
+     LIMIT $3";
 
 struct PgWakeups {
     listener: PgListener,
@@ -2020,6 +2091,30 @@ mod tests {
             history.join("\n").contains("paysaga_history_saga"),
             "{history:?}"
         );
+        // `paysaga audit`: operator rows (a few among many) through their partial index.
+        sqlx::raw_sql(
+            "INSERT INTO paysaga_history (saga_id, kind, actor, detail)
+                 SELECT id, 'operator_retry', 'ops:alice', '{\"reason\": \"r\"}'
+                 FROM paysaga_sagas LIMIT 200;
+             ANALYZE paysaga_history;",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        for actor in [None, Some("ops:alice")] {
+            let audit: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {OPERATOR_HISTORY_SQL}"))
+                .bind(Some(Utc::now() - chrono::Duration::days(1)))
+                .bind(actor)
+                .bind(100_i64)
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+            assert!(
+                audit.join("\n").contains("paysaga_history_operator"),
+                "audit plan:\n{}",
+                audit.join("\n")
+            );
+        }
         let pending: Vec<String> = sqlx::query_scalar(
             "EXPLAIN SELECT id FROM paysaga_events
              WHERE provider = $1 AND correlation_key = $2 AND event_type = ANY($3) AND consumed_by IS NULL

@@ -58,6 +58,7 @@ use tokio::sync::broadcast;
 use tracing::instrument;
 use uuid::Uuid;
 
+use crate::{AuditFilter, AuditRecord, OperatorChange};
 use crate::{
     ClaimedSaga, Commit, Committed, DefinitionRecord, Delivery, EffectMark, EffectMarkRequest,
     Error, EventFilter, EventRecord, HistoryRecord, NewEvent, NewSaga, OperatorAction, SagaFilter,
@@ -78,7 +79,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const SAGA_COLUMNS: &str = "id, definition_id, workflow, version, idempotency_key, input, status, \
     step_index, attempt, step_started_at, run_at, owner, fence, outputs, wait, wake_event, \
     last_error, cancel_requested, created_at, updated_at, finished_at, effect_possible, effect_step, \
-    closed_outcome";
+    closed_outcome, key_generations";
 
 const ACTIVE: &str = "('scheduled', 'retrying', 'waiting', 'compensating')";
 /// First line of a migration that must run with foreign keys off (a table rebuild).
@@ -104,7 +105,21 @@ WHERE id IN (
     LIMIT $2)
 RETURNING id, definition_id, workflow, version, idempotency_key, input, status, step_index,
     attempt, step_started_at, run_at, owner, fence, outputs, wait, wake_event, last_error,
-    cancel_requested, created_at, updated_at, finished_at, effect_possible, effect_step, closed_outcome";
+    cancel_requested, created_at, updated_at, finished_at, effect_possible, effect_step, closed_outcome,
+    key_generations";
+
+/// Operator rows across sagas, newest first (`$1` since, `$2` actor, `$3` limit); served by
+/// the partial index `paysaga_history_operator` (forced: no statistics on a fresh file).
+const OPERATOR_HISTORY_SQL: &str = "
+SELECT h.id, h.saga_id, s.workflow, h.at, h.worker, h.actor, h.step, h.attempt, h.kind, h.error,
+    h.detail
+FROM paysaga_history h INDEXED BY paysaga_history_operator
+JOIN paysaga_sagas s ON s.id = h.saga_id
+WHERE h.actor IS NOT NULL AND h.kind <> 'saga_started'
+  AND h.at >= coalesce($1, '')
+  AND ($2 IS NULL OR h.actor = $2)
+ORDER BY h.at DESC, h.id DESC
+LIMIT $3";
 
 /// When the next unowned saga the worker can run becomes due (`$1` its kinds, JSON array).
 const NEXT_DUE_SQL: &str = "
@@ -308,6 +323,8 @@ fn saga_from_row(row: &SqliteRow) -> Result<SagaRecord, Error> {
             || row.try_get::<Option<i64>, _>("effect_step")?
                 == Some(row.try_get::<i64, _>("step_index")?),
         closed_outcome: crate::closed_outcome(row.try_get("closed_outcome")?)?,
+        key_generations: serde_json::from_value(get_json(row, "key_generations")?)
+            .map_err(|e| Error::Corrupt(format!("saga key_generations: {e}")))?,
     })
 }
 
@@ -820,46 +837,14 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    #[instrument(skip(self, reason), fields(saga_id = %id))]
     async fn request_cancel(
         &self,
         id: Uuid,
         actor: &str,
         reason: &str,
     ) -> Result<SagaRecord, Error> {
-        let now = ts(Utc::now());
-        let mut tx = self.write_tx().await?;
-        let saga = self
-            .saga_in(&mut tx, id)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("saga {id}")))?;
-        if saga.status.is_final() {
-            return Err(Error::Refused(format!(
-                "saga {id} is {} and cannot be cancelled",
-                saga.status
-            )));
-        }
-        // Make it runnable now (a retry backoff or a wait must not delay a cancel); the
-        // holder, if any, applies it after its current step.
-        let row = sqlx::query(&format!(
-            "UPDATE paysaga_sagas SET cancel_requested = 1, run_at = $2, updated_at = $2
-             WHERE id = $1 RETURNING {SAGA_COLUMNS}"
-        ))
-        .bind(id.to_string())
-        .bind(&now)
-        .fetch_one(&mut *tx)
-        .await?;
-        let entry = HistoryEntry {
-            kind: HistoryKind::CancelRequested,
-            step: None,
-            attempt: None,
-            error: None,
-            detail: json!({"reason": reason}),
-        };
-        insert_history(&mut tx, id, None, Some(actor), &[entry]).await?;
-        tx.commit().await?;
-        self.notify();
-        saga_from_row(&row)
+        self.request_cancel_with(id, actor, json!({"reason": reason}))
+            .await
     }
 
     async fn register_worker(&self, w: &WorkerInfo, ttl: Duration) -> Result<(), Error> {
@@ -1522,68 +1507,8 @@ impl Store for SqliteStore {
         })
     }
 
-    #[instrument(skip_all, fields(saga_id = %a.saga, actor = %a.actor))]
     async fn operator_apply(&self, a: OperatorAction<'_>) -> Result<SagaRecord, Error> {
-        let t = a.transition;
-        let now = ts(Utc::now());
-        let saga_id = a.saga.to_string();
-        let mut tx = self.write_tx().await?;
-        let row =
-            sqlx::query("SELECT status, step_index, outputs FROM paysaga_sagas WHERE id = $1")
-                .bind(&saga_id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or_else(|| Error::NotFound(format!("saga {}", a.saga)))?;
-        let status: String = row.try_get("status")?;
-        let step_index: i64 = row.try_get("step_index")?;
-        if status != a.expect_status.as_str() || step_index as usize != a.expect_step_index {
-            tx.rollback().await?;
-            return Err(Error::Refused(format!(
-                "saga {} changed while the action was prepared (now {status} at step #{}); look at it again and retry the action",
-                a.saga,
-                step_index + 1
-            )));
-        }
-        let outputs: String = row.try_get("outputs")?;
-        let wait_json = t.wait.as_ref().map(to_json).transpose()?;
-        let final_status = t.status.is_final();
-        let row = sqlx::query(&format!(
-            "UPDATE paysaga_sagas SET status = $2, step_index = $3, attempt = $4,
-                    step_started_at = $5, run_at = $6, wait = $7, wait_deadline = $8,
-                    wait_since = $9,
-                    wake_event = CASE WHEN $7 IS NULL THEN NULL ELSE wake_event END,
-                    outputs = $10, last_error = $11, owner = NULL, fence = fence + 1,
-                    updated_at = $12,
-                    finished_at = CASE WHEN $13 THEN $12 ELSE NULL END,
-                    effect_possible = $14
-             WHERE id = $1 RETURNING {SAGA_COLUMNS}"
-        ))
-        .bind(&saga_id)
-        .bind(t.status.as_str())
-        .bind(t.step_index as i64)
-        .bind(i64::from(t.attempt))
-        .bind(t.step_started_at.map(ts))
-        .bind(if final_status { None } else { t.run_at.map(ts) })
-        .bind(&wait_json)
-        .bind(t.wait.as_ref().map(|w| ts(w.deadline)))
-        .bind(t.wait.as_ref().map(|w| ts(w.since)))
-        .bind(merged_outputs(&outputs, &t.output)?)
-        .bind(&t.last_error)
-        .bind(&now)
-        .bind(final_status)
-        .bind(t.effect_possible)
-        .fetch_one(&mut *tx)
-        .await?;
-        if t.wait.is_none() {
-            sqlx::query("DELETE FROM paysaga_waits WHERE saga_id = $1")
-                .bind(&saga_id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        insert_history(&mut tx, a.saga, None, Some(a.actor), &t.history).await?;
-        tx.commit().await?;
-        self.notify();
-        saga_from_row(&row)
+        self.operator_apply_with(a, OperatorChange::default()).await
     }
 
     async fn append_history(
@@ -1860,6 +1785,158 @@ impl Store for SqliteStore {
             .await?;
         Ok(done.rows_affected())
     }
+
+    #[instrument(skip_all, fields(saga_id = %a.saga, actor = %a.actor))]
+    async fn operator_apply_with(
+        &self,
+        a: OperatorAction<'_>,
+        change: OperatorChange<'_>,
+    ) -> Result<SagaRecord, Error> {
+        let t = a.transition;
+        let now = ts(Utc::now());
+        let saga_id = a.saga.to_string();
+        let mut tx = self.write_tx().await?;
+        let row =
+            sqlx::query("SELECT status, step_index, outputs, owner, key_generations FROM paysaga_sagas WHERE id = $1")
+                .bind(&saga_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("saga {}", a.saga)))?;
+        let status: String = row.try_get("status")?;
+        let step_index: i64 = row.try_get("step_index")?;
+        if status != a.expect_status.as_str() || step_index as usize != a.expect_step_index {
+            tx.rollback().await?;
+            return Err(Error::Refused(format!(
+                "saga {} changed while the action was prepared (now {status} at step #{}); look at it again and retry the action",
+                a.saga,
+                step_index + 1
+            )));
+        }
+        let owner = get_opt_uuid(&row, "owner")?;
+        let generations = get_json(&row, "key_generations")?;
+        let generations = crate::next_key_generations(a.saga, generations, &change)?;
+        if let Err(e) = crate::check_operator_change(a.saga, t, owner, &change) {
+            tx.rollback().await?;
+            return Err(e);
+        }
+        let input = change.input.map(to_json).transpose()?;
+        let outputs: String = row.try_get("outputs")?;
+        let wait_json = t.wait.as_ref().map(to_json).transpose()?;
+        let final_status = t.status.is_final();
+        let row = sqlx::query(&format!(
+            "UPDATE paysaga_sagas SET status = $2, step_index = $3, attempt = $4,
+                    step_started_at = $5, run_at = $6, wait = $7, wait_deadline = $8,
+                    wait_since = $9,
+                    wake_event = CASE WHEN $7 IS NULL THEN NULL ELSE wake_event END,
+                    outputs = $10, last_error = $11, owner = NULL, fence = fence + 1,
+                    updated_at = $12,
+                    finished_at = CASE WHEN $13 THEN $12 ELSE NULL END,
+                    effect_possible = $14, closed_outcome = $15,
+                    input = coalesce($16, input), key_generations = $17
+             WHERE id = $1 RETURNING {SAGA_COLUMNS}"
+        ))
+        .bind(&saga_id)
+        .bind(t.status.as_str())
+        .bind(t.step_index as i64)
+        .bind(i64::from(t.attempt))
+        .bind(t.step_started_at.map(ts))
+        .bind(if final_status { None } else { t.run_at.map(ts) })
+        .bind(&wait_json)
+        .bind(t.wait.as_ref().map(|w| ts(w.deadline)))
+        .bind(t.wait.as_ref().map(|w| ts(w.since)))
+        .bind(merged_outputs(&outputs, &t.output)?)
+        .bind(&t.last_error)
+        .bind(&now)
+        .bind(final_status)
+        .bind(t.effect_possible)
+        .bind(change.closed_outcome.map(|o| o.as_str()))
+        .bind(&input)
+        .bind(to_json(&generations)?)
+        .fetch_one(&mut *tx)
+        .await?;
+        if t.wait.is_none() {
+            sqlx::query("DELETE FROM paysaga_waits WHERE saga_id = $1")
+                .bind(&saga_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        insert_history(&mut tx, a.saga, None, Some(a.actor), &t.history).await?;
+        tx.commit().await?;
+        self.notify();
+        saga_from_row(&row)
+    }
+
+    #[instrument(skip(self, detail), fields(saga_id = %id))]
+    async fn request_cancel_with(
+        &self,
+        id: Uuid,
+        actor: &str,
+        detail: Value,
+    ) -> Result<SagaRecord, Error> {
+        let now = ts(Utc::now());
+        let mut tx = self.write_tx().await?;
+        let saga = self
+            .saga_in(&mut tx, id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("saga {id}")))?;
+        if saga.status.is_final() {
+            return Err(Error::Refused(format!(
+                "saga {id} is {} and cannot be cancelled{}",
+                saga.status,
+                crate::cancel_refusal_hint(saga.status)
+            )));
+        }
+        // Make it runnable now (a retry backoff or a wait must not delay a cancel); the
+        // holder, if any, applies it after its current step.
+        let row = sqlx::query(&format!(
+            "UPDATE paysaga_sagas SET cancel_requested = 1, run_at = $2, updated_at = $2
+             WHERE id = $1 RETURNING {SAGA_COLUMNS}"
+        ))
+        .bind(id.to_string())
+        .bind(&now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let entry = HistoryEntry {
+            kind: HistoryKind::CancelRequested,
+            step: None,
+            attempt: None,
+            error: None,
+            detail,
+        };
+        insert_history(&mut tx, id, None, Some(actor), &[entry]).await?;
+        tx.commit().await?;
+        self.notify();
+        saga_from_row(&row)
+    }
+
+    async fn operator_history(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, Error> {
+        let rows = sqlx::query(OPERATOR_HISTORY_SQL)
+            .bind(filter.since.map(ts))
+            .bind(&filter.actor)
+            .bind(filter.limit.unwrap_or(100))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let kind: String = row.try_get("kind")?;
+                Ok(AuditRecord {
+                    saga_id: get_uuid(row, "saga_id")?,
+                    workflow: row.try_get("workflow")?,
+                    entry: HistoryRecord {
+                        id: row.try_get("id")?,
+                        at: get_ts(row, "at")?,
+                        worker: get_opt_uuid(row, "worker")?,
+                        actor: row.try_get("actor")?,
+                        step: row.try_get("step")?,
+                        attempt: row.try_get::<Option<i64>, _>("attempt")?.map(|a| a as u32),
+                        kind: kind.parse().map_err(Error::Corrupt)?,
+                        error: row.try_get("error")?,
+                        detail: get_opt_json(row, "detail")?,
+                    },
+                })
+            })
+            .collect()
+    }
 }
 
 const DOCUMENT_COLUMNS: &str =
@@ -1976,5 +2053,28 @@ mod tests {
                 plan.join("\n")
             );
         }
+    }
+
+    /// `paysaga audit` reads operator rows through their partial index, not the history.
+    #[tokio::test]
+    async fn the_audit_query_uses_the_operator_history_index() {
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        store.migrate().await.unwrap();
+        let explain = format!("EXPLAIN QUERY PLAN {OPERATOR_HISTORY_SQL}");
+        let plan: Vec<String> = sqlx::query_as::<_, (i64, i64, i64, String)>(&explain)
+            .bind(Option::<String>::None)
+            .bind("ops:alice")
+            .bind(100_i64)
+            .fetch_all(&store.reader)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.3)
+            .collect();
+        assert!(
+            plan.iter().any(|l| l.contains("paysaga_history_operator")),
+            "audit plan:\n{}",
+            plan.join("\n")
+        );
     }
 }

@@ -97,6 +97,18 @@ pub struct SagaRecord {
     pub effect_possible: bool,
     /// The outcome an operator declared when closing the saga (status `closed` only).
     pub closed_outcome: Option<ClosedOutcome>,
+    /// Steps an operator reset to run again, with how many times: their idempotency keys
+    /// (and provider references) are of that generation (see
+    /// [`paysaga_core::StepContext::key_generation`]). Empty for most sagas.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub key_generations: std::collections::BTreeMap<String, u32>,
+}
+
+impl SagaRecord {
+    /// The idempotency key generation of `step` (0 unless an operator reset it).
+    pub fn key_generation(&self, step: &str) -> u32 {
+        self.key_generations.get(step).copied().unwrap_or(0)
+    }
 }
 
 impl SagaRecord {
@@ -371,4 +383,40 @@ pub struct DocumentRecord {
     pub saga_id: Option<Uuid>,
     /// When retention deleted the content (`None`: the content is stored).
     pub content_deleted_at: Option<DateTime<Utc>>,
+}
+
+/// What an operator action writes besides its transition (see [`crate::Store::operator_apply_with`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OperatorChange<'a> {
+    /// The declared outcome, stored with status `closed` (required with it, refused without).
+    pub closed_outcome: Option<ClosedOutcome>,
+    /// A new input (a reset's patched input, validated by the caller).
+    pub input: Option<&'a Value>,
+    /// Steps whose idempotency key generation goes up by one (a reset runs them again).
+    pub new_key_generation: &'a [String],
+    /// Refused while a worker holds the saga (its current step is running).
+    pub require_unheld: bool,
+}
+
+/// Which operator history rows `paysaga audit` lists.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// At or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Only this actor.
+    pub actor: Option<String>,
+    /// At most this many, newest first (default 100).
+    pub limit: Option<i64>,
+}
+
+/// One history row written by an operator (any row with an actor but the start of a saga).
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRecord {
+    /// The saga.
+    pub saga_id: Uuid,
+    /// Its workflow.
+    pub workflow: String,
+    /// The row.
+    #[serde(flatten)]
+    pub entry: HistoryRecord,
 }

@@ -2457,6 +2457,201 @@ async fn owned_sagas_lists_what_a_worker_holds_with_its_fence(e: Env) {
     assert!((db_now - Utc::now()).num_seconds().abs() < 5);
 }
 
+/// What `close` and `reset` write besides the transition: the closed outcome (only with
+/// status `closed`), a patched input, fresh key generations; refused while a worker holds the
+/// saga when asked. Operator rows (refusals included) are listed across sagas by the audit,
+/// newest first, starts excepted; a cancel keeps the detail it was given.
+async fn operator_changes_store_outcome_input_and_key_generations_and_the_audit_lists_them(e: Env) {
+    use paysaga_core::ClosedOutcome;
+    use paysaga_store::{AuditFilter, OperatorChange};
+    let s = e.s();
+    let w = worker(s, LONG_TTL).await;
+    let since = s.db_now().await.unwrap() - chrono::Duration::seconds(1);
+    let a = start(s, "flow", &[STEP, STEP], None).await;
+    assert!(a.key_generations.is_empty());
+
+    // Held by a worker: refused when the action asks for it, nothing written.
+    let held = claim_one(s, w, a.id).await;
+    let b = start(s, "flow", &[STEP, STEP], None).await;
+    let mut closed = transition(SagaStatus::Closed, 0);
+    closed.history = vec![HistoryEntry {
+        detail: json!({"reason": "bank rejected", "outcome": "not_paid"}),
+        ..entry(HistoryKind::SagaClosed, Some("s1"), None)
+    }];
+    let action = |saga: &SagaRecord, t| OperatorAction {
+        saga: saga.id,
+        expect_status: saga.status,
+        expect_step_index: saga.step_index,
+        transition: t,
+        actor: "ops:alice",
+    };
+    let refused = s
+        .operator_apply_with(
+            action(&held, &closed),
+            OperatorChange {
+                closed_outcome: Some(ClosedOutcome::NotPaid),
+                require_unheld: true,
+                ..Default::default()
+            },
+        )
+        .await;
+    assert!(
+        matches!(&refused, Err(Error::Refused(m)) if m.contains("running")),
+        "{refused:?}"
+    );
+    // A closed status without an outcome (or an outcome without it) is refused.
+    s.release(a.id, w, held.fence).await.unwrap();
+    let a = saga(s, a.id).await;
+    assert!(matches!(
+        s.operator_apply_with(action(&a, &closed), OperatorChange::default())
+            .await,
+        Err(Error::Refused(_))
+    ));
+    let scheduled = transition(SagaStatus::Scheduled, 0);
+    assert!(matches!(
+        s.operator_apply_with(
+            action(&a, &scheduled),
+            OperatorChange {
+                closed_outcome: Some(ClosedOutcome::Paid),
+                ..Default::default()
+            }
+        )
+        .await,
+        Err(Error::Refused(_))
+    ));
+    let done = s
+        .operator_apply_with(
+            action(&a, &closed),
+            OperatorChange {
+                closed_outcome: Some(ClosedOutcome::NotPaid),
+                require_unheld: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.status, SagaStatus::Closed);
+    assert_eq!(done.closed_outcome, Some(ClosedOutcome::NotPaid));
+    assert!(done.finished_at.is_some() && done.run_at.is_none());
+    assert_eq!(
+        saga(s, a.id).await.closed_outcome,
+        Some(ClosedOutcome::NotPaid)
+    );
+
+    // A reset: new input, key generations up by one per reset, other steps untouched.
+    let mut reset = transition(SagaStatus::Scheduled, 0);
+    reset.history = vec![HistoryEntry {
+        detail: json!({"reason": "account corrected"}),
+        ..entry(HistoryKind::OperatorReset, Some("s1"), None)
+    }];
+    let patched = json!({"payout": {"account_number": "1234567890"}});
+    let steps = vec!["s1".to_string(), "s2".to_string()];
+    let once = s
+        .operator_apply_with(
+            action(&b, &reset),
+            OperatorChange {
+                input: Some(&patched),
+                new_key_generation: &steps,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(once.input, patched);
+    assert_eq!(
+        (once.key_generation("s1"), once.key_generation("s2")),
+        (1, 1)
+    );
+    let twice = s
+        .operator_apply_with(
+            action(&once, &reset),
+            OperatorChange {
+                new_key_generation: &steps[1..],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(twice.input, patched, "no input: the stored one stays");
+    assert_eq!(
+        (twice.key_generation("s1"), twice.key_generation("s2")),
+        (1, 2)
+    );
+    assert_eq!(saga(s, b.id).await.key_generation("s2"), 2);
+    // The claimed saga carries them (workers derive the steps' keys from them).
+    let claimed = claim_one(s, w, b.id).await;
+    assert_eq!(claimed.key_generation("s2"), 2);
+    s.release(b.id, w, claimed.fence).await.unwrap();
+
+    // A refusal recorded by the caller, and a cancel with its whole detail.
+    s.append_history(
+        b.id,
+        "ops:bob",
+        &[HistoryEntry {
+            error: Some("refused".into()),
+            detail: json!({"action": "close", "reason": "x", "os_user": "bob"}),
+            ..entry(HistoryKind::OperatorRefused, None, None)
+        }],
+    )
+    .await
+    .unwrap();
+    s.request_cancel_with(
+        b.id,
+        "ops:bob",
+        json!({"reason": "payee gone", "os_user": "bob"}),
+    )
+    .await
+    .unwrap();
+    let history = s.history(b.id).await.unwrap();
+    let cancel = history
+        .iter()
+        .find(|h| h.kind == HistoryKind::CancelRequested)
+        .unwrap();
+    assert_eq!(
+        cancel.detail,
+        Some(json!({"reason": "payee gone", "os_user": "bob"}))
+    );
+
+    let all = s
+        .operator_history(&AuditFilter {
+            since: Some(since),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let kinds: Vec<(Uuid, HistoryKind)> = all.iter().map(|r| (r.saga_id, r.entry.kind)).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (b.id, HistoryKind::CancelRequested),
+            (b.id, HistoryKind::OperatorRefused),
+            (b.id, HistoryKind::OperatorReset),
+            (b.id, HistoryKind::OperatorReset),
+            (a.id, HistoryKind::SagaClosed),
+        ],
+        "newest first, starts excepted"
+    );
+    assert!(all.iter().all(|r| r.workflow == "flow"));
+    let bob = s
+        .operator_history(&AuditFilter {
+            actor: Some("ops:bob".into()),
+            limit: Some(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(bob.len(), 1);
+    assert_eq!(bob[0].entry.kind, HistoryKind::CancelRequested);
+    let later = s
+        .operator_history(&AuditFilter {
+            since: Some(Utc::now() + chrono::Duration::hours(1)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(later.is_empty());
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -2522,6 +2717,7 @@ conformance!(
     sagas_with_an_alert_are_listed_by_the_alerts_filter,
     documents_keep_exact_bytes_and_a_claim_is_all_or_nothing,
     document_content_goes_once_its_saga_is_final_plus_retention_and_metadata_stays,
+    operator_changes_store_outcome_input_and_key_generations_and_the_audit_lists_them,
 );
 
 /// `connect` picks the store by the URL's scheme and never echoes the rest of the URL.

@@ -54,7 +54,7 @@ pub fn reference(ctx: &StepContext) -> String {
     let key = match ctx.wake {
         // The forward effect's key, also when compensating (the reference of the object
         // to undo).
-        Wake::Compensate => paysaga_core::idempotency_key(ctx.saga_id, &ctx.step),
+        Wake::Compensate => ctx.forward_idempotency_key(),
         _ => ctx.idempotency_key(),
     };
     format!("ps-{key}")
