@@ -189,6 +189,11 @@ pub struct WaitSpec {
     /// Opaque state handed back to the step on the next run.
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub state: Value,
+    /// What the provider last said about the awaited object, as text for operators (e.g.
+    /// `payout tx_1 is PENDING`): written in the `step_waiting` history row and shown by
+    /// `paysaga show`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_status: Option<String>,
 }
 
 impl WaitSpec {
@@ -201,7 +206,14 @@ impl WaitSpec {
             poll_after: None,
             new_deadline: None,
             state: Value::Null,
+            provider_status: None,
         }
+    }
+
+    /// Sets [`WaitSpec::provider_status`].
+    pub fn provider_status(mut self, status: impl Into<String>) -> Self {
+        self.provider_status = Some(status.into());
+        self
     }
 }
 
@@ -307,6 +319,31 @@ pub trait StepKind: Send + Sync + std::fmt::Debug + 'static {
     fn documents(&self, _params: &Value) -> Vec<crate::DocumentId> {
         Vec::new()
     }
+
+    /// The provider object ids in a completed run's `output` (transaction, payable, funding,
+    /// intent, customer ids...) as `(name, value)`: the worker stores them with the step's
+    /// result, in the same commit, as references of the saga (`paysaga list --ref VALUE`
+    /// finds the saga from an id quoted in a support ticket). A kind declares which output
+    /// fields are ids; the default is none.
+    fn references(&self, _output: &Value) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+
+/// The `(name, value)` references of `output`'s fields `names` that hold a non-empty string or
+/// a number (for [`StepKind::references`]).
+pub fn output_references(output: &Value, names: &[&str]) -> Vec<(String, String)> {
+    names
+        .iter()
+        .filter_map(|name| {
+            let value = match output.get(*name)? {
+                Value::String(s) if !s.trim().is_empty() => s.trim().to_string(),
+                Value::Number(n) => n.to_string(),
+                _ => return None,
+            };
+            Some((name.to_string(), value))
+        })
+        .collect()
 }
 
 #[cfg(test)]

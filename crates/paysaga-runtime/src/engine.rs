@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use paysaga_core::{CompiledDefinition, Definition, DocumentId, HistoryKind};
 use paysaga_store::{
     DefinitionRecord, Delivery, DocumentRecord, EventFilter, EventRecord, HistoryRecord,
-    NewDocument, NewEvent, NewSaga, SagaFilter, SagaRecord, Store,
+    NewDocument, NewEvent, NewSaga, SagaFilter, SagaRecord, SagaReference, Store,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -59,6 +59,52 @@ pub struct SagaView {
     pub steps: Vec<String>,
     /// History, oldest first.
     pub history: Vec<HistoryRecord>,
+    /// The provider object ids its steps returned (`paysaga list --ref` finds the saga by any).
+    pub references: Vec<SagaReference>,
+    /// Set when the saga is unfinished, no worker holds it, and no live worker can run it (no
+    /// live worker has every step kind of its definition): it will not move until one starts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unrunnable: Option<Unrunnable>,
+}
+
+/// Why no live worker can run a saga (see [`SagaView::unrunnable`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unrunnable {
+    /// The step kinds of its definition that no live worker has (empty when every kind is on
+    /// some worker, but no single worker has them all).
+    pub missing_kinds: Vec<String>,
+    /// The providers of those kinds (the prefix of `provider.step`): start a worker with them
+    /// configured.
+    pub providers: Vec<String>,
+    /// Live workers now.
+    pub live_workers: usize,
+}
+
+impl Unrunnable {
+    /// Whether a saga of a definition needing `kinds` can be run by none of the live workers
+    /// whose step kinds are `live`.
+    pub fn of(kinds: &[String], live: &[Vec<String>]) -> Option<Unrunnable> {
+        if live.iter().any(|w| kinds.iter().all(|k| w.contains(k))) {
+            return None;
+        }
+        let mut missing: Vec<String> = kinds
+            .iter()
+            .filter(|k| !live.iter().any(|w| w.contains(k)))
+            .cloned()
+            .collect();
+        missing.sort();
+        missing.dedup();
+        let mut providers: Vec<String> = missing
+            .iter()
+            .map(|k| k.split_once('.').map_or(k.as_str(), |(p, _)| p).to_string())
+            .collect();
+        providers.dedup();
+        Some(Unrunnable {
+            missing_kinds: missing,
+            providers,
+            live_workers: live.len(),
+        })
+    }
 }
 
 /// An event to deliver (webhook ingestion or an operator's manual event).
@@ -419,11 +465,19 @@ impl Engine {
         } else {
             steps.get(saga.step_index).cloned()
         };
+        let references = self.store.saga_references(id).await?;
+        let unrunnable = if saga.status.is_final() || saga.owner.is_some() {
+            None
+        } else {
+            Unrunnable::of(&def.step_kinds, &self.store.live_worker_kinds().await?)
+        };
         Ok(SagaView {
             saga,
             current_step,
             steps,
             history,
+            references,
+            unrunnable,
         })
     }
 
