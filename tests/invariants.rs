@@ -152,7 +152,7 @@ async fn fenced_lease_worker_whose_lease_was_taken_over_cannot_commit() {
             consumed_event: None,
             transition: &t,
             token: Uuid::new_v4(),
-        references: &[],
+            references: &[],
         })
         .await
         .unwrap();

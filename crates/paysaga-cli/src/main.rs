@@ -5,6 +5,7 @@
 mod demo;
 mod documents;
 mod operate;
+mod operate_visibility;
 mod provider_metrics;
 
 use std::net::SocketAddr;
@@ -82,6 +83,10 @@ enum Command {
         /// JSON output.
         #[arg(long)]
         json: bool,
+        /// Then stream the timeline live: new history rows as they are written, until no
+        /// worker moves the saga any more (it ended or waits for an operator) or Ctrl-C.
+        #[arg(long, conflicts_with = "json")]
+        follow: bool,
     },
     /// Counts by workflow and status, sagas per step, oldest waiting, retries.
     Stats {
@@ -123,6 +128,10 @@ enum Command {
         /// Why (recorded in history).
         #[arg(long)]
         reason: String,
+        /// How long to wait for a worker to handle the event before reporting what the step
+        /// did with it (moved on, or waits again because the provider disagrees).
+        #[arg(long, default_value = "15s")]
+        wait: humantime::Duration,
     },
     /// The webhook inbox: list, show, replay.
     #[command(subcommand)]
@@ -367,7 +376,12 @@ async fn main() -> Result<()> {
             println!("{}", started.saga_id);
         }
         Command::List { filter, json } => operate::list(&engine(db).await?, &filter, json).await?,
-        Command::Show { id, json } => operate::show(&engine(db).await?, id, json).await?,
+        Command::Show {
+            id,
+            json: _,
+            follow: true,
+        } => operate_visibility::follow(&engine(db).await?, id).await?,
+        Command::Show { id, json, .. } => operate::show(&engine(db).await?, id, json).await?,
         Command::Stats { json } => operate::stats(&engine(db).await?, json).await?,
         Command::Retry(args) => {
             operate::act(&engine(db).await?, operate::Action::Retry, &args).await?
@@ -403,11 +417,13 @@ async fn main() -> Result<()> {
             event,
             payload,
             reason,
+            wait,
         } => {
             let payload: Value =
                 serde_json::from_str(&payload).context("--payload is not valid JSON")?;
-            let d = engine(db)
-                .await?
+            let engine = engine(db).await?;
+            let before = operate_visibility::last_history_id(&engine, id).await?;
+            let d = engine
                 .deliver_manual(id, &event, payload, &operate::actor(), &reason)
                 .await
                 .with_context(|| format!("cannot deliver {event} to saga {id}"))?;
@@ -418,6 +434,7 @@ async fn main() -> Result<()> {
                     .map(|s| s.to_string())
                     .unwrap_or_else(|| "(none)".into())
             );
+            operate_visibility::report_delivery(&engine, id, before, wait.into()).await?;
         }
         Command::Events(cmd) => operate::events(&engine(db).await?, cmd).await?,
         #[cfg(feature = "dev")]
