@@ -28,9 +28,18 @@ pub fn unrunnable_why(v: &SagaView) -> Option<String> {
             v.saga.workflow
         )
     } else {
+        let kind = u
+            .step_kind
+            .as_ref()
+            .or(u.missing_kinds.first())
+            .cloned()
+            .unwrap_or_default();
+        let others = match u.missing_kinds.len() - 1 {
+            0 => String::new(),
+            n => format!(", nor {n} other kind(s) of its workflow"),
+        };
         format!(
-            "no live worker can run step kind {} ({workers}); start a worker with provider {} configured",
-            u.missing_kinds.join(", "),
+            "no live worker can run step kind {kind}{others} ({workers}); start a worker with provider {} configured",
             u.providers.join(", ")
         )
     })

@@ -78,12 +78,14 @@ pub struct Unrunnable {
     pub providers: Vec<String>,
     /// Live workers now.
     pub live_workers: usize,
+    /// The current step's kind, when no live worker has it.
+    pub step_kind: Option<String>,
 }
 
 impl Unrunnable {
     /// Whether a saga of a definition needing `kinds` can be run by none of the live workers
     /// whose step kinds are `live`.
-    pub fn of(kinds: &[String], live: &[Vec<String>]) -> Option<Unrunnable> {
+    pub fn of(kinds: &[String], current: Option<&str>, live: &[Vec<String>]) -> Option<Unrunnable> {
         if live.iter().any(|w| kinds.iter().all(|k| w.contains(k))) {
             return None;
         }
@@ -99,10 +101,14 @@ impl Unrunnable {
             .map(|k| k.split_once('.').map_or(k.as_str(), |(p, _)| p).to_string())
             .collect();
         providers.dedup();
+        let step_kind = current
+            .filter(|k| missing.iter().any(|m| m == k))
+            .map(str::to_string);
         Some(Unrunnable {
             missing_kinds: missing,
             providers,
             live_workers: live.len(),
+            step_kind,
         })
     }
 }
@@ -469,7 +475,12 @@ impl Engine {
         let unrunnable = if saga.status.is_final() || saga.owner.is_some() {
             None
         } else {
-            Unrunnable::of(&def.step_kinds, &self.store.live_worker_kinds().await?)
+            let current = def.definition.steps.get(saga.step_index);
+            Unrunnable::of(
+                &def.step_kinds,
+                current.map(|s| s.kind.as_str()),
+                &self.store.live_worker_kinds().await?,
+            )
         };
         Ok(SagaView {
             saga,
