@@ -364,4 +364,29 @@ mod tests {
         );
         assert_ne!(idempotency_key(saga, "pay"), compensation_key(saga, "pay"));
     }
+
+    #[test]
+    fn output_references_keep_non_empty_strings_and_numbers_of_the_named_fields() {
+        let output = serde_json::json!({
+            "payable_id": "pay_1", "invoice_number": 1001, "funding_id": " ",
+            "status": "paid", "customer_id": null, "nested": {"id": "x"},
+        });
+        assert_eq!(
+            output_references(
+                &output,
+                &[
+                    "payable_id",
+                    "invoice_number",
+                    "funding_id",
+                    "customer_id",
+                    "nested",
+                    "absent"
+                ]
+            ),
+            vec![
+                ("payable_id".to_string(), "pay_1".to_string()),
+                ("invoice_number".to_string(), "1001".to_string()),
+            ]
+        );
+    }
 }
