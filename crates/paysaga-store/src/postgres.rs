@@ -376,6 +376,25 @@ fn list_sagas_sql(order: &str) -> String {
     )
 }
 
+/// The unfinished sagas, unowned (the partial index `paysaga_sagas_runnable` holds them), whose
+/// definition no live worker can run, by definition (see
+/// [`Store::sagas_no_live_worker_can_run`]).
+fn no_live_worker_sql() -> String {
+    format!(
+        "WITH live AS (SELECT step_kinds FROM paysaga_workers
+                       WHERE stopped_at IS NULL AND lease_expires_at > now())
+         SELECT d.name, d.version, count(*) AS sagas,
+                ARRAY(SELECT k FROM unnest(d.step_kinds) k
+                      WHERE NOT EXISTS (SELECT 1 FROM live WHERE k = ANY(live.step_kinds))
+                      ORDER BY k) AS missing
+         FROM paysaga_sagas s JOIN paysaga_definitions d ON d.id = s.definition_id
+         WHERE s.status IN {ACTIVE} AND s.owner IS NULL
+           AND NOT EXISTS (SELECT 1 FROM live WHERE d.step_kinds <@ live.step_kinds)
+         GROUP BY d.id, d.name, d.version, d.step_kinds
+         ORDER BY d.name, d.version"
+    )
+}
+
 fn saga_from_row(row: &PgRow) -> Result<SagaRecord, Error> {
     let status: String = row.try_get("status")?;
     let wait: Option<Value> = row.try_get("wait")?;
@@ -1895,21 +1914,9 @@ impl Store for PgStore {
     }
 
     async fn sagas_no_live_worker_can_run(&self) -> Result<Vec<UnrunnableGroup>, Error> {
-        let rows = sqlx::query(&format!(
-            "WITH live AS (SELECT step_kinds FROM paysaga_workers
-                           WHERE stopped_at IS NULL AND lease_expires_at > now())
-             SELECT d.name, d.version, count(*) AS sagas,
-                    ARRAY(SELECT k FROM unnest(d.step_kinds) k
-                          WHERE NOT EXISTS (SELECT 1 FROM live WHERE k = ANY(live.step_kinds))
-                          ORDER BY k) AS missing
-             FROM paysaga_sagas s JOIN paysaga_definitions d ON d.id = s.definition_id
-             WHERE s.status IN {ACTIVE} AND s.owner IS NULL
-               AND NOT EXISTS (SELECT 1 FROM live WHERE d.step_kinds <@ live.step_kinds)
-             GROUP BY d.id, d.name, d.version, d.step_kinds
-             ORDER BY d.name, d.version"
-        ))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(&no_live_worker_sql())
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| {
                 Ok(UnrunnableGroup {
@@ -2110,7 +2117,7 @@ mod tests {
     /// `list --ref VALUE` (a provider id from a support ticket) is served by the index on
     /// `paysaga_saga_refs.value`, with many sagas and references stored.
     #[tokio::test]
-    async fn list_by_reference_uses_the_reference_index() {
+    async fn list_by_reference_and_the_unrunnable_count_use_their_indexes() {
         let db = paysaga_testkit::database().await;
         let store = PgStore::connect(db.url()).await.unwrap();
         store.migrate().await.unwrap();
@@ -2158,6 +2165,26 @@ mod tests {
         assert!(
             !plan.contains("Seq Scan on paysaga_sagas"),
             "list --ref plan:\n{plan}"
+        );
+        // The count of sagas no live worker can run (each worker, every 5 s) reads only the
+        // unfinished ones.
+        sqlx::raw_sql(
+            "INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status, run_at)
+                 SELECT gen_random_uuid(), 1, 'noop', 1, '{}', 'scheduled', now()
+                 FROM generate_series(1, 20);
+             ANALYZE;",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", no_live_worker_sql()))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("paysaga_sagas_runnable") && !plan.contains("Seq Scan on paysaga_sagas"),
+            "unrunnable count plan:\n{plan}"
         );
     }
 }
