@@ -186,6 +186,7 @@ async fn stuck_sagas_are_found_and_each_action_moves_them_on() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1200)).await; // lease and wait deadline pass
+
     // A live worker that could run every workflow here (it claims nothing): a saga no live
     // worker can run counts as stuck (see operator_visibility.rs).
     store

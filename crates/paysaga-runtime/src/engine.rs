@@ -777,17 +777,22 @@ mod tests {
     fn a_saga_is_unrunnable_unless_one_live_worker_has_every_kind_of_its_definition() {
         let def = kinds(&["lumanu.fund_invoice", "blaaiz.payout", "noop.sleep"]);
         let all = kinds(&["lumanu.fund_invoice", "blaaiz.payout", "noop.sleep", "x.y"]);
-        assert_eq!(Unrunnable::of(&def, None, &[all.clone()]), None);
+        assert_eq!(Unrunnable::of(&def, None, std::slice::from_ref(&all)), None);
         let none = Unrunnable::of(&def, Some("blaaiz.payout"), &[]).unwrap();
         assert_eq!(none.live_workers, 0);
         assert_eq!(none.providers, ["blaaiz", "lumanu", "noop"]);
         let no_blaaiz = kinds(&["lumanu.fund_invoice", "noop.sleep"]);
-        let u = Unrunnable::of(&def, Some("blaaiz.payout"), &[no_blaaiz.clone()]).unwrap();
+        let u = Unrunnable::of(
+            &def,
+            Some("blaaiz.payout"),
+            std::slice::from_ref(&no_blaaiz),
+        )
+        .unwrap();
         assert_eq!(u.missing_kinds, ["blaaiz.payout"]);
         assert_eq!(u.providers, ["blaaiz"]);
         assert_eq!(u.step_kind.as_deref(), Some("blaaiz.payout"));
         // The current step's kind is on a worker; another step's is not.
-        let u = Unrunnable::of(&def, Some("noop.sleep"), &[no_blaaiz.clone()]).unwrap();
+        let u = Unrunnable::of(&def, Some("noop.sleep"), std::slice::from_ref(&no_blaaiz)).unwrap();
         assert_eq!(u.step_kind, None);
         // Every kind on some worker, none with all: still unrunnable (a worker claims only
         // sagas whose every kind it has).
