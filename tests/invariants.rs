@@ -98,6 +98,7 @@ async fn fenced_lease_worker_whose_lease_was_taken_over_cannot_commit() {
         consumed_event: None,
         transition: &t,
         token: Uuid::new_v4(),
+        references: &[],
     };
     let err = store.commit(commit_a(fence_a)).await.unwrap_err();
     assert!(
@@ -151,6 +152,7 @@ async fn fenced_lease_worker_whose_lease_was_taken_over_cannot_commit() {
             consumed_event: None,
             transition: &t,
             token: Uuid::new_v4(),
+            references: &[],
         })
         .await
         .unwrap();

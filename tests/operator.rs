@@ -187,6 +187,22 @@ async fn stuck_sagas_are_found_and_each_action_moves_them_on() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1200)).await; // lease and wait deadline pass
 
+    // A live worker that could run every workflow here (it claims nothing): a saga no live
+    // worker can run counts as stuck (see operator_visibility.rs).
+    store
+        .register_worker(
+            &WorkerInfo {
+                id: Uuid::new_v4(),
+                name: "idle".into(),
+                hostname: "h".into(),
+                pid: 2,
+                step_kinds: h.engine.registry().names(),
+            },
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+
     // list --stuck-for finds exactly the stuck ones.
     let out = ok(&paysaga(
         &url,

@@ -8,8 +8,9 @@ mod documents;
 mod exit;
 mod listing;
 mod operate;
-mod privacy;
 mod operate_actions;
+mod operate_visibility;
+mod privacy;
 mod provider_metrics;
 
 use std::net::SocketAddr;
@@ -96,6 +97,10 @@ enum Command {
         /// Why the data is revealed (required with --reveal).
         #[arg(long)]
         reason: Option<String>,
+        /// Then stream the timeline live: new history rows as they are written, until no
+        /// worker moves the saga any more (it ended or waits for an operator) or Ctrl-C.
+        #[arg(long, conflicts_with = "json")]
+        follow: bool,
     },
     /// Counts by workflow and status, sagas per step, oldest waiting, retries.
     Stats {
@@ -137,6 +142,10 @@ enum Command {
         /// Why (recorded in history).
         #[arg(long)]
         reason: String,
+        /// How long to wait for a worker to handle the event before reporting what the step
+        /// did with it (moved on, or waits again because the provider disagrees).
+        #[arg(long, default_value = "15s")]
+        wait: humantime::Duration,
     },
     /// The webhook inbox: list, show, replay.
     #[command(subcommand)]
@@ -437,10 +446,14 @@ async fn run() -> Result<()> {
         }
         Command::List { filter, json } => listing::list(&engine(db).await?, &filter, json).await?,
         Command::Show {
+            id, follow: true, ..
+        } => operate_visibility::follow(&engine(db).await?, id).await?,
+        Command::Show {
             id,
             json,
             reveal,
             reason,
+            ..
         } => {
             let reveal = privacy::Reveal::from_flags(reveal, reason.as_deref())?;
             operate::show(&engine(db).await?, id, json, reveal.as_ref()).await?
@@ -480,11 +493,13 @@ async fn run() -> Result<()> {
             event,
             payload,
             reason,
+            wait,
         } => {
             let payload: Value =
                 serde_json::from_str(&payload).context("--payload is not valid JSON")?;
-            let d = engine(db)
-                .await?
+            let engine = engine(db).await?;
+            let before = operate_visibility::last_history_id(&engine, id).await?;
+            let d = engine
                 .deliver_manual(id, &event, payload, &operate::actor(), &reason)
                 .await
                 .with_context(|| format!("cannot deliver {event} to saga {id}"))?;
@@ -495,6 +510,7 @@ async fn run() -> Result<()> {
                     .map(|s| s.to_string())
                     .unwrap_or_else(|| "(none)".into())
             );
+            operate_visibility::report_delivery(&engine, id, before, wait.into()).await?;
         }
         Command::Events(cmd) => operate::events(&engine(db).await?, cmd).await?,
         #[cfg(feature = "dev")]

@@ -69,6 +69,10 @@ pub struct FilterArgs {
     /// Lumanu funding invoice that was paid. `show` prints the alert.
     #[arg(long)]
     pub alerts: bool,
+    /// Only the saga one of whose steps returned this provider id (a transaction, payable,
+    /// funding, intent, customer id... quoted in a support ticket); `show` lists them.
+    #[arg(long = "ref", value_name = "ID")]
+    pub reference: Option<String>,
 }
 
 /// Sort key of `list`.
@@ -109,6 +113,7 @@ impl FilterArgs {
             && self.updated_before.is_none()
             && self.stuck_for.is_none()
             && !self.alerts
+            && self.reference.is_none()
     }
 
     /// The store filter.
@@ -132,6 +137,7 @@ impl FilterArgs {
             limit: Some(i64::from(self.limit.unwrap_or(100))),
             offset: Some(i64::from(self.offset)),
             alerts: self.alerts,
+            reference: self.reference.clone(),
         })
     }
 }
@@ -317,6 +323,9 @@ fn print_saga(v: &SagaView) {
         );
     }
     let why = match (s.status, &s.wait, s.run_at) {
+        _ if crate::operate_visibility::unrunnable_why(v).is_some() => {
+            crate::operate_visibility::unrunnable_why(v).unwrap_or_default()
+        }
         (SagaStatus::Waiting, Some(w), _) => format!(
             "waiting for {} {} with key {} until {} (polls the provider at {})",
             w.provider,
@@ -363,6 +372,7 @@ fn print_saga(v: &SagaView) {
     if let Some(e) = &s.last_error {
         println!("error     {e}");
     }
+    crate::operate_visibility::print_details(v);
     for h in v
         .history
         .iter()

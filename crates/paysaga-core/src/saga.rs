@@ -858,13 +858,15 @@ fn begin_wait(
         _ => now,
     };
     let poll_at = add(now, spec.poll_after.unwrap_or(step.poll_every)).min(deadline);
+    let mut detail = json!({
+        "provider": spec.provider, "event_types": spec.event_types,
+        "correlation_key": spec.correlation_key, "deadline": deadline, "poll_at": poll_at,
+    });
+    if let Some(status) = &spec.provider_status {
+        detail["provider_status"] = json!(status);
+    }
     history.push(
-        HistoryEntry::new(HistoryKind::StepWaiting, Some(&step.name), Some(attempt)).detail(
-            json!({
-                "provider": spec.provider, "event_types": spec.event_types,
-                "correlation_key": spec.correlation_key, "deadline": deadline, "poll_at": poll_at,
-            }),
-        ),
+        HistoryEntry::new(HistoryKind::StepWaiting, Some(&step.name), Some(attempt)).detail(detail),
     );
     let mut t = Transition::base(state, SagaStatus::Waiting);
     t.attempt = attempt;

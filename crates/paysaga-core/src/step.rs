@@ -209,6 +209,11 @@ pub struct WaitSpec {
     /// Opaque state handed back to the step on the next run.
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub state: Value,
+    /// What the provider last said about the awaited object, as text for operators (e.g.
+    /// `payout tx_1 is PENDING`): written in the `step_waiting` history row and shown by
+    /// `paysaga show`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_status: Option<String>,
 }
 
 impl WaitSpec {
@@ -221,7 +226,14 @@ impl WaitSpec {
             poll_after: None,
             new_deadline: None,
             state: Value::Null,
+            provider_status: None,
         }
+    }
+
+    /// Sets [`WaitSpec::provider_status`].
+    pub fn provider_status(mut self, status: impl Into<String>) -> Self {
+        self.provider_status = Some(status.into());
+        self
     }
 }
 
@@ -327,6 +339,31 @@ pub trait StepKind: Send + Sync + std::fmt::Debug + 'static {
     fn documents(&self, _params: &Value) -> Vec<crate::DocumentId> {
         Vec::new()
     }
+
+    /// The provider object ids in a completed run's `output` (transaction, payable, funding,
+    /// intent, customer ids...) as `(name, value)`: the worker stores them with the step's
+    /// result, in the same commit, as references of the saga (`paysaga list --ref VALUE`
+    /// finds the saga from an id quoted in a support ticket). A kind declares which output
+    /// fields are ids; the default is none.
+    fn references(&self, _output: &Value) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+
+/// The `(name, value)` references of `output`'s fields `names` that hold a non-empty string or
+/// a number (for [`StepKind::references`]).
+pub fn output_references(output: &Value, names: &[&str]) -> Vec<(String, String)> {
+    names
+        .iter()
+        .filter_map(|name| {
+            let value = match output.get(*name)? {
+                Value::String(s) if !s.trim().is_empty() => s.trim().to_string(),
+                Value::Number(n) => n.to_string(),
+                _ => return None,
+            };
+            Some((name.to_string(), value))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -394,5 +431,30 @@ mod tests {
         let undo = ctx(Wake::Compensate, 1);
         assert_eq!(undo.forward_idempotency_key(), reset.idempotency_key());
         assert_ne!(undo.idempotency_key(), compensation_key(saga, "pay"));
+    }
+
+    #[test]
+    fn output_references_keep_non_empty_strings_and_numbers_of_the_named_fields() {
+        let output = serde_json::json!({
+            "payable_id": "pay_1", "invoice_number": 1001, "funding_id": " ",
+            "status": "paid", "customer_id": null, "nested": {"id": "x"},
+        });
+        assert_eq!(
+            output_references(
+                &output,
+                &[
+                    "payable_id",
+                    "invoice_number",
+                    "funding_id",
+                    "customer_id",
+                    "nested",
+                    "absent"
+                ]
+            ),
+            vec![
+                ("payable_id".to_string(), "pay_1".to_string()),
+                ("invoice_number".to_string(), "1001".to_string()),
+            ]
+        );
     }
 }

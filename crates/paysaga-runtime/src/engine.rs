@@ -7,7 +7,7 @@ use std::time::Duration;
 use paysaga_core::{CompiledDefinition, Definition, DocumentId, HistoryKind};
 use paysaga_store::{
     DefinitionRecord, Delivery, DocumentRecord, EventFilter, EventRecord, HistoryRecord,
-    NewDocument, NewEvent, NewSaga, SagaFilter, SagaRecord, Store,
+    NewDocument, NewEvent, NewSaga, SagaFilter, SagaRecord, SagaReference, Store,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -60,6 +60,58 @@ pub struct SagaView {
     pub steps: Vec<String>,
     /// History, oldest first.
     pub history: Vec<HistoryRecord>,
+    /// The provider object ids its steps returned (`paysaga list --ref` finds the saga by any).
+    pub references: Vec<SagaReference>,
+    /// Set when the saga is unfinished, no worker holds it, and no live worker can run it (no
+    /// live worker has every step kind of its definition): it will not move until one starts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unrunnable: Option<Unrunnable>,
+}
+
+/// Why no live worker can run a saga (see [`SagaView::unrunnable`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unrunnable {
+    /// The step kinds of its definition that no live worker has (empty when every kind is on
+    /// some worker, but no single worker has them all).
+    pub missing_kinds: Vec<String>,
+    /// The providers of those kinds (the prefix of `provider.step`): start a worker with them
+    /// configured.
+    pub providers: Vec<String>,
+    /// Live workers now.
+    pub live_workers: usize,
+    /// The current step's kind, when no live worker has it.
+    pub step_kind: Option<String>,
+}
+
+impl Unrunnable {
+    /// Whether a saga of a definition needing `kinds` can be run by none of the live workers
+    /// whose step kinds are `live`.
+    pub fn of(kinds: &[String], current: Option<&str>, live: &[Vec<String>]) -> Option<Unrunnable> {
+        if live.iter().any(|w| kinds.iter().all(|k| w.contains(k))) {
+            return None;
+        }
+        let mut missing: Vec<String> = kinds
+            .iter()
+            .filter(|k| !live.iter().any(|w| w.contains(k)))
+            .cloned()
+            .collect();
+        missing.sort();
+        missing.dedup();
+        let mut providers: Vec<String> = missing
+            .iter()
+            .map(|k| k.split_once('.').map_or(k.as_str(), |(p, _)| p).to_string())
+            .collect();
+        providers.dedup();
+        let step_kind = current
+            .filter(|k| missing.iter().any(|m| m == k))
+            .map(str::to_string);
+        Some(Unrunnable {
+            missing_kinds: missing,
+            providers,
+            live_workers: live.len(),
+            step_kind,
+        })
+    }
 }
 
 /// An event to deliver (webhook ingestion or an operator's manual event).
@@ -562,11 +614,24 @@ impl Engine {
         } else {
             steps.get(saga.step_index).cloned()
         };
+        let references = self.store.saga_references(id).await?;
+        let unrunnable = if saga.status.is_final() || saga.owner.is_some() {
+            None
+        } else {
+            let current = def.definition.steps.get(saga.step_index);
+            Unrunnable::of(
+                &def.step_kinds,
+                current.map(|s| s.kind.as_str()),
+                &self.store.live_worker_kinds().await?,
+            )
+        };
         Ok(SagaView {
             saga,
             current_step,
             steps,
             history,
+            references,
+            unrunnable,
         })
     }
 
@@ -1154,5 +1219,42 @@ impl Engine {
         filter: &paysaga_store::AuditFilter,
     ) -> Result<Vec<paysaga_store::AuditRecord>, Error> {
         Ok(self.store.operator_history(filter).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Unrunnable;
+
+    fn kinds(k: &[&str]) -> Vec<String> {
+        k.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_saga_is_unrunnable_unless_one_live_worker_has_every_kind_of_its_definition() {
+        let def = kinds(&["lumanu.fund_invoice", "blaaiz.payout", "noop.sleep"]);
+        let all = kinds(&["lumanu.fund_invoice", "blaaiz.payout", "noop.sleep", "x.y"]);
+        assert_eq!(Unrunnable::of(&def, None, std::slice::from_ref(&all)), None);
+        let none = Unrunnable::of(&def, Some("blaaiz.payout"), &[]).unwrap();
+        assert_eq!(none.live_workers, 0);
+        assert_eq!(none.providers, ["blaaiz", "lumanu", "noop"]);
+        let no_blaaiz = kinds(&["lumanu.fund_invoice", "noop.sleep"]);
+        let u = Unrunnable::of(
+            &def,
+            Some("blaaiz.payout"),
+            std::slice::from_ref(&no_blaaiz),
+        )
+        .unwrap();
+        assert_eq!(u.missing_kinds, ["blaaiz.payout"]);
+        assert_eq!(u.providers, ["blaaiz"]);
+        assert_eq!(u.step_kind.as_deref(), Some("blaaiz.payout"));
+        // The current step's kind is on a worker; another step's is not.
+        let u = Unrunnable::of(&def, Some("noop.sleep"), std::slice::from_ref(&no_blaaiz)).unwrap();
+        assert_eq!(u.step_kind, None);
+        // Every kind on some worker, none with all: still unrunnable (a worker claims only
+        // sagas whose every kind it has).
+        let split = Unrunnable::of(&def, None, &[no_blaaiz, kinds(&["blaaiz.payout"])]).unwrap();
+        assert!(split.missing_kinds.is_empty());
+        assert_eq!(split.live_workers, 2);
     }
 }

@@ -38,6 +38,7 @@ pub mod noop;
 mod registry;
 mod worker;
 
+pub use engine::Unrunnable;
 pub use engine::{CloseSaga, Expected, ResetSaga};
 pub use engine::{
     Engine, IncomingEvent, SagaView, StartRequest, Started, DEFAULT_MAX_DOCUMENT_SIZE,

@@ -7,6 +7,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -107,7 +108,13 @@ pub struct Metrics {
     pub provider_call_errors: Family<ProviderErrorLabels, Counter>,
     /// Alerts steps raised (`saga_alert` history rows), by workflow and kind.
     pub saga_alerts: Family<AlertLabels, Counter>,
+    /// Unfinished sagas no live worker can run (no live worker has every step kind of their
+    /// definition), by workflow; set by each worker every [`UNRUNNABLE_EVERY`].
+    pub unrunnable_sagas: Family<WorkflowLabels, Gauge>,
 }
+
+/// How often a worker counts the sagas no live worker can run (`unrunnable_sagas`).
+pub const UNRUNNABLE_EVERY: Duration = Duration::from_secs(5);
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -191,6 +198,12 @@ impl Metrics {
             "Alerts raised by steps for an operator (e.g. a duplicate funding invoice paid)",
             saga_alerts.clone(),
         );
+        let unrunnable_sagas = Family::<WorkflowLabels, Gauge>::default();
+        registry.register(
+            "unrunnable_sagas",
+            "Unfinished sagas no live worker can run (their step kinds' provider is configured on no live worker)",
+            unrunnable_sagas.clone(),
+        );
         Metrics {
             registry,
             sagas_started,
@@ -205,6 +218,7 @@ impl Metrics {
             provider_call_seconds,
             provider_call_errors,
             saga_alerts,
+            unrunnable_sagas,
         }
     }
 

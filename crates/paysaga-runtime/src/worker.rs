@@ -5,7 +5,7 @@
 //! sagas it holds); a saga's fencing token increases at every claim. A step result is
 //! committed only while the worker's lease is live and the token unchanged.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -227,6 +227,8 @@ impl Worker {
         let mut last_document_sweep = tokio::time::Instant::now()
             .checked_sub(document_sweep_every)
             .unwrap_or_else(tokio::time::Instant::now);
+        let mut last_unrunnable_count: Option<tokio::time::Instant> = None;
+        let mut unrunnable_workflows: HashMap<String, i64> = HashMap::new();
         loop {
             while let Some(done) = tasks.try_join_next() {
                 if let Err(e) = done {
@@ -254,6 +256,12 @@ impl Worker {
             if last_document_sweep.elapsed() >= document_sweep_every {
                 last_document_sweep = tokio::time::Instant::now();
                 delete_expired_documents(&shared).await;
+            }
+            if last_unrunnable_count
+                .is_none_or(|at| at.elapsed() >= crate::metrics::UNRUNNABLE_EVERY)
+            {
+                last_unrunnable_count = Some(tokio::time::Instant::now());
+                count_unrunnable(&shared, &mut unrunnable_workflows).await;
             }
             let free = permits.available_permits();
             let mut claimed_all = false;
@@ -563,6 +571,7 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
         let state = saga.state();
         let prior_status = saga.status;
         let next = next_run(&state, &loaded.compiled, wake_event.take(), now);
+        let mut references: Vec<paysaga_store::SagaReference> = Vec::new();
         let (transition, consumed, ran) = match next {
             NextRun::Step {
                 index,
@@ -590,6 +599,7 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
                     outcome,
                     shared.now(),
                 );
+                references = step_references(shared, &loaded, index, &t);
                 (t, consumed, Some(attempt))
             }
             NextRun::Compensate { index, attempt } => {
@@ -620,8 +630,16 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
         };
         let mut transition = transition;
         make_storable(&mut transition);
-        let mut committed =
-            commit_with_retry(shared, &saga, worker, prior_status, consumed, &transition).await;
+        let mut committed = commit_with_retry(
+            shared,
+            &saga,
+            worker,
+            prior_status,
+            consumed,
+            &transition,
+            &references,
+        )
+        .await;
         if let (Err(Error::Store(e)), Some(attempt)) = (&committed, ran) {
             if e.is_unstorable() {
                 // The database refuses this result for good (a constraint, a value it cannot
@@ -638,7 +656,7 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
                 error!(error = %e, attempt, "the step's result cannot be stored; parking the saga for an operator");
                 shared.stats.unstorable.fetch_add(1, Ordering::Relaxed);
                 committed =
-                    commit_with_retry(shared, &saga, worker, prior_status, None, &park).await;
+                    commit_with_retry(shared, &saga, worker, prior_status, None, &park, &[]).await;
                 transition = park;
             }
         }
@@ -783,6 +801,64 @@ fn make_storable(t: &mut Transition) {
     }
 }
 
+/// Sets the `unrunnable_sagas` gauge: unfinished sagas no live worker can run, by workflow
+/// (a workflow counted before and not now goes back to 0).
+async fn count_unrunnable(shared: &Shared, previous: &mut HashMap<String, i64>) {
+    let groups = match shared.engine.store.sagas_no_live_worker_can_run().await {
+        Ok(groups) => groups,
+        Err(e) => {
+            warn!(error = %e, "could not count the sagas no live worker can run; will retry");
+            return;
+        }
+    };
+    let mut counts: HashMap<String, i64> = previous.keys().map(|w| (w.clone(), 0)).collect();
+    for g in &groups {
+        *counts.entry(g.workflow.clone()).or_default() += g.sagas;
+        if previous.get(&g.workflow).copied().unwrap_or(0) == 0 {
+            warn!(workflow = %g.workflow, version = g.version, sagas = g.sagas, missing = ?g.missing_kinds,
+                  "sagas no live worker can run: start a worker with their providers configured");
+        }
+    }
+    for (workflow, n) in &counts {
+        shared
+            .engine
+            .metrics
+            .unrunnable_sagas
+            .get_or_create(&crate::metrics::WorkflowLabels {
+                workflow: workflow.clone(),
+            })
+            .set(*n);
+    }
+    *previous = counts;
+}
+
+/// The references (provider object ids) a completed run of step `index` returned, as its kind
+/// declares them (`StepKind::references`): stored in the commit of the step's result.
+fn step_references(
+    shared: &Shared,
+    loaded: &LoadedDefinition,
+    index: usize,
+    t: &Transition,
+) -> Vec<paysaga_store::SagaReference> {
+    let step = &loaded.compiled.steps[index].def;
+    let (Some((name, output)), Some(kind)) = (&t.output, shared.engine.registry.get(&step.kind))
+    else {
+        return Vec::new();
+    };
+    if name != &step.name {
+        return Vec::new();
+    }
+    kind.references(output)
+        .into_iter()
+        .map(|(field, value)| paysaga_store::SagaReference {
+            step: step.name.clone(),
+            name: field.replace('\0', "\u{FFFD}"),
+            value: value.replace('\0', "\u{FFFD}"),
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn commit_with_retry(
     shared: &Shared,
     saga: &SagaRecord,
@@ -790,6 +866,7 @@ async fn commit_with_retry(
     prior_status: SagaStatus,
     consumed_event: Option<i64>,
     transition: &Transition,
+    references: &[paysaga_store::SagaReference],
 ) -> Result<Committed, Error> {
     // One token for every try: a try applied whose answer was lost is not applied again.
     let token = Uuid::new_v4();
@@ -805,6 +882,7 @@ async fn commit_with_retry(
                 consumed_event,
                 transition,
                 token,
+                references,
             })
             .await
     };

@@ -425,6 +425,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         actor: &str,
         detail: serde_json::Value,
     ) -> Result<SagaRecord, Error>;
+    /// The references (provider object ids) saga `saga`'s steps returned, in the order stored.
+    async fn saga_references(&self, saga: Uuid) -> Result<Vec<SagaReference>, Error>;
+    /// The step kinds of each live worker (not stopped, lease not expired).
+    async fn live_worker_kinds(&self) -> Result<Vec<Vec<String>>, Error>;
+    /// Unfinished sagas (scheduled, retrying, waiting, compensating) that no live worker can
+    /// run: no live worker has every step kind of their definition (a worker claims only
+    /// those). `missing_kinds`: the kinds of the definition no live worker has.
+    async fn sagas_no_live_worker_can_run(&self) -> Result<Vec<UnrunnableGroup>, Error>;
 }
 
 /// Arguments of [`Store::mark_effect`] and [`Store::clear_effect_mark`].
@@ -529,6 +537,9 @@ pub struct Commit<'a> {
     /// Unique per transition and the same across retries of its commit: a retry whose earlier
     /// try was applied but not acknowledged (connection lost) finds it and writes nothing twice.
     pub token: Uuid,
+    /// References of the saga the committed step returned (see [`SagaReference`]), stored in
+    /// the same transaction (a reference already stored is kept once).
+    pub references: &'a [SagaReference],
 }
 
 /// Resubmitting a definition version: the same content is a no-op, other content is refused

@@ -11,6 +11,7 @@ use sqlx::{Connection, Postgres, Row, Transaction};
 use tracing::instrument;
 use uuid::Uuid;
 
+use crate::SagaReference;
 use crate::{AuditFilter, AuditRecord, OperatorChange};
 use crate::{
     ClaimedSaga, Commit, Committed, DefinitionRecord, Delivery, EffectMark, EffectMarkRequest,
@@ -260,6 +261,24 @@ impl PgStore {
             .bind(WAKEUP_CHANNEL)
             .bind(c.token)
             .bind(t.effect_possible)
+            .bind(
+                c.references
+                    .iter()
+                    .map(|r| r.step.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                c.references
+                    .iter()
+                    .map(|r| r.name.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                c.references
+                    .iter()
+                    .map(|r| r.value.as_str())
+                    .collect::<Vec<_>>(),
+            )
             .fetch_optional(&self.pool)
             .await?;
         let Some(row) = row else {
@@ -331,10 +350,72 @@ hist AS (
          WITH ORDINALITY AS t(step, attempt, kind, error, detail, n)
     ORDER BY t.n
     RETURNING 1),
+refs AS (
+    INSERT INTO paysaga_saga_refs (saga_id, step, name, value)
+    SELECT upd.id, r.step, r.name, r.value
+    FROM upd, UNNEST($23::text[], $24::text[], $25::text[]) AS r(step, name, value)
+    ON CONFLICT DO NOTHING
+    RETURNING 1),
 wake AS (SELECT pg_notify($20, '') FROM upd WHERE $19)
 SELECT lease.cancel_requested, (SELECT count(*) FROM hist) AS history_rows,
        (SELECT count(*) FROM wake) AS notified
 FROM lease";
+
+/// The saga listing of [`Store::list_sagas`] (`$1`.. the filter's fields) in `order`.
+fn list_sagas_sql(order: &str) -> String {
+    let columns: Vec<String> = SAGA_COLUMNS.split(", ").map(|c| format!("s.{c}")).collect();
+    let status_filter = crate::status_filter_sql(|x| format!("{x} = ANY($1)"));
+    format!(
+        "SELECT {} FROM paysaga_sagas s JOIN paysaga_definitions d ON d.id = s.definition_id
+         WHERE (cardinality($1::text[]) = 0 OR {status_filter})
+           AND ($2::text IS NULL OR s.workflow = $2)
+           AND ($3::text IS NULL OR d.body->'steps'->s.step_index->>'name' = $3)
+           AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM unnest(d.step_kinds) k WHERE k LIKE $4 || '.%'))
+           AND ($5::text IS NULL OR s.idempotency_key = $5)
+           AND ($6::timestamptz IS NULL OR s.created_at >= $6)
+           AND ($7::timestamptz IS NULL OR s.created_at < $7)
+           AND ($8::timestamptz IS NULL OR s.updated_at >= $8)
+           AND ($9::timestamptz IS NULL OR s.updated_at < $9)
+           AND ($10::timestamptz IS NULL OR s.status = 'needs_operator'
+                OR (s.status IN {ACTIVE} AND (
+                    s.updated_at < $10
+                    OR (s.wait IS NOT NULL AND (s.wait->>'deadline')::timestamptz < now())
+                    OR s.attempt >= $11
+                    OR (s.owner IS NOT NULL AND NOT EXISTS (
+                        SELECT 1 FROM paysaga_workers w
+                        WHERE w.id = s.owner AND w.stopped_at IS NULL AND w.lease_expires_at > now()))
+                    OR (s.owner IS NULL AND NOT EXISTS (
+                        SELECT 1 FROM paysaga_workers w
+                        WHERE w.stopped_at IS NULL AND w.lease_expires_at > now()
+                          AND d.step_kinds <@ w.step_kinds)))))
+           AND (NOT $14::boolean OR EXISTS (SELECT 1 FROM paysaga_history h
+                                  WHERE h.saga_id = s.id AND h.kind = 'saga_alert'))
+           AND ($15::text IS NULL OR s.id IN (SELECT r.saga_id FROM paysaga_saga_refs r
+                                              WHERE r.value = $15))
+         ORDER BY {order}
+         LIMIT $12 OFFSET $13",
+        columns.join(", ")
+    )
+}
+
+/// The unfinished sagas, unowned (the partial index `paysaga_sagas_runnable` holds them), whose
+/// definition no live worker can run, by definition (see
+/// [`Store::sagas_no_live_worker_can_run`]).
+fn no_live_worker_sql() -> String {
+    format!(
+        "WITH live AS (SELECT step_kinds FROM paysaga_workers
+                       WHERE stopped_at IS NULL AND lease_expires_at > now())
+         SELECT d.name, d.version, count(*) AS sagas,
+                ARRAY(SELECT k FROM unnest(d.step_kinds) k
+                      WHERE NOT EXISTS (SELECT 1 FROM live WHERE k = ANY(live.step_kinds))
+                      ORDER BY k) AS missing
+         FROM paysaga_sagas s JOIN paysaga_definitions d ON d.id = s.definition_id
+         WHERE s.status IN {ACTIVE} AND s.owner IS NULL
+           AND NOT EXISTS (SELECT 1 FROM live WHERE d.step_kinds <@ live.step_kinds)
+         GROUP BY d.id, d.name, d.version, d.step_kinds
+         ORDER BY d.name, d.version"
+    )
+}
 
 fn saga_from_row(row: &PgRow) -> Result<SagaRecord, Error> {
     let status: String = row.try_get("status")?;
@@ -569,6 +650,30 @@ async fn insert_history(
     .bind(&errors)
     .bind(&details)
     .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Stores a commit's references of the saga (a reference already stored is kept once).
+async fn insert_references(
+    tx: &mut Transaction<'_, Postgres>,
+    saga: Uuid,
+    refs: &[SagaReference],
+) -> Result<(), Error> {
+    if refs.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO paysaga_saga_refs (saga_id, step, name, value)
+         SELECT $1, r.step, r.name, r.value FROM UNNEST($2::text[], $3::text[], $4::text[])
+              AS r(step, name, value)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(saga)
+    .bind(refs.iter().map(|r| r.step.as_str()).collect::<Vec<_>>())
+    .bind(refs.iter().map(|r| r.name.as_str()).collect::<Vec<_>>())
+    .bind(refs.iter().map(|r| r.value.as_str()).collect::<Vec<_>>())
+    .execute(&mut **tx)
     .await?;
     Ok(())
 }
@@ -916,55 +1021,30 @@ impl Store for PgStore {
 
     async fn list_sagas(&self, filter: &SagaFilter) -> Result<Vec<SagaRecord>, Error> {
         let statuses: Vec<&str> = filter.statuses.iter().map(|st| st.as_str()).collect();
-        let columns: Vec<String> = SAGA_COLUMNS.split(", ").map(|c| format!("s.{c}")).collect();
         let order = match (filter.sort_by_updated, filter.ascending) {
             (false, false) => "s.created_at DESC",
             (false, true) => "s.created_at ASC",
             (true, false) => "s.updated_at DESC",
             (true, true) => "s.updated_at ASC",
         };
-        let status_filter = crate::status_filter_sql(|x| format!("{x} = ANY($1)"));
-        let rows = sqlx::query(&format!(
-            "SELECT {} FROM paysaga_sagas s JOIN paysaga_definitions d ON d.id = s.definition_id
-             WHERE (cardinality($1::text[]) = 0 OR {status_filter})
-               AND ($2::text IS NULL OR s.workflow = $2)
-               AND ($3::text IS NULL OR d.body->'steps'->s.step_index->>'name' = $3)
-               AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM unnest(d.step_kinds) k WHERE k LIKE $4 || '.%'))
-               AND ($5::text IS NULL OR s.idempotency_key = $5)
-               AND ($6::timestamptz IS NULL OR s.created_at >= $6)
-               AND ($7::timestamptz IS NULL OR s.created_at < $7)
-               AND ($8::timestamptz IS NULL OR s.updated_at >= $8)
-               AND ($9::timestamptz IS NULL OR s.updated_at < $9)
-               AND ($10::timestamptz IS NULL OR s.status = 'needs_operator'
-                    OR (s.status IN {ACTIVE} AND (
-                        s.updated_at < $10
-                        OR (s.wait IS NOT NULL AND (s.wait->>'deadline')::timestamptz < now())
-                        OR s.attempt >= $11
-                        OR (s.owner IS NOT NULL AND NOT EXISTS (
-                            SELECT 1 FROM paysaga_workers w
-                            WHERE w.id = s.owner AND w.stopped_at IS NULL AND w.lease_expires_at > now())))))
-               AND (NOT $14::boolean OR EXISTS (SELECT 1 FROM paysaga_history h
-                                      WHERE h.saga_id = s.id AND h.kind = 'saga_alert'))
-             ORDER BY {order}
-             LIMIT $12 OFFSET $13",
-            columns.join(", ")
-        ))
-        .bind(&statuses)
-        .bind(&filter.workflow)
-        .bind(&filter.step)
-        .bind(&filter.provider)
-        .bind(&filter.key)
-        .bind(filter.created_after)
-        .bind(filter.created_before)
-        .bind(filter.updated_after)
-        .bind(filter.updated_before)
-        .bind(filter.stuck_since)
-        .bind(filter.stuck_attempts.unwrap_or(5) as i32)
-        .bind(filter.limit.unwrap_or(100))
-        .bind(filter.offset.unwrap_or(0))
-        .bind(filter.alerts)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(&list_sagas_sql(order))
+            .bind(&statuses)
+            .bind(&filter.workflow)
+            .bind(&filter.step)
+            .bind(&filter.provider)
+            .bind(&filter.key)
+            .bind(filter.created_after)
+            .bind(filter.created_before)
+            .bind(filter.updated_after)
+            .bind(filter.updated_before)
+            .bind(filter.stuck_since)
+            .bind(filter.stuck_attempts.unwrap_or(5) as i32)
+            .bind(filter.limit.unwrap_or(100))
+            .bind(filter.offset.unwrap_or(0))
+            .bind(filter.alerts)
+            .bind(&filter.reference)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(saga_from_row).collect()
     }
 
@@ -1400,6 +1480,7 @@ impl Store for PgStore {
         .execute(&mut *tx)
         .await?;
         insert_history(&mut tx, c.saga, Some(c.worker), None, &t.history).await?;
+        insert_references(&mut tx, c.saga, c.references).await?;
         if !keep && run_at.is_some_and(|at| at <= Utc::now()) {
             notify(&mut tx).await?;
         }
@@ -1951,6 +2032,50 @@ impl Store for PgStore {
             })
             .collect()
     }
+
+    async fn saga_references(&self, saga: Uuid) -> Result<Vec<SagaReference>, Error> {
+        let rows = sqlx::query(
+            "SELECT step, name, value FROM paysaga_saga_refs WHERE saga_id = $1
+             ORDER BY created_at, step, name, value",
+        )
+        .bind(saga)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SagaReference {
+                    step: r.try_get("step")?,
+                    name: r.try_get("name")?,
+                    value: r.try_get("value")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn live_worker_kinds(&self) -> Result<Vec<Vec<String>>, Error> {
+        Ok(sqlx::query_scalar(
+            "SELECT step_kinds FROM paysaga_workers
+             WHERE stopped_at IS NULL AND lease_expires_at > now() ORDER BY started_at",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn sagas_no_live_worker_can_run(&self) -> Result<Vec<UnrunnableGroup>, Error> {
+        let rows = sqlx::query(&no_live_worker_sql())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(UnrunnableGroup {
+                    workflow: r.try_get("name")?,
+                    version: r.try_get::<i32, _>("version")? as u32,
+                    sagas: r.try_get("sagas")?,
+                    missing_kinds: r.try_get("missing")?,
+                })
+            })
+            .collect()
+    }
 }
 
 const DOCUMENT_COLUMNS: &str =
@@ -2170,6 +2295,80 @@ mod tests {
             sweep.join("\n").contains("paysaga_documents_with_content"),
             "document retention plan:\n{}",
             sweep.join("\n")
+        );
+    }
+
+    /// `list --ref VALUE` (a provider id from a support ticket) is served by the index on
+    /// `paysaga_saga_refs.value`, with many sagas and references stored.
+    #[tokio::test]
+    async fn list_by_reference_and_the_unrunnable_count_use_their_indexes() {
+        let db = paysaga_testkit::database().await;
+        let store = PgStore::connect(db.url()).await.unwrap();
+        store.migrate().await.unwrap();
+        let pool = store.pool().clone();
+        sqlx::raw_sql(
+            "INSERT INTO paysaga_definitions (name, version, content_hash, body, step_kinds)
+                 VALUES ('noop', 1, 'h', '{}', '{noop.sleep}');
+             INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status, finished_at)
+                 SELECT gen_random_uuid(), 1, 'noop', 1, '{}', 'completed', now()
+                 FROM generate_series(1, 50000);
+             INSERT INTO paysaga_saga_refs (saga_id, step, name, value)
+                 SELECT id, 'pay', 'payable_id', 'pay_' || id FROM paysaga_sagas;
+             INSERT INTO paysaga_saga_refs (saga_id, step, name, value)
+                 SELECT id, 'fund', 'funding_id', 'fund_' || id FROM paysaga_sagas;
+             ANALYZE;",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let plan: Vec<String> =
+            sqlx::query_scalar(&format!("EXPLAIN {}", list_sagas_sql("s.created_at DESC")))
+                .bind(Vec::<String>::new())
+                .bind(None::<String>)
+                .bind(None::<String>)
+                .bind(None::<String>)
+                .bind(None::<String>)
+                .bind(None::<DateTime<Utc>>)
+                .bind(None::<DateTime<Utc>>)
+                .bind(None::<DateTime<Utc>>)
+                .bind(None::<DateTime<Utc>>)
+                .bind(None::<DateTime<Utc>>)
+                .bind(5_i32)
+                .bind(100_i64)
+                .bind(0_i64)
+                .bind(false)
+                .bind(Some("pay_0b0c".to_string()))
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("paysaga_saga_refs_value"),
+            "list --ref plan:\n{plan}"
+        );
+        assert!(
+            !plan.contains("Seq Scan on paysaga_sagas"),
+            "list --ref plan:\n{plan}"
+        );
+        // The count of sagas no live worker can run (each worker, every 5 s) reads only the
+        // unfinished ones.
+        sqlx::raw_sql(
+            "INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status, run_at)
+                 SELECT gen_random_uuid(), 1, 'noop', 1, '{}', 'scheduled', now()
+                 FROM generate_series(1, 20);
+             ANALYZE;",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", no_live_worker_sql()))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("paysaga_sagas_runnable") && !plan.contains("Seq Scan on paysaga_sagas"),
+            "unrunnable count plan:\n{plan}"
         );
     }
 }

@@ -58,6 +58,7 @@ use tokio::sync::broadcast;
 use tracing::instrument;
 use uuid::Uuid;
 
+use crate::SagaReference;
 use crate::{AuditFilter, AuditRecord, OperatorChange};
 use crate::{
     ClaimedSaga, Commit, Committed, DefinitionRecord, Delivery, EffectMark, EffectMarkRequest,
@@ -784,9 +785,16 @@ impl Store for SqliteStore {
                         OR s.attempt >= $11
                         OR (s.owner IS NOT NULL AND NOT EXISTS (
                             SELECT 1 FROM paysaga_workers w
-                            WHERE w.id = s.owner AND w.stopped_at IS NULL AND w.lease_expires_at > $14)))))
+                            WHERE w.id = s.owner AND w.stopped_at IS NULL AND w.lease_expires_at > $14))
+                        OR (s.owner IS NULL AND NOT EXISTS (
+                            SELECT 1 FROM paysaga_workers w
+                            WHERE w.stopped_at IS NULL AND w.lease_expires_at > $14
+                              AND NOT EXISTS (SELECT 1 FROM json_each(d.step_kinds) k
+                                              WHERE k.value NOT IN (SELECT value FROM json_each(w.step_kinds))))))))
                AND ($15 = 0 OR EXISTS (SELECT 1 FROM paysaga_history h
                                       WHERE h.saga_id = s.id AND h.kind = 'saga_alert'))
+               AND ($16 IS NULL OR s.id IN (SELECT r.saga_id FROM paysaga_saga_refs r
+                                           WHERE r.value = $16))
              ORDER BY {order}
              LIMIT $12 OFFSET $13",
             columns.join(", ")
@@ -806,6 +814,7 @@ impl Store for SqliteStore {
         .bind(filter.offset.unwrap_or(0))
         .bind(ts(Utc::now()))
         .bind(i64::from(filter.alerts))
+        .bind(&filter.reference)
         .fetch_all(&self.reader)
         .await?;
         rows.iter().map(saga_from_row).collect()
@@ -1337,6 +1346,19 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         insert_history(&mut tx, c.saga, Some(c.worker), None, &t.history).await?;
+        for r in c.references {
+            sqlx::query(
+                "INSERT INTO paysaga_saga_refs (saga_id, step, name, value, created_at)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(&saga_id)
+            .bind(&r.step)
+            .bind(&r.name)
+            .bind(&r.value)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         if !keep && run_at.is_some_and(|at| at <= Utc::now()) {
             self.notify();
@@ -1936,6 +1958,71 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn saga_references(&self, saga: Uuid) -> Result<Vec<SagaReference>, Error> {
+        let rows = sqlx::query(
+            "SELECT step, name, value FROM paysaga_saga_refs WHERE saga_id = $1
+             ORDER BY created_at, step, name, value",
+        )
+        .bind(saga.to_string())
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SagaReference {
+                    step: r.try_get("step")?,
+                    name: r.try_get("name")?,
+                    value: r.try_get("value")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn live_worker_kinds(&self) -> Result<Vec<Vec<String>>, Error> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT step_kinds FROM paysaga_workers
+             WHERE stopped_at IS NULL AND lease_expires_at > $1 ORDER BY started_at",
+        )
+        .bind(ts(Utc::now()))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|text| string_list(text, "step_kinds"))
+            .collect()
+    }
+
+    async fn sagas_no_live_worker_can_run(&self) -> Result<Vec<UnrunnableGroup>, Error> {
+        let live = self.live_worker_kinds().await?;
+        let rows = sqlx::query(&format!(
+            "SELECT d.name, d.version, d.step_kinds, count(*) AS sagas
+             FROM paysaga_sagas s JOIN paysaga_definitions d ON d.id = s.definition_id
+             WHERE s.status IN {ACTIVE} AND s.owner IS NULL
+             GROUP BY d.id, d.name, d.version, d.step_kinds
+             ORDER BY d.name, d.version"
+        ))
+        .fetch_all(&self.reader)
+        .await?;
+        let mut groups = Vec::new();
+        for r in &rows {
+            let kinds = string_list(&r.try_get::<String, _>("step_kinds")?, "step_kinds")?;
+            if live.iter().any(|w| kinds.iter().all(|k| w.contains(k))) {
+                continue;
+            }
+            let mut missing: Vec<String> = kinds
+                .into_iter()
+                .filter(|k| !live.iter().any(|w| w.contains(k)))
+                .collect();
+            missing.sort();
+            missing.dedup();
+            groups.push(UnrunnableGroup {
+                workflow: r.try_get("name")?,
+                version: get_u32(r, "version")?,
+                sagas: r.try_get("sagas")?,
+                missing_kinds: missing,
+            });
+        }
+        Ok(groups)
     }
 }
 

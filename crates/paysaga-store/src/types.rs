@@ -177,6 +177,9 @@ pub struct SagaFilter {
     pub offset: Option<i64>,
     /// Only sagas with at least one `saga_alert` history row (any status).
     pub alerts: bool,
+    /// Only sagas one of whose steps returned this provider object id (a reference, see
+    /// [`SagaReference`]).
+    pub reference: Option<String>,
 }
 
 /// An operator action to apply (see `paysaga_core::operator`).
@@ -419,4 +422,17 @@ pub struct AuditRecord {
     /// The row.
     #[serde(flatten)]
     pub entry: HistoryRecord,
+}
+
+/// A provider object id a saga's step returned (a transaction, payable, funding, intent,
+/// customer id...), declared by the step kind (`StepKind::references`) and stored in the commit
+/// of the step's result: `paysaga list --ref VALUE` finds the saga.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SagaReference {
+    /// The step that returned it.
+    pub step: String,
+    /// The output field (`transaction_id`, `payable_id`, ...).
+    pub name: String,
+    /// The id.
+    pub value: String,
 }

@@ -17,7 +17,7 @@ use paysaga_core::{
 };
 use paysaga_store::{
     Commit, EffectMark, EffectMarkRequest, Error, EventFilter, NewDocument, NewEvent, NewSaga,
-    OperatorAction, SagaFilter, SagaRecord, Store, WorkerInfo,
+    OperatorAction, SagaFilter, SagaRecord, SagaReference, Store, WorkerInfo,
 };
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -237,6 +237,7 @@ async fn commit_with_token(
             consumed_event,
             transition: t,
             token,
+            references: &[],
         })
         .await
 }
@@ -2652,6 +2653,160 @@ async fn operator_changes_store_outcome_input_and_key_generations_and_the_audit_
     assert!(later.is_empty());
 }
 
+fn reference(step: &str, name: &str, value: &str) -> SagaReference {
+    SagaReference {
+        step: step.to_string(),
+        name: name.to_string(),
+        value: value.to_string(),
+    }
+}
+
+async fn commit_with_references(
+    store: &dyn Store,
+    saga: &SagaRecord,
+    w: Uuid,
+    t: &Transition,
+    references: &[SagaReference],
+) -> Result<paysaga_store::Committed, Error> {
+    store
+        .commit(Commit {
+            saga: saga.id,
+            worker: w,
+            fence: saga.fence,
+            prior_status: saga.status,
+            consumed_event: None,
+            transition: t,
+            token: Uuid::new_v4(),
+            references,
+        })
+        .await
+}
+
+async fn references_a_step_returned_are_stored_with_its_commit_and_find_the_saga(e: Env) {
+    let s = e.s();
+    let w = worker(s, LONG_TTL).await;
+    let a = start(s, "payout", &[STEP, STEP], None).await;
+    // Another saga (of kinds no worker here runs): it has no references.
+    let b = start(s, "elsewhere", &["other.kind"], None).await;
+    // A step done (the one-statement commit) with two provider ids.
+    let held = claim_one(s, w, a.id).await;
+    let mut done = transition(SagaStatus::Scheduled, 1);
+    done.output = Some((
+        "s1".to_string(),
+        json!({"payable_id": "pay_1", "funding_id": "fund_9"}),
+    ));
+    done.history = vec![entry(HistoryKind::StepCompleted, Some("s1"), Some(1))];
+    let refs = [
+        reference("s1", "payable_id", "pay_1"),
+        reference("s1", "funding_id", "fund_9"),
+    ];
+    commit_with_references(s, &held, w, &done, &refs)
+        .await
+        .unwrap();
+    // A commit the fence refuses stores none of its references.
+    let stale = [reference("s1", "payable_id", "pay_stale")];
+    let refused = commit_with_references(s, &held, w, &done, &stale).await;
+    assert!(
+        matches!(refused, Err(Error::LeaseLost { .. })),
+        "{refused:?}"
+    );
+    // A wait (the other commit path) with one more, and one already stored: kept once.
+    let held = claim_one(s, w, a.id).await;
+    let wait = wait_transition("payable:pay_1", Utc::now() + chrono::Duration::hours(1));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let more = [
+        reference("s1", "payable_id", "pay_1"),
+        reference("s2", "intent_id", "intent_2"),
+    ];
+    commit_with_references(s, &held, w, &wait, &more)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.saga_references(a.id).await.unwrap(),
+        [
+            reference("s1", "funding_id", "fund_9"),
+            reference("s1", "payable_id", "pay_1"),
+            reference("s2", "intent_id", "intent_2"),
+        ]
+    );
+    assert!(s.saga_references(b.id).await.unwrap().is_empty());
+    let by_ref = |value: &str| SagaFilter {
+        reference: Some(value.to_string()),
+        ..Default::default()
+    };
+    for value in ["pay_1", "fund_9", "intent_2"] {
+        let found = s.list_sagas(&by_ref(value)).await.unwrap();
+        assert_eq!(ids(&found), [a.id], "list --ref {value}");
+    }
+    for value in ["pay_stale", "pay", "payable_id"] {
+        let found = s.list_sagas(&by_ref(value)).await.unwrap();
+        assert!(found.is_empty(), "list --ref {value}: {found:?}");
+    }
+}
+
+async fn register_kinds(store: &dyn Store, kinds: &[&str]) -> Uuid {
+    let id = Uuid::new_v4();
+    store
+        .register_worker(
+            &WorkerInfo {
+                id,
+                name: "partial".to_string(),
+                hostname: "localhost".to_string(),
+                pid: std::process::id(),
+                step_kinds: kinds.iter().map(|k| k.to_string()).collect(),
+            },
+            LONG_TTL,
+        )
+        .await
+        .unwrap();
+    id
+}
+
+async fn sagas_no_live_worker_can_run_are_counted_named_and_listed_as_stuck(e: Env) {
+    let s = e.s();
+    let started = start(s, "payout", &[LUMANU, STEP], None).await;
+    let stuck = SagaFilter {
+        stuck_since: Some(Utc::now() - chrono::Duration::hours(1)),
+        ..Default::default()
+    };
+    // No live worker at all.
+    assert!(s.live_worker_kinds().await.unwrap().is_empty());
+    let groups = s.sagas_no_live_worker_can_run().await.unwrap();
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    assert_eq!(
+        (
+            groups[0].workflow.as_str(),
+            groups[0].version,
+            groups[0].sagas
+        ),
+        ("payout", 1, 1)
+    );
+    assert_eq!(
+        groups[0].missing_kinds,
+        [LUMANU.to_string(), STEP.to_string()]
+    );
+    assert_eq!(ids(&s.list_sagas(&stuck).await.unwrap()), [started.id]);
+    // A live worker without the Lumanu kinds: still no one can run it.
+    let partial = register_kinds(s, &[STEP]).await;
+    assert_eq!(
+        s.live_worker_kinds().await.unwrap(),
+        [vec![STEP.to_string()]]
+    );
+    let groups = s.sagas_no_live_worker_can_run().await.unwrap();
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    assert_eq!(groups[0].missing_kinds, [LUMANU.to_string()]);
+    assert_eq!(ids(&s.list_sagas(&stuck).await.unwrap()), [started.id]);
+    // A worker that has every kind: runnable, not stuck (no other reason).
+    s.stop_worker(partial).await.unwrap();
+    let full = register_kinds(s, &[STEP, LUMANU]).await;
+    assert!(s.sagas_no_live_worker_can_run().await.unwrap().is_empty());
+    assert!(s.list_sagas(&stuck).await.unwrap().is_empty());
+    // It stops: unrunnable again.
+    s.stop_worker(full).await.unwrap();
+    assert!(s.live_worker_kinds().await.unwrap().is_empty());
+    assert_eq!(s.sagas_no_live_worker_can_run().await.unwrap()[0].sagas, 1);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -2718,6 +2873,8 @@ conformance!(
     documents_keep_exact_bytes_and_a_claim_is_all_or_nothing,
     document_content_goes_once_its_saga_is_final_plus_retention_and_metadata_stays,
     operator_changes_store_outcome_input_and_key_generations_and_the_audit_lists_them,
+    references_a_step_returned_are_stored_with_its_commit_and_find_the_saga,
+    sagas_no_live_worker_can_run_are_counted_named_and_listed_as_stuck,
 );
 
 /// `connect` picks the store by the URL's scheme and never echoes the rest of the URL.

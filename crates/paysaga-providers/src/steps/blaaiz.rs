@@ -128,6 +128,10 @@ impl StepKind for CreateCustomerStep {
             Err(e) => outcome_for("create customer", &e),
         }
     }
+
+    fn references(&self, output: &Value) -> Vec<(String, String)> {
+        paysaga_core::output_references(output, &["customer_id", "email"])
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -288,6 +292,14 @@ impl StepKind for UploadDocuments {
         }
         StepOutcome::Done(json!({"customer_id": customer_id, "files": files}))
     }
+
+    fn references(&self, output: &Value) -> Vec<(String, String)> {
+        let mut refs = paysaga_core::output_references(output, &["customer_id"]);
+        for file in output["files"].as_array().into_iter().flatten() {
+            refs.extend(paysaga_core::output_references(file, &["file_id"]));
+        }
+        refs
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -383,6 +395,10 @@ impl StepKind for AttachFilesStep {
             Err(e) => outcome_for("attach files", &e),
         }
     }
+
+    fn references(&self, output: &Value) -> Vec<(String, String)> {
+        paysaga_core::output_references(output, &["customer_id"])
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -435,12 +451,19 @@ impl StepKind for AwaitVerification {
                     comment.as_deref().unwrap_or("no comment given")
                 ))
             }
-            _ => StepOutcome::Wait(WaitSpec::new(
-                PROVIDER,
-                "customer.status_changed",
-                format!("customer:{customer_id}"),
-            )),
+            other => StepOutcome::Wait(
+                WaitSpec::new(
+                    PROVIDER,
+                    "customer.status_changed",
+                    format!("customer:{customer_id}"),
+                )
+                .provider_status(format!("customer {customer_id} verification is {other}")),
+            ),
         }
+    }
+
+    fn references(&self, output: &Value) -> Vec<(String, String)> {
+        paysaga_core::output_references(output, &["customer_id"])
     }
 }
 
@@ -650,6 +673,13 @@ impl StepKind for PayoutStep {
             }
         }
     }
+
+    fn references(&self, output: &Value) -> Vec<(String, String)> {
+        paysaga_core::output_references(
+            output,
+            &["transaction_id", "reference", "provider_reference"],
+        )
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -696,12 +726,19 @@ impl StepKind for AwaitPayout {
                 t.status
             ))
         } else {
-            StepOutcome::Wait(WaitSpec::new(
-                PROVIDER,
-                "payout.status_changed",
-                format!("transaction:{transaction_id}"),
-            ))
+            StepOutcome::Wait(
+                WaitSpec::new(
+                    PROVIDER,
+                    "payout.status_changed",
+                    format!("transaction:{transaction_id}"),
+                )
+                .provider_status(format!("payout {transaction_id} is {}", t.status)),
+            )
         }
+    }
+
+    fn references(&self, output: &Value) -> Vec<(String, String)> {
+        paysaga_core::output_references(output, &["transaction_id"])
     }
 }
 

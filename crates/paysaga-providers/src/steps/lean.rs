@@ -140,6 +140,10 @@ impl StepKind for CreateDestinationStep {
             Err(e) => outcome_for("create destination", &e),
         }
     }
+
+    fn references(&self, output: &Value) -> Vec<(String, String)> {
+        paysaga_core::output_references(output, &["destination_id"])
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -179,6 +183,10 @@ impl StepKind for EnsureCustomer {
             }
             Err(e) => outcome_for("create customer", &e),
         }
+    }
+
+    fn references(&self, output: &Value) -> Vec<(String, String)> {
+        paysaga_core::output_references(output, &["customer_id", "app_user_id"])
     }
 }
 
@@ -230,16 +238,44 @@ impl StepKind for AwaitBeneficiary {
                 "status": "ACTIVE",
             })),
             None => {
+                let statuses: Vec<String> = sources
+                    .iter()
+                    .flat_map(|s| &s.beneficiaries)
+                    .filter(|b| {
+                        b.payment_destination_id.as_deref() == Some(destination_id.as_str())
+                    })
+                    .map(|b| {
+                        b.status
+                            .as_ref()
+                            .map_or_else(|| "unknown".to_owned(), |s| s.to_string())
+                    })
+                    .collect();
+                let said = if statuses.is_empty() {
+                    format!(
+                        "no beneficiary for destination {destination_id} yet ({} payment source(s) linked)",
+                        sources.len()
+                    )
+                } else {
+                    format!(
+                        "beneficiary for destination {destination_id} is {}",
+                        statuses.join(", ")
+                    )
+                };
                 let mut spec = WaitSpec::new(
                     PROVIDER,
                     "payment_source.beneficiary.created",
                     format!("beneficiary:{customer_id}:{destination_id}"),
-                );
+                )
+                .provider_status(said);
                 spec.event_types
                     .push("payment_source.beneficiary.updated".to_owned());
                 StepOutcome::Wait(spec)
             }
         }
+    }
+
+    fn references(&self, output: &Value) -> Vec<(String, String)> {
+        paysaga_core::output_references(output, &["beneficiary_id", "payment_source_id"])
     }
 }
 
@@ -327,6 +363,10 @@ impl StepKind for CreateIntent {
             })),
             Err(e) => outcome_for("create payment intent", &e),
         }
+    }
+
+    fn references(&self, output: &Value) -> Vec<(String, String)> {
+        paysaga_core::output_references(output, &["intent_id"])
     }
 }
 
@@ -420,8 +460,10 @@ impl StepKind for AwaitPayment {
         // Keep the reconciliation / authorisation marker across waits.
         spec.state = ctx.wait_state.clone().unwrap_or(Value::Null);
         let Some(payment) = intent.latest_payment() else {
+            spec.provider_status = Some(format!("intent {intent_id} has no payment yet"));
             return StepOutcome::Wait(spec);
         };
+        spec.provider_status = Some(format!("payment {} is {}", payment.id, payment.status));
         match &payment.status {
             PaymentStatus::AcceptedByBank => StepOutcome::Done(json!({
                 "intent_id": intent_id,
@@ -525,6 +567,13 @@ impl StepKind for AwaitPayment {
             }
             _ => StepOutcome::Wait(spec),
         }
+    }
+
+    fn references(&self, output: &Value) -> Vec<(String, String)> {
+        paysaga_core::output_references(
+            output,
+            &["intent_id", "payment_id", "bank_transaction_reference"],
+        )
     }
 }
 

@@ -192,6 +192,10 @@ impl StepKind for FundInvoice {
             }
         }
     }
+
+    fn references(&self, output: &Value) -> Vec<(String, String)> {
+        paysaga_core::output_references(output, &["funding_id", "invoice_number"])
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -250,12 +254,13 @@ impl StepKind for AwaitDeposit {
 
     async fn run(&self, ctx: &StepContext, params: Value) -> StepOutcome {
         let (workspace_id, funding_id) = params!(&params, Mode::Run, deposit_params);
-        let wait = || {
+        let wait = |said: String| {
             let mut spec = WaitSpec::new(
                 PROVIDER,
                 "transfer.created",
                 format!("funding:{funding_id}"),
-            );
+            )
+            .provider_status(said);
             spec.event_types.push("transfer.updated".to_owned());
             StepOutcome::Wait(spec)
         };
@@ -274,9 +279,15 @@ impl StepKind for AwaitDeposit {
             _ => String::new(),
         };
         let tag = funding.invoice_number.map(|n| format!("#{n}"));
+        let funding_status = funding
+            .status
+            .as_ref()
+            .map_or_else(|| "unknown".to_owned(), |s| s.to_string());
         if tag.is_none() && event_transfer.is_empty() {
             // Nothing to recognise the deposit by yet.
-            return wait();
+            return wait(format!(
+                "funding {funding_id} is {funding_status}, without an invoice number yet"
+            ));
         }
         let found = self
             .0
@@ -286,11 +297,23 @@ impl StepKind for AwaitDeposit {
             .await;
         let deposit = match found {
             Ok(Some(t)) => t,
-            Ok(None) => return wait(),
+            Ok(None) => {
+                return wait(format!(
+                    "funding {funding_id} is {funding_status}; no deposit for invoice {} yet",
+                    tag.as_deref().unwrap_or("(no number)")
+                ))
+            }
             Err(e) => return outcome_for("list wallet deposits", &e),
         };
         if deposit.status != Some(WalletTransactionStatus::Processed) {
-            return wait();
+            return wait(format!(
+                "deposit {} is {}, not processed yet",
+                deposit.id,
+                deposit
+                    .status
+                    .as_ref()
+                    .map_or_else(|| "unknown".to_owned(), |s| s.to_string())
+            ));
         }
         if let Some(expected) = funding.amount {
             if deposit.amount != expected {
@@ -336,6 +359,10 @@ impl StepKind for AwaitDeposit {
             output[paysaga_core::ALERTS_FIELD] = Value::Array(alerts);
         }
         StepOutcome::Done(output)
+    }
+
+    fn references(&self, output: &Value) -> Vec<(String, String)> {
+        paysaga_core::output_references(output, &["transfer_id", "funding_id"])
     }
 }
 
@@ -411,6 +438,10 @@ impl StepKind for LinkDeposit {
             })),
             Err(e) => outcome_for("link deposit", &e),
         }
+    }
+
+    fn references(&self, output: &Value) -> Vec<(String, String)> {
+        paysaga_core::output_references(output, &["funding_id", "transfer_id"])
     }
 }
 
@@ -570,6 +601,10 @@ impl StepKind for CreatePayableStep {
             Err(e) => outcome_for("cancel payable", &e),
         }
     }
+
+    fn references(&self, output: &Value) -> Vec<(String, String)> {
+        paysaga_core::output_references(output, &["payable_id"])
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -658,6 +693,10 @@ impl StepKind for ApprovePayable {
             },
         }
     }
+
+    fn references(&self, output: &Value) -> Vec<(String, String)> {
+        paysaga_core::output_references(output, &["payable_id"])
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -737,6 +776,10 @@ impl StepKind for PayFromBalance {
             },
         }
     }
+
+    fn references(&self, output: &Value) -> Vec<(String, String)> {
+        paysaga_core::output_references(output, &["payable_id", "funding_id"])
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -777,11 +820,19 @@ impl StepKind for AwaitPayablePaid {
             )),
             _ => {
                 let mut spec =
-                    WaitSpec::new(PROVIDER, "payable.paid", format!("payable:{payable_id}"));
+                    WaitSpec::new(PROVIDER, "payable.paid", format!("payable:{payable_id}"))
+                        .provider_status(format!(
+                            "payable {payable_id} is {}",
+                            status_of(&payable)
+                        ));
                 spec.event_types.push("payable.canceled".to_owned());
                 StepOutcome::Wait(spec)
             }
         }
+    }
+
+    fn references(&self, output: &Value) -> Vec<(String, String)> {
+        paysaga_core::output_references(output, &["payable_id"])
     }
 }
 
