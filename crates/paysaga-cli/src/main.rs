@@ -6,6 +6,7 @@ mod demo;
 mod documents;
 mod operate;
 mod provider_metrics;
+mod kinds;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -139,6 +140,15 @@ enum Command {
     /// Documents (e.g. KYC scans) stored in the database for saga inputs: put, show, get.
     #[command(subcommand)]
     Documents(documents::DocumentsCommand),
+    /// The step kinds this build knows: each one's parameters (type, required or not) and
+    /// output, as `start` checks them. No database needed.
+    Kinds {
+        /// Only this kind.
+        kind: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -433,6 +443,11 @@ async fn main() -> Result<()> {
                 .context("sandbox failed")?;
         }
         Command::Documents(cmd) => documents::run(engine(db).await?, cmd).await?,
+        Command::Kinds { kind, json } => kinds::run(
+            &registry(paysaga_providers::steps::validation_kinds()),
+            kind.as_deref(),
+            json,
+        )?,
     }
     Ok(())
 }

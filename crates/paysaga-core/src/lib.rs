@@ -40,6 +40,7 @@ pub mod operator;
 pub mod retry;
 pub mod saga;
 pub mod step;
+pub mod schema;
 
 pub use definition::{
     CompiledDefinition, CompiledStep, Definition, DefinitionError, Params, StepDef,
@@ -60,3 +61,4 @@ pub use step::{
     alert, compensation_key, idempotency_key, EffectGuard, EffectPermit, Event, StepContext,
     StepKind, StepOutcome, Unguarded, WaitSpec, Wake,
 };
+pub use schema::{FieldSpec, FieldType, KindSchema};

@@ -307,6 +307,14 @@ pub trait StepKind: Send + Sync + std::fmt::Debug + 'static {
     fn documents(&self, _params: &Value) -> Vec<crate::DocumentId> {
         Vec::new()
     }
+
+    /// What the kind takes and returns (`paysaga kinds` prints it). `start` checks the
+    /// parameters against it ([`crate::KindSchema::check`]: required fields, nested ones
+    /// included, and types) before [`StepKind::validate`]. `None`: the kind declares nothing
+    /// and only `validate` checks its parameters.
+    fn schema(&self) -> Option<crate::KindSchema> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -252,6 +252,9 @@ impl Engine {
                     step.def.kind
                 ))
             })?;
+            if let Some(schema) = kind.schema() {
+                schema.check(&params).map_err(&invalid)?;
+            }
             kind.validate(&params).map_err(invalid)?;
             for doc in kind.documents(&params) {
                 documents.push((step.def.name.clone(), doc));
