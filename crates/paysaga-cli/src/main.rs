@@ -193,6 +193,12 @@ struct WorkerArgs {
     /// How long documents keep their content after their saga reached a final status.
     #[arg(long, env = "PAYSAGA_DOCUMENT_RETENTION", default_value = "7d")]
     document_retention: humantime::Duration,
+    /// How often the operator gauges of /metrics are computed (by one worker) and read.
+    #[arg(long, env = "PAYSAGA_GAUGE_EVERY", default_value = "15s")]
+    gauge_every: humantime::Duration,
+    /// An open saga without progress for this long counts in `paysaga_sagas_stuck`.
+    #[arg(long, env = "PAYSAGA_STUCK_AFTER", default_value = "1h")]
+    stuck_after: humantime::Duration,
 }
 
 /// The built-in `noop.sleep` plus the given provider step kinds.
@@ -522,6 +528,8 @@ async fn run_worker(db: &Db<'_>, args: WorkerArgs) -> Result<()> {
         + providers.longest_request_timeout()
         + Duration::from_secs(5);
     config.document_retention = args.document_retention.into();
+    config.gauges.every = args.gauge_every.into();
+    config.gauges.stuck_after = args.stuck_after.into();
     if config.lease_ttl < Duration::from_millis(300) {
         bail!("--lease-ttl must be at least 300ms");
     }

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use tracing::{info, instrument, warn};
 use uuid::Uuid;
 
-use crate::metrics::{Metrics, SharedMetrics, WorkflowLabels};
+use crate::metrics::{Metrics, SharedMetrics};
 use crate::{Error, Registry, Worker, WorkerConfig};
 
 /// A definition version compiled against this process's registry.
@@ -213,12 +213,8 @@ impl Engine {
         }
         let (saga, created) = created?;
         if created {
-            self.metrics
-                .sagas_started
-                .get_or_create(&WorkflowLabels {
-                    workflow: record.name.clone(),
-                })
-                .inc();
+            // `paysaga_sagas_started_total` is counted from the database by the operator
+            // gauges (crate::gauges): starts happen in processes that export no metrics.
             info!(saga_id = %saga.id, version = record.version, "saga started");
         }
         Ok(Started {

@@ -259,7 +259,11 @@ async fn readyz(State(app): State<AppState>) -> (StatusCode, String) {
 
 async fn metrics(State(app): State<AppState>) -> Response {
     (
-        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        // What prometheus-client writes: OpenMetrics text (ends with `# EOF`).
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         app.engine.metrics().render(),
     )
         .into_response()

@@ -1,4 +1,4 @@
-//! Prometheus metrics of a worker process (`GET /metrics`, text format).
+//! Prometheus metrics of a worker process (`GET /metrics`, OpenMetrics text format).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -107,6 +107,8 @@ pub struct Metrics {
     pub provider_call_errors: Family<ProviderErrorLabels, Counter>,
     /// Alerts steps raised (`saga_alert` history rows), by workflow and kind.
     pub saga_alerts: Family<AlertLabels, Counter>,
+    /// The operator gauges, from the database (see [`crate::gauges`]).
+    pub gauges: crate::gauges::OperatorGauges,
 }
 
 impl Default for Metrics {
@@ -135,7 +137,11 @@ impl Metrics {
         );
         let provider_call_errors = Family::<ProviderErrorLabels, Counter>::default();
         let saga_alerts = Family::<AlertLabels, Counter>::default();
-        registry.register("sagas_started", "Sagas started", sagas_started.clone());
+        registry.register(
+            "sagas_started",
+            "Sagas started (counted from the database by the operator gauges)",
+            sagas_started.clone(),
+        );
         registry.register(
             "sagas_finished",
             "Sagas that reached a final status",
@@ -191,6 +197,7 @@ impl Metrics {
             "Alerts raised by steps for an operator (e.g. a duplicate funding invoice paid)",
             saga_alerts.clone(),
         );
+        let gauges = crate::gauges::OperatorGauges::register(&mut registry);
         Metrics {
             registry,
             sagas_started,
@@ -205,6 +212,7 @@ impl Metrics {
             provider_call_seconds,
             provider_call_errors,
             saga_alerts,
+            gauges,
         }
     }
 
