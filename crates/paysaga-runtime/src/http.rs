@@ -354,6 +354,7 @@ async fn webhook(
                 }
                 Err(e) => {
                     // Not stored: the provider must retry, so no 2xx.
+                    engine.metrics().inbox(&provider, "not_stored");
                     error!(%provider, %event_id, error = %e, "webhook could not be stored; answering 503 so the provider retries");
                     reply(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -394,6 +395,7 @@ async fn webhook(
                     )
                 }
                 Err(e) => {
+                    engine.metrics().inbox(&provider, "not_stored");
                     error!(%provider, error = %e, "unparseable webhook could not be stored");
                     reply(
                         StatusCode::SERVICE_UNAVAILABLE,

@@ -42,7 +42,8 @@ pub struct StepLabels {
 pub struct InboxLabels {
     /// Provider.
     pub provider: String,
-    /// matched, stored (unmatched for now), duplicate, unparseable, rejected.
+    /// matched, stored (unmatched for now), duplicate, unparseable, rejected; answered 5xx:
+    /// busy (no turn to store it), not_stored (the database failed).
     pub result: String,
 }
 
