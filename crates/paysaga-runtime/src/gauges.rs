@@ -191,12 +191,13 @@ pub(crate) fn spawn(engine: Engine, config: GaugeConfig) -> tokio::task::JoinHan
     })
 }
 
-/// The WARN line of a saga that parked for an operator (`status` `needs_operator`): its
-/// fields are top-level in the JSON log.
+/// The WARN line of a saga that parked for an operator (`status` `needs_operator`) after
+/// `attempt` of `step`: its fields are top-level in the JSON log.
 pub(crate) fn log_parked(
     saga_id: Uuid,
     workflow: &str,
     step: Option<&str>,
+    attempt: u32,
     transition: &Transition,
 ) {
     if transition.status != SagaStatus::NeedsOperator {
@@ -206,7 +207,7 @@ pub(crate) fn log_parked(
         saga_id = %saga_id,
         workflow = %workflow,
         step = step.unwrap_or("-"),
-        attempt = transition.attempt,
+        attempt,
         error = transition.last_error.as_deref().unwrap_or(""),
         "saga parked: it needs an operator (paysaga show {saga_id})"
     );

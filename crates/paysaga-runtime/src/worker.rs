@@ -665,7 +665,8 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
         };
         record_transition(shared, &saga.workflow, &transition);
         let step = loaded.compiled.steps.get(transition.step_index);
-        crate::gauges::log_parked(saga.id, &saga.workflow, step.map(|s| s.def.name.as_str()), &transition);
+        let attempt = ran.unwrap_or(transition.attempt);
+        crate::gauges::log_parked(saga.id, &saga.workflow, step.map(|s| s.def.name.as_str()), attempt, &transition);
         if transition.status.is_final() {
             shared.stats.finished.fetch_add(1, Ordering::Relaxed);
             info!(status = %transition.status, error = ?transition.last_error, "saga finished");
