@@ -193,17 +193,30 @@ async fn gauges_on_metrics_count_open_sagas_by_status_and_started_sagas_from_the
     for key in ["g-1", "g-2"] {
         ok(&paysaga(
             Some(rig.h.db.url()),
-            &["start", "noop", "--input", r#"{"delay_ms": 0}"#, "--key", key],
+            &[
+                "start",
+                "noop",
+                "--input",
+                r#"{"delay_ms": 0}"#,
+                "--key",
+                key,
+            ],
         ));
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     let want = [
         (r#"paysaga_sagas_needs_operator{workflow="noop"}"#, 2.0),
-        (r#"paysaga_sagas{workflow="noop",status="needs_operator"}"#, 2.0),
+        (
+            r#"paysaga_sagas{workflow="noop",status="needs_operator"}"#,
+            2.0,
+        ),
         (r#"paysaga_sagas{workflow="noop",status="waiting"}"#, 1.0),
         (r#"paysaga_sagas{workflow="noop",status="scheduled"}"#, 0.0),
         (r#"paysaga_sagas{workflow="noop",status="running"}"#, 0.0),
-        (r#"paysaga_sagas_waiting_past_deadline{workflow="noop"}"#, 1.0),
+        (
+            r#"paysaga_sagas_waiting_past_deadline{workflow="noop"}"#,
+            1.0,
+        ),
         // parked (2) + past its deadline (1)
         (r#"paysaga_sagas_stuck{workflow="noop"}"#, 3.0),
         // every saga created, by whichever process: 4 inserted + 2 started by the CLI
@@ -226,18 +239,23 @@ async fn gauges_on_metrics_count_open_sagas_by_status_and_started_sagas_from_the
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     assert_eq!(content_type, OPENMETRICS);
-    assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
+    assert!(
+        text.ends_with("# EOF\n"),
+        "OpenMetrics text ends with # EOF"
+    );
     let age = sample(&text, r#"paysaga_oldest_wait_age_seconds{workflow="noop"}"#).unwrap();
     assert!((7200.0..7500.0).contains(&age), "oldest wait age {age}");
     let computed = sample(&text, "paysaga_gauges_computed_timestamp_seconds").unwrap();
     let now = chrono::Utc::now().timestamp() as f64;
-    assert!((now - computed).abs() < 30.0, "computed at {computed}, now {now}");
+    assert!(
+        (now - computed).abs() < 30.0,
+        "computed at {computed}, now {now}"
+    );
     // Computed by one worker under a lease, stored for every worker.
-    let holder: Option<Uuid> =
-        sqlx::query_scalar("SELECT holder FROM paysaga_gauges WHERE id = 1")
-            .fetch_one(pool)
-            .await
-            .unwrap();
+    let holder: Option<Uuid> = sqlx::query_scalar("SELECT holder FROM paysaga_gauges WHERE id = 1")
+        .fetch_one(pool)
+        .await
+        .unwrap();
     assert!(holder.is_some());
 }
 
@@ -318,11 +336,12 @@ async fn readme_example_workflow_runs_as_written_to_completion() {
     .to_string();
     rig.wait_status(&id, "completed", Duration::from_secs(90))
         .await;
-    let outputs: Value = sqlx::query_scalar("SELECT outputs FROM paysaga_sagas WHERE id = $1::uuid")
-        .bind(&id)
-        .fetch_one(&rig.h.pool)
-        .await
-        .unwrap();
+    let outputs: Value =
+        sqlx::query_scalar("SELECT outputs FROM paysaga_sagas WHERE id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&rig.h.pool)
+            .await
+            .unwrap();
     assert!(
         outputs["await_paid"]["payment_id"].is_string(),
         "the payment went through: {outputs}"
@@ -419,7 +438,10 @@ async fn alert_rules_and_dashboard_pass_promtool_and_name_only_metrics_a_worker_
         .filter_map(|l| l.trim().strip_prefix("expr: "))
         .map(str::to_string)
         .collect();
-    let alerts = text.lines().filter(|l| l.trim().starts_with("- alert: ")).count();
+    let alerts = text
+        .lines()
+        .filter(|l| l.trim().starts_with("- alert: "))
+        .count();
     assert_eq!(rule_exprs.len(), alerts, "one single-line expr per alert");
     for needed in [
         "paysaga_sagas_needs_operator",
@@ -456,7 +478,11 @@ async fn alert_rules_and_dashboard_pass_promtool_and_name_only_metrics_a_worker_
         })
         .collect::<String>();
     let tmp = log_dir("dashboard-rules").join("dashboard.yml");
-    std::fs::write(&tmp, format!("groups:\n  - name: dashboard\n    rules:\n{as_rules}")).unwrap();
+    std::fs::write(
+        &tmp,
+        format!("groups:\n  - name: dashboard\n    rules:\n{as_rules}"),
+    )
+    .unwrap();
     let check = Command::new(&promtool)
         .args(["check", "rules"])
         .arg(&tmp)
@@ -522,8 +548,14 @@ async fn kinds_lists_every_registered_kind_with_typed_parameters_and_outputs() {
         .lines()
         .find(|l| l.trim_start().starts_with("payout.wallet_id "))
         .unwrap_or_else(|| panic!("{text}"));
-    assert!(wallet.contains("string") && wallet.contains("required"), "{wallet}");
-    assert!(text.contains("  output:") && text.contains("transaction_id"), "{text}");
+    assert!(
+        wallet.contains("string") && wallet.contains("required"),
+        "{wallet}"
+    );
+    assert!(
+        text.contains("  output:") && text.contains("transaction_id"),
+        "{text}"
+    );
 
     let all: Value = serde_json::from_str(&ok(&paysaga(None, &["kinds", "--json"]))).unwrap();
     let all = all.as_array().unwrap();
@@ -537,7 +569,10 @@ async fn kinds_lists_every_registered_kind_with_typed_parameters_and_outputs() {
         assert!(names.contains(&kind), "{names:?}");
     }
     for k in all {
-        assert_eq!(k["declared"], true, "every built-in kind declares its schema: {k}");
+        assert_eq!(
+            k["declared"], true,
+            "every built-in kind declares its schema: {k}"
+        );
         assert!(!k["outputs"].as_array().unwrap().is_empty(), "{k}");
     }
     let payout = all.iter().find(|k| k["name"] == "blaaiz.payout").unwrap();
@@ -577,8 +612,7 @@ async fn start_refuses_an_input_missing_a_nested_required_field_naming_the_field
         &["definitions", "submit", file.to_str().unwrap()],
     ));
     let mut input: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo().join("workflows/examples/blaaiz_kyc_payout.json"))
-            .unwrap(),
+        &std::fs::read_to_string(repo().join("workflows/examples/blaaiz_kyc_payout.json")).unwrap(),
     )
     .unwrap();
     input["payout"]

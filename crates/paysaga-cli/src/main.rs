@@ -4,9 +4,9 @@
 #[cfg(feature = "dev")]
 mod demo;
 mod documents;
+mod kinds;
 mod operate;
 mod provider_metrics;
-mod kinds;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -39,8 +39,8 @@ pub mod document;
 pub mod operator;
 pub mod retry;
 pub mod saga;
-pub mod step;
 pub mod schema;
+pub mod step;
 
 pub use definition::{
     CompiledDefinition, CompiledStep, Definition, DefinitionError, Params, StepDef,
@@ -56,9 +56,9 @@ pub use saga::{
     after_compensation, after_step, next_run, ActiveWait, ClosedOutcome, HistoryEntry, HistoryKind,
     NextRun, ObservedStatus, SagaState, SagaStatus, StepTraits, Transition,
 };
+pub use schema::{FieldSpec, FieldType, KindSchema};
 pub use step::ALERTS_FIELD;
 pub use step::{
     alert, compensation_key, idempotency_key, EffectGuard, EffectPermit, Event, StepContext,
     StepKind, StepOutcome, Unguarded, WaitSpec, Wake,
 };
-pub use schema::{FieldSpec, FieldType, KindSchema};

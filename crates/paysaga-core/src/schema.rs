@@ -208,7 +208,10 @@ mod tests {
     fn values_from_earlier_steps_and_absent_optional_parents_are_accepted() {
         let s = payout();
         // customer_id from an earlier step; the whole payout from an earlier step.
-        assert_eq!(s.check(&json!({"customer_id": null, "payout": null})), Ok(()));
+        assert_eq!(
+            s.check(&json!({"customer_id": null, "payout": null})),
+            Ok(())
+        );
         assert_eq!(
             s.check(&json!({"customer_id": "c", "payout": {"wallet_id": null, "amount": 1}})),
             Ok(())
@@ -219,7 +222,9 @@ mod tests {
             Ok(())
         );
         let err = s
-            .check(&json!({"customer_id": "c", "payout": {"wallet_id": "w", "amount": 1}, "bank": {}}))
+            .check(
+                &json!({"customer_id": "c", "payout": {"wallet_id": "w", "amount": 1}, "bank": {}}),
+            )
             .unwrap_err();
         assert!(err.contains("bank.iban"), "{err}");
     }
@@ -229,6 +234,9 @@ mod tests {
         let err = payout()
             .check(&json!({"customer_id": "c", "payout": {"wallet_id": "w", "amount": 1.5}}))
             .unwrap_err();
-        assert!(err.contains("payout.amount must be of type integer"), "{err}");
+        assert!(
+            err.contains("payout.amount must be of type integer"),
+            "{err}"
+        );
     }
 }

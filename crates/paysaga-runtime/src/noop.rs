@@ -36,7 +36,8 @@ impl StepKind for Sleep {
     fn schema(&self) -> Option<paysaga_core::KindSchema> {
         use paysaga_core::{FieldSpec, FieldType};
         Some(paysaga_core::KindSchema {
-            description: "Sleeps delay_ms milliseconds, then completes (built in; for tests and benchmarks).",
+            description:
+                "Sleeps delay_ms milliseconds, then completes (built in; for tests and benchmarks).",
             params: vec![FieldSpec::optional(
                 "delay_ms",
                 FieldType::Integer,

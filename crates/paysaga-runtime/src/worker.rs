@@ -218,7 +218,10 @@ impl Worker {
         }
         // Aborted when this future is dropped too, so a dropped worker stops heartbeating.
         let background = AbortOnDrop(spawn_background(shared.clone()));
-        let _gauges = AbortOnDrop(crate::gauges::spawn(self.engine.clone(), self.config.gauges.clone()));
+        let _gauges = AbortOnDrop(crate::gauges::spawn(
+            self.engine.clone(),
+            self.config.gauges.clone(),
+        ));
         let mut tasks = JoinSet::new();
         let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         tokio::pin!(shutdown);
@@ -666,7 +669,13 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
         record_transition(shared, &saga.workflow, &transition);
         let step = loaded.compiled.steps.get(transition.step_index);
         let attempt = ran.unwrap_or(transition.attempt);
-        crate::gauges::log_parked(saga.id, &saga.workflow, step.map(|s| s.def.name.as_str()), attempt, &transition);
+        crate::gauges::log_parked(
+            saga.id,
+            &saga.workflow,
+            step.map(|s| s.def.name.as_str()),
+            attempt,
+            &transition,
+        );
         if transition.status.is_final() {
             shared.stats.finished.fetch_add(1, Ordering::Relaxed);
             info!(status = %transition.status, error = ?transition.last_error, "saga finished");

@@ -2129,7 +2129,8 @@ mod tests {
             .unwrap();
         let gauges = gauges.join("\n");
         assert!(
-            gauges.contains("paysaga_sagas_status_workflow") && !gauges.contains("Seq Scan on paysaga_sagas"),
+            gauges.contains("paysaga_sagas_status_workflow")
+                && !gauges.contains("Seq Scan on paysaga_sagas"),
             "gauge plan:\n{gauges}"
         );
         let sql = STARTED_SQL;
@@ -2145,5 +2146,4 @@ mod tests {
             "started plan:\n{started}"
         );
     }
-
 }

@@ -1883,8 +1883,9 @@ impl Store for SqliteStore {
         let Some((from, started)) = held else {
             return Ok(None);
         };
-        let mut started: std::collections::BTreeMap<String, i64> = serde_json::from_str(&started)
-            .map_err(|e| Error::Corrupt(format!("paysaga_gauges.started: {e}")))?;
+        let mut started: std::collections::BTreeMap<String, i64> =
+            serde_json::from_str(&started)
+                .map_err(|e| Error::Corrupt(format!("paysaga_gauges.started: {e}")))?;
         let from = from
             .as_deref()
             .map(parse_ts)
@@ -2113,7 +2114,8 @@ mod tests {
         let plan: Vec<String> = plan.into_iter().map(|r| r.3).collect();
         assert!(
             plan.iter()
-                .any(|l| l.starts_with("SEARCH s USING INDEX paysaga_sagas_status_updated (status=?)")),
+                .any(|l| l
+                    .starts_with("SEARCH s USING INDEX paysaga_sagas_status_updated (status=?)")),
             "{plan:?}"
         );
         let sql = STARTED_SQL;
@@ -2130,5 +2132,4 @@ mod tests {
             "{plan:?}"
         );
     }
-
 }

@@ -1514,9 +1514,7 @@ async fn sagas_held_by_a_dead_worker_are_listed_as_stuck(e: Env) {
     assert_eq!(ids(&s.list_sagas(&stuck).await.unwrap()), [started.id]);
 }
 
-async fn gauges_count_open_sagas_by_status_once_per_lease_and_started_sagas_incrementally(
-    e: Env,
-) {
+async fn gauges_count_open_sagas_by_status_once_per_lease_and_started_sagas_incrementally(e: Env) {
     use paysaga_store::GaugeRequest;
     let s = e.s();
     let w = worker(s, LONG_TTL).await;
@@ -1547,13 +1545,21 @@ async fn gauges_count_open_sagas_by_status_once_per_lease_and_started_sagas_incr
     };
     let (one, two) = (Uuid::new_v4(), Uuid::new_v4());
     assert_eq!(s.gauges().await.unwrap(), None, "nothing computed yet");
-    let g = s.refresh_gauges(request(one)).await.unwrap().expect("lease taken");
+    let g = s
+        .refresh_gauges(request(one))
+        .await
+        .unwrap()
+        .expect("lease taken");
     assert_eq!(
         s.refresh_gauges(request(two)).await.unwrap(),
         None,
         "another process holds the lease: it computes nothing"
     );
-    assert_eq!(s.gauges().await.unwrap().as_ref(), Some(&g), "stored for every worker");
+    assert_eq!(
+        s.gauges().await.unwrap().as_ref(),
+        Some(&g),
+        "stored for every worker"
+    );
     let alpha = &g.workflows["alpha"];
     assert_eq!(alpha.by_status.get("waiting"), Some(&1));
     assert_eq!(alpha.by_status.get("needs_operator"), Some(&1));
@@ -1563,13 +1569,23 @@ async fn gauges_count_open_sagas_by_status_once_per_lease_and_started_sagas_incr
     assert_eq!(alpha.started, 2);
     let beta = &g.workflows["beta"];
     assert_eq!(beta.by_status.get("scheduled"), Some(&1));
-    assert_eq!((beta.stuck, beta.started, beta.waits_past_deadline), (0, 1, 0));
+    assert_eq!(
+        (beta.stuck, beta.started, beta.waits_past_deadline),
+        (0, 1, 0)
+    );
     let gamma = &g.workflows["gamma"];
-    assert!(gamma.by_status.is_empty(), "ended sagas are not counted: {gamma:?}");
+    assert!(
+        gamma.by_status.is_empty(),
+        "ended sagas are not counted: {gamma:?}"
+    );
     assert_eq!(gamma.started, 1);
     // The next refresh adds only the sagas started since.
     start(s, "beta", &[STEP], None).await;
-    let g = s.refresh_gauges(request(one)).await.unwrap().expect("still held");
+    let g = s
+        .refresh_gauges(request(one))
+        .await
+        .unwrap()
+        .expect("still held");
     assert_eq!(g.workflows["alpha"].started, 2);
     assert_eq!(g.workflows["beta"].started, 2);
     assert_eq!(g.workflows["beta"].by_status.get("scheduled"), Some(&2));

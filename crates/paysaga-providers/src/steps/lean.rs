@@ -99,20 +99,68 @@ impl StepKind for CreateDestinationStep {
         Some(paysaga_core::KindSchema {
             description: "Creates (or finds) a Lean payment destination (a bank account).",
             params: vec![
-                paysaga_core::FieldSpec::required("destination", paysaga_core::FieldType::Object, "the bank account"),
-                paysaga_core::FieldSpec::required("destination.display_name", paysaga_core::FieldType::String, "display name"),
-                paysaga_core::FieldSpec::required("destination.name", paysaga_core::FieldType::String, "account holder"),
-                paysaga_core::FieldSpec::required("destination.bank_identifier", paysaga_core::FieldType::String, "bank identifier"),
-                paysaga_core::FieldSpec::required("destination.iban", paysaga_core::FieldType::String, "IBAN"),
-                paysaga_core::FieldSpec::required("destination.account_number", paysaga_core::FieldType::String, "account number"),
-                paysaga_core::FieldSpec::required("destination.address", paysaga_core::FieldType::String, "holder address"),
-                paysaga_core::FieldSpec::required("destination.city", paysaga_core::FieldType::String, "city"),
-                paysaga_core::FieldSpec::required("destination.country", paysaga_core::FieldType::String, "country"),
-                paysaga_core::FieldSpec::optional("destination.swift_code", paysaga_core::FieldType::String, "SWIFT code"),
+                paysaga_core::FieldSpec::required(
+                    "destination",
+                    paysaga_core::FieldType::Object,
+                    "the bank account",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "destination.display_name",
+                    paysaga_core::FieldType::String,
+                    "display name",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "destination.name",
+                    paysaga_core::FieldType::String,
+                    "account holder",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "destination.bank_identifier",
+                    paysaga_core::FieldType::String,
+                    "bank identifier",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "destination.iban",
+                    paysaga_core::FieldType::String,
+                    "IBAN",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "destination.account_number",
+                    paysaga_core::FieldType::String,
+                    "account number",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "destination.address",
+                    paysaga_core::FieldType::String,
+                    "holder address",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "destination.city",
+                    paysaga_core::FieldType::String,
+                    "city",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "destination.country",
+                    paysaga_core::FieldType::String,
+                    "country",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "destination.swift_code",
+                    paysaga_core::FieldType::String,
+                    "SWIFT code",
+                ),
             ],
             outputs: vec![
-                paysaga_core::FieldSpec::required("destination_id", paysaga_core::FieldType::String, "Lean destination id"),
-                paysaga_core::FieldSpec::required("existing", paysaga_core::FieldType::Boolean, "found instead of created"),
+                paysaga_core::FieldSpec::required(
+                    "destination_id",
+                    paysaga_core::FieldType::String,
+                    "Lean destination id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "existing",
+                    paysaga_core::FieldType::Boolean,
+                    "found instead of created",
+                ),
             ],
         })
     }
@@ -169,13 +217,27 @@ impl StepKind for EnsureCustomer {
     fn schema(&self) -> Option<paysaga_core::KindSchema> {
         Some(paysaga_core::KindSchema {
             description: "Creates (or finds) the Lean customer of an app user.",
-            params: vec![
-                paysaga_core::FieldSpec::required("app_user_id", paysaga_core::FieldType::String, "your id of the user"),
-            ],
+            params: vec![paysaga_core::FieldSpec::required(
+                "app_user_id",
+                paysaga_core::FieldType::String,
+                "your id of the user",
+            )],
             outputs: vec![
-                paysaga_core::FieldSpec::required("customer_id", paysaga_core::FieldType::String, "Lean customer id"),
-                paysaga_core::FieldSpec::required("app_user_id", paysaga_core::FieldType::String, "your id of the user"),
-                paysaga_core::FieldSpec::required("existing", paysaga_core::FieldType::Boolean, "found instead of created"),
+                paysaga_core::FieldSpec::required(
+                    "customer_id",
+                    paysaga_core::FieldType::String,
+                    "Lean customer id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "app_user_id",
+                    paysaga_core::FieldType::String,
+                    "your id of the user",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "existing",
+                    paysaga_core::FieldType::Boolean,
+                    "found instead of created",
+                ),
             ],
         })
     }
@@ -227,13 +289,33 @@ impl StepKind for AwaitBeneficiary {
         Some(paysaga_core::KindSchema {
             description: "Waits until the destination is an active beneficiary of the customer.",
             params: vec![
-                paysaga_core::FieldSpec::required("customer_id", paysaga_core::FieldType::String, "Lean customer id"),
-                paysaga_core::FieldSpec::required("destination_id", paysaga_core::FieldType::String, "Lean destination id"),
+                paysaga_core::FieldSpec::required(
+                    "customer_id",
+                    paysaga_core::FieldType::String,
+                    "Lean customer id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "destination_id",
+                    paysaga_core::FieldType::String,
+                    "Lean destination id",
+                ),
             ],
             outputs: vec![
-                paysaga_core::FieldSpec::required("beneficiary_id", paysaga_core::FieldType::String, "beneficiary id"),
-                paysaga_core::FieldSpec::required("payment_source_id", paysaga_core::FieldType::String, "payment source id"),
-                paysaga_core::FieldSpec::required("status", paysaga_core::FieldType::String, "ACTIVE"),
+                paysaga_core::FieldSpec::required(
+                    "beneficiary_id",
+                    paysaga_core::FieldType::String,
+                    "beneficiary id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "payment_source_id",
+                    paysaga_core::FieldType::String,
+                    "payment source id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "status",
+                    paysaga_core::FieldType::String,
+                    "ACTIVE",
+                ),
             ],
         })
     }
@@ -338,18 +420,58 @@ impl StepKind for CreateIntent {
         Some(paysaga_core::KindSchema {
             description: "Creates a Lean payment intent (irreversible).",
             params: vec![
-                paysaga_core::FieldSpec::required("customer_id", paysaga_core::FieldType::String, "Lean customer id"),
-                paysaga_core::FieldSpec::required("destination_id", paysaga_core::FieldType::String, "Lean destination id"),
-                paysaga_core::FieldSpec::required("amount", paysaga_core::FieldType::Integer, "amount in minor units"),
-                paysaga_core::FieldSpec::required("currency", paysaga_core::FieldType::String, "ISO 4217 code"),
-                paysaga_core::FieldSpec::required("description", paysaga_core::FieldType::String, "payment description"),
+                paysaga_core::FieldSpec::required(
+                    "customer_id",
+                    paysaga_core::FieldType::String,
+                    "Lean customer id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "destination_id",
+                    paysaga_core::FieldType::String,
+                    "Lean destination id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "amount",
+                    paysaga_core::FieldType::Integer,
+                    "amount in minor units",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "currency",
+                    paysaga_core::FieldType::String,
+                    "ISO 4217 code",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "description",
+                    paysaga_core::FieldType::String,
+                    "payment description",
+                ),
             ],
             outputs: vec![
-                paysaga_core::FieldSpec::required("intent_id", paysaga_core::FieldType::String, "payment intent id"),
-                paysaga_core::FieldSpec::required("amount", paysaga_core::FieldType::Integer, "amount in minor units"),
-                paysaga_core::FieldSpec::required("currency", paysaga_core::FieldType::String, "currency"),
-                paysaga_core::FieldSpec::required("customer_id", paysaga_core::FieldType::String, "Lean customer id"),
-                paysaga_core::FieldSpec::required("destination_id", paysaga_core::FieldType::String, "Lean destination id"),
+                paysaga_core::FieldSpec::required(
+                    "intent_id",
+                    paysaga_core::FieldType::String,
+                    "payment intent id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "amount",
+                    paysaga_core::FieldType::Integer,
+                    "amount in minor units",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "currency",
+                    paysaga_core::FieldType::String,
+                    "currency",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "customer_id",
+                    paysaga_core::FieldType::String,
+                    "Lean customer id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "destination_id",
+                    paysaga_core::FieldType::String,
+                    "Lean destination id",
+                ),
             ],
         })
     }
@@ -415,15 +537,43 @@ impl StepKind for AwaitPayment {
         Some(paysaga_core::KindSchema {
             description: "Waits until the intent's payment is accepted by the bank (or rejected).",
             params: vec![
-                paysaga_core::FieldSpec::required("intent_id", paysaga_core::FieldType::String, "payment intent id"),
-                paysaga_core::FieldSpec::optional("reconcile_for", paysaga_core::FieldType::Duration, "how long to reconcile a pending payment (default 2d)"),
+                paysaga_core::FieldSpec::required(
+                    "intent_id",
+                    paysaga_core::FieldType::String,
+                    "payment intent id",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "reconcile_for",
+                    paysaga_core::FieldType::Duration,
+                    "how long to reconcile a pending payment (default 2d)",
+                ),
             ],
             outputs: vec![
-                paysaga_core::FieldSpec::required("intent_id", paysaga_core::FieldType::String, "payment intent id"),
-                paysaga_core::FieldSpec::required("payment_id", paysaga_core::FieldType::String, "payment id"),
-                paysaga_core::FieldSpec::required("status", paysaga_core::FieldType::String, "payment status"),
-                paysaga_core::FieldSpec::optional("bank_transaction_reference", paysaga_core::FieldType::String, "bank reference"),
-                paysaga_core::FieldSpec::optional("amount", paysaga_core::FieldType::Integer, "amount in minor units"),
+                paysaga_core::FieldSpec::required(
+                    "intent_id",
+                    paysaga_core::FieldType::String,
+                    "payment intent id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "payment_id",
+                    paysaga_core::FieldType::String,
+                    "payment id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "status",
+                    paysaga_core::FieldType::String,
+                    "payment status",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "bank_transaction_reference",
+                    paysaga_core::FieldType::String,
+                    "bank reference",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "amount",
+                    paysaga_core::FieldType::Integer,
+                    "amount in minor units",
+                ),
             ],
         })
     }
