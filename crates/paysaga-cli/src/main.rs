@@ -6,6 +6,7 @@ mod bulk;
 mod demo;
 mod documents;
 mod exit;
+mod kinds;
 mod listing;
 mod operate;
 mod operate_actions;
@@ -170,6 +171,15 @@ enum Command {
     Reset(operate_actions::ResetArgs),
     /// Every operator action across sagas (refused ones included), newest last.
     Audit(operate_actions::AuditArgs),
+    /// The step kinds this build knows: each one's parameters (type, required or not) and
+    /// output, as `start` checks them. No database needed.
+    Kinds {
+        /// Only this kind.
+        kind: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -215,6 +225,12 @@ struct WorkerArgs {
     /// How long documents keep their content after their saga reached a final status.
     #[arg(long, env = "PAYSAGA_DOCUMENT_RETENTION", default_value = "7d")]
     document_retention: humantime::Duration,
+    /// How often the operator gauges of /metrics are computed (by one worker) and read.
+    #[arg(long, env = "PAYSAGA_GAUGE_EVERY", default_value = "15s")]
+    gauge_every: humantime::Duration,
+    /// An open saga without progress for this long counts in `paysaga_sagas_stuck`.
+    #[arg(long, env = "PAYSAGA_STUCK_AFTER", default_value = "1h")]
+    stuck_after: humantime::Duration,
 }
 
 /// The built-in `noop.sleep` plus the given provider step kinds.
@@ -529,6 +545,11 @@ async fn run() -> Result<()> {
         Command::Close(args) => operate_actions::close(&engine(db).await?, &args).await?,
         Command::Reset(args) => operate_actions::reset(&engine(db).await?, &args).await?,
         Command::Audit(args) => operate_actions::audit(&engine(db).await?, &args).await?,
+        Command::Kinds { kind, json } => kinds::run(
+            &registry(paysaga_providers::steps::validation_kinds()),
+            kind.as_deref(),
+            json,
+        )?,
     }
     Ok(())
 }
@@ -595,6 +616,8 @@ async fn run_worker(db: &Db<'_>, args: WorkerArgs) -> Result<()> {
         + providers.longest_request_timeout()
         + Duration::from_secs(5);
     config.document_retention = args.document_retention.into();
+    config.gauges.every = args.gauge_every.into();
+    config.gauges.stuck_after = args.stuck_after.into();
     if config.lease_ttl < Duration::from_millis(300) {
         bail!("--lease-ttl must be at least 300ms");
     }

@@ -39,6 +39,7 @@ pub mod document;
 pub mod operator;
 pub mod retry;
 pub mod saga;
+pub mod schema;
 pub mod step;
 
 pub use definition::{
@@ -56,6 +57,7 @@ pub use saga::{
     after_compensation, after_step, next_run, ActiveWait, ClosedOutcome, HistoryEntry, HistoryKind,
     NextRun, ObservedStatus, SagaState, SagaStatus, StepTraits, Transition,
 };
+pub use schema::{FieldSpec, FieldType, KindSchema};
 pub use step::output_references;
 pub use step::ALERTS_FIELD;
 pub use step::{

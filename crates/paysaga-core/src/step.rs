@@ -340,6 +340,14 @@ pub trait StepKind: Send + Sync + std::fmt::Debug + 'static {
         Vec::new()
     }
 
+    /// What the kind takes and returns (`paysaga kinds` prints it). `start` checks the
+    /// parameters against it ([`crate::KindSchema::check`]: required fields, nested ones
+    /// included, and types) before [`StepKind::validate`]. `None`: the kind declares nothing
+    /// and only `validate` checks its parameters.
+    fn schema(&self) -> Option<crate::KindSchema> {
+        None
+    }
+
     /// The provider object ids in a completed run's `output` (transaction, payable, funding,
     /// intent, customer ids...) as `(name, value)`: the worker stores them with the step's
     /// result, in the same commit, as references of the saga (`paysaga list --ref VALUE`

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tracing::{info, instrument, warn};
 use uuid::Uuid;
 
-use crate::metrics::{Metrics, SharedMetrics, WorkflowLabels};
+use crate::metrics::{Metrics, SharedMetrics};
 use crate::{Error, Registry, Worker, WorkerConfig};
 
 /// A definition version compiled against this process's registry.
@@ -268,12 +268,8 @@ impl Engine {
         }
         let (saga, created) = created?;
         if created {
-            self.metrics
-                .sagas_started
-                .get_or_create(&WorkflowLabels {
-                    workflow: record.name.clone(),
-                })
-                .inc();
+            // `paysaga_sagas_started_total` is counted from the database by the operator
+            // gauges (crate::gauges): starts happen in processes that export no metrics.
             info!(saga_id = %saga.id, version = record.version, "saga started");
         }
         Ok(Started {
@@ -367,14 +363,7 @@ impl Engine {
             other => other.into(),
         })?;
         if created {
-            // Counted when the caller's transaction may still roll back: started means
-            // "handed to the database", as for a start whose commit acknowledgement is lost.
-            self.metrics
-                .sagas_started
-                .get_or_create(&WorkflowLabels {
-                    workflow: record.name.clone(),
-                })
-                .inc();
+            // `paysaga_sagas_started_total` counts it from the database once committed.
             info!(saga_id = %saga.id, version = record.version, "saga started in the caller's transaction");
         }
         Ok(Started {
@@ -447,6 +436,9 @@ impl Engine {
                     step.def.kind
                 ))
             })?;
+            if let Some(schema) = kind.schema() {
+                schema.check(&params).map_err(&invalid)?;
+            }
             kind.validate(&params).map_err(invalid)?;
             for doc in kind.documents(&params) {
                 documents.push((step.def.name.clone(), doc));

@@ -259,7 +259,11 @@ async fn readyz(State(app): State<AppState>) -> (StatusCode, String) {
 
 async fn metrics(State(app): State<AppState>) -> Response {
     (
-        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        // What prometheus-client writes: OpenMetrics text (ends with `# EOF`).
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         app.engine.metrics().render(),
     )
         .into_response()
@@ -350,6 +354,7 @@ async fn webhook(
                 }
                 Err(e) => {
                     // Not stored: the provider must retry, so no 2xx.
+                    engine.metrics().inbox(&provider, "not_stored");
                     error!(%provider, %event_id, error = %e, "webhook could not be stored; answering 503 so the provider retries");
                     reply(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -390,6 +395,7 @@ async fn webhook(
                     )
                 }
                 Err(e) => {
+                    engine.metrics().inbox(&provider, "not_stored");
                     error!(%provider, error = %e, "unparseable webhook could not be stored");
                     reply(
                         StatusCode::SERVICE_UNAVAILABLE,

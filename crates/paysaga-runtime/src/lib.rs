@@ -31,6 +31,7 @@ mod documents;
 mod effect;
 mod engine;
 mod error;
+pub mod gauges;
 pub mod http;
 mod lease;
 pub mod metrics;

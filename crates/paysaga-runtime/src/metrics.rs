@@ -1,4 +1,4 @@
-//! Prometheus metrics of a worker process (`GET /metrics`, text format).
+//! Prometheus metrics of a worker process (`GET /metrics`, OpenMetrics text format).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,7 +43,8 @@ pub struct StepLabels {
 pub struct InboxLabels {
     /// Provider.
     pub provider: String,
-    /// matched, stored (unmatched for now), duplicate, unparseable, rejected.
+    /// matched, stored (unmatched for now), duplicate, unparseable, rejected; answered 5xx:
+    /// busy (no turn to store it), not_stored (the database failed).
     pub result: String,
 }
 
@@ -111,6 +112,8 @@ pub struct Metrics {
     /// Unfinished sagas no live worker can run (no live worker has every step kind of their
     /// definition), by workflow; set by each worker every [`UNRUNNABLE_EVERY`].
     pub unrunnable_sagas: Family<WorkflowLabels, Gauge>,
+    /// The operator gauges, from the database (see [`crate::gauges`]).
+    pub gauges: crate::gauges::OperatorGauges,
 }
 
 /// How often a worker counts the sagas no live worker can run (`unrunnable_sagas`).
@@ -142,7 +145,11 @@ impl Metrics {
         );
         let provider_call_errors = Family::<ProviderErrorLabels, Counter>::default();
         let saga_alerts = Family::<AlertLabels, Counter>::default();
-        registry.register("sagas_started", "Sagas started", sagas_started.clone());
+        registry.register(
+            "sagas_started",
+            "Sagas started (counted from the database by the operator gauges)",
+            sagas_started.clone(),
+        );
         registry.register(
             "sagas_finished",
             "Sagas that reached a final status",
@@ -204,6 +211,7 @@ impl Metrics {
             "Unfinished sagas no live worker can run (their step kinds' provider is configured on no live worker)",
             unrunnable_sagas.clone(),
         );
+        let gauges = crate::gauges::OperatorGauges::register(&mut registry);
         Metrics {
             registry,
             sagas_started,
@@ -219,6 +227,7 @@ impl Metrics {
             provider_call_errors,
             saga_alerts,
             unrunnable_sagas,
+            gauges,
         }
     }
 

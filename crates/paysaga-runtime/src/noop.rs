@@ -33,6 +33,24 @@ impl StepKind for Sleep {
         delay_ms(params).map(|_| ())
     }
 
+    fn schema(&self) -> Option<paysaga_core::KindSchema> {
+        use paysaga_core::{FieldSpec, FieldType};
+        Some(paysaga_core::KindSchema {
+            description:
+                "Sleeps delay_ms milliseconds, then completes (built in; for tests and benchmarks).",
+            params: vec![FieldSpec::optional(
+                "delay_ms",
+                FieldType::Integer,
+                "milliseconds to sleep, 0 to 3600000 (default 0)",
+            )],
+            outputs: vec![FieldSpec::required(
+                "slept_ms",
+                FieldType::Integer,
+                "milliseconds slept",
+            )],
+        })
+    }
+
     async fn run(&self, _ctx: &StepContext, params: Value) -> StepOutcome {
         match delay_ms(&params) {
             Ok(0) => StepOutcome::Done(json!({"slept_ms": 0})),

@@ -61,6 +61,8 @@ pub struct WorkerConfig {
     /// stored). The worker deletes expired content in batches, checking every minute (or
     /// every `document_retention`, if shorter).
     pub document_retention: Duration,
+    /// The operator gauges this worker computes (when it holds their lease) and serves.
+    pub gauges: crate::gauges::GaugeConfig,
 }
 
 impl Default for WorkerConfig {
@@ -75,6 +77,7 @@ impl Default for WorkerConfig {
             effect_window: Duration::from_secs(60),
             clock_skew: chrono::TimeDelta::zero(),
             document_retention: Duration::from_secs(7 * 24 * 3600),
+            gauges: crate::gauges::GaugeConfig::default(),
         }
     }
 }
@@ -215,6 +218,10 @@ impl Worker {
         }
         // Aborted when this future is dropped too, so a dropped worker stops heartbeating.
         let background = AbortOnDrop(spawn_background(shared.clone()));
+        let _gauges = AbortOnDrop(crate::gauges::spawn(
+            self.engine.clone(),
+            self.config.gauges.clone(),
+        ));
         let mut tasks = JoinSet::new();
         let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         tokio::pin!(shutdown);
@@ -678,6 +685,15 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
             }
         };
         record_transition(shared, &saga.workflow, &transition);
+        let step = loaded.compiled.steps.get(transition.step_index);
+        let attempt = ran.unwrap_or(transition.attempt);
+        crate::gauges::log_parked(
+            saga.id,
+            &saga.workflow,
+            step.map(|s| s.def.name.as_str()),
+            attempt,
+            &transition,
+        );
         if transition.status.is_final() {
             shared.stats.finished.fetch_add(1, Ordering::Relaxed);
             info!(status = %transition.status, error = ?transition.last_error, "saga finished");

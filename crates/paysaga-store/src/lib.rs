@@ -433,6 +433,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// run: no live worker has every step kind of their definition (a worker claims only
     /// those). `missing_kinds`: the kinds of the definition no live worker has.
     async fn sagas_no_live_worker_can_run(&self) -> Result<Vec<UnrunnableGroup>, Error>;
+    /// Computes the operator gauges and stores them, if `req.instance` holds the gauge lease
+    /// or takes it (free, its own or expired); `None` when another process holds it. Reads
+    /// only open sagas (by status, through an index) and the sagas created since the last
+    /// refresh: its cost does not grow with the number of finished sagas.
+    async fn refresh_gauges(&self, req: GaugeRequest) -> Result<Option<GaugeSnapshot>, Error>;
+    /// The gauges last stored by [`Store::refresh_gauges`] (any process).
+    async fn gauges(&self) -> Result<Option<GaugeSnapshot>, Error>;
 }
 
 /// Arguments of [`Store::mark_effect`] and [`Store::clear_effect_mark`].
@@ -673,6 +680,53 @@ fn status_filter_sql(member: impl Fn(&str) -> String) -> String {
         member("s.status"),
         member("'running'")
     )
+}
+
+/// One row of a store's gauge query: open sagas of a workflow in one observed status.
+struct GaugeRow {
+    workflow: String,
+    status: String,
+    sagas: i64,
+    oldest_wait: Option<DateTime<Utc>>,
+    past_deadline: i64,
+    stuck: i64,
+}
+
+/// The open statuses the gauges count (`running` is derived from the owner).
+const OPEN: &str = "('scheduled', 'retrying', 'waiting', 'compensating', 'needs_operator')";
+
+/// The snapshot of gauge rows and the started counts, at `now`.
+fn gauge_snapshot(
+    now: DateTime<Utc>,
+    started: &std::collections::BTreeMap<String, i64>,
+    rows: Vec<GaugeRow>,
+) -> GaugeSnapshot {
+    let mut workflows: std::collections::BTreeMap<String, WorkflowGauges> = started
+        .iter()
+        .map(|(w, n)| {
+            (
+                w.clone(),
+                WorkflowGauges {
+                    started: *n,
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    for row in rows {
+        let g = workflows.entry(row.workflow).or_default();
+        *g.by_status.entry(row.status).or_default() += row.sagas;
+        if let Some(since) = row.oldest_wait {
+            let age = (now - since).num_milliseconds().max(0) as f64 / 1000.0;
+            g.oldest_wait_seconds = g.oldest_wait_seconds.max(age);
+        }
+        g.waits_past_deadline += row.past_deadline;
+        g.stuck += row.stuck;
+    }
+    GaugeSnapshot {
+        computed_at: now,
+        workflows,
+    }
 }
 
 fn existing_for_key(existing: SagaRecord, new: NewSaga) -> Result<(SagaRecord, bool), Error> {

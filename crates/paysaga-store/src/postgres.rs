@@ -19,6 +19,7 @@ use crate::{
     SagaRecord, Stats, Store, UnrunnableGroup, WakeupsBox, WorkerInfo,
 };
 use crate::{DocumentRecord, NewDocument};
+use crate::{GaugeRequest, GaugeSnapshot};
 use paysaga_core::DocumentId;
 
 /// The migrations in `migrations/`, embedded at build time.
@@ -2076,6 +2077,113 @@ impl Store for PgStore {
             })
             .collect()
     }
+    async fn refresh_gauges(&self, req: GaugeRequest) -> Result<Option<GaugeSnapshot>, Error> {
+        let held = sqlx::query(
+            "UPDATE paysaga_gauges SET holder = $1, held_until = now() + make_interval(secs => $2)
+             WHERE id = 1 AND (holder IS NULL OR holder = $1 OR held_until < now())
+             RETURNING now() AS db_now, started_until, started",
+        )
+        .bind(req.instance)
+        .bind(req.lease.as_secs_f64())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(held) = held else {
+            return Ok(None);
+        };
+        let now: DateTime<Utc> = held.try_get("db_now")?;
+        let from: Option<DateTime<Utc>> = held.try_get("started_until")?;
+        let mut started: std::collections::BTreeMap<String, i64> =
+            serde_json::from_value(held.try_get("started")?)
+                .map_err(|e| Error::Corrupt(format!("paysaga_gauges.started: {e}")))?;
+        let until = now - chrono::Duration::from_std(req.started_lag).unwrap_or_default();
+        let from = from.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+        let until = until.max(from);
+        let new: Vec<(String, i64)> = sqlx::query_as(STARTED_SQL)
+            .bind(from)
+            .bind(until)
+            .fetch_all(&self.pool)
+            .await?;
+        for (workflow, n) in new {
+            *started.entry(workflow).or_default() += n;
+        }
+        let rows = sqlx::query(&gauges_sql())
+            .bind(req.stuck_after.as_secs_f64())
+            .bind(i32::try_from(req.stuck_attempts).unwrap_or(i32::MAX))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(crate::GaugeRow {
+                    workflow: r.try_get("workflow")?,
+                    status: r.try_get("observed")?,
+                    sagas: r.try_get("sagas")?,
+                    oldest_wait: r.try_get("oldest_wait")?,
+                    past_deadline: r.try_get("past_deadline")?,
+                    stuck: r.try_get("stuck")?,
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let snapshot = crate::gauge_snapshot(now, &started, rows);
+        let stored = sqlx::query(
+            "UPDATE paysaga_gauges SET computed_at = $2, snapshot = $3, started_until = $4, started = $5
+             WHERE id = 1 AND holder = $1",
+        )
+        .bind(req.instance)
+        .bind(now)
+        .bind(serde_json::to_value(&snapshot).map_err(|e| Error::Corrupt(e.to_string()))?)
+        .bind(until)
+        .bind(serde_json::to_value(&started).map_err(|e| Error::Corrupt(e.to_string()))?)
+        .execute(&self.pool)
+        .await?;
+        Ok((stored.rows_affected() == 1).then_some(snapshot))
+    }
+
+    async fn gauges(&self) -> Result<Option<GaugeSnapshot>, Error> {
+        let snapshot: Option<Value> =
+            sqlx::query_scalar("SELECT snapshot FROM paysaga_gauges WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten();
+        snapshot
+            .map(|v| {
+                serde_json::from_value(v)
+                    .map_err(|e| Error::Corrupt(format!("paysaga_gauges.snapshot: {e}")))
+            })
+            .transpose()
+    }
+}
+
+/// Sagas created in `[$1, $2)` by workflow (the `paysaga_sagas_created` index): the gauges'
+/// started counts grow by it at each refresh.
+const STARTED_SQL: &str = "SELECT workflow, count(*) FROM paysaga_sagas
+     WHERE created_at >= $1 AND created_at < $2 GROUP BY workflow";
+
+/// The gauges over open sagas only (`status IN OPEN`, the `paysaga_sagas_status_workflow`
+/// index): by workflow and observed status, the oldest wait, waits past their deadline and
+/// stuck sagas as `list --stuck-for` (`$1` seconds without progress, `$2` attempts).
+fn gauges_sql() -> String {
+    format!(
+        "SELECT s.workflow,
+                CASE WHEN s.owner IS NOT NULL AND s.status IN {} THEN 'running' ELSE s.status END
+                    AS observed,
+                count(*) AS sagas,
+                min((s.wait->>'since')::timestamptz) FILTER (WHERE s.status = 'waiting') AS oldest_wait,
+                count(*) FILTER (WHERE s.status = 'waiting'
+                                   AND (s.wait->>'deadline')::timestamptz < now()) AS past_deadline,
+                count(*) FILTER (WHERE s.status = 'needs_operator'
+                    OR s.updated_at < now() - make_interval(secs => $1)
+                    OR (s.wait IS NOT NULL AND (s.wait->>'deadline')::timestamptz < now())
+                    OR s.attempt >= $2
+                    OR (s.owner IS NOT NULL AND NOT EXISTS (
+                        SELECT 1 FROM paysaga_workers w
+                        WHERE w.id = s.owner AND w.stopped_at IS NULL AND w.lease_expires_at > now())))
+                    AS stuck
+         FROM paysaga_sagas s
+         WHERE s.status IN {}
+         GROUP BY 1, 2",
+        crate::HOLDABLE,
+        crate::OPEN,
+    )
 }
 
 const DOCUMENT_COLUMNS: &str =
@@ -2369,6 +2477,55 @@ mod tests {
         assert!(
             plan.contains("paysaga_sagas_runnable") && !plan.contains("Seq Scan on paysaga_sagas"),
             "unrunnable count plan:\n{plan}"
+        );
+    }
+
+    /// The gauges read only open sagas and the sagas started since the last refresh, through
+    /// indexes, however many sagas have finished.
+    #[tokio::test]
+    async fn gauge_queries_read_only_open_and_new_sagas_through_indexes() {
+        let db = paysaga_testkit::database().await;
+        let store = PgStore::connect(db.url()).await.unwrap();
+        store.migrate().await.unwrap();
+        let pool = store.pool().clone();
+        sqlx::raw_sql(
+            "INSERT INTO paysaga_definitions (name, version, content_hash, body, step_kinds)
+                 VALUES ('noop', 1, 'h', '{}', '{noop.sleep}');
+             INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status, finished_at, created_at)
+                 SELECT gen_random_uuid(), 1, 'noop', 1, '{}', 'completed', now(), now() - interval '30 days'
+                 FROM generate_series(1, 50000);
+             INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status, run_at)
+                 SELECT gen_random_uuid(), 1, 'noop', 1, '{}', 'scheduled', now()
+                 FROM generate_series(1, 20);
+             ANALYZE;",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let sql = gauges_sql();
+        let gauges: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {sql}"))
+            .bind(3600.0_f64)
+            .bind(5_i32)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        let gauges = gauges.join("\n");
+        assert!(
+            gauges.contains("paysaga_sagas_status_workflow")
+                && !gauges.contains("Seq Scan on paysaga_sagas"),
+            "gauge plan:\n{gauges}"
+        );
+        let sql = STARTED_SQL;
+        let started: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {sql}"))
+            .bind(Utc::now() - chrono::Duration::minutes(1))
+            .bind(Utc::now())
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        let started = started.join("\n");
+        assert!(
+            started.contains("paysaga_sagas_created") && !started.contains("Seq Scan"),
+            "started plan:\n{started}"
         );
     }
 }

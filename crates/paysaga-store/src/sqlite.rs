@@ -66,6 +66,7 @@ use crate::{
     SagaRecord, Stats, Store, UnrunnableGroup, WakeupsBox, WorkerInfo,
 };
 use crate::{DocumentRecord, NewDocument};
+use crate::{GaugeRequest, GaugeSnapshot};
 use paysaga_core::DocumentId;
 
 /// The migrations in `migrations/sqlite/`, embedded at build time.
@@ -2024,6 +2025,121 @@ impl Store for SqliteStore {
         }
         Ok(groups)
     }
+    async fn refresh_gauges(&self, req: GaugeRequest) -> Result<Option<GaugeSnapshot>, Error> {
+        let now = Utc::now();
+        let later = |d: std::time::Duration| {
+            ts(now + chrono::Duration::from_std(d).unwrap_or(chrono::TimeDelta::MAX / 2))
+        };
+        let earlier = |d: std::time::Duration| {
+            now - chrono::Duration::from_std(d).unwrap_or(chrono::TimeDelta::MAX / 2)
+        };
+        let held: Option<(Option<String>, String)> = sqlx::query_as(
+            "UPDATE paysaga_gauges SET holder = $1, held_until = $2
+             WHERE id = 1 AND (holder IS NULL OR holder = $1 OR held_until < $3)
+             RETURNING started_until, started",
+        )
+        .bind(req.instance.to_string())
+        .bind(later(req.lease))
+        .bind(ts(now))
+        .fetch_optional(&self.writer)
+        .await?;
+        let Some((from, started)) = held else {
+            return Ok(None);
+        };
+        let mut started: std::collections::BTreeMap<String, i64> =
+            serde_json::from_str(&started)
+                .map_err(|e| Error::Corrupt(format!("paysaga_gauges.started: {e}")))?;
+        let from = from
+            .as_deref()
+            .map(parse_ts)
+            .transpose()?
+            .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+        let until = earlier(req.started_lag).max(from);
+        let new: Vec<(String, i64)> = sqlx::query_as(STARTED_SQL)
+            .bind(ts(from))
+            .bind(ts(until))
+            .fetch_all(&self.reader)
+            .await?;
+        for (workflow, n) in new {
+            *started.entry(workflow).or_default() += n;
+        }
+        let rows = sqlx::query(&gauges_sql())
+            .bind(ts(earlier(req.stuck_after)))
+            .bind(i64::from(req.stuck_attempts))
+            .bind(ts(now))
+            .fetch_all(&self.reader)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(crate::GaugeRow {
+                    workflow: r.try_get("workflow")?,
+                    status: r.try_get("observed")?,
+                    sagas: r.try_get("sagas")?,
+                    oldest_wait: get_opt_ts(r, "oldest_wait")?,
+                    past_deadline: r.try_get("past_deadline")?,
+                    stuck: r.try_get("stuck")?,
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let snapshot = crate::gauge_snapshot(now, &started, rows);
+        let stored = sqlx::query(
+            "UPDATE paysaga_gauges SET computed_at = $2, snapshot = $3, started_until = $4, started = $5
+             WHERE id = 1 AND holder = $1",
+        )
+        .bind(req.instance.to_string())
+        .bind(ts(now))
+        .bind(serde_json::to_string(&snapshot).map_err(|e| Error::Corrupt(e.to_string()))?)
+        .bind(ts(until))
+        .bind(serde_json::to_string(&started).map_err(|e| Error::Corrupt(e.to_string()))?)
+        .execute(&self.writer)
+        .await?;
+        Ok((stored.rows_affected() == 1).then_some(snapshot))
+    }
+
+    async fn gauges(&self) -> Result<Option<GaugeSnapshot>, Error> {
+        let snapshot: Option<String> =
+            sqlx::query_scalar("SELECT snapshot FROM paysaga_gauges WHERE id = 1")
+                .fetch_optional(&self.reader)
+                .await?
+                .flatten();
+        snapshot
+            .map(|v| {
+                serde_json::from_str(&v)
+                    .map_err(|e| Error::Corrupt(format!("paysaga_gauges.snapshot: {e}")))
+            })
+            .transpose()
+    }
+}
+
+/// Sagas created in `[$1, $2)` by workflow (the `paysaga_sagas_created` index).
+const STARTED_SQL: &str = "SELECT workflow, count(*) FROM paysaga_sagas
+     WHERE created_at >= $1 AND created_at < $2 GROUP BY workflow";
+
+/// The gauges over open sagas only (searched by status in `paysaga_sagas_status_updated`): `$1` no
+/// progress since (stuck), `$2` attempts (stuck), `$3` now.
+fn gauges_sql() -> String {
+    format!(
+        "SELECT s.workflow,
+                CASE WHEN s.owner IS NOT NULL AND s.status IN {} THEN 'running' ELSE s.status END
+                    AS observed,
+                count(*) AS sagas,
+                min(CASE WHEN s.status = 'waiting' THEN s.wait_since END) AS oldest_wait,
+                sum(CASE WHEN s.status = 'waiting' AND s.wait_deadline < $3 THEN 1 ELSE 0 END)
+                    AS past_deadline,
+                sum(CASE WHEN s.status = 'needs_operator'
+                    OR s.updated_at < $1
+                    OR (s.wait_deadline IS NOT NULL AND s.wait_deadline < $3)
+                    OR s.attempt >= $2
+                    OR (s.owner IS NOT NULL AND NOT EXISTS (
+                        SELECT 1 FROM paysaga_workers w
+                        WHERE w.id = s.owner AND w.stopped_at IS NULL AND w.lease_expires_at > $3))
+                    THEN 1 ELSE 0 END) AS stuck
+         FROM paysaga_sagas s
+         WHERE s.status IN {}
+         GROUP BY 1, 2",
+        crate::HOLDABLE,
+        crate::OPEN,
+    )
 }
 
 const DOCUMENT_COLUMNS: &str =
@@ -2162,6 +2278,44 @@ mod tests {
             plan.iter().any(|l| l.contains("paysaga_history_operator")),
             "audit plan:\n{}",
             plan.join("\n")
+        );
+    }
+
+    /// The gauges count open sagas through the status index (a search by status, never a
+    /// scan of finished sagas), and the
+    /// sagas started since the last refresh through `paysaga_sagas_created`.
+    #[tokio::test]
+    async fn gauge_queries_use_their_indexes() {
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        store.migrate().await.unwrap();
+        let sql = gauges_sql();
+        let plan: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .bind("a")
+                .bind(5_i64)
+                .bind("b")
+                .fetch_all(&store.reader)
+                .await
+                .unwrap();
+        let plan: Vec<String> = plan.into_iter().map(|r| r.3).collect();
+        assert!(
+            plan.iter()
+                .any(|l| l
+                    .starts_with("SEARCH s USING INDEX paysaga_sagas_status_updated (status=?)")),
+            "{plan:?}"
+        );
+        let sql = STARTED_SQL;
+        let plan: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .bind("a")
+                .bind("b")
+                .fetch_all(&store.reader)
+                .await
+                .unwrap();
+        assert!(
+            plan.iter().any(|r| r.3.contains("paysaga_sagas_created")
+                || r.3.contains("paysaga_sagas_workflow_created")),
+            "{plan:?}"
         );
     }
 }

@@ -436,3 +436,45 @@ pub struct SagaReference {
     /// The id.
     pub value: String,
 }
+
+/// What [`crate::Store::refresh_gauges`] computes: the operator gauges of `/metrics`.
+#[derive(Debug, Clone, Copy)]
+pub struct GaugeRequest {
+    /// The process asking (holds the gauge lease while it computes).
+    pub instance: Uuid,
+    /// How long the lease lasts (a few intervals): another process takes over after it.
+    pub lease: std::time::Duration,
+    /// An open saga without progress for this long counts as stuck (as `list --stuck-for`).
+    pub stuck_after: std::time::Duration,
+    /// Attempts that count as stuck.
+    pub stuck_attempts: u32,
+    /// Sagas created in the last `started_lag` are counted at the next refresh (a start whose
+    /// transaction is still open has a `created_at` in the past).
+    pub started_lag: std::time::Duration,
+}
+
+/// The operator gauges, computed by one process and stored for every worker to serve.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct GaugeSnapshot {
+    /// When they were computed (database clock).
+    pub computed_at: DateTime<Utc>,
+    /// By workflow.
+    pub workflows: std::collections::BTreeMap<String, WorkflowGauges>,
+}
+
+/// The gauges of one workflow.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct WorkflowGauges {
+    /// Open sagas (not ended: ended ones are not counted, see `sagas_finished_total`) by
+    /// observed status (`running` for a saga a worker holds).
+    pub by_status: std::collections::BTreeMap<String, i64>,
+    /// Age in seconds of the oldest wait (0 when none waits).
+    pub oldest_wait_seconds: f64,
+    /// Waiting sagas whose wait deadline has passed.
+    pub waits_past_deadline: i64,
+    /// Stuck sagas, as `paysaga list --stuck-for`: parked for an operator, or open and
+    /// without progress, past their wait deadline, at many attempts or held by a dead worker.
+    pub stuck: i64,
+    /// Sagas started (created), all time.
+    pub started: i64,
+}

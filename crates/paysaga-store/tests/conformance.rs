@@ -1515,6 +1515,83 @@ async fn sagas_held_by_a_dead_worker_are_listed_as_stuck(e: Env) {
     assert_eq!(ids(&s.list_sagas(&stuck).await.unwrap()), [started.id]);
 }
 
+async fn gauges_count_open_sagas_by_status_once_per_lease_and_started_sagas_incrementally(e: Env) {
+    use paysaga_store::GaugeRequest;
+    let s = e.s();
+    let w = worker(s, LONG_TTL).await;
+    let waiting = start(s, "alpha", &[STEP], None).await;
+    let parked = start(s, "alpha", &[STEP], None).await;
+    let scheduled = start(s, "beta", &[STEP], None).await;
+    let done = start(s, "gamma", &[STEP], None).await;
+    for c in s.claim(w, &all_kinds(), 16).await.unwrap() {
+        let t = if c.saga.id == waiting.id {
+            wait_transition("payable:g", Utc::now() - chrono::Duration::seconds(1))
+        } else if c.saga.id == parked.id {
+            transition(SagaStatus::NeedsOperator, 0)
+        } else if c.saga.id == done.id {
+            transition(SagaStatus::Completed, 0)
+        } else {
+            assert_eq!(c.saga.id, scheduled.id);
+            s.release(c.saga.id, w, c.saga.fence).await.unwrap();
+            continue;
+        };
+        commit(s, &c.saga, w, &t, None).await.unwrap();
+    }
+    let request = |instance| GaugeRequest {
+        instance,
+        lease: Duration::from_secs(30),
+        stuck_after: Duration::from_secs(3600),
+        stuck_attempts: 5,
+        started_lag: Duration::ZERO,
+    };
+    let (one, two) = (Uuid::new_v4(), Uuid::new_v4());
+    assert_eq!(s.gauges().await.unwrap(), None, "nothing computed yet");
+    let g = s
+        .refresh_gauges(request(one))
+        .await
+        .unwrap()
+        .expect("lease taken");
+    assert_eq!(
+        s.refresh_gauges(request(two)).await.unwrap(),
+        None,
+        "another process holds the lease: it computes nothing"
+    );
+    assert_eq!(
+        s.gauges().await.unwrap().as_ref(),
+        Some(&g),
+        "stored for every worker"
+    );
+    let alpha = &g.workflows["alpha"];
+    assert_eq!(alpha.by_status.get("waiting"), Some(&1));
+    assert_eq!(alpha.by_status.get("needs_operator"), Some(&1));
+    assert_eq!(alpha.by_status.len(), 2, "{alpha:?}");
+    assert_eq!(alpha.waits_past_deadline, 1);
+    assert_eq!(alpha.stuck, 2, "parked + past its deadline");
+    assert_eq!(alpha.started, 2);
+    let beta = &g.workflows["beta"];
+    assert_eq!(beta.by_status.get("scheduled"), Some(&1));
+    assert_eq!(
+        (beta.stuck, beta.started, beta.waits_past_deadline),
+        (0, 1, 0)
+    );
+    let gamma = &g.workflows["gamma"];
+    assert!(
+        gamma.by_status.is_empty(),
+        "ended sagas are not counted: {gamma:?}"
+    );
+    assert_eq!(gamma.started, 1);
+    // The next refresh adds only the sagas started since.
+    start(s, "beta", &[STEP], None).await;
+    let g = s
+        .refresh_gauges(request(one))
+        .await
+        .unwrap()
+        .expect("still held");
+    assert_eq!(g.workflows["alpha"].started, 2);
+    assert_eq!(g.workflows["beta"].started, 2);
+    assert_eq!(g.workflows["beta"].by_status.get("scheduled"), Some(&2));
+}
+
 async fn stats_count_by_status_step_retries_waits_and_unmatched_events(e: Env) {
     let s = e.s();
     let w = worker(s, LONG_TTL).await;
@@ -2875,6 +2952,7 @@ conformance!(
     operator_changes_store_outcome_input_and_key_generations_and_the_audit_lists_them,
     references_a_step_returned_are_stored_with_its_commit_and_find_the_saga,
     sagas_no_live_worker_can_run_are_counted_named_and_listed_as_stuck,
+    gauges_count_open_sagas_by_status_once_per_lease_and_started_sagas_incrementally,
 );
 
 /// `connect` picks the store by the URL's scheme and never echoes the rest of the URL.

@@ -6,7 +6,9 @@
 //!   environment of its own under `$TMPDIR/paysaga-tools/` (created with `python3 -m venv`,
 //!   filled with `pip`; reused by later runs, never touching the system's Python);
 //! - [`systemd_analyze`]: from `PATH` or `/usr/bin`, else installed with `apt-get install
-//!   systemd` when the tests run as root.
+//!   systemd` when the tests run as root;
+//! - [`promtool`]: from the pinned Debian package `prometheus`, unpacked (not installed) under
+//!   `$TMPDIR/paysaga-tools/`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -156,4 +158,83 @@ fn apt_install(package: &str, for_what: &str) {
             .env("DEBIAN_FRONTEND", "noninteractive"),
         "apt-get install",
     );
+}
+
+/// `promtool` (checks Prometheus rule files) of the pinned Debian package
+/// `prometheus=version` (e.g. `2.42.0+ds-5+deb12u1`): downloaded with `apt-get download` and
+/// unpacked with `dpkg-deb -x` into `$TMPDIR/paysaga-tools/prometheus-VERSION/` (nothing is
+/// installed on the system, no service starts; reused by later runs). The Prometheus release
+/// tarballs on GitHub would do as well, but this machine reaches Debian's archive and not
+/// GitHub. Needs `apt-get` with the package lists (`apt-get update` is run once if the
+/// download fails and the tests run as root) and `dpkg-deb`.
+pub fn promtool(version: &str) -> PathBuf {
+    let dir = tools_dir().join(format!("prometheus-{version}"));
+    let promtool = dir.join("usr").join("bin").join("promtool");
+    let installed = |p: &Path| {
+        Command::new(p)
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if installed(&promtool) {
+        return promtool;
+    }
+    locked(|| {
+        if installed(&promtool) {
+            return;
+        }
+        eprintln!(
+            "paysaga-testkit: fetching promtool (Debian package prometheus={version}) into {}",
+            dir.display()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        let download = dir.join("download");
+        std::fs::create_dir_all(&download)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", download.display()));
+        let fetch = || {
+            Command::new("apt-get")
+                .args(["download", "-qq"])
+                .arg(format!("prometheus={version}"))
+                .current_dir(&download)
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        };
+        if !fetch() {
+            assert!(
+                crate::is_root(),
+                "apt-get download prometheus={version} failed: run `apt-get update` (as root), \
+                 or run the tests as root so they do it"
+            );
+            run(
+                Command::new("apt-get").args(["update", "-qq"]),
+                "apt-get update",
+            );
+            run(
+                Command::new("apt-get")
+                    .args(["download", "-qq"])
+                    .arg(format!("prometheus={version}"))
+                    .current_dir(&download),
+                "apt-get download prometheus",
+            );
+        }
+        let deb = std::fs::read_dir(&download)
+            .unwrap_or_else(|e| panic!("{}: {e}", download.display()))
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "deb"))
+            .unwrap_or_else(|| panic!("apt-get download left no .deb in {}", download.display()));
+        run(
+            Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir),
+            "dpkg-deb -x prometheus",
+        );
+        let _ = std::fs::remove_dir_all(&download);
+    });
+    assert!(
+        installed(&promtool),
+        "promtool is not runnable from {} after unpacking prometheus={version}",
+        promtool.display()
+    );
+    promtool
 }

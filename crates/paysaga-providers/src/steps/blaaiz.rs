@@ -106,6 +106,126 @@ impl StepKind for CreateCustomerStep {
         "blaaiz.create_customer"
     }
 
+    fn schema(&self) -> Option<paysaga_core::KindSchema> {
+        Some(paysaga_core::KindSchema {
+            description: "Creates (or finds, by email) a Blaaiz customer for KYC.",
+            params: vec![
+                paysaga_core::FieldSpec::required(
+                    "customer",
+                    paysaga_core::FieldType::Object,
+                    "the customer",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "customer.type",
+                    paysaga_core::FieldType::String,
+                    "individual or business",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "customer.first_name",
+                    paysaga_core::FieldType::String,
+                    "required for an individual",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "customer.last_name",
+                    paysaga_core::FieldType::String,
+                    "required for an individual",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "customer.business_name",
+                    paysaga_core::FieldType::String,
+                    "required for a business",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "customer.email",
+                    paysaga_core::FieldType::String,
+                    "email address",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "customer.country",
+                    paysaga_core::FieldType::String,
+                    "country code",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "customer.id_type",
+                    paysaga_core::FieldType::String,
+                    "identity document type",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "customer.id_number",
+                    paysaga_core::FieldType::String,
+                    "identity document number",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "customer.phone",
+                    paysaga_core::FieldType::String,
+                    "phone number",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "customer.tin",
+                    paysaga_core::FieldType::String,
+                    "tax identification number",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "customer.dob",
+                    paysaga_core::FieldType::String,
+                    "date of birth",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "customer.street",
+                    paysaga_core::FieldType::String,
+                    "street",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "customer.city",
+                    paysaga_core::FieldType::String,
+                    "city",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "customer.state",
+                    paysaga_core::FieldType::String,
+                    "state",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "customer.zip_code",
+                    paysaga_core::FieldType::String,
+                    "postal code",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "customer.id_expiry_date",
+                    paysaga_core::FieldType::String,
+                    "identity document expiry date",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "customer.id_issue_date",
+                    paysaga_core::FieldType::String,
+                    "identity document issue date",
+                ),
+            ],
+            outputs: vec![
+                paysaga_core::FieldSpec::required(
+                    "customer_id",
+                    paysaga_core::FieldType::String,
+                    "Blaaiz customer id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "email",
+                    paysaga_core::FieldType::String,
+                    "customer email",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "verification_status",
+                    paysaga_core::FieldType::String,
+                    "KYC status",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "existing",
+                    paysaga_core::FieldType::Boolean,
+                    "found instead of created",
+                ),
+            ],
+        })
+    }
+
     fn validate(&self, params: &Value) -> Result<(), String> {
         Fields::new(params, Mode::Validate).and_then(|f| customer_params(&f).map(|_| ()))
     }
@@ -234,6 +354,56 @@ fn extension(content_type: &str) -> &'static str {
 impl StepKind for UploadDocuments {
     fn name(&self) -> &'static str {
         "blaaiz.upload_documents"
+    }
+
+    fn schema(&self) -> Option<paysaga_core::KindSchema> {
+        Some(paysaga_core::KindSchema {
+            description: "Uploads KYC documents stored with `paysaga documents put` to Blaaiz.",
+            params: vec![
+                paysaga_core::FieldSpec::required(
+                    "customer_id",
+                    paysaga_core::FieldType::String,
+                    "Blaaiz customer id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "documents",
+                    paysaga_core::FieldType::Array,
+                    "{file_category, document_id} items; an identity document is required",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "documents[].file_category",
+                    paysaga_core::FieldType::String,
+                    "identity, identity_back, proof_of_address or liveness_check",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "documents[].document_id",
+                    paysaga_core::FieldType::String,
+                    "id printed by `paysaga documents put`",
+                ),
+            ],
+            outputs: vec![
+                paysaga_core::FieldSpec::required(
+                    "customer_id",
+                    paysaga_core::FieldType::String,
+                    "Blaaiz customer id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "files",
+                    paysaga_core::FieldType::Array,
+                    "uploaded files",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "files[].file_id",
+                    paysaga_core::FieldType::String,
+                    "Blaaiz file id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "files[].file_category",
+                    paysaga_core::FieldType::String,
+                    "category",
+                ),
+            ],
+        })
     }
 
     fn validate(&self, params: &Value) -> Result<(), String> {
@@ -365,6 +535,41 @@ impl StepKind for AttachFilesStep {
         "blaaiz.attach_files"
     }
 
+    fn schema(&self) -> Option<paysaga_core::KindSchema> {
+        Some(paysaga_core::KindSchema {
+            description: "Attaches uploaded files to the customer's KYC.",
+            params: vec![
+                paysaga_core::FieldSpec::required(
+                    "customer_id",
+                    paysaga_core::FieldType::String,
+                    "Blaaiz customer id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "files",
+                    paysaga_core::FieldType::Array,
+                    "{file_id, file_category} items (the upload step's output)",
+                ),
+            ],
+            outputs: vec![
+                paysaga_core::FieldSpec::required(
+                    "customer_id",
+                    paysaga_core::FieldType::String,
+                    "Blaaiz customer id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "attached",
+                    paysaga_core::FieldType::Any,
+                    "what was attached",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "verification_status",
+                    paysaga_core::FieldType::String,
+                    "KYC status",
+                ),
+            ],
+        })
+    }
+
     fn validate(&self, params: &Value) -> Result<(), String> {
         Fields::new(params, Mode::Validate).and_then(|f| attach_params(&f).map(|_| ()))
     }
@@ -419,6 +624,29 @@ fn customer_id_param(f: &Fields<'_>) -> Result<String, String> {
 impl StepKind for AwaitVerification {
     fn name(&self) -> &'static str {
         "blaaiz.await_verification"
+    }
+
+    fn schema(&self) -> Option<paysaga_core::KindSchema> {
+        Some(paysaga_core::KindSchema {
+            description: "Waits until the customer's KYC is verified.",
+            params: vec![paysaga_core::FieldSpec::required(
+                "customer_id",
+                paysaga_core::FieldType::String,
+                "Blaaiz customer id",
+            )],
+            outputs: vec![
+                paysaga_core::FieldSpec::required(
+                    "customer_id",
+                    paysaga_core::FieldType::String,
+                    "Blaaiz customer id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "verification_status",
+                    paysaga_core::FieldType::String,
+                    "VERIFIED",
+                ),
+            ],
+        })
     }
 
     fn validate(&self, params: &Value) -> Result<(), String> {
@@ -609,6 +837,191 @@ impl StepKind for PayoutStep {
         "blaaiz.payout"
     }
 
+    fn schema(&self) -> Option<paysaga_core::KindSchema> {
+        Some(paysaga_core::KindSchema {
+            description: "Sends a payout from a Blaaiz wallet (irreversible).",
+            params: vec![
+                paysaga_core::FieldSpec::required(
+                    "customer_id",
+                    paysaga_core::FieldType::String,
+                    "Blaaiz customer id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "payout",
+                    paysaga_core::FieldType::Object,
+                    "the payout",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "payout.wallet_id",
+                    paysaga_core::FieldType::String,
+                    "wallet paying out",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "payout.method",
+                    paysaga_core::FieldType::String,
+                    "bank_transfer, interac, wire, ach or crypto",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "payout.amount",
+                    paysaga_core::FieldType::Integer,
+                    "amount in minor units",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "payout.currency",
+                    paysaga_core::FieldType::String,
+                    "ISO 4217 code of the amount",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "payout.to_currency",
+                    paysaga_core::FieldType::String,
+                    "currency received (default: currency)",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "payout.amount_side",
+                    paysaga_core::FieldType::String,
+                    "from or to: which side the amount is (default from)",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "payout.bank_id",
+                    paysaga_core::FieldType::String,
+                    "recipient detail",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "payout.account_number",
+                    paysaga_core::FieldType::String,
+                    "recipient detail",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "payout.account_name",
+                    paysaga_core::FieldType::String,
+                    "recipient detail",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "payout.account_type",
+                    paysaga_core::FieldType::String,
+                    "recipient detail",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "payout.bank_name",
+                    paysaga_core::FieldType::String,
+                    "recipient detail",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "payout.routing_number",
+                    paysaga_core::FieldType::String,
+                    "recipient detail",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "payout.swift_code",
+                    paysaga_core::FieldType::String,
+                    "recipient detail",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "payout.sort_code",
+                    paysaga_core::FieldType::String,
+                    "recipient detail",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "payout.iban",
+                    paysaga_core::FieldType::String,
+                    "recipient detail",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "payout.bic_code",
+                    paysaga_core::FieldType::String,
+                    "recipient detail",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "payout.recipient_type",
+                    paysaga_core::FieldType::String,
+                    "recipient detail",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "payout.phone_number",
+                    paysaga_core::FieldType::String,
+                    "recipient detail",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "payout.email",
+                    paysaga_core::FieldType::String,
+                    "recipient detail",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "payout.interac_first_name",
+                    paysaga_core::FieldType::String,
+                    "recipient detail",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "payout.interac_last_name",
+                    paysaga_core::FieldType::String,
+                    "recipient detail",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "payout.country",
+                    paysaga_core::FieldType::String,
+                    "recipient detail",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "payout.state",
+                    paysaga_core::FieldType::String,
+                    "recipient detail",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "payout.street",
+                    paysaga_core::FieldType::String,
+                    "recipient detail",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "payout.city",
+                    paysaga_core::FieldType::String,
+                    "recipient detail",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "payout.zip_code",
+                    paysaga_core::FieldType::String,
+                    "recipient detail",
+                ),
+            ],
+            outputs: vec![
+                paysaga_core::FieldSpec::required(
+                    "transaction_id",
+                    paysaga_core::FieldType::String,
+                    "Blaaiz transaction id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "status",
+                    paysaga_core::FieldType::String,
+                    "transaction status",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "reference",
+                    paysaga_core::FieldType::String,
+                    "our reference",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "provider_reference",
+                    paysaga_core::FieldType::String,
+                    "Blaaiz reference",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "amount",
+                    paysaga_core::FieldType::Integer,
+                    "amount in minor units",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "currency",
+                    paysaga_core::FieldType::String,
+                    "currency",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "existing",
+                    paysaga_core::FieldType::Boolean,
+                    "found instead of created",
+                ),
+            ],
+        })
+    }
+
     fn validate(&self, params: &Value) -> Result<(), String> {
         Fields::new(params, Mode::Validate).and_then(|f| payout_params(&f).map(|_| ()))
     }
@@ -701,6 +1114,39 @@ fn transaction_param(f: &Fields<'_>) -> Result<String, String> {
 impl StepKind for AwaitPayout {
     fn name(&self) -> &'static str {
         "blaaiz.await_payout"
+    }
+
+    fn schema(&self) -> Option<paysaga_core::KindSchema> {
+        Some(paysaga_core::KindSchema {
+            description: "Waits until a payout is successful (or failed).",
+            params: vec![paysaga_core::FieldSpec::required(
+                "transaction_id",
+                paysaga_core::FieldType::String,
+                "Blaaiz transaction id",
+            )],
+            outputs: vec![
+                paysaga_core::FieldSpec::required(
+                    "transaction_id",
+                    paysaga_core::FieldType::String,
+                    "Blaaiz transaction id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "status",
+                    paysaga_core::FieldType::String,
+                    "transaction status",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "amount",
+                    paysaga_core::FieldType::Integer,
+                    "amount in minor units",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "currency",
+                    paysaga_core::FieldType::String,
+                    "currency",
+                ),
+            ],
+        })
     }
 
     fn validate(&self, params: &Value) -> Result<(), String> {

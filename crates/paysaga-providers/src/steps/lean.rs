@@ -112,6 +112,76 @@ impl StepKind for CreateDestinationStep {
         "lean.create_destination"
     }
 
+    fn schema(&self) -> Option<paysaga_core::KindSchema> {
+        Some(paysaga_core::KindSchema {
+            description: "Creates (or finds) a Lean payment destination (a bank account).",
+            params: vec![
+                paysaga_core::FieldSpec::required(
+                    "destination",
+                    paysaga_core::FieldType::Object,
+                    "the bank account",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "destination.display_name",
+                    paysaga_core::FieldType::String,
+                    "display name",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "destination.name",
+                    paysaga_core::FieldType::String,
+                    "account holder",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "destination.bank_identifier",
+                    paysaga_core::FieldType::String,
+                    "bank identifier",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "destination.iban",
+                    paysaga_core::FieldType::String,
+                    "IBAN",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "destination.account_number",
+                    paysaga_core::FieldType::String,
+                    "account number",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "destination.address",
+                    paysaga_core::FieldType::String,
+                    "holder address",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "destination.city",
+                    paysaga_core::FieldType::String,
+                    "city",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "destination.country",
+                    paysaga_core::FieldType::String,
+                    "country",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "destination.swift_code",
+                    paysaga_core::FieldType::String,
+                    "SWIFT code",
+                ),
+            ],
+            outputs: vec![
+                paysaga_core::FieldSpec::required(
+                    "destination_id",
+                    paysaga_core::FieldType::String,
+                    "Lean destination id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "existing",
+                    paysaga_core::FieldType::Boolean,
+                    "found instead of created",
+                ),
+            ],
+        })
+    }
+
     fn validate(&self, params: &Value) -> Result<(), String> {
         Fields::new(params, Mode::Validate).and_then(|f| destination_params(&f).map(|_| ()))
     }
@@ -165,6 +235,34 @@ impl StepKind for EnsureCustomer {
         "lean.ensure_customer"
     }
 
+    fn schema(&self) -> Option<paysaga_core::KindSchema> {
+        Some(paysaga_core::KindSchema {
+            description: "Creates (or finds) the Lean customer of an app user.",
+            params: vec![paysaga_core::FieldSpec::required(
+                "app_user_id",
+                paysaga_core::FieldType::String,
+                "your id of the user",
+            )],
+            outputs: vec![
+                paysaga_core::FieldSpec::required(
+                    "customer_id",
+                    paysaga_core::FieldType::String,
+                    "Lean customer id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "app_user_id",
+                    paysaga_core::FieldType::String,
+                    "your id of the user",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "existing",
+                    paysaga_core::FieldType::Boolean,
+                    "found instead of created",
+                ),
+            ],
+        })
+    }
+
     fn validate(&self, params: &Value) -> Result<(), String> {
         Fields::new(params, Mode::Validate).and_then(|f| app_user_param(&f).map(|_| ()))
     }
@@ -210,6 +308,41 @@ fn beneficiary_params(f: &Fields<'_>) -> Result<(String, String), String> {
 impl StepKind for AwaitBeneficiary {
     fn name(&self) -> &'static str {
         "lean.await_beneficiary"
+    }
+
+    fn schema(&self) -> Option<paysaga_core::KindSchema> {
+        Some(paysaga_core::KindSchema {
+            description: "Waits until the destination is an active beneficiary of the customer.",
+            params: vec![
+                paysaga_core::FieldSpec::required(
+                    "customer_id",
+                    paysaga_core::FieldType::String,
+                    "Lean customer id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "destination_id",
+                    paysaga_core::FieldType::String,
+                    "Lean destination id",
+                ),
+            ],
+            outputs: vec![
+                paysaga_core::FieldSpec::required(
+                    "beneficiary_id",
+                    paysaga_core::FieldType::String,
+                    "beneficiary id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "payment_source_id",
+                    paysaga_core::FieldType::String,
+                    "payment source id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "status",
+                    paysaga_core::FieldType::String,
+                    "ACTIVE",
+                ),
+            ],
+        })
     }
 
     fn validate(&self, params: &Value) -> Result<(), String> {
@@ -336,6 +469,66 @@ impl StepKind for CreateIntent {
         "lean.create_intent"
     }
 
+    fn schema(&self) -> Option<paysaga_core::KindSchema> {
+        Some(paysaga_core::KindSchema {
+            description: "Creates a Lean payment intent (irreversible).",
+            params: vec![
+                paysaga_core::FieldSpec::required(
+                    "customer_id",
+                    paysaga_core::FieldType::String,
+                    "Lean customer id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "destination_id",
+                    paysaga_core::FieldType::String,
+                    "Lean destination id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "amount",
+                    paysaga_core::FieldType::Integer,
+                    "amount in minor units",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "currency",
+                    paysaga_core::FieldType::String,
+                    "ISO 4217 code",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "description",
+                    paysaga_core::FieldType::String,
+                    "payment description",
+                ),
+            ],
+            outputs: vec![
+                paysaga_core::FieldSpec::required(
+                    "intent_id",
+                    paysaga_core::FieldType::String,
+                    "payment intent id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "amount",
+                    paysaga_core::FieldType::Integer,
+                    "amount in minor units",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "currency",
+                    paysaga_core::FieldType::String,
+                    "currency",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "customer_id",
+                    paysaga_core::FieldType::String,
+                    "Lean customer id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "destination_id",
+                    paysaga_core::FieldType::String,
+                    "Lean destination id",
+                ),
+            ],
+        })
+    }
+
     fn validate(&self, params: &Value) -> Result<(), String> {
         Fields::new(params, Mode::Validate).and_then(|f| intent_params(&f).map(|_| ()))
     }
@@ -442,6 +635,51 @@ fn money(payment: &crate::lean::Payment) -> String {
 impl StepKind for AwaitPayment {
     fn name(&self) -> &'static str {
         "lean.await_payment"
+    }
+
+    fn schema(&self) -> Option<paysaga_core::KindSchema> {
+        Some(paysaga_core::KindSchema {
+            description: "Waits until the intent's payment is accepted by the bank (or rejected).",
+            params: vec![
+                paysaga_core::FieldSpec::required(
+                    "intent_id",
+                    paysaga_core::FieldType::String,
+                    "payment intent id",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "reconcile_for",
+                    paysaga_core::FieldType::Duration,
+                    "how long to reconcile a pending payment (default 2d)",
+                ),
+            ],
+            outputs: vec![
+                paysaga_core::FieldSpec::required(
+                    "intent_id",
+                    paysaga_core::FieldType::String,
+                    "payment intent id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "payment_id",
+                    paysaga_core::FieldType::String,
+                    "payment id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "status",
+                    paysaga_core::FieldType::String,
+                    "payment status",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "bank_transaction_reference",
+                    paysaga_core::FieldType::String,
+                    "bank reference",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "amount",
+                    paysaga_core::FieldType::Integer,
+                    "amount in minor units",
+                ),
+            ],
+        })
     }
 
     fn validate(&self, params: &Value) -> Result<(), String> {

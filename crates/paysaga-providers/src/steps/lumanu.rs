@@ -106,6 +106,96 @@ impl StepKind for FundInvoice {
         "lumanu.fund_invoice"
     }
 
+    fn schema(&self) -> Option<paysaga_core::KindSchema> {
+        Some(paysaga_core::KindSchema {
+            description: "Creates (or finds) a Lumanu funding invoice for the workspace balance.",
+            params: vec![
+                paysaga_core::FieldSpec::required(
+                    "workspace_id",
+                    paysaga_core::FieldType::String,
+                    "Lumanu workspace id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "amount",
+                    paysaga_core::FieldType::Integer,
+                    "amount in US cents",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "currency",
+                    paysaga_core::FieldType::String,
+                    "USD",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "description",
+                    paysaga_core::FieldType::String,
+                    "invoice description",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "invoice",
+                    paysaga_core::FieldType::Object,
+                    "who the invoice is for",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "invoice.recipient_email",
+                    paysaga_core::FieldType::String,
+                    "email address",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "invoice.bill_to",
+                    paysaga_core::FieldType::String,
+                    "bill to",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "invoice.company_name",
+                    paysaga_core::FieldType::String,
+                    "company name",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "invoice.company_address_one",
+                    paysaga_core::FieldType::String,
+                    "company address",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "invoice.due_date",
+                    paysaga_core::FieldType::String,
+                    "due date",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "invoice.po_number",
+                    paysaga_core::FieldType::String,
+                    "purchase order number",
+                ),
+            ],
+            outputs: vec![
+                paysaga_core::FieldSpec::required(
+                    "funding_id",
+                    paysaga_core::FieldType::String,
+                    "Lumanu funding id",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "invoice_number",
+                    paysaga_core::FieldType::String,
+                    "invoice number",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "amount",
+                    paysaga_core::FieldType::Integer,
+                    "amount in US cents",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "currency",
+                    paysaga_core::FieldType::String,
+                    "USD",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "status",
+                    paysaga_core::FieldType::String,
+                    "funding status",
+                ),
+            ],
+        })
+    }
+
     fn validate(&self, params: &Value) -> Result<(), String> {
         Fields::new(params, Mode::Validate).and_then(|f| fund_params(&f).map(|_| ()))
     }
@@ -246,6 +336,46 @@ fn contains_tag(description: &str, tag: &str) -> bool {
 impl StepKind for AwaitDeposit {
     fn name(&self) -> &'static str {
         "lumanu.await_deposit"
+    }
+
+    fn schema(&self) -> Option<paysaga_core::KindSchema> {
+        Some(paysaga_core::KindSchema {
+            description: "Waits for the deposit that pays the funding invoice.",
+            params: vec![
+                paysaga_core::FieldSpec::required(
+                    "workspace_id",
+                    paysaga_core::FieldType::String,
+                    "Lumanu workspace id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "funding_id",
+                    paysaga_core::FieldType::String,
+                    "Lumanu funding id",
+                ),
+            ],
+            outputs: vec![
+                paysaga_core::FieldSpec::required(
+                    "transfer_id",
+                    paysaga_core::FieldType::String,
+                    "deposit transfer id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "amount",
+                    paysaga_core::FieldType::Integer,
+                    "amount in US cents",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "funding_id",
+                    paysaga_core::FieldType::String,
+                    "Lumanu funding id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "already_linked",
+                    paysaga_core::FieldType::Boolean,
+                    "the funding was already completed",
+                ),
+            ],
+        })
     }
 
     fn validate(&self, params: &Value) -> Result<(), String> {
@@ -420,6 +550,41 @@ impl StepKind for LinkDeposit {
         "lumanu.link_deposit"
     }
 
+    fn schema(&self) -> Option<paysaga_core::KindSchema> {
+        Some(paysaga_core::KindSchema {
+            description: "Links the deposit to the funding invoice.",
+            params: vec![
+                paysaga_core::FieldSpec::required(
+                    "funding_id",
+                    paysaga_core::FieldType::String,
+                    "Lumanu funding id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "transfer_id",
+                    paysaga_core::FieldType::String,
+                    "deposit transfer id",
+                ),
+            ],
+            outputs: vec![
+                paysaga_core::FieldSpec::required(
+                    "funding_id",
+                    paysaga_core::FieldType::String,
+                    "Lumanu funding id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "transfer_id",
+                    paysaga_core::FieldType::String,
+                    "deposit transfer id",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "status",
+                    paysaga_core::FieldType::String,
+                    "funding status",
+                ),
+            ],
+        })
+    }
+
     fn validate(&self, params: &Value) -> Result<(), String> {
         Fields::new(params, Mode::Validate).and_then(|f| link_params(&f).map(|_| ()))
     }
@@ -511,6 +676,86 @@ fn payable_output(p: &Payable, existing: bool) -> Value {
 impl StepKind for CreatePayableStep {
     fn name(&self) -> &'static str {
         "lumanu.create_payable"
+    }
+
+    fn schema(&self) -> Option<paysaga_core::KindSchema> {
+        Some(paysaga_core::KindSchema {
+            description: "Creates (or finds) a Lumanu payable to a payee (compensable: canceled).",
+            params: vec![
+                paysaga_core::FieldSpec::required(
+                    "workspace_id",
+                    paysaga_core::FieldType::String,
+                    "Lumanu workspace id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "amount",
+                    paysaga_core::FieldType::Integer,
+                    "amount in US cents",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "currency",
+                    paysaga_core::FieldType::String,
+                    "USD",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "description",
+                    paysaga_core::FieldType::String,
+                    "payable description",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "payee",
+                    paysaga_core::FieldType::Object,
+                    "the payee: an email or a lumanu_id",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "payee.email",
+                    paysaga_core::FieldType::String,
+                    "payee email",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "payee.lumanu_id",
+                    paysaga_core::FieldType::String,
+                    "payee Lumanu id",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "due_date",
+                    paysaga_core::FieldType::String,
+                    "due date",
+                ),
+            ],
+            outputs: vec![
+                paysaga_core::FieldSpec::required(
+                    "payable_id",
+                    paysaga_core::FieldType::String,
+                    "Lumanu payable id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "amount",
+                    paysaga_core::FieldType::Integer,
+                    "amount in US cents",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "currency",
+                    paysaga_core::FieldType::String,
+                    "USD",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "description",
+                    paysaga_core::FieldType::String,
+                    "description",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "payable_status",
+                    paysaga_core::FieldType::String,
+                    "payable status",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "existing",
+                    paysaga_core::FieldType::Boolean,
+                    "found instead of created",
+                ),
+            ],
+        })
     }
 
     fn validate(&self, params: &Value) -> Result<(), String> {
@@ -655,6 +900,29 @@ impl StepKind for ApprovePayable {
         "lumanu.approve_payable"
     }
 
+    fn schema(&self) -> Option<paysaga_core::KindSchema> {
+        Some(paysaga_core::KindSchema {
+            description: "Approves a payable.",
+            params: vec![paysaga_core::FieldSpec::required(
+                "payable_id",
+                paysaga_core::FieldType::String,
+                "Lumanu payable id",
+            )],
+            outputs: vec![
+                paysaga_core::FieldSpec::required(
+                    "payable_id",
+                    paysaga_core::FieldType::String,
+                    "Lumanu payable id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "payable_status",
+                    paysaga_core::FieldType::String,
+                    "payable status",
+                ),
+            ],
+        })
+    }
+
     fn validate(&self, params: &Value) -> Result<(), String> {
         Fields::new(params, Mode::Validate).and_then(|f| id_param("payable_id")(&f).map(|_| ()))
     }
@@ -718,6 +986,46 @@ fn pay_params(f: &Fields<'_>) -> Result<(String, String), String> {
 impl StepKind for PayFromBalance {
     fn name(&self) -> &'static str {
         "lumanu.pay_from_balance"
+    }
+
+    fn schema(&self) -> Option<paysaga_core::KindSchema> {
+        Some(paysaga_core::KindSchema {
+            description: "Pays a payable from the workspace balance (irreversible).",
+            params: vec![
+                paysaga_core::FieldSpec::required(
+                    "workspace_id",
+                    paysaga_core::FieldType::String,
+                    "Lumanu workspace id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "payable_id",
+                    paysaga_core::FieldType::String,
+                    "Lumanu payable id",
+                ),
+            ],
+            outputs: vec![
+                paysaga_core::FieldSpec::required(
+                    "payable_id",
+                    paysaga_core::FieldType::String,
+                    "Lumanu payable id",
+                ),
+                paysaga_core::FieldSpec::optional(
+                    "funding_id",
+                    paysaga_core::FieldType::String,
+                    "funding id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "payable_status",
+                    paysaga_core::FieldType::String,
+                    "payable status",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "already_paid",
+                    paysaga_core::FieldType::Boolean,
+                    "it was paid already",
+                ),
+            ],
+        })
     }
 
     fn validate(&self, params: &Value) -> Result<(), String> {
@@ -796,6 +1104,34 @@ pub struct AwaitPayablePaid(pub LumanuClient);
 impl StepKind for AwaitPayablePaid {
     fn name(&self) -> &'static str {
         "lumanu.await_payable_paid"
+    }
+
+    fn schema(&self) -> Option<paysaga_core::KindSchema> {
+        Some(paysaga_core::KindSchema {
+            description: "Waits until the payable is paid.",
+            params: vec![paysaga_core::FieldSpec::required(
+                "payable_id",
+                paysaga_core::FieldType::String,
+                "Lumanu payable id",
+            )],
+            outputs: vec![
+                paysaga_core::FieldSpec::required(
+                    "payable_id",
+                    paysaga_core::FieldType::String,
+                    "Lumanu payable id",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "payable_status",
+                    paysaga_core::FieldType::String,
+                    "paid",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "amount",
+                    paysaga_core::FieldType::Integer,
+                    "amount in US cents",
+                ),
+            ],
+        })
     }
 
     fn validate(&self, params: &Value) -> Result<(), String> {
