@@ -139,6 +139,20 @@ enum Command {
     /// Documents (e.g. KYC scans) stored in the database for saga inputs: put, show, get.
     #[command(subcommand)]
     Documents(documents::DocumentsCommand),
+    /// Retention: delete sagas that finished (completed, compensated, cancelled) before a
+    /// cut-off, with their history, waits, consumed events and documents, in batches (each
+    /// its own short transaction). Sagas parked for an operator are never deleted.
+    Prune {
+        /// Cut-off age, e.g. `90d`: sagas that finished longer ago than this are deleted.
+        #[arg(long)]
+        finished_before: humantime::Duration,
+        /// Sagas per batch (one transaction each).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+        batch: i64,
+        /// Only count the sagas that would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -183,6 +197,12 @@ struct WorkerArgs {
     /// How long documents keep their content after their saga reached a final status.
     #[arg(long, env = "PAYSAGA_DOCUMENT_RETENTION", default_value = "7d")]
     document_retention: humantime::Duration,
+    /// Automatic retention (off unless given, e.g. `90d`): sagas that finished (completed,
+    /// compensated, cancelled; never parked ones) longer ago are deleted with their history,
+    /// waits, consumed events and documents, in small batches by one worker at a time (as
+    /// `paysaga prune`).
+    #[arg(long, env = "PAYSAGA_RETENTION")]
+    retention: Option<humantime::Duration>,
 }
 
 /// The built-in `noop.sleep` plus the given provider step kinds.
@@ -433,7 +453,56 @@ async fn main() -> Result<()> {
                 .context("sandbox failed")?;
         }
         Command::Documents(cmd) => documents::run(engine(db).await?, cmd).await?,
+        Command::Prune {
+            finished_before,
+            batch,
+            dry_run,
+        } => prune(&engine(db).await?, finished_before.into(), batch, dry_run).await?,
     }
+    Ok(())
+}
+
+/// `paysaga prune`: batches until one deletes less than a full batch; waits while a
+/// worker's automatic retention holds the retention lock.
+async fn prune(engine: &Engine, older_than: Duration, batch: i64, dry_run: bool) -> Result<()> {
+    let store = engine.store();
+    let age = humantime::format_duration(older_than);
+    if dry_run {
+        let n = store
+            .count_prunable(older_than)
+            .await
+            .context("cannot count the finished sagas to prune")?;
+        println!("dry run: {n} finished sagas finished more than {age} ago would be deleted");
+        return Ok(());
+    }
+    let mut total = paysaga_store::Pruned::default();
+    let mut batches = 0_u64;
+    loop {
+        let p = store.prune_finished(older_than, batch).await.with_context(|| {
+            format!(
+                "cannot delete finished sagas (after {} deleted in {batches} batches); run the command again to go on",
+                total.sagas
+            )
+        })?;
+        if p.busy {
+            eprintln!("another pruner (a worker's --retention) holds the retention lock; waiting");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        batches += 1;
+        total.sagas += p.sagas;
+        total.history += p.history;
+        total.waits += p.waits;
+        total.events += p.events;
+        total.documents += p.documents;
+        if p.sagas < batch as u64 {
+            break;
+        }
+    }
+    println!(
+        "deleted {} sagas finished more than {age} ago in {batches} batches, with {} history rows, {} waits, {} events and {} documents",
+        total.sagas, total.history, total.waits, total.events, total.documents
+    );
     Ok(())
 }
 
@@ -507,6 +576,7 @@ async fn run_worker(db: &Db<'_>, args: WorkerArgs) -> Result<()> {
         + providers.longest_request_timeout()
         + Duration::from_secs(5);
     config.document_retention = args.document_retention.into();
+    config.retention = args.retention.map(Into::into);
     if config.lease_ttl < Duration::from_millis(300) {
         bail!("--lease-ttl must be at least 300ms");
     }

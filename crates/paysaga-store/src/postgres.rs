@@ -16,7 +16,7 @@ use crate::{
     Error, EventFilter, EventRecord, HistoryRecord, NewEvent, NewSaga, OperatorAction, SagaFilter,
     SagaRecord, Stats, Store, UnrunnableGroup, WakeupsBox, WorkerInfo,
 };
-use crate::{DocumentRecord, NewDocument};
+use crate::{DocumentRecord, NewDocument, Pruned, Reaped};
 use paysaga_core::DocumentId;
 
 /// The migrations in `migrations/`, embedded at build time.
@@ -68,6 +68,55 @@ fn next_due_sql() -> String {
 
 /// The sagas a worker holds (`$1`), served by the partial index `paysaga_sagas_owner`.
 const OWNED_SQL: &str = "SELECT id, fence FROM paysaga_sagas WHERE owner = $1";
+
+/// The reaper's release (`$1` the workers just found dead): their sagas and, a safety net
+/// (the claim refuses a worker that is not live, so it should find none), any saga still held
+/// by a worker stopped earlier. `owner IS NOT NULL` lets the partial index
+/// `paysaga_sagas_owner` serve it: that index holds only owned sagas (the work in flight), so
+/// the reaper's cost does not grow with finished sagas (an `owner = ANY($1) OR owner IN
+/// (...)` without it was a sequential scan of the table).
+const REAP_SQL: &str = "UPDATE paysaga_sagas s
+     SET owner = NULL, run_at = LEAST(s.run_at, now()), updated_at = now()
+     WHERE s.owner IS NOT NULL
+       AND (s.owner = ANY($1)
+            OR EXISTS (SELECT 1 FROM paysaga_workers w
+                       WHERE w.id = s.owner AND w.stopped_at IS NOT NULL))
+     RETURNING s.id";
+
+/// When the next lease of a live worker other than `$1` expires (index
+/// `paysaga_workers_live`).
+const NEXT_EXPIRY_SQL: &str = "SELECT min(lease_expires_at) FROM paysaga_workers
+     WHERE stopped_at IS NULL AND id <> $1";
+
+/// The retention lock (`pg_try_advisory_xact_lock(int, int)`, a key space of its own apart
+/// from the correlation locks' single `bigint`): one pruner at a time.
+const RETENTION_LOCK: (i32, i32) = (0x7061_7973, 1);
+
+/// Finished sagas retention may delete (`$1` seconds since they finished, `$2` the prunable
+/// statuses): the partial index `paysaga_sagas_finished`, oldest first.
+const PRUNABLE_WHERE: &str =
+    "finished_at < now() - make_interval(secs => $1) AND status = ANY($2)";
+
+/// One retention batch (`$1`, `$2` as [`PRUNABLE_WHERE`], `$3` batch size): the sagas
+/// (locked, skipping rows another transaction holds) with their history, waits, consumed
+/// events and documents, each by its index (`paysaga_history_saga`, the primary key of
+/// waits, `paysaga_events_consumed_by`, `paysaga_documents_saga`); the foreign keys are
+/// checked at the end of the statement, when the referencing rows are gone.
+fn prune_sql() -> String {
+    format!(
+        "WITH doomed AS (
+             SELECT id FROM paysaga_sagas WHERE {PRUNABLE_WHERE}
+             ORDER BY finished_at LIMIT $3
+             FOR UPDATE SKIP LOCKED),
+         h AS (DELETE FROM paysaga_history WHERE saga_id IN (SELECT id FROM doomed) RETURNING 1),
+         w AS (DELETE FROM paysaga_waits WHERE saga_id IN (SELECT id FROM doomed) RETURNING 1),
+         e AS (DELETE FROM paysaga_events WHERE consumed_by IN (SELECT id FROM doomed) RETURNING 1),
+         d AS (DELETE FROM paysaga_documents WHERE saga_id IN (SELECT id FROM doomed) RETURNING 1),
+         s AS (DELETE FROM paysaga_sagas WHERE id IN (SELECT id FROM doomed) RETURNING 1)
+         SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM h), (SELECT count(*) FROM w),
+                (SELECT count(*) FROM e), (SELECT count(*) FROM d)"
+    )
+}
 
 /// PostgreSQL implementation of [`Store`].
 #[derive(Debug, Clone)]
@@ -134,6 +183,57 @@ impl PgStore {
     /// The pool (for readiness checks).
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Marks workers whose lease expired as stopped and releases their sagas (one
+    /// transaction); with `except`, also reads when the next lease of another live worker
+    /// expires.
+    async fn reap(&self, except: Option<Uuid>) -> Result<Reaped, Error> {
+        let mut tx = self.pool.begin().await?;
+        let dead: Vec<Uuid> = sqlx::query_scalar(
+            "UPDATE paysaga_workers SET stopped_at = now()
+             WHERE stopped_at IS NULL AND lease_expires_at < now()
+             RETURNING id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let released: Vec<Uuid> = sqlx::query_scalar(REAP_SQL)
+            .bind(&dead)
+            .fetch_all(&mut *tx)
+            .await?;
+        let next_expiry: Option<DateTime<Utc>> = match except {
+            Some(me) => sqlx::query_scalar(NEXT_EXPIRY_SQL)
+                .bind(me)
+                .fetch_one(&mut *tx)
+                .await?,
+            None => None,
+        };
+        if released.is_empty() && dead.is_empty() {
+            tx.rollback().await?;
+            return Ok(Reaped {
+                sagas: 0,
+                next_expiry,
+            });
+        }
+        for saga in &released {
+            let entry = HistoryEntry {
+                kind: paysaga_core::HistoryKind::LeaseTakenOver,
+                step: None,
+                attempt: None,
+                error: None,
+                detail: json!({"expired_workers": dead}),
+            };
+            insert_history(&mut tx, *saga, None, None, &[entry]).await?;
+        }
+        notify(&mut tx).await?;
+        tx.commit().await?;
+        if !released.is_empty() {
+            tracing::warn!(workers = ?dead, sagas = released.len(), "released sagas of workers whose lease expired");
+        }
+        Ok(Reaped {
+            sagas: released.len() as u64,
+            next_expiry,
+        })
     }
 
     /// A commit that found no row it may write: either the lease is lost, or an earlier try of
@@ -966,46 +1066,7 @@ impl Store for PgStore {
     }
 
     async fn reap_expired_workers(&self) -> Result<u64, Error> {
-        let mut tx = self.pool.begin().await?;
-        let dead: Vec<Uuid> = sqlx::query_scalar(
-            "UPDATE paysaga_workers SET stopped_at = now()
-             WHERE stopped_at IS NULL AND lease_expires_at < now()
-             RETURNING id",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        // The sagas of the workers just found dead, and (a safety net: the claim refuses a
-        // worker that is not live, so this should find none) any saga still held by a worker
-        // stopped earlier.
-        let released: Vec<Uuid> = sqlx::query_scalar(
-            "UPDATE paysaga_sagas SET owner = NULL, run_at = LEAST(run_at, now()), updated_at = now()
-             WHERE owner = ANY($1)
-                OR owner IN (SELECT id FROM paysaga_workers WHERE stopped_at IS NOT NULL)
-             RETURNING id",
-        )
-        .bind(&dead)
-        .fetch_all(&mut *tx)
-        .await?;
-        if released.is_empty() && dead.is_empty() {
-            tx.rollback().await?;
-            return Ok(0);
-        }
-        for saga in &released {
-            let entry = HistoryEntry {
-                kind: paysaga_core::HistoryKind::LeaseTakenOver,
-                step: None,
-                attempt: None,
-                error: None,
-                detail: json!({"expired_workers": dead}),
-            };
-            insert_history(&mut tx, *saga, None, None, &[entry]).await?;
-        }
-        notify(&mut tx).await?;
-        tx.commit().await?;
-        if !released.is_empty() {
-            tracing::warn!(workers = ?dead, sagas = released.len(), "released sagas of workers whose lease expired");
-        }
-        Ok(released.len() as u64)
+        Ok(self.reap(None).await?.sagas)
     }
 
     async fn sagas_needing_other_kinds(
@@ -1794,6 +1855,54 @@ impl Store for PgStore {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected())
+    }
+
+    async fn reap_expired_leases(&self, worker: Uuid) -> Result<Reaped, Error> {
+        self.reap(Some(worker)).await
+    }
+
+    #[instrument(skip_all)]
+    async fn prune_finished(&self, older_than: Duration, limit: i64) -> Result<Pruned, Error> {
+        let mut tx = self.pool.begin().await?;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, $2)")
+            .bind(RETENTION_LOCK.0)
+            .bind(RETENTION_LOCK.1)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !locked {
+            tx.rollback().await?;
+            return Ok(Pruned {
+                busy: true,
+                ..Pruned::default()
+            });
+        }
+        let (sagas, history, waits, events, documents): (i64, i64, i64, i64, i64) =
+            sqlx::query_as(&prune_sql())
+                .bind(older_than.as_secs_f64())
+                .bind(crate::prunable_statuses())
+                .bind(limit)
+                .fetch_one(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(Pruned {
+            sagas: sagas as u64,
+            history: history as u64,
+            waits: waits as u64,
+            events: events as u64,
+            documents: documents as u64,
+            busy: false,
+        })
+    }
+
+    async fn count_prunable(&self, older_than: Duration) -> Result<u64, Error> {
+        let n: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM paysaga_sagas WHERE {PRUNABLE_WHERE}"
+        ))
+        .bind(older_than.as_secs_f64())
+        .bind(crate::prunable_statuses())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n as u64)
     }
 }
 
