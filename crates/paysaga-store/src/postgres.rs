@@ -2089,4 +2089,98 @@ mod tests {
             sweep.join("\n")
         );
     }
+
+    /// The statements an idle worker runs periodically (the reaper, the next lease expiry)
+    /// and the retention batch are served by indexes, with 50,000 finished sagas (each with
+    /// history, a consumed event and a document) in the tables: none scans a table whose size
+    /// grows with the sagas ever stored.
+    #[tokio::test]
+    async fn reaper_and_retention_queries_use_indexes_whatever_the_finished_sagas() {
+        let db = paysaga_testkit::database().await;
+        let store = PgStore::connect(db.url()).await.unwrap();
+        store.migrate().await.unwrap();
+        let pool = store.pool().clone();
+        sqlx::raw_sql(
+            "INSERT INTO paysaga_definitions (name, version, content_hash, body, step_kinds)
+                 VALUES ('noop', 1, 'h', '{}', '{noop.sleep}');
+             INSERT INTO paysaga_workers (id, name, hostname, pid, step_kinds, lease_expires_at, stopped_at)
+                 SELECT gen_random_uuid(), 'w', 'h', 1, '{noop.sleep}', now(),
+                        CASE WHEN g > 3 THEN now() END
+                 FROM generate_series(1, 200) g;
+             INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status, finished_at)
+                 SELECT gen_random_uuid(), 1, 'noop', 1, '{}', 'completed', now() - interval '1 day'
+                 FROM generate_series(1, 50000);
+             INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status, run_at, owner)
+                 SELECT gen_random_uuid(), 1, 'noop', 1, '{}', 'running', now(),
+                        (SELECT id FROM paysaga_workers WHERE stopped_at IS NULL LIMIT 1)
+                 FROM generate_series(1, 20);
+             INSERT INTO paysaga_history (saga_id, kind) SELECT id, 'saga_started' FROM paysaga_sagas;
+             INSERT INTO paysaga_history (saga_id, kind) SELECT id, 'saga_completed' FROM paysaga_sagas;
+             INSERT INTO paysaga_events (provider, event_id, event_type, correlation_key, payload, consumed_by)
+                 SELECT 'lumanu', 'e' || id, 'payable.paid', 'payable:' || id, '{}', id
+                 FROM paysaga_sagas;
+             INSERT INTO paysaga_documents (id, content_type, size, sha256, content, saga_id, content_deleted_at)
+                 SELECT gen_random_uuid(), 'image/png', 3, repeat('a', 64), NULL, id, now()
+                 FROM paysaga_sagas;
+             ANALYZE;",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let explain = |sql: String| {
+            let pool = pool.clone();
+            async move {
+                let rows: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {sql}"))
+                    .bind(vec![Uuid::new_v4()])
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+                rows.join("\n")
+            }
+        };
+        let reap = explain(REAP_SQL.to_string()).await;
+        assert!(reap.contains("paysaga_sagas_owner"), "reaper plan:\n{reap}");
+        assert!(!reap.contains("Seq Scan on paysaga_sagas"), "reaper plan:\n{reap}");
+        let expiry: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {NEXT_EXPIRY_SQL}"))
+            .bind(Uuid::new_v4())
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        let expiry = expiry.join("\n");
+        assert!(expiry.contains("paysaga_workers_live"), "next expiry plan:\n{expiry}");
+        // The retention batch (90 days: nothing to delete, as on most days; an hour: every
+        // finished saga qualifies, a batch of 1,000) and its dry run.
+        for older_than in [90.0 * 86_400.0_f64, 3600.0] {
+            let prune: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", prune_sql()))
+                .bind(older_than)
+                .bind(crate::prunable_statuses())
+                .bind(1000_i64)
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+            let prune = prune.join("\n");
+            assert!(prune.contains("paysaga_sagas_finished"), "prune plan:\n{prune}");
+            for table in [
+                "paysaga_sagas",
+                "paysaga_history",
+                "paysaga_events",
+                "paysaga_documents",
+            ] {
+                assert!(
+                    !prune.contains(&format!("Seq Scan on {table}")),
+                    "prune plan scans {table}:\n{prune}"
+                );
+            }
+        }
+        let count: Vec<String> = sqlx::query_scalar(&format!(
+            "EXPLAIN SELECT count(*) FROM paysaga_sagas WHERE {PRUNABLE_WHERE}"
+        ))
+        .bind(90.0 * 86_400.0_f64)
+        .bind(crate::prunable_statuses())
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let count = count.join("\n");
+        assert!(count.contains("paysaga_sagas_finished"), "dry run plan:\n{count}");
+    }
 }

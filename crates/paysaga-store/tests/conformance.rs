@@ -2430,6 +2430,124 @@ async fn owned_sagas_lists_what_a_worker_holds_with_its_fence(e: Env) {
     assert!((db_now - Utc::now()).num_seconds().abs() < 5);
 }
 
+/// The rows a saga leaves: its id, the inbox event it consumed (if it got that far) and the
+/// document it was given.
+struct SagaRows {
+    id: Uuid,
+    event: Option<i64>,
+    document: DocumentId,
+}
+
+/// A saga given a document that waits on `key`; with `end`, an event for `key` was stored
+/// first (the wait consumes it at once) and the saga then reaches `end`; without, it stays
+/// waiting (a wait row, no event).
+async fn saga_with_rows(s: &dyn Store, w: Uuid, key: &str, end: Option<SagaStatus>) -> SagaRows {
+    let doc = new_document(key.as_bytes(), "image/png");
+    s.put_document(&doc).await.unwrap();
+    let event = match end {
+        Some(_) => Some(
+            s.deliver_event(event(&format!("evt-{key}"), "payable.paid", key))
+                .await
+                .unwrap()
+                .inbox_id,
+        ),
+        None => None,
+    };
+    let started = start(s, "flow", &[LUMANU, STEP], Some(key)).await;
+    s.claim_documents(started.id, &[doc.id]).await.unwrap();
+    let claimed = claim_one(s, w, started.id).await;
+    let wait = wait_transition(key, Utc::now() + chrono::Duration::hours(1));
+    let c = commit(s, &claimed, w, &wait, None).await.unwrap();
+    assert_eq!(c.kept, end.is_some());
+    if let Some(status) = end {
+        let waiting = saga(s, started.id).await;
+        let mut done = transition(status, 1);
+        done.history = vec![
+            entry(HistoryKind::EventReceived, Some("s1"), Some(1)),
+            entry(HistoryKind::StepCompleted, Some("s1"), Some(1)),
+        ];
+        commit(s, &waiting, w, &done, event).await.unwrap();
+        assert_eq!(saga(s, started.id).await.status, status);
+    }
+    SagaRows {
+        id: started.id,
+        event,
+        document: doc.id,
+    }
+}
+
+async fn prune_deletes_only_finished_sagas_older_than_the_cut_off_with_all_their_rows(e: Env) {
+    let s = e.s();
+    let w = worker(s, LONG_TTL).await;
+    let mut old = Vec::new();
+    for (key, status) in [
+        ("old-completed", SagaStatus::Completed),
+        ("old-compensated", SagaStatus::Compensated),
+        ("old-cancelled", SagaStatus::Cancelled),
+    ] {
+        old.push(saga_with_rows(s, w, key, Some(status)).await);
+    }
+    // Parked for an operator: final for the workers, never pruned.
+    let parked = saga_with_rows(s, w, "old-parked", Some(SagaStatus::Failed)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let newer = saga_with_rows(s, w, "new-completed", Some(SagaStatus::Completed)).await;
+    let active = saga_with_rows(s, w, "active", None).await;
+    let cut = Duration::from_millis(600);
+
+    let mut old_history = 0;
+    for r in &old {
+        old_history += s.history(r.id).await.unwrap().len() as u64;
+    }
+    let kept = [&parked, &newer, &active];
+    let mut kept_history = Vec::new();
+    for r in kept {
+        kept_history.push(s.history(r.id).await.unwrap().len());
+    }
+    assert_eq!(s.count_prunable(cut).await.unwrap(), 3);
+
+    // In batches: two, then the last one, then nothing.
+    let first = s.prune_finished(cut, 2).await.unwrap();
+    assert!(!first.busy);
+    assert_eq!(first.sagas, 2);
+    let second = s.prune_finished(cut, 100).await.unwrap();
+    assert_eq!(second.sagas, 1);
+    assert_eq!(
+        s.prune_finished(cut, 100).await.unwrap(),
+        paysaga_store::Pruned::default()
+    );
+    let total = (
+        first.sagas + second.sagas,
+        first.history + second.history,
+        first.waits + second.waits,
+        first.events + second.events,
+        first.documents + second.documents,
+    );
+    assert_eq!(total, (3, old_history, 0, 3, 3), "rows deleted per table");
+    assert!(old_history >= 3 * 4, "started, waiting, event, completed each");
+    for r in &old {
+        assert!(s.saga(r.id).await.unwrap().is_none());
+        assert!(s.history(r.id).await.unwrap().is_empty());
+        assert!(s.event(r.event.unwrap()).await.unwrap().is_none());
+        assert!(s.document(r.document).await.unwrap().is_none());
+    }
+    for (r, history) in kept.iter().zip(kept_history) {
+        assert!(s.saga(r.id).await.unwrap().is_some());
+        assert_eq!(s.history(r.id).await.unwrap().len(), history);
+        if let Some(ev) = r.event {
+            assert_eq!(s.event(ev).await.unwrap().unwrap().consumed_by, Some(r.id));
+        }
+        assert!(s.document_content(r.document).await.unwrap().is_some());
+    }
+    assert_eq!(saga(s, parked.id).await.status, SagaStatus::Failed);
+    assert!(saga(s, active.id).await.wait.is_some(), "the active wait stays");
+    assert_eq!(s.count_prunable(cut).await.unwrap(), 0);
+    // Everything finished is older than a zero cut-off: the newer completed saga goes, the
+    // parked and the active ones stay.
+    assert_eq!(s.prune_finished(Duration::ZERO, 100).await.unwrap().sagas, 1);
+    assert!(s.saga(parked.id).await.unwrap().is_some());
+    assert!(s.saga(active.id).await.unwrap().is_some());
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -2495,6 +2613,7 @@ conformance!(
     sagas_with_an_alert_are_listed_by_the_alerts_filter,
     documents_keep_exact_bytes_and_a_claim_is_all_or_nothing,
     document_content_goes_once_its_saga_is_final_plus_retention_and_metadata_stays,
+    prune_deletes_only_finished_sagas_older_than_the_cut_off_with_all_their_rows,
 );
 
 /// `connect` picks the store by the URL's scheme and never echoes the rest of the URL.
