@@ -240,9 +240,10 @@ impl Worker {
             .document_retention
             .clamp(self.config.reap_every, Duration::from_secs(60));
         let mut next_document_sweep = start;
-        // Whether to look for work now: after a notification (or a task's end), else when the
-        // known next due time came, or `idle_poll` after the last look (the fallback for a
-        // notification this worker missed).
+        // Claim after a notification (or a task's end) or when the known next due time came;
+        // else only ask when the next saga is due, `idle_poll` after the last look (the
+        // fallback for a notification this worker missed: a due saga found then is claimed at
+        // once).
         let mut woken = true;
         let mut known_due: Option<DateTime<Utc>> = None;
         let mut last_look = start;
@@ -272,12 +273,12 @@ impl Worker {
                 next_document_sweep = tokio::time::Instant::now() + document_sweep_every;
                 delete_expired_documents(&shared).await;
             }
-            let look = std::mem::take(&mut woken)
-                || known_due.is_some_and(|at| at <= shared.now())
-                || last_look.elapsed() >= look_every;
+            let claim_now =
+                std::mem::take(&mut woken) || known_due.is_some_and(|at| at <= shared.now());
+            let look = claim_now || last_look.elapsed() >= look_every;
             let free = permits.available_permits();
             let mut claimed_all = false;
-            if look && free > 0 {
+            if claim_now && free > 0 {
                 match self
                     .engine
                     .store

@@ -4,6 +4,8 @@ pub mod claim;
 pub mod memory_wake;
 pub mod single;
 pub mod throughput;
+pub mod idle;
+pub mod prune;
 
 use std::path::PathBuf;
 use std::sync::Arc;
