@@ -198,7 +198,9 @@ impl Report {
         let idle = self.idle.as_ref();
         let quick_note = |largest: u64| {
             if largest < 1_000_000 {
-                format!("largest table {largest} finished sagas (the target is stated for 1M; --quick)")
+                format!(
+                    "largest table {largest} finished sagas (the target is stated for 1M; --quick)"
+                )
             } else {
                 String::new()
             }
@@ -234,8 +236,14 @@ impl Report {
                     .collect();
                 (each.join(", "), total == 0)
             }),
-            idle.map(|x| format!("{} idle workers, {:.0} s windows", x.workers, x.points.first().map(|p| p.seconds).unwrap_or(0.0)))
-                .unwrap_or_default(),
+            idle.map(|x| {
+                format!(
+                    "{} idle workers, {:.0} s windows",
+                    x.workers,
+                    x.points.first().map(|p| p.seconds).unwrap_or(0.0)
+                )
+            })
+            .unwrap_or_default(),
         ));
         let prune = self.prune.as_ref();
         t.push(target(
@@ -254,7 +262,10 @@ impl Report {
             }),
             prune
                 .map(|p| {
-                    let mut n = format!("{} finished sagas pruned in {:.1} s", p.pruned, p.prune_seconds);
+                    let mut n = format!(
+                        "{} finished sagas pruned in {:.1} s",
+                        p.pruned, p.prune_seconds
+                    );
                     if p.finished < 1_000_000 {
                         n.push_str(" (the target is stated for 1M; --quick)");
                     }
@@ -292,7 +303,11 @@ impl Report {
                 );
             }
             if let Some(p) = x.points.last() {
-                let _ = writeln!(o, "  statements at {} finished sagas (calls in the window):", p.finished_sagas);
+                let _ = writeln!(
+                    o,
+                    "  statements at {} finished sagas (calls in the window):",
+                    p.finished_sagas
+                );
                 for (calls, q) in p.statements.iter().take(10) {
                     let _ = writeln!(o, "  {calls:>8}  {q}");
                 }
@@ -301,7 +316,7 @@ impl Report {
         if let Some(p) = &self.prune {
             let _ = writeln!(
                 o,
-                "\n[8] retention: {} finished sagas (2 history rows each) pruned in batches of {} while {} workers x {} drain noop sagas",
+                "\n[8] retention: {} finished sagas (2 history rows each) pruned in batches of {}, paced as the worker's --retention, while {} workers x {} drain noop sagas",
                 p.finished, p.batch, p.workers, p.concurrency
             );
             let _ = writeln!(

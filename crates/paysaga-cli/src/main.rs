@@ -466,7 +466,12 @@ async fn main() -> Result<()> {
 /// worker's automatic retention holds the retention lock.
 async fn prune(engine: &Engine, older_than: Duration, batch: i64, dry_run: bool) -> Result<()> {
     let store = engine.store();
-    let age = humantime::format_duration(older_than);
+    let age = match older_than.as_secs() {
+        s if s > 0 && s.is_multiple_of(86_400) && older_than.subsec_nanos() == 0 => {
+            format!("{} days", s / 86_400)
+        }
+        _ => humantime::format_duration(older_than).to_string(),
+    };
     if dry_run {
         let n = store
             .count_prunable(older_than)
@@ -500,7 +505,7 @@ async fn prune(engine: &Engine, older_than: Duration, batch: i64, dry_run: bool)
         }
     }
     println!(
-        "deleted {} sagas finished more than {age} ago in {batches} batches, with {} history rows, {} waits, {} events and {} documents",
+        "deleted {} sagas finished more than {age} ago ({batches} batches), with {} history rows, {} waits, {} events and {} documents",
         total.sagas, total.history, total.waits, total.events, total.documents
     );
     Ok(())

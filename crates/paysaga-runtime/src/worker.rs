@@ -579,7 +579,7 @@ fn spawn_background(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
                             shared.lease.renewed(sent);
                             // The clock offset moves slowly: learn it again every lease.
                             beats = beats.wrapping_add(1);
-                            if beats % 3 == 0 {
+                            if beats.is_multiple_of(3) {
                                 shared.sync_clock().await;
                             }
                         }

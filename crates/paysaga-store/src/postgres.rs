@@ -94,8 +94,7 @@ const RETENTION_LOCK: (i32, i32) = (0x7061_7973, 1);
 
 /// Finished sagas retention may delete (`$1` seconds since they finished, `$2` the prunable
 /// statuses): the partial index `paysaga_sagas_finished`, oldest first.
-const PRUNABLE_WHERE: &str =
-    "finished_at < now() - make_interval(secs => $1) AND status = ANY($2)";
+const PRUNABLE_WHERE: &str = "finished_at < now() - make_interval(secs => $1) AND status = ANY($2)";
 
 /// One retention batch (`$1`, `$2` as [`PRUNABLE_WHERE`], `$3` batch size): the sagas
 /// (locked, skipping rows another transaction holds) with their history, waits, consumed
@@ -202,10 +201,12 @@ impl PgStore {
             .fetch_all(&mut *tx)
             .await?;
         let next_expiry: Option<DateTime<Utc>> = match except {
-            Some(me) => sqlx::query_scalar(NEXT_EXPIRY_SQL)
-                .bind(me)
-                .fetch_one(&mut *tx)
-                .await?,
+            Some(me) => {
+                sqlx::query_scalar(NEXT_EXPIRY_SQL)
+                    .bind(me)
+                    .fetch_one(&mut *tx)
+                    .await?
+            }
             None => None,
         };
         if released.is_empty() && dead.is_empty() {
@@ -2140,14 +2141,20 @@ mod tests {
         };
         let reap = explain(REAP_SQL.to_string()).await;
         assert!(reap.contains("paysaga_sagas_owner"), "reaper plan:\n{reap}");
-        assert!(!reap.contains("Seq Scan on paysaga_sagas"), "reaper plan:\n{reap}");
+        assert!(
+            !reap.contains("Seq Scan on paysaga_sagas"),
+            "reaper plan:\n{reap}"
+        );
         let expiry: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {NEXT_EXPIRY_SQL}"))
             .bind(Uuid::new_v4())
             .fetch_all(&pool)
             .await
             .unwrap();
         let expiry = expiry.join("\n");
-        assert!(expiry.contains("paysaga_workers_live"), "next expiry plan:\n{expiry}");
+        assert!(
+            expiry.contains("paysaga_workers_live"),
+            "next expiry plan:\n{expiry}"
+        );
         // The retention batch (90 days: nothing to delete, as on most days; an hour: every
         // finished saga qualifies, a batch of 1,000) and its dry run.
         for older_than in [90.0 * 86_400.0_f64, 3600.0] {
@@ -2159,7 +2166,10 @@ mod tests {
                 .await
                 .unwrap();
             let prune = prune.join("\n");
-            assert!(prune.contains("paysaga_sagas_finished"), "prune plan:\n{prune}");
+            assert!(
+                prune.contains("paysaga_sagas_finished"),
+                "prune plan:\n{prune}"
+            );
             for table in [
                 "paysaga_sagas",
                 "paysaga_history",
@@ -2181,6 +2191,9 @@ mod tests {
         .await
         .unwrap();
         let count = count.join("\n");
-        assert!(count.contains("paysaga_sagas_finished"), "dry run plan:\n{count}");
+        assert!(
+            count.contains("paysaga_sagas_finished"),
+            "dry run plan:\n{count}"
+        );
     }
 }

@@ -1884,14 +1884,12 @@ impl Store for SqliteStore {
     }
 
     async fn count_prunable(&self, older_than: Duration) -> Result<u64, Error> {
-        let n: i64 = sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM ({PRUNABLE_SQL})"
-        ))
-        .bind(prunable_before(older_than))
-        .bind(to_json(&crate::prunable_statuses())?)
-        .bind(-1_i64)
-        .fetch_one(&self.reader)
-        .await?;
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM ({PRUNABLE_SQL})"))
+            .bind(prunable_before(older_than))
+            .bind(to_json(&crate::prunable_statuses())?)
+            .bind(-1_i64)
+            .fetch_one(&self.reader)
+            .await?;
         Ok(n as u64)
     }
 }

@@ -2523,7 +2523,10 @@ async fn prune_deletes_only_finished_sagas_older_than_the_cut_off_with_all_their
         first.documents + second.documents,
     );
     assert_eq!(total, (3, old_history, 0, 3, 3), "rows deleted per table");
-    assert!(old_history >= 3 * 4, "started, waiting, event, completed each");
+    assert!(
+        old_history >= 3 * 4,
+        "started, waiting, event, completed each"
+    );
     for r in &old {
         assert!(s.saga(r.id).await.unwrap().is_none());
         assert!(s.history(r.id).await.unwrap().is_empty());
@@ -2539,11 +2542,17 @@ async fn prune_deletes_only_finished_sagas_older_than_the_cut_off_with_all_their
         assert!(s.document_content(r.document).await.unwrap().is_some());
     }
     assert_eq!(saga(s, parked.id).await.status, SagaStatus::Failed);
-    assert!(saga(s, active.id).await.wait.is_some(), "the active wait stays");
+    assert!(
+        saga(s, active.id).await.wait.is_some(),
+        "the active wait stays"
+    );
     assert_eq!(s.count_prunable(cut).await.unwrap(), 0);
     // Everything finished is older than a zero cut-off: the newer completed saga goes, the
     // parked and the active ones stay.
-    assert_eq!(s.prune_finished(Duration::ZERO, 100).await.unwrap().sagas, 1);
+    assert_eq!(
+        s.prune_finished(Duration::ZERO, 100).await.unwrap().sagas,
+        1
+    );
     assert!(s.saga(parked.id).await.unwrap().is_some());
     assert!(s.saga(active.id).await.unwrap().is_some());
 }

@@ -163,7 +163,7 @@ async fn measure(setup: &Setup, scale: u64, workers: usize, window: Duration) ->
                 statements.push((d, q.clone()));
             }
         }
-        statements.sort_by(|x, y| y.0.cmp(&x.0));
+        statements.sort_by_key(|s| std::cmp::Reverse(s.0));
         statement_calls = Some(total);
     }
     let per_worker = |n: i64| n as f64 / seconds / workers.max(1) as f64;

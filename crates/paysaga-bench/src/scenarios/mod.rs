@@ -1,11 +1,11 @@
 //! The scenarios, each on a fresh database of its own.
 
 pub mod claim;
+pub mod idle;
 pub mod memory_wake;
+pub mod prune;
 pub mod single;
 pub mod throughput;
-pub mod idle;
-pub mod prune;
 
 use std::path::PathBuf;
 use std::sync::Arc;
