@@ -911,7 +911,8 @@ impl Store for SqliteStore {
 
     async fn reap_expired_workers(&self) -> Result<u64, Error> {
         let now = ts(Utc::now());
-        // Called every second by the worker: look first without taking the write lock.
+        // Called by every worker at each lease expiry it learns of: look first without taking the
+        // write lock.
         let any: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM paysaga_workers
                             WHERE stopped_at IS NULL AND lease_expires_at < $1)",

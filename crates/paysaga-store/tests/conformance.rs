@@ -2430,6 +2430,31 @@ async fn owned_sagas_lists_what_a_worker_holds_with_its_fence(e: Env) {
     assert!((db_now - Utc::now()).num_seconds().abs() < 5);
 }
 
+async fn reap_expired_leases_releases_dead_workers_sagas_and_tells_the_next_expiry(e: Env) {
+    let s = e.s();
+    let dead = worker(s, Duration::from_millis(300)).await;
+    let started = start(s, "flow", &[STEP], None).await;
+    claim_one(s, dead, started.id).await;
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let alive = worker(s, LONG_TTL).await;
+    let reaped = s.reap_expired_leases(alive).await.unwrap();
+    assert_eq!(reaped.sagas, 1);
+    assert_eq!(
+        reaped.next_expiry, None,
+        "the caller's own lease is left out"
+    );
+    assert!(saga(s, started.id).await.owner.is_none());
+    // Another caller learns when the live lease expires.
+    let other = s.reap_expired_leases(Uuid::new_v4()).await.unwrap();
+    assert_eq!(other.sagas, 0);
+    let next = other.next_expiry.unwrap();
+    let now = s.db_now().await.unwrap();
+    assert!(
+        next > now + chrono::Duration::seconds(20) && next <= now + chrono::Duration::seconds(31),
+        "next expiry {next}, now {now}"
+    );
+}
+
 /// The rows a saga leaves: its id, the inbox event it consumed (if it got that far) and the
 /// document it was given.
 struct SagaRows {
@@ -2623,6 +2648,7 @@ conformance!(
     documents_keep_exact_bytes_and_a_claim_is_all_or_nothing,
     document_content_goes_once_its_saga_is_final_plus_retention_and_metadata_stays,
     prune_deletes_only_finished_sagas_older_than_the_cut_off_with_all_their_rows,
+    reap_expired_leases_releases_dead_workers_sagas_and_tells_the_next_expiry,
 );
 
 /// `connect` picks the store by the URL's scheme and never echoes the rest of the URL.
