@@ -126,7 +126,7 @@ async fn measure(
     let load_seconds =
         super::idle::load_finished(setup, finished, Duration::from_secs(100 * 86_400)).await?;
     // A backlog the three windows cannot exhaust (checked at the end).
-    let backlog: u64 = (finished / 2).max(50_000);
+    let backlog: u64 = finished.max(150_000);
     let def = setup.definition_id("noop").await?;
     sqlx::query(
         "INSERT INTO paysaga_sagas (id, definition_id, workflow, version, idempotency_key, input, status, run_at)
