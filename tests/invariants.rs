@@ -1025,3 +1025,62 @@ async fn cancel_works_while_waiting_and_runs_compensations() {
         .unwrap_err();
     assert!(err.to_string().contains("cannot be cancelled"), "{err}");
 }
+
+/// Crash recovery time: an idle worker no longer looks for expired leases every
+/// `reap_every` but when the next lease of another worker expires; a crashed worker's saga
+/// must still be released within `reap_every` (plus scheduling slack) of its lease's expiry.
+#[tokio::test]
+async fn a_crashed_workers_saga_is_released_within_reap_every_of_its_lease_expiry() {
+    let h = harness().await;
+    h.submit(EFFECT_THEN_NOOP).await;
+    *h.provider.hang_after_effect.lock().unwrap() = true;
+    let saga = h
+        .engine
+        .start("effect_then_noop", json!({}), None)
+        .await
+        .unwrap()
+        .saga_id;
+    let w1 = spawn_worker(&h.engine, fast_worker("w1"));
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        h.provider.effect_applied.notified(),
+    )
+    .await
+    .unwrap();
+    // The second worker is up (and has looked at the leases) before the first one dies.
+    let engine2 = h.second_engine().await;
+    let config = fast_worker("w2");
+    let reap_every = config.reap_every;
+    let w2 = spawn_worker(&engine2, config);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let dead: Uuid = sqlx::query_scalar("SELECT owner FROM paysaga_sagas WHERE id = $1")
+        .bind(saga)
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    w1.crash().await;
+    *h.provider.hang_after_effect.lock().unwrap() = false;
+    h.wait_status(saga, "completed", Duration::from_secs(15))
+        .await;
+    w2.shutdown().await;
+    let expired: DateTime<Utc> =
+        sqlx::query_scalar("SELECT lease_expires_at FROM paysaga_workers WHERE id = $1")
+            .bind(dead)
+            .fetch_one(&h.pool)
+            .await
+            .unwrap();
+    let released: DateTime<Utc> = sqlx::query_scalar(
+        "SELECT at FROM paysaga_history WHERE saga_id = $1 AND kind = 'lease_taken_over'",
+    )
+    .bind(saga)
+    .fetch_one(&h.pool)
+    .await
+    .unwrap();
+    let delay = (released - expired).to_std().unwrap_or_default();
+    eprintln!("released {delay:?} after the lease expired (reap_every {reap_every:?})");
+    assert!(released > expired, "not released before the lease expired");
+    assert!(
+        delay <= reap_every + Duration::from_millis(400),
+        "released {delay:?} after the lease expired; reap_every is {reap_every:?}"
+    );
+}

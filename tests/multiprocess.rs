@@ -417,3 +417,61 @@ async fn worker_refuses_a_schema_newer_than_it_knows_and_reads_database_url_from
     assert!(err.contains("newer than this build knows"), "{err}");
     std::fs::remove_file(file).ok();
 }
+
+/// `paysaga prune`: a dry run counts, the run deletes exactly the finished sagas older than
+/// the cut-off with their history, in batches; a parked (failed) and a newer finished saga
+/// stay.
+#[tokio::test]
+async fn cli_prune_deletes_finished_sagas_older_than_the_cut_off_in_batches() {
+    let db = paysaga_testkit::database().await;
+    let url = db.url().to_string();
+    let out = paysaga(&url, &["migrate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status, finished_at)
+             SELECT gen_random_uuid(), (SELECT min(id) FROM paysaga_definitions), 'noop', 1, '{}',
+                    s, now() - interval '100 days'
+             FROM generate_series(1, 5), unnest(ARRAY['completed', 'compensated', 'cancelled', 'failed']) s;
+         INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status, finished_at)
+             SELECT gen_random_uuid(), (SELECT min(id) FROM paysaga_definitions), 'noop', 1, '{}',
+                    'completed', now() - interval '10 days'
+             FROM generate_series(1, 3);
+         INSERT INTO paysaga_history (saga_id, kind) SELECT id, 'saga_started' FROM paysaga_sagas;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let out = paysaga(&url, &["prune", "--finished-before", "90d", "--dry-run"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("dry run: 15 "),
+        "{text}"
+    );
+    assert_eq!(count(&pool, "SELECT count(*) FROM paysaga_sagas").await, 23);
+    let out = paysaga(&url, &["prune", "--finished-before", "90d", "--batch", "4"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("deleted 15 sagas") && text.contains("4 batches"),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM paysaga_sagas WHERE status = 'failed'"
+        )
+        .await,
+        5,
+        "parked sagas stay"
+    );
+    assert_eq!(count(&pool, "SELECT count(*) FROM paysaga_sagas").await, 8);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM paysaga_history").await,
+        8
+    );
+}

@@ -14,7 +14,10 @@
 //!    (see [`scenarios::memory_wake`]);
 //! 4. **claim cost at scale**: claim latency and plan with 1k, 100k and 1M finished sagas;
 //! 5. **memory**: worker RSS with 100k sagas waiting on events, and during scenario 1;
-//! 6. **single-saga latency**: one 5-step saga at a time.
+//! 6. **single-saga latency**: one 5-step saga at a time;
+//! 7. **idle cost**: transactions/s and sequential scans of idle workers with 1k and 1M
+//!    finished sagas stored (see [`scenarios::idle`]);
+//! 8. **retention**: throughput while pruning 1M finished sagas (see [`scenarios::prune`]).
 //!
 //! Every worker is a separate process (this binary run as `worker-child`), each its own
 //! lease owner. Run `paysaga-bench --help` for the options; `--quick` is a CI-sized run.
@@ -83,11 +86,11 @@ struct Opts {
     /// WAL and write-transaction figures are cluster-wide and then include other clients.
     #[arg(long)]
     server: Option<String>,
-    /// Scenarios to run (comma-separated): throughput, wake, claim, single.
+    /// Scenarios to run (comma-separated): throughput, wake, claim, single, idle, prune.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "throughput,wake,claim,single"
+        default_value = "throughput,wake,claim,single,idle,prune"
     )]
     only: Vec<String>,
     /// Sagas in the throughput scenario [default: 10000, quick 1000].
@@ -131,6 +134,19 @@ struct Opts {
     /// Keep the databases (and the private cluster) for inspection.
     #[arg(long)]
     keep: bool,
+    /// Finished-saga table sizes of the idle scenario [default: 1000,1000000; quick
+    /// 1000,100000].
+    #[arg(long, value_delimiter = ',')]
+    idle_scales: Option<Vec<u64>>,
+    /// Idle worker processes in the idle scenario.
+    #[arg(long, default_value_t = 2)]
+    idle_workers: usize,
+    /// Seconds of the idle scenario's measured window [default: 60, quick 20].
+    #[arg(long)]
+    idle_window_secs: Option<u64>,
+    /// Finished sagas pruned in the retention scenario [default: 1000000, quick 100000].
+    #[arg(long)]
+    prune_finished: Option<u64>,
 }
 
 fn main() -> Result<()> {
@@ -221,6 +237,8 @@ async fn bench(o: Opts) -> Result<()> {
             single: None,
             errors: Vec::new(),
             targets: Vec::new(),
+            idle: None,
+            prune: None,
         };
         if run("throughput") {
             eprintln!("[1,2] throughput and pgbench ceiling");
@@ -250,6 +268,26 @@ async fn bench(o: Opts) -> Result<()> {
             match scenarios::single::run(&server, single, o.concurrency, &log_dir).await {
                 Ok(x) => report.single = Some(x),
                 Err(e) => report.errors.push(format!("single: {e:#}")),
+            }
+        }
+        if run("idle") {
+            let scales = o.idle_scales.clone().unwrap_or_else(|| {
+                if q { vec![1000, 100_000] } else { vec![1000, 1_000_000] }
+            });
+            let window = std::time::Duration::from_secs(o.idle_window_secs.unwrap_or(if q { 20 } else { 60 }));
+            eprintln!("[7] idle cost");
+            match scenarios::idle::run(&server, &scales, o.idle_workers, window, &log_dir).await {
+                Ok(x) => report.idle = Some(x),
+                Err(e) => report.errors.push(format!("idle: {e:#}")),
+            }
+        }
+        if run("prune") {
+            let finished = o.prune_finished.unwrap_or(if q { 100_000 } else { 1_000_000 });
+            let window = std::time::Duration::from_secs(if q { 5 } else { 15 });
+            eprintln!("[8] retention: pruning while a throughput run goes on");
+            match scenarios::prune::run(&server, finished, o.workers, o.concurrency, window, &log_dir).await {
+                Ok(x) => report.prune = Some(x),
+                Err(e) => report.errors.push(format!("prune: {e:#}")),
             }
         }
         report.duration_s = t0.elapsed().as_secs_f64();

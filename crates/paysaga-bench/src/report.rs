@@ -50,6 +50,10 @@ pub struct Report {
     pub errors: Vec<String>,
     /// The targets.
     pub targets: Vec<Target>,
+    /// Scenario 7.
+    pub idle: Option<crate::scenarios::idle::IdleCost>,
+    /// Scenario 8.
+    pub prune: Option<crate::scenarios::prune::PruneCost>,
 }
 
 fn verdict(pass: bool) -> String {
@@ -185,7 +189,151 @@ impl Report {
                 .map(|p| (format!("{:.2} ms", p.p50_ms), p.p50_ms < 5.0)),
             "Engine::start call -> finished seen (1 ms polling)".into(),
         ));
+        self.evaluate_idle_and_retention(&mut t);
         self.targets = t;
+    }
+
+    /// The targets of issue 14 items 2 and 5.
+    fn evaluate_idle_and_retention(&self, t: &mut Vec<Target>) {
+        let idle = self.idle.as_ref();
+        let quick_note = |largest: u64| {
+            if largest < 1_000_000 {
+                format!(
+                    "largest table {largest} finished sagas (the target is stated for 1M; --quick)"
+                )
+            } else {
+                String::new()
+            }
+        };
+        let largest = idle.and_then(|x| x.points.iter().map(|p| p.finished_sagas).max());
+        t.push(target(
+            "idle worker transactions/s (every size)",
+            "< 1",
+            idle.map(|x| {
+                let worst = x
+                    .points
+                    .iter()
+                    .map(|p| p.xacts_per_s_per_worker)
+                    .fold(0.0, f64::max);
+                let each: Vec<String> = x
+                    .points
+                    .iter()
+                    .map(|p| format!("{:.2} at {}", p.xacts_per_s_per_worker, p.finished_sagas))
+                    .collect();
+                (each.join(", "), worst < 1.0)
+            }),
+            largest.map(quick_note).unwrap_or_default(),
+        ));
+        t.push(target(
+            "idle seq scans of paysaga_sagas",
+            "0",
+            idle.map(|x| {
+                let total: i64 = x.points.iter().map(|p| p.seq_scans).sum();
+                let each: Vec<String> = x
+                    .points
+                    .iter()
+                    .map(|p| format!("{} at {}", p.seq_scans, p.finished_sagas))
+                    .collect();
+                (each.join(", "), total == 0)
+            }),
+            idle.map(|x| {
+                format!(
+                    "{} idle workers, {:.0} s windows",
+                    x.workers,
+                    x.points.first().map(|p| p.seconds).unwrap_or(0.0)
+                )
+            })
+            .unwrap_or_default(),
+        ));
+        let prune = self.prune.as_ref();
+        t.push(target(
+            "throughput cost of pruning",
+            "< 10%",
+            prune.map(|p| {
+                (
+                    format!(
+                        "{:.1}% ({:.0} vs {:.0} sagas/s)",
+                        p.cost_pct,
+                        p.with_pruning,
+                        (p.without_before + p.without_after) / 2.0
+                    ),
+                    p.cost_pct < 10.0,
+                )
+            }),
+            prune
+                .map(|p| {
+                    let mut n = format!(
+                        "{} finished sagas pruned in {:.1} s",
+                        p.pruned, p.prune_seconds
+                    );
+                    if p.finished < 1_000_000 {
+                        n.push_str(" (the target is stated for 1M; --quick)");
+                    }
+                    n
+                })
+                .unwrap_or_default(),
+        ));
+    }
+
+    /// Sections 7 and 8 of the table.
+    fn render_idle_and_retention(&self, o: &mut String) {
+        if let Some(x) = &self.idle {
+            let _ = writeln!(
+                o,
+                "\n[7] idle cost: {} idle worker processes (idle_poll 5 s, lease 30 s), counters over a window after 12 s of settling",
+                x.workers
+            );
+            let _ = writeln!(
+                o,
+                "  {:>10} {:>8} {:>8} {:>14} {:>15} {:>10}",
+                "finished", "window s", "xacts", "xacts/s/worker", "stmts/s/worker", "seq scans"
+            );
+            for p in &x.points {
+                let _ = writeln!(
+                    o,
+                    "  {:>10} {:>8.0} {:>8} {:>14.3} {:>15} {:>10}",
+                    p.finished_sagas,
+                    p.seconds,
+                    p.xacts,
+                    p.xacts_per_s_per_worker,
+                    p.statements_per_s_per_worker
+                        .map(|s| format!("{s:.3}"))
+                        .unwrap_or_else(|| "-".into()),
+                    p.seq_scans
+                );
+            }
+            if let Some(p) = x.points.last() {
+                let _ = writeln!(
+                    o,
+                    "  statements at {} finished sagas (calls in the window):",
+                    p.finished_sagas
+                );
+                for (calls, q) in p.statements.iter().take(10) {
+                    let _ = writeln!(o, "  {calls:>8}  {q}");
+                }
+            }
+        }
+        if let Some(p) = &self.prune {
+            let _ = writeln!(
+                o,
+                "\n[8] retention: {} finished sagas (2 history rows each) pruned in batches of {}, paced as the worker's --retention, while {} workers x {} drain noop sagas",
+                p.finished, p.batch, p.workers, p.concurrency
+            );
+            let _ = writeln!(
+                o,
+                "  throughput             {:.0} sagas/s before, {:.0} while pruning, {:.0} after: cost {:.1}%",
+                p.without_before, p.with_pruning, p.without_after, p.cost_pct
+            );
+            let _ = writeln!(
+                o,
+                "  pruning                {} sagas and {} history rows in {} batches, {:.1} s ({:.0} sagas/s)",
+                p.pruned,
+                p.history_pruned,
+                p.batches,
+                p.prune_seconds,
+                p.pruned as f64 / p.prune_seconds.max(1e-9)
+            );
+        }
     }
 
     /// The readable table.
@@ -386,6 +534,7 @@ impl Report {
                 let _ = writeln!(o, "  Engine::start call     {}", p.short());
             }
         }
+        self.render_idle_and_retention(&mut o);
         for e in &self.errors {
             let _ = writeln!(o, "\nERROR {e}");
         }

@@ -180,6 +180,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Retention: delete sagas that finished (completed, compensated, cancelled, closed) before a
+    /// cut-off, with their history, waits, consumed events and documents, in batches (each
+    /// its own short transaction). Sagas parked for an operator are never deleted.
+    Prune {
+        /// Cut-off age, e.g. `90d`: sagas that finished longer ago than this are deleted.
+        #[arg(long)]
+        finished_before: humantime::Duration,
+        /// Sagas per batch (one transaction each).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+        batch: i64,
+        /// Only count the sagas that would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -231,6 +245,12 @@ struct WorkerArgs {
     /// An open saga without progress for this long counts in `paysaga_sagas_stuck`.
     #[arg(long, env = "PAYSAGA_STUCK_AFTER", default_value = "1h")]
     stuck_after: humantime::Duration,
+    /// Automatic retention (off unless given, e.g. `90d`): sagas that finished (completed,
+    /// compensated, cancelled; never parked ones) longer ago are deleted with their history,
+    /// waits, consumed events and documents, in small batches by one worker at a time (as
+    /// `paysaga prune`).
+    #[arg(long, env = "PAYSAGA_RETENTION")]
+    retention: Option<humantime::Duration>,
 }
 
 /// The built-in `noop.sleep` plus the given provider step kinds.
@@ -550,7 +570,61 @@ async fn run() -> Result<()> {
             kind.as_deref(),
             json,
         )?,
+        Command::Prune {
+            finished_before,
+            batch,
+            dry_run,
+        } => prune(&engine(db).await?, finished_before.into(), batch, dry_run).await?,
     }
+    Ok(())
+}
+
+/// `paysaga prune`: batches until one deletes less than a full batch; waits while a
+/// worker's automatic retention holds the retention lock.
+async fn prune(engine: &Engine, older_than: Duration, batch: i64, dry_run: bool) -> Result<()> {
+    let store = engine.store();
+    let age = match older_than.as_secs() {
+        s if s > 0 && s.is_multiple_of(86_400) && older_than.subsec_nanos() == 0 => {
+            format!("{} days", s / 86_400)
+        }
+        _ => humantime::format_duration(older_than).to_string(),
+    };
+    if dry_run {
+        let n = store
+            .count_prunable(older_than)
+            .await
+            .context("cannot count the finished sagas to prune")?;
+        println!("dry run: {n} finished sagas finished more than {age} ago would be deleted");
+        return Ok(());
+    }
+    let mut total = paysaga_store::Pruned::default();
+    let mut batches = 0_u64;
+    loop {
+        let p = store.prune_finished(older_than, batch).await.with_context(|| {
+            format!(
+                "cannot delete finished sagas (after {} deleted in {batches} batches); run the command again to go on",
+                total.sagas
+            )
+        })?;
+        if p.busy {
+            eprintln!("another pruner (a worker's --retention) holds the retention lock; waiting");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        batches += 1;
+        total.sagas += p.sagas;
+        total.history += p.history;
+        total.waits += p.waits;
+        total.events += p.events;
+        total.documents += p.documents;
+        if p.sagas < batch as u64 {
+            break;
+        }
+    }
+    println!(
+        "deleted {} sagas finished more than {age} ago ({batches} batches), with {} history rows, {} waits, {} events and {} documents",
+        total.sagas, total.history, total.waits, total.events, total.documents
+    );
     Ok(())
 }
 
@@ -618,6 +692,7 @@ async fn run_worker(db: &Db<'_>, args: WorkerArgs) -> Result<()> {
     config.document_retention = args.document_retention.into();
     config.gauges.every = args.gauge_every.into();
     config.gauges.stuck_after = args.stuck_after.into();
+    config.retention = args.retention.map(Into::into);
     if config.lease_ttl < Duration::from_millis(300) {
         bail!("--lease-ttl must be at least 300ms");
     }

@@ -43,7 +43,11 @@ pub struct WorkerConfig {
     pub lease_ttl: Duration,
     /// Longest sleep without a notification (polling fallback).
     pub idle_poll: Duration,
-    /// How often expired leases of other workers are released.
+    /// The shortest time between two looks for expired leases of other workers. A worker
+    /// does not look every `reap_every`: it looks when the next lease of another live worker
+    /// expires (it learns when at each look), and at least every half `lease_ttl` (to see
+    /// workers that registered meanwhile); a lease that lapsed is released within
+    /// `reap_every` of its expiry.
     pub reap_every: Duration,
     /// Time in-flight steps get to finish after a shutdown signal.
     pub shutdown_grace: Duration,
@@ -63,6 +67,11 @@ pub struct WorkerConfig {
     pub document_retention: Duration,
     /// The operator gauges this worker computes (when it holds their lease) and serves.
     pub gauges: crate::gauges::GaugeConfig,
+    /// Automatic retention: sagas finished (completed, compensated, cancelled, closed; never parked
+    /// ones) more than this long ago are deleted with their history, waits, consumed events
+    /// and documents, in small batches, each its own transaction, looked at every minute; one
+    /// worker prunes at a time (the store's retention lock). `None` (the default): off.
+    pub retention: Option<Duration>,
 }
 
 impl Default for WorkerConfig {
@@ -78,6 +87,7 @@ impl Default for WorkerConfig {
             clock_skew: chrono::TimeDelta::zero(),
             document_retention: Duration::from_secs(7 * 24 * 3600),
             gauges: crate::gauges::GaugeConfig::default(),
+            retention: None,
         }
     }
 }
@@ -225,15 +235,26 @@ impl Worker {
         let mut tasks = JoinSet::new();
         let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         tokio::pin!(shutdown);
-        let mut last_reap = tokio::time::Instant::now();
-        let mut last_orphan_check = tokio::time::Instant::now();
+        // Periodic work runs when due, not every second: an idle worker costs the database
+        // a look for work every `idle_poll`, a heartbeat every third of the lease, and a few
+        // index-backed statements per lease (docs/PERFORMANCE.md, "Idle cost").
+        let start = tokio::time::Instant::now();
+        let orphan_check_every = self.config.lease_ttl;
+        let mut next_reap = start;
+        let mut next_orphan_check = start + orphan_check_every;
         let document_sweep_every = self
             .config
             .document_retention
             .clamp(self.config.reap_every, Duration::from_secs(60));
-        let mut last_document_sweep = tokio::time::Instant::now()
-            .checked_sub(document_sweep_every)
-            .unwrap_or_else(tokio::time::Instant::now);
+        let mut next_document_sweep = start;
+        // Claim after a notification (or a task's end) or when the known next due time came;
+        // else only ask when the next saga is due, `idle_poll` after the last look (the
+        // fallback for a notification this worker missed: a due saga found then is claimed at
+        // once).
+        let mut woken = true;
+        let mut known_due: Option<DateTime<Utc>> = None;
+        let mut last_look = start;
+        let mut look_every = self.config.idle_poll;
         let mut last_unrunnable_count: Option<tokio::time::Instant> = None;
         let mut unrunnable_workflows: HashMap<String, i64> = HashMap::new();
         loop {
@@ -245,23 +266,20 @@ impl Worker {
             release_abandoned(&shared).await;
             // No claim is in flight here (claims run in this loop): a saga the store says we
             // own that no task runs was claimed by a claim whose reply was lost.
-            if last_orphan_check.elapsed() >= self.config.lease_ttl / 3 {
-                last_orphan_check = tokio::time::Instant::now();
-                release_orphans(&shared).await;
+            if tokio::time::Instant::now() >= next_orphan_check {
+                let checked = release_orphans(&shared).await;
+                next_orphan_check = tokio::time::Instant::now()
+                    + if checked {
+                        orphan_check_every
+                    } else {
+                        self.config.reap_every
+                    };
             }
-            if last_reap.elapsed() >= self.config.reap_every {
-                last_reap = tokio::time::Instant::now();
-                match self.engine.store.reap_expired_workers().await {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        shared.stats.takeovers.fetch_add(n, Ordering::Relaxed);
-                        shared.engine.metrics.lease_takeovers.inc_by(n);
-                    }
-                    Err(e) => warn!(error = %e, "could not release expired leases; will retry"),
-                }
+            if tokio::time::Instant::now() >= next_reap {
+                next_reap = tokio::time::Instant::now() + reap(&shared).await;
             }
-            if last_document_sweep.elapsed() >= document_sweep_every {
-                last_document_sweep = tokio::time::Instant::now();
+            if tokio::time::Instant::now() >= next_document_sweep {
+                next_document_sweep = tokio::time::Instant::now() + document_sweep_every;
                 delete_expired_documents(&shared).await;
             }
             if last_unrunnable_count
@@ -270,9 +288,12 @@ impl Worker {
                 last_unrunnable_count = Some(tokio::time::Instant::now());
                 count_unrunnable(&shared, &mut unrunnable_workflows).await;
             }
+            let claim_now =
+                std::mem::take(&mut woken) || known_due.is_some_and(|at| at <= shared.now());
+            let look = claim_now || last_look.elapsed() >= look_every;
             let free = permits.available_permits();
             let mut claimed_all = false;
-            if free > 0 {
+            if claim_now && free > 0 {
                 match self
                     .engine
                     .store
@@ -327,6 +348,9 @@ impl Worker {
                         }
                     }
                     Err(e) => {
+                        // The claim may have committed with its reply lost: look for sagas
+                        // held without running them as soon as the database answers.
+                        next_orphan_check = tokio::time::Instant::now();
                         warn!(error = %e, "claim failed (database unreachable?); retrying in 1s");
                         tokio::select! {
                             _ = &mut shutdown => break,
@@ -336,28 +360,40 @@ impl Worker {
                 }
             }
             if claimed_all {
+                woken = true;
                 continue;
             }
-            let sleep_for = match self.engine.store.next_due(&kinds).await {
-                Ok(Some(at)) => (at - shared.now())
-                    .to_std()
-                    .unwrap_or_default()
-                    .min(self.config.idle_poll),
-                Ok(None) => self.config.idle_poll,
-                Err(_) => Duration::from_secs(1),
+            if look {
+                last_look = tokio::time::Instant::now();
+                match self.engine.store.next_due(&kinds).await {
+                    Ok(due) => {
+                        known_due = due;
+                        look_every = self.config.idle_poll;
+                    }
+                    Err(_) => {
+                        known_due = None;
+                        look_every = self.config.idle_poll.min(Duration::from_secs(1));
+                    }
+                }
             }
-            .min(self.config.reap_every);
-            if sleep_for.is_zero() && free == 0 {
+            let until_due = known_due
+                .map(|at| (at - shared.now()).to_std().unwrap_or_default())
+                .unwrap_or(Duration::MAX);
+            let periodic = next_reap.min(next_orphan_check).min(next_document_sweep);
+            let sleep_for = until_due
+                .min(look_every.saturating_sub(last_look.elapsed()))
+                .min(periodic.saturating_duration_since(tokio::time::Instant::now()));
+            if until_due.is_zero() && free == 0 {
                 // Everything is busy: wait for a task to finish.
                 tokio::select! {
                     _ = &mut shutdown => break,
-                    _ = shared.wake.notified() => {}
+                    _ = shared.wake.notified() => woken = true,
                 }
                 continue;
             }
             tokio::select! {
                 _ = &mut shutdown => break,
-                _ = shared.wake.notified() => {}
+                _ = shared.wake.notified() => woken = true,
                 _ = tokio::time::sleep(sleep_for) => {}
             }
         }
@@ -414,16 +450,49 @@ async fn release_abandoned(shared: &Shared) {
     }
 }
 
+/// A margin after a lease's expiry before looking (the reaper releases leases that expired
+/// strictly before the database's `now()`, and this process knows that clock to a few ms).
+const REAP_MARGIN: Duration = Duration::from_millis(50);
+
+/// Releases the sagas of workers whose lease expired; returns how long until the next look:
+/// just after the next lease of another live worker expires, within `reap_every` and half
+/// the lease (a worker that registers later expires at the earliest a lease after it
+/// registered, so a look every half lease sees it before it can expire).
+async fn reap(shared: &Shared) -> Duration {
+    let every = shared.config.reap_every;
+    let longest = (shared.config.lease_ttl / 2).max(every);
+    match shared.engine.store.reap_expired_leases(shared.id()).await {
+        Ok(reaped) => {
+            if reaped.sagas > 0 {
+                shared
+                    .stats
+                    .takeovers
+                    .fetch_add(reaped.sagas, Ordering::Relaxed);
+                shared.engine.metrics.lease_takeovers.inc_by(reaped.sagas);
+            }
+            reaped
+                .next_expiry
+                .map(|at| (at - shared.now()).to_std().unwrap_or_default() + REAP_MARGIN)
+                .unwrap_or(longest)
+                .clamp(every, longest)
+        }
+        Err(e) => {
+            warn!(error = %e, "could not release expired leases; will retry");
+            every
+        }
+    }
+}
+
 /// Releases (fenced) the sagas the store says this worker holds but no task of it runs: the
 /// claim that took them committed but its reply never arrived (connection lost), so nothing
-/// would run them before this worker stops.
-async fn release_orphans(shared: &Shared) {
+/// would run them before this worker stops. `false` when the store could not be asked.
+async fn release_orphans(shared: &Shared) -> bool {
     let worker = shared.id();
     let owned = match shared.engine.store.owned_sagas(worker).await {
         Ok(owned) => owned,
         Err(e) => {
             warn!(error = %e, "cannot list the sagas this worker holds; checking again later");
-            return;
+            return false;
         }
     };
     let orphans: Vec<(Uuid, i64)> = match shared.running.lock() {
@@ -431,7 +500,7 @@ async fn release_orphans(shared: &Shared) {
             .into_iter()
             .filter(|(id, _)| !running.contains(id))
             .collect(),
-        Err(_) => return,
+        Err(_) => return false,
     };
     for (saga, fence) in orphans {
         match shared
@@ -458,6 +527,7 @@ async fn release_orphans(shared: &Shared) {
             }
         }
     }
+    true
 }
 
 /// The text of a panic's payload.
@@ -510,6 +580,7 @@ fn spawn_background(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
             let shared = shared.clone();
             async move {
                 let every = shared.config.lease_ttl / 3;
+                let mut beats = 0_u32;
                 loop {
                     tokio::time::sleep(every).await;
                     let sent = std::time::Instant::now();
@@ -521,7 +592,11 @@ fn spawn_background(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
                     {
                         Ok(true) => {
                             shared.lease.renewed(sent);
-                            shared.sync_clock().await;
+                            // The clock offset moves slowly: learn it again every lease.
+                            beats = beats.wrapping_add(1);
+                            if beats.is_multiple_of(3) {
+                                shared.sync_clock().await;
+                            }
                         }
                         Ok(false) => {
                             // Our lease expired (paused process, long outage): the sagas we held
@@ -557,7 +632,15 @@ fn spawn_background(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
                 }
             }
         };
-        tokio::join!(hb, listen);
+        let retention = {
+            let shared = shared.clone();
+            async move {
+                if let Some(older_than) = shared.config.retention {
+                    prune_finished(&shared, older_than).await;
+                }
+            }
+        };
+        tokio::join!(hb, listen, retention);
     })
 }
 
@@ -1040,6 +1123,43 @@ async fn delete_expired_documents(shared: &Shared) {
                 warn!(error = %e, "could not delete expired document content; will retry");
                 return;
             }
+        }
+    }
+}
+
+/// Automatic retention (`WorkerConfig::retention`): every minute, deletes finished sagas
+/// older than `older_than` in batches, each its own short transaction, pausing between
+/// batches as long as the batch took (at most half of one connection's time); a worker that
+/// finds the retention lock taken leaves the round to the worker holding it.
+async fn prune_finished(shared: &Shared, older_than: Duration) {
+    const BATCH: i64 = 500;
+    const EVERY: Duration = Duration::from_secs(60);
+    loop {
+        tokio::time::sleep(EVERY).await;
+        let mut deleted = 0_u64;
+        while !shared.stopping.load(Ordering::SeqCst) {
+            let started = tokio::time::Instant::now();
+            match shared.engine.store.prune_finished(older_than, BATCH).await {
+                Ok(p) if p.busy => break,
+                Ok(p) => {
+                    deleted += p.sagas;
+                    if p.sagas < BATCH as u64 {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "retention: could not delete finished sagas; will retry");
+                    break;
+                }
+            }
+            tokio::time::sleep(started.elapsed().max(Duration::from_millis(20))).await;
+        }
+        if deleted > 0 {
+            info!(
+                sagas = deleted,
+                ?older_than,
+                "retention: deleted finished sagas with their history, waits, events and documents"
+            );
         }
     }
 }

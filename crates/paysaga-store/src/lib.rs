@@ -440,6 +440,35 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn refresh_gauges(&self, req: GaugeRequest) -> Result<Option<GaugeSnapshot>, Error>;
     /// The gauges last stored by [`Store::refresh_gauges`] (any process).
     async fn gauges(&self) -> Result<Option<GaugeSnapshot>, Error>;
+    /// [`Store::reap_expired_workers`], and when the next lease of a live worker other than
+    /// `worker` expires (the database's clock): the reaper sleeps until then instead of
+    /// looking every second.
+    async fn reap_expired_leases(&self, worker: Uuid) -> Result<Reaped, Error>;
+    /// Retention: deletes up to `limit` sagas in [`PRUNABLE_STATUSES`] that finished more
+    /// than `older_than` ago (oldest first), with their history, waits, the inbox events they
+    /// consumed and their documents, in one short transaction. Parked and unfinished sagas
+    /// are never deleted. [`Pruned::busy`] when another pruner holds the retention lock (one
+    /// pruner at a time); nothing is deleted then.
+    async fn prune_finished(&self, older_than: Duration, limit: i64) -> Result<Pruned, Error>;
+    /// How many sagas [`Store::prune_finished`] would delete (a dry run).
+    async fn count_prunable(&self, older_than: Duration) -> Result<u64, Error>;
+}
+
+/// The statuses retention deletes: final and closed for good. A parked saga (it waits for an
+/// operator) is final for the workers but never pruned.
+pub const PRUNABLE_STATUSES: [paysaga_core::SagaStatus; 4] = [
+    paysaga_core::SagaStatus::Completed,
+    paysaga_core::SagaStatus::Compensated,
+    paysaga_core::SagaStatus::Cancelled,
+    paysaga_core::SagaStatus::Closed,
+];
+
+/// [`PRUNABLE_STATUSES`] as stored text.
+fn prunable_statuses() -> Vec<String> {
+    PRUNABLE_STATUSES
+        .iter()
+        .map(|s| s.as_str().to_string())
+        .collect()
 }
 
 /// Arguments of [`Store::mark_effect`] and [`Store::clear_effect_mark`].

@@ -20,6 +20,7 @@ use crate::{
 };
 use crate::{DocumentRecord, NewDocument};
 use crate::{GaugeRequest, GaugeSnapshot};
+use crate::{Pruned, Reaped};
 use paysaga_core::DocumentId;
 
 /// The migrations in `migrations/`, embedded at build time.
@@ -72,6 +73,54 @@ fn next_due_sql() -> String {
 
 /// The sagas a worker holds (`$1`), served by the partial index `paysaga_sagas_owner`.
 const OWNED_SQL: &str = "SELECT id, fence FROM paysaga_sagas WHERE owner = $1";
+
+/// The reaper's release (`$1` the workers just found dead): their sagas and, a safety net
+/// (the claim refuses a worker that is not live, so it should find none), any saga still held
+/// by a worker stopped earlier. `owner IS NOT NULL` lets the partial index
+/// `paysaga_sagas_owner` serve it: that index holds only owned sagas (the work in flight), so
+/// the reaper's cost does not grow with finished sagas (an `owner = ANY($1) OR owner IN
+/// (...)` without it was a sequential scan of the table).
+const REAP_SQL: &str = "UPDATE paysaga_sagas s
+     SET owner = NULL, run_at = LEAST(s.run_at, now()), updated_at = now()
+     WHERE s.owner IS NOT NULL
+       AND (s.owner = ANY($1)
+            OR EXISTS (SELECT 1 FROM paysaga_workers w
+                       WHERE w.id = s.owner AND w.stopped_at IS NOT NULL))
+     RETURNING s.id";
+
+/// When the next lease of a live worker other than `$1` expires (index
+/// `paysaga_workers_live`).
+const NEXT_EXPIRY_SQL: &str = "SELECT min(lease_expires_at) FROM paysaga_workers
+     WHERE stopped_at IS NULL AND id <> $1";
+
+/// The retention lock (`pg_try_advisory_xact_lock(int, int)`, a key space of its own apart
+/// from the correlation locks' single `bigint`): one pruner at a time.
+const RETENTION_LOCK: (i32, i32) = (0x7061_7973, 1);
+
+/// Finished sagas retention may delete (`$1` seconds since they finished, `$2` the prunable
+/// statuses): the partial index `paysaga_sagas_finished`, oldest first.
+const PRUNABLE_WHERE: &str = "finished_at < now() - make_interval(secs => $1) AND status = ANY($2)";
+
+/// One retention batch (`$1`, `$2` as [`PRUNABLE_WHERE`], `$3` batch size): the sagas
+/// (locked, skipping rows another transaction holds) with their history, waits, consumed
+/// events and documents, each by its index (`paysaga_history_saga`, the primary key of
+/// waits, `paysaga_events_consumed_by`, `paysaga_documents_saga`); the foreign keys are
+/// checked at the end of the statement, when the referencing rows are gone.
+fn prune_sql() -> String {
+    format!(
+        "WITH doomed AS (
+             SELECT id FROM paysaga_sagas WHERE {PRUNABLE_WHERE}
+             ORDER BY finished_at LIMIT $3
+             FOR UPDATE SKIP LOCKED),
+         h AS (DELETE FROM paysaga_history WHERE saga_id IN (SELECT id FROM doomed) RETURNING 1),
+         w AS (DELETE FROM paysaga_waits WHERE saga_id IN (SELECT id FROM doomed) RETURNING 1),
+         e AS (DELETE FROM paysaga_events WHERE consumed_by IN (SELECT id FROM doomed) RETURNING 1),
+         d AS (DELETE FROM paysaga_documents WHERE saga_id IN (SELECT id FROM doomed) RETURNING 1),
+         s AS (DELETE FROM paysaga_sagas WHERE id IN (SELECT id FROM doomed) RETURNING 1)
+         SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM h), (SELECT count(*) FROM w),
+                (SELECT count(*) FROM e), (SELECT count(*) FROM d)"
+    )
+}
 
 /// PostgreSQL implementation of [`Store`].
 #[derive(Debug, Clone)]
@@ -159,6 +208,59 @@ impl PgStore {
     /// The pool (for readiness checks).
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Marks workers whose lease expired as stopped and releases their sagas (one
+    /// transaction); with `except`, also reads when the next lease of another live worker
+    /// expires.
+    async fn reap(&self, except: Option<Uuid>) -> Result<Reaped, Error> {
+        let mut tx = self.pool.begin().await?;
+        let dead: Vec<Uuid> = sqlx::query_scalar(
+            "UPDATE paysaga_workers SET stopped_at = now()
+             WHERE stopped_at IS NULL AND lease_expires_at < now()
+             RETURNING id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let released: Vec<Uuid> = sqlx::query_scalar(REAP_SQL)
+            .bind(&dead)
+            .fetch_all(&mut *tx)
+            .await?;
+        let next_expiry: Option<DateTime<Utc>> = match except {
+            Some(me) => {
+                sqlx::query_scalar(NEXT_EXPIRY_SQL)
+                    .bind(me)
+                    .fetch_one(&mut *tx)
+                    .await?
+            }
+            None => None,
+        };
+        if released.is_empty() && dead.is_empty() {
+            tx.rollback().await?;
+            return Ok(Reaped {
+                sagas: 0,
+                next_expiry,
+            });
+        }
+        for saga in &released {
+            let entry = HistoryEntry {
+                kind: paysaga_core::HistoryKind::LeaseTakenOver,
+                step: None,
+                attempt: None,
+                error: None,
+                detail: json!({"expired_workers": dead}),
+            };
+            insert_history(&mut tx, *saga, None, None, &[entry]).await?;
+        }
+        notify(&mut tx).await?;
+        tx.commit().await?;
+        if !released.is_empty() {
+            tracing::warn!(workers = ?dead, sagas = released.len(), "released sagas of workers whose lease expired");
+        }
+        Ok(Reaped {
+            sagas: released.len() as u64,
+            next_expiry,
+        })
     }
 
     /// A commit that found no row it may write: either the lease is lost, or an earlier try of
@@ -1131,46 +1233,7 @@ impl Store for PgStore {
     }
 
     async fn reap_expired_workers(&self) -> Result<u64, Error> {
-        let mut tx = self.pool.begin().await?;
-        let dead: Vec<Uuid> = sqlx::query_scalar(
-            "UPDATE paysaga_workers SET stopped_at = now()
-             WHERE stopped_at IS NULL AND lease_expires_at < now()
-             RETURNING id",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        // The sagas of the workers just found dead, and (a safety net: the claim refuses a
-        // worker that is not live, so this should find none) any saga still held by a worker
-        // stopped earlier.
-        let released: Vec<Uuid> = sqlx::query_scalar(
-            "UPDATE paysaga_sagas SET owner = NULL, run_at = LEAST(run_at, now()), updated_at = now()
-             WHERE owner = ANY($1)
-                OR owner IN (SELECT id FROM paysaga_workers WHERE stopped_at IS NOT NULL)
-             RETURNING id",
-        )
-        .bind(&dead)
-        .fetch_all(&mut *tx)
-        .await?;
-        if released.is_empty() && dead.is_empty() {
-            tx.rollback().await?;
-            return Ok(0);
-        }
-        for saga in &released {
-            let entry = HistoryEntry {
-                kind: paysaga_core::HistoryKind::LeaseTakenOver,
-                step: None,
-                attempt: None,
-                error: None,
-                detail: json!({"expired_workers": dead}),
-            };
-            insert_history(&mut tx, *saga, None, None, &[entry]).await?;
-        }
-        notify(&mut tx).await?;
-        tx.commit().await?;
-        if !released.is_empty() {
-            tracing::warn!(workers = ?dead, sagas = released.len(), "released sagas of workers whose lease expired");
-        }
-        Ok(released.len() as u64)
+        Ok(self.reap(None).await?.sagas)
     }
 
     async fn sagas_needing_other_kinds(
@@ -2151,6 +2214,54 @@ impl Store for PgStore {
             })
             .transpose()
     }
+
+    async fn reap_expired_leases(&self, worker: Uuid) -> Result<Reaped, Error> {
+        self.reap(Some(worker)).await
+    }
+
+    #[instrument(skip_all)]
+    async fn prune_finished(&self, older_than: Duration, limit: i64) -> Result<Pruned, Error> {
+        let mut tx = self.pool.begin().await?;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, $2)")
+            .bind(RETENTION_LOCK.0)
+            .bind(RETENTION_LOCK.1)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !locked {
+            tx.rollback().await?;
+            return Ok(Pruned {
+                busy: true,
+                ..Pruned::default()
+            });
+        }
+        let (sagas, history, waits, events, documents): (i64, i64, i64, i64, i64) =
+            sqlx::query_as(&prune_sql())
+                .bind(older_than.as_secs_f64())
+                .bind(crate::prunable_statuses())
+                .bind(limit)
+                .fetch_one(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(Pruned {
+            sagas: sagas as u64,
+            history: history as u64,
+            waits: waits as u64,
+            events: events as u64,
+            documents: documents as u64,
+            busy: false,
+        })
+    }
+
+    async fn count_prunable(&self, older_than: Duration) -> Result<u64, Error> {
+        let n: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM paysaga_sagas WHERE {PRUNABLE_WHERE}"
+        ))
+        .bind(older_than.as_secs_f64())
+        .bind(crate::prunable_statuses())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n as u64)
+    }
 }
 
 /// Sagas created in `[$1, $2)` by workflow (the `paysaga_sagas_created` index): the gauges'
@@ -2526,6 +2637,112 @@ mod tests {
         assert!(
             started.contains("paysaga_sagas_created") && !started.contains("Seq Scan"),
             "started plan:\n{started}"
+        );
+    }
+
+    /// The statements an idle worker runs periodically (the reaper, the next lease expiry)
+    /// and the retention batch are served by indexes, with 50,000 finished sagas (each with
+    /// history, a consumed event and a document) in the tables: none scans a table whose size
+    /// grows with the sagas ever stored.
+    #[tokio::test]
+    async fn reaper_and_retention_queries_use_indexes_whatever_the_finished_sagas() {
+        let db = paysaga_testkit::database().await;
+        let store = PgStore::connect(db.url()).await.unwrap();
+        store.migrate().await.unwrap();
+        let pool = store.pool().clone();
+        sqlx::raw_sql(
+            "INSERT INTO paysaga_definitions (name, version, content_hash, body, step_kinds)
+                 VALUES ('noop', 1, 'h', '{}', '{noop.sleep}');
+             INSERT INTO paysaga_workers (id, name, hostname, pid, step_kinds, lease_expires_at, stopped_at)
+                 SELECT gen_random_uuid(), 'w', 'h', 1, '{noop.sleep}', now(),
+                        CASE WHEN g > 3 THEN now() END
+                 FROM generate_series(1, 200) g;
+             INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status, finished_at)
+                 SELECT gen_random_uuid(), 1, 'noop', 1, '{}', 'completed', now() - interval '1 day'
+                 FROM generate_series(1, 50000);
+             INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status, run_at, owner)
+                 SELECT gen_random_uuid(), 1, 'noop', 1, '{}', 'scheduled', now(),
+                        (SELECT id FROM paysaga_workers WHERE stopped_at IS NULL LIMIT 1)
+                 FROM generate_series(1, 20);
+             INSERT INTO paysaga_history (saga_id, kind) SELECT id, 'saga_started' FROM paysaga_sagas;
+             INSERT INTO paysaga_history (saga_id, kind) SELECT id, 'saga_completed' FROM paysaga_sagas;
+             INSERT INTO paysaga_events (provider, event_id, event_type, correlation_key, payload, consumed_by)
+                 SELECT 'lumanu', 'e' || id, 'payable.paid', 'payable:' || id, '{}', id
+                 FROM paysaga_sagas;
+             INSERT INTO paysaga_documents (id, content_type, size, sha256, content, saga_id, content_deleted_at)
+                 SELECT gen_random_uuid(), 'image/png', 3, repeat('a', 64), NULL, id, now()
+                 FROM paysaga_sagas;
+             ANALYZE;",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let explain = |sql: String| {
+            let pool = pool.clone();
+            async move {
+                let rows: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {sql}"))
+                    .bind(vec![Uuid::new_v4()])
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+                rows.join("\n")
+            }
+        };
+        let reap = explain(REAP_SQL.to_string()).await;
+        assert!(reap.contains("paysaga_sagas_owner"), "reaper plan:\n{reap}");
+        assert!(
+            !reap.contains("Seq Scan on paysaga_sagas"),
+            "reaper plan:\n{reap}"
+        );
+        let expiry: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {NEXT_EXPIRY_SQL}"))
+            .bind(Uuid::new_v4())
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        let expiry = expiry.join("\n");
+        assert!(
+            expiry.contains("paysaga_workers_live"),
+            "next expiry plan:\n{expiry}"
+        );
+        // The retention batch (90 days: nothing to delete, as on most days; an hour: every
+        // finished saga qualifies, a batch of 1,000) and its dry run.
+        for older_than in [90.0 * 86_400.0_f64, 3600.0] {
+            let prune: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", prune_sql()))
+                .bind(older_than)
+                .bind(crate::prunable_statuses())
+                .bind(1000_i64)
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+            let prune = prune.join("\n");
+            assert!(
+                prune.contains("paysaga_sagas_finished"),
+                "prune plan:\n{prune}"
+            );
+            for table in [
+                "paysaga_sagas",
+                "paysaga_history",
+                "paysaga_events",
+                "paysaga_documents",
+            ] {
+                assert!(
+                    !prune.contains(&format!("Seq Scan on {table}")),
+                    "prune plan scans {table}:\n{prune}"
+                );
+            }
+        }
+        let count: Vec<String> = sqlx::query_scalar(&format!(
+            "EXPLAIN SELECT count(*) FROM paysaga_sagas WHERE {PRUNABLE_WHERE}"
+        ))
+        .bind(90.0 * 86_400.0_f64)
+        .bind(crate::prunable_statuses())
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let count = count.join("\n");
+        assert!(
+            count.contains("paysaga_sagas_finished"),
+            "dry run plan:\n{count}"
         );
     }
 }

@@ -67,6 +67,7 @@ use crate::{
 };
 use crate::{DocumentRecord, NewDocument};
 use crate::{GaugeRequest, GaugeSnapshot};
+use crate::{Pruned, Reaped};
 use paysaga_core::DocumentId;
 
 /// The migrations in `migrations/sqlite/`, embedded at build time.
@@ -938,7 +939,8 @@ impl Store for SqliteStore {
 
     async fn reap_expired_workers(&self) -> Result<u64, Error> {
         let now = ts(Utc::now());
-        // Called every second by the worker: look first without taking the write lock.
+        // Called by every worker at each lease expiry it learns of: look first without taking the
+        // write lock.
         let any: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM paysaga_workers
                             WHERE stopped_at IS NULL AND lease_expires_at < $1)",
@@ -2109,6 +2111,92 @@ impl Store for SqliteStore {
             })
             .transpose()
     }
+
+    async fn reap_expired_leases(&self, worker: Uuid) -> Result<Reaped, Error> {
+        let sagas = self.reap_expired_workers().await?;
+        let next: Option<String> = sqlx::query_scalar(
+            "SELECT min(lease_expires_at) FROM paysaga_workers
+             WHERE stopped_at IS NULL AND id <> $1",
+        )
+        .bind(worker.to_string())
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(Reaped {
+            sagas,
+            next_expiry: next.as_deref().map(parse_ts).transpose()?,
+        })
+    }
+
+    #[instrument(skip_all)]
+    async fn prune_finished(&self, older_than: Duration, limit: i64) -> Result<Pruned, Error> {
+        let mut tx = self.write_tx().await?;
+        let ids: Vec<String> = sqlx::query_scalar(PRUNABLE_SQL)
+            .bind(prunable_before(older_than))
+            .bind(to_json(&crate::prunable_statuses())?)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+        if ids.is_empty() {
+            tx.rollback().await?;
+            return Ok(Pruned::default());
+        }
+        let ids = to_json(&ids)?;
+        let mut deleted = [0_u64; 5];
+        // Children first: the foreign keys are checked per statement.
+        for (n, sql) in [
+            "DELETE FROM paysaga_history WHERE saga_id IN (SELECT value FROM json_each($1))",
+            "DELETE FROM paysaga_waits WHERE saga_id IN (SELECT value FROM json_each($1))",
+            "DELETE FROM paysaga_events WHERE consumed_by IN (SELECT value FROM json_each($1))",
+            "DELETE FROM paysaga_documents WHERE saga_id IN (SELECT value FROM json_each($1))",
+            "DELETE FROM paysaga_sagas WHERE id IN (SELECT value FROM json_each($1))",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            deleted[n] = sqlx::query(sql)
+                .bind(&ids)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        tx.commit().await?;
+        let [history, waits, events, documents, sagas] = deleted;
+        Ok(Pruned {
+            sagas,
+            history,
+            waits,
+            events,
+            documents,
+            busy: false,
+        })
+    }
+
+    async fn count_prunable(&self, older_than: Duration) -> Result<u64, Error> {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM ({PRUNABLE_SQL})"))
+            .bind(prunable_before(older_than))
+            .bind(to_json(&crate::prunable_statuses())?)
+            .bind(-1_i64)
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(n as u64)
+    }
+}
+
+/// Sagas retention may delete (`$1` finished before, `$2` the prunable statuses as a JSON
+/// array, `$3` batch size, -1 for all), oldest first: the partial index
+/// `paysaga_sagas_finished`.
+const PRUNABLE_SQL: &str = "SELECT id FROM paysaga_sagas INDEXED BY paysaga_sagas_finished
+     WHERE finished_at IS NOT NULL AND finished_at < $1
+       AND status IN (SELECT value FROM json_each($2))
+     ORDER BY finished_at LIMIT $3";
+
+/// The cut-off of retention: now minus `older_than`.
+fn prunable_before(older_than: Duration) -> String {
+    let now = Utc::now();
+    ts(chrono::Duration::from_std(older_than)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC))
 }
 
 /// Sagas created in `[$1, $2)` by workflow (the `paysaga_sagas_created` index).

@@ -478,3 +478,29 @@ pub struct WorkflowGauges {
     /// Sagas started (created), all time.
     pub started: i64,
 }
+
+/// The answer to [`crate::Store::reap_expired_leases`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Reaped {
+    /// Sagas released.
+    pub sagas: u64,
+    /// When the next lease of another live worker expires (database clock), if any.
+    pub next_expiry: Option<DateTime<Utc>>,
+}
+
+/// Rows one [`crate::Store::prune_finished`] batch deleted, per table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pruned {
+    /// Sagas.
+    pub sagas: u64,
+    /// History rows.
+    pub history: u64,
+    /// Waits.
+    pub waits: u64,
+    /// Inbox events the sagas consumed.
+    pub events: u64,
+    /// Documents given to the sagas.
+    pub documents: u64,
+    /// Another pruner holds the retention lock: nothing was deleted.
+    pub busy: bool,
+}

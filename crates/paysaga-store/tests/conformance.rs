@@ -2884,6 +2884,158 @@ async fn sagas_no_live_worker_can_run_are_counted_named_and_listed_as_stuck(e: E
     assert_eq!(s.sagas_no_live_worker_can_run().await.unwrap()[0].sagas, 1);
 }
 
+async fn reap_expired_leases_releases_dead_workers_sagas_and_tells_the_next_expiry(e: Env) {
+    let s = e.s();
+    let dead = worker(s, Duration::from_millis(300)).await;
+    let started = start(s, "flow", &[STEP], None).await;
+    claim_one(s, dead, started.id).await;
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let alive = worker(s, LONG_TTL).await;
+    let reaped = s.reap_expired_leases(alive).await.unwrap();
+    assert_eq!(reaped.sagas, 1);
+    assert_eq!(
+        reaped.next_expiry, None,
+        "the caller's own lease is left out"
+    );
+    assert!(saga(s, started.id).await.owner.is_none());
+    // Another caller learns when the live lease expires.
+    let other = s.reap_expired_leases(Uuid::new_v4()).await.unwrap();
+    assert_eq!(other.sagas, 0);
+    let next = other.next_expiry.unwrap();
+    let now = s.db_now().await.unwrap();
+    assert!(
+        next > now + chrono::Duration::seconds(20) && next <= now + chrono::Duration::seconds(31),
+        "next expiry {next}, now {now}"
+    );
+}
+
+/// The rows a saga leaves: its id, the inbox event it consumed (if it got that far) and the
+/// document it was given.
+struct SagaRows {
+    id: Uuid,
+    event: Option<i64>,
+    document: DocumentId,
+}
+
+/// A saga given a document that waits on `key`; with `end`, an event for `key` was stored
+/// first (the wait consumes it at once) and the saga then reaches `end`; without, it stays
+/// waiting (a wait row, no event).
+async fn saga_with_rows(s: &dyn Store, w: Uuid, key: &str, end: Option<SagaStatus>) -> SagaRows {
+    let doc = new_document(key.as_bytes(), "image/png");
+    s.put_document(&doc).await.unwrap();
+    let event = match end {
+        Some(_) => Some(
+            s.deliver_event(event(&format!("evt-{key}"), "payable.paid", key))
+                .await
+                .unwrap()
+                .inbox_id,
+        ),
+        None => None,
+    };
+    let started = start(s, "flow", &[LUMANU, STEP], Some(key)).await;
+    s.claim_documents(started.id, &[doc.id]).await.unwrap();
+    let claimed = claim_one(s, w, started.id).await;
+    let wait = wait_transition(key, Utc::now() + chrono::Duration::hours(1));
+    let c = commit(s, &claimed, w, &wait, None).await.unwrap();
+    assert_eq!(c.kept, end.is_some());
+    if let Some(status) = end {
+        let waiting = saga(s, started.id).await;
+        let mut done = transition(status, 1);
+        done.history = vec![
+            entry(HistoryKind::EventReceived, Some("s1"), Some(1)),
+            entry(HistoryKind::StepCompleted, Some("s1"), Some(1)),
+        ];
+        commit(s, &waiting, w, &done, event).await.unwrap();
+        assert_eq!(saga(s, started.id).await.status, status);
+    }
+    SagaRows {
+        id: started.id,
+        event,
+        document: doc.id,
+    }
+}
+
+async fn prune_deletes_only_finished_sagas_older_than_the_cut_off_with_all_their_rows(e: Env) {
+    let s = e.s();
+    let w = worker(s, LONG_TTL).await;
+    let mut old = Vec::new();
+    for (key, status) in [
+        ("old-completed", SagaStatus::Completed),
+        ("old-compensated", SagaStatus::Compensated),
+        ("old-cancelled", SagaStatus::Cancelled),
+    ] {
+        old.push(saga_with_rows(s, w, key, Some(status)).await);
+    }
+    // Parked for an operator: final for the workers, never pruned.
+    let parked = saga_with_rows(s, w, "old-parked", Some(SagaStatus::NeedsOperator)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let newer = saga_with_rows(s, w, "new-completed", Some(SagaStatus::Completed)).await;
+    let active = saga_with_rows(s, w, "active", None).await;
+    let cut = Duration::from_millis(600);
+
+    let mut old_history = 0;
+    for r in &old {
+        old_history += s.history(r.id).await.unwrap().len() as u64;
+    }
+    let kept = [&parked, &newer, &active];
+    let mut kept_history = Vec::new();
+    for r in kept {
+        kept_history.push(s.history(r.id).await.unwrap().len());
+    }
+    assert_eq!(s.count_prunable(cut).await.unwrap(), 3);
+
+    // In batches: two, then the last one, then nothing.
+    let first = s.prune_finished(cut, 2).await.unwrap();
+    assert!(!first.busy);
+    assert_eq!(first.sagas, 2);
+    let second = s.prune_finished(cut, 100).await.unwrap();
+    assert_eq!(second.sagas, 1);
+    assert_eq!(
+        s.prune_finished(cut, 100).await.unwrap(),
+        paysaga_store::Pruned::default()
+    );
+    let total = (
+        first.sagas + second.sagas,
+        first.history + second.history,
+        first.waits + second.waits,
+        first.events + second.events,
+        first.documents + second.documents,
+    );
+    assert_eq!(total, (3, old_history, 0, 3, 3), "rows deleted per table");
+    assert!(
+        old_history >= 3 * 4,
+        "started, waiting, event, completed each"
+    );
+    for r in &old {
+        assert!(s.saga(r.id).await.unwrap().is_none());
+        assert!(s.history(r.id).await.unwrap().is_empty());
+        assert!(s.event(r.event.unwrap()).await.unwrap().is_none());
+        assert!(s.document(r.document).await.unwrap().is_none());
+    }
+    for (r, history) in kept.iter().zip(kept_history) {
+        assert!(s.saga(r.id).await.unwrap().is_some());
+        assert_eq!(s.history(r.id).await.unwrap().len(), history);
+        if let Some(ev) = r.event {
+            assert_eq!(s.event(ev).await.unwrap().unwrap().consumed_by, Some(r.id));
+        }
+        assert!(s.document_content(r.document).await.unwrap().is_some());
+    }
+    assert_eq!(saga(s, parked.id).await.status, SagaStatus::NeedsOperator);
+    assert!(
+        saga(s, active.id).await.wait.is_some(),
+        "the active wait stays"
+    );
+    assert_eq!(s.count_prunable(cut).await.unwrap(), 0);
+    // Everything finished is older than a zero cut-off: the newer completed saga goes, the
+    // parked and the active ones stay.
+    assert_eq!(
+        s.prune_finished(Duration::ZERO, 100).await.unwrap().sagas,
+        1
+    );
+    assert!(s.saga(parked.id).await.unwrap().is_some());
+    assert!(s.saga(active.id).await.unwrap().is_some());
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -2953,6 +3105,8 @@ conformance!(
     references_a_step_returned_are_stored_with_its_commit_and_find_the_saga,
     sagas_no_live_worker_can_run_are_counted_named_and_listed_as_stuck,
     gauges_count_open_sagas_by_status_once_per_lease_and_started_sagas_incrementally,
+    prune_deletes_only_finished_sagas_older_than_the_cut_off_with_all_their_rows,
+    reap_expired_leases_releases_dead_workers_sagas_and_tells_the_next_expiry,
 );
 
 /// `connect` picks the store by the URL's scheme and never echoes the rest of the URL.

@@ -1,7 +1,9 @@
 //! The scenarios, each on a fresh database of its own.
 
 pub mod claim;
+pub mod idle;
 pub mod memory_wake;
+pub mod prune;
 pub mod single;
 pub mod throughput;
 
