@@ -24,6 +24,14 @@ const ALLOWED: &[(&str, &str)] = &[
     ),
     ("sql", "EXPLAIN of a constant query in a test"),
     (
+        "PRUNABLE_WHERE",
+        "constant retention condition (its values are bound)",
+    ),
+    (
+        "PRUNABLE_SQL",
+        "constant retention query (its values are bound)",
+    ),
+    (
         "name",
         "generated database name in CREATE/DROP DATABASE (identifiers cannot be bound)",
     ),
