@@ -159,13 +159,23 @@ async fn chaos_loses_no_saga_and_pays_no_payout_twice() {
                 let key = format!("chaos-{run}-{n}");
                 // Once: a start retried after a lost answer must repeat the same input.
                 let input = input(&engine, workflow, &run, n).await;
+                let mut failures = 0u32;
                 loop {
                     match engine.start(workflow, input.clone(), Some(&key)).await {
                         Ok(s) => {
                             ids.push(s.saga_id);
                             break;
                         }
-                        Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                        Err(e) => {
+                            failures += 1;
+                            // A crashed database refuses for a few seconds; longer means the
+                            // start itself is refused: say why instead of retrying silently.
+                            if failures % 50 == 0 {
+                                eprintln!("start of {key} still refused after {failures} tries: {e}");
+                            }
+                            assert!(failures < 600, "start of {key} refused for 2 minutes: {e}");
+                            tokio::time::sleep(Duration::from_millis(200)).await
+                        }
                     }
                 }
                 if n % 10 == 9 {

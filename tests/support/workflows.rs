@@ -101,10 +101,15 @@ pub async fn input(engine: &paysaga_runtime::Engine, workflow: &str, run: &str, 
                 let (file, content_type) = example_document(doc["file_category"].as_str().unwrap());
                 let bytes =
                     std::fs::read(repo().join("workflows/examples/documents").join(file)).unwrap();
+                let mut failures = 0u32;
                 let id = loop {
                     match engine.put_document(bytes.clone(), content_type).await {
                         Ok(id) => break id,
-                        Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                        Err(e) => {
+                            failures += 1;
+                            assert!(failures < 600, "put_document refused for 2 minutes: {e}");
+                            tokio::time::sleep(Duration::from_millis(200)).await
+                        }
                     }
                 };
                 doc["document_id"] = json!(id);
