@@ -51,6 +51,7 @@
 //! ```
 
 pub mod blaaiz;
+pub mod budget;
 pub mod config;
 #[cfg(feature = "runtime")]
 pub mod endpoint;
@@ -70,6 +71,7 @@ use std::str::FromStr;
 pub use config::{development_credentials, sandbox_env, Clients, HttpOptions, ProvidersConfig};
 pub use error::{Error, Result};
 pub use money::{DecimalAmount, MoneyError};
+pub use budget::{Admission, RequestBudget};
 pub use observe::{CallObserver, CallOutcome, CallRecord};
 
 /// The three payout providers.
