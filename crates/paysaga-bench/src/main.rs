@@ -83,7 +83,7 @@ struct Opts {
     /// WAL and write-transaction figures are cluster-wide and then include other clients.
     #[arg(long)]
     server: Option<String>,
-    /// Scenarios to run (comma-separated): throughput, wake, claim, single.
+    /// Scenarios to run (comma-separated): throughput, wake, claim, single, ratelimit.
     #[arg(
         long,
         value_delimiter = ',',
@@ -131,6 +131,10 @@ struct Opts {
     /// Keep the databases (and the private cluster) for inspection.
     #[arg(long)]
     keep: bool,
+    /// Lumanu-bound steps of the rate-limit scenario (`--only ratelimit`; 4 worker processes
+    /// x concurrency 32 against 50 requests/s) [default: 2000, quick 210].
+    #[arg(long)]
+    ratelimit_steps: Option<usize>,
 }
 
 fn main() -> Result<()> {
@@ -221,6 +225,7 @@ async fn bench(o: Opts) -> Result<()> {
             single: None,
             errors: Vec::new(),
             targets: Vec::new(),
+            rate_limit: None,
         };
         if run("throughput") {
             eprintln!("[1,2] throughput and pgbench ceiling");
@@ -250,6 +255,14 @@ async fn bench(o: Opts) -> Result<()> {
             match scenarios::single::run(&server, single, o.concurrency, &log_dir).await {
                 Ok(x) => report.single = Some(x),
                 Err(e) => report.errors.push(format!("single: {e:#}")),
+            }
+        }
+        if run("ratelimit") {
+            eprintln!("[7] provider rate limit across worker processes");
+            let cfg = scenarios::rate_limit::Config { steps: o.ratelimit_steps.unwrap_or(if q { 210 } else { 2000 }), workers: 4, concurrency: 32, limit: 50.0 };
+            match scenarios::rate_limit::run(&server, &cfg, &log_dir).await {
+                Ok(x) => report.rate_limit = Some(x),
+                Err(e) => report.errors.push(format!("ratelimit: {e:#}")),
             }
         }
         report.duration_s = t0.elapsed().as_secs_f64();

@@ -4,6 +4,7 @@ pub mod claim;
 pub mod memory_wake;
 pub mod single;
 pub mod throughput;
+pub mod rate_limit;
 
 use std::path::PathBuf;
 use std::sync::Arc;
