@@ -142,3 +142,69 @@ async fn two_workers_share_a_lumanu_limit_of_20_per_second_and_almost_nothing_is
     // the limit.
     assert!(rate <= 21.0, "{rate:.1} requests/s over a limit of 20/s");
 }
+
+/// A step whose provider has no free request slot within the worker's longest wait is held
+/// back, not attempted: the attempt count stays 0, history holds no retry or error, and
+/// `paysaga show` says it is waiting for provider capacity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_held_back_by_the_rate_limit_is_no_attempt_and_show_says_it_waits_for_capacity() {
+    let db = paysaga_testkit::database().await;
+    let engine = control_engine(db.url()).await;
+    let logs = log_dir("rate-limits-held");
+    let webhook_port = free_port();
+    let sandbox = sandbox_with_limit(webhook_port, "none", &logs.join("sandbox.log"));
+    // One Lumanu request a minute, no waiting for a slot.
+    let _worker = WorkerProcess::start_with_env(
+        db.url(),
+        webhook_port,
+        sandbox.port,
+        "w1",
+        &logs.join("w1.log"),
+        &[
+            ("PAYSAGA_LUMANU_RATE_LIMIT", "1/min"),
+            ("PAYSAGA_RATE_LIMIT_MAX_WAIT", "0s"),
+        ],
+    );
+    let run = Uuid::new_v4().simple().to_string()[..8].to_string();
+    let id = engine
+        .start(
+            "lumanu_prefund",
+            input(&engine, "lumanu_prefund", &run, 0).await,
+            Some(&format!("held-{run}")),
+        )
+        .await
+        .unwrap()
+        .saga_id;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let saga = loop {
+        let saga = engine.store().saga(id).await.unwrap().unwrap();
+        if saga.owner.is_none()
+            && saga
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("waiting for provider capacity"))
+        {
+            break saga;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never held back: {:?} {:?} (logs in {})",
+            saga.status,
+            saga.last_error,
+            logs.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(saga.status, SagaStatus::Scheduled, "{saga:?}");
+    assert_eq!(saga.attempt, 0, "not an attempt");
+    let history = engine.store().history(id).await.unwrap();
+    assert!(
+        history.iter().all(|h| h.error.is_none()),
+        "no error in history: {history:?}"
+    );
+    let show = support::processes::paysaga_ok(db.url(), &["show", &id.to_string()]);
+    assert!(
+        show.contains("waiting for provider capacity (the provider's rate limit shared by every worker; not an attempt)"),
+        "{show}"
+    );
+}
