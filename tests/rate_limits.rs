@@ -23,7 +23,10 @@ fn sandbox_with_limit(webhook_port: u16, spec: &str, log: &std::path::Path) -> S
     let child = Command::new(BIN)
         .args(["sandbox", "--addr", &format!("127.0.0.1:{port}")])
         .args(["--dev-credentials", "--rate-limit", spec])
-        .args(["--webhook-base", &format!("http://127.0.0.1:{webhook_port}")])
+        .args([
+            "--webhook-base",
+            &format!("http://127.0.0.1:{webhook_port}"),
+        ])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
@@ -32,7 +35,11 @@ fn sandbox_with_limit(webhook_port: u16, spec: &str, log: &std::path::Path) -> S
     let sandbox = Sandbox { child, port };
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "sandbox did not start; log {}", log.display());
+        assert!(
+            Instant::now() < deadline,
+            "sandbox did not start; log {}",
+            log.display()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     sandbox

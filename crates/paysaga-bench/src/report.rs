@@ -191,8 +191,14 @@ impl Report {
             t.push(target(
                 "rate limit: requests refused (429)",
                 "<= 1%",
-                Some((format!("{:.2}%", x.rejected_pct), x.rejected * 100 <= x.requests)),
-                format!("{} of {} Lumanu requests, sandbox limit {}/s", x.rejected, x.requests, x.limit_per_s),
+                Some((
+                    format!("{:.2}%", x.rejected_pct),
+                    x.rejected * 100 <= x.requests,
+                )),
+                format!(
+                    "{} of {} Lumanu requests, sandbox limit {}/s",
+                    x.rejected, x.requests, x.limit_per_s
+                ),
             ));
             t.push(target(
                 "rate limit: accepted rate vs limit",
@@ -231,9 +237,17 @@ impl Report {
 
         if let Some(x) = &self.rate_limit {
             let _ = writeln!(o, "\n[7] rate limit: {} Lumanu payouts ({} steps), {} worker processes x concurrency {}, sandbox and workers at {}/s", x.sagas, x.steps, x.workers, x.concurrency, x.limit_per_s);
-            let _ = writeln!(o, "  refused (429)          {} of {} requests = {:.2}% (target <= 1%)", x.rejected, x.requests, x.rejected_pct);
+            let _ = writeln!(
+                o,
+                "  refused (429)          {} of {} requests = {:.2}% (target <= 1%)",
+                x.rejected, x.requests, x.rejected_pct
+            );
             let _ = writeln!(o, "  accepted rate          {:.1}/s while busy = {:.0}% of the limit (target >= 90%); {:.1}/s over the whole {:.1} s run", x.accepted_per_s_busy, x.achieved_pct_of_limit, x.accepted_per_s_overall, x.seconds);
-            let _ = writeln!(o, "  sagas                  {} completed, {} not", x.completed, x.not_completed);
+            let _ = writeln!(
+                o,
+                "  sagas                  {} completed, {} not",
+                x.completed, x.not_completed
+            );
         }
         if let Some(x) = &self.throughput {
             let d = &x.drain;

@@ -46,7 +46,9 @@ impl FromStr for RateLimit {
 
     fn from_str(text: &str) -> Result<Self, String> {
         let bad = |why: &str| {
-            format!("rate limit {text:?}: {why} (expected e.g. `20/s`, `100/min` or `20/s,burst=40`)")
+            format!(
+                "rate limit {text:?}: {why} (expected e.g. `20/s`, `100/min` or `20/s,burst=40`)"
+            )
         };
         let mut parts = text.split(',').map(str::trim);
         let rate = parts.next().unwrap_or_default();
@@ -149,7 +151,9 @@ impl RequestBudget for StoreBudget {
         let (Some(_), Some(store)) = (self.limits.get(&provider), self.store.get()) else {
             return;
         };
-        let pause = retry_after.unwrap_or(DEFAULT_PAUSE).min(Duration::from_secs(3600));
+        let pause = retry_after
+            .unwrap_or(DEFAULT_PAUSE)
+            .min(Duration::from_secs(3600));
         if let Err(e) = store
             .throttle_requests(provider.as_str(), credential, pause, SLOW_FOR)
             .await
@@ -195,7 +199,10 @@ mod tests {
             ("20/s,bust=3", "unknown option"),
         ] {
             let err = bad.parse::<RateLimit>().expect_err(bad);
-            assert!(err.contains(why) && err.contains("expected e.g."), "{bad}: {err}");
+            assert!(
+                err.contains(why) && err.contains("expected e.g."),
+                "{bad}: {err}"
+            );
         }
     }
 }

@@ -1370,7 +1370,15 @@ mod tests {
             t.last_error.as_deref(),
             Some("waiting for provider capacity")
         );
-        let first = after_step(&state(SagaStatus::Scheduled, 0), &d, 0, 1, &Wake::Start, held(), now);
+        let first = after_step(
+            &state(SagaStatus::Scheduled, 0),
+            &d,
+            0,
+            1,
+            &Wake::Start,
+            held(),
+            now,
+        );
         assert_eq!((first.status, first.attempt), (SagaStatus::Scheduled, 0));
         // A compensation held back keeps the unwind's cause as the saga's error.
         let mut c = state(SagaStatus::Compensating, 0);

@@ -68,10 +68,10 @@ pub mod webhook;
 use std::fmt;
 use std::str::FromStr;
 
+pub use budget::{Admission, RequestBudget};
 pub use config::{development_credentials, sandbox_env, Clients, HttpOptions, ProvidersConfig};
 pub use error::{Error, Result};
 pub use money::{DecimalAmount, MoneyError};
-pub use budget::{Admission, RequestBudget};
 pub use observe::{CallObserver, CallOutcome, CallRecord};
 
 /// The three payout providers.

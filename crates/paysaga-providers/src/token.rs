@@ -165,7 +165,9 @@ impl TokenCache {
     /// request budget.
     pub(crate) fn client_id(&self) -> &str {
         match &self.inner.request {
-            TokenRequest::Json { client_id, .. } | TokenRequest::Form { client_id, .. } => client_id,
+            TokenRequest::Json { client_id, .. } | TokenRequest::Form { client_id, .. } => {
+                client_id
+            }
         }
     }
 

@@ -162,7 +162,9 @@ impl Core {
             }
             self.admit(endpoint).await?;
             if send_by.is_some_and(|by| Instant::now() >= by) {
-                tracing::warn!("send-by time passed while waiting for provider capacity: not sending");
+                tracing::warn!(
+                    "send-by time passed while waiting for provider capacity: not sending"
+                );
                 return Err(Error::NotSent {
                     provider: self.provider,
                     endpoint,

@@ -159,10 +159,12 @@ pub(crate) async fn middleware(State(app): State<App>, req: Request, next: Next)
         return next.run(req).await;
     };
     let mut response = match provider {
-        Provider::Lumanu => crate::lumanu::ApiError::injected(StatusCode::TOO_MANY_REQUESTS)
-            .into_response(),
-        Provider::Blaaiz => crate::blaaiz::ApiError::injected(StatusCode::TOO_MANY_REQUESTS)
-            .into_response(),
+        Provider::Lumanu => {
+            crate::lumanu::ApiError::injected(StatusCode::TOO_MANY_REQUESTS).into_response()
+        }
+        Provider::Blaaiz => {
+            crate::blaaiz::ApiError::injected(StatusCode::TOO_MANY_REQUESTS).into_response()
+        }
         Provider::Lean => {
             crate::lean::ApiError::injected(StatusCode::TOO_MANY_REQUESTS).into_response()
         }

@@ -650,7 +650,10 @@ pub(crate) fn budget_slot(
         .unwrap_or(DateTime::<Utc>::MIN_UTC);
     let at = next_free.map_or(quiet, |next| next.max(quiet));
     let horizon = chrono::Duration::from_std(request.max_wait).unwrap_or(chrono::Duration::MAX);
-    let granted = at <= now.checked_add_signed(horizon).unwrap_or(DateTime::<Utc>::MAX_UTC);
+    let granted = at
+        <= now
+            .checked_add_signed(horizon)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
     RequestSlot {
         granted,
         at,

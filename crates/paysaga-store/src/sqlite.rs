@@ -58,13 +58,13 @@ use tokio::sync::broadcast;
 use tracing::instrument;
 use uuid::Uuid;
 
+use crate::{budget_slot, budget_step, RequestSlot, SlotRequest};
 use crate::{
     ClaimedSaga, Commit, Committed, DefinitionRecord, Delivery, EffectMark, EffectMarkRequest,
     Error, EventFilter, EventRecord, HistoryRecord, NewEvent, NewSaga, OperatorAction, SagaFilter,
     SagaRecord, Stats, Store, UnrunnableGroup, WakeupsBox, WorkerInfo,
 };
 use crate::{DocumentRecord, NewDocument};
-use crate::{budget_slot, budget_step, RequestSlot, SlotRequest};
 use paysaga_core::DocumentId;
 
 /// The migrations in `migrations/sqlite/`, embedded at build time.

@@ -2537,9 +2537,7 @@ fn slot_request(credential: &str, burst: u32, max_wait: Duration) -> SlotRequest
     }
 }
 
-async fn a_request_budget_lets_a_burst_go_then_hands_out_each_slot_once_one_interval_apart(
-    e: Env,
-) {
+async fn a_request_budget_lets_a_burst_go_then_hands_out_each_slot_once_one_interval_apart(e: Env) {
     // 30 workers' requests at once against 10/s with a burst of 3.
     let tasks: Vec<_> = (0..30)
         .map(|_| {
@@ -2561,7 +2559,10 @@ async fn a_request_budget_lets_a_burst_go_then_hands_out_each_slot_once_one_inte
     let mut times: Vec<DateTime<Utc>> = slots.iter().map(|s| s.at).collect();
     times.sort();
     let due_at_once = times.iter().filter(|t| **t <= start).count();
-    assert!(due_at_once <= 3, "at most the burst goes at once: {times:?}");
+    assert!(
+        due_at_once <= 3,
+        "at most the burst goes at once: {times:?}"
+    );
     for pair in times.windows(2) {
         assert!(
             pair[1] - pair[0] >= chrono::Duration::milliseconds(100),
@@ -2614,9 +2615,14 @@ async fn a_throttled_request_budget_gives_no_slot_before_the_pause_and_runs_at_h
         .await
         .unwrap();
     assert!(first.granted);
-    s.throttle_requests("lumanu", "client-a", Duration::from_secs(2), Duration::from_secs(60))
-        .await
-        .unwrap();
+    s.throttle_requests(
+        "lumanu",
+        "client-a",
+        Duration::from_secs(2),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
     // A shorter pause another worker reports later does not loosen it.
     s.throttle_requests("lumanu", "client-a", Duration::ZERO, Duration::ZERO)
         .await
@@ -2626,7 +2632,10 @@ async fn a_throttled_request_budget_gives_no_slot_before_the_pause_and_runs_at_h
         .await
         .unwrap();
     assert!(!held.granted && held.slowed, "{held:?}");
-    assert!(held.at - held.now > chrono::Duration::milliseconds(1500), "{held:?}");
+    assert!(
+        held.at - held.now > chrono::Duration::milliseconds(1500),
+        "{held:?}"
+    );
     let a = s
         .reserve_request_slot(&slot_request("client-a", 1, Duration::from_secs(10)))
         .await
@@ -2637,11 +2646,20 @@ async fn a_throttled_request_budget_gives_no_slot_before_the_pause_and_runs_at_h
         .unwrap();
     assert!(a.granted && b.granted && a.slowed);
     assert_eq!(a.at, held.at);
-    assert_eq!(b.at - a.at, chrono::Duration::milliseconds(200), "half the rate");
+    assert_eq!(
+        b.at - a.at,
+        chrono::Duration::milliseconds(200),
+        "half the rate"
+    );
     // Throttling a budget nobody used yet creates it.
-    s.throttle_requests("blaaiz", "key-1", Duration::from_secs(3), Duration::from_secs(60))
-        .await
-        .unwrap();
+    s.throttle_requests(
+        "blaaiz",
+        "key-1",
+        Duration::from_secs(3),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
     let fresh = s
         .reserve_request_slot(&SlotRequest {
             provider: "blaaiz",

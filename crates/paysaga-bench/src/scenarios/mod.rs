@@ -2,9 +2,9 @@
 
 pub mod claim;
 pub mod memory_wake;
+pub mod rate_limit;
 pub mod single;
 pub mod throughput;
-pub mod rate_limit;
 
 use std::path::PathBuf;
 use std::sync::Arc;

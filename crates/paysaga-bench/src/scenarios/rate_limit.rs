@@ -65,7 +65,9 @@ impl Drop for Kill {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn wait_port(port: u16, what: &str) -> Result<()> {
@@ -134,8 +136,15 @@ pub async fn run(server: &Server, cfg: &Config, log_dir: &Path) -> Result<RateLi
     children.0.push(
         Command::new(&bin)
             .args(["sandbox", "--addr", &format!("127.0.0.1:{sandbox_port}")])
-            .args(["--dev-credentials", "--rate-limit", &format!("lumanu={limit}")])
-            .args(["--webhook-base", &format!("http://127.0.0.1:{webhook_port}")])
+            .args([
+                "--dev-credentials",
+                "--rate-limit",
+                &format!("lumanu={limit}"),
+            ])
+            .args([
+                "--webhook-base",
+                &format!("http://127.0.0.1:{webhook_port}"),
+            ])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log("sandbox")?)
@@ -184,7 +193,10 @@ pub async fn run(server: &Server, cfg: &Config, log_dir: &Path) -> Result<RateLi
     let deadline = Instant::now() + Duration::from_secs(900);
     loop {
         let (r, j) = counts(&base).await?;
-        samples.push((started.elapsed().as_secs_f64(), (r - before_requests) - (j - before_rejected)));
+        samples.push((
+            started.elapsed().as_secs_f64(),
+            (r - before_requests) - (j - before_rejected),
+        ));
         let open: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM paysaga_sagas WHERE status IN ('scheduled', 'retrying', 'waiting', 'compensating')",
         )
