@@ -115,8 +115,15 @@ async fn requests_ask_the_budget_first_a_refused_slot_sends_nothing_and_a_429_is
         "{err:?}"
     );
     assert!(err.is_transient() && !err.may_have_taken_effect());
-    assert!(err.to_string().contains("waiting for provider capacity"), "{err}");
+    assert!(
+        err.to_string().contains("waiting for provider capacity"),
+        "{err}"
+    );
     assert_eq!(mock.requests().len(), sent_before, "nothing was sent");
-    assert_eq!(log.0.lock().unwrap().len(), records_before, "no attempt reported");
+    assert_eq!(
+        log.0.lock().unwrap().len(),
+        records_before,
+        "no attempt reported"
+    );
     assert!(!format!("{:?}", budget.asked.lock().unwrap()).contains(SECRET));
 }

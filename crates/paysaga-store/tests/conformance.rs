@@ -2669,6 +2669,36 @@ async fn a_throttled_request_budget_gives_no_slot_before_the_pause_and_runs_at_h
         .await
         .unwrap();
     assert!(!fresh.granted && fresh.slowed, "{fresh:?}");
+    // It loosens again: once `slow_for` is over, the full rate is back.
+    s.throttle_requests("lean", "app-1", Duration::ZERO, Duration::from_millis(300))
+        .await
+        .unwrap();
+    let lean = |max_wait| SlotRequest {
+        provider: "lean",
+        credential: "app-1",
+        ..slot_request("app-1", 1, max_wait)
+    };
+    assert!(
+        s.reserve_request_slot(&lean(Duration::ZERO))
+            .await
+            .unwrap()
+            .slowed
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let a = s
+        .reserve_request_slot(&lean(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let b = s
+        .reserve_request_slot(&lean(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert!(!a.slowed && !b.slowed, "{a:?} {b:?}");
+    assert_eq!(
+        b.at - a.at,
+        chrono::Duration::milliseconds(100),
+        "the full rate again"
+    );
 }
 
 /// `connect` picks the store by the URL's scheme and never echoes the rest of the URL.
