@@ -170,8 +170,10 @@ async fn chaos_loses_no_saga_and_pays_no_payout_twice() {
                             failures += 1;
                             // A crashed database refuses for a few seconds; longer means the
                             // start itself is refused: say why instead of retrying silently.
-                            if failures % 50 == 0 {
-                                eprintln!("start of {key} still refused after {failures} tries: {e}");
+                            if failures.is_multiple_of(50) {
+                                eprintln!(
+                                    "start of {key} still refused after {failures} tries: {e}"
+                                );
                             }
                             assert!(failures < 600, "start of {key} refused for 2 minutes: {e}");
                             tokio::time::sleep(Duration::from_millis(200)).await

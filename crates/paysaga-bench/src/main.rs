@@ -86,7 +86,7 @@ struct Opts {
     /// WAL and write-transaction figures are cluster-wide and then include other clients.
     #[arg(long)]
     server: Option<String>,
-    /// Scenarios to run (comma-separated): throughput, wake, claim, single, idle, prune.
+    /// Scenarios to run (comma-separated): throughput, wake, claim, single, idle, prune, ratelimit.
     #[arg(
         long,
         value_delimiter = ',',
@@ -147,6 +147,10 @@ struct Opts {
     /// Finished sagas pruned in the retention scenario [default: 1000000, quick 100000].
     #[arg(long)]
     prune_finished: Option<u64>,
+    /// Lumanu-bound steps of the rate-limit scenario (`--only ratelimit`; 4 worker processes
+    /// x concurrency 32 against 50 requests/s) [default: 2000, quick 210].
+    #[arg(long)]
+    ratelimit_steps: Option<usize>,
 }
 
 fn main() -> Result<()> {
@@ -239,6 +243,7 @@ async fn bench(o: Opts) -> Result<()> {
             targets: Vec::new(),
             idle: None,
             prune: None,
+            rate_limit: None,
         };
         if run("throughput") {
             eprintln!("[1,2] throughput and pgbench ceiling");
@@ -288,6 +293,15 @@ async fn bench(o: Opts) -> Result<()> {
             match scenarios::prune::run(&server, finished, o.workers, o.concurrency, window, &log_dir).await {
                 Ok(x) => report.prune = Some(x),
                 Err(e) => report.errors.push(format!("prune: {e:#}")),
+            }
+        }
+
+        if run("ratelimit") {
+            eprintln!("[9] provider rate limit across worker processes");
+            let cfg = scenarios::rate_limit::Config { steps: o.ratelimit_steps.unwrap_or(if q { 210 } else { 2000 }), workers: 4, concurrency: 32, limit: 50.0 };
+            match scenarios::rate_limit::run(&server, &cfg, &log_dir).await {
+                Ok(x) => report.rate_limit = Some(x),
+                Err(e) => report.errors.push(format!("ratelimit: {e:#}")),
             }
         }
         report.duration_s = t0.elapsed().as_secs_f64();

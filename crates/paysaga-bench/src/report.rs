@@ -54,6 +54,8 @@ pub struct Report {
     pub idle: Option<crate::scenarios::idle::IdleCost>,
     /// Scenario 8.
     pub prune: Option<crate::scenarios::prune::PruneCost>,
+    /// Scenario 9: provider rate limits across workers.
+    pub rate_limit: Option<crate::scenarios::rate_limit::RateLimitRun>,
 }
 
 fn verdict(pass: bool) -> String {
@@ -190,6 +192,29 @@ impl Report {
             "Engine::start call -> finished seen (1 ms polling)".into(),
         ));
         self.evaluate_idle_and_retention(&mut t);
+        if let Some(x) = &self.rate_limit {
+            t.push(target(
+                "rate limit: requests refused (429)",
+                "<= 1%",
+                Some((
+                    format!("{:.2}%", x.rejected_pct),
+                    x.rejected * 100 <= x.requests,
+                )),
+                format!(
+                    "{} of {} Lumanu requests, sandbox limit {}/s",
+                    x.rejected, x.requests, x.limit_per_s
+                ),
+            ));
+            t.push(target(
+                "rate limit: accepted rate vs limit",
+                ">= 90%",
+                Some((
+                    format!("{:.0}%", x.achieved_pct_of_limit),
+                    x.achieved_pct_of_limit >= 90.0,
+                )),
+                "accepted requests/s between 10% and 90% of the run's accepted requests".into(),
+            ));
+        }
         self.targets = t;
     }
 
@@ -358,6 +383,20 @@ impl Report {
         let _ = writeln!(o, "settings  {}", settings.join(" "));
         let _ = writeln!(o, "pgbench   {}", m.pgbench);
 
+        if let Some(x) = &self.rate_limit {
+            let _ = writeln!(o, "\n[7] rate limit: {} Lumanu payouts ({} steps), {} worker processes x concurrency {}, sandbox and workers at {}/s", x.sagas, x.steps, x.workers, x.concurrency, x.limit_per_s);
+            let _ = writeln!(
+                o,
+                "  refused (429)          {} of {} requests = {:.2}% (target <= 1%)",
+                x.rejected, x.requests, x.rejected_pct
+            );
+            let _ = writeln!(o, "  accepted rate          {:.1}/s while busy = {:.0}% of the limit (target >= 90%); {:.1}/s over the whole {:.1} s run", x.accepted_per_s_busy, x.achieved_pct_of_limit, x.accepted_per_s_overall, x.seconds);
+            let _ = writeln!(
+                o,
+                "  sagas                  {} completed, {} not",
+                x.completed, x.not_completed
+            );
+        }
         if let Some(x) = &self.throughput {
             let d = &x.drain;
             let _ = writeln!(o, "\n[1] throughput: {} sagas of noop (5 steps, delay_ms 0), {} worker processes x concurrency {}", x.sagas, x.workers, x.concurrency);

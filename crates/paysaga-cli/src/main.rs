@@ -13,6 +13,7 @@ mod operate_actions;
 mod operate_visibility;
 mod privacy;
 mod provider_metrics;
+mod rate_limits;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -251,6 +252,20 @@ struct WorkerArgs {
     /// `paysaga prune`).
     #[arg(long, env = "PAYSAGA_RETENTION")]
     retention: Option<humantime::Duration>,
+    /// Lumanu requests allowed across every worker (per credential), e.g. `20/s` or
+    /// `20/s,burst=40`; unlimited when unset.
+    #[arg(long, env = "PAYSAGA_LUMANU_RATE_LIMIT")]
+    lumanu_rate_limit: Option<rate_limits::RateLimit>,
+    /// Blaaiz requests allowed across every worker (per credential), e.g. `2/s`.
+    #[arg(long, env = "PAYSAGA_BLAAIZ_RATE_LIMIT")]
+    blaaiz_rate_limit: Option<rate_limits::RateLimit>,
+    /// Lean requests allowed across every worker (per credential), e.g. `10/s`.
+    #[arg(long, env = "PAYSAGA_LEAN_RATE_LIMIT")]
+    lean_rate_limit: Option<rate_limits::RateLimit>,
+    /// Longest a request waits for a slot of its provider's rate limit before its step retries
+    /// later ("waiting for provider capacity"); keep it below the steps' attempt timeout.
+    #[arg(long, env = "PAYSAGA_RATE_LIMIT_MAX_WAIT", default_value = "10s")]
+    rate_limit_max_wait: humantime::Duration,
 }
 
 /// The built-in `noop.sleep` plus the given provider step kinds.
@@ -660,8 +675,21 @@ async fn run_worker(db: &Db<'_>, args: WorkerArgs) -> Result<()> {
         }
     }
     let call_metrics = provider_metrics::ProviderMetrics::new();
-    let kinds =
-        paysaga_providers::steps::step_kinds(&providers.clients_observed(call_metrics.clone()));
+    let limits = [
+        (paysaga_providers::Provider::Lumanu, args.lumanu_rate_limit),
+        (paysaga_providers::Provider::Blaaiz, args.blaaiz_rate_limit),
+        (paysaga_providers::Provider::Lean, args.lean_rate_limit),
+    ]
+    .into_iter()
+    .filter_map(|(p, limit)| limit.map(|l| (p, l)))
+    .collect::<std::collections::HashMap<_, _>>();
+    for (provider, limit) in &limits {
+        tracing::info!(%provider, %limit, "provider rate limit shared by every worker");
+    }
+    let budget = rate_limits::StoreBudget::new(limits, args.rate_limit_max_wait.into());
+    let kinds = paysaga_providers::steps::step_kinds(
+        &providers.clients_budgeted(call_metrics.clone(), budget.clone()),
+    );
     tracing::info!(
         providers = ?providers.configured().iter().map(|p| p.as_str()).collect::<Vec<_>>(),
         step_kinds = kinds.len(),
@@ -669,6 +697,7 @@ async fn run_worker(db: &Db<'_>, args: WorkerArgs) -> Result<()> {
     );
     let engine = engine_with(db, kinds).await?;
     call_metrics.attach(engine.metrics().clone());
+    budget.attach(engine.store().clone());
     if !args.no_migrate {
         engine
             .store()

@@ -334,6 +334,19 @@ fn print_saga(v: &SagaView) {
             w.deadline.format("%Y-%m-%d %H:%M:%S"),
             w.poll_at.format("%Y-%m-%d %H:%M:%S")
         ),
+        // A step held back by a provider's shared rate limit (`StepOutcome::Held`): no attempt.
+        (SagaStatus::Scheduled | SagaStatus::Retrying, _, Some(at))
+            if s.owner.is_none()
+                && at > Utc::now()
+                && s.last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("waiting for provider capacity")) =>
+        {
+            format!(
+                "waiting for provider capacity (the provider's rate limit shared by every worker; not an attempt); runs at {}",
+                at.format("%Y-%m-%d %H:%M:%S%.3f")
+            )
+        }
         (SagaStatus::Retrying | SagaStatus::Compensating, _, Some(at))
             if s.owner.is_none() && s.attempt > 0 && at > Utc::now() =>
         {

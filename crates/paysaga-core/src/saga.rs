@@ -768,6 +768,36 @@ pub fn after_step(
             t.effect_possible = possible;
             t
         }
+        StepOutcome::Held { reason, after } => {
+            // Not an attempt: the attempt count, the retry budget and the step's start stay.
+            let at = add(now, after);
+            let mut t = match (&state.wait, waiting) {
+                (Some(wait), true) => {
+                    let poll_at = at.min(wait.deadline);
+                    let mut t = Transition::base(state, SagaStatus::Waiting);
+                    t.run_at = Some(poll_at);
+                    t.wait = Some(ActiveWait {
+                        poll_at,
+                        ..wait.clone()
+                    });
+                    t
+                }
+                _ => {
+                    let status = if state.attempt > 0 {
+                        SagaStatus::Retrying
+                    } else {
+                        SagaStatus::Scheduled
+                    };
+                    let mut t = Transition::base(state, status);
+                    t.run_at = Some(at);
+                    t
+                }
+            };
+            t.last_error = Some(reason);
+            // Only an event that woke the step is recorded (it was consumed).
+            t.history = history;
+            t
+        }
         StepOutcome::Retry { error, after } if waiting => {
             // A failed poll or event handling: the wait goes on; poll again after a backoff,
             // never later than the wait's own rhythm. The deadline still rules.
@@ -1077,6 +1107,14 @@ pub fn after_compensation(
             }
         }
         StepOutcome::Wait(_) => ("a compensation may not wait for events".to_string(), None),
+        StepOutcome::Held { reason, after } => {
+            // Not an attempt; the failure that started the unwind stays the saga's last error.
+            let mut t = Transition::base(state, SagaStatus::Compensating);
+            t.run_at = Some(add(now, after));
+            t.last_error = state.last_error.clone();
+            let _ = reason;
+            return t;
+        }
     };
     let _ = after;
     let error = format!(
@@ -1308,6 +1346,49 @@ mod tests {
             .as_deref()
             .unwrap_or_default()
             .contains("retries exhausted after 10"));
+    }
+
+    #[test]
+    fn a_step_held_back_for_provider_capacity_is_no_attempt_and_logs_no_error() {
+        let tr = [StepTraits::default()];
+        let d = def(&tr);
+        let now = Utc::now();
+        let held = || StepOutcome::Held {
+            reason: "waiting for provider capacity".into(),
+            after: Duration::from_millis(300),
+        };
+        // The 10th run of a step allowed 10 attempts, held: not exhausted, nothing counted.
+        let mut s = state(SagaStatus::Retrying, 0);
+        s.attempt = 9;
+        let wake = Wake::Retry {
+            last_error: "503".into(),
+        };
+        let t = after_step(&s, &d, 0, 10, &wake, held(), now);
+        assert_eq!(t.status, SagaStatus::Retrying);
+        assert_eq!(t.attempt, 9, "the attempt count stays");
+        assert_eq!(t.run_at, Some(now + chrono::Duration::milliseconds(300)));
+        assert!(t.history.is_empty(), "no error in history: {:?}", t.history);
+        assert_eq!(
+            t.last_error.as_deref(),
+            Some("waiting for provider capacity")
+        );
+        let first = after_step(
+            &state(SagaStatus::Scheduled, 0),
+            &d,
+            0,
+            1,
+            &Wake::Start,
+            held(),
+            now,
+        );
+        assert_eq!((first.status, first.attempt), (SagaStatus::Scheduled, 0));
+        // A compensation held back keeps the unwind's cause as the saga's error.
+        let mut c = state(SagaStatus::Compensating, 0);
+        c.last_error = Some("step s1 failed".into());
+        let t = after_compensation(&c, &d, 0, 1, held(), now);
+        assert_eq!(t.status, SagaStatus::Compensating);
+        assert_eq!(t.attempt, 0);
+        assert_eq!(t.last_error.as_deref(), Some("step s1 failed"));
     }
 
     #[test]

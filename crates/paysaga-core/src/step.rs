@@ -256,6 +256,17 @@ pub enum StepOutcome {
         /// What failed (shown to operators; must not contain secrets).
         error: String,
     },
+    /// Held back before anything was sent (a provider's shared rate limit had no free slot
+    /// within the attempt's wait): **not an attempt**. The step runs again after `after`, its
+    /// attempt count and retry budget untouched, no error in history; `reason` ("waiting for
+    /// provider capacity ...") is what operators see as the saga's last error meanwhile. A step
+    /// returns it only when nothing reached the provider.
+    Held {
+        /// Why (shown to operators; must not contain secrets).
+        reason: String,
+        /// When to run again.
+        after: Duration,
+    },
 }
 
 impl StepOutcome {

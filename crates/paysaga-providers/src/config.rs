@@ -334,6 +334,16 @@ impl ProvidersConfig {
         crate::observe::with_observer(observer, || self.clients())
     }
 
+    /// Like [`ProvidersConfig::clients_observed`], the clients also asking `budget` for a slot
+    /// before every request and telling it of every `429` (see [`crate::budget`]).
+    pub fn clients_budgeted(
+        &self,
+        observer: Arc<dyn CallObserver>,
+        budget: Arc<dyn crate::budget::RequestBudget>,
+    ) -> Clients {
+        crate::budget::with_budget(budget, || self.clients_observed(observer))
+    }
+
     /// The providers that are configured.
     pub fn configured(&self) -> Vec<Provider> {
         Provider::ALL

@@ -124,6 +124,18 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+    /// Not sent: the provider's shared request budget had no slot within the longest wait
+    /// (see [`crate::budget`]). Transient; nothing was sent; the next slot is `retry_after`
+    /// away.
+    #[error("{provider} {endpoint}: waiting for provider capacity (the shared rate limit has no free request slot for {}ms); nothing was sent", retry_after.as_millis())]
+    NoCapacity {
+        /// Provider concerned.
+        provider: Provider,
+        /// Operation label.
+        endpoint: &'static str,
+        /// Until the next free slot.
+        retry_after: Duration,
+    },
 }
 
 impl Error {
@@ -134,7 +146,8 @@ impl Error {
             Error::Timeout { .. }
             | Error::Connect { .. }
             | Error::Transport { .. }
-            | Error::NotSent { .. } => true,
+            | Error::NotSent { .. }
+            | Error::NoCapacity { .. } => true,
             Error::Api { status, .. } => *status >= 500 || *status == 429 || *status == 408,
             Error::Decode { .. } | Error::Money { .. } | Error::InvalidRequest { .. } => false,
         }
@@ -150,6 +163,7 @@ impl Error {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Error::Api { retry_after, .. } => *retry_after,
+            Error::NoCapacity { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }
@@ -163,6 +177,7 @@ impl Error {
             Error::Api { status, .. } => *status >= 500,
             Error::Connect { .. }
             | Error::NotSent { .. }
+            | Error::NoCapacity { .. }
             | Error::Money { .. }
             | Error::InvalidRequest { .. } => false,
         }
@@ -203,6 +218,7 @@ impl Error {
             | Error::Decode { provider, .. }
             | Error::Money { provider, .. }
             | Error::NotSent { provider, .. }
+            | Error::NoCapacity { provider, .. }
             | Error::InvalidRequest { provider, .. } => *provider,
         }
     }

@@ -51,6 +51,7 @@
 //! ```
 
 pub mod blaaiz;
+pub mod budget;
 pub mod config;
 #[cfg(feature = "runtime")]
 pub mod endpoint;
@@ -67,6 +68,7 @@ pub mod webhook;
 use std::fmt;
 use std::str::FromStr;
 
+pub use budget::{Admission, RequestBudget};
 pub use config::{development_credentials, sandbox_env, Clients, HttpOptions, ProvidersConfig};
 pub use error::{Error, Result};
 pub use money::{DecimalAmount, MoneyError};

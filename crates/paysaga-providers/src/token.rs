@@ -161,6 +161,16 @@ pub fn refresh_after(lifetime: Duration) -> Duration {
 }
 
 impl TokenCache {
+    /// The OAuth client id this cache asks tokens for (not a secret): names the credential's
+    /// request budget.
+    pub(crate) fn client_id(&self) -> &str {
+        match &self.inner.request {
+            TokenRequest::Json { client_id, .. } | TokenRequest::Form { client_id, .. } => {
+                client_id
+            }
+        }
+    }
+
     /// A cache for `provider` fetching tokens with `request` over `http`.
     pub fn new(provider: Provider, http: reqwest::Client, request: TokenRequest) -> Self {
         TokenCache {

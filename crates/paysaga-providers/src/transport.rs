@@ -11,6 +11,7 @@ use reqwest::{RequestBuilder, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 
+use crate::budget::{self, Admission, BudgetSlot};
 use crate::error::{Error, Result};
 use crate::observe::{self, CallOutcome, CallRecord, ObserverSlot};
 use crate::token::{AccessToken, TokenCache};
@@ -58,10 +59,16 @@ pub(crate) struct Core {
     /// The newest token generation already reported as a `token` call, so that a fetch is
     /// reported once even when concurrent callers waited for it. Shared by clones.
     token_reported: Arc<AtomicU64>,
+    /// The request budget asked before every request (set by [`budget::with_budget`]).
+    budget: BudgetSlot,
+    /// Which credential's budget: the OAuth client id, or `key-` and the first 12 hex digits
+    /// of the SHA-256 of a static key (never the secret).
+    credential: Arc<str>,
 }
 
 impl Core {
     pub fn new(provider: Provider, base_url: &str, http: reqwest::Client, auth: Auth) -> Self {
+        let credential = credential_id(&auth).into();
         Core {
             provider,
             base_url: base_url.trim_end_matches('/').to_owned(),
@@ -69,6 +76,8 @@ impl Core {
             auth,
             observer: observe::current(),
             token_reported: Arc::new(AtomicU64::new(0)),
+            budget: budget::current(),
+            credential,
         }
     }
 
@@ -151,6 +160,16 @@ impl Core {
                     endpoint,
                 });
             }
+            self.admit(endpoint).await?;
+            if send_by.is_some_and(|by| Instant::now() >= by) {
+                tracing::warn!(
+                    "send-by time passed while waiting for provider capacity: not sending"
+                );
+                return Err(Error::NotSent {
+                    provider: self.provider,
+                    endpoint,
+                });
+            }
             let started = Instant::now();
             let response = match request.header(ACCEPT, "application/json").send().await {
                 Ok(response) => response,
@@ -207,9 +226,32 @@ impl Core {
                 &body,
                 chrono::Utc::now(),
             );
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                if let Some(budget) = self.budget.get() {
+                    budget
+                        .throttled(self.provider, &self.credential, err.retry_after())
+                        .await;
+                }
+            }
             tracing::warn!(status = status.as_u16(), transient = err.is_transient(), error = %err, "provider call failed");
             self.report_error(endpoint, Some(status), &err, took);
             return Err(err);
+        }
+    }
+
+    /// Waits for a slot of the request budget, if there is one; no slot within the budget's
+    /// longest wait: [`Error::NoCapacity`], nothing sent.
+    async fn admit(&self, endpoint: &'static str) -> Result<()> {
+        let Some(budget) = self.budget.get() else {
+            return Ok(());
+        };
+        match budget.acquire(self.provider, &self.credential).await {
+            Admission::Go => Ok(()),
+            Admission::Later(retry_after) => Err(Error::NoCapacity {
+                provider: self.provider,
+                endpoint,
+                retry_after,
+            }),
         }
     }
 
@@ -286,6 +328,18 @@ impl Core {
                 let value = sensitive(value.expose_secret(), self.provider, endpoint)?;
                 Ok((request.header(name.clone(), value), None))
             }
+        }
+    }
+}
+
+/// The id of the credential `auth` uses, for its request budget: never the secret.
+fn credential_id(auth: &Auth) -> String {
+    use sha2::Digest;
+    match auth {
+        Auth::OAuth(cache) => cache.client_id().to_owned(),
+        Auth::Header { value, .. } => {
+            let digest = sha2::Sha256::digest(value.expose_secret().as_bytes());
+            format!("key-{}", &hex::encode(digest)[..12])
         }
     }
 }

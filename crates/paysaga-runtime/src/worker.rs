@@ -1081,6 +1081,7 @@ async fn run_step(
             StepOutcome::Wait(_) => "wait",
             StepOutcome::Retry { .. } => "retry",
             StepOutcome::Fail { .. } => "fail",
+            StepOutcome::Held { .. } => "held",
         };
         shared
             .engine
@@ -1091,6 +1092,9 @@ async fn run_step(
             StepOutcome::Wait(w) => debug!(key = %w.correlation_key, "step waits"),
             StepOutcome::Retry { error, .. } => warn!(%error, "step failed transiently"),
             StepOutcome::Fail { error } => warn!(%error, "step failed permanently"),
+            StepOutcome::Held { reason, after } => {
+                debug!(%reason, after_ms = after.as_millis() as u64, "step held back")
+            }
         }
         outcome
     }

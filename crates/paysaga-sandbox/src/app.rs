@@ -58,6 +58,8 @@ pub(crate) struct AppState {
     pub recorder: crate::record::Recorder,
     /// Lean's payout authorisation mode (`--lean-authorization`, `PUT /_sandbox/lean/authorization`).
     lean_authorization: Mutex<lean::AuthorizationSetting>,
+    /// The per-provider request limits and their counts (`/_sandbox/stats`).
+    pub rate_limiter: crate::rate_limit::Limiter,
 }
 
 /// Handle passed to handlers.
@@ -168,6 +170,7 @@ pub(crate) async fn bind(
         shutdown: shutdown.clone(),
         recorder: crate::record::Recorder::default(),
         lean_authorization: Mutex::new(config.lean_authorization),
+        rate_limiter: crate::rate_limit::Limiter::new(&config.rate_limits),
     });
     Ok(Bound {
         listener,
@@ -188,6 +191,10 @@ pub(crate) fn router(state: App) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             faults::middleware,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            crate::rate_limit::middleware,
         ))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),

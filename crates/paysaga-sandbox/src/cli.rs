@@ -43,6 +43,10 @@ pub struct SandboxArgs {
     /// many milliseconds (not scaled by --time-scale); unset, only the control endpoint does.
     #[arg(long, env = "PAYSAGA_SANDBOX_LEAN_AUTHORIZE_AFTER_MS")]
     pub lean_authorize_after_ms: Option<u64>,
+    /// Requests per second each provider accepts, e.g. `lumanu=20/s,blaaiz=2/s`; over it a
+    /// request is answered `429` with `Retry-After` and counted (`GET /_sandbox/stats`).
+    #[arg(long, env = "PAYSAGA_SANDBOX_RATE_LIMIT", default_value = "none")]
+    pub rate_limit: crate::RateLimits,
 }
 
 impl SandboxArgs {
@@ -79,6 +83,7 @@ impl SandboxArgs {
                 mode: self.lean_authorization,
                 authorize_after: self.lean_authorize_after_ms.map(Duration::from_millis),
             },
+            rate_limits: self.rate_limit.clone(),
         })
     }
 }

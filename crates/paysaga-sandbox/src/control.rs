@@ -17,6 +17,7 @@ use crate::{blaaiz, lean, lumanu, Provider};
 pub(crate) fn router() -> Router<App> {
     Router::new()
         .route("/ledger", get(ledger))
+        .route("/stats", get(stats))
         .route("/balances", get(balances))
         .route("/faults", get(get_faults).put(put_faults))
         .route("/webhooks", get(webhooks))
@@ -259,4 +260,9 @@ async fn webhooks(State(app): State<App>) -> Json<Value> {
 async fn reset(State(app): State<App>) -> StatusCode {
     app.reset();
     StatusCode::NO_CONTENT
+}
+
+/// `GET /_sandbox/stats`: requests and rate-limit rejections per provider.
+async fn stats(State(app): State<App>) -> Json<Value> {
+    Json(app.rate_limiter.stats())
 }

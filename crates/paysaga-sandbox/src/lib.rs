@@ -121,6 +121,7 @@ mod lean;
 mod ledger;
 mod lumanu;
 mod money;
+mod rate_limit;
 mod record;
 mod webhooks;
 
@@ -135,6 +136,7 @@ pub use config::{
 };
 pub use faults::{EndpointFault, EndpointRule, FaultSpec, FaultSpecError, MsRange};
 pub use lean::{AuthorizationSetting as LeanAuthorizationSetting, LeanAuthorization};
+pub use rate_limit::RateLimits;
 
 /// Ids of the objects that exist from the start (also listed by `GET /_sandbox/balances`).
 pub mod seeds {
@@ -209,6 +211,9 @@ pub struct SandboxConfig {
     /// How Lean authorises queued payments (default automatic; replaceable at run time through
     /// `PUT /_sandbox/lean/authorization`).
     pub lean_authorization: LeanAuthorizationSetting,
+    /// Requests per second each provider accepts before answering `429` (none by default);
+    /// counts at `GET /_sandbox/stats`.
+    pub rate_limits: RateLimits,
 }
 
 impl SandboxConfig {
@@ -222,6 +227,7 @@ impl SandboxConfig {
             credentials,
             timing: Timing::default(),
             lean_authorization: LeanAuthorizationSetting::default(),
+            rate_limits: RateLimits::default(),
         }
     }
 }

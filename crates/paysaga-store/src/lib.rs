@@ -452,6 +452,23 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn prune_finished(&self, older_than: Duration, limit: i64) -> Result<Pruned, Error>;
     /// How many sagas [`Store::prune_finished`] would delete (a dry run).
     async fn count_prunable(&self, older_than: Duration) -> Result<u64, Error>;
+
+    /// Takes the next free request slot of a provider budget shared by every worker (created on
+    /// first use), in one atomic step: the slot is the later of the budget's next free time
+    /// and `now - (burst - 1) * interval` (a quiet budget lets `burst` requests go at once);
+    /// if it is no further than `max_wait` away, it is taken and the next free time moves on
+    /// by one interval (two while the budget is slowed), else nothing is reserved.
+    async fn reserve_request_slot(&self, request: &SlotRequest<'_>) -> Result<RequestSlot, Error>;
+    /// A provider refused a request for lack of capacity (429): no slot of the budget is free
+    /// before `now + pause` (its `Retry-After`), and the budget runs at half its rate until
+    /// `now + slow_for`. Never loosens a budget another worker tightened further.
+    async fn throttle_requests(
+        &self,
+        provider: &str,
+        credential: &str,
+        pause: Duration,
+        slow_for: Duration,
+    ) -> Result<(), Error>;
 }
 
 /// The statuses retention deletes: final and closed for good. A parked saga (it waits for an
@@ -767,6 +784,43 @@ fn existing_for_key(existing: SagaRecord, new: NewSaga) -> Result<(SagaRecord, b
         key: new.idempotency_key.unwrap_or_default(),
         saga: existing.id,
     })
+}
+
+/// The time between two requests of a budget: its interval, doubled while it is slowed.
+pub(crate) fn budget_step(interval: Duration, slowed: bool) -> chrono::Duration {
+    let interval = if slowed {
+        interval.saturating_mul(2)
+    } else {
+        interval
+    };
+    chrono::Duration::from_std(interval).unwrap_or(chrono::Duration::MAX)
+}
+
+/// The slot a budget whose next free time is `next_free` (`None`: a new budget, quiet) gives
+/// `request` at `now` (the embedded store's arithmetic; PostgreSQL does the same in SQL).
+pub(crate) fn budget_slot(
+    request: &SlotRequest<'_>,
+    next_free: Option<DateTime<Utc>>,
+    slowed: bool,
+    now: DateTime<Utc>,
+) -> RequestSlot {
+    let step = budget_step(request.interval, slowed);
+    let burst_window = step * (i32::try_from(request.burst.max(1)).unwrap_or(i32::MAX) - 1);
+    let quiet = now
+        .checked_sub_signed(burst_window)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let at = next_free.map_or(quiet, |next| next.max(quiet));
+    let horizon = chrono::Duration::from_std(request.max_wait).unwrap_or(chrono::Duration::MAX);
+    let granted = at
+        <= now
+            .checked_add_signed(horizon)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+    RequestSlot {
+        granted,
+        at,
+        now,
+        slowed,
+    }
 }
 
 /// The history row of a commit the fence refused.

@@ -21,6 +21,7 @@ use crate::{
 use crate::{DocumentRecord, NewDocument};
 use crate::{GaugeRequest, GaugeSnapshot};
 use crate::{Pruned, Reaped};
+use crate::{RequestSlot, SlotRequest};
 use paysaga_core::DocumentId;
 
 /// The migrations in `migrations/`, embedded at build time.
@@ -2262,6 +2263,62 @@ impl Store for PgStore {
         .await?;
         Ok(n as u64)
     }
+
+    #[instrument(skip(self, request), fields(provider = request.provider))]
+    async fn reserve_request_slot(&self, request: &SlotRequest<'_>) -> Result<RequestSlot, Error> {
+        loop {
+            let row = sqlx::query(RESERVE_SLOT_SQL)
+                .bind(request.provider)
+                .bind(request.credential)
+                .bind(request.interval.as_secs_f64())
+                .bind(f64::from(request.burst.max(1)))
+                .bind(request.max_wait.as_secs_f64())
+                .fetch_optional(&self.pool)
+                .await?;
+            if let Some(row) = row {
+                return Ok(RequestSlot {
+                    at: row.try_get("at")?,
+                    granted: row.try_get("granted")?,
+                    slowed: row.try_get("slowed")?,
+                    now: row.try_get("now")?,
+                });
+            }
+            // First use of this budget: create it quiet (a whole burst free), then take a slot.
+            sqlx::query(
+                "INSERT INTO paysaga_request_budgets (provider, credential, next_free_at, slow_until)
+                 VALUES ($1, $2, '-infinity', '-infinity')
+                 ON CONFLICT (provider, credential) DO NOTHING",
+            )
+            .bind(request.provider)
+            .bind(request.credential)
+            .execute(&self.pool)
+            .await?;
+        }
+    }
+
+    #[instrument(skip(self, credential))]
+    async fn throttle_requests(
+        &self,
+        provider: &str,
+        credential: &str,
+        pause: Duration,
+        slow_for: Duration,
+    ) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO paysaga_request_budgets AS b (provider, credential, next_free_at, slow_until)
+             VALUES ($1, $2, now() + make_interval(secs => $3), now() + make_interval(secs => $4))
+             ON CONFLICT (provider, credential) DO UPDATE SET
+                 next_free_at = greatest(b.next_free_at, excluded.next_free_at),
+                 slow_until = greatest(b.slow_until, excluded.slow_until)",
+        )
+        .bind(provider)
+        .bind(credential)
+        .bind(pause.as_secs_f64())
+        .bind(slow_for.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
 }
 
 /// Sagas created in `[$1, $2)` by workflow (the `paysaga_sagas_created` index): the gauges'
@@ -2343,6 +2400,29 @@ const OPERATOR_HISTORY_SQL: &str =
        AND ($2::text IS NULL OR h.actor = $2)
      ORDER BY h.at DESC, h.id DESC
      LIMIT $3";
+/// Takes the next free slot of a request budget in one statement (`$1` provider, `$2`
+/// credential, `$3` interval in seconds, `$4` burst, `$5` longest wait in seconds): the row is
+/// locked, the slot is the later of `next_free_at` and `now - (burst - 1) * step` (step: the
+/// interval, doubled while `slow_until` is ahead), and it is taken (`next_free_at` moves on by
+/// one step) only if it is no further than `$5` away. No row: the budget does not exist yet.
+const RESERVE_SLOT_SQL: &str = "
+    WITH cur AS (
+        SELECT next_free_at, slow_until > now() AS slowed
+        FROM paysaga_request_budgets WHERE provider = $1 AND credential = $2
+        FOR UPDATE),
+    slot AS (
+        SELECT greatest(cur.next_free_at,
+                        now() - make_interval(secs => $3 * ($4 - 1) * CASE WHEN slowed THEN 2 ELSE 1 END)) AS at,
+               make_interval(secs => $3 * CASE WHEN slowed THEN 2 ELSE 1 END) AS step,
+               slowed
+        FROM cur)
+    UPDATE paysaga_request_budgets b
+    SET next_free_at = CASE WHEN slot.at <= now() + make_interval(secs => $5)
+                            THEN slot.at + slot.step ELSE b.next_free_at END
+    FROM slot
+    WHERE b.provider = $1 AND b.credential = $2
+    RETURNING slot.at AS at, slot.at <= now() + make_interval(secs => $5) AS granted,
+              slot.slowed AS slowed, now() AS now";
 
 struct PgWakeups {
     listener: PgListener,

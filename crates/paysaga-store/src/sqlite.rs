@@ -59,6 +59,7 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use crate::SagaReference;
+use crate::{budget_slot, budget_step, RequestSlot, SlotRequest};
 use crate::{AuditFilter, AuditRecord, OperatorChange};
 use crate::{
     ClaimedSaga, Commit, Committed, DefinitionRecord, Delivery, EffectMark, EffectMarkRequest,
@@ -2179,6 +2180,72 @@ impl Store for SqliteStore {
             .fetch_one(&self.reader)
             .await?;
         Ok(n as u64)
+    }
+
+    #[instrument(skip(self, request), fields(provider = request.provider))]
+    async fn reserve_request_slot(&self, request: &SlotRequest<'_>) -> Result<RequestSlot, Error> {
+        let mut tx = self.write_tx().await?;
+        // The stored precision, so that a slot read back is the slot handed out.
+        let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
+        let row = sqlx::query(
+            "SELECT next_free_at, slow_until FROM paysaga_request_budgets
+             WHERE provider = ?1 AND credential = ?2",
+        )
+        .bind(request.provider)
+        .bind(request.credential)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (next_free, slowed) = match row {
+            Some(row) => (
+                Some(get_ts(&row, "next_free_at")?),
+                get_ts(&row, "slow_until")? > now,
+            ),
+            None => (None, false),
+        };
+        let slot = budget_slot(request, next_free, slowed, now);
+        if slot.granted {
+            let step = budget_step(request.interval, slowed);
+            sqlx::query(
+                "INSERT INTO paysaga_request_budgets (provider, credential, next_free_at, slow_until)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (provider, credential) DO UPDATE SET next_free_at = excluded.next_free_at",
+            )
+            .bind(request.provider)
+            .bind(request.credential)
+            .bind(ts(slot.at + step))
+            .bind(ts(now))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(slot)
+    }
+
+    #[instrument(skip(self, credential))]
+    async fn throttle_requests(
+        &self,
+        provider: &str,
+        credential: &str,
+        pause: Duration,
+        slow_for: Duration,
+    ) -> Result<(), Error> {
+        let now = Utc::now();
+        let span = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+        // Fixed-width text: `max` over text is max over time.
+        sqlx::query(
+            "INSERT INTO paysaga_request_budgets (provider, credential, next_free_at, slow_until)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (provider, credential) DO UPDATE SET
+                 next_free_at = max(next_free_at, excluded.next_free_at),
+                 slow_until = max(slow_until, excluded.slow_until)",
+        )
+        .bind(provider)
+        .bind(credential)
+        .bind(ts(now.checked_add_signed(span(pause)).unwrap_or(now)))
+        .bind(ts(now.checked_add_signed(span(slow_for)).unwrap_or(now)))
+        .execute(&self.writer)
+        .await?;
+        Ok(())
     }
 }
 

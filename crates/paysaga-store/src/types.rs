@@ -504,3 +504,33 @@ pub struct Pruned {
     /// Another pruner holds the retention lock: nothing was deleted.
     pub busy: bool,
 }
+
+/// A request slot asked of a provider's shared request budget
+/// ([`crate::Store::reserve_request_slot`]). Rate and burst are the caller's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotRequest<'a> {
+    /// The provider (`lumanu`).
+    pub provider: &'a str,
+    /// Which credential's budget: an id, never the secret.
+    pub credential: &'a str,
+    /// Time between two requests at the configured rate (1 / rate).
+    pub interval: std::time::Duration,
+    /// How many requests may go at once after a quiet period (at least 1).
+    pub burst: u32,
+    /// The longest the caller will wait: a slot further away is not taken.
+    pub max_wait: std::time::Duration,
+}
+
+/// The answer to a [`SlotRequest`], on the database's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestSlot {
+    /// The slot was taken: send at `at` (at once if `at <= now`). Not taken: `at` is the next
+    /// free slot, further away than the caller would wait; nothing was reserved.
+    pub granted: bool,
+    /// The slot's time.
+    pub at: DateTime<Utc>,
+    /// The database's time when it answered (sleep `at - now`, not `at - local clock`).
+    pub now: DateTime<Utc>,
+    /// The budget runs at half its rate after a provider's 429.
+    pub slowed: bool,
+}

@@ -17,7 +17,7 @@ use paysaga_core::{
 };
 use paysaga_store::{
     Commit, EffectMark, EffectMarkRequest, Error, EventFilter, NewDocument, NewEvent, NewSaga,
-    OperatorAction, SagaFilter, SagaRecord, SagaReference, Store, WorkerInfo,
+    OperatorAction, SagaFilter, SagaRecord, SagaReference, SlotRequest, Store, WorkerInfo,
 };
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -3107,7 +3107,184 @@ conformance!(
     gauges_count_open_sagas_by_status_once_per_lease_and_started_sagas_incrementally,
     prune_deletes_only_finished_sagas_older_than_the_cut_off_with_all_their_rows,
     reap_expired_leases_releases_dead_workers_sagas_and_tells_the_next_expiry,
+    a_request_budget_lets_a_burst_go_then_hands_out_each_slot_once_one_interval_apart,
+    a_request_slot_further_away_than_the_caller_waits_is_not_taken,
+    a_throttled_request_budget_gives_no_slot_before_the_pause_and_runs_at_half_rate,
 );
+
+fn slot_request(credential: &str, burst: u32, max_wait: Duration) -> SlotRequest<'_> {
+    SlotRequest {
+        provider: "lumanu",
+        credential,
+        interval: Duration::from_millis(100),
+        burst,
+        max_wait,
+    }
+}
+
+async fn a_request_budget_lets_a_burst_go_then_hands_out_each_slot_once_one_interval_apart(e: Env) {
+    // 30 workers' requests at once against 10/s with a burst of 3.
+    let tasks: Vec<_> = (0..30)
+        .map(|_| {
+            let store = e.store.clone();
+            tokio::spawn(async move {
+                store
+                    .reserve_request_slot(&slot_request("client-a", 3, Duration::from_secs(60)))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut slots = Vec::new();
+    for t in tasks {
+        slots.push(t.await.unwrap());
+    }
+    assert!(slots.iter().all(|s| s.granted && !s.slowed), "{slots:?}");
+    let start = slots.iter().map(|s| s.now).min().unwrap();
+    let mut times: Vec<DateTime<Utc>> = slots.iter().map(|s| s.at).collect();
+    times.sort();
+    let due_at_once = times.iter().filter(|t| **t <= start).count();
+    assert!(
+        due_at_once <= 3,
+        "at most the burst goes at once: {times:?}"
+    );
+    for pair in times.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= chrono::Duration::milliseconds(100),
+            "each slot is handed out once, one interval after the previous: {times:?}"
+        );
+    }
+    // 30 requests at 10/s with a burst of 3: the last goes about 2.7 s after the first.
+    let span = times[29] - times[0];
+    assert!(
+        span >= chrono::Duration::milliseconds(2700) && span < chrono::Duration::milliseconds(3500),
+        "{span:?}"
+    );
+    // Another credential has its own budget.
+    let other = e
+        .s()
+        .reserve_request_slot(&slot_request("client-b", 3, Duration::ZERO))
+        .await
+        .unwrap();
+    assert!(other.granted && other.at <= other.now, "{other:?}");
+}
+
+async fn a_request_slot_further_away_than_the_caller_waits_is_not_taken(e: Env) {
+    let s = e.s();
+    for _ in 0..2 {
+        let slot = s
+            .reserve_request_slot(&slot_request("client-a", 2, Duration::ZERO))
+            .await
+            .unwrap();
+        assert!(slot.granted, "the burst goes at once: {slot:?}");
+    }
+    let refused = s
+        .reserve_request_slot(&slot_request("client-a", 2, Duration::ZERO))
+        .await
+        .unwrap();
+    assert!(!refused.granted, "{refused:?}");
+    assert!(refused.at > refused.now, "{refused:?}");
+    // Nothing was reserved: the one who waits long enough gets that very slot.
+    let taken = s
+        .reserve_request_slot(&slot_request("client-a", 2, Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert!(taken.granted, "{taken:?}");
+    assert_eq!(taken.at, refused.at);
+}
+
+async fn a_throttled_request_budget_gives_no_slot_before_the_pause_and_runs_at_half_rate(e: Env) {
+    let s = e.s();
+    let first = s
+        .reserve_request_slot(&slot_request("client-a", 1, Duration::ZERO))
+        .await
+        .unwrap();
+    assert!(first.granted);
+    s.throttle_requests(
+        "lumanu",
+        "client-a",
+        Duration::from_secs(2),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    // A shorter pause another worker reports later does not loosen it.
+    s.throttle_requests("lumanu", "client-a", Duration::ZERO, Duration::ZERO)
+        .await
+        .unwrap();
+    let held = s
+        .reserve_request_slot(&slot_request("client-a", 1, Duration::from_secs(1)))
+        .await
+        .unwrap();
+    assert!(!held.granted && held.slowed, "{held:?}");
+    assert!(
+        held.at - held.now > chrono::Duration::milliseconds(1500),
+        "{held:?}"
+    );
+    let a = s
+        .reserve_request_slot(&slot_request("client-a", 1, Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let b = s
+        .reserve_request_slot(&slot_request("client-a", 1, Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert!(a.granted && b.granted && a.slowed);
+    assert_eq!(a.at, held.at);
+    assert_eq!(
+        b.at - a.at,
+        chrono::Duration::milliseconds(200),
+        "half the rate"
+    );
+    // Throttling a budget nobody used yet creates it.
+    s.throttle_requests(
+        "blaaiz",
+        "key-1",
+        Duration::from_secs(3),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let fresh = s
+        .reserve_request_slot(&SlotRequest {
+            provider: "blaaiz",
+            credential: "key-1",
+            ..slot_request("key-1", 1, Duration::ZERO)
+        })
+        .await
+        .unwrap();
+    assert!(!fresh.granted && fresh.slowed, "{fresh:?}");
+    // It loosens again: once `slow_for` is over, the full rate is back.
+    s.throttle_requests("lean", "app-1", Duration::ZERO, Duration::from_millis(300))
+        .await
+        .unwrap();
+    let lean = |max_wait| SlotRequest {
+        provider: "lean",
+        credential: "app-1",
+        ..slot_request("app-1", 1, max_wait)
+    };
+    assert!(
+        s.reserve_request_slot(&lean(Duration::ZERO))
+            .await
+            .unwrap()
+            .slowed
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let a = s
+        .reserve_request_slot(&lean(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let b = s
+        .reserve_request_slot(&lean(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert!(!a.slowed && !b.slowed, "{a:?} {b:?}");
+    assert_eq!(
+        b.at - a.at,
+        chrono::Duration::milliseconds(100),
+        "the full rate again"
+    );
+}
 
 /// `connect` picks the store by the URL's scheme and never echoes the rest of the URL.
 #[tokio::test]

@@ -4,6 +4,7 @@ pub mod claim;
 pub mod idle;
 pub mod memory_wake;
 pub mod prune;
+pub mod rate_limit;
 pub mod single;
 pub mod throughput;
 

@@ -24,6 +24,13 @@ pub(crate) use params;
 /// fails the step. `what` says what the step was doing; the client's error text never holds
 /// credentials or tokens.
 pub fn outcome_for(what: &str, err: &Error) -> StepOutcome {
+    if let Error::NoCapacity { retry_after, .. } = err {
+        // Nothing was sent: not an attempt (see `StepOutcome::Held`).
+        return StepOutcome::Held {
+            reason: format!("{what}: {err}"),
+            after: *retry_after,
+        };
+    }
     let error = format!("{what}: {err}");
     if err.is_transient() {
         StepOutcome::Retry {
