@@ -436,7 +436,7 @@ async fn cli_prune_deletes_finished_sagas_older_than_the_cut_off_in_batches() {
         "INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status, finished_at)
              SELECT gen_random_uuid(), (SELECT min(id) FROM paysaga_definitions), 'noop', 1, '{}',
                     s, now() - interval '100 days'
-             FROM generate_series(1, 5), unnest(ARRAY['completed', 'compensated', 'cancelled', 'failed']) s;
+             FROM generate_series(1, 5), unnest(ARRAY['completed', 'compensated', 'cancelled', 'needs_operator']) s;
          INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status, finished_at)
              SELECT gen_random_uuid(), (SELECT min(id) FROM paysaga_definitions), 'noop', 1, '{}',
                     'completed', now() - interval '10 days'
@@ -463,7 +463,7 @@ async fn cli_prune_deletes_finished_sagas_older_than_the_cut_off_in_batches() {
     assert_eq!(
         count(
             &pool,
-            "SELECT count(*) FROM paysaga_sagas WHERE status = 'failed'"
+            "SELECT count(*) FROM paysaga_sagas WHERE status = 'needs_operator'"
         )
         .await,
         5,
