@@ -218,30 +218,10 @@ impl Engine {
         // values) even if a newer definition version would now refuse that input.
         if let Some(key) = &req.idempotency_key {
             if let Some(existing) = self.store.find_saga_by_key(&req.workflow, key).await? {
-                if !paysaga_store::same_input(&existing.input, &req.input) {
-                    return Err(paysaga_store::Error::KeyReused {
-                        workflow: req.workflow,
-                        key: key.clone(),
-                        saga: existing.id,
-                    }
-                    .into());
-                }
-                return Ok(Started {
-                    saga_id: existing.id,
-                    created: false,
-                });
+                return started_for_key(existing, &req, key);
             }
         }
-        let record = self
-            .store
-            .find_definition(&req.workflow, req.version)
-            .await?
-            .ok_or_else(|| Error::UnknownWorkflow {
-                workflow: req.workflow.clone(),
-                version: req.version,
-            })?;
-        let loaded = self.load(record.id).await?;
-        let documents = self.validate_input(&loaded, &req.input)?;
+        let (record, documents) = self.checked_input(&req).await?;
         let id = Uuid::new_v4();
         let claimed = self.claim_documents(&req, id, &documents).await?;
         let created = self
@@ -316,30 +296,10 @@ impl Engine {
             if let Some(existing) =
                 paysaga_store::PgStore::find_saga_by_key_in(conn, &req.workflow, key).await?
             {
-                if !paysaga_store::same_input(&existing.input, &req.input) {
-                    return Err(paysaga_store::Error::KeyReused {
-                        workflow: req.workflow,
-                        key: key.clone(),
-                        saga: existing.id,
-                    }
-                    .into());
-                }
-                return Ok(Started {
-                    saga_id: existing.id,
-                    created: false,
-                });
+                return started_for_key(existing, &req, key);
             }
         }
-        let record = self
-            .store
-            .find_definition(&req.workflow, req.version)
-            .await?
-            .ok_or_else(|| Error::UnknownWorkflow {
-                workflow: req.workflow.clone(),
-                version: req.version,
-            })?;
-        let loaded = self.load(record.id).await?;
-        let documents = self.validate_input(&loaded, &req.input)?;
+        let (record, documents) = self.checked_input(&req).await?;
         let ids: Vec<DocumentId> = documents.iter().map(|(_, id)| *id).collect();
         let workflow = req.workflow.clone();
         let (saga, created) = paysaga_store::PgStore::create_saga_in(
@@ -409,6 +369,25 @@ impl Engine {
             tokio::time::sleep(pause.min(deadline - now)).await;
             pause = (pause * 2).min(Duration::from_millis(250));
         }
+    }
+
+    /// The definition a start resolves to, with the input checked against every step and the
+    /// documents the steps reference.
+    async fn checked_input(
+        &self,
+        req: &StartRequest,
+    ) -> Result<(DefinitionRecord, Vec<(String, DocumentId)>), Error> {
+        let record = self
+            .store
+            .find_definition(&req.workflow, req.version)
+            .await?
+            .ok_or_else(|| Error::UnknownWorkflow {
+                workflow: req.workflow.clone(),
+                version: req.version,
+            })?;
+        let loaded = self.load(record.id).await?;
+        let documents = self.validate_input(&loaded, &req.input)?;
+        Ok((record, documents))
     }
 
     /// Checks the input against every step; returns the documents the steps reference.
@@ -1212,6 +1191,23 @@ impl Engine {
     ) -> Result<Vec<paysaga_store::AuditRecord>, Error> {
         Ok(self.store.operator_history(filter).await?)
     }
+}
+
+/// A start whose idempotency key names `existing`: that saga when the input is the same
+/// value (key order and number spelling aside), else [`paysaga_store::Error::KeyReused`].
+fn started_for_key(existing: SagaRecord, req: &StartRequest, key: &str) -> Result<Started, Error> {
+    if !paysaga_store::same_input(&existing.input, &req.input) {
+        return Err(paysaga_store::Error::KeyReused {
+            workflow: req.workflow.clone(),
+            key: key.to_string(),
+            saga: existing.id,
+        }
+        .into());
+    }
+    Ok(Started {
+        saga_id: existing.id,
+        created: false,
+    })
 }
 
 #[cfg(test)]
