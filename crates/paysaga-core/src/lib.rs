@@ -53,6 +53,7 @@ pub use document::{
 pub use retry::{Attempts, RetryDecision, RetryPolicy};
 pub use saga::alert_entries;
 pub use saga::unstorable;
+pub use saga::CloseRequest;
 pub use saga::{
     after_compensation, after_step, next_run, ActiveWait, ClosedOutcome, HistoryEntry, HistoryKind,
     NextRun, ObservedStatus, SagaState, SagaStatus, StepTraits, Transition,

@@ -50,12 +50,6 @@ pub enum Refusal {
         /// `step X param P: path` for each reference that matches nothing.
         missing: Vec<String>,
     },
-    /// `close --compensate` is not supported.
-    #[error("cannot close saga {saga} with --compensate: closing with compensations is not supported yet; close it without --compensate (nothing is undone: undo completed steps at the provider by hand if needed), or `cancel` a saga that is still moving so that its compensations run")]
-    CompensateUnsupported {
-        /// Saga id.
-        saga: uuid::Uuid,
-    },
     /// The named step is not in the saga's definition.
     #[error("saga {saga} has no step {step}; its steps are {}", .steps.join(", "))]
     UnknownStep {
@@ -85,6 +79,38 @@ pub enum Refusal {
         step: String,
         /// For each irreversible step that may have acted: which and why.
         why: Vec<String>,
+    },
+    /// `close --outcome paid --compensate` after an irreversible step acted: the payee has the
+    /// money through it, and the compensations would take back what it relied on.
+    #[error("cannot close saga {saga} as paid with --compensate: {}; the payee got the money through it, so undoing the steps the payout relied on ({}) would leave the books wrong, and the irreversible step itself cannot be undone. Close it as paid without --compensate (nothing is undone; settle any leftover at the provider by hand)", .why.join("; "), if .undo.is_empty() { "none".to_string() } else { .undo.join(", ") })]
+    PaidWithCompensate {
+        /// Saga id.
+        saga: uuid::Uuid,
+        /// For each irreversible step that acted or may have: which and why.
+        why: Vec<String>,
+        /// The compensable steps the unwind would undo, in order.
+        undo: Vec<String>,
+    },
+    /// `close --outcome not-paid --compensate` after an irreversible step may have acted,
+    /// without the operator's confirmation that it did not pay.
+    #[error("cannot close saga {saga} as not paid with --compensate without --confirm-not-sent: {}; the compensations would undo {} but cannot undo that step. Check at the provider that it did not pay (or that it failed and the money came back), then repeat the close with --confirm-not-sent; if it did pay, close it as paid without --compensate", .why.join("; "), if .undo.is_empty() { "nothing".to_string() } else { .undo.join(", ") })]
+    CloseMayHavePaid {
+        /// Saga id.
+        saga: uuid::Uuid,
+        /// For each irreversible step that acted or may have: which and why.
+        why: Vec<String>,
+        /// The compensable steps the unwind would undo, in order.
+        undo: Vec<String>,
+    },
+    /// A `close --compensate` is already pending.
+    #[error("cannot close saga {saga} with --compensate: {actor} already asked for it (outcome {outcome}) and its completed steps are being undone; it ends closed when they are. To end it now without undoing the rest, `close` it without --compensate")]
+    ClosePending {
+        /// Saga id.
+        saga: uuid::Uuid,
+        /// Who asked first.
+        actor: String,
+        /// The outcome they declared.
+        outcome: crate::saga::ClosedOutcome,
     },
 }
 
@@ -314,17 +340,35 @@ pub fn unmatched_references(def: &CompiledDefinition, index: usize, output: &Val
     missing
 }
 
+/// What `close` is asked to do.
+#[derive(Debug, Clone, Copy)]
+pub struct CloseAction {
+    /// The outcome the operator declares after checking the provider.
+    pub outcome: crate::saga::ClosedOutcome,
+    /// Undo the completed (compensable) steps first; the saga ends closed when they are.
+    pub compensate: bool,
+    /// A parked saga (`needs_operator`) stopped in its compensation (a compensation failed):
+    /// its current step is the next one to undo, not the next one to run.
+    pub in_compensation: bool,
+    /// With `compensate`: the operator checked at the provider that the irreversible steps
+    /// that acted (or may have) did not pay, or that the money came back.
+    pub confirm_not_sent: bool,
+}
+
 /// Ends a saga that is not over (parked, or moving while no worker holds it) with the
-/// outcome the operator declares after checking the provider. Nothing is undone: with
-/// `compensate` the action is refused (not supported yet, see [`Refusal::CompensateUnsupported`]).
-/// The store writes `closed_outcome` with the status.
+/// outcome the operator declares after checking the provider. Without `compensate` nothing
+/// is undone: the saga is `closed` at once. With `compensate` its completed compensable steps
+/// are undone first by the workers (status `compensating`, in reverse, with their retries)
+/// and the unwind ends `closed` with the outcome (the store keeps the request with the saga);
+/// with nothing to undo it is `closed` at once. An irreversible step that acted (or may
+/// have) cannot be undone: with outcome `paid` the compensation is refused, with `not_paid`
+/// it needs `confirm_not_sent`. The store writes `closed_outcome` with the status.
 pub fn close(
     state: &SagaState,
     def: &CompiledDefinition,
-    outcome: crate::saga::ClosedOutcome,
-    compensate: bool,
+    req: CloseAction,
     reason: &str,
-    _now: DateTime<Utc>,
+    now: DateTime<Utc>,
 ) -> Result<Transition, Refusal> {
     need_reason("close", state, reason)?;
     match state.status {
@@ -333,8 +377,8 @@ pub fn close(
         | SagaStatus::Retrying
         | SagaStatus::Waiting
         | SagaStatus::Compensating => {
-            if compensate {
-                return Err(Refusal::CompensateUnsupported { saga: state.id });
+            if req.compensate {
+                return close_compensating(state, def, req, reason, now);
             }
             let mut t = base(state, SagaStatus::Closed);
             t.run_at = None;
@@ -344,7 +388,7 @@ pub fn close(
                 step_name(def, state.step_index),
                 reason,
                 json!({
-                    "outcome": outcome.as_str(),
+                    "outcome": req.outcome.as_str(),
                     "compensate": false,
                     "from_status": state.status.as_str(),
                     "effect_possible": state.effect_possible,
@@ -361,6 +405,160 @@ pub fn close(
             })
         }
     }
+}
+
+/// The compensable steps a `close --compensate` undoes, in the order they are undone.
+pub fn close_undo_steps(
+    state: &SagaState,
+    def: &CompiledDefinition,
+    in_compensation: bool,
+) -> Vec<String> {
+    undone_below(state, def, in_compensation)
+        .into_iter()
+        .rev()
+        .filter(|&j| def.steps[j].traits.compensable)
+        .map(|j| def.steps[j].def.name.clone())
+        .collect()
+}
+
+/// The steps not undone yet whose effect may stand: those completed before the current step
+/// moving forward; during (or parked in) an unwind, the current step too (its compensation
+/// has not finished).
+fn undone_below(
+    state: &SagaState,
+    def: &CompiledDefinition,
+    in_compensation: bool,
+) -> std::ops::Range<usize> {
+    let end = if unwinding(state, in_compensation) {
+        state.step_index + 1
+    } else {
+        state.step_index
+    };
+    0..end.min(def.steps.len())
+}
+
+/// The saga is undoing its steps, or parked in that phase.
+fn unwinding(state: &SagaState, in_compensation: bool) -> bool {
+    state.status == SagaStatus::Compensating
+        || (state.status == SagaStatus::NeedsOperator && in_compensation)
+}
+
+fn close_compensating(
+    state: &SagaState,
+    def: &CompiledDefinition,
+    req: CloseAction,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<Transition, Refusal> {
+    if let Some(pending) = &state.close_requested {
+        return Err(Refusal::ClosePending {
+            saga: state.id,
+            actor: pending.actor.clone(),
+            outcome: pending.outcome,
+        });
+    }
+    let done = undone_below(state, def, req.in_compensation);
+    let moving_forward = !unwinding(state, req.in_compensation);
+    let mut acted: Vec<String> = done
+        .clone()
+        .filter(|&j| def.steps[j].traits.irreversible)
+        .map(|j| {
+            format!(
+                "irreversible step {} completed (its request reached the provider)",
+                def.steps[j].def.name
+            )
+        })
+        .collect();
+    if let Some(current) = def.steps.get(state.step_index) {
+        if moving_forward && state.effect_possible && current.traits.irreversible {
+            acted.push(format!(
+                "an attempt of irreversible step {} may have reached the provider (money may have moved)",
+                current.def.name
+            ));
+        }
+    }
+    let undo = close_undo_steps(state, def, req.in_compensation);
+    if !acted.is_empty() {
+        match req.outcome {
+            crate::saga::ClosedOutcome::Paid => {
+                return Err(Refusal::PaidWithCompensate {
+                    saga: state.id,
+                    why: acted,
+                    undo,
+                })
+            }
+            crate::saga::ClosedOutcome::NotPaid if !req.confirm_not_sent => {
+                return Err(Refusal::CloseMayHavePaid {
+                    saga: state.id,
+                    why: acted,
+                    undo,
+                })
+            }
+            crate::saga::ClosedOutcome::NotPaid => {}
+        }
+    }
+    let detail = json!({
+        "outcome": req.outcome.as_str(),
+        "compensate": true,
+        "from_status": state.status.as_str(),
+        "effect_possible": state.effect_possible,
+        "undo": undo,
+        "may_have_acted": acted,
+        "confirm_not_sent": req.confirm_not_sent,
+    });
+    let Some(first) = undo.first() else {
+        // Nothing to undo: closed at once.
+        let mut t = base(state, SagaStatus::Closed);
+        t.run_at = None;
+        t.wait = None;
+        t.history = vec![entry(
+            HistoryKind::SagaClosed,
+            step_name(def, state.step_index),
+            reason,
+            detail,
+        )];
+        return Ok(t);
+    };
+    let first_index = def
+        .steps
+        .iter()
+        .position(|s| &s.def.name == first)
+        .unwrap_or(state.step_index);
+    let mut t = base(state, SagaStatus::Compensating);
+    t.run_at = Some(now);
+    t.wait = None;
+    let requested = entry(
+        HistoryKind::CloseRequested,
+        step_name(def, state.step_index),
+        reason,
+        detail,
+    );
+    if state.status == SagaStatus::Compensating && first_index == state.step_index {
+        // Already undoing: the unwind goes on where it is (its attempts and the failure that
+        // started it kept) and ends closed.
+        t.history = vec![requested];
+        return Ok(t);
+    }
+    t.step_index = first_index;
+    t.attempt = 0;
+    t.step_started_at = None;
+    t.effect_possible = false;
+    t.last_error = Some(format!(
+        "closing as {} on an operator's request ({reason}): undoing completed step(s) {} first",
+        req.outcome,
+        undo.join(", ")
+    ));
+    t.history = vec![
+        requested,
+        HistoryEntry {
+            kind: HistoryKind::CompensationStarted,
+            step: None,
+            attempt: None,
+            error: None,
+            detail: json!({"first": first, "close": true}),
+        },
+    ];
+    Ok(t)
 }
 
 /// What `reset` is asked to do.
@@ -549,6 +747,16 @@ mod tests {
             cancel_requested: false,
             last_error: Some("step await_payout failed: FAILED".into()),
             effect_possible: false,
+            close_requested: None,
+        }
+    }
+
+    fn plain(outcome: ClosedOutcome) -> CloseAction {
+        CloseAction {
+            outcome,
+            compensate: false,
+            in_compensation: false,
+            confirm_not_sent: false,
         }
     }
 
@@ -565,8 +773,7 @@ mod tests {
             let t = close(
                 &state(status, 2),
                 &d,
-                ClosedOutcome::NotPaid,
-                false,
+                plain(ClosedOutcome::NotPaid),
                 "bank rejected",
                 Utc::now(),
             )
@@ -590,8 +797,7 @@ mod tests {
             let err = close(
                 &state(status, 2),
                 &d,
-                ClosedOutcome::Paid,
-                false,
+                plain(ClosedOutcome::Paid),
                 "x",
                 Utc::now(),
             )
@@ -601,23 +807,7 @@ mod tests {
         let err = close(
             &state(SagaStatus::NeedsOperator, 2),
             &d,
-            ClosedOutcome::Paid,
-            true,
-            "x",
-            Utc::now(),
-        )
-        .unwrap_err();
-        assert_eq!(
-            err,
-            Refusal::CompensateUnsupported {
-                saga: uuid::Uuid::from_u128(7)
-            }
-        );
-        let err = close(
-            &state(SagaStatus::NeedsOperator, 2),
-            &d,
-            ClosedOutcome::Paid,
-            false,
+            plain(ClosedOutcome::Paid),
             "  ",
             Utc::now(),
         )
@@ -823,6 +1013,230 @@ mod tests {
         for action in ["`close`", "`reset`", "`resume`", "`skip`"] {
             assert!(err.contains(action), "{err}");
         }
+    }
+
+    fn compensating(outcome: ClosedOutcome, confirm_not_sent: bool) -> CloseAction {
+        CloseAction {
+            outcome,
+            compensate: true,
+            in_compensation: false,
+            confirm_not_sent,
+        }
+    }
+
+    fn pending(outcome: ClosedOutcome) -> crate::saga::CloseRequest {
+        crate::saga::CloseRequest {
+            outcome,
+            actor: "ops:alice".into(),
+            reason: "bank returned it".into(),
+            requested_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn close_with_compensate_undoes_the_completed_steps_first_and_the_unwind_ends_closed() {
+        let d = def();
+        let now = Utc::now();
+        // Retrying the payout (no attempt reached the provider): create is undone first.
+        let s = state(SagaStatus::Retrying, 1);
+        let t = close(
+            &s,
+            &d,
+            compensating(ClosedOutcome::NotPaid, false),
+            "customer withdrew",
+            now,
+        )
+        .expect("compensates");
+        assert_eq!(
+            (t.status, t.step_index, t.attempt),
+            (SagaStatus::Compensating, 0, 0)
+        );
+        assert_eq!((t.run_at, t.effect_possible), (Some(now), false));
+        let kinds: Vec<HistoryKind> = t.history.iter().map(|h| h.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                HistoryKind::CloseRequested,
+                HistoryKind::CompensationStarted
+            ]
+        );
+        let h = &t.history[0];
+        assert_eq!(h.detail["outcome"], "not_paid");
+        assert_eq!(h.detail["compensate"], true);
+        assert_eq!(h.detail["undo"], json!(["create"]));
+        assert_eq!(h.detail["reason"], "customer withdrew");
+        assert_eq!(close_undo_steps(&s, &d, false), ["create"]);
+        // The workers undo create; the last compensation ends the saga closed, not compensated.
+        let unwinding = SagaState {
+            status: SagaStatus::Compensating,
+            step_index: 0,
+            attempt: 0,
+            close_requested: Some(pending(ClosedOutcome::NotPaid)),
+            ..s.clone()
+        };
+        let end = crate::saga::after_compensation(
+            &unwinding,
+            &d,
+            0,
+            1,
+            crate::step::StepOutcome::Done(json!({})),
+            now,
+        );
+        assert_eq!((end.status, end.run_at), (SagaStatus::Closed, None));
+        let last = end.history.last().expect("history");
+        assert_eq!(last.kind, HistoryKind::SagaClosed);
+        assert_eq!(last.detail["outcome"], "not_paid");
+        assert_eq!(last.detail["compensate"], true);
+        assert_eq!(last.detail["requested_by"], "ops:alice");
+        // Nothing to undo (still at the first step): closed at once.
+        let t = close(
+            &state(SagaStatus::Scheduled, 0),
+            &d,
+            compensating(ClosedOutcome::Paid, false),
+            "paid by hand",
+            now,
+        )
+        .expect("closes");
+        assert_eq!((t.status, t.run_at), (SagaStatus::Closed, None));
+        assert_eq!(t.history[0].kind, HistoryKind::SagaClosed);
+        assert_eq!(t.history[0].detail["compensate"], true);
+        assert_eq!(t.history[0].detail["undo"], json!([]));
+    }
+
+    #[test]
+    fn close_with_compensate_after_an_irreversible_step_acted_refuses_paid_and_needs_confirmation_for_not_paid(
+    ) {
+        let d = def();
+        let now = Utc::now();
+        // Parked waiting for the payout's outcome: payout completed (it reached the provider).
+        let parked = state(SagaStatus::NeedsOperator, 2);
+        let err = close(
+            &parked,
+            &d,
+            compensating(ClosedOutcome::Paid, true),
+            "paid",
+            now,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, Refusal::PaidWithCompensate { .. }), "{text}");
+        assert!(
+            text.contains("irreversible step payout completed")
+                && text.contains("without --compensate")
+                && text.contains("(create)"),
+            "{text}"
+        );
+        let err = close(
+            &parked,
+            &d,
+            compensating(ClosedOutcome::NotPaid, false),
+            "returned",
+            now,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, Refusal::CloseMayHavePaid { .. }), "{text}");
+        assert!(
+            text.contains("--confirm-not-sent") && text.contains("cannot undo that step"),
+            "{text}"
+        );
+        let t = close(
+            &parked,
+            &d,
+            compensating(ClosedOutcome::NotPaid, true),
+            "returned",
+            now,
+        )
+        .expect("confirmed");
+        assert_eq!((t.status, t.step_index), (SagaStatus::Compensating, 0));
+        assert_eq!(t.history[0].detail["confirm_not_sent"], true);
+        assert_eq!(
+            t.history[0].detail["may_have_acted"][0],
+            "irreversible step payout completed (its request reached the provider)"
+        );
+        // An ambiguous attempt of the current irreversible step counts too.
+        let ambiguous = SagaState {
+            effect_possible: true,
+            ..state(SagaStatus::Retrying, 1)
+        };
+        let err = close(
+            &ambiguous,
+            &d,
+            compensating(ClosedOutcome::NotPaid, false),
+            "r",
+            now,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("may have reached the provider"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn close_with_compensate_of_an_unwinding_saga_goes_on_where_it_is_and_a_pending_request_refuses_another(
+    ) {
+        let d = def();
+        let now = Utc::now();
+        // Undoing create after a failure, attempt 2 backing off: it goes on, then ends closed.
+        let mut s = state(SagaStatus::Compensating, 0);
+        s.attempt = 2;
+        let t = close(
+            &s,
+            &d,
+            compensating(ClosedOutcome::NotPaid, false),
+            "r",
+            now,
+        )
+        .expect("requested");
+        assert_eq!(
+            (t.status, t.step_index, t.attempt),
+            (SagaStatus::Compensating, 0, 2)
+        );
+        assert_eq!(t.last_error, s.last_error);
+        assert_eq!(
+            t.history.iter().map(|h| h.kind).collect::<Vec<_>>(),
+            [HistoryKind::CloseRequested]
+        );
+        // Parked in its unwind (a compensation failed): the failed compensation runs again.
+        let parked = state(SagaStatus::NeedsOperator, 0);
+        let t = close(
+            &parked,
+            &d,
+            CloseAction {
+                in_compensation: true,
+                ..compensating(ClosedOutcome::NotPaid, false)
+            },
+            "r",
+            now,
+        )
+        .expect("requested");
+        assert_eq!(
+            (t.status, t.step_index, t.attempt),
+            (SagaStatus::Compensating, 0, 0)
+        );
+        // A second request while one is pending is refused; a plain close still ends it now.
+        let with_request = SagaState {
+            close_requested: Some(pending(ClosedOutcome::NotPaid)),
+            ..s
+        };
+        let err = close(
+            &with_request,
+            &d,
+            compensating(ClosedOutcome::Paid, false),
+            "r",
+            now,
+        )
+        .unwrap_err();
+        assert!(matches!(err, Refusal::ClosePending { .. }), "{err}");
+        assert!(
+            err.to_string().contains("ops:alice")
+                && err.to_string().contains("without --compensate"),
+            "{err}"
+        );
+        let t =
+            close(&with_request, &d, plain(ClosedOutcome::NotPaid), "r", now).expect("plain close");
+        assert_eq!(t.status, SagaStatus::Closed);
     }
 
     #[test]

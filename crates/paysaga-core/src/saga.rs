@@ -337,11 +337,15 @@ pub enum HistoryKind {
     OperatorRefused,
     /// An operator printed the saga's personal data unredacted (`--reveal`).
     DataRevealed,
+    /// An operator asked to close the saga after undoing its completed steps (`close
+    /// --compensate`; detail: `outcome`, `compensate`, the steps to undo). The unwind ends with
+    /// `saga_closed`.
+    CloseRequested,
 }
 
 impl HistoryKind {
     /// All kinds.
-    pub const ALL: [HistoryKind; 30] = [
+    pub const ALL: [HistoryKind; 31] = [
         HistoryKind::SagaStarted,
         HistoryKind::StepCompleted,
         HistoryKind::StepRetrying,
@@ -372,6 +376,7 @@ impl HistoryKind {
         HistoryKind::OperatorReset,
         HistoryKind::OperatorRefused,
         HistoryKind::DataRevealed,
+        HistoryKind::CloseRequested,
     ];
 
     /// The stored text.
@@ -407,6 +412,7 @@ impl HistoryKind {
             HistoryKind::OperatorReset => "operator_reset",
             HistoryKind::OperatorRefused => "operator_refused",
             HistoryKind::DataRevealed => "data_revealed",
+            HistoryKind::CloseRequested => "close_requested",
         }
     }
 }
@@ -532,6 +538,24 @@ pub struct SagaState {
     /// timeout, a 5xx, a connection lost after sending), or an effect mark is on it. An unwind
     /// then parks for an operator instead of claiming nothing happened.
     pub effect_possible: bool,
+    /// An operator asked to close the saga once its completed steps are undone (`close
+    /// --compensate`): the unwind ends [`SagaStatus::Closed`] with this outcome instead of
+    /// [`SagaStatus::Compensated`] or [`SagaStatus::Cancelled`]. Pending only while the saga
+    /// compensates or is parked for an operator.
+    pub close_requested: Option<CloseRequest>,
+}
+
+/// A pending `close --compensate` (stored with the saga until the unwind ends).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloseRequest {
+    /// The outcome the operator declared.
+    pub outcome: ClosedOutcome,
+    /// Who asked.
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub requested_at: DateTime<Utc>,
 }
 
 /// What a step kind (combined with the definition's flags) says about undoing a step.
@@ -1014,8 +1038,8 @@ fn begin_unwind(
             t.continue_now = true;
         }
         None => {
-            let (status, kind) = end_of_unwind(state);
-            history.push(HistoryEntry::new(kind, None, None).error(reason));
+            let (status, entry) = end_of_unwind(state);
+            history.push(entry.error(reason));
             t.status = status;
         }
     }
@@ -1023,16 +1047,34 @@ fn begin_unwind(
     t
 }
 
-fn end_of_unwind(state: &SagaState) -> (SagaStatus, HistoryKind) {
-    if state.cancel_requested {
-        (SagaStatus::Cancelled, HistoryKind::SagaCancelled)
+/// How an unwind ends: closed with the outcome of a pending close request, else cancelled
+/// (an operator asked) or compensated. A close request wins over a cancel: it came later
+/// (a cancel of a saga unwinding for a close is refused) or ends the same unwind.
+fn end_of_unwind(state: &SagaState) -> (SagaStatus, HistoryEntry) {
+    if let Some(req) = &state.close_requested {
+        let entry = HistoryEntry::new(HistoryKind::SagaClosed, None, None).detail(json!({
+            "outcome": req.outcome.as_str(),
+            "compensate": true,
+            "requested_by": req.actor,
+            "reason": req.reason,
+            "requested_at": req.requested_at,
+        }));
+        (SagaStatus::Closed, entry)
+    } else if state.cancel_requested {
+        (
+            SagaStatus::Cancelled,
+            HistoryEntry::new(HistoryKind::SagaCancelled, None, None),
+        )
     } else {
-        (SagaStatus::Compensated, HistoryKind::SagaCompensated)
+        (
+            SagaStatus::Compensated,
+            HistoryEntry::new(HistoryKind::SagaCompensated, None, None),
+        )
     }
 }
 
 /// The highest compensable step below `below`.
-fn previous_compensable(def: &CompiledDefinition, below: usize) -> Option<usize> {
+pub(crate) fn previous_compensable(def: &CompiledDefinition, below: usize) -> Option<usize> {
     (0..below).rev().find(|&j| def.steps[j].traits.compensable)
 }
 
@@ -1066,8 +1108,8 @@ pub fn after_compensation(
                     t.continue_now = true;
                 }
                 None => {
-                    let (status, kind) = end_of_unwind(state);
-                    history.push(HistoryEntry::new(kind, None, None));
+                    let (status, entry) = end_of_unwind(state);
+                    history.push(entry);
                     t.status = status;
                 }
             }
@@ -1117,9 +1159,15 @@ pub fn after_compensation(
         }
     };
     let _ = after;
-    let error = format!(
-        "compensation of step {name} failed: {error}; parked for an operator: steps before {name} were not undone; fix the cause and `resume`, or `close` the saga with the outcome (`reset` and `skip` also apply)"
-    );
+    let error = match &state.close_requested {
+        None => format!(
+            "compensation of step {name} failed: {error}; parked for an operator: steps before {name} were not undone; fix the cause and `resume`, or `close` the saga with the outcome (`reset` and `skip` also apply)"
+        ),
+        Some(req) => format!(
+            "compensation of step {name} failed: {error}; parked for an operator: steps before {name} were not undone; the close requested by {} (outcome {}) is still pending: fix the cause and `resume` to go on undoing (the saga then ends closed), or `close` it without --compensate to end it now",
+            req.actor, req.outcome
+        ),
+    };
     let mut t = Transition::base(state, SagaStatus::NeedsOperator);
     t.attempt = 0;
     t.step_started_at = None;
@@ -1195,6 +1243,7 @@ mod tests {
             cancel_requested: false,
             last_error: None,
             effect_possible: false,
+            close_requested: None,
         }
     }
 
@@ -1563,6 +1612,68 @@ mod tests {
             },
             now,
         );
+        assert_eq!(t.status, SagaStatus::Compensated);
+    }
+
+    #[test]
+    fn a_pending_close_ends_the_unwind_closed_and_a_failed_compensation_parks_with_it_visible() {
+        let tr = [
+            StepTraits {
+                compensable: true,
+                irreversible: false,
+            },
+            StepTraits {
+                compensable: true,
+                irreversible: false,
+            },
+        ];
+        let d = def(&tr);
+        let now = Utc::now();
+        let s = SagaState {
+            close_requested: Some(CloseRequest {
+                outcome: ClosedOutcome::Paid,
+                actor: "ops:bob".into(),
+                reason: "paid by hand".into(),
+                requested_at: now,
+            }),
+            // A cancel asked before the close: the close decides how the unwind ends.
+            cancel_requested: true,
+            ..state(SagaStatus::Compensating, 1)
+        };
+        let t = after_compensation(&s, &d, 1, 1, StepOutcome::Done(json!(null)), now);
+        assert_eq!((t.status, t.step_index), (SagaStatus::Compensating, 0));
+        let t = after_compensation(
+            &SagaState {
+                step_index: 0,
+                ..s.clone()
+            },
+            &d,
+            0,
+            1,
+            StepOutcome::Done(json!(null)),
+            now,
+        );
+        assert_eq!(t.status, SagaStatus::Closed);
+        let last = t.history.last().expect("entry");
+        assert_eq!(
+            (last.kind, last.detail["outcome"].as_str()),
+            (HistoryKind::SagaClosed, Some("paid"))
+        );
+        let t = after_compensation(&s, &d, 1, 1, StepOutcome::fail("403"), now);
+        assert_eq!(t.status, SagaStatus::NeedsOperator);
+        let error = t.last_error.unwrap_or_default();
+        assert!(
+            error.contains("close requested by ops:bob (outcome paid) is still pending"),
+            "{error}"
+        );
+        // Without a close request the unwind ends as before.
+        let plain = SagaState {
+            close_requested: None,
+            cancel_requested: false,
+            step_index: 0,
+            ..s
+        };
+        let t = after_compensation(&plain, &d, 0, 1, StepOutcome::Done(json!(null)), now);
         assert_eq!(t.status, SagaStatus::Compensated);
     }
 

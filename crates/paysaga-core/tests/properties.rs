@@ -179,6 +179,7 @@ proptest! {
             cancel_requested: false,
             last_error: None,
             effect_possible: false,
+            close_requested: None,
         };
         // Irreversible steps an attempt of which may have reached the provider.
         let mut maybe_acted: Vec<usize> = Vec::new();

@@ -129,6 +129,7 @@ impl SagaRecord {
             cancel_requested: self.cancel_requested,
             last_error: self.last_error.clone(),
             effect_possible: self.effect_possible,
+            close_requested: self.close_requested.clone(),
         }
     }
 }
