@@ -200,7 +200,7 @@ async fn parked_lean_rejected_by_bank_and_blaaiz_failed_payouts_end_closed_with_
         "waiting",
     ]));
     assert!(err.contains("no longer where you saw it"), "{err}");
-    // A close without a reason, and one with --compensate, are refused.
+    // A close without a reason, and one with --compensate (unconfirmed), are refused.
     let err = refused(&rig.paysaga(&[
         "close",
         &lean.to_string(),
@@ -219,8 +219,11 @@ async fn parked_lean_rejected_by_bank_and_blaaiz_failed_payouts_end_closed_with_
         "x",
         "--compensate",
     ]));
+    // create_intent (irreversible) completed: it cannot be undone, so declaring not paid and
+    // undoing what came before needs the operator's confirmation that nothing was paid.
     assert!(
-        err.contains("--compensate") && err.contains("not supported"),
+        err.contains("--confirm-not-sent")
+            && err.contains("irreversible step create_intent completed"),
         "{err}"
     );
     assert_eq!(rig.saga(lean).await.status.as_str(), "needs_operator");
@@ -598,4 +601,282 @@ async fn skip_with_an_output_missing_a_referenced_field_and_actions_without_a_re
     assert!(audit
         .iter()
         .any(|r| r["kind"] == "operator_skip" && r["detail"]["reason"] == "ran by hand"));
+}
+
+/// Runs `args` until it is not refused because a worker holds the saga right now (an attempt
+/// of its step is running), at most 30 s.
+fn paysaga_when_unheld(rig: &Rig, args: &[&str]) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = rig.paysaga(args);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        if out.status.success() || !err.contains("running") || Instant::now() > deadline {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_with_compensate_cancels_the_payable_at_the_provider_then_ends_closed_with_the_outcome(
+) {
+    let rig = Rig::new("ops-close-compensate").await;
+    // Approving (and cancelling) payables fails at the provider: the saga retries approve.
+    rig.sandbox
+        .set_faults("error_rate@POST:/lumanu/api/rest/payable/=1")
+        .await;
+    let id = rig.start("lumanu_prefund", 0, |_| {}).await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let retrying = loop {
+        let s = rig.saga(id).await;
+        if s.status.as_str() == "retrying" && s.step_index == 4 {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "saga {id} is {} at step #{} ({:?}), not retrying approve_payable; logs in {}",
+            s.status,
+            s.step_index + 1,
+            s.last_error,
+            rig.logs.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let payable = retrying.outputs["create_payable"]["payable_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ids = id.to_string();
+
+    // A stale view is refused (exit 4) and nothing changes.
+    let out = rig.paysaga(&[
+        "close",
+        &ids,
+        "--outcome",
+        "not-paid",
+        "--reason",
+        "payee withdrew",
+        "--compensate",
+        "--expect-step",
+        "pay_from_balance",
+    ]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(refused(&out).contains("no longer where you saw it"));
+    // --confirm-not-sent goes with --compensate only (a usage error).
+    let out = rig.paysaga(&[
+        "close",
+        &ids,
+        "--outcome",
+        "not-paid",
+        "--reason",
+        "x",
+        "--confirm-not-sent",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", refused(&out));
+
+    let out = ok(&paysaga_when_unheld(
+        &rig,
+        &[
+            "close",
+            &ids,
+            "--outcome",
+            "not-paid",
+            "--reason",
+            "payee withdrew, ticket 7",
+            "--compensate",
+            "--expect-step",
+            "approve_payable",
+        ],
+    ));
+    assert!(
+        out.contains("closing:") && out.contains("compensating"),
+        "{out}"
+    );
+    // The cancel fails at the provider too: the compensation retries, the request stays.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = rig.saga(id).await;
+        if s.status.as_str() == "compensating" && s.attempt >= 1 {
+            assert_eq!(s.step_index, 3, "create_payable is undone");
+            let req = s.close_requested.clone().unwrap();
+            assert_eq!(
+                (req.actor.as_str(), req.outcome.as_str()),
+                ("ops:alice", "not_paid")
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "saga {id} is {} ({:?}); logs in {}",
+            s.status,
+            s.last_error,
+            rig.logs.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let shown = ok(&rig.paysaga(&["show", &ids]));
+    assert!(
+        shown.contains("closing   ops:alice asked")
+            && shown.contains("to close it as not_paid once its completed steps are undone"),
+        "{shown}"
+    );
+    // Cancel and a second close request are refused and say what to do instead.
+    let out = rig.paysaga(&["cancel", &ids, "--reason", "stop"]);
+    assert_eq!(out.status.code(), Some(4));
+    let err = refused(&out);
+    assert!(
+        err.contains("nothing to cancel") && err.contains("without --compensate"),
+        "{err}"
+    );
+    let out = rig.paysaga(&[
+        "close",
+        &ids,
+        "--outcome",
+        "paid",
+        "--reason",
+        "y",
+        "--compensate",
+    ]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(refused(&out).contains("already asked for it"));
+
+    // The provider recovers: the payable is cancelled and the saga ends closed.
+    let http = reqwest::Client::new();
+    let on = http
+        .put(rig.sandbox.url("/_sandbox/requests/recording"))
+        .body("on")
+        .send()
+        .await
+        .unwrap();
+    assert!(on.status().is_success());
+    rig.sandbox.set_faults("none").await;
+    let closed = rig.wait_status(id, "closed", Duration::from_secs(60)).await;
+    assert_eq!(
+        closed.closed_outcome,
+        Some(paysaga_core::ClosedOutcome::NotPaid)
+    );
+    assert!(closed.close_requested.is_none() && closed.finished_at.is_some());
+    let requested = rig.history(id, "close_requested").await;
+    assert_eq!(requested.len(), 1);
+    let (actor, step, _, detail) = &requested[0];
+    assert_eq!(actor.as_deref(), Some("ops:alice"));
+    assert_eq!(step.as_deref(), Some("approve_payable"));
+    assert_eq!(detail["outcome"], "not_paid");
+    assert_eq!(detail["compensate"], true);
+    assert_eq!(detail["undo"], json!(["create_payable"]));
+    assert_eq!(detail["reason"], "payee withdrew, ticket 7");
+    assert_eq!(detail["os_user"], "alice-os");
+    let compensated = rig.history(id, "step_compensated").await;
+    assert_eq!(compensated.len(), 1);
+    assert_eq!(compensated[0].1.as_deref(), Some("create_payable"));
+    let ended = rig.history(id, "saga_closed").await;
+    assert_eq!(ended.len(), 1);
+    let (actor, _, _, detail) = &ended[0];
+    assert_eq!(
+        *actor, None,
+        "written by the worker that finished the unwind"
+    );
+    assert_eq!(
+        (
+            &detail["outcome"],
+            &detail["compensate"],
+            &detail["requested_by"]
+        ),
+        (&json!("not_paid"), &json!(true), &json!("ops:alice"))
+    );
+    assert!(rig.history(id, "saga_compensated").await.is_empty());
+    // At the provider: the payable was cancelled, nothing was paid.
+    let exchanges: Vec<Value> = http
+        .get(rig.sandbox.url("/_sandbox/requests"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cancel = format!("/payable/{payable}/cancel");
+    assert!(
+        exchanges.iter().any(|x| x["method"] == "POST"
+            && x["path"].as_str().is_some_and(|p| p.ends_with(&cancel))
+            && x["status"].as_u64().is_some_and(|c| c < 300)),
+        "no successful cancel of payable {payable}: {exchanges:#?}"
+    );
+    let all = rig.sandbox.ledger().await;
+    assert!(
+        all.iter().all(|e| e["kind"] != "payment"),
+        "a closed, not paid saga paid: {all:#?}"
+    );
+    let shown = ok(&rig.paysaga(&["show", &ids]));
+    assert!(
+        shown.contains("closed (outcome declared by the operator: not_paid)")
+            && !shown.contains("closing   "),
+        "{shown}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_with_compensate_after_a_payout_acted_is_refused_as_paid_and_needs_confirmation_as_not_paid(
+) {
+    let rig = Rig::new("ops-close-compensate-payout").await;
+    let id = rig
+        .start("blaaiz_kyc_payout", 0, |v| {
+            v["payout"]["account_number"] = json!(FAILING_ACCOUNT);
+        })
+        .await;
+    rig.wait_status(id, "needs_operator", Duration::from_secs(90))
+        .await;
+    let ids = id.to_string();
+    let out = rig.paysaga(&[
+        "close",
+        &ids,
+        "--outcome",
+        "paid",
+        "--reason",
+        "r",
+        "--compensate",
+        "--confirm-not-sent",
+    ]);
+    assert_eq!(out.status.code(), Some(4));
+    let err = refused(&out);
+    assert!(
+        err.contains("irreversible step payout completed")
+            && err.contains("as paid without --compensate"),
+        "{err}"
+    );
+    let out = rig.paysaga(&[
+        "close",
+        &ids,
+        "--outcome",
+        "not-paid",
+        "--reason",
+        "r",
+        "--compensate",
+    ]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(refused(&out).contains("--confirm-not-sent"));
+    assert_eq!(rig.saga(id).await.status.as_str(), "needs_operator");
+    // Confirmed: no step of this workflow can be undone, so it is closed at once.
+    let out = ok(&rig.paysaga(&[
+        "close",
+        &ids,
+        "--outcome",
+        "not-paid",
+        "--reason",
+        "payout FAILED and refunded",
+        "--compensate",
+        "--confirm-not-sent",
+        "--expect-status",
+        "needs_operator",
+    ]));
+    assert!(out.contains("there was nothing to undo"), "{out}");
+    let s = rig.saga(id).await;
+    assert_eq!(
+        (s.status.as_str(), s.closed_outcome),
+        ("closed", Some(paysaga_core::ClosedOutcome::NotPaid))
+    );
+    let closed = rig.history(id, "saga_closed").await;
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].3["compensate"], true);
+    assert_eq!(closed[0].3["confirm_not_sent"], true);
+    assert_eq!(rig.history(id, "operator_refused").await.len(), 2);
 }

@@ -385,6 +385,15 @@ fn print_saga(v: &SagaView) {
     if let Some(e) = &s.last_error {
         println!("error     {e}");
     }
+    if let Some(req) = &s.close_requested {
+        println!(
+            "closing   {} asked at {} to close it as {} once its completed steps are undone (reason: {}); it ends closed when they are",
+            req.actor,
+            req.requested_at.format("%Y-%m-%d %H:%M:%S"),
+            req.outcome,
+            req.reason
+        );
+    }
     crate::operate_visibility::print_details(v);
     for h in v
         .history

@@ -65,11 +65,19 @@ pub struct CloseArgs {
     /// Why (required; recorded in history with who and when).
     #[arg(long)]
     pub reason: String,
-    /// Undo completed steps first (not supported yet: refused with what to do instead).
+    /// Undo the completed steps first: workers run their compensations in reverse (status
+    /// compensating, with retries) and the saga then ends closed with the outcome. Refused
+    /// with --outcome paid after an irreversible step (the payout) acted: it cannot be undone
+    /// and the steps it relied on must stay.
     #[arg(long)]
     pub compensate: bool,
     #[command(flatten)]
     pub expect: ExpectArgs,
+    /// With --compensate --outcome not-paid: you checked at the provider that the irreversible
+    /// steps that acted (or may have) did not pay, or that the money came back; required
+    /// when one of them may have acted (it cannot be undone; the steps before it are).
+    #[arg(long, requires = "compensate")]
+    pub confirm_not_sent: bool,
 }
 
 /// `paysaga reset`.
@@ -152,16 +160,29 @@ pub async fn close(engine: &Engine, args: &CloseArgs) -> Result<()> {
                 outcome,
                 compensate: args.compensate,
                 expected: args.expect.expected(),
+                confirm_not_sent: args.confirm_not_sent,
             },
             &crate::operate::actor(),
             &args.reason,
         )
         .await
         .with_context(|| format!("cannot close saga {}", args.id))?;
-    println!(
-        "closed: saga {} is now {} (outcome {outcome}); nothing was undone",
-        saga.id, saga.status
-    );
+    if saga.status == paysaga_core::SagaStatus::Closed {
+        let undone = if args.compensate {
+            "there was nothing to undo"
+        } else {
+            "nothing was undone"
+        };
+        println!(
+            "closed: saga {} is now {} (outcome {outcome}); {undone}",
+            saga.id, saga.status
+        );
+    } else {
+        println!(
+            "closing: saga {} is now {}: workers undo its completed steps in reverse, then it ends closed (outcome {outcome}); follow it with `paysaga show {}`",
+            saga.id, saga.status, saga.id
+        );
+    }
     Ok(())
 }
 

@@ -706,16 +706,7 @@ impl Engine {
 
     async fn resume_saga(&self, id: Uuid, actor: &str, reason: &str) -> Result<SagaRecord, Error> {
         let (saga, loaded) = self.saga_and_definition(id).await?;
-        let history = self.store.history(id).await?;
-        let in_compensation = history
-            .iter()
-            .rev()
-            .find_map(|h| match h.kind {
-                HistoryKind::CompensationFailed => Some(true),
-                HistoryKind::StepFailed => Some(false),
-                _ => None,
-            })
-            .unwrap_or(false);
+        let in_compensation = self.parked_in_compensation(id).await?;
         let t = paysaga_core::operator::resume(
             &saga.state(),
             &loaded,
@@ -845,6 +836,21 @@ impl Engine {
         Ok(self.store.stats().await?)
     }
 
+    /// Whether a parked saga stopped in its unwind (its last failure was a compensation's):
+    /// its current step is then the next one to undo.
+    async fn parked_in_compensation(&self, id: Uuid) -> Result<bool, Error> {
+        let history = self.store.history(id).await?;
+        Ok(history
+            .iter()
+            .rev()
+            .find_map(|h| match h.kind {
+                HistoryKind::CompensationFailed => Some(true),
+                HistoryKind::StepFailed => Some(false),
+                _ => None,
+            })
+            .unwrap_or(false))
+    }
+
     /// The saga and its definition for an operator action. Operator transitions need step
     /// names only, so this works in a process (e.g. the CLI) that does not register the
     /// saga's step kinds; the result is not cached with the workers' compiled definitions.
@@ -951,10 +957,14 @@ pub struct Expected {
 pub struct CloseSaga {
     /// Did the payee get the money?
     pub outcome: paysaga_core::ClosedOutcome,
-    /// Run compensations first (not supported yet: refused).
+    /// Undo the completed steps first (the workers run the compensations, in reverse, with
+    /// their retries); the saga ends closed with the outcome when they are undone.
     pub compensate: bool,
     /// Where the operator saw it.
     pub expected: Expected,
+    /// With `compensate`: the irreversible steps that acted (or may have) did not pay, or the
+    /// money came back (checked at the provider); required to close as not paid after one.
+    pub confirm_not_sent: bool,
 }
 
 /// `reset`: run a saga again from a step.
@@ -1083,8 +1093,12 @@ impl Engine {
 
     /// Ends a saga that is not over (parked, or moving while no worker holds it) with the
     /// outcome the operator declares: status `closed`, a `saga_closed` history row, nothing
-    /// undone. Refused on ended sagas, while a worker holds the saga, and when it moved
-    /// since the operator saw it.
+    /// undone. With `req.compensate` its completed steps are undone first: status
+    /// `compensating` with the request stored (a `close_requested` row), and the unwind ends
+    /// `closed` with the outcome (or at once when there is nothing to undo); this needs the
+    /// saga's step kinds registered (their traits say what can be undone). Refused on ended
+    /// sagas, while a worker holds the saga, when it moved since the operator saw it, and
+    /// (see [`paysaga_core::operator::close`]) when an irreversible step acted.
     pub async fn close(
         &self,
         id: Uuid,
@@ -1093,25 +1107,47 @@ impl Engine {
         reason: &str,
     ) -> Result<SagaRecord, Error> {
         let r = async {
-            let (saga, def) = self.saga_and_definition(id).await?;
+            let (saga, def) = if req.compensate {
+                let saga = self.store.saga(id).await?.ok_or(Error::SagaNotFound(id))?;
+                let loaded = self.load(saga.definition_id).await?;
+                (saga, loaded.compiled.clone())
+            } else {
+                self.saga_and_definition(id).await?
+            };
             let current = def.steps.get(saga.step_index).map(|s| s.def.name.as_str());
             Self::check_expected(&saga, current, &req.expected)?;
+            let in_compensation = req.compensate
+                && saga.status == paysaga_core::SagaStatus::NeedsOperator
+                && self.parked_in_compensation(id).await?;
+            let now = chrono::Utc::now();
             let t = paysaga_core::operator::close(
                 &saga.state(),
                 &def,
-                req.outcome,
-                req.compensate,
+                paysaga_core::operator::CloseAction {
+                    outcome: req.outcome,
+                    compensate: req.compensate,
+                    in_compensation,
+                    confirm_not_sent: req.confirm_not_sent,
+                },
                 reason,
-                chrono::Utc::now(),
+                now,
             )?;
             Self::check_unheld(&saga, "close")?;
+            let request = paysaga_core::CloseRequest {
+                outcome: req.outcome,
+                actor: actor.to_string(),
+                reason: reason.to_string(),
+                requested_at: now,
+            };
+            let closed = t.status == paysaga_core::SagaStatus::Closed;
             self.apply_operator_with(
                 &saga,
                 &t,
                 actor,
                 paysaga_store::OperatorChange {
-                    closed_outcome: Some(req.outcome),
+                    closed_outcome: closed.then_some(req.outcome),
                     require_unheld: true,
+                    close_request: (!closed).then_some(&request),
                     ..Default::default()
                 },
             )

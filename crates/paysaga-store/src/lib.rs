@@ -665,6 +665,28 @@ fn closed_outcome(text: Option<String>) -> Result<Option<paysaga_core::ClosedOut
     text.map(|t| t.parse().map_err(Error::Corrupt)).transpose()
 }
 
+/// A stored `close_requested` (a pending `close --compensate`).
+fn close_request(
+    value: Option<serde_json::Value>,
+) -> Result<Option<paysaga_core::CloseRequest>, Error> {
+    value
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| Error::Corrupt(format!("saga close_requested: {e}")))
+}
+
+/// Refuses a cancel of a saga unwinding for a pending `close --compensate`: it already
+/// undoes its steps and ends closed with the declared outcome.
+fn refuse_cancel_while_closing(saga: &SagaRecord) -> Result<(), Error> {
+    match &saga.close_requested {
+        Some(req) => Err(Error::Refused(format!(
+            "saga {} is already undoing its completed steps because {} closed it with --compensate (outcome {}): it ends closed with that outcome when they are undone, so there is nothing to cancel; to end it now without undoing the rest, `close` it without --compensate",
+            saga.id, req.actor, req.outcome
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The key generations after an operator action: `stored` with each step of
 /// `change.new_key_generation` one higher.
 fn next_key_generations(
@@ -691,6 +713,12 @@ fn check_operator_change(
     if let (true, Some(worker)) = (change.require_unheld, owner) {
         return Err(Error::Refused(format!(
             "saga {saga} is running: worker {worker} holds it and is running its current step; wait until it lets go (`paysaga show {saga}` no longer shows a lease), then act again"
+        )));
+    }
+    if change.close_request.is_some() && t.status != paysaga_core::SagaStatus::Compensating {
+        return Err(Error::Refused(format!(
+            "saga {saga}: a close request is stored only with an unwind (status compensating), not with status {}",
+            t.status
         )));
     }
     let closing = t.status == paysaga_core::SagaStatus::Closed;

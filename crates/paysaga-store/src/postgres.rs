@@ -33,7 +33,7 @@ const WAKEUP_CHANNEL: &str = "paysaga_wakeup";
 const SAGA_COLUMNS: &str = "id, definition_id, workflow, version, idempotency_key, input, status, \
     step_index, attempt, step_started_at, run_at, owner, fence, outputs, wait, wake_event, \
     last_error, cancel_requested, created_at, updated_at, finished_at, effect_possible, effect_step, \
-    closed_outcome, key_generations";
+    closed_outcome, key_generations, close_requested";
 
 const ACTIVE: &str = "('scheduled', 'retrying', 'waiting', 'compensating')";
 
@@ -444,7 +444,10 @@ upd AS (
            finished_at = CASE WHEN $13 THEN now() ELSE NULL END,
            last_commit = $21,
            effect_possible = $22,
-           cancel_requested = s.cancel_requested AND NOT $13
+           cancel_requested = s.cancel_requested AND NOT $13,
+           closed_outcome = CASE WHEN $4 = 'closed' THEN s.close_requested->>'outcome' END,
+           close_requested = CASE WHEN $4 IN ('compensating', 'needs_operator')
+                                  THEN s.close_requested END
     FROM lease WHERE s.id = lease.id
     RETURNING s.id),
 hist AS (
@@ -559,6 +562,7 @@ fn saga_from_row(row: &PgRow) -> Result<SagaRecord, Error> {
         closed_outcome: crate::closed_outcome(row.try_get("closed_outcome")?)?,
         key_generations: serde_json::from_value(row.try_get("key_generations")?)
             .map_err(|e| Error::Corrupt(format!("saga key_generations: {e}")))?,
+        close_requested: crate::close_request(row.try_get("close_requested")?)?,
     })
 }
 
@@ -1524,7 +1528,10 @@ impl Store for PgStore {
                     updated_at = now(),
                     finished_at = CASE WHEN $13 THEN now() ELSE NULL END,
                     last_commit = $14, effect_possible = $15,
-                    cancel_requested = cancel_requested AND NOT $13
+                    cancel_requested = cancel_requested AND NOT $13,
+                    closed_outcome = CASE WHEN $2 = 'closed' THEN close_requested->>'outcome' END,
+                    close_requested = CASE WHEN $2 IN ('compensating', 'needs_operator')
+                                           THEN close_requested END
              WHERE id = $1",
         )
         .bind(c.saga)
@@ -1992,7 +1999,9 @@ impl Store for PgStore {
                     last_error = $10, owner = NULL, fence = fence + 1, updated_at = now(),
                     finished_at = CASE WHEN $11 THEN now() ELSE NULL END,
                     effect_possible = $12, closed_outcome = $13,
-                    input = coalesce($14, input), key_generations = $15
+                    input = coalesce($14, input), key_generations = $15,
+                    close_requested = CASE WHEN $2 IN ('compensating', 'needs_operator')
+                                           THEN coalesce($16::jsonb, close_requested) END
              WHERE id = $1 RETURNING {SAGA_COLUMNS}"
         ))
         .bind(a.saga)
@@ -2010,6 +2019,13 @@ impl Store for PgStore {
         .bind(change.closed_outcome.map(|o| o.as_str()))
         .bind(change.input)
         .bind(&generations)
+        .bind(
+            change
+                .close_request
+                .map(serde_json::to_value)
+                .transpose()
+                .map_err(|e| Error::Corrupt(e.to_string()))?,
+        )
         .fetch_one(&mut *tx)
         .await?;
         if t.wait.is_none() {
@@ -2047,6 +2063,7 @@ impl Store for PgStore {
                 crate::cancel_refusal_hint(saga.status)
             )));
         }
+        crate::refuse_cancel_while_closing(&saga)?;
         // Make it runnable now (a retry backoff or a wait must not delay a cancel); the
         // holder, if any, applies it after its current step.
         let row = sqlx::query(&format!(

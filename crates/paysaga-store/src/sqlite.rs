@@ -83,7 +83,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const SAGA_COLUMNS: &str = "id, definition_id, workflow, version, idempotency_key, input, status, \
     step_index, attempt, step_started_at, run_at, owner, fence, outputs, wait, wake_event, \
     last_error, cancel_requested, created_at, updated_at, finished_at, effect_possible, effect_step, \
-    closed_outcome, key_generations";
+    closed_outcome, key_generations, close_requested";
 
 const ACTIVE: &str = "('scheduled', 'retrying', 'waiting', 'compensating')";
 /// First line of a migration that must run with foreign keys off (a table rebuild).
@@ -110,7 +110,7 @@ WHERE id IN (
 RETURNING id, definition_id, workflow, version, idempotency_key, input, status, step_index,
     attempt, step_started_at, run_at, owner, fence, outputs, wait, wake_event, last_error,
     cancel_requested, created_at, updated_at, finished_at, effect_possible, effect_step, closed_outcome,
-    key_generations";
+    key_generations, close_requested";
 
 /// Operator rows across sagas, newest first (`$1` since, `$2` actor, `$3` limit); served by
 /// the partial index `paysaga_history_operator` (forced: no statistics on a fresh file).
@@ -329,6 +329,7 @@ fn saga_from_row(row: &SqliteRow) -> Result<SagaRecord, Error> {
         closed_outcome: crate::closed_outcome(row.try_get("closed_outcome")?)?,
         key_generations: serde_json::from_value(get_json(row, "key_generations")?)
             .map_err(|e| Error::Corrupt(format!("saga key_generations: {e}")))?,
+        close_requested: crate::close_request(get_opt_json(row, "close_requested")?)?,
     })
 }
 
@@ -1327,7 +1328,11 @@ impl Store for SqliteStore {
                     updated_at = $14,
                     finished_at = CASE WHEN $15 THEN $14 ELSE NULL END,
                     last_commit = $16, effect_possible = $17,
-                    cancel_requested = cancel_requested AND NOT $15
+                    cancel_requested = cancel_requested AND NOT $15,
+                    closed_outcome = CASE WHEN $2 = 'closed'
+                                          THEN json_extract(close_requested, '$.outcome') END,
+                    close_requested = CASE WHEN $2 IN ('compensating', 'needs_operator')
+                                           THEN close_requested END
              WHERE id = $1",
         )
         .bind(&saga_id)
@@ -1858,7 +1863,9 @@ impl Store for SqliteStore {
                     updated_at = $12,
                     finished_at = CASE WHEN $13 THEN $12 ELSE NULL END,
                     effect_possible = $14, closed_outcome = $15,
-                    input = coalesce($16, input), key_generations = $17
+                    input = coalesce($16, input), key_generations = $17,
+                    close_requested = CASE WHEN $2 IN ('compensating', 'needs_operator')
+                                           THEN coalesce($18, close_requested) END
              WHERE id = $1 RETURNING {SAGA_COLUMNS}"
         ))
         .bind(&saga_id)
@@ -1878,6 +1885,7 @@ impl Store for SqliteStore {
         .bind(change.closed_outcome.map(|o| o.as_str()))
         .bind(&input)
         .bind(to_json(&generations)?)
+        .bind(change.close_request.map(to_json).transpose()?)
         .fetch_one(&mut *tx)
         .await?;
         if t.wait.is_none() {
@@ -1912,6 +1920,7 @@ impl Store for SqliteStore {
                 crate::cancel_refusal_hint(saga.status)
             )));
         }
+        crate::refuse_cancel_while_closing(&saga)?;
         // Make it runnable now (a retry backoff or a wait must not delay a cancel); the
         // holder, if any, applies it after its current step.
         let row = sqlx::query(&format!(

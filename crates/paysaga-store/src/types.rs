@@ -102,6 +102,11 @@ pub struct SagaRecord {
     /// [`paysaga_core::StepContext::key_generation`]). Empty for most sagas.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub key_generations: std::collections::BTreeMap<String, u32>,
+    /// A pending `close --compensate`: the saga's completed steps are being undone (or the
+    /// unwind is parked) and it ends `closed` with this outcome. Only while `compensating` or
+    /// `needs_operator`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub close_requested: Option<paysaga_core::CloseRequest>,
 }
 
 impl SagaRecord {
@@ -400,6 +405,9 @@ pub struct OperatorChange<'a> {
     pub new_key_generation: &'a [String],
     /// Refused while a worker holds the saga (its current step is running).
     pub require_unheld: bool,
+    /// A `close --compensate` to store with the saga (status `compensating` only): the unwind
+    /// ends `closed` with its outcome. Any other status clears a stored one.
+    pub close_request: Option<&'a paysaga_core::CloseRequest>,
 }
 
 /// Which operator history rows `paysaga audit` lists.

@@ -3313,3 +3313,157 @@ async fn connect_picks_the_store_by_url_scheme() {
         other => panic!("expected UnsupportedUrl, got {other:?}"),
     }
 }
+
+/// `close --compensate` (issue 13 item 1): the request is stored with the unwind, survives its
+/// retries and a park, is cleared by an action that moves the saga forward, refuses a cancel,
+/// and the unwind's final commit (decided by the state machine from the stored request) ends
+/// the saga `closed` with the declared outcome.
+async fn a_close_request_is_stored_with_the_unwind_and_its_final_commit_ends_closed_with_the_outcome(
+    e: Env,
+) {
+    use paysaga_core::{CloseRequest, ClosedOutcome, StepOutcome, StepTraits};
+    use paysaga_store::OperatorChange;
+    let s = e.s();
+    let w = worker(s, LONG_TTL).await;
+    let req = CloseRequest {
+        outcome: ClosedOutcome::NotPaid,
+        actor: "ops:alice".to_string(),
+        reason: "payee withdrew".to_string(),
+        requested_at: Utc::now(),
+    };
+    let close_requested = |step: usize| {
+        let mut t = transition(SagaStatus::Compensating, step);
+        t.history = vec![HistoryEntry {
+            detail: json!({"reason": "payee withdrew", "outcome": "not_paid", "compensate": true}),
+            ..entry(HistoryKind::CloseRequested, Some("s2"), None)
+        }];
+        t
+    };
+    let action = |saga: &SagaRecord, t| OperatorAction {
+        saga: saga.id,
+        expect_status: saga.status,
+        expect_step_index: saga.step_index,
+        transition: t,
+        actor: "ops:alice",
+    };
+    let with_request = || OperatorChange {
+        close_request: Some(&req),
+        require_unheld: true,
+        ..Default::default()
+    };
+    let a = start(s, "flow", &[STEP, STEP], None).await;
+    // Only an unwind carries a request.
+    let scheduled = transition(SagaStatus::Scheduled, 0);
+    let refused = s
+        .operator_apply_with(action(&a, &scheduled), with_request())
+        .await;
+    assert!(matches!(&refused, Err(Error::Refused(_))), "{refused:?}");
+    assert_eq!(saga(s, a.id).await.close_requested, None);
+
+    let t = close_requested(0);
+    let stored = s
+        .operator_apply_with(action(&a, &t), with_request())
+        .await
+        .unwrap();
+    assert_eq!(stored.status, SagaStatus::Compensating);
+    assert_eq!(stored.close_requested.as_ref(), Some(&req));
+    let h = s.history(a.id).await.unwrap();
+    let last = h.last().unwrap();
+    assert_eq!(
+        (last.kind, last.actor.as_deref()),
+        (HistoryKind::CloseRequested, Some("ops:alice"))
+    );
+    // A cancel of a saga unwinding for a close is refused: it already ends closed.
+    let cancel = s.request_cancel(a.id, "ops:bob", "stop it").await;
+    assert!(
+        matches!(&cancel, Err(Error::Refused(m)) if m.contains("nothing to cancel") && m.contains("ops:alice")),
+        "{cancel:?}"
+    );
+
+    // A worker retries the compensation: the request stays.
+    let claimed = claim_one(s, w, a.id).await;
+    assert_eq!(claimed.state().close_requested.as_ref(), Some(&req));
+    let mut retry = transition(SagaStatus::Compensating, 0);
+    retry.attempt = 1;
+    retry.history = vec![entry(
+        HistoryKind::CompensationRetrying,
+        Some("s1"),
+        Some(1),
+    )];
+    commit(s, &claimed, w, &retry, None).await.unwrap();
+    assert_eq!(saga(s, a.id).await.close_requested.as_ref(), Some(&req));
+
+    // The last compensation: the state machine ends the unwind closed, the store writes the
+    // outcome from the stored request and clears it.
+    let claimed = claim_one(s, w, a.id).await;
+    let def = definition("flow", 1, &[STEP, STEP])
+        .compile(
+            &|_| {
+                Some(StepTraits {
+                    compensable: true,
+                    irreversible: false,
+                })
+            },
+            &[],
+        )
+        .unwrap();
+    let end = paysaga_core::after_compensation(
+        &claimed.state(),
+        &def,
+        0,
+        2,
+        StepOutcome::Done(json!({})),
+        Utc::now(),
+    );
+    assert_eq!(end.status, SagaStatus::Closed);
+    commit(s, &claimed, w, &end, None).await.unwrap();
+    let closed = saga(s, a.id).await;
+    assert_eq!(closed.status, SagaStatus::Closed);
+    assert_eq!(closed.closed_outcome, Some(ClosedOutcome::NotPaid));
+    assert_eq!(closed.close_requested, None);
+    assert!(closed.finished_at.is_some() && closed.run_at.is_none() && closed.owner.is_none());
+    let h = s.history(a.id).await.unwrap();
+    let last = h.last().unwrap();
+    assert_eq!(last.kind, HistoryKind::SagaClosed);
+    assert_eq!(last.worker, Some(w));
+    let detail = last.detail.clone().unwrap();
+    assert_eq!(
+        (
+            &detail["outcome"],
+            &detail["compensate"],
+            &detail["requested_by"]
+        ),
+        (&json!("not_paid"), &json!(true), &json!("ops:alice"))
+    );
+
+    // A compensation that fails for good parks the saga with the request kept; an operator
+    // action that moves it forward (a reset) drops it.
+    let b = start(s, "flow", &[STEP, STEP], None).await;
+    let t = close_requested(0);
+    let b = s
+        .operator_apply_with(action(&b, &t), with_request())
+        .await
+        .unwrap();
+    let claimed = claim_one(s, w, b.id).await;
+    let mut parked = transition(SagaStatus::NeedsOperator, 0);
+    parked.history = vec![entry(HistoryKind::CompensationFailed, Some("s1"), Some(1))];
+    commit(s, &claimed, w, &parked, None).await.unwrap();
+    let b = saga(s, b.id).await;
+    assert_eq!(b.status, SagaStatus::NeedsOperator);
+    assert_eq!(b.close_requested.as_ref(), Some(&req));
+    let reset = s
+        .operator_apply_with(action(&b, &scheduled), OperatorChange::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (reset.status, reset.close_requested),
+        (SagaStatus::Scheduled, None)
+    );
+}
+
+mod close_compensate {
+    use super::*;
+    conformance!(
+        a_close_request_is_stored_with_the_unwind_and_its_final_commit_ends_closed_with_the_outcome
+    );
+}
