@@ -165,7 +165,8 @@ enum Command {
     #[command(subcommand)]
     Documents(documents::DocumentsCommand),
     /// End a saga that is not over (parked, or moving while no worker holds it) with the
-    /// outcome you checked at the provider: status `closed`; nothing is undone.
+    /// outcome you checked at the provider: status `closed`; nothing is undone, unless
+    /// `--compensate`: its completed steps are undone first, then it ends `closed`.
     Close(operate_actions::CloseArgs),
     /// Run a saga again from a step (the current one or earlier), optionally with its input
     /// patched (e.g. a corrected bank account); earlier outputs are kept.
