@@ -414,7 +414,6 @@ pub fn close_undo_steps(
     in_compensation: bool,
 ) -> Vec<String> {
     undone_below(state, def, in_compensation)
-        .into_iter()
         .rev()
         .filter(|&j| def.steps[j].traits.compensable)
         .map(|j| def.steps[j].def.name.clone())
