@@ -99,8 +99,7 @@ impl Drop for Driver {
 
 /// Where the screenshots go (kept as test artifacts).
 fn artifacts() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../target/paysaga-artifacts/console");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/paysaga-artifacts/console");
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -140,13 +139,11 @@ async fn browser(logs: &Path) -> (Driver, fantoccini::Client) {
         "goog:chromeOptions".into(),
         json!({"binary": chromium, "args": args}),
     );
-    let client = ClientBuilder::new(
-        hyper_util::client::legacy::connect::HttpConnector::new(),
-    )
-    .capabilities(caps)
-    .connect(&format!("http://127.0.0.1:{port}"))
-    .await
-    .unwrap_or_else(|e| panic!("cannot start a Chromium session through chromedriver: {e}"));
+    let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .unwrap_or_else(|e| panic!("cannot start a Chromium session through chromedriver: {e}"));
     (driver, client)
 }
 
@@ -250,8 +247,36 @@ async fn an_operator_finds_a_parked_lean_payout_reads_why_and_closes_it_in_a_bro
     );
     let text = page_text(&client).await;
     assert!(text.contains("await_payment"), "{text}");
-    assert!(text.contains("The provider's last answer per step"), "{text}");
+    assert!(
+        text.contains("The provider's last answer per step"),
+        "{text}"
+    );
     screenshot(&client, "saga").await;
+
+    // The page updates live: a colleague's refused `paysaga cancel` shows up without a reload.
+    let err = engine
+        .cancel(lean, "cli:bob", "payee gone")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`close`"), "{err}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let rows = client
+            .find_all(Locator::Css("tr.k-operator_refused"))
+            .await
+            .unwrap();
+        if let Some(row) = rows.first() {
+            let text = row.text().await.unwrap();
+            assert!(text.contains("cli:bob"), "{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the saga page did not show the new history row within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Close it as not paid, with a reason; the confirmation states the consequence.
     client
@@ -285,11 +310,22 @@ async fn an_operator_finds_a_parked_lean_payout_reads_why_and_closes_it_in_a_bro
         .unwrap();
     let text = page_text(&client).await;
     assert!(text.contains("Confirm: close"), "{text}");
-    assert!(text.contains("this payout may already have been sent") || text.contains("This payout may already have been sent"), "{text}");
+    assert!(
+        text.contains("this payout may already have been sent")
+            || text.contains("This payout may already have been sent"),
+        "{text}"
+    );
     assert!(text.contains("Recorded as console:alice"), "{text}");
     screenshot(&client, "confirm-close").await;
     assert_eq!(
-        engine.store().saga(lean).await.unwrap().unwrap().status.as_str(),
+        engine
+            .store()
+            .saga(lean)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .as_str(),
         "needs_operator",
         "nothing happens before the confirmation"
     );
@@ -311,7 +347,10 @@ async fn an_operator_finds_a_parked_lean_payout_reads_why_and_closes_it_in_a_bro
         .text()
         .await
         .unwrap();
-    assert!(row.contains("console:alice") && row.contains(reason), "{row}");
+    assert!(
+        row.contains("console:alice") && row.contains(reason),
+        "{row}"
+    );
     screenshot(&client, "saga-closed").await;
     let saga = engine.store().saga(lean).await.unwrap().unwrap();
     assert_eq!(saga.status.as_str(), "closed");
@@ -326,10 +365,7 @@ async fn an_operator_finds_a_parked_lean_payout_reads_why_and_closes_it_in_a_bro
         .collect();
     assert_eq!(closed.len(), 1);
     assert_eq!(closed[0].actor.as_deref(), Some("console:alice"));
-    assert_eq!(
-        closed[0].detail.as_ref().unwrap()["reason"],
-        json!(reason)
-    );
+    assert_eq!(closed[0].detail.as_ref().unwrap()["reason"], json!(reason));
 
     // The other pages render for the artifacts: the list with a filter, and the inbox.
     client
@@ -338,7 +374,10 @@ async fn an_operator_finds_a_parked_lean_payout_reads_why_and_closes_it_in_a_bro
         .unwrap();
     let text = page_text(&client).await;
     assert!(text.contains(&lean.to_string()), "{text}");
-    assert!(text.contains("paysaga list --status closed --workflow lean_payout"), "{text}");
+    assert!(
+        text.contains("paysaga list --status closed --workflow lean_payout"),
+        "{text}"
+    );
     screenshot(&client, "list").await;
     client.goto(&console.url("/inbox")).await.unwrap();
     assert!(page_text(&client).await.contains("Inbox"));
@@ -415,7 +454,12 @@ async fn the_console_refuses_anonymous_viewer_cross_site_and_stale_actions_and_r
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}");
         assert!(r.text().await.unwrap().contains("Sign in"));
     }
-    let r = c.get(&saga_page).headers(bearer("not-a-token-at-all-0000")).send().await.unwrap();
+    let r = c
+        .get(&saga_page)
+        .headers(bearer("not-a-token-at-all-0000"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let r = c
         .post(&cancel)
@@ -426,7 +470,12 @@ async fn the_console_refuses_anonymous_viewer_cross_site_and_stale_actions_and_r
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 
     // A viewer reads, and may not act.
-    let r = c.get(&saga_page).headers(bearer(VICTOR)).send().await.unwrap();
+    let r = c
+        .get(&saga_page)
+        .headers(bearer(VICTOR))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let page = r.text().await.unwrap();
     assert!(page.contains(&id.to_string()) && page.contains("actions need the operator role"));
@@ -506,13 +555,24 @@ async fn the_console_refuses_anonymous_viewer_cross_site_and_stale_actions_and_r
     .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     // A reason is required.
-    let r = post(&cancel, &[("csrf", &token), ("reason", " "), ("confirm", "yes")])
-        .send()
-        .await
-        .unwrap();
+    let r = post(
+        &cancel,
+        &[("csrf", &token), ("reason", " "), ("confirm", "yes")],
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert!(history("cancel_requested").await.is_empty());
-    assert!(!engine.store().saga(id).await.unwrap().unwrap().cancel_requested);
+    assert!(
+        !engine
+            .store()
+            .saga(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .cancel_requested
+    );
 
     // Still where you saw it: the page showed it scheduled at step sleep; a form saying
     // otherwise is refused, for close (the engine's check, recorded) and for cancel.
@@ -530,7 +590,11 @@ async fn the_console_refuses_anonymous_viewer_cross_site_and_stale_actions_and_r
     .await
     .unwrap();
     assert_eq!(r.status(), StatusCode::CONFLICT);
-    assert!(r.text().await.unwrap().contains("no longer where you saw it"));
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("no longer where you saw it"));
     let refused = history("operator_refused").await;
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert_eq!(refused[0].actor.as_deref(), Some("console:alice"));
@@ -548,7 +612,11 @@ async fn the_console_refuses_anonymous_viewer_cross_site_and_stale_actions_and_r
     .await
     .unwrap();
     assert_eq!(r.status(), StatusCode::CONFLICT);
-    assert!(r.text().await.unwrap().contains("no longer where you saw it"));
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("no longer where you saw it"));
     let saga = engine.store().saga(id).await.unwrap().unwrap();
     assert_eq!(saga.status.as_str(), "scheduled");
     assert!(!saga.cancel_requested);
@@ -564,17 +632,36 @@ async fn the_console_refuses_anonymous_viewer_cross_site_and_stale_actions_and_r
     let r = post(&cancel, &form).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let page = r.text().await.unwrap();
-    assert!(page.contains("Confirm: cancel") && page.contains("compensations"), "{page}");
-    assert!(!engine.store().saga(id).await.unwrap().unwrap().cancel_requested);
+    assert!(
+        page.contains("Confirm: cancel") && page.contains("compensations"),
+        "{page}"
+    );
+    assert!(
+        !engine
+            .store()
+            .saga(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .cancel_requested
+    );
     let mut confirmed = form.to_vec();
     confirmed.push(("confirm", "yes"));
     let r = post(&cancel, &confirmed).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert_eq!(r.headers()["location"], format!("/sagas/{id}?done=cancel"));
     let saga = engine.store().saga(id).await.unwrap().unwrap();
-    assert!(saga.cancel_requested || saga.status.as_str() == "cancelled", "{saga:?}");
+    assert!(
+        saga.cancel_requested || saga.status.as_str() == "cancelled",
+        "{saga:?}"
+    );
     let cancels = history("cancel_requested").await;
-    assert_eq!(cancels.len(), 1, "{:?}", engine.store().history(id).await.unwrap());
+    assert_eq!(
+        cancels.len(),
+        1,
+        "{:?}",
+        engine.store().history(id).await.unwrap()
+    );
     assert_eq!(cancels[0].actor.as_deref(), Some("console:alice"));
     assert_eq!(
         cancels[0].detail.as_ref().unwrap()["reason"],
@@ -582,12 +669,23 @@ async fn the_console_refuses_anonymous_viewer_cross_site_and_stale_actions_and_r
     );
 
     // After logout the cookie no longer works.
-    let r = post(&console.url("/logout"), &[("csrf", &token)]).send().await.unwrap();
+    let r = post(&console.url("/logout"), &[("csrf", &token)])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    let r = c.get(&saga_page).header("cookie", &cookie).send().await.unwrap();
+    let r = c
+        .get(&saga_page)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let log = std::fs::read_to_string(&console.log).unwrap();
-    assert!(!log.contains(ALICE) && !log.contains(VICTOR), "a token was logged: {log}");
+    assert!(
+        !log.contains(ALICE) && !log.contains(VICTOR),
+        "a token was logged: {log}"
+    );
 }
 
 #[test]

@@ -259,10 +259,12 @@ pub fn chromium() -> Result<(PathBuf, PathBuf), String> {
         return Ok((browser, driver));
     }
     if !crate::is_root() || !Path::new("/usr/bin/apt-get").exists() {
-        return Err("chromium and chromedriver are not installed, and installing them (apt-get \
+        return Err(
+            "chromium and chromedriver are not installed, and installing them (apt-get \
                     install chromium chromium-driver) needs root and apt-get; install them, or \
                     run the tests as root"
-            .to_string());
+                .to_string(),
+        );
     }
     locked(|| {
         if !(runs(&browser) && runs(&driver)) {

@@ -73,12 +73,9 @@ impl Action {
     /// The actions that make sense in a status (the engine decides in the end).
     fn available(status: ObservedStatus) -> &'static [Action] {
         match status {
-            ObservedStatus::NeedsOperator => &[
-                Action::Close,
-                Action::Reset,
-                Action::Resume,
-                Action::Skip,
-            ],
+            ObservedStatus::NeedsOperator => {
+                &[Action::Close, Action::Reset, Action::Resume, Action::Skip]
+            }
             ObservedStatus::Waiting => &[
                 Action::Deliver,
                 Action::Retry,
@@ -306,8 +303,8 @@ pub(crate) async fn act(
     if let Err(d) = c.auth.check_csrf(&me, f.csrf.as_deref()) {
         return Ok(denied(&d));
     }
-    let a = Action::parse(&action)
-        .ok_or_else(|| Failure::NotFound(format!("no action {action:?}")))?;
+    let a =
+        Action::parse(&action).ok_or_else(|| Failure::NotFound(format!("no action {action:?}")))?;
     if !c.actions {
         return Err(Failure::Forbidden(
             "actions are off in this console (read-only)".into(),
@@ -370,9 +367,8 @@ pub(crate) async fn act(
         Action::Deliver => {
             let event = text(&f.event)
                 .ok_or_else(|| Failure::BadRequest("deliver needs an event type".into()))?;
-            let payload = json(&f.payload, "the event body")?.unwrap_or(Value::Object(
-                serde_json::Map::new(),
-            ));
+            let payload = json(&f.payload, "the event body")?
+                .unwrap_or(Value::Object(serde_json::Map::new()));
             engine
                 .deliver_manual(id, event, payload, &actor, reason)
                 .await
@@ -405,7 +401,9 @@ pub(crate) async fn act(
         }
         Action::Reset => {
             let step = text(&f.to_step)
-                .ok_or_else(|| Failure::BadRequest("reset needs the step to run again from".into()))?
+                .ok_or_else(|| {
+                    Failure::BadRequest("reset needs the step to run again from".into())
+                })?
                 .to_string();
             engine
                 .reset(

@@ -160,7 +160,10 @@ fn parse_tokens(text: &str) -> Result<Vec<TokenEntry>> {
             .split_once('=')
             .with_context(|| format!("console token entry {} is not NAME=ROLE:TOKEN", n + 1))?;
         let (role, token) = rest.split_once(':').with_context(|| {
-            format!("console token entry {} ({name}) is not NAME=ROLE:TOKEN", n + 1)
+            format!(
+                "console token entry {} ({name}) is not NAME=ROLE:TOKEN",
+                n + 1
+            )
         })?;
         let name = name.trim();
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_graphic()) {
@@ -384,8 +387,7 @@ impl Auth {
             return Ok(());
         }
         let presented = presented.unwrap_or_default();
-        if !presented.is_empty()
-            && bool::from(presented.as_bytes().ct_eq(identity.csrf.as_bytes()))
+        if !presented.is_empty() && bool::from(presented.as_bytes().ct_eq(identity.csrf.as_bytes()))
         {
             Ok(())
         } else {
@@ -432,12 +434,17 @@ mod tests {
         );
         assert_eq!(a.token_owner("aaaaaaaaaaaaaaaaaaab"), None);
         let debug = format!("{a:?}");
-        assert!(debug.contains("alice") && !debug.contains("aaaaaaaa"), "{debug}");
+        assert!(
+            debug.contains("alice") && !debug.contains("aaaaaaaa"),
+            "{debug}"
+        );
     }
 
     #[test]
     fn a_console_without_authentication_refuses_to_start() {
-        let err = Auth::new(None, None, None, false).err().map(|e| e.to_string());
+        let err = Auth::new(None, None, None, false)
+            .err()
+            .map(|e| e.to_string());
         assert!(
             err.as_deref()
                 .is_some_and(|e| e.contains("without authentication")),
@@ -460,9 +467,7 @@ mod tests {
                 .parse()
                 .unwrap_or_else(|_| panic!("header")),
         );
-        let seen = a
-            .authenticate(&headers)
-            .unwrap_or_else(|e| panic!("{e:?}"));
+        let seen = a.authenticate(&headers).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(seen.name, "alice");
         assert_eq!(seen.csrf, who.csrf);
         assert!(a.check_csrf(&seen, Some(&who.csrf)).is_ok());

@@ -208,11 +208,7 @@ pub(crate) async fn overview(
     State(c): State<Shared>,
     Extension(me): Extension<Identity>,
 ) -> Result<Markup, Failure> {
-    let stats = c
-        .engine
-        .stats()
-        .await
-        .context("cannot read the counts")?;
+    let stats = c.engine.stats().await.context("cannot read the counts")?;
     let gauges = c
         .engine
         .store()
@@ -379,11 +375,7 @@ fn filter_from_query(query: &str) -> Result<FilterArgs, Failure> {
                 }
             }
             "asc" => f.asc = v == "1" || v == "on" || v == "true",
-            "offset" => {
-                f.offset = v
-                    .parse()
-                    .map_err(|_| bad(&k, &v, "a number".into()))?
-            }
+            "offset" => f.offset = v.parse().map_err(|_| bad(&k, &v, "a number".into()))?,
             "limit" => {
                 let n: u32 = v.parse().map_err(|_| bad(&k, &v, "a number".into()))?;
                 f.limit = Some(n.clamp(1, 500));
