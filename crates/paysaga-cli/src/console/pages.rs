@@ -209,12 +209,14 @@ pub(crate) async fn overview(
     Extension(me): Extension<Identity>,
 ) -> Result<Markup, Failure> {
     let stats = c.engine.stats().await.context("cannot read the counts")?;
-    let gauges = c
-        .engine
-        .store()
-        .gauges()
-        .await
-        .context("cannot read the gauges")?;
+    // Optional: a read-only role may lack the gauges' table; the rest of the page stands.
+    let gauges = match c.engine.store().gauges().await {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the operator gauges");
+            None
+        }
+    };
     let needs = summaries(
         &c,
         &FilterArgs {
