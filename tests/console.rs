@@ -382,6 +382,20 @@ async fn an_operator_finds_a_parked_lean_payout_reads_why_and_closes_it_in_a_bro
     client.goto(&console.url("/inbox")).await.unwrap();
     assert!(page_text(&client).await.contains("Inbox"));
     screenshot(&client, "inbox").await;
+    // The sandbox's webhooks of this payout are in the inbox; one of them on its own page.
+    client
+        .find(Locator::Css("a[href^='/inbox/']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let text = page_text(&client).await;
+    assert!(
+        text.contains("Inbox event") && text.contains("lean"),
+        "{text}"
+    );
+    screenshot(&client, "event").await;
     client.close().await.unwrap();
     let log = std::fs::read_to_string(&console.log).unwrap();
     assert!(!log.contains(ALICE), "the token was logged: {log}");
