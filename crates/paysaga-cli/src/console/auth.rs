@@ -477,4 +477,58 @@ mod tests {
             .unwrap_or_else(|| panic!("login refused"));
         assert!(a.check_csrf(&seen, Some(&other.csrf)).is_err());
     }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap_or_else(|_| panic!("header {k}")));
+        }
+        h
+    }
+
+    #[test]
+    fn the_trusted_header_is_an_identity_only_when_configured_and_maps_operators() {
+        assert_eq!(
+            auth()
+                .authenticate(&headers(&[("x-forwarded-user", "mallory")]))
+                .err(),
+            Some(Denied::Unauthenticated)
+        );
+        let proxied = Auth::new(
+            None,
+            Some(TrustedHeader {
+                name: axum::http::HeaderName::from_static("x-forwarded-user"),
+                operators: vec!["alice".into()],
+            }),
+            Some("https://console.example/".into()),
+            false,
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        let alice = proxied
+            .authenticate(&headers(&[("x-forwarded-user", "alice")]))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let bob = proxied
+            .authenticate(&headers(&[("x-forwarded-user", "bob")]))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!((alice.role, bob.role), (Role::Operator, Role::Viewer));
+        assert_eq!(alice.actor(), "console:alice");
+        // Each identity's forms carry its own token.
+        assert!(proxied.check_csrf(&alice, Some(&bob.csrf)).is_err());
+        assert!(proxied.check_csrf(&alice, Some(&alice.csrf)).is_ok());
+        assert!(proxied.secure_cookie());
+        // Only the configured origin may post.
+        let post = Method::POST;
+        assert!(proxied
+            .same_origin(&post, &headers(&[("origin", "https://console.example")]))
+            .is_ok());
+        assert!(proxied
+            .same_origin(&post, &headers(&[("origin", "https://evil.example")]))
+            .is_err());
+        assert!(proxied
+            .same_origin(&post, &headers(&[("sec-fetch-site", "same-site")]))
+            .is_err());
+        assert!(proxied
+            .same_origin(&Method::GET, &headers(&[("sec-fetch-site", "cross-site")]))
+            .is_ok());
+    }
 }
