@@ -35,9 +35,14 @@ struct ConsoleProcess {
 
 impl ConsoleProcess {
     fn start(db_url: &str, log: &Path) -> ConsoleProcess {
+        Self::start_with(db_url, log, &[])
+    }
+
+    fn start_with(db_url: &str, log: &Path, args: &[&str]) -> ConsoleProcess {
         let port = free_port();
         let child = Command::new(BIN)
             .args(["console", "--addr", &format!("127.0.0.1:{port}")])
+            .args(args)
             .env("DATABASE_URL", db_url)
             .env(
                 "PAYSAGA_CONSOLE_TOKENS",
@@ -681,6 +686,29 @@ async fn the_console_refuses_anonymous_viewer_cross_site_and_stale_actions_and_r
         cancels[0].detail.as_ref().unwrap()["reason"],
         json!("customer withdrew")
     );
+
+    // A read-only console (`--no-actions`, for a read-only database role) shows no action
+    // forms and refuses actions, even an operator's.
+    let read_only =
+        ConsoleProcess::start_with(db.url(), &logs.join("console-ro.log"), &["--no-actions"]);
+    let r = c
+        .get(read_only.url(&format!("/sagas/{id}")))
+        .headers(bearer(ALICE))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let page = r.text().await.unwrap();
+    assert!(!page.contains("name=\"reason\""), "{page}");
+    let r = c
+        .post(read_only.url(&format!("/sagas/{id}/retry")))
+        .headers(bearer(ALICE))
+        .form(&[("reason", "read-only"), ("confirm", "yes")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    drop(read_only);
 
     // After logout the cookie no longer works.
     let r = post(&console.url("/logout"), &[("csrf", &token)])
