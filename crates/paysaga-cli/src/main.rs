@@ -2,6 +2,7 @@
 //! starting and inspecting sagas.
 
 mod bulk;
+mod console;
 #[cfg(feature = "dev")]
 mod demo;
 mod documents;
@@ -196,6 +197,10 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// The operator web console: overview, saga list and pages (live timeline), inbox, and the
+    /// operator actions (reason, confirmation, "still where you saw it" check). Needs
+    /// PAYSAGA_CONSOLE_TOKENS (or --tokens-file) or a trusted proxy's identity header.
+    Console(console::ConsoleArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -591,6 +596,10 @@ async fn run() -> Result<()> {
             batch,
             dry_run,
         } => prune(&engine(db).await?, finished_before.into(), batch, dry_run).await?,
+        Command::Console(args) => {
+            let auth = console::auth(&args)?;
+            console::run(engine(db).await?, args, auth).await?
+        }
     }
     Ok(())
 }

@@ -300,29 +300,11 @@ pub async fn show(
     Ok(())
 }
 
-fn print_saga(v: &SagaView) {
+/// The "why" line of `show`: why the saga is where it is and what moves it next (empty once
+/// it ended). The console prints the same text.
+pub fn why(v: &SagaView) -> String {
     let s = &v.saga;
-    println!("saga      {}", s.id);
-    println!("workflow  {} v{}", s.workflow, s.version);
-    match s.closed_outcome {
-        Some(outcome) => println!(
-            "status    {} (outcome declared by the operator: {outcome})",
-            status_cell(s.observed_status(), 0)
-        ),
-        None => println!("status    {}", status_cell(s.observed_status(), 0)),
-    }
-    if let Some(key) = &s.idempotency_key {
-        println!("key       {key}");
-    }
-    if let Some(step) = &v.current_step {
-        println!(
-            "step      {step} (#{} of {}, {} attempt(s) made)",
-            s.step_index + 1,
-            v.steps.len(),
-            s.attempt
-        );
-    }
-    let why = match (s.status, &s.wait, s.run_at) {
+    match (s.status, &s.wait, s.run_at) {
         _ if crate::operate_visibility::unrunnable_why(v).is_some() => {
             crate::operate_visibility::unrunnable_why(v).unwrap_or_default()
         }
@@ -363,7 +345,32 @@ fn print_saga(v: &SagaView) {
         }
         (status, _, Some(_)) if !status.is_final() => "runnable: a worker picks it up".to_string(),
         _ => String::new(),
-    };
+    }
+}
+
+fn print_saga(v: &SagaView) {
+    let s = &v.saga;
+    println!("saga      {}", s.id);
+    println!("workflow  {} v{}", s.workflow, s.version);
+    match s.closed_outcome {
+        Some(outcome) => println!(
+            "status    {} (outcome declared by the operator: {outcome})",
+            status_cell(s.observed_status(), 0)
+        ),
+        None => println!("status    {}", status_cell(s.observed_status(), 0)),
+    }
+    if let Some(key) = &s.idempotency_key {
+        println!("key       {key}");
+    }
+    if let Some(step) = &v.current_step {
+        println!(
+            "step      {step} (#{} of {}, {} attempt(s) made)",
+            s.step_index + 1,
+            v.steps.len(),
+            s.attempt
+        );
+    }
+    let why = why(v);
     if !why.is_empty() {
         println!("why       {why}");
     }

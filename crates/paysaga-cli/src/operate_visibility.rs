@@ -56,17 +56,7 @@ pub fn print_details(v: &SagaView) {
             println!("  {:<20} {:<24} {}", r.step, r.name, r.value);
         }
     }
-    let answers: Vec<(String, &HistoryRecord, String)> =
-        v.steps
-            .iter()
-            .filter_map(|step| {
-                let h =
-                    v.history.iter().rev().find(|h| {
-                        h.step.as_deref() == Some(step.as_str()) && answer(h, v).is_some()
-                    })?;
-                Some((step.clone(), h, answer(h, v)?))
-            })
-            .collect();
+    let answers = provider_answers(v);
     if !answers.is_empty() {
         println!("provider  (last answer per step)");
         for (step, h, text) in answers {
@@ -81,6 +71,22 @@ pub fn print_details(v: &SagaView) {
             );
         }
     }
+}
+
+/// What the provider last said per step (`show`'s "provider" lines, the console's table): the
+/// step, the history row it said it in, and the text.
+pub fn provider_answers(v: &SagaView) -> Vec<(String, &HistoryRecord, String)> {
+    v.steps
+        .iter()
+        .filter_map(|step| {
+            let h = v
+                .history
+                .iter()
+                .rev()
+                .find(|h| h.step.as_deref() == Some(step.as_str()) && answer(h, v).is_some())?;
+            Some((step.clone(), h, answer(h, v)?))
+        })
+        .collect()
 }
 
 /// What the provider last said, as a history row of a step shows it (`None`: the row is not a

@@ -980,6 +980,16 @@ pub struct ResetSaga {
     pub expected: Expected,
 }
 
+impl Expected {
+    /// The "still where you saw it" check of `close` and `reset`, for callers that check before
+    /// another action (the operator console): refused when the saga's observed status or
+    /// current step (`current_step`, its definition's step at `step_index`) is no longer the
+    /// one expected.
+    pub fn check(&self, saga: &SagaRecord, current_step: Option<&str>) -> Result<(), Error> {
+        Engine::check_expected(saga, current_step, self)
+    }
+}
+
 /// A refusal of an operator action (an operator must see why and act differently).
 fn is_refusal(e: &Error) -> bool {
     matches!(

@@ -8,7 +8,9 @@
 //! - [`systemd_analyze`]: from `PATH` or `/usr/bin`, else installed with `apt-get install
 //!   systemd` when the tests run as root;
 //! - [`promtool`]: from the pinned Debian package `prometheus`, unpacked (not installed) under
-//!   `$TMPDIR/paysaga-tools/`.
+//!   `$TMPDIR/paysaga-tools/`;
+//! - [`chromium`]: Debian's `chromium` and `chromedriver` (the operator console's browser
+//!   tests), installed with `apt-get install chromium-driver` when missing and run as root.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -238,3 +240,56 @@ pub fn promtool(version: &str) -> PathBuf {
     );
     promtool
 }
+
+/// A headless browser for the operator console's tests: Debian's `chromium` and its
+/// `chromedriver` (package `chromium-driver`), from `/usr/bin` or installed with `apt-get` when
+/// the tests run as root. Returns `(chromium, chromedriver)`. Start Chromium through
+/// [`CHROMIUM_ARGS`]: without them it waits on the network at start on a closed machine.
+pub fn chromium() -> Result<(PathBuf, PathBuf), String> {
+    let browser = PathBuf::from("/usr/bin/chromium");
+    let driver = PathBuf::from("/usr/bin/chromedriver");
+    let runs = |p: &Path| {
+        Command::new(p)
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if runs(&browser) && runs(&driver) {
+        return Ok((browser, driver));
+    }
+    if !crate::is_root() || !Path::new("/usr/bin/apt-get").exists() {
+        return Err(
+            "chromium and chromedriver are not installed, and installing them (apt-get \
+                    install chromium chromium-driver) needs root and apt-get; install them, or \
+                    run the tests as root"
+                .to_string(),
+        );
+    }
+    locked(|| {
+        if !(runs(&browser) && runs(&driver)) {
+            // chromium-driver depends on the chromium of its version: one install brings both.
+            apt_install("chromium-driver", "the console's browser tests");
+        }
+    });
+    if runs(&browser) && runs(&driver) {
+        Ok((browser, driver))
+    } else {
+        Err("apt-get install chromium chromium-driver did not provide runnable /usr/bin/chromium and /usr/bin/chromedriver".to_string())
+    }
+}
+
+/// The flags a headless Chromium needs in a test on a machine without network or display
+/// (add a fresh `--user-data-dir`).
+pub const CHROMIUM_ARGS: [&str; 10] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,1000",
+];
