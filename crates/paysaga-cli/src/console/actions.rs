@@ -392,6 +392,7 @@ pub(crate) async fn act(
                         outcome,
                         compensate: false,
                         expected,
+                        confirm_not_sent: false,
                     },
                     &actor,
                     reason,
