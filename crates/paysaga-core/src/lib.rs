@@ -34,6 +34,7 @@
 //! assert!(SagaStatus::Completed.is_final());
 //! ```
 
+pub mod concurrency;
 pub mod definition;
 pub mod document;
 pub mod operator;
@@ -57,6 +58,7 @@ pub use saga::{
     after_compensation, after_step, next_run, ActiveWait, ClosedOutcome, HistoryEntry, HistoryKind,
     NextRun, ObservedStatus, SagaState, SagaStatus, StepTraits, Transition,
 };
+pub use concurrency::Concurrency;
 pub use schema::{FieldSpec, FieldType, KindSchema};
 pub use step::output_references;
 pub use step::ALERTS_FIELD;
