@@ -328,12 +328,12 @@ pub fn concurrency_line(v: &SagaView) -> Option<String> {
         let behind: Vec<String> = v.queued_behind.iter().map(Uuid::to_string).collect();
         Some(if behind.is_empty() {
             format!(
-                "queued    for a slot of concurrency key {} (limit {}): a slot is free, the next hand-over gives it (within a reaper interval)",
+                "slot      queued for a slot of concurrency key {} (limit {}): a slot is free, the next hand-over gives it (within a reaper interval)",
                 c.key, c.limit
             )
         } else {
             format!(
-                "queued    behind saga {} (concurrency key {}, limit {}): it runs its first step when a holder ends",
+                "slot      queued behind saga {} (concurrency key {}, limit {}): it runs its first step when a holder ends",
                 behind.join(", saga "),
                 c.key,
                 c.limit

@@ -43,6 +43,7 @@ pub mod saga;
 pub mod schema;
 pub mod step;
 
+pub use concurrency::Concurrency;
 pub use definition::{
     CompiledDefinition, CompiledStep, Definition, DefinitionBuilder, DefinitionError, Params,
     StepDef,
@@ -58,7 +59,6 @@ pub use saga::{
     after_compensation, after_step, next_run, ActiveWait, ClosedOutcome, HistoryEntry, HistoryKind,
     NextRun, ObservedStatus, SagaState, SagaStatus, StepTraits, Transition,
 };
-pub use concurrency::Concurrency;
 pub use schema::{FieldSpec, FieldType, KindSchema};
 pub use step::output_references;
 pub use step::ALERTS_FIELD;

@@ -42,8 +42,7 @@ const ACTIVE: &str = "('scheduled', 'retrying', 'waiting', 'compensating')";
 /// apply a cancel (it has run no step, so it ends without any). A queued saga has no `run_at`
 /// (it is given one with its slot), so it is not due and the claim never meets it: sagas
 /// without a key pay one column test on rows the index already found.
-const RUNS_ITS_STEPS: &str =
-    "(concurrency_key IS NULL OR concurrency_held OR cancel_requested)";
+const RUNS_ITS_STEPS: &str = "(concurrency_key IS NULL OR concurrency_held OR cancel_requested)";
 
 /// Key space of the per-key concurrency locks (`pg_advisory_xact_lock(int, int)` with
 /// `hashtext(key)`; apart from the correlation locks' `bigint` and the retention lock).
@@ -2494,7 +2493,10 @@ impl Store for PgStore {
             tx.commit().await?;
         }
         if admitted > 0 {
-            tracing::info!(sagas = admitted, "gave free concurrency slots to queued sagas");
+            tracing::info!(
+                sagas = admitted,
+                "gave free concurrency slots to queued sagas"
+            );
         }
         Ok(admitted)
     }

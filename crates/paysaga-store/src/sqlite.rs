@@ -2356,7 +2356,10 @@ impl Store for SqliteStore {
         tx.commit().await?;
         if admitted > 0 {
             self.notify();
-            tracing::info!(sagas = admitted, "gave free concurrency slots to queued sagas");
+            tracing::info!(
+                sagas = admitted,
+                "gave free concurrency slots to queued sagas"
+            );
         }
         Ok(admitted)
     }

@@ -3416,7 +3416,10 @@ async fn two_claimers_never_both_hold_a_concurrency_key_whose_limit_is_one(e: En
             .unwrap();
         if let Some(next) = started.get(i + 1) {
             let next = saga(s, next.id).await;
-            assert!(holds(&next) && next.run_at.is_some(), "round {i}: handed on");
+            assert!(
+                holds(&next) && next.run_at.is_some(),
+                "round {i}: handed on"
+            );
             assert_eq!(
                 s.concurrency_holders("payout:cust_1").await.unwrap(),
                 vec![next.id]
@@ -3430,7 +3433,8 @@ async fn two_claimers_never_both_hold_a_concurrency_key_whose_limit_is_one(e: En
         .is_empty());
 
     // Concurrent starts of one key: exactly one gets the slot.
-    let racing = futures::future::join_all((0..8).map(|_| start_keyed(s, "payout", "cust_3", 1))).await;
+    let racing =
+        futures::future::join_all((0..8).map(|_| start_keyed(s, "payout", "cust_3", 1))).await;
     let holding: Vec<&SagaRecord> = racing.iter().filter(|r| holds(r)).collect();
     assert_eq!(holding.len(), 1, "{racing:?}");
     assert_eq!(
@@ -3491,13 +3495,24 @@ async fn a_concurrency_slot_is_kept_while_reaped_or_parked_and_handed_on_when_th
     );
 
     // A cancel asked of queued C is applied without a slot: C is claimed for it alone.
-    s.request_cancel(c.id, "ops:bob", "duplicate").await.unwrap();
-    let cancelling = claim_one(s, w, c.id).await;
-    assert!(!holds(&cancelling) && cancelling.cancel_requested);
-    commit(s, &cancelling, w, &transition(SagaStatus::Cancelled, 0), None)
+    s.request_cancel(c.id, "ops:bob", "duplicate")
         .await
         .unwrap();
-    assert!(!holds(&saga(s, b.id).await), "C's end frees no slot: it had none");
+    let cancelling = claim_one(s, w, c.id).await;
+    assert!(!holds(&cancelling) && cancelling.cancel_requested);
+    commit(
+        s,
+        &cancelling,
+        w,
+        &transition(SagaStatus::Cancelled, 0),
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(
+        !holds(&saga(s, b.id).await),
+        "C's end frees no slot: it had none"
+    );
 
     // An operator closes A: B gets the slot and runs.
     let a_now = saga(s, a.id).await;
@@ -3530,4 +3545,3 @@ async fn a_concurrency_slot_is_kept_while_reaped_or_parked_and_handed_on_when_th
         .unwrap()
         .is_empty());
 }
-
