@@ -3006,4 +3006,64 @@ mod tests {
             "dry run plan:\n{count}"
         );
     }
+
+    /// The per-key concurrency queries (hand-over, sweep, holders) read only open keyed sagas
+    /// through `paysaga_sagas_concurrency`, however many sagas have no key or have finished;
+    /// `next_due` still goes through `paysaga_sagas_runnable`.
+    #[tokio::test]
+    async fn concurrency_queries_use_their_index_whatever_the_other_sagas() {
+        let db = paysaga_testkit::database().await;
+        let store = PgStore::connect(db.url()).await.unwrap();
+        store.migrate().await.unwrap();
+        let pool = store.pool().clone();
+        sqlx::raw_sql(
+            "INSERT INTO paysaga_definitions (name, version, content_hash, body, step_kinds)
+                 VALUES ('noop', 1, 'h', '{}', '{noop.sleep}');
+             INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status, finished_at,
+                                        concurrency_key, concurrency_limit, concurrency_held)
+                 SELECT gen_random_uuid(), 1, 'noop', 1, '{}', 'completed', now() - interval '1 day',
+                        CASE WHEN g % 2 = 0 THEN 'noop:' || (g % 1000) END,
+                        CASE WHEN g % 2 = 0 THEN 1 END, g % 2 = 0
+                 FROM generate_series(1, 50000) g;
+             INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status, run_at)
+                 SELECT gen_random_uuid(), 1, 'noop', 1, '{}', 'scheduled', now() + interval '1 hour'
+                 FROM generate_series(1, 20000);
+             INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status, run_at,
+                                        concurrency_key, concurrency_limit, concurrency_held)
+                 SELECT gen_random_uuid(), 1, 'noop', 1, '{}', 'scheduled',
+                        CASE WHEN g <= 1000 THEN now() END,
+                        'noop:' || (g % 1000), 1, g <= 1000
+                 FROM generate_series(1, 5000) g;
+             ANALYZE;",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        for (name, sql, bind_key) in [
+            ("hand-over", admit_sql(), true),
+            ("holders", holders_sql(), true),
+            ("sweep", keys_with_free_slots_sql(), false),
+        ] {
+            let query = format!("EXPLAIN {sql}");
+            let mut q = sqlx::query_scalar::<_, String>(&query);
+            if bind_key {
+                q = q.bind("noop:7");
+            }
+            let plan = q.fetch_all(&pool).await.unwrap().join("\n");
+            assert!(
+                plan.contains("paysaga_sagas_concurrency"),
+                "{name} plan:\n{plan}"
+            );
+            assert!(
+                !plan.contains("Seq Scan on paysaga_sagas"),
+                "{name} plan:\n{plan}"
+            );
+        }
+        // (The claim's plan, with the same test on queued sagas: `hot_path_queries_use_their_indexes`.)
+        let due = plan(&pool, &next_due_sql(), &["noop.sleep".to_string()]).await;
+        assert!(
+            due.contains("paysaga_sagas_runnable"),
+            "next due plan:\n{due}"
+        );
+    }
 }
