@@ -1223,6 +1223,29 @@ fn started_for_key(existing: SagaRecord, req: &StartRequest, key: &str) -> Resul
     })
 }
 
+/// The concurrency key of a saga of `record` with `input` (its definition's `[concurrency]`
+/// table, see `paysaga_core::concurrency`): refused, with nothing stored, when the key's path
+/// matches nothing (or not one string or integer) in the input.
+fn concurrency_of(
+    record: &DefinitionRecord,
+    input: &Value,
+) -> Result<Option<paysaga_store::SagaConcurrency>, Error> {
+    let Some(c) = &record.definition.concurrency else {
+        return Ok(None);
+    };
+    let key = c.key_for(&record.name, input).map_err(|reason| {
+        Error::Refused(format!(
+            "workflow {} version {}: {reason}; nothing was stored",
+            record.name, record.version
+        ))
+    })?;
+    Ok(Some(paysaga_store::SagaConcurrency {
+        key,
+        limit: c.limit,
+        holds_slot: false,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::Unrunnable;
@@ -1258,27 +1281,4 @@ mod tests {
         assert!(split.missing_kinds.is_empty());
         assert_eq!(split.live_workers, 2);
     }
-}
-
-/// The concurrency key of a saga of `record` with `input` (its definition's `[concurrency]`
-/// table, see `paysaga_core::concurrency`): refused, with nothing stored, when the key's path
-/// matches nothing (or not one string or integer) in the input.
-fn concurrency_of(
-    record: &DefinitionRecord,
-    input: &Value,
-) -> Result<Option<paysaga_store::SagaConcurrency>, Error> {
-    let Some(c) = &record.definition.concurrency else {
-        return Ok(None);
-    };
-    let key = c.key_for(&record.name, input).map_err(|reason| {
-        Error::Refused(format!(
-            "workflow {} version {}: {reason}; nothing was stored",
-            record.name, record.version
-        ))
-    })?;
-    Ok(Some(paysaga_store::SagaConcurrency {
-        key,
-        limit: c.limit,
-        holds_slot: false,
-    }))
 }
