@@ -114,5 +114,6 @@ pub fn wait_definition() -> Definition {
             "Benchmark: wait for a Lumanu payable.paid webhook, then one more step.".to_string(),
         ),
         steps: vec![wait, StepDef::new("after", "bench.mark", json!({}))],
+        concurrency: None,
     }
 }

@@ -374,6 +374,9 @@ fn print_saga(v: &SagaView) {
     if !why.is_empty() {
         println!("why       {why}");
     }
+    if let Some(line) = crate::operate_visibility::concurrency_line(v) {
+        println!("{line}");
+    }
     // What the waiting step says it waits for (e.g. Lean's manual authorisation: by whom).
     if let Some(description) = s
         .wait

@@ -325,3 +325,32 @@ fn print_outcome(view: &SagaView, h: &HistoryRecord) {
         _ => println!("step {step} {text}{now}"),
     }
 }
+
+/// The line `show` prints for a saga of a definition with a concurrency key: queued behind
+/// the sagas holding the key's slots, or holding one.
+pub fn concurrency_line(v: &SagaView) -> Option<String> {
+    let c = v.saga.concurrency.as_ref()?;
+    if v.saga.is_queued() {
+        let behind: Vec<String> = v.queued_behind.iter().map(Uuid::to_string).collect();
+        Some(if behind.is_empty() {
+            format!(
+                "slot      queued for a slot of concurrency key {} (limit {}): a slot is free, the next hand-over gives it (within a reaper interval)",
+                c.key, c.limit
+            )
+        } else {
+            format!(
+                "slot      queued behind saga {} (concurrency key {}, limit {}): it runs its first step when a holder ends",
+                behind.join(", saga "),
+                c.key,
+                c.limit
+            )
+        })
+    } else if c.holds_slot && !v.saga.status.is_ended() {
+        Some(format!(
+            "slot      holds one of the {} slot(s) of concurrency key {} until it ends",
+            c.limit, c.key
+        ))
+    } else {
+        None
+    }
+}

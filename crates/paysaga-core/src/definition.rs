@@ -17,6 +17,7 @@ use serde_json::Value;
 use serde_json_path::JsonPath;
 use sha2::{Digest, Sha256};
 
+use crate::concurrency::Concurrency;
 use crate::retry::{PolicyError, RetryPolicy};
 use crate::saga::StepTraits;
 
@@ -33,6 +34,10 @@ pub struct Definition {
     pub description: Option<String>,
     /// Steps in execution order.
     pub steps: Vec<StepDef>,
+    /// At most `limit` sagas at once per value of an input field (`[concurrency]`, see
+    /// [`crate::concurrency`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
 }
 
 /// One step of a definition.
@@ -127,6 +132,13 @@ impl DefinitionBuilder {
         self
     }
 
+    /// At most `concurrency.limit` sagas at once per value of its key (see
+    /// [`crate::concurrency`]).
+    pub fn concurrency(mut self, concurrency: Concurrency) -> Self {
+        self.def.concurrency = Some(concurrency);
+        self
+    }
+
     /// The definition (validated when submitted, as a parsed TOML file is).
     pub fn build(self) -> Definition {
         self.def
@@ -142,6 +154,7 @@ impl Definition {
                 version,
                 description: None,
                 steps: Vec::new(),
+                concurrency: None,
             },
         }
     }
@@ -308,6 +321,14 @@ pub enum DefinitionError {
         /// the duration as written back
         value: String,
     },
+    /// The `[concurrency]` table is impossible (key not into the input, limit 0...).
+    #[error("workflow {workflow}: {reason}")]
+    Concurrency {
+        /// workflow
+        workflow: String,
+        /// what is wrong
+        reason: String,
+    },
 }
 
 /// The longest duration a definition may give (deadline, timeout, poll interval, retry
@@ -357,6 +378,12 @@ impl Definition {
         }
         if self.steps.is_empty() {
             return Err(DefinitionError::NoSteps(wf.clone()));
+        }
+        if let Some(reason) = self.concurrency.as_ref().and_then(Concurrency::problem) {
+            return Err(DefinitionError::Concurrency {
+                workflow: wf.clone(),
+                reason,
+            });
         }
         let mut seen = HashSet::new();
         let mut steps = Vec::with_capacity(self.steps.len());

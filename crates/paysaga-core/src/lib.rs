@@ -34,6 +34,7 @@
 //! assert!(SagaStatus::Completed.is_final());
 //! ```
 
+pub mod concurrency;
 pub mod definition;
 pub mod document;
 pub mod operator;
@@ -42,6 +43,7 @@ pub mod saga;
 pub mod schema;
 pub mod step;
 
+pub use concurrency::Concurrency;
 pub use definition::{
     CompiledDefinition, CompiledStep, Definition, DefinitionBuilder, DefinitionError, Params,
     StepDef,

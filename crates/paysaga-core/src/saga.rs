@@ -1227,6 +1227,7 @@ mod tests {
             steps: (0..traits.len())
                 .map(|i| StepDef::new(format!("s{i}"), format!("k{i}"), json!({})))
                 .collect(),
+            concurrency: None,
         };
         let kind = |k: &str| k[1..].parse::<usize>().ok().map(|i| traits[i]);
         d.compile(&kind, &[]).expect("valid")

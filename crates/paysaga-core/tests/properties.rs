@@ -62,6 +62,7 @@ fn definition(traits: &[StepTraits]) -> CompiledDefinition {
                 s
             })
             .collect(),
+        concurrency: None,
     };
     let kind = |k: &str| k[1..].parse::<usize>().ok().map(|i| traits[i]);
     def.compile(&kind, &[]).expect("valid definition")

@@ -66,6 +66,10 @@ pub struct SagaView {
     /// live worker has every step kind of its definition): it will not move until one starts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unrunnable: Option<Unrunnable>,
+    /// For a saga queued for a slot of its concurrency key: the sagas holding the key's slots
+    /// now (it runs its first step once one of them ends).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub queued_behind: Vec<Uuid>,
 }
 
 /// Why no live worker can run a saga (see [`SagaView::unrunnable`]).
@@ -222,6 +226,7 @@ impl Engine {
             }
         }
         let (record, documents) = self.checked_input(&req).await?;
+        let concurrency = concurrency_of(&record, &req.input)?;
         let id = Uuid::new_v4();
         let claimed = self.claim_documents(&req, id, &documents).await?;
         let created = self
@@ -234,6 +239,7 @@ impl Engine {
                 idempotency_key: req.idempotency_key,
                 input: req.input,
                 actor: req.actor,
+                concurrency,
             })
             .await;
         // Surely not inserted (the key named a saga already): give the documents back. After
@@ -300,6 +306,7 @@ impl Engine {
             }
         }
         let (record, documents) = self.checked_input(&req).await?;
+        let concurrency = concurrency_of(&record, &req.input)?;
         let ids: Vec<DocumentId> = documents.iter().map(|(_, id)| *id).collect();
         let workflow = req.workflow.clone();
         let (saga, created) = paysaga_store::PgStore::create_saga_in(
@@ -312,6 +319,7 @@ impl Engine {
                 idempotency_key: req.idempotency_key,
                 input: req.input,
                 actor: req.actor,
+                concurrency,
             },
             &ids,
         )
@@ -596,6 +604,10 @@ impl Engine {
                 &self.store.live_worker_kinds().await?,
             )
         };
+        let queued_behind = match &saga.concurrency {
+            Some(c) if saga.is_queued() => self.store.concurrency_holders(&c.key).await?,
+            _ => Vec::new(),
+        };
         Ok(SagaView {
             saga,
             current_step,
@@ -603,6 +615,7 @@ impl Engine {
             history,
             references,
             unrunnable,
+            queued_behind,
         })
     }
 
@@ -1254,6 +1267,29 @@ fn started_for_key(existing: SagaRecord, req: &StartRequest, key: &str) -> Resul
         saga_id: existing.id,
         created: false,
     })
+}
+
+/// The concurrency key of a saga of `record` with `input` (its definition's `[concurrency]`
+/// table, see `paysaga_core::concurrency`): refused, with nothing stored, when the key's path
+/// matches nothing (or not one string or integer) in the input.
+fn concurrency_of(
+    record: &DefinitionRecord,
+    input: &Value,
+) -> Result<Option<paysaga_store::SagaConcurrency>, Error> {
+    let Some(c) = &record.definition.concurrency else {
+        return Ok(None);
+    };
+    let key = c.key_for(&record.name, input).map_err(|reason| {
+        Error::Refused(format!(
+            "workflow {} version {}: {reason}; nothing was stored",
+            record.name, record.version
+        ))
+    })?;
+    Ok(Some(paysaga_store::SagaConcurrency {
+        key,
+        limit: c.limit,
+        holds_slot: false,
+    }))
 }
 
 #[cfg(test)]

@@ -82,5 +82,6 @@ pub fn noop_definition() -> Definition {
                 step
             })
             .collect(),
+        concurrency: None,
     }
 }

@@ -461,6 +461,11 @@ const REAP_MARGIN: Duration = Duration::from_millis(50);
 async fn reap(shared: &Shared) -> Duration {
     let every = shared.config.reap_every;
     let longest = (shared.config.lease_ttl / 2).max(every);
+    // The safety net of per-key concurrency: slots a hand-over lost (a crash between a
+    // saga's end and the hand-over) go to the queued sagas.
+    if let Err(e) = shared.engine.store.admit_queued().await {
+        warn!(error = %e, "could not give free concurrency slots to queued sagas; will retry");
+    }
     match shared.engine.store.reap_expired_leases(shared.id()).await {
         Ok(reaped) => {
             if reaped.sagas > 0 {

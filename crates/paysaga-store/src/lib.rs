@@ -469,7 +469,21 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         pause: Duration,
         slow_for: Duration,
     ) -> Result<(), Error>;
+    /// The open sagas holding a slot of concurrency key `key`, oldest first: those a queued
+    /// saga of that key waits behind (`paysaga show`).
+    async fn concurrency_holders(&self, key: &str) -> Result<Vec<Uuid>, Error>;
+    /// Gives the free slots of every concurrency key to its oldest queued sagas (each key
+    /// under its own lock; returns how many sagas got one). A safety net: a saga that ends
+    /// hands its slot on at once in its own commit's store call, and a start takes a free one
+    /// in its transaction; this catches a hand-over lost to a crash between the two. Each
+    /// worker runs it with its reaper ([`Store::reap_expired_leases`]).
+    async fn admit_queued(&self) -> Result<u64, Error>;
 }
+
+/// The statuses in which a saga keeps its concurrency slot: every open one, `needs_operator`
+/// included (money may have moved). The SQL of both stores spells the same list.
+pub const SLOT_HOLDING_STATUSES: &str =
+    "('scheduled', 'retrying', 'waiting', 'compensating', 'needs_operator')";
 
 /// The statuses retention deletes: final and closed for good. A parked saga (it waits for an
 /// operator) is final for the workers but never pruned.

@@ -33,9 +33,95 @@ const WAKEUP_CHANNEL: &str = "paysaga_wakeup";
 const SAGA_COLUMNS: &str = "id, definition_id, workflow, version, idempotency_key, input, status, \
     step_index, attempt, step_started_at, run_at, owner, fence, outputs, wait, wake_event, \
     last_error, cancel_requested, created_at, updated_at, finished_at, effect_possible, effect_step, \
-    closed_outcome, key_generations, close_requested";
+    closed_outcome, key_generations, close_requested, concurrency_key, concurrency_limit, concurrency_held";
 
 const ACTIVE: &str = "('scheduled', 'retrying', 'waiting', 'compensating')";
+
+/// Per-key concurrency in the claim and `next_due`: a saga with a concurrency key runs its
+/// steps only while it holds one of the key's slots; one queued for a slot is taken only to
+/// apply a cancel (it has run no step, so it ends without any). A queued saga has no `run_at`
+/// (it is given one with its slot), so it is not due and the claim never meets it: sagas
+/// without a key pay one column test on rows the index already found.
+const RUNS_ITS_STEPS: &str = "(concurrency_key IS NULL OR concurrency_held OR cancel_requested)";
+
+/// Key space of the per-key concurrency locks (`pg_advisory_xact_lock(int, int)` with
+/// `hashtext(key)`; apart from the correlation locks' `bigint` and the retention lock).
+const CONCURRENCY_LOCK: i32 = 0x7061_7974;
+
+/// Gives the free slots of concurrency key `$1` to its oldest queued sagas, under the key's
+/// lock (taken before, so that the counts read what every earlier holder committed). The
+/// key's limit is the smallest among its open sagas (definition versions may differ). Served
+/// by `paysaga_sagas_concurrency`.
+fn admit_sql() -> String {
+    let holding = crate::SLOT_HOLDING_STATUSES;
+    format!(
+        "WITH holders AS (
+             SELECT count(*) FILTER (WHERE concurrency_held) AS held,
+                    min(concurrency_limit) AS slots
+             FROM paysaga_sagas
+             WHERE concurrency_key = $1 AND status IN {holding}),
+         next AS (
+             SELECT id FROM paysaga_sagas
+             WHERE concurrency_key = $1 AND NOT concurrency_held AND status IN {holding}
+               AND status IN {ACTIVE}
+             ORDER BY created_at, id
+             LIMIT (SELECT GREATEST(coalesce(slots, 0) - held, 0) FROM holders)
+             FOR UPDATE)
+         UPDATE paysaga_sagas s SET concurrency_held = true, run_at = now(), updated_at = now()
+         FROM next WHERE s.id = next.id
+         RETURNING s.id"
+    )
+}
+
+/// The keys whose queue could take a free slot now (the sweep of [`Store::admit_queued`]):
+/// keys with a queued saga and fewer holders than slots. Served by
+/// `paysaga_sagas_concurrency`, which holds open keyed sagas only.
+fn keys_with_free_slots_sql() -> String {
+    let holding = crate::SLOT_HOLDING_STATUSES;
+    format!(
+        "SELECT q.concurrency_key FROM (
+             SELECT DISTINCT concurrency_key FROM paysaga_sagas
+             WHERE concurrency_key IS NOT NULL AND NOT concurrency_held
+               AND status IN {holding} AND status IN {ACTIVE}) q
+         WHERE (SELECT count(*) FILTER (WHERE h.concurrency_held) < min(h.concurrency_limit)
+                FROM paysaga_sagas h
+                WHERE h.concurrency_key = q.concurrency_key AND h.status IN {holding})
+         LIMIT 1000"
+    )
+}
+
+/// The holders of concurrency key `$1`, oldest first (`paysaga_sagas_concurrency`).
+fn holders_sql() -> String {
+    format!(
+        "SELECT id FROM paysaga_sagas
+         WHERE concurrency_key = $1 AND concurrency_held AND status IN {}
+         ORDER BY created_at, id",
+        crate::SLOT_HOLDING_STATUSES
+    )
+}
+
+/// Takes the concurrency lock of `key` and gives its free slots to its oldest queued sagas,
+/// on `conn` (inside its transaction, which holds the lock until it ends), with the wake-up
+/// NOTIFY when one got a slot; returns how many did.
+async fn admit_on(conn: &mut sqlx::PgConnection, key: &str) -> Result<u64, Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(CONCURRENCY_LOCK)
+        .bind(key)
+        .execute(&mut *conn)
+        .await?;
+    let admitted = sqlx::query(&admit_sql())
+        .bind(key)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    if admitted > 0 {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(WAKEUP_CHANNEL)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(admitted)
+}
 
 /// The claim: unowned runnable sagas, oldest due first, skipping rows other workers are
 /// claiming; served by the partial index `paysaga_sagas_runnable`, whose size does not grow
@@ -51,6 +137,7 @@ fn claim_sql() -> String {
              SELECT id FROM paysaga_sagas
              WHERE owner IS NULL AND status IN {ACTIVE} AND run_at <= now()
                AND definition_id IN (SELECT id FROM paysaga_definitions WHERE step_kinds <@ $3::text[])
+               AND {RUNS_ITS_STEPS}
                AND EXISTS (SELECT 1 FROM me)
              ORDER BY run_at
              LIMIT $2
@@ -68,6 +155,7 @@ fn next_due_sql() -> String {
         "SELECT run_at FROM paysaga_sagas
          WHERE owner IS NULL AND status IN {ACTIVE} AND run_at IS NOT NULL
            AND definition_id IN (SELECT id FROM paysaga_definitions WHERE step_kinds <@ $1::text[])
+           AND {RUNS_ITS_STEPS}
          ORDER BY run_at LIMIT 1"
     )
 }
@@ -303,6 +391,23 @@ impl PgStore {
         })
     }
 
+    /// After saga `saga` ended: gives its concurrency key's free slot to the oldest queued
+    /// saga of the key, in a transaction of its own (the saga's end is committed whatever
+    /// happens here; a hand-over lost to an error or a crash is made by the next
+    /// [`Store::admit_queued`] sweep).
+    async fn hand_over_slot(&self, saga: Uuid, key: &str) {
+        let handed = async {
+            let mut tx = self.pool.begin().await?;
+            let n = admit_on(&mut tx, key).await?;
+            tx.commit().await?;
+            Ok::<u64, Error>(n)
+        }
+        .await;
+        if let Err(e) = handed {
+            tracing::warn!(saga_id = %saga, error = %e, "could not hand the ended saga's concurrency slot on; the workers' sweep will");
+        }
+    }
+
     /// Records a commit the fence refused, in a small transaction of its own after the
     /// refusal (the refused transaction wrote nothing and rolled back). Best effort: the
     /// refusal stands even if this row cannot be written.
@@ -388,6 +493,11 @@ impl PgStore {
         let Some(row) = row else {
             return self.already_committed(c).await;
         };
+        if t.status.is_ended() {
+            if let Some(key) = row.try_get::<Option<String>, _>("concurrency_key")? {
+                self.hand_over_slot(c.saga, &key).await;
+            }
+        }
         Ok(Committed {
             kept: keep,
             wake_event: None,
@@ -449,7 +559,7 @@ upd AS (
            close_requested = CASE WHEN $4 IN ('compensating', 'needs_operator')
                                   THEN s.close_requested END
     FROM lease WHERE s.id = lease.id
-    RETURNING s.id),
+    RETURNING s.id, s.concurrency_key),
 hist AS (
     INSERT INTO paysaga_history (saga_id, worker, step, attempt, kind, error, detail)
     SELECT upd.id, $2, t.step, t.attempt, t.kind, t.error, NULLIF(t.detail, 'null'::jsonb)
@@ -465,7 +575,8 @@ refs AS (
     RETURNING 1),
 wake AS (SELECT pg_notify($20, '') FROM upd WHERE $19)
 SELECT lease.cancel_requested, (SELECT count(*) FROM hist) AS history_rows,
-       (SELECT count(*) FROM wake) AS notified
+       (SELECT count(*) FROM wake) AS notified,
+       (SELECT concurrency_key FROM upd) AS concurrency_key
 FROM lease";
 
 /// The saga listing of [`Store::list_sagas`] (`$1`.. the filter's fields) in `order`.
@@ -563,6 +674,21 @@ fn saga_from_row(row: &PgRow) -> Result<SagaRecord, Error> {
         key_generations: serde_json::from_value(row.try_get("key_generations")?)
             .map_err(|e| Error::Corrupt(format!("saga key_generations: {e}")))?,
         close_requested: crate::close_request(row.try_get("close_requested")?)?,
+        concurrency: concurrency_from_row(row)?,
+    })
+}
+
+fn concurrency_from_row(row: &PgRow) -> Result<Option<crate::SagaConcurrency>, Error> {
+    let key: Option<String> = row.try_get("concurrency_key")?;
+    let limit: Option<i32> = row.try_get("concurrency_limit")?;
+    Ok(match (key, limit) {
+        (Some(key), Some(limit)) => Some(crate::SagaConcurrency {
+            key,
+            limit: u32::try_from(limit)
+                .map_err(|_| Error::Corrupt(format!("concurrency_limit {limit}")))?,
+            holds_slot: row.try_get("concurrency_held")?,
+        }),
+        _ => None,
     })
 }
 
@@ -802,10 +928,14 @@ async fn insert_saga_on(
     conn: &mut sqlx::PgConnection,
     new: NewSaga,
 ) -> Result<(SagaRecord, bool), Error> {
+    // A saga with a concurrency key is inserted queued (no run_at) and then given a free slot
+    // of its key, if any, under the key's lock (the oldest queued saga of the key first).
+    let key = new.concurrency.as_ref().map(|c| c.key.clone());
     let inserted = sqlx::query(&format!(
         "INSERT INTO paysaga_sagas (id, definition_id, workflow, version, idempotency_key,
-                                    input, status, run_at)
-         VALUES ($1, $2, $3, $4, $5, $6, 'scheduled', now())
+                                    input, status, run_at, concurrency_key, concurrency_limit)
+         VALUES ($1, $2, $3, $4, $5, $6, 'scheduled', CASE WHEN $7::text IS NULL THEN now() END,
+                 $7, $8)
          ON CONFLICT (workflow, idempotency_key) DO NOTHING
          RETURNING {SAGA_COLUMNS}"
     ))
@@ -815,10 +945,26 @@ async fn insert_saga_on(
     .bind(new.version as i32)
     .bind(&new.idempotency_key)
     .bind(&new.input)
+    .bind(&key)
+    .bind(
+        new.concurrency
+            .as_ref()
+            .map(|c| i32::try_from(c.limit).unwrap_or(i32::MAX)),
+    )
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(row) = inserted {
-        let saga = saga_from_row(&row)?;
+        let mut saga = saga_from_row(&row)?;
+        if let Some(key) = &key {
+            admit_on(conn, key).await?;
+            let row = sqlx::query(&format!(
+                "SELECT {SAGA_COLUMNS} FROM paysaga_sagas WHERE id = $1"
+            ))
+            .bind(saga.id)
+            .fetch_one(&mut *conn)
+            .await?;
+            saga = saga_from_row(&row)?;
+        }
         let entry = HistoryEntry {
             kind: paysaga_core::HistoryKind::SagaStarted,
             step: None,
@@ -1404,7 +1550,7 @@ impl Store for PgStore {
             lock_correlation(&mut tx, &wait.provider, &wait.correlation_key).await?;
         }
         let row = sqlx::query(
-            "SELECT wake_event, cancel_requested FROM paysaga_sagas
+            "SELECT wake_event, cancel_requested, concurrency_key FROM paysaga_sagas
              WHERE id = $1 AND owner = $2 AND fence = $3 AND last_commit IS DISTINCT FROM $4
                AND EXISTS (SELECT 1 FROM paysaga_workers w
                            WHERE w.id = $2 AND w.stopped_at IS NULL AND w.lease_expires_at > now())
@@ -1422,6 +1568,7 @@ impl Store for PgStore {
         };
         let stored_event: Option<Value> = row.try_get("wake_event")?;
         let cancel_requested: bool = row.try_get("cancel_requested")?;
+        let concurrency_key: Option<String> = row.try_get("concurrency_key")?;
         let mut pending: Option<Event> = stored_event
             .map(serde_json::from_value::<Event>)
             .transpose()
@@ -1557,6 +1704,9 @@ impl Store for PgStore {
             notify(&mut tx).await?;
         }
         tx.commit().await?;
+        if let (true, Some(key)) = (t.status.is_ended(), &concurrency_key) {
+            self.hand_over_slot(c.saga, key).await;
+        }
         Ok(Committed {
             kept: keep,
             wake_event: pending,
@@ -2037,7 +2187,11 @@ impl Store for PgStore {
         insert_history(&mut tx, a.saga, None, Some(a.actor), &t.history).await?;
         notify(&mut tx).await?;
         tx.commit().await?;
-        saga_from_row(&row)
+        let saga = saga_from_row(&row)?;
+        if let (true, Some(c)) = (t.status.is_ended(), &saga.concurrency) {
+            self.hand_over_slot(saga.id, &c.key).await;
+        }
+        Ok(saga)
     }
 
     #[instrument(skip(self, detail), fields(saga_id = %id))]
@@ -2335,6 +2489,33 @@ impl Store for PgStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn concurrency_holders(&self, key: &str) -> Result<Vec<Uuid>, Error> {
+        Ok(sqlx::query_scalar(&holders_sql())
+            .bind(key)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    #[instrument(skip_all)]
+    async fn admit_queued(&self) -> Result<u64, Error> {
+        let keys: Vec<String> = sqlx::query_scalar(&keys_with_free_slots_sql())
+            .fetch_all(&self.pool)
+            .await?;
+        let mut admitted = 0;
+        for key in keys {
+            let mut tx = self.pool.begin().await?;
+            admitted += admit_on(&mut tx, &key).await?;
+            tx.commit().await?;
+        }
+        if admitted > 0 {
+            tracing::info!(
+                sagas = admitted,
+                "gave free concurrency slots to queued sagas"
+            );
+        }
+        Ok(admitted)
     }
 }
 
@@ -2840,6 +3021,66 @@ mod tests {
         assert!(
             count.contains("paysaga_sagas_finished"),
             "dry run plan:\n{count}"
+        );
+    }
+
+    /// The per-key concurrency queries (hand-over, sweep, holders) read only open keyed sagas
+    /// through `paysaga_sagas_concurrency`, however many sagas have no key or have finished;
+    /// `next_due` still goes through `paysaga_sagas_runnable`.
+    #[tokio::test]
+    async fn concurrency_queries_use_their_index_whatever_the_other_sagas() {
+        let db = paysaga_testkit::database().await;
+        let store = PgStore::connect(db.url()).await.unwrap();
+        store.migrate().await.unwrap();
+        let pool = store.pool().clone();
+        sqlx::raw_sql(
+            "INSERT INTO paysaga_definitions (name, version, content_hash, body, step_kinds)
+                 VALUES ('noop', 1, 'h', '{}', '{noop.sleep}');
+             INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status, finished_at,
+                                        concurrency_key, concurrency_limit, concurrency_held)
+                 SELECT gen_random_uuid(), 1, 'noop', 1, '{}', 'completed', now() - interval '1 day',
+                        CASE WHEN g % 2 = 0 THEN 'noop:' || (g % 1000) END,
+                        CASE WHEN g % 2 = 0 THEN 1 END, g % 2 = 0
+                 FROM generate_series(1, 50000) g;
+             INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status, run_at)
+                 SELECT gen_random_uuid(), 1, 'noop', 1, '{}', 'scheduled', now() + interval '1 hour'
+                 FROM generate_series(1, 20000);
+             INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status, run_at,
+                                        concurrency_key, concurrency_limit, concurrency_held)
+                 SELECT gen_random_uuid(), 1, 'noop', 1, '{}', 'scheduled',
+                        CASE WHEN g <= 1000 THEN now() END,
+                        'noop:' || (g % 1000), 1, g <= 1000
+                 FROM generate_series(1, 5000) g;
+             ANALYZE;",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        for (name, sql, bind_key) in [
+            ("hand-over", admit_sql(), true),
+            ("holders", holders_sql(), true),
+            ("sweep", keys_with_free_slots_sql(), false),
+        ] {
+            let query = format!("EXPLAIN {sql}");
+            let mut q = sqlx::query_scalar::<_, String>(&query);
+            if bind_key {
+                q = q.bind("noop:7");
+            }
+            let plan = q.fetch_all(&pool).await.unwrap().join("\n");
+            assert!(
+                plan.contains("paysaga_sagas_concurrency"),
+                "{name} plan:\n{plan}"
+            );
+            assert!(
+                !plan.contains("Seq Scan on paysaga_sagas"),
+                "{name} plan:\n{plan}"
+            );
+        }
+        // (The claim's plan, with the same test on queued sagas: `hot_path_queries_use_their_indexes`.)
+        let due = plan(&pool, &next_due_sql(), &["noop.sleep".to_string()]).await;
+        assert!(
+            due.contains("paysaga_sagas_runnable"),
+            "next due plan:\n{due}"
         );
     }
 }

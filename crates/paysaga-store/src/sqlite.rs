@@ -83,7 +83,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const SAGA_COLUMNS: &str = "id, definition_id, workflow, version, idempotency_key, input, status, \
     step_index, attempt, step_started_at, run_at, owner, fence, outputs, wait, wake_event, \
     last_error, cancel_requested, created_at, updated_at, finished_at, effect_possible, effect_step, \
-    closed_outcome, key_generations, close_requested";
+    closed_outcome, key_generations, close_requested, concurrency_key, concurrency_limit, concurrency_held";
 
 const ACTIVE: &str = "('scheduled', 'retrying', 'waiting', 'compensating')";
 /// First line of a migration that must run with foreign keys off (a table rebuild).
@@ -99,6 +99,7 @@ WHERE id IN (
     SELECT id FROM paysaga_sagas INDEXED BY paysaga_sagas_runnable
     WHERE owner IS NULL AND status IN ('scheduled', 'retrying', 'waiting', 'compensating')
       AND run_at <= $4
+      AND (concurrency_key IS NULL OR concurrency_held = 1 OR cancel_requested = 1)
       AND definition_id IN (
           SELECT d.id FROM paysaga_definitions d
           WHERE NOT EXISTS (SELECT 1 FROM json_each(d.step_kinds) k
@@ -110,7 +111,7 @@ WHERE id IN (
 RETURNING id, definition_id, workflow, version, idempotency_key, input, status, step_index,
     attempt, step_started_at, run_at, owner, fence, outputs, wait, wake_event, last_error,
     cancel_requested, created_at, updated_at, finished_at, effect_possible, effect_step, closed_outcome,
-    key_generations, close_requested";
+    key_generations, close_requested, concurrency_key, concurrency_limit, concurrency_held";
 
 /// Operator rows across sagas, newest first (`$1` since, `$2` actor, `$3` limit); served by
 /// the partial index `paysaga_history_operator` (forced: no statistics on a fresh file).
@@ -130,11 +131,70 @@ const NEXT_DUE_SQL: &str = "
 SELECT run_at FROM paysaga_sagas INDEXED BY paysaga_sagas_runnable
 WHERE owner IS NULL AND status IN ('scheduled', 'retrying', 'waiting', 'compensating')
   AND run_at IS NOT NULL
+  AND (concurrency_key IS NULL OR concurrency_held = 1 OR cancel_requested = 1)
   AND definition_id IN (
       SELECT d.id FROM paysaga_definitions d
       WHERE NOT EXISTS (SELECT 1 FROM json_each(d.step_kinds) k
                         WHERE k.value NOT IN (SELECT value FROM json_each($1))))
 ORDER BY run_at LIMIT 1";
+
+/// Gives the free slots of concurrency key `$1` to its oldest queued sagas (`$2` now): the
+/// key's limit is the smallest among its open sagas. Inside a write transaction (serialised);
+/// served by `paysaga_sagas_concurrency`.
+const ADMIT_SQL: &str = "
+UPDATE paysaga_sagas SET concurrency_held = 1, run_at = $2, updated_at = $2
+WHERE id IN (
+    SELECT id FROM paysaga_sagas INDEXED BY paysaga_sagas_concurrency
+    WHERE concurrency_key = $1 AND concurrency_held = 0
+      AND status IN ('scheduled', 'retrying', 'waiting', 'compensating', 'needs_operator')
+      AND status IN ('scheduled', 'retrying', 'waiting', 'compensating')
+    ORDER BY created_at, id
+    LIMIT (SELECT max(coalesce(min(concurrency_limit), 0) - coalesce(sum(concurrency_held), 0), 0)
+           FROM paysaga_sagas INDEXED BY paysaga_sagas_concurrency
+           WHERE concurrency_key = $1
+             AND status IN ('scheduled', 'retrying', 'waiting', 'compensating', 'needs_operator')))
+RETURNING id";
+
+/// Keys with a queued saga and fewer holders than slots (the sweep of `admit_queued`).
+const KEYS_WITH_FREE_SLOTS_SQL: &str = "
+SELECT concurrency_key FROM paysaga_sagas INDEXED BY paysaga_sagas_concurrency
+WHERE concurrency_key IS NOT NULL
+  AND status IN ('scheduled', 'retrying', 'waiting', 'compensating', 'needs_operator')
+GROUP BY concurrency_key
+HAVING sum(concurrency_held = 0 AND status <> 'needs_operator') > 0
+   AND sum(concurrency_held) < min(concurrency_limit)
+LIMIT 1000";
+
+/// The holders of concurrency key `$1`, oldest first.
+const HOLDERS_SQL: &str = "
+SELECT id FROM paysaga_sagas INDEXED BY paysaga_sagas_concurrency
+WHERE concurrency_key = $1 AND concurrency_held = 1
+  AND status IN ('scheduled', 'retrying', 'waiting', 'compensating', 'needs_operator')
+ORDER BY created_at, id";
+
+/// Gives the free slots of concurrency `key` to its oldest queued sagas inside `tx`.
+async fn admit_in(tx: &mut Transaction<'static, Sqlite>, key: &str) -> Result<u64, Error> {
+    Ok(sqlx::query(ADMIT_SQL)
+        .bind(key)
+        .bind(ts(Utc::now()))
+        .execute(&mut **tx)
+        .await?
+        .rows_affected())
+}
+
+fn concurrency_from_row(row: &SqliteRow) -> Result<Option<crate::SagaConcurrency>, Error> {
+    let key: Option<String> = row.try_get("concurrency_key")?;
+    let limit: Option<i64> = row.try_get("concurrency_limit")?;
+    Ok(match (key, limit) {
+        (Some(key), Some(limit)) => Some(crate::SagaConcurrency {
+            key,
+            limit: u32::try_from(limit)
+                .map_err(|_| Error::Corrupt(format!("concurrency_limit {limit}")))?,
+            holds_slot: row.try_get("concurrency_held")?,
+        }),
+        _ => None,
+    })
+}
 
 /// SQLite implementation of [`Store`] for one node (see the module docs).
 #[derive(Debug, Clone)]
@@ -330,6 +390,7 @@ fn saga_from_row(row: &SqliteRow) -> Result<SagaRecord, Error> {
         key_generations: serde_json::from_value(get_json(row, "key_generations")?)
             .map_err(|e| Error::Corrupt(format!("saga key_generations: {e}")))?,
         close_requested: crate::close_request(get_opt_json(row, "close_requested")?)?,
+        concurrency: concurrency_from_row(row)?,
     })
 }
 
@@ -705,10 +766,15 @@ impl Store for SqliteStore {
         }
         let now = ts(Utc::now());
         let mut tx = self.write_tx().await?;
+        // A saga with a concurrency key is inserted queued (no run_at), then given a free slot
+        // of its key if there is one (the oldest queued saga of the key first).
+        let key = new.concurrency.as_ref().map(|c| c.key.clone());
         let inserted = sqlx::query(&format!(
             "INSERT INTO paysaga_sagas (id, definition_id, workflow, version, idempotency_key,
-                                        input, status, run_at, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, 'scheduled', $7, $7, $7)
+                                        input, status, run_at, created_at, updated_at,
+                                        concurrency_key, concurrency_limit)
+             VALUES ($1, $2, $3, $4, $5, $6, 'scheduled', CASE WHEN $8 IS NULL THEN $7 END,
+                     $7, $7, $8, $9)
              ON CONFLICT (workflow, idempotency_key) DO NOTHING
              RETURNING {SAGA_COLUMNS}"
         ))
@@ -719,10 +785,18 @@ impl Store for SqliteStore {
         .bind(&new.idempotency_key)
         .bind(to_json(&new.input)?)
         .bind(&now)
+        .bind(&key)
+        .bind(new.concurrency.as_ref().map(|c| i64::from(c.limit)))
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(row) = inserted {
-            let saga = saga_from_row(&row)?;
+            let mut saga = saga_from_row(&row)?;
+            if let Some(key) = &key {
+                admit_in(&mut tx, key).await?;
+                if let Some(admitted) = self.saga_in(&mut tx, saga.id).await? {
+                    saga = admitted;
+                }
+            }
             let entry = HistoryEntry {
                 kind: HistoryKind::SagaStarted,
                 step: None,
@@ -1177,7 +1251,7 @@ impl Store for SqliteStore {
         // Fenced lease: owner, fencing token and the worker's live lease, checked in the
         // transaction that writes the result (which holds the database's write lock).
         let row = sqlx::query(
-            "SELECT wake_event, cancel_requested, outputs FROM paysaga_sagas
+            "SELECT wake_event, cancel_requested, outputs, concurrency_key FROM paysaga_sagas
              WHERE id = $1 AND owner = $2 AND fence = $3 AND last_commit IS NOT $5
                AND EXISTS (SELECT 1 FROM paysaga_workers w
                            WHERE w.id = $2 AND w.stopped_at IS NULL AND w.lease_expires_at > $4)",
@@ -1368,8 +1442,14 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
+        // An ended saga hands its concurrency slot on in the same transaction.
+        let concurrency_key: Option<String> = row.try_get("concurrency_key")?;
+        let mut handed = 0;
+        if let (true, Some(key)) = (t.status.is_ended(), &concurrency_key) {
+            handed = admit_in(&mut tx, key).await?;
+        }
         tx.commit().await?;
-        if !keep && run_at.is_some_and(|at| at <= Utc::now()) {
+        if handed > 0 || !keep && run_at.is_some_and(|at| at <= Utc::now()) {
             self.notify();
         }
         Ok(Committed {
@@ -1895,9 +1975,13 @@ impl Store for SqliteStore {
                 .await?;
         }
         insert_history(&mut tx, a.saga, None, Some(a.actor), &t.history).await?;
+        let saga = saga_from_row(&row)?;
+        if let (true, Some(c)) = (t.status.is_ended(), &saga.concurrency) {
+            admit_in(&mut tx, &c.key).await?;
+        }
         tx.commit().await?;
         self.notify();
-        saga_from_row(&row)
+        Ok(saga)
     }
 
     #[instrument(skip(self, detail), fields(saga_id = %id))]
@@ -2255,6 +2339,38 @@ impl Store for SqliteStore {
         .execute(&self.writer)
         .await?;
         Ok(())
+    }
+
+    async fn concurrency_holders(&self, key: &str) -> Result<Vec<Uuid>, Error> {
+        let ids: Vec<String> = sqlx::query_scalar(HOLDERS_SQL)
+            .bind(key)
+            .fetch_all(&self.reader)
+            .await?;
+        ids.iter().map(|id| parse_uuid(id)).collect()
+    }
+
+    #[instrument(skip_all)]
+    async fn admit_queued(&self) -> Result<u64, Error> {
+        let keys: Vec<String> = sqlx::query_scalar(KEYS_WITH_FREE_SLOTS_SQL)
+            .fetch_all(&self.reader)
+            .await?;
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.write_tx().await?;
+        let mut admitted = 0;
+        for key in &keys {
+            admitted += admit_in(&mut tx, key).await?;
+        }
+        tx.commit().await?;
+        if admitted > 0 {
+            self.notify();
+            tracing::info!(
+                sagas = admitted,
+                "gave free concurrency slots to queued sagas"
+            );
+        }
+        Ok(admitted)
     }
 }
 

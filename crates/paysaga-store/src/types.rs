@@ -45,6 +45,22 @@ pub struct NewSaga {
     pub input: Value,
     /// Who started it (for history).
     pub actor: String,
+    /// Its concurrency key and limit (see `paysaga_core::concurrency`), if its definition
+    /// declares one: the saga is queued until it holds one of the key's slots.
+    pub concurrency: Option<SagaConcurrency>,
+}
+
+/// A saga's concurrency key: at most `limit` open sagas with the same `key` hold a slot, and
+/// only a saga holding one runs its steps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SagaConcurrency {
+    /// `<group>:<value>` (see `paysaga_core::Concurrency::key_for`).
+    pub key: String,
+    /// Slots of the key.
+    pub limit: u32,
+    /// Whether this saga holds one (stored sagas only; `false` in a [`NewSaga`]): taken when
+    /// it starts or when a holder ends, kept until it ends itself.
+    pub holds_slot: bool,
 }
 
 /// A saga as stored.
@@ -107,9 +123,20 @@ pub struct SagaRecord {
     /// `needs_operator`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub close_requested: Option<paysaga_core::CloseRequest>,
+    /// Its concurrency key, limit and whether it holds a slot (a saga of a definition with a
+    /// `[concurrency]` table); one that does not is queued behind the holders
+    /// ([`crate::Store::concurrency_holders`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<SagaConcurrency>,
 }
 
 impl SagaRecord {
+    /// Open and waiting for a slot of its concurrency key: no worker runs it until a holder
+    /// ends.
+    pub fn is_queued(&self) -> bool {
+        self.concurrency.as_ref().is_some_and(|c| !c.holds_slot) && !self.status.is_final()
+    }
+
     /// The idempotency key generation of `step` (0 unless an operator reset it).
     pub fn key_generation(&self, step: &str) -> u32 {
         self.key_generations.get(step).copied().unwrap_or(0)

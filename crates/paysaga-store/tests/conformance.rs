@@ -102,6 +102,7 @@ fn definition(name: &str, version: u32, kinds: &[&str]) -> Definition {
             .enumerate()
             .map(|(i, k)| StepDef::new(format!("s{}", i + 1), *k, json!({})))
             .collect(),
+        concurrency: None,
     }
 }
 
@@ -126,6 +127,7 @@ async fn start(store: &dyn Store, workflow: &str, kinds: &[&str], key: Option<&s
             idempotency_key: key.map(str::to_string),
             input: json!({"amount": "10.00"}),
             actor: "test".to_string(),
+            concurrency: None,
         })
         .await
         .unwrap();
@@ -368,6 +370,7 @@ async fn start_is_idempotent_per_key_and_a_reused_key_with_another_input_is_refu
         idempotency_key: Some("order-42".to_string()),
         input: first.input.clone(),
         actor: "test".to_string(),
+        concurrency: None,
     };
     let (existing, created) = s.create_saga(same.clone()).await.unwrap();
     assert!(!created);
@@ -415,6 +418,7 @@ async fn concurrent_starts_with_one_key_create_exactly_one_saga(e: Env) {
                     idempotency_key: Some("same-key".to_string()),
                     input: json!({"n": 1}),
                     actor: "test".to_string(),
+                    concurrency: None,
                 })
                 .await
                 .unwrap()
@@ -2040,6 +2044,7 @@ async fn a_start_retried_with_the_same_input_written_differently_returns_the_sag
         idempotency_key: Some("payout-7".to_string()),
         input,
         actor: "test".to_string(),
+        concurrency: None,
     };
     let first: Value = serde_json::from_str(
         r#"{"amount_minor": 100, "currency": "NGN", "payee": {"id": "p1", "bank": "058"}}"#,
@@ -3110,6 +3115,8 @@ conformance!(
     a_request_budget_lets_a_burst_go_then_hands_out_each_slot_once_one_interval_apart,
     a_request_slot_further_away_than_the_caller_waits_is_not_taken,
     a_throttled_request_budget_gives_no_slot_before_the_pause_and_runs_at_half_rate,
+    two_claimers_never_both_hold_a_concurrency_key_whose_limit_is_one,
+    a_concurrency_slot_is_kept_while_reaped_or_parked_and_handed_on_when_the_saga_ends,
 );
 
 fn slot_request(credential: &str, burst: u32, max_wait: Duration) -> SlotRequest<'_> {
@@ -3466,4 +3473,229 @@ mod close_compensate {
     conformance!(
         a_close_request_is_stored_with_the_unwind_and_its_final_commit_ends_closed_with_the_outcome
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Per-key concurrency (issue 16 item 2)
+
+/// Starts a saga of `workflow` with concurrency key `key` and `limit`.
+async fn start_keyed(store: &dyn Store, workflow: &str, key: &str, limit: u32) -> SagaRecord {
+    let def = match store.find_definition(workflow, None).await.unwrap() {
+        Some(d) => d,
+        None => store
+            .put_definition(&definition(workflow, 1, &[STEP]))
+            .await
+            .unwrap(),
+    };
+    let (saga, created) = store
+        .create_saga(NewSaga {
+            id: Uuid::new_v4(),
+            definition_id: def.id,
+            workflow: workflow.to_string(),
+            version: def.version,
+            idempotency_key: None,
+            input: json!({"customer": key}),
+            actor: "test".to_string(),
+            concurrency: Some(paysaga_store::SagaConcurrency {
+                key: format!("{workflow}:{key}"),
+                limit,
+                holds_slot: false,
+            }),
+        })
+        .await
+        .unwrap();
+    assert!(created);
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    saga
+}
+
+/// Whether the saga holds a slot of its key.
+fn holds(saga: &SagaRecord) -> bool {
+    saga.concurrency.as_ref().unwrap().holds_slot
+}
+
+/// Two workers claiming at the same moment never both get a saga of a key whose limit is
+/// one: the holder runs, the others are queued (not due, so no claim nor `next_due` meets
+/// them) and get the slot one at a time, in start order, as each holder ends. Concurrent
+/// starts of one key give the slot to exactly one of them. Sagas without a key, and sagas of
+/// another key, are not held back.
+async fn two_claimers_never_both_hold_a_concurrency_key_whose_limit_is_one(e: Env) {
+    let s = e.s();
+    // The embedded store runs one worker: its two claimers share the worker id.
+    let w1 = worker(s, LONG_TTL).await;
+    let w2 = match e.backend {
+        Backend::Postgres => worker(s, LONG_TTL).await,
+        Backend::Sqlite => w1,
+    };
+    let mut started = Vec::new();
+    for _ in 0..6 {
+        started.push(start_keyed(s, "payout", "cust_1", 1).await);
+    }
+    let other = start_keyed(s, "payout", "cust_2", 1).await;
+    let free = start(s, "plain", &[STEP], None).await;
+    assert!(holds(&started[0]) && started[0].run_at.is_some());
+    for queued in &started[1..] {
+        assert!(!holds(queued) && queued.run_at.is_none() && queued.is_queued());
+    }
+    assert_eq!(
+        s.concurrency_holders("payout:cust_1").await.unwrap(),
+        vec![started[0].id]
+    );
+    // The first round also takes the saga of the other key and the one without a key.
+    let mut expect_extra = vec![other.id, free.id];
+    for (i, holder) in started.iter().enumerate() {
+        let kinds = all_kinds();
+        let (a, b) = tokio::join!(s.claim(w1, &kinds, 16), s.claim(w2, &kinds, 16));
+        let mut claimed: Vec<SagaRecord> = a
+            .unwrap()
+            .into_iter()
+            .chain(b.unwrap())
+            .map(|c| c.saga)
+            .collect();
+        claimed.retain(|c| !expect_extra.contains(&c.id));
+        assert_eq!(
+            ids(&claimed),
+            vec![holder.id],
+            "round {i}: only the holder of cust_1's slot is claimed"
+        );
+        expect_extra.clear();
+        assert!(
+            s.next_due(&all_kinds()).await.unwrap().is_none(),
+            "round {i}: a queued saga is never due"
+        );
+        let held = &claimed[0];
+        let w = held.owner.unwrap();
+        commit(s, held, w, &transition(SagaStatus::Completed, 1), None)
+            .await
+            .unwrap();
+        if let Some(next) = started.get(i + 1) {
+            let next = saga(s, next.id).await;
+            assert!(
+                holds(&next) && next.run_at.is_some(),
+                "round {i}: handed on"
+            );
+            assert_eq!(
+                s.concurrency_holders("payout:cust_1").await.unwrap(),
+                vec![next.id]
+            );
+        }
+    }
+    assert!(s
+        .concurrency_holders("payout:cust_1")
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Concurrent starts of one key: exactly one gets the slot.
+    let racing =
+        futures::future::join_all((0..8).map(|_| start_keyed(s, "payout", "cust_3", 1))).await;
+    let holding: Vec<&SagaRecord> = racing.iter().filter(|r| holds(r)).collect();
+    assert_eq!(holding.len(), 1, "{racing:?}");
+    assert_eq!(
+        s.concurrency_holders("payout:cust_3").await.unwrap(),
+        vec![holding[0].id]
+    );
+    // A limit of two: two at once, the third queued.
+    let two: Vec<SagaRecord> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(start_keyed(s, "funding", "ws_1", 2).await);
+        }
+        v
+    };
+    assert_eq!(
+        two.iter().map(holds).collect::<Vec<_>>(),
+        vec![true, true, false]
+    );
+}
+
+/// The slot is the saga's, not its worker's: a saga whose worker died keeps it (the next
+/// worker continues it), a parked saga keeps it (money may have moved), and it is handed on
+/// to the oldest queued saga when the holder ends, whether by its worker's commit or an
+/// operator's close. A queued saga with a cancel asked is claimed to apply the cancel
+/// without a slot. The sweep has nothing to give while every slot is held.
+async fn a_concurrency_slot_is_kept_while_reaped_or_parked_and_handed_on_when_the_saga_ends(
+    e: Env,
+) {
+    use paysaga_core::ClosedOutcome;
+    use paysaga_store::OperatorChange;
+    let s = e.s();
+    let a = start_keyed(s, "payout", "cust_1", 1).await;
+    let b = start_keyed(s, "payout", "cust_1", 1).await;
+    let c = start_keyed(s, "payout", "cust_1", 1).await;
+
+    // A's worker dies: the reaper releases A, which keeps its slot.
+    let dying = worker(s, Duration::from_millis(300)).await;
+    let held = claim_one(s, dying, a.id).await;
+    assert!(holds(&held));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(s.reap_expired_workers().await.unwrap(), 1);
+    assert!(holds(&saga(s, a.id).await));
+    assert!(!holds(&saga(s, b.id).await));
+    assert_eq!(s.admit_queued().await.unwrap(), 0, "no slot is free");
+    let w = worker(s, LONG_TTL).await;
+    let held = claim_one(s, w, a.id).await;
+
+    // A parks: it keeps the slot; B stays queued.
+    let mut parked = transition(SagaStatus::NeedsOperator, 0);
+    parked.last_error = Some("ambiguous payout".to_string());
+    commit(s, &held, w, &parked, None).await.unwrap();
+    assert!(holds(&saga(s, a.id).await));
+    assert!(s.claim(w, &all_kinds(), 16).await.unwrap().is_empty());
+    assert_eq!(s.admit_queued().await.unwrap(), 0);
+    assert_eq!(
+        s.concurrency_holders("payout:cust_1").await.unwrap(),
+        vec![a.id]
+    );
+
+    // A cancel asked of queued C is applied without a slot: C is claimed for it alone.
+    s.request_cancel(c.id, "ops:bob", "duplicate")
+        .await
+        .unwrap();
+    let cancelling = claim_one(s, w, c.id).await;
+    assert!(!holds(&cancelling) && cancelling.cancel_requested);
+    commit(
+        s,
+        &cancelling,
+        w,
+        &transition(SagaStatus::Cancelled, 0),
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(
+        !holds(&saga(s, b.id).await),
+        "C's end frees no slot: it had none"
+    );
+
+    // An operator closes A: B gets the slot and runs.
+    let a_now = saga(s, a.id).await;
+    let mut closed = transition(SagaStatus::Closed, 0);
+    closed.history = vec![entry(HistoryKind::SagaClosed, Some("s1"), None)];
+    s.operator_apply_with(
+        OperatorAction {
+            saga: a.id,
+            expect_status: a_now.status,
+            expect_step_index: a_now.step_index,
+            transition: &closed,
+            actor: "ops:alice",
+        },
+        OperatorChange {
+            closed_outcome: Some(ClosedOutcome::NotPaid),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let b_now = saga(s, b.id).await;
+    assert!(holds(&b_now) && b_now.run_at.is_some());
+    let held = claim_one(s, w, b.id).await;
+    commit(s, &held, w, &transition(SagaStatus::Completed, 1), None)
+        .await
+        .unwrap();
+    assert!(s
+        .concurrency_holders("payout:cust_1")
+        .await
+        .unwrap()
+        .is_empty());
 }

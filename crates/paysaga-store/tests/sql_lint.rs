@@ -35,6 +35,11 @@ const ALLOWED: &[(&str, &str)] = &[
         "name",
         "generated database name in CREATE/DROP DATABASE (identifiers cannot be bound)",
     ),
+    (
+        "RUNS_ITS_STEPS",
+        "constant per-key concurrency condition of the claim",
+    ),
+    ("holding", "the constant status set SLOT_HOLDING_STATUSES"),
 ];
 
 const SQL_WORDS: &[&str] = &[
