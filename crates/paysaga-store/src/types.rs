@@ -129,6 +129,11 @@ impl SagaRecord {
             cancel_requested: self.cancel_requested,
             last_error: self.last_error.clone(),
             effect_possible: self.effect_possible,
+            steps_with_output: self
+                .outputs
+                .as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default(),
         }
     }
 }
