@@ -991,7 +991,12 @@ async fn a_repeat_blaaiz_payout_to_a_verified_customer_skips_kyc_and_uploads_no_
         .wait_terminal(&[first], Duration::from_secs(60))
         .await
         .remove(0);
-    assert_eq!(first.status, SagaStatus::Completed, "{:?}", first.last_error);
+    assert_eq!(
+        first.status,
+        SagaStatus::Completed,
+        "{:?}",
+        first.last_error
+    );
     assert_eq!(first.outputs["create_customer"]["existing"], false);
     let documents = first.input["documents"].as_array().unwrap().len();
     assert!(documents > 0);
@@ -1003,7 +1008,11 @@ async fn a_repeat_blaaiz_payout_to_a_verified_customer_skips_kyc_and_uploads_no_
     input["payout"]["amount"] = serde_json::json!(25_000);
     let second = rig
         .engine
-        .start(workflow, input, Some(&format!("{workflow}-{}-month-2", rig.run)))
+        .start(
+            workflow,
+            input,
+            Some(&format!("{workflow}-{}-month-2", rig.run)),
+        )
         .await
         .unwrap()
         .saga_id;

@@ -40,11 +40,7 @@ pub struct Condition {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_equals: Option<Value>,
     /// Runs when the value is present and one of these.
-    #[serde(
-        default,
-        rename = "in",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, rename = "in", skip_serializing_if = "Option::is_none")]
     pub is_in: Option<Vec<Value>>,
     /// Runs when the value is absent or none of these.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -233,7 +229,10 @@ mod tests {
             (Condition::equals(missing, json!("VERIFIED")), false),
             (Condition::not_equals(path, json!("VERIFIED")), false),
             (Condition::not_equals(missing, json!("VERIFIED")), true),
-            (Condition::is_in(path, vec![json!("A"), json!("VERIFIED")]), true),
+            (
+                Condition::is_in(path, vec![json!("A"), json!("VERIFIED")]),
+                true,
+            ),
             (Condition::is_in(missing, vec![json!("VERIFIED")]), false),
             (Condition::not_in(path, vec![json!("VERIFIED")]), false),
             (Condition::not_in(missing, vec![json!("VERIFIED")]), true),

@@ -931,7 +931,10 @@ mod tests {
         assert!(c.steps[1].when.is_some() && c.steps[0].when.is_none());
         assert_eq!(
             c.steps[1].def.when,
-            Some(crate::Condition::equals("$.steps.customer.verified", json!(false)))
+            Some(crate::Condition::equals(
+                "$.steps.customer.verified",
+                json!(false)
+            ))
         );
         // Read from a step that always runs: refused, the output may be missing.
         let e = compile(&toml("", r#"{ files = "$.steps.upload.files" }"#)).unwrap_err();
@@ -947,18 +950,26 @@ mod tests {
         ))
         .expect("a condition may read a conditional step");
         // A `when` reads only what exists before the step.
-        let e = compile(&toml(r#"when = { path = "$.steps.attach.x", exists = true }"#, "{}"))
-            .unwrap_err();
+        let e = compile(&toml(
+            r#"when = { path = "$.steps.attach.x", exists = true }"#,
+            "{}",
+        ))
+        .unwrap_err();
         assert!(
             matches!(&e, DefinitionError::BadCondition { reason, .. } if reason.contains("not an earlier step")),
             "{e}"
         );
         let e = compile(&toml(r#"when = { path = "$.input.a" }"#, "{}")).unwrap_err();
-        assert!(e.to_string().contains("step attach, when: gives no test"), "{e}");
+        assert!(
+            e.to_string().contains("step attach, when: gives no test"),
+            "{e}"
+        );
         let e = compile(&toml(r#"when = { path = "$.input[?", equals = 1 }"#, "{}")).unwrap_err();
         assert!(e.to_string().contains("not valid JSONPath"), "{e}");
         // No `when`, no change to the content hash of existing definitions.
         let plain = Definition::from_toml(TOML).expect("parses");
-        assert!(!serde_json::to_string(&plain).expect("json").contains("when"));
+        assert!(!serde_json::to_string(&plain)
+            .expect("json")
+            .contains("when"));
     }
 }

@@ -34,6 +34,7 @@
 //! assert!(SagaStatus::Completed.is_final());
 //! ```
 
+pub mod condition;
 pub mod definition;
 pub mod document;
 pub mod operator;
@@ -41,8 +42,8 @@ pub mod retry;
 pub mod saga;
 pub mod schema;
 pub mod step;
-pub mod condition;
 
+pub use condition::{CompiledCondition, Condition, Verdict};
 pub use definition::{
     CompiledDefinition, CompiledStep, Definition, DefinitionBuilder, DefinitionError, Params,
     StepDef,
@@ -65,4 +66,3 @@ pub use step::{
     alert, compensation_key, idempotency_key, EffectGuard, EffectPermit, Event, StepContext,
     StepKind, StepOutcome, Unguarded, WaitSpec, Wake,
 };
-pub use condition::{CompiledCondition, Condition, Verdict};

@@ -879,7 +879,8 @@ mod tests {
             input_patch: None,
             confirm_not_sent: false,
         };
-        let t = reset(&parked, &d, req, "again", Utc::now()).expect("payout was skipped: nothing sent");
+        let t =
+            reset(&parked, &d, req, "again", Utc::now()).expect("payout was skipped: nothing sent");
         assert_eq!((t.status, t.step_index), (SagaStatus::Scheduled, 0));
         // Had it run (an output stored), the reset needs --confirm-not-sent.
         parked.steps_with_output.insert("payout".into());

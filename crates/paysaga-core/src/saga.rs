@@ -551,9 +551,10 @@ impl SagaState {
     /// (The current step and those after it are not skipped: they have not come yet.)
     pub fn was_skipped(&self, def: &CompiledDefinition, index: usize) -> bool {
         index < self.step_index
-            && def.steps.get(index).is_some_and(|s| {
-                s.when.is_some() && !self.steps_with_output.contains(&s.def.name)
-            })
+            && def
+                .steps
+                .get(index)
+                .is_some_and(|s| s.when.is_some() && !self.steps_with_output.contains(&s.def.name))
     }
 }
 
@@ -726,12 +727,13 @@ fn skip_unmet_conditions(
             Ok(v) if v.holds => break,
             Ok(v) => {
                 history.push(
-                    HistoryEntry::new(HistoryKind::StepSkipped, Some(&step.def.name), None)
-                        .detail(json!({
+                    HistoryEntry::new(HistoryKind::StepSkipped, Some(&step.def.name), None).detail(
+                        json!({
                             "when": when.condition,
                             "value": v.seen,
                             "found": v.seen.is_some(),
-                        })),
+                        }),
+                    ),
                 );
                 index += 1;
             }
@@ -1123,7 +1125,11 @@ fn end_of_unwind(state: &SagaState) -> (SagaStatus, HistoryKind) {
 
 /// The highest compensable step below `below` that ran (a step skipped by its `when` did
 /// nothing to undo).
-fn previous_compensable(state: &SagaState, def: &CompiledDefinition, below: usize) -> Option<usize> {
+fn previous_compensable(
+    state: &SagaState,
+    def: &CompiledDefinition,
+    below: usize,
+) -> Option<usize> {
     (0..below)
         .rev()
         .find(|&j| def.steps[j].traits.compensable && !state.was_skipped(def, j))
@@ -1671,7 +1677,10 @@ mod tests {
     }
 
     /// Steps s0..sN of kinds k0..kN; `when[i]` is step i's condition.
-    fn conditional_def(traits: &[StepTraits], when: &[Option<crate::Condition>]) -> CompiledDefinition {
+    fn conditional_def(
+        traits: &[StepTraits],
+        when: &[Option<crate::Condition>],
+    ) -> CompiledDefinition {
         let d = Definition {
             name: "t".into(),
             version: 1,
@@ -1691,7 +1700,10 @@ mod tests {
     }
 
     fn unverified() -> Option<crate::Condition> {
-        Some(crate::Condition::equals("$.steps.s0.verified", json!(false)))
+        Some(crate::Condition::equals(
+            "$.steps.s0.verified",
+            json!(false),
+        ))
     }
 
     #[test]
@@ -1710,7 +1722,10 @@ mod tests {
         assert_eq!(t.output, None, "a skipped step has no output");
         assert_eq!(t.history.len(), 1);
         let h = &t.history[0];
-        assert_eq!((h.kind, h.step.as_deref()), (HistoryKind::StepSkipped, Some("s1")));
+        assert_eq!(
+            (h.kind, h.step.as_deref()),
+            (HistoryKind::StepSkipped, Some("s1"))
+        );
         assert_eq!(
             h.detail,
             json!({"when": {"path": "$.steps.s0.verified", "equals": false}, "value": true, "found": true})
@@ -1719,18 +1734,31 @@ mod tests {
         let unverified_scope = json!({"steps": {"s0": {"verified": false}}});
         assert_eq!(
             next_run(&s, &d, None, &unverified_scope, now),
-            NextRun::Step { index: 1, wake: Wake::Start, attempt: 1 }
+            NextRun::Step {
+                index: 1,
+                wake: Wake::Start,
+                attempt: 1
+            }
         );
         // A step already retrying is not judged again: its condition held when it began.
-        let retrying = SagaState { status: SagaStatus::Retrying, attempt: 1, ..s };
+        let retrying = SagaState {
+            status: SagaStatus::Retrying,
+            attempt: 1,
+            ..s
+        };
         assert!(matches!(
             next_run(&retrying, &d, None, &verified, now),
-            NextRun::Step { index: 1, attempt: 2, .. }
+            NextRun::Step {
+                index: 1,
+                attempt: 2,
+                ..
+            }
         ));
     }
 
     #[test]
-    fn consecutive_unmet_conditions_are_skipped_in_one_commit_and_the_last_ones_complete_the_saga() {
+    fn consecutive_unmet_conditions_are_skipped_in_one_commit_and_the_last_ones_complete_the_saga()
+    {
         let d = conditional_def(
             &[StepTraits::default(); 3],
             &[None, unverified(), unverified()],
@@ -1740,9 +1768,15 @@ mod tests {
         let NextRun::Apply(t) = next_run(&s, &d, None, &scope, Utc::now()) else {
             panic!("skip")
         };
-        assert_eq!((t.status, t.step_index, t.run_at), (SagaStatus::Completed, 3, None));
-        let kinds: Vec<(HistoryKind, Option<&str>)> =
-            t.history.iter().map(|h| (h.kind, h.step.as_deref())).collect();
+        assert_eq!(
+            (t.status, t.step_index, t.run_at),
+            (SagaStatus::Completed, 3, None)
+        );
+        let kinds: Vec<(HistoryKind, Option<&str>)> = t
+            .history
+            .iter()
+            .map(|h| (h.kind, h.step.as_deref()))
+            .collect();
         assert_eq!(
             kinds,
             vec![
@@ -1755,38 +1789,76 @@ mod tests {
 
     #[test]
     fn an_unwind_neither_compensates_nor_parks_for_a_skipped_step() {
-        let compensable = StepTraits { compensable: true, irreversible: false };
-        let irreversible = StepTraits { compensable: false, irreversible: true };
+        let compensable = StepTraits {
+            compensable: true,
+            irreversible: false,
+        };
+        let irreversible = StepTraits {
+            compensable: false,
+            irreversible: true,
+        };
         let d = conditional_def(
-            &[compensable, compensable, irreversible, StepTraits::default()],
+            &[
+                compensable,
+                compensable,
+                irreversible,
+                StepTraits::default(),
+            ],
             &[None, unverified(), unverified(), None],
         );
         let mut s = state(SagaStatus::Scheduled, 3);
         s.steps_with_output = ["s0".to_string()].into_iter().collect();
-        let t = after_step(&s, &d, 3, 1, &Wake::Start, StepOutcome::fail("no"), Utc::now());
+        let t = after_step(
+            &s,
+            &d,
+            3,
+            1,
+            &Wake::Start,
+            StepOutcome::fail("no"),
+            Utc::now(),
+        );
         // s2 (irreversible) and s1 (compensable) were skipped: only s0 is undone.
         assert_eq!((t.status, t.step_index), (SagaStatus::Compensating, 0));
         // Had they run (outputs stored), the irreversible one parks the saga.
-        s.steps_with_output.extend(["s1".to_string(), "s2".to_string()]);
-        let t = after_step(&s, &d, 3, 1, &Wake::Start, StepOutcome::fail("no"), Utc::now());
+        s.steps_with_output
+            .extend(["s1".to_string(), "s2".to_string()]);
+        let t = after_step(
+            &s,
+            &d,
+            3,
+            1,
+            &Wake::Start,
+            StepOutcome::fail("no"),
+            Utc::now(),
+        );
         assert_eq!(t.status, SagaStatus::NeedsOperator);
         // After s1's compensation, s0 is next unless s0 was skipped.
         let by_input = Some(crate::Condition::exists("$.input.documents", true));
-        let d = conditional_def(&[compensable, compensable, StepTraits::default()], &[by_input, None, None]);
+        let d = conditional_def(
+            &[compensable, compensable, StepTraits::default()],
+            &[by_input, None, None],
+        );
         let c = SagaState {
             status: SagaStatus::Compensating,
             steps_with_output: ["s1".to_string()].into_iter().collect(),
             ..state(SagaStatus::Compensating, 1)
         };
         let t = after_compensation(&c, &d, 1, 1, StepOutcome::Done(json!(null)), Utc::now());
-        assert_eq!(t.status, SagaStatus::Compensated, "s0 was skipped: nothing more to undo");
+        assert_eq!(
+            t.status,
+            SagaStatus::Compensated,
+            "s0 was skipped: nothing more to undo"
+        );
     }
 
     #[test]
     fn a_condition_that_matches_several_values_fails_the_step() {
         let d = conditional_def(
             &[StepTraits::default(); 2],
-            &[None, Some(crate::Condition::exists("$.input.list[*]", true))],
+            &[
+                None,
+                Some(crate::Condition::exists("$.input.list[*]", true)),
+            ],
         );
         let s = state(SagaStatus::Scheduled, 1);
         let scope = json!({"input": {"list": [1, 2]}});
@@ -1794,8 +1866,16 @@ mod tests {
             panic!("a failure is a transition")
         };
         assert_eq!(t.status, SagaStatus::Compensated);
-        let failed = t.history.iter().find(|h| h.kind == HistoryKind::StepFailed).expect("failed");
+        let failed = t
+            .history
+            .iter()
+            .find(|h| h.kind == HistoryKind::StepFailed)
+            .expect("failed");
         assert_eq!(failed.step.as_deref(), Some("s1"));
-        assert!(failed.error.as_deref().unwrap_or_default().contains("matched 2 values"));
+        assert!(failed
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("matched 2 values"));
     }
 }

@@ -3321,7 +3321,7 @@ async fn connect_picks_the_store_by_url_scheme() {
 async fn conditional_steps_whose_condition_fails_are_skipped_with_a_history_row_and_no_output(
     e: Env,
 ) {
-    use paysaga_core::{next_run, after_step, Condition, NextRun, StepOutcome, StepTraits, Wake};
+    use paysaga_core::{after_step, next_run, Condition, NextRun, StepOutcome, StepTraits, Wake};
     let s = e.s();
     let unverified = Condition::not_equals("$.steps.customer.status", json!("VERIFIED"));
     let def = Definition::builder("conditional", 1)
@@ -3351,7 +3351,8 @@ async fn conditional_steps_whose_condition_fails_are_skipped_with_a_history_row_
         .unwrap();
     let w = worker(s, Duration::from_secs(30)).await;
     let mut record = claim_one(s, w, created.id).await;
-    let scope = |r: &SagaRecord| json!({"input": r.input, "steps": r.outputs, "saga": {"id": r.id}});
+    let scope =
+        |r: &SagaRecord| json!({"input": r.input, "steps": r.outputs, "saga": {"id": r.id}});
     // The customer step completes: Blaaiz already verified it.
     let t = after_step(
         &record.state(),
@@ -3366,14 +3367,24 @@ async fn conditional_steps_whose_condition_fails_are_skipped_with_a_history_row_
     record = saga(s, created.id).await;
     assert_eq!(record.step_index, 1);
     // Both KYC steps are skipped in one kept commit; the payout is next.
-    let NextRun::Apply(t) = next_run(&record.state(), &compiled, None, &scope(&record), Utc::now())
-    else {
+    let NextRun::Apply(t) = next_run(
+        &record.state(),
+        &compiled,
+        None,
+        &scope(&record),
+        Utc::now(),
+    ) else {
         panic!("the skip is a transition to apply")
     };
     assert!(commit(s, &record, w, &t, None).await.unwrap().kept);
     record = saga(s, created.id).await;
     assert_eq!(
-        (record.status, record.step_index, record.attempt, record.owner),
+        (
+            record.status,
+            record.step_index,
+            record.attempt,
+            record.owner
+        ),
         (SagaStatus::Scheduled, 3, 0, Some(w))
     );
     assert_eq!(
@@ -3397,7 +3408,13 @@ async fn conditional_steps_whose_condition_fails_are_skipped_with_a_history_row_
     );
     // The payout runs next (no skip: it has no condition) and completes the saga.
     assert!(matches!(
-        next_run(&record.state(), &compiled, None, &scope(&record), Utc::now()),
+        next_run(
+            &record.state(),
+            &compiled,
+            None,
+            &scope(&record),
+            Utc::now()
+        ),
         NextRun::Step { index: 3, .. }
     ));
     let t = after_step(
@@ -3424,4 +3441,3 @@ async fn conditional_steps_whose_condition_fails_are_skipped_with_a_history_row_
         ]
     );
 }
-
