@@ -64,9 +64,9 @@ async fn demo_runs_the_three_payout_workflows_to_completion_and_prints_the_ledge
             "no completion line for {wf}:\n{stdout}"
         );
         assert!(
-            stdout
-                .lines()
-                .any(|l| l.starts_with(&format!("{wf} v1 saga ")) && l.contains(": completed")),
+            stdout.lines().any(|l| l.starts_with(&format!("{wf} v"))
+                && l.contains(" saga ")
+                && l.contains(": completed")),
             "no summary for {wf}:\n{stdout}"
         );
     }

@@ -951,3 +951,127 @@ async fn lean_manual_payment_never_authorised_parks_the_saga_at_the_deadline_wit
     let shown = paysaga_ok(rig.db.url(), &["show", &id.to_string()]);
     assert!(shown.contains("parked for an operator"), "{shown}");
 }
+
+/// The sandbox's recorded Blaaiz requests for an upload URL (one per document uploaded).
+async fn blaaiz_upload_url_requests(rig: &Rig) -> usize {
+    let v: Value = reqwest::get(rig.sandbox.url("/_sandbox/requests"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| {
+            x["path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("/file/get-presigned-url"))
+        })
+        .count()
+}
+
+/// Issue 15 item 4: paying a creator whom Blaaiz already verified again skips the KYC steps
+/// (`when` on the customer's verification status): no document is uploaded a second time,
+/// history shows the three steps as skipped, and each payout is paid once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_blaaiz_payout_to_a_verified_customer_skips_kyc_and_uploads_no_documents() {
+    let rig = Rig::new("blaaiz-repeat", "none").await;
+    let _worker = rig.worker("w1", &[]);
+    let on = reqwest::Client::new()
+        .put(rig.sandbox.url("/_sandbox/requests/recording"))
+        .body("on")
+        .send()
+        .await
+        .unwrap();
+    assert!(on.status().is_success());
+    let workflow = "blaaiz_kyc_payout";
+    let first = rig.start(workflow, 0).await;
+    let first = rig
+        .wait_terminal(&[first], Duration::from_secs(60))
+        .await
+        .remove(0);
+    assert_eq!(
+        first.status,
+        SagaStatus::Completed,
+        "{:?}",
+        first.last_error
+    );
+    assert_eq!(first.outputs["create_customer"]["existing"], false);
+    let documents = first.input["documents"].as_array().unwrap().len();
+    assert!(documents > 0);
+    assert_eq!(blaaiz_upload_url_requests(&rig).await, documents);
+
+    // A month later: the same creator, another amount, no documents in the input.
+    let mut input = support::workflows::input(&rig.engine, workflow, &rig.run, 0).await;
+    input.as_object_mut().unwrap().remove("documents");
+    input["payout"]["amount"] = serde_json::json!(25_000);
+    let second = rig
+        .engine
+        .start(
+            workflow,
+            input,
+            Some(&format!("{workflow}-{}-month-2", rig.run)),
+        )
+        .await
+        .unwrap()
+        .saga_id;
+    let second = rig
+        .wait_terminal(&[second], Duration::from_secs(60))
+        .await
+        .remove(0);
+    assert_eq!(
+        second.status,
+        SagaStatus::Completed,
+        "{:?}",
+        second.last_error
+    );
+    assert_eq!(second.outputs["create_customer"]["existing"], true);
+    assert_eq!(
+        second.outputs["create_customer"]["customer_id"],
+        first.outputs["create_customer"]["customer_id"]
+    );
+    assert_eq!(
+        second.outputs["create_customer"]["verification_status"],
+        "VERIFIED"
+    );
+    assert_eq!(
+        blaaiz_upload_url_requests(&rig).await,
+        documents,
+        "the repeat payout uploaded documents again"
+    );
+    for step in ["upload_documents", "attach_files", "await_verification"] {
+        assert!(
+            second.outputs.get(step).is_none(),
+            "{step} has an output: {}",
+            second.outputs
+        );
+    }
+    let history = rig.engine.store().history(second.id).await.unwrap();
+    let skipped: Vec<(&str, &Value)> = history
+        .iter()
+        .filter(|h| h.kind == paysaga_core::HistoryKind::StepSkipped)
+        .map(|h| {
+            (
+                h.step.as_deref().unwrap_or_default(),
+                h.detail.as_ref().map_or(&Value::Null, |d| &d["value"]),
+            )
+        })
+        .collect();
+    let verified = Value::from("VERIFIED");
+    assert_eq!(
+        skipped,
+        vec![
+            ("upload_documents", &verified),
+            ("attach_files", &verified),
+            ("await_verification", &verified),
+        ]
+    );
+    assert_eq!(
+        rig.blaaiz_customers(&format!("kyc-{}-0@example.com", rig.run))
+            .await
+            .len(),
+        1
+    );
+    assert_each_payout_exactly_once(&rig, &[first, second]).await;
+}

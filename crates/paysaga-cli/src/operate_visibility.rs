@@ -169,6 +169,12 @@ fn history_line(h: &HistoryRecord) -> String {
         (None, Some(s)) => format!("provider: {s}"),
         (None, None) => String::new(),
     };
+    let note = match (h.kind, &h.detail) {
+        (HistoryKind::StepSkipped, Some(d)) => {
+            format!("when {} did not hold (value: {})", d["when"], d["value"])
+        }
+        _ => note,
+    };
     format!(
         "  {} {:<22} {:<18} {:<10} {:<16} {}{}",
         h.at.format("%Y-%m-%d %H:%M:%S%.3f"),

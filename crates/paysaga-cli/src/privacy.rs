@@ -62,9 +62,23 @@ pub fn redact_view(mut view: SagaView) -> SagaView {
     for h in &mut view.history {
         if let Some(detail) = &mut h.detail {
             *detail = redact(detail);
+            if h.kind == HistoryKind::StepSkipped {
+                redact_skipped_value(detail);
+            }
         }
     }
     view
+}
+
+/// A `step_skipped` row's `value` is what its condition's path read: redacted when a segment
+/// of that path is a secret-looking field (`$.input.payout.account_number`).
+fn redact_skipped_value(detail: &mut Value) {
+    let secret_path = detail["when"]["path"]
+        .as_str()
+        .is_some_and(|p| p.split(['.', '[', ']', '\'', '"']).any(is_secret));
+    if secret_path && !detail["value"].is_null() {
+        detail["value"] = Value::String("***".into());
+    }
 }
 
 /// An inbox event with its payload redacted.
@@ -147,5 +161,17 @@ mod tests {
         assert_eq!(r["payout"]["bank"]["Account_No"], "***");
         assert_eq!(r["items"][0]["api_key"], "***");
         assert_eq!(r["amount"], 100);
+    }
+
+    #[test]
+    fn a_skipped_steps_value_read_from_a_secret_field_is_redacted() {
+        let mut secret = json!({"when": {"path": "$.input.payout.account_number", "equals": "1"},
+                                "value": "1234567890", "found": true});
+        redact_skipped_value(&mut secret);
+        assert_eq!(secret["value"], "***");
+        let mut plain = json!({"when": {"path": "$.steps.c.verification_status", "equals": "X"},
+                               "value": "VERIFIED", "found": true});
+        redact_skipped_value(&mut plain);
+        assert_eq!(plain["value"], "VERIFIED");
     }
 }

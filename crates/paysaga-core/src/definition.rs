@@ -18,6 +18,7 @@ use serde_json_path::JsonPath;
 use sha2::{Digest, Sha256};
 
 use crate::concurrency::Concurrency;
+use crate::condition::{CompiledCondition, Condition};
 use crate::retry::{PolicyError, RetryPolicy};
 use crate::saga::StepTraits;
 
@@ -70,6 +71,10 @@ pub struct StepDef {
     /// Marks the step's effect as impossible to undo even if the kind does not say so.
     #[serde(default)]
     pub irreversible: bool,
+    /// Runs the step only when this condition on the input and earlier outputs holds;
+    /// otherwise it is skipped (history `step_skipped`, no output). See [`crate::condition`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<Condition>,
 }
 
 fn empty_object() -> Value {
@@ -202,6 +207,13 @@ impl StepDef {
         self.irreversible = true;
         self
     }
+
+    /// Run only when `condition` holds (skipped otherwise): see [`crate::condition`].
+    #[must_use]
+    pub fn with_when(mut self, condition: Condition) -> Self {
+        self.when = Some(condition);
+        self
+    }
 }
 
 impl StepDef {
@@ -217,6 +229,7 @@ impl StepDef {
             poll_every: default_poll_every(),
             compensate: true,
             irreversible: false,
+            when: None,
         }
     }
 }
@@ -326,6 +339,17 @@ pub enum DefinitionError {
     Concurrency {
         /// workflow
         workflow: String,
+        /// what is wrong
+        reason: String,
+    },
+
+    /// A step's `when` is malformed or reads something that cannot exist.
+    #[error("workflow {workflow}, step {step}, when: {reason}")]
+    BadCondition {
+        /// workflow
+        workflow: String,
+        /// step
+        step: String,
         /// what is wrong
         reason: String,
     },
@@ -467,10 +491,30 @@ impl Definition {
                         reason,
                     }
                 })?;
+            let when = match &step.when {
+                Some(condition) => Some(
+                    CompiledCondition::compile(condition, |path| check_scope(path, &earlier))
+                        .map_err(|reason| DefinitionError::BadCondition {
+                            workflow: wf.clone(),
+                            step: err_step(),
+                            reason,
+                        })?,
+                ),
+                None => None,
+            };
+            check_conditional_references(&self.steps, step, &params).map_err(
+                |(param, reason)| DefinitionError::BadReference {
+                    workflow: wf.clone(),
+                    step: err_step(),
+                    param,
+                    reason,
+                },
+            )?;
             steps.push(CompiledStep {
                 def: step.clone(),
                 params,
                 traits,
+                when,
             });
         }
         Ok(CompiledDefinition {
@@ -498,6 +542,42 @@ pub struct CompiledStep {
     pub params: Params,
     /// What its kind (and the definition) say about undoing it.
     pub traits: StepTraits,
+    /// Its `when`, path parsed (`None`: the step always runs).
+    pub when: Option<CompiledCondition>,
+}
+
+/// A parameter may read a conditional step's output only from a step with the same `when`
+/// (the two run or are skipped together: the condition reads only what comes before the
+/// first of them, which does not change in between). Elsewhere the output may be missing
+/// (the step skipped) and the reference would fail at run time: such a definition is refused
+/// at submit. A later step's `when` may read it (absent is a value the tests handle).
+fn check_conditional_references(
+    all: &[StepDef],
+    step: &StepDef,
+    params: &Params,
+) -> Result<(), (String, String)> {
+    for (at, source, _) in params.references() {
+        let Some(read) = referenced_step(source) else {
+            continue;
+        };
+        let Some(cond) = all
+            .iter()
+            .find(|s| s.name == read)
+            .and_then(|s| s.when.as_ref())
+        else {
+            continue;
+        };
+        if step.when.as_ref() != Some(cond) {
+            return Err((
+                at,
+                format!(
+                    "{source:?} reads step {read:?}, which runs only when {} and has no output when skipped; read it only from steps with the same `when`, or test it in this step's `when` (e.g. exists)",
+                    serde_json::to_string(cond).unwrap_or_default()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A parameter template: literals and JSONPath references.
@@ -848,5 +928,76 @@ mod tests {
         .unwrap_err()
         .to_string()
         .contains("bad duration"));
+    }
+
+    #[test]
+    fn conditions_are_checked_at_submit_like_parameter_references() {
+        let toml = |when: &str, params: &str| {
+            Definition::from_toml(&format!(
+                r#"
+                name = "c"
+                version = 1
+                [[steps]]
+                name = "customer"
+                kind = "noop.sleep"
+                [[steps]]
+                name = "upload"
+                kind = "noop.sleep"
+                when = {{ path = "$.steps.customer.verified", equals = false }}
+                [[steps]]
+                name = "attach"
+                kind = "noop.sleep"
+                {when}
+                params = {params}
+                "#
+            ))
+            .expect("parses")
+        };
+        let same = r#"when = { path = "$.steps.customer.verified", equals = false }"#;
+        // Read from a step with the same `when`: they run or are skipped together.
+        let c = compile(&toml(same, r#"{ files = "$.steps.upload.files" }"#)).expect("valid");
+        assert!(c.steps[1].when.is_some() && c.steps[0].when.is_none());
+        assert_eq!(
+            c.steps[1].def.when,
+            Some(crate::Condition::equals(
+                "$.steps.customer.verified",
+                json!(false)
+            ))
+        );
+        // Read from a step that always runs: refused, the output may be missing.
+        let e = compile(&toml("", r#"{ files = "$.steps.upload.files" }"#)).unwrap_err();
+        assert!(
+            matches!(&e, DefinitionError::BadReference { step, param, .. } if step == "attach" && param == "params.files"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("no output when skipped"), "{e}");
+        // A `when` may test it (absent is handled by the tests).
+        compile(&toml(
+            r#"when = { path = "$.steps.upload.files", exists = false }"#,
+            "{}",
+        ))
+        .expect("a condition may read a conditional step");
+        // A `when` reads only what exists before the step.
+        let e = compile(&toml(
+            r#"when = { path = "$.steps.attach.x", exists = true }"#,
+            "{}",
+        ))
+        .unwrap_err();
+        assert!(
+            matches!(&e, DefinitionError::BadCondition { reason, .. } if reason.contains("not an earlier step")),
+            "{e}"
+        );
+        let e = compile(&toml(r#"when = { path = "$.input.a" }"#, "{}")).unwrap_err();
+        assert!(
+            e.to_string().contains("step attach, when: gives no test"),
+            "{e}"
+        );
+        let e = compile(&toml(r#"when = { path = "$.input[?", equals = 1 }"#, "{}")).unwrap_err();
+        assert!(e.to_string().contains("not valid JSONPath"), "{e}");
+        // No `when`, no change to the content hash of existing definitions.
+        let plain = Definition::from_toml(TOML).expect("parses");
+        assert!(!serde_json::to_string(&plain)
+            .expect("json")
+            .contains("when"));
     }
 }

@@ -35,6 +35,7 @@
 //! ```
 
 pub mod concurrency;
+pub mod condition;
 pub mod definition;
 pub mod document;
 pub mod operator;
@@ -44,6 +45,7 @@ pub mod schema;
 pub mod step;
 
 pub use concurrency::Concurrency;
+pub use condition::{CompiledCondition, Condition, Verdict};
 pub use definition::{
     CompiledDefinition, CompiledStep, Definition, DefinitionBuilder, DefinitionError, Params,
     StepDef,

@@ -604,8 +604,9 @@ pub fn reset(
                     current: steps[current].clone(),
                 });
             }
+            // A step skipped by its `when` did nothing: it cannot have acted.
             let acted: Vec<String> = (to..=current)
-                .filter(|&j| def.steps[j].traits.irreversible)
+                .filter(|&j| def.steps[j].traits.irreversible && !state.was_skipped(def, j))
                 .filter_map(|j| {
                     let name = &steps[j];
                     if j < state.step_index {
@@ -747,6 +748,7 @@ mod tests {
             last_error: Some("step await_payout failed: FAILED".into()),
             effect_possible: false,
             close_requested: None,
+            steps_with_output: Default::default(),
         }
     }
 
@@ -1252,5 +1254,52 @@ mod tests {
         let mut v = json!([1]);
         merge_patch(&mut v, &json!({"a": 1}));
         assert_eq!(v, json!({"a": 1}));
+    }
+
+    #[test]
+    fn reset_over_an_irreversible_step_its_condition_skipped_needs_no_confirmation() {
+        let d = Definition::from_toml(
+            r#"
+            name = "t"
+            version = 1
+            [[steps]]
+            name = "create"
+            kind = "k.create"
+            [[steps]]
+            name = "payout"
+            kind = "k.payout"
+            when = { path = "$.input.pay", equals = true }
+            [[steps]]
+            name = "notify"
+            kind = "k.notify"
+            "#,
+        )
+        .expect("toml")
+        .compile(
+            &|k| {
+                Some(StepTraits {
+                    compensable: k == "k.create",
+                    irreversible: k == "k.payout",
+                })
+            },
+            &[],
+        )
+        .expect("valid");
+        let mut parked = state(SagaStatus::NeedsOperator, 2);
+        parked.steps_with_output = ["create".to_string()].into_iter().collect();
+        let req = ResetRequest {
+            step: "create",
+            input_patch: None,
+            confirm_not_sent: false,
+        };
+        let t =
+            reset(&parked, &d, req, "again", Utc::now()).expect("payout was skipped: nothing sent");
+        assert_eq!((t.status, t.step_index), (SagaStatus::Scheduled, 0));
+        // Had it run (an output stored), the reset needs --confirm-not-sent.
+        parked.steps_with_output.insert("payout".into());
+        assert!(matches!(
+            reset(&parked, &d, req, "again", Utc::now()),
+            Err(Refusal::MaySendAgain { .. })
+        ));
     }
 }

@@ -1,6 +1,7 @@
 //! The saga state machine: pure functions from (state, step outcome) to a [`Transition`]
 //! that the store applies in one transaction. No I/O here.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -341,6 +342,9 @@ pub enum HistoryKind {
     /// --compensate`; detail: `outcome`, `compensate`, the steps to undo). The unwind ends with
     /// `saga_closed`.
     CloseRequested,
+    /// A step's `when` condition did not hold: the step was passed over without running and
+    /// has no output (detail: `when` as written, `value` seen, `found`).
+    StepSkipped,
 }
 
 impl HistoryKind {
@@ -377,6 +381,7 @@ impl HistoryKind {
         HistoryKind::OperatorRefused,
         HistoryKind::DataRevealed,
         HistoryKind::CloseRequested,
+        HistoryKind::StepSkipped,
     ];
 
     /// The stored text.
@@ -413,6 +418,7 @@ impl HistoryKind {
             HistoryKind::OperatorRefused => "operator_refused",
             HistoryKind::DataRevealed => "data_revealed",
             HistoryKind::CloseRequested => "close_requested",
+            HistoryKind::StepSkipped => "step_skipped",
         }
     }
 }
@@ -543,6 +549,24 @@ pub struct SagaState {
     /// [`SagaStatus::Compensated`] or [`SagaStatus::Cancelled`]. Pending only while the saga
     /// compensates or is parked for an operator.
     pub close_requested: Option<CloseRequest>,
+    /// The steps with a stored output (completed, or skipped by an operator with one). A
+    /// conditional step (`when`) before the cursor without an output was skipped by its
+    /// condition: it did nothing, so an unwind neither compensates it nor counts it as an
+    /// irreversible effect.
+    pub steps_with_output: BTreeSet<String>,
+}
+
+impl SagaState {
+    /// Step `index` (before the cursor) was skipped by its `when`: it has a condition and
+    /// no output.
+    /// (The current step and those after it are not skipped: they have not come yet.)
+    pub fn was_skipped(&self, def: &CompiledDefinition, index: usize) -> bool {
+        index < self.step_index
+            && def
+                .steps
+                .get(index)
+                .is_some_and(|s| s.when.is_some() && !self.steps_with_output.contains(&s.def.name))
+    }
 }
 
 /// A pending `close --compensate` (stored with the saga until the unwind ends).
@@ -636,11 +660,16 @@ impl Transition {
     }
 }
 
-/// Decides what to run for a saga a worker just claimed (or kept).
+/// Decides what to run for a saga a worker just claimed (or kept). `scope` is what step
+/// parameters and conditions read: `{"input", "steps": {name: output}, "saga": {"id",
+/// "workflow"}}`. A step about to make its first attempt whose `when` does not hold is skipped
+/// (with the conditional steps after it that do not hold either): [`NextRun::Apply`] of a
+/// transition to the next step that runs, with a `step_skipped` history entry for each.
 pub fn next_run(
     state: &SagaState,
     def: &CompiledDefinition,
     wake_event: Option<Event>,
+    scope: &Value,
     now: DateTime<Utc>,
 ) -> NextRun {
     match state.status {
@@ -656,6 +685,11 @@ pub fn next_run(
             )))
         }
         SagaStatus::Scheduled | SagaStatus::Retrying => {
+            if state.attempt == 0 {
+                if let Some(t) = skip_unmet_conditions(state, def, scope, now) {
+                    return NextRun::Apply(Box::new(t));
+                }
+            }
             let wake = if state.attempt == 0 {
                 Wake::Start
             } else {
@@ -698,6 +732,64 @@ pub fn next_run(
             NextRun::Apply(Box::new(Transition::base(state, state.status)))
         }
     }
+}
+
+/// From the current step on, passes over each step whose `when` does not hold: `None` when the
+/// current step runs (no condition, or it holds). A condition that cannot be evaluated (its
+/// path matched several values) fails that step.
+fn skip_unmet_conditions(
+    state: &SagaState,
+    def: &CompiledDefinition,
+    scope: &Value,
+    now: DateTime<Utc>,
+) -> Option<Transition> {
+    let mut index = state.step_index;
+    let mut history = Vec::new();
+    while let Some(step) = def.steps.get(index) {
+        let Some(when) = &step.when else { break };
+        match when.evaluate(scope) {
+            Ok(v) if v.holds => break,
+            Ok(v) => {
+                history.push(
+                    HistoryEntry::new(HistoryKind::StepSkipped, Some(&step.def.name), None).detail(
+                        json!({
+                            "when": when.condition,
+                            "value": v.seen,
+                            "found": v.seen.is_some(),
+                        }),
+                    ),
+                );
+                index += 1;
+            }
+            Err(error) => {
+                let at = SagaState {
+                    step_index: index,
+                    attempt: 0,
+                    ..state.clone()
+                };
+                let error = format!("its `when` cannot be evaluated: {error}");
+                return Some(fail_step(&at, def, index, 0, &error, false, now, history));
+            }
+        }
+    }
+    if index == state.step_index {
+        return None;
+    }
+    let mut t = Transition::base(state, SagaStatus::Scheduled);
+    t.step_index = index;
+    t.attempt = 0;
+    t.step_started_at = None;
+    t.effect_possible = false;
+    t.last_error = None;
+    if index >= def.steps.len() {
+        t.status = SagaStatus::Completed;
+        history.push(HistoryEntry::new(HistoryKind::SagaCompleted, None, None));
+    } else {
+        t.run_at = Some(now);
+        t.continue_now = true;
+    }
+    t.history = history;
+    Some(t)
 }
 
 fn jitter_seed(id: Uuid, index: usize, attempt: u32) -> u64 {
@@ -975,7 +1067,7 @@ fn begin_unwind(
 ) -> Transition {
     let completed = state.step_index.min(def.steps.len());
     let irreversible: Vec<&str> = (0..completed)
-        .filter(|&j| def.steps[j].traits.irreversible)
+        .filter(|&j| def.steps[j].traits.irreversible && !state.was_skipped(def, j))
         .map(|j| def.steps[j].def.name.as_str())
         .collect();
     let current_may_have_acted = state.effect_possible
@@ -1025,7 +1117,7 @@ fn begin_unwind(
     }
     t.effect_possible = false;
     t.last_error = Some(reason.to_string());
-    match previous_compensable(def, completed) {
+    match previous_compensable(state, def, completed) {
         Some(j) => {
             history.push(
                 HistoryEntry::new(HistoryKind::CompensationStarted, None, None)
@@ -1073,9 +1165,16 @@ fn end_of_unwind(state: &SagaState) -> (SagaStatus, HistoryEntry) {
     }
 }
 
-/// The highest compensable step below `below`.
-pub(crate) fn previous_compensable(def: &CompiledDefinition, below: usize) -> Option<usize> {
-    (0..below).rev().find(|&j| def.steps[j].traits.compensable)
+/// The highest compensable step below `below` that ran (a step skipped by its `when` did
+/// nothing to undo).
+pub(crate) fn previous_compensable(
+    state: &SagaState,
+    def: &CompiledDefinition,
+    below: usize,
+) -> Option<usize> {
+    (0..below)
+        .rev()
+        .find(|&j| def.steps[j].traits.compensable && !state.was_skipped(def, j))
 }
 
 /// Decides the transition after the compensation of step `index` returned `outcome`.
@@ -1101,7 +1200,7 @@ pub fn after_compensation(
             t.attempt = 0;
             t.step_started_at = None;
             t.last_error = state.last_error.clone();
-            match previous_compensable(def, index) {
+            match previous_compensable(state, def, index) {
                 Some(j) => {
                     t.step_index = j;
                     t.run_at = Some(now);
@@ -1245,6 +1344,7 @@ mod tests {
             last_error: None,
             effect_possible: false,
             close_requested: None,
+            steps_with_output: Default::default(),
         }
     }
 
@@ -1517,7 +1617,7 @@ mod tests {
                 cancel_requested: true,
                 ..state(status, 1)
             };
-            let NextRun::Apply(t) = next_run(&s, &d, None, Utc::now()) else {
+            let NextRun::Apply(t) = next_run(&s, &d, None, &Value::Null, Utc::now()) else {
                 panic!("cancel must apply")
             };
             assert_eq!((t.status, t.step_index), (SagaStatus::Compensating, 0));
@@ -1526,7 +1626,7 @@ mod tests {
             cancel_requested: true,
             ..state(SagaStatus::Scheduled, 0)
         };
-        let NextRun::Apply(t) = next_run(&s, &d, None, Utc::now()) else {
+        let NextRun::Apply(t) = next_run(&s, &d, None, &Value::Null, Utc::now()) else {
             panic!()
         };
         assert_eq!(t.status, SagaStatus::Cancelled);
@@ -1564,7 +1664,7 @@ mod tests {
             cancel_requested: true,
             ..s
         };
-        let NextRun::Apply(t) = next_run(&s, &d, None, now) else {
+        let NextRun::Apply(t) = next_run(&s, &d, None, &Value::Null, now) else {
             panic!("cancel must apply")
         };
         assert_eq!(t.status, SagaStatus::NeedsOperator);
@@ -1686,5 +1786,208 @@ mod tests {
         for k in HistoryKind::ALL {
             assert_eq!(k.as_str().parse::<HistoryKind>(), Ok(k));
         }
+    }
+
+    /// Steps s0..sN of kinds k0..kN; `when[i]` is step i's condition.
+    fn conditional_def(
+        traits: &[StepTraits],
+        when: &[Option<crate::Condition>],
+    ) -> CompiledDefinition {
+        let d = Definition {
+            name: "t".into(),
+            version: 1,
+            description: None,
+            steps: (0..traits.len())
+                .map(|i| {
+                    let s = StepDef::new(format!("s{i}"), format!("k{i}"), json!({}));
+                    match when.get(i).cloned().flatten() {
+                        Some(c) => s.with_when(c),
+                        None => s,
+                    }
+                })
+                .collect(),
+        };
+        let kind = |k: &str| k[1..].parse::<usize>().ok().map(|i| traits[i]);
+        d.compile(&kind, &[]).expect("valid")
+    }
+
+    fn unverified() -> Option<crate::Condition> {
+        Some(crate::Condition::equals(
+            "$.steps.s0.verified",
+            json!(false),
+        ))
+    }
+
+    #[test]
+    fn a_step_whose_condition_does_not_hold_is_skipped_with_the_value_seen_and_no_output() {
+        let d = conditional_def(&[StepTraits::default(); 3], &[None, unverified(), None]);
+        let now = Utc::now();
+        let s = state(SagaStatus::Scheduled, 1);
+        let verified = json!({"input": {}, "steps": {"s0": {"verified": true}}});
+        let NextRun::Apply(t) = next_run(&s, &d, None, &verified, now) else {
+            panic!("a skip is a transition")
+        };
+        assert_eq!(
+            (t.status, t.step_index, t.attempt, t.continue_now, t.run_at),
+            (SagaStatus::Scheduled, 2, 0, true, Some(now))
+        );
+        assert_eq!(t.output, None, "a skipped step has no output");
+        assert_eq!(t.history.len(), 1);
+        let h = &t.history[0];
+        assert_eq!(
+            (h.kind, h.step.as_deref()),
+            (HistoryKind::StepSkipped, Some("s1"))
+        );
+        assert_eq!(
+            h.detail,
+            json!({"when": {"path": "$.steps.s0.verified", "equals": false}, "value": true, "found": true})
+        );
+        // The condition holds: the step runs.
+        let unverified_scope = json!({"steps": {"s0": {"verified": false}}});
+        assert_eq!(
+            next_run(&s, &d, None, &unverified_scope, now),
+            NextRun::Step {
+                index: 1,
+                wake: Wake::Start,
+                attempt: 1
+            }
+        );
+        // A step already retrying is not judged again: its condition held when it began.
+        let retrying = SagaState {
+            status: SagaStatus::Retrying,
+            attempt: 1,
+            ..s
+        };
+        assert!(matches!(
+            next_run(&retrying, &d, None, &verified, now),
+            NextRun::Step {
+                index: 1,
+                attempt: 2,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn consecutive_unmet_conditions_are_skipped_in_one_commit_and_the_last_ones_complete_the_saga()
+    {
+        let d = conditional_def(
+            &[StepTraits::default(); 3],
+            &[None, unverified(), unverified()],
+        );
+        let s = state(SagaStatus::Scheduled, 1);
+        let scope = json!({"steps": {"s0": {"verified": true}}});
+        let NextRun::Apply(t) = next_run(&s, &d, None, &scope, Utc::now()) else {
+            panic!("skip")
+        };
+        assert_eq!(
+            (t.status, t.step_index, t.run_at),
+            (SagaStatus::Completed, 3, None)
+        );
+        let kinds: Vec<(HistoryKind, Option<&str>)> = t
+            .history
+            .iter()
+            .map(|h| (h.kind, h.step.as_deref()))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (HistoryKind::StepSkipped, Some("s1")),
+                (HistoryKind::StepSkipped, Some("s2")),
+                (HistoryKind::SagaCompleted, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unwind_neither_compensates_nor_parks_for_a_skipped_step() {
+        let compensable = StepTraits {
+            compensable: true,
+            irreversible: false,
+        };
+        let irreversible = StepTraits {
+            compensable: false,
+            irreversible: true,
+        };
+        let d = conditional_def(
+            &[
+                compensable,
+                compensable,
+                irreversible,
+                StepTraits::default(),
+            ],
+            &[None, unverified(), unverified(), None],
+        );
+        let mut s = state(SagaStatus::Scheduled, 3);
+        s.steps_with_output = ["s0".to_string()].into_iter().collect();
+        let t = after_step(
+            &s,
+            &d,
+            3,
+            1,
+            &Wake::Start,
+            StepOutcome::fail("no"),
+            Utc::now(),
+        );
+        // s2 (irreversible) and s1 (compensable) were skipped: only s0 is undone.
+        assert_eq!((t.status, t.step_index), (SagaStatus::Compensating, 0));
+        // Had they run (outputs stored), the irreversible one parks the saga.
+        s.steps_with_output
+            .extend(["s1".to_string(), "s2".to_string()]);
+        let t = after_step(
+            &s,
+            &d,
+            3,
+            1,
+            &Wake::Start,
+            StepOutcome::fail("no"),
+            Utc::now(),
+        );
+        assert_eq!(t.status, SagaStatus::NeedsOperator);
+        // After s1's compensation, s0 is next unless s0 was skipped.
+        let by_input = Some(crate::Condition::exists("$.input.documents", true));
+        let d = conditional_def(
+            &[compensable, compensable, StepTraits::default()],
+            &[by_input, None, None],
+        );
+        let c = SagaState {
+            status: SagaStatus::Compensating,
+            steps_with_output: ["s1".to_string()].into_iter().collect(),
+            ..state(SagaStatus::Compensating, 1)
+        };
+        let t = after_compensation(&c, &d, 1, 1, StepOutcome::Done(json!(null)), Utc::now());
+        assert_eq!(
+            t.status,
+            SagaStatus::Compensated,
+            "s0 was skipped: nothing more to undo"
+        );
+    }
+
+    #[test]
+    fn a_condition_that_matches_several_values_fails_the_step() {
+        let d = conditional_def(
+            &[StepTraits::default(); 2],
+            &[
+                None,
+                Some(crate::Condition::exists("$.input.list[*]", true)),
+            ],
+        );
+        let s = state(SagaStatus::Scheduled, 1);
+        let scope = json!({"input": {"list": [1, 2]}});
+        let NextRun::Apply(t) = next_run(&s, &d, None, &scope, Utc::now()) else {
+            panic!("a failure is a transition")
+        };
+        assert_eq!(t.status, SagaStatus::Compensated);
+        let failed = t
+            .history
+            .iter()
+            .find(|h| h.kind == HistoryKind::StepFailed)
+            .expect("failed");
+        assert_eq!(failed.step.as_deref(), Some("s1"));
+        assert!(failed
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("matched 2 values"));
     }
 }

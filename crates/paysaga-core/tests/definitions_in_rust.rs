@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use paysaga_core::{Definition, RetryPolicy, StepDef};
+use paysaga_core::{Condition, Definition, RetryPolicy, StepDef};
 use serde_json::json;
 
 fn secs(n: u64) -> Duration {
@@ -102,7 +102,10 @@ fn the_lumanu_workflow_built_in_rust_has_the_toml_files_content_hash() {
 #[test]
 fn the_blaaiz_workflow_built_in_rust_has_the_toml_files_content_hash() {
     let customer = "$.steps.create_customer.customer_id";
-    let def = Definition::builder("blaaiz_kyc_payout", 1)
+    let status = "$.steps.create_customer.verification_status";
+    let not_verified_nor_in_review =
+        Condition::not_in(status, vec![json!("VERIFIED"), json!("PROCESSING")]);
+    let def = Definition::builder("blaaiz_kyc_payout", 2)
         .description("Blaaiz: customer, KYC documents, verification, payout, payout result")
         .step(
             StepDef::new(
@@ -120,7 +123,8 @@ fn the_blaaiz_workflow_built_in_rust_has_the_toml_files_content_hash() {
                 "customer_id": customer, "documents": "$.input.documents"}),
             )
             .with_retry(retry(secs(2), mins(5), 8, hours(2)))
-            .with_timeout(mins(5)),
+            .with_timeout(mins(5))
+            .with_when(not_verified_nor_in_review.clone()),
         )
         .step(
             StepDef::new(
@@ -129,7 +133,8 @@ fn the_blaaiz_workflow_built_in_rust_has_the_toml_files_content_hash() {
                 json!({
                 "customer_id": customer, "files": "$.steps.upload_documents.files"}),
             )
-            .with_retry(retry(secs(2), mins(5), 10, hours(6))),
+            .with_retry(retry(secs(2), mins(5), 10, hours(6)))
+            .with_when(not_verified_nor_in_review),
         )
         .step(
             StepDef::new(
@@ -139,7 +144,8 @@ fn the_blaaiz_workflow_built_in_rust_has_the_toml_files_content_hash() {
             )
             .with_retry(retry(secs(5), mins(10), 20, days(3)))
             .with_deadline(days(2))
-            .with_poll_every(mins(10)),
+            .with_poll_every(mins(10))
+            .with_when(Condition::not_equals(status, json!("VERIFIED"))),
         )
         .step(
             StepDef::new(

@@ -181,6 +181,7 @@ proptest! {
             last_error: None,
             effect_possible: false,
             close_requested: None,
+            steps_with_output: Default::default(),
         };
         // Irreversible steps an attempt of which may have reached the provider.
         let mut maybe_acted: Vec<usize> = Vec::new();
@@ -209,7 +210,7 @@ proptest! {
                 _ => StepOutcome::fail("permanent"),
             };
             let before = state.clone();
-            let t = match next_run(&state, &def, event, now) {
+            let t = match next_run(&state, &def, event, &serde_json::Value::Null, now) {
                 NextRun::Step { index, wake, attempt } => {
                     prop_assert_eq!(index, state.step_index);
                     if let Wake::Event(_) = wake { prop_assert_eq!(state.status, SagaStatus::Waiting); }

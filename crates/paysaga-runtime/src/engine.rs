@@ -413,10 +413,14 @@ impl Engine {
                 step: step.def.name.clone(),
                 reason,
             };
-            let params = step
-                .params
-                .resolve_input_only(&scope)
-                .map_err(|e| invalid(e.to_string()))?;
+            let params = match step.params.resolve_input_only(&scope) {
+                Ok(params) => params,
+                // A conditional step may be skipped: the input need not give what only it
+                // reads (e.g. KYC documents for a customer already verified). What the input
+                // gives is checked; a step that runs without it fails with the missing path.
+                Err(_) if step.when.is_some() => continue,
+                Err(e) => return Err(invalid(e.to_string())),
+            };
             let kind = self.registry.get(&step.def.kind).ok_or_else(|| {
                 invalid(format!(
                     "step kind {} is not registered in this process",

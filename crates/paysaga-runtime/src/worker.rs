@@ -665,7 +665,12 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
         let now = shared.now();
         let state = saga.state();
         let prior_status = saga.status;
-        let next = next_run(&state, &loaded.compiled, wake_event.take(), now);
+        let scope = json!({
+            "input": saga.input,
+            "steps": saga.outputs,
+            "saga": {"id": saga.id, "workflow": saga.workflow},
+        });
+        let next = next_run(&state, &loaded.compiled, wake_event.take(), &scope, now);
         let mut references: Vec<paysaga_store::SagaReference> = Vec::new();
         let (transition, consumed, ran) = match next {
             NextRun::Step {

@@ -162,6 +162,11 @@ impl SagaRecord {
             last_error: self.last_error.clone(),
             effect_possible: self.effect_possible,
             close_requested: self.close_requested.clone(),
+            steps_with_output: self
+                .outputs
+                .as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default(),
         }
     }
 }

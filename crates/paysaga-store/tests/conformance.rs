@@ -3117,6 +3117,7 @@ conformance!(
     a_throttled_request_budget_gives_no_slot_before_the_pause_and_runs_at_half_rate,
     two_claimers_never_both_hold_a_concurrency_key_whose_limit_is_one,
     a_concurrency_slot_is_kept_while_reaped_or_parked_and_handed_on_when_the_saga_ends,
+    conditional_steps_whose_condition_fails_are_skipped_with_a_history_row_and_no_output,
 );
 
 fn slot_request(credential: &str, burst: u32, max_wait: Duration) -> SlotRequest<'_> {
@@ -3698,4 +3699,131 @@ async fn a_concurrency_slot_is_kept_while_reaped_or_parked_and_handed_on_when_th
         .await
         .unwrap()
         .is_empty());
+}
+
+/// Issue 15 item 2: a step whose `when` does not hold is skipped through the normal commit
+/// (a kept, continuing transition): `step_skipped` rows with the condition and the value seen,
+/// no output under its name, and an unwind later knows it did nothing.
+async fn conditional_steps_whose_condition_fails_are_skipped_with_a_history_row_and_no_output(
+    e: Env,
+) {
+    use paysaga_core::{after_step, next_run, Condition, NextRun, StepOutcome, StepTraits, Wake};
+    let s = e.s();
+    let unverified = Condition::not_equals("$.steps.customer.status", json!("VERIFIED"));
+    let def = Definition::builder("conditional", 1)
+        .step(StepDef::new("customer", STEP, json!({})))
+        .step(StepDef::new("upload", STEP, json!({})).with_when(unverified.clone()))
+        .step(
+            StepDef::new("attach", STEP, json!({"files": "$.steps.upload.files"}))
+                .with_when(unverified.clone()),
+        )
+        .step(StepDef::new("payout", STEP, json!({})))
+        .build();
+    let compiled = def
+        .compile(&|_| Some(StepTraits::default()), &all_kinds())
+        .expect("valid");
+    let stored = s.put_definition(&def).await.unwrap();
+    let (created, _) = s
+        .create_saga(NewSaga {
+            id: Uuid::new_v4(),
+            definition_id: stored.id,
+            workflow: "conditional".to_string(),
+            version: 1,
+            idempotency_key: None,
+            input: json!({"amount": 5}),
+            actor: "test".to_string(),
+        })
+        .await
+        .unwrap();
+    let w = worker(s, Duration::from_secs(30)).await;
+    let mut record = claim_one(s, w, created.id).await;
+    let scope =
+        |r: &SagaRecord| json!({"input": r.input, "steps": r.outputs, "saga": {"id": r.id}});
+    // The customer step completes: Blaaiz already verified it.
+    let t = after_step(
+        &record.state(),
+        &compiled,
+        0,
+        1,
+        &Wake::Start,
+        StepOutcome::Done(json!({"customer_id": "c1", "status": "VERIFIED"})),
+        Utc::now(),
+    );
+    assert!(commit(s, &record, w, &t, None).await.unwrap().kept);
+    record = saga(s, created.id).await;
+    assert_eq!(record.step_index, 1);
+    // Both KYC steps are skipped in one kept commit; the payout is next.
+    let NextRun::Apply(t) = next_run(
+        &record.state(),
+        &compiled,
+        None,
+        &scope(&record),
+        Utc::now(),
+    ) else {
+        panic!("the skip is a transition to apply")
+    };
+    assert!(commit(s, &record, w, &t, None).await.unwrap().kept);
+    record = saga(s, created.id).await;
+    assert_eq!(
+        (
+            record.status,
+            record.step_index,
+            record.attempt,
+            record.owner
+        ),
+        (SagaStatus::Scheduled, 3, 0, Some(w))
+    );
+    assert_eq!(
+        record.outputs,
+        json!({"customer": {"customer_id": "c1", "status": "VERIFIED"}}),
+        "skipped steps store no output"
+    );
+    assert!(record.state().was_skipped(&compiled, 1) && record.state().was_skipped(&compiled, 2));
+    assert!(!record.state().was_skipped(&compiled, 0));
+    let history = s.history(created.id).await.unwrap();
+    let skipped: Vec<_> = history
+        .iter()
+        .filter(|h| h.kind == HistoryKind::StepSkipped)
+        .collect();
+    assert_eq!(skipped.len(), 2, "{history:?}");
+    assert_eq!(skipped[0].step.as_deref(), Some("upload"));
+    assert_eq!(skipped[1].step.as_deref(), Some("attach"));
+    assert_eq!(
+        skipped[0].detail,
+        Some(json!({"when": unverified, "value": "VERIFIED", "found": true}))
+    );
+    // The payout runs next (no skip: it has no condition) and completes the saga.
+    assert!(matches!(
+        next_run(
+            &record.state(),
+            &compiled,
+            None,
+            &scope(&record),
+            Utc::now()
+        ),
+        NextRun::Step { index: 3, .. }
+    ));
+    let t = after_step(
+        &record.state(),
+        &compiled,
+        3,
+        1,
+        &Wake::Start,
+        StepOutcome::Done(json!({"paid": true})),
+        Utc::now(),
+    );
+    commit(s, &record, w, &t, None).await.unwrap();
+    let done = saga(s, created.id).await;
+    assert_eq!(done.status, SagaStatus::Completed);
+    assert_eq!(
+        history_kinds(s, created.id).await,
+        vec![
+            HistoryKind::SagaStarted,
+            HistoryKind::StepCompleted,
+            HistoryKind::StepSkipped,
+            HistoryKind::StepSkipped,
+            HistoryKind::StepCompleted,
+            HistoryKind::SagaCompleted,
+        ]
+    );
 }
