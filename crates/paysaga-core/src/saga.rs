@@ -349,7 +349,7 @@ pub enum HistoryKind {
 
 impl HistoryKind {
     /// All kinds.
-    pub const ALL: [HistoryKind; 31] = [
+    pub const ALL: [HistoryKind; 32] = [
         HistoryKind::SagaStarted,
         HistoryKind::StepCompleted,
         HistoryKind::StepRetrying,
@@ -1806,6 +1806,7 @@ mod tests {
                     }
                 })
                 .collect(),
+            concurrency: None,
         };
         let kind = |k: &str| k[1..].parse::<usize>().ok().map(|i| traits[i]);
         d.compile(&kind, &[]).expect("valid")

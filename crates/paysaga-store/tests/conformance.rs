@@ -3732,6 +3732,7 @@ async fn conditional_steps_whose_condition_fails_are_skipped_with_a_history_row_
             idempotency_key: None,
             input: json!({"amount": 5}),
             actor: "test".to_string(),
+            concurrency: None,
         })
         .await
         .unwrap();
