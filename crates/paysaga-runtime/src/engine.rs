@@ -391,7 +391,7 @@ impl Engine {
     }
 
     /// Checks the input against every step; returns the documents the steps reference.
-    fn validate_input(
+    pub(crate) fn validate_input(
         &self,
         loaded: &LoadedDefinition,
         input: &Value,
@@ -405,6 +405,14 @@ impl Engine {
                 step: step.def.name.clone(),
                 reason,
             };
+            if let Some(fan) = &step.fan_out {
+                // No kind: the children's inputs are checked when they start. A list read
+                // from the input must be one, with unique keys.
+                if fan.def.items.starts_with("$.input") {
+                    fan.items(&scope).map_err(&invalid)?;
+                }
+                continue;
+            }
             let params = step
                 .params
                 .resolve_input_only(&scope)

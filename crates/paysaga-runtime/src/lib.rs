@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod noop;
 mod registry;
 mod worker;
+mod children;
 
 pub use engine::Unrunnable;
 pub use engine::{CloseSaga, Expected, ResetSaga};
