@@ -194,7 +194,9 @@ fn compile_item_template(
     earlier: &HashSet<&str>,
 ) -> Result<Params, (String, String)> {
     Ok(match value {
-        Value::String(s) if s == "$.item" || s.starts_with("$.item.") || s.starts_with("$.item[") => {
+        Value::String(s)
+            if s == "$.item" || s.starts_with("$.item.") || s.starts_with("$.item[") =>
+        {
             let path = JsonPath::parse(s)
                 .map_err(|e| (at.to_string(), format!("{s:?} is not valid JSONPath: {e}")))?;
             Params::Path {
@@ -263,7 +265,10 @@ const CHILD_NAMESPACE: Uuid = Uuid::from_u128(0x3c9e_0b7d_52a1_4f6e_8d20_6a4b_1e
 /// `parent`: the same on every run of the step, on any worker, so a fan-out run again after a
 /// crash finds the children it already started instead of starting them twice.
 pub fn child_idempotency_key(parent: Uuid, step: &str, key: &str) -> String {
-    let digest = Uuid::new_v5(&CHILD_NAMESPACE, format!("{parent}/{step}/{key}").as_bytes());
+    let digest = Uuid::new_v5(
+        &CHILD_NAMESPACE,
+        format!("{parent}/{step}/{key}").as_bytes(),
+    );
     format!("child:{parent}:{step}:{digest}")
 }
 
@@ -342,8 +347,8 @@ pub fn fan_out_waiting(
 ) -> Transition {
     let step = &def.steps[index].def;
     let deadline = fan_out_deadline(state, def, index, now);
-    let poll = chrono::Duration::from_std(step.poll_every)
-        .unwrap_or_else(|_| chrono::Duration::days(1));
+    let poll =
+        chrono::Duration::from_std(step.poll_every).unwrap_or_else(|_| chrono::Duration::days(1));
     let run_at = now
         .checked_add_signed(poll)
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
@@ -512,7 +517,10 @@ mod tests {
             .contains("names no kind"));
         let mut d = base.clone();
         d.steps[0].fan_out.as_mut().expect("fan").max_in_flight = 0;
-        assert!(compile(&d).unwrap_err().to_string().contains("max_in_flight"));
+        assert!(compile(&d)
+            .unwrap_err()
+            .to_string()
+            .contains("max_in_flight"));
         let mut d = base.clone();
         d.steps[0].fan_out.as_mut().expect("fan").items = "$.steps.fund.list".into();
         assert!(compile(&d)

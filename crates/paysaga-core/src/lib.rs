@@ -36,13 +36,14 @@
 
 pub mod definition;
 pub mod document;
+pub mod fan_out;
 pub mod operator;
 pub mod retry;
 pub mod saga;
 pub mod schema;
 pub mod step;
-pub mod fan_out;
 
+pub use definition::FanOut;
 pub use definition::{
     CompiledDefinition, CompiledStep, Definition, DefinitionBuilder, DefinitionError, Params,
     StepDef,
@@ -51,6 +52,7 @@ pub use document::{
     sha256_hex, BadDocumentId, Document, DocumentError, DocumentId, DocumentSource,
     InMemoryDocuments,
 };
+pub use fan_out::{child_idempotency_key, CompiledFanOut, FanOutPlan, FanOutProgress};
 pub use retry::{Attempts, RetryDecision, RetryPolicy};
 pub use saga::alert_entries;
 pub use saga::unstorable;
@@ -65,5 +67,3 @@ pub use step::{
     alert, compensation_key, idempotency_key, EffectGuard, EffectPermit, Event, StepContext,
     StepKind, StepOutcome, Unguarded, WaitSpec, Wake,
 };
-pub use definition::FanOut;
-pub use fan_out::{child_idempotency_key, CompiledFanOut, FanOutPlan, FanOutProgress};

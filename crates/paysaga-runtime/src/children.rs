@@ -80,15 +80,7 @@ pub(crate) async fn run_fan_out(
     let step = &compiled.steps[index];
     let name = step.def.name.as_str();
     let done = |outcome: StepOutcome| FanOutRun::Commit {
-        transition: after_step(
-            state,
-            compiled,
-            index,
-            attempt,
-            &Wake::Start,
-            outcome,
-            now,
-        ),
+        transition: after_step(state, compiled, index, attempt, &Wake::Start, outcome, now),
         ended: None,
     };
     let Some(fan) = step.fan_out.as_ref() else {
@@ -269,7 +261,10 @@ pub(crate) async fn cancel_children_if_unwinding(
         )
         .await?;
     if n > 0 {
-        info!(children = n, "parent unwinds: unfinished children asked to cancel");
+        info!(
+            children = n,
+            "parent unwinds: unfinished children asked to cancel"
+        );
     }
     Ok(n)
 }

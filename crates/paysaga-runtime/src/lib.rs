@@ -27,6 +27,7 @@
 //! # Ok(()) }
 //! ```
 
+mod children;
 mod documents;
 mod effect;
 mod engine;
@@ -38,7 +39,6 @@ pub mod metrics;
 pub mod noop;
 mod registry;
 mod worker;
-mod children;
 
 pub use engine::Unrunnable;
 pub use engine::{CloseSaga, Expected, ResetSaga};

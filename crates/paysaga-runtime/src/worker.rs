@@ -702,19 +702,19 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
                         }
                     }
                 } else {
-                let outcome =
-                    run_step(shared, &saga, &loaded, index, attempt, wake.clone(), false).await;
-                let t = after_step(
-                    &state,
-                    &loaded.compiled,
-                    index,
-                    attempt,
-                    &wake,
-                    outcome,
-                    shared.now(),
-                );
-                references = step_references(shared, &loaded, index, &t);
-                (t, consumed, Some(attempt))
+                    let outcome =
+                        run_step(shared, &saga, &loaded, index, attempt, wake.clone(), false).await;
+                    let t = after_step(
+                        &state,
+                        &loaded.compiled,
+                        index,
+                        attempt,
+                        &wake,
+                        outcome,
+                        shared.now(),
+                    );
+                    references = step_references(shared, &loaded, index, &t);
+                    (t, consumed, Some(attempt))
                 }
             }
             NextRun::Compensate { index, attempt } => {

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::SagaReference;
 use crate::{AuditFilter, AuditRecord, OperatorChange};
+use crate::{ChildCount, ChildSaga, ParentLink, StartChildren};
 use crate::{
     ClaimedSaga, Commit, Committed, DefinitionRecord, Delivery, EffectMark, EffectMarkRequest,
     Error, EventFilter, EventRecord, HistoryRecord, NewEvent, NewSaga, OperatorAction, SagaFilter,
@@ -22,7 +23,6 @@ use crate::{DocumentRecord, NewDocument};
 use crate::{GaugeRequest, GaugeSnapshot};
 use crate::{Pruned, Reaped};
 use crate::{RequestSlot, SlotRequest};
-use crate::{ChildCount, ChildSaga, ParentLink, StartChildren};
 use paysaga_core::DocumentId;
 
 /// The migrations in `migrations/`, embedded at build time.
@@ -2341,12 +2341,7 @@ impl Store for PgStore {
             tx.rollback().await?;
             return Err(Error::LeaseLost { saga: req.parent });
         }
-        let started = req
-            .children
-            .iter()
-            .map(|c| c.index + 1)
-            .max()
-            .unwrap_or(0);
+        let started = req.children.iter().map(|c| c.index + 1).max().unwrap_or(0);
         sqlx::query(
             "INSERT INTO paysaga_fan_outs AS f (parent_id, step, total, started)
              VALUES ($1, $2, $3, $4)
@@ -2437,9 +2432,7 @@ impl Store for PgStore {
                     step: r.try_get("parent_step")?,
                     index: u64::try_from(r.try_get::<i64, _>("child_index")?).unwrap_or(0),
                     key: r.try_get("child_key")?,
-                    status: status
-                        .parse()
-                        .map_err(|e| Error::Corrupt(format!("{e}")))?,
+                    status: status.parse().map_err(|e| Error::Corrupt(format!("{e}")))?,
                     held: r.try_get("held")?,
                     outputs: r
                         .try_get::<Option<Value>, _>("outputs")?
@@ -2586,7 +2579,6 @@ hist AS (
                               'parent', $9::uuid, 'parent_step', $10::text, 'item_key', ins.child_key)
     FROM ins RETURNING 1)
 SELECT count(*) + 0 * (SELECT count(*) FROM hist) FROM ins";
-
 
 /// Sagas created in `[$1, $2)` by workflow (the `paysaga_sagas_created` index): the gauges'
 /// started counts grow by it at each refresh.

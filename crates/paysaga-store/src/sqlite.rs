@@ -61,6 +61,7 @@ use uuid::Uuid;
 use crate::SagaReference;
 use crate::{budget_slot, budget_step, RequestSlot, SlotRequest};
 use crate::{AuditFilter, AuditRecord, OperatorChange};
+use crate::{ChildCount, ChildSaga, ParentLink, StartChildren};
 use crate::{
     ClaimedSaga, Commit, Committed, DefinitionRecord, Delivery, EffectMark, EffectMarkRequest,
     Error, EventFilter, EventRecord, HistoryRecord, NewEvent, NewSaga, OperatorAction, SagaFilter,
@@ -68,7 +69,6 @@ use crate::{
 };
 use crate::{DocumentRecord, NewDocument};
 use crate::{GaugeRequest, GaugeSnapshot};
-use crate::{ChildCount, ChildSaga, ParentLink, StartChildren};
 use crate::{Pruned, Reaped};
 use paysaga_core::DocumentId;
 
@@ -2269,12 +2269,7 @@ impl Store for SqliteStore {
             tx.rollback().await?;
             return Err(Error::LeaseLost { saga: req.parent });
         }
-        let started = req
-            .children
-            .iter()
-            .map(|c| c.index + 1)
-            .max()
-            .unwrap_or(0);
+        let started = req.children.iter().map(|c| c.index + 1).max().unwrap_or(0);
         sqlx::query(
             "INSERT INTO paysaga_fan_outs AS f (parent_id, step, total, started, created_at)
              VALUES ($1, $2, $3, $4, $5)
@@ -2379,9 +2374,7 @@ impl Store for SqliteStore {
                     step: r.try_get("parent_step")?,
                     index: u64::try_from(r.try_get::<i64, _>("child_index")?).unwrap_or(0),
                     key: r.try_get("child_key")?,
-                    status: status
-                        .parse()
-                        .map_err(|e| Error::Corrupt(format!("{e}")))?,
+                    status: status.parse().map_err(|e| Error::Corrupt(format!("{e}")))?,
                     held: r.try_get("held")?,
                     outputs: get_opt_json(r, "outputs")?.unwrap_or(Value::Null),
                     last_error: r.try_get("last_error")?,

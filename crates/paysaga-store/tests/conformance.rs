@@ -3339,7 +3339,10 @@ async fn start_children(
 ) -> Result<u64, Error> {
     let def = match s.find_definition("child", None).await.unwrap() {
         Some(d) => d,
-        None => s.put_definition(&definition("child", 1, &[STEP])).await.unwrap(),
+        None => s
+            .put_definition(&definition("child", 1, &[STEP]))
+            .await
+            .unwrap(),
     };
     s.start_children(paysaga_store::StartChildren {
         parent: parent.id,
@@ -3373,13 +3376,17 @@ async fn fan_out_children_are_started_once_per_key_under_the_parents_fence(env: 
     assert_eq!(s.fan_out_progress(parent.id, "fan").await.unwrap(), None);
     let first = children(parent.id, 0, &["a", "b", "c"]);
     assert_eq!(
-        start_children(s, &held, w, held.fence, &first).await.unwrap(),
+        start_children(s, &held, w, held.fence, &first)
+            .await
+            .unwrap(),
         3
     );
     // The same batch again (a fan-out run again after a crash, with fresh ids): nothing new.
     let again = children(parent.id, 0, &["a", "b", "c"]);
     assert_eq!(
-        start_children(s, &held, w, held.fence, &again).await.unwrap(),
+        start_children(s, &held, w, held.fence, &again)
+            .await
+            .unwrap(),
         0
     );
     // A stale fence starts nothing, not even new keys.
@@ -3404,7 +3411,12 @@ async fn fan_out_children_are_started_once_per_key_under_the_parents_fence(env: 
     );
     let link = s.parent_of(child.id).await.unwrap().unwrap();
     assert_eq!(
-        (link.parent, link.step.as_str(), link.index, link.key.as_str()),
+        (
+            link.parent,
+            link.step.as_str(),
+            link.index,
+            link.key.as_str()
+        ),
         (parent.id, "fan", 2, "c")
     );
     assert_eq!(s.parent_of(parent.id).await.unwrap(), None);
@@ -3553,9 +3565,7 @@ async fn cancel_children_asks_every_unfinished_child_to_cancel_and_no_other(env:
         } else {
             assert!(child.cancel_requested, "{child:?}");
             let rows = s.history(child.id).await.unwrap();
-            assert!(rows
-                .iter()
-                .any(|h| h.kind == HistoryKind::CancelRequested));
+            assert!(rows.iter().any(|h| h.kind == HistoryKind::CancelRequested));
         }
     }
     assert!(!saga(s, other.id).await.cancel_requested);
