@@ -198,6 +198,55 @@ async fn a_fan_out_keeps_at_most_max_in_flight_children_and_the_fan_in_waits_for
         "parent outputs grew with children: {} bytes",
         outputs.to_string().len()
     );
+    // Operators: `show` prints the tree, `list --parent` the children.
+    let shown = cli(h.db.url(), &["show", &parent.to_string()]);
+    assert!(
+        shown.contains("children  step payees: 50 started of 50 element(s) (completed 50)"),
+        "{shown}"
+    );
+    let child_id: Uuid = sqlx::query_scalar(
+        "SELECT id FROM paysaga_sagas WHERE parent_id = $1 AND child_key = 'c007'",
+    )
+    .bind(parent)
+    .fetch_one(&h.pool)
+    .await
+    .unwrap();
+    let shown = cli(h.db.url(), &["show", &child_id.to_string()]);
+    assert!(
+        shown.contains(&format!(
+            "parent    {parent} (fan-out step payees, element 7 with key c007)"
+        )),
+        "{shown}"
+    );
+    let listed = cli(
+        h.db.url(),
+        &[
+            "list",
+            "--parent",
+            &parent.to_string(),
+            "--json",
+            "--limit",
+            "1000",
+        ],
+    );
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 50);
+    assert_eq!(listed[7]["id"], json!(child_id));
+}
+
+fn cli(db_url: &str, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("DATABASE_URL", db_url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "paysaga {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 fn spawn_process(db_url: &str, name: &str, log: &std::path::Path) -> Child {

@@ -2,6 +2,7 @@
 //! starting and inspecting sagas.
 
 mod bulk;
+mod children;
 #[cfg(feature = "dev")]
 mod demo;
 mod documents;
