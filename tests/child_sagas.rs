@@ -92,6 +92,9 @@ async fn submit(engine: &Engine, toml: &str) {
         .unwrap();
 }
 
+/// (key, status, created, finished) as selected.
+type ChildTuple = (String, String, DateTime<Utc>, Option<DateTime<Utc>>);
+
 struct ChildRow {
     key: String,
     status: String,
@@ -100,7 +103,7 @@ struct ChildRow {
 }
 
 async fn children(h: &Harness, parent: Uuid) -> Vec<ChildRow> {
-    let rows: Vec<(String, String, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+    let rows: Vec<ChildTuple> = sqlx::query_as(
         "SELECT child_key, status, created_at, finished_at FROM paysaga_sagas
          WHERE parent_id = $1 ORDER BY child_index",
     )

@@ -25,7 +25,7 @@ pub(crate) enum FanOutRun {
     /// Commit this; if it is the fan-in wait, `ended` is the count it was decided on (a
     /// child that ended meanwhile may have found the parent held: the worker wakes it).
     Commit {
-        transition: Transition,
+        transition: Box<Transition>,
         ended: Option<u64>,
     },
     /// The worker no longer holds the parent: nothing was started; drop the saga.
@@ -80,7 +80,15 @@ pub(crate) async fn run_fan_out(
     let step = &compiled.steps[index];
     let name = step.def.name.as_str();
     let done = |outcome: StepOutcome| FanOutRun::Commit {
-        transition: after_step(state, compiled, index, attempt, &Wake::Start, outcome, now),
+        transition: Box::new(after_step(
+            state,
+            compiled,
+            index,
+            attempt,
+            &Wake::Start,
+            outcome,
+            now,
+        )),
         ended: None,
     };
     let Some(fan) = step.fan_out.as_ref() else {
@@ -196,7 +204,7 @@ pub(crate) async fn run_fan_out(
         }
     }
     FanOutRun::Commit {
-        transition: fan_out_waiting(
+        transition: Box::new(fan_out_waiting(
             state,
             compiled,
             index,
@@ -205,7 +213,7 @@ pub(crate) async fn run_fan_out(
             started_now,
             after,
             now,
-        ),
+        )),
         ended: Some(progress.ended),
     }
 }

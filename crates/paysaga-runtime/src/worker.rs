@@ -694,7 +694,7 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
                     {
                         crate::children::FanOutRun::Commit { transition, ended } => {
                             fan_in_ended = ended;
-                            (transition, consumed, Some(attempt))
+                            (*transition, consumed, Some(attempt))
                         }
                         crate::children::FanOutRun::LeaseLost => {
                             warn!("lease lost while starting children: nothing started; the saga's new holder goes on");
