@@ -2413,17 +2413,12 @@ impl Store for PgStore {
         step: &str,
         with_outputs: bool,
     ) -> Result<Vec<ChildSaga>, Error> {
-        let rows = sqlx::query(
-            "SELECT id, parent_step, child_index, child_key, status, owner IS NOT NULL AS held,
-                    CASE WHEN $3 THEN outputs END AS outputs, last_error
-             FROM paysaga_sagas WHERE parent_id = $1 AND parent_step = $2
-             ORDER BY child_index",
-        )
-        .bind(parent)
-        .bind(step)
-        .bind(with_outputs)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(CHILD_SAGAS_SQL)
+            .bind(parent)
+            .bind(step)
+            .bind(with_outputs)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| {
                 let status: String = r.try_get("status")?;
@@ -2444,14 +2439,10 @@ impl Store for PgStore {
     }
 
     async fn child_counts(&self, parent: Uuid) -> Result<Vec<ChildCount>, Error> {
-        let rows = sqlx::query(
-            "SELECT parent_step, status, owner IS NOT NULL AS held, count(*) AS n
-             FROM paysaga_sagas WHERE parent_id = $1
-             GROUP BY parent_step, status, owner IS NOT NULL ORDER BY parent_step, status",
-        )
-        .bind(parent)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(CHILD_COUNTS_SQL)
+            .bind(parent)
+            .fetch_all(&self.pool)
+            .await?;
         let mut raw = Vec::with_capacity(rows.len());
         for r in &rows {
             let status: String = r.try_get("status")?;
@@ -2557,6 +2548,20 @@ impl Store for PgStore {
         .transpose()
     }
 }
+
+/// The children of `$1`'s fan-out step `$2` in item order, outputs if `$3` (the partial
+/// index `paysaga_sagas_children`).
+const CHILD_SAGAS_SQL: &str =
+    "SELECT id, parent_step, child_index, child_key, status, owner IS NOT NULL AS held,
+            CASE WHEN $3 THEN outputs END AS outputs, last_error
+     FROM paysaga_sagas WHERE parent_id = $1 AND parent_step = $2
+     ORDER BY child_index";
+
+/// The children of `$1` counted by step, status and held (`paysaga_sagas_children`).
+const CHILD_COUNTS_SQL: &str =
+    "SELECT parent_step, status, owner IS NOT NULL AS held, count(*) AS n
+     FROM paysaga_sagas WHERE parent_id = $1
+     GROUP BY parent_step, status, owner IS NOT NULL ORDER BY parent_step, status";
 
 /// The children of one batch (`$1`.. `$5` arrays: ids, idempotency keys, inputs, indexes,
 /// item keys; `$6`.. the definition, workflow, version, parent, step), each with its
@@ -3082,6 +3087,55 @@ mod tests {
         assert!(
             count.contains("paysaga_sagas_finished"),
             "dry run plan:\n{count}"
+        );
+    }
+
+    /// A parent's children (its next step's `$.children`, `show`'s counts) are read through
+    /// the partial index `paysaga_sagas_children`, however many other sagas are stored.
+    #[tokio::test]
+    async fn children_of_a_parent_are_read_through_their_index() {
+        let db = paysaga_testkit::database().await;
+        let store = PgStore::connect(db.url()).await.unwrap();
+        store.migrate().await.unwrap();
+        let pool = store.pool().clone();
+        sqlx::raw_sql(
+            "INSERT INTO paysaga_definitions (name, version, content_hash, body, step_kinds)
+                 VALUES ('noop', 1, 'h', '{}', '{noop.sleep}');
+             INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status, finished_at)
+                 SELECT gen_random_uuid(), 1, 'noop', 1, '{}', 'completed', now()
+                 FROM generate_series(1, 50000);
+             INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status, run_at,
+                                        parent_id, parent_step, child_index, child_key)
+                 SELECT gen_random_uuid(), 1, 'noop', 1, '{}', 'scheduled', now(),
+                        ('00000000-0000-0000-0000-00000000000' || (i % 2))::uuid, 'fan', i, 'k' || i
+                 FROM generate_series(1, 2000) AS i;
+             ANALYZE;",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let parent = Uuid::from_u128(1);
+        let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", CHILD_SAGAS_SQL))
+            .bind(parent)
+            .bind("fan")
+            .bind(true)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("paysaga_sagas_children") && !plan.contains("Seq Scan"),
+            "children plan:\n{plan}"
+        );
+        let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", CHILD_COUNTS_SQL))
+            .bind(parent)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("paysaga_sagas_children") && !plan.contains("Seq Scan"),
+            "child counts plan:\n{plan}"
         );
     }
 }
