@@ -105,7 +105,10 @@ impl StepNames {
 
 /// `list`.
 pub async fn list(engine: &Engine, filter: &FilterArgs, json: bool) -> Result<()> {
-    let sagas = engine.list(&filter.to_filter()?).await?;
+    let sagas = match filter.parent {
+        Some(parent) => crate::children::list_children(engine, parent, filter).await?,
+        None => engine.list(&filter.to_filter()?).await?,
+    };
     let mut names = StepNames::default();
     let mut rows = Vec::with_capacity(sagas.len());
     for s in &sagas {

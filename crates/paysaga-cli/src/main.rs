@@ -3,6 +3,7 @@
 
 mod bulk;
 mod console;
+mod children;
 #[cfg(feature = "dev")]
 mod demo;
 mod documents;

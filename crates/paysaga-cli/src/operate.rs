@@ -73,6 +73,10 @@ pub struct FilterArgs {
     /// funding, intent, customer id... quoted in a support ticket); `show` lists them.
     #[arg(long = "ref", value_name = "ID")]
     pub reference: Option<String>,
+    /// Only the child sagas this saga's fan-out steps started (`list` only; with --status,
+    /// --limit, --offset), in step and item order.
+    #[arg(long, value_name = "ID")]
+    pub parent: Option<Uuid>,
 }
 
 /// Sort key of `list`.
@@ -114,10 +118,14 @@ impl FilterArgs {
             && self.stuck_for.is_none()
             && !self.alerts
             && self.reference.is_none()
+            && self.parent.is_none()
     }
 
     /// The store filter.
     pub fn to_filter(&self) -> Result<SagaFilter> {
+        if self.parent.is_some() {
+            anyhow::bail!("--parent works with `list` only (to stop a parent's children, cancel the parent: its unfinished children are cancelled)");
+        }
         let statuses = self.statuses.iter().map(|s| s.0).collect();
         let stuck_since = self.stuck_for.map(|d| ago(d.into())).transpose()?;
         Ok(SagaFilter {
@@ -296,6 +304,7 @@ pub async fn show(
         println!("{}", serde_json::to_string_pretty(&view)?);
     } else {
         print_saga(&view);
+        crate::children::print_tree(engine, id).await?;
     }
     Ok(())
 }

@@ -47,7 +47,9 @@ pub struct Definition {
 pub struct StepDef {
     /// Unique within the definition; part of the step's idempotency key.
     pub name: String,
-    /// Registered step kind, e.g. `noop.sleep` or `lumanu.create_payable`.
+    /// Registered step kind, e.g. `noop.sleep` or `lumanu.create_payable` (none for a
+    /// fan-out step, see [`StepDef::fan_out`]).
+    #[serde(default)]
     pub kind: String,
     /// Parameters (JSON); strings starting with `$` are JSONPath references.
     #[serde(default = "empty_object")]
@@ -75,6 +77,44 @@ pub struct StepDef {
     /// otherwise it is skipped (history `step_skipped`, no output). See [`crate::condition`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub when: Option<Condition>,
+    /// A fan-out step (no `kind`): one child saga per element of a list, at most
+    /// `max_in_flight` unfinished at once; the step completes when every child has ended
+    /// (see [`crate::fan_out`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fan_out: Option<FanOut>,
+}
+
+/// What a fan-out step starts: one child saga of `workflow` per element of `items`.
+///
+/// ```toml
+/// [[steps]]
+/// name = "payees"
+/// fan_out = { workflow = "lumanu_payout", items = "$.input.creators", key = "$.id",
+///             input = { payee = "$.item.id", amount = "$.item.amount" }, max_in_flight = 50 }
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FanOut {
+    /// The children's workflow (its latest version when each child starts).
+    pub workflow: String,
+    /// JSONPath to an array: `$.input...` or `$.steps.<earlier step>...`.
+    pub items: String,
+    /// JSONPath evaluated against one element: its key (a string or an integer), unique in
+    /// the list; the child's idempotency key derives from the parent id, the step and it.
+    pub key: String,
+    /// The child's input: a template like `params`, where `$.item...` reads the element.
+    #[serde(default = "item_input")]
+    pub input: Value,
+    /// At most this many children unfinished at once (a parked child keeps its place).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
+}
+
+fn item_input() -> Value {
+    Value::String("$.item".into())
+}
+fn default_max_in_flight() -> u32 {
+    10
 }
 
 fn empty_object() -> Value {
@@ -230,6 +270,15 @@ impl StepDef {
             compensate: true,
             irreversible: false,
             when: None,
+            fan_out: None,
+        }
+    }
+
+    /// A fan-out step: one child saga per element (see [`FanOut`]).
+    pub fn fan_out(name: impl Into<String>, fan_out: FanOut) -> Self {
+        StepDef {
+            fan_out: Some(fan_out),
+            ..StepDef::new(name, "", Value::Object(Default::default()))
         }
     }
 }
@@ -353,6 +402,18 @@ pub enum DefinitionError {
         /// what is wrong
         reason: String,
     },
+
+    /// A fan-out step is malformed (a kind or params beside it, a bad path, a zero
+    /// `max_in_flight`, a bad workflow name).
+    #[error("workflow {workflow}, step {step}: fan_out: {reason}")]
+    FanOut {
+        /// workflow
+        workflow: String,
+        /// step
+        step: String,
+        /// what is wrong
+        reason: String,
+    },
 }
 
 /// The longest duration a definition may give (deadline, timeout, poll interval, retry
@@ -374,7 +435,12 @@ impl Definition {
 
     /// The distinct step kinds this definition needs.
     pub fn step_kinds(&self) -> Vec<String> {
-        let mut kinds: Vec<String> = self.steps.iter().map(|s| s.kind.clone()).collect();
+        let mut kinds: Vec<String> = self
+            .steps
+            .iter()
+            .filter(|s| s.fan_out.is_none())
+            .map(|s| s.kind.clone())
+            .collect();
         kinds.sort();
         kinds.dedup();
         kinds
@@ -410,6 +476,7 @@ impl Definition {
             });
         }
         let mut seen = HashSet::new();
+        let mut fan_out_steps: HashSet<&str> = HashSet::new();
         let mut steps = Vec::with_capacity(self.steps.len());
         for step in &self.steps {
             let err_step = || step.name.clone();
@@ -430,17 +497,22 @@ impl Definition {
                     step: err_step(),
                 });
             }
-            let Some(kind) = kind_traits(&step.kind) else {
-                return Err(DefinitionError::UnknownKind {
-                    workflow: wf.clone(),
-                    step: err_step(),
-                    kind: step.kind.clone(),
-                    known: known_kinds.join(", "),
-                });
-            };
-            let traits = StepTraits {
-                compensable: kind.compensable && step.compensate,
-                irreversible: kind.irreversible || step.irreversible,
+            let traits = if step.fan_out.is_some() {
+                // The children undo their own effects; the step itself has nothing to undo.
+                StepTraits::default()
+            } else {
+                let Some(kind) = kind_traits(&step.kind) else {
+                    return Err(DefinitionError::UnknownKind {
+                        workflow: wf.clone(),
+                        step: err_step(),
+                        kind: step.kind.clone(),
+                        known: known_kinds.join(", "),
+                    });
+                };
+                StepTraits {
+                    compensable: kind.compensable && step.compensate,
+                    irreversible: kind.irreversible || step.irreversible,
+                }
             };
             step.retry
                 .validate()
@@ -510,11 +582,34 @@ impl Definition {
                     reason,
                 },
             )?;
+
+            crate::fan_out::check_children_references(&params, &fan_out_steps).map_err(
+                |(param, reason)| DefinitionError::BadReference {
+                    workflow: wf.clone(),
+                    step: err_step(),
+                    param,
+                    reason,
+                },
+            )?;
+            let fan_out = match &step.fan_out {
+                Some(f) => {
+                    let compiled = crate::fan_out::CompiledFanOut::compile(step, f, &earlier)
+                        .map_err(|reason| DefinitionError::FanOut {
+                            workflow: wf.clone(),
+                            step: err_step(),
+                            reason,
+                        })?;
+                    fan_out_steps.insert(step.name.as_str());
+                    Some(compiled)
+                }
+                None => None,
+            };
             steps.push(CompiledStep {
                 def: step.clone(),
                 params,
                 traits,
                 when,
+                fan_out,
             });
         }
         Ok(CompiledDefinition {
@@ -544,6 +639,8 @@ pub struct CompiledStep {
     pub traits: StepTraits,
     /// Its `when`, path parsed (`None`: the step always runs).
     pub when: Option<CompiledCondition>,
+    /// For a fan-out step: its list, key and child input with paths parsed.
+    pub fan_out: Option<crate::fan_out::CompiledFanOut>,
 }
 
 /// A parameter may read a conditional step's output only from a step with the same `when`
@@ -611,7 +708,7 @@ pub struct ResolveError {
 }
 
 impl Params {
-    fn compile(
+    pub(crate) fn compile(
         value: &Value,
         at: &str,
         earlier_steps: &HashSet<&str>,
@@ -657,6 +754,13 @@ impl Params {
     fn resolve_at(&self, scope: &Value, at: &str) -> Result<Value, ResolveError> {
         match self {
             Params::Literal(v) => Ok(v.clone()),
+            Params::Path { source, path } if source.starts_with("$.children.") => {
+                // The children of a fan-out step (see `crate::fan_out`): every match, in item
+                // order, as an array (possibly empty).
+                Ok(Value::Array(
+                    path.query(scope).all().into_iter().cloned().collect(),
+                ))
+            }
             Params::Path { source, path } => {
                 let nodes = path.query(scope).all();
                 match nodes.as_slice() {
@@ -694,7 +798,11 @@ impl Params {
     /// Used to validate inputs at start, before any step has run.
     pub fn resolve_input_only(&self, scope: &Value) -> Result<Value, ResolveError> {
         match self {
-            Params::Path { source, .. } if source.starts_with("$.steps") => Ok(Value::Null),
+            Params::Path { source, .. }
+                if source.starts_with("$.steps") || source.starts_with("$.children") =>
+            {
+                Ok(Value::Null)
+            }
             Params::Array(items) => items
                 .iter()
                 .map(|p| p.resolve_input_only(scope))
@@ -753,7 +861,7 @@ fn check_scope(path: &str, earlier_steps: &HashSet<&str>) -> Result<(), String> 
     };
     match root {
         "input" | "saga" => Ok(()),
-        "steps" => {
+        "steps" | "children" => {
             let tail = tail.strip_prefix('.').ok_or_else(|| {
                 format!("{path:?}: write step references as $.steps.<step name>...")
             })?;

@@ -38,6 +38,7 @@ pub mod concurrency;
 pub mod condition;
 pub mod definition;
 pub mod document;
+pub mod fan_out;
 pub mod operator;
 pub mod retry;
 pub mod saga;
@@ -46,6 +47,7 @@ pub mod step;
 
 pub use concurrency::Concurrency;
 pub use condition::{CompiledCondition, Condition, Verdict};
+pub use definition::FanOut;
 pub use definition::{
     CompiledDefinition, CompiledStep, Definition, DefinitionBuilder, DefinitionError, Params,
     StepDef,
@@ -54,6 +56,7 @@ pub use document::{
     sha256_hex, BadDocumentId, Document, DocumentError, DocumentId, DocumentSource,
     InMemoryDocuments,
 };
+pub use fan_out::{child_idempotency_key, CompiledFanOut, FanOutPlan, FanOutProgress};
 pub use retry::{Attempts, RetryDecision, RetryPolicy};
 pub use saga::alert_entries;
 pub use saga::unstorable;

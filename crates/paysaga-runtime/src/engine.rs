@@ -399,7 +399,7 @@ impl Engine {
     }
 
     /// Checks the input against every step; returns the documents the steps reference.
-    fn validate_input(
+    pub(crate) fn validate_input(
         &self,
         loaded: &LoadedDefinition,
         input: &Value,
@@ -413,6 +413,14 @@ impl Engine {
                 step: step.def.name.clone(),
                 reason,
             };
+            if let Some(fan) = &step.fan_out {
+                // No kind: the children's inputs are checked when they start. A list read
+                // from the input must be one, with unique keys.
+                if fan.def.items.starts_with("$.input") {
+                    fan.items(&scope).map_err(&invalid)?;
+                }
+                continue;
+            }
             let params = match step.params.resolve_input_only(&scope) {
                 Ok(params) => params,
                 // A conditional step may be skipped: the input need not give what only it

@@ -27,6 +27,7 @@
 //! # Ok(()) }
 //! ```
 
+mod children;
 mod documents;
 mod effect;
 mod engine;

@@ -20,7 +20,7 @@ use paysaga_core::{
     StepOutcome, Transition, Wake,
 };
 use paysaga_store::{Commit, Committed, SagaRecord, WorkerInfo};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, info_span, warn, Instrument};
@@ -672,6 +672,7 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
         });
         let next = next_run(&state, &loaded.compiled, wake_event.take(), &scope, now);
         let mut references: Vec<paysaga_store::SagaReference> = Vec::new();
+        let mut fan_in_ended: Option<u64> = None;
         let (transition, consumed, ran) = match next {
             NextRun::Step {
                 index,
@@ -688,19 +689,43 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
                     shared.give_back(&saga, worker);
                     return;
                 }
-                let outcome =
-                    run_step(shared, &saga, &loaded, index, attempt, wake.clone(), false).await;
-                let t = after_step(
-                    &state,
-                    &loaded.compiled,
-                    index,
-                    attempt,
-                    &wake,
-                    outcome,
-                    shared.now(),
-                );
-                references = step_references(shared, &loaded, index, &t);
-                (t, consumed, Some(attempt))
+                if loaded.compiled.steps[index].fan_out.is_some() {
+                    match crate::children::run_fan_out(
+                        &shared.engine,
+                        &saga,
+                        &loaded,
+                        &state,
+                        index,
+                        attempt,
+                        worker,
+                        shared.now(),
+                    )
+                    .await
+                    {
+                        crate::children::FanOutRun::Commit { transition, ended } => {
+                            fan_in_ended = ended;
+                            (*transition, consumed, Some(attempt))
+                        }
+                        crate::children::FanOutRun::LeaseLost => {
+                            warn!("lease lost while starting children: nothing started; the saga's new holder goes on");
+                            return;
+                        }
+                    }
+                } else {
+                    let outcome =
+                        run_step(shared, &saga, &loaded, index, attempt, wake.clone(), false).await;
+                    let t = after_step(
+                        &state,
+                        &loaded.compiled,
+                        index,
+                        attempt,
+                        &wake,
+                        outcome,
+                        shared.now(),
+                    );
+                    references = step_references(shared, &loaded, index, &t);
+                    (t, consumed, Some(attempt))
+                }
             }
             NextRun::Compensate { index, attempt } => {
                 let outcome = run_step(
@@ -730,6 +755,19 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
         };
         let mut transition = transition;
         make_storable(&mut transition);
+        if let Err(e) = crate::children::cancel_children_if_unwinding(
+            &shared.engine,
+            &saga,
+            &loaded,
+            prior_status,
+            &transition,
+        )
+        .await
+        {
+            error!(error = %e, "could not ask the children to cancel; giving the saga back to unwind later");
+            shared.give_back(&saga, worker);
+            return;
+        }
         let mut committed = commit_with_retry(
             shared,
             &saga,
@@ -778,6 +816,21 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
             }
         };
         record_transition(shared, &saga.workflow, &transition);
+        if let (Some(ended), Some(step)) = (
+            fan_in_ended.filter(|_| transition.status == SagaStatus::Waiting),
+            loaded.compiled.steps.get(transition.step_index),
+        ) {
+            if let Err(e) = crate::children::wake_if_ended_meanwhile(
+                &shared.engine,
+                saga.id,
+                &step.def.name,
+                ended,
+            )
+            .await
+            {
+                warn!(error = %e, "could not look for children that ended meanwhile; the fan-in looks again at its poll time");
+            }
+        }
         let step = loaded.compiled.steps.get(transition.step_index);
         let attempt = ran.unwrap_or(transition.attempt);
         crate::gauges::log_parked(
@@ -1032,11 +1085,10 @@ async fn run_step(
                 step.def.kind
             ));
         };
-        let scope = json!({
-            "input": saga.input,
-            "steps": saga.outputs,
-            "saga": {"id": saga.id, "workflow": saga.workflow},
-        });
+        let scope = match crate::children::scope_for(&shared.engine, saga, &step.params).await {
+            Ok(scope) => scope,
+            Err(e) => return StepOutcome::retry(format!("step {name}: reading its children: {e}")),
+        };
         let params = match step.params.resolve(&scope) {
             Ok(p) => p,
             Err(e) => return StepOutcome::fail(format!("step {name}: {e}")),

@@ -478,6 +478,55 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// in its transaction; this catches a hand-over lost to a crash between the two. Each
     /// worker runs it with its reaper ([`Store::reap_expired_leases`]).
     async fn admit_queued(&self) -> Result<u64, Error>;
+
+    /// Starts children of fan-out step `req.step` in one transaction, under the parent's
+    /// fence (owner, fencing token, live lease: else [`Error::LeaseLost`] and nothing is
+    /// written): each child (`scheduled`, with its parent link and `saga_started` history
+    /// row) unless a saga with its idempotency key exists (a fan-out run again after a crash
+    /// starts no child twice); the step's counter row records `total` and `started`
+    /// (`index + 1` of the last child). Returns how many children were inserted.
+    async fn start_children(&self, req: StartChildren<'_>) -> Result<u64, Error>;
+    /// The counters of `parent`'s fan-out step `step` (`None` before its first children).
+    /// A child that ends for good (completed, compensated, cancelled, closed) counts itself
+    /// and wakes its waiting parent in the transaction that ends it.
+    async fn fan_out_progress(
+        &self,
+        parent: Uuid,
+        step: &str,
+    ) -> Result<Option<paysaga_core::FanOutProgress>, Error>;
+    /// The children of `parent`'s fan-out step `step`, in item order, with their outputs if
+    /// `with_outputs` (index `paysaga_sagas_children`).
+    async fn child_sagas(
+        &self,
+        parent: Uuid,
+        step: &str,
+        with_outputs: bool,
+    ) -> Result<Vec<ChildSaga>, Error>;
+    /// How many children of `parent` are in each observed status, per fan-out step.
+    async fn child_counts(&self, parent: Uuid) -> Result<Vec<ChildCount>, Error>;
+    /// The children of `parent` (any step) as sagas, in step and item order, only those in
+    /// `statuses` if any, at most `limit` after `offset`.
+    async fn list_children(
+        &self,
+        parent: Uuid,
+        statuses: &[paysaga_core::ObservedStatus],
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<SagaRecord>, Error>;
+    /// Asks every unfinished child of `parent` (scheduled, retrying, waiting) to cancel, as
+    /// [`Store::request_cancel_with`] does for one saga (a `cancel_requested` history row
+    /// each, with `detail`); returns how many.
+    async fn cancel_children(
+        &self,
+        parent: Uuid,
+        actor: &str,
+        detail: serde_json::Value,
+    ) -> Result<u64, Error>;
+    /// Wakes `parent` if it waits unheld (its `run_at` becomes now): the worker calls it after
+    /// committing a fan-in wait when a child ended meanwhile. `true` when woken.
+    async fn wake_fan_in(&self, parent: Uuid) -> Result<bool, Error>;
+    /// The parent of a child saga (`None` for a saga started otherwise).
+    async fn parent_of(&self, child: Uuid) -> Result<Option<ParentLink>, Error>;
 }
 
 /// The statuses in which a saga keeps its concurrency slot: every open one, `needs_operator`
@@ -946,6 +995,27 @@ fn effect_withdrawn_entry(m: &EffectMarkRequest<'_>) -> paysaga_core::HistoryEnt
         error: None,
         detail: serde_json::json!({"worker": m.worker, "fence": m.fence, "step_index": m.step}),
     }
+}
+
+/// Children counts by observed status (`running`: held by a worker), per step, from the
+/// stored (step, status, held, count) groups.
+fn child_counts_of(raw: Vec<(String, paysaga_core::SagaStatus, bool, u64)>) -> Vec<ChildCount> {
+    let mut out: Vec<ChildCount> = Vec::new();
+    for (step, status, held, n) in raw {
+        let status = paysaga_core::ObservedStatus::of(status, held);
+        match out
+            .iter_mut()
+            .find(|c| c.step == step && c.status == status)
+        {
+            Some(c) => c.count += n,
+            None => out.push(ChildCount {
+                step,
+                status,
+                count: n,
+            }),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

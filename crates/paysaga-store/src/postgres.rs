@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::SagaReference;
 use crate::{AuditFilter, AuditRecord, OperatorChange};
+use crate::{ChildCount, ChildSaga, ParentLink, StartChildren};
 use crate::{
     ClaimedSaga, Commit, Committed, DefinitionRecord, Delivery, EffectMark, EffectMarkRequest,
     Error, EventFilter, EventRecord, HistoryRecord, NewEvent, NewSaga, OperatorAction, SagaFilter,
@@ -2517,7 +2518,270 @@ impl Store for PgStore {
         }
         Ok(admitted)
     }
+
+    #[instrument(skip_all, fields(saga_id = %req.parent, step = %req.step, children = req.children.len()))]
+    async fn start_children(&self, req: StartChildren<'_>) -> Result<u64, Error> {
+        let mut tx = self.pool.begin().await?;
+        // The parent's fence first (lock order: parent row, then its fan-out row).
+        let held: Option<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM paysaga_sagas
+             WHERE id = $1 AND owner = $2 AND fence = $3
+               AND EXISTS (SELECT 1 FROM paysaga_workers w
+                           WHERE w.id = $2 AND w.stopped_at IS NULL AND w.lease_expires_at > now())
+             FOR UPDATE",
+        )
+        .bind(req.parent)
+        .bind(req.worker)
+        .bind(req.fence)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if held.is_none() {
+            tx.rollback().await?;
+            return Err(Error::LeaseLost { saga: req.parent });
+        }
+        let started = req.children.iter().map(|c| c.index + 1).max().unwrap_or(0);
+        sqlx::query(
+            "INSERT INTO paysaga_fan_outs AS f (parent_id, step, total, started)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (parent_id, step) DO UPDATE
+                 SET total = excluded.total, started = greatest(f.started, excluded.started)",
+        )
+        .bind(req.parent)
+        .bind(req.step)
+        .bind(i64::try_from(req.total).unwrap_or(i64::MAX))
+        .bind(i64::try_from(started).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+        let ids: Vec<Uuid> = req.children.iter().map(|c| c.id).collect();
+        let keys: Vec<&str> = req
+            .children
+            .iter()
+            .map(|c| c.idempotency_key.as_str())
+            .collect();
+        let inputs: Vec<&Value> = req.children.iter().map(|c| &c.input).collect();
+        let indexes: Vec<i64> = req
+            .children
+            .iter()
+            .map(|c| i64::try_from(c.index).unwrap_or(i64::MAX))
+            .collect();
+        let item_keys: Vec<&str> = req.children.iter().map(|c| c.key.as_str()).collect();
+        let inserted: i64 = sqlx::query_scalar(START_CHILDREN_SQL)
+            .bind(&ids)
+            .bind(&keys)
+            .bind(&inputs)
+            .bind(&indexes)
+            .bind(&item_keys)
+            .bind(req.definition_id)
+            .bind(req.workflow)
+            .bind(req.version as i32)
+            .bind(req.parent)
+            .bind(req.step)
+            .fetch_one(&mut *tx)
+            .await?;
+        notify(&mut tx).await?;
+        tx.commit().await?;
+        Ok(u64::try_from(inserted).unwrap_or(0))
+    }
+
+    async fn fan_out_progress(
+        &self,
+        parent: Uuid,
+        step: &str,
+    ) -> Result<Option<paysaga_core::FanOutProgress>, Error> {
+        let row = sqlx::query(
+            "SELECT total, started, ended FROM paysaga_fan_outs WHERE parent_id = $1 AND step = $2",
+        )
+        .bind(parent)
+        .bind(step)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(paysaga_core::FanOutProgress {
+                total: u64::try_from(r.try_get::<i64, _>("total")?).unwrap_or(0),
+                started: u64::try_from(r.try_get::<i64, _>("started")?).unwrap_or(0),
+                ended: u64::try_from(r.try_get::<i64, _>("ended")?).unwrap_or(0),
+            })
+        })
+        .transpose()
+    }
+
+    async fn child_sagas(
+        &self,
+        parent: Uuid,
+        step: &str,
+        with_outputs: bool,
+    ) -> Result<Vec<ChildSaga>, Error> {
+        let rows = sqlx::query(CHILD_SAGAS_SQL)
+            .bind(parent)
+            .bind(step)
+            .bind(with_outputs)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let status: String = r.try_get("status")?;
+                Ok(ChildSaga {
+                    id: r.try_get("id")?,
+                    step: r.try_get("parent_step")?,
+                    index: u64::try_from(r.try_get::<i64, _>("child_index")?).unwrap_or(0),
+                    key: r.try_get("child_key")?,
+                    status: status.parse().map_err(|e| Error::Corrupt(format!("{e}")))?,
+                    held: r.try_get("held")?,
+                    outputs: r
+                        .try_get::<Option<Value>, _>("outputs")?
+                        .unwrap_or(Value::Null),
+                    last_error: r.try_get("last_error")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn child_counts(&self, parent: Uuid) -> Result<Vec<ChildCount>, Error> {
+        let rows = sqlx::query(CHILD_COUNTS_SQL)
+            .bind(parent)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut raw = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let status: String = r.try_get("status")?;
+            raw.push((
+                r.try_get::<String, _>("parent_step")?,
+                status
+                    .parse::<SagaStatus>()
+                    .map_err(|e| Error::Corrupt(format!("{e}")))?,
+                r.try_get::<bool, _>("held")?,
+                u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0),
+            ));
+        }
+        Ok(crate::child_counts_of(raw))
+    }
+
+    async fn list_children(
+        &self,
+        parent: Uuid,
+        statuses: &[paysaga_core::ObservedStatus],
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<SagaRecord>, Error> {
+        let columns: Vec<String> = SAGA_COLUMNS.split(", ").map(|c| format!("s.{c}")).collect();
+        let statuses: Vec<&str> = statuses.iter().map(|st| st.as_str()).collect();
+        let status_filter = crate::status_filter_sql(|x| format!("{x} = ANY($2)"));
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM paysaga_sagas s
+             WHERE s.parent_id = $1 AND (cardinality($2::text[]) = 0 OR {status_filter})
+             ORDER BY s.parent_step, s.child_index LIMIT $3 OFFSET $4",
+            columns.join(", ")
+        ))
+        .bind(parent)
+        .bind(&statuses)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(saga_from_row).collect()
+    }
+
+    #[instrument(skip(self, detail), fields(saga_id = %parent))]
+    async fn cancel_children(
+        &self,
+        parent: Uuid,
+        actor: &str,
+        detail: Value,
+    ) -> Result<u64, Error> {
+        // Children only (never the parent's row): no lock order with a child's own commit,
+        // which locks the child, then the parent.
+        let n: i64 = sqlx::query_scalar(
+            "WITH c AS (
+                 UPDATE paysaga_sagas SET cancel_requested = true, run_at = now(), updated_at = now()
+                 WHERE parent_id = $1 AND status IN ('scheduled', 'retrying', 'waiting')
+                   AND NOT cancel_requested
+                 RETURNING id),
+             h AS (
+                 INSERT INTO paysaga_history (saga_id, actor, kind, detail)
+                 SELECT id, $2, 'cancel_requested', $3 FROM c RETURNING 1),
+             w AS (SELECT pg_notify($4, '') WHERE EXISTS (SELECT 1 FROM c))
+             SELECT (SELECT count(*) FROM h) + 0 * (SELECT count(*) FROM w)",
+        )
+        .bind(parent)
+        .bind(actor)
+        .bind(&detail)
+        .bind(WAKEUP_CHANNEL)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn wake_fan_in(&self, parent: Uuid) -> Result<bool, Error> {
+        let n: i64 = sqlx::query_scalar(
+            "WITH u AS (
+                 UPDATE paysaga_sagas SET run_at = now()
+                 WHERE id = $1 AND status = 'waiting' AND owner IS NULL AND run_at > now()
+                 RETURNING 1),
+             w AS (SELECT pg_notify($2, '') WHERE EXISTS (SELECT 1 FROM u))
+             SELECT (SELECT count(*) FROM u) + 0 * (SELECT count(*) FROM w)",
+        )
+        .bind(parent)
+        .bind(WAKEUP_CHANNEL)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n > 0)
+    }
+
+    async fn parent_of(&self, child: Uuid) -> Result<Option<ParentLink>, Error> {
+        let row = sqlx::query(
+            "SELECT parent_id, parent_step, child_index, child_key FROM paysaga_sagas
+             WHERE id = $1 AND parent_id IS NOT NULL",
+        )
+        .bind(child)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(ParentLink {
+                parent: r.try_get("parent_id")?,
+                step: r.try_get("parent_step")?,
+                index: u64::try_from(r.try_get::<i64, _>("child_index")?).unwrap_or(0),
+                key: r.try_get("child_key")?,
+            })
+        })
+        .transpose()
+    }
 }
+
+/// The children of `$1`'s fan-out step `$2` in item order, outputs if `$3` (the partial
+/// index `paysaga_sagas_children`).
+const CHILD_SAGAS_SQL: &str =
+    "SELECT id, parent_step, child_index, child_key, status, owner IS NOT NULL AS held,
+            CASE WHEN $3 THEN outputs END AS outputs, last_error
+     FROM paysaga_sagas WHERE parent_id = $1 AND parent_step = $2
+     ORDER BY child_index";
+
+/// The children of `$1` counted by step, status and held (`paysaga_sagas_children`).
+const CHILD_COUNTS_SQL: &str =
+    "SELECT parent_step, status, owner IS NOT NULL AS held, count(*) AS n
+     FROM paysaga_sagas WHERE parent_id = $1
+     GROUP BY parent_step, status, owner IS NOT NULL ORDER BY parent_step, status";
+
+/// The children of one batch (`$1`.. `$5` arrays: ids, idempotency keys, inputs, indexes,
+/// item keys; `$6`.. the definition, workflow, version, parent, step), each with its
+/// `saga_started` history row; a key that exists is skipped (`ON CONFLICT DO NOTHING`).
+const START_CHILDREN_SQL: &str = "
+WITH ins AS (
+    INSERT INTO paysaga_sagas (id, definition_id, workflow, version, idempotency_key, input,
+                               status, run_at, parent_id, parent_step, child_index, child_key)
+    SELECT c.id, $6, $7, $8, c.ikey, c.input, 'scheduled', now(), $9, $10, c.idx, c.key
+    FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[], $4::int8[], $5::text[])
+         WITH ORDINALITY AS c(id, ikey, input, idx, key, n)
+    ORDER BY c.n
+    ON CONFLICT (workflow, idempotency_key) DO NOTHING
+    RETURNING id, idempotency_key, child_key),
+hist AS (
+    INSERT INTO paysaga_history (saga_id, actor, kind, detail)
+    SELECT ins.id, 'parent ' || $9::uuid::text, 'saga_started',
+           jsonb_build_object('definition_id', $6::int8, 'version', $8::int4,
+                              'idempotency_key', ins.idempotency_key,
+                              'parent', $9::uuid, 'parent_step', $10::text, 'item_key', ins.child_key)
+    FROM ins RETURNING 1)
+SELECT count(*) + 0 * (SELECT count(*) FROM hist) FROM ins";
 
 /// Sagas created in `[$1, $2)` by workflow (the `paysaga_sagas_created` index): the gauges'
 /// started counts grow by it at each refresh.
@@ -3081,6 +3345,55 @@ mod tests {
         assert!(
             due.contains("paysaga_sagas_runnable"),
             "next due plan:\n{due}"
+        );
+    }
+
+    /// A parent's children (its next step's `$.children`, `show`'s counts) are read through
+    /// the partial index `paysaga_sagas_children`, however many other sagas are stored.
+    #[tokio::test]
+    async fn children_of_a_parent_are_read_through_their_index() {
+        let db = paysaga_testkit::database().await;
+        let store = PgStore::connect(db.url()).await.unwrap();
+        store.migrate().await.unwrap();
+        let pool = store.pool().clone();
+        sqlx::raw_sql(
+            "INSERT INTO paysaga_definitions (name, version, content_hash, body, step_kinds)
+                 VALUES ('noop', 1, 'h', '{}', '{noop.sleep}');
+             INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status, finished_at)
+                 SELECT gen_random_uuid(), 1, 'noop', 1, '{}', 'completed', now()
+                 FROM generate_series(1, 50000);
+             INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status, run_at,
+                                        parent_id, parent_step, child_index, child_key)
+                 SELECT gen_random_uuid(), 1, 'noop', 1, '{}', 'scheduled', now(),
+                        ('00000000-0000-0000-0000-00000000000' || (i % 2))::uuid, 'fan', i, 'k' || i
+                 FROM generate_series(1, 2000) AS i;
+             ANALYZE;",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let parent = Uuid::from_u128(1);
+        let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", CHILD_SAGAS_SQL))
+            .bind(parent)
+            .bind("fan")
+            .bind(true)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("paysaga_sagas_children") && !plan.contains("Seq Scan"),
+            "children plan:\n{plan}"
+        );
+        let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", CHILD_COUNTS_SQL))
+            .bind(parent)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("paysaga_sagas_children") && !plan.contains("Seq Scan"),
+            "child counts plan:\n{plan}"
         );
     }
 }

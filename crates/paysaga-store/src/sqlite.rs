@@ -61,6 +61,7 @@ use uuid::Uuid;
 use crate::SagaReference;
 use crate::{budget_slot, budget_step, RequestSlot, SlotRequest};
 use crate::{AuditFilter, AuditRecord, OperatorChange};
+use crate::{ChildCount, ChildSaga, ParentLink, StartChildren};
 use crate::{
     ClaimedSaga, Commit, Committed, DefinitionRecord, Delivery, EffectMark, EffectMarkRequest,
     Error, EventFilter, EventRecord, HistoryRecord, NewEvent, NewSaga, OperatorAction, SagaFilter,
@@ -2371,6 +2372,264 @@ impl Store for SqliteStore {
             );
         }
         Ok(admitted)
+    }
+
+    #[instrument(skip_all, fields(saga_id = %req.parent, step = %req.step, children = req.children.len()))]
+    async fn start_children(&self, req: StartChildren<'_>) -> Result<u64, Error> {
+        let now = ts(Utc::now());
+        let mut tx = self.write_tx().await?;
+        let held: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM paysaga_sagas
+             WHERE id = $1 AND owner = $2 AND fence = $3
+               AND EXISTS (SELECT 1 FROM paysaga_workers w
+                           WHERE w.id = $2 AND w.stopped_at IS NULL AND w.lease_expires_at > $4)",
+        )
+        .bind(req.parent.to_string())
+        .bind(req.worker.to_string())
+        .bind(req.fence)
+        .bind(&now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if held.is_none() {
+            tx.rollback().await?;
+            return Err(Error::LeaseLost { saga: req.parent });
+        }
+        let started = req.children.iter().map(|c| c.index + 1).max().unwrap_or(0);
+        sqlx::query(
+            "INSERT INTO paysaga_fan_outs AS f (parent_id, step, total, started, created_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (parent_id, step) DO UPDATE
+                 SET total = excluded.total, started = max(f.started, excluded.started)",
+        )
+        .bind(req.parent.to_string())
+        .bind(req.step)
+        .bind(i64::try_from(req.total).unwrap_or(i64::MAX))
+        .bind(i64::try_from(started).unwrap_or(i64::MAX))
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+        let mut inserted = 0u64;
+        for child in req.children {
+            let id: Option<String> = sqlx::query_scalar(
+                "INSERT INTO paysaga_sagas (id, definition_id, workflow, version, idempotency_key,
+                                            input, status, run_at, created_at, updated_at,
+                                            parent_id, parent_step, child_index, child_key)
+                 VALUES ($1, $2, $3, $4, $5, $6, 'scheduled', $7, $7, $7, $8, $9, $10, $11)
+                 ON CONFLICT (workflow, idempotency_key) DO NOTHING
+                 RETURNING id",
+            )
+            .bind(child.id.to_string())
+            .bind(req.definition_id)
+            .bind(req.workflow)
+            .bind(i64::from(req.version))
+            .bind(&child.idempotency_key)
+            .bind(to_json(&child.input)?)
+            .bind(&now)
+            .bind(req.parent.to_string())
+            .bind(req.step)
+            .bind(i64::try_from(child.index).unwrap_or(i64::MAX))
+            .bind(&child.key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if id.is_some() {
+                inserted += 1;
+                let entry = HistoryEntry {
+                    kind: HistoryKind::SagaStarted,
+                    step: None,
+                    attempt: None,
+                    error: None,
+                    detail: json!({"definition_id": req.definition_id, "version": req.version,
+                                   "idempotency_key": child.idempotency_key,
+                                   "parent": req.parent, "parent_step": req.step,
+                                   "item_key": child.key}),
+                };
+                let actor = format!("parent {}", req.parent);
+                insert_history(&mut tx, child.id, None, Some(&actor), &[entry]).await?;
+            }
+        }
+        tx.commit().await?;
+        self.notify();
+        Ok(inserted)
+    }
+
+    async fn fan_out_progress(
+        &self,
+        parent: Uuid,
+        step: &str,
+    ) -> Result<Option<paysaga_core::FanOutProgress>, Error> {
+        let row = sqlx::query(
+            "SELECT total, started, ended FROM paysaga_fan_outs WHERE parent_id = $1 AND step = $2",
+        )
+        .bind(parent.to_string())
+        .bind(step)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|r| {
+            Ok(paysaga_core::FanOutProgress {
+                total: u64::try_from(r.try_get::<i64, _>("total")?).unwrap_or(0),
+                started: u64::try_from(r.try_get::<i64, _>("started")?).unwrap_or(0),
+                ended: u64::try_from(r.try_get::<i64, _>("ended")?).unwrap_or(0),
+            })
+        })
+        .transpose()
+    }
+
+    async fn child_sagas(
+        &self,
+        parent: Uuid,
+        step: &str,
+        with_outputs: bool,
+    ) -> Result<Vec<ChildSaga>, Error> {
+        let rows = sqlx::query(
+            "SELECT id, parent_step, child_index, child_key, status, owner IS NOT NULL AS held,
+                    CASE WHEN $3 THEN outputs END AS outputs, last_error
+             FROM paysaga_sagas WHERE parent_id = $1 AND parent_step = $2
+             ORDER BY child_index",
+        )
+        .bind(parent.to_string())
+        .bind(step)
+        .bind(with_outputs)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let status: String = r.try_get("status")?;
+                Ok(ChildSaga {
+                    id: get_uuid(r, "id")?,
+                    step: r.try_get("parent_step")?,
+                    index: u64::try_from(r.try_get::<i64, _>("child_index")?).unwrap_or(0),
+                    key: r.try_get("child_key")?,
+                    status: status.parse().map_err(|e| Error::Corrupt(format!("{e}")))?,
+                    held: r.try_get("held")?,
+                    outputs: get_opt_json(r, "outputs")?.unwrap_or(Value::Null),
+                    last_error: r.try_get("last_error")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn child_counts(&self, parent: Uuid) -> Result<Vec<ChildCount>, Error> {
+        let rows = sqlx::query(
+            "SELECT parent_step, status, owner IS NOT NULL AS held, count(*) AS n
+             FROM paysaga_sagas WHERE parent_id = $1
+             GROUP BY parent_step, status, owner IS NOT NULL ORDER BY parent_step, status",
+        )
+        .bind(parent.to_string())
+        .fetch_all(&self.reader)
+        .await?;
+        let mut raw = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let status: String = r.try_get("status")?;
+            raw.push((
+                r.try_get::<String, _>("parent_step")?,
+                status
+                    .parse::<SagaStatus>()
+                    .map_err(|e| Error::Corrupt(format!("{e}")))?,
+                r.try_get::<bool, _>("held")?,
+                u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0),
+            ));
+        }
+        Ok(crate::child_counts_of(raw))
+    }
+
+    async fn list_children(
+        &self,
+        parent: Uuid,
+        statuses: &[paysaga_core::ObservedStatus],
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<SagaRecord>, Error> {
+        let columns: Vec<String> = SAGA_COLUMNS.split(", ").map(|c| format!("s.{c}")).collect();
+        let statuses: Vec<&str> = statuses.iter().map(|st| st.as_str()).collect();
+        let status_filter =
+            crate::status_filter_sql(|x| format!("{x} IN (SELECT value FROM json_each($2))"));
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM paysaga_sagas s
+             WHERE s.parent_id = $1 AND (json_array_length($2) = 0 OR {status_filter})
+             ORDER BY s.parent_step, s.child_index LIMIT $3 OFFSET $4",
+            columns.join(", ")
+        ))
+        .bind(parent.to_string())
+        .bind(to_json(&statuses)?)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(saga_from_row).collect()
+    }
+
+    #[instrument(skip(self, detail), fields(saga_id = %parent))]
+    async fn cancel_children(
+        &self,
+        parent: Uuid,
+        actor: &str,
+        detail: Value,
+    ) -> Result<u64, Error> {
+        let now = ts(Utc::now());
+        let mut tx = self.write_tx().await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "UPDATE paysaga_sagas SET cancel_requested = 1, run_at = $2, updated_at = $2
+             WHERE parent_id = $1 AND status IN ('scheduled', 'retrying', 'waiting')
+               AND cancel_requested = 0
+             RETURNING id",
+        )
+        .bind(parent.to_string())
+        .bind(&now)
+        .fetch_all(&mut *tx)
+        .await?;
+        for id in &ids {
+            let entry = HistoryEntry {
+                kind: HistoryKind::CancelRequested,
+                step: None,
+                attempt: None,
+                error: None,
+                detail: detail.clone(),
+            };
+            insert_history(&mut tx, parse_uuid(id)?, None, Some(actor), &[entry]).await?;
+        }
+        tx.commit().await?;
+        if !ids.is_empty() {
+            self.notify();
+        }
+        Ok(ids.len() as u64)
+    }
+
+    async fn wake_fan_in(&self, parent: Uuid) -> Result<bool, Error> {
+        let now = ts(Utc::now());
+        let mut tx = self.write_tx().await?;
+        let n = sqlx::query(
+            "UPDATE paysaga_sagas SET run_at = $2
+             WHERE id = $1 AND status = 'waiting' AND owner IS NULL AND run_at > $2",
+        )
+        .bind(parent.to_string())
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        if n > 0 {
+            self.notify();
+        }
+        Ok(n > 0)
+    }
+
+    async fn parent_of(&self, child: Uuid) -> Result<Option<ParentLink>, Error> {
+        let row = sqlx::query(
+            "SELECT parent_id, parent_step, child_index, child_key FROM paysaga_sagas
+             WHERE id = $1 AND parent_id IS NOT NULL",
+        )
+        .bind(child.to_string())
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|r| {
+            Ok(ParentLink {
+                parent: get_uuid(&r, "parent_id")?,
+                step: r.try_get("parent_step")?,
+                index: u64::try_from(r.try_get::<i64, _>("child_index")?).unwrap_or(0),
+                key: r.try_get("child_key")?,
+            })
+        })
+        .transpose()
     }
 }
 

@@ -575,3 +575,86 @@ pub struct RequestSlot {
     /// The budget runs at half its rate after a provider's 429.
     pub slowed: bool,
 }
+
+/// A child saga to start from a fan-out step (see [`StartChildren`]).
+#[derive(Debug, Clone)]
+pub struct NewChild {
+    /// Its id (used when it is inserted; an existing child for the key keeps its own).
+    pub id: Uuid,
+    /// Its element's position in the parent's list.
+    pub index: u64,
+    /// Its element's key.
+    pub key: String,
+    /// Its idempotency key (`paysaga_core::child_idempotency_key`).
+    pub idempotency_key: String,
+    /// Its input (validated by the caller).
+    pub input: Value,
+}
+
+/// Children to start from fan-out step `step` of `parent`, under the parent's lease.
+#[derive(Debug, Clone)]
+pub struct StartChildren<'a> {
+    /// The parent saga.
+    pub parent: Uuid,
+    /// The worker holding it.
+    pub worker: Uuid,
+    /// The worker's fencing token for it.
+    pub fence: i64,
+    /// The fan-out step.
+    pub step: &'a str,
+    /// Elements in the list.
+    pub total: u64,
+    /// The children's definition version.
+    pub definition_id: i64,
+    /// The children's workflow.
+    pub workflow: &'a str,
+    /// Its version.
+    pub version: u32,
+    /// The next elements, consecutive from the step's `started` count.
+    pub children: &'a [NewChild],
+}
+
+/// A child saga as its parent's steps and operators see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChildSaga {
+    /// The child's id.
+    pub id: Uuid,
+    /// The parent's fan-out step.
+    pub step: String,
+    /// Its element's position.
+    pub index: u64,
+    /// Its element's key.
+    pub key: String,
+    /// Its stored status.
+    pub status: SagaStatus,
+    /// Held by a worker now.
+    pub held: bool,
+    /// Its step outputs (`Value::Null` unless asked for).
+    pub outputs: Value,
+    /// Its last error.
+    pub last_error: Option<String>,
+}
+
+/// How many children of a parent's fan-out step are in one observed status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChildCount {
+    /// The fan-out step.
+    pub step: String,
+    /// The status operators see.
+    pub status: ObservedStatus,
+    /// How many.
+    pub count: u64,
+}
+
+/// Where a child saga comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ParentLink {
+    /// The parent saga.
+    pub parent: Uuid,
+    /// Its fan-out step.
+    pub step: String,
+    /// The element's position.
+    pub index: u64,
+    /// The element's key.
+    pub key: String,
+}

@@ -3828,3 +3828,289 @@ async fn conditional_steps_whose_condition_fails_are_skipped_with_a_history_row_
         ]
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Child sagas (fan-out / fan-in, issue 15 item 1)
+
+fn children(parent: Uuid, from: u64, keys: &[&str]) -> Vec<paysaga_store::NewChild> {
+    keys.iter()
+        .enumerate()
+        .map(|(i, k)| paysaga_store::NewChild {
+            id: Uuid::new_v4(),
+            index: from + i as u64,
+            key: k.to_string(),
+            idempotency_key: paysaga_core::child_idempotency_key(parent, "fan", k),
+            input: json!({"creator": k}),
+        })
+        .collect()
+}
+
+async fn start_children(
+    s: &dyn Store,
+    parent: &SagaRecord,
+    w: Uuid,
+    fence: i64,
+    batch: &[paysaga_store::NewChild],
+) -> Result<u64, Error> {
+    let def = match s.find_definition("child", None).await.unwrap() {
+        Some(d) => d,
+        None => s
+            .put_definition(&definition("child", 1, &[STEP]))
+            .await
+            .unwrap(),
+    };
+    s.start_children(paysaga_store::StartChildren {
+        parent: parent.id,
+        worker: w,
+        fence,
+        step: "fan",
+        total: 5,
+        definition_id: def.id,
+        workflow: "child",
+        version: 1,
+        children: batch,
+    })
+    .await
+}
+
+/// The parent's fan-out step waits (status `waiting`, no wait row, a fallback poll an hour
+/// away) and is released.
+async fn park_parent_in_fan_in(s: &dyn Store, parent: &SagaRecord, w: Uuid) {
+    let mut t = transition(SagaStatus::Waiting, 0);
+    t.attempt = 1;
+    t.step_started_at = Some(Utc::now());
+    t.run_at = Some(Utc::now() + chrono::Duration::hours(1));
+    commit(s, parent, w, &t, None).await.unwrap();
+}
+
+async fn fan_out_children_are_started_once_per_key_under_the_parents_fence(env: Env) {
+    let s = env.s();
+    let parent = start(s, "parent", &[STEP], None).await;
+    let w = worker(s, LONG_TTL).await;
+    let held = claim_one(s, w, parent.id).await;
+    assert_eq!(s.fan_out_progress(parent.id, "fan").await.unwrap(), None);
+    let first = children(parent.id, 0, &["a", "b", "c"]);
+    assert_eq!(
+        start_children(s, &held, w, held.fence, &first)
+            .await
+            .unwrap(),
+        3
+    );
+    // The same batch again (a fan-out run again after a crash, with fresh ids): nothing new.
+    let again = children(parent.id, 0, &["a", "b", "c"]);
+    assert_eq!(
+        start_children(s, &held, w, held.fence, &again)
+            .await
+            .unwrap(),
+        0
+    );
+    // A stale fence starts nothing, not even new keys.
+    let stale = children(parent.id, 3, &["d"]);
+    assert!(matches!(
+        start_children(s, &held, w, held.fence - 1, &stale).await,
+        Err(Error::LeaseLost { .. })
+    ));
+    let p = s.fan_out_progress(parent.id, "fan").await.unwrap().unwrap();
+    assert_eq!((p.total, p.started, p.ended), (5, 3, 0));
+    let listed = s.child_sagas(parent.id, "fan", true).await.unwrap();
+    let keys: Vec<&str> = listed.iter().map(|c| c.key.as_str()).collect();
+    assert_eq!(keys, ["a", "b", "c"]);
+    assert_eq!(listed[1].index, 1);
+    assert_eq!(listed[0].id, first[0].id, "the first start's ids stay");
+    assert!(listed.iter().all(|c| c.status == SagaStatus::Scheduled));
+    let child = saga(s, listed[2].id).await;
+    assert_eq!(child.input, json!({"creator": "c"}));
+    assert_eq!(
+        child.idempotency_key.as_deref(),
+        Some(paysaga_core::child_idempotency_key(parent.id, "fan", "c").as_str())
+    );
+    let link = s.parent_of(child.id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            link.parent,
+            link.step.as_str(),
+            link.index,
+            link.key.as_str()
+        ),
+        (parent.id, "fan", 2, "c")
+    );
+    assert_eq!(s.parent_of(parent.id).await.unwrap(), None);
+    let started: Vec<_> = s
+        .history(child.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|h| h.kind == HistoryKind::SagaStarted)
+        .collect();
+    assert_eq!(started.len(), 1, "one start per child");
+    // Children are ordinary runnable sagas.
+    let claimed = s.claim(w, &all_kinds(), 16).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+}
+
+async fn a_child_that_ends_for_good_counts_itself_and_wakes_its_waiting_parent(env: Env) {
+    let s = env.s();
+    let parent = start(s, "parent", &[STEP], None).await;
+    let w = worker(s, LONG_TTL).await;
+    let held = claim_one(s, w, parent.id).await;
+    let batch = children(parent.id, 0, &["a", "b", "c"]);
+    start_children(s, &held, w, held.fence, &batch)
+        .await
+        .unwrap();
+    park_parent_in_fan_in(s, &held, w).await;
+    let later = saga(s, parent.id).await;
+    assert_eq!(later.status, SagaStatus::Waiting);
+    assert!(later.run_at.unwrap() > Utc::now() + chrono::Duration::minutes(30));
+    let claimed = s.claim(w, &all_kinds(), 16).await.unwrap();
+    assert_eq!(claimed.len(), 3, "the children, not the parent");
+    let by_id = |id: Uuid| {
+        claimed
+            .iter()
+            .find(|c| c.saga.id == id)
+            .unwrap()
+            .saga
+            .clone()
+    };
+    // A parked child is not ended: it holds its place, nothing is counted or woken.
+    commit(
+        s,
+        &by_id(batch[1].id),
+        w,
+        &transition(SagaStatus::NeedsOperator, 0),
+        None,
+    )
+    .await
+    .unwrap();
+    let p = s.fan_out_progress(parent.id, "fan").await.unwrap().unwrap();
+    assert_eq!(p.ended, 0);
+    assert!(saga(s, parent.id).await.run_at.unwrap() > Utc::now() + chrono::Duration::minutes(30));
+    // A completed child counts and wakes the parent in the same commit.
+    commit(
+        s,
+        &by_id(batch[0].id),
+        w,
+        &transition(SagaStatus::Completed, 1),
+        None,
+    )
+    .await
+    .unwrap();
+    let p = s.fan_out_progress(parent.id, "fan").await.unwrap().unwrap();
+    assert_eq!(p.ended, 1);
+    assert!(
+        saga(s, parent.id).await.run_at.unwrap() <= Utc::now() + chrono::Duration::seconds(1),
+        "the parent is due now"
+    );
+    commit(
+        s,
+        &by_id(batch[2].id),
+        w,
+        &transition(SagaStatus::Compensated, 0),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.fan_out_progress(parent.id, "fan")
+            .await
+            .unwrap()
+            .unwrap()
+            .ended,
+        2
+    );
+    let mut counts: Vec<(String, ObservedStatus, u64)> = s
+        .child_counts(parent.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.step, c.status, c.count))
+        .collect();
+    counts.sort_by_key(|c| c.1.as_str());
+    assert_eq!(
+        counts,
+        vec![
+            ("fan".to_string(), ObservedStatus::Compensated, 1),
+            ("fan".to_string(), ObservedStatus::Completed, 1),
+            ("fan".to_string(), ObservedStatus::NeedsOperator, 1),
+        ]
+    );
+    let parked = s
+        .list_children(parent.id, &[ObservedStatus::NeedsOperator], 10, 0)
+        .await
+        .unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].id, batch[1].id);
+    assert_eq!(
+        s.list_children(parent.id, &[], 10, 0).await.unwrap().len(),
+        3
+    );
+}
+
+async fn cancel_children_asks_every_unfinished_child_to_cancel_and_no_other(env: Env) {
+    let s = env.s();
+    let parent = start(s, "parent", &[STEP], None).await;
+    let other = start(s, "parent", &[STEP], None).await;
+    let w = worker(s, LONG_TTL).await;
+    let claimed = s.claim(w, &all_kinds(), 16).await.unwrap();
+    let held = claimed
+        .iter()
+        .find(|c| c.saga.id == parent.id)
+        .unwrap()
+        .saga
+        .clone();
+    let batch = children(parent.id, 0, &["a", "b", "c"]);
+    start_children(s, &held, w, held.fence, &batch)
+        .await
+        .unwrap();
+    park_parent_in_fan_in(s, &held, w).await;
+    // Child a completes first; b and c are unfinished.
+    let got = s.claim(w, &all_kinds(), 1).await.unwrap();
+    let first = got[0].saga.clone();
+    commit(s, &first, w, &transition(SagaStatus::Completed, 1), None)
+        .await
+        .unwrap();
+    let n = s
+        .cancel_children(parent.id, "parent", json!({"reason": "parent cancelled"}))
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    for c in &batch {
+        let child = saga(s, c.id).await;
+        if child.id == first.id {
+            assert!(!child.cancel_requested && child.status == SagaStatus::Completed);
+        } else {
+            assert!(child.cancel_requested, "{child:?}");
+            let rows = s.history(child.id).await.unwrap();
+            assert!(rows.iter().any(|h| h.kind == HistoryKind::CancelRequested));
+        }
+    }
+    assert!(!saga(s, other.id).await.cancel_requested);
+    assert_eq!(
+        s.cancel_children(parent.id, "parent", json!({}))
+            .await
+            .unwrap(),
+        0,
+        "asked once"
+    );
+}
+
+async fn wake_fan_in_makes_only_an_unheld_waiting_parent_due(env: Env) {
+    let s = env.s();
+    let parent = start(s, "parent", &[STEP], None).await;
+    let w = worker(s, LONG_TTL).await;
+    let held = claim_one(s, w, parent.id).await;
+    assert!(!s.wake_fan_in(parent.id).await.unwrap(), "held: not woken");
+    park_parent_in_fan_in(s, &held, w).await;
+    assert!(s.wake_fan_in(parent.id).await.unwrap());
+    assert!(saga(s, parent.id).await.run_at.unwrap() <= Utc::now() + chrono::Duration::seconds(1));
+    assert!(!s.wake_fan_in(parent.id).await.unwrap(), "already due");
+}
+
+mod child_sagas {
+    use super::*;
+    conformance!(
+        fan_out_children_are_started_once_per_key_under_the_parents_fence,
+        a_child_that_ends_for_good_counts_itself_and_wakes_its_waiting_parent,
+        cancel_children_asks_every_unfinished_child_to_cancel_and_no_other,
+        wake_fan_in_makes_only_an_unheld_waiting_parent_due,
+    );
+}
