@@ -665,7 +665,7 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
         let now = shared.now();
         let state = saga.state();
         let prior_status = saga.status;
-        let scope = json!({
+        let scope = serde_json::json!({
             "input": saga.input,
             "steps": saga.outputs,
             "saga": {"id": saga.id, "workflow": saga.workflow},
