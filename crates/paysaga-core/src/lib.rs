@@ -41,6 +41,7 @@ pub mod retry;
 pub mod saga;
 pub mod schema;
 pub mod step;
+pub mod typed;
 
 pub use definition::{
     CompiledDefinition, CompiledStep, Definition, DefinitionBuilder, DefinitionError, Params,
@@ -64,3 +65,4 @@ pub use step::{
     alert, compensation_key, idempotency_key, EffectGuard, EffectPermit, Event, StepContext,
     StepKind, StepOutcome, Unguarded, WaitSpec, Wake,
 };
+pub use typed::{from_params, Step, Typed};
