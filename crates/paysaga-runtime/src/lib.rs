@@ -37,6 +37,7 @@ mod lease;
 pub mod metrics;
 pub mod noop;
 mod registry;
+mod starts;
 mod worker;
 
 pub use engine::Unrunnable;
@@ -47,3 +48,4 @@ pub use engine::{
 pub use error::Error;
 pub use registry::Registry;
 pub use worker::{Worker, WorkerConfig, WorkerStats};
+pub use starts::{BulkItem, BULK_START_CONCURRENCY};
