@@ -62,18 +62,28 @@ async fn a_file_starts_one_saga_per_valid_line_reports_the_bad_line_and_never_st
     let file = file.to_str().unwrap();
 
     let first = paysaga(db.url(), &["start", "noop", "--input-file", file]);
-    assert_eq!(first.status.code(), Some(4), "a refused line: exit 4 (refused)");
+    assert_eq!(
+        first.status.code(),
+        Some(4),
+        "a refused line: exit 4 (refused)"
+    );
     let text = stdout(&first);
     assert!(
         text.contains("started 8, already existed 0, refused 1"),
         "{text}"
     );
     assert!(text.contains("line 4 (key po-4):"), "{text}");
-    assert!(text.contains("step sleep1") && text.contains("delay_ms"), "{text}");
+    assert!(
+        text.contains("step sleep1") && text.contains("delay_ms"),
+        "{text}"
+    );
     let stored = sagas(&pool).await;
     assert_eq!(stored.len(), 8);
     assert!(stored.iter().all(|(key, _)| key != "po-4" && key != "po-7"));
-    assert_eq!(stored[0], ("po-1".to_string(), json!({"key": "po-1", "delay_ms": 0})));
+    assert_eq!(
+        stored[0],
+        ("po-1".to_string(), json!({"key": "po-1", "delay_ms": 0}))
+    );
 
     // The same file again, as JSON: nothing new; the same sagas answered, the bad line again.
     let again = paysaga(db.url(), &["start", "noop", "--input-file", file, "--json"]);
@@ -99,7 +109,9 @@ async fn a_file_starts_one_saga_per_valid_line_reports_the_bad_line_and_never_st
     assert_eq!(sagas(&pool).await.len(), 8, "re-running started nothing");
 
     // Fixed, the file starts only the line that was refused.
-    let fixed = lines.join("\n").replace(r#""delay_ms":"soon""#, r#""delay_ms":0"#);
+    let fixed = lines
+        .join("\n")
+        .replace(r#""delay_ms":"soon""#, r#""delay_ms":0"#);
     let fixed = write(&dir, "fixed.jsonl", &fixed);
     let out = paysaga(
         db.url(),

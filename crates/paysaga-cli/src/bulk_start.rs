@@ -179,11 +179,7 @@ pub async fn run(
     } else {
         println!(
             "started {}, already existed {}, refused {} (of {} lines in {})",
-            summary.started,
-            summary.existing,
-            refused,
-            summary.lines,
-            summary.file
+            summary.started, summary.existing, refused, summary.lines, summary.file
         );
         for r in &summary.refused {
             match &r.key {
@@ -206,11 +202,12 @@ pub async fn run(
 /// Whether the error is about the line's own input (reported, the others go on) rather than
 /// the run (database, unknown workflow: stop).
 fn is_the_lines(e: &EngineError) -> bool {
-    match e {
-        EngineError::InvalidInput { .. } | EngineError::Refused(_) => true,
-        EngineError::Store(paysaga_store::Error::KeyReused { .. }) => true,
-        _ => false,
-    }
+    matches!(
+        e,
+        EngineError::InvalidInput { .. }
+            | EngineError::Refused(_)
+            | EngineError::Store(paysaga_store::Error::KeyReused { .. })
+    )
 }
 
 /// The key of a JSON value (a string or an integer).
@@ -411,7 +408,10 @@ mod tests {
             first.input,
             json!({"id": "po-1", "payout": {"amount": 1250, "account": "0012"}, "urgent": true})
         );
-        assert!(lines[1].1.as_ref().is_err_and(|(_, r)| r.contains("no key")));
+        assert!(lines[1]
+            .1
+            .as_ref()
+            .is_err_and(|(_, r)| r.contains("no key")));
         assert!(lines[2]
             .1
             .as_ref()

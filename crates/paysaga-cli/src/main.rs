@@ -2,6 +2,7 @@
 //! starting and inspecting sagas.
 
 mod bulk;
+mod bulk_start;
 #[cfg(feature = "dev")]
 mod demo;
 mod documents;
@@ -14,7 +15,6 @@ mod operate_visibility;
 mod privacy;
 mod provider_metrics;
 mod rate_limits;
-mod bulk_start;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

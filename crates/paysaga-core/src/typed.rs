@@ -251,7 +251,9 @@ struct DerivedSchema {
 fn typed_schema<S: Step>() -> &'static DerivedSchema {
     static CACHE: OnceLock<Mutex<HashMap<TypeId, &'static DerivedSchema>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
-    let mut map = cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut map = cache
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     map.entry(TypeId::of::<S>()).or_insert_with(|| {
         let params = schemars::schema_for!(S::Params).to_value();
         let output = schemars::schema_for!(S::Output).to_value();
@@ -285,8 +287,7 @@ fn resolved<'a>(root: &'a Value, schema: &'a Value) -> &'a Value {
     if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
         let target = r
             .strip_prefix("#/")
-            .map(|p| p.split('/').fold(Some(root), |at, seg| at?.get(seg)))
-            .and_then(|v| v);
+            .and_then(|p| p.split('/').try_fold(root, |at, seg| at.get(seg)));
         if let Some(target) = target {
             return resolved(root, target);
         }
@@ -339,13 +340,12 @@ fn type_of(root: &Value, schema: &Value) -> FieldType {
             };
             let variants_are_strings = ["oneOf", "anyOf"].iter().any(|k| {
                 s.get(*k).and_then(Value::as_array).is_some_and(|bs| {
-                    !bs.is_empty()
-                        && bs
-                            .iter()
-                            .all(|b| type_of(root, b) == FieldType::String)
+                    !bs.is_empty() && bs.iter().all(|b| type_of(root, b) == FieldType::String)
                 })
             });
-            if strings("enum") || s.get("const").is_some_and(Value::is_string) || variants_are_strings
+            if strings("enum")
+                || s.get("const").is_some_and(Value::is_string)
+                || variants_are_strings
             {
                 FieldType::String
             } else {
@@ -484,7 +484,8 @@ mod tests {
             .check(&json!({"customer_id": "c", "payout": {"amount": 5}, "tags": []}))
             .unwrap_err();
         assert!(err.contains("payout.wallet_id"), "{err}");
-        let ok = json!({"customer_id": null, "payout": {"wallet_id": null, "amount": 5}, "tags": []});
+        let ok =
+            json!({"customer_id": null, "payout": {"wallet_id": null, "amount": 5}, "tags": []});
         assert_eq!(schema.check(&ok), Ok(()));
         assert_eq!(kind.validate(&ok), Ok(()));
         let err = kind

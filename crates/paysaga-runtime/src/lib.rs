@@ -47,5 +47,5 @@ pub use engine::{
 };
 pub use error::Error;
 pub use registry::Registry;
-pub use worker::{Worker, WorkerConfig, WorkerStats};
 pub use starts::{BulkItem, BULK_START_CONCURRENCY};
+pub use worker::{Worker, WorkerConfig, WorkerStats};

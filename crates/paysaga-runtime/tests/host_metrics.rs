@@ -73,7 +73,8 @@ async fn the_host_registry_exposes_the_step_and_saga_metrics_of_a_saga_that_ran(
         assert_eq!(text.matches(family).count(), 1, "{family} in {text}");
     }
     // The engine's own exposition (a worker's `GET /metrics`) is unchanged: the same values.
-    assert!(engine.metrics().render().contains(
-        r#"paysaga_sagas_finished_total{workflow="noop",status="completed"} 1"#
-    ));
+    assert!(engine
+        .metrics()
+        .render()
+        .contains(r#"paysaga_sagas_finished_total{workflow="noop",status="completed"} 1"#));
 }

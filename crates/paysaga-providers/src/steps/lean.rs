@@ -402,8 +402,6 @@ impl Step for AwaitBeneficiary {
 #[derive(Debug, Clone)]
 pub struct CreateIntent(pub LeanClient);
 
-
-
 /// Parameters of `lean.create_intent`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 pub struct IntentParams {
@@ -445,11 +443,7 @@ impl Step for CreateIntent {
         true
     }
 
-    async fn run(
-        &self,
-        ctx: &StepContext,
-        p: IntentParams,
-    ) -> Result<IntentOutput, StepOutcome> {
+    async fn run(&self, ctx: &StepContext, p: IntentParams) -> Result<IntentOutput, StepOutcome> {
         let request = CreatePaymentIntent::new(
             p.amount.get(),
             p.currency.as_str(),
@@ -504,8 +498,6 @@ impl Step for CreateIntent {
 #[derive(Debug, Clone)]
 pub struct AwaitPayment(pub LeanClient);
 
-
-
 /// Parameters of `lean.await_payment`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 pub struct PaymentParams {
@@ -533,17 +525,20 @@ struct PaymentSettings {
 impl PaymentParams {
     fn settings(self) -> PaymentSettings {
         let authorization = self.authorization.unwrap_or(Authorization::Automatic);
-        let authorized_by = self.authorized_by.map(|t| t.0).unwrap_or_else(|| {
-            match authorization {
-                Authorization::Manual => DEFAULT_MANUAL_AUTHORIZER.to_owned(),
-                Authorization::Automatic => "Lean (automatic authorisation)".to_owned(),
-            }
-        });
+        let authorized_by =
+            self.authorized_by
+                .map(|t| t.0)
+                .unwrap_or_else(|| match authorization {
+                    Authorization::Manual => DEFAULT_MANUAL_AUTHORIZER.to_owned(),
+                    Authorization::Automatic => "Lean (automatic authorisation)".to_owned(),
+                });
         PaymentSettings {
             intent_id: self.intent_id.0,
             reconcile_for: self.reconcile_for.map_or(DEFAULT_RECONCILE_FOR, |d| d.0),
             authorization,
-            authorize_within: self.authorize_within.map_or(DEFAULT_AUTHORIZE_WITHIN, |d| d.0),
+            authorize_within: self
+                .authorize_within
+                .map_or(DEFAULT_AUTHORIZE_WITHIN, |d| d.0),
             authorized_by,
         }
     }
@@ -615,10 +610,12 @@ impl Step for AwaitPayment {
                 amount: payment.amount_minor().ok(),
                 currency: payment.currency.clone(),
             }),
-            PaymentStatus::RejectedByBank | PaymentStatus::Failed => Err(StepOutcome::fail(format!(
-                "Lean payment {} of intent {intent_id} is {}: no money was paid",
-                payment.id, payment.status
-            ))),
+            PaymentStatus::RejectedByBank | PaymentStatus::Failed => {
+                Err(StepOutcome::fail(format!(
+                    "Lean payment {} of intent {intent_id} is {}: no money was paid",
+                    payment.id, payment.status
+                )))
+            }
             PaymentStatus::PendingWithBank => {
                 if !state_flag(ctx, "reconciling") {
                     spec.new_deadline = Some(p.reconcile_for);
