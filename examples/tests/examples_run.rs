@@ -104,5 +104,21 @@ async fn the_payout_service_example_starts_the_saga_in_its_transaction_and_retur
         .await
         .unwrap();
     assert_eq!(sagas, 1);
+
+    // The service's own /metrics exposes paysaga's families (registered into its registry).
+    let metrics = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"paysaga_sagas_finished_total{workflow="service_payout",status="completed"} 1"#
+        ),
+        "{metrics}"
+    );
     drop(service);
 }

@@ -1,6 +1,7 @@
 //! `paysaga kinds [KIND] [--json]`: the step kinds this build registers, with the parameters
-//! (type, required or not) and output each declares ([`paysaga_core::KindSchema`]). Needs no
-//! database and no provider secret.
+//! (type, required or not) and output each declares ([`paysaga_core::KindSchema`]); with
+//! `--json`, typed kinds ([`paysaga_core::Step`]) also give their JSON Schemas
+//! (`json_schema`). Needs no database and no provider secret.
 
 use anyhow::{bail, Result};
 use paysaga_core::{FieldSpec, KindSchema};
@@ -30,6 +31,7 @@ pub fn run(registry: &Registry, kind: Option<&str>, as_json: bool) -> Result<()>
                 "declared": schema.is_some(),
                 "params": schema.as_ref().map(|s| &s.params),
                 "outputs": schema.as_ref().map(|s| &s.outputs),
+                "json_schema": k.json_schema(),
             })
         })
         .collect();

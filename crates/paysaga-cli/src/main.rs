@@ -4,6 +4,7 @@
 mod bulk;
 mod console;
 mod children;
+mod bulk_start;
 #[cfg(feature = "dev")]
 mod demo;
 mod documents;
@@ -64,19 +65,36 @@ enum Command {
     /// Submit or list workflow definitions.
     #[command(subcommand)]
     Definitions(DefinitionsCommand),
-    /// Start a saga; prints its id.
+    /// Start a saga; prints its id. With --input-file: one saga per line of a JSON Lines or
+    /// CSV file, idempotently (running the file again starts nothing new).
     Start {
         /// Workflow name.
         workflow: String,
         /// Input as JSON, @FILE to read it from a file, or - to read it from stdin.
-        #[arg(long)]
-        input: String,
+        #[arg(long, required_unless_present = "input_file")]
+        input: Option<String>,
         /// Idempotency key: starting again with the same key returns the same saga.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "input_file")]
         key: Option<String>,
         /// Definition version (default: latest).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "input_file")]
         version: Option<u32>,
+        /// Bulk start: one saga per line of FILE (JSON Lines, or CSV with a header line; CSV
+        /// cells are strings unless the column says `name:integer`, `name:boolean` or
+        /// `name:json`; `a.b` columns nest). Prints a summary: started, already existed,
+        /// refused (line number and reason); exits 4 if a line was refused.
+        #[arg(long, value_name = "FILE", conflicts_with = "input")]
+        input_file: Option<PathBuf>,
+        /// With --input-file: the field (JSON Lines) or column (CSV) holding each line's
+        /// idempotency key.
+        #[arg(long, default_value = "key", requires = "input_file")]
+        key_column: String,
+        /// With --input-file: the file's format (default: csv for a .csv file, else jsonl).
+        #[arg(long, value_enum, requires = "input_file")]
+        format: Option<bulk_start::Format>,
+        /// With --input-file: the summary as JSON.
+        #[arg(long, requires = "input_file")]
+        json: bool,
     },
     /// List sagas (filters, sorting, pagination; `--stuck-for` finds stuck ones).
     List {
@@ -483,13 +501,35 @@ async fn run() -> Result<()> {
         }
         Command::Start {
             workflow,
-            input,
-            key,
-            version,
+            input_file: Some(file),
+            key_column,
+            format,
+            json,
+            ..
         } => {
             let engine = engine(db).await?;
             ensure_builtins(&engine).await?;
-            let input = read_input(&input)?;
+            bulk_start::run(
+                &engine,
+                &workflow,
+                &file,
+                format,
+                &key_column,
+                &operate::actor(),
+                json,
+            )
+            .await?
+        }
+        Command::Start {
+            workflow,
+            input,
+            key,
+            version,
+            ..
+        } => {
+            let engine = engine(db).await?;
+            ensure_builtins(&engine).await?;
+            let input = read_input(input.as_deref().unwrap_or("-"))?;
             let started = engine
                 .start_with(StartRequest {
                     workflow: workflow.clone(),

@@ -44,6 +44,7 @@ pub mod retry;
 pub mod saga;
 pub mod schema;
 pub mod step;
+pub mod typed;
 
 pub use concurrency::Concurrency;
 pub use condition::{CompiledCondition, Condition, Verdict};
@@ -72,3 +73,4 @@ pub use step::{
     alert, compensation_key, idempotency_key, EffectGuard, EffectPermit, Event, StepContext,
     StepKind, StepOutcome, Unguarded, WaitSpec, Wake,
 };
+pub use typed::{from_params, Step, Typed};

@@ -3,8 +3,9 @@
 //! field (`payout.wallet_id`) is refused before anything is stored, not hours later at the
 //! step that needs it.
 //!
-//! A small, hand-written description (dotted paths, a type, required or not), not JSON
-//! Schema: typed step parameters with derived schemas may replace it later.
+//! A small description (dotted paths, a type, required or not), not JSON Schema: hand-written
+//! by untyped kinds, derived from the parameter and output types' JSON Schemas by typed ones
+//! ([`crate::Step`], see [`crate::typed`]).
 
 use serde::Serialize;
 use serde_json::Value;

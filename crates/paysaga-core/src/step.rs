@@ -367,6 +367,13 @@ pub trait StepKind: Send + Sync + std::fmt::Debug + 'static {
     fn references(&self, _output: &Value) -> Vec<(String, String)> {
         Vec::new()
     }
+
+    /// The JSON Schemas of the parameters and the output, `{"params": ..., "output": ...}`,
+    /// for kinds with typed parameters ([`crate::Step`]); `paysaga kinds --json` prints them.
+    /// `None` (the default): the kind declares at most a [`StepKind::schema`].
+    fn json_schema(&self) -> Option<Value> {
+        None
+    }
 }
 
 /// The `(name, value)` references of `output`'s fields `names` that hold a non-empty string or

@@ -65,4 +65,13 @@ pub enum Error {
         /// How long the caller waited.
         waited: std::time::Duration,
     },
+    /// [`crate::Engine::start_typed`]: the input has no JSON form (a map with non-string
+    /// keys, a failing `Serialize`); nothing was stored.
+    #[error("cannot start workflow {workflow}: the input does not serialize to JSON ({reason}); fix the input type's Serialize")]
+    InputNotSerializable {
+        /// Workflow.
+        workflow: String,
+        /// serde_json's error.
+        reason: String,
+    },
 }

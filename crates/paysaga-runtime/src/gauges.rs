@@ -83,9 +83,10 @@ pub struct OperatorGauges {
 }
 
 impl OperatorGauges {
-    /// Registers the families in `registry` (prefix `paysaga_`).
-    pub(crate) fn register(registry: &mut Registry) -> OperatorGauges {
-        let g = OperatorGauges::default();
+    /// Registers these families (shared handles: the same values) in `registry` (the
+    /// metrics' registry or the host's, prefix `paysaga_`).
+    pub(crate) fn register_into(&self, registry: &mut Registry) {
+        let g = self;
         registry.register(
             "sagas",
             "Open (not ended) sagas by workflow and observed status",
@@ -116,7 +117,6 @@ impl OperatorGauges {
             "When the operator gauges were last computed (Unix time)",
             g.computed_at.clone(),
         );
-        g
     }
 }
 

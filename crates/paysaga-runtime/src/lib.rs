@@ -38,6 +38,7 @@ mod lease;
 pub mod metrics;
 pub mod noop;
 mod registry;
+mod starts;
 mod worker;
 
 pub use engine::Unrunnable;
@@ -47,4 +48,5 @@ pub use engine::{
 };
 pub use error::Error;
 pub use registry::Registry;
+pub use starts::{BulkItem, BULK_START_CONCURRENCY};
 pub use worker::{Worker, WorkerConfig, WorkerStats};

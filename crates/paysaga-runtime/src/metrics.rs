@@ -126,109 +126,128 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Registers every metric.
+    /// Every metric, in a registry of its own (prefix `paysaga_`) that [`Metrics::render`]
+    /// encodes (a worker's `GET /metrics`). To expose them from the host application's own
+    /// registry instead (or as well), see [`Metrics::register_into`].
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("paysaga");
-        let sagas_started = Family::<WorkflowLabels, Counter>::default();
-        let sagas_finished = Family::<FinishLabels, Counter>::default();
         let step_seconds = Family::<StepLabels, Histogram>::new_with_constructor(
             step_histogram as fn() -> Histogram,
         );
-        let retries = Family::<WorkflowLabels, Counter>::default();
-        let waits_past_deadline = Family::<WorkflowLabels, Counter>::default();
-        let claim_batch = Histogram::new(exponential_buckets(1.0, 2.0, 10));
-        let lease_takeovers = Counter::default();
-        let lease_lost = Counter::default();
-        let inbox_events = Family::<InboxLabels, Counter>::default();
         let provider_call_seconds = Family::<ProviderCallLabels, Histogram>::new_with_constructor(
             provider_call_histogram as fn() -> Histogram,
         );
-        let provider_call_errors = Family::<ProviderErrorLabels, Counter>::default();
-        let saga_alerts = Family::<AlertLabels, Counter>::default();
+        let mut metrics = Metrics {
+            registry: Registry::with_prefix("paysaga"),
+            sagas_started: Family::default(),
+            sagas_finished: Family::default(),
+            step_seconds,
+            retries: Family::default(),
+            waits_past_deadline: Family::default(),
+            claim_batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            lease_takeovers: Counter::default(),
+            lease_lost: Counter::default(),
+            inbox_events: Family::default(),
+            provider_call_seconds,
+            provider_call_errors: Family::default(),
+            saga_alerts: Family::default(),
+            unrunnable_sagas: Family::default(),
+            gauges: crate::gauges::OperatorGauges::default(),
+        };
+        let mut registry = Registry::with_prefix("paysaga");
+        metrics.register_all(&mut registry);
+        metrics.registry = registry;
+        metrics
+    }
+
+    /// Registers every paysaga metric family in the host application's `registry`, under
+    /// the prefix `paysaga_` (a sub-registry), so that the host's own `/metrics` exposes them
+    /// and no separate paysaga endpoint is needed. The families are shared, not copied: the
+    /// host's exposition shows the values this engine and its workers record. Register them
+    /// once per registry (a second time would list each family twice).
+    ///
+    /// ```
+    /// use prometheus_client::registry::Registry;
+    ///
+    /// let metrics = paysaga_runtime::metrics::Metrics::new();
+    /// let mut host = Registry::default();
+    /// metrics.register_into(&mut host);
+    /// metrics.inbox("lean", "matched");
+    /// let mut text = String::new();
+    /// prometheus_client::encoding::text::encode(&mut text, &host).unwrap();
+    /// assert!(text.contains(r#"paysaga_inbox_events_total{provider="lean",result="matched"} 1"#));
+    /// ```
+    pub fn register_into(&self, registry: &mut Registry) {
+        self.register_all(registry.sub_registry_with_prefix("paysaga"));
+    }
+
+    /// Registers (shared handles of) every family in `registry`.
+    fn register_all(&self, registry: &mut Registry) {
         registry.register(
             "sagas_started",
             "Sagas started (counted from the database by the operator gauges)",
-            sagas_started.clone(),
+            self.sagas_started.clone(),
         );
         registry.register(
             "sagas_finished",
             "Sagas that reached a final status",
-            sagas_finished.clone(),
+            self.sagas_finished.clone(),
         );
         registry.register(
             "step_duration_seconds",
             "Duration of step runs",
-            step_seconds.clone(),
+            self.step_seconds.clone(),
         );
         registry.register(
             "step_retries",
             "Transient step failures scheduled for retry",
-            retries.clone(),
+            self.retries.clone(),
         );
         registry.register(
             "waits_past_deadline",
             "Waits that reached their deadline",
-            waits_past_deadline.clone(),
+            self.waits_past_deadline.clone(),
         );
         registry.register(
             "claim_batch_size",
             "Sagas claimed per claim query",
-            claim_batch.clone(),
+            self.claim_batch.clone(),
         );
         registry.register(
             "lease_takeovers",
             "Sagas released from workers whose lease expired",
-            lease_takeovers.clone(),
+            self.lease_takeovers.clone(),
         );
         registry.register(
             "lease_lost",
             "Step results discarded because the lease was lost",
-            lease_lost.clone(),
+            self.lease_lost.clone(),
         );
         registry.register(
             "inbox_events",
             "Webhooks and manual events by result",
-            inbox_events.clone(),
+            self.inbox_events.clone(),
         );
         registry.register(
             "provider_call_duration_seconds",
             "Duration of provider API calls (each HTTP attempt) by outcome",
-            provider_call_seconds.clone(),
+            self.provider_call_seconds.clone(),
         );
         registry.register(
             "provider_call_errors",
             "Failed provider API calls by class and HTTP status",
-            provider_call_errors.clone(),
+            self.provider_call_errors.clone(),
         );
         registry.register(
             "saga_alerts",
             "Alerts raised by steps for an operator (e.g. a duplicate funding invoice paid)",
-            saga_alerts.clone(),
+            self.saga_alerts.clone(),
         );
-        let unrunnable_sagas = Family::<WorkflowLabels, Gauge>::default();
         registry.register(
             "unrunnable_sagas",
             "Unfinished sagas no live worker can run (their step kinds' provider is configured on no live worker)",
-            unrunnable_sagas.clone(),
+            self.unrunnable_sagas.clone(),
         );
-        let gauges = crate::gauges::OperatorGauges::register(&mut registry);
-        Metrics {
-            registry,
-            sagas_started,
-            sagas_finished,
-            step_seconds,
-            retries,
-            waits_past_deadline,
-            claim_batch,
-            lease_takeovers,
-            lease_lost,
-            inbox_events,
-            provider_call_seconds,
-            provider_call_errors,
-            saga_alerts,
-            unrunnable_sagas,
-            gauges,
-        }
+        self.gauges.register_into(registry);
     }
 
     /// Prometheus text exposition.

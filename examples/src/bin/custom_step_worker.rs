@@ -24,7 +24,7 @@ async fn main() -> Result<()> {
 
     let mut registry = Registry::new();
     registry.register(noop::Sleep);
-    registry.register(ReserveBudget);
+    registry.register(paysaga_core::Typed(ReserveBudget));
     let engine = Engine::new(store, registry);
 
     let workflow = Definition::builder("budgeted_noop", 1)

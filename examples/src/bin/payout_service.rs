@@ -4,7 +4,9 @@
 //! the application's `app_payouts` row and starts the payout's saga in ONE transaction
 //! (`Engine::start_in`): either both exist or neither. It then awaits the saga's end
 //! (`Engine::wait_for_end`) and answers with its status and outputs. A retried request with
-//! the same id returns the same saga. The same process runs a worker. Prints
+//! the same id returns the same saga. The same process runs a worker. `GET /metrics` is the
+//! service's own Prometheus registry, with paysaga's metric families registered into it
+//! (`Metrics::register_into`): no separate paysaga metrics endpoint. Prints
 //! `listening on ADDR` once it accepts requests.
 
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use paysaga_core::{Definition, StepDef};
 use paysaga_examples::ReserveBudget;
@@ -25,6 +27,16 @@ use serde_json::{json, Value};
 struct App {
     pool: sqlx::PgPool,
     engine: Arc<Engine>,
+    /// The service's metrics, paysaga's among them.
+    metrics: Arc<prometheus_client::registry::Registry>,
+}
+
+/// `GET /metrics`: the service's registry in the Prometheus text format.
+async fn metrics(State(app): State<App>) -> Result<String, StatusCode> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &app.metrics)
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    Ok(text)
 }
 
 #[derive(Deserialize)]
@@ -110,7 +122,7 @@ async fn main() -> Result<()> {
 
     let mut registry = Registry::new();
     registry.register(noop::Sleep);
-    registry.register(ReserveBudget);
+    registry.register(paysaga_core::Typed(ReserveBudget));
     let engine = Arc::new(Engine::new(store, registry));
     engine
         .submit_definition(
@@ -128,9 +140,16 @@ async fn main() -> Result<()> {
         tokio::signal::ctrl_c().await.ok();
     }));
 
+    let mut service_metrics = prometheus_client::registry::Registry::default();
+    engine.metrics().register_into(&mut service_metrics);
     let app = Router::new()
         .route("/payouts", post(create_payout))
-        .with_state(App { pool, engine });
+        .route("/metrics", get(metrics))
+        .with_state(App {
+            pool,
+            engine,
+            metrics: Arc::new(service_metrics),
+        });
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;

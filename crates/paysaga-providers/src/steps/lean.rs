@@ -9,10 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use paysaga_core::{StepContext, StepKind, StepOutcome, WaitSpec};
+use paysaga_core::{Step, StepContext, StepKind, StepOutcome, Typed, WaitSpec};
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 
-use super::common::{outcome_for, params, Fields, Mode};
+use super::common::outcome_for;
+use super::parameters::{Amount, Currency, Id, ShortText, Text, TextDuration};
 use crate::lean::{
     BeneficiaryStatus, CreateDestination, CreatePaymentIntent, Destination, LeanClient,
     PaymentStatus,
@@ -43,14 +46,40 @@ pub enum Authorization {
     Manual,
 }
 
+impl<'de> Deserialize<'de> for Authorization {
+    /// `"automatic"` or `"manual"`, in any case.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = String::deserialize(d)?;
+        match v.trim().to_ascii_lowercase().as_str() {
+            "automatic" => Ok(Authorization::Automatic),
+            "manual" => Ok(Authorization::Manual),
+            _ => Err(serde::de::Error::custom(format!(
+                "must be one of automatic, manual (got {v:?})"
+            ))),
+        }
+    }
+}
+
+impl JsonSchema for Authorization {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Authorization".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "enum": ["automatic", "manual"]})
+    }
+}
+
 /// The Lean step kinds, sharing `client`.
 pub fn kinds(client: &LeanClient) -> Vec<Arc<dyn StepKind>> {
     vec![
-        Arc::new(CreateDestinationStep(client.clone())),
-        Arc::new(EnsureCustomer(client.clone())),
-        Arc::new(AwaitBeneficiary(client.clone())),
-        Arc::new(CreateIntent(client.clone())),
-        Arc::new(AwaitPayment(client.clone())),
+        Arc::new(Typed(CreateDestinationStep(client.clone()))),
+        Arc::new(Typed(EnsureCustomer(client.clone()))),
+        Arc::new(Typed(AwaitBeneficiary(client.clone()))),
+        Arc::new(Typed(CreateIntent(client.clone()))),
+        Arc::new(Typed(AwaitPayment(client.clone()))),
     ]
 }
 
@@ -67,19 +96,59 @@ pub fn kinds(client: &LeanClient) -> Vec<Arc<dyn StepKind>> {
 #[derive(Debug, Clone)]
 pub struct CreateDestinationStep(pub LeanClient);
 
-fn destination_params(f: &Fields<'_>) -> Result<CreateDestination, String> {
-    let d = f.object("destination")?;
-    Ok(CreateDestination {
-        display_name: d.string("display_name")?,
-        name: d.string("name")?,
-        bank_identifier: d.string("bank_identifier")?,
-        iban: d.string("iban")?,
-        account_number: d.string("account_number")?,
-        address: d.string("address")?,
-        city: d.string("city")?,
-        country: d.string("country")?,
-        swift_code: d.opt_string("swift_code")?,
-    })
+/// Parameters of `lean.create_destination`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct DestinationParams {
+    /// the bank account
+    pub destination: BankAccount,
+}
+
+/// A bank account as `lean.create_destination` takes it.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct BankAccount {
+    /// display name
+    pub display_name: Text,
+    /// account holder
+    pub name: Text,
+    /// bank identifier
+    pub bank_identifier: Text,
+    /// IBAN
+    pub iban: Text,
+    /// account number
+    pub account_number: Text,
+    /// holder address
+    pub address: Text,
+    /// city
+    pub city: Text,
+    /// country
+    pub country: Text,
+    /// SWIFT code
+    pub swift_code: Option<Text>,
+}
+
+impl BankAccount {
+    fn request(self) -> CreateDestination {
+        CreateDestination {
+            display_name: self.display_name.0,
+            name: self.name.0,
+            bank_identifier: self.bank_identifier.0,
+            iban: self.iban.0,
+            account_number: self.account_number.0,
+            address: self.address.0,
+            city: self.city.0,
+            country: self.country.0,
+            swift_code: self.swift_code.map(|s| s.0),
+        }
+    }
+}
+
+/// Output of `lean.create_destination`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct DestinationOutput {
+    /// Lean destination id
+    pub destination_id: String,
+    /// found instead of created
+    pub existing: bool,
 }
 
 fn normalized(s: &str) -> String {
@@ -107,107 +176,47 @@ fn destination_matches(d: &Destination, want: &CreateDestination) -> bool {
 }
 
 #[async_trait]
-impl StepKind for CreateDestinationStep {
-    fn name(&self) -> &'static str {
-        "lean.create_destination"
-    }
+impl Step for CreateDestinationStep {
+    type Params = DestinationParams;
+    type Output = DestinationOutput;
+    const NAME: &'static str = "lean.create_destination";
+    const DESCRIPTION: &'static str =
+        "Creates (or finds) a Lean payment destination (a bank account).";
 
-    fn schema(&self) -> Option<paysaga_core::KindSchema> {
-        Some(paysaga_core::KindSchema {
-            description: "Creates (or finds) a Lean payment destination (a bank account).",
-            params: vec![
-                paysaga_core::FieldSpec::required(
-                    "destination",
-                    paysaga_core::FieldType::Object,
-                    "the bank account",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "destination.display_name",
-                    paysaga_core::FieldType::String,
-                    "display name",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "destination.name",
-                    paysaga_core::FieldType::String,
-                    "account holder",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "destination.bank_identifier",
-                    paysaga_core::FieldType::String,
-                    "bank identifier",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "destination.iban",
-                    paysaga_core::FieldType::String,
-                    "IBAN",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "destination.account_number",
-                    paysaga_core::FieldType::String,
-                    "account number",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "destination.address",
-                    paysaga_core::FieldType::String,
-                    "holder address",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "destination.city",
-                    paysaga_core::FieldType::String,
-                    "city",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "destination.country",
-                    paysaga_core::FieldType::String,
-                    "country",
-                ),
-                paysaga_core::FieldSpec::optional(
-                    "destination.swift_code",
-                    paysaga_core::FieldType::String,
-                    "SWIFT code",
-                ),
-            ],
-            outputs: vec![
-                paysaga_core::FieldSpec::required(
-                    "destination_id",
-                    paysaga_core::FieldType::String,
-                    "Lean destination id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "existing",
-                    paysaga_core::FieldType::Boolean,
-                    "found instead of created",
-                ),
-            ],
-        })
-    }
-
-    fn validate(&self, params: &Value) -> Result<(), String> {
-        Fields::new(params, Mode::Validate).and_then(|f| destination_params(&f).map(|_| ()))
-    }
-
-    async fn run(&self, _ctx: &StepContext, params: Value) -> StepOutcome {
-        let request = params!(&params, Mode::Run, destination_params);
+    async fn run(
+        &self,
+        _ctx: &StepContext,
+        params: DestinationParams,
+    ) -> Result<DestinationOutput, StepOutcome> {
+        let request = params.destination.request();
         let find = || async {
             self.0
                 .list_destinations()
                 .await
                 .map(|all| all.into_iter().find(|d| destination_matches(d, &request)))
         };
+        let found = |d: Destination| DestinationOutput {
+            destination_id: d.id,
+            existing: true,
+        };
         match find().await {
-            Ok(Some(d)) => {
-                return StepOutcome::Done(json!({"destination_id": d.id, "existing": true}))
-            }
+            Ok(Some(d)) => return Ok(found(d)),
             Ok(None) => {}
-            Err(e) => return outcome_for("list destinations", &e),
+            Err(e) => return Err(outcome_for("list destinations", &e)),
         }
         match self.0.create_destination(&request).await {
-            Ok(d) => StepOutcome::Done(json!({"destination_id": d.id, "existing": false})),
+            Ok(d) => Ok(DestinationOutput {
+                destination_id: d.id,
+                existing: false,
+            }),
             Err(e) if e.may_have_taken_effect() => match find().await {
-                Ok(Some(d)) => StepOutcome::Done(json!({"destination_id": d.id, "existing": true})),
-                _ => super::common::retry_unknown_effect("create destination", &e),
+                Ok(Some(d)) => Ok(found(d)),
+                _ => Err(super::common::retry_unknown_effect(
+                    "create destination",
+                    &e,
+                )),
             },
-            Err(e) => outcome_for("create destination", &e),
+            Err(e) => Err(outcome_for("create destination", &e)),
         }
     }
 
@@ -225,61 +234,47 @@ impl StepKind for CreateDestinationStep {
 #[derive(Debug, Clone)]
 pub struct EnsureCustomer(pub LeanClient);
 
-fn app_user_param(f: &Fields<'_>) -> Result<String, String> {
-    f.id("app_user_id")
+/// Parameters of `lean.ensure_customer`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct CustomerParams {
+    /// your id of the user
+    pub app_user_id: Id,
+}
+
+/// Output of `lean.ensure_customer`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct CustomerOutput {
+    /// Lean customer id
+    pub customer_id: String,
+    /// your id of the user
+    pub app_user_id: String,
+    /// found instead of created
+    pub existing: bool,
 }
 
 #[async_trait]
-impl StepKind for EnsureCustomer {
-    fn name(&self) -> &'static str {
-        "lean.ensure_customer"
-    }
+impl Step for EnsureCustomer {
+    type Params = CustomerParams;
+    type Output = CustomerOutput;
+    const NAME: &'static str = "lean.ensure_customer";
+    const DESCRIPTION: &'static str = "Creates (or finds) the Lean customer of an app user.";
 
-    fn schema(&self) -> Option<paysaga_core::KindSchema> {
-        Some(paysaga_core::KindSchema {
-            description: "Creates (or finds) the Lean customer of an app user.",
-            params: vec![paysaga_core::FieldSpec::required(
-                "app_user_id",
-                paysaga_core::FieldType::String,
-                "your id of the user",
-            )],
-            outputs: vec![
-                paysaga_core::FieldSpec::required(
-                    "customer_id",
-                    paysaga_core::FieldType::String,
-                    "Lean customer id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "app_user_id",
-                    paysaga_core::FieldType::String,
-                    "your id of the user",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "existing",
-                    paysaga_core::FieldType::Boolean,
-                    "found instead of created",
-                ),
-            ],
-        })
-    }
-
-    fn validate(&self, params: &Value) -> Result<(), String> {
-        Fields::new(params, Mode::Validate).and_then(|f| app_user_param(&f).map(|_| ()))
-    }
-
-    async fn run(&self, _ctx: &StepContext, params: Value) -> StepOutcome {
-        let app_user_id = params!(&params, Mode::Run, app_user_param);
-        match self.0.ensure_customer(&app_user_id).await {
+    async fn run(
+        &self,
+        _ctx: &StepContext,
+        params: CustomerParams,
+    ) -> Result<CustomerOutput, StepOutcome> {
+        match self.0.ensure_customer(params.app_user_id.as_str()).await {
             Ok(ensured) => {
                 let existing = matches!(ensured, crate::lean::EnsuredCustomer::Existing(_));
                 let c = ensured.into_customer();
-                StepOutcome::Done(json!({
-                    "customer_id": c.customer_id,
-                    "app_user_id": c.app_user_id,
-                    "existing": existing,
-                }))
+                Ok(CustomerOutput {
+                    customer_id: c.customer_id,
+                    app_user_id: c.app_user_id,
+                    existing,
+                })
             }
-            Err(e) => outcome_for("create customer", &e),
+            Err(e) => Err(outcome_for("create customer", &e)),
         }
     }
 
@@ -300,60 +295,43 @@ impl StepKind for EnsureCustomer {
 #[derive(Debug, Clone)]
 pub struct AwaitBeneficiary(pub LeanClient);
 
-fn beneficiary_params(f: &Fields<'_>) -> Result<(String, String), String> {
-    Ok((f.id("customer_id")?, f.id("destination_id")?))
+/// Parameters of `lean.await_beneficiary`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct BeneficiaryParams {
+    /// Lean customer id
+    pub customer_id: Id,
+    /// Lean destination id
+    pub destination_id: Id,
+}
+
+/// Output of `lean.await_beneficiary`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct BeneficiaryOutput {
+    /// beneficiary id
+    pub beneficiary_id: String,
+    /// payment source id
+    pub payment_source_id: String,
+    /// ACTIVE
+    pub status: String,
 }
 
 #[async_trait]
-impl StepKind for AwaitBeneficiary {
-    fn name(&self) -> &'static str {
-        "lean.await_beneficiary"
-    }
+impl Step for AwaitBeneficiary {
+    type Params = BeneficiaryParams;
+    type Output = BeneficiaryOutput;
+    const NAME: &'static str = "lean.await_beneficiary";
+    const DESCRIPTION: &'static str =
+        "Waits until the destination is an active beneficiary of the customer.";
 
-    fn schema(&self) -> Option<paysaga_core::KindSchema> {
-        Some(paysaga_core::KindSchema {
-            description: "Waits until the destination is an active beneficiary of the customer.",
-            params: vec![
-                paysaga_core::FieldSpec::required(
-                    "customer_id",
-                    paysaga_core::FieldType::String,
-                    "Lean customer id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "destination_id",
-                    paysaga_core::FieldType::String,
-                    "Lean destination id",
-                ),
-            ],
-            outputs: vec![
-                paysaga_core::FieldSpec::required(
-                    "beneficiary_id",
-                    paysaga_core::FieldType::String,
-                    "beneficiary id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "payment_source_id",
-                    paysaga_core::FieldType::String,
-                    "payment source id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "status",
-                    paysaga_core::FieldType::String,
-                    "ACTIVE",
-                ),
-            ],
-        })
-    }
-
-    fn validate(&self, params: &Value) -> Result<(), String> {
-        Fields::new(params, Mode::Validate).and_then(|f| beneficiary_params(&f).map(|_| ()))
-    }
-
-    async fn run(&self, _ctx: &StepContext, params: Value) -> StepOutcome {
-        let (customer_id, destination_id) = params!(&params, Mode::Run, beneficiary_params);
+    async fn run(
+        &self,
+        _ctx: &StepContext,
+        params: BeneficiaryParams,
+    ) -> Result<BeneficiaryOutput, StepOutcome> {
+        let (customer_id, destination_id) = (params.customer_id.0, params.destination_id.0);
         let sources = match self.0.list_payment_sources(&customer_id).await {
             Ok(s) => s,
-            Err(e) => return outcome_for("list payment sources", &e),
+            Err(e) => return Err(outcome_for("list payment sources", &e)),
         };
         let active = sources.iter().find_map(|s| {
             s.beneficiaries
@@ -365,11 +343,11 @@ impl StepKind for AwaitBeneficiary {
                 .map(|b| (s.id.clone(), b.id.clone()))
         });
         match active {
-            Some((source_id, beneficiary_id)) => StepOutcome::Done(json!({
-                "beneficiary_id": beneficiary_id,
-                "payment_source_id": source_id,
-                "status": "ACTIVE",
-            })),
+            Some((source_id, beneficiary_id)) => Ok(BeneficiaryOutput {
+                beneficiary_id,
+                payment_source_id: source_id,
+                status: "ACTIVE".to_owned(),
+            }),
             None => {
                 let statuses: Vec<String> = sources
                     .iter()
@@ -402,7 +380,7 @@ impl StepKind for AwaitBeneficiary {
                 .provider_status(said);
                 spec.event_types
                     .push("payment_source.beneficiary.updated".to_owned());
-                StepOutcome::Wait(spec)
+                Err(StepOutcome::Wait(spec))
             }
         }
     }
@@ -424,137 +402,69 @@ impl StepKind for AwaitBeneficiary {
 #[derive(Debug, Clone)]
 pub struct CreateIntent(pub LeanClient);
 
-struct IntentParams {
-    amount: i64,
-    currency: String,
-    request: Option<CreatePaymentIntent>,
+/// Parameters of `lean.create_intent`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct IntentParams {
+    /// Lean customer id
+    pub customer_id: Id,
+    /// Lean destination id
+    pub destination_id: Id,
+    /// amount in minor units
+    pub amount: Amount,
+    /// ISO 4217 code
+    pub currency: Currency,
+    /// payment description
+    pub description: ShortText<MAX_DESCRIPTION>,
 }
 
-fn intent_params(f: &Fields<'_>) -> Result<IntentParams, String> {
-    let customer_id = f.id("customer_id")?;
-    let destination_id = f.id("destination_id")?;
-    let amount = f.amount("amount")?;
-    let currency = f.currency("currency")?;
-    let description = f.string("description")?;
-    if description.chars().count() > MAX_DESCRIPTION {
-        return Err(format!(
-            "{} must be at most {MAX_DESCRIPTION} characters (Lean's limit; got {})",
-            f.path("description"),
-            description.chars().count()
-        ));
-    }
-    let request = match f.mode() {
-        Mode::Validate => None,
-        Mode::Run => Some(
-            CreatePaymentIntent::new(
-                amount,
-                &currency,
-                &destination_id,
-                &customer_id,
-                Some(&description),
-            )
-            .map_err(|e| format!("amount/currency: {e}"))?,
-        ),
-    };
-    Ok(IntentParams {
-        amount,
-        currency,
-        request,
-    })
+/// Output of `lean.create_intent`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct IntentOutput {
+    /// payment intent id
+    pub intent_id: String,
+    /// amount in minor units
+    pub amount: i64,
+    /// currency
+    pub currency: String,
+    /// Lean customer id
+    pub customer_id: String,
+    /// Lean destination id
+    pub destination_id: String,
 }
 
 #[async_trait]
-impl StepKind for CreateIntent {
-    fn name(&self) -> &'static str {
-        "lean.create_intent"
-    }
-
-    fn schema(&self) -> Option<paysaga_core::KindSchema> {
-        Some(paysaga_core::KindSchema {
-            description: "Creates a Lean payment intent (irreversible).",
-            params: vec![
-                paysaga_core::FieldSpec::required(
-                    "customer_id",
-                    paysaga_core::FieldType::String,
-                    "Lean customer id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "destination_id",
-                    paysaga_core::FieldType::String,
-                    "Lean destination id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "amount",
-                    paysaga_core::FieldType::Integer,
-                    "amount in minor units",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "currency",
-                    paysaga_core::FieldType::String,
-                    "ISO 4217 code",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "description",
-                    paysaga_core::FieldType::String,
-                    "payment description",
-                ),
-            ],
-            outputs: vec![
-                paysaga_core::FieldSpec::required(
-                    "intent_id",
-                    paysaga_core::FieldType::String,
-                    "payment intent id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "amount",
-                    paysaga_core::FieldType::Integer,
-                    "amount in minor units",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "currency",
-                    paysaga_core::FieldType::String,
-                    "currency",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "customer_id",
-                    paysaga_core::FieldType::String,
-                    "Lean customer id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "destination_id",
-                    paysaga_core::FieldType::String,
-                    "Lean destination id",
-                ),
-            ],
-        })
-    }
-
-    fn validate(&self, params: &Value) -> Result<(), String> {
-        Fields::new(params, Mode::Validate).and_then(|f| intent_params(&f).map(|_| ()))
-    }
+impl Step for CreateIntent {
+    type Params = IntentParams;
+    type Output = IntentOutput;
+    const NAME: &'static str = "lean.create_intent";
+    const DESCRIPTION: &'static str = "Creates a Lean payment intent (irreversible).";
 
     fn irreversible(&self) -> bool {
         true
     }
 
-    async fn run(&self, ctx: &StepContext, params: Value) -> StepOutcome {
-        let p = params!(&params, Mode::Run, intent_params);
-        let Some(request) = p.request else {
-            return StepOutcome::fail("invalid params: no intent to create");
-        };
+    async fn run(&self, ctx: &StepContext, p: IntentParams) -> Result<IntentOutput, StepOutcome> {
+        let request = CreatePaymentIntent::new(
+            p.amount.get(),
+            p.currency.as_str(),
+            p.destination_id.as_str(),
+            p.customer_id.as_str(),
+            Some(p.description.as_str()),
+        )
+        .map_err(|e| StepOutcome::fail(format!("invalid params: amount/currency: {e}")))?;
         match self
             .0
             .create_payment_intent(&request, &ctx.idempotency_key())
             .await
         {
-            Ok(intent) => StepOutcome::Done(json!({
-                "intent_id": intent.payment_intent_id,
-                "amount": intent.amount_minor().unwrap_or(p.amount),
-                "currency": p.currency,
-                "customer_id": request.customer_id,
-                "destination_id": request.payment_destination_id,
-            })),
-            Err(e) => outcome_for("create payment intent", &e),
+            Ok(intent) => Ok(IntentOutput {
+                intent_id: intent.payment_intent_id.clone(),
+                amount: intent.amount_minor().unwrap_or(p.amount.get()),
+                currency: p.currency.as_str().to_owned(),
+                customer_id: request.customer_id,
+                destination_id: request.payment_destination_id,
+            }),
+            Err(e) => Err(outcome_for("create payment intent", &e)),
         }
     }
 
@@ -588,7 +498,23 @@ impl StepKind for CreateIntent {
 #[derive(Debug, Clone)]
 pub struct AwaitPayment(pub LeanClient);
 
-struct PaymentParams {
+/// Parameters of `lean.await_payment`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct PaymentParams {
+    /// payment intent id
+    pub intent_id: Id,
+    /// how long to reconcile a pending payment (default 2d)
+    pub reconcile_for: Option<TextDuration>,
+    /// how the Lean account authorises queued payments: automatic (default) or manual
+    pub authorization: Option<Authorization>,
+    /// how long a queued payment may wait for authorisation in manual mode (default 5d)
+    pub authorize_within: Option<TextDuration>,
+    /// who authorises queued payments (shown to operators)
+    pub authorized_by: Option<Text>,
+}
+
+/// [`PaymentParams`] with their defaults.
+struct PaymentSettings {
     intent_id: String,
     reconcile_for: Duration,
     authorization: Authorization,
@@ -596,27 +522,43 @@ struct PaymentParams {
     authorized_by: String,
 }
 
-fn payment_params(f: &Fields<'_>) -> Result<PaymentParams, String> {
-    let authorization = match f.raw("authorization") {
-        None => Authorization::Automatic,
-        Some(_) => match f.one_of("authorization", &["automatic", "manual"])? {
-            "manual" => Authorization::Manual,
-            _ => Authorization::Automatic,
-        },
-    };
-    let authorized_by = f
-        .opt_string("authorized_by")?
-        .unwrap_or_else(|| match authorization {
-            Authorization::Manual => DEFAULT_MANUAL_AUTHORIZER.to_owned(),
-            Authorization::Automatic => "Lean (automatic authorisation)".to_owned(),
-        });
-    Ok(PaymentParams {
-        intent_id: f.id("intent_id")?,
-        reconcile_for: f.duration("reconcile_for", DEFAULT_RECONCILE_FOR)?,
-        authorization,
-        authorize_within: f.duration("authorize_within", DEFAULT_AUTHORIZE_WITHIN)?,
-        authorized_by,
-    })
+impl PaymentParams {
+    fn settings(self) -> PaymentSettings {
+        let authorization = self.authorization.unwrap_or(Authorization::Automatic);
+        let authorized_by =
+            self.authorized_by
+                .map(|t| t.0)
+                .unwrap_or_else(|| match authorization {
+                    Authorization::Manual => DEFAULT_MANUAL_AUTHORIZER.to_owned(),
+                    Authorization::Automatic => "Lean (automatic authorisation)".to_owned(),
+                });
+        PaymentSettings {
+            intent_id: self.intent_id.0,
+            reconcile_for: self.reconcile_for.map_or(DEFAULT_RECONCILE_FOR, |d| d.0),
+            authorization,
+            authorize_within: self
+                .authorize_within
+                .map_or(DEFAULT_AUTHORIZE_WITHIN, |d| d.0),
+            authorized_by,
+        }
+    }
+}
+
+/// Output of `lean.await_payment`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PaymentOutput {
+    /// payment intent id
+    pub intent_id: String,
+    /// payment id
+    pub payment_id: String,
+    /// payment status
+    pub status: String,
+    /// bank reference
+    pub bank_transaction_reference: Option<String>,
+    /// amount in minor units
+    pub amount: Option<i64>,
+    /// currency
+    pub currency: String,
 }
 
 fn state_flag(ctx: &StepContext, flag: &str) -> bool {
@@ -632,66 +574,23 @@ fn money(payment: &crate::lean::Payment) -> String {
 }
 
 #[async_trait]
-impl StepKind for AwaitPayment {
-    fn name(&self) -> &'static str {
-        "lean.await_payment"
-    }
+impl Step for AwaitPayment {
+    type Params = PaymentParams;
+    type Output = PaymentOutput;
+    const NAME: &'static str = "lean.await_payment";
+    const DESCRIPTION: &'static str =
+        "Waits until the intent's payment is accepted by the bank (or rejected).";
 
-    fn schema(&self) -> Option<paysaga_core::KindSchema> {
-        Some(paysaga_core::KindSchema {
-            description: "Waits until the intent's payment is accepted by the bank (or rejected).",
-            params: vec![
-                paysaga_core::FieldSpec::required(
-                    "intent_id",
-                    paysaga_core::FieldType::String,
-                    "payment intent id",
-                ),
-                paysaga_core::FieldSpec::optional(
-                    "reconcile_for",
-                    paysaga_core::FieldType::Duration,
-                    "how long to reconcile a pending payment (default 2d)",
-                ),
-            ],
-            outputs: vec![
-                paysaga_core::FieldSpec::required(
-                    "intent_id",
-                    paysaga_core::FieldType::String,
-                    "payment intent id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "payment_id",
-                    paysaga_core::FieldType::String,
-                    "payment id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "status",
-                    paysaga_core::FieldType::String,
-                    "payment status",
-                ),
-                paysaga_core::FieldSpec::optional(
-                    "bank_transaction_reference",
-                    paysaga_core::FieldType::String,
-                    "bank reference",
-                ),
-                paysaga_core::FieldSpec::optional(
-                    "amount",
-                    paysaga_core::FieldType::Integer,
-                    "amount in minor units",
-                ),
-            ],
-        })
-    }
-
-    fn validate(&self, params: &Value) -> Result<(), String> {
-        Fields::new(params, Mode::Validate).and_then(|f| payment_params(&f).map(|_| ()))
-    }
-
-    async fn run(&self, ctx: &StepContext, params: Value) -> StepOutcome {
-        let p = params!(&params, Mode::Run, payment_params);
+    async fn run(
+        &self,
+        ctx: &StepContext,
+        params: PaymentParams,
+    ) -> Result<PaymentOutput, StepOutcome> {
+        let p = params.settings();
         let intent_id = p.intent_id.clone();
         let intent = match self.0.get_payment_intent(&intent_id).await {
             Ok(i) => i,
-            Err(e) => return outcome_for("get payment intent", &e),
+            Err(e) => return Err(outcome_for("get payment intent", &e)),
         };
         let mut spec = WaitSpec::new(PROVIDER, "payment.created", format!("intent:{intent_id}"));
         spec.event_types.push("payment.updated".to_owned());
@@ -699,22 +598,24 @@ impl StepKind for AwaitPayment {
         spec.state = ctx.wait_state.clone().unwrap_or(Value::Null);
         let Some(payment) = intent.latest_payment() else {
             spec.provider_status = Some(format!("intent {intent_id} has no payment yet"));
-            return StepOutcome::Wait(spec);
+            return Err(StepOutcome::Wait(spec));
         };
         spec.provider_status = Some(format!("payment {} is {}", payment.id, payment.status));
         match &payment.status {
-            PaymentStatus::AcceptedByBank => StepOutcome::Done(json!({
-                "intent_id": intent_id,
-                "payment_id": payment.id,
-                "status": payment.status.to_string(),
-                "bank_transaction_reference": payment.bank_transaction_reference,
-                "amount": payment.amount_minor().ok(),
-                "currency": payment.currency,
-            })),
-            PaymentStatus::RejectedByBank | PaymentStatus::Failed => StepOutcome::fail(format!(
-                "Lean payment {} of intent {intent_id} is {}: no money was paid",
-                payment.id, payment.status
-            )),
+            PaymentStatus::AcceptedByBank => Ok(PaymentOutput {
+                intent_id,
+                payment_id: payment.id.clone(),
+                status: payment.status.to_string(),
+                bank_transaction_reference: payment.bank_transaction_reference.clone(),
+                amount: payment.amount_minor().ok(),
+                currency: payment.currency.clone(),
+            }),
+            PaymentStatus::RejectedByBank | PaymentStatus::Failed => {
+                Err(StepOutcome::fail(format!(
+                    "Lean payment {} of intent {intent_id} is {}: no money was paid",
+                    payment.id, payment.status
+                )))
+            }
             PaymentStatus::PendingWithBank => {
                 if !state_flag(ctx, "reconciling") {
                     spec.new_deadline = Some(p.reconcile_for);
@@ -734,7 +635,7 @@ impl StepKind for AwaitPayment {
                         ),
                     });
                 }
-                StepOutcome::Wait(spec)
+                Err(StepOutcome::Wait(spec))
             }
             PaymentStatus::Created if p.authorization == Authorization::Manual => {
                 let deadline_passed = matches!(
@@ -744,7 +645,7 @@ impl StepKind for AwaitPayment {
                     }
                 );
                 if deadline_passed && state_flag(ctx, "awaiting_authorization") {
-                    return StepOutcome::fail(format!(
+                    return Err(StepOutcome::fail(format!(
                         "Lean payment {} ({}) of intent {intent_id} was not authorised within \
                          {} by {}: it is still queued at Lean and may yet be authorised there. \
                          Reject it in Lean's Application Dashboard (or get it authorised), \
@@ -753,7 +654,7 @@ impl StepKind for AwaitPayment {
                         money(payment),
                         humantime::format_duration(p.authorize_within),
                         p.authorized_by,
-                    ));
+                    )));
                 }
                 if !state_flag(ctx, "awaiting_authorization") {
                     spec.new_deadline = Some(p.authorize_within);
@@ -780,7 +681,7 @@ impl StepKind for AwaitPayment {
                         ),
                     });
                 }
-                StepOutcome::Wait(spec)
+                Err(StepOutcome::Wait(spec))
             }
             PaymentStatus::Created => {
                 // Automatic mode: Lean should authorise at once. Say so, in case the Lean
@@ -801,9 +702,9 @@ impl StepKind for AwaitPayment {
                         ),
                     });
                 }
-                StepOutcome::Wait(spec)
+                Err(StepOutcome::Wait(spec))
             }
-            _ => StepOutcome::Wait(spec),
+            _ => Err(StepOutcome::Wait(spec)),
         }
     }
 

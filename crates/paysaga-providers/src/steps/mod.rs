@@ -48,6 +48,7 @@ pub mod blaaiz;
 pub mod common;
 pub mod lean;
 pub mod lumanu;
+pub mod parameters;
 
 use std::sync::Arc;
 
