@@ -469,7 +469,29 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         pause: Duration,
         slow_for: Duration,
     ) -> Result<(), Error>;
+
+    /// Reconciliation: the references named `names` (`payable_id`, `transaction_id`, ...) of
+    /// sagas created at or after `since` (all when `None`), each with its saga's status.
+    async fn reconciliation_references(
+        &self,
+        names: &[&str],
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<ReconcileReference>, Error>;
+    /// Reconciliation: which of `values` some saga's step returned as a reference, with the
+    /// saga (through the index on the value).
+    async fn reference_owners(&self, values: &[String]) -> Result<Vec<(String, Uuid)>, Error>;
+    /// Takes the periodic reconciler's lease for `lease` if free, expired or already
+    /// `instance`'s (as the gauge lease); `false` when another process holds it.
+    async fn take_reconciler_lease(&self, instance: Uuid, lease: Duration) -> Result<bool, Error>;
+    /// Stores a reconciliation run and its findings in one transaction; keeps the last 100
+    /// runs. Returns the run's id.
+    async fn store_reconciliation(&self, run: &NewReconciliation) -> Result<i64, Error>;
+    /// The latest stored reconciliation run, with its findings in order.
+    async fn last_reconciliation(&self) -> Result<Option<Reconciliation>, Error>;
 }
+
+/// How many reconciliation runs [`Store::store_reconciliation`] keeps (with their findings).
+pub const RECONCILIATIONS_KEPT: i64 = 100;
 
 /// The statuses retention deletes: final and closed for good. A parked saga (it waits for an
 /// operator) is final for the workers but never pruned.
