@@ -114,6 +114,16 @@ pub struct Metrics {
     pub unrunnable_sagas: Family<WorkflowLabels, Gauge>,
     /// The operator gauges, from the database (see [`crate::gauges`]).
     pub gauges: crate::gauges::OperatorGauges,
+    /// Drift the last stored reconciliation found, by kind (`paysaga reconcile`; set from the
+    /// database by every worker, see [`Metrics::set_drift`]).
+    pub drift: Family<DriftLabels, Gauge>,
+}
+
+/// Labels `kind` of a reconciliation finding.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DriftLabels {
+    /// `status_mismatch`, `unowned_object`, `unaccounted_money`.
+    pub kind: String,
 }
 
 /// How often a worker counts the sagas no live worker can run (`unrunnable_sagas`).
@@ -212,6 +222,12 @@ impl Metrics {
             unrunnable_sagas.clone(),
         );
         let gauges = crate::gauges::OperatorGauges::register(&mut registry);
+        let drift = Family::<DriftLabels, Gauge>::default();
+        registry.register(
+            "drift",
+            "Drift the last reconciliation against the providers found, by kind",
+            drift.clone(),
+        );
         Metrics {
             registry,
             sagas_started,
@@ -228,6 +244,19 @@ impl Metrics {
             saga_alerts,
             unrunnable_sagas,
             gauges,
+            drift,
+        }
+    }
+
+    /// Sets `paysaga_drift{kind}` to the last reconciliation's counts: every kind in `kinds`
+    /// (0 when absent from `counts`).
+    pub fn set_drift(&self, kinds: &[&str], counts: &std::collections::BTreeMap<String, i64>) {
+        for kind in kinds {
+            self.drift
+                .get_or_create(&DriftLabels {
+                    kind: (*kind).to_owned(),
+                })
+                .set(counts.get(*kind).copied().unwrap_or(0));
         }
     }
 
