@@ -195,13 +195,16 @@ async fn reconcile_finds_exactly_each_kind_of_drift_provoked_in_the_sandbox() {
     rig.engine.submit_definition(&slow_poll).await.unwrap();
     rig.sandbox.set_faults("webhook_drop=1").await;
     let lost = rig.start(2).await;
-    rig.wait_status(&[lost], SagaStatus::Waiting, Duration::from_secs(60))
-        .await;
-    let lost_payable = rig.payable_of(lost).await;
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let lost_payable = loop {
         let saga = rig.engine.store().saga(lost).await.unwrap().unwrap();
         let def = &slow_poll.steps[saga.step_index].name;
+        if def != "await_payable_paid" {
+            assert!(Instant::now() < deadline, "the lost saga never reached its last step: {saga:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        let lost_payable = rig.payable_of(lost).await;
         let paid: Value = reqwest::get(rig.sandbox.url("/_sandbox/lumanu/objects"))
             .await
             .unwrap()
@@ -213,12 +216,12 @@ async fn reconcile_finds_exactly_each_kind_of_drift_provoked_in_the_sandbox() {
             .unwrap()
             .iter()
             .any(|p| p["id"] == lost_payable.as_str() && p["payable_status"] == "paid");
-        if def == "await_payable_paid" && saga.status == SagaStatus::Waiting && settled {
-            break;
+        if saga.status == SagaStatus::Waiting && settled {
+            break lost_payable;
         }
         assert!(Instant::now() < deadline, "the lost saga never waited on a paid payable: {saga:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    };
     rig.sandbox.set_faults("none").await;
 
     // 2. A paid payout reversed later, its webhook dropped.
