@@ -103,7 +103,12 @@ impl Rig {
                 "{} sagas not {status} after {within:?} (logs in {}): {}",
                 behind.len(),
                 self.logs.display(),
-                behind.iter().take(10).cloned().collect::<Vec<_>>().join("; ")
+                behind
+                    .iter()
+                    .take(10)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; ")
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -200,7 +205,10 @@ async fn reconcile_finds_exactly_each_kind_of_drift_provoked_in_the_sandbox() {
         let saga = rig.engine.store().saga(lost).await.unwrap().unwrap();
         let def = &slow_poll.steps[saga.step_index].name;
         if def != "await_payable_paid" {
-            assert!(Instant::now() < deadline, "the lost saga never reached its last step: {saga:?}");
+            assert!(
+                Instant::now() < deadline,
+                "the lost saga never reached its last step: {saga:?}"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }
@@ -219,7 +227,10 @@ async fn reconcile_finds_exactly_each_kind_of_drift_provoked_in_the_sandbox() {
         if saga.status == SagaStatus::Waiting && settled {
             break lost_payable;
         }
-        assert!(Instant::now() < deadline, "the lost saga never waited on a paid payable: {saga:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the lost saga never waited on a paid payable: {saga:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     rig.sandbox.set_faults("none").await;
@@ -258,8 +269,16 @@ async fn reconcile_finds_exactly_each_kind_of_drift_provoked_in_the_sandbox() {
     let (code, run) = rig.reconcile(&["--grace", "0s"]);
     let s = |id: Uuid| Some(id.to_string());
     let mut expected = vec![
-        ("status_mismatch".to_owned(), s(sagas[0]), Some(reversed_payable)),
-        ("status_mismatch".to_owned(), s(lost), Some(lost_payable.clone())),
+        (
+            "status_mismatch".to_owned(),
+            s(sagas[0]),
+            Some(reversed_payable),
+        ),
+        (
+            "status_mismatch".to_owned(),
+            s(lost),
+            Some(lost_payable.clone()),
+        ),
         ("unowned_object".to_owned(), None, Some(stray_payable)),
         ("unowned_object".to_owned(), None, Some(stray_deposit)),
         ("unaccounted_money".to_owned(), None, None),
@@ -273,7 +292,10 @@ async fn reconcile_finds_exactly_each_kind_of_drift_provoked_in_the_sandbox() {
         .iter()
         .find(|f| f["kind"] == "unaccounted_money")
         .unwrap();
-    assert_eq!((money["amount"].as_i64(), money["currency"].as_str()), (Some(4321), Some("USD")));
+    assert_eq!(
+        (money["amount"].as_i64(), money["currency"].as_str()),
+        (Some(4321), Some("USD"))
+    );
     for f in run["findings"].as_array().unwrap() {
         assert!(!f["action"].as_str().unwrap().is_empty(), "{f}");
     }
@@ -307,8 +329,18 @@ async fn reconcile_finds_exactly_each_kind_of_drift_provoked_in_the_sandbox() {
         assert!(Instant::now() < deadline, "no drift gauges:\n{text}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let stored = rig.engine.store().last_reconciliation().await.unwrap().unwrap();
-    assert!(stored.run.actor.starts_with("worker:"), "{:?}", stored.run.actor);
+    let stored = rig
+        .engine
+        .store()
+        .last_reconciliation()
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        stored.run.actor.starts_with("worker:"),
+        "{:?}",
+        stored.run.actor
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

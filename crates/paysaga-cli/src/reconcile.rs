@@ -46,8 +46,9 @@ fn parse_since(text: &str) -> Result<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Ok(t.with_timezone(&Utc));
     }
-    let age = humantime::parse_duration(text)
-        .with_context(|| format!("--since {text:?} is neither an RFC 3339 time nor an age like 7d"))?;
+    let age = humantime::parse_duration(text).with_context(|| {
+        format!("--since {text:?} is neither an RFC 3339 time nor an age like 7d")
+    })?;
     Ok(Utc::now() - chrono::Duration::from_std(age).context("--since is too far back")?)
 }
 
@@ -286,7 +287,10 @@ pub fn spawn_periodic(
                     match run_once(store.as_ref(), &clients, None, Some(since), grace, &actor).await
                     {
                         Ok(id) => tracing::info!(reconciliation = id, "reconciliation stored"),
-                        Err(e) => tracing::warn!(error = format!("{e:#}"), "reconciliation failed; next try in one interval"),
+                        Err(e) => tracing::warn!(
+                            error = format!("{e:#}"),
+                            "reconciliation failed; next try in one interval"
+                        ),
                     }
                 }
                 Ok(false) => {}
