@@ -26,7 +26,8 @@ pub struct ReconcileArgs {
     #[arg(long)]
     since: Option<String>,
     /// An unfinished saga whose provider object is final counts as drift only after this long
-    /// without progress (a webhook may be on its way).
+    /// without progress (a webhook may be on its way), and a listed provider object only once
+    /// this old (the step that created it may not have committed yet).
     #[arg(long, default_value = "30m")]
     grace: humantime::Duration,
     /// JSON output.
@@ -148,16 +149,20 @@ pub async fn run_once(
             object_id: r.value,
         });
     }
+    let window = rec::ListWindow {
+        since,
+        settled_before: started_at - chrono::Duration::from_std(grace).unwrap_or_default(),
+    };
     let mut observation = Observation::default();
     for provider in &providers {
         let payouts = by_provider.remove(provider.as_str()).unwrap_or_default();
         let read = match provider {
             Provider::Lumanu => match &clients.lumanu {
-                Some(c) => rec::observe_lumanu(c, payouts, since, &mut observation).await,
+                Some(c) => rec::observe_lumanu(c, payouts, window, &mut observation).await,
                 None => Ok(()),
             },
             Provider::Blaaiz => match &clients.blaaiz {
-                Some(c) => rec::observe_blaaiz(c, payouts, since, &mut observation).await,
+                Some(c) => rec::observe_blaaiz(c, payouts, window, &mut observation).await,
                 None => Ok(()),
             },
             Provider::Lean => match &clients.lean {

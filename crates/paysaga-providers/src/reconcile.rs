@@ -326,19 +326,33 @@ pub const PAYOUT_REFERENCES: [(&str, &str); 3] = [
     ("lean", "intent_id"),
 ];
 
-fn created_since(created_at: Option<&str>, since: Option<DateTime<Utc>>) -> bool {
-    let (Some(since), Some(at)) = (since, created_at) else {
-        return true;
-    };
-    DateTime::parse_from_rfc3339(at).map_or(true, |t| t.with_timezone(&Utc) >= since)
+/// Which listed objects a run looks at: created at or after `since` (all when `None`) and
+/// before `settled_before` (an object younger than that may belong to a step whose commit is
+/// still on its way, so it is not called unowned yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListWindow {
+    /// `--since`.
+    pub since: Option<DateTime<Utc>>,
+    /// Now minus the grace.
+    pub settled_before: DateTime<Utc>,
 }
 
-/// Lumanu: each payable by id, then every workspace's payables and deposits created since
-/// `since`.
+impl ListWindow {
+    fn contains(&self, created_at: Option<&str>) -> bool {
+        let Some(at) = created_at.and_then(|a| DateTime::parse_from_rfc3339(a).ok()) else {
+            return true;
+        };
+        let at = at.with_timezone(&Utc);
+        self.since.is_none_or(|s| at >= s) && at <= self.settled_before
+    }
+}
+
+/// Lumanu: each payable by id, then every workspace's payables and deposits created within
+/// `window`.
 pub async fn observe_lumanu(
     client: &LumanuClient,
     payouts: Vec<SagaPayout>,
-    since: Option<DateTime<Utc>>,
+    window: ListWindow,
     into: &mut Observation,
 ) -> crate::Result<()> {
     for saga in payouts {
@@ -350,7 +364,7 @@ pub async fn observe_lumanu(
     for ws in client.all_workspaces().await? {
         for p in client.all_payables(&ws.id).await? {
             into.objects_read += 1;
-            if created_since(p.created_at.as_deref(), since) {
+            if window.contains(p.created_at.as_deref()) {
                 into.listed.push(lumanu_payable(p));
             }
         }
@@ -359,7 +373,7 @@ pub async fn observe_lumanu(
             .await?;
         for t in deposits {
             into.objects_read += 1;
-            if !created_since(t.created_at.as_deref(), since) {
+            if !window.contains(t.created_at.as_deref()) {
                 continue;
             }
             into.listed.push(ObservedObject {
@@ -400,11 +414,11 @@ fn lumanu_payable(p: crate::lumanu::Payable) -> ObservedObject {
     }
 }
 
-/// Blaaiz: each payout by id, then every payout created since `since`.
+/// Blaaiz: each payout by id, then every payout created within `window`.
 pub async fn observe_blaaiz(
     client: &BlaaizClient,
     payouts: Vec<SagaPayout>,
-    since: Option<DateTime<Utc>>,
+    window: ListWindow,
     into: &mut Observation,
 ) -> crate::Result<()> {
     for saga in payouts {
@@ -414,7 +428,7 @@ pub async fn observe_blaaiz(
     }
     let filter = TransactionFilter {
         transaction_type: Some("payout".to_owned()),
-        start_date: since.map(|s| s.format("%Y-%m-%d").to_string()),
+        start_date: window.since.map(|s| s.format("%Y-%m-%d").to_string()),
         ..TransactionFilter::default()
     };
     for page in 1..=crate::blaaiz::SCAN_MAX_PAGES {
@@ -427,7 +441,7 @@ pub async fn observe_blaaiz(
             .unwrap_or(page);
         for t in result.data {
             into.objects_read += 1;
-            if created_since(t.date.as_deref(), since) {
+            if window.contains(t.date.as_deref()) {
                 into.listed.push(blaaiz_payout(t));
             }
         }
@@ -645,6 +659,23 @@ mod tests {
         assert_eq!(drift[2].amount, Some(1000));
         assert_eq!(drift[2].currency.as_deref(), Some("USD"));
         assert!(drift[0].action.contains("cancel"), "{}", drift[0].action);
+    }
+
+    #[test]
+    fn listed_objects_younger_than_the_grace_or_older_than_since_are_left_out() {
+        let now = Utc::now();
+        let window = ListWindow {
+            since: Some(now - chrono::Duration::hours(2)),
+            settled_before: now - chrono::Duration::minutes(30),
+        };
+        let at = |minutes: i64| (now - chrono::Duration::minutes(minutes)).to_rfc3339();
+        assert!(window.contains(Some(&at(60))));
+        assert!(
+            !window.contains(Some(&at(5))),
+            "a create whose commit may be on its way"
+        );
+        assert!(!window.contains(Some(&at(180))), "before --since");
+        assert!(window.contains(None), "no time: looked at");
     }
 
     #[test]
