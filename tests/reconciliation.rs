@@ -358,7 +358,8 @@ async fn reconcile_reports_nothing_after_a_clean_run_of_many_sagas() {
     }
     rig.wait_status(&sagas, SagaStatus::Completed, Duration::from_secs(600))
         .await;
-    let (code, run) = rig.reconcile(&[]);
+    // No grace: every saga, payable and deposit is looked at.
+    let (code, run) = rig.reconcile(&["--grace", "0s"]);
     assert_eq!(findings(&run), [], "{run:#}");
     assert_eq!(code, 0);
     // Every saga's payable was read, and every workspace's payables and deposits listed.
