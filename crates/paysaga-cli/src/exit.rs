@@ -18,11 +18,15 @@ pub const UNREACHABLE: u8 = 5;
 /// The database schema is older or newer than this build (run `paysaga migrate`, or a
 /// matching paysaga).
 pub const SCHEMA_MISMATCH: u8 = 6;
+/// `paysaga reconcile` found drift between the sagas and the providers (the findings are
+/// printed and stored).
+pub const DRIFT: u8 = 7;
 
 /// The text `paysaga --help` ends with.
 pub const HELP: &str = "Exit codes: 0 ok, 1 other failure, 2 usage (bad flag or value), \
 3 not found, 4 refused (state does not allow the action, or not confirmed), \
-5 database unreachable, 6 database schema older or newer than this build.
+5 database unreachable, 6 database schema older or newer than this build, \
+7 drift found by `paysaga reconcile`.
 NO_COLOR=1 turns colours off.";
 
 /// Context: opening the database failed.
@@ -73,8 +77,23 @@ impl fmt::Display for NotFound {
 
 impl std::error::Error for NotFound {}
 
+/// `paysaga reconcile` found drift.
+#[derive(Debug)]
+pub struct DriftFound(pub String);
+
+impl fmt::Display for DriftFound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DriftFound {}
+
 /// The exit code for an error.
 pub fn code(err: &anyhow::Error) -> u8 {
+    if err.downcast_ref::<DriftFound>().is_some() {
+        return DRIFT;
+    }
     if err.downcast_ref::<SchemaMismatch>().is_some() {
         return SCHEMA_MISMATCH;
     }

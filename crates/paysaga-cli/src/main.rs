@@ -17,6 +17,7 @@ mod operate_visibility;
 mod privacy;
 mod provider_metrics;
 mod rate_limits;
+mod reconcile;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -220,6 +221,11 @@ enum Command {
     /// operator actions (reason, confirmation, "still where you saw it" check). Needs
     /// PAYSAGA_CONSOLE_TOKENS (or --tokens-file) or a trusted proxy's identity header.
     Console(console::ConsoleArgs),
+    /// Compare the sagas with what the providers report: payouts the provider says paid,
+    /// failed or reversed while the saga says otherwise, provider objects carrying our
+    /// reference that no saga owns, money at the provider no saga accounts for. Stores the run
+    /// (`--last` prints the last one); exit 7 when drift is found.
+    Reconcile(reconcile::ReconcileArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -291,6 +297,18 @@ struct WorkerArgs {
     /// later ("waiting for provider capacity"); keep it below the steps' attempt timeout.
     #[arg(long, env = "PAYSAGA_RATE_LIMIT_MAX_WAIT", default_value = "10s")]
     rate_limit_max_wait: humantime::Duration,
+    /// How often one worker (the holder of the reconciler lease) reconciles the sagas with the
+    /// configured providers, as `paysaga reconcile`; `0s` turns it off. Every worker exports
+    /// the last run's findings as `paysaga_drift{kind}`.
+    #[arg(long, env = "PAYSAGA_RECONCILE_EVERY", default_value = "15m")]
+    reconcile_every: humantime::Duration,
+    /// The periodic reconciliation looks at sagas (and provider objects) created this long ago
+    /// at most.
+    #[arg(long, env = "PAYSAGA_RECONCILE_WINDOW", default_value = "7d")]
+    reconcile_window: humantime::Duration,
+    /// The periodic reconciliation's `--grace` (see `paysaga reconcile --help`).
+    #[arg(long, env = "PAYSAGA_RECONCILE_GRACE", default_value = "30m")]
+    reconcile_grace: humantime::Duration,
 }
 
 /// The built-in `noop.sleep` plus the given provider step kinds.
@@ -641,6 +659,12 @@ async fn run() -> Result<()> {
             let auth = console::auth(&args)?;
             console::run(engine(db).await?, args, auth).await?
         }
+        Command::Reconcile(args) => {
+            let providers = paysaga_providers::ProvidersConfig::from_env().context(
+                "provider configuration (PAYSAGA_LUMANU_*, PAYSAGA_BLAAIZ_*, PAYSAGA_LEAN_*) is incomplete",
+            )?;
+            reconcile::command(&engine(db).await?, &providers.clients(), &args).await?
+        }
     }
     Ok(())
 }
@@ -799,6 +823,19 @@ async fn run_worker(db: &Db<'_>, args: WorkerArgs) -> Result<()> {
             .await
         }
     });
+    let reconciler = (!Duration::from(args.reconcile_every).is_zero()
+        && !providers.configured().is_empty())
+    .then(|| {
+        reconcile::spawn_periodic(
+            engine.clone(),
+            providers.clients_budgeted(call_metrics.clone(), budget.clone()),
+            args.reconcile_every.into(),
+            args.reconcile_window.into(),
+            args.reconcile_grace.into(),
+            format!("worker:{}", config.name),
+            stop_rx.clone(),
+        )
+    });
     let worker = engine.worker(config);
     let shutdown = {
         let mut rx = stop_rx.clone();
@@ -816,6 +853,9 @@ async fn run_worker(db: &Db<'_>, args: WorkerArgs) -> Result<()> {
     });
     worker.run(shutdown).await.context("worker failed")?;
     let _ = http.await;
+    if let Some(reconciler) = reconciler {
+        reconciler.abort();
+    }
     Ok(())
 }
 

@@ -634,7 +634,7 @@ pub struct TransactionPage {
 }
 
 /// Most pages scanned by [`BlaaizClient::find_payout_by_reference`].
-const SCAN_MAX_PAGES: u64 = 100;
+pub(crate) const SCAN_MAX_PAGES: u64 = 100;
 
 impl BlaaizClient {
     /// A client for `config`. Nothing is sent until the first call.

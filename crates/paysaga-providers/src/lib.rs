@@ -60,6 +60,7 @@ pub mod lean;
 pub mod lumanu;
 pub mod money;
 pub mod observe;
+pub mod reconcile;
 pub mod steps;
 pub mod token;
 mod transport;

@@ -797,6 +797,65 @@ impl LumanuClient {
     }
 }
 
+/// A workspace as `GET /workspace` lists it (the fields reconciliation reads).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workspace {
+    /// Workspace id.
+    pub id: String,
+    /// Display name.
+    #[serde(default)]
+    pub display_name: Option<String>,
+}
+
+impl LumanuClient {
+    /// `GET /workspace` (one page; `limit`, `offset` as every Lumanu list).
+    #[tracing::instrument(skip_all, fields(provider = "lumanu", endpoint = "list_workspaces"))]
+    pub async fn list_workspaces(&self, limit: u32, offset: u32) -> Result<Page<Workspace>> {
+        let url = self.core.url("/workspace");
+        self.core
+            .json("list_workspaces", |c| {
+                c.get(&url).query(&[("limit", limit), ("offset", offset)])
+            })
+            .await
+    }
+
+    /// Every workspace the credentials see (at most the helpers' page limit).
+    pub async fn all_workspaces(&self) -> Result<Vec<Workspace>> {
+        let mut out = Vec::new();
+        for page in 0..SCAN_MAX_PAGES {
+            let result = self.list_workspaces(SCAN_PAGE, page * SCAN_PAGE).await?;
+            let count = result.data.len();
+            out.extend(result.data);
+            if last_page(count, page, result.total) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every payable of `workspace_id` (newest first, at most the helpers' page limit).
+    pub async fn all_payables(&self, workspace_id: &str) -> Result<Vec<Payable>> {
+        let mut out = Vec::new();
+        for page in 0..SCAN_MAX_PAGES {
+            let query = PayableQuery {
+                workspace_id: Some(workspace_id.to_owned()),
+                limit: Some(SCAN_PAGE),
+                offset: Some(page * SCAN_PAGE),
+                order_by: Some("created_at".to_owned()),
+                order_by_direction: Some(SortDirection::Desc),
+                ..PayableQuery::default()
+            };
+            let result = self.list_payables(&query).await?;
+            let count = result.data.len();
+            out.extend(result.data);
+            if last_page(count, page, result.total) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
 fn last_page(count: usize, page: u32, total: Option<u64>) -> bool {
     let seen = u64::from(page) * u64::from(SCAN_PAGE) + count as u64;
     count == 0

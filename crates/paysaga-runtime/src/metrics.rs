@@ -114,6 +114,16 @@ pub struct Metrics {
     pub unrunnable_sagas: Family<WorkflowLabels, Gauge>,
     /// The operator gauges, from the database (see [`crate::gauges`]).
     pub gauges: crate::gauges::OperatorGauges,
+    /// Drift the last stored reconciliation found, by kind (`paysaga reconcile`; set from the
+    /// database by every worker, see [`Metrics::set_drift`]).
+    pub drift: Family<DriftLabels, Gauge>,
+}
+
+/// Labels `kind` of a reconciliation finding.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DriftLabels {
+    /// `status_mismatch`, `unowned_object`, `unaccounted_money`.
+    pub kind: String,
 }
 
 /// How often a worker counts the sagas no live worker can run (`unrunnable_sagas`).
@@ -152,6 +162,7 @@ impl Metrics {
             saga_alerts: Family::default(),
             unrunnable_sagas: Family::default(),
             gauges: crate::gauges::OperatorGauges::default(),
+            drift: Family::default(),
         };
         let mut registry = Registry::with_prefix("paysaga");
         metrics.register_all(&mut registry);
@@ -248,6 +259,23 @@ impl Metrics {
             self.unrunnable_sagas.clone(),
         );
         self.gauges.register_into(registry);
+        registry.register(
+            "drift",
+            "Drift the last reconciliation against the providers found, by kind",
+            self.drift.clone(),
+        );
+    }
+
+    /// Sets `paysaga_drift{kind}` to the last reconciliation's counts: every kind in `kinds`
+    /// (0 when absent from `counts`).
+    pub fn set_drift(&self, kinds: &[&str], counts: &std::collections::BTreeMap<String, i64>) {
+        for kind in kinds {
+            self.drift
+                .get_or_create(&DriftLabels {
+                    kind: (*kind).to_owned(),
+                })
+                .set(counts.get(*kind).copied().unwrap_or(0));
+        }
     }
 
     /// Prometheus text exposition.

@@ -36,6 +36,31 @@ pub(crate) fn router() -> Router<App> {
             "/lean/payments/{payment_id}/authorize",
             post(authorize_lean_payment),
         )
+        .route(
+            "/drift/lumanu/payables/{id}/reverse",
+            post(reverse_lumanu_payable),
+        )
+        .route("/drift/lumanu/stray", post(lumanu_stray))
+}
+
+/// `POST /_sandbox/drift/lumanu/payables/{id}/reverse`: a paid payable is reversed later, its
+/// webhook dropped (drift for `paysaga reconcile`). 200 with the payable; 409 when it is not
+/// paid or unknown.
+async fn reverse_lumanu_payable(State(app): State<App>, Path(id): Path<String>) -> Response {
+    match lumanu::reverse_paid_payable(&app, &id) {
+        Ok(payable) => Json(payable).into_response(),
+        Err(e) => (StatusCode::CONFLICT, Json(json!({"error": e}))).into_response(),
+    }
+}
+
+/// `POST /_sandbox/drift/lumanu/stray`: a stray payable or an unlinked deposit, without a
+/// webhook (see `lumanu::create_stray`). 200 with the object; 400 for a bad body.
+async fn lumanu_stray(State(app): State<App>, bytes: Bytes) -> Response {
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    match lumanu::create_stray(&app, &body) {
+        Ok(object) => Json(object).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, Json(json!({"error": e}))).into_response(),
+    }
 }
 
 /// `GET /_sandbox/lean/authorization`: `{"mode": "automatic"|"manual", "authorize_after_ms"}`.

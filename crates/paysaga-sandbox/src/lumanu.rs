@@ -1249,3 +1249,125 @@ fn transition(app: &App, id: &str, action: &str) -> ApiResult {
     }
     Ok(Json(json))
 }
+
+/// Drift on purpose (`POST /_sandbox/drift/lumanu/payables/{id}/reverse`): a paid payable is
+/// reversed later and its webhook is dropped (none is sent), so only a reconciliation sees it.
+/// `Err` names why not (unknown, or not paid).
+pub(crate) fn reverse_paid_payable(app: &App, id: &str) -> Result<Value, String> {
+    app.with(|w| {
+        let p = w
+            .lumanu
+            .payables
+            .iter_mut()
+            .find(|p| p.id == id)
+            .ok_or_else(|| format!("no Lumanu payable {id}"))?;
+        if p.payable_status != "paid" {
+            return Err(format!(
+                "Lumanu payable {id} is {}, only a paid payable is reversed",
+                p.payable_status
+            ));
+        }
+        p.payable_status = "reversed";
+        p.status = Some("reversed");
+        p.updated_at = Utc::now();
+        Ok(p.json())
+    })
+}
+
+/// Drift on purpose (`POST /_sandbox/drift/lumanu/stray`): an object no saga created through
+/// its steps, sending no webhook. `{"type": "payable", "workspace_id", "amount",
+/// "description", "payee_email"?}` is a second payable as a retried create leaves it;
+/// `{"type": "deposit", "workspace_id", "amount", "description"}` a processed deposit in the
+/// wallet that no funding links (booked in the ledger, not available until linked).
+pub(crate) fn create_stray(app: &App, body: &Value) -> Result<Value, String> {
+    let kind = body["type"].as_str().unwrap_or_default().to_owned();
+    let workspace_id = body["workspace_id"]
+        .as_str()
+        .ok_or("workspace_id is required")?
+        .to_owned();
+    let amount = body["amount"]
+        .as_i64()
+        .filter(|a| *a > 0)
+        .ok_or("amount must be a positive integer (cents)")?;
+    let description = body["description"]
+        .as_str()
+        .ok_or("description is required")?
+        .to_owned();
+    let now = Utc::now();
+    app.with(|w| {
+        let ws_id = w
+            .lumanu
+            .workspace_mut(&workspace_id)
+            .ok_or_else(|| format!("workspace_id {workspace_id} is not a UUID"))?
+            .id
+            .clone();
+        match kind.as_str() {
+            "payable" => {
+                let payable = Payable {
+                    id: Uuid::new_v4().to_string(),
+                    workspace_id: ws_id,
+                    project_id: None,
+                    amount,
+                    description,
+                    due_date: None,
+                    invoice_number: w.lumanu.invoice_number(),
+                    vendor_email: Some(
+                        body["payee_email"]
+                            .as_str()
+                            .unwrap_or("stray@example.com")
+                            .to_owned(),
+                    ),
+                    payee_lumanu_id: None,
+                    status: None,
+                    payable_status: "not_approved",
+                    custom_fields: json!([]),
+                    created_at: now,
+                    updated_at: now,
+                };
+                let json = payable.json();
+                w.lumanu.payables.push(payable);
+                Ok(json)
+            }
+            "deposit" => {
+                let txn_id = Uuid::new_v4().to_string();
+                let entry = w
+                    .ledger
+                    .record(
+                        Movement {
+                            provider: Provider::Lumanu,
+                            account: &ws_id,
+                            kind: Kind::Deposit,
+                            direction: Direction::Credit,
+                            reference: &txn_id,
+                            counterparty: "stray payer",
+                            amount,
+                            currency: CURRENCY,
+                        },
+                        0,
+                    )
+                    .map_err(|e| e.to_string())?;
+                let txn = WalletTxn {
+                    id: txn_id,
+                    workspace_id: ws_id.clone(),
+                    description,
+                    kind: "deposit",
+                    amount,
+                    balance_change: amount,
+                    ending_balance: entry.balance_after,
+                    funding_id: None,
+                    linked: false,
+                    created_at: now,
+                };
+                if let Some(ws) = w.lumanu.workspaces.get_mut(&ws_id) {
+                    ws.unlinked += amount;
+                }
+                let json = txn.json();
+                w.lumanu.transactions.push(txn);
+                Ok(json)
+            }
+            other => Err(format!(
+                "type must be \"payable\" or \"deposit\", not {other:?}"
+            )),
+        }
+    })
+}

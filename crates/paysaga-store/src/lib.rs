@@ -527,12 +527,34 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn wake_fan_in(&self, parent: Uuid) -> Result<bool, Error>;
     /// The parent of a child saga (`None` for a saga started otherwise).
     async fn parent_of(&self, child: Uuid) -> Result<Option<ParentLink>, Error>;
+
+    /// Reconciliation: the references named `names` (`payable_id`, `transaction_id`, ...) of
+    /// sagas created at or after `since` (all when `None`), each with its saga's status.
+    async fn reconciliation_references(
+        &self,
+        names: &[&str],
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<ReconcileReference>, Error>;
+    /// Reconciliation: which of `values` some saga's step returned as a reference, with the
+    /// saga (through the index on the value).
+    async fn reference_owners(&self, values: &[String]) -> Result<Vec<(String, Uuid)>, Error>;
+    /// Takes the periodic reconciler's lease for `lease` if free, expired or already
+    /// `instance`'s (as the gauge lease); `false` when another process holds it.
+    async fn take_reconciler_lease(&self, instance: Uuid, lease: Duration) -> Result<bool, Error>;
+    /// Stores a reconciliation run and its findings in one transaction; keeps the last 100
+    /// runs. Returns the run's id.
+    async fn store_reconciliation(&self, run: &NewReconciliation) -> Result<i64, Error>;
+    /// The latest stored reconciliation run, with its findings in order.
+    async fn last_reconciliation(&self) -> Result<Option<Reconciliation>, Error>;
 }
 
 /// The statuses in which a saga keeps its concurrency slot: every open one, `needs_operator`
 /// included (money may have moved). The SQL of both stores spells the same list.
 pub const SLOT_HOLDING_STATUSES: &str =
     "('scheduled', 'retrying', 'waiting', 'compensating', 'needs_operator')";
+
+/// How many reconciliation runs [`Store::store_reconciliation`] keeps (with their findings).
+pub const RECONCILIATIONS_KEPT: i64 = 100;
 
 /// The statuses retention deletes: final and closed for good. A parked saga (it waits for an
 /// operator) is final for the workers but never pruned.

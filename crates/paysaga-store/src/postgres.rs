@@ -19,6 +19,7 @@ use crate::{
     Error, EventFilter, EventRecord, HistoryRecord, NewEvent, NewSaga, OperatorAction, SagaFilter,
     SagaRecord, Stats, Store, UnrunnableGroup, WakeupsBox, WorkerInfo,
 };
+use crate::{DriftRecord, NewReconciliation, ReconcileReference, Reconciliation};
 use crate::{DocumentRecord, NewDocument};
 use crate::{GaugeRequest, GaugeSnapshot};
 use crate::{Pruned, Reaped};
@@ -2744,6 +2745,149 @@ impl Store for PgStore {
             })
         })
         .transpose()
+    }
+
+    async fn reconciliation_references(
+        &self,
+        names: &[&str],
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<ReconcileReference>, Error> {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let rows = sqlx::query(
+            "SELECT r.saga_id, s.workflow, s.status, s.closed_outcome, s.updated_at,
+                    r.step, r.name, r.value
+             FROM paysaga_saga_refs r JOIN paysaga_sagas s ON s.id = r.saga_id
+             WHERE r.name = ANY($1) AND ($2::timestamptz IS NULL OR s.created_at >= $2)
+             ORDER BY s.created_at, r.saga_id, r.step, r.name, r.value",
+        )
+        .bind(&names)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let status: String = r.try_get("status")?;
+                Ok(ReconcileReference {
+                    saga_id: r.try_get("saga_id")?,
+                    workflow: r.try_get("workflow")?,
+                    status: status.parse().map_err(|e| Error::Corrupt(format!("{e}")))?,
+                    closed_outcome: crate::closed_outcome(r.try_get("closed_outcome")?)?,
+                    updated_at: r.try_get("updated_at")?,
+                    step: r.try_get("step")?,
+                    name: r.try_get("name")?,
+                    value: r.try_get("value")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn reference_owners(&self, values: &[String]) -> Result<Vec<(String, Uuid)>, Error> {
+        Ok(sqlx::query_as(
+            "SELECT DISTINCT value, saga_id FROM paysaga_saga_refs WHERE value = ANY($1)
+             ORDER BY value, saga_id",
+        )
+        .bind(values)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn take_reconciler_lease(&self, instance: Uuid, lease: Duration) -> Result<bool, Error> {
+        let taken = sqlx::query(
+            "UPDATE paysaga_reconciler SET holder = $1, held_until = now() + make_interval(secs => $2)
+             WHERE id = 1 AND (holder IS NULL OR holder = $1 OR held_until < now())",
+        )
+        .bind(instance)
+        .bind(lease.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(taken.rows_affected() == 1)
+    }
+
+    async fn store_reconciliation(&self, run: &NewReconciliation) -> Result<i64, Error> {
+        let mut tx = self.pool.begin().await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO paysaga_reconciliations (started_at, providers, since, objects_checked, actor)
+             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        )
+        .bind(run.started_at)
+        .bind(&run.providers)
+        .bind(run.since)
+        .bind(run.objects_checked)
+        .bind(&run.actor)
+        .fetch_one(&mut *tx)
+        .await?;
+        for (seq, d) in run.findings.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO paysaga_drift (reconciliation_id, seq, kind, provider, saga_id,
+                     object_id, currency, amount, detail, action)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(id)
+            .bind(i32::try_from(seq).unwrap_or(i32::MAX))
+            .bind(&d.kind)
+            .bind(&d.provider)
+            .bind(d.saga_id)
+            .bind(&d.object_id)
+            .bind(&d.currency)
+            .bind(d.amount)
+            .bind(&d.detail)
+            .bind(&d.action)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("DELETE FROM paysaga_reconciliations WHERE id <= $1 - $2")
+            .bind(id)
+            .bind(crate::RECONCILIATIONS_KEPT)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn last_reconciliation(&self) -> Result<Option<Reconciliation>, Error> {
+        let Some(run) = sqlx::query(
+            "SELECT id, started_at, finished_at, providers, since, objects_checked, actor
+             FROM paysaga_reconciliations ORDER BY id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let id: i64 = run.try_get("id")?;
+        let findings = sqlx::query(
+            "SELECT kind, provider, saga_id, object_id, currency, amount, detail, action
+             FROM paysaga_drift WHERE reconciliation_id = $1 ORDER BY seq",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(DriftRecord {
+                kind: r.try_get("kind")?,
+                provider: r.try_get("provider")?,
+                saga_id: r.try_get("saga_id")?,
+                object_id: r.try_get("object_id")?,
+                currency: r.try_get("currency")?,
+                amount: r.try_get("amount")?,
+                detail: r.try_get("detail")?,
+                action: r.try_get("action")?,
+            })
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+        Ok(Some(Reconciliation {
+            id,
+            finished_at: run.try_get("finished_at")?,
+            run: NewReconciliation {
+                started_at: run.try_get("started_at")?,
+                providers: run.try_get("providers")?,
+                since: run.try_get("since")?,
+                objects_checked: run.try_get("objects_checked")?,
+                actor: run.try_get("actor")?,
+                findings,
+            },
+        }))
     }
 }
 

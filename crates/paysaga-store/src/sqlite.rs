@@ -67,6 +67,7 @@ use crate::{
     Error, EventFilter, EventRecord, HistoryRecord, NewEvent, NewSaga, OperatorAction, SagaFilter,
     SagaRecord, Stats, Store, UnrunnableGroup, WakeupsBox, WorkerInfo,
 };
+use crate::{DriftRecord, NewReconciliation, ReconcileReference, Reconciliation};
 use crate::{DocumentRecord, NewDocument};
 use crate::{GaugeRequest, GaugeSnapshot};
 use crate::{Pruned, Reaped};
@@ -2630,6 +2631,166 @@ impl Store for SqliteStore {
             })
         })
         .transpose()
+    }
+
+    async fn reconciliation_references(
+        &self,
+        names: &[&str],
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<ReconcileReference>, Error> {
+        let names = serde_json::to_string(names).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let rows = sqlx::query(
+            "SELECT r.saga_id, s.workflow, s.status, s.closed_outcome, s.updated_at,
+                    r.step, r.name, r.value
+             FROM paysaga_saga_refs r JOIN paysaga_sagas s ON s.id = r.saga_id
+             WHERE r.name IN (SELECT value FROM json_each($1))
+               AND ($2 IS NULL OR s.created_at >= $2)
+             ORDER BY s.created_at, r.saga_id, r.step, r.name, r.value",
+        )
+        .bind(names)
+        .bind(since.map(ts))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let status: String = r.try_get("status")?;
+                Ok(ReconcileReference {
+                    saga_id: get_uuid(r, "saga_id")?,
+                    workflow: r.try_get("workflow")?,
+                    status: status.parse().map_err(|e| Error::Corrupt(format!("{e}")))?,
+                    closed_outcome: crate::closed_outcome(r.try_get("closed_outcome")?)?,
+                    updated_at: get_ts(r, "updated_at")?,
+                    step: r.try_get("step")?,
+                    name: r.try_get("name")?,
+                    value: r.try_get("value")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn reference_owners(&self, values: &[String]) -> Result<Vec<(String, Uuid)>, Error> {
+        let values = serde_json::to_string(values).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT DISTINCT value, saga_id FROM paysaga_saga_refs
+             WHERE value IN (SELECT value FROM json_each($1)) ORDER BY value, saga_id",
+        )
+        .bind(values)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter()
+            .map(|(value, saga)| Ok((value, parse_uuid(&saga)?)))
+            .collect()
+    }
+
+    async fn take_reconciler_lease(&self, instance: Uuid, lease: Duration) -> Result<bool, Error> {
+        let now = Utc::now();
+        let until = now
+            .checked_add_signed(chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX))
+            .unwrap_or(now);
+        let taken = sqlx::query(
+            "UPDATE paysaga_reconciler SET holder = $1, held_until = $2
+             WHERE id = 1 AND (holder IS NULL OR holder = $1 OR held_until < $3)",
+        )
+        .bind(instance.to_string())
+        .bind(ts(until))
+        .bind(ts(now))
+        .execute(&self.writer)
+        .await?;
+        Ok(taken.rows_affected() == 1)
+    }
+
+    async fn store_reconciliation(&self, run: &NewReconciliation) -> Result<i64, Error> {
+        let mut tx = self.write_tx().await?;
+        let providers =
+            serde_json::to_string(&run.providers).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO paysaga_reconciliations (started_at, finished_at, providers, since,
+                 objects_checked, actor)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        )
+        .bind(ts(run.started_at))
+        .bind(ts(Utc::now()))
+        .bind(providers)
+        .bind(run.since.map(ts))
+        .bind(run.objects_checked)
+        .bind(&run.actor)
+        .fetch_one(&mut *tx)
+        .await?;
+        for (seq, d) in run.findings.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO paysaga_drift (reconciliation_id, seq, kind, provider, saga_id,
+                     object_id, currency, amount, detail, action)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(id)
+            .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+            .bind(&d.kind)
+            .bind(&d.provider)
+            .bind(d.saga_id.map(|u| u.to_string()))
+            .bind(&d.object_id)
+            .bind(&d.currency)
+            .bind(d.amount)
+            .bind(&d.detail)
+            .bind(&d.action)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("DELETE FROM paysaga_reconciliations WHERE id <= $1 - $2")
+            .bind(id)
+            .bind(crate::RECONCILIATIONS_KEPT)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn last_reconciliation(&self) -> Result<Option<Reconciliation>, Error> {
+        let Some(run) = sqlx::query(
+            "SELECT id, started_at, finished_at, providers, since, objects_checked, actor
+             FROM paysaga_reconciliations ORDER BY id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.reader)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let id: i64 = run.try_get("id")?;
+        let findings = sqlx::query(
+            "SELECT kind, provider, saga_id, object_id, currency, amount, detail, action
+             FROM paysaga_drift WHERE reconciliation_id = $1 ORDER BY seq",
+        )
+        .bind(id)
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(DriftRecord {
+                kind: r.try_get("kind")?,
+                provider: r.try_get("provider")?,
+                saga_id: get_opt_uuid(r, "saga_id")?,
+                object_id: r.try_get("object_id")?,
+                currency: r.try_get("currency")?,
+                amount: r.try_get("amount")?,
+                detail: r.try_get("detail")?,
+                action: r.try_get("action")?,
+            })
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+        let providers: String = run.try_get("providers")?;
+        Ok(Some(Reconciliation {
+            id,
+            finished_at: get_ts(&run, "finished_at")?,
+            run: NewReconciliation {
+                started_at: get_ts(&run, "started_at")?,
+                providers: serde_json::from_str(&providers).map_err(|e| {
+                    Error::Corrupt(format!("paysaga_reconciliations.providers: {e}"))
+                })?,
+                since: get_opt_ts(&run, "since")?,
+                objects_checked: run.try_get("objects_checked")?,
+                actor: run.try_get("actor")?,
+                findings,
+            },
+        }))
     }
 }
 

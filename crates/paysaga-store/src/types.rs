@@ -658,3 +658,74 @@ pub struct ParentLink {
     /// The element's key.
     pub key: String,
 }
+
+/// A reference of a saga with where the saga stands: what reconciliation compares with the
+/// provider's object ([`crate::Store::reconciliation_references`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconcileReference {
+    /// The saga.
+    pub saga_id: Uuid,
+    /// Its workflow.
+    pub workflow: String,
+    /// Its status.
+    pub status: SagaStatus,
+    /// Its closed outcome, for a closed saga.
+    pub closed_outcome: Option<paysaga_core::ClosedOutcome>,
+    /// Its last change.
+    pub updated_at: DateTime<Utc>,
+    /// The step that returned the reference.
+    pub step: String,
+    /// The output field (`payable_id`, `transaction_id`, `intent_id`, ...).
+    pub name: String,
+    /// The provider's id.
+    pub value: String,
+}
+
+/// One drift a reconciliation found (stored in `paysaga_drift`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct DriftRecord {
+    /// `status_mismatch`, `unowned_object` or `unaccounted_money` (CHECK in the table).
+    pub kind: String,
+    /// The provider (`lumanu`, `blaaiz`, `lean`).
+    pub provider: String,
+    /// The saga concerned, if one is.
+    pub saga_id: Option<Uuid>,
+    /// The provider's object, if one is.
+    pub object_id: Option<String>,
+    /// Currency of `amount`.
+    pub currency: Option<String>,
+    /// Amount in minor units of `currency`.
+    pub amount: Option<i64>,
+    /// What differs.
+    pub detail: String,
+    /// What an operator should do.
+    pub action: String,
+}
+
+/// A reconciliation run to store ([`crate::Store::store_reconciliation`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewReconciliation {
+    /// When it began.
+    pub started_at: DateTime<Utc>,
+    /// The providers it compared.
+    pub providers: Vec<String>,
+    /// Sagas and objects created before this were left out (`--since`).
+    pub since: Option<DateTime<Utc>>,
+    /// Provider objects read.
+    pub objects_checked: i64,
+    /// Who ran it (`worker:<id>`, `cli:<os user>`).
+    pub actor: String,
+    /// What it found, in order.
+    pub findings: Vec<DriftRecord>,
+}
+
+/// A stored reconciliation run ([`crate::Store::last_reconciliation`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reconciliation {
+    /// Its id.
+    pub id: i64,
+    /// When it finished (stored).
+    pub finished_at: DateTime<Utc>,
+    /// The run as stored.
+    pub run: NewReconciliation,
+}

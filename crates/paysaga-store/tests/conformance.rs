@@ -3118,6 +3118,7 @@ conformance!(
     two_claimers_never_both_hold_a_concurrency_key_whose_limit_is_one,
     a_concurrency_slot_is_kept_while_reaped_or_parked_and_handed_on_when_the_saga_ends,
     conditional_steps_whose_condition_fails_are_skipped_with_a_history_row_and_no_output,
+    reconciliation_reads_references_with_saga_status_and_stores_runs_with_their_findings,
 );
 
 fn slot_request(credential: &str, burst: u32, max_wait: Duration) -> SlotRequest<'_> {
@@ -3292,6 +3293,120 @@ async fn a_throttled_request_budget_gives_no_slot_before_the_pause_and_runs_at_h
         chrono::Duration::milliseconds(100),
         "the full rate again"
     );
+}
+
+async fn reconciliation_reads_references_with_saga_status_and_stores_runs_with_their_findings(
+    e: Env,
+) {
+    let s = e.s();
+    let w = worker(s, LONG_TTL).await;
+    let a = start(s, "payout", &[STEP, STEP], None).await;
+    let held = claim_one(s, w, a.id).await;
+    let mut done = transition(SagaStatus::Scheduled, 1);
+    done.output = Some(("s1".to_string(), json!({"payable_id": "pay_r1"})));
+    done.history = vec![entry(HistoryKind::StepCompleted, Some("s1"), Some(1))];
+    let refs = [
+        reference("s1", "payable_id", "pay_r1"),
+        reference("s1", "funding_id", "fund_r1"),
+    ];
+    commit_with_references(s, &held, w, &done, &refs)
+        .await
+        .unwrap();
+    // Only the names asked for, with the saga's status.
+    let found = s
+        .reconciliation_references(&["payable_id", "transaction_id"], None)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        (found[0].saga_id, found[0].status, found[0].value.as_str()),
+        (a.id, SagaStatus::Scheduled, "pay_r1")
+    );
+    assert_eq!(found[0].workflow, "payout");
+    // `since` after the saga's creation leaves it out.
+    let later = Utc::now() + chrono::Duration::seconds(60);
+    assert!(s
+        .reconciliation_references(&["payable_id"], Some(later))
+        .await
+        .unwrap()
+        .is_empty());
+    // Owners by value: only stored values.
+    let owners = s
+        .reference_owners(&["fund_r1".to_string(), "stray".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(owners, [("fund_r1".to_string(), a.id)]);
+
+    // One reconciler at a time: the lease is the first taker's until it expires.
+    let (p1, p2) = (Uuid::new_v4(), Uuid::new_v4());
+    assert!(s
+        .take_reconciler_lease(p1, Duration::from_millis(300))
+        .await
+        .unwrap());
+    assert!(!s
+        .take_reconciler_lease(p2, Duration::from_secs(60))
+        .await
+        .unwrap());
+    assert!(s
+        .take_reconciler_lease(p1, Duration::from_millis(300))
+        .await
+        .unwrap());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(s
+        .take_reconciler_lease(p2, Duration::from_secs(60))
+        .await
+        .unwrap());
+    assert!(!s
+        .take_reconciler_lease(p1, Duration::from_secs(60))
+        .await
+        .unwrap());
+
+    // Runs are stored with their findings in order; the last one is read back.
+    assert!(s.last_reconciliation().await.unwrap().is_none());
+    let finding =
+        |kind: &str, saga: Option<Uuid>, amount: Option<i64>| paysaga_store::DriftRecord {
+            kind: kind.to_string(),
+            provider: "lumanu".to_string(),
+            saga_id: saga,
+            object_id: Some("obj".to_string()),
+            currency: amount.map(|_| "USD".to_string()),
+            amount,
+            detail: format!("{kind} detail"),
+            action: "look".to_string(),
+        };
+    let run = |findings: Vec<paysaga_store::DriftRecord>| paysaga_store::NewReconciliation {
+        started_at: Utc::now(),
+        providers: vec!["lumanu".to_string(), "blaaiz".to_string()],
+        since: Some(Utc::now() - chrono::Duration::days(1)),
+        objects_checked: 7,
+        actor: "test".to_string(),
+        findings,
+    };
+    let first = s
+        .store_reconciliation(&run(vec![finding("status_mismatch", Some(a.id), None)]))
+        .await
+        .unwrap();
+    let second_run = run(vec![
+        finding("unowned_object", None, None),
+        finding("unaccounted_money", None, Some(1234)),
+    ]);
+    let second = s.store_reconciliation(&second_run).await.unwrap();
+    assert!(second > first);
+    let last = s.last_reconciliation().await.unwrap().unwrap();
+    assert_eq!(last.id, second);
+    assert_eq!(last.run.findings, second_run.findings);
+    assert_eq!(last.run.providers, second_run.providers);
+    assert_eq!(last.run.objects_checked, 7);
+    assert_eq!(
+        last.run.since.map(|t| t.timestamp_micros()),
+        second_run.since.map(|t| t.timestamp_micros())
+    );
+    // A kind outside the vocabulary is refused by the table's CHECK.
+    assert!(s
+        .store_reconciliation(&run(vec![finding("made_up", None, None)]))
+        .await
+        .is_err());
+    assert_eq!(s.last_reconciliation().await.unwrap().unwrap().id, second);
 }
 
 /// `connect` picks the store by the URL's scheme and never echoes the rest of the URL.
