@@ -19,4 +19,4 @@ ALTER TABLE paysaga_history ADD CONSTRAINT paysaga_history_kind_check CHECK (kin
     'operator_retry', 'operator_resume', 'operator_skip', 'operator_event', 'event_replayed',
     'effect_marked', 'effect_mark_withdrawn', 'commit_refused', 'saga_released',
     'saga_alert', 'saga_closed', 'operator_reset', 'operator_refused', 'data_revealed',
-    'close_requested'));
+    'step_skipped', 'close_requested'));

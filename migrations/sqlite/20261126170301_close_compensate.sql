@@ -22,7 +22,7 @@ CREATE TABLE paysaga_history_new (
         'operator_retry', 'operator_resume', 'operator_skip', 'operator_event', 'event_replayed',
         'effect_marked', 'effect_mark_withdrawn', 'commit_refused', 'saga_released',
         'saga_alert', 'saga_closed', 'operator_reset', 'operator_refused', 'data_revealed',
-        'close_requested')),
+        'step_skipped', 'close_requested')),
     error   TEXT,
     detail  TEXT    CHECK (detail IS NULL OR json_valid(detail))
 );
