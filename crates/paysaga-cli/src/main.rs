@@ -2,9 +2,9 @@
 //! starting and inspecting sagas.
 
 mod bulk;
-mod console;
-mod children;
 mod bulk_start;
+mod children;
+mod console;
 #[cfg(feature = "dev")]
 mod demo;
 mod documents;

@@ -67,8 +67,8 @@ use crate::{
     Error, EventFilter, EventRecord, HistoryRecord, NewEvent, NewSaga, OperatorAction, SagaFilter,
     SagaRecord, Stats, Store, UnrunnableGroup, WakeupsBox, WorkerInfo,
 };
-use crate::{DriftRecord, NewReconciliation, ReconcileReference, Reconciliation};
 use crate::{DocumentRecord, NewDocument};
+use crate::{DriftRecord, NewReconciliation, ReconcileReference, Reconciliation};
 use crate::{GaugeRequest, GaugeSnapshot};
 use crate::{Pruned, Reaped};
 use paysaga_core::DocumentId;
