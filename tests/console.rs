@@ -152,14 +152,24 @@ async fn browser(logs: &Path) -> (Driver, fantoccini::Client) {
     (driver, client)
 }
 
+/// The page's visible text. The saga page replaces its content every 2 s (live updates): an
+/// element found just before a refresh goes stale, so read it again.
 async fn page_text(client: &fantoccini::Client) -> String {
-    client
-        .find(Locator::Css("body"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    let mut tries = 0;
+    loop {
+        let read = match client.find(Locator::Css("body")).await {
+            Ok(body) => body.text().await,
+            Err(e) => Err(e),
+        };
+        match read {
+            Ok(text) => return text,
+            Err(e) if tries < 10 && format!("{e:?}").contains("StaleElementReference") => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cannot read the page's text: {e}"),
+        }
+    }
 }
 
 async fn wait_status(engine: &Engine, id: Uuid, status: &str, within: Duration) {
