@@ -2212,14 +2212,21 @@ impl Store for PgStore {
         .await?
         .ok_or_else(|| Error::NotFound(format!("saga {id}")))?;
         let saga = saga_from_row(&row)?;
-        if saga.status.is_final() {
-            return Err(Error::Refused(format!(
+        let refusal = if saga.status.is_final() {
+            Err(Error::Refused(format!(
                 "saga {id} is {} and cannot be cancelled{}",
                 saga.status,
                 crate::cancel_refusal_hint(saga.status)
-            )));
+            )))
+        } else {
+            crate::refuse_cancel_while_closing(&saga)
+        };
+        if let Err(refused) = refusal {
+            // Release the row lock now: a dropped transaction rolls back only when its
+            // connection is next used, and a claim meanwhile would skip the locked saga.
+            tx.rollback().await?;
+            return Err(refused);
         }
-        crate::refuse_cancel_while_closing(&saga)?;
         // Make it runnable now (a retry backoff or a wait must not delay a cancel); the
         // holder, if any, applies it after its current step.
         let row = sqlx::query(&format!(
