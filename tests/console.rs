@@ -152,8 +152,9 @@ async fn browser(logs: &Path) -> (Driver, fantoccini::Client) {
     (driver, client)
 }
 
-/// The page's visible text. The saga page replaces its content every 2 s (live updates): an
-/// element found just before a refresh goes stale, so read it again.
+/// The page's visible text. The saga page replaces its content every 2 s (live updates) and a
+/// click may still be loading the next page: an element found just before a refresh goes
+/// stale, and a page being loaded has no body yet, so read it again (for up to 5 s).
 async fn page_text(client: &fantoccini::Client) -> String {
     let mut tries = 0;
     loop {
@@ -163,12 +164,29 @@ async fn page_text(client: &fantoccini::Client) -> String {
         };
         match read {
             Ok(text) => return text,
-            Err(e) if tries < 10 && format!("{e:?}").contains("StaleElementReference") => {
+            Err(_) if tries < 50 => {
                 tries += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => panic!("cannot read the page's text: {e}"),
         }
+    }
+}
+
+/// The page's text once it contains `needle` (after a click that loads another page: the
+/// old page may still be shown for a moment). Fails after 15 s with the text seen.
+async fn text_containing(client: &fantoccini::Client, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = page_text(client).await;
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page did not show {needle:?} within 15 s: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -232,7 +250,7 @@ async fn an_operator_finds_a_parked_lean_payout_reads_why_and_closes_it_in_a_bro
         .unwrap();
 
     // The overview lists it under "Need an operator".
-    let text = page_text(&client).await;
+    let text = text_containing(&client, "Need an operator").await;
     assert!(text.contains("Need an operator"), "{text}");
     assert!(text.contains("alice (operator)"), "{text}");
     screenshot(&client, "overview").await;
@@ -245,6 +263,7 @@ async fn an_operator_finds_a_parked_lean_payout_reads_why_and_closes_it_in_a_bro
         .unwrap();
 
     // Its page says why (the line `paysaga show` prints) and what the provider last said.
+    text_containing(&client, "Timeline").await;
     assert_eq!(
         client.current_url().await.unwrap().path(),
         format!("/sagas/{lean}")
@@ -323,8 +342,7 @@ async fn an_operator_finds_a_parked_lean_payout_reads_why_and_closes_it_in_a_bro
         .click()
         .await
         .unwrap();
-    let text = page_text(&client).await;
-    assert!(text.contains("Confirm: close"), "{text}");
+    let text = text_containing(&client, "Confirm: close").await;
     assert!(
         text.contains("this payout may already have been sent")
             || text.contains("This payout may already have been sent"),
@@ -353,8 +371,7 @@ async fn an_operator_finds_a_parked_lean_payout_reads_why_and_closes_it_in_a_bro
         .unwrap();
 
     // Back on the saga's page: closed, and the history entry names alice.
-    let text = page_text(&client).await;
-    assert!(text.contains("Done: close"), "{text}");
+    text_containing(&client, "Done: close").await;
     let row = client
         .find(Locator::Css("tr.k-saga_closed"))
         .await
@@ -405,7 +422,7 @@ async fn an_operator_finds_a_parked_lean_payout_reads_why_and_closes_it_in_a_bro
         .click()
         .await
         .unwrap();
-    let text = page_text(&client).await;
+    let text = text_containing(&client, "Inbox event").await;
     assert!(
         text.contains("Inbox event") && text.contains("lean"),
         "{text}"

@@ -189,11 +189,15 @@ fn saga_table(rows: &[SagaSummary]) -> Markup {
 }
 
 async fn summaries(c: &Shared, filter: &FilterArgs) -> Result<Vec<SagaSummary>, Failure> {
-    let rows = c
-        .engine
-        .list(&filter.to_filter()?)
-        .await
-        .context("cannot list sagas")?;
+    let rows = match filter.parent {
+        // The children of a campaign's parent (`list --parent`), status and paging applied.
+        Some(parent) => crate::children::list_children(&c.engine, parent, filter).await?,
+        None => c
+            .engine
+            .list(&filter.to_filter()?)
+            .await
+            .context("cannot list sagas")?,
+    };
     let mut names = StepNames::default();
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
@@ -363,6 +367,7 @@ fn filter_from_query(query: &str) -> Result<FilterArgs, Failure> {
             "provider" => f.provider = Some(v),
             "key" => f.key = Some(v),
             "ref" => f.reference = Some(v),
+            "parent" => f.parent = Some(v.parse::<Uuid>().map_err(|e| bad(&k, &v, e.to_string()))?),
             "stuck_for" => {
                 f.stuck_for = Some(v.parse().map_err(|e: humantime::DurationError| {
                     bad(&k, &v, format!("{e}; e.g. 30m or 2h"))
@@ -408,6 +413,9 @@ fn query_at(f: &FilterArgs, offset: u32) -> String {
     }
     if let Some(d) = f.stuck_for {
         pairs.push(("stuck_for", d.to_string().replace(' ', "")));
+    }
+    if let Some(parent) = f.parent {
+        pairs.push(("parent", parent.to_string()));
     }
     if f.alerts {
         pairs.push(("alerts", "1".into()));
@@ -495,6 +503,9 @@ fn cli_flags(f: &FilterArgs) -> String {
     if let Some(d) = f.stuck_for {
         out.push(format!("--stuck-for {}", d.to_string().replace(' ', "")));
     }
+    if let Some(parent) = f.parent {
+        out.push(format!("--parent {parent}"));
+    }
     out.push(format!("--limit {}", f.limit.unwrap_or(PAGE)));
     if f.offset > 0 {
         out.push(format!("--offset {}", f.offset));
@@ -516,6 +527,7 @@ pub(crate) async fn saga(
     Query(q): Query<SagaQuery>,
 ) -> Result<Markup, Failure> {
     let view = crate::privacy::redact_view(c.engine.get(id).await?);
+    let tree = crate::children::tree(&c.engine, id).await?;
     let status = view.saga.observed_status();
     let title = format!("Saga {}", &id.to_string()[..8]);
     let body = html! {
@@ -523,7 +535,7 @@ pub(crate) async fn saga(
         @if let Some(done) = &q.done {
             p.flash { "Done: " (done) " (recorded in the history below with your name)." }
         }
-        div #live data-src={ "/sagas/" (id) "/live" } { (live(&view)) }
+        div #live data-src={ "/sagas/" (id) "/live" } { (live(&view, &tree)) }
         noscript { p.muted { "Reload the page to see changes." } }
         (super::actions::forms(&c, &me, &view))
     };
@@ -536,15 +548,17 @@ pub(crate) async fn saga_live(
     Path(id): Path<Uuid>,
 ) -> Result<Markup, Failure> {
     let view = crate::privacy::redact_view(c.engine.get(id).await?);
-    Ok(live(&view))
+    let tree = crate::children::tree(&c.engine, id).await?;
+    Ok(live(&view, &tree))
 }
 
 fn field<'a>(h: &'a paysaga_store::HistoryRecord, k: &str) -> Option<&'a str> {
     h.detail.as_ref()?.get(k)?.as_str()
 }
 
-/// The saga's state, why, wait, effect, references, the provider's answers and the timeline.
-fn live(v: &SagaView) -> Markup {
+/// The saga's state, why, wait, effect, its campaign tree, references, the provider's
+/// answers and the timeline.
+fn live(v: &SagaView, tree: &crate::children::Tree) -> Markup {
     let s = &v.saga;
     let why = crate::operate::why(v);
     let now = Utc::now();
@@ -590,6 +604,7 @@ fn live(v: &SagaView) -> Markup {
         @for h in &alerts {
             p.alert { "ALERT " (field(h, "alert").unwrap_or_default()) " (step " (h.step.as_deref().unwrap_or("-")) ", " (fmt_time(h.at)) "): " (field(h, "message").unwrap_or_default()) }
         }
+        @if !tree.is_empty() { (campaign_tree(v.saga.id, tree)) }
         @if !v.references.is_empty() {
             h2 { "Provider references" }
             table {
@@ -857,4 +872,38 @@ pub(crate) async fn logout(
 /// Whether `me` may act (the operator role, actions on).
 pub(crate) fn may_act(c: &Shared, me: &Identity) -> bool {
     c.actions && me.role == Role::Operator
+}
+
+/// A child's parent, a parent's children per fan-out step (counts by status, each a link to
+/// the filtered list) and the children that need an operator (`show`'s tree lines).
+fn campaign_tree(id: Uuid, tree: &crate::children::Tree) -> Markup {
+    html! {
+        h2 { "Campaign tree" }
+        @if let Some(p) = &tree.parent {
+            p { "Child of " a.mono href={ "/sagas/" (p.parent) } { (p.parent) }
+                " (fan-out step " (p.step) ", element " (p.index) " with key " span.mono { (p.key) } ")" }
+        }
+        @if !tree.fan_outs.is_empty() {
+            table.tree {
+                thead { tr { th { "Fan-out step" } th.num { "Started" } th.num { "Elements" } th { "Children by status" } } }
+                tbody { @for f in &tree.fan_outs {
+                    tr {
+                        td { (f.step) }
+                        td.num { (f.started) }
+                        td.num { (f.total.map(|t| t.to_string()).unwrap_or_default()) }
+                        td { @for (st, n) in &f.by_status {
+                            a href={ "/sagas?parent=" (id) "&status=" (st.as_str()) } { (status_badge(*st)) " " (n) } " "
+                        } }
+                    }
+                } }
+            }
+            p { a href={ "/sagas?parent=" (id) } { "Every child" } " (" span.mono { "paysaga list --parent " (id) } ")" }
+        }
+        @if !tree.parked.is_empty() {
+            h3 { "Children that need an operator" }
+            ul { @for child in &tree.parked {
+                li { a.mono href={ "/sagas/" (child.id) } { (child.id) } " key " span.mono { (child.key) } ": " (child.error) }
+            } }
+        }
+    }
 }
