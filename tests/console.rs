@@ -4,6 +4,7 @@
 //! with a reason; the history records their identity. Over plain HTTP: no access without
 //! authentication, viewers cannot act, cross-site and token-less POSTs are refused, and an
 //! action on a saga that moved since the operator saw it is refused as in the CLI.
+//! A campaign's page shows its children by status and the child that needs an operator.
 //! Screenshots of each page go to `target/paysaga-artifacts/console/`.
 #![allow(clippy::unwrap_used)]
 
@@ -768,4 +769,158 @@ fn the_console_refuses_to_start_without_authentication() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("without authentication"), "{err}");
+}
+
+/// A creator's payout in a campaign: money goes out, then a confirmation that the test makes
+/// fail for the creators whose input says so (the child then parks: money may have moved).
+const CREATOR_PAYOUT: &str = r#"
+name = "console_creator_payout"
+version = 1
+[[steps]]
+name = "send"
+kind = "test.irreversible"
+[[steps]]
+name = "confirm"
+kind = "test.fail"
+when = { path = "$.input.fail", equals = true }
+"#;
+
+const CAMPAIGN: &str = r#"
+name = "console_campaign"
+version = 1
+[[steps]]
+name = "payees"
+poll_every = "1s"
+fan_out = { workflow = "console_creator_payout", items = "$.input.creators", key = "$.id", input = { fail = "$.item.fail" }, max_in_flight = 10 }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaigns_page_shows_its_children_by_status_and_the_child_that_needs_an_operator() {
+    let h = support::harness().await;
+    h.submit(CREATOR_PAYOUT).await;
+    h.submit(CAMPAIGN).await;
+    let creators = json!([
+        {"id": "ana", "fail": false},
+        {"id": "bo", "fail": true},
+        {"id": "cy", "fail": false},
+    ]);
+    let parent = h
+        .engine
+        .start(
+            "console_campaign",
+            json!({ "creators": creators }),
+            Some("console-campaign"),
+        )
+        .await
+        .unwrap()
+        .saga_id;
+    let worker = support::spawn_worker(&h.engine, support::fast_worker("console-campaign"));
+    // Two children complete, `bo`'s parks; the parent's fan-in waits for it.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let children: Vec<(Uuid, String, String)> = loop {
+        let rows: Vec<(Uuid, String, String)> = sqlx::query_as(
+            "SELECT id, child_key, status FROM paysaga_sagas WHERE parent_id = $1 ORDER BY child_index",
+        )
+        .bind(parent)
+        .fetch_all(&h.pool)
+        .await
+        .unwrap();
+        let statuses: Vec<&str> = rows.iter().map(|r| r.2.as_str()).collect();
+        if statuses == ["completed", "needs_operator", "completed"] {
+            break rows;
+        }
+        assert!(Instant::now() < deadline, "children: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    worker.shutdown().await;
+    let parked = children[1].0;
+
+    let logs = log_dir("console-campaign");
+    let console = ConsoleProcess::start(h.db.url(), &logs.join("console.log"));
+    let c = http();
+    let get = |path: String| {
+        let c = c.clone();
+        let url = console.url(&path);
+        async move {
+            let r = c.get(url).headers(bearer(VICTOR)).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "{path}");
+            r.text().await.unwrap()
+        }
+    };
+
+    // The parent's page: the fan-out step with its children by status, each count a link to
+    // the filtered list, and the child that needs an operator with its error.
+    let page = get(format!("/sagas/{parent}")).await;
+    assert!(page.contains("Campaign tree"), "{page}");
+    assert!(page.contains("<td>payees</td>"), "{page}");
+    assert!(
+        page.contains(&format!("/sagas?parent={parent}&amp;status=completed")),
+        "{page}"
+    );
+    assert!(
+        page.contains(&format!("/sagas?parent={parent}&amp;status=needs_operator")),
+        "{page}"
+    );
+    assert!(page.contains("Children that need an operator"), "{page}");
+    assert!(
+        page.contains(&format!("href=\"/sagas/{parked}\"")),
+        "{page}"
+    );
+    assert!(
+        page.contains("provider refused: 400 invalid account"),
+        "{page}"
+    );
+
+    // `?parent=` lists the three children, and with a status only those.
+    let list = get(format!("/sagas?parent={parent}")).await;
+    for (id, _, _) in &children {
+        assert!(
+            list.contains(&format!("/sagas/{id}")),
+            "{id} missing: {list}"
+        );
+    }
+    let only_parked = get(format!("/sagas?parent={parent}&status=needs_operator")).await;
+    assert!(
+        only_parked.contains(&format!("/sagas/{parked}")),
+        "{only_parked}"
+    );
+    assert!(
+        !only_parked.contains(&format!("/sagas/{}", children[0].0)),
+        "{only_parked}"
+    );
+
+    // A child's page links back to its parent.
+    let child_page = get(format!("/sagas/{parked}")).await;
+    assert!(child_page.contains("Child of"), "{child_page}");
+    assert!(
+        child_page.contains(&format!("href=\"/sagas/{parent}\"")),
+        "{child_page}"
+    );
+
+    // And the campaign page as an operator sees it in a browser.
+    let (_driver, client) = browser(&logs).await;
+    client.goto(&console.url("/")).await.unwrap();
+    client
+        .find(Locator::Css("input[name=token]"))
+        .await
+        .unwrap()
+        .send_keys(VICTOR)
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css("form.login button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    text_containing(&client, "Overview").await;
+    client
+        .goto(&console.url(&format!("/sagas/{parent}")))
+        .await
+        .unwrap();
+    let text = text_containing(&client, "Campaign tree").await;
+    assert!(text.contains("Children that need an operator"), "{text}");
+    screenshot(&client, "campaign").await;
+    client.close().await.unwrap();
 }

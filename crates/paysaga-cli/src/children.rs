@@ -52,7 +52,7 @@ pub struct ParkedChild {
     pub id: Uuid,
     /// Its element's key.
     pub key: String,
-    /// Its last error, cut to 120 characters.
+    /// Its last error, cut to 120 characters (ending in `…` when cut: `show ID` has it whole).
     pub error: String,
 }
 
@@ -126,13 +126,7 @@ pub async fn tree(engine: &Engine, id: Uuid) -> Result<Tree> {
         tree.parked.push(ParkedChild {
             id: child.id,
             key: link.map(|l| l.key).unwrap_or_default(),
-            error: child
-                .last_error
-                .as_deref()
-                .unwrap_or("")
-                .chars()
-                .take(120)
-                .collect(),
+            error: cut(child.last_error.as_deref().unwrap_or(""), 120),
         });
     }
     Ok(tree)
@@ -171,4 +165,24 @@ pub async fn print_tree(engine: &Engine, id: Uuid) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `text` cut to `max` characters, with `…` at the end when something was cut.
+fn cut(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cut;
+
+    #[test]
+    fn a_cut_error_says_it_was_cut() {
+        assert_eq!(cut("short", 120), "short");
+        assert_eq!(cut("abcdef", 3), "abc…");
+        assert_eq!(cut("ééé", 3), "ééé");
+    }
 }
