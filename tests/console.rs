@@ -5,6 +5,7 @@
 //! authentication, viewers cannot act, cross-site and token-less POSTs are refused, and an
 //! action on a saga that moved since the operator saw it is refused as in the CLI.
 //! A campaign's page shows its children by status and the child that needs an operator.
+//! A worker started with `--console` serves the same pages behind the same authentication.
 //! Screenshots of each page go to `target/paysaga-artifacts/console/`.
 #![allow(clippy::unwrap_used)]
 
@@ -923,4 +924,72 @@ async fn a_campaigns_page_shows_its_children_by_status_and_the_child_that_needs_
     assert!(text.contains("Children that need an operator"), "{text}");
     screenshot(&client, "campaign").await;
     client.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_with_console_serves_it_behind_the_same_authentication_next_to_its_probes()
+{
+    let db = paysaga_testkit::database().await;
+    let logs = log_dir("console-worker");
+    let port = free_port();
+    // No sandbox: the worker runs nothing here; only its HTTP surface is looked at.
+    let no_sandbox = free_port();
+    let tokens = format!("alice=operator:{ALICE},victor=viewer:{VICTOR}");
+    let worker = WorkerProcess::start_with_env(
+        db.url(),
+        port,
+        no_sandbox,
+        "w-console",
+        &logs.join("worker.log"),
+        &[
+            ("PAYSAGA_WORKER_CONSOLE", "true"),
+            ("PAYSAGA_CONSOLE_TOKENS", &tokens),
+        ],
+    );
+    let c = http();
+    let url = |path: &str| format!("http://127.0.0.1:{}{path}", worker.port);
+    // The worker's own routes are unchanged.
+    let r = c.get(url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = c.get(url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // The console's are behind its authentication.
+    for path in ["/", "/sagas", "/inbox"] {
+        let r = c.get(url(path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}");
+    }
+    let r = c
+        .get(url("/"))
+        .headers(bearer(VICTOR))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.text().await.unwrap().contains("Overview"));
+    // A cross-site POST is refused as on `paysaga console`.
+    let id = Uuid::new_v4();
+    let r = c
+        .post(url(&format!("/sagas/{id}/cancel")))
+        .headers(bearer(ALICE))
+        .header("origin", "https://evil.example")
+        .form(&[("reason", "x"), ("confirm", "yes")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    drop(worker);
+
+    // Without the console's authentication the worker does not start.
+    let out = Command::new(BIN)
+        .args(["worker", "--console", "--http-addr"])
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .env("DATABASE_URL", db.url())
+        .env_remove("PAYSAGA_CONSOLE_TOKENS")
+        .env_remove("PAYSAGA_CONSOLE_TOKENS_FILE")
+        .env_remove("PAYSAGA_CONSOLE_TRUSTED_IDENTITY_HEADER")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("PAYSAGA_CONSOLE"), "{err}");
 }

@@ -309,6 +309,12 @@ struct WorkerArgs {
     /// The periodic reconciliation's `--grace` (see `paysaga reconcile --help`).
     #[arg(long, env = "PAYSAGA_RECONCILE_GRACE", default_value = "30m")]
     reconcile_grace: humantime::Duration,
+    /// Also serve the operator console (`paysaga console`) on the HTTP address, configured by
+    /// the same `PAYSAGA_CONSOLE_*` variables (tokens or a trusted identity header are
+    /// required). The address also receives the providers' webhooks: expose it only as the
+    /// console's own deployment would be.
+    #[arg(long, env = "PAYSAGA_WORKER_CONSOLE")]
+    console: bool,
 }
 
 /// The built-in `noop.sleep` plus the given provider step kinds.
@@ -731,6 +737,15 @@ fn read_input(arg: &str) -> Result<Value> {
 }
 
 async fn run_worker(db: &Db<'_>, args: WorkerArgs) -> Result<()> {
+    // `--console`: its authentication is checked before anything else is touched.
+    let console_setup = if args.console {
+        let console_args = console::args_from_env()?;
+        let auth = console::auth(&console_args)
+            .context("--console: the console needs its authentication (PAYSAGA_CONSOLE_*)")?;
+        Some((console_args, auth))
+    } else {
+        None
+    };
     let providers = paysaga_providers::ProvidersConfig::from_env().context(
         "provider configuration (PAYSAGA_LUMANU_*, PAYSAGA_BLAAIZ_*, PAYSAGA_LEAN_*) is incomplete",
     )?;
@@ -806,11 +821,18 @@ async fn run_worker(db: &Db<'_>, args: WorkerArgs) -> Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "HTTP server listening");
     let verifiers = paysaga_providers::endpoint::verifiers(&providers);
     tracing::info!(providers = ?verifiers.iter().map(|v| v.provider().to_string()).collect::<Vec<_>>(), "webhook endpoints");
-    let app = paysaga_runtime::http::router(
+    let mut app = paysaga_runtime::http::router(
         engine.clone(),
         verifiers,
         paysaga_runtime::http::DEFAULT_BODY_LIMIT,
     );
+    if let Some((console_args, auth)) = console_setup {
+        tracing::info!(
+            actions = !console_args.no_actions,
+            "operator console served on the HTTP address"
+        );
+        app = app.merge(console::routes(engine.clone(), &console_args, auth));
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let http = tokio::spawn({
         let mut rx = stop_rx.clone();

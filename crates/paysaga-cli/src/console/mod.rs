@@ -116,6 +116,39 @@ pub fn auth(args: &ConsoleArgs) -> Result<auth::Auth> {
     )
 }
 
+/// The console's settings read from the environment alone (`PAYSAGA_CONSOLE_TOKENS`,
+/// `PAYSAGA_CONSOLE_TOKENS_FILE`, `PAYSAGA_CONSOLE_TRUSTED_IDENTITY_HEADER`, ...), for a worker
+/// that serves the console on its own HTTP address (`paysaga worker --console`). Without
+/// authentication configured there this fails: `--insecure-no-auth` is never read from the
+/// environment.
+pub fn args_from_env() -> Result<ConsoleArgs> {
+    #[derive(clap::Parser)]
+    struct FromEnv {
+        #[command(flatten)]
+        args: ConsoleArgs,
+    }
+    use clap::Parser;
+    FromEnv::try_parse_from(["paysaga-worker-console"])
+        .map(|e| e.args)
+        .context("the console settings in the environment (PAYSAGA_CONSOLE_*) are invalid")
+}
+
+/// The console's routes (`/`, `/sagas...`, `/inbox...`, `/login`, `/logout`, `/assets/...`),
+/// each behind its authentication: what `paysaga console` serves, and what a worker started
+/// with `--console` adds to its webhooks, probes and metrics (no path is shared).
+pub fn routes(engine: Engine, args: &ConsoleArgs, auth: auth::Auth) -> Router {
+    // Operator rows written through the console name the console (the actor names the user).
+    let mut detail = serde_json::Map::new();
+    detail.insert("via".into(), serde_json::json!("console"));
+    let engine = engine.with_operator_detail(detail);
+    router(Arc::new(Console {
+        engine,
+        auth,
+        actions: !args.no_actions,
+        stuck_after: args.stuck_after.into(),
+    }))
+}
+
 /// Runs the console until SIGTERM/SIGINT.
 pub async fn run(engine: Engine, args: ConsoleArgs, auth: auth::Auth) -> Result<()> {
     if args.insecure_no_auth {
@@ -124,21 +157,11 @@ pub async fn run(engine: Engine, args: ConsoleArgs, auth: auth::Auth) -> Result<
             "THE CONSOLE IS OPEN WITHOUT AUTHENTICATION (--insecure-no-auth): anyone who reaches it reads every saga"
         );
     }
-    // Operator rows written through the console name the console (the actor names the user).
-    let mut detail = serde_json::Map::new();
-    detail.insert("via".into(), serde_json::json!("console"));
-    let engine = engine.with_operator_detail(detail);
-    let console = Arc::new(Console {
-        engine,
-        auth,
-        actions: !args.no_actions,
-        stuck_after: args.stuck_after.into(),
-    });
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
-    tracing::info!(addr = %listener.local_addr()?, actions = console.actions, "console listening");
-    let app = router(console);
+    tracing::info!(addr = %listener.local_addr()?, actions = !args.no_actions, "console listening");
+    let app = routes(engine, &args, auth);
     paysaga_runtime::http::serve(
         listener,
         app,
