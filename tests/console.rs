@@ -175,6 +175,24 @@ async fn page_text(client: &fantoccini::Client) -> String {
     }
 }
 
+/// Signs in with `token` on the login form the browser shows.
+async fn sign_in(client: &fantoccini::Client, token: &str) {
+    client
+        .find(Locator::Css("input[name=token]"))
+        .await
+        .unwrap()
+        .send_keys(token)
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css("form.login button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
 /// The page's text once it contains `needle` (after a click that loads another page: the
 /// old page may still be shown for a moment). Fails after 15 s with the text seen.
 async fn text_containing(client: &fantoccini::Client, needle: &str) -> String {
@@ -236,20 +254,7 @@ async fn an_operator_finds_a_parked_lean_payout_reads_why_and_closes_it_in_a_bro
     client.goto(&console.url("/")).await.unwrap();
     assert!(page_text(&client).await.contains("Sign in"));
     screenshot(&client, "login").await;
-    client
-        .find(Locator::Css("input[name=token]"))
-        .await
-        .unwrap()
-        .send_keys(ALICE)
-        .await
-        .unwrap();
-    client
-        .find(Locator::Css("form.login button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    sign_in(&client, ALICE).await;
 
     // The overview lists it under "Need an operator".
     let text = text_containing(&client, "Need an operator").await;
@@ -901,20 +906,7 @@ async fn a_campaigns_page_shows_its_children_by_status_and_the_child_that_needs_
     // And the campaign page as an operator sees it in a browser.
     let (_driver, client) = browser(&logs).await;
     client.goto(&console.url("/")).await.unwrap();
-    client
-        .find(Locator::Css("input[name=token]"))
-        .await
-        .unwrap()
-        .send_keys(VICTOR)
-        .await
-        .unwrap();
-    client
-        .find(Locator::Css("form.login button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    sign_in(&client, VICTOR).await;
     text_containing(&client, "Overview").await;
     client
         .goto(&console.url(&format!("/sagas/{parent}")))
