@@ -503,9 +503,6 @@ async fn alert_rules_and_dashboard_pass_promtool_and_name_only_metrics_a_worker_
         .collect();
     // Not exercised here, each for its reason.
     let not_exercised = [
-        // Set by each worker only for workflows that have a saga no live worker can run
-        // (tests/operator_visibility.rs checks it).
-        "paysaga_unrunnable_sagas",
         // Needs a duplicate funding deposit at Lumanu (tests/payouts.rs makes one); its
         // registration is checked below.
         "paysaga_saga_alerts_total",

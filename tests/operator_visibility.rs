@@ -432,7 +432,10 @@ async fn a_saga_no_live_worker_can_run_is_reported_by_show_list_stuck_for_and_th
         ("PAYSAGA_BLAAIZ_API_KEY", ""),
         ("PAYSAGA_BLAAIZ_WEBHOOK_SECRET", ""),
     ];
-    let worker = rig.worker("w-no-blaaiz", &no_blaaiz);
+    // The gauges (the unrunnable count among them) every second instead of every 15.
+    let mut env = no_blaaiz.to_vec();
+    env.push(("PAYSAGA_GAUGE_EVERY", "1s"));
+    let worker = rig.worker("w-no-blaaiz", &env);
     let id = rig.start("blaaiz_kyc_payout", 0).await;
 
     let show = rig.ok(&["show", &id.to_string()]);
@@ -473,12 +476,13 @@ async fn a_saga_no_live_worker_can_run_is_reported_by_show_list_stuck_for_and_th
     wait_metric(1).await;
 
     // A worker with Blaaiz configured starts: the saga runs, and no longer counts.
-    let _full = WorkerProcess::start(
+    let _full = WorkerProcess::start_with_env(
         rig.db.url(),
         free_port(),
         rig.sandbox.port,
         "w-all",
         &rig.logs.join("w-all.log"),
+        &[("PAYSAGA_GAUGE_EVERY", "1s")],
     );
     rig.wait_for(id, "completed", Duration::from_secs(90), |s| {
         s.status == paysaga_core::SagaStatus::Completed

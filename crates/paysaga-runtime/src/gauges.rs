@@ -9,12 +9,15 @@
 //!   started since its last turn, so its cost does not grow with finished sagas. Every worker
 //!   serves the stored result: any instance scraped tells the same, and the gauges outlive the
 //!   worker that computed them by one lease (alert rules take `max` across instances, and
-//!   `paysaga_gauges_computed_timestamp_seconds` says how fresh they are);
+//!   `paysaga_gauges_computed_timestamp_seconds` says how fresh they are); among them
+//!   `paysaga_unrunnable_sagas{workflow}`, the sagas no live worker can run, with a WARN line
+//!   from the computing worker when a workflow's sagas become unrunnable;
 //! - a **WARN line** for each saga that parks for an operator, with `saga_id`, `workflow`,
 //!   `step`, `attempt` and `error` as top-level fields of the JSON log line.
 //!
 //! [`Store::refresh_gauges`]: paysaga_store::Store::refresh_gauges
 
+use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
@@ -145,6 +148,10 @@ pub(crate) fn publish(metrics: &Metrics, snapshot: &GaugeSnapshot) {
             .get_or_create(&wf)
             .set(w.waits_past_deadline);
         g.stuck.get_or_create(&wf).set(w.stuck);
+        metrics
+            .unrunnable_sagas
+            .get_or_create(&wf)
+            .set(w.unrunnable);
         // A counter: it only moves up, by what the database counted since.
         let started = metrics.sagas_started.get_or_create(&wf);
         let total = u64::try_from(w.started).unwrap_or(0);
@@ -163,6 +170,8 @@ pub(crate) fn spawn(engine: Engine, config: GaugeConfig) -> tokio::task::JoinHan
     tokio::spawn(async move {
         let instance = Uuid::new_v4();
         let every = config.every.max(Duration::from_millis(100));
+        // Workflows this process last computed as having sagas no live worker can run.
+        let mut unrunnable: HashSet<String> = HashSet::new();
         loop {
             let request = GaugeRequest {
                 instance,
@@ -174,6 +183,7 @@ pub(crate) fn spawn(engine: Engine, config: GaugeConfig) -> tokio::task::JoinHan
             let snapshot = match engine.store.refresh_gauges(request).await {
                 Ok(Some(computed)) => {
                     debug!("operator gauges computed");
+                    log_unrunnable(&computed, &mut unrunnable);
                     Ok(Some(computed))
                 }
                 Ok(None) => engine.store.gauges().await,
@@ -189,6 +199,19 @@ pub(crate) fn spawn(engine: Engine, config: GaugeConfig) -> tokio::task::JoinHan
             tokio::time::sleep(every).await;
         }
     })
+}
+
+/// The WARN line an operator acts on when a workflow's sagas become unrunnable (logged by the
+/// process that computed the gauges, once per workflow until it is runnable again).
+fn log_unrunnable(snapshot: &GaugeSnapshot, logged: &mut HashSet<String>) {
+    for (workflow, w) in &snapshot.workflows {
+        if w.unrunnable == 0 {
+            logged.remove(workflow);
+        } else if logged.insert(workflow.clone()) {
+            warn!(workflow = %workflow, sagas = w.unrunnable, missing = ?w.missing_kinds,
+                  "sagas no live worker can run: start a worker with their providers configured");
+        }
+    }
 }
 
 /// The WARN line of a saga that parked for an operator (`status` `needs_operator`) after

@@ -110,7 +110,8 @@ pub struct Metrics {
     /// Alerts steps raised (`saga_alert` history rows), by workflow and kind.
     pub saga_alerts: Family<AlertLabels, Counter>,
     /// Unfinished sagas no live worker can run (no live worker has every step kind of their
-    /// definition), by workflow; set by each worker every [`UNRUNNABLE_EVERY`].
+    /// definition), by workflow; from the operator gauges (one worker counts them, every
+    /// worker serves the stored count, see [`crate::gauges`]).
     pub unrunnable_sagas: Family<WorkflowLabels, Gauge>,
     /// The operator gauges, from the database (see [`crate::gauges`]).
     pub gauges: crate::gauges::OperatorGauges,
@@ -125,9 +126,6 @@ pub struct DriftLabels {
     /// `status_mismatch`, `unowned_object`, `unaccounted_money`.
     pub kind: String,
 }
-
-/// How often a worker counts the sagas no live worker can run (`unrunnable_sagas`).
-pub const UNRUNNABLE_EVERY: Duration = Duration::from_secs(5);
 
 impl Default for Metrics {
     fn default() -> Self {

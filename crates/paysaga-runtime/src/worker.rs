@@ -5,7 +5,7 @@
 //! sagas it holds); a saga's fencing token increases at every claim. A step result is
 //! committed only while the worker's lease is live and the token unchanged.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -255,8 +255,6 @@ impl Worker {
         let mut known_due: Option<DateTime<Utc>> = None;
         let mut last_look = start;
         let mut look_every = self.config.idle_poll;
-        let mut last_unrunnable_count: Option<tokio::time::Instant> = None;
-        let mut unrunnable_workflows: HashMap<String, i64> = HashMap::new();
         loop {
             while let Some(done) = tasks.try_join_next() {
                 if let Err(e) = done {
@@ -281,12 +279,6 @@ impl Worker {
             if tokio::time::Instant::now() >= next_document_sweep {
                 next_document_sweep = tokio::time::Instant::now() + document_sweep_every;
                 delete_expired_documents(&shared).await;
-            }
-            if last_unrunnable_count
-                .is_none_or(|at| at.elapsed() >= crate::metrics::UNRUNNABLE_EVERY)
-            {
-                last_unrunnable_count = Some(tokio::time::Instant::now());
-                count_unrunnable(&shared, &mut unrunnable_workflows).await;
             }
             let claim_now =
                 std::mem::take(&mut woken) || known_due.is_some_and(|at| at <= shared.now());
@@ -961,37 +953,6 @@ fn make_storable(t: &mut Transition) {
         w.event_types.iter_mut().for_each(text);
         value(&mut w.state);
     }
-}
-
-/// Sets the `unrunnable_sagas` gauge: unfinished sagas no live worker can run, by workflow
-/// (a workflow counted before and not now goes back to 0).
-async fn count_unrunnable(shared: &Shared, previous: &mut HashMap<String, i64>) {
-    let groups = match shared.engine.store.sagas_no_live_worker_can_run().await {
-        Ok(groups) => groups,
-        Err(e) => {
-            warn!(error = %e, "could not count the sagas no live worker can run; will retry");
-            return;
-        }
-    };
-    let mut counts: HashMap<String, i64> = previous.keys().map(|w| (w.clone(), 0)).collect();
-    for g in &groups {
-        *counts.entry(g.workflow.clone()).or_default() += g.sagas;
-        if previous.get(&g.workflow).copied().unwrap_or(0) == 0 {
-            warn!(workflow = %g.workflow, version = g.version, sagas = g.sagas, missing = ?g.missing_kinds,
-                  "sagas no live worker can run: start a worker with their providers configured");
-        }
-    }
-    for (workflow, n) in &counts {
-        shared
-            .engine
-            .metrics
-            .unrunnable_sagas
-            .get_or_create(&crate::metrics::WorkflowLabels {
-                workflow: workflow.clone(),
-            })
-            .set(*n);
-    }
-    *previous = counts;
 }
 
 /// The references (provider object ids) a completed run of step `index` returned, as its kind

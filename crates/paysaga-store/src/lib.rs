@@ -859,6 +859,7 @@ fn gauge_snapshot(
     now: DateTime<Utc>,
     started: &std::collections::BTreeMap<String, i64>,
     rows: Vec<GaugeRow>,
+    unrunnable: Vec<UnrunnableGroup>,
 ) -> GaugeSnapshot {
     let mut workflows: std::collections::BTreeMap<String, WorkflowGauges> = started
         .iter()
@@ -881,6 +882,15 @@ fn gauge_snapshot(
         }
         g.waits_past_deadline += row.past_deadline;
         g.stuck += row.stuck;
+    }
+    for group in unrunnable {
+        let g = workflows.entry(group.workflow).or_default();
+        g.unrunnable += group.sagas;
+        for kind in group.missing_kinds {
+            if !g.missing_kinds.contains(&kind) {
+                g.missing_kinds.push(kind);
+            }
+        }
     }
     GaugeSnapshot {
         computed_at: now,

@@ -2367,7 +2367,10 @@ impl Store for PgStore {
                 })
             })
             .collect::<Result<Vec<_>, Error>>()?;
-        let snapshot = crate::gauge_snapshot(now, &started, rows);
+        // Sagas no live worker can run: counted here, by the one gauge holder, not by every
+        // worker on its own.
+        let unrunnable = self.sagas_no_live_worker_can_run().await?;
+        let snapshot = crate::gauge_snapshot(now, &started, rows, unrunnable);
         let stored = sqlx::query(
             "UPDATE paysaga_gauges SET computed_at = $2, snapshot = $3, started_until = $4, started = $5
              WHERE id = 1 AND holder = $1",
@@ -3262,7 +3265,7 @@ mod tests {
             !plan.contains("Seq Scan on paysaga_sagas"),
             "list --ref plan:\n{plan}"
         );
-        // The count of sagas no live worker can run (each worker, every 5 s) reads only the
+        // The count of sagas no live worker can run (with the operator gauges, by one worker) reads only the
         // unfinished ones.
         sqlx::raw_sql(
             "INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status, run_at)

@@ -2179,7 +2179,10 @@ impl Store for SqliteStore {
                 })
             })
             .collect::<Result<Vec<_>, Error>>()?;
-        let snapshot = crate::gauge_snapshot(now, &started, rows);
+        // Sagas no live worker can run: counted here, by the one gauge holder, not by every
+        // worker on its own.
+        let unrunnable = self.sagas_no_live_worker_can_run().await?;
+        let snapshot = crate::gauge_snapshot(now, &started, rows, unrunnable);
         let stored = sqlx::query(
             "UPDATE paysaga_gauges SET computed_at = $2, snapshot = $3, started_until = $4, started = $5
              WHERE id = 1 AND holder = $1",

@@ -518,6 +518,13 @@ pub struct WorkflowGauges {
     pub stuck: i64,
     /// Sagas started (created), all time.
     pub started: i64,
+    /// Unfinished sagas that no live worker can run (no live worker has every step kind of
+    /// their definition; [`crate::Store::sagas_no_live_worker_can_run`]).
+    #[serde(default)]
+    pub unrunnable: i64,
+    /// Step kinds those sagas need that no live worker has, for the log line an operator acts on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_kinds: Vec<String>,
 }
 
 /// The answer to [`crate::Store::reap_expired_leases`].

@@ -1527,6 +1527,8 @@ async fn gauges_count_open_sagas_by_status_once_per_lease_and_started_sagas_incr
     let parked = start(s, "alpha", &[STEP], None).await;
     let scheduled = start(s, "beta", &[STEP], None).await;
     let done = start(s, "gamma", &[STEP], None).await;
+    // A kind no live worker has: its saga is unrunnable.
+    start(s, "delta", &["lean.nobody_runs_this"], None).await;
     for c in s.claim(w, &all_kinds(), 16).await.unwrap() {
         let t = if c.saga.id == waiting.id {
             wait_transition("payable:g", Utc::now() - chrono::Duration::seconds(1))
@@ -1584,6 +1586,14 @@ async fn gauges_count_open_sagas_by_status_once_per_lease_and_started_sagas_incr
         "ended sagas are not counted: {gamma:?}"
     );
     assert_eq!(gamma.started, 1);
+    // The sagas no live worker can run are counted with the gauges (by their one holder).
+    let delta = &g.workflows["delta"];
+    assert_eq!(delta.unrunnable, 1, "{delta:?}");
+    assert_eq!(delta.missing_kinds, ["lean.nobody_runs_this"]);
+    assert_eq!(
+        (alpha.unrunnable, beta.unrunnable, gamma.unrunnable),
+        (0, 0, 0)
+    );
     // The next refresh adds only the sagas started since.
     start(s, "beta", &[STEP], None).await;
     let g = s
