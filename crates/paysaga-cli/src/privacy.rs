@@ -54,6 +54,9 @@ pub fn redact(v: &Value) -> Value {
 /// A saga as operators see it by default: input, outputs, history details and the event it
 /// woke on redacted.
 pub fn redact_view(mut view: SagaView) -> SagaView {
+    if let Some(c) = &mut view.saga.concurrency {
+        c.key = redact_concurrency_key(&c.key, &view.saga.input);
+    }
     view.saga.input = redact(&view.saga.input);
     view.saga.outputs = redact(&view.saga.outputs);
     if let Some(event) = &mut view.saga.wake_event {
@@ -68,6 +71,36 @@ pub fn redact_view(mut view: SagaView) -> SagaView {
         }
     }
     view
+}
+
+/// A concurrency key (`<group>:<value>`) whose value is that of a secret-looking field of the
+/// input (a workflow limited per bank account): `<group>:***`.
+pub fn redact_concurrency_key(key: &str, input: &Value) -> String {
+    fn secret_values(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    match v {
+                        Value::String(s) if is_secret(k) => out.push(s.clone()),
+                        Value::Number(n) if is_secret(k) => out.push(n.to_string()),
+                        _ => secret_values(v, out),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| secret_values(v, out)),
+            _ => {}
+        }
+    }
+    let Some((group, value)) = key.split_once(':') else {
+        return key.to_string();
+    };
+    let mut secrets = Vec::new();
+    secret_values(input, &mut secrets);
+    if secrets.iter().any(|s| s == value) {
+        format!("{group}:***")
+    } else {
+        key.to_string()
+    }
 }
 
 /// A `step_skipped` row's `value` is what its condition's path read: redacted when a segment
@@ -161,6 +194,19 @@ mod tests {
         assert_eq!(r["payout"]["bank"]["Account_No"], "***");
         assert_eq!(r["items"][0]["api_key"], "***");
         assert_eq!(r["amount"], 100);
+    }
+
+    #[test]
+    fn a_concurrency_key_on_an_account_number_is_redacted_and_others_are_not() {
+        let input = json!({"payout": {"account_number": "1234567890"}, "workspace": "ws-1"});
+        assert_eq!(
+            redact_concurrency_key("lean_payout:1234567890", &input),
+            "lean_payout:***"
+        );
+        assert_eq!(
+            redact_concurrency_key("funding:ws-1", &input),
+            "funding:ws-1"
+        );
     }
 
     #[test]
