@@ -1095,11 +1095,95 @@ impl Step for AwaitPayout {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn extensions_follow_the_content_type() {
         assert_eq!(extension("image/PNG"), "png");
         assert_eq!(extension("application/pdf; charset=binary"), "pdf");
         assert_eq!(extension("application/octet-stream"), "bin");
+    }
+
+    fn kind(name: &str) -> Arc<dyn StepKind> {
+        super::super::validation_kinds()
+            .into_iter()
+            .find(|k| k.name() == name)
+            .expect("registered")
+    }
+
+    #[test]
+    fn rules_across_fields_are_checked_at_start_and_deferred_values_accepted() {
+        let customer = |c: Value| json!({ "customer": c });
+        let create = kind("blaaiz.create_customer");
+        let business = json!({"type": "Business", "email": "ap@acme.co", "country": "NG",
+                              "id_type": "cac", "id_number": "RC1"});
+        let e = create.validate(&customer(business.clone())).unwrap_err();
+        assert!(e.contains("customer.business_name"), "{e}");
+        let mut named = business;
+        named["business_name"] = json!(null); // decided by an earlier step
+        assert_eq!(create.validate(&customer(named)), Ok(()));
+        let e = create
+            .validate(&customer(json!({"type": "individual", "email": "a@b.co",
+                "country": "NG", "id_type": "passport", "id_number": "A1", "first_name": "Ada"})))
+            .unwrap_err();
+        assert!(e.contains("customer.last_name"), "{e}");
+
+        let upload = kind("blaaiz.upload_documents");
+        let doc = DocumentId::new().to_string();
+        let twice = json!({"customer_id": null, "documents": [
+            {"file_category": "identity", "document_id": doc},
+            {"file_category": "IDENTITY", "document_id": doc}]});
+        let e = upload.validate(&twice).unwrap_err();
+        assert!(
+            e.contains("documents[1].file_category") && e.contains("twice"),
+            "{e}"
+        );
+        let e = upload
+            .validate(&json!({"customer_id": null, "documents": null}))
+            .unwrap_err();
+        assert!(e.contains("documents is required"), "{e}");
+        assert_eq!(upload.documents(&twice).len(), 2);
+
+        let attach = kind("blaaiz.attach_files");
+        assert_eq!(
+            attach.validate(&json!({"customer_id": null, "files": null})),
+            Ok(())
+        );
+        let e = attach
+            .validate(&json!({"customer_id": "c", "files": [
+                {"file_id": "f1", "file_category": "proof_of_address"}]}))
+            .unwrap_err();
+        assert!(e.contains("identity"), "{e}");
+        let e = attach
+            .validate(&json!({"customer_id": "c", "files": [{"file_category": "identity"}]}))
+            .unwrap_err();
+        assert!(e.contains("files[0]") && e.contains("file_id"), "{e}");
+    }
+
+    #[test]
+    fn the_payout_schema_is_derived_with_nested_fields() {
+        let schema = kind("blaaiz.payout").schema().expect("typed");
+        let field = |path: &str| {
+            schema
+                .params
+                .iter()
+                .find(|f| f.path == path)
+                .unwrap_or_else(|| panic!("{path} in {:?}", schema.params))
+        };
+        assert!(field("payout.wallet_id").required);
+        assert_eq!(field("payout.method").ty, paysaga_core::FieldType::String);
+        assert_eq!(field("payout.amount").ty, paysaga_core::FieldType::Integer);
+        assert!(!field("payout.iban").required);
+        assert!(
+            schema
+                .params
+                .iter()
+                .all(|f| f.path != "payout.path" && f.path != "payout._path"),
+            "internal fields stay out of the schema"
+        );
+        let upload = kind("blaaiz.upload_documents").schema().expect("typed");
+        let paths: Vec<&str> = upload.params.iter().map(|f| f.path).collect();
+        assert!(paths.contains(&"documents[].document_id"), "{paths:?}");
+        assert!(!paths.iter().any(|p| p.contains("path")), "{paths:?}");
     }
 }
