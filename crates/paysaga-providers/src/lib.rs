@@ -50,6 +50,8 @@
 //! assert_eq!(event.correlation_key.as_deref(), Some("payable:pay_9"));
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod blaaiz;
 pub mod budget;
 pub mod config;

@@ -369,20 +369,22 @@ pub struct DocumentParam {
     /// id printed by `paysaga documents put`
     #[schemars(with = "String")]
     pub document_id: DocumentId,
-    /// A file path, refused (the worker reads nothing from its own disk).
-    #[serde(rename = "path", default, deserialize_with = "no_file_path")]
+    /// Always `None`: a file path given in place of `document_id` is refused.
     #[schemars(skip)]
-    _path: (),
+    pub path: Option<RefusedFilePath>,
 }
 
-/// Refuses a file path in place of a stored document.
-fn no_file_path<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
-    match Option::<Value>::deserialize(d)? {
-        None => Ok(()),
-        Some(_) => Err(serde::de::Error::custom(
+/// A file path in a document's parameters: never a value, its deserialization refuses it
+/// (the worker reads nothing from its own disk).
+#[derive(Debug, Clone, Copy)]
+pub enum RefusedFilePath {}
+
+impl<'de> Deserialize<'de> for RefusedFilePath {
+    fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom(
             "file paths are not accepted (the worker has no access to the starter's disk); \
              store the file with `paysaga documents put FILE` and give its document_id",
-        )),
+        ))
     }
 }
 
@@ -961,14 +963,14 @@ impl Step for PayoutStep {
             // A payout fixed on the "to" side may show the sent amount: only compare when the
             // currencies agree.
             if t.currency.eq_ignore_ascii_case(&p.currency) && amount != Some(p.amount) {
-                Err(StepOutcome::fail(format!(
+                Err(format!(
                     "payout {} carries this step's reference but its amount is {} {} (expected {} \
                      minor units)",
                     t.id,
                     t.amount.as_str(),
                     t.currency,
                     p.amount
-                )))
+                ))
             } else {
                 Ok(payout_output(&t, &reference, true))
             }
@@ -978,7 +980,7 @@ impl Step for PayoutStep {
             .find_payout_by_reference(&customer_id, &reference)
             .await
         {
-            Ok(Some(t)) => return found(t),
+            Ok(Some(t)) => return found(t).map_err(StepOutcome::fail),
             Ok(None) => {}
             Err(e) => return Err(outcome_for("look up payout by reference", &e)),
         }
@@ -994,7 +996,7 @@ impl Step for PayoutStep {
                     .find_payout_by_reference(&customer_id, &reference)
                     .await
                 {
-                    Ok(Some(t)) => found(t),
+                    Ok(Some(t)) => found(t).map_err(StepOutcome::fail),
                     _ => Err(retry_unknown_effect("create payout", &e)),
                 }
             }
