@@ -473,7 +473,7 @@ impl Step for UploadDocuments {
         "Uploads KYC documents stored with `paysaga documents put` to Blaaiz.";
 
     /// The documents come from the input, never from an earlier step: they are required at
-    /// start, with the rules across them ([`check_documents`]).
+    /// start, with the rules across them: at least one, one per category, an identity document.
     fn validate(&self, params: &Value) -> Result<(), String> {
         if params.get("documents").is_none_or(Value::is_null) {
             return Err("documents is required (the KYC documents, from the saga input)".into());
