@@ -15,6 +15,8 @@
 //! - **compensation**: undoing a completed step's effect after a later step failed.
 //! - **transition**: what the state machine decides after a run ([`Transition`]); the store
 //!   applies it in one transaction.
+//! - **typed step kind**: a [`Step`] names Rust types for its parameters and output and is
+//!   registered as [`Typed`]`(step)`; its [`KindSchema`] is derived from them (see [`typed`]).
 //!
 //! ## Example
 //! ```
@@ -33,6 +35,8 @@
 //! assert_eq!(compiled.steps[0].params.resolve(&scope).unwrap(), serde_json::json!({ "delay_ms": 5 }));
 //! assert!(SagaStatus::Completed.is_final());
 //! ```
+
+#![warn(missing_docs)]
 
 pub mod concurrency;
 pub mod condition;

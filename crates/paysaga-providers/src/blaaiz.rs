@@ -359,7 +359,7 @@ impl<'de> Deserialize<'de> for PresignedUpload {
 }
 
 /// Body of `POST /api/external/customer/{id}/files`: file ids from pre-signed uploads.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default, schemars::JsonSchema)]
 pub struct AttachFiles {
     /// Identity document (starts review).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -49,6 +49,38 @@
 //! assert_eq!(event.event_id, "evt_1");
 //! assert_eq!(event.correlation_key.as_deref(), Some("payable:pay_9"));
 //! ```
+//!
+//! ## Step kinds
+//!
+//! [`steps`] holds the step kinds that the definitions in `workflows/` name (`blaaiz.payout`,
+//! `lean.create_intent`, ...): [`steps::step_kinds`] returns those of the configured providers
+//! for a worker to register, [`steps::validation_kinds`] all of them bound to clients that
+//! reach nothing, for processes that only check definitions and inputs. The Lean and Blaaiz
+//! kinds are typed ([`paysaga_core::Step`]): their parameters are Rust types, checked at start
+//! (a `null`, decided by an earlier step, is accepted), each error naming the field:
+//!
+//! ```
+//! use paysaga_core::StepKind;
+//! use paysaga_providers::steps::validation_kinds;
+//! use serde_json::json;
+//!
+//! let kinds = validation_kinds();
+//! let payout = kinds.iter().find(|k| k.name() == "blaaiz.payout").unwrap();
+//! // `customer_id` comes from the earlier `create_customer` step: `null` at start.
+//! let input = json!({"customer_id": null, "payout": {"wallet_id": "w_1",
+//!     "method": "bank_transfer", "amount": 150_000, "currency": "NGN",
+//!     "account_number": "0123456789"}});
+//! assert_eq!(payout.validate(&input), Ok(()));
+//! let mut refused = input.clone();
+//! refused["payout"]["amount"] = json!(-5);
+//! let err = payout.validate(&refused).unwrap_err();
+//! assert!(err.contains("payout.amount") && err.contains("positive"), "{err}");
+//! // The schema `paysaga kinds blaaiz.payout` prints, derived from the parameter types.
+//! let schema = payout.schema().unwrap();
+//! assert!(schema.params.iter().any(|f| f.path == "payout.wallet_id" && f.required));
+//! ```
+
+#![warn(missing_docs)]
 
 pub mod blaaiz;
 pub mod budget;

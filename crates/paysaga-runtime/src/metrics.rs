@@ -82,6 +82,8 @@ pub struct AlertLabels {
     pub kind: String,
 }
 
+/// Every metric family paysaga records (step runs, saga ends, retries, waits, provider calls,
+/// alerts, worker gauges); one per process, shared by the engine and its workers.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,

@@ -47,7 +47,8 @@ macro_rules! parsed {
     };
 }
 
-fn text(v: &Value) -> Result<String, String> {
+/// A non-empty string, trimmed, or what is wrong with `v`.
+pub(crate) fn text(v: &Value) -> Result<String, String> {
     match v {
         Value::String(s) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
         Value::String(_) => Err("must not be empty".to_owned()),
@@ -218,6 +219,67 @@ impl TextDuration {
     }
 }
 parsed!(TextDuration, "TextDuration", {"type": "string", "format": "duration"});
+
+/// A closed set of text values (`pub enum Method { /// doc Wire => "wire", ... }`), read
+/// case-insensitively (`"Wire"` is `wire`) and refused otherwise with the allowed values named,
+/// with an `enum` JSON Schema.
+macro_rules! one_of {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident { $( $(#[$vmeta:meta])* $variant:ident => $text:literal ),+ $(,)? }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant, )+
+        }
+
+        impl $name {
+            /// Every value, as written in definitions.
+            pub const ALL: &'static [&'static str] = &[$($text),+];
+
+            /// The value as written in definitions.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $( $name::$variant => $text, )+
+                }
+            }
+
+            #[allow(dead_code)]
+            fn parse(v: &::serde_json::Value) -> ::std::result::Result<Self, String> {
+                let s = $crate::steps::parameters::text(v)?;
+                $( if s.eq_ignore_ascii_case($text) { return Ok($name::$variant); } )+
+                Err(format!("must be one of {} (got {s:?})", Self::ALL.join(", ")))
+            }
+        }
+
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl<'de> ::serde::Deserialize<'de> for $name {
+            fn deserialize<D: ::serde::Deserializer<'de>>(d: D) -> ::std::result::Result<Self, D::Error> {
+                let v = <::serde_json::Value as ::serde::Deserialize>::deserialize(d)?;
+                $name::parse(&v).map_err(::serde::de::Error::custom)
+            }
+        }
+
+        impl ::schemars::JsonSchema for $name {
+            fn schema_name() -> ::std::borrow::Cow<'static, str> {
+                ::std::borrow::Cow::Borrowed(stringify!($name))
+            }
+            fn inline_schema() -> bool {
+                true
+            }
+            fn json_schema(_: &mut ::schemars::SchemaGenerator) -> ::schemars::Schema {
+                ::schemars::json_schema!({"type": "string", "enum": [$($text),+]})
+            }
+        }
+    };
+}
+pub(crate) use one_of;
 
 #[cfg(test)]
 mod tests {
