@@ -464,11 +464,16 @@ async fn main() -> ExitCode {
 async fn run() -> Result<()> {
     let cli = Cli::parse();
     // The demo prints its own progress on stdout: only warnings and errors go to stderr.
-    paysaga_log::init(match cli.command {
-        #[cfg(feature = "dev")]
-        Command::Demo => "warn",
-        _ => "info,sqlx=warn",
-    });
+    // With the `otel` feature and an OTLP endpoint, spans are exported too; `_traces` flushes
+    // them when this function returns.
+    let _traces = paysaga_log::init_with_traces(
+        match cli.command {
+            #[cfg(feature = "dev")]
+            Command::Demo => "warn",
+            _ => "info,sqlx=warn",
+        },
+        "paysaga",
+    );
     let url = database_url(cli.database_url.as_deref())?;
     let db = Db {
         url: url.as_deref(),

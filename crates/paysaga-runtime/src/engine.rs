@@ -240,6 +240,7 @@ impl Engine {
                 input: req.input,
                 actor: req.actor,
                 concurrency,
+                trace_context: crate::trace_context::current(),
             })
             .await;
         // Surely not inserted (the key named a saga already): give the documents back. After
@@ -320,6 +321,7 @@ impl Engine {
                 input: req.input,
                 actor: req.actor,
                 concurrency,
+                trace_context: crate::trace_context::current(),
             },
             &ids,
         )

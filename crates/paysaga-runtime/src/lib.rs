@@ -41,6 +41,7 @@ pub mod metrics;
 pub mod noop;
 mod registry;
 mod starts;
+mod trace_context;
 mod worker;
 
 pub use engine::Unrunnable;

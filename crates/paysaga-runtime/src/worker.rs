@@ -313,6 +313,8 @@ impl Worker {
                             let saga = claimed.saga;
                             let span =
                                 info_span!("saga", saga_id = %saga.id, workflow = %saga.workflow);
+                            // Its steps join the trace of its start (feature `otel`).
+                            crate::trace_context::continue_in(&span, saga.trace_context.as_deref());
                             if let Ok(mut running) = shared.running.lock() {
                                 running.insert(saga.id);
                             }

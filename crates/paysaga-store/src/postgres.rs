@@ -35,7 +35,7 @@ const WAKEUP_CHANNEL: &str = "paysaga_wakeup";
 const SAGA_COLUMNS: &str = "id, definition_id, workflow, version, idempotency_key, input, status, \
     step_index, attempt, step_started_at, run_at, owner, fence, outputs, wait, wake_event, \
     last_error, cancel_requested, created_at, updated_at, finished_at, effect_possible, effect_step, \
-    closed_outcome, key_generations, close_requested, concurrency_key, concurrency_limit, concurrency_held";
+    closed_outcome, key_generations, close_requested, concurrency_key, concurrency_limit, concurrency_held, trace_context";
 
 const ACTIVE: &str = "('scheduled', 'retrying', 'waiting', 'compensating')";
 
@@ -677,6 +677,7 @@ fn saga_from_row(row: &PgRow) -> Result<SagaRecord, Error> {
             .map_err(|e| Error::Corrupt(format!("saga key_generations: {e}")))?,
         close_requested: crate::close_request(row.try_get("close_requested")?)?,
         concurrency: concurrency_from_row(row)?,
+        trace_context: row.try_get("trace_context")?,
     })
 }
 
@@ -935,9 +936,10 @@ async fn insert_saga_on(
     let key = new.concurrency.as_ref().map(|c| c.key.clone());
     let inserted = sqlx::query(&format!(
         "INSERT INTO paysaga_sagas (id, definition_id, workflow, version, idempotency_key,
-                                    input, status, run_at, concurrency_key, concurrency_limit)
+                                    input, status, run_at, concurrency_key, concurrency_limit,
+                                    trace_context)
          VALUES ($1, $2, $3, $4, $5, $6, 'scheduled', CASE WHEN $7::text IS NULL THEN now() END,
-                 $7, $8)
+                 $7, $8, $9)
          ON CONFLICT (workflow, idempotency_key) DO NOTHING
          RETURNING {SAGA_COLUMNS}"
     ))
@@ -953,6 +955,7 @@ async fn insert_saga_on(
             .as_ref()
             .map(|c| i32::try_from(c.limit).unwrap_or(i32::MAX)),
     )
+    .bind(&new.trace_context)
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(row) = inserted {
@@ -2917,12 +2920,15 @@ const CHILD_COUNTS_SQL: &str =
 
 /// The children of one batch (`$1`.. `$5` arrays: ids, idempotency keys, inputs, indexes,
 /// item keys; `$6`.. the definition, workflow, version, parent, step), each with its
-/// `saga_started` history row; a key that exists is skipped (`ON CONFLICT DO NOTHING`).
+/// `saga_started` history row and the parent's trace context; a key that exists is skipped
+/// (`ON CONFLICT DO NOTHING`).
 const START_CHILDREN_SQL: &str = "
 WITH ins AS (
     INSERT INTO paysaga_sagas (id, definition_id, workflow, version, idempotency_key, input,
-                               status, run_at, parent_id, parent_step, child_index, child_key)
-    SELECT c.id, $6, $7, $8, c.ikey, c.input, 'scheduled', now(), $9, $10, c.idx, c.key
+                               status, run_at, parent_id, parent_step, child_index, child_key,
+                               trace_context)
+    SELECT c.id, $6, $7, $8, c.ikey, c.input, 'scheduled', now(), $9, $10, c.idx, c.key,
+           (SELECT p.trace_context FROM paysaga_sagas p WHERE p.id = $9)
     FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[], $4::int8[], $5::text[])
          WITH ORDINALITY AS c(id, ikey, input, idx, key, n)
     ORDER BY c.n

@@ -85,7 +85,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const SAGA_COLUMNS: &str = "id, definition_id, workflow, version, idempotency_key, input, status, \
     step_index, attempt, step_started_at, run_at, owner, fence, outputs, wait, wake_event, \
     last_error, cancel_requested, created_at, updated_at, finished_at, effect_possible, effect_step, \
-    closed_outcome, key_generations, close_requested, concurrency_key, concurrency_limit, concurrency_held";
+    closed_outcome, key_generations, close_requested, concurrency_key, concurrency_limit, concurrency_held, trace_context";
 
 const ACTIVE: &str = "('scheduled', 'retrying', 'waiting', 'compensating')";
 /// First line of a migration that must run with foreign keys off (a table rebuild).
@@ -113,7 +113,7 @@ WHERE id IN (
 RETURNING id, definition_id, workflow, version, idempotency_key, input, status, step_index,
     attempt, step_started_at, run_at, owner, fence, outputs, wait, wake_event, last_error,
     cancel_requested, created_at, updated_at, finished_at, effect_possible, effect_step, closed_outcome,
-    key_generations, close_requested, concurrency_key, concurrency_limit, concurrency_held";
+    key_generations, close_requested, concurrency_key, concurrency_limit, concurrency_held, trace_context";
 
 /// Operator rows across sagas, newest first (`$1` since, `$2` actor, `$3` limit); served by
 /// the partial index `paysaga_history_operator` (forced: no statistics on a fresh file).
@@ -393,6 +393,7 @@ fn saga_from_row(row: &SqliteRow) -> Result<SagaRecord, Error> {
             .map_err(|e| Error::Corrupt(format!("saga key_generations: {e}")))?,
         close_requested: crate::close_request(get_opt_json(row, "close_requested")?)?,
         concurrency: concurrency_from_row(row)?,
+        trace_context: row.try_get("trace_context")?,
     })
 }
 
@@ -774,9 +775,9 @@ impl Store for SqliteStore {
         let inserted = sqlx::query(&format!(
             "INSERT INTO paysaga_sagas (id, definition_id, workflow, version, idempotency_key,
                                         input, status, run_at, created_at, updated_at,
-                                        concurrency_key, concurrency_limit)
+                                        concurrency_key, concurrency_limit, trace_context)
              VALUES ($1, $2, $3, $4, $5, $6, 'scheduled', CASE WHEN $8 IS NULL THEN $7 END,
-                     $7, $7, $8, $9)
+                     $7, $7, $8, $9, $10)
              ON CONFLICT (workflow, idempotency_key) DO NOTHING
              RETURNING {SAGA_COLUMNS}"
         ))
@@ -789,6 +790,7 @@ impl Store for SqliteStore {
         .bind(&now)
         .bind(&key)
         .bind(new.concurrency.as_ref().map(|c| i64::from(c.limit)))
+        .bind(&new.trace_context)
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(row) = inserted {
@@ -2417,8 +2419,10 @@ impl Store for SqliteStore {
             let id: Option<String> = sqlx::query_scalar(
                 "INSERT INTO paysaga_sagas (id, definition_id, workflow, version, idempotency_key,
                                             input, status, run_at, created_at, updated_at,
-                                            parent_id, parent_step, child_index, child_key)
-                 VALUES ($1, $2, $3, $4, $5, $6, 'scheduled', $7, $7, $7, $8, $9, $10, $11)
+                                            parent_id, parent_step, child_index, child_key,
+                                            trace_context)
+                 VALUES ($1, $2, $3, $4, $5, $6, 'scheduled', $7, $7, $7, $8, $9, $10, $11,
+                         (SELECT p.trace_context FROM paysaga_sagas p WHERE p.id = $8))
                  ON CONFLICT (workflow, idempotency_key) DO NOTHING
                  RETURNING id",
             )

@@ -48,6 +48,9 @@ pub struct NewSaga {
     /// Its concurrency key and limit (see `paysaga_core::concurrency`), if its definition
     /// declares one: the saga is queued until it holds one of the key's slots.
     pub concurrency: Option<SagaConcurrency>,
+    /// The W3C trace context (`{"traceparent": .., "tracestate": ..}` as JSON) of the span
+    /// that started it, which the worker's spans for it continue (runtime feature `otel`).
+    pub trace_context: Option<String>,
 }
 
 /// A saga's concurrency key: at most `limit` open sagas with the same `key` hold a slot, and
@@ -128,6 +131,9 @@ pub struct SagaRecord {
     /// ([`crate::Store::concurrency_holders`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<SagaConcurrency>,
+    /// The W3C trace context of its start (see [`NewSaga::trace_context`]), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_context: Option<String>,
 }
 
 impl SagaRecord {

@@ -128,6 +128,7 @@ async fn start(store: &dyn Store, workflow: &str, kinds: &[&str], key: Option<&s
             input: json!({"amount": "10.00"}),
             actor: "test".to_string(),
             concurrency: None,
+            trace_context: None,
         })
         .await
         .unwrap();
@@ -371,6 +372,7 @@ async fn start_is_idempotent_per_key_and_a_reused_key_with_another_input_is_refu
         input: first.input.clone(),
         actor: "test".to_string(),
         concurrency: None,
+        trace_context: None,
     };
     let (existing, created) = s.create_saga(same.clone()).await.unwrap();
     assert!(!created);
@@ -419,6 +421,7 @@ async fn concurrent_starts_with_one_key_create_exactly_one_saga(e: Env) {
                     input: json!({"n": 1}),
                     actor: "test".to_string(),
                     concurrency: None,
+                    trace_context: None,
                 })
                 .await
                 .unwrap()
@@ -2055,6 +2058,7 @@ async fn a_start_retried_with_the_same_input_written_differently_returns_the_sag
         input,
         actor: "test".to_string(),
         concurrency: None,
+        trace_context: None,
     };
     let first: Value = serde_json::from_str(
         r#"{"amount_minor": 100, "currency": "NGN", "payee": {"id": "p1", "bank": "058"}}"#,
@@ -3627,6 +3631,7 @@ async fn start_keyed(store: &dyn Store, workflow: &str, key: &str, limit: u32) -
                 limit,
                 holds_slot: false,
             }),
+            trace_context: None,
         })
         .await
         .unwrap();
@@ -3858,6 +3863,7 @@ async fn conditional_steps_whose_condition_fails_are_skipped_with_a_history_row_
             input: json!({"amount": 5}),
             actor: "test".to_string(),
             concurrency: None,
+            trace_context: None,
         })
         .await
         .unwrap();
@@ -4238,4 +4244,54 @@ mod child_sagas {
         cancel_children_asks_every_unfinished_child_to_cancel_and_no_other,
         wake_fan_in_makes_only_an_unheld_waiting_parent_due,
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Tracing across processes (issue 17 item 5)
+
+async fn a_saga_keeps_the_trace_context_of_its_start_and_its_children_inherit_it(env: Env) {
+    let s = env.s();
+    let def = s
+        .put_definition(&definition("traced", 1, &[STEP]))
+        .await
+        .unwrap();
+    let context = r#"{"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}"#;
+    let (parent, created) = s
+        .create_saga(NewSaga {
+            id: Uuid::new_v4(),
+            definition_id: def.id,
+            workflow: "traced".to_string(),
+            version: def.version,
+            idempotency_key: None,
+            input: json!({}),
+            actor: "test".to_string(),
+            concurrency: None,
+            trace_context: Some(context.to_string()),
+        })
+        .await
+        .unwrap();
+    assert!(created);
+    assert_eq!(parent.trace_context.as_deref(), Some(context));
+    let w = worker(s, LONG_TTL).await;
+    // The worker reads it from the claimed row.
+    let held = claim_one(s, w, parent.id).await;
+    assert_eq!(held.trace_context.as_deref(), Some(context));
+    let batch = children(parent.id, 0, &["a", "b"]);
+    assert_eq!(
+        start_children(s, &held, w, held.fence, &batch)
+            .await
+            .unwrap(),
+        2
+    );
+    for c in &batch {
+        assert_eq!(saga(s, c.id).await.trace_context.as_deref(), Some(context));
+    }
+    // A saga started without one has none.
+    let plain = start(s, "untraced", &[STEP], None).await;
+    assert_eq!(saga(s, plain.id).await.trace_context, None);
+}
+
+mod trace_context {
+    use super::*;
+    conformance!(a_saga_keeps_the_trace_context_of_its_start_and_its_children_inherit_it,);
 }
