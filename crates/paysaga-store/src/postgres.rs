@@ -933,9 +933,6 @@ async fn insert_saga_on(
     // A saga with a concurrency key is inserted queued (no run_at) and then given a free slot
     // of its key, if any, under the key's lock (the oldest queued saga of the key first).
     let key = new.concurrency.as_ref().map(|c| c.key.clone());
-    if key.is_none() {
-        return insert_saga_at_once_on(conn, new).await;
-    }
     let inserted = sqlx::query(&format!(
         "INSERT INTO paysaga_sagas (id, definition_id, workflow, version, idempotency_key,
                                     input, status, run_at, concurrency_key, concurrency_limit)
@@ -984,55 +981,6 @@ async fn insert_saga_on(
             .execute(&mut *conn)
             .await?;
         return Ok((saga, true));
-    }
-    // The key exists: committed by a concurrent start (the insert waited for it), or
-    // inserted earlier in this very transaction.
-    let row = sqlx::query(&format!(
-        "SELECT {SAGA_COLUMNS} FROM paysaga_sagas WHERE workflow = $1 AND idempotency_key = $2"
-    ))
-    .bind(&new.workflow)
-    .bind(&new.idempotency_key)
-    .fetch_one(&mut *conn)
-    .await?;
-    crate::existing_for_key(saga_from_row(&row)?, new)
-}
-
-/// [`insert_saga_on`] for a saga without a concurrency key: the saga row, its
-/// `saga_started` history row and the NOTIFY in one statement (one round trip; on the pool
-/// it commits by itself, no `BEGIN`/`COMMIT`). A key already taken inserts nothing and
-/// returns the existing saga as [`insert_saga_on`] does.
-async fn insert_saga_at_once_on(
-    conn: &mut sqlx::PgConnection,
-    new: NewSaga,
-) -> Result<(SagaRecord, bool), Error> {
-    let detail = json!({"definition_id": new.definition_id, "version": new.version,
-                        "idempotency_key": new.idempotency_key});
-    let inserted = sqlx::query(&format!(
-        "WITH s AS (
-             INSERT INTO paysaga_sagas (id, definition_id, workflow, version, idempotency_key,
-                                        input, status, run_at)
-             VALUES ($1, $2, $3, $4, $5, $6, 'scheduled', now())
-             ON CONFLICT (workflow, idempotency_key) DO NOTHING
-             RETURNING {SAGA_COLUMNS}),
-         h AS (
-             INSERT INTO paysaga_history (saga_id, actor, kind, detail)
-             SELECT s.id, $7, 'saga_started', $8 FROM s),
-         n AS (SELECT pg_notify($9, '') FROM s)
-         SELECT {SAGA_COLUMNS}, (SELECT count(*) FROM n) AS notified FROM s"
-    ))
-    .bind(new.id)
-    .bind(new.definition_id)
-    .bind(&new.workflow)
-    .bind(new.version as i32)
-    .bind(&new.idempotency_key)
-    .bind(&new.input)
-    .bind(&new.actor)
-    .bind(&detail)
-    .bind(WAKEUP_CHANNEL)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if let Some(row) = inserted {
-        return Ok((saga_from_row(&row)?, true));
     }
     // The key exists: committed by a concurrent start (the insert waited for it), or
     // inserted earlier in this very transaction.
@@ -1306,11 +1254,6 @@ impl Store for PgStore {
             if let Some(existing) = self.find_saga_by_key(&new.workflow, key).await? {
                 return crate::existing_for_key(existing, new);
             }
-        }
-        if new.concurrency.is_none() {
-            // One statement: it commits by itself.
-            let mut conn = self.pool.acquire().await?;
-            return insert_saga_at_once_on(&mut conn, new).await;
         }
         let mut tx = self.pool.begin().await?;
         let created = insert_saga_on(&mut tx, new).await?;
