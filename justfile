@@ -19,8 +19,9 @@ ci:
 
 # Benchmark suite (issue 6): release build, every scenario on a private PostgreSQL cluster,
 # table on stdout, JSON in target/bench/latest.json. `just bench --quick` for a short run.
+# `--peers`: the peer engine (underway) runs the same workflow in the same run (issue 14).
 bench *ARGS:
-    cargo run --release -p paysaga-bench -- {{ARGS}}
+    cargo run --release -p paysaga-bench -- --peers {{ARGS}}
 
 # Fuzz every cargo-fuzz target for 60 s each (ARGS go to libFuzzer after the time limit).
 # Needs a nightly toolchain and cargo-fuzz: `rustup toolchain install nightly` and

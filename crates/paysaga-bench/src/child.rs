@@ -286,12 +286,56 @@ impl WorkerProc {
         log_dir: &std::path::Path,
         reports: Arc<Reports>,
     ) -> Result<WorkerProc> {
+        let mut cmd = Command::new(std::env::current_exe()?);
+        if let Some(secret) = webhook_secret {
+            // Through the environment, not the command line (visible in `ps`).
+            cmd.env("PAYSAGA_BENCH_WEBHOOK_SECRET", secret);
+        }
+        Self::spawn_child(
+            cmd,
+            "worker-child",
+            url,
+            name,
+            concurrency,
+            log_dir,
+            reports,
+        )
+    }
+
+    /// Starts `paysaga-bench underway-child`: the peer engine's worker (see [`crate::peer`]),
+    /// with the same progress lines and the same stop (stdin closed).
+    pub fn spawn_underway(
+        url: &str,
+        name: &str,
+        concurrency: usize,
+        log_dir: &std::path::Path,
+        reports: Arc<Reports>,
+    ) -> Result<WorkerProc> {
+        let cmd = Command::new(std::env::current_exe()?);
+        Self::spawn_child(
+            cmd,
+            "underway-child",
+            url,
+            name,
+            concurrency,
+            log_dir,
+            reports,
+        )
+    }
+
+    fn spawn_child(
+        mut cmd: Command,
+        subcommand: &str,
+        url: &str,
+        name: &str,
+        concurrency: usize,
+        log_dir: &std::path::Path,
+        reports: Arc<Reports>,
+    ) -> Result<WorkerProc> {
         std::fs::create_dir_all(log_dir)?;
         let log = std::fs::File::create(log_dir.join(format!("{name}.log")))?;
-        let exe = std::env::current_exe()?;
-        let mut cmd = Command::new(exe);
         cmd.args([
-            "worker-child",
+            subcommand,
             "--url",
             url,
             "--name",
@@ -299,10 +343,6 @@ impl WorkerProc {
             "--concurrency",
             &concurrency.to_string(),
         ]);
-        if let Some(secret) = webhook_secret {
-            // Through the environment, not the command line (visible in `ps`).
-            cmd.env("PAYSAGA_BENCH_WEBHOOK_SECRET", secret);
-        }
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

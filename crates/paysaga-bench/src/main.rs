@@ -24,8 +24,10 @@
 
 mod child;
 mod cluster;
+mod delay_proxy;
 mod kinds;
 mod machine;
+mod peer;
 mod report;
 mod scenarios;
 mod stats;
@@ -72,6 +74,19 @@ enum Command {
         #[arg(long, env = "PAYSAGA_BENCH_WEBHOOK_SECRET", hide_env_values = true)]
         webhook_secret: Option<String>,
     },
+    /// Internal: one worker process of the peer engine, underway (started by `--peers`).
+    #[command(hide = true)]
+    UnderwayChild {
+        /// Database URL.
+        #[arg(long)]
+        url: String,
+        /// Worker name.
+        #[arg(long)]
+        name: String,
+        /// Concurrency.
+        #[arg(long)]
+        concurrency: usize,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -86,11 +101,11 @@ struct Opts {
     /// WAL and write-transaction figures are cluster-wide and then include other clients.
     #[arg(long)]
     server: Option<String>,
-    /// Scenarios to run (comma-separated): throughput, wake, claim, single, idle, prune, ratelimit.
+    /// Scenarios to run (comma-separated): throughput, wake, claim, single, idle, prune, ratelimit, peers, scale.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "throughput,wake,claim,single,idle,prune"
+        default_value = "throughput,wake,claim,single,idle,prune,scale"
     )]
     only: Vec<String>,
     /// Sagas in the throughput scenario [default: 10000, quick 1000].
@@ -131,6 +146,17 @@ struct Opts {
     /// Seconds of the latency phase of the throughput scenario [default: 10, quick 2].
     #[arg(long)]
     latency_secs: Option<u64>,
+    /// Also run the peer engine (underway) with the same workflow, sizes and worker
+    /// processes on the same cluster, and print the ratios (scenario `peers`).
+    #[arg(long)]
+    peers: bool,
+    /// Sagas per cell of the scale-out table [default: 3000, quick 300].
+    #[arg(long)]
+    scale_sagas: Option<usize>,
+    /// Round trip added between workers and database in the scale-out table's second
+    /// grid, ms (0: no second grid).
+    #[arg(long, default_value_t = 1.0)]
+    scale_added_rtt_ms: f64,
     /// Keep the databases (and the private cluster) for inspection.
     #[arg(long)]
     keep: bool,
@@ -173,6 +199,14 @@ fn main() -> Result<()> {
                 webhook_secret.as_deref(),
             ))
         }
+        Some(Command::UnderwayChild {
+            url,
+            name,
+            concurrency,
+        }) => {
+            paysaga_log::init("warn");
+            rt.block_on(peer::run_child(&url, &name, concurrency))
+        }
         None => rt.block_on(bench(cli.opts)),
     }
 }
@@ -200,7 +234,7 @@ async fn bench(o: Opts) -> Result<()> {
         .parent()
         .map(|p| p.join("logs"))
         .unwrap_or_else(|| PathBuf::from("logs"));
-    let run = |name: &str| o.only.iter().any(|s| s == name);
+    let run = |name: &str| o.only.iter().any(|s| s == name) || (name == "peers" && o.peers);
 
     let started_at = chrono::Utc::now()
         .format("%Y-%m-%d %H:%M:%S UTC")
@@ -244,6 +278,8 @@ async fn bench(o: Opts) -> Result<()> {
             idle: None,
             prune: None,
             rate_limit: None,
+            peers: None,
+            scale: None,
         };
         if run("throughput") {
             eprintln!("[1,2] throughput and pgbench ceiling");
@@ -273,6 +309,26 @@ async fn bench(o: Opts) -> Result<()> {
             match scenarios::single::run(&server, single, o.concurrency, &log_dir).await {
                 Ok(x) => report.single = Some(x),
                 Err(e) => report.errors.push(format!("single: {e:#}")),
+            }
+        }
+        if run("peers") {
+            eprintln!("[10] peer engine: underway, same workflow and sizes");
+            let cfg = scenarios::peers::Config { jobs: sagas, workers: o.workers, concurrency: o.concurrency, single };
+            match scenarios::peers::run(&server, &cfg, &log_dir).await {
+                Ok(x) => report.peers = Some(x),
+                Err(e) => report.errors.push(format!("peers: {e:#}")),
+            }
+        }
+        if run("scale") {
+            eprintln!("[11] scale-out: 1/2/4 worker processes x concurrency 8/16/32");
+            let mut one_way_delays = vec![std::time::Duration::ZERO];
+            if o.scale_added_rtt_ms > 0.0 {
+                one_way_delays.push(std::time::Duration::from_secs_f64(o.scale_added_rtt_ms / 2000.0));
+            }
+            let cfg = scenarios::scale::Config { sagas: o.scale_sagas.unwrap_or(if q { 300 } else { 3000 }), workers: vec![1, 2, 4], concurrency: vec![8, 16, 32], one_way_delays };
+            match scenarios::scale::run(&server, &cfg, &log_dir).await {
+                Ok(x) => report.scale = Some(x),
+                Err(e) => report.errors.push(format!("scale: {e:#}")),
             }
         }
         if run("idle") {

@@ -56,6 +56,10 @@ pub struct Report {
     pub prune: Option<crate::scenarios::prune::PruneCost>,
     /// Scenario 9: provider rate limits across workers.
     pub rate_limit: Option<crate::scenarios::rate_limit::RateLimitRun>,
+    /// Scenario 10: the peer engine (underway) with the same workflow.
+    pub peers: Option<crate::scenarios::peers::PeerRun>,
+    /// Scenario 11: the scale-out table.
+    pub scale: Option<crate::scenarios::scale::ScaleOut>,
 }
 
 fn verdict(pass: bool) -> String {
@@ -185,11 +189,31 @@ impl Report {
         let single = self.single.as_ref().and_then(|s| s.end_to_end.clone());
         t.push(target(
             "single 5-step saga p50",
-            "< 5 ms",
+            "< 3.5 ms",
             single
                 .as_ref()
-                .map(|p| (format!("{:.2} ms", p.p50_ms), p.p50_ms < 5.0)),
+                .map(|p| (format!("{:.2} ms", p.p50_ms), p.p50_ms < 3.5)),
             "Engine::start call -> finished seen (1 ms polling)".into(),
+        ));
+        let peer_single = self
+            .peers
+            .as_ref()
+            .and_then(|x| x.single_end_to_end.clone());
+        t.push(target(
+            "single saga p50 vs underway's",
+            "< 1.0x",
+            single.as_ref().zip(peer_single.as_ref()).map(|(p, u)| {
+                (
+                    format!(
+                        "{:.2}x ({:.2} / {:.2} ms)",
+                        p.p50_ms / u.p50_ms,
+                        p.p50_ms,
+                        u.p50_ms
+                    ),
+                    p.p50_ms < u.p50_ms,
+                )
+            }),
+            "same run, same polling; `--peers` runs underway".into(),
         ));
         self.evaluate_idle_and_retention(&mut t);
         if let Some(x) = &self.rate_limit {
@@ -216,6 +240,114 @@ impl Report {
             ));
         }
         self.targets = t;
+    }
+
+    /// Scenario 11: steps/s by worker processes x concurrency, direct and with latency.
+    fn render_scale(&self, o: &mut String) {
+        let Some(x) = &self.scale else { return };
+        let _ = writeln!(o, "\n[11] scale-out: {} noop sagas per cell drained by W worker processes x concurrency C", x.sagas_per_cell);
+        if let Some(p) = &x.direct_rtt {
+            let _ = writeln!(o, "  SELECT 1 round trip    direct {}", p.short());
+        }
+        if let Some(p) = &x.proxied_rtt {
+            let _ = writeln!(o, "                         proxied {}", p.short());
+            let _ = writeln!(o, "  ({})", x.method);
+        }
+        let mut rtts: Vec<f64> = x.cells.iter().map(|c| c.added_rtt_ms).collect();
+        rtts.dedup();
+        for rtt in rtts {
+            let _ = writeln!(
+                o,
+                "  steps/s, +{rtt:.1} ms round trip (machine CPU busy %, backend CPU ms/step)"
+            );
+            let _ = writeln!(o, "  {:>10} {:>22} {:>22} {:>22}", "W \\ C", 8, 16, 32);
+            let mut ws: Vec<usize> = x.cells.iter().map(|c| c.workers).collect();
+            ws.sort_unstable();
+            ws.dedup();
+            for w in ws {
+                let row: Vec<String> = x
+                    .cells
+                    .iter()
+                    .filter(|c| c.added_rtt_ms == rtt && c.workers == w)
+                    .map(|c| {
+                        format!(
+                            "{:.0} ({:.0}%, {:.2})",
+                            c.steps_per_s, c.machine_busy_pct, c.backend_cpu_ms_per_step
+                        )
+                    })
+                    .collect();
+                let _ = writeln!(
+                    o,
+                    "  {:>10} {}",
+                    w,
+                    row.iter()
+                        .map(|r| format!("{r:>22}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+            }
+        }
+    }
+
+    /// Scenario 10: the peer's figures next to paysaga's and pgbench's.
+    fn render_peers(&self, o: &mut String) {
+        let Some(u) = &self.peers else { return };
+        let _ = writeln!(o, "\n[10] peers: {} with the same 5-step no-op workflow, {} jobs, {} worker processes x concurrency {}, same cluster", u.engine, u.jobs, u.workers, u.concurrency);
+        let _ = writeln!(o, "  enqueue (no worker)    {:.0} jobs/s", u.enqueue_per_s);
+        let _ = writeln!(o, "  drain                  {:.0} jobs/s, {:.0} steps/s ({} completed, {} steps, {:.1} s)", u.jobs_per_s, u.steps_per_s, u.completed, u.steps, u.drain_seconds);
+        let _ = writeln!(o, "  per step               {:.2} write xacts, {:.2} commits, {:.0} WAL B; CPU (s) workers {:.1}, postgres backends {:.1}", u.write_xacts_per_step, u.commits_per_step, u.wal_bytes_per_step, u.workers_cpu_s, u.postgres_backends_cpu_s);
+        if let Some(p) = &u.single_end_to_end {
+            let _ = writeln!(o, "  single end to end      {}", p.short());
+        }
+        if let Some(p) = &u.single_in_database {
+            let _ = writeln!(o, "  single in the database {}", p.short());
+        }
+        if let Some(p) = &u.single_enqueue_call {
+            let _ = writeln!(o, "  Job::enqueue call      {}", p.short());
+        }
+        let _ = writeln!(
+            o,
+            "  ratios (same run)                paysaga    underway   pgbench 1-row INSERT"
+        );
+        let tp = self.throughput.as_ref();
+        let ps = tp.map(|x| x.drain.steps_per_s);
+        let pg = tp.and_then(|x| x.ceiling_mean_tps);
+        let f = |v: Option<f64>, d: usize| v.map_or("-".to_string(), |v| format!("{v:.d$}"));
+        let _ = writeln!(
+            o,
+            "  steps/s                        {:>9}  {:>9}  {:>9} tps",
+            f(ps, 0),
+            f(Some(u.steps_per_s), 0),
+            f(pg, 0)
+        );
+        let _ = writeln!(
+            o,
+            "  steps/s / pgbench tps          {:>9}  {:>9}",
+            f(ps.zip(pg).map(|(a, b)| a / b), 2),
+            f(pg.map(|b| u.steps_per_s / b), 2)
+        );
+        let _ = writeln!(
+            o,
+            "  paysaga / underway steps/s     {:>9}",
+            f(ps.map(|a| a / u.steps_per_s), 2)
+        );
+        let sp = self
+            .single
+            .as_ref()
+            .and_then(|s| s.end_to_end.as_ref())
+            .map(|p| p.p50_ms);
+        let up = u.single_end_to_end.as_ref().map(|p| p.p50_ms);
+        let _ = writeln!(
+            o,
+            "  single p50 ms                  {:>9}  {:>9}",
+            f(sp, 2),
+            f(up, 2)
+        );
+        let _ = writeln!(
+            o,
+            "  paysaga / underway single p50  {:>9}",
+            f(sp.zip(up).map(|(a, b)| a / b), 2)
+        );
     }
 
     /// The targets of issue 14 items 2 and 5.
@@ -572,7 +704,35 @@ impl Report {
             if let Some(p) = &s.start_call {
                 let _ = writeln!(o, "  Engine::start call     {}", p.short());
             }
+            if let Some(p) = &s.started_to_first_step {
+                let _ = writeln!(o, "  started -> 1st step    {}", p.short());
+            }
+            if let Some(p) = &s.step_to_step {
+                let _ = writeln!(o, "  step -> next step      {}", p.short());
+            }
+            if let Some(v) = s.outside_database_p50_ms {
+                let _ = writeln!(o, "  rest (p50 e2e - p50 in db - p50 start call) {v:.2} ms: start's reply after its insert, last commit's flush and reply, polling");
+            }
+            if !s.statements.is_empty() {
+                let _ = writeln!(
+                    o,
+                    "  statements of the measured phase (per saga = calls / {}):",
+                    s.sagas
+                );
+                let _ = writeln!(o, "    per saga  mean ms  query");
+                for st in &s.statements {
+                    let _ = writeln!(
+                        o,
+                        "    {:>8.2} {:>8.3}  {}",
+                        st.calls as f64 / s.sagas.max(1) as f64,
+                        st.mean_ms,
+                        st.query.chars().take(100).collect::<String>()
+                    );
+                }
+            }
         }
+        self.render_peers(&mut o);
+        self.render_scale(&mut o);
         self.render_idle_and_retention(&mut o);
         for e in &self.errors {
             let _ = writeln!(o, "\nERROR {e}");

@@ -3,8 +3,10 @@
 pub mod claim;
 pub mod idle;
 pub mod memory_wake;
+pub mod peers;
 pub mod prune;
 pub mod rate_limit;
+pub mod scale;
 pub mod single;
 pub mod throughput;
 

@@ -29,6 +29,20 @@ pub struct Single {
     pub in_database: Option<Percentiles>,
     /// The `Engine::start` call alone.
     pub start_call: Option<Percentiles>,
+    /// Where the time goes (history times, database clock, `clock_timestamp()`):
+    /// `saga_started` (inside the start transaction) -> first `step_completed` (the
+    /// start's commit, the NOTIFY to the worker, its claim transaction, the step and its
+    /// commit statement).
+    pub started_to_first_step: Option<Percentiles>,
+    /// One `step_completed` -> the next (one step: its run and its one-statement commit,
+    /// including the previous commit's WAL flush).
+    pub step_to_step: Option<Percentiles>,
+    /// End to end less (start call + in the database): the start's return after its
+    /// insert, the last commit's flush and reply, and the 1 ms polling.
+    pub outside_database_p50_ms: Option<f64>,
+    /// Statements of the measured phase (`pg_stat_statements`, by total server time), to
+    /// count round trips per saga.
+    pub statements: Vec<crate::machine::StatementStat>,
 }
 
 /// Runs scenario 6.
@@ -53,6 +67,9 @@ async fn run_in(setup: &Setup, sagas: usize, concurrency: usize) -> Result<Singl
     let mut ids = Vec::new();
     let warmup = 10;
     for i in 0..warmup + sagas {
+        if i == warmup {
+            crate::machine::reset_statements(&setup.db.url).await.ok();
+        }
         let t = Instant::now();
         let id = setup
             .engine
@@ -83,7 +100,31 @@ async fn run_in(setup: &Setup, sagas: usize, concurrency: usize) -> Result<Singl
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let statements = crate::machine::top_statements(&setup.db.url, 14)
+        .await
+        .unwrap_or_default();
     stop_all(workers).await?;
+    // Gaps between consecutive history entries of each saga.
+    let gaps: Vec<(String, String, f64)> = sqlx::query_as(
+        "SELECT coalesce(lag(kind) OVER w, ''), kind,
+                coalesce(extract(epoch FROM at - lag(at) OVER w)::float8 * 1e6, 0)
+         FROM paysaga_history WHERE saga_id = ANY($1)
+         WINDOW w AS (PARTITION BY saga_id ORDER BY id)",
+    )
+    .bind(&ids as &[Uuid])
+    .fetch_all(&setup.pool)
+    .await
+    .unwrap_or_default();
+    let first: Vec<u64> = gaps
+        .iter()
+        .filter(|g| g.0 == "saga_started" && g.1 == "step_completed")
+        .map(|g| g.2.max(0.0) as u64)
+        .collect();
+    let steps: Vec<u64> = gaps
+        .iter()
+        .filter(|g| g.0 == "step_completed" && g.1 == "step_completed")
+        .map(|g| g.2.max(0.0) as u64)
+        .collect();
     let db: Vec<f64> = sqlx::query_scalar(
         "SELECT extract(epoch FROM c.at - s.at)::float8 * 1e6
          FROM paysaga_history s JOIN paysaga_history c ON c.saga_id = s.saga_id AND c.kind = 'saga_completed'
@@ -92,10 +133,21 @@ async fn run_in(setup: &Setup, sagas: usize, concurrency: usize) -> Result<Singl
     .bind(&ids as &[Uuid])
     .fetch_all(&setup.pool)
     .await?;
+    let end_to_end = Percentiles::from_micros(e2e);
+    let in_database = Percentiles::from_micros(db.iter().map(|v| v.max(0.0) as u64).collect());
+    let start_call = Percentiles::from_micros(start_call);
+    let outside_database_p50_ms = match (&end_to_end, &in_database, &start_call) {
+        (Some(e), Some(d), Some(s)) => Some(e.p50_ms - d.p50_ms - s.p50_ms),
+        _ => None,
+    };
     Ok(Single {
         sagas,
-        end_to_end: Percentiles::from_micros(e2e),
-        in_database: Percentiles::from_micros(db.iter().map(|v| v.max(0.0) as u64).collect()),
-        start_call: Percentiles::from_micros(start_call),
+        end_to_end,
+        in_database,
+        start_call,
+        started_to_first_step: Percentiles::from_micros(first),
+        step_to_step: Percentiles::from_micros(steps),
+        outside_database_p50_ms,
+        statements,
     })
 }
