@@ -410,6 +410,21 @@ impl PgStore {
         }
     }
 
+    /// Asks `parent`'s unfinished children to cancel, in a transaction of its own after the
+    /// parent's (children only: a child's end locks the child, then its parent, so the two
+    /// are never locked in the other order). A failure is logged: the reapers'
+    /// [`Store::cascade_cancels`] does it later.
+    async fn cascade_to_children(&self, parent: Uuid, why: &str) {
+        let detail = crate::cascade_detail(parent, why);
+        if let Err(e) = self
+            .cancel_children(parent, &crate::parent_actor(parent), detail)
+            .await
+        {
+            tracing::warn!(saga_id = %parent, error = %e,
+                  "could not ask the children to cancel; the workers' reaper will");
+        }
+    }
+
     /// Records a commit the fence refused, in a small transaction of its own after the
     /// refusal (the refused transaction wrote nothing and rolled back). Best effort: the
     /// refusal stands even if this row cannot be written.
@@ -2193,6 +2208,10 @@ impl Store for PgStore {
         if let (true, Some(c)) = (t.status.is_ended(), &saga.concurrency) {
             self.hand_over_slot(saga.id, &c.key).await;
         }
+        if crate::operator_cascades(t, &change) {
+            let why = format!("is {} after an action of {}", t.status, a.actor);
+            self.cascade_to_children(saga.id, &why).await;
+        }
         Ok(saga)
     }
 
@@ -2246,6 +2265,9 @@ impl Store for PgStore {
         insert_history(&mut tx, id, None, Some(actor), &[entry]).await?;
         notify(&mut tx).await?;
         tx.commit().await?;
+        // The children now, whether or not a worker serves the parent's workflow.
+        self.cascade_to_children(id, &format!("was asked to cancel by {actor}"))
+            .await;
         saga_from_row(&row)
     }
 
@@ -2719,6 +2741,14 @@ impl Store for PgStore {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    async fn cascade_cancels(&self) -> Result<u64, Error> {
+        let n: i64 = sqlx::query_scalar(CASCADE_CANCELS_SQL)
+            .bind(WAKEUP_CHANNEL)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     async fn wake_fan_in(&self, parent: Uuid) -> Result<bool, Error> {
         let n: i64 = sqlx::query_scalar(
             "WITH u AS (
@@ -2915,6 +2945,30 @@ const CHILD_COUNTS_SQL: &str =
 /// The children of one batch (`$1`.. `$5` arrays: ids, idempotency keys, inputs, indexes,
 /// item keys; `$6`.. the definition, workflow, version, parent, step), each with its
 /// `saga_started` history row; a key that exists is skipped (`ON CONFLICT DO NOTHING`).
+/// The cancel cascade's safety net ([`Store::cascade_cancels`], `$1` the wake-up channel):
+/// unfinished children not asked yet (the partial index `paysaga_sagas_open_children`) whose
+/// parent unwinds or ended otherwise than completed (its primary key), at most 1000 a pass.
+const CASCADE_CANCELS_SQL: &str = "
+WITH c AS (
+    UPDATE paysaga_sagas s SET cancel_requested = true, run_at = now(), updated_at = now()
+    FROM (SELECT k.id, k.parent_id FROM paysaga_sagas k JOIN paysaga_sagas p ON p.id = k.parent_id
+          WHERE k.parent_id IS NOT NULL AND k.status IN ('scheduled', 'retrying', 'waiting')
+            AND NOT k.cancel_requested
+            AND (p.cancel_requested OR p.close_requested IS NOT NULL
+                 OR p.status IN ('compensating', 'compensated', 'cancelled', 'closed'))
+          LIMIT 1000 FOR UPDATE OF k SKIP LOCKED) doomed
+    WHERE s.id = doomed.id
+    RETURNING s.id, s.parent_id),
+h AS (
+    INSERT INTO paysaga_history (saga_id, actor, kind, detail)
+    SELECT c.id, 'parent ' || c.parent_id::text, 'cancel_requested',
+           jsonb_build_object('reason', 'parent saga ' || c.parent_id::text
+                                         || ' unwinds or has ended',
+                              'parent', c.parent_id)
+    FROM c RETURNING 1),
+w AS (SELECT pg_notify($1, '') WHERE EXISTS (SELECT 1 FROM c))
+SELECT (SELECT count(*) FROM h) + 0 * (SELECT count(*) FROM w)";
+
 const START_CHILDREN_SQL: &str = "
 WITH ins AS (
     INSERT INTO paysaga_sagas (id, definition_id, workflow, version, idempotency_key, input,

@@ -1981,6 +1981,11 @@ impl Store for SqliteStore {
         if let (true, Some(c)) = (t.status.is_ended(), &saga.concurrency) {
             admit_in(&mut tx, &c.key).await?;
         }
+        if crate::operator_cascades(t, &change) {
+            let why = format!("is {} after an action of {}", t.status, a.actor);
+            let detail = crate::cascade_detail(saga.id, &why);
+            cancel_children_in(&mut tx, saga.id, &crate::parent_actor(saga.id), &detail).await?;
+        }
         tx.commit().await?;
         self.notify();
         Ok(saga)
@@ -2025,6 +2030,9 @@ impl Store for SqliteStore {
             detail,
         };
         insert_history(&mut tx, id, None, Some(actor), &[entry]).await?;
+        // The children in the same transaction, whether or not a worker serves the parent.
+        let detail = crate::cascade_detail(id, &format!("was asked to cancel by {actor}"));
+        cancel_children_in(&mut tx, id, &crate::parent_actor(id), &detail).await?;
         tx.commit().await?;
         self.notify();
         saga_from_row(&row)
@@ -2566,33 +2574,39 @@ impl Store for SqliteStore {
         actor: &str,
         detail: Value,
     ) -> Result<u64, Error> {
+        let mut tx = self.write_tx().await?;
+        let n = cancel_children_in(&mut tx, parent, actor, &detail).await?;
+        tx.commit().await?;
+        if n > 0 {
+            self.notify();
+        }
+        Ok(n)
+    }
+
+    async fn cascade_cancels(&self) -> Result<u64, Error> {
         let now = ts(Utc::now());
         let mut tx = self.write_tx().await?;
-        let ids: Vec<String> = sqlx::query_scalar(
-            "UPDATE paysaga_sagas SET cancel_requested = 1, run_at = $2, updated_at = $2
-             WHERE parent_id = $1 AND status IN ('scheduled', 'retrying', 'waiting')
-               AND cancel_requested = 0
-             RETURNING id",
-        )
-        .bind(parent.to_string())
-        .bind(&now)
-        .fetch_all(&mut *tx)
-        .await?;
-        for id in &ids {
+        let rows: Vec<(String, String)> = sqlx::query_as(CASCADE_CANCELS_SQL)
+            .bind(&now)
+            .fetch_all(&mut *tx)
+            .await?;
+        for (id, parent) in &rows {
+            let parent = parse_uuid(parent)?;
             let entry = HistoryEntry {
                 kind: HistoryKind::CancelRequested,
                 step: None,
                 attempt: None,
                 error: None,
-                detail: detail.clone(),
+                detail: crate::cascade_detail(parent, "unwinds or has ended"),
             };
-            insert_history(&mut tx, parse_uuid(id)?, None, Some(actor), &[entry]).await?;
+            let actor = crate::parent_actor(parent);
+            insert_history(&mut tx, parse_uuid(id)?, None, Some(&actor), &[entry]).await?;
         }
         tx.commit().await?;
-        if !ids.is_empty() {
+        if !rows.is_empty() {
             self.notify();
         }
-        Ok(ids.len() as u64)
+        Ok(rows.len() as u64)
     }
 
     async fn wake_fan_in(&self, parent: Uuid) -> Result<bool, Error> {
@@ -2797,6 +2811,53 @@ impl Store for SqliteStore {
 /// Sagas retention may delete (`$1` finished before, `$2` the prunable statuses as a JSON
 /// array, `$3` batch size, -1 for all), oldest first: the partial index
 /// `paysaga_sagas_finished`.
+/// The cancel cascade's safety net ([`Store::cascade_cancels`], `$1` now): unfinished
+/// children not asked yet (`paysaga_sagas_open_children`) whose parent unwinds or ended
+/// otherwise than completed, at most 1000 a pass; returns (child, parent).
+const CASCADE_CANCELS_SQL: &str = "
+UPDATE paysaga_sagas SET cancel_requested = 1, run_at = $1, updated_at = $1
+WHERE id IN (
+    SELECT k.id FROM paysaga_sagas k INDEXED BY paysaga_sagas_open_children
+    JOIN paysaga_sagas p ON p.id = k.parent_id
+    WHERE k.parent_id IS NOT NULL AND k.status IN ('scheduled', 'retrying', 'waiting')
+      AND k.cancel_requested = 0
+      AND (p.cancel_requested = 1 OR p.close_requested IS NOT NULL
+           OR p.status IN ('compensating', 'compensated', 'cancelled', 'closed'))
+    LIMIT 1000)
+RETURNING id, parent_id";
+
+/// Asks `parent`'s unfinished children (scheduled, retrying, waiting; not asked yet) to
+/// cancel inside `tx`: a `cancel_requested` history row each; returns how many.
+async fn cancel_children_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    parent: Uuid,
+    actor: &str,
+    detail: &Value,
+) -> Result<u64, Error> {
+    let now = ts(Utc::now());
+    let ids: Vec<String> = sqlx::query_scalar(
+        "UPDATE paysaga_sagas SET cancel_requested = 1, run_at = $2, updated_at = $2
+         WHERE parent_id = $1 AND status IN ('scheduled', 'retrying', 'waiting')
+           AND cancel_requested = 0
+         RETURNING id",
+    )
+    .bind(parent.to_string())
+    .bind(&now)
+    .fetch_all(&mut **tx)
+    .await?;
+    for id in &ids {
+        let entry = HistoryEntry {
+            kind: HistoryKind::CancelRequested,
+            step: None,
+            attempt: None,
+            error: None,
+            detail: detail.clone(),
+        };
+        insert_history(tx, parse_uuid(id)?, None, Some(actor), &[entry]).await?;
+    }
+    Ok(ids.len() as u64)
+}
+
 const PRUNABLE_SQL: &str = "SELECT id FROM paysaga_sagas INDEXED BY paysaga_sagas_finished
      WHERE finished_at IS NOT NULL AND finished_at < $1
        AND status IN (SELECT value FROM json_each($2))

@@ -4220,9 +4220,163 @@ async fn wake_fan_in_makes_only_an_unheld_waiting_parent_due(env: Env) {
     assert!(!s.wake_fan_in(parent.id).await.unwrap(), "already due");
 }
 
+/// The children of `parent` that were asked to cancel by it (`cancel_requested`, a
+/// `cancel_requested` history row with actor `parent <id>`), by key.
+async fn asked_by_parent(s: &dyn Store, parent: Uuid) -> Vec<String> {
+    let mut keys = Vec::new();
+    for c in s.child_sagas(parent, "fan", false).await.unwrap() {
+        let child = saga(s, c.id).await;
+        let rows = s.history(c.id).await.unwrap();
+        let asked = rows
+            .iter()
+            .filter(|h| {
+                h.kind == HistoryKind::CancelRequested
+                    && h.actor.as_deref() == Some(format!("parent {parent}").as_str())
+            })
+            .count();
+        assert_eq!(asked > 0, child.cancel_requested, "{child:?} {rows:?}");
+        assert!(asked <= 1, "asked once: {rows:?}");
+        if asked == 1 {
+            keys.push(c.key);
+        }
+    }
+    keys
+}
+
+/// Claims `id` and gives back every other saga the claim took.
+async fn claim_only(s: &dyn Store, w: Uuid, id: Uuid) -> SagaRecord {
+    let mut held = None;
+    for c in s.claim(w, &all_kinds(), 100).await.unwrap() {
+        if c.saga.id == id {
+            held = Some(c.saga);
+        } else {
+            s.release(c.saga.id, w, c.saga.fence).await.unwrap();
+        }
+    }
+    held.expect("the saga was claimed")
+}
+
+async fn a_cancel_or_close_of_a_parent_asks_its_unfinished_children_to_cancel_with_no_worker_run(
+    env: Env,
+) {
+    use paysaga_core::{CloseRequest, ClosedOutcome};
+    use paysaga_store::OperatorChange;
+    let s = env.s();
+    let w = worker(s, LONG_TTL).await;
+    // A parent waiting in its fan-in, children a (completed), b (parked), c (scheduled):
+    // the cancel request alone (no worker runs the parent afterwards) reaches c only.
+    let fan_in = |key: &'static str| async move {
+        let parent = start(s, "parent", &[STEP], Some(key)).await;
+        let held = claim_only(s, w, parent.id).await;
+        let batch = children(parent.id, 0, &["a", "b", "c"]);
+        start_children(s, &held, w, held.fence, &batch)
+            .await
+            .unwrap();
+        park_parent_in_fan_in(s, &held, w).await;
+        for c in s.claim(w, &all_kinds(), 100).await.unwrap() {
+            let c = c.saga;
+            if c.id == batch[0].id {
+                commit(s, &c, w, &transition(SagaStatus::Completed, 1), None)
+                    .await
+                    .unwrap();
+            } else if c.id == batch[1].id {
+                commit(s, &c, w, &transition(SagaStatus::NeedsOperator, 0), None)
+                    .await
+                    .unwrap();
+            } else {
+                s.release(c.id, w, c.fence).await.unwrap();
+            }
+        }
+        (saga(s, parent.id).await, batch)
+    };
+    let (cancelled, batch) = fan_in("p-cancel").await;
+    s.request_cancel(cancelled.id, "ops:alice", "campaign withdrawn")
+        .await
+        .unwrap();
+    assert_eq!(asked_by_parent(s, cancelled.id).await, ["c"]);
+    assert!(saga(s, batch[2].id).await.run_at.unwrap() <= Utc::now() + chrono::Duration::seconds(1));
+    assert_eq!(
+        saga(s, batch[1].id).await.status,
+        SagaStatus::NeedsOperator,
+        "a parked child stays for its operator"
+    );
+
+    // A parent parked by an operator, then closed (plain) or closed with compensation.
+    let action = |saga: &SagaRecord, t| OperatorAction {
+        saga: saga.id,
+        expect_status: saga.status,
+        expect_step_index: saga.step_index,
+        transition: t,
+        actor: "ops:alice",
+    };
+    let park = |parent: SagaRecord| async move {
+        let held = claim_only(s, w, parent.id).await;
+        commit(s, &held, w, &transition(SagaStatus::NeedsOperator, 0), None)
+            .await
+            .unwrap();
+        saga(s, parent.id).await
+    };
+    let (plain, _) = fan_in("p-close").await;
+    s.wake_fan_in(plain.id).await.unwrap();
+    let plain = park(plain).await;
+    let mut closed = transition(SagaStatus::Closed, 0);
+    closed.history = vec![entry(HistoryKind::SagaClosed, Some("s1"), None)];
+    s.operator_apply_with(
+        action(&plain, &closed),
+        OperatorChange {
+            closed_outcome: Some(ClosedOutcome::NotPaid),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(asked_by_parent(s, plain.id).await, ["c"]);
+
+    let (compensating, _) = fan_in("p-close-compensate").await;
+    s.wake_fan_in(compensating.id).await.unwrap();
+    let compensating = park(compensating).await;
+    let req = CloseRequest {
+        outcome: ClosedOutcome::NotPaid,
+        actor: "ops:alice".to_string(),
+        reason: "campaign withdrawn".to_string(),
+        requested_at: Utc::now(),
+    };
+    let mut unwind = transition(SagaStatus::Compensating, 0);
+    unwind.history = vec![entry(HistoryKind::CloseRequested, Some("s1"), None)];
+    s.operator_apply_with(
+        action(&compensating, &unwind),
+        OperatorChange {
+            close_request: Some(&req),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(asked_by_parent(s, compensating.id).await, ["c"]);
+
+    // Children started after the cancel request (by the run that held the parent then): the
+    // reapers' safety net asks them, once.
+    let late = start(s, "parent", &[STEP], Some("p-late")).await;
+    let held = claim_only(s, w, late.id).await;
+    s.request_cancel(late.id, "ops:alice", "stop").await.unwrap();
+    let batch = children(late.id, 0, &["a", "b"]);
+    start_children(s, &held, w, held.fence, &batch)
+        .await
+        .unwrap();
+    assert!(asked_by_parent(s, late.id).await.is_empty());
+    assert_eq!(s.cascade_cancels().await.unwrap(), 2);
+    assert_eq!(asked_by_parent(s, late.id).await, ["a", "b"]);
+    assert_eq!(s.cascade_cancels().await.unwrap(), 0, "asked once");
+    // A parent moving on normally leaves its children alone.
+    let (running, _) = fan_in("p-running").await;
+    assert_eq!(s.cascade_cancels().await.unwrap(), 0);
+    assert!(asked_by_parent(s, running.id).await.is_empty());
+}
+
 mod child_sagas {
     use super::*;
     conformance!(
+        a_cancel_or_close_of_a_parent_asks_its_unfinished_children_to_cancel_with_no_worker_run,
         fan_out_children_are_started_once_per_key_under_the_parents_fence,
         a_child_that_ends_for_good_counts_itself_and_wakes_its_waiting_parent,
         cancel_children_asks_every_unfinished_child_to_cancel_and_no_other,
