@@ -192,24 +192,66 @@ const RETENTION_LOCK: (i32, i32) = (0x7061_7973, 1);
 /// statuses): the partial index `paysaga_sagas_finished`, oldest first.
 const PRUNABLE_WHERE: &str = "finished_at < now() - make_interval(secs => $1) AND status = ANY($2)";
 
-/// One retention batch (`$1`, `$2` as [`PRUNABLE_WHERE`], `$3` batch size): the sagas
-/// (locked, skipping rows another transaction holds) with their history, waits, consumed
-/// events and documents, each by its index (`paysaga_history_saga`, the primary key of
-/// waits, `paysaga_events_consumed_by`, `paysaga_documents_saga`); the foreign keys are
-/// checked at the end of the statement, when the referencing rows are gone.
+/// One retention batch (`$1`, `$2` as [`PRUNABLE_WHERE`], `$3` batch size), a finished
+/// campaign as a unit: the oldest prunable sagas that are not children of a saga still
+/// stored (a child goes with its parent; a NULL `parent_id` matches no saga) and whose
+/// children are all prunable too (locked,
+/// skipping rows another transaction holds), with their descendants (`paysaga_sagas_children`)
+/// unless one of those is not prunable; then their history, waits, consumed events,
+/// documents and fan-out rows, each by its index (`paysaga_history_saga`, the primary key of
+/// waits, `paysaga_events_consumed_by`, `paysaga_documents_saga`, the primary key of
+/// `paysaga_fan_outs`); the foreign keys are checked at the end of the statement, when the
+/// referencing rows are gone. A campaign's children count in the batch's sagas beyond `$3`.
 fn prune_sql() -> String {
     format!(
-        "WITH doomed AS (
-             SELECT id FROM paysaga_sagas WHERE {PRUNABLE_WHERE}
-             ORDER BY finished_at LIMIT $3
-             FOR UPDATE SKIP LOCKED),
+        "WITH RECURSIVE roots AS (
+             SELECT r.id FROM paysaga_sagas r WHERE {PRUNABLE_WHERE}
+               AND NOT EXISTS (SELECT 1 FROM paysaga_sagas p WHERE p.id = r.parent_id)
+               AND NOT EXISTS (
+                   SELECT 1 FROM paysaga_sagas c
+                   WHERE c.parent_id = r.id
+                     AND NOT (c.finished_at < now() - make_interval(secs => $1)
+                              AND c.status = ANY($2)))
+             ORDER BY r.finished_at LIMIT $3
+             FOR UPDATE OF r SKIP LOCKED),
+         tree (root, id, prunable) AS (
+             SELECT id, id, true FROM roots
+             UNION ALL
+             SELECT t.root, c.id,
+                    coalesce(c.finished_at < now() - make_interval(secs => $1)
+                             AND c.status = ANY($2), false)
+             FROM tree t JOIN paysaga_sagas c ON c.parent_id = t.id
+             WHERE c.parent_id IS NOT NULL),
+         doomed AS (SELECT id FROM tree
+                    WHERE root NOT IN (SELECT root FROM tree WHERE NOT prunable)),
          h AS (DELETE FROM paysaga_history WHERE saga_id IN (SELECT id FROM doomed) RETURNING 1),
          w AS (DELETE FROM paysaga_waits WHERE saga_id IN (SELECT id FROM doomed) RETURNING 1),
          e AS (DELETE FROM paysaga_events WHERE consumed_by IN (SELECT id FROM doomed) RETURNING 1),
          d AS (DELETE FROM paysaga_documents WHERE saga_id IN (SELECT id FROM doomed) RETURNING 1),
+         f AS (DELETE FROM paysaga_fan_outs WHERE parent_id = ANY (ARRAY(SELECT id FROM doomed))
+               RETURNING 1),
          s AS (DELETE FROM paysaga_sagas WHERE id IN (SELECT id FROM doomed) RETURNING 1)
          SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM h), (SELECT count(*) FROM w),
-                (SELECT count(*) FROM e), (SELECT count(*) FROM d)"
+                (SELECT count(*) FROM e), (SELECT count(*) FROM d),
+                0 * (SELECT count(*) FROM f)"
+    )
+}
+
+/// The sagas [`prune_sql`] would delete with no batch limit (`$1`, `$2` as
+/// [`PRUNABLE_WHERE`]): the roots and their children (the dry run's count).
+fn count_prunable_sql() -> String {
+    format!(
+        "WITH roots AS (
+             SELECT r.id FROM paysaga_sagas r WHERE {PRUNABLE_WHERE}
+               AND NOT EXISTS (SELECT 1 FROM paysaga_sagas p WHERE p.id = r.parent_id)
+               AND NOT EXISTS (
+                   SELECT 1 FROM paysaga_sagas c
+                   WHERE c.parent_id = r.id
+                     AND NOT (c.finished_at < now() - make_interval(secs => $1)
+                              AND c.status = ANY($2))))
+         SELECT (SELECT count(*) FROM roots)
+              + (SELECT count(*) FROM paysaga_sagas c
+                 WHERE c.parent_id IS NOT NULL AND c.parent_id IN (SELECT id FROM roots))"
     )
 }
 
@@ -2437,7 +2479,7 @@ impl Store for PgStore {
                 ..Pruned::default()
             });
         }
-        let (sagas, history, waits, events, documents): (i64, i64, i64, i64, i64) =
+        let (sagas, history, waits, events, documents, _): (i64, i64, i64, i64, i64, i64) =
             sqlx::query_as(&prune_sql())
                 .bind(older_than.as_secs_f64())
                 .bind(crate::prunable_statuses())
@@ -2456,9 +2498,7 @@ impl Store for PgStore {
     }
 
     async fn count_prunable(&self, older_than: Duration) -> Result<u64, Error> {
-        let n: i64 = sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM paysaga_sagas WHERE {PRUNABLE_WHERE}"
-        ))
+        let n: i64 = sqlx::query_scalar(&count_prunable_sql())
         .bind(older_than.as_secs_f64())
         .bind(crate::prunable_statuses())
         .fetch_one(&self.pool)
@@ -3419,6 +3459,8 @@ mod tests {
              INSERT INTO paysaga_documents (id, content_type, size, sha256, content, saga_id, content_deleted_at)
                  SELECT gen_random_uuid(), 'image/png', 3, repeat('a', 64), NULL, id, now()
                  FROM paysaga_sagas;
+             INSERT INTO paysaga_fan_outs (parent_id, step)
+                 SELECT id, 'fan' FROM paysaga_sagas;
              ANALYZE;",
         )
         .execute(&pool)
@@ -3471,6 +3513,7 @@ mod tests {
                 "paysaga_history",
                 "paysaga_events",
                 "paysaga_documents",
+                "paysaga_fan_outs",
             ] {
                 assert!(
                     !prune.contains(&format!("Seq Scan on {table}")),
@@ -3478,9 +3521,7 @@ mod tests {
                 );
             }
         }
-        let count: Vec<String> = sqlx::query_scalar(&format!(
-            "EXPLAIN SELECT count(*) FROM paysaga_sagas WHERE {PRUNABLE_WHERE}"
-        ))
+        let count: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", count_prunable_sql()))
         .bind(90.0 * 86_400.0_f64)
         .bind(crate::prunable_statuses())
         .fetch_all(&pool)

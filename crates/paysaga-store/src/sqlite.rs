@@ -2244,14 +2244,21 @@ impl Store for SqliteStore {
             tx.rollback().await?;
             return Ok(Pruned::default());
         }
+        let ids: Vec<String> = sqlx::query_scalar(PRUNABLE_TREES_SQL)
+            .bind(to_json(&ids)?)
+            .bind(prunable_before(older_than))
+            .bind(to_json(&crate::prunable_statuses())?)
+            .fetch_all(&mut *tx)
+            .await?;
         let ids = to_json(&ids)?;
-        let mut deleted = [0_u64; 5];
+        let mut deleted = [0_u64; 6];
         // Children first: the foreign keys are checked per statement.
         for (n, sql) in [
             "DELETE FROM paysaga_history WHERE saga_id IN (SELECT value FROM json_each($1))",
             "DELETE FROM paysaga_waits WHERE saga_id IN (SELECT value FROM json_each($1))",
             "DELETE FROM paysaga_events WHERE consumed_by IN (SELECT value FROM json_each($1))",
             "DELETE FROM paysaga_documents WHERE saga_id IN (SELECT value FROM json_each($1))",
+            "DELETE FROM paysaga_fan_outs WHERE parent_id IN (SELECT value FROM json_each($1))",
             "DELETE FROM paysaga_sagas WHERE id IN (SELECT value FROM json_each($1))",
         ]
         .into_iter()
@@ -2264,7 +2271,7 @@ impl Store for SqliteStore {
                 .rows_affected();
         }
         tx.commit().await?;
-        let [history, waits, events, documents, sagas] = deleted;
+        let [history, waits, events, documents, _fan_outs, sagas] = deleted;
         Ok(Pruned {
             sagas,
             history,
@@ -2276,7 +2283,11 @@ impl Store for SqliteStore {
     }
 
     async fn count_prunable(&self, older_than: Duration) -> Result<u64, Error> {
-        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM ({PRUNABLE_SQL})"))
+        let n: i64 = sqlx::query_scalar(&format!(
+            "SELECT (SELECT count(*) FROM ({PRUNABLE_SQL}))
+                  + (SELECT count(*) FROM paysaga_sagas INDEXED BY paysaga_sagas_children
+                     WHERE parent_id IN ({PRUNABLE_SQL}))"
+        ))
             .bind(prunable_before(older_than))
             .bind(to_json(&crate::prunable_statuses())?)
             .bind(-1_i64)
@@ -2808,9 +2819,6 @@ impl Store for SqliteStore {
     }
 }
 
-/// Sagas retention may delete (`$1` finished before, `$2` the prunable statuses as a JSON
-/// array, `$3` batch size, -1 for all), oldest first: the partial index
-/// `paysaga_sagas_finished`.
 /// The cancel cascade's safety net ([`Store::cascade_cancels`], `$1` now): unfinished
 /// children not asked yet (`paysaga_sagas_open_children`) whose parent unwinds or ended
 /// otherwise than completed, at most 1000 a pass; returns (child, parent).
@@ -2858,10 +2866,35 @@ async fn cancel_children_in(
     Ok(ids.len() as u64)
 }
 
-const PRUNABLE_SQL: &str = "SELECT id FROM paysaga_sagas INDEXED BY paysaga_sagas_finished
-     WHERE finished_at IS NOT NULL AND finished_at < $1
-       AND status IN (SELECT value FROM json_each($2))
-     ORDER BY finished_at LIMIT $3";
+/// The roots of the campaigns retention may delete (`$1` finished before, `$2` the prunable
+/// statuses as a JSON array, `$3` batch size, -1 for all), oldest first (the partial index
+/// `paysaga_sagas_finished`): prunable sagas that are not children of a saga still stored (a
+/// child goes with its parent) and whose children are all prunable too.
+const PRUNABLE_SQL: &str = "SELECT r.id FROM paysaga_sagas r INDEXED BY paysaga_sagas_finished
+     WHERE r.finished_at IS NOT NULL AND r.finished_at < $1
+       AND r.status IN (SELECT value FROM json_each($2))
+       AND (r.parent_id IS NULL
+            OR NOT EXISTS (SELECT 1 FROM paysaga_sagas p WHERE p.id = r.parent_id))
+       AND NOT EXISTS (
+           SELECT 1 FROM paysaga_sagas c INDEXED BY paysaga_sagas_children
+           WHERE c.parent_id = r.id
+             AND NOT (c.finished_at IS NOT NULL AND c.finished_at < $1
+                      AND c.status IN (SELECT value FROM json_each($2))))
+     ORDER BY r.finished_at LIMIT $3";
+
+/// The sagas of the campaigns rooted at `$1` (a JSON array of ids): each root with its
+/// descendants (`paysaga_sagas_children`), unless one of those is not prunable (`$2`, `$3`
+/// as [`PRUNABLE_SQL`]'s `$1`, `$2`).
+const PRUNABLE_TREES_SQL: &str = "WITH RECURSIVE tree (root, id) AS (
+         SELECT value, value FROM json_each($1)
+         UNION ALL
+         SELECT t.root, c.id FROM tree t
+         JOIN paysaga_sagas c INDEXED BY paysaga_sagas_children ON c.parent_id = t.id),
+     blocked AS (
+         SELECT DISTINCT t.root FROM tree t JOIN paysaga_sagas b ON b.id = t.id
+         WHERE NOT (b.finished_at IS NOT NULL AND b.finished_at < $2
+                    AND b.status IN (SELECT value FROM json_each($3))))
+     SELECT id FROM tree WHERE root NOT IN (SELECT root FROM blocked)";
 
 /// The cut-off of retention: now minus `older_than`.
 fn prunable_before(older_than: Duration) -> String {

@@ -4373,9 +4373,117 @@ async fn a_cancel_or_close_of_a_parent_asks_its_unfinished_children_to_cancel_wi
     assert!(asked_by_parent(s, running.id).await.is_empty());
 }
 
+/// A campaign: a parent whose fan-out started children `ends.len()` children, child `i`
+/// ending with `ends[i]` (or left scheduled), then the parent ending with `parent_end` (or
+/// left waiting in its fan-in). Returns the parent and the children's ids.
+async fn campaign_with(
+    s: &dyn Store,
+    w: Uuid,
+    key: &str,
+    ends: &[Option<SagaStatus>],
+    parent_end: Option<SagaStatus>,
+) -> (Uuid, Vec<Uuid>) {
+    let parent = start(s, "parent", &[STEP], Some(key)).await;
+    let held = claim_only(s, w, parent.id).await;
+    let keys: Vec<String> = (0..ends.len()).map(|i| format!("{key}-{i}")).collect();
+    let keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
+    let batch = children(parent.id, 0, &keys);
+    start_children(s, &held, w, held.fence, &batch)
+        .await
+        .unwrap();
+    park_parent_in_fan_in(s, &held, w).await;
+    for (c, end) in batch.iter().zip(ends) {
+        if let Some(status) = end {
+            let child = claim_only(s, w, c.id).await;
+            commit(s, &child, w, &transition(*status, 1), None)
+                .await
+                .unwrap();
+        }
+    }
+    if let Some(status) = parent_end {
+        let p = claim_only(s, w, parent.id).await;
+        commit(s, &p, w, &transition(status, 1), None).await.unwrap();
+    }
+    (parent.id, batch.iter().map(|c| c.id).collect())
+}
+
+async fn prune_deletes_a_finished_campaign_as_a_unit_and_never_leaves_a_child_or_fan_out_row_behind(
+    env: Env,
+) {
+    let s = env.s();
+    let w = worker(s, LONG_TTL).await;
+    let done = Some(SagaStatus::Completed);
+    // Finished, every child finished: pruned with its children and fan-out row.
+    let (finished, finished_children) =
+        campaign_with(s, w, "finished", &[done, Some(SagaStatus::Cancelled), done], done).await;
+    // Ended (cancelled), one child still unwinding: nothing of it goes.
+    let (unwinding, unwinding_children) = campaign_with(
+        s,
+        w,
+        "unwinding",
+        &[done, None],
+        Some(SagaStatus::Cancelled),
+    )
+    .await;
+    // Still waiting for its children, two of them finished: they stay with their parent.
+    let (open, open_children) = campaign_with(s, w, "open", &[done, done, None], None).await;
+    // A parked child keeps its finished parent.
+    let (parked, parked_children) = campaign_with(
+        s,
+        w,
+        "parked",
+        &[done, Some(SagaStatus::NeedsOperator)],
+        Some(SagaStatus::Compensated),
+    )
+    .await;
+    let single = start(s, "flow", &[STEP], Some("single")).await;
+    let held = claim_only(s, w, single.id).await;
+    commit(s, &held, w, &transition(SagaStatus::Completed, 1), None)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        s.count_prunable(Duration::ZERO).await.unwrap(),
+        1 + 3 + 1,
+        "the finished campaign and the single saga"
+    );
+    // A batch of one root takes the whole campaign (or the single saga first).
+    let mut pruned = 0;
+    for _ in 0..5 {
+        let p = s.prune_finished(Duration::ZERO, 1).await.unwrap();
+        if p.sagas == 0 {
+            break;
+        }
+        assert!(p.sagas == 1 || p.sagas == 4, "{p:?}");
+        pruned += p.sagas;
+    }
+    assert_eq!(pruned, 5);
+    assert!(s.saga(finished).await.unwrap().is_none());
+    for c in &finished_children {
+        assert!(s.saga(*c).await.unwrap().is_none(), "child pruned with its parent");
+        assert!(s.history(*c).await.unwrap().is_empty());
+    }
+    assert_eq!(s.fan_out_progress(finished, "fan").await.unwrap(), None);
+    assert!(s.saga(single.id).await.unwrap().is_none());
+    for (parent, kids) in [
+        (unwinding, &unwinding_children),
+        (open, &open_children),
+        (parked, &parked_children),
+    ] {
+        assert!(s.saga(parent).await.unwrap().is_some());
+        assert!(s.fan_out_progress(parent, "fan").await.unwrap().is_some());
+        for c in kids.iter() {
+            let child = s.saga(*c).await.unwrap().expect("a child stays with its parent");
+            assert_eq!(s.parent_of(child.id).await.unwrap().unwrap().parent, parent);
+        }
+    }
+    assert_eq!(s.count_prunable(Duration::ZERO).await.unwrap(), 0);
+}
+
 mod child_sagas {
     use super::*;
     conformance!(
+        prune_deletes_a_finished_campaign_as_a_unit_and_never_leaves_a_child_or_fan_out_row_behind,
         a_cancel_or_close_of_a_parent_asks_its_unfinished_children_to_cancel_with_no_worker_run,
         fan_out_children_are_started_once_per_key_under_the_parents_fence,
         a_child_that_ends_for_good_counts_itself_and_wakes_its_waiting_parent,
