@@ -170,7 +170,26 @@ pub(crate) async fn run_fan_out(
                     child.key, child.index
                 )));
             }
+            // A child of a workflow with `[concurrency]` takes a slot of its key like any
+            // saga started with `Engine::start`.
+            let concurrency = match &record.definition.concurrency {
+                None => None,
+                Some(c) => match c.key_for(&record.name, &child.input) {
+                    Ok(key) => Some(paysaga_store::SagaConcurrency {
+                        key,
+                        limit: c.limit,
+                        holds_slot: false,
+                    }),
+                    Err(reason) => {
+                        return done(StepOutcome::fail(format!(
+                            "fan-out {name}: child {:?} (element {}) has no concurrency key: {reason}",
+                            child.key, child.index
+                        )))
+                    }
+                },
+            };
             new.push(NewChild {
+                concurrency,
                 id: Uuid::new_v4(),
                 index: child.index,
                 idempotency_key: child_idempotency_key(saga.id, name, &child.key),

@@ -2635,6 +2635,20 @@ impl Store for PgStore {
             .map(|c| i64::try_from(c.index).unwrap_or(i64::MAX))
             .collect();
         let item_keys: Vec<&str> = req.children.iter().map(|c| c.key.as_str()).collect();
+        let ckeys: Vec<Option<&str>> = req
+            .children
+            .iter()
+            .map(|c| c.concurrency.as_ref().map(|k| k.key.as_str()))
+            .collect();
+        let climits: Vec<Option<i32>> = req
+            .children
+            .iter()
+            .map(|c| {
+                c.concurrency
+                    .as_ref()
+                    .map(|k| i32::try_from(k.limit).unwrap_or(i32::MAX))
+            })
+            .collect();
         let inserted: i64 = sqlx::query_scalar(START_CHILDREN_SQL)
             .bind(&ids)
             .bind(&keys)
@@ -2646,8 +2660,18 @@ impl Store for PgStore {
             .bind(req.version as i32)
             .bind(req.parent)
             .bind(req.step)
+            .bind(&ckeys)
+            .bind(&climits)
             .fetch_one(&mut *tx)
             .await?;
+        // Children with a concurrency key were inserted queued: they take free slots of
+        // their keys as any started saga (lock order: parent row, then each key's lock).
+        let mut keys_seen: Vec<&str> = ckeys.iter().flatten().copied().collect();
+        keys_seen.sort_unstable();
+        keys_seen.dedup();
+        for key in keys_seen {
+            admit_on(&mut tx, key).await?;
+        }
         notify(&mut tx).await?;
         tx.commit().await?;
         Ok(u64::try_from(inserted).unwrap_or(0))
@@ -3012,10 +3036,13 @@ SELECT (SELECT count(*) FROM h) + 0 * (SELECT count(*) FROM w)";
 const START_CHILDREN_SQL: &str = "
 WITH ins AS (
     INSERT INTO paysaga_sagas (id, definition_id, workflow, version, idempotency_key, input,
-                               status, run_at, parent_id, parent_step, child_index, child_key)
-    SELECT c.id, $6, $7, $8, c.ikey, c.input, 'scheduled', now(), $9, $10, c.idx, c.key
-    FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[], $4::int8[], $5::text[])
-         WITH ORDINALITY AS c(id, ikey, input, idx, key, n)
+                               status, run_at, parent_id, parent_step, child_index, child_key,
+                               concurrency_key, concurrency_limit)
+    SELECT c.id, $6, $7, $8, c.ikey, c.input, 'scheduled',
+           CASE WHEN c.ckey IS NULL THEN now() END, $9, $10, c.idx, c.key, c.ckey, c.climit
+    FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[], $4::int8[], $5::text[], $11::text[],
+                $12::int4[])
+         WITH ORDINALITY AS c(id, ikey, input, idx, key, ckey, climit, n)
     ORDER BY c.n
     ON CONFLICT (workflow, idempotency_key) DO NOTHING
     RETURNING id, idempotency_key, child_key),

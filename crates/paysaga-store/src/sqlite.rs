@@ -2433,8 +2433,10 @@ impl Store for SqliteStore {
             let id: Option<String> = sqlx::query_scalar(
                 "INSERT INTO paysaga_sagas (id, definition_id, workflow, version, idempotency_key,
                                             input, status, run_at, created_at, updated_at,
-                                            parent_id, parent_step, child_index, child_key)
-                 VALUES ($1, $2, $3, $4, $5, $6, 'scheduled', $7, $7, $7, $8, $9, $10, $11)
+                                            parent_id, parent_step, child_index, child_key,
+                                            concurrency_key, concurrency_limit)
+                 VALUES ($1, $2, $3, $4, $5, $6, 'scheduled', CASE WHEN $12 IS NULL THEN $7 END,
+                         $7, $7, $8, $9, $10, $11, $12, $13)
                  ON CONFLICT (workflow, idempotency_key) DO NOTHING
                  RETURNING id",
             )
@@ -2449,6 +2451,8 @@ impl Store for SqliteStore {
             .bind(req.step)
             .bind(i64::try_from(child.index).unwrap_or(i64::MAX))
             .bind(&child.key)
+            .bind(child.concurrency.as_ref().map(|c| c.key.as_str()))
+            .bind(child.concurrency.as_ref().map(|c| i64::from(c.limit)))
             .fetch_optional(&mut *tx)
             .await?;
             if id.is_some() {
@@ -2466,6 +2470,18 @@ impl Store for SqliteStore {
                 let actor = format!("parent {}", req.parent);
                 insert_history(&mut tx, child.id, None, Some(&actor), &[entry]).await?;
             }
+        }
+        // Children with a concurrency key were inserted queued: they take free slots of
+        // their keys as any started saga.
+        let mut keys: Vec<&str> = req
+            .children
+            .iter()
+            .filter_map(|c| c.concurrency.as_ref().map(|k| k.key.as_str()))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            admit_in(&mut tx, key).await?;
         }
         tx.commit().await?;
         self.notify();

@@ -3956,6 +3956,7 @@ fn children(parent: Uuid, from: u64, keys: &[&str]) -> Vec<paysaga_store::NewChi
             key: k.to_string(),
             idempotency_key: paysaga_core::child_idempotency_key(parent, "fan", k),
             input: json!({"creator": k}),
+            concurrency: None,
         })
         .collect()
 }
@@ -4480,9 +4481,57 @@ async fn prune_deletes_a_finished_campaign_as_a_unit_and_never_leaves_a_child_or
     assert_eq!(s.count_prunable(Duration::ZERO).await.unwrap(), 0);
 }
 
+async fn children_of_a_keyed_workflow_take_a_concurrency_slot_like_any_started_saga(env: Env) {
+    let s = env.s();
+    let w = worker(s, LONG_TTL).await;
+    // Another saga of the key holds its only slot.
+    let holder = start_keyed(s, "child", "acme", 1).await;
+    assert!(holds(&saga(s, holder.id).await));
+    let parent = start(s, "parent", &[STEP], None).await;
+    let held = claim_only(s, w, parent.id).await;
+    let mut batch = children(parent.id, 0, &["a", "b", "c"]);
+    for c in &mut batch {
+        c.concurrency = Some(paysaga_store::SagaConcurrency {
+            key: "child:acme".to_string(),
+            limit: 1,
+            holds_slot: false,
+        });
+    }
+    // Child c has a key of its own with a free slot.
+    batch[2].concurrency.as_mut().unwrap().key = "child:other".to_string();
+    start_children(s, &held, w, held.fence, &batch)
+        .await
+        .unwrap();
+    let a = saga(s, batch[0].id).await;
+    let c = saga(s, batch[2].id).await;
+    assert!(a.is_queued() && a.run_at.is_none(), "{a:?}");
+    assert!(saga(s, batch[1].id).await.is_queued());
+    assert!(holds(&c) && c.run_at.is_some(), "{c:?}");
+    // The claim skips the queued children.
+    let claimed: Vec<Uuid> = s
+        .claim(w, &all_kinds(), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|x| x.saga.id)
+        .collect();
+    assert!(claimed.contains(&c.id) && claimed.contains(&holder.id), "{claimed:?}");
+    assert!(!claimed.contains(&a.id) && !claimed.contains(&batch[1].id));
+    // The holder ends: one queued child (started together: either) gets the slot, the
+    // other stays queued.
+    let h = saga(s, holder.id).await;
+    commit(s, &h, w, &transition(SagaStatus::Completed, 1), None)
+        .await
+        .unwrap();
+    s.admit_queued().await.unwrap();
+    let (a, b) = (saga(s, a.id).await, saga(s, batch[1].id).await);
+    assert!(holds(&a) != holds(&b), "exactly one: {a:?} {b:?}");
+}
+
 mod child_sagas {
     use super::*;
     conformance!(
+        children_of_a_keyed_workflow_take_a_concurrency_slot_like_any_started_saga,
         prune_deletes_a_finished_campaign_as_a_unit_and_never_leaves_a_child_or_fan_out_row_behind,
         a_cancel_or_close_of_a_parent_asks_its_unfinished_children_to_cancel_with_no_worker_run,
         fan_out_children_are_started_once_per_key_under_the_parents_fence,
