@@ -537,6 +537,36 @@ mod tests {
         assert_eq!(fan.plan(&mut scope, p), Ok(FanOutPlan::Done { total: 3 }));
     }
 
+    #[test]
+    fn a_later_wake_keys_only_the_next_window_from_the_stored_position() {
+        let c = compile(&Definition::from_toml(TOML).expect("parses")).expect("valid");
+        let fan = c.steps[0].fan_out.as_ref().expect("fan-out");
+        // Element 3 has no key: the first run (nothing started) checks every element.
+        let mut scope = json!({"input": {"name": "x", "creators": [
+            {"id": "a", "amount": 1}, {"id": "b", "amount": 2}, {"id": "c", "amount": 3},
+            {"amount": 4}]}});
+        let first = fan.plan(&mut scope, FanOutProgress::default());
+        assert!(first.unwrap_err().contains("element 3"));
+        // A later wake of the same list reads elements 2.. only (its window is [2, 3)).
+        let p = FanOutProgress {
+            total: 4,
+            started: 2,
+            ended: 1,
+        };
+        let Ok(FanOutPlan::Start { children, total }) = fan.plan(&mut scope, p) else {
+            panic!()
+        };
+        assert_eq!((total, children.len(), children[0].key.as_str()), (4, 1, "c"));
+        assert!(scope.get("item").is_none(), "the scope is left as it was");
+        // A list whose length changed is checked again in full.
+        let p = FanOutProgress {
+            total: 3,
+            started: 2,
+            ended: 1,
+        };
+        assert!(fan.plan(&mut scope, p).unwrap_err().contains("element 3"));
+    }
+
     /// The cost of one wake of the parent of a 20k-item fan-out half way through (one child
     /// ended, one to start): the scope as the worker builds it, then the plan. Prints the
     /// figure; `cargo test -p paysaga-core --release -- --ignored --nocapture wake_cost`.

@@ -3640,6 +3640,11 @@ mod tests {
                  SELECT gen_random_uuid(), 1, 'noop', 1, '{}', 'scheduled', now(),
                         ('00000000-0000-0000-0000-00000000000' || (i % 2))::uuid, 'fan', i, 'k' || i
                  FROM generate_series(1, 2000) AS i;
+             INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status,
+                                        finished_at, parent_id, parent_step, child_index, child_key)
+                 SELECT gen_random_uuid(), 1, 'noop', 1, '{}', 'completed', now(),
+                        ('00000000-0000-0000-0000-00000000001' || (i % 10))::uuid, 'fan', i, 'k' || i
+                 FROM generate_series(1, 50000) AS i;
              ANALYZE;",
         )
         .execute(&pool)
@@ -3667,6 +3672,17 @@ mod tests {
         assert!(
             plan.contains("paysaga_sagas_children") && !plan.contains("Seq Scan"),
             "child counts plan:\n{plan}"
+        );
+        // The cascade's safety net (each reaper pass) reads only the open children.
+        let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {CASCADE_CANCELS_SQL}"))
+            .bind(WAKEUP_CHANNEL)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("paysaga_sagas_open_children") && !plan.contains("Seq Scan"),
+            "cascade plan:\n{plan}"
         );
     }
 }
