@@ -536,3 +536,84 @@ async fn closing_a_parent_cancels_its_unfinished_children() {
     h.wait_status(parent, "closed", Duration::from_secs(5)).await;
     w2.shutdown().await;
 }
+
+/// The child workflow with `[concurrency]`: one open saga per workspace.
+const KEYED_CHILD: &str = r#"
+name = "creator_payout"
+version = 1
+[concurrency]
+key = "$.input.workspace"
+limit = 1
+[[steps]]
+name = "create"
+kind = "noop.sleep"
+params = { delay_ms = "$.input.delay_ms" }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn children_of_a_workflow_with_a_concurrency_key_take_its_slots() {
+    let h = harness().await;
+    let engine = engine(&h).await;
+    submit(&engine, KEYED_CHILD).await;
+    submit(
+        &engine,
+        r#"
+name = "campaign"
+version = 1
+[[steps]]
+name = "payees"
+poll_every = "5s"
+fan_out = { workflow = "creator_payout", items = "$.input.creators", key = "$.id", input = { delay_ms = "$.input.delay_ms", workspace = "$.input.workspace" }, max_in_flight = 6 }
+"#,
+    )
+    .await;
+    let w1 = spawn_worker(&engine, fast_worker("w1"));
+    let w2 = spawn_worker(&engine, fast_worker("w2"));
+    let parent = engine
+        .start(
+            "campaign",
+            json!({"creators": creators(12), "delay_ms": 100, "workspace": "acme"}),
+            Some("campaign-keyed"),
+        )
+        .await
+        .unwrap()
+        .saga_id;
+    h.wait_status(parent, "completed", Duration::from_secs(120))
+        .await;
+    w1.shutdown().await;
+    w2.shutdown().await;
+    let rows = children(&h, parent).await;
+    assert_eq!(rows.len(), 12);
+    assert!(rows.iter().all(|r| r.status == "completed"));
+    // Every child carried the key, and at most one ran at a time although six were
+    // unfinished at once: each child's run (its step's start, the completion minus the time
+    // it slept, to its `saga_completed` row) never overlaps another's.
+    let keyed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM paysaga_sagas WHERE parent_id = $1
+         AND concurrency_key = 'creator_payout:acme' AND concurrency_limit = 1",
+    )
+    .bind(parent)
+    .fetch_one(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(keyed, 12);
+    let runs: Vec<(DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT (SELECT h.at FROM paysaga_history h WHERE h.saga_id = s.id AND h.step = 'create'
+                   AND h.kind = 'step_completed' ORDER BY h.id LIMIT 1)
+                  - make_interval(secs => (s.outputs -> 'create' ->> 'slept_ms')::float8 / 1000),
+                (SELECT h.at FROM paysaga_history h WHERE h.saga_id = s.id
+                   AND h.kind = 'saga_completed' ORDER BY h.id LIMIT 1)
+         FROM paysaga_sagas s WHERE s.parent_id = $1 ORDER BY 1",
+    )
+    .bind(parent)
+    .fetch_all(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(runs.len(), 12);
+    for pair in runs.windows(2) {
+        assert!(
+            pair[1].0 >= pair[0].1,
+            "two children of one key ran at once: {pair:?}"
+        );
+    }
+}
