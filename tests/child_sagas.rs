@@ -479,7 +479,10 @@ async fn a_parent_cancelled_while_no_worker_runs_asks_its_children_to_cancel_at_
     assert_eq!(rows.len(), before);
     for (key, status, asked, rows_by_parent) in &rows {
         if matches!(status.as_str(), "scheduled" | "retrying" | "waiting") {
-            assert!(*asked && *rows_by_parent == 1, "child {key} ({status}) not asked");
+            assert!(
+                *asked && *rows_by_parent == 1,
+                "child {key} ({status}) not asked"
+            );
         }
     }
     assert!(rows.iter().any(|r| r.2), "{rows:?}");
@@ -490,7 +493,9 @@ async fn a_parent_cancelled_while_no_worker_runs_asks_its_children_to_cancel_at_
     let statuses = children_ended(&h, parent, Duration::from_secs(120)).await;
     assert_eq!(statuses.len(), before, "no child started after the cancel");
     assert!(
-        statuses.iter().all(|s| s == "cancelled" || s == "completed"),
+        statuses
+            .iter()
+            .all(|s| s == "cancelled" || s == "completed"),
         "{statuses:?}"
     );
     w2.shutdown().await;
@@ -520,7 +525,10 @@ async fn closing_a_parent_cancels_its_unfinished_children() {
     let rows = asked_children(&h, parent).await;
     for (key, status, asked, rows_by_parent) in &rows {
         if matches!(status.as_str(), "scheduled" | "retrying" | "waiting") {
-            assert!(*asked && *rows_by_parent == 1, "child {key} ({status}) not asked");
+            assert!(
+                *asked && *rows_by_parent == 1,
+                "child {key} ({status}) not asked"
+            );
         }
     }
     // Nothing runs the closed parent again: its children end (cancelled) by the cascade
@@ -529,11 +537,14 @@ async fn closing_a_parent_cancels_its_unfinished_children() {
     let statuses = children_ended(&h, parent, Duration::from_secs(120)).await;
     assert_eq!(statuses.len(), before, "no child started after the close");
     assert!(
-        statuses.iter().all(|s| s == "cancelled" || s == "completed"),
+        statuses
+            .iter()
+            .all(|s| s == "cancelled" || s == "completed"),
         "{statuses:?}"
     );
     assert!(statuses.iter().any(|s| s == "cancelled"), "{statuses:?}");
-    h.wait_status(parent, "closed", Duration::from_secs(5)).await;
+    h.wait_status(parent, "closed", Duration::from_secs(5))
+        .await;
     w2.shutdown().await;
 }
 

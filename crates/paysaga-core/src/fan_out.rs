@@ -503,7 +503,9 @@ mod tests {
         let fan = c.steps[0].fan_out.as_ref().expect("fan-out");
         let mut scope = json!({"input": {"name": "x", "creators": [
             {"id": "a", "amount": 1}, {"id": "b", "amount": 2}, {"id": 7, "amount": 3}]}});
-        let plan = fan.plan(&mut scope, FanOutProgress::default()).expect("plan");
+        let plan = fan
+            .plan(&mut scope, FanOutProgress::default())
+            .expect("plan");
         let FanOutPlan::Start { total, children } = plan else {
             panic!("{plan:?}")
         };
@@ -556,7 +558,10 @@ mod tests {
         let Ok(FanOutPlan::Start { children, total }) = fan.plan(&mut scope, p) else {
             panic!()
         };
-        assert_eq!((total, children.len(), children[0].key.as_str()), (4, 1, "c"));
+        assert_eq!(
+            (total, children.len(), children[0].key.as_str()),
+            (4, 1, "c")
+        );
         assert!(scope.get("item").is_none(), "the scope is left as it was");
         // A list whose length changed is checked again in full.
         let p = FanOutProgress {

@@ -469,7 +469,10 @@ async fn reap(shared: &Shared) -> Duration {
     // The safety net of the cancel cascade: children of a cancelled or closed parent that a
     // crash (or a grandparent's cascade) left unasked.
     match shared.engine.store.cascade_cancels().await {
-        Ok(n) if n > 0 => info!(children = n, "children of an unwinding or ended parent asked to cancel"),
+        Ok(n) if n > 0 => info!(
+            children = n,
+            "children of an unwinding or ended parent asked to cancel"
+        ),
         Ok(_) => {}
         Err(e) => warn!(error = %e, "could not cascade cancels to children; will retry"),
     }

@@ -2499,10 +2499,10 @@ impl Store for PgStore {
 
     async fn count_prunable(&self, older_than: Duration) -> Result<u64, Error> {
         let n: i64 = sqlx::query_scalar(&count_prunable_sql())
-        .bind(older_than.as_secs_f64())
-        .bind(crate::prunable_statuses())
-        .fetch_one(&self.pool)
-        .await?;
+            .bind(older_than.as_secs_f64())
+            .bind(crate::prunable_statuses())
+            .fetch_one(&self.pool)
+            .await?;
         Ok(n as u64)
     }
 
@@ -3549,11 +3549,11 @@ mod tests {
             }
         }
         let count: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", count_prunable_sql()))
-        .bind(90.0 * 86_400.0_f64)
-        .bind(crate::prunable_statuses())
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+            .bind(90.0 * 86_400.0_f64)
+            .bind(crate::prunable_statuses())
+            .fetch_all(&pool)
+            .await
+            .unwrap();
         let count = count.join("\n");
         assert!(
             count.contains("paysaga_sagas_finished"),

@@ -2288,11 +2288,11 @@ impl Store for SqliteStore {
                   + (SELECT count(*) FROM paysaga_sagas INDEXED BY paysaga_sagas_children
                      WHERE parent_id IN ({PRUNABLE_SQL}))"
         ))
-            .bind(prunable_before(older_than))
-            .bind(to_json(&crate::prunable_statuses())?)
-            .bind(-1_i64)
-            .fetch_one(&self.reader)
-            .await?;
+        .bind(prunable_before(older_than))
+        .bind(to_json(&crate::prunable_statuses())?)
+        .bind(-1_i64)
+        .fetch_one(&self.reader)
+        .await?;
         Ok(n as u64)
     }
 

@@ -4295,7 +4295,9 @@ async fn a_cancel_or_close_of_a_parent_asks_its_unfinished_children_to_cancel_wi
         .await
         .unwrap();
     assert_eq!(asked_by_parent(s, cancelled.id).await, ["c"]);
-    assert!(saga(s, batch[2].id).await.run_at.unwrap() <= Utc::now() + chrono::Duration::seconds(1));
+    assert!(
+        saga(s, batch[2].id).await.run_at.unwrap() <= Utc::now() + chrono::Duration::seconds(1)
+    );
     assert_eq!(
         saga(s, batch[1].id).await.status,
         SagaStatus::NeedsOperator,
@@ -4359,7 +4361,9 @@ async fn a_cancel_or_close_of_a_parent_asks_its_unfinished_children_to_cancel_wi
     // reapers' safety net asks them, once.
     let late = start(s, "parent", &[STEP], Some("p-late")).await;
     let held = claim_only(s, w, late.id).await;
-    s.request_cancel(late.id, "ops:alice", "stop").await.unwrap();
+    s.request_cancel(late.id, "ops:alice", "stop")
+        .await
+        .unwrap();
     let batch = children(late.id, 0, &["a", "b"]);
     start_children(s, &held, w, held.fence, &batch)
         .await
@@ -4403,7 +4407,9 @@ async fn campaign_with(
     }
     if let Some(status) = parent_end {
         let p = claim_only(s, w, parent.id).await;
-        commit(s, &p, w, &transition(status, 1), None).await.unwrap();
+        commit(s, &p, w, &transition(status, 1), None)
+            .await
+            .unwrap();
     }
     (parent.id, batch.iter().map(|c| c.id).collect())
 }
@@ -4415,8 +4421,14 @@ async fn prune_deletes_a_finished_campaign_as_a_unit_and_never_leaves_a_child_or
     let w = worker(s, LONG_TTL).await;
     let done = Some(SagaStatus::Completed);
     // Finished, every child finished: pruned with its children and fan-out row.
-    let (finished, finished_children) =
-        campaign_with(s, w, "finished", &[done, Some(SagaStatus::Cancelled), done], done).await;
+    let (finished, finished_children) = campaign_with(
+        s,
+        w,
+        "finished",
+        &[done, Some(SagaStatus::Cancelled), done],
+        done,
+    )
+    .await;
     // Ended (cancelled), one child still unwinding: nothing of it goes.
     let (unwinding, unwinding_children) = campaign_with(
         s,
@@ -4461,7 +4473,10 @@ async fn prune_deletes_a_finished_campaign_as_a_unit_and_never_leaves_a_child_or
     assert_eq!(pruned, 5);
     assert!(s.saga(finished).await.unwrap().is_none());
     for c in &finished_children {
-        assert!(s.saga(*c).await.unwrap().is_none(), "child pruned with its parent");
+        assert!(
+            s.saga(*c).await.unwrap().is_none(),
+            "child pruned with its parent"
+        );
         assert!(s.history(*c).await.unwrap().is_empty());
     }
     assert_eq!(s.fan_out_progress(finished, "fan").await.unwrap(), None);
@@ -4474,7 +4489,11 @@ async fn prune_deletes_a_finished_campaign_as_a_unit_and_never_leaves_a_child_or
         assert!(s.saga(parent).await.unwrap().is_some());
         assert!(s.fan_out_progress(parent, "fan").await.unwrap().is_some());
         for c in kids.iter() {
-            let child = s.saga(*c).await.unwrap().expect("a child stays with its parent");
+            let child = s
+                .saga(*c)
+                .await
+                .unwrap()
+                .expect("a child stays with its parent");
             assert_eq!(s.parent_of(child.id).await.unwrap().unwrap().parent, parent);
         }
     }
@@ -4515,7 +4534,10 @@ async fn children_of_a_keyed_workflow_take_a_concurrency_slot_like_any_started_s
         .into_iter()
         .map(|x| x.saga.id)
         .collect();
-    assert!(claimed.contains(&c.id) && claimed.contains(&holder.id), "{claimed:?}");
+    assert!(
+        claimed.contains(&c.id) && claimed.contains(&holder.id),
+        "{claimed:?}"
+    );
     assert!(!claimed.contains(&a.id) && !claimed.contains(&batch[1].id));
     // The holder ends: one queued child (started together: either) gets the slot, the
     // other stays queued.
