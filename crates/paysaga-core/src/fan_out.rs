@@ -112,11 +112,11 @@ impl CompiledFanOut {
     }
 
     /// The list in `scope`, borrowed when the path names it (no copy of a long list).
-    fn list<'a>(&self, scope: &'a Value) -> Result<Cow<'a, Vec<Value>>, String> {
+    fn list<'a>(&self, scope: &'a Value) -> Result<Cow<'a, [Value]>, String> {
         if let Params::Path { source, path } = &self.items {
             if !source.starts_with("$.children.") {
                 if let [Value::Array(list)] = path.query(scope).all().as_slice() {
-                    return Ok(Cow::Borrowed(list));
+                    return Ok(Cow::Borrowed(list.as_slice()));
                 }
             }
         }

@@ -184,10 +184,12 @@ pub(crate) async fn run_fan_out(
                         limit: c.limit,
                         holds_slot: false,
                     }),
-                    Err(reason) => return done(StepOutcome::fail(format!(
+                    Err(reason) => {
+                        return done(StepOutcome::fail(format!(
                         "fan-out {name}: child {:?} (element {}) has no concurrency key: {reason}",
                         child.key, child.index
-                    ))),
+                    )))
+                    }
                 },
             };
             new.push(NewChild {
