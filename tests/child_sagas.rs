@@ -398,3 +398,233 @@ async fn cancelling_the_parent_cancels_its_unfinished_children() {
     assert!(rows.len() <= 8, "{} children started", rows.len());
     w1.shutdown().await;
 }
+
+/// Starts a campaign of `n` children of `delay_ms` each, `max_in_flight` at a time, with a
+/// worker that stops once the parent waits in its fan-in with its first children started:
+/// afterwards no worker runs anything.
+async fn campaign_left_without_worker(
+    h: &Harness,
+    engine: &Engine,
+    key: &str,
+    n: usize,
+    max_in_flight: u32,
+) -> Uuid {
+    submit(engine, CHILD).await;
+    submit(engine, &campaign(max_in_flight, false)).await;
+    let w1 = spawn_worker(engine, fast_worker("w1"));
+    let parent = engine
+        .start(
+            "campaign",
+            json!({"creators": creators(n), "delay_ms": 5000}),
+            Some(key),
+        )
+        .await
+        .unwrap()
+        .saga_id;
+    let start = Instant::now();
+    while children(h, parent).await.len() < max_in_flight as usize {
+        assert!(start.elapsed() < Duration::from_secs(60), "no children");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.wait_status(parent, "waiting", Duration::from_secs(60))
+        .await;
+    w1.shutdown().await;
+    parent
+}
+
+/// (key, status, cancel_requested, asked by the parent) of each child.
+async fn asked_children(h: &Harness, parent: Uuid) -> Vec<(String, String, bool, i64)> {
+    sqlx::query_as(
+        "SELECT s.child_key, s.status, s.cancel_requested,
+                (SELECT count(*) FROM paysaga_history h WHERE h.saga_id = s.id
+                   AND h.kind = 'cancel_requested' AND h.actor = 'parent ' || s.parent_id::text)
+         FROM paysaga_sagas s WHERE s.parent_id = $1 ORDER BY s.child_index",
+    )
+    .bind(parent)
+    .fetch_all(&h.pool)
+    .await
+    .unwrap()
+}
+
+/// Waits until every child of `parent` has ended; returns their statuses.
+async fn children_ended(h: &Harness, parent: Uuid, within: Duration) -> Vec<String> {
+    let start = Instant::now();
+    loop {
+        let rows = children(h, parent).await;
+        if rows.iter().all(|r| r.finished_at.is_some()) {
+            return rows.into_iter().map(|r| r.status).collect();
+        }
+        let open: Vec<_> = rows
+            .iter()
+            .filter(|r| r.finished_at.is_none())
+            .map(|r| (&r.key, &r.status))
+            .collect();
+        assert!(start.elapsed() < within, "children still open: {open:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_parent_cancelled_while_no_worker_runs_asks_its_children_to_cancel_at_once() {
+    let h = harness().await;
+    let engine = engine(&h).await;
+    let parent = campaign_left_without_worker(&h, &engine, "campaign-no-worker", 20, 4).await;
+    let before = children(&h, parent).await.len();
+    engine
+        .cancel(parent, "ops@example.com", "campaign withdrawn")
+        .await
+        .unwrap();
+    // At once, before any worker runs the parent: every unfinished child is asked once.
+    let rows = asked_children(&h, parent).await;
+    assert_eq!(rows.len(), before);
+    for (key, status, asked, rows_by_parent) in &rows {
+        if matches!(status.as_str(), "scheduled" | "retrying" | "waiting") {
+            assert!(
+                *asked && *rows_by_parent == 1,
+                "child {key} ({status}) not asked"
+            );
+        }
+    }
+    assert!(rows.iter().any(|r| r.2), "{rows:?}");
+    // A worker then ends them cancelled, and the parent too; no child started after.
+    let w2 = spawn_worker(&engine, fast_worker("w2"));
+    h.wait_status(parent, "cancelled", Duration::from_secs(120))
+        .await;
+    let statuses = children_ended(&h, parent, Duration::from_secs(120)).await;
+    assert_eq!(statuses.len(), before, "no child started after the cancel");
+    assert!(
+        statuses
+            .iter()
+            .all(|s| s == "cancelled" || s == "completed"),
+        "{statuses:?}"
+    );
+    w2.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn closing_a_parent_cancels_its_unfinished_children() {
+    use paysaga_runtime::{CloseSaga, Expected};
+    let h = harness().await;
+    let engine = engine(&h).await;
+    let parent = campaign_left_without_worker(&h, &engine, "campaign-close", 20, 4).await;
+    let before = children(&h, parent).await.len();
+    let close = CloseSaga {
+        outcome: paysaga_core::ClosedOutcome::NotPaid,
+        compensate: false,
+        expected: Expected {
+            status: None,
+            step: None,
+        },
+        confirm_not_sent: false,
+    };
+    let closed = engine
+        .close(parent, &close, "ops@example.com", "campaign withdrawn")
+        .await
+        .unwrap();
+    assert_eq!(closed.status.as_str(), "closed");
+    let rows = asked_children(&h, parent).await;
+    for (key, status, asked, rows_by_parent) in &rows {
+        if matches!(status.as_str(), "scheduled" | "retrying" | "waiting") {
+            assert!(
+                *asked && *rows_by_parent == 1,
+                "child {key} ({status}) not asked"
+            );
+        }
+    }
+    // Nothing runs the closed parent again: its children end (cancelled) by the cascade
+    // alone, and none is started after the close.
+    let w2 = spawn_worker(&engine, fast_worker("w2"));
+    let statuses = children_ended(&h, parent, Duration::from_secs(120)).await;
+    assert_eq!(statuses.len(), before, "no child started after the close");
+    assert!(
+        statuses
+            .iter()
+            .all(|s| s == "cancelled" || s == "completed"),
+        "{statuses:?}"
+    );
+    assert!(statuses.iter().any(|s| s == "cancelled"), "{statuses:?}");
+    h.wait_status(parent, "closed", Duration::from_secs(5))
+        .await;
+    w2.shutdown().await;
+}
+
+/// The child workflow with `[concurrency]`: one open saga per workspace.
+const KEYED_CHILD: &str = r#"
+name = "creator_payout"
+version = 1
+[concurrency]
+key = "$.input.workspace"
+limit = 1
+[[steps]]
+name = "create"
+kind = "noop.sleep"
+params = { delay_ms = "$.input.delay_ms" }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn children_of_a_workflow_with_a_concurrency_key_take_its_slots() {
+    let h = harness().await;
+    let engine = engine(&h).await;
+    submit(&engine, KEYED_CHILD).await;
+    submit(
+        &engine,
+        r#"
+name = "campaign"
+version = 1
+[[steps]]
+name = "payees"
+poll_every = "5s"
+fan_out = { workflow = "creator_payout", items = "$.input.creators", key = "$.id", input = { delay_ms = "$.input.delay_ms", workspace = "$.input.workspace" }, max_in_flight = 6 }
+"#,
+    )
+    .await;
+    let w1 = spawn_worker(&engine, fast_worker("w1"));
+    let w2 = spawn_worker(&engine, fast_worker("w2"));
+    let parent = engine
+        .start(
+            "campaign",
+            json!({"creators": creators(12), "delay_ms": 100, "workspace": "acme"}),
+            Some("campaign-keyed"),
+        )
+        .await
+        .unwrap()
+        .saga_id;
+    h.wait_status(parent, "completed", Duration::from_secs(120))
+        .await;
+    w1.shutdown().await;
+    w2.shutdown().await;
+    let rows = children(&h, parent).await;
+    assert_eq!(rows.len(), 12);
+    assert!(rows.iter().all(|r| r.status == "completed"));
+    // Every child carried the key, and at most one ran at a time although six were
+    // unfinished at once: each child's run (its step's start, the completion minus the time
+    // it slept, to its `saga_completed` row) never overlaps another's.
+    let keyed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM paysaga_sagas WHERE parent_id = $1
+         AND concurrency_key = 'creator_payout:acme' AND concurrency_limit = 1",
+    )
+    .bind(parent)
+    .fetch_one(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(keyed, 12);
+    let runs: Vec<(DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT (SELECT h.at FROM paysaga_history h WHERE h.saga_id = s.id AND h.step = 'create'
+                   AND h.kind = 'step_completed' ORDER BY h.id LIMIT 1)
+                  - make_interval(secs => (s.outputs -> 'create' ->> 'slept_ms')::float8 / 1000),
+                (SELECT h.at FROM paysaga_history h WHERE h.saga_id = s.id
+                   AND h.kind = 'saga_completed' ORDER BY h.id LIMIT 1)
+         FROM paysaga_sagas s WHERE s.parent_id = $1 ORDER BY 1",
+    )
+    .bind(parent)
+    .fetch_all(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(runs.len(), 12);
+    for pair in runs.windows(2) {
+        assert!(
+            pair[1].0 >= pair[0].1,
+            "two children of one key ran at once: {pair:?}"
+        );
+    }
+}

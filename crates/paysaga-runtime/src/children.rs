@@ -39,11 +39,15 @@ pub(crate) async fn scope_for(
     saga: &SagaRecord,
     params: &Params,
 ) -> Result<Value, Error> {
-    let mut scope = json!({
-        "input": saga.input,
-        "steps": saga.outputs,
-        "saga": {"id": saga.id, "workflow": saga.workflow},
-    });
+    // Cloned, not serialized again (`json!` would): the input may hold a long item list.
+    let mut scope = Value::Object(serde_json::Map::from_iter([
+        ("input".to_string(), saga.input.clone()),
+        ("steps".to_string(), saga.outputs.clone()),
+        (
+            "saga".to_string(),
+            json!({"id": saga.id, "workflow": saga.workflow}),
+        ),
+    ]));
     let read = children_read_by(params);
     if read.is_empty() {
         return Ok(scope);
@@ -96,7 +100,7 @@ pub(crate) async fn run_fan_out(
             "step {name} is not a fan-out step"
         )));
     };
-    let scope = match scope_for(engine, saga, &fan.items).await {
+    let mut scope = match scope_for(engine, saga, &fan.items).await {
         Ok(s) => s,
         Err(e) => return done(StepOutcome::retry(format!("reading the children: {e}"))),
     };
@@ -108,7 +112,7 @@ pub(crate) async fn run_fan_out(
             )))
         }
     };
-    let plan = match fan.plan(&scope, progress) {
+    let plan = match fan.plan(&mut scope, progress) {
         Ok(p) => p,
         Err(reason) => return done(StepOutcome::fail(format!("fan-out {name}: {reason}"))),
     };
@@ -170,7 +174,26 @@ pub(crate) async fn run_fan_out(
                     child.key, child.index
                 )));
             }
+            // A child of a workflow with `[concurrency]` takes a slot of its key like any
+            // saga started with `Engine::start`.
+            let concurrency = match &record.definition.concurrency {
+                None => None,
+                Some(c) => match c.key_for(&record.name, &child.input) {
+                    Ok(key) => Some(paysaga_store::SagaConcurrency {
+                        key,
+                        limit: c.limit,
+                        holds_slot: false,
+                    }),
+                    Err(reason) => {
+                        return done(StepOutcome::fail(format!(
+                        "fan-out {name}: child {:?} (element {}) has no concurrency key: {reason}",
+                        child.key, child.index
+                    )))
+                    }
+                },
+            };
             new.push(NewChild {
+                concurrency,
                 id: Uuid::new_v4(),
                 index: child.index,
                 idempotency_key: child_idempotency_key(saga.id, name, &child.key),

@@ -460,6 +460,16 @@ async fn reap(shared: &Shared) -> Duration {
     if let Err(e) = shared.engine.store.admit_queued().await {
         warn!(error = %e, "could not give free concurrency slots to queued sagas; will retry");
     }
+    // The safety net of the cancel cascade: children of a cancelled or closed parent that a
+    // crash (or a grandparent's cascade) left unasked.
+    match shared.engine.store.cascade_cancels().await {
+        Ok(n) if n > 0 => info!(
+            children = n,
+            "children of an unwinding or ended parent asked to cancel"
+        ),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "could not cascade cancels to children; will retry"),
+    }
     match shared.engine.store.reap_expired_leases(shared.id()).await {
         Ok(reaped) => {
             if reaped.sagas > 0 {

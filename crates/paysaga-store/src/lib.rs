@@ -524,6 +524,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         actor: &str,
         detail: serde_json::Value,
     ) -> Result<u64, Error>;
+    /// The safety net of the cancel cascade: asks to cancel every unfinished child (not asked
+    /// yet) whose parent unwinds or has ended otherwise than completed (cancel requested,
+    /// compensating, compensated, cancelled, closed, or a pending close), whoever left it so
+    /// (a crash between a cancel or close and its cascade; a grandchild of a cancelled
+    /// campaign). Each worker's reaper calls it; served by the partial index
+    /// `paysaga_sagas_open_children` (unfinished children not asked yet). Returns how many.
+    async fn cascade_cancels(&self) -> Result<u64, Error>;
     /// Wakes `parent` if it waits unheld (its `run_at` becomes now): the worker calls it after
     /// committing a fan-in wait when a child ended meanwhile. `true` when woken.
     async fn wake_fan_in(&self, parent: Uuid) -> Result<bool, Error>;
@@ -1033,6 +1040,28 @@ fn effect_withdrawn_entry(m: &EffectMarkRequest<'_>) -> paysaga_core::HistoryEnt
 
 /// Children counts by observed status (`running`: held by a worker), per step, from the
 /// stored (step, status, held, count) groups.
+/// The actor of a cancel a parent asks of its children.
+fn parent_actor(parent: Uuid) -> String {
+    format!("parent {parent}")
+}
+
+/// The detail of the `cancel_requested` rows of a parent's children: why (`why`: what
+/// happened to the parent).
+fn cascade_detail(parent: Uuid, why: &str) -> serde_json::Value {
+    serde_json::json!({"reason": format!("parent saga {parent} {why}"), "parent": parent})
+}
+
+/// The operator transitions after which a parent's unfinished children are asked to cancel:
+/// it unwinds, ends otherwise than completed, or a close is pending.
+fn operator_cascades(t: &paysaga_core::Transition, change: &OperatorChange<'_>) -> bool {
+    use paysaga_core::SagaStatus as S;
+    change.close_request.is_some()
+        || matches!(
+            t.status,
+            S::Compensating | S::Compensated | S::Cancelled | S::Closed
+        )
+}
+
 fn child_counts_of(raw: Vec<(String, paysaga_core::SagaStatus, bool, u64)>) -> Vec<ChildCount> {
     let mut out: Vec<ChildCount> = Vec::new();
     for (step, status, held, n) in raw {

@@ -192,24 +192,66 @@ const RETENTION_LOCK: (i32, i32) = (0x7061_7973, 1);
 /// statuses): the partial index `paysaga_sagas_finished`, oldest first.
 const PRUNABLE_WHERE: &str = "finished_at < now() - make_interval(secs => $1) AND status = ANY($2)";
 
-/// One retention batch (`$1`, `$2` as [`PRUNABLE_WHERE`], `$3` batch size): the sagas
-/// (locked, skipping rows another transaction holds) with their history, waits, consumed
-/// events and documents, each by its index (`paysaga_history_saga`, the primary key of
-/// waits, `paysaga_events_consumed_by`, `paysaga_documents_saga`); the foreign keys are
-/// checked at the end of the statement, when the referencing rows are gone.
+/// One retention batch (`$1`, `$2` as [`PRUNABLE_WHERE`], `$3` batch size), a finished
+/// campaign as a unit: the oldest prunable sagas that are not children of a saga still
+/// stored (a child goes with its parent; a NULL `parent_id` matches no saga) and whose
+/// children are all prunable too (locked,
+/// skipping rows another transaction holds), with their descendants (`paysaga_sagas_children`)
+/// unless one of those is not prunable; then their history, waits, consumed events,
+/// documents and fan-out rows, each by its index (`paysaga_history_saga`, the primary key of
+/// waits, `paysaga_events_consumed_by`, `paysaga_documents_saga`, the primary key of
+/// `paysaga_fan_outs`); the foreign keys are checked at the end of the statement, when the
+/// referencing rows are gone. A campaign's children count in the batch's sagas beyond `$3`.
 fn prune_sql() -> String {
     format!(
-        "WITH doomed AS (
-             SELECT id FROM paysaga_sagas WHERE {PRUNABLE_WHERE}
-             ORDER BY finished_at LIMIT $3
-             FOR UPDATE SKIP LOCKED),
+        "WITH RECURSIVE roots AS (
+             SELECT r.id FROM paysaga_sagas r WHERE {PRUNABLE_WHERE}
+               AND NOT EXISTS (SELECT 1 FROM paysaga_sagas p WHERE p.id = r.parent_id)
+               AND NOT EXISTS (
+                   SELECT 1 FROM paysaga_sagas c
+                   WHERE c.parent_id = r.id
+                     AND NOT (c.finished_at < now() - make_interval(secs => $1)
+                              AND c.status = ANY($2)))
+             ORDER BY r.finished_at LIMIT $3
+             FOR UPDATE OF r SKIP LOCKED),
+         tree (root, id, prunable) AS (
+             SELECT id, id, true FROM roots
+             UNION ALL
+             SELECT t.root, c.id,
+                    coalesce(c.finished_at < now() - make_interval(secs => $1)
+                             AND c.status = ANY($2), false)
+             FROM tree t JOIN paysaga_sagas c ON c.parent_id = t.id
+             WHERE c.parent_id IS NOT NULL),
+         doomed AS (SELECT id FROM tree
+                    WHERE root NOT IN (SELECT root FROM tree WHERE NOT prunable)),
          h AS (DELETE FROM paysaga_history WHERE saga_id IN (SELECT id FROM doomed) RETURNING 1),
          w AS (DELETE FROM paysaga_waits WHERE saga_id IN (SELECT id FROM doomed) RETURNING 1),
          e AS (DELETE FROM paysaga_events WHERE consumed_by IN (SELECT id FROM doomed) RETURNING 1),
          d AS (DELETE FROM paysaga_documents WHERE saga_id IN (SELECT id FROM doomed) RETURNING 1),
+         f AS (DELETE FROM paysaga_fan_outs WHERE parent_id = ANY (ARRAY(SELECT id FROM doomed))
+               RETURNING 1),
          s AS (DELETE FROM paysaga_sagas WHERE id IN (SELECT id FROM doomed) RETURNING 1)
          SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM h), (SELECT count(*) FROM w),
-                (SELECT count(*) FROM e), (SELECT count(*) FROM d)"
+                (SELECT count(*) FROM e), (SELECT count(*) FROM d),
+                0 * (SELECT count(*) FROM f)"
+    )
+}
+
+/// The sagas [`prune_sql`] would delete with no batch limit (`$1`, `$2` as
+/// [`PRUNABLE_WHERE`]): the roots and their children (the dry run's count).
+fn count_prunable_sql() -> String {
+    format!(
+        "WITH roots AS (
+             SELECT r.id FROM paysaga_sagas r WHERE {PRUNABLE_WHERE}
+               AND NOT EXISTS (SELECT 1 FROM paysaga_sagas p WHERE p.id = r.parent_id)
+               AND NOT EXISTS (
+                   SELECT 1 FROM paysaga_sagas c
+                   WHERE c.parent_id = r.id
+                     AND NOT (c.finished_at < now() - make_interval(secs => $1)
+                              AND c.status = ANY($2))))
+         SELECT (SELECT count(*) FROM roots)
+              + (SELECT count(*) FROM paysaga_sagas c
+                 WHERE c.parent_id IS NOT NULL AND c.parent_id IN (SELECT id FROM roots))"
     )
 }
 
@@ -407,6 +449,21 @@ impl PgStore {
         .await;
         if let Err(e) = handed {
             tracing::warn!(saga_id = %saga, error = %e, "could not hand the ended saga's concurrency slot on; the workers' sweep will");
+        }
+    }
+
+    /// Asks `parent`'s unfinished children to cancel, in a transaction of its own after the
+    /// parent's (children only: a child's end locks the child, then its parent, so the two
+    /// are never locked in the other order). A failure is logged: the reapers'
+    /// [`Store::cascade_cancels`] does it later.
+    async fn cascade_to_children(&self, parent: Uuid, why: &str) {
+        let detail = crate::cascade_detail(parent, why);
+        if let Err(e) = self
+            .cancel_children(parent, &crate::parent_actor(parent), detail)
+            .await
+        {
+            tracing::warn!(saga_id = %parent, error = %e,
+                  "could not ask the children to cancel; the workers' reaper will");
         }
     }
 
@@ -2196,6 +2253,10 @@ impl Store for PgStore {
         if let (true, Some(c)) = (t.status.is_ended(), &saga.concurrency) {
             self.hand_over_slot(saga.id, &c.key).await;
         }
+        if crate::operator_cascades(t, &change) {
+            let why = format!("is {} after an action of {}", t.status, a.actor);
+            self.cascade_to_children(saga.id, &why).await;
+        }
         Ok(saga)
     }
 
@@ -2249,6 +2310,9 @@ impl Store for PgStore {
         insert_history(&mut tx, id, None, Some(actor), &[entry]).await?;
         notify(&mut tx).await?;
         tx.commit().await?;
+        // The children now, whether or not a worker serves the parent's workflow.
+        self.cascade_to_children(id, &format!("was asked to cancel by {actor}"))
+            .await;
         saga_from_row(&row)
     }
 
@@ -2421,7 +2485,7 @@ impl Store for PgStore {
                 ..Pruned::default()
             });
         }
-        let (sagas, history, waits, events, documents): (i64, i64, i64, i64, i64) =
+        let (sagas, history, waits, events, documents, _): (i64, i64, i64, i64, i64, i64) =
             sqlx::query_as(&prune_sql())
                 .bind(older_than.as_secs_f64())
                 .bind(crate::prunable_statuses())
@@ -2440,13 +2504,11 @@ impl Store for PgStore {
     }
 
     async fn count_prunable(&self, older_than: Duration) -> Result<u64, Error> {
-        let n: i64 = sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM paysaga_sagas WHERE {PRUNABLE_WHERE}"
-        ))
-        .bind(older_than.as_secs_f64())
-        .bind(crate::prunable_statuses())
-        .fetch_one(&self.pool)
-        .await?;
+        let n: i64 = sqlx::query_scalar(&count_prunable_sql())
+            .bind(older_than.as_secs_f64())
+            .bind(crate::prunable_statuses())
+            .fetch_one(&self.pool)
+            .await?;
         Ok(n as u64)
     }
 
@@ -2579,6 +2641,20 @@ impl Store for PgStore {
             .map(|c| i64::try_from(c.index).unwrap_or(i64::MAX))
             .collect();
         let item_keys: Vec<&str> = req.children.iter().map(|c| c.key.as_str()).collect();
+        let ckeys: Vec<Option<&str>> = req
+            .children
+            .iter()
+            .map(|c| c.concurrency.as_ref().map(|k| k.key.as_str()))
+            .collect();
+        let climits: Vec<Option<i32>> = req
+            .children
+            .iter()
+            .map(|c| {
+                c.concurrency
+                    .as_ref()
+                    .map(|k| i32::try_from(k.limit).unwrap_or(i32::MAX))
+            })
+            .collect();
         let inserted: i64 = sqlx::query_scalar(START_CHILDREN_SQL)
             .bind(&ids)
             .bind(&keys)
@@ -2590,8 +2666,18 @@ impl Store for PgStore {
             .bind(req.version as i32)
             .bind(req.parent)
             .bind(req.step)
+            .bind(&ckeys)
+            .bind(&climits)
             .fetch_one(&mut *tx)
             .await?;
+        // Children with a concurrency key were inserted queued: they take free slots of
+        // their keys as any started saga (lock order: parent row, then each key's lock).
+        let mut keys_seen: Vec<&str> = ckeys.iter().flatten().copied().collect();
+        keys_seen.sort_unstable();
+        keys_seen.dedup();
+        for key in keys_seen {
+            admit_on(&mut tx, key).await?;
+        }
         notify(&mut tx).await?;
         tx.commit().await?;
         Ok(u64::try_from(inserted).unwrap_or(0))
@@ -2722,6 +2808,14 @@ impl Store for PgStore {
         .bind(WAKEUP_CHANNEL)
         .fetch_one(&self.pool)
         .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn cascade_cancels(&self) -> Result<u64, Error> {
+        let n: i64 = sqlx::query_scalar(CASCADE_CANCELS_SQL)
+            .bind(WAKEUP_CHANNEL)
+            .fetch_one(&self.pool)
+            .await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
@@ -2918,19 +3012,46 @@ const CHILD_COUNTS_SQL: &str =
      FROM paysaga_sagas WHERE parent_id = $1
      GROUP BY parent_step, status, owner IS NOT NULL ORDER BY parent_step, status";
 
+/// The cancel cascade's safety net ([`Store::cascade_cancels`], `$1` the wake-up channel):
+/// unfinished children not asked yet (the partial index `paysaga_sagas_open_children`) whose
+/// parent unwinds or ended otherwise than completed (its primary key), at most 1000 a pass.
+const CASCADE_CANCELS_SQL: &str = "
+WITH c AS (
+    UPDATE paysaga_sagas s SET cancel_requested = true, run_at = now(), updated_at = now()
+    FROM (SELECT k.id, k.parent_id FROM paysaga_sagas k JOIN paysaga_sagas p ON p.id = k.parent_id
+          WHERE k.parent_id IS NOT NULL AND k.status IN ('scheduled', 'retrying', 'waiting')
+            AND NOT k.cancel_requested
+            AND (p.cancel_requested OR p.close_requested IS NOT NULL
+                 OR p.status IN ('compensating', 'compensated', 'cancelled', 'closed'))
+          LIMIT 1000 FOR UPDATE OF k SKIP LOCKED) doomed
+    WHERE s.id = doomed.id
+    RETURNING s.id, s.parent_id),
+h AS (
+    INSERT INTO paysaga_history (saga_id, actor, kind, detail)
+    SELECT c.id, 'parent ' || c.parent_id::text, 'cancel_requested',
+           jsonb_build_object('reason', 'parent saga ' || c.parent_id::text
+                                         || ' unwinds or has ended',
+                              'parent', c.parent_id)
+    FROM c RETURNING 1),
+w AS (SELECT pg_notify($1, '') WHERE EXISTS (SELECT 1 FROM c))
+SELECT (SELECT count(*) FROM h) + 0 * (SELECT count(*) FROM w)";
+
 /// The children of one batch (`$1`.. `$5` arrays: ids, idempotency keys, inputs, indexes,
-/// item keys; `$6`.. the definition, workflow, version, parent, step), each with its
+/// item keys; `$6`.. the definition, workflow, version, parent, step; `$11`, `$12` their
+/// concurrency keys and limits, NULL for none: such a child starts queued), each with its
 /// `saga_started` history row and the parent's trace context; a key that exists is skipped
 /// (`ON CONFLICT DO NOTHING`).
 const START_CHILDREN_SQL: &str = "
 WITH ins AS (
     INSERT INTO paysaga_sagas (id, definition_id, workflow, version, idempotency_key, input,
                                status, run_at, parent_id, parent_step, child_index, child_key,
-                               trace_context)
-    SELECT c.id, $6, $7, $8, c.ikey, c.input, 'scheduled', now(), $9, $10, c.idx, c.key,
+                               concurrency_key, concurrency_limit, trace_context)
+    SELECT c.id, $6, $7, $8, c.ikey, c.input, 'scheduled',
+           CASE WHEN c.ckey IS NULL THEN now() END, $9, $10, c.idx, c.key, c.ckey, c.climit,
            (SELECT p.trace_context FROM paysaga_sagas p WHERE p.id = $9)
-    FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[], $4::int8[], $5::text[])
-         WITH ORDINALITY AS c(id, ikey, input, idx, key, n)
+    FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[], $4::int8[], $5::text[], $11::text[],
+                $12::int4[])
+         WITH ORDINALITY AS c(id, ikey, input, idx, key, ckey, climit, n)
     ORDER BY c.n
     ON CONFLICT (workflow, idempotency_key) DO NOTHING
     RETURNING id, idempotency_key, child_key),
@@ -3374,6 +3495,8 @@ mod tests {
              INSERT INTO paysaga_documents (id, content_type, size, sha256, content, saga_id, content_deleted_at)
                  SELECT gen_random_uuid(), 'image/png', 3, repeat('a', 64), NULL, id, now()
                  FROM paysaga_sagas;
+             INSERT INTO paysaga_fan_outs (parent_id, step)
+                 SELECT id, 'fan' FROM paysaga_sagas;
              ANALYZE;",
         )
         .execute(&pool)
@@ -3426,6 +3549,7 @@ mod tests {
                 "paysaga_history",
                 "paysaga_events",
                 "paysaga_documents",
+                "paysaga_fan_outs",
             ] {
                 assert!(
                     !prune.contains(&format!("Seq Scan on {table}")),
@@ -3433,14 +3557,12 @@ mod tests {
                 );
             }
         }
-        let count: Vec<String> = sqlx::query_scalar(&format!(
-            "EXPLAIN SELECT count(*) FROM paysaga_sagas WHERE {PRUNABLE_WHERE}"
-        ))
-        .bind(90.0 * 86_400.0_f64)
-        .bind(crate::prunable_statuses())
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+        let count: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", count_prunable_sql()))
+            .bind(90.0 * 86_400.0_f64)
+            .bind(crate::prunable_statuses())
+            .fetch_all(&pool)
+            .await
+            .unwrap();
         let count = count.join("\n");
         assert!(
             count.contains("paysaga_sagas_finished"),
@@ -3527,6 +3649,11 @@ mod tests {
                  SELECT gen_random_uuid(), 1, 'noop', 1, '{}', 'scheduled', now(),
                         ('00000000-0000-0000-0000-00000000000' || (i % 2))::uuid, 'fan', i, 'k' || i
                  FROM generate_series(1, 2000) AS i;
+             INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status,
+                                        finished_at, parent_id, parent_step, child_index, child_key)
+                 SELECT gen_random_uuid(), 1, 'noop', 1, '{}', 'completed', now(),
+                        ('00000000-0000-0000-0000-00000000001' || (i % 10))::uuid, 'fan', i, 'k' || i
+                 FROM generate_series(1, 50000) AS i;
              ANALYZE;",
         )
         .execute(&pool)
@@ -3554,6 +3681,17 @@ mod tests {
         assert!(
             plan.contains("paysaga_sagas_children") && !plan.contains("Seq Scan"),
             "child counts plan:\n{plan}"
+        );
+        // The cascade's safety net (each reaper pass) reads only the open children.
+        let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {CASCADE_CANCELS_SQL}"))
+            .bind(WAKEUP_CHANNEL)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("paysaga_sagas_open_children") && !plan.contains("Seq Scan"),
+            "cascade plan:\n{plan}"
         );
     }
 }

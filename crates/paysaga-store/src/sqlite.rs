@@ -1983,6 +1983,11 @@ impl Store for SqliteStore {
         if let (true, Some(c)) = (t.status.is_ended(), &saga.concurrency) {
             admit_in(&mut tx, &c.key).await?;
         }
+        if crate::operator_cascades(t, &change) {
+            let why = format!("is {} after an action of {}", t.status, a.actor);
+            let detail = crate::cascade_detail(saga.id, &why);
+            cancel_children_in(&mut tx, saga.id, &crate::parent_actor(saga.id), &detail).await?;
+        }
         tx.commit().await?;
         self.notify();
         Ok(saga)
@@ -2027,6 +2032,9 @@ impl Store for SqliteStore {
             detail,
         };
         insert_history(&mut tx, id, None, Some(actor), &[entry]).await?;
+        // The children in the same transaction, whether or not a worker serves the parent.
+        let detail = crate::cascade_detail(id, &format!("was asked to cancel by {actor}"));
+        cancel_children_in(&mut tx, id, &crate::parent_actor(id), &detail).await?;
         tx.commit().await?;
         self.notify();
         saga_from_row(&row)
@@ -2241,14 +2249,21 @@ impl Store for SqliteStore {
             tx.rollback().await?;
             return Ok(Pruned::default());
         }
+        let ids: Vec<String> = sqlx::query_scalar(PRUNABLE_TREES_SQL)
+            .bind(to_json(&ids)?)
+            .bind(prunable_before(older_than))
+            .bind(to_json(&crate::prunable_statuses())?)
+            .fetch_all(&mut *tx)
+            .await?;
         let ids = to_json(&ids)?;
-        let mut deleted = [0_u64; 5];
+        let mut deleted = [0_u64; 6];
         // Children first: the foreign keys are checked per statement.
         for (n, sql) in [
             "DELETE FROM paysaga_history WHERE saga_id IN (SELECT value FROM json_each($1))",
             "DELETE FROM paysaga_waits WHERE saga_id IN (SELECT value FROM json_each($1))",
             "DELETE FROM paysaga_events WHERE consumed_by IN (SELECT value FROM json_each($1))",
             "DELETE FROM paysaga_documents WHERE saga_id IN (SELECT value FROM json_each($1))",
+            "DELETE FROM paysaga_fan_outs WHERE parent_id IN (SELECT value FROM json_each($1))",
             "DELETE FROM paysaga_sagas WHERE id IN (SELECT value FROM json_each($1))",
         ]
         .into_iter()
@@ -2261,7 +2276,7 @@ impl Store for SqliteStore {
                 .rows_affected();
         }
         tx.commit().await?;
-        let [history, waits, events, documents, sagas] = deleted;
+        let [history, waits, events, documents, _fan_outs, sagas] = deleted;
         Ok(Pruned {
             sagas,
             history,
@@ -2273,12 +2288,16 @@ impl Store for SqliteStore {
     }
 
     async fn count_prunable(&self, older_than: Duration) -> Result<u64, Error> {
-        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM ({PRUNABLE_SQL})"))
-            .bind(prunable_before(older_than))
-            .bind(to_json(&crate::prunable_statuses())?)
-            .bind(-1_i64)
-            .fetch_one(&self.reader)
-            .await?;
+        let n: i64 = sqlx::query_scalar(&format!(
+            "SELECT (SELECT count(*) FROM ({PRUNABLE_SQL}))
+                  + (SELECT count(*) FROM paysaga_sagas INDEXED BY paysaga_sagas_children
+                     WHERE parent_id IN ({PRUNABLE_SQL}))"
+        ))
+        .bind(prunable_before(older_than))
+        .bind(to_json(&crate::prunable_statuses())?)
+        .bind(-1_i64)
+        .fetch_one(&self.reader)
+        .await?;
         Ok(n as u64)
     }
 
@@ -2420,8 +2439,9 @@ impl Store for SqliteStore {
                 "INSERT INTO paysaga_sagas (id, definition_id, workflow, version, idempotency_key,
                                             input, status, run_at, created_at, updated_at,
                                             parent_id, parent_step, child_index, child_key,
-                                            trace_context)
-                 VALUES ($1, $2, $3, $4, $5, $6, 'scheduled', $7, $7, $7, $8, $9, $10, $11,
+                                            concurrency_key, concurrency_limit, trace_context)
+                 VALUES ($1, $2, $3, $4, $5, $6, 'scheduled', CASE WHEN $12 IS NULL THEN $7 END,
+                         $7, $7, $8, $9, $10, $11, $12, $13,
                          (SELECT p.trace_context FROM paysaga_sagas p WHERE p.id = $8))
                  ON CONFLICT (workflow, idempotency_key) DO NOTHING
                  RETURNING id",
@@ -2437,6 +2457,8 @@ impl Store for SqliteStore {
             .bind(req.step)
             .bind(i64::try_from(child.index).unwrap_or(i64::MAX))
             .bind(&child.key)
+            .bind(child.concurrency.as_ref().map(|c| c.key.as_str()))
+            .bind(child.concurrency.as_ref().map(|c| i64::from(c.limit)))
             .fetch_optional(&mut *tx)
             .await?;
             if id.is_some() {
@@ -2454,6 +2476,18 @@ impl Store for SqliteStore {
                 let actor = format!("parent {}", req.parent);
                 insert_history(&mut tx, child.id, None, Some(&actor), &[entry]).await?;
             }
+        }
+        // Children with a concurrency key were inserted queued: they take free slots of
+        // their keys as any started saga.
+        let mut keys: Vec<&str> = req
+            .children
+            .iter()
+            .filter_map(|c| c.concurrency.as_ref().map(|k| k.key.as_str()))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            admit_in(&mut tx, key).await?;
         }
         tx.commit().await?;
         self.notify();
@@ -2573,33 +2607,39 @@ impl Store for SqliteStore {
         actor: &str,
         detail: Value,
     ) -> Result<u64, Error> {
+        let mut tx = self.write_tx().await?;
+        let n = cancel_children_in(&mut tx, parent, actor, &detail).await?;
+        tx.commit().await?;
+        if n > 0 {
+            self.notify();
+        }
+        Ok(n)
+    }
+
+    async fn cascade_cancels(&self) -> Result<u64, Error> {
         let now = ts(Utc::now());
         let mut tx = self.write_tx().await?;
-        let ids: Vec<String> = sqlx::query_scalar(
-            "UPDATE paysaga_sagas SET cancel_requested = 1, run_at = $2, updated_at = $2
-             WHERE parent_id = $1 AND status IN ('scheduled', 'retrying', 'waiting')
-               AND cancel_requested = 0
-             RETURNING id",
-        )
-        .bind(parent.to_string())
-        .bind(&now)
-        .fetch_all(&mut *tx)
-        .await?;
-        for id in &ids {
+        let rows: Vec<(String, String)> = sqlx::query_as(CASCADE_CANCELS_SQL)
+            .bind(&now)
+            .fetch_all(&mut *tx)
+            .await?;
+        for (id, parent) in &rows {
+            let parent = parse_uuid(parent)?;
             let entry = HistoryEntry {
                 kind: HistoryKind::CancelRequested,
                 step: None,
                 attempt: None,
                 error: None,
-                detail: detail.clone(),
+                detail: crate::cascade_detail(parent, "unwinds or has ended"),
             };
-            insert_history(&mut tx, parse_uuid(id)?, None, Some(actor), &[entry]).await?;
+            let actor = crate::parent_actor(parent);
+            insert_history(&mut tx, parse_uuid(id)?, None, Some(&actor), &[entry]).await?;
         }
         tx.commit().await?;
-        if !ids.is_empty() {
+        if !rows.is_empty() {
             self.notify();
         }
-        Ok(ids.len() as u64)
+        Ok(rows.len() as u64)
     }
 
     async fn wake_fan_in(&self, parent: Uuid) -> Result<bool, Error> {
@@ -2801,13 +2841,82 @@ impl Store for SqliteStore {
     }
 }
 
-/// Sagas retention may delete (`$1` finished before, `$2` the prunable statuses as a JSON
-/// array, `$3` batch size, -1 for all), oldest first: the partial index
-/// `paysaga_sagas_finished`.
-const PRUNABLE_SQL: &str = "SELECT id FROM paysaga_sagas INDEXED BY paysaga_sagas_finished
-     WHERE finished_at IS NOT NULL AND finished_at < $1
-       AND status IN (SELECT value FROM json_each($2))
-     ORDER BY finished_at LIMIT $3";
+/// The cancel cascade's safety net ([`Store::cascade_cancels`], `$1` now): unfinished
+/// children not asked yet (`paysaga_sagas_open_children`) whose parent unwinds or ended
+/// otherwise than completed, at most 1000 a pass; returns (child, parent).
+const CASCADE_CANCELS_SQL: &str = "
+UPDATE paysaga_sagas SET cancel_requested = 1, run_at = $1, updated_at = $1
+WHERE id IN (
+    SELECT k.id FROM paysaga_sagas k INDEXED BY paysaga_sagas_open_children
+    JOIN paysaga_sagas p ON p.id = k.parent_id
+    WHERE k.parent_id IS NOT NULL AND k.status IN ('scheduled', 'retrying', 'waiting')
+      AND k.cancel_requested = 0
+      AND (p.cancel_requested = 1 OR p.close_requested IS NOT NULL
+           OR p.status IN ('compensating', 'compensated', 'cancelled', 'closed'))
+    LIMIT 1000)
+RETURNING id, parent_id";
+
+/// Asks `parent`'s unfinished children (scheduled, retrying, waiting; not asked yet) to
+/// cancel inside `tx`: a `cancel_requested` history row each; returns how many.
+async fn cancel_children_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    parent: Uuid,
+    actor: &str,
+    detail: &Value,
+) -> Result<u64, Error> {
+    let now = ts(Utc::now());
+    let ids: Vec<String> = sqlx::query_scalar(
+        "UPDATE paysaga_sagas SET cancel_requested = 1, run_at = $2, updated_at = $2
+         WHERE parent_id = $1 AND status IN ('scheduled', 'retrying', 'waiting')
+           AND cancel_requested = 0
+         RETURNING id",
+    )
+    .bind(parent.to_string())
+    .bind(&now)
+    .fetch_all(&mut **tx)
+    .await?;
+    for id in &ids {
+        let entry = HistoryEntry {
+            kind: HistoryKind::CancelRequested,
+            step: None,
+            attempt: None,
+            error: None,
+            detail: detail.clone(),
+        };
+        insert_history(tx, parse_uuid(id)?, None, Some(actor), &[entry]).await?;
+    }
+    Ok(ids.len() as u64)
+}
+
+/// The roots of the campaigns retention may delete (`$1` finished before, `$2` the prunable
+/// statuses as a JSON array, `$3` batch size, -1 for all), oldest first (the partial index
+/// `paysaga_sagas_finished`): prunable sagas that are not children of a saga still stored (a
+/// child goes with its parent) and whose children are all prunable too.
+const PRUNABLE_SQL: &str = "SELECT r.id FROM paysaga_sagas r INDEXED BY paysaga_sagas_finished
+     WHERE r.finished_at IS NOT NULL AND r.finished_at < $1
+       AND r.status IN (SELECT value FROM json_each($2))
+       AND (r.parent_id IS NULL
+            OR NOT EXISTS (SELECT 1 FROM paysaga_sagas p WHERE p.id = r.parent_id))
+       AND NOT EXISTS (
+           SELECT 1 FROM paysaga_sagas c INDEXED BY paysaga_sagas_children
+           WHERE c.parent_id = r.id
+             AND NOT (c.finished_at IS NOT NULL AND c.finished_at < $1
+                      AND c.status IN (SELECT value FROM json_each($2))))
+     ORDER BY r.finished_at LIMIT $3";
+
+/// The sagas of the campaigns rooted at `$1` (a JSON array of ids): each root with its
+/// descendants (`paysaga_sagas_children`), unless one of those is not prunable (`$2`, `$3`
+/// as [`PRUNABLE_SQL`]'s `$1`, `$2`).
+const PRUNABLE_TREES_SQL: &str = "WITH RECURSIVE tree (root, id) AS (
+         SELECT value, value FROM json_each($1)
+         UNION ALL
+         SELECT t.root, c.id FROM tree t
+         JOIN paysaga_sagas c INDEXED BY paysaga_sagas_children ON c.parent_id = t.id),
+     blocked AS (
+         SELECT DISTINCT t.root FROM tree t JOIN paysaga_sagas b ON b.id = t.id
+         WHERE NOT (b.finished_at IS NOT NULL AND b.finished_at < $2
+                    AND b.status IN (SELECT value FROM json_each($3))))
+     SELECT id FROM tree WHERE root NOT IN (SELECT root FROM blocked)";
 
 /// The cut-off of retention: now minus `older_than`.
 fn prunable_before(older_than: Duration) -> String {

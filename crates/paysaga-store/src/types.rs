@@ -602,6 +602,9 @@ pub struct NewChild {
     pub idempotency_key: String,
     /// Its input (validated by the caller).
     pub input: Value,
+    /// Its concurrency key when its workflow declares `[concurrency]` (`holds_slot` ignored):
+    /// it is started queued and takes a free slot of the key like any started saga.
+    pub concurrency: Option<SagaConcurrency>,
 }
 
 /// Children to start from fan-out step `step` of `parent`, under the parent's lease.

@@ -3972,6 +3972,7 @@ fn children(parent: Uuid, from: u64, keys: &[&str]) -> Vec<paysaga_store::NewChi
             key: k.to_string(),
             idempotency_key: paysaga_core::child_idempotency_key(parent, "fan", k),
             input: json!({"creator": k}),
+            concurrency: None,
         })
         .collect()
 }
@@ -4236,9 +4237,341 @@ async fn wake_fan_in_makes_only_an_unheld_waiting_parent_due(env: Env) {
     assert!(!s.wake_fan_in(parent.id).await.unwrap(), "already due");
 }
 
+/// The children of `parent` that were asked to cancel by it (`cancel_requested`, a
+/// `cancel_requested` history row with actor `parent <id>`), by key.
+async fn asked_by_parent(s: &dyn Store, parent: Uuid) -> Vec<String> {
+    let mut keys = Vec::new();
+    for c in s.child_sagas(parent, "fan", false).await.unwrap() {
+        let child = saga(s, c.id).await;
+        let rows = s.history(c.id).await.unwrap();
+        let asked = rows
+            .iter()
+            .filter(|h| {
+                h.kind == HistoryKind::CancelRequested
+                    && h.actor.as_deref() == Some(format!("parent {parent}").as_str())
+            })
+            .count();
+        assert_eq!(asked > 0, child.cancel_requested, "{child:?} {rows:?}");
+        assert!(asked <= 1, "asked once: {rows:?}");
+        if asked == 1 {
+            keys.push(c.key);
+        }
+    }
+    keys
+}
+
+/// Claims `id` and gives back every other saga the claim took.
+async fn claim_only(s: &dyn Store, w: Uuid, id: Uuid) -> SagaRecord {
+    let mut held = None;
+    for c in s.claim(w, &all_kinds(), 100).await.unwrap() {
+        if c.saga.id == id {
+            held = Some(c.saga);
+        } else {
+            s.release(c.saga.id, w, c.saga.fence).await.unwrap();
+        }
+    }
+    held.expect("the saga was claimed")
+}
+
+async fn a_cancel_or_close_of_a_parent_asks_its_unfinished_children_to_cancel_with_no_worker_run(
+    env: Env,
+) {
+    use paysaga_core::{CloseRequest, ClosedOutcome};
+    use paysaga_store::OperatorChange;
+    let s = env.s();
+    let w = worker(s, LONG_TTL).await;
+    // A parent waiting in its fan-in, children a (completed), b (parked), c (scheduled):
+    // the cancel request alone (no worker runs the parent afterwards) reaches c only.
+    let fan_in = |key: &'static str| async move {
+        let parent = start(s, "parent", &[STEP], Some(key)).await;
+        let held = claim_only(s, w, parent.id).await;
+        let batch = children(parent.id, 0, &["a", "b", "c"]);
+        start_children(s, &held, w, held.fence, &batch)
+            .await
+            .unwrap();
+        park_parent_in_fan_in(s, &held, w).await;
+        for c in s.claim(w, &all_kinds(), 100).await.unwrap() {
+            let c = c.saga;
+            if c.id == batch[0].id {
+                commit(s, &c, w, &transition(SagaStatus::Completed, 1), None)
+                    .await
+                    .unwrap();
+            } else if c.id == batch[1].id {
+                commit(s, &c, w, &transition(SagaStatus::NeedsOperator, 0), None)
+                    .await
+                    .unwrap();
+            } else {
+                s.release(c.id, w, c.fence).await.unwrap();
+            }
+        }
+        (saga(s, parent.id).await, batch)
+    };
+    let (cancelled, batch) = fan_in("p-cancel").await;
+    s.request_cancel(cancelled.id, "ops:alice", "campaign withdrawn")
+        .await
+        .unwrap();
+    assert_eq!(asked_by_parent(s, cancelled.id).await, ["c"]);
+    assert!(
+        saga(s, batch[2].id).await.run_at.unwrap() <= Utc::now() + chrono::Duration::seconds(1)
+    );
+    assert_eq!(
+        saga(s, batch[1].id).await.status,
+        SagaStatus::NeedsOperator,
+        "a parked child stays for its operator"
+    );
+
+    // A parent parked by an operator, then closed (plain) or closed with compensation.
+    let action = |saga: &SagaRecord, t| OperatorAction {
+        saga: saga.id,
+        expect_status: saga.status,
+        expect_step_index: saga.step_index,
+        transition: t,
+        actor: "ops:alice",
+    };
+    let park = |parent: SagaRecord| async move {
+        let held = claim_only(s, w, parent.id).await;
+        commit(s, &held, w, &transition(SagaStatus::NeedsOperator, 0), None)
+            .await
+            .unwrap();
+        saga(s, parent.id).await
+    };
+    let (plain, _) = fan_in("p-close").await;
+    s.wake_fan_in(plain.id).await.unwrap();
+    let plain = park(plain).await;
+    let mut closed = transition(SagaStatus::Closed, 0);
+    closed.history = vec![entry(HistoryKind::SagaClosed, Some("s1"), None)];
+    s.operator_apply_with(
+        action(&plain, &closed),
+        OperatorChange {
+            closed_outcome: Some(ClosedOutcome::NotPaid),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(asked_by_parent(s, plain.id).await, ["c"]);
+
+    let (compensating, _) = fan_in("p-close-compensate").await;
+    s.wake_fan_in(compensating.id).await.unwrap();
+    let compensating = park(compensating).await;
+    let req = CloseRequest {
+        outcome: ClosedOutcome::NotPaid,
+        actor: "ops:alice".to_string(),
+        reason: "campaign withdrawn".to_string(),
+        requested_at: Utc::now(),
+    };
+    let mut unwind = transition(SagaStatus::Compensating, 0);
+    unwind.history = vec![entry(HistoryKind::CloseRequested, Some("s1"), None)];
+    s.operator_apply_with(
+        action(&compensating, &unwind),
+        OperatorChange {
+            close_request: Some(&req),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(asked_by_parent(s, compensating.id).await, ["c"]);
+
+    // Children started after the cancel request (by the run that held the parent then): the
+    // reapers' safety net asks them, once.
+    let late = start(s, "parent", &[STEP], Some("p-late")).await;
+    let held = claim_only(s, w, late.id).await;
+    s.request_cancel(late.id, "ops:alice", "stop")
+        .await
+        .unwrap();
+    let batch = children(late.id, 0, &["a", "b"]);
+    start_children(s, &held, w, held.fence, &batch)
+        .await
+        .unwrap();
+    assert!(asked_by_parent(s, late.id).await.is_empty());
+    assert_eq!(s.cascade_cancels().await.unwrap(), 2);
+    assert_eq!(asked_by_parent(s, late.id).await, ["a", "b"]);
+    assert_eq!(s.cascade_cancels().await.unwrap(), 0, "asked once");
+    // A parent moving on normally leaves its children alone.
+    let (running, _) = fan_in("p-running").await;
+    assert_eq!(s.cascade_cancels().await.unwrap(), 0);
+    assert!(asked_by_parent(s, running.id).await.is_empty());
+}
+
+/// A campaign: a parent whose fan-out started children `ends.len()` children, child `i`
+/// ending with `ends[i]` (or left scheduled), then the parent ending with `parent_end` (or
+/// left waiting in its fan-in). Returns the parent and the children's ids.
+async fn campaign_with(
+    s: &dyn Store,
+    w: Uuid,
+    key: &str,
+    ends: &[Option<SagaStatus>],
+    parent_end: Option<SagaStatus>,
+) -> (Uuid, Vec<Uuid>) {
+    let parent = start(s, "parent", &[STEP], Some(key)).await;
+    let held = claim_only(s, w, parent.id).await;
+    let keys: Vec<String> = (0..ends.len()).map(|i| format!("{key}-{i}")).collect();
+    let keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
+    let batch = children(parent.id, 0, &keys);
+    start_children(s, &held, w, held.fence, &batch)
+        .await
+        .unwrap();
+    park_parent_in_fan_in(s, &held, w).await;
+    for (c, end) in batch.iter().zip(ends) {
+        if let Some(status) = end {
+            let child = claim_only(s, w, c.id).await;
+            commit(s, &child, w, &transition(*status, 1), None)
+                .await
+                .unwrap();
+        }
+    }
+    if let Some(status) = parent_end {
+        let p = claim_only(s, w, parent.id).await;
+        commit(s, &p, w, &transition(status, 1), None)
+            .await
+            .unwrap();
+    }
+    (parent.id, batch.iter().map(|c| c.id).collect())
+}
+
+async fn prune_deletes_a_finished_campaign_as_a_unit_and_never_leaves_a_child_or_fan_out_row_behind(
+    env: Env,
+) {
+    let s = env.s();
+    let w = worker(s, LONG_TTL).await;
+    let done = Some(SagaStatus::Completed);
+    // Finished, every child finished: pruned with its children and fan-out row.
+    let (finished, finished_children) = campaign_with(
+        s,
+        w,
+        "finished",
+        &[done, Some(SagaStatus::Cancelled), done],
+        done,
+    )
+    .await;
+    // Ended (cancelled), one child still unwinding: nothing of it goes.
+    let (unwinding, unwinding_children) = campaign_with(
+        s,
+        w,
+        "unwinding",
+        &[done, None],
+        Some(SagaStatus::Cancelled),
+    )
+    .await;
+    // Still waiting for its children, two of them finished: they stay with their parent.
+    let (open, open_children) = campaign_with(s, w, "open", &[done, done, None], None).await;
+    // A parked child keeps its finished parent.
+    let (parked, parked_children) = campaign_with(
+        s,
+        w,
+        "parked",
+        &[done, Some(SagaStatus::NeedsOperator)],
+        Some(SagaStatus::Compensated),
+    )
+    .await;
+    let single = start(s, "flow", &[STEP], Some("single")).await;
+    let held = claim_only(s, w, single.id).await;
+    commit(s, &held, w, &transition(SagaStatus::Completed, 1), None)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        s.count_prunable(Duration::ZERO).await.unwrap(),
+        1 + 3 + 1,
+        "the finished campaign and the single saga"
+    );
+    // A batch of one root takes the whole campaign (or the single saga first).
+    let mut pruned = 0;
+    for _ in 0..5 {
+        let p = s.prune_finished(Duration::ZERO, 1).await.unwrap();
+        if p.sagas == 0 {
+            break;
+        }
+        assert!(p.sagas == 1 || p.sagas == 4, "{p:?}");
+        pruned += p.sagas;
+    }
+    assert_eq!(pruned, 5);
+    assert!(s.saga(finished).await.unwrap().is_none());
+    for c in &finished_children {
+        assert!(
+            s.saga(*c).await.unwrap().is_none(),
+            "child pruned with its parent"
+        );
+        assert!(s.history(*c).await.unwrap().is_empty());
+    }
+    assert_eq!(s.fan_out_progress(finished, "fan").await.unwrap(), None);
+    assert!(s.saga(single.id).await.unwrap().is_none());
+    for (parent, kids) in [
+        (unwinding, &unwinding_children),
+        (open, &open_children),
+        (parked, &parked_children),
+    ] {
+        assert!(s.saga(parent).await.unwrap().is_some());
+        assert!(s.fan_out_progress(parent, "fan").await.unwrap().is_some());
+        for c in kids.iter() {
+            let child = s
+                .saga(*c)
+                .await
+                .unwrap()
+                .expect("a child stays with its parent");
+            assert_eq!(s.parent_of(child.id).await.unwrap().unwrap().parent, parent);
+        }
+    }
+    assert_eq!(s.count_prunable(Duration::ZERO).await.unwrap(), 0);
+}
+
+async fn children_of_a_keyed_workflow_take_a_concurrency_slot_like_any_started_saga(env: Env) {
+    let s = env.s();
+    let w = worker(s, LONG_TTL).await;
+    // Another saga of the key holds its only slot.
+    let holder = start_keyed(s, "child", "acme", 1).await;
+    assert!(holds(&saga(s, holder.id).await));
+    let parent = start(s, "parent", &[STEP], None).await;
+    let held = claim_only(s, w, parent.id).await;
+    let mut batch = children(parent.id, 0, &["a", "b", "c"]);
+    for c in &mut batch {
+        c.concurrency = Some(paysaga_store::SagaConcurrency {
+            key: "child:acme".to_string(),
+            limit: 1,
+            holds_slot: false,
+        });
+    }
+    // Child c has a key of its own with a free slot.
+    batch[2].concurrency.as_mut().unwrap().key = "child:other".to_string();
+    start_children(s, &held, w, held.fence, &batch)
+        .await
+        .unwrap();
+    let a = saga(s, batch[0].id).await;
+    let c = saga(s, batch[2].id).await;
+    assert!(a.is_queued() && a.run_at.is_none(), "{a:?}");
+    assert!(saga(s, batch[1].id).await.is_queued());
+    assert!(holds(&c) && c.run_at.is_some(), "{c:?}");
+    // The claim skips the queued children.
+    let claimed: Vec<Uuid> = s
+        .claim(w, &all_kinds(), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|x| x.saga.id)
+        .collect();
+    assert!(
+        claimed.contains(&c.id) && claimed.contains(&holder.id),
+        "{claimed:?}"
+    );
+    assert!(!claimed.contains(&a.id) && !claimed.contains(&batch[1].id));
+    // The holder ends: one queued child (started together: either) gets the slot, the
+    // other stays queued.
+    let h = saga(s, holder.id).await;
+    commit(s, &h, w, &transition(SagaStatus::Completed, 1), None)
+        .await
+        .unwrap();
+    s.admit_queued().await.unwrap();
+    let (a, b) = (saga(s, a.id).await, saga(s, batch[1].id).await);
+    assert!(holds(&a) != holds(&b), "exactly one: {a:?} {b:?}");
+}
+
 mod child_sagas {
     use super::*;
     conformance!(
+        children_of_a_keyed_workflow_take_a_concurrency_slot_like_any_started_saga,
+        prune_deletes_a_finished_campaign_as_a_unit_and_never_leaves_a_child_or_fan_out_row_behind,
+        a_cancel_or_close_of_a_parent_asks_its_unfinished_children_to_cancel_with_no_worker_run,
         fan_out_children_are_started_once_per_key_under_the_parents_fence,
         a_child_that_ends_for_good_counts_itself_and_wakes_its_waiting_parent,
         cancel_children_asks_every_unfinished_child_to_cancel_and_no_other,
