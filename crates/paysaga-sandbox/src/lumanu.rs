@@ -1129,6 +1129,18 @@ async fn create_payable(State(app): State<App>, bytes: Bytes) -> ApiResult {
     if vendor_email.as_deref().is_some_and(|e| !e.contains('@')) {
         return Err(ApiError::bad_request("payee_email is not an email address"));
     }
+    // Sandbox convention (like a test card number): a payee at the reserved `.invalid` domain
+    // (RFC 2606) stands for one Lumanu cannot pay, refused every time.
+    if vendor_email
+        .as_deref()
+        .is_some_and(|e| e.to_ascii_lowercase().ends_with(".invalid"))
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_payee",
+            "payee_email cannot receive payments (sandbox: the .invalid domain)",
+        ));
+    }
     let custom_fields = body.value("custom_fields").cloned().unwrap_or(json!([]));
     let now = Utc::now();
     let json = app.with(|w| {
