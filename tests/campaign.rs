@@ -201,7 +201,6 @@ async fn assert_campaign_paid_once(rig: &Rig, saga: &SagaRecord, n: usize, unpay
         saga.last_error,
         rig.logs.display()
     );
-    eprintln!("campaign outputs: {}", saga.outputs);
     let invoices = rig.fundings("invoice").await;
     assert_eq!(invoices.len(), 1, "one funding invoice: {invoices:#?}");
     let deposits = rig.ledger("deposit").await;
@@ -339,7 +338,9 @@ async fn campaign_of_200_under_faults_and_a_worker_killed_mid_fan_out_pays_each_
             .fan_out_progress(id, "creators")
             .await
             .unwrap();
-        if progress.is_some_and(|p| p.ended >= 20) {
+        if let Some(p) = progress.filter(|p| p.ended >= 20) {
+            assert!(p.ended < n as u64, "the fan-out ended before the kill: {p:?}");
+            eprintln!("killing w1 with {} of {n} children ended", p.ended);
             break;
         }
         let s = rig.saga(id).await;
@@ -361,4 +362,13 @@ async fn campaign_of_200_under_faults_and_a_worker_killed_mid_fan_out_pays_each_
     let saga = rig.wait_terminal(id, Duration::from_secs(400)).await;
     rig.sandbox.set_faults("none").await;
     assert_campaign_paid_once(&rig, &saga, n, &unpayable).await;
+    // The injected faults really happened: steps retried.
+    let pool = sqlx::PgPool::connect(rig.db.url()).await.unwrap();
+    let retries: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM paysaga_history WHERE kind = 'step_retrying'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    eprintln!("retries under faults: {retries}");
+    assert!(retries > 0, "the injected faults caused no retry");
 }
