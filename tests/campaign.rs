@@ -372,3 +372,35 @@ async fn campaign_of_200_under_faults_and_a_worker_killed_mid_fan_out_pays_each_
     eprintln!("retries under faults: {retries}");
     assert!(retries > 0, "the injected faults caused no retry");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn campaign_whose_payables_exceed_the_deposit_pays_nothing() {
+    let rig = Rig::new("campaign-underfunded", "none").await;
+    let _w = rig.worker("w1", true);
+    let mut input = rig.input(4, &[]);
+    // Invoiced one cent short of what the creators are owed.
+    input["total"] = json!(input["total"].as_i64().unwrap() - 1);
+    let id = rig.start(input).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let saga = loop {
+        let s = rig.saga(id).await;
+        if s.status.is_final() || s.status == SagaStatus::NeedsOperator {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "campaign {id} still {} (logs in {})",
+            s.status,
+            rig.logs.display()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_ne!(saga.status, SagaStatus::Completed);
+    let error = saga.last_error.clone().unwrap_or_default();
+    assert!(
+        error.contains("more than the") && error.contains("nothing paid"),
+        "{error}"
+    );
+    assert!(rig.ledger("payment").await.is_empty(), "nothing is paid");
+    assert!(rig.fundings("balance").await.is_empty());
+}
