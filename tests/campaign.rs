@@ -339,7 +339,10 @@ async fn campaign_of_200_under_faults_and_a_worker_killed_mid_fan_out_pays_each_
             .await
             .unwrap();
         if let Some(p) = progress.filter(|p| p.ended >= 20) {
-            assert!(p.ended < n as u64, "the fan-out ended before the kill: {p:?}");
+            assert!(
+                p.ended < n as u64,
+                "the fan-out ended before the kill: {p:?}"
+            );
             eprintln!("killing w1 with {} of {n} children ended", p.ended);
             break;
         }
