@@ -144,7 +144,11 @@ pub async fn run(server: &Server, cfg: &Config, log_dir: &Path) -> Result<Campai
     );
     wait_port(sandbox_port, "the sandbox")?;
     let worker = Command::new(&bin)
-        .args(["worker", "--http-addr", &format!("127.0.0.1:{webhook_port}")])
+        .args([
+            "worker",
+            "--http-addr",
+            &format!("127.0.0.1:{webhook_port}"),
+        ])
         .args(["--worker-id", "campaign-0", "--no-migrate"])
         .args(["--concurrency", &cfg.concurrency.to_string()])
         .env("DATABASE_URL", &db.url)
@@ -170,7 +174,11 @@ pub async fn run(server: &Server, cfg: &Config, log_dir: &Path) -> Result<Campai
             .await?
             .json()
             .await?;
-        Ok::<_, anyhow::Error>(stats["providers"]["lumanu"]["requests"].as_u64().unwrap_or(0))
+        Ok::<_, anyhow::Error>(
+            stats["providers"]["lumanu"]["requests"]
+                .as_u64()
+                .unwrap_or(0),
+        )
     };
     let requests_before = requests().await?;
 

@@ -1196,11 +1196,13 @@ struct CampaignPayable {
 
 /// The creators of a campaign: those whose child completed (with the payable its
 /// `payable_step` created) and the others (`{key, status}`), in item order.
+#[derive(Debug)]
 struct Campaign {
     payables: Vec<CampaignPayable>,
     excluded: Vec<Value>,
 }
 
+#[derive(Debug)]
 struct CampaignParams {
     workspace_id: String,
     children: Vec<Value>,
@@ -1633,6 +1635,77 @@ mod tests {
         assert_eq!(reference_tag(Some("no tag")), None);
         assert_eq!(reference_tag(Some("[ps-open")), None);
         assert_eq!(reference_tag(None), None);
+    }
+
+    fn child(key: &str, status: &str, payable: Option<(&str, i64)>) -> Value {
+        let steps = match payable {
+            Some((id, amount)) => {
+                json!({"create_payable": {"payable_id": id, "amount": amount}, "approve_payable": {}})
+            }
+            None => json!({}),
+        };
+        json!({"key": key, "index": 0, "saga_id": null, "status": status, "steps": steps})
+    }
+
+    #[test]
+    fn campaign_pays_completed_children_and_excludes_the_others() {
+        let children = vec![
+            child("a", "completed", Some(("p1", 100))),
+            child("b", "compensated", None),
+            child("c", "completed", Some(("p2", 250))),
+        ];
+        let c = campaign(&children, "create_payable").unwrap();
+        assert_eq!(
+            c.payables,
+            vec![
+                CampaignPayable {
+                    key: "a".into(),
+                    payable_id: "p1".into(),
+                    amount: 100
+                },
+                CampaignPayable {
+                    key: "c".into(),
+                    payable_id: "p2".into(),
+                    amount: 250
+                },
+            ]
+        );
+        assert_eq!(c.excluded.len(), 1);
+        assert_eq!(c.excluded[0]["key"], "b");
+        assert_eq!(c.excluded[0]["status"], "compensated");
+    }
+
+    #[test]
+    fn campaign_refuses_a_payable_named_by_two_creators_or_a_missing_payable() {
+        let twice = vec![
+            child("a", "completed", Some(("p1", 100))),
+            child("b", "completed", Some(("p1", 100))),
+        ];
+        assert!(campaign(&twice, "create_payable")
+            .unwrap_err()
+            .contains("two creators"));
+        let missing = vec![child("a", "completed", None)];
+        assert!(campaign(&missing, "create_payable")
+            .unwrap_err()
+            .contains("payable_step"));
+    }
+
+    #[test]
+    fn campaign_children_given_as_the_array_of_matches_are_flattened() {
+        let params = json!({
+            "workspace_id": "ws",
+            "children": [[child("a", "completed", Some(("p1", 100)))]],
+            "funded": 100,
+        });
+        let p = Fields::new(&params, Mode::Run)
+            .and_then(|f| campaign_params(&f))
+            .unwrap();
+        assert_eq!(p.children.len(), 1);
+        assert_eq!(p.batch, DEFAULT_PAYABLES_PER_FUNDING);
+        let bad = json!({"workspace_id": "ws", "children": [], "payables_per_funding": 0});
+        assert!(Fields::new(&bad, Mode::Run)
+            .and_then(|f| campaign_params(&f))
+            .is_err());
     }
 
     #[test]
