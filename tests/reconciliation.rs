@@ -347,12 +347,7 @@ async fn reconcile_finds_exactly_each_kind_of_drift_provoked_in_the_sandbox() {
             .await
             .unwrap()
             .unwrap();
-        let mut kinds: Vec<&str> = stored
-            .run
-            .findings
-            .iter()
-            .map(|f| f.kind.as_str())
-            .collect();
+        let mut kinds: Vec<&str> = stored.run.findings.iter().map(|f| f.kind.as_str()).collect();
         kinds.sort_unstable();
         if stored.run.actor.starts_with("worker:") && kinds == expected {
             break;
