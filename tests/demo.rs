@@ -6,8 +6,21 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// The three workflows the demo runs.
-const WORKFLOWS: [&str; 3] = ["lumanu_prefund", "blaaiz_kyc_payout", "lean_payout"];
+/// The workflows the demo runs (the campaign starts 25 `lumanu_campaign_payee` children).
+const WORKFLOWS: [&str; 4] = [
+    "lumanu_prefund",
+    "blaaiz_kyc_payout",
+    "lean_payout",
+    "lumanu_campaign",
+];
+
+/// The line the demo ends with when every saga completed.
+const ALL_COMPLETED: &str =
+    "all 4 sagas completed: lumanu_prefund, blaaiz_kyc_payout, lean_payout, lumanu_campaign";
+
+/// The example workspaces (ledger ACCOUNT column, cut to 22 characters).
+const PREFUND_ACCOUNT: &str = "0967198e-ec7b-4c6b-...";
+const CAMPAIGN_ACCOUNT: &str = "7a3c2e10-5d4b-4c8e-...";
 
 /// Ledger rows the demo prints: `provider kind side amount currency ...`.
 fn ledger_rows(stdout: &str) -> Vec<Vec<String>> {
@@ -52,10 +65,7 @@ async fn demo_runs_the_three_payout_workflows_to_completion_and_prints_the_ledge
     );
 
     // Progress and the end of each saga.
-    assert!(
-        stdout.contains("all 3 sagas completed: lumanu_prefund, blaaiz_kyc_payout, lean_payout"),
-        "{stdout}"
-    );
+    assert!(stdout.contains(ALL_COMPLETED), "{stdout}");
     for wf in WORKFLOWS {
         assert!(
             stdout
@@ -77,14 +87,17 @@ async fn demo_runs_the_three_payout_workflows_to_completion_and_prints_the_ledge
 
     // The ledger: exactly one payout per provider, of the example inputs' amounts.
     let rows = ledger_rows(&stdout);
-    let count = |provider: &str, kind: &str| {
-        rows.iter()
-            .filter(|r| r.len() >= 5 && r[0] == provider && r[1] == kind)
-            .count()
+    // Lumanu rows are told apart by workspace: the prefund's, the campaign's.
+    let is = |r: &Vec<String>, provider: &str, kind: &str| {
+        r.len() >= 6
+            && r[0] == provider
+            && r[1] == kind
+            && (provider != "lumanu" || r[5] == PREFUND_ACCOUNT)
     };
+    let count = |provider: &str, kind: &str| rows.iter().filter(|r| is(r, provider, kind)).count();
     let row = |provider: &str, kind: &str| {
         rows.iter()
-            .find(|r| r.len() >= 5 && r[0] == provider && r[1] == kind)
+            .find(|r| is(r, provider, kind))
             .unwrap_or_else(|| panic!("no {provider} {kind} in the ledger:\n{stdout}"))
             .clone()
     };
@@ -100,6 +113,29 @@ async fn demo_runs_the_three_payout_workflows_to_completion_and_prints_the_ledge
     // The Lumanu payable was paid from the deposit of the funding invoice.
     let deposit = row("lumanu", "deposit");
     assert_eq!(deposit[2..5], ["credit", "125000", "USD"], "{stdout}");
+    // The campaign: one deposit of the 25 creators' total, 25 payments of their amounts.
+    let campaign = |kind: &str| -> Vec<i64> {
+        rows.iter()
+            .filter(|r| {
+                r.len() >= 6 && r[0] == "lumanu" && r[1] == kind && r[5] == CAMPAIGN_ACCOUNT
+            })
+            .map(|r| r[3].parse().unwrap())
+            .collect()
+    };
+    let mut paid = campaign("payment");
+    paid.sort_unstable();
+    let expected: Vec<i64> = (0..25).map(|i| 10_000 + 100 * i).collect();
+    assert_eq!(paid, expected, "{stdout}");
+    assert_eq!(
+        campaign("deposit"),
+        [expected.iter().sum::<i64>()],
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .contains("campaign: 25 creator(s) paid 280000 USD cents from 1 deposit(s) of 280000"),
+        "{stdout}"
+    );
     // No secret reaches the output.
     for secret in [
         "sandbox-lumanu-secret",
@@ -109,16 +145,23 @@ async fn demo_runs_the_three_payout_workflows_to_completion_and_prints_the_ledge
         assert!(!stdout.contains(secret) && !stderr.contains(secret));
     }
 
-    // The database agrees: three completed sagas, one per workflow.
+    // The database agrees: one completed saga per workflow, 25 completed campaign children.
     let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
-    let rows: Vec<(String, String)> =
-        sqlx::query_as("SELECT workflow, status FROM paysaga_sagas ORDER BY workflow")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-    let mut expected: Vec<(String, String)> = WORKFLOWS
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT workflow, status, count(*) FROM paysaga_sagas GROUP BY workflow, status \
+         ORDER BY workflow",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let mut expected: Vec<(String, String, i64)> = WORKFLOWS
         .iter()
-        .map(|w| (w.to_string(), "completed".to_string()))
+        .map(|w| (w.to_string(), "completed".to_string(), 1))
+        .chain([(
+            "lumanu_campaign_payee".to_string(),
+            "completed".to_string(),
+            25,
+        )])
         .collect();
     expected.sort();
     assert_eq!(rows, expected);
@@ -155,21 +198,18 @@ async fn demo_without_a_database_url_runs_on_an_embedded_sqlite_file() {
         .lines()
         .find(|l| l.contains("sqlite://"))
         .unwrap_or_else(|| panic!("the demo does not say it uses SQLite:\n{stdout}"));
-    assert!(
-        stdout.contains("all 3 sagas completed: lumanu_prefund, blaaiz_kyc_payout, lean_payout"),
-        "{stdout}"
-    );
+    assert!(stdout.contains(ALL_COMPLETED), "{stdout}");
     let rows = ledger_rows(&stdout);
-    for (provider, kind) in [
-        ("lumanu", "payment"),
-        ("blaaiz", "payout"),
-        ("lean", "payment"),
+    for (provider, kind, n) in [
+        ("lumanu", "payment", 26),
+        ("blaaiz", "payout", 1),
+        ("lean", "payment", 1),
     ] {
         assert_eq!(
             rows.iter()
                 .filter(|r| r.len() >= 5 && r[0] == provider && r[1] == kind)
                 .count(),
-            1,
+            n,
             "{provider} {kind}:\n{stdout}"
         );
     }

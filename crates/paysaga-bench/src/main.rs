@@ -101,7 +101,8 @@ struct Opts {
     /// WAL and write-transaction figures are cluster-wide and then include other clients.
     #[arg(long)]
     server: Option<String>,
-    /// Scenarios to run (comma-separated): throughput, wake, claim, single, idle, prune, ratelimit, peers, scale.
+    /// Scenarios to run (comma-separated): throughput, wake, claim, single, idle, prune, ratelimit,
+    /// peers, scale, campaign.
     #[arg(
         long,
         value_delimiter = ',',
@@ -177,6 +178,9 @@ struct Opts {
     /// x concurrency 32 against 50 requests/s) [default: 2000, quick 210].
     #[arg(long)]
     ratelimit_steps: Option<usize>,
+    /// Creators of the campaign scenario (`--only campaign`) [default: 10000, quick 500].
+    #[arg(long)]
+    campaign_creators: Option<usize>,
 }
 
 fn main() -> Result<()> {
@@ -280,6 +284,7 @@ async fn bench(o: Opts) -> Result<()> {
             rate_limit: None,
             peers: None,
             scale: None,
+            campaign: None,
         };
         if run("throughput") {
             eprintln!("[1,2] throughput and pgbench ceiling");
@@ -358,6 +363,14 @@ async fn bench(o: Opts) -> Result<()> {
             match scenarios::rate_limit::run(&server, &cfg, &log_dir).await {
                 Ok(x) => report.rate_limit = Some(x),
                 Err(e) => report.errors.push(format!("ratelimit: {e:#}")),
+            }
+        }
+        if run("campaign") {
+            eprintln!("[10] Lumanu campaign of many creators");
+            let cfg = scenarios::campaign::Config { creators: o.campaign_creators.unwrap_or(if q { 500 } else { 10_000 }), concurrency: 32, timeout: std::time::Duration::from_secs(3600) };
+            match scenarios::campaign::run(&server, &cfg, &log_dir).await {
+                Ok(x) => report.campaign = Some(x),
+                Err(e) => report.errors.push(format!("campaign: {e:#}")),
             }
         }
         report.duration_s = t0.elapsed().as_secs_f64();

@@ -60,6 +60,8 @@ pub struct Report {
     pub peers: Option<crate::scenarios::peers::PeerRun>,
     /// Scenario 11: the scale-out table.
     pub scale: Option<crate::scenarios::scale::ScaleOut>,
+    /// Scenario 12: a Lumanu campaign of many creators.
+    pub campaign: Option<crate::scenarios::campaign::CampaignRun>,
 }
 
 fn verdict(pass: bool) -> String {
@@ -515,6 +517,22 @@ impl Report {
         let _ = writeln!(o, "settings  {}", settings.join(" "));
         let _ = writeln!(o, "pgbench   {}", m.pgbench);
 
+        if let Some(x) = &self.campaign {
+            let _ = writeln!(o, "\n[10] Lumanu campaign: {} creators (child sagas), one worker process x concurrency {}, sandbox without delays", x.creators, x.concurrency);
+            let _ = writeln!(o, "  campaign               {} in {:.1} s ({} paid; fan-out done at {}; {:.1} children/s); {} balance funding(s)", x.status, x.seconds, x.paid, x.fan_out_seconds.map_or("-".to_string(), |s| format!("{s:.1} s")), x.children_per_s, x.balance_fundings);
+            let _ = writeln!(
+                o,
+                "  worker RSS             peak {:.1} MiB, end {:.1} MiB",
+                x.worker_rss_peak_mib, x.worker_rss_end_mib
+            );
+            let _ = writeln!(o, "  database               +{} bytes = {:.0} bytes per child (sagas table {} bytes, history {} bytes / {} rows)", x.db_bytes_after - x.db_bytes_before, x.db_bytes_per_child, x.sagas_table_bytes, x.history_table_bytes, x.history_rows);
+            let _ = writeln!(
+                o,
+                "  Lumanu requests        {} ({:.1} per creator)",
+                x.lumanu_requests,
+                x.lumanu_requests as f64 / x.creators.max(1) as f64
+            );
+        }
         if let Some(x) = &self.rate_limit {
             let _ = writeln!(o, "\n[7] rate limit: {} Lumanu payouts ({} steps), {} worker processes x concurrency {}, sandbox and workers at {}/s", x.sagas, x.steps, x.workers, x.concurrency, x.limit_per_s);
             let _ = writeln!(

@@ -1,6 +1,7 @@
 //! `paysaga demo`: one saga of each payout workflow (`lumanu_prefund`, `blaaiz_kyc_payout`,
-//! `lean_payout`) run end to end in one process against the provider sandbox, with a line of
-//! progress per change, then a summary of each saga's steps and the sandbox's money ledger.
+//! `lean_payout`) and a Lumanu campaign (`lumanu_campaign`: 25 creators paid from one deposit,
+//! each a child saga) run end to end in one process against the provider sandbox, with a line
+//! of progress per change, then a summary of each saga's steps and the sandbox's money ledger.
 //!
 //! Everything runs in this process, wired as in production:
 //! * the sandbox (fake Lumanu, Blaaiz and Lean with a money ledger) on `127.0.0.1:0`, with the
@@ -42,7 +43,7 @@ struct Workflow {
     input: &'static str,
 }
 
-const WORKFLOWS: [Workflow; 3] = [
+const WORKFLOWS: [Workflow; 4] = [
     Workflow {
         name: "lumanu_prefund",
         definition: include_str!("../../../workflows/lumanu_prefund.toml"),
@@ -58,7 +59,39 @@ const WORKFLOWS: [Workflow; 3] = [
         definition: include_str!("../../../workflows/lean_payout.toml"),
         input: include_str!("../../../workflows/examples/lean_payout.json"),
     },
+    Workflow {
+        name: "lumanu_campaign",
+        definition: include_str!("../../../workflows/lumanu_campaign.toml"),
+        input: include_str!("../../../workflows/examples/lumanu_campaign.json"),
+    },
 ];
+
+/// Workflows the demo's sagas start as children (submitted, never started directly).
+const CHILD_WORKFLOWS: [(&str, &str); 1] = [(
+    "lumanu_campaign_payee",
+    include_str!("../../../workflows/lumanu_campaign_payee.toml"),
+)];
+
+/// Creators in the demo's Lumanu campaign.
+const CAMPAIGN_CREATORS: usize = 25;
+
+/// The campaign's input: the example's with [`CAMPAIGN_CREATORS`] creators (100.00 to 124.00
+/// USD) and the invoice total their sum.
+fn campaign_input(mut input: Value) -> Value {
+    let creators: Vec<Value> = (0..CAMPAIGN_CREATORS)
+        .map(|i| {
+            serde_json::json!({
+                "id": format!("creator-{:02}", i + 1),
+                "amount": 10_000 + 100 * i as i64,
+                "email": format!("creator-{:02}@creators.example", i + 1),
+            })
+        })
+        .collect();
+    let total: i64 = creators.iter().filter_map(|c| c["amount"].as_i64()).sum();
+    input["creators"] = Value::Array(creators);
+    input["total"] = Value::from(total);
+    input
+}
 
 /// The example KYC documents, by the Blaaiz input's `file_category`: (content type, bytes).
 const DOCUMENTS: [(&str, &str, &[u8]); 3] = [
@@ -242,6 +275,14 @@ async fn run_in(db: &DemoDatabase, run_id: &str) -> Result<bool> {
     let kinds = paysaga_providers::steps::step_kinds(&providers.clients());
     let engine = Engine::new(db.store.clone(), crate::registry(kinds));
     crate::ensure_builtins(&engine).await?;
+    for (name, definition) in CHILD_WORKFLOWS {
+        let def = Definition::from_toml(definition)
+            .with_context(|| format!("embedded definition {name}"))?;
+        engine
+            .submit_definition(&def)
+            .await
+            .with_context(|| format!("definition {name} refused"))?;
+    }
     for wf in &WORKFLOWS {
         let def = Definition::from_toml(wf.definition)
             .with_context(|| format!("embedded definition {}", wf.name))?;
@@ -306,7 +347,10 @@ async fn run_in(db: &DemoDatabase, run_id: &str) -> Result<bool> {
         }
     }
     match ledger {
-        Ok(entries) => print_ledger(&entries),
+        Ok(entries) => {
+            print_ledger(&entries);
+            print_campaign(&entries);
+        }
         Err(e) => println!("sandbox ledger unavailable: {e:#}"),
     }
     println!();
@@ -347,6 +391,9 @@ async fn drive(engine: &Engine, run_id: &str) -> Result<Vec<Tracked>> {
     for wf in &WORKFLOWS {
         let mut input: Value = serde_json::from_str(wf.input)
             .with_context(|| format!("embedded example input of {}", wf.name))?;
+        if wf.name == "lumanu_campaign" {
+            input = campaign_input(input);
+        }
         put_documents(engine, &mut input).await?;
         let key = format!("demo-{run_id}-{}", wf.name);
         let started = engine
@@ -643,6 +690,34 @@ fn print_ledger(entries: &[Value]) {
             mask_account(&text(e, "counterparty"))
         );
     }
+}
+
+/// The campaign's money in the ledger: its workspace's deposit, the payments, what is left.
+fn print_campaign(entries: &[Value]) {
+    let input: Value = WORKFLOWS
+        .iter()
+        .find(|w| w.name == "lumanu_campaign")
+        .and_then(|w| serde_json::from_str(w.input).ok())
+        .unwrap_or_default();
+    let Some(workspace) = input["workspace_id"].as_str() else {
+        return;
+    };
+    let of = |kind: &str| -> Vec<i64> {
+        entries
+            .iter()
+            .filter(|e| e["account"] == workspace && e["kind"] == kind)
+            .filter_map(|e| e["amount"].as_i64())
+            .collect()
+    };
+    let (deposits, payments) = (of("deposit"), of("payment"));
+    let (funded, paid) = (deposits.iter().sum::<i64>(), payments.iter().sum::<i64>());
+    println!(
+        "campaign: {} creator(s) paid {paid} USD cents from {} deposit(s) of {funded} in \
+         workspace {workspace}; {} left in the balance",
+        payments.len(),
+        deposits.len(),
+        funded - paid
+    );
 }
 
 /// `abcdefgh...` cut to `width` characters with an ellipsis.

@@ -34,6 +34,10 @@
 //!   `GET /workspace/{id}/project[/{id}]`, `GET /workspace/{id}/partner[/{id}]`,
 //!   `POST|GET /payable`, `POST /payables` and `GET /payouts` (the quickstart's paths),
 //!   `GET /payable/{id}`, `POST /payable/{id}/approve`, `POST /payable/{id}/cancel`.
+//!   `POST /funding` with `method: balance` pays any number of approved payables at once
+//!   (`payable_ids`; Lumanu documents no maximum). Sandbox convention: a payable to a
+//!   `payee_email` at the reserved `.invalid` domain is refused (`422 invalid_payee`), the
+//!   stand-in for a creator Lumanu cannot pay.
 //! * Blaaiz `/api/external`: `POST /customer`, `GET /customer?email=`, `GET /customer/{id}`,
 //!   `POST /customer/{id}/files`, `POST /file/get-presigned-url`, `POST /payout`,
 //!   `POST /transaction` (list), `GET /transaction/{id}`, `POST|GET /webhook`,

@@ -1065,8 +1065,18 @@ impl Page {
         })
     }
 
-    fn apply(&self, mut items: Vec<(Value, i64, DateTime<Utc>)>) -> Value {
-        // (json, amount, created_at); creation order breaks ties.
+    fn apply(&self, items: Vec<(Value, i64, DateTime<Utc>)>) -> Value {
+        self.apply_with(items, |v| v)
+    }
+
+    /// [`Page::apply`] rendering only the page's items (a long list is sorted by its keys, not
+    /// rendered whole for every page).
+    fn apply_with<T>(
+        &self,
+        mut items: Vec<(T, i64, DateTime<Utc>)>,
+        render: impl Fn(T) -> Value,
+    ) -> Value {
+        // (item, amount, created_at); creation order breaks ties.
         match self.order_by.as_str() {
             "amount" => items.sort_by_key(|(_, a, _)| *a),
             _ => items.sort_by_key(|(_, _, c)| *c),
@@ -1079,7 +1089,7 @@ impl Page {
             .into_iter()
             .skip(self.offset)
             .take(self.limit)
-            .map(|(v, _, _)| v)
+            .map(|(v, _, _)| render(v))
             .collect();
         json!({"data": data, "total": total, "limit": self.limit, "offset": self.offset})
     }
@@ -1128,6 +1138,18 @@ async fn create_payable(State(app): State<App>, bytes: Bytes) -> ApiResult {
     }
     if vendor_email.as_deref().is_some_and(|e| !e.contains('@')) {
         return Err(ApiError::bad_request("payee_email is not an email address"));
+    }
+    // Sandbox convention (like a test card number): a payee at the reserved `.invalid` domain
+    // (RFC 2606) stands for one Lumanu cannot pay, refused every time.
+    if vendor_email
+        .as_deref()
+        .is_some_and(|e| e.to_ascii_lowercase().ends_with(".invalid"))
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_payee",
+            "payee_email cannot receive payments (sandbox: the .invalid domain)",
+        ));
     }
     let custom_fields = body.value("custom_fields").cloned().unwrap_or(json!([]));
     let now = Utc::now();
@@ -1182,8 +1204,9 @@ async fn list_payables(
     let page = Page::from_query(&q)?;
     let matches =
         |key: &str, value: Option<&str>| q.get(key).is_none_or(|want| Some(want.as_str()) == value);
-    let items = app.with(|w| {
-        w.lumanu
+    let json = app.with(|w| {
+        let items = w
+            .lumanu
             .payables
             .iter()
             .filter(|p| {
@@ -1193,10 +1216,11 @@ async fn list_payables(
                     && matches("payee_email", p.vendor_email.as_deref())
                     && matches("payable_status", Some(p.payable_status))
             })
-            .map(|p| (p.json(), p.amount, p.created_at))
-            .collect::<Vec<_>>()
+            .map(|p| (p, p.amount, p.created_at))
+            .collect::<Vec<_>>();
+        page.apply_with(items, Payable::json)
     });
-    Ok(Json(page.apply(items)))
+    Ok(Json(json))
 }
 
 async fn approve_payable(State(app): State<App>, Path(id): Path<String>) -> ApiResult {

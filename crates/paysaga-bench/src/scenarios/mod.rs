@@ -1,5 +1,6 @@
 //! The scenarios, each on a fresh database of its own.
 
+pub mod campaign;
 pub mod claim;
 pub mod idle;
 pub mod memory_wake;

@@ -28,6 +28,8 @@ pub fn kinds(client: &LumanuClient) -> Vec<Arc<dyn StepKind>> {
         Arc::new(ApprovePayable(client.clone())),
         Arc::new(PayFromBalance(client.clone())),
         Arc::new(AwaitPayablePaid(client.clone())),
+        Arc::new(PayCampaign(client.clone())),
+        Arc::new(AwaitCampaignPaid(client.clone())),
     ]
 }
 
@@ -1172,6 +1174,454 @@ impl StepKind for AwaitPayablePaid {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The campaign flow (`workflows/lumanu_campaign.toml`): the payables the children of a fan-out
+// created and approved are paid together from the balance, then awaited together.
+
+/// How many payables one balance funding pays when the step does not say. Lumanu documents
+/// `payable_ids` as an array without a maximum; 100 matches its documented list page limit and
+/// keeps one request small.
+pub const DEFAULT_PAYABLES_PER_FUNDING: usize = 100;
+
+/// Most excluded creators listed in an output (the count is always complete).
+const EXCLUDED_LISTED: usize = 100;
+
+/// One creator of a campaign as the fan-out's `$.children.<step>` array shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CampaignPayable {
+    key: String,
+    payable_id: String,
+    amount: i64,
+}
+
+/// The creators of a campaign: those whose child completed (with the payable its
+/// `payable_step` created) and the others (`{key, status}`), in item order.
+#[derive(Debug)]
+struct Campaign {
+    payables: Vec<CampaignPayable>,
+    excluded: Vec<Value>,
+}
+
+#[derive(Debug)]
+struct CampaignParams {
+    workspace_id: String,
+    children: Vec<Value>,
+    payable_step: String,
+    funded: Option<i64>,
+    batch: usize,
+}
+
+fn campaign_params(f: &Fields<'_>) -> Result<CampaignParams, String> {
+    let workspace_id = f.id("workspace_id")?;
+    let children = match f.raw("children") {
+        // A `$.children...` path resolves to the array of its matches: `$.children.<step>`
+        // is one match, the children's array.
+        Some(Value::Array(items)) => items
+            .iter()
+            .flat_map(|item| match item {
+                Value::Array(inner) => inner.clone(),
+                other => vec![other.clone()],
+            })
+            .collect(),
+        Some(_) => return Err(format!("{} must be a list", f.path("children"))),
+        None if f.mode() == Mode::Validate => Vec::new(),
+        None => return Err(format!("{} is required", f.path("children"))),
+    };
+    let payable_step = match f.raw("payable_step") {
+        Some(_) => f.string("payable_step")?,
+        None => "create_payable".to_owned(),
+    };
+    let funded = match f.raw("funded") {
+        Some(_) => Some(f.amount("funded")?),
+        None => None,
+    };
+    let batch = match f.raw("payables_per_funding") {
+        None => DEFAULT_PAYABLES_PER_FUNDING,
+        Some(v) => match v.as_u64() {
+            Some(n @ 1..=10_000) => n as usize,
+            _ => {
+                return Err(format!(
+                    "{} must be a whole number from 1 to 10000",
+                    f.path("payables_per_funding")
+                ))
+            }
+        },
+    };
+    Ok(CampaignParams {
+        workspace_id,
+        children,
+        payable_step,
+        funded,
+        batch,
+    })
+}
+
+fn campaign(children: &[Value], payable_step: &str) -> Result<Campaign, String> {
+    let mut payables = Vec::new();
+    let mut excluded = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for child in children {
+        let key = match &child["key"] {
+            Value::String(s) => s.clone(),
+            Value::Null => String::new(),
+            other => other.to_string(),
+        };
+        let status = child["status"].as_str().unwrap_or("unknown");
+        if status != "completed" {
+            excluded.push(json!({"key": key, "status": status, "saga_id": child["saga_id"]}));
+            continue;
+        }
+        let out = &child["steps"][payable_step];
+        let (Some(payable_id), Some(amount)) = (out["payable_id"].as_str(), out["amount"].as_i64())
+        else {
+            return Err(format!(
+                "child {key:?} completed but its step {payable_step:?} has no payable_id and \
+                 amount: is payable_step the child workflow's lumanu.create_payable step?"
+            ));
+        };
+        if !seen.insert(payable_id.to_owned()) {
+            return Err(format!(
+                "payable {payable_id} belongs to two creators (child {key:?}): not paying"
+            ));
+        }
+        payables.push(CampaignPayable {
+            key,
+            payable_id: payable_id.to_owned(),
+            amount,
+        });
+    }
+    Ok(Campaign { payables, excluded })
+}
+
+/// The current state of `ids`: one listing of the workspace (a few pages), then a `GET` for
+/// any the listing did not show.
+async fn payable_states(
+    client: &LumanuClient,
+    workspace_id: &str,
+    ids: &[&str],
+) -> crate::Result<std::collections::HashMap<String, Payable>> {
+    let wanted: std::collections::HashSet<&str> = ids.iter().copied().collect();
+    let mut states: std::collections::HashMap<String, Payable> = client
+        .all_payables(workspace_id)
+        .await?
+        .into_iter()
+        .filter(|p| wanted.contains(p.id.as_str()))
+        .map(|p| (p.id.clone(), p))
+        .collect();
+    for id in ids {
+        if !states.contains_key(*id) {
+            let p = client.get_payable(id).await?;
+            states.insert(p.id.clone(), p);
+        }
+    }
+    Ok(states)
+}
+
+fn excluded_output(excluded: &[Value]) -> Value {
+    Value::Array(excluded.iter().take(EXCLUDED_LISTED).cloned().collect())
+}
+
+fn campaign_schema_params() -> Vec<paysaga_core::FieldSpec> {
+    vec![
+        paysaga_core::FieldSpec::required(
+            "workspace_id",
+            paysaga_core::FieldType::String,
+            "Lumanu workspace id",
+        ),
+        paysaga_core::FieldSpec::required(
+            "children",
+            paysaga_core::FieldType::Array,
+            "the fan-out's children ($.children.<fan-out step>)",
+        ),
+        paysaga_core::FieldSpec::optional(
+            "payable_step",
+            paysaga_core::FieldType::String,
+            "the child step that created the payable (default create_payable)",
+        ),
+    ]
+}
+
+/// `lumanu.pay_campaign`: pays every approved payable of a campaign's completed children from
+/// the balance, in as few balance fundings as possible. Irreversible.
+///
+/// Params: `workspace_id`, `children` (`$.children.<fan-out step>`), `payable_step` (the child
+/// step whose output has `payable_id` and `amount`; default `create_payable`), `funded` (cents
+/// the campaign was funded with), `payables_per_funding` (default
+/// [`DEFAULT_PAYABLES_PER_FUNDING`]).
+///
+/// Before paying anything it checks that the campaign's payables add up to no more than
+/// `funded` and that those still to pay fit in the available balance (else it fails, nothing
+/// paid). Every run first reads the payables' state: one already being paid or paid is never
+/// sent again, so a run again after a crash sends only what is left; Lumanu refuses a funding
+/// naming a payable that is not `approved`, so two attempts racing cannot pay one twice.
+/// Creators whose child did not complete, and payables no longer approved (cancelled by an
+/// operator), are excluded and reported. Output: `{paid_count, total, funded, fundings,
+/// already_paid, excluded_count, excluded: [{key, status, ...}] (at most 100), currency}`.
+#[derive(Debug, Clone)]
+pub struct PayCampaign(pub LumanuClient);
+
+#[async_trait]
+impl StepKind for PayCampaign {
+    fn name(&self) -> &'static str {
+        "lumanu.pay_campaign"
+    }
+
+    fn schema(&self) -> Option<paysaga_core::KindSchema> {
+        let mut params = campaign_schema_params();
+        params.push(paysaga_core::FieldSpec::required(
+            "funded",
+            paysaga_core::FieldType::Integer,
+            "US cents the campaign was funded with",
+        ));
+        params.push(paysaga_core::FieldSpec::optional(
+            "payables_per_funding",
+            paysaga_core::FieldType::Integer,
+            "most payables per balance funding (default 100)",
+        ));
+        Some(paysaga_core::KindSchema {
+            description:
+                "Pays a campaign's approved payables from the balance in batches (irreversible).",
+            params,
+            outputs: vec![
+                paysaga_core::FieldSpec::required(
+                    "paid_count",
+                    paysaga_core::FieldType::Integer,
+                    "payables being paid or paid",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "total",
+                    paysaga_core::FieldType::Integer,
+                    "their sum in US cents",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "excluded_count",
+                    paysaga_core::FieldType::Integer,
+                    "creators not paid",
+                ),
+            ],
+        })
+    }
+
+    fn validate(&self, params: &Value) -> Result<(), String> {
+        Fields::new(params, Mode::Validate).and_then(|f| campaign_params(&f).map(|_| ()))
+    }
+
+    fn irreversible(&self) -> bool {
+        true
+    }
+
+    async fn run(&self, _ctx: &StepContext, params: Value) -> StepOutcome {
+        let p = params!(&params, Mode::Run, campaign_params);
+        let Some(funded) = p.funded else {
+            return StepOutcome::fail("invalid params: funded is required");
+        };
+        let Campaign {
+            payables,
+            mut excluded,
+        } = match campaign(&p.children, &p.payable_step) {
+            Ok(c) => c,
+            Err(e) => return StepOutcome::fail(e),
+        };
+        let total: i64 = payables.iter().map(|c| c.amount).sum();
+        if total > funded {
+            return StepOutcome::fail(format!(
+                "the campaign's {} payables add up to {total} cents, more than the {funded} \
+                 cents funded: nothing paid; an operator funds the difference or cancels \
+                 payables, then retries this step",
+                payables.len()
+            ));
+        }
+        let ids: Vec<&str> = payables.iter().map(|c| c.payable_id.as_str()).collect();
+        let states = match payable_states(&self.0, &p.workspace_id, &ids).await {
+            Ok(s) => s,
+            Err(e) => return outcome_for("read the campaign's payables", &e),
+        };
+        let mut to_pay: Vec<&CampaignPayable> = Vec::new();
+        let mut paying = 0usize;
+        let mut paying_total = 0i64;
+        for c in &payables {
+            let Some(state) = states.get(&c.payable_id) else {
+                continue;
+            };
+            if is_paying_or_paid(state) {
+                paying += 1;
+                paying_total += c.amount;
+            } else if state.payable_status == Some(PayableStatus::Approved) {
+                to_pay.push(c);
+            } else {
+                excluded.push(json!({
+                    "key": c.key,
+                    "status": "completed",
+                    "payable_id": c.payable_id,
+                    "payable_status": status_of(state),
+                }));
+            }
+        }
+        let already_paid = paying;
+        let mut fundings = Vec::new();
+        if !to_pay.is_empty() {
+            let needed: i64 = to_pay.iter().map(|c| c.amount).sum();
+            let available = match self.0.get_wallet(&p.workspace_id).await {
+                Ok(w) => w.available_balance.or(w.balance).unwrap_or(0),
+                Err(e) => return outcome_for("read the wallet balance", &e),
+            };
+            if needed > available {
+                return StepOutcome::fail(format!(
+                    "{} payables still to pay need {needed} cents, the workspace {} has \
+                     {available} available: nothing more paid ({paying} already paid); an \
+                     operator funds the balance, then retries this step",
+                    to_pay.len(),
+                    p.workspace_id
+                ));
+            }
+            to_pay.sort_by(|a, b| a.payable_id.cmp(&b.payable_id));
+            for batch in to_pay.chunks(p.batch) {
+                let batch_ids: Vec<String> = batch.iter().map(|c| c.payable_id.clone()).collect();
+                match self.0.pay_from_balance(&p.workspace_id, &batch_ids).await {
+                    Ok(funding) => fundings.push(Value::String(funding.id)),
+                    Err(e) => {
+                        // Another attempt (a worker whose lease was taken over) may have paid
+                        // this batch meanwhile: that is this batch done. Otherwise the next
+                        // attempt reads the payables again and sends only what is left.
+                        let ids: Vec<&str> = batch_ids.iter().map(String::as_str).collect();
+                        match payable_states(&self.0, &p.workspace_id, &ids).await {
+                            Ok(s) if s.values().all(is_paying_or_paid) && s.len() == ids.len() => {}
+                            _ if e.may_have_taken_effect() => {
+                                return retry_unknown_effect(
+                                    &format!(
+                                        "pay {} campaign payables from balance",
+                                        batch_ids.len()
+                                    ),
+                                    &e,
+                                )
+                            }
+                            _ => {
+                                return outcome_for(
+                                    &format!(
+                                        "pay {} campaign payables from balance ({} of {} \
+                                         batches sent by this attempt)",
+                                        batch_ids.len(),
+                                        fundings.len(),
+                                        to_pay.len().div_ceil(p.batch)
+                                    ),
+                                    &e,
+                                )
+                            }
+                        }
+                    }
+                }
+                paying += batch.len();
+                paying_total += batch.iter().map(|c| c.amount).sum::<i64>();
+            }
+        }
+        StepOutcome::Done(json!({
+            "paid_count": paying,
+            "total": paying_total,
+            "funded": funded,
+            "currency": "USD",
+            "fundings": fundings,
+            "already_paid": already_paid,
+            "excluded_count": excluded.len(),
+            "excluded": excluded_output(&excluded),
+        }))
+    }
+}
+
+/// `lumanu.await_campaign_paid`: waits until every payable of a campaign's completed children
+/// that is being paid is `paid`.
+///
+/// Params: `workspace_id`, `children`, `payable_step` (as `lumanu.pay_campaign`). Every run
+/// (start, event, poll) reads the payables (one listing of the workspace); while some are not
+/// paid it waits for `payable.paid` of the first of them (key `payable:{id}`), the poll
+/// covering the rest. Payables that were never paid (cancelled: excluded by the pay step) are
+/// not awaited; a reversed one fails the step for an operator. Output: `{paid_count, total,
+/// currency}`.
+#[derive(Debug, Clone)]
+pub struct AwaitCampaignPaid(pub LumanuClient);
+
+#[async_trait]
+impl StepKind for AwaitCampaignPaid {
+    fn name(&self) -> &'static str {
+        "lumanu.await_campaign_paid"
+    }
+
+    fn schema(&self) -> Option<paysaga_core::KindSchema> {
+        Some(paysaga_core::KindSchema {
+            description: "Waits until every payable of a campaign that is being paid is paid.",
+            params: campaign_schema_params(),
+            outputs: vec![
+                paysaga_core::FieldSpec::required(
+                    "paid_count",
+                    paysaga_core::FieldType::Integer,
+                    "payables paid",
+                ),
+                paysaga_core::FieldSpec::required(
+                    "total",
+                    paysaga_core::FieldType::Integer,
+                    "their sum in US cents",
+                ),
+            ],
+        })
+    }
+
+    fn validate(&self, params: &Value) -> Result<(), String> {
+        Fields::new(params, Mode::Validate).and_then(|f| campaign_params(&f).map(|_| ()))
+    }
+
+    async fn run(&self, _ctx: &StepContext, params: Value) -> StepOutcome {
+        let p = params!(&params, Mode::Run, campaign_params);
+        let Campaign { payables, .. } = match campaign(&p.children, &p.payable_step) {
+            Ok(c) => c,
+            Err(e) => return StepOutcome::fail(e),
+        };
+        let ids: Vec<&str> = payables.iter().map(|c| c.payable_id.as_str()).collect();
+        let states = match payable_states(&self.0, &p.workspace_id, &ids).await {
+            Ok(s) => s,
+            Err(e) => return outcome_for("read the campaign's payables", &e),
+        };
+        let mut paid = 0usize;
+        let mut total = 0i64;
+        let mut pending: Vec<(&str, String)> = Vec::new();
+        for c in &payables {
+            let Some(state) = states.get(&c.payable_id) else {
+                continue;
+            };
+            match state.payable_status {
+                Some(PayableStatus::Paid) => {
+                    paid += 1;
+                    total += state.amount;
+                }
+                Some(PayableStatus::Reversed) => {
+                    return StepOutcome::fail(format!(
+                        "payable {} of creator {:?} was reversed after payment: an operator \
+                         decides whether to pay the creator again",
+                        c.payable_id, c.key
+                    ))
+                }
+                _ if is_paying_or_paid(state) => {
+                    pending.push((c.payable_id.as_str(), status_of(state)));
+                }
+                // Never sent for payment (cancelled, excluded by the pay step).
+                _ => {}
+            }
+        }
+        match pending.first() {
+            None => StepOutcome::Done(json!({
+                "paid_count": paid,
+                "total": total,
+                "currency": "USD",
+            })),
+            Some((first, status)) => StepOutcome::Wait(
+                WaitSpec::new(PROVIDER, "payable.paid", format!("payable:{first}"))
+                    .provider_status(format!(
+                        "{paid} paid, {} not yet (payable {first} is {status})",
+                        pending.len()
+                    )),
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1185,6 +1635,77 @@ mod tests {
         assert_eq!(reference_tag(Some("no tag")), None);
         assert_eq!(reference_tag(Some("[ps-open")), None);
         assert_eq!(reference_tag(None), None);
+    }
+
+    fn child(key: &str, status: &str, payable: Option<(&str, i64)>) -> Value {
+        let steps = match payable {
+            Some((id, amount)) => {
+                json!({"create_payable": {"payable_id": id, "amount": amount}, "approve_payable": {}})
+            }
+            None => json!({}),
+        };
+        json!({"key": key, "index": 0, "saga_id": null, "status": status, "steps": steps})
+    }
+
+    #[test]
+    fn campaign_pays_completed_children_and_excludes_the_others() {
+        let children = vec![
+            child("a", "completed", Some(("p1", 100))),
+            child("b", "compensated", None),
+            child("c", "completed", Some(("p2", 250))),
+        ];
+        let c = campaign(&children, "create_payable").unwrap();
+        assert_eq!(
+            c.payables,
+            vec![
+                CampaignPayable {
+                    key: "a".into(),
+                    payable_id: "p1".into(),
+                    amount: 100
+                },
+                CampaignPayable {
+                    key: "c".into(),
+                    payable_id: "p2".into(),
+                    amount: 250
+                },
+            ]
+        );
+        assert_eq!(c.excluded.len(), 1);
+        assert_eq!(c.excluded[0]["key"], "b");
+        assert_eq!(c.excluded[0]["status"], "compensated");
+    }
+
+    #[test]
+    fn campaign_refuses_a_payable_named_by_two_creators_or_a_missing_payable() {
+        let twice = vec![
+            child("a", "completed", Some(("p1", 100))),
+            child("b", "completed", Some(("p1", 100))),
+        ];
+        assert!(campaign(&twice, "create_payable")
+            .unwrap_err()
+            .contains("two creators"));
+        let missing = vec![child("a", "completed", None)];
+        assert!(campaign(&missing, "create_payable")
+            .unwrap_err()
+            .contains("payable_step"));
+    }
+
+    #[test]
+    fn campaign_children_given_as_the_array_of_matches_are_flattened() {
+        let params = json!({
+            "workspace_id": "ws",
+            "children": [[child("a", "completed", Some(("p1", 100)))]],
+            "funded": 100,
+        });
+        let p = Fields::new(&params, Mode::Run)
+            .and_then(|f| campaign_params(&f))
+            .unwrap();
+        assert_eq!(p.children.len(), 1);
+        assert_eq!(p.batch, DEFAULT_PAYABLES_PER_FUNDING);
+        let bad = json!({"workspace_id": "ws", "children": [], "payables_per_funding": 0});
+        assert!(Fields::new(&bad, Mode::Run)
+            .and_then(|f| campaign_params(&f))
+            .is_err());
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! | `lumanu.approve_payable` | approves it | no | no |
 //! | `lumanu.pay_from_balance` | pays it from the wallet balance | no | **yes** |
 //! | `lumanu.await_payable_paid` | waits for `payable.paid` | — | — |
+//! | `lumanu.pay_campaign` | pays a campaign's approved payables from the balance in batches (checks the sum against the funding first) | no | **yes** |
+//! | `lumanu.await_campaign_paid` | waits until every payable of the campaign is paid | — | — |
 //! | `blaaiz.create_customer` | finds (by email) or creates a customer | no | no |
 //! | `blaaiz.upload_documents` | uploads KYC documents (pre-signed URLs) | no | no |
 //! | `blaaiz.attach_files` | attaches them, which starts the review | no | no |
@@ -61,7 +63,7 @@ use paysaga_core::StepKind;
 use crate::config::Clients;
 
 /// The names of the Lumanu step kinds.
-pub const LUMANU_KINDS: [&str; 7] = [
+pub const LUMANU_KINDS: [&str; 9] = [
     "lumanu.fund_invoice",
     "lumanu.await_deposit",
     "lumanu.link_deposit",
@@ -69,6 +71,8 @@ pub const LUMANU_KINDS: [&str; 7] = [
     "lumanu.approve_payable",
     "lumanu.pay_from_balance",
     "lumanu.await_payable_paid",
+    "lumanu.pay_campaign",
+    "lumanu.await_campaign_paid",
 ];
 
 /// The names of the Blaaiz step kinds.
