@@ -79,11 +79,11 @@ pub async fn command(engine: &Engine, clients: &Clients, args: &ReconcileArgs) -
             &crate::operate::actor(),
         )
         .await?;
+        // By its id: a worker's periodic run may have stored another one since.
         store
-            .last_reconciliation()
+            .reconciliation(id)
             .await?
-            .filter(|r| r.id == id)
-            .context("the stored reconciliation cannot be read back")?
+            .with_context(|| format!("reconciliation #{id} was stored but cannot be read back"))?
     };
     print(&stored, args.json)?;
     let found = stored.run.findings.len();

@@ -555,6 +555,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn store_reconciliation(&self, run: &NewReconciliation) -> Result<i64, Error>;
     /// The latest stored reconciliation run, with its findings in order.
     async fn last_reconciliation(&self) -> Result<Option<Reconciliation>, Error>;
+    /// The stored reconciliation run `id` (as [`Store::store_reconciliation`] returned it), with
+    /// its findings in order; `None` if there is none (pruned, or another database).
+    async fn reconciliation(&self, id: i64) -> Result<Option<Reconciliation>, Error>;
 }
 
 /// The statuses in which a saga keeps its concurrency slot: every open one, `needs_operator`

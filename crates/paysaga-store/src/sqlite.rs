@@ -2792,10 +2792,22 @@ impl Store for SqliteStore {
     }
 
     async fn last_reconciliation(&self) -> Result<Option<Reconciliation>, Error> {
+        self.read_reconciliation(None).await
+    }
+
+    async fn reconciliation(&self, id: i64) -> Result<Option<Reconciliation>, Error> {
+        self.read_reconciliation(Some(id)).await
+    }
+}
+
+impl SqliteStore {
+    /// Reconciliation run `id`, or the latest one (`None`), with its findings.
+    async fn read_reconciliation(&self, id: Option<i64>) -> Result<Option<Reconciliation>, Error> {
         let Some(run) = sqlx::query(
             "SELECT id, started_at, finished_at, providers, since, objects_checked, actor
-             FROM paysaga_reconciliations ORDER BY id DESC LIMIT 1",
+             FROM paysaga_reconciliations WHERE ($1 IS NULL OR id = $1) ORDER BY id DESC LIMIT 1",
         )
+        .bind(id)
         .fetch_optional(&self.reader)
         .await?
         else {

@@ -3415,6 +3415,12 @@ async fn reconciliation_reads_references_with_saga_status_and_stores_runs_with_t
         last.run.since.map(|t| t.timestamp_micros()),
         second_run.since.map(|t| t.timestamp_micros())
     );
+    // An earlier run is read by its id (a CLI run while a worker stores its own after it).
+    let by_id = s.reconciliation(first).await.unwrap().unwrap();
+    assert_eq!(by_id.id, first);
+    assert_eq!(by_id.run.findings.len(), 1);
+    assert_eq!(by_id.run.findings[0].kind, "status_mismatch");
+    assert!(s.reconciliation(second + 1000).await.unwrap().is_none());
     // A kind outside the vocabulary is refused by the table's CHECK.
     assert!(s
         .store_reconciliation(&run(vec![finding("made_up", None, None)]))
