@@ -37,7 +37,12 @@ async fn the_host_registry_exposes_the_step_and_saga_metrics_of_a_saga_that_ran(
         .await
         .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = engine.worker(WorkerConfig::default());
+    // The operator gauges (`paysaga_sagas_started` among them) come from the database, computed
+    // by one worker every `gauges.every`: soon, and counting the saga at once.
+    let mut config = WorkerConfig::default();
+    config.gauges.every = Duration::from_millis(200);
+    config.gauges.started_lag = Duration::ZERO;
+    let worker = engine.worker(config);
     let running = tokio::spawn(worker.run(async {
         stopped.await.ok();
     }));
@@ -46,11 +51,23 @@ async fn the_host_registry_exposes_the_step_and_saga_metrics_of_a_saga_that_ran(
         .await
         .unwrap();
     assert_eq!(saga.status, SagaStatus::Completed);
+    // Until the gauges were computed after the start (the worker's first computation may
+    // have run before it).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let mut text = String::new();
+        encode(&mut text, &host).unwrap();
+        if text.contains(r#"paysaga_sagas_started_total{workflow="noop"} 1"#) {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no started count: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     stop.send(()).unwrap();
     running.await.unwrap().unwrap();
-
-    let mut text = String::new();
-    encode(&mut text, &host).unwrap();
     assert!(text.contains("shop_orders_total 1"), "{text}");
     // The five noop steps ran and the saga completed, as the host's exposition shows.
     assert!(
