@@ -6,11 +6,16 @@
 
 use std::sync::Arc;
 
+use std::borrow::Cow;
+
 use async_trait::async_trait;
-use paysaga_core::{StepContext, StepKind, StepOutcome, WaitSpec, Wake};
+use paysaga_core::{Step, StepContext, StepKind, StepOutcome, Typed, WaitSpec, Wake};
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 
 use super::common::{outcome_for, params, reference, retry_unknown_effect, tagged, Fields, Mode};
+use super::parameters::{Amount, Currency, Email, Id, Text};
 use crate::lumanu::{
     ApprovalStatus, CreatePayable, Funding, FundingStatus, InvoiceFunding, LumanuClient, Payable,
     PayableStatus, WalletTransaction, WalletTransactionStatus, WalletTransactionType,
@@ -22,12 +27,12 @@ const PROVIDER: &str = "lumanu";
 pub fn kinds(client: &LumanuClient) -> Vec<Arc<dyn StepKind>> {
     vec![
         Arc::new(FundInvoice(client.clone())),
-        Arc::new(AwaitDeposit(client.clone())),
-        Arc::new(LinkDeposit(client.clone())),
+        Arc::new(Typed(AwaitDeposit(client.clone()))),
+        Arc::new(Typed(LinkDeposit(client.clone()))),
         Arc::new(CreatePayableStep(client.clone())),
-        Arc::new(ApprovePayable(client.clone())),
-        Arc::new(PayFromBalance(client.clone())),
-        Arc::new(AwaitPayablePaid(client.clone())),
+        Arc::new(Typed(ApprovePayable(client.clone()))),
+        Arc::new(Typed(PayFromBalance(client.clone()))),
+        Arc::new(Typed(AwaitPayablePaid(client.clone()))),
         Arc::new(PayCampaign(client.clone())),
         Arc::new(AwaitCampaignPaid(client.clone())),
     ]
@@ -45,6 +50,36 @@ fn usd(f: &Fields<'_>, name: &str) -> Result<String, String> {
             "{} must be USD: Lumanu pays in US cents (got {code})",
             f.path(name)
         ))
+    }
+}
+
+/// The currency of a Lumanu amount: `USD` (any case; Lumanu pays in US cents only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usd;
+
+impl<'de> Deserialize<'de> for Usd {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let code = Currency::deserialize(d)?;
+        if code.as_str() == "USD" {
+            Ok(Usd)
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "must be USD: Lumanu pays in US cents (got {})",
+                code.as_str()
+            )))
+        }
+    }
+}
+
+impl JsonSchema for Usd {
+    fn schema_name() -> Cow<'static, str> {
+        Cow::Borrowed("Usd")
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({"type": "string", "pattern": "^[Uu][Ss][Dd]$"})
     }
 }
 
@@ -304,8 +339,30 @@ impl StepKind for FundInvoice {
 #[derive(Debug, Clone)]
 pub struct AwaitDeposit(pub LumanuClient);
 
-fn deposit_params(f: &Fields<'_>) -> Result<(String, String), String> {
-    Ok((f.id("workspace_id")?, f.id("funding_id")?))
+/// Parameters of `lumanu.await_deposit`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct DepositParams {
+    /// Lumanu workspace id
+    pub workspace_id: Id,
+    /// Lumanu funding id
+    pub funding_id: Id,
+}
+
+/// Output of `lumanu.await_deposit`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct DepositOutput {
+    /// deposit transfer id
+    pub transfer_id: String,
+    /// amount in US cents
+    pub amount: i64,
+    /// Lumanu funding id
+    pub funding_id: String,
+    /// the funding was already completed
+    pub already_linked: bool,
+    /// `duplicate_funding_deposit` alerts: deposits that paid other invoices carrying this
+    /// saga's reference (absent when there are none)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<Value>,
 }
 
 fn deposit_matches(t: &WalletTransaction, invoice_tag: Option<&str>, event_id: &str) -> bool {
@@ -335,57 +392,18 @@ fn contains_tag(description: &str, tag: &str) -> bool {
 }
 
 #[async_trait]
-impl StepKind for AwaitDeposit {
-    fn name(&self) -> &'static str {
-        "lumanu.await_deposit"
-    }
+impl Step for AwaitDeposit {
+    type Params = DepositParams;
+    type Output = DepositOutput;
+    const NAME: &'static str = "lumanu.await_deposit";
+    const DESCRIPTION: &'static str = "Waits for the deposit that pays the funding invoice.";
 
-    fn schema(&self) -> Option<paysaga_core::KindSchema> {
-        Some(paysaga_core::KindSchema {
-            description: "Waits for the deposit that pays the funding invoice.",
-            params: vec![
-                paysaga_core::FieldSpec::required(
-                    "workspace_id",
-                    paysaga_core::FieldType::String,
-                    "Lumanu workspace id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "funding_id",
-                    paysaga_core::FieldType::String,
-                    "Lumanu funding id",
-                ),
-            ],
-            outputs: vec![
-                paysaga_core::FieldSpec::required(
-                    "transfer_id",
-                    paysaga_core::FieldType::String,
-                    "deposit transfer id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "amount",
-                    paysaga_core::FieldType::Integer,
-                    "amount in US cents",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "funding_id",
-                    paysaga_core::FieldType::String,
-                    "Lumanu funding id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "already_linked",
-                    paysaga_core::FieldType::Boolean,
-                    "the funding was already completed",
-                ),
-            ],
-        })
-    }
-
-    fn validate(&self, params: &Value) -> Result<(), String> {
-        Fields::new(params, Mode::Validate).and_then(|f| deposit_params(&f).map(|_| ()))
-    }
-
-    async fn run(&self, ctx: &StepContext, params: Value) -> StepOutcome {
-        let (workspace_id, funding_id) = params!(&params, Mode::Run, deposit_params);
+    async fn run(
+        &self,
+        ctx: &StepContext,
+        params: DepositParams,
+    ) -> Result<DepositOutput, StepOutcome> {
+        let (workspace_id, funding_id) = (params.workspace_id.0, params.funding_id.0);
         let wait = |said: String| {
             let mut spec = WaitSpec::new(
                 PROVIDER,
@@ -394,11 +412,11 @@ impl StepKind for AwaitDeposit {
             )
             .provider_status(said);
             spec.event_types.push("transfer.updated".to_owned());
-            StepOutcome::Wait(spec)
+            Err(StepOutcome::Wait(spec))
         };
         let funding = match self.0.get_funding(&funding_id).await {
             Ok(f) => f,
-            Err(e) => return outcome_for("get funding", &e),
+            Err(e) => return Err(outcome_for("get funding", &e)),
         };
         // The event only says where to look: its transfer id, checked against the wallet.
         let event_transfer = match &ctx.wake {
@@ -435,7 +453,7 @@ impl StepKind for AwaitDeposit {
                     tag.as_deref().unwrap_or("(no number)")
                 ))
             }
-            Err(e) => return outcome_for("list wallet deposits", &e),
+            Err(e) => return Err(outcome_for("list wallet deposits", &e)),
         };
         if deposit.status != Some(WalletTransactionStatus::Processed) {
             return wait(format!(
@@ -449,11 +467,11 @@ impl StepKind for AwaitDeposit {
         }
         if let Some(expected) = funding.amount {
             if deposit.amount != expected {
-                return StepOutcome::fail(format!(
+                return Err(StepOutcome::fail(format!(
                     "deposit {} for funding {funding_id} is {} cents, the invoice is {expected} \
                      cents: an operator must decide how to proceed",
                     deposit.id, deposit.amount
-                ));
+                )));
             }
         }
         // Other invoices carrying this saga's reference (a create retried after a timeout)
@@ -476,21 +494,18 @@ impl StepKind for AwaitDeposit {
                         .iter()
                         .map(|t| duplicate_alert(t, &workspace_id, &funding_id, tag))
                         .collect(),
-                    Err(e) => return outcome_for("look for deposits of duplicate invoices", &e),
+                    Err(e) => return Err(outcome_for("look for deposits of duplicate invoices", &e)),
                 }
             }
             None => Vec::new(),
         };
-        let mut output = json!({
-            "transfer_id": deposit.id,
-            "amount": deposit.amount,
-            "funding_id": funding_id,
-            "already_linked": funding.status == Some(FundingStatus::Completed),
-        });
-        if !alerts.is_empty() {
-            output[paysaga_core::ALERTS_FIELD] = Value::Array(alerts);
-        }
-        StepOutcome::Done(output)
+        Ok(DepositOutput {
+            transfer_id: deposit.id,
+            amount: deposit.amount,
+            funding_id,
+            already_linked: funding.status == Some(FundingStatus::Completed),
+            alerts,
+        })
     }
 
     fn references(&self, output: &Value) -> Vec<(String, String)> {
@@ -542,68 +557,46 @@ fn duplicate_alert(
 #[derive(Debug, Clone)]
 pub struct LinkDeposit(pub LumanuClient);
 
-fn link_params(f: &Fields<'_>) -> Result<(String, String), String> {
-    Ok((f.id("funding_id")?, f.id("transfer_id")?))
+/// Parameters of `lumanu.link_deposit`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct LinkParams {
+    /// Lumanu funding id
+    pub funding_id: Id,
+    /// deposit transfer id
+    pub transfer_id: Id,
+}
+
+/// Output of `lumanu.link_deposit`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct LinkOutput {
+    /// Lumanu funding id
+    pub funding_id: String,
+    /// deposit transfer id
+    pub transfer_id: String,
+    /// funding status
+    pub status: Option<String>,
 }
 
 #[async_trait]
-impl StepKind for LinkDeposit {
-    fn name(&self) -> &'static str {
-        "lumanu.link_deposit"
-    }
+impl Step for LinkDeposit {
+    type Params = LinkParams;
+    type Output = LinkOutput;
+    const NAME: &'static str = "lumanu.link_deposit";
+    const DESCRIPTION: &'static str = "Links the deposit to the funding invoice.";
 
-    fn schema(&self) -> Option<paysaga_core::KindSchema> {
-        Some(paysaga_core::KindSchema {
-            description: "Links the deposit to the funding invoice.",
-            params: vec![
-                paysaga_core::FieldSpec::required(
-                    "funding_id",
-                    paysaga_core::FieldType::String,
-                    "Lumanu funding id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "transfer_id",
-                    paysaga_core::FieldType::String,
-                    "deposit transfer id",
-                ),
-            ],
-            outputs: vec![
-                paysaga_core::FieldSpec::required(
-                    "funding_id",
-                    paysaga_core::FieldType::String,
-                    "Lumanu funding id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "transfer_id",
-                    paysaga_core::FieldType::String,
-                    "deposit transfer id",
-                ),
-                paysaga_core::FieldSpec::optional(
-                    "status",
-                    paysaga_core::FieldType::String,
-                    "funding status",
-                ),
-            ],
-        })
-    }
-
-    fn validate(&self, params: &Value) -> Result<(), String> {
-        Fields::new(params, Mode::Validate).and_then(|f| link_params(&f).map(|_| ()))
-    }
-
-    async fn run(&self, _ctx: &StepContext, params: Value) -> StepOutcome {
-        let (funding_id, transfer_id) = params!(&params, Mode::Run, link_params);
+    async fn run(&self, _ctx: &StepContext, params: LinkParams) -> Result<LinkOutput, StepOutcome> {
+        let (funding_id, transfer_id) = (params.funding_id.0, params.transfer_id.0);
         match self
             .0
             .ensure_deposit_linked(&funding_id, &transfer_id)
             .await
         {
-            Ok(funding) => StepOutcome::Done(json!({
-                "funding_id": funding_id,
-                "transfer_id": transfer_id,
-                "status": funding.status.map(|s| s.to_string()),
-            })),
-            Err(e) => outcome_for("link deposit", &e),
+            Ok(funding) => Ok(LinkOutput {
+                funding_id,
+                transfer_id,
+                status: funding.status.map(|s| s.to_string()),
+            }),
+            Err(e) => Err(outcome_for("link deposit", &e)),
         }
     }
 
@@ -861,8 +854,20 @@ impl StepKind for CreatePayableStep {
 #[derive(Debug, Clone)]
 pub struct ApprovePayable(pub LumanuClient);
 
-fn id_param(name: &'static str) -> impl Fn(&Fields<'_>) -> Result<String, String> {
-    move |f| f.id(name)
+/// Parameters of `lumanu.approve_payable` and `lumanu.await_payable_paid`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct PayableIdParams {
+    /// Lumanu payable id
+    pub payable_id: Id,
+}
+
+/// Output of `lumanu.approve_payable`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ApproveOutput {
+    /// Lumanu payable id
+    pub payable_id: String,
+    /// payable status
+    pub payable_status: String,
 }
 
 fn is_approved_or_later(p: &Payable) -> bool {
@@ -897,69 +902,45 @@ fn status_of(p: &Payable) -> String {
 }
 
 #[async_trait]
-impl StepKind for ApprovePayable {
-    fn name(&self) -> &'static str {
-        "lumanu.approve_payable"
-    }
+impl Step for ApprovePayable {
+    type Params = PayableIdParams;
+    type Output = ApproveOutput;
+    const NAME: &'static str = "lumanu.approve_payable";
+    const DESCRIPTION: &'static str = "Approves a payable.";
 
-    fn schema(&self) -> Option<paysaga_core::KindSchema> {
-        Some(paysaga_core::KindSchema {
-            description: "Approves a payable.",
-            params: vec![paysaga_core::FieldSpec::required(
-                "payable_id",
-                paysaga_core::FieldType::String,
-                "Lumanu payable id",
-            )],
-            outputs: vec![
-                paysaga_core::FieldSpec::required(
-                    "payable_id",
-                    paysaga_core::FieldType::String,
-                    "Lumanu payable id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "payable_status",
-                    paysaga_core::FieldType::String,
-                    "payable status",
-                ),
-            ],
-        })
-    }
-
-    fn validate(&self, params: &Value) -> Result<(), String> {
-        Fields::new(params, Mode::Validate).and_then(|f| id_param("payable_id")(&f).map(|_| ()))
-    }
-
-    async fn run(&self, _ctx: &StepContext, params: Value) -> StepOutcome {
-        let payable_id = params!(&params, Mode::Run, id_param("payable_id"));
+    async fn run(
+        &self,
+        _ctx: &StepContext,
+        params: PayableIdParams,
+    ) -> Result<ApproveOutput, StepOutcome> {
+        let payable_id = params.payable_id.0;
+        let output = |p: &Payable| ApproveOutput {
+            payable_id: payable_id.clone(),
+            payable_status: status_of(p),
+        };
         let payable = match self.0.get_payable(&payable_id).await {
             Ok(p) => p,
-            Err(e) => return outcome_for("get payable", &e),
+            Err(e) => return Err(outcome_for("get payable", &e)),
         };
         if is_approved_or_later(&payable) {
-            return StepOutcome::Done(
-                json!({"payable_id": payable_id, "payable_status": status_of(&payable)}),
-            );
+            return Ok(output(&payable));
         }
         if matches!(
             payable.payable_status,
             Some(PayableStatus::Canceled | PayableStatus::Reversed)
         ) {
-            return StepOutcome::fail(format!(
+            return Err(StepOutcome::fail(format!(
                 "payable {payable_id} is {} and cannot be approved",
                 status_of(&payable)
-            ));
+            )));
         }
         match self.0.approve_payable(&payable_id).await {
-            Ok(p) => StepOutcome::Done(
-                json!({"payable_id": payable_id, "payable_status": status_of(&p)}),
-            ),
+            Ok(p) => Ok(output(&p)),
             // Refused or unknown: another attempt of this step (a worker whose lease was taken
             // over while its call was in flight) may have approved it meanwhile. Look again.
             Err(e) => match self.0.get_payable(&payable_id).await {
-                Ok(p) if is_approved_or_later(&p) => StepOutcome::Done(
-                    json!({"payable_id": payable_id, "payable_status": status_of(&p)}),
-                ),
-                _ => outcome_for("approve payable", &e),
+                Ok(p) if is_approved_or_later(&p) => Ok(output(&p)),
+                _ => Err(outcome_for("approve payable", &e)),
             },
         }
     }
@@ -980,109 +961,82 @@ impl StepKind for ApprovePayable {
 #[derive(Debug, Clone)]
 pub struct PayFromBalance(pub LumanuClient);
 
-fn pay_params(f: &Fields<'_>) -> Result<(String, String), String> {
-    Ok((f.id("workspace_id")?, f.id("payable_id")?))
+/// Parameters of `lumanu.pay_from_balance`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct PayParams {
+    /// Lumanu workspace id
+    pub workspace_id: Id,
+    /// Lumanu payable id
+    pub payable_id: Id,
+}
+
+/// Output of `lumanu.pay_from_balance`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PayOutput {
+    /// Lumanu payable id
+    pub payable_id: String,
+    /// funding id (none when it was paid already)
+    pub funding_id: Option<String>,
+    /// payable status
+    pub payable_status: String,
+    /// it was paid already
+    pub already_paid: bool,
 }
 
 #[async_trait]
-impl StepKind for PayFromBalance {
-    fn name(&self) -> &'static str {
-        "lumanu.pay_from_balance"
-    }
-
-    fn schema(&self) -> Option<paysaga_core::KindSchema> {
-        Some(paysaga_core::KindSchema {
-            description: "Pays a payable from the workspace balance (irreversible).",
-            params: vec![
-                paysaga_core::FieldSpec::required(
-                    "workspace_id",
-                    paysaga_core::FieldType::String,
-                    "Lumanu workspace id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "payable_id",
-                    paysaga_core::FieldType::String,
-                    "Lumanu payable id",
-                ),
-            ],
-            outputs: vec![
-                paysaga_core::FieldSpec::required(
-                    "payable_id",
-                    paysaga_core::FieldType::String,
-                    "Lumanu payable id",
-                ),
-                paysaga_core::FieldSpec::optional(
-                    "funding_id",
-                    paysaga_core::FieldType::String,
-                    "funding id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "payable_status",
-                    paysaga_core::FieldType::String,
-                    "payable status",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "already_paid",
-                    paysaga_core::FieldType::Boolean,
-                    "it was paid already",
-                ),
-            ],
-        })
-    }
-
-    fn validate(&self, params: &Value) -> Result<(), String> {
-        Fields::new(params, Mode::Validate).and_then(|f| pay_params(&f).map(|_| ()))
-    }
+impl Step for PayFromBalance {
+    type Params = PayParams;
+    type Output = PayOutput;
+    const NAME: &'static str = "lumanu.pay_from_balance";
+    const DESCRIPTION: &'static str = "Pays a payable from the workspace balance (irreversible).";
 
     fn irreversible(&self) -> bool {
         true
     }
 
-    async fn run(&self, _ctx: &StepContext, params: Value) -> StepOutcome {
-        let (workspace_id, payable_id) = params!(&params, Mode::Run, pay_params);
-        let already = |p: &Payable| {
-            StepOutcome::Done(json!({
-                "payable_id": payable_id,
-                "funding_id": Value::Null,
-                "payable_status": status_of(p),
-                "already_paid": true,
-            }))
+    async fn run(&self, _ctx: &StepContext, params: PayParams) -> Result<PayOutput, StepOutcome> {
+        let (workspace_id, payable_id) = (params.workspace_id.0, params.payable_id.0);
+        let already = |p: &Payable| PayOutput {
+            payable_id: payable_id.clone(),
+            funding_id: None,
+            payable_status: status_of(p),
+            already_paid: true,
         };
         let payable = match self.0.get_payable(&payable_id).await {
             Ok(p) => p,
-            Err(e) => return outcome_for("get payable before paying", &e),
+            Err(e) => return Err(outcome_for("get payable before paying", &e)),
         };
         if is_paying_or_paid(&payable) {
-            return already(&payable);
+            return Ok(already(&payable));
         }
         if payable.payable_status != Some(PayableStatus::Approved) {
-            return StepOutcome::fail(format!(
+            return Err(StepOutcome::fail(format!(
                 "payable {payable_id} is {}, not approved: it cannot be paid",
                 status_of(&payable)
-            ));
+            )));
         }
         match self
             .0
             .pay_from_balance(&workspace_id, std::slice::from_ref(&payable_id))
             .await
         {
-            Ok(funding) => StepOutcome::Done(json!({
-                "payable_id": payable_id,
-                "funding_id": funding.id,
-                "payable_status": "awaiting_payment",
-                "already_paid": false,
-            })),
+            Ok(funding) => Ok(PayOutput {
+                payable_id: payable_id.clone(),
+                funding_id: Some(funding.id),
+                payable_status: "awaiting_payment".to_owned(),
+                already_paid: false,
+            }),
             Err(e) if e.may_have_taken_effect() => match self.0.get_payable(&payable_id).await {
-                Ok(p) if is_paying_or_paid(&p) => already(&p),
-                _ => retry_unknown_effect("pay payable from balance", &e),
+                Ok(p) if is_paying_or_paid(&p) => Ok(already(&p)),
+                _ => Err(retry_unknown_effect("pay payable from balance", &e)),
             },
             // Refused (e.g. 422 "only approved payables can be paid"): another attempt of this
             // step (a worker whose lease was taken over while its call was in flight) may have
             // paid it meanwhile; that is this step done, not a failure to compensate. Found by
             // the long chaos run.
             Err(e) => match self.0.get_payable(&payable_id).await {
-                Ok(p) if is_paying_or_paid(&p) => already(&p),
-                _ => outcome_for("pay payable from balance", &e),
+                Ok(p) if is_paying_or_paid(&p) => Ok(already(&p)),
+                _ => Err(outcome_for("pay payable from balance", &e)),
             },
         }
     }
@@ -1102,60 +1056,46 @@ impl StepKind for PayFromBalance {
 #[derive(Debug, Clone)]
 pub struct AwaitPayablePaid(pub LumanuClient);
 
+/// Output of `lumanu.await_payable_paid`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PaidOutput {
+    /// Lumanu payable id
+    pub payable_id: String,
+    /// paid
+    pub payable_status: String,
+    /// amount in US cents
+    pub amount: i64,
+}
+
 #[async_trait]
-impl StepKind for AwaitPayablePaid {
-    fn name(&self) -> &'static str {
-        "lumanu.await_payable_paid"
-    }
+impl Step for AwaitPayablePaid {
+    type Params = PayableIdParams;
+    type Output = PaidOutput;
+    const NAME: &'static str = "lumanu.await_payable_paid";
+    const DESCRIPTION: &'static str = "Waits until the payable is paid.";
 
-    fn schema(&self) -> Option<paysaga_core::KindSchema> {
-        Some(paysaga_core::KindSchema {
-            description: "Waits until the payable is paid.",
-            params: vec![paysaga_core::FieldSpec::required(
-                "payable_id",
-                paysaga_core::FieldType::String,
-                "Lumanu payable id",
-            )],
-            outputs: vec![
-                paysaga_core::FieldSpec::required(
-                    "payable_id",
-                    paysaga_core::FieldType::String,
-                    "Lumanu payable id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "payable_status",
-                    paysaga_core::FieldType::String,
-                    "paid",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "amount",
-                    paysaga_core::FieldType::Integer,
-                    "amount in US cents",
-                ),
-            ],
-        })
-    }
-
-    fn validate(&self, params: &Value) -> Result<(), String> {
-        Fields::new(params, Mode::Validate).and_then(|f| id_param("payable_id")(&f).map(|_| ()))
-    }
-
-    async fn run(&self, _ctx: &StepContext, params: Value) -> StepOutcome {
-        let payable_id = params!(&params, Mode::Run, id_param("payable_id"));
+    async fn run(
+        &self,
+        _ctx: &StepContext,
+        params: PayableIdParams,
+    ) -> Result<PaidOutput, StepOutcome> {
+        let payable_id = params.payable_id.0;
         let payable = match self.0.get_payable(&payable_id).await {
             Ok(p) => p,
-            Err(e) => return outcome_for("get payable", &e),
+            Err(e) => return Err(outcome_for("get payable", &e)),
         };
         match payable.payable_status {
-            Some(PayableStatus::Paid) => StepOutcome::Done(json!({
-                "payable_id": payable_id,
-                "payable_status": "paid",
-                "amount": payable.amount,
-            })),
-            Some(PayableStatus::Canceled | PayableStatus::Reversed) => StepOutcome::fail(format!(
-                "payable {payable_id} is {} instead of paid",
-                status_of(&payable)
-            )),
+            Some(PayableStatus::Paid) => Ok(PaidOutput {
+                payable_status: "paid".to_owned(),
+                amount: payable.amount,
+                payable_id,
+            }),
+            Some(PayableStatus::Canceled | PayableStatus::Reversed) => {
+                Err(StepOutcome::fail(format!(
+                    "payable {payable_id} is {} instead of paid",
+                    status_of(&payable)
+                )))
+            }
             _ => {
                 let mut spec =
                     WaitSpec::new(PROVIDER, "payable.paid", format!("payable:{payable_id}"))
@@ -1164,7 +1104,7 @@ impl StepKind for AwaitPayablePaid {
                             status_of(&payable)
                         ));
                 spec.event_types.push("payable.canceled".to_owned());
-                StepOutcome::Wait(spec)
+                Err(StepOutcome::Wait(spec))
             }
         }
     }
