@@ -26,31 +26,16 @@ const PROVIDER: &str = "lumanu";
 /// The Lumanu step kinds, sharing `client`.
 pub fn kinds(client: &LumanuClient) -> Vec<Arc<dyn StepKind>> {
     vec![
-        Arc::new(FundInvoice(client.clone())),
+        Arc::new(Typed(FundInvoice(client.clone()))),
         Arc::new(Typed(AwaitDeposit(client.clone()))),
         Arc::new(Typed(LinkDeposit(client.clone()))),
-        Arc::new(CreatePayableStep(client.clone())),
+        Arc::new(Typed(CreatePayableStep(client.clone()))),
         Arc::new(Typed(ApprovePayable(client.clone()))),
         Arc::new(Typed(PayFromBalance(client.clone()))),
         Arc::new(Typed(AwaitPayablePaid(client.clone()))),
         Arc::new(PayCampaign(client.clone())),
         Arc::new(AwaitCampaignPaid(client.clone())),
     ]
-}
-
-fn usd(f: &Fields<'_>, name: &str) -> Result<String, String> {
-    let code = f.currency(name)?;
-    if f.mode() == Mode::Validate && code == "XXX" {
-        return Ok(code);
-    }
-    if code == "USD" {
-        Ok(code)
-    } else {
-        Err(format!(
-            "{} must be USD: Lumanu pays in US cents (got {code})",
-            f.path(name)
-        ))
-    }
 }
 
 /// The currency of a Lumanu amount: `USD` (any case; Lumanu pays in US cents only).
@@ -103,219 +88,152 @@ impl JsonSchema for Usd {
 #[derive(Debug, Clone)]
 pub struct FundInvoice(pub LumanuClient);
 
-struct FundParams {
-    workspace_id: String,
-    amount: i64,
-    description: String,
-    invoice: InvoiceFunding,
+/// Parameters of `lumanu.fund_invoice`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct FundParams {
+    /// Lumanu workspace id
+    pub workspace_id: Id,
+    /// amount in minor units (US cents)
+    pub amount: Amount,
+    /// USD
+    pub currency: Usd,
+    /// invoice description
+    pub description: Text,
+    /// who the invoice is for
+    pub invoice: InvoiceParams,
 }
 
-fn fund_params(f: &Fields<'_>) -> Result<FundParams, String> {
-    let workspace_id = f.id("workspace_id")?;
-    let amount = f.amount("amount")?;
-    usd(f, "currency")?;
-    let description = f.string("description")?;
-    let inv = f.object("invoice")?;
-    let invoice = InvoiceFunding {
-        workspace_id: workspace_id.clone(),
-        amount,
-        amount_denomination: Some("us_cents".to_owned()),
-        description: String::new(),
-        recipient_email: inv.email("recipient_email")?,
-        bill_to: inv.string("bill_to")?,
-        company_name: inv.string("company_name")?,
-        company_address_one: inv.string("company_address_one")?,
-        due_date: inv.opt_string("due_date")?,
-        po_number: inv.opt_string("po_number")?,
-        additional_notes: None,
-    };
-    Ok(FundParams {
-        workspace_id,
-        amount,
-        description,
-        invoice,
-    })
+/// Who a funding invoice is for.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct InvoiceParams {
+    /// email address
+    pub recipient_email: Email,
+    /// bill to
+    pub bill_to: Text,
+    /// company name
+    pub company_name: Text,
+    /// company address
+    pub company_address_one: Text,
+    /// due date
+    pub due_date: Option<Text>,
+    /// purchase order number
+    pub po_number: Option<Text>,
+}
+
+/// Output of `lumanu.fund_invoice`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct FundOutput {
+    /// Lumanu funding id
+    pub funding_id: String,
+    /// invoice number
+    pub invoice_number: Option<i64>,
+    /// amount in US cents
+    pub amount: i64,
+    /// USD
+    pub currency: String,
+    /// funding status
+    pub status: Option<String>,
+    /// Lumanu workspace id
+    pub workspace_id: String,
+    /// the invoice's description (with the step's reference)
+    pub description: String,
+    /// found instead of created
+    pub existing: bool,
 }
 
 #[async_trait]
-impl StepKind for FundInvoice {
-    fn name(&self) -> &'static str {
-        "lumanu.fund_invoice"
-    }
+impl Step for FundInvoice {
+    type Params = FundParams;
+    type Output = FundOutput;
+    const NAME: &'static str = "lumanu.fund_invoice";
+    const DESCRIPTION: &'static str =
+        "Creates (or finds) a Lumanu funding invoice for the workspace balance.";
 
-    fn schema(&self) -> Option<paysaga_core::KindSchema> {
-        Some(paysaga_core::KindSchema {
-            description: "Creates (or finds) a Lumanu funding invoice for the workspace balance.",
-            params: vec![
-                paysaga_core::FieldSpec::required(
-                    "workspace_id",
-                    paysaga_core::FieldType::String,
-                    "Lumanu workspace id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "amount",
-                    paysaga_core::FieldType::Integer,
-                    "amount in US cents",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "currency",
-                    paysaga_core::FieldType::String,
-                    "USD",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "description",
-                    paysaga_core::FieldType::String,
-                    "invoice description",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "invoice",
-                    paysaga_core::FieldType::Object,
-                    "who the invoice is for",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "invoice.recipient_email",
-                    paysaga_core::FieldType::String,
-                    "email address",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "invoice.bill_to",
-                    paysaga_core::FieldType::String,
-                    "bill to",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "invoice.company_name",
-                    paysaga_core::FieldType::String,
-                    "company name",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "invoice.company_address_one",
-                    paysaga_core::FieldType::String,
-                    "company address",
-                ),
-                paysaga_core::FieldSpec::optional(
-                    "invoice.due_date",
-                    paysaga_core::FieldType::String,
-                    "due date",
-                ),
-                paysaga_core::FieldSpec::optional(
-                    "invoice.po_number",
-                    paysaga_core::FieldType::String,
-                    "purchase order number",
-                ),
-            ],
-            outputs: vec![
-                paysaga_core::FieldSpec::required(
-                    "funding_id",
-                    paysaga_core::FieldType::String,
-                    "Lumanu funding id",
-                ),
-                paysaga_core::FieldSpec::optional(
-                    "invoice_number",
-                    paysaga_core::FieldType::String,
-                    "invoice number",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "amount",
-                    paysaga_core::FieldType::Integer,
-                    "amount in US cents",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "currency",
-                    paysaga_core::FieldType::String,
-                    "USD",
-                ),
-                paysaga_core::FieldSpec::optional(
-                    "status",
-                    paysaga_core::FieldType::String,
-                    "funding status",
-                ),
-            ],
-        })
-    }
-
-    fn validate(&self, params: &Value) -> Result<(), String> {
-        Fields::new(params, Mode::Validate).and_then(|f| fund_params(&f).map(|_| ()))
-    }
-
-    async fn run(&self, ctx: &StepContext, params: Value) -> StepOutcome {
-        let p = params!(&params, Mode::Run, fund_params);
+    async fn run(&self, ctx: &StepContext, params: FundParams) -> Result<FundOutput, StepOutcome> {
+        let workspace_id = params.workspace_id.0;
+        let amount = params.amount.get();
+        let inv = params.invoice;
         let reference = reference(ctx);
-        let description = tagged(&p.description, &reference);
-        let output = |funding: &Funding, existing: bool| {
-            json!({
-                "funding_id": funding.id,
-                "invoice_number": funding.invoice_number,
-                "amount": funding.amount.unwrap_or(p.amount),
-                "currency": "USD",
-                "status": funding.status.as_ref().map(|s| s.to_string()),
-                "workspace_id": p.workspace_id,
-                "description": description,
-                "existing": existing,
-            })
+        let description = tagged(params.description.as_str(), &reference);
+        let output = |funding: &Funding, existing: bool| FundOutput {
+            funding_id: funding.id.clone(),
+            invoice_number: funding.invoice_number,
+            amount: funding.amount.unwrap_or(amount),
+            currency: "USD".to_owned(),
+            status: funding.status.as_ref().map(|s| s.to_string()),
+            workspace_id: workspace_id.clone(),
+            description: description.clone(),
+            existing,
         };
         // Look first: an earlier attempt's invoice, once paid, shows as a deposit carrying the
         // reference.
         let tag = format!("[{reference}]");
         let earlier = self
             .0
-            .find_wallet_transaction(&p.workspace_id, Some(WalletTransactionType::Deposit), |t| {
+            .find_wallet_transaction(&workspace_id, Some(WalletTransactionType::Deposit), |t| {
                 t.description.as_deref().is_some_and(|d| d.contains(&tag))
             })
             .await;
         match earlier {
             Ok(Some(deposit)) => {
                 let Some(funding_id) = deposit.funding_id.clone() else {
-                    return StepOutcome::fail(format!(
+                    return Err(StepOutcome::fail(format!(
                         "an earlier attempt's funding invoice {description:?} was paid (deposit \
                          {}, {} cents) but Lumanu does not say which funding it paid: not \
                          invoicing again; an operator links the deposit by hand and skips this \
                          step with its funding_id",
                         deposit.id, deposit.amount
-                    ));
+                    )));
                 };
                 let funding = match self.0.get_funding(&funding_id).await {
                     Ok(f) => f,
-                    Err(e) => return outcome_for("get the earlier attempt's funding", &e),
+                    Err(e) => return Err(outcome_for("get the earlier attempt's funding", &e)),
                 };
-                if funding.amount.is_some_and(|a| a != p.amount) {
-                    return StepOutcome::fail(format!(
+                if funding.amount.is_some_and(|a| a != amount) {
+                    return Err(StepOutcome::fail(format!(
                         "funding {funding_id} carries this step's reference but is {} cents, not \
                          {}",
                         funding.amount.unwrap_or_default(),
-                        p.amount
-                    ));
+                        amount
+                    )));
                 }
-                return StepOutcome::Done(output(&funding, true));
+                return Ok(output(&funding, true));
             }
             Ok(None) => {}
-            Err(e) => return outcome_for("look for an earlier invoice's deposit", &e),
+            Err(e) => return Err(outcome_for("look for an earlier invoice's deposit", &e)),
         }
         let invoice = InvoiceFunding {
+            workspace_id: workspace_id.clone(),
+            amount,
+            amount_denomination: Some("us_cents".to_owned()),
             description: description.clone(),
-            ..p.invoice
+            recipient_email: inv.recipient_email.0,
+            bill_to: inv.bill_to.0,
+            company_name: inv.company_name.0,
+            company_address_one: inv.company_address_one.0,
+            due_date: inv.due_date.map(|t| t.0),
+            po_number: inv.po_number.map(|t| t.0),
+            additional_notes: None,
         };
         // Lumanu cannot deduplicate the create: mark the attempt durably before sending.
-        let permit = match ctx.begin_effect().await {
-            Ok(permit) => permit,
-            Err(outcome) => return outcome,
-        };
+        let permit = ctx.begin_effect().await?;
         match self
             .0
             .create_invoice_funding_before(invoice, permit.send_by())
             .await
         {
-            Ok(funding) => StepOutcome::Done(output(&funding, false)),
-            Err(e) if e.may_have_taken_effect() => retry_unknown_effect(
+            Ok(funding) => Ok(output(&funding, false)),
+            Err(e) if e.may_have_taken_effect() => Err(retry_unknown_effect(
                 &format!(
                     "create funding invoice (an invoice described {description:?} may exist; \
                      a second one is surfaced as an alert if it is paid)"
                 ),
                 &e,
-            ),
+            )),
             Err(e) => {
                 // Refused before Lumanu acted (4xx, 429, no connection, not sent).
                 ctx.effect_not_sent().await;
-                outcome_for("create funding invoice", &e)
+                Err(outcome_for("create funding invoice", &e))
             }
         }
     }
@@ -620,145 +538,111 @@ impl Step for LinkDeposit {
 #[derive(Debug, Clone)]
 pub struct CreatePayableStep(pub LumanuClient);
 
-fn payable_params(f: &Fields<'_>) -> Result<CreatePayable, String> {
-    let workspace_id = f.id("workspace_id")?;
-    let amount = f.amount("amount")?;
-    usd(f, "currency")?;
-    let description = f.string("description")?;
-    let payee = f.object("payee")?;
-    let payee_email = match payee.raw("email") {
-        Some(_) => Some(payee.email("email")?),
-        None => None,
-    };
-    let payee_lumanu_id = payee.opt_id("lumanu_id")?;
-    if f.mode() == Mode::Run || f.raw("payee").is_some() {
-        match (&payee_email, &payee_lumanu_id) {
-            (None, None) => {
-                return Err(format!("{} needs an email or a lumanu_id", f.path("payee")))
-            }
-            (Some(_), Some(_)) => {
-                return Err(format!(
-                    "{} must have an email or a lumanu_id, not both",
-                    f.path("payee")
-                ))
-            }
-            _ => {}
-        }
-    }
-    Ok(CreatePayable {
-        workspace_id,
-        payee_email,
-        payee_lumanu_id,
-        amount,
-        description,
-        due_date: f.opt_string("due_date")?,
-        custom_fields: None,
-    })
+/// Parameters of `lumanu.create_payable`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct PayableParams {
+    /// Lumanu workspace id
+    pub workspace_id: Id,
+    /// amount in minor units (US cents)
+    pub amount: Amount,
+    /// USD
+    pub currency: Usd,
+    /// payable description
+    pub description: Text,
+    /// the payee: an email or a lumanu_id
+    pub payee: Payee,
+    /// due date
+    pub due_date: Option<Text>,
 }
 
-fn payable_output(p: &Payable, existing: bool) -> Value {
-    json!({
-        "payable_id": p.id,
-        "amount": p.amount,
-        "currency": "USD",
-        "description": p.description,
-        "payable_status": p.payable_status.as_ref().map(|s| s.to_string()),
-        "existing": existing,
-    })
+/// The payee of a Lumanu payable: exactly one of `email` and `lumanu_id`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct Payee {
+    /// payee email
+    pub email: Option<Email>,
+    /// payee Lumanu id
+    pub lumanu_id: Option<Id>,
+}
+
+/// The payee names exactly one of an email and a Lumanu id.
+fn payee_rule(email: bool, lumanu_id: bool) -> Result<(), String> {
+    match (email, lumanu_id) {
+        (false, false) => Err("payee needs an email or a lumanu_id".to_owned()),
+        (true, true) => Err("payee must have an email or a lumanu_id, not both".to_owned()),
+        _ => Ok(()),
+    }
+}
+
+impl PayableParams {
+    fn request(self) -> Result<CreatePayable, String> {
+        payee_rule(self.payee.email.is_some(), self.payee.lumanu_id.is_some())?;
+        Ok(CreatePayable {
+            workspace_id: self.workspace_id.0,
+            payee_email: self.payee.email.map(|e| e.0),
+            payee_lumanu_id: self.payee.lumanu_id.map(|i| i.0),
+            amount: self.amount.get(),
+            description: self.description.0,
+            due_date: self.due_date.map(|t| t.0),
+            custom_fields: None,
+        })
+    }
+}
+
+/// Output of `lumanu.create_payable`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PayableOutput {
+    /// Lumanu payable id
+    pub payable_id: String,
+    /// amount in US cents
+    pub amount: i64,
+    /// USD
+    pub currency: String,
+    /// description (with the step's reference)
+    pub description: Option<String>,
+    /// payable status
+    pub payable_status: Option<String>,
+    /// found instead of created
+    pub existing: bool,
+}
+
+fn payable_output(p: &Payable, existing: bool) -> PayableOutput {
+    PayableOutput {
+        payable_id: p.id.clone(),
+        amount: p.amount,
+        currency: "USD".to_owned(),
+        description: p.description.clone(),
+        payable_status: p.payable_status.as_ref().map(|s| s.to_string()),
+        existing,
+    }
 }
 
 #[async_trait]
-impl StepKind for CreatePayableStep {
-    fn name(&self) -> &'static str {
-        "lumanu.create_payable"
-    }
+impl Step for CreatePayableStep {
+    type Params = PayableParams;
+    type Output = PayableOutput;
+    const NAME: &'static str = "lumanu.create_payable";
+    const DESCRIPTION: &'static str =
+        "Creates (or finds) a Lumanu payable to a payee (compensable: canceled).";
 
-    fn schema(&self) -> Option<paysaga_core::KindSchema> {
-        Some(paysaga_core::KindSchema {
-            description: "Creates (or finds) a Lumanu payable to a payee (compensable: canceled).",
-            params: vec![
-                paysaga_core::FieldSpec::required(
-                    "workspace_id",
-                    paysaga_core::FieldType::String,
-                    "Lumanu workspace id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "amount",
-                    paysaga_core::FieldType::Integer,
-                    "amount in US cents",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "currency",
-                    paysaga_core::FieldType::String,
-                    "USD",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "description",
-                    paysaga_core::FieldType::String,
-                    "payable description",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "payee",
-                    paysaga_core::FieldType::Object,
-                    "the payee: an email or a lumanu_id",
-                ),
-                paysaga_core::FieldSpec::optional(
-                    "payee.email",
-                    paysaga_core::FieldType::String,
-                    "payee email",
-                ),
-                paysaga_core::FieldSpec::optional(
-                    "payee.lumanu_id",
-                    paysaga_core::FieldType::String,
-                    "payee Lumanu id",
-                ),
-                paysaga_core::FieldSpec::optional(
-                    "due_date",
-                    paysaga_core::FieldType::String,
-                    "due date",
-                ),
-            ],
-            outputs: vec![
-                paysaga_core::FieldSpec::required(
-                    "payable_id",
-                    paysaga_core::FieldType::String,
-                    "Lumanu payable id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "amount",
-                    paysaga_core::FieldType::Integer,
-                    "amount in US cents",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "currency",
-                    paysaga_core::FieldType::String,
-                    "USD",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "description",
-                    paysaga_core::FieldType::String,
-                    "description",
-                ),
-                paysaga_core::FieldSpec::optional(
-                    "payable_status",
-                    paysaga_core::FieldType::String,
-                    "payable status",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "existing",
-                    paysaga_core::FieldType::Boolean,
-                    "found instead of created",
-                ),
-            ],
-        })
-    }
-
+    /// A payee the input gives names exactly one of an email and a Lumanu id.
     fn validate(&self, params: &Value) -> Result<(), String> {
-        Fields::new(params, Mode::Validate).and_then(|f| payable_params(&f).map(|_| ()))
+        match params.get("payee").filter(|p| p.is_object()) {
+            Some(payee) => {
+                let given = |name: &str| payee.get(name).is_some_and(|v| !v.is_null());
+                payee_rule(given("email"), given("lumanu_id"))
+            }
+            None => Ok(()),
+        }
     }
 
-    async fn run(&self, ctx: &StepContext, params: Value) -> StepOutcome {
-        let mut request = params!(&params, Mode::Run, payable_params);
+    async fn run(
+        &self,
+        ctx: &StepContext,
+        params: PayableParams,
+    ) -> Result<PayableOutput, StepOutcome> {
+        let mut request = params
+            .request()
+            .map_err(|e| StepOutcome::fail(format!("invalid params: {e}")))?;
         request.description = tagged(&request.description, &reference(ctx));
         let find = || {
             self.0
@@ -766,39 +650,36 @@ impl StepKind for CreatePayableStep {
         };
         let check = |p: Payable| {
             if p.amount != request.amount {
-                StepOutcome::fail(format!(
+                Err(StepOutcome::fail(format!(
                     "payable {} carries this step's reference but is {} cents, not {}",
                     p.id, p.amount, request.amount
-                ))
+                )))
             } else {
-                StepOutcome::Done(payable_output(&p, true))
+                Ok(payable_output(&p, true))
             }
         };
         match find().await {
             Ok(Some(existing)) => return check(existing),
             Ok(None) => {}
-            Err(e) => return outcome_for("look up payable by reference", &e),
+            Err(e) => return Err(outcome_for("look up payable by reference", &e)),
         }
         // Lumanu cannot deduplicate the create: mark the attempt durably before sending, so
         // a worker that lost the saga while its request was out cannot leave a second payable.
-        let permit = match ctx.begin_effect().await {
-            Ok(permit) => permit,
-            Err(outcome) => return outcome,
-        };
+        let permit = ctx.begin_effect().await?;
         match self
             .0
             .create_payable_before(&request, permit.send_by())
             .await
         {
-            Ok(p) => StepOutcome::Done(payable_output(&p, false)),
+            Ok(p) => Ok(payable_output(&p, false)),
             Err(e) if e.may_have_taken_effect() => match find().await {
                 Ok(Some(existing)) => check(existing),
-                _ => retry_unknown_effect("create payable", &e),
+                _ => Err(retry_unknown_effect("create payable", &e)),
             },
             Err(e) => {
                 // Refused before Lumanu acted (4xx, 429, no connection, not sent).
                 ctx.effect_not_sent().await;
-                outcome_for("create payable", &e)
+                Err(outcome_for("create payable", &e))
             }
         }
     }
@@ -807,7 +688,7 @@ impl StepKind for CreatePayableStep {
         true
     }
 
-    async fn compensate(&self, ctx: &StepContext, _params: Value) -> StepOutcome {
+    async fn compensate(&self, ctx: &StepContext, _params: PayableParams) -> StepOutcome {
         let Some(payable_id) = ctx
             .output
             .as_ref()
