@@ -2,7 +2,13 @@
 //!
 //! fund (invoice) -> wait for its deposit -> link the deposit -> create payable -> approve ->
 //! pay from balance -> wait for `payable.paid`. Amounts are integer US cents; Lumanu pays in
-//! USD only, so `currency` must be `USD`.
+//! USD only, so `currency` must be `USD` ([`Usd`]).
+//!
+//! Each kind is a typed [`Step`]: its parameters and output are the structs below, whose value
+//! types ([`super::parameters`], [`Usd`], [`Children`], [`PayablesPerFunding`]) check their
+//! rules when deserialized, at start for the values the input gives and at every run; the
+//! payee rule of `lumanu.create_payable` (an email or a Lumanu id, not both) is checked by
+//! [`Step::validate`] at start and again when the step runs.
 
 use std::sync::Arc;
 
@@ -14,7 +20,7 @@ use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 
-use super::common::{outcome_for, params, reference, retry_unknown_effect, tagged, Fields, Mode};
+use super::common::{outcome_for, reference, retry_unknown_effect, tagged};
 use super::parameters::{Amount, Currency, Email, Id, Text};
 use crate::lumanu::{
     ApprovalStatus, CreatePayable, Funding, FundingStatus, InvoiceFunding, LumanuClient, Payable,
@@ -33,8 +39,8 @@ pub fn kinds(client: &LumanuClient) -> Vec<Arc<dyn StepKind>> {
         Arc::new(Typed(ApprovePayable(client.clone()))),
         Arc::new(Typed(PayFromBalance(client.clone()))),
         Arc::new(Typed(AwaitPayablePaid(client.clone()))),
-        Arc::new(PayCampaign(client.clone())),
-        Arc::new(AwaitCampaignPaid(client.clone())),
+        Arc::new(Typed(PayCampaign(client.clone()))),
+        Arc::new(Typed(AwaitCampaignPaid(client.clone()))),
     ]
 }
 
@@ -412,7 +418,9 @@ impl Step for AwaitDeposit {
                         .iter()
                         .map(|t| duplicate_alert(t, &workspace_id, &funding_id, tag))
                         .collect(),
-                    Err(e) => return Err(outcome_for("look for deposits of duplicate invoices", &e)),
+                    Err(e) => {
+                        return Err(outcome_for("look for deposits of duplicate invoices", &e))
+                    }
                 }
             }
             None => Vec::new(),
@@ -1023,58 +1031,130 @@ struct Campaign {
     excluded: Vec<Value>,
 }
 
-#[derive(Debug)]
-struct CampaignParams {
-    workspace_id: String,
-    children: Vec<Value>,
-    payable_step: String,
-    funded: Option<i64>,
-    batch: usize,
+/// The fan-out's children as `$.children.<fan-out step>` gives them: a list (the array of
+/// that path's matches, itself holding the children's array, is flattened).
+#[derive(Debug, Clone, Default)]
+pub struct Children(pub Vec<Value>);
+
+impl<'de> Deserialize<'de> for Children {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            // A `$.children...` path resolves to the array of its matches: `$.children.<step>`
+            // is one match, the children's array.
+            Value::Array(items) => Ok(Children(
+                items
+                    .into_iter()
+                    .flat_map(|item| match item {
+                        Value::Array(inner) => inner,
+                        other => vec![other],
+                    })
+                    .collect(),
+            )),
+            _ => Err(serde::de::Error::custom("must be a list")),
+        }
+    }
 }
 
-fn campaign_params(f: &Fields<'_>) -> Result<CampaignParams, String> {
-    let workspace_id = f.id("workspace_id")?;
-    let children = match f.raw("children") {
-        // A `$.children...` path resolves to the array of its matches: `$.children.<step>`
-        // is one match, the children's array.
-        Some(Value::Array(items)) => items
-            .iter()
-            .flat_map(|item| match item {
-                Value::Array(inner) => inner.clone(),
-                other => vec![other.clone()],
-            })
-            .collect(),
-        Some(_) => return Err(format!("{} must be a list", f.path("children"))),
-        None if f.mode() == Mode::Validate => Vec::new(),
-        None => return Err(format!("{} is required", f.path("children"))),
-    };
-    let payable_step = match f.raw("payable_step") {
-        Some(_) => f.string("payable_step")?,
-        None => "create_payable".to_owned(),
-    };
-    let funded = match f.raw("funded") {
-        Some(_) => Some(f.amount("funded")?),
-        None => None,
-    };
-    let batch = match f.raw("payables_per_funding") {
-        None => DEFAULT_PAYABLES_PER_FUNDING,
-        Some(v) => match v.as_u64() {
-            Some(n @ 1..=10_000) => n as usize,
-            _ => {
-                return Err(format!(
-                    "{} must be a whole number from 1 to 10000",
-                    f.path("payables_per_funding")
-                ))
-            }
-        },
-    };
-    Ok(CampaignParams {
-        workspace_id,
-        children,
-        payable_step,
-        funded,
-        batch,
-    })
+impl JsonSchema for Children {
+    fn schema_name() -> Cow<'static, str> {
+        Cow::Borrowed("Children")
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({"type": "array"})
+    }
+}
+
+/// How many payables one balance funding pays: a whole number from 1 to 10000.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PayablesPerFunding(pub usize);
+
+impl<'de> Deserialize<'de> for PayablesPerFunding {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)?.as_u64() {
+            Some(n @ 1..=10_000) => Ok(PayablesPerFunding(n as usize)),
+            _ => Err(serde::de::Error::custom(
+                "must be a whole number from 1 to 10000",
+            )),
+        }
+    }
+}
+
+impl JsonSchema for PayablesPerFunding {
+    fn schema_name() -> Cow<'static, str> {
+        Cow::Borrowed("PayablesPerFunding")
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({"type": "integer", "minimum": 1, "maximum": 10_000})
+    }
+}
+
+/// Parameters of `lumanu.pay_campaign`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct PayCampaignParams {
+    /// Lumanu workspace id
+    pub workspace_id: Id,
+    /// the fan-out's children ($.children.<fan-out step>)
+    pub children: Children,
+    /// the child step that created the payable (default create_payable)
+    pub payable_step: Option<Text>,
+    /// US cents the campaign was funded with
+    pub funded: Amount,
+    /// most payables per balance funding (default 100)
+    pub payables_per_funding: Option<PayablesPerFunding>,
+}
+
+/// Parameters of `lumanu.await_campaign_paid`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct AwaitCampaignParams {
+    /// Lumanu workspace id
+    pub workspace_id: Id,
+    /// the fan-out's children ($.children.<fan-out step>)
+    pub children: Children,
+    /// the child step that created the payable (default create_payable)
+    pub payable_step: Option<Text>,
+}
+
+/// The child step that created the payable.
+fn payable_step(given: Option<Text>) -> String {
+    given.map_or_else(|| "create_payable".to_owned(), |t| t.0)
+}
+
+/// Output of `lumanu.pay_campaign`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PayCampaignOutput {
+    /// payables being paid or paid
+    pub paid_count: usize,
+    /// their sum in US cents
+    pub total: i64,
+    /// US cents the campaign was funded with
+    pub funded: i64,
+    /// USD
+    pub currency: String,
+    /// the balance fundings this attempt made
+    pub fundings: Vec<String>,
+    /// payables found being paid or paid before this attempt sent any
+    pub already_paid: usize,
+    /// creators not paid
+    pub excluded_count: usize,
+    /// creators not paid, `{key, status, ...}` (at most 100)
+    pub excluded: Vec<Value>,
+}
+
+/// Output of `lumanu.await_campaign_paid`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct CampaignPaidOutput {
+    /// payables paid
+    pub paid_count: usize,
+    /// their sum in US cents
+    pub total: i64,
+    /// USD
+    pub currency: String,
 }
 
 fn campaign(children: &[Value], payable_step: &str) -> Result<Campaign, String> {
@@ -1138,28 +1218,8 @@ async fn payable_states(
     Ok(states)
 }
 
-fn excluded_output(excluded: &[Value]) -> Value {
-    Value::Array(excluded.iter().take(EXCLUDED_LISTED).cloned().collect())
-}
-
-fn campaign_schema_params() -> Vec<paysaga_core::FieldSpec> {
-    vec![
-        paysaga_core::FieldSpec::required(
-            "workspace_id",
-            paysaga_core::FieldType::String,
-            "Lumanu workspace id",
-        ),
-        paysaga_core::FieldSpec::required(
-            "children",
-            paysaga_core::FieldType::Array,
-            "the fan-out's children ($.children.<fan-out step>)",
-        ),
-        paysaga_core::FieldSpec::optional(
-            "payable_step",
-            paysaga_core::FieldType::String,
-            "the child step that created the payable (default create_payable)",
-        ),
-    ]
+fn excluded_output(excluded: &[Value]) -> Vec<Value> {
+    excluded.iter().take(EXCLUDED_LISTED).cloned().collect()
 }
 
 /// `lumanu.pay_campaign`: pays every approved payable of a campaign's completed children from
@@ -1182,80 +1242,47 @@ fn campaign_schema_params() -> Vec<paysaga_core::FieldSpec> {
 pub struct PayCampaign(pub LumanuClient);
 
 #[async_trait]
-impl StepKind for PayCampaign {
-    fn name(&self) -> &'static str {
-        "lumanu.pay_campaign"
-    }
-
-    fn schema(&self) -> Option<paysaga_core::KindSchema> {
-        let mut params = campaign_schema_params();
-        params.push(paysaga_core::FieldSpec::required(
-            "funded",
-            paysaga_core::FieldType::Integer,
-            "US cents the campaign was funded with",
-        ));
-        params.push(paysaga_core::FieldSpec::optional(
-            "payables_per_funding",
-            paysaga_core::FieldType::Integer,
-            "most payables per balance funding (default 100)",
-        ));
-        Some(paysaga_core::KindSchema {
-            description:
-                "Pays a campaign's approved payables from the balance in batches (irreversible).",
-            params,
-            outputs: vec![
-                paysaga_core::FieldSpec::required(
-                    "paid_count",
-                    paysaga_core::FieldType::Integer,
-                    "payables being paid or paid",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "total",
-                    paysaga_core::FieldType::Integer,
-                    "their sum in US cents",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "excluded_count",
-                    paysaga_core::FieldType::Integer,
-                    "creators not paid",
-                ),
-            ],
-        })
-    }
-
-    fn validate(&self, params: &Value) -> Result<(), String> {
-        Fields::new(params, Mode::Validate).and_then(|f| campaign_params(&f).map(|_| ()))
-    }
+impl Step for PayCampaign {
+    type Params = PayCampaignParams;
+    type Output = PayCampaignOutput;
+    const NAME: &'static str = "lumanu.pay_campaign";
+    const DESCRIPTION: &'static str =
+        "Pays a campaign's approved payables from the balance in batches (irreversible).";
 
     fn irreversible(&self) -> bool {
         true
     }
 
-    async fn run(&self, _ctx: &StepContext, params: Value) -> StepOutcome {
-        let p = params!(&params, Mode::Run, campaign_params);
-        let Some(funded) = p.funded else {
-            return StepOutcome::fail("invalid params: funded is required");
-        };
+    async fn run(
+        &self,
+        _ctx: &StepContext,
+        params: PayCampaignParams,
+    ) -> Result<PayCampaignOutput, StepOutcome> {
+        let workspace_id = params.workspace_id.0;
+        let funded = params.funded.get();
+        let batch_size = params
+            .payables_per_funding
+            .map_or(DEFAULT_PAYABLES_PER_FUNDING, |b| b.0);
         let Campaign {
             payables,
             mut excluded,
-        } = match campaign(&p.children, &p.payable_step) {
+        } = match campaign(&params.children.0, &payable_step(params.payable_step)) {
             Ok(c) => c,
-            Err(e) => return StepOutcome::fail(e),
+            Err(e) => return Err(StepOutcome::fail(e)),
         };
         let total: i64 = payables.iter().map(|c| c.amount).sum();
         if total > funded {
-            return StepOutcome::fail(format!(
+            return Err(StepOutcome::fail(format!(
                 "the campaign's {} payables add up to {total} cents, more than the {funded} \
                  cents funded: nothing paid; an operator funds the difference or cancels \
                  payables, then retries this step",
                 payables.len()
-            ));
+            )));
         }
         let ids: Vec<&str> = payables.iter().map(|c| c.payable_id.as_str()).collect();
-        let states = match payable_states(&self.0, &p.workspace_id, &ids).await {
+        let states = match payable_states(&self.0, &workspace_id, &ids).await {
             Ok(s) => s,
-            Err(e) => return outcome_for("read the campaign's payables", &e),
+            Err(e) => return Err(outcome_for("read the campaign's payables", &e)),
         };
         let mut to_pay: Vec<&CampaignPayable> = Vec::new();
         let mut paying = 0usize;
@@ -1282,51 +1309,51 @@ impl StepKind for PayCampaign {
         let mut fundings = Vec::new();
         if !to_pay.is_empty() {
             let needed: i64 = to_pay.iter().map(|c| c.amount).sum();
-            let available = match self.0.get_wallet(&p.workspace_id).await {
+            let available = match self.0.get_wallet(&workspace_id).await {
                 Ok(w) => w.available_balance.or(w.balance).unwrap_or(0),
-                Err(e) => return outcome_for("read the wallet balance", &e),
+                Err(e) => return Err(outcome_for("read the wallet balance", &e)),
             };
             if needed > available {
-                return StepOutcome::fail(format!(
+                return Err(StepOutcome::fail(format!(
                     "{} payables still to pay need {needed} cents, the workspace {} has \
                      {available} available: nothing more paid ({paying} already paid); an \
                      operator funds the balance, then retries this step",
                     to_pay.len(),
-                    p.workspace_id
-                ));
+                    workspace_id
+                )));
             }
             to_pay.sort_by(|a, b| a.payable_id.cmp(&b.payable_id));
-            for batch in to_pay.chunks(p.batch) {
+            for batch in to_pay.chunks(batch_size) {
                 let batch_ids: Vec<String> = batch.iter().map(|c| c.payable_id.clone()).collect();
-                match self.0.pay_from_balance(&p.workspace_id, &batch_ids).await {
-                    Ok(funding) => fundings.push(Value::String(funding.id)),
+                match self.0.pay_from_balance(&workspace_id, &batch_ids).await {
+                    Ok(funding) => fundings.push(funding.id),
                     Err(e) => {
                         // Another attempt (a worker whose lease was taken over) may have paid
                         // this batch meanwhile: that is this batch done. Otherwise the next
                         // attempt reads the payables again and sends only what is left.
                         let ids: Vec<&str> = batch_ids.iter().map(String::as_str).collect();
-                        match payable_states(&self.0, &p.workspace_id, &ids).await {
+                        match payable_states(&self.0, &workspace_id, &ids).await {
                             Ok(s) if s.values().all(is_paying_or_paid) && s.len() == ids.len() => {}
                             _ if e.may_have_taken_effect() => {
-                                return retry_unknown_effect(
+                                return Err(retry_unknown_effect(
                                     &format!(
                                         "pay {} campaign payables from balance",
                                         batch_ids.len()
                                     ),
                                     &e,
-                                )
+                                ))
                             }
                             _ => {
-                                return outcome_for(
+                                return Err(outcome_for(
                                     &format!(
                                         "pay {} campaign payables from balance ({} of {} \
                                          batches sent by this attempt)",
                                         batch_ids.len(),
                                         fundings.len(),
-                                        to_pay.len().div_ceil(p.batch)
+                                        to_pay.len().div_ceil(batch_size)
                                     ),
                                     &e,
-                                )
+                                ))
                             }
                         }
                     }
@@ -1335,16 +1362,16 @@ impl StepKind for PayCampaign {
                 paying_total += batch.iter().map(|c| c.amount).sum::<i64>();
             }
         }
-        StepOutcome::Done(json!({
-            "paid_count": paying,
-            "total": paying_total,
-            "funded": funded,
-            "currency": "USD",
-            "fundings": fundings,
-            "already_paid": already_paid,
-            "excluded_count": excluded.len(),
-            "excluded": excluded_output(&excluded),
-        }))
+        Ok(PayCampaignOutput {
+            paid_count: paying,
+            total: paying_total,
+            funded,
+            currency: "USD".to_owned(),
+            fundings,
+            already_paid,
+            excluded_count: excluded.len(),
+            excluded: excluded_output(&excluded),
+        })
     }
 }
 
@@ -1361,44 +1388,28 @@ impl StepKind for PayCampaign {
 pub struct AwaitCampaignPaid(pub LumanuClient);
 
 #[async_trait]
-impl StepKind for AwaitCampaignPaid {
-    fn name(&self) -> &'static str {
-        "lumanu.await_campaign_paid"
-    }
+impl Step for AwaitCampaignPaid {
+    type Params = AwaitCampaignParams;
+    type Output = CampaignPaidOutput;
+    const NAME: &'static str = "lumanu.await_campaign_paid";
+    const DESCRIPTION: &'static str =
+        "Waits until every payable of a campaign that is being paid is paid.";
 
-    fn schema(&self) -> Option<paysaga_core::KindSchema> {
-        Some(paysaga_core::KindSchema {
-            description: "Waits until every payable of a campaign that is being paid is paid.",
-            params: campaign_schema_params(),
-            outputs: vec![
-                paysaga_core::FieldSpec::required(
-                    "paid_count",
-                    paysaga_core::FieldType::Integer,
-                    "payables paid",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "total",
-                    paysaga_core::FieldType::Integer,
-                    "their sum in US cents",
-                ),
-            ],
-        })
-    }
-
-    fn validate(&self, params: &Value) -> Result<(), String> {
-        Fields::new(params, Mode::Validate).and_then(|f| campaign_params(&f).map(|_| ()))
-    }
-
-    async fn run(&self, _ctx: &StepContext, params: Value) -> StepOutcome {
-        let p = params!(&params, Mode::Run, campaign_params);
-        let Campaign { payables, .. } = match campaign(&p.children, &p.payable_step) {
-            Ok(c) => c,
-            Err(e) => return StepOutcome::fail(e),
-        };
+    async fn run(
+        &self,
+        _ctx: &StepContext,
+        params: AwaitCampaignParams,
+    ) -> Result<CampaignPaidOutput, StepOutcome> {
+        let workspace_id = params.workspace_id.0;
+        let Campaign { payables, .. } =
+            match campaign(&params.children.0, &payable_step(params.payable_step)) {
+                Ok(c) => c,
+                Err(e) => return Err(StepOutcome::fail(e)),
+            };
         let ids: Vec<&str> = payables.iter().map(|c| c.payable_id.as_str()).collect();
-        let states = match payable_states(&self.0, &p.workspace_id, &ids).await {
+        let states = match payable_states(&self.0, &workspace_id, &ids).await {
             Ok(s) => s,
-            Err(e) => return outcome_for("read the campaign's payables", &e),
+            Err(e) => return Err(outcome_for("read the campaign's payables", &e)),
         };
         let mut paid = 0usize;
         let mut total = 0i64;
@@ -1413,11 +1424,11 @@ impl StepKind for AwaitCampaignPaid {
                     total += state.amount;
                 }
                 Some(PayableStatus::Reversed) => {
-                    return StepOutcome::fail(format!(
+                    return Err(StepOutcome::fail(format!(
                         "payable {} of creator {:?} was reversed after payment: an operator \
                          decides whether to pay the creator again",
                         c.payable_id, c.key
-                    ))
+                    )))
                 }
                 _ if is_paying_or_paid(state) => {
                     pending.push((c.payable_id.as_str(), status_of(state)));
@@ -1427,18 +1438,18 @@ impl StepKind for AwaitCampaignPaid {
             }
         }
         match pending.first() {
-            None => StepOutcome::Done(json!({
-                "paid_count": paid,
-                "total": total,
-                "currency": "USD",
-            })),
-            Some((first, status)) => StepOutcome::Wait(
+            None => Ok(CampaignPaidOutput {
+                paid_count: paid,
+                total,
+                currency: "USD".to_owned(),
+            }),
+            Some((first, status)) => Err(StepOutcome::Wait(
                 WaitSpec::new(PROVIDER, "payable.paid", format!("payable:{first}"))
                     .provider_status(format!(
                         "{paid} paid, {} not yet (payable {first} is {status})",
                         pending.len()
                     )),
-            ),
+            )),
         }
     }
 }
@@ -1518,15 +1529,16 @@ mod tests {
             "children": [[child("a", "completed", Some(("p1", 100)))]],
             "funded": 100,
         });
-        let p = Fields::new(&params, Mode::Run)
-            .and_then(|f| campaign_params(&f))
-            .unwrap();
-        assert_eq!(p.children.len(), 1);
-        assert_eq!(p.batch, DEFAULT_PAYABLES_PER_FUNDING);
-        let bad = json!({"workspace_id": "ws", "children": [], "payables_per_funding": 0});
-        assert!(Fields::new(&bad, Mode::Run)
-            .and_then(|f| campaign_params(&f))
-            .is_err());
+        let p: PayCampaignParams = paysaga_core::from_params(params).unwrap();
+        assert_eq!(p.children.0.len(), 1);
+        assert_eq!(p.payables_per_funding, None);
+        let bad = json!({"workspace_id": "ws", "children": [], "funded": 100,
+                         "payables_per_funding": 0});
+        let e = paysaga_core::from_params::<PayCampaignParams>(bad).unwrap_err();
+        assert!(
+            e.contains("payables_per_funding") && e.contains("from 1 to 10000"),
+            "{e}"
+        );
     }
 
     #[test]
