@@ -336,7 +336,7 @@ impl Step for AwaitDeposit {
             )
             .provider_status(said);
             spec.event_types.push("transfer.updated".to_owned());
-            Err(StepOutcome::Wait(spec))
+            StepOutcome::Wait(spec)
         };
         let funding = match self.0.get_funding(&funding_id).await {
             Ok(f) => f,
@@ -359,9 +359,9 @@ impl Step for AwaitDeposit {
             .map_or_else(|| "unknown".to_owned(), |s| s.to_string());
         if tag.is_none() && event_transfer.is_empty() {
             // Nothing to recognise the deposit by yet.
-            return wait(format!(
+            return Err(wait(format!(
                 "funding {funding_id} is {funding_status}, without an invoice number yet"
-            ));
+            )));
         }
         let found = self
             .0
@@ -372,22 +372,22 @@ impl Step for AwaitDeposit {
         let deposit = match found {
             Ok(Some(t)) => t,
             Ok(None) => {
-                return wait(format!(
+                return Err(wait(format!(
                     "funding {funding_id} is {funding_status}; no deposit for invoice {} yet",
                     tag.as_deref().unwrap_or("(no number)")
-                ))
+                )))
             }
             Err(e) => return Err(outcome_for("list wallet deposits", &e)),
         };
         if deposit.status != Some(WalletTransactionStatus::Processed) {
-            return wait(format!(
+            return Err(wait(format!(
                 "deposit {} is {}, not processed yet",
                 deposit.id,
                 deposit
                     .status
                     .as_ref()
                     .map_or_else(|| "unknown".to_owned(), |s| s.to_string())
-            ));
+            )));
         }
         if let Some(expected) = funding.amount {
             if deposit.amount != expected {
@@ -658,16 +658,16 @@ impl Step for CreatePayableStep {
         };
         let check = |p: Payable| {
             if p.amount != request.amount {
-                Err(StepOutcome::fail(format!(
+                Err(format!(
                     "payable {} carries this step's reference but is {} cents, not {}",
                     p.id, p.amount, request.amount
-                )))
+                ))
             } else {
                 Ok(payable_output(&p, true))
             }
         };
         match find().await {
-            Ok(Some(existing)) => return check(existing),
+            Ok(Some(existing)) => return check(existing).map_err(StepOutcome::fail),
             Ok(None) => {}
             Err(e) => return Err(outcome_for("look up payable by reference", &e)),
         }
@@ -681,7 +681,7 @@ impl Step for CreatePayableStep {
         {
             Ok(p) => Ok(payable_output(&p, false)),
             Err(e) if e.may_have_taken_effect() => match find().await {
-                Ok(Some(existing)) => check(existing),
+                Ok(Some(existing)) => check(existing).map_err(StepOutcome::fail),
                 _ => Err(retry_unknown_effect("create payable", &e)),
             },
             Err(e) => {
