@@ -1541,6 +1541,68 @@ mod tests {
         );
     }
 
+    fn kind(name: &str) -> Arc<dyn StepKind> {
+        super::super::validation_kinds()
+            .into_iter()
+            .find(|k| k.name() == name)
+            .expect("registered")
+    }
+
+    #[test]
+    fn lumanu_schemas_are_derived_with_nested_fields() {
+        let schema = kind("lumanu.fund_invoice").schema().expect("typed");
+        let field = |path: &str| {
+            schema
+                .params
+                .iter()
+                .find(|f| f.path == path)
+                .unwrap_or_else(|| panic!("{path} in {:?}", schema.params))
+        };
+        assert!(field("invoice.recipient_email").required);
+        assert!(!field("invoice.po_number").required);
+        assert_eq!(field("amount").ty, paysaga_core::FieldType::Integer);
+        assert_eq!(field("currency").ty, paysaga_core::FieldType::String);
+        let payable = kind("lumanu.create_payable").schema().expect("typed");
+        let paths: Vec<&str> = payable.params.iter().map(|f| f.path).collect();
+        assert!(
+            paths.contains(&"payee.email") && paths.contains(&"payee.lumanu_id"),
+            "{paths:?}"
+        );
+        let campaign = kind("lumanu.pay_campaign").schema().expect("typed");
+        let children = campaign
+            .params
+            .iter()
+            .find(|f| f.path == "children")
+            .expect("children");
+        assert_eq!(children.ty, paysaga_core::FieldType::Array);
+        assert!(campaign
+            .params
+            .iter()
+            .any(|f| f.path == "funded" && f.required));
+        // The deposit's alerts go where the engine reads them.
+        assert_eq!(paysaga_core::ALERTS_FIELD, "alerts");
+    }
+
+    #[test]
+    fn payee_and_currency_rules_are_checked_at_start() {
+        let create = kind("lumanu.create_payable");
+        let base = json!({"workspace_id": "w", "amount": 100, "currency": "usd",
+                          "description": "d", "payee": {"lumanu_id": "lum_1"}});
+        assert_eq!(create.validate(&base), Ok(()));
+        let mut both = base.clone();
+        both["payee"]["email"] = json!("a@b.co");
+        let e = create.validate(&both).unwrap_err();
+        assert!(e.contains("not both"), "{e}");
+        let mut eur = base.clone();
+        eur["currency"] = json!("EUR");
+        let e = create.validate(&eur).unwrap_err();
+        assert!(e.contains("currency") && e.contains("must be USD"), "{e}");
+        let mut deferred = base;
+        deferred["payee"] = json!(null); // decided by an earlier step
+        deferred["currency"] = json!(null);
+        assert_eq!(create.validate(&deferred), Ok(()));
+    }
+
     #[test]
     fn invoice_tags_do_not_match_prefixes() {
         assert!(contains_tag("Invoice #123 paid", "#123"));
