@@ -7,18 +7,6 @@ use serde_json::Value;
 
 use crate::Error;
 
-/// Reads a step's parameters with a parser `fn(&Fields) -> Result<T, String>`; a run with
-/// parameters that do not parse fails the step (validation at start catches most of this).
-macro_rules! params {
-    ($params:expr, $mode:expr, $parse:expr) => {
-        match $crate::steps::common::Fields::new($params, $mode).and_then(|f| $parse(&f)) {
-            Ok(v) => v,
-            Err(e) => return paysaga_core::StepOutcome::fail(format!("invalid params: {e}")),
-        }
-    };
-}
-pub(crate) use params;
-
 /// Maps a client error to the step's outcome: transient errors (timeouts, connection
 /// failures, 5xx, 408, 429) retry no sooner than the provider's `Retry-After`; everything else
 /// fails the step. `what` says what the step was doing; the client's error text never holds

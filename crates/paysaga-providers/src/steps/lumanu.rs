@@ -2,15 +2,26 @@
 //!
 //! fund (invoice) -> wait for its deposit -> link the deposit -> create payable -> approve ->
 //! pay from balance -> wait for `payable.paid`. Amounts are integer US cents; Lumanu pays in
-//! USD only, so `currency` must be `USD`.
+//! USD only, so `currency` must be `USD` ([`Usd`]).
+//!
+//! Each kind is a typed [`Step`]: its parameters and output are the structs below, whose value
+//! types ([`super::parameters`], [`Usd`], [`Children`], [`PayablesPerFunding`]) check their
+//! rules when deserialized, at start for the values the input gives and at every run; the
+//! payee rule of `lumanu.create_payable` (an email or a Lumanu id, not both) is checked by
+//! [`Step::validate`] at start and again when the step runs.
 
 use std::sync::Arc;
 
+use std::borrow::Cow;
+
 use async_trait::async_trait;
-use paysaga_core::{StepContext, StepKind, StepOutcome, WaitSpec, Wake};
+use paysaga_core::{Step, StepContext, StepKind, StepOutcome, Typed, WaitSpec, Wake};
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 
-use super::common::{outcome_for, params, reference, retry_unknown_effect, tagged, Fields, Mode};
+use super::common::{outcome_for, reference, retry_unknown_effect, tagged};
+use super::parameters::{Amount, Currency, Email, Id, Text};
 use crate::lumanu::{
     ApprovalStatus, CreatePayable, Funding, FundingStatus, InvoiceFunding, LumanuClient, Payable,
     PayableStatus, WalletTransaction, WalletTransactionStatus, WalletTransactionType,
@@ -21,30 +32,45 @@ const PROVIDER: &str = "lumanu";
 /// The Lumanu step kinds, sharing `client`.
 pub fn kinds(client: &LumanuClient) -> Vec<Arc<dyn StepKind>> {
     vec![
-        Arc::new(FundInvoice(client.clone())),
-        Arc::new(AwaitDeposit(client.clone())),
-        Arc::new(LinkDeposit(client.clone())),
-        Arc::new(CreatePayableStep(client.clone())),
-        Arc::new(ApprovePayable(client.clone())),
-        Arc::new(PayFromBalance(client.clone())),
-        Arc::new(AwaitPayablePaid(client.clone())),
-        Arc::new(PayCampaign(client.clone())),
-        Arc::new(AwaitCampaignPaid(client.clone())),
+        Arc::new(Typed(FundInvoice(client.clone()))),
+        Arc::new(Typed(AwaitDeposit(client.clone()))),
+        Arc::new(Typed(LinkDeposit(client.clone()))),
+        Arc::new(Typed(CreatePayableStep(client.clone()))),
+        Arc::new(Typed(ApprovePayable(client.clone()))),
+        Arc::new(Typed(PayFromBalance(client.clone()))),
+        Arc::new(Typed(AwaitPayablePaid(client.clone()))),
+        Arc::new(Typed(PayCampaign(client.clone()))),
+        Arc::new(Typed(AwaitCampaignPaid(client.clone()))),
     ]
 }
 
-fn usd(f: &Fields<'_>, name: &str) -> Result<String, String> {
-    let code = f.currency(name)?;
-    if f.mode() == Mode::Validate && code == "XXX" {
-        return Ok(code);
+/// The currency of a Lumanu amount: `USD` (any case; Lumanu pays in US cents only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usd;
+
+impl<'de> Deserialize<'de> for Usd {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let code = Currency::deserialize(d)?;
+        if code.as_str() == "USD" {
+            Ok(Usd)
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "must be USD: Lumanu pays in US cents (got {})",
+                code.as_str()
+            )))
+        }
     }
-    if code == "USD" {
-        Ok(code)
-    } else {
-        Err(format!(
-            "{} must be USD: Lumanu pays in US cents (got {code})",
-            f.path(name)
-        ))
+}
+
+impl JsonSchema for Usd {
+    fn schema_name() -> Cow<'static, str> {
+        Cow::Borrowed("Usd")
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({"type": "string", "pattern": "^[Uu][Ss][Dd]$"})
     }
 }
 
@@ -68,219 +94,152 @@ fn usd(f: &Fields<'_>, name: &str) -> Result<String, String> {
 #[derive(Debug, Clone)]
 pub struct FundInvoice(pub LumanuClient);
 
-struct FundParams {
-    workspace_id: String,
-    amount: i64,
-    description: String,
-    invoice: InvoiceFunding,
+/// Parameters of `lumanu.fund_invoice`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct FundParams {
+    /// Lumanu workspace id
+    pub workspace_id: Id,
+    /// amount in minor units (US cents)
+    pub amount: Amount,
+    /// USD
+    pub currency: Usd,
+    /// invoice description
+    pub description: Text,
+    /// who the invoice is for
+    pub invoice: InvoiceParams,
 }
 
-fn fund_params(f: &Fields<'_>) -> Result<FundParams, String> {
-    let workspace_id = f.id("workspace_id")?;
-    let amount = f.amount("amount")?;
-    usd(f, "currency")?;
-    let description = f.string("description")?;
-    let inv = f.object("invoice")?;
-    let invoice = InvoiceFunding {
-        workspace_id: workspace_id.clone(),
-        amount,
-        amount_denomination: Some("us_cents".to_owned()),
-        description: String::new(),
-        recipient_email: inv.email("recipient_email")?,
-        bill_to: inv.string("bill_to")?,
-        company_name: inv.string("company_name")?,
-        company_address_one: inv.string("company_address_one")?,
-        due_date: inv.opt_string("due_date")?,
-        po_number: inv.opt_string("po_number")?,
-        additional_notes: None,
-    };
-    Ok(FundParams {
-        workspace_id,
-        amount,
-        description,
-        invoice,
-    })
+/// Who a funding invoice is for.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct InvoiceParams {
+    /// email address
+    pub recipient_email: Email,
+    /// bill to
+    pub bill_to: Text,
+    /// company name
+    pub company_name: Text,
+    /// company address
+    pub company_address_one: Text,
+    /// due date
+    pub due_date: Option<Text>,
+    /// purchase order number
+    pub po_number: Option<Text>,
+}
+
+/// Output of `lumanu.fund_invoice`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct FundOutput {
+    /// Lumanu funding id
+    pub funding_id: String,
+    /// invoice number
+    pub invoice_number: Option<i64>,
+    /// amount in US cents
+    pub amount: i64,
+    /// USD
+    pub currency: String,
+    /// funding status
+    pub status: Option<String>,
+    /// Lumanu workspace id
+    pub workspace_id: String,
+    /// the invoice's description (with the step's reference)
+    pub description: String,
+    /// found instead of created
+    pub existing: bool,
 }
 
 #[async_trait]
-impl StepKind for FundInvoice {
-    fn name(&self) -> &'static str {
-        "lumanu.fund_invoice"
-    }
+impl Step for FundInvoice {
+    type Params = FundParams;
+    type Output = FundOutput;
+    const NAME: &'static str = "lumanu.fund_invoice";
+    const DESCRIPTION: &'static str =
+        "Creates (or finds) a Lumanu funding invoice for the workspace balance.";
 
-    fn schema(&self) -> Option<paysaga_core::KindSchema> {
-        Some(paysaga_core::KindSchema {
-            description: "Creates (or finds) a Lumanu funding invoice for the workspace balance.",
-            params: vec![
-                paysaga_core::FieldSpec::required(
-                    "workspace_id",
-                    paysaga_core::FieldType::String,
-                    "Lumanu workspace id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "amount",
-                    paysaga_core::FieldType::Integer,
-                    "amount in US cents",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "currency",
-                    paysaga_core::FieldType::String,
-                    "USD",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "description",
-                    paysaga_core::FieldType::String,
-                    "invoice description",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "invoice",
-                    paysaga_core::FieldType::Object,
-                    "who the invoice is for",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "invoice.recipient_email",
-                    paysaga_core::FieldType::String,
-                    "email address",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "invoice.bill_to",
-                    paysaga_core::FieldType::String,
-                    "bill to",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "invoice.company_name",
-                    paysaga_core::FieldType::String,
-                    "company name",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "invoice.company_address_one",
-                    paysaga_core::FieldType::String,
-                    "company address",
-                ),
-                paysaga_core::FieldSpec::optional(
-                    "invoice.due_date",
-                    paysaga_core::FieldType::String,
-                    "due date",
-                ),
-                paysaga_core::FieldSpec::optional(
-                    "invoice.po_number",
-                    paysaga_core::FieldType::String,
-                    "purchase order number",
-                ),
-            ],
-            outputs: vec![
-                paysaga_core::FieldSpec::required(
-                    "funding_id",
-                    paysaga_core::FieldType::String,
-                    "Lumanu funding id",
-                ),
-                paysaga_core::FieldSpec::optional(
-                    "invoice_number",
-                    paysaga_core::FieldType::String,
-                    "invoice number",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "amount",
-                    paysaga_core::FieldType::Integer,
-                    "amount in US cents",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "currency",
-                    paysaga_core::FieldType::String,
-                    "USD",
-                ),
-                paysaga_core::FieldSpec::optional(
-                    "status",
-                    paysaga_core::FieldType::String,
-                    "funding status",
-                ),
-            ],
-        })
-    }
-
-    fn validate(&self, params: &Value) -> Result<(), String> {
-        Fields::new(params, Mode::Validate).and_then(|f| fund_params(&f).map(|_| ()))
-    }
-
-    async fn run(&self, ctx: &StepContext, params: Value) -> StepOutcome {
-        let p = params!(&params, Mode::Run, fund_params);
+    async fn run(&self, ctx: &StepContext, params: FundParams) -> Result<FundOutput, StepOutcome> {
+        let workspace_id = params.workspace_id.0;
+        let amount = params.amount.get();
+        let inv = params.invoice;
         let reference = reference(ctx);
-        let description = tagged(&p.description, &reference);
-        let output = |funding: &Funding, existing: bool| {
-            json!({
-                "funding_id": funding.id,
-                "invoice_number": funding.invoice_number,
-                "amount": funding.amount.unwrap_or(p.amount),
-                "currency": "USD",
-                "status": funding.status.as_ref().map(|s| s.to_string()),
-                "workspace_id": p.workspace_id,
-                "description": description,
-                "existing": existing,
-            })
+        let description = tagged(params.description.as_str(), &reference);
+        let output = |funding: &Funding, existing: bool| FundOutput {
+            funding_id: funding.id.clone(),
+            invoice_number: funding.invoice_number,
+            amount: funding.amount.unwrap_or(amount),
+            currency: "USD".to_owned(),
+            status: funding.status.as_ref().map(|s| s.to_string()),
+            workspace_id: workspace_id.clone(),
+            description: description.clone(),
+            existing,
         };
         // Look first: an earlier attempt's invoice, once paid, shows as a deposit carrying the
         // reference.
         let tag = format!("[{reference}]");
         let earlier = self
             .0
-            .find_wallet_transaction(&p.workspace_id, Some(WalletTransactionType::Deposit), |t| {
+            .find_wallet_transaction(&workspace_id, Some(WalletTransactionType::Deposit), |t| {
                 t.description.as_deref().is_some_and(|d| d.contains(&tag))
             })
             .await;
         match earlier {
             Ok(Some(deposit)) => {
                 let Some(funding_id) = deposit.funding_id.clone() else {
-                    return StepOutcome::fail(format!(
+                    return Err(StepOutcome::fail(format!(
                         "an earlier attempt's funding invoice {description:?} was paid (deposit \
                          {}, {} cents) but Lumanu does not say which funding it paid: not \
                          invoicing again; an operator links the deposit by hand and skips this \
                          step with its funding_id",
                         deposit.id, deposit.amount
-                    ));
+                    )));
                 };
                 let funding = match self.0.get_funding(&funding_id).await {
                     Ok(f) => f,
-                    Err(e) => return outcome_for("get the earlier attempt's funding", &e),
+                    Err(e) => return Err(outcome_for("get the earlier attempt's funding", &e)),
                 };
-                if funding.amount.is_some_and(|a| a != p.amount) {
-                    return StepOutcome::fail(format!(
+                if funding.amount.is_some_and(|a| a != amount) {
+                    return Err(StepOutcome::fail(format!(
                         "funding {funding_id} carries this step's reference but is {} cents, not \
                          {}",
                         funding.amount.unwrap_or_default(),
-                        p.amount
-                    ));
+                        amount
+                    )));
                 }
-                return StepOutcome::Done(output(&funding, true));
+                return Ok(output(&funding, true));
             }
             Ok(None) => {}
-            Err(e) => return outcome_for("look for an earlier invoice's deposit", &e),
+            Err(e) => return Err(outcome_for("look for an earlier invoice's deposit", &e)),
         }
         let invoice = InvoiceFunding {
+            workspace_id: workspace_id.clone(),
+            amount,
+            amount_denomination: Some("us_cents".to_owned()),
             description: description.clone(),
-            ..p.invoice
+            recipient_email: inv.recipient_email.0,
+            bill_to: inv.bill_to.0,
+            company_name: inv.company_name.0,
+            company_address_one: inv.company_address_one.0,
+            due_date: inv.due_date.map(|t| t.0),
+            po_number: inv.po_number.map(|t| t.0),
+            additional_notes: None,
         };
         // Lumanu cannot deduplicate the create: mark the attempt durably before sending.
-        let permit = match ctx.begin_effect().await {
-            Ok(permit) => permit,
-            Err(outcome) => return outcome,
-        };
+        let permit = ctx.begin_effect().await?;
         match self
             .0
             .create_invoice_funding_before(invoice, permit.send_by())
             .await
         {
-            Ok(funding) => StepOutcome::Done(output(&funding, false)),
-            Err(e) if e.may_have_taken_effect() => retry_unknown_effect(
+            Ok(funding) => Ok(output(&funding, false)),
+            Err(e) if e.may_have_taken_effect() => Err(retry_unknown_effect(
                 &format!(
                     "create funding invoice (an invoice described {description:?} may exist; \
                      a second one is surfaced as an alert if it is paid)"
                 ),
                 &e,
-            ),
+            )),
             Err(e) => {
                 // Refused before Lumanu acted (4xx, 429, no connection, not sent).
                 ctx.effect_not_sent().await;
-                outcome_for("create funding invoice", &e)
+                Err(outcome_for("create funding invoice", &e))
             }
         }
     }
@@ -304,8 +263,30 @@ impl StepKind for FundInvoice {
 #[derive(Debug, Clone)]
 pub struct AwaitDeposit(pub LumanuClient);
 
-fn deposit_params(f: &Fields<'_>) -> Result<(String, String), String> {
-    Ok((f.id("workspace_id")?, f.id("funding_id")?))
+/// Parameters of `lumanu.await_deposit`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct DepositParams {
+    /// Lumanu workspace id
+    pub workspace_id: Id,
+    /// Lumanu funding id
+    pub funding_id: Id,
+}
+
+/// Output of `lumanu.await_deposit`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct DepositOutput {
+    /// deposit transfer id
+    pub transfer_id: String,
+    /// amount in US cents
+    pub amount: i64,
+    /// Lumanu funding id
+    pub funding_id: String,
+    /// the funding was already completed
+    pub already_linked: bool,
+    /// `duplicate_funding_deposit` alerts: deposits that paid other invoices carrying this
+    /// saga's reference (absent when there are none)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<Value>,
 }
 
 fn deposit_matches(t: &WalletTransaction, invoice_tag: Option<&str>, event_id: &str) -> bool {
@@ -335,57 +316,18 @@ fn contains_tag(description: &str, tag: &str) -> bool {
 }
 
 #[async_trait]
-impl StepKind for AwaitDeposit {
-    fn name(&self) -> &'static str {
-        "lumanu.await_deposit"
-    }
+impl Step for AwaitDeposit {
+    type Params = DepositParams;
+    type Output = DepositOutput;
+    const NAME: &'static str = "lumanu.await_deposit";
+    const DESCRIPTION: &'static str = "Waits for the deposit that pays the funding invoice.";
 
-    fn schema(&self) -> Option<paysaga_core::KindSchema> {
-        Some(paysaga_core::KindSchema {
-            description: "Waits for the deposit that pays the funding invoice.",
-            params: vec![
-                paysaga_core::FieldSpec::required(
-                    "workspace_id",
-                    paysaga_core::FieldType::String,
-                    "Lumanu workspace id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "funding_id",
-                    paysaga_core::FieldType::String,
-                    "Lumanu funding id",
-                ),
-            ],
-            outputs: vec![
-                paysaga_core::FieldSpec::required(
-                    "transfer_id",
-                    paysaga_core::FieldType::String,
-                    "deposit transfer id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "amount",
-                    paysaga_core::FieldType::Integer,
-                    "amount in US cents",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "funding_id",
-                    paysaga_core::FieldType::String,
-                    "Lumanu funding id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "already_linked",
-                    paysaga_core::FieldType::Boolean,
-                    "the funding was already completed",
-                ),
-            ],
-        })
-    }
-
-    fn validate(&self, params: &Value) -> Result<(), String> {
-        Fields::new(params, Mode::Validate).and_then(|f| deposit_params(&f).map(|_| ()))
-    }
-
-    async fn run(&self, ctx: &StepContext, params: Value) -> StepOutcome {
-        let (workspace_id, funding_id) = params!(&params, Mode::Run, deposit_params);
+    async fn run(
+        &self,
+        ctx: &StepContext,
+        params: DepositParams,
+    ) -> Result<DepositOutput, StepOutcome> {
+        let (workspace_id, funding_id) = (params.workspace_id.0, params.funding_id.0);
         let wait = |said: String| {
             let mut spec = WaitSpec::new(
                 PROVIDER,
@@ -398,7 +340,7 @@ impl StepKind for AwaitDeposit {
         };
         let funding = match self.0.get_funding(&funding_id).await {
             Ok(f) => f,
-            Err(e) => return outcome_for("get funding", &e),
+            Err(e) => return Err(outcome_for("get funding", &e)),
         };
         // The event only says where to look: its transfer id, checked against the wallet.
         let event_transfer = match &ctx.wake {
@@ -417,9 +359,9 @@ impl StepKind for AwaitDeposit {
             .map_or_else(|| "unknown".to_owned(), |s| s.to_string());
         if tag.is_none() && event_transfer.is_empty() {
             // Nothing to recognise the deposit by yet.
-            return wait(format!(
+            return Err(wait(format!(
                 "funding {funding_id} is {funding_status}, without an invoice number yet"
-            ));
+            )));
         }
         let found = self
             .0
@@ -430,30 +372,30 @@ impl StepKind for AwaitDeposit {
         let deposit = match found {
             Ok(Some(t)) => t,
             Ok(None) => {
-                return wait(format!(
+                return Err(wait(format!(
                     "funding {funding_id} is {funding_status}; no deposit for invoice {} yet",
                     tag.as_deref().unwrap_or("(no number)")
-                ))
+                )))
             }
-            Err(e) => return outcome_for("list wallet deposits", &e),
+            Err(e) => return Err(outcome_for("list wallet deposits", &e)),
         };
         if deposit.status != Some(WalletTransactionStatus::Processed) {
-            return wait(format!(
+            return Err(wait(format!(
                 "deposit {} is {}, not processed yet",
                 deposit.id,
                 deposit
                     .status
                     .as_ref()
                     .map_or_else(|| "unknown".to_owned(), |s| s.to_string())
-            ));
+            )));
         }
         if let Some(expected) = funding.amount {
             if deposit.amount != expected {
-                return StepOutcome::fail(format!(
+                return Err(StepOutcome::fail(format!(
                     "deposit {} for funding {funding_id} is {} cents, the invoice is {expected} \
                      cents: an operator must decide how to proceed",
                     deposit.id, deposit.amount
-                ));
+                )));
             }
         }
         // Other invoices carrying this saga's reference (a create retried after a timeout)
@@ -476,21 +418,20 @@ impl StepKind for AwaitDeposit {
                         .iter()
                         .map(|t| duplicate_alert(t, &workspace_id, &funding_id, tag))
                         .collect(),
-                    Err(e) => return outcome_for("look for deposits of duplicate invoices", &e),
+                    Err(e) => {
+                        return Err(outcome_for("look for deposits of duplicate invoices", &e))
+                    }
                 }
             }
             None => Vec::new(),
         };
-        let mut output = json!({
-            "transfer_id": deposit.id,
-            "amount": deposit.amount,
-            "funding_id": funding_id,
-            "already_linked": funding.status == Some(FundingStatus::Completed),
-        });
-        if !alerts.is_empty() {
-            output[paysaga_core::ALERTS_FIELD] = Value::Array(alerts);
-        }
-        StepOutcome::Done(output)
+        Ok(DepositOutput {
+            transfer_id: deposit.id,
+            amount: deposit.amount,
+            funding_id,
+            already_linked: funding.status == Some(FundingStatus::Completed),
+            alerts,
+        })
     }
 
     fn references(&self, output: &Value) -> Vec<(String, String)> {
@@ -542,68 +483,46 @@ fn duplicate_alert(
 #[derive(Debug, Clone)]
 pub struct LinkDeposit(pub LumanuClient);
 
-fn link_params(f: &Fields<'_>) -> Result<(String, String), String> {
-    Ok((f.id("funding_id")?, f.id("transfer_id")?))
+/// Parameters of `lumanu.link_deposit`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct LinkParams {
+    /// Lumanu funding id
+    pub funding_id: Id,
+    /// deposit transfer id
+    pub transfer_id: Id,
+}
+
+/// Output of `lumanu.link_deposit`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct LinkOutput {
+    /// Lumanu funding id
+    pub funding_id: String,
+    /// deposit transfer id
+    pub transfer_id: String,
+    /// funding status
+    pub status: Option<String>,
 }
 
 #[async_trait]
-impl StepKind for LinkDeposit {
-    fn name(&self) -> &'static str {
-        "lumanu.link_deposit"
-    }
+impl Step for LinkDeposit {
+    type Params = LinkParams;
+    type Output = LinkOutput;
+    const NAME: &'static str = "lumanu.link_deposit";
+    const DESCRIPTION: &'static str = "Links the deposit to the funding invoice.";
 
-    fn schema(&self) -> Option<paysaga_core::KindSchema> {
-        Some(paysaga_core::KindSchema {
-            description: "Links the deposit to the funding invoice.",
-            params: vec![
-                paysaga_core::FieldSpec::required(
-                    "funding_id",
-                    paysaga_core::FieldType::String,
-                    "Lumanu funding id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "transfer_id",
-                    paysaga_core::FieldType::String,
-                    "deposit transfer id",
-                ),
-            ],
-            outputs: vec![
-                paysaga_core::FieldSpec::required(
-                    "funding_id",
-                    paysaga_core::FieldType::String,
-                    "Lumanu funding id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "transfer_id",
-                    paysaga_core::FieldType::String,
-                    "deposit transfer id",
-                ),
-                paysaga_core::FieldSpec::optional(
-                    "status",
-                    paysaga_core::FieldType::String,
-                    "funding status",
-                ),
-            ],
-        })
-    }
-
-    fn validate(&self, params: &Value) -> Result<(), String> {
-        Fields::new(params, Mode::Validate).and_then(|f| link_params(&f).map(|_| ()))
-    }
-
-    async fn run(&self, _ctx: &StepContext, params: Value) -> StepOutcome {
-        let (funding_id, transfer_id) = params!(&params, Mode::Run, link_params);
+    async fn run(&self, _ctx: &StepContext, params: LinkParams) -> Result<LinkOutput, StepOutcome> {
+        let (funding_id, transfer_id) = (params.funding_id.0, params.transfer_id.0);
         match self
             .0
             .ensure_deposit_linked(&funding_id, &transfer_id)
             .await
         {
-            Ok(funding) => StepOutcome::Done(json!({
-                "funding_id": funding_id,
-                "transfer_id": transfer_id,
-                "status": funding.status.map(|s| s.to_string()),
-            })),
-            Err(e) => outcome_for("link deposit", &e),
+            Ok(funding) => Ok(LinkOutput {
+                funding_id,
+                transfer_id,
+                status: funding.status.map(|s| s.to_string()),
+            }),
+            Err(e) => Err(outcome_for("link deposit", &e)),
         }
     }
 
@@ -627,145 +546,111 @@ impl StepKind for LinkDeposit {
 #[derive(Debug, Clone)]
 pub struct CreatePayableStep(pub LumanuClient);
 
-fn payable_params(f: &Fields<'_>) -> Result<CreatePayable, String> {
-    let workspace_id = f.id("workspace_id")?;
-    let amount = f.amount("amount")?;
-    usd(f, "currency")?;
-    let description = f.string("description")?;
-    let payee = f.object("payee")?;
-    let payee_email = match payee.raw("email") {
-        Some(_) => Some(payee.email("email")?),
-        None => None,
-    };
-    let payee_lumanu_id = payee.opt_id("lumanu_id")?;
-    if f.mode() == Mode::Run || f.raw("payee").is_some() {
-        match (&payee_email, &payee_lumanu_id) {
-            (None, None) => {
-                return Err(format!("{} needs an email or a lumanu_id", f.path("payee")))
-            }
-            (Some(_), Some(_)) => {
-                return Err(format!(
-                    "{} must have an email or a lumanu_id, not both",
-                    f.path("payee")
-                ))
-            }
-            _ => {}
-        }
-    }
-    Ok(CreatePayable {
-        workspace_id,
-        payee_email,
-        payee_lumanu_id,
-        amount,
-        description,
-        due_date: f.opt_string("due_date")?,
-        custom_fields: None,
-    })
+/// Parameters of `lumanu.create_payable`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct PayableParams {
+    /// Lumanu workspace id
+    pub workspace_id: Id,
+    /// amount in minor units (US cents)
+    pub amount: Amount,
+    /// USD
+    pub currency: Usd,
+    /// payable description
+    pub description: Text,
+    /// the payee: an email or a lumanu_id
+    pub payee: Payee,
+    /// due date
+    pub due_date: Option<Text>,
 }
 
-fn payable_output(p: &Payable, existing: bool) -> Value {
-    json!({
-        "payable_id": p.id,
-        "amount": p.amount,
-        "currency": "USD",
-        "description": p.description,
-        "payable_status": p.payable_status.as_ref().map(|s| s.to_string()),
-        "existing": existing,
-    })
+/// The payee of a Lumanu payable: exactly one of `email` and `lumanu_id`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct Payee {
+    /// payee email
+    pub email: Option<Email>,
+    /// payee Lumanu id
+    pub lumanu_id: Option<Id>,
+}
+
+/// The payee names exactly one of an email and a Lumanu id.
+fn payee_rule(email: bool, lumanu_id: bool) -> Result<(), String> {
+    match (email, lumanu_id) {
+        (false, false) => Err("payee needs an email or a lumanu_id".to_owned()),
+        (true, true) => Err("payee must have an email or a lumanu_id, not both".to_owned()),
+        _ => Ok(()),
+    }
+}
+
+impl PayableParams {
+    fn request(self) -> Result<CreatePayable, String> {
+        payee_rule(self.payee.email.is_some(), self.payee.lumanu_id.is_some())?;
+        Ok(CreatePayable {
+            workspace_id: self.workspace_id.0,
+            payee_email: self.payee.email.map(|e| e.0),
+            payee_lumanu_id: self.payee.lumanu_id.map(|i| i.0),
+            amount: self.amount.get(),
+            description: self.description.0,
+            due_date: self.due_date.map(|t| t.0),
+            custom_fields: None,
+        })
+    }
+}
+
+/// Output of `lumanu.create_payable`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PayableOutput {
+    /// Lumanu payable id
+    pub payable_id: String,
+    /// amount in US cents
+    pub amount: i64,
+    /// USD
+    pub currency: String,
+    /// description (with the step's reference)
+    pub description: Option<String>,
+    /// payable status
+    pub payable_status: Option<String>,
+    /// found instead of created
+    pub existing: bool,
+}
+
+fn payable_output(p: &Payable, existing: bool) -> PayableOutput {
+    PayableOutput {
+        payable_id: p.id.clone(),
+        amount: p.amount,
+        currency: "USD".to_owned(),
+        description: p.description.clone(),
+        payable_status: p.payable_status.as_ref().map(|s| s.to_string()),
+        existing,
+    }
 }
 
 #[async_trait]
-impl StepKind for CreatePayableStep {
-    fn name(&self) -> &'static str {
-        "lumanu.create_payable"
-    }
+impl Step for CreatePayableStep {
+    type Params = PayableParams;
+    type Output = PayableOutput;
+    const NAME: &'static str = "lumanu.create_payable";
+    const DESCRIPTION: &'static str =
+        "Creates (or finds) a Lumanu payable to a payee (compensable: canceled).";
 
-    fn schema(&self) -> Option<paysaga_core::KindSchema> {
-        Some(paysaga_core::KindSchema {
-            description: "Creates (or finds) a Lumanu payable to a payee (compensable: canceled).",
-            params: vec![
-                paysaga_core::FieldSpec::required(
-                    "workspace_id",
-                    paysaga_core::FieldType::String,
-                    "Lumanu workspace id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "amount",
-                    paysaga_core::FieldType::Integer,
-                    "amount in US cents",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "currency",
-                    paysaga_core::FieldType::String,
-                    "USD",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "description",
-                    paysaga_core::FieldType::String,
-                    "payable description",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "payee",
-                    paysaga_core::FieldType::Object,
-                    "the payee: an email or a lumanu_id",
-                ),
-                paysaga_core::FieldSpec::optional(
-                    "payee.email",
-                    paysaga_core::FieldType::String,
-                    "payee email",
-                ),
-                paysaga_core::FieldSpec::optional(
-                    "payee.lumanu_id",
-                    paysaga_core::FieldType::String,
-                    "payee Lumanu id",
-                ),
-                paysaga_core::FieldSpec::optional(
-                    "due_date",
-                    paysaga_core::FieldType::String,
-                    "due date",
-                ),
-            ],
-            outputs: vec![
-                paysaga_core::FieldSpec::required(
-                    "payable_id",
-                    paysaga_core::FieldType::String,
-                    "Lumanu payable id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "amount",
-                    paysaga_core::FieldType::Integer,
-                    "amount in US cents",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "currency",
-                    paysaga_core::FieldType::String,
-                    "USD",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "description",
-                    paysaga_core::FieldType::String,
-                    "description",
-                ),
-                paysaga_core::FieldSpec::optional(
-                    "payable_status",
-                    paysaga_core::FieldType::String,
-                    "payable status",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "existing",
-                    paysaga_core::FieldType::Boolean,
-                    "found instead of created",
-                ),
-            ],
-        })
-    }
-
+    /// A payee the input gives names exactly one of an email and a Lumanu id.
     fn validate(&self, params: &Value) -> Result<(), String> {
-        Fields::new(params, Mode::Validate).and_then(|f| payable_params(&f).map(|_| ()))
+        match params.get("payee").filter(|p| p.is_object()) {
+            Some(payee) => {
+                let given = |name: &str| payee.get(name).is_some_and(|v| !v.is_null());
+                payee_rule(given("email"), given("lumanu_id"))
+            }
+            None => Ok(()),
+        }
     }
 
-    async fn run(&self, ctx: &StepContext, params: Value) -> StepOutcome {
-        let mut request = params!(&params, Mode::Run, payable_params);
+    async fn run(
+        &self,
+        ctx: &StepContext,
+        params: PayableParams,
+    ) -> Result<PayableOutput, StepOutcome> {
+        let mut request = params
+            .request()
+            .map_err(|e| StepOutcome::fail(format!("invalid params: {e}")))?;
         request.description = tagged(&request.description, &reference(ctx));
         let find = || {
             self.0
@@ -773,39 +658,36 @@ impl StepKind for CreatePayableStep {
         };
         let check = |p: Payable| {
             if p.amount != request.amount {
-                StepOutcome::fail(format!(
+                Err(format!(
                     "payable {} carries this step's reference but is {} cents, not {}",
                     p.id, p.amount, request.amount
                 ))
             } else {
-                StepOutcome::Done(payable_output(&p, true))
+                Ok(payable_output(&p, true))
             }
         };
         match find().await {
-            Ok(Some(existing)) => return check(existing),
+            Ok(Some(existing)) => return check(existing).map_err(StepOutcome::fail),
             Ok(None) => {}
-            Err(e) => return outcome_for("look up payable by reference", &e),
+            Err(e) => return Err(outcome_for("look up payable by reference", &e)),
         }
         // Lumanu cannot deduplicate the create: mark the attempt durably before sending, so
         // a worker that lost the saga while its request was out cannot leave a second payable.
-        let permit = match ctx.begin_effect().await {
-            Ok(permit) => permit,
-            Err(outcome) => return outcome,
-        };
+        let permit = ctx.begin_effect().await?;
         match self
             .0
             .create_payable_before(&request, permit.send_by())
             .await
         {
-            Ok(p) => StepOutcome::Done(payable_output(&p, false)),
+            Ok(p) => Ok(payable_output(&p, false)),
             Err(e) if e.may_have_taken_effect() => match find().await {
-                Ok(Some(existing)) => check(existing),
-                _ => retry_unknown_effect("create payable", &e),
+                Ok(Some(existing)) => check(existing).map_err(StepOutcome::fail),
+                _ => Err(retry_unknown_effect("create payable", &e)),
             },
             Err(e) => {
                 // Refused before Lumanu acted (4xx, 429, no connection, not sent).
                 ctx.effect_not_sent().await;
-                outcome_for("create payable", &e)
+                Err(outcome_for("create payable", &e))
             }
         }
     }
@@ -814,7 +696,7 @@ impl StepKind for CreatePayableStep {
         true
     }
 
-    async fn compensate(&self, ctx: &StepContext, _params: Value) -> StepOutcome {
+    async fn compensate(&self, ctx: &StepContext, _params: PayableParams) -> StepOutcome {
         let Some(payable_id) = ctx
             .output
             .as_ref()
@@ -861,8 +743,20 @@ impl StepKind for CreatePayableStep {
 #[derive(Debug, Clone)]
 pub struct ApprovePayable(pub LumanuClient);
 
-fn id_param(name: &'static str) -> impl Fn(&Fields<'_>) -> Result<String, String> {
-    move |f| f.id(name)
+/// Parameters of `lumanu.approve_payable` and `lumanu.await_payable_paid`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct PayableIdParams {
+    /// Lumanu payable id
+    pub payable_id: Id,
+}
+
+/// Output of `lumanu.approve_payable`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ApproveOutput {
+    /// Lumanu payable id
+    pub payable_id: String,
+    /// payable status
+    pub payable_status: String,
 }
 
 fn is_approved_or_later(p: &Payable) -> bool {
@@ -897,69 +791,45 @@ fn status_of(p: &Payable) -> String {
 }
 
 #[async_trait]
-impl StepKind for ApprovePayable {
-    fn name(&self) -> &'static str {
-        "lumanu.approve_payable"
-    }
+impl Step for ApprovePayable {
+    type Params = PayableIdParams;
+    type Output = ApproveOutput;
+    const NAME: &'static str = "lumanu.approve_payable";
+    const DESCRIPTION: &'static str = "Approves a payable.";
 
-    fn schema(&self) -> Option<paysaga_core::KindSchema> {
-        Some(paysaga_core::KindSchema {
-            description: "Approves a payable.",
-            params: vec![paysaga_core::FieldSpec::required(
-                "payable_id",
-                paysaga_core::FieldType::String,
-                "Lumanu payable id",
-            )],
-            outputs: vec![
-                paysaga_core::FieldSpec::required(
-                    "payable_id",
-                    paysaga_core::FieldType::String,
-                    "Lumanu payable id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "payable_status",
-                    paysaga_core::FieldType::String,
-                    "payable status",
-                ),
-            ],
-        })
-    }
-
-    fn validate(&self, params: &Value) -> Result<(), String> {
-        Fields::new(params, Mode::Validate).and_then(|f| id_param("payable_id")(&f).map(|_| ()))
-    }
-
-    async fn run(&self, _ctx: &StepContext, params: Value) -> StepOutcome {
-        let payable_id = params!(&params, Mode::Run, id_param("payable_id"));
+    async fn run(
+        &self,
+        _ctx: &StepContext,
+        params: PayableIdParams,
+    ) -> Result<ApproveOutput, StepOutcome> {
+        let payable_id = params.payable_id.0;
+        let output = |p: &Payable| ApproveOutput {
+            payable_id: payable_id.clone(),
+            payable_status: status_of(p),
+        };
         let payable = match self.0.get_payable(&payable_id).await {
             Ok(p) => p,
-            Err(e) => return outcome_for("get payable", &e),
+            Err(e) => return Err(outcome_for("get payable", &e)),
         };
         if is_approved_or_later(&payable) {
-            return StepOutcome::Done(
-                json!({"payable_id": payable_id, "payable_status": status_of(&payable)}),
-            );
+            return Ok(output(&payable));
         }
         if matches!(
             payable.payable_status,
             Some(PayableStatus::Canceled | PayableStatus::Reversed)
         ) {
-            return StepOutcome::fail(format!(
+            return Err(StepOutcome::fail(format!(
                 "payable {payable_id} is {} and cannot be approved",
                 status_of(&payable)
-            ));
+            )));
         }
         match self.0.approve_payable(&payable_id).await {
-            Ok(p) => StepOutcome::Done(
-                json!({"payable_id": payable_id, "payable_status": status_of(&p)}),
-            ),
+            Ok(p) => Ok(output(&p)),
             // Refused or unknown: another attempt of this step (a worker whose lease was taken
             // over while its call was in flight) may have approved it meanwhile. Look again.
             Err(e) => match self.0.get_payable(&payable_id).await {
-                Ok(p) if is_approved_or_later(&p) => StepOutcome::Done(
-                    json!({"payable_id": payable_id, "payable_status": status_of(&p)}),
-                ),
-                _ => outcome_for("approve payable", &e),
+                Ok(p) if is_approved_or_later(&p) => Ok(output(&p)),
+                _ => Err(outcome_for("approve payable", &e)),
             },
         }
     }
@@ -980,109 +850,82 @@ impl StepKind for ApprovePayable {
 #[derive(Debug, Clone)]
 pub struct PayFromBalance(pub LumanuClient);
 
-fn pay_params(f: &Fields<'_>) -> Result<(String, String), String> {
-    Ok((f.id("workspace_id")?, f.id("payable_id")?))
+/// Parameters of `lumanu.pay_from_balance`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct PayParams {
+    /// Lumanu workspace id
+    pub workspace_id: Id,
+    /// Lumanu payable id
+    pub payable_id: Id,
+}
+
+/// Output of `lumanu.pay_from_balance`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PayOutput {
+    /// Lumanu payable id
+    pub payable_id: String,
+    /// funding id (none when it was paid already)
+    pub funding_id: Option<String>,
+    /// payable status
+    pub payable_status: String,
+    /// it was paid already
+    pub already_paid: bool,
 }
 
 #[async_trait]
-impl StepKind for PayFromBalance {
-    fn name(&self) -> &'static str {
-        "lumanu.pay_from_balance"
-    }
-
-    fn schema(&self) -> Option<paysaga_core::KindSchema> {
-        Some(paysaga_core::KindSchema {
-            description: "Pays a payable from the workspace balance (irreversible).",
-            params: vec![
-                paysaga_core::FieldSpec::required(
-                    "workspace_id",
-                    paysaga_core::FieldType::String,
-                    "Lumanu workspace id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "payable_id",
-                    paysaga_core::FieldType::String,
-                    "Lumanu payable id",
-                ),
-            ],
-            outputs: vec![
-                paysaga_core::FieldSpec::required(
-                    "payable_id",
-                    paysaga_core::FieldType::String,
-                    "Lumanu payable id",
-                ),
-                paysaga_core::FieldSpec::optional(
-                    "funding_id",
-                    paysaga_core::FieldType::String,
-                    "funding id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "payable_status",
-                    paysaga_core::FieldType::String,
-                    "payable status",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "already_paid",
-                    paysaga_core::FieldType::Boolean,
-                    "it was paid already",
-                ),
-            ],
-        })
-    }
-
-    fn validate(&self, params: &Value) -> Result<(), String> {
-        Fields::new(params, Mode::Validate).and_then(|f| pay_params(&f).map(|_| ()))
-    }
+impl Step for PayFromBalance {
+    type Params = PayParams;
+    type Output = PayOutput;
+    const NAME: &'static str = "lumanu.pay_from_balance";
+    const DESCRIPTION: &'static str = "Pays a payable from the workspace balance (irreversible).";
 
     fn irreversible(&self) -> bool {
         true
     }
 
-    async fn run(&self, _ctx: &StepContext, params: Value) -> StepOutcome {
-        let (workspace_id, payable_id) = params!(&params, Mode::Run, pay_params);
-        let already = |p: &Payable| {
-            StepOutcome::Done(json!({
-                "payable_id": payable_id,
-                "funding_id": Value::Null,
-                "payable_status": status_of(p),
-                "already_paid": true,
-            }))
+    async fn run(&self, _ctx: &StepContext, params: PayParams) -> Result<PayOutput, StepOutcome> {
+        let (workspace_id, payable_id) = (params.workspace_id.0, params.payable_id.0);
+        let already = |p: &Payable| PayOutput {
+            payable_id: payable_id.clone(),
+            funding_id: None,
+            payable_status: status_of(p),
+            already_paid: true,
         };
         let payable = match self.0.get_payable(&payable_id).await {
             Ok(p) => p,
-            Err(e) => return outcome_for("get payable before paying", &e),
+            Err(e) => return Err(outcome_for("get payable before paying", &e)),
         };
         if is_paying_or_paid(&payable) {
-            return already(&payable);
+            return Ok(already(&payable));
         }
         if payable.payable_status != Some(PayableStatus::Approved) {
-            return StepOutcome::fail(format!(
+            return Err(StepOutcome::fail(format!(
                 "payable {payable_id} is {}, not approved: it cannot be paid",
                 status_of(&payable)
-            ));
+            )));
         }
         match self
             .0
             .pay_from_balance(&workspace_id, std::slice::from_ref(&payable_id))
             .await
         {
-            Ok(funding) => StepOutcome::Done(json!({
-                "payable_id": payable_id,
-                "funding_id": funding.id,
-                "payable_status": "awaiting_payment",
-                "already_paid": false,
-            })),
+            Ok(funding) => Ok(PayOutput {
+                payable_id: payable_id.clone(),
+                funding_id: Some(funding.id),
+                payable_status: "awaiting_payment".to_owned(),
+                already_paid: false,
+            }),
             Err(e) if e.may_have_taken_effect() => match self.0.get_payable(&payable_id).await {
-                Ok(p) if is_paying_or_paid(&p) => already(&p),
-                _ => retry_unknown_effect("pay payable from balance", &e),
+                Ok(p) if is_paying_or_paid(&p) => Ok(already(&p)),
+                _ => Err(retry_unknown_effect("pay payable from balance", &e)),
             },
             // Refused (e.g. 422 "only approved payables can be paid"): another attempt of this
             // step (a worker whose lease was taken over while its call was in flight) may have
             // paid it meanwhile; that is this step done, not a failure to compensate. Found by
             // the long chaos run.
             Err(e) => match self.0.get_payable(&payable_id).await {
-                Ok(p) if is_paying_or_paid(&p) => already(&p),
-                _ => outcome_for("pay payable from balance", &e),
+                Ok(p) if is_paying_or_paid(&p) => Ok(already(&p)),
+                _ => Err(outcome_for("pay payable from balance", &e)),
             },
         }
     }
@@ -1102,60 +945,46 @@ impl StepKind for PayFromBalance {
 #[derive(Debug, Clone)]
 pub struct AwaitPayablePaid(pub LumanuClient);
 
+/// Output of `lumanu.await_payable_paid`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PaidOutput {
+    /// Lumanu payable id
+    pub payable_id: String,
+    /// paid
+    pub payable_status: String,
+    /// amount in US cents
+    pub amount: i64,
+}
+
 #[async_trait]
-impl StepKind for AwaitPayablePaid {
-    fn name(&self) -> &'static str {
-        "lumanu.await_payable_paid"
-    }
+impl Step for AwaitPayablePaid {
+    type Params = PayableIdParams;
+    type Output = PaidOutput;
+    const NAME: &'static str = "lumanu.await_payable_paid";
+    const DESCRIPTION: &'static str = "Waits until the payable is paid.";
 
-    fn schema(&self) -> Option<paysaga_core::KindSchema> {
-        Some(paysaga_core::KindSchema {
-            description: "Waits until the payable is paid.",
-            params: vec![paysaga_core::FieldSpec::required(
-                "payable_id",
-                paysaga_core::FieldType::String,
-                "Lumanu payable id",
-            )],
-            outputs: vec![
-                paysaga_core::FieldSpec::required(
-                    "payable_id",
-                    paysaga_core::FieldType::String,
-                    "Lumanu payable id",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "payable_status",
-                    paysaga_core::FieldType::String,
-                    "paid",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "amount",
-                    paysaga_core::FieldType::Integer,
-                    "amount in US cents",
-                ),
-            ],
-        })
-    }
-
-    fn validate(&self, params: &Value) -> Result<(), String> {
-        Fields::new(params, Mode::Validate).and_then(|f| id_param("payable_id")(&f).map(|_| ()))
-    }
-
-    async fn run(&self, _ctx: &StepContext, params: Value) -> StepOutcome {
-        let payable_id = params!(&params, Mode::Run, id_param("payable_id"));
+    async fn run(
+        &self,
+        _ctx: &StepContext,
+        params: PayableIdParams,
+    ) -> Result<PaidOutput, StepOutcome> {
+        let payable_id = params.payable_id.0;
         let payable = match self.0.get_payable(&payable_id).await {
             Ok(p) => p,
-            Err(e) => return outcome_for("get payable", &e),
+            Err(e) => return Err(outcome_for("get payable", &e)),
         };
         match payable.payable_status {
-            Some(PayableStatus::Paid) => StepOutcome::Done(json!({
-                "payable_id": payable_id,
-                "payable_status": "paid",
-                "amount": payable.amount,
-            })),
-            Some(PayableStatus::Canceled | PayableStatus::Reversed) => StepOutcome::fail(format!(
-                "payable {payable_id} is {} instead of paid",
-                status_of(&payable)
-            )),
+            Some(PayableStatus::Paid) => Ok(PaidOutput {
+                payable_status: "paid".to_owned(),
+                amount: payable.amount,
+                payable_id,
+            }),
+            Some(PayableStatus::Canceled | PayableStatus::Reversed) => {
+                Err(StepOutcome::fail(format!(
+                    "payable {payable_id} is {} instead of paid",
+                    status_of(&payable)
+                )))
+            }
             _ => {
                 let mut spec =
                     WaitSpec::new(PROVIDER, "payable.paid", format!("payable:{payable_id}"))
@@ -1164,7 +993,7 @@ impl StepKind for AwaitPayablePaid {
                             status_of(&payable)
                         ));
                 spec.event_types.push("payable.canceled".to_owned());
-                StepOutcome::Wait(spec)
+                Err(StepOutcome::Wait(spec))
             }
         }
     }
@@ -1202,58 +1031,130 @@ struct Campaign {
     excluded: Vec<Value>,
 }
 
-#[derive(Debug)]
-struct CampaignParams {
-    workspace_id: String,
-    children: Vec<Value>,
-    payable_step: String,
-    funded: Option<i64>,
-    batch: usize,
+/// The fan-out's children as `$.children.<fan-out step>` gives them: a list (the array of
+/// that path's matches, itself holding the children's array, is flattened).
+#[derive(Debug, Clone, Default)]
+pub struct Children(pub Vec<Value>);
+
+impl<'de> Deserialize<'de> for Children {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            // A `$.children...` path resolves to the array of its matches: `$.children.<step>`
+            // is one match, the children's array.
+            Value::Array(items) => Ok(Children(
+                items
+                    .into_iter()
+                    .flat_map(|item| match item {
+                        Value::Array(inner) => inner,
+                        other => vec![other],
+                    })
+                    .collect(),
+            )),
+            _ => Err(serde::de::Error::custom("must be a list")),
+        }
+    }
 }
 
-fn campaign_params(f: &Fields<'_>) -> Result<CampaignParams, String> {
-    let workspace_id = f.id("workspace_id")?;
-    let children = match f.raw("children") {
-        // A `$.children...` path resolves to the array of its matches: `$.children.<step>`
-        // is one match, the children's array.
-        Some(Value::Array(items)) => items
-            .iter()
-            .flat_map(|item| match item {
-                Value::Array(inner) => inner.clone(),
-                other => vec![other.clone()],
-            })
-            .collect(),
-        Some(_) => return Err(format!("{} must be a list", f.path("children"))),
-        None if f.mode() == Mode::Validate => Vec::new(),
-        None => return Err(format!("{} is required", f.path("children"))),
-    };
-    let payable_step = match f.raw("payable_step") {
-        Some(_) => f.string("payable_step")?,
-        None => "create_payable".to_owned(),
-    };
-    let funded = match f.raw("funded") {
-        Some(_) => Some(f.amount("funded")?),
-        None => None,
-    };
-    let batch = match f.raw("payables_per_funding") {
-        None => DEFAULT_PAYABLES_PER_FUNDING,
-        Some(v) => match v.as_u64() {
-            Some(n @ 1..=10_000) => n as usize,
-            _ => {
-                return Err(format!(
-                    "{} must be a whole number from 1 to 10000",
-                    f.path("payables_per_funding")
-                ))
-            }
-        },
-    };
-    Ok(CampaignParams {
-        workspace_id,
-        children,
-        payable_step,
-        funded,
-        batch,
-    })
+impl JsonSchema for Children {
+    fn schema_name() -> Cow<'static, str> {
+        Cow::Borrowed("Children")
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({"type": "array"})
+    }
+}
+
+/// How many payables one balance funding pays: a whole number from 1 to 10000.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PayablesPerFunding(pub usize);
+
+impl<'de> Deserialize<'de> for PayablesPerFunding {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)?.as_u64() {
+            Some(n @ 1..=10_000) => Ok(PayablesPerFunding(n as usize)),
+            _ => Err(serde::de::Error::custom(
+                "must be a whole number from 1 to 10000",
+            )),
+        }
+    }
+}
+
+impl JsonSchema for PayablesPerFunding {
+    fn schema_name() -> Cow<'static, str> {
+        Cow::Borrowed("PayablesPerFunding")
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({"type": "integer", "minimum": 1, "maximum": 10_000})
+    }
+}
+
+/// Parameters of `lumanu.pay_campaign`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct PayCampaignParams {
+    /// Lumanu workspace id
+    pub workspace_id: Id,
+    /// the fan-out's children ($.children.<fan-out step>)
+    pub children: Children,
+    /// the child step that created the payable (default create_payable)
+    pub payable_step: Option<Text>,
+    /// US cents the campaign was funded with
+    pub funded: Amount,
+    /// most payables per balance funding (default 100)
+    pub payables_per_funding: Option<PayablesPerFunding>,
+}
+
+/// Parameters of `lumanu.await_campaign_paid`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct AwaitCampaignParams {
+    /// Lumanu workspace id
+    pub workspace_id: Id,
+    /// the fan-out's children ($.children.<fan-out step>)
+    pub children: Children,
+    /// the child step that created the payable (default create_payable)
+    pub payable_step: Option<Text>,
+}
+
+/// The child step that created the payable.
+fn payable_step(given: Option<Text>) -> String {
+    given.map_or_else(|| "create_payable".to_owned(), |t| t.0)
+}
+
+/// Output of `lumanu.pay_campaign`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PayCampaignOutput {
+    /// payables being paid or paid
+    pub paid_count: usize,
+    /// their sum in US cents
+    pub total: i64,
+    /// US cents the campaign was funded with
+    pub funded: i64,
+    /// USD
+    pub currency: String,
+    /// the balance fundings this attempt made
+    pub fundings: Vec<String>,
+    /// payables found being paid or paid before this attempt sent any
+    pub already_paid: usize,
+    /// creators not paid
+    pub excluded_count: usize,
+    /// creators not paid, `{key, status, ...}` (at most 100)
+    pub excluded: Vec<Value>,
+}
+
+/// Output of `lumanu.await_campaign_paid`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct CampaignPaidOutput {
+    /// payables paid
+    pub paid_count: usize,
+    /// their sum in US cents
+    pub total: i64,
+    /// USD
+    pub currency: String,
 }
 
 fn campaign(children: &[Value], payable_step: &str) -> Result<Campaign, String> {
@@ -1317,28 +1218,8 @@ async fn payable_states(
     Ok(states)
 }
 
-fn excluded_output(excluded: &[Value]) -> Value {
-    Value::Array(excluded.iter().take(EXCLUDED_LISTED).cloned().collect())
-}
-
-fn campaign_schema_params() -> Vec<paysaga_core::FieldSpec> {
-    vec![
-        paysaga_core::FieldSpec::required(
-            "workspace_id",
-            paysaga_core::FieldType::String,
-            "Lumanu workspace id",
-        ),
-        paysaga_core::FieldSpec::required(
-            "children",
-            paysaga_core::FieldType::Array,
-            "the fan-out's children ($.children.<fan-out step>)",
-        ),
-        paysaga_core::FieldSpec::optional(
-            "payable_step",
-            paysaga_core::FieldType::String,
-            "the child step that created the payable (default create_payable)",
-        ),
-    ]
+fn excluded_output(excluded: &[Value]) -> Vec<Value> {
+    excluded.iter().take(EXCLUDED_LISTED).cloned().collect()
 }
 
 /// `lumanu.pay_campaign`: pays every approved payable of a campaign's completed children from
@@ -1361,80 +1242,47 @@ fn campaign_schema_params() -> Vec<paysaga_core::FieldSpec> {
 pub struct PayCampaign(pub LumanuClient);
 
 #[async_trait]
-impl StepKind for PayCampaign {
-    fn name(&self) -> &'static str {
-        "lumanu.pay_campaign"
-    }
-
-    fn schema(&self) -> Option<paysaga_core::KindSchema> {
-        let mut params = campaign_schema_params();
-        params.push(paysaga_core::FieldSpec::required(
-            "funded",
-            paysaga_core::FieldType::Integer,
-            "US cents the campaign was funded with",
-        ));
-        params.push(paysaga_core::FieldSpec::optional(
-            "payables_per_funding",
-            paysaga_core::FieldType::Integer,
-            "most payables per balance funding (default 100)",
-        ));
-        Some(paysaga_core::KindSchema {
-            description:
-                "Pays a campaign's approved payables from the balance in batches (irreversible).",
-            params,
-            outputs: vec![
-                paysaga_core::FieldSpec::required(
-                    "paid_count",
-                    paysaga_core::FieldType::Integer,
-                    "payables being paid or paid",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "total",
-                    paysaga_core::FieldType::Integer,
-                    "their sum in US cents",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "excluded_count",
-                    paysaga_core::FieldType::Integer,
-                    "creators not paid",
-                ),
-            ],
-        })
-    }
-
-    fn validate(&self, params: &Value) -> Result<(), String> {
-        Fields::new(params, Mode::Validate).and_then(|f| campaign_params(&f).map(|_| ()))
-    }
+impl Step for PayCampaign {
+    type Params = PayCampaignParams;
+    type Output = PayCampaignOutput;
+    const NAME: &'static str = "lumanu.pay_campaign";
+    const DESCRIPTION: &'static str =
+        "Pays a campaign's approved payables from the balance in batches (irreversible).";
 
     fn irreversible(&self) -> bool {
         true
     }
 
-    async fn run(&self, _ctx: &StepContext, params: Value) -> StepOutcome {
-        let p = params!(&params, Mode::Run, campaign_params);
-        let Some(funded) = p.funded else {
-            return StepOutcome::fail("invalid params: funded is required");
-        };
+    async fn run(
+        &self,
+        _ctx: &StepContext,
+        params: PayCampaignParams,
+    ) -> Result<PayCampaignOutput, StepOutcome> {
+        let workspace_id = params.workspace_id.0;
+        let funded = params.funded.get();
+        let batch_size = params
+            .payables_per_funding
+            .map_or(DEFAULT_PAYABLES_PER_FUNDING, |b| b.0);
         let Campaign {
             payables,
             mut excluded,
-        } = match campaign(&p.children, &p.payable_step) {
+        } = match campaign(&params.children.0, &payable_step(params.payable_step)) {
             Ok(c) => c,
-            Err(e) => return StepOutcome::fail(e),
+            Err(e) => return Err(StepOutcome::fail(e)),
         };
         let total: i64 = payables.iter().map(|c| c.amount).sum();
         if total > funded {
-            return StepOutcome::fail(format!(
+            return Err(StepOutcome::fail(format!(
                 "the campaign's {} payables add up to {total} cents, more than the {funded} \
                  cents funded: nothing paid; an operator funds the difference or cancels \
                  payables, then retries this step",
                 payables.len()
-            ));
+            )));
         }
         let ids: Vec<&str> = payables.iter().map(|c| c.payable_id.as_str()).collect();
-        let states = match payable_states(&self.0, &p.workspace_id, &ids).await {
+        let states = match payable_states(&self.0, &workspace_id, &ids).await {
             Ok(s) => s,
-            Err(e) => return outcome_for("read the campaign's payables", &e),
+            Err(e) => return Err(outcome_for("read the campaign's payables", &e)),
         };
         let mut to_pay: Vec<&CampaignPayable> = Vec::new();
         let mut paying = 0usize;
@@ -1461,51 +1309,51 @@ impl StepKind for PayCampaign {
         let mut fundings = Vec::new();
         if !to_pay.is_empty() {
             let needed: i64 = to_pay.iter().map(|c| c.amount).sum();
-            let available = match self.0.get_wallet(&p.workspace_id).await {
+            let available = match self.0.get_wallet(&workspace_id).await {
                 Ok(w) => w.available_balance.or(w.balance).unwrap_or(0),
-                Err(e) => return outcome_for("read the wallet balance", &e),
+                Err(e) => return Err(outcome_for("read the wallet balance", &e)),
             };
             if needed > available {
-                return StepOutcome::fail(format!(
+                return Err(StepOutcome::fail(format!(
                     "{} payables still to pay need {needed} cents, the workspace {} has \
                      {available} available: nothing more paid ({paying} already paid); an \
                      operator funds the balance, then retries this step",
                     to_pay.len(),
-                    p.workspace_id
-                ));
+                    workspace_id
+                )));
             }
             to_pay.sort_by(|a, b| a.payable_id.cmp(&b.payable_id));
-            for batch in to_pay.chunks(p.batch) {
+            for batch in to_pay.chunks(batch_size) {
                 let batch_ids: Vec<String> = batch.iter().map(|c| c.payable_id.clone()).collect();
-                match self.0.pay_from_balance(&p.workspace_id, &batch_ids).await {
-                    Ok(funding) => fundings.push(Value::String(funding.id)),
+                match self.0.pay_from_balance(&workspace_id, &batch_ids).await {
+                    Ok(funding) => fundings.push(funding.id),
                     Err(e) => {
                         // Another attempt (a worker whose lease was taken over) may have paid
                         // this batch meanwhile: that is this batch done. Otherwise the next
                         // attempt reads the payables again and sends only what is left.
                         let ids: Vec<&str> = batch_ids.iter().map(String::as_str).collect();
-                        match payable_states(&self.0, &p.workspace_id, &ids).await {
+                        match payable_states(&self.0, &workspace_id, &ids).await {
                             Ok(s) if s.values().all(is_paying_or_paid) && s.len() == ids.len() => {}
                             _ if e.may_have_taken_effect() => {
-                                return retry_unknown_effect(
+                                return Err(retry_unknown_effect(
                                     &format!(
                                         "pay {} campaign payables from balance",
                                         batch_ids.len()
                                     ),
                                     &e,
-                                )
+                                ))
                             }
                             _ => {
-                                return outcome_for(
+                                return Err(outcome_for(
                                     &format!(
                                         "pay {} campaign payables from balance ({} of {} \
                                          batches sent by this attempt)",
                                         batch_ids.len(),
                                         fundings.len(),
-                                        to_pay.len().div_ceil(p.batch)
+                                        to_pay.len().div_ceil(batch_size)
                                     ),
                                     &e,
-                                )
+                                ))
                             }
                         }
                     }
@@ -1514,16 +1362,16 @@ impl StepKind for PayCampaign {
                 paying_total += batch.iter().map(|c| c.amount).sum::<i64>();
             }
         }
-        StepOutcome::Done(json!({
-            "paid_count": paying,
-            "total": paying_total,
-            "funded": funded,
-            "currency": "USD",
-            "fundings": fundings,
-            "already_paid": already_paid,
-            "excluded_count": excluded.len(),
-            "excluded": excluded_output(&excluded),
-        }))
+        Ok(PayCampaignOutput {
+            paid_count: paying,
+            total: paying_total,
+            funded,
+            currency: "USD".to_owned(),
+            fundings,
+            already_paid,
+            excluded_count: excluded.len(),
+            excluded: excluded_output(&excluded),
+        })
     }
 }
 
@@ -1540,44 +1388,28 @@ impl StepKind for PayCampaign {
 pub struct AwaitCampaignPaid(pub LumanuClient);
 
 #[async_trait]
-impl StepKind for AwaitCampaignPaid {
-    fn name(&self) -> &'static str {
-        "lumanu.await_campaign_paid"
-    }
+impl Step for AwaitCampaignPaid {
+    type Params = AwaitCampaignParams;
+    type Output = CampaignPaidOutput;
+    const NAME: &'static str = "lumanu.await_campaign_paid";
+    const DESCRIPTION: &'static str =
+        "Waits until every payable of a campaign that is being paid is paid.";
 
-    fn schema(&self) -> Option<paysaga_core::KindSchema> {
-        Some(paysaga_core::KindSchema {
-            description: "Waits until every payable of a campaign that is being paid is paid.",
-            params: campaign_schema_params(),
-            outputs: vec![
-                paysaga_core::FieldSpec::required(
-                    "paid_count",
-                    paysaga_core::FieldType::Integer,
-                    "payables paid",
-                ),
-                paysaga_core::FieldSpec::required(
-                    "total",
-                    paysaga_core::FieldType::Integer,
-                    "their sum in US cents",
-                ),
-            ],
-        })
-    }
-
-    fn validate(&self, params: &Value) -> Result<(), String> {
-        Fields::new(params, Mode::Validate).and_then(|f| campaign_params(&f).map(|_| ()))
-    }
-
-    async fn run(&self, _ctx: &StepContext, params: Value) -> StepOutcome {
-        let p = params!(&params, Mode::Run, campaign_params);
-        let Campaign { payables, .. } = match campaign(&p.children, &p.payable_step) {
-            Ok(c) => c,
-            Err(e) => return StepOutcome::fail(e),
-        };
+    async fn run(
+        &self,
+        _ctx: &StepContext,
+        params: AwaitCampaignParams,
+    ) -> Result<CampaignPaidOutput, StepOutcome> {
+        let workspace_id = params.workspace_id.0;
+        let Campaign { payables, .. } =
+            match campaign(&params.children.0, &payable_step(params.payable_step)) {
+                Ok(c) => c,
+                Err(e) => return Err(StepOutcome::fail(e)),
+            };
         let ids: Vec<&str> = payables.iter().map(|c| c.payable_id.as_str()).collect();
-        let states = match payable_states(&self.0, &p.workspace_id, &ids).await {
+        let states = match payable_states(&self.0, &workspace_id, &ids).await {
             Ok(s) => s,
-            Err(e) => return outcome_for("read the campaign's payables", &e),
+            Err(e) => return Err(outcome_for("read the campaign's payables", &e)),
         };
         let mut paid = 0usize;
         let mut total = 0i64;
@@ -1592,11 +1424,11 @@ impl StepKind for AwaitCampaignPaid {
                     total += state.amount;
                 }
                 Some(PayableStatus::Reversed) => {
-                    return StepOutcome::fail(format!(
+                    return Err(StepOutcome::fail(format!(
                         "payable {} of creator {:?} was reversed after payment: an operator \
                          decides whether to pay the creator again",
                         c.payable_id, c.key
-                    ))
+                    )))
                 }
                 _ if is_paying_or_paid(state) => {
                     pending.push((c.payable_id.as_str(), status_of(state)));
@@ -1606,18 +1438,18 @@ impl StepKind for AwaitCampaignPaid {
             }
         }
         match pending.first() {
-            None => StepOutcome::Done(json!({
-                "paid_count": paid,
-                "total": total,
-                "currency": "USD",
-            })),
-            Some((first, status)) => StepOutcome::Wait(
+            None => Ok(CampaignPaidOutput {
+                paid_count: paid,
+                total,
+                currency: "USD".to_owned(),
+            }),
+            Some((first, status)) => Err(StepOutcome::Wait(
                 WaitSpec::new(PROVIDER, "payable.paid", format!("payable:{first}"))
                     .provider_status(format!(
                         "{paid} paid, {} not yet (payable {first} is {status})",
                         pending.len()
                     )),
-            ),
+            )),
         }
     }
 }
@@ -1697,15 +1529,78 @@ mod tests {
             "children": [[child("a", "completed", Some(("p1", 100)))]],
             "funded": 100,
         });
-        let p = Fields::new(&params, Mode::Run)
-            .and_then(|f| campaign_params(&f))
-            .unwrap();
-        assert_eq!(p.children.len(), 1);
-        assert_eq!(p.batch, DEFAULT_PAYABLES_PER_FUNDING);
-        let bad = json!({"workspace_id": "ws", "children": [], "payables_per_funding": 0});
-        assert!(Fields::new(&bad, Mode::Run)
-            .and_then(|f| campaign_params(&f))
-            .is_err());
+        let p: PayCampaignParams = paysaga_core::from_params(params).unwrap();
+        assert_eq!(p.children.0.len(), 1);
+        assert_eq!(p.payables_per_funding, None);
+        let bad = json!({"workspace_id": "ws", "children": [], "funded": 100,
+                         "payables_per_funding": 0});
+        let e = paysaga_core::from_params::<PayCampaignParams>(bad).unwrap_err();
+        assert!(
+            e.contains("payables_per_funding") && e.contains("from 1 to 10000"),
+            "{e}"
+        );
+    }
+
+    fn kind(name: &str) -> Arc<dyn StepKind> {
+        super::super::validation_kinds()
+            .into_iter()
+            .find(|k| k.name() == name)
+            .expect("registered")
+    }
+
+    #[test]
+    fn lumanu_schemas_are_derived_with_nested_fields() {
+        let schema = kind("lumanu.fund_invoice").schema().expect("typed");
+        let field = |path: &str| {
+            schema
+                .params
+                .iter()
+                .find(|f| f.path == path)
+                .unwrap_or_else(|| panic!("{path} in {:?}", schema.params))
+        };
+        assert!(field("invoice.recipient_email").required);
+        assert!(!field("invoice.po_number").required);
+        assert_eq!(field("amount").ty, paysaga_core::FieldType::Integer);
+        assert_eq!(field("currency").ty, paysaga_core::FieldType::String);
+        let payable = kind("lumanu.create_payable").schema().expect("typed");
+        let paths: Vec<&str> = payable.params.iter().map(|f| f.path).collect();
+        assert!(
+            paths.contains(&"payee.email") && paths.contains(&"payee.lumanu_id"),
+            "{paths:?}"
+        );
+        let campaign = kind("lumanu.pay_campaign").schema().expect("typed");
+        let children = campaign
+            .params
+            .iter()
+            .find(|f| f.path == "children")
+            .expect("children");
+        assert_eq!(children.ty, paysaga_core::FieldType::Array);
+        assert!(campaign
+            .params
+            .iter()
+            .any(|f| f.path == "funded" && f.required));
+        // The deposit's alerts go where the engine reads them.
+        assert_eq!(paysaga_core::ALERTS_FIELD, "alerts");
+    }
+
+    #[test]
+    fn payee_and_currency_rules_are_checked_at_start() {
+        let create = kind("lumanu.create_payable");
+        let base = json!({"workspace_id": "w", "amount": 100, "currency": "usd",
+                          "description": "d", "payee": {"lumanu_id": "lum_1"}});
+        assert_eq!(create.validate(&base), Ok(()));
+        let mut both = base.clone();
+        both["payee"]["email"] = json!("a@b.co");
+        let e = create.validate(&both).unwrap_err();
+        assert!(e.contains("not both"), "{e}");
+        let mut eur = base.clone();
+        eur["currency"] = json!("EUR");
+        let e = create.validate(&eur).unwrap_err();
+        assert!(e.contains("currency") && e.contains("must be USD"), "{e}");
+        let mut deferred = base;
+        deferred["payee"] = json!(null); // decided by an earlier step
+        deferred["currency"] = json!(null);
+        assert_eq!(create.validate(&deferred), Ok(()));
     }
 
     #[test]

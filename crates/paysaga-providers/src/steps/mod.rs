@@ -41,9 +41,9 @@
 //! provider's `Retry-After`), all others fail the step. Error texts are the client's
 //! `Display`, which never contains credentials.
 //!
-//! Parameters: the Lean and Blaaiz kinds are typed [`paysaga_core::Step`]s (their parameter and
-//! output structs, with the value types of [`parameters`], give the schema `paysaga kinds`
-//! prints and `start` checks); the Lumanu kinds still read theirs with [`common::Fields`].
+//! Parameters: every provider kind is a typed [`paysaga_core::Step`] (its parameter and output
+//! structs, with the value types of [`parameters`], give the schema `paysaga kinds` prints and
+//! `start` checks).
 //!
 //! Registration: [`step_kinds`] returns the kinds of the configured providers as
 //! `Arc<dyn StepKind>`; the binary registers them with
