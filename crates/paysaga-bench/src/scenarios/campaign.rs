@@ -7,7 +7,7 @@
 //! payables: Lumanu's list has no filter that finds one payable).
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use paysaga_store::{PgStore, Store};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::cli_processes::{free_port, repo, wait_port, Kill};
 use crate::cluster::Server;
 
 /// What to run.
@@ -53,38 +54,6 @@ pub struct CampaignRun {
     pub history_rows: i64,
     pub lumanu_requests: u64,
     pub balance_fundings: usize,
-}
-
-struct Kill(Vec<Child>);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn wait_port(port: u16, what: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("{what} did not listen on {port} within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
-fn repo() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// A workflow file at bench timings (retries from 200 ms, waits polled every second).

@@ -2,6 +2,7 @@
 
 pub mod campaign;
 pub mod claim;
+mod cli_processes;
 pub mod idle;
 pub mod memory_wake;
 pub mod peers;
