@@ -142,6 +142,16 @@ impl StepContext {
     pub async fn effect_not_sent(&self) {
         self.effects.not_sent(self).await
     }
+
+    /// Whether an earlier attempt of this step may have sent its request: it marked one
+    /// ([`StepContext::begin_effect`]) that was not withdrawn, or it ended with an unknown
+    /// outcome. When `false`, no request of this step can have reached the provider, so the
+    /// look-up of an earlier attempt's object before [`StepContext::begin_effect`] can be
+    /// skipped (for a provider whose look-up costs pages of a list, that is what keeps a
+    /// campaign linear). `Err(outcome)`: return it (the answer could not be had).
+    pub async fn earlier_send_possible(&self) -> Result<bool, StepOutcome> {
+        self.effects.earlier_send_possible(self).await
+    }
 }
 
 /// Decides whether a step may send a request the provider cannot deduplicate. The worker
@@ -154,6 +164,11 @@ pub trait EffectGuard: Send + Sync + std::fmt::Debug {
     /// See [`StepContext::effect_not_sent`]. Best effort: if the mark stays, the next attempt
     /// only waits longer.
     async fn not_sent(&self, _ctx: &StepContext) {}
+    /// See [`StepContext::earlier_send_possible`]. The default says `true` (always look),
+    /// which is right for a guard that keeps no marks.
+    async fn earlier_send_possible(&self, _ctx: &StepContext) -> Result<bool, StepOutcome> {
+        Ok(true)
+    }
 }
 
 /// Permission to send one request whose effect the provider cannot deduplicate, until

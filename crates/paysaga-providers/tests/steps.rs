@@ -1624,6 +1624,76 @@ async fn blaaiz_payout_marks_before_sending_and_withdraws_only_when_refused() {
     assert_eq!(env.movements("blaaiz", "payout").await.len(), 1);
 }
 
+/// An effect guard that answers [`StepContext::earlier_send_possible`] with a set value.
+#[derive(Debug)]
+struct EarlierSendGuard(bool);
+
+#[async_trait::async_trait]
+impl paysaga_core::EffectGuard for EarlierSendGuard {
+    async fn begin(&self, ctx: &StepContext) -> Result<paysaga_core::EffectPermit, StepOutcome> {
+        paysaga_core::Unguarded.begin(ctx).await
+    }
+    async fn earlier_send_possible(&self, _ctx: &StepContext) -> Result<bool, StepOutcome> {
+        Ok(self.0)
+    }
+}
+
+impl Env {
+    /// How many `GET /payable` (list) requests the sandbox answered so far.
+    async fn payable_lists(&self) -> usize {
+        let url = format!("{}/_sandbox/requests", self.sandbox.base_url());
+        let exchanges: Vec<Value> = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        exchanges
+            .iter()
+            .filter(|e| e["method"] == "GET" && e["path"] == "/api/rest/payable")
+            .count()
+    }
+}
+
+/// Lumanu lists payables only by workspace, so the look-up before a create reads every page of
+/// the workspace: it runs only when an earlier attempt of the step may have sent the create
+/// (else a campaign of n creators costs n^2/100 list requests), and then still finds it.
+#[tokio::test]
+async fn lumanu_create_payable_looks_up_only_when_an_earlier_attempt_may_have_sent() {
+    let env = env().await;
+    let saga = Uuid::new_v4();
+    let ws = Uuid::new_v4().to_string();
+    let params = json!({"workspace_id": ws, "amount": 2_500, "currency": "USD",
+                        "description": "Campaign fee", "payee": {"email": "creator@example.com"}});
+    let mut c = ctx(saga, "lumanu_campaign_creator", "create_payable");
+    c.effects = Arc::new(EarlierSendGuard(false));
+    let first = done(env.start("lumanu.create_payable", &c, &params).await);
+    assert_eq!(first["existing"], false);
+    assert_eq!(
+        env.payable_lists().await,
+        0,
+        "a first attempt does not list the workspace"
+    );
+
+    // An earlier attempt marked a send (its answer was lost): the next one looks, finds it.
+    c.effects = Arc::new(EarlierSendGuard(true));
+    c.attempt = 2;
+    let again = done(env.start("lumanu.create_payable", &c, &params).await);
+    assert_eq!(again["existing"], true);
+    assert_eq!(again["payable_id"], first["payable_id"]);
+    assert!(env.payable_lists().await >= 1, "the look-up ran");
+    let objects = env.lumanu_objects().await;
+    let payables = objects["payables"].as_array().map(|p| {
+        p.iter()
+            .filter(|p| p["workspace_id"] == ws.as_str())
+            .count()
+    });
+    assert_eq!(payables, Some(1), "one payable: {objects}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Lumanu funding invoices (issue 11 item 9)
 

@@ -106,4 +106,24 @@ impl EffectGuard for StoreEffectGuard {
                             "could not withdraw the mark; the next attempt waits for the effect window"),
         }
     }
+
+    async fn earlier_send_possible(&self, ctx: &StepContext) -> Result<bool, StepOutcome> {
+        // Read under this worker's claim: marks are fenced, so no attempt of another worker
+        // can mark this step after the claim, and this worker's own marks are in the row.
+        match self.store.saga(self.saga).await {
+            Ok(Some(saga)) if saga.owner == Some(self.worker) && saga.fence == self.fence => {
+                Ok(saga.effect_possible)
+            }
+            Ok(_) => Err(StepOutcome::retry(
+                "not sent: this worker no longer holds the saga",
+            )),
+            Err(e) => {
+                warn!(saga_id = %self.saga, step = %ctx.step, error = %e,
+                      "cannot read whether an earlier attempt marked a request; retrying");
+                Err(StepOutcome::retry(format!(
+                    "not sent: whether an earlier attempt may have sent the request could not be read: {e}"
+                )))
+            }
+        }
+    }
 }

@@ -537,8 +537,9 @@ impl Step for LinkDeposit {
 ///
 /// Params: `workspace_id`, `amount` (cents), `currency` (`USD`), `description`, `payee`
 /// `{email}` or `{lumanu_id}`, optional `due_date`. The description sent is
-/// `"{description} [ps-{idempotency key}]"`; every run first looks for a payable of the
-/// workspace with exactly that description. Output: `{payable_id, amount, currency,
+/// `"{description} [ps-{idempotency key}]"`; a run whose earlier attempt may have sent the
+/// create ([`StepContext::earlier_send_possible`]) first looks for a payable of the workspace
+/// with exactly that description. Output: `{payable_id, amount, currency,
 /// description, payable_status, existing}`.
 ///
 /// Compensation cancels the payable (allowed while it is not approved or approved; a payable
@@ -666,10 +667,15 @@ impl Step for CreatePayableStep {
                 Ok(payable_output(&p, true))
             }
         };
-        match find().await {
-            Ok(Some(existing)) => return check(existing).map_err(StepOutcome::fail),
-            Ok(None) => {}
-            Err(e) => return Err(outcome_for("look up payable by reference", &e)),
+        // Lumanu lists payables only by workspace: the look-up reads pages of every payable
+        // of the workspace, so it runs only when an earlier attempt of this step may have
+        // sent the create (a campaign's first attempts would otherwise cost n/100 pages each).
+        if ctx.earlier_send_possible().await? {
+            match find().await {
+                Ok(Some(existing)) => return check(existing).map_err(StepOutcome::fail),
+                Ok(None) => {}
+                Err(e) => return Err(outcome_for("look up payable by reference", &e)),
+            }
         }
         // Lumanu cannot deduplicate the create: mark the attempt durably before sending, so
         // a worker that lost the saga while its request was out cannot leave a second payable.
