@@ -12,6 +12,9 @@
 //!   `paysaga_gauges_computed_timestamp_seconds` says how fresh they are); among them
 //!   `paysaga_unrunnable_sagas{workflow}`, the sagas no live worker can run, with a WARN line
 //!   from the computing worker when a workflow's sagas become unrunnable;
+//! - the **safety nets** of the hand-overs a crash can leave undone (free concurrency slots
+//!   given to queued sagas, the cancel cascade to children), run at each turn by the worker
+//!   that computes the gauges, so that idle workers do not each run them;
 //! - a **WARN line** for each saga that parks for an operator, with `saga_id`, `workflow`,
 //!   `step`, `attempt` and `error` as top-level fields of the JSON log line.
 //!
@@ -184,6 +187,7 @@ pub(crate) fn spawn(engine: Engine, config: GaugeConfig) -> tokio::task::JoinHan
                 Ok(Some(computed)) => {
                     debug!("operator gauges computed");
                     log_unrunnable(&computed, &mut unrunnable);
+                    crate::worker::run_safety_nets(&engine).await;
                     Ok(Some(computed))
                 }
                 Ok(None) => engine.store.gauges().await,

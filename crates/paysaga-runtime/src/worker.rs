@@ -455,21 +455,6 @@ const REAP_MARGIN: Duration = Duration::from_millis(50);
 async fn reap(shared: &Shared) -> Duration {
     let every = shared.config.reap_every;
     let longest = (shared.config.lease_ttl / 2).max(every);
-    // The safety net of per-key concurrency: slots a hand-over lost (a crash between a
-    // saga's end and the hand-over) go to the queued sagas.
-    if let Err(e) = shared.engine.store.admit_queued().await {
-        warn!(error = %e, "could not give free concurrency slots to queued sagas; will retry");
-    }
-    // The safety net of the cancel cascade: children of a cancelled or closed parent that a
-    // crash (or a grandparent's cascade) left unasked.
-    match shared.engine.store.cascade_cancels().await {
-        Ok(n) if n > 0 => info!(
-            children = n,
-            "children of an unwinding or ended parent asked to cancel"
-        ),
-        Ok(_) => {}
-        Err(e) => warn!(error = %e, "could not cascade cancels to children; will retry"),
-    }
     match shared.engine.store.reap_expired_leases(shared.id()).await {
         Ok(reaped) => {
             if reaped.sagas > 0 {
@@ -489,6 +474,26 @@ async fn reap(shared: &Shared) -> Duration {
             warn!(error = %e, "could not release expired leases; will retry");
             every
         }
+    }
+}
+
+/// The safety nets of work a crash can leave undone, run by the one worker that holds the
+/// operator gauges' lease, at each of its turns ([`crate::gauges`]), not by every worker:
+/// - per-key concurrency: slots a hand-over lost (a crash between a saga's end and the
+///   hand-over) go to the queued sagas;
+/// - the cancel cascade: children of a cancelled or closed parent that a crash (or a
+///   grandparent's cascade) left unasked are asked to cancel.
+pub(crate) async fn run_safety_nets(engine: &crate::Engine) {
+    if let Err(e) = engine.store.admit_queued().await {
+        warn!(error = %e, "could not give free concurrency slots to queued sagas; will retry");
+    }
+    match engine.store.cascade_cancels().await {
+        Ok(n) if n > 0 => info!(
+            children = n,
+            "children of an unwinding or ended parent asked to cancel"
+        ),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "could not cascade cancels to children; will retry"),
     }
 }
 
