@@ -218,15 +218,27 @@ impl Engine {
     /// input is refused with the step and field named, and nothing is stored.
     #[instrument(skip_all, fields(workflow = %req.workflow))]
     pub async fn start_with(&self, req: StartRequest) -> Result<Started, Error> {
-        // The key first: a retried start returns its saga (the same input, compared as
-        // values) even if a newer definition version would now refuse that input.
-        if let Some(key) = &req.idempotency_key {
+        // A retried start returns its saga (the same input, compared as values) even if a
+        // newer definition version would now refuse that input: the key is looked up when the
+        // input is refused, and before documents are taken (they may be the saga's already);
+        // otherwise the store's insert finds the saga holding the key (one round trip less
+        // on the hot path).
+        let checked = self
+            .checked_input(&req)
+            .await
+            .and_then(|(record, documents)| {
+                let concurrency = concurrency_of(&record, &req.input)?;
+                Ok((record, documents, concurrency))
+            });
+        let look_up_key_first = checked
+            .as_ref()
+            .map_or(true, |(_, documents, _)| !documents.is_empty());
+        if let (Some(key), true) = (&req.idempotency_key, look_up_key_first) {
             if let Some(existing) = self.store.find_saga_by_key(&req.workflow, key).await? {
                 return started_for_key(existing, &req, key);
             }
         }
-        let (record, documents) = self.checked_input(&req).await?;
-        let concurrency = concurrency_of(&record, &req.input)?;
+        let (record, documents, concurrency) = checked?;
         let id = Uuid::new_v4();
         let claimed = self.claim_documents(&req, id, &documents).await?;
         let created = self

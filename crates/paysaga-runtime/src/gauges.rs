@@ -25,7 +25,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use paysaga_core::{SagaStatus, Transition};
-use paysaga_store::{GaugeRequest, GaugeSnapshot};
+use paysaga_store::{GaugeRequest, GaugeSnapshot, GaugeTurn};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -183,14 +183,14 @@ pub(crate) fn spawn(engine: Engine, config: GaugeConfig) -> tokio::task::JoinHan
                 stuck_attempts: config.stuck_attempts,
                 started_lag: config.started_lag,
             };
-            let snapshot = match engine.store.refresh_gauges(request).await {
-                Ok(Some(computed)) => {
+            let snapshot = match engine.store.gauge_turn(request).await {
+                Ok(GaugeTurn::Computed(computed)) => {
                     debug!("operator gauges computed");
                     log_unrunnable(&computed, &mut unrunnable);
                     crate::worker::run_safety_nets(&engine).await;
                     Ok(Some(computed))
                 }
-                Ok(None) => engine.store.gauges().await,
+                Ok(GaugeTurn::Stored(stored)) => Ok(stored),
                 Err(e) => Err(e),
             };
             match snapshot {

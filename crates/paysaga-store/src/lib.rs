@@ -442,6 +442,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn refresh_gauges(&self, req: GaugeRequest) -> Result<Option<GaugeSnapshot>, Error>;
     /// The gauges last stored by [`Store::refresh_gauges`] (any process).
     async fn gauges(&self) -> Result<Option<GaugeSnapshot>, Error>;
+    /// One worker's turn of the operator gauges: [`Store::refresh_gauges`], and when another
+    /// process holds the lease, the gauges it stored ([`Store::gauges`]). A store may do it
+    /// in one transaction (PostgreSQL does: an idle worker's turn is one transaction).
+    async fn gauge_turn(&self, req: GaugeRequest) -> Result<GaugeTurn, Error> {
+        Ok(match self.refresh_gauges(req).await? {
+            Some(computed) => GaugeTurn::Computed(computed),
+            None => GaugeTurn::Stored(self.gauges().await?),
+        })
+    }
     /// [`Store::reap_expired_workers`], and when the next lease of a live worker other than
     /// `worker` expires (the database's clock): the reaper sleeps until then instead of
     /// looking every second.
@@ -653,6 +662,15 @@ pub type WakeupsBox = Box<dyn Wakeups>;
 pub trait Wakeups: Send {
     /// Waits for the next notification.
     async fn recv(&mut self) -> Result<(), Error>;
+}
+
+/// The answer to [`Store::gauge_turn`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum GaugeTurn {
+    /// This process holds the gauge lease and computed (and stored) the gauges.
+    Computed(GaugeSnapshot),
+    /// Another process holds the lease: the gauges it last stored, if any.
+    Stored(Option<GaugeSnapshot>),
 }
 
 /// The answer to [`Store::mark_effect`].

@@ -21,7 +21,7 @@ use crate::{
 };
 use crate::{DocumentRecord, NewDocument};
 use crate::{DriftRecord, NewReconciliation, ReconcileReference, Reconciliation};
-use crate::{GaugeRequest, GaugeSnapshot};
+use crate::{GaugeRequest, GaugeSnapshot, GaugeTurn};
 use crate::{Pruned, Reaped};
 use crate::{RequestSlot, SlotRequest};
 use paysaga_core::DocumentId;
@@ -694,6 +694,29 @@ fn no_live_worker_sql() -> String {
     )
 }
 
+/// [`Store::sagas_no_live_worker_can_run`] on `conn`.
+async fn unrunnable_on(conn: &mut sqlx::PgConnection) -> Result<Vec<UnrunnableGroup>, Error> {
+    let rows = sqlx::query(&no_live_worker_sql())
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(UnrunnableGroup {
+                workflow: r.try_get("name")?,
+                version: r.try_get::<i32, _>("version")? as u32,
+                sagas: r.try_get("sagas")?,
+                missing_kinds: r.try_get("missing")?,
+            })
+        })
+        .collect()
+}
+
+/// The stored gauges (`paysaga_gauges.snapshot`).
+fn stored_gauges(snapshot: Value) -> Result<GaugeSnapshot, Error> {
+    serde_json::from_value(snapshot)
+        .map_err(|e| Error::Corrupt(format!("paysaga_gauges.snapshot: {e}")))
+}
+
 fn saga_from_row(row: &PgRow) -> Result<SagaRecord, Error> {
     let status: String = row.try_get("status")?;
     let wait: Option<Value> = row.try_get("wait")?;
@@ -991,6 +1014,9 @@ async fn insert_saga_on(
     // A saga with a concurrency key is inserted queued (no run_at) and then given a free slot
     // of its key, if any, under the key's lock (the oldest queued saga of the key first).
     let key = new.concurrency.as_ref().map(|c| c.key.clone());
+    if key.is_none() {
+        return insert_saga_at_once_on(conn, new).await;
+    }
     let inserted = sqlx::query(&format!(
         "INSERT INTO paysaga_sagas (id, definition_id, workflow, version, idempotency_key,
                                     input, status, run_at, concurrency_key, concurrency_limit,
@@ -1042,8 +1068,57 @@ async fn insert_saga_on(
             .await?;
         return Ok((saga, true));
     }
-    // The key exists: committed by a concurrent start (the insert waited for it), or
-    // inserted earlier in this very transaction.
+    existing_by_key_on(conn, new).await
+}
+
+/// [`insert_saga_on`] for a saga without a concurrency key: the saga row, its
+/// `saga_started` history row and the wake-up NOTIFY in one statement (one round trip; on the
+/// pool it commits by itself, without `BEGIN`/`COMMIT`). A key already taken inserts nothing
+/// and answers as [`insert_saga_on`] does.
+async fn insert_saga_at_once_on(
+    conn: &mut sqlx::PgConnection,
+    new: NewSaga,
+) -> Result<(SagaRecord, bool), Error> {
+    let detail = json!({"definition_id": new.definition_id, "version": new.version,
+                        "idempotency_key": new.idempotency_key});
+    let inserted = sqlx::query(&format!(
+        "WITH s AS (
+             INSERT INTO paysaga_sagas (id, definition_id, workflow, version, idempotency_key,
+                                        input, status, run_at, trace_context)
+             VALUES ($1, $2, $3, $4, $5, $6, 'scheduled', now(), $7)
+             ON CONFLICT (workflow, idempotency_key) DO NOTHING
+             RETURNING {SAGA_COLUMNS}),
+         h AS (
+             INSERT INTO paysaga_history (saga_id, actor, kind, detail)
+             SELECT s.id, $8, 'saga_started', $9 FROM s),
+         n AS (SELECT pg_notify($10, '') FROM s)
+         SELECT {SAGA_COLUMNS}, (SELECT count(*) FROM n) AS notified FROM s"
+    ))
+    .bind(new.id)
+    .bind(new.definition_id)
+    .bind(&new.workflow)
+    .bind(new.version as i32)
+    .bind(&new.idempotency_key)
+    .bind(&new.input)
+    .bind(&new.trace_context)
+    .bind(&new.actor)
+    .bind(&detail)
+    .bind(WAKEUP_CHANNEL)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(row) = inserted {
+        return Ok((saga_from_row(&row)?, true));
+    }
+    existing_by_key_on(conn, new).await
+}
+
+/// The saga an insert found holding `new`'s idempotency key: committed by a concurrent start
+/// (the insert waited for it) or inserted earlier in this very transaction; `new`'s input
+/// must be the same ([`Error::KeyReused`] otherwise).
+async fn existing_by_key_on(
+    conn: &mut sqlx::PgConnection,
+    new: NewSaga,
+) -> Result<(SagaRecord, bool), Error> {
     let row = sqlx::query(&format!(
         "SELECT {SAGA_COLUMNS} FROM paysaga_sagas WHERE workflow = $1 AND idempotency_key = $2"
     ))
@@ -1309,11 +1384,12 @@ impl Store for PgStore {
 
     #[instrument(skip_all, fields(workflow = %new.workflow, saga_id = %new.id))]
     async fn create_saga(&self, new: NewSaga) -> Result<(SagaRecord, bool), Error> {
-        // The key first: a retried start returns its saga without writing.
-        if let Some(key) = &new.idempotency_key {
-            if let Some(existing) = self.find_saga_by_key(&new.workflow, key).await? {
-                return crate::existing_for_key(existing, new);
-            }
+        // No look-up of the key first: the insert finds a saga holding it (and writes
+        // nothing then), and `Engine::start` looks it up itself where it must.
+        if new.concurrency.is_none() {
+            // One statement: it commits by itself.
+            let mut conn = self.pool.acquire().await?;
+            return insert_saga_at_once_on(&mut conn, new).await;
         }
         let mut tx = self.pool.begin().await?;
         let created = insert_saga_on(&mut tx, new).await?;
@@ -2374,37 +2450,42 @@ impl Store for PgStore {
     }
 
     async fn sagas_no_live_worker_can_run(&self) -> Result<Vec<UnrunnableGroup>, Error> {
-        let rows = sqlx::query(&no_live_worker_sql())
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(UnrunnableGroup {
-                    workflow: r.try_get("name")?,
-                    version: r.try_get::<i32, _>("version")? as u32,
-                    sagas: r.try_get("sagas")?,
-                    missing_kinds: r.try_get("missing")?,
-                })
-            })
-            .collect()
+        let mut conn = self.pool.acquire().await?;
+        unrunnable_on(&mut conn).await
     }
     async fn refresh_gauges(&self, req: GaugeRequest) -> Result<Option<GaugeSnapshot>, Error> {
-        let held = sqlx::query(
-            "UPDATE paysaga_gauges SET holder = $1, held_until = now() + make_interval(secs => $2)
-             WHERE id = 1 AND (holder IS NULL OR holder = $1 OR held_until < now())
-             RETURNING now() AS db_now, started_until, started",
+        Ok(match self.gauge_turn(req).await? {
+            GaugeTurn::Computed(snapshot) => Some(snapshot),
+            GaugeTurn::Stored(_) => None,
+        })
+    }
+
+    async fn gauge_turn(&self, req: GaugeRequest) -> Result<GaugeTurn, Error> {
+        // One transaction either way: the lease attempt reads the stored snapshot too (the
+        // turn of a worker that does not hold the lease), and the holder computes and stores
+        // in the same transaction.
+        let mut tx = self.pool.begin().await?;
+        let turn = sqlx::query(
+            "WITH held AS (
+                 UPDATE paysaga_gauges SET holder = $1, held_until = now() + make_interval(secs => $2)
+                 WHERE id = 1 AND (holder IS NULL OR holder = $1 OR held_until < now())
+                 RETURNING now() AS db_now, started_until, started)
+             SELECT held.db_now, held.started_until, held.started,
+                    (SELECT snapshot FROM paysaga_gauges WHERE id = 1) AS snapshot
+             FROM (SELECT 1) AS one LEFT JOIN held ON true",
         )
         .bind(req.instance)
         .bind(req.lease.as_secs_f64())
-        .fetch_optional(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
-        let Some(held) = held else {
-            return Ok(None);
+        let Some(now) = turn.try_get::<Option<DateTime<Utc>>, _>("db_now")? else {
+            tx.commit().await?;
+            let snapshot: Option<Value> = turn.try_get("snapshot")?;
+            return Ok(GaugeTurn::Stored(snapshot.map(stored_gauges).transpose()?));
         };
-        let now: DateTime<Utc> = held.try_get("db_now")?;
-        let from: Option<DateTime<Utc>> = held.try_get("started_until")?;
+        let from: Option<DateTime<Utc>> = turn.try_get("started_until")?;
         let mut started: std::collections::BTreeMap<String, i64> =
-            serde_json::from_value(held.try_get("started")?)
+            serde_json::from_value(turn.try_get("started")?)
                 .map_err(|e| Error::Corrupt(format!("paysaga_gauges.started: {e}")))?;
         let until = now - chrono::Duration::from_std(req.started_lag).unwrap_or_default();
         let from = from.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
@@ -2412,7 +2493,7 @@ impl Store for PgStore {
         let new: Vec<(String, i64)> = sqlx::query_as(STARTED_SQL)
             .bind(from)
             .bind(until)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
         for (workflow, n) in new {
             *started.entry(workflow).or_default() += n;
@@ -2420,7 +2501,7 @@ impl Store for PgStore {
         let rows = sqlx::query(&gauges_sql())
             .bind(req.stuck_after.as_secs_f64())
             .bind(i32::try_from(req.stuck_attempts).unwrap_or(i32::MAX))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?
             .iter()
             .map(|r| {
@@ -2436,9 +2517,9 @@ impl Store for PgStore {
             .collect::<Result<Vec<_>, Error>>()?;
         // Sagas no live worker can run: counted here, by the one gauge holder, not by every
         // worker on its own.
-        let unrunnable = self.sagas_no_live_worker_can_run().await?;
+        let unrunnable = unrunnable_on(&mut tx).await?;
         let snapshot = crate::gauge_snapshot(now, &started, rows, unrunnable);
-        let stored = sqlx::query(
+        sqlx::query(
             "UPDATE paysaga_gauges SET computed_at = $2, snapshot = $3, started_until = $4, started = $5
              WHERE id = 1 AND holder = $1",
         )
@@ -2447,9 +2528,10 @@ impl Store for PgStore {
         .bind(serde_json::to_value(&snapshot).map_err(|e| Error::Corrupt(e.to_string()))?)
         .bind(until)
         .bind(serde_json::to_value(&started).map_err(|e| Error::Corrupt(e.to_string()))?)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok((stored.rows_affected() == 1).then_some(snapshot))
+        tx.commit().await?;
+        Ok(GaugeTurn::Computed(snapshot))
     }
 
     async fn gauges(&self) -> Result<Option<GaugeSnapshot>, Error> {
@@ -2458,12 +2540,7 @@ impl Store for PgStore {
                 .fetch_optional(&self.pool)
                 .await?
                 .flatten();
-        snapshot
-            .map(|v| {
-                serde_json::from_value(v)
-                    .map_err(|e| Error::Corrupt(format!("paysaga_gauges.snapshot: {e}")))
-            })
-            .transpose()
+        snapshot.map(stored_gauges).transpose()
     }
 
     async fn reap_expired_leases(&self, worker: Uuid) -> Result<Reaped, Error> {

@@ -1525,7 +1525,7 @@ async fn sagas_held_by_a_dead_worker_are_listed_as_stuck(e: Env) {
 }
 
 async fn gauges_count_open_sagas_by_status_once_per_lease_and_started_sagas_incrementally(e: Env) {
-    use paysaga_store::GaugeRequest;
+    use paysaga_store::{GaugeRequest, GaugeTurn};
     let s = e.s();
     let w = worker(s, LONG_TTL).await;
     let waiting = start(s, "alpha", &[STEP], None).await;
@@ -1572,6 +1572,22 @@ async fn gauges_count_open_sagas_by_status_once_per_lease_and_started_sagas_incr
         Some(&g),
         "stored for every worker"
     );
+    // A worker's turn: the holder computes, another reads what the holder stored.
+    assert_eq!(
+        s.gauge_turn(request(two)).await.unwrap(),
+        GaugeTurn::Stored(Some(g.clone())),
+        "another process's turn reads the stored gauges"
+    );
+    let GaugeTurn::Computed(by_turn) = s.gauge_turn(request(one)).await.unwrap() else {
+        panic!("the holder's turn computes");
+    };
+    let counts = |g: &paysaga_store::GaugeSnapshot| {
+        g.workflows
+            .iter()
+            .map(|(w, x)| (w.clone(), x.by_status.clone(), x.stuck, x.unrunnable))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(counts(&by_turn), counts(&g));
     let alpha = &g.workflows["alpha"];
     assert_eq!(alpha.by_status.get("waiting"), Some(&1));
     assert_eq!(alpha.by_status.get("needs_operator"), Some(&1));
