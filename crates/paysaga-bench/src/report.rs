@@ -532,6 +532,11 @@ impl Report {
                 x.lumanu_requests,
                 x.lumanu_requests as f64 / x.creators.max(1) as f64
             );
+            let _ = writeln!(
+                o,
+                "  at Lumanu              {} payables in the workspace, {} paid (each creator once: both {})",
+                x.payables, x.payables_paid, x.creators
+            );
         }
         if let Some(x) = &self.rate_limit {
             let _ = writeln!(o, "\n[7] rate limit: {} Lumanu payouts ({} steps), {} worker processes x concurrency {}, sandbox and workers at {}/s", x.sagas, x.steps, x.workers, x.concurrency, x.limit_per_s);

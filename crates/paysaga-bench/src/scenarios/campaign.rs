@@ -54,6 +54,10 @@ pub struct CampaignRun {
     pub history_rows: i64,
     pub lumanu_requests: u64,
     pub balance_fundings: usize,
+    /// Payables of the campaign's workspace at Lumanu (the sandbox's objects), and how many
+    /// of them are paid: each creator paid exactly once means both equal `creators`.
+    pub payables: usize,
+    pub payables_paid: usize,
 }
 
 /// A workflow file at bench timings (retries from 200 ms, waits polled every second).
@@ -206,6 +210,17 @@ pub async fn run(server: &Server, cfg: &Config, log_dir: &Path) -> Result<Campai
             .filter(|f| f["workspace_id"] == workspace.as_str() && f["method"] == "balance")
             .count()
     });
+    let (payables, payables_paid) = objects["payables"].as_array().map_or((0, 0), |p| {
+        let mine: Vec<&Value> = p
+            .iter()
+            .filter(|p| p["workspace_id"] == workspace.as_str())
+            .collect();
+        let paid = mine
+            .iter()
+            .filter(|p| p["payable_status"] == "paid")
+            .count();
+        (mine.len(), paid)
+    });
     drop(children);
     // Sizes after a checkpoint-free ANALYZE: pg_database_size counts allocated pages.
     let db_bytes_after = db_size().await?;
@@ -246,5 +261,7 @@ pub async fn run(server: &Server, cfg: &Config, log_dir: &Path) -> Result<Campai
         history_rows,
         lumanu_requests,
         balance_fundings,
+        payables,
+        payables_paid,
     })
 }
