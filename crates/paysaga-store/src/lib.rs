@@ -170,8 +170,9 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>, Error> {
 #[non_exhaustive]
 pub struct ConnectOptions {
     /// Connections in the PostgreSQL pool (default 16), plus one of its own for lease renewals.
-    /// A worker holds one for LISTEN for its whole life; steps, webhooks and probes take one
-    /// only while they read or commit. The embedded SQLite store ignores it (one writer, four
+    /// A worker holds one for LISTEN for its whole life, and a process awaiting sagas' ends
+    /// (`Engine::wait_for_end`) one more for all its waiters, from the first wait on; steps,
+    /// webhooks and probes take one only while they read or commit. The embedded SQLite store ignores it (one writer, four
     /// readers).
     pub max_connections: u32,
 }

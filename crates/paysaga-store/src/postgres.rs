@@ -450,7 +450,8 @@ impl PgStore {
         })
     }
 
-    /// Wraps an existing pool (lease renewals share it).
+    /// Wraps an existing pool (lease renewals, the worker's LISTEN and the end listener of
+    /// [`Store::watch_end`] share it).
     pub fn from_pool(pool: PgPool) -> PgStore {
         PgStore {
             lease_pool: pool.clone(),
