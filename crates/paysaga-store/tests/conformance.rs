@@ -3058,9 +3058,12 @@ async fn prune_deletes_only_finished_sagas_older_than_the_cut_off_with_all_their
 }
 
 /// A watch on a saga's end (`Store::watch_end`, what `Engine::wait_for_end` waits on) is
-/// woken by the commit that ends or parks the saga, not by another saga's end, and sees at
+/// woken by the commit that ends or parks the saga and by an operator's end, not by another
+/// saga's end, and sees at
 /// once an end committed before it began; there is no watch of a saga that does not exist.
-async fn a_watch_is_woken_by_its_sagas_end_or_park_and_sees_an_earlier_end_at_once(e: Env) {
+async fn a_watch_is_woken_by_whatever_ends_or_parks_its_saga_and_sees_an_earlier_end_at_once(
+    e: Env,
+) {
     let s = e.s();
     let w = worker(s, LONG_TTL).await;
     assert!(s.watch_end(Uuid::new_v4()).await.unwrap().is_none());
@@ -3090,6 +3093,31 @@ async fn a_watch_is_woken_by_its_sagas_end_or_park_and_sees_an_earlier_end_at_on
         assert_eq!(saga(s, started.id).await.status, end);
         ended.push((started.id, end));
     }
+    // An end by an operator (not a worker's commit) wakes the watch too.
+    let unheld = start(s, "other", &["other.kind"], None).await;
+    let mut watch = s.watch_end(unheld.id).await.unwrap().unwrap();
+    let store = e.store.clone();
+    let cancelling = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut t = transition(SagaStatus::Cancelled, 0);
+        t.history = vec![entry(HistoryKind::SagaCancelled, None, None)];
+        store
+            .operator_apply(OperatorAction {
+                saga: unheld.id,
+                expect_status: SagaStatus::Scheduled,
+                expect_step_index: 0,
+                transition: &t,
+                actor: "cli:alice",
+            })
+            .await
+            .unwrap();
+    });
+    tokio::time::timeout(Duration::from_secs(5), watch.changed())
+        .await
+        .expect("an operator's cancel did not wake the watch");
+    cancelling.await.unwrap();
+    assert_eq!(saga(s, unheld.id).await.status, SagaStatus::Cancelled);
+    ended.push((unheld.id, SagaStatus::Cancelled));
     assert!(
         tokio::time::timeout(Duration::from_millis(200), unrelated.changed())
             .await
@@ -3181,7 +3209,7 @@ conformance!(
     a_concurrency_slot_is_kept_while_reaped_or_parked_and_handed_on_when_the_saga_ends,
     conditional_steps_whose_condition_fails_are_skipped_with_a_history_row_and_no_output,
     reconciliation_reads_references_with_saga_status_and_stores_runs_with_their_findings,
-    a_watch_is_woken_by_its_sagas_end_or_park_and_sees_an_earlier_end_at_once,
+    a_watch_is_woken_by_whatever_ends_or_parks_its_saga_and_sees_an_earlier_end_at_once,
 );
 
 fn slot_request(credential: &str, burst: u32, max_wait: Duration) -> SlotRequest<'_> {
