@@ -142,10 +142,15 @@ pub struct Engine {
     definitions: Arc<Mutex<HashMap<i64, Arc<LoadedDefinition>>>>,
     max_document_size: usize,
     operator_detail: Option<Arc<serde_json::Map<String, Value>>>,
+    wait_poll: Duration,
 }
 
 /// The default largest document [`Engine::put_document`] stores: 10 MiB.
 pub const DEFAULT_MAX_DOCUMENT_SIZE: usize = 10 * 1024 * 1024;
+
+/// How often [`Engine::wait_for_end`] reads the saga again when no end was notified (the
+/// fallback beside the notification): 2 s.
+pub const DEFAULT_WAIT_FALLBACK_POLL: Duration = Duration::from_secs(2);
 
 impl Engine {
     /// An engine over a store with the given step kinds.
@@ -157,7 +162,17 @@ impl Engine {
             definitions: Default::default(),
             max_document_size: DEFAULT_MAX_DOCUMENT_SIZE,
             operator_detail: None,
+            wait_poll: DEFAULT_WAIT_FALLBACK_POLL,
         }
+    }
+
+    /// How often [`Engine::wait_for_end`] reads the saga again when no end was notified
+    /// (default [`DEFAULT_WAIT_FALLBACK_POLL`]): the bound on how late a waiter learns of an
+    /// end it was not told about (written by another process on SQLite, or while the
+    /// PostgreSQL listener was reconnecting).
+    pub fn with_wait_fallback_poll(mut self, every: Duration) -> Engine {
+        self.wait_poll = every.max(Duration::from_millis(10));
+        self
     }
 
     /// The largest document [`Engine::put_document`] stores (default
@@ -358,11 +373,17 @@ impl Engine {
     /// stored then: ended (`completed` with its outputs, `compensated` or `cancelled` with
     /// the error, `closed` with the declared outcome) or `needs_operator` (parked, with the
     /// reason in `last_error`). [`Error::WaitTimedOut`] if it is still moving after
-    /// `timeout` (the saga goes on; waiting again is fine).
+    /// `timeout` (the saga goes on; waiting again is fine); [`Error::SagaNotFound`] if there
+    /// is no such saga.
     ///
-    /// The saga row is read on a backoff from 5 ms to 250 ms: cheap for a handful of callers
-    /// awaiting their own sagas, and it works whichever process runs the saga. (Completion is
-    /// not NOTIFYed: that would add a serialised NOTIFY to every saga's last commit.)
+    /// It wakes on the saga's end, whichever process ends it: on PostgreSQL the store's one
+    /// shared LISTEN connection hears a notification sent by the end's own commit (only for
+    /// sagas someone awaits: the wait marks its saga first, so sagas nobody awaits notify
+    /// nothing), on SQLite the store signals ends it commits in this process
+    /// ([`paysaga_store::Store::watch_end`]). Besides, it reads the saga again every
+    /// [`DEFAULT_WAIT_FALLBACK_POLL`] ([`Engine::with_wait_fallback_poll`]): an end written
+    /// by another SQLite process, or while the listener reconnects, is seen that late at most.
+    /// Many concurrent waiters cost one connection in all, not one each.
     ///
     /// ```no_run
     /// # async fn demo(engine: paysaga_runtime::Engine) -> Result<(), paysaga_runtime::Error> {
@@ -374,22 +395,38 @@ impl Engine {
     /// ```
     pub async fn wait_for_end(&self, id: Uuid, timeout: Duration) -> Result<SagaRecord, Error> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut pause = Duration::from_millis(5);
+        let timed_out = |saga: &SagaRecord| Error::WaitTimedOut {
+            saga: id,
+            status: saga.observed_status(),
+            waited: timeout,
+        };
+        // Making sure ends are heard may take a connection; never longer than the caller waits.
+        let mut watch = match tokio::time::timeout_at(deadline, self.store.watch_end(id)).await {
+            Ok(watch) => watch?.ok_or(Error::SagaNotFound(id))?,
+            Err(_) => {
+                let saga = self.store.saga(id).await?.ok_or(Error::SagaNotFound(id))?;
+                return if saga.status.is_final() {
+                    Ok(saga)
+                } else {
+                    Err(timed_out(&saga))
+                };
+            }
+        };
+        let mut saga = watch.saga.clone();
         loop {
-            let saga = self.store.saga(id).await?.ok_or(Error::SagaNotFound(id))?;
             if saga.status.is_final() {
                 return Ok(saga);
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
-                return Err(Error::WaitTimedOut {
-                    saga: id,
-                    status: saga.observed_status(),
-                    waited: timeout,
-                });
+                return Err(timed_out(&saga));
             }
-            tokio::time::sleep(pause.min(deadline - now)).await;
-            pause = (pause * 2).min(Duration::from_millis(250));
+            let poll = (now + self.wait_poll).min(deadline);
+            tokio::select! {
+                _ = watch.changed() => {}
+                _ = tokio::time::sleep_until(poll) => {}
+            }
+            saga = self.store.saga(id).await?.ok_or(Error::SagaNotFound(id))?;
         }
     }
 

@@ -48,6 +48,7 @@ pub use engine::Unrunnable;
 pub use engine::{CloseSaga, Expected, ResetSaga};
 pub use engine::{
     Engine, IncomingEvent, SagaView, StartRequest, Started, DEFAULT_MAX_DOCUMENT_SIZE,
+    DEFAULT_WAIT_FALLBACK_POLL,
 };
 pub use error::Error;
 pub use registry::Registry;

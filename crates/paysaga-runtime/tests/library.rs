@@ -1,15 +1,17 @@
 //! The engine as a backend team embeds it: a saga started inside the application's own
 //! transaction commits or rolls back with it (no saga, no history, no wake-up on rollback),
-//! and `wait_for_end` returns the saga once it ended.
+//! and `wait_for_end` returns the saga once it ended, woken by the end itself (one shared
+//! LISTEN connection on PostgreSQL, an in-process signal on SQLite), not by its polling.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use paysaga_core::SagaStatus;
+use async_trait::async_trait;
+use paysaga_core::{Definition, SagaStatus, StepContext, StepDef, StepKind, StepOutcome};
 use paysaga_runtime::{noop, Engine, Registry, StartRequest, WorkerConfig};
-use paysaga_store::{PgStore, Store};
-use serde_json::json;
+use paysaga_store::{PgStore, SagaRecord, SqliteStore, Store};
+use serde_json::{json, Value};
 use sqlx::postgres::PgListener;
 use uuid::Uuid;
 
@@ -177,4 +179,329 @@ async fn wait_for_end_times_out_on_a_saga_no_worker_runs_and_says_where_it_is() 
         }
         other => panic!("{other}"),
     }
+}
+
+/// A fallback poll so long that a waiter returning within seconds was woken by the end.
+const NO_POLL: Duration = Duration::from_secs(60);
+
+/// A worker of `engine` running in this process until [`Running::stop`].
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), paysaga_runtime::Error>>,
+}
+
+fn run_worker(engine: &Engine) -> Running {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(engine.worker(WorkerConfig::default()).run(async {
+        stopped.await.ok();
+    }));
+    Running { stop, task }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// How long after the saga's recorded end the waiter had it back.
+fn late_by(saga: &SagaRecord) -> Duration {
+    let finished = saga.finished_at.unwrap_or(saga.updated_at);
+    (chrono::Utc::now() - finished).to_std().unwrap_or_default()
+}
+
+/// `query` on the test database's pool until it returns `want` (at most 10 s).
+async fn until_count(pool: &sqlx::PgPool, sql: &str, want: i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = count(pool, sql).await;
+        if n == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{sql}: {n}, expected {want}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Connections of the test database listening for saga ends.
+const END_LISTENERS: &str = "SELECT count(*) FROM pg_stat_activity
+     WHERE datname = current_database() AND query ILIKE 'LISTEN%paysaga_saga_ended%'";
+
+#[tokio::test]
+async fn a_waiter_is_woken_by_the_sagas_end_not_by_its_fallback_poll() {
+    let db = paysaga_testkit::database().await;
+    let engine = engine(db.url()).await.with_wait_fallback_poll(NO_POLL);
+    let worker = run_worker(&engine);
+    // Five steps of 60 ms: the saga ends about 300 ms after it starts, while its waiter waits.
+    let started = engine
+        .start("noop", json!({"delay_ms": 60}), None)
+        .await
+        .unwrap();
+    let begun = Instant::now();
+    let saga = engine
+        .wait_for_end(started.saga_id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let waited = begun.elapsed();
+    assert_eq!(saga.status, SagaStatus::Completed);
+    assert!(waited >= Duration::from_millis(250), "{waited:?}");
+    assert!(
+        late_by(&saga) < Duration::from_secs(2) && waited < Duration::from_secs(10),
+        "the waiter came back {:?} after the end ({waited:?} in all): polling, not the end, woke it",
+        late_by(&saga)
+    );
+    worker.stop().await;
+}
+
+/// Pays (irreversible, like money sent), then the next step fails for good after 300 ms:
+/// the saga parks for an operator.
+#[derive(Debug)]
+struct Pay;
+
+#[async_trait]
+impl StepKind for Pay {
+    fn name(&self) -> &'static str {
+        "test.pay"
+    }
+    fn irreversible(&self) -> bool {
+        true
+    }
+    async fn run(&self, _ctx: &StepContext, _params: Value) -> StepOutcome {
+        StepOutcome::Done(json!({"paid": true}))
+    }
+}
+
+#[derive(Debug)]
+struct FailLater;
+
+#[async_trait]
+impl StepKind for FailLater {
+    fn name(&self) -> &'static str {
+        "test.fail_later"
+    }
+    async fn run(&self, _ctx: &StepContext, _params: Value) -> StepOutcome {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        StepOutcome::fail("the provider refused the confirmation")
+    }
+}
+
+#[tokio::test]
+async fn a_saga_that_parks_wakes_its_waiter_with_needs_operator() {
+    let db = paysaga_testkit::database().await;
+    let store = PgStore::connect(db.url()).await.unwrap();
+    store.migrate().await.unwrap();
+    let mut registry = Registry::new();
+    registry.register(Pay).register(FailLater);
+    let engine = Engine::new(Arc::new(store), registry).with_wait_fallback_poll(NO_POLL);
+    engine
+        .submit_definition(&Definition {
+            name: "pay_then_confirm".to_string(),
+            version: 1,
+            description: None,
+            steps: vec![
+                StepDef::new("pay", "test.pay", json!({})),
+                StepDef::new("confirm", "test.fail_later", json!({})),
+            ],
+            concurrency: None,
+        })
+        .await
+        .unwrap();
+    let worker = run_worker(&engine);
+    let started = engine
+        .start("pay_then_confirm", json!({}), None)
+        .await
+        .unwrap();
+    let saga = engine
+        .wait_for_end(started.saga_id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(saga.status, SagaStatus::NeedsOperator, "{saga:?}");
+    assert!(
+        late_by(&saga) < Duration::from_secs(2),
+        "woken {:?} after the park",
+        late_by(&saga)
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_saga_nobody_awaits_notifies_nothing_when_it_ends() {
+    let db = paysaga_testkit::database().await;
+    let engine = engine(db.url()).await.with_wait_fallback_poll(NO_POLL);
+    let mut listener = PgListener::connect(db.url()).await.unwrap();
+    listener.listen("paysaga_saga_ended").await.unwrap();
+    let worker = run_worker(&engine);
+
+    // Nobody awaits it: it ends without a notification.
+    let quiet = engine
+        .start("noop", json!({"delay_ms": 0}), None)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !engine
+        .get(quiet.saga_id)
+        .await
+        .unwrap()
+        .saga
+        .status
+        .is_final()
+    {
+        assert!(Instant::now() < deadline, "the saga did not end");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let heard = tokio::time::timeout(Duration::from_millis(500), listener.recv()).await;
+    assert!(
+        heard.is_err(),
+        "an end nobody awaits was notified: {heard:?}"
+    );
+
+    // Awaited: its end is notified once, with its id.
+    let awaited = engine
+        .start("noop", json!({"delay_ms": 50}), None)
+        .await
+        .unwrap();
+    engine
+        .wait_for_end(awaited.saga_id, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let heard = tokio::time::timeout(Duration::from_secs(2), listener.recv())
+        .await
+        .expect("an awaited saga's end is notified")
+        .unwrap();
+    assert_eq!(heard.payload(), awaited.saga_id.to_string());
+    let again = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
+    assert!(again.is_err(), "notified twice: {again:?}");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn fifty_concurrent_waiters_share_one_listen_connection_and_all_return() {
+    let db = paysaga_testkit::database().await;
+    let engine = engine(db.url()).await.with_wait_fallback_poll(NO_POLL);
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..50 {
+        let started = engine
+            .start("noop", json!({"delay_ms": 0}), None)
+            .await
+            .unwrap();
+        ids.push(started.saga_id);
+    }
+    let waiters: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (engine, id) = (engine.clone(), *id);
+            tokio::spawn(async move { engine.wait_for_end(id, Duration::from_secs(20)).await })
+        })
+        .collect();
+    // Every waiter has marked its saga (so it listens already): one connection for them all.
+    until_count(
+        &pool,
+        "SELECT count(*) FROM paysaga_sagas WHERE awaited",
+        50,
+    )
+    .await;
+    assert_eq!(count(&pool, END_LISTENERS).await, 1);
+    let connections = count(
+        &pool,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()",
+    )
+    .await;
+    assert!(connections < 25, "{connections} connections for 50 waiters");
+    let begun = Instant::now();
+    let worker = run_worker(&engine);
+    for waiter in waiters {
+        let saga = waiter.await.unwrap().unwrap();
+        assert_eq!(saga.status, SagaStatus::Completed);
+    }
+    assert!(
+        begun.elapsed() < Duration::from_secs(30),
+        "{:?}: woken by polling",
+        begun.elapsed()
+    );
+    assert_eq!(count(&pool, END_LISTENERS).await, 1);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_waiter_still_hears_the_end_after_its_listen_connection_was_killed() {
+    let db = paysaga_testkit::database().await;
+    let engine = engine(db.url()).await.with_wait_fallback_poll(NO_POLL);
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let started = engine
+        .start("noop", json!({"delay_ms": 0}), None)
+        .await
+        .unwrap();
+    let waiter = {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            engine
+                .wait_for_end(started.saga_id, Duration::from_secs(60))
+                .await
+        })
+    };
+    until_count(&pool, "SELECT count(*) FROM paysaga_sagas WHERE awaited", 1).await;
+    let pid: i32 = sqlx::query_scalar(&END_LISTENERS.replace("count(*)", "pid"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(killed);
+    // The listener comes back on a new connection...
+    until_count(&pool, &format!("{END_LISTENERS} AND pid <> {pid}"), 1).await;
+    // ...and the end after it is heard.
+    let worker = run_worker(&engine);
+    let saga = tokio::time::timeout(Duration::from_secs(20), waiter)
+        .await
+        .expect("the waiter was not woken after its listener came back")
+        .unwrap()
+        .unwrap();
+    assert_eq!(saga.status, SagaStatus::Completed);
+    assert!(
+        late_by(&saga) < Duration::from_secs(2),
+        "{:?}",
+        late_by(&saga)
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_waiter_on_the_embedded_sqlite_store_is_woken_by_the_end() {
+    let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+    store.migrate().await.unwrap();
+    let mut registry = Registry::new();
+    registry.register(noop::Sleep);
+    let engine = Engine::new(Arc::new(store), registry).with_wait_fallback_poll(NO_POLL);
+    engine
+        .submit_definition(&noop::noop_definition())
+        .await
+        .unwrap();
+    let worker = run_worker(&engine);
+    let started = engine
+        .start("noop", json!({"delay_ms": 60}), None)
+        .await
+        .unwrap();
+    let saga = engine
+        .wait_for_end(started.saga_id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(saga.status, SagaStatus::Completed);
+    assert!(
+        late_by(&saga) < Duration::from_secs(2),
+        "{:?}",
+        late_by(&saga)
+    );
+    // A saga that does not exist is said so, on either store.
+    assert!(matches!(
+        engine
+            .wait_for_end(Uuid::new_v4(), Duration::from_secs(1))
+            .await,
+        Err(paysaga_runtime::Error::SagaNotFound(_))
+    ));
+    worker.stop().await;
 }

@@ -33,6 +33,7 @@
 
 #![warn(missing_docs)]
 
+mod ended;
 mod postgres;
 pub mod sqlite;
 mod types;
@@ -169,8 +170,9 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>, Error> {
 #[non_exhaustive]
 pub struct ConnectOptions {
     /// Connections in the PostgreSQL pool (default 16), plus one of its own for lease renewals.
-    /// A worker holds one for LISTEN for its whole life; steps, webhooks and probes take one
-    /// only while they read or commit. The embedded SQLite store ignores it (one writer, four
+    /// A worker holds one for LISTEN for its whole life, and a process awaiting sagas' ends
+    /// (`Engine::wait_for_end`) one more for all its waiters, from the first wait on; steps,
+    /// webhooks and probes take one only while they read or commit. The embedded SQLite store ignores it (one writer, four
     /// readers).
     pub max_connections: u32,
 }
@@ -346,6 +348,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// A stream of wake-ups (new runnable work); may be lossy, callers also poll.
     async fn wakeups(&self) -> Result<WakeupsBox, Error>;
+
+    /// Begins awaiting saga `id`'s end (a status where `SagaStatus::is_final` holds:
+    /// completed, compensated, needs_operator, cancelled, closed); `None` if there is no such
+    /// saga. In this order, so that no end is missed: subscribe to this process's end
+    /// signals, make sure they are heard (PostgreSQL: the store's one LISTEN connection on
+    /// `paysaga_saga_ended`, shared by every waiter of the process and opened by the first
+    /// one; not waited for longer than a few seconds), then mark the saga awaited and read
+    /// it in one statement ([`EndWatch::saga`]). Only awaited sagas notify their end
+    /// (PostgreSQL: a row trigger guarded by the `awaited` column, so the last commit of a
+    /// saga nobody awaits sends nothing; SQLite: the store's own commits and operator
+    /// actions signal this process's waiters). Ends are hints: callers read the saga again
+    /// after [`EndWatch::changed`] and also poll (another process's SQLite write, a
+    /// listener that is down).
+    async fn watch_end(&self, id: Uuid) -> Result<Option<EndWatch>, Error>;
 
     /// The sagas `worker` holds, with their fencing tokens (index `paysaga_sagas_owner`): a
     /// worker compares them with the sagas it runs and releases the others (a claim whose
@@ -656,6 +672,25 @@ fn float_is_int(f: Option<f64>, i: i128) -> bool {
 
 /// A boxed [`Wakeups`] stream.
 pub type WakeupsBox = Box<dyn Wakeups>;
+
+/// A caller awaiting one saga's end, from [`Store::watch_end`]; stops when dropped.
+#[derive(Debug)]
+pub struct EndWatch {
+    /// The saga as read when the watch began (already marked awaited): if its status is
+    /// final there is nothing to wait for.
+    pub saga: SagaRecord,
+    signal: ended::Subscription,
+}
+
+impl EndWatch {
+    /// Returns when the saga may have ended (its end was notified) or when an end may have
+    /// been missed (the listening connection dropped or came back): read the saga again
+    /// then. Does not return otherwise, however long: callers keep their own deadline and
+    /// polling fallback beside it.
+    pub async fn changed(&mut self) {
+        self.signal.changed().await;
+    }
+}
 
 /// Notifications that runnable work may exist.
 #[async_trait]

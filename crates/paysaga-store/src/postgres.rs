@@ -1,5 +1,6 @@
 //! The PostgreSQL store. All of paysaga's SQL lives in this file.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -8,9 +9,10 @@ use paysaga_core::{ActiveWait, Definition, Event, HistoryEntry, SagaStatus};
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Postgres, Row, Transaction};
-use tracing::instrument;
+use tracing::{instrument, warn};
 use uuid::Uuid;
 
+use crate::ended::EndSignals;
 use crate::SagaReference;
 use crate::{AuditFilter, AuditRecord, OperatorChange};
 use crate::{ChildCount, ChildSaga, ParentLink, StartChildren};
@@ -31,6 +33,17 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
 /// The channel workers LISTEN on for new runnable work.
 const WAKEUP_CHANNEL: &str = "paysaga_wakeup";
+
+/// The channel the trigger `paysaga_saga_ended` notifies (payload: the saga id) when an
+/// awaited saga reaches a final status (migration `20261127160701_await_end.sql`).
+const ENDED_CHANNEL: &str = "paysaga_saga_ended";
+
+/// How long [`Store::watch_end`] waits for the shared LISTEN connection before it marks the
+/// saga awaited anyway (its caller then relies on polling until the listener is up).
+const LISTENER_READY_WITHIN: Duration = Duration::from_secs(3);
+
+/// The longest pause between two attempts of the end listener to (re)connect.
+const LISTENER_RETRY_MAX: Duration = Duration::from_secs(5);
 
 const SAGA_COLUMNS: &str = "id, definition_id, workflow, version, idempotency_key, input, status, \
     step_index, attempt, step_started_at, run_at, owner, fence, outputs, wait, wake_event, \
@@ -265,6 +278,108 @@ pub struct PgStore {
     /// The LISTEN connection's own pool (one connection): a listener holds its connection for
     /// as long as it lives, which must not take one of `pool`'s from claims and commits.
     listen_pool: PgPool,
+    /// The one LISTEN connection on [`ENDED_CHANNEL`] of this store (and its clones), opened
+    /// by the first [`Store::watch_end`], and the waiters it wakes.
+    ended: Arc<EndListener>,
+}
+
+/// The end listener of a [`PgStore`]: one connection for every waiter of the process.
+#[derive(Debug)]
+struct EndListener {
+    signals: Arc<EndSignals>,
+    /// Its own pool of one connection (not `listen_pool`, which a worker of the same store
+    /// holds for its whole life).
+    pool: PgPool,
+    /// Set once the listening task runs; dropping it (with the last clone of the store)
+    /// ends the task and closes the connection.
+    stop: OnceLock<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl EndListener {
+    fn new(pool: PgPool) -> Arc<EndListener> {
+        Arc::new(EndListener {
+            signals: EndSignals::new(None),
+            pool,
+            stop: OnceLock::new(),
+        })
+    }
+
+    /// Starts the listening task unless it runs.
+    fn start(&self) {
+        self.stop.get_or_init(|| {
+            let (stop, stopped) = tokio::sync::oneshot::channel();
+            tokio::spawn(listen_for_ends(
+                self.pool.clone(),
+                self.signals.clone(),
+                stopped,
+            ));
+            stop
+        });
+    }
+}
+
+/// The end listener's task: LISTEN on [`ENDED_CHANNEL`] and wake the waiters of each
+/// notified saga. Whenever listening (re)starts every waiter reads its saga again (an end
+/// may have been notified while nobody listened); while it cannot connect, waiters poll and
+/// it retries with a backoff.
+async fn listen_for_ends(
+    pool: PgPool,
+    signals: Arc<EndSignals>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut generation = 0_u64;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let connect = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(ENDED_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let connected = tokio::select! {
+            _ = &mut stop => return,
+            connected = connect => connected,
+        };
+        let mut listener = match connected {
+            Ok(listener) => listener,
+            Err(err) => {
+                warn!(error = %err, retry_in_ms = pause.as_millis() as u64,
+                      "cannot LISTEN for saga ends; waiters poll meanwhile");
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(LISTENER_RETRY_MAX);
+                continue;
+            }
+        };
+        pause = Duration::from_millis(100);
+        generation += 1;
+        signals.set_listening(Some(generation));
+        loop {
+            let next = tokio::select! {
+                _ = &mut stop => return,
+                next = listener.try_recv() => next,
+            };
+            match next {
+                Ok(Some(notification)) => {
+                    if let Ok(id) = notification.payload().parse::<Uuid>() {
+                        signals.signal(id);
+                    }
+                }
+                // The connection was lost and is back (listening again): ends notified in
+                // between were lost.
+                Ok(None) => {
+                    generation += 1;
+                    signals.set_listening(Some(generation));
+                }
+                Err(err) => {
+                    warn!(error = %err, "lost the LISTEN connection for saga ends; waiters poll until it is back");
+                    signals.set_listening(None);
+                    break;
+                }
+            }
+        }
+    }
 }
 
 impl PgStore {
@@ -321,19 +436,27 @@ impl PgStore {
             .max_connections(1)
             .min_connections(0)
             .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(options.clone());
+        let end_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(10))
             .connect_lazy_with(options);
         Ok(PgStore {
             pool,
             lease_pool,
             listen_pool,
+            ended: EndListener::new(end_pool),
         })
     }
 
-    /// Wraps an existing pool (lease renewals share it).
+    /// Wraps an existing pool (lease renewals, the worker's LISTEN and the end listener of
+    /// [`Store::watch_end`] share it).
     pub fn from_pool(pool: PgPool) -> PgStore {
         PgStore {
             lease_pool: pool.clone(),
             listen_pool: pool.clone(),
+            ended: EndListener::new(pool.clone()),
             pool,
         }
     }
@@ -2087,6 +2210,27 @@ impl Store for PgStore {
         let mut listener = PgListener::connect_with(&self.listen_pool).await?;
         listener.listen(WAKEUP_CHANNEL).await?;
         Ok(Box::new(PgWakeups { listener }))
+    }
+
+    async fn watch_end(&self, id: Uuid) -> Result<Option<crate::EndWatch>, Error> {
+        self.ended.start();
+        let mut signal = self.ended.signals.subscribe(id);
+        // LISTEN before the mark: an end committed after the mark is then surely heard,
+        // one committed before it is in the row the mark returns.
+        signal.heard_within(LISTENER_READY_WITHIN).await;
+        let row = sqlx::query(&format!(
+            "UPDATE paysaga_sagas SET awaited = true WHERE id = $1 RETURNING {SAGA_COLUMNS}"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => Ok(Some(crate::EndWatch {
+                saga: saga_from_row(&row)?,
+                signal,
+            })),
+            None => Ok(None),
+        }
     }
 
     async fn find_saga_by_key(

@@ -42,6 +42,7 @@
 //! JSON is text. Inspect with `sqlite3 paysaga.db 'SELECT id, status, run_at FROM paysaga_sagas'`.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -58,6 +59,7 @@ use tokio::sync::broadcast;
 use tracing::instrument;
 use uuid::Uuid;
 
+use crate::ended::EndSignals;
 use crate::SagaReference;
 use crate::{budget_slot, budget_step, RequestSlot, SlotRequest};
 use crate::{AuditFilter, AuditRecord, OperatorChange};
@@ -210,6 +212,9 @@ pub struct SqliteStore {
     poll_options: Option<SqliteConnectOptions>,
     /// Wake-ups of writes made through this store in this process.
     wake: broadcast::Sender<()>,
+    /// This process's waiters of saga ends ([`Store::watch_end`]), signalled by the store's
+    /// own commits and operator actions (the only writes that change a saga's status).
+    ended: Arc<EndSignals>,
 }
 
 impl SqliteStore {
@@ -251,6 +256,8 @@ impl SqliteStore {
             reader,
             poll_options: (!in_memory).then_some(options),
             wake,
+            // Heard in-process from the first waiter on: nothing to connect, nothing lost.
+            ended: EndSignals::new(Some(1)),
         })
     }
 
@@ -1456,6 +1463,9 @@ impl Store for SqliteStore {
         if handed > 0 || !keep && run_at.is_some_and(|at| at <= Utc::now()) {
             self.notify();
         }
+        if t.status.is_final() {
+            self.ended.signal(c.saga);
+        }
         Ok(Committed {
             kept: keep,
             wake_event: pending,
@@ -1725,6 +1735,17 @@ impl Store for SqliteStore {
         Ok(Box::new(SqliteWakeups { receiver, poller }))
     }
 
+    async fn watch_end(&self, id: Uuid) -> Result<Option<crate::EndWatch>, Error> {
+        // Subscribe before reading: an end committed after the read is signalled to it.
+        // No `awaited` column here: every end this process commits is signalled (a map
+        // look-up when nobody waits); another process's are found by the caller's polling.
+        let signal = self.ended.subscribe(id);
+        Ok(self
+            .saga(id)
+            .await?
+            .map(|saga| crate::EndWatch { saga, signal }))
+    }
+
     async fn find_saga_by_key(
         &self,
         workflow: &str,
@@ -1990,6 +2011,7 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         self.notify();
+        self.ended.signal(saga.id);
         Ok(saga)
     }
 

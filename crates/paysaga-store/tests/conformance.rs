@@ -3073,6 +3073,80 @@ async fn prune_deletes_only_finished_sagas_older_than_the_cut_off_with_all_their
     assert!(s.saga(active.id).await.unwrap().is_some());
 }
 
+/// A watch on a saga's end (`Store::watch_end`, what `Engine::wait_for_end` waits on) is
+/// woken by the commit that ends or parks the saga and by an operator's end, not by another
+/// saga's end, and sees at
+/// once an end committed before it began; there is no watch of a saga that does not exist.
+async fn a_watch_is_woken_by_whatever_ends_or_parks_its_saga_and_sees_an_earlier_end_at_once(
+    e: Env,
+) {
+    let s = e.s();
+    let w = worker(s, LONG_TTL).await;
+    assert!(s.watch_end(Uuid::new_v4()).await.unwrap().is_none());
+    // A saga no worker here runs (its kind is not claimed), awaited beside the others.
+    let bystander = start(s, "other", &["other.kind"], None).await;
+    let mut unrelated = s.watch_end(bystander.id).await.unwrap().unwrap();
+    let mut ended = Vec::new();
+    for end in [SagaStatus::Completed, SagaStatus::NeedsOperator] {
+        let started = start(s, "flow", &[STEP], None).await;
+        let claimed = claim_one(s, w, started.id).await;
+        let mut watch = s.watch_end(started.id).await.unwrap().unwrap();
+        assert_eq!(watch.saga.id, started.id);
+        assert!(!watch.saga.status.is_final(), "{:?}", watch.saga.status);
+        let store = e.store.clone();
+        let ending = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut t = transition(end, 0);
+            if end == SagaStatus::NeedsOperator {
+                t.last_error = Some("the provider answered 500 after the effect".to_string());
+            }
+            commit(store.as_ref(), &claimed, w, &t, None).await.unwrap();
+        });
+        tokio::time::timeout(Duration::from_secs(5), watch.changed())
+            .await
+            .unwrap_or_else(|_| panic!("the {end} commit did not wake its watch"));
+        ending.await.unwrap();
+        assert_eq!(saga(s, started.id).await.status, end);
+        ended.push((started.id, end));
+    }
+    // An end by an operator (not a worker's commit) wakes the watch too.
+    let unheld = start(s, "other", &["other.kind"], None).await;
+    let mut watch = s.watch_end(unheld.id).await.unwrap().unwrap();
+    let store = e.store.clone();
+    let cancelling = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut t = transition(SagaStatus::Cancelled, 0);
+        t.history = vec![entry(HistoryKind::SagaCancelled, None, None)];
+        store
+            .operator_apply(OperatorAction {
+                saga: unheld.id,
+                expect_status: SagaStatus::Scheduled,
+                expect_step_index: 0,
+                transition: &t,
+                actor: "cli:alice",
+            })
+            .await
+            .unwrap();
+    });
+    tokio::time::timeout(Duration::from_secs(5), watch.changed())
+        .await
+        .expect("an operator's cancel did not wake the watch");
+    cancelling.await.unwrap();
+    assert_eq!(saga(s, unheld.id).await.status, SagaStatus::Cancelled);
+    ended.push((unheld.id, SagaStatus::Cancelled));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), unrelated.changed())
+            .await
+            .is_err(),
+        "another saga's end woke this watch"
+    );
+    // Already ended before the watch: its own read says so.
+    for (id, end) in ended {
+        let watch = s.watch_end(id).await.unwrap().unwrap();
+        assert_eq!(watch.saga.status, end);
+    }
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -3151,6 +3225,7 @@ conformance!(
     a_concurrency_slot_is_kept_while_reaped_or_parked_and_handed_on_when_the_saga_ends,
     conditional_steps_whose_condition_fails_are_skipped_with_a_history_row_and_no_output,
     reconciliation_reads_references_with_saga_status_and_stores_runs_with_their_findings,
+    a_watch_is_woken_by_whatever_ends_or_parks_its_saga_and_sees_an_earlier_end_at_once,
 );
 
 fn slot_request(credential: &str, burst: u32, max_wait: Duration) -> SlotRequest<'_> {
