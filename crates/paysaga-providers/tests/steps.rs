@@ -1694,6 +1694,63 @@ async fn lumanu_create_payable_looks_up_only_when_an_earlier_attempt_may_have_se
     assert_eq!(payables, Some(1), "one payable: {objects}");
 }
 
+/// An effect guard that, while it grants the mark, lets an earlier attempt's create land at
+/// Lumanu (the request that attempt sent just before its window closed).
+#[derive(Debug)]
+struct LateLandingGuard {
+    lumanu: paysaga_providers::lumanu::LumanuClient,
+    request: paysaga_providers::lumanu::CreatePayable,
+}
+
+#[async_trait::async_trait]
+impl paysaga_core::EffectGuard for LateLandingGuard {
+    async fn begin(&self, ctx: &StepContext) -> Result<paysaga_core::EffectPermit, StepOutcome> {
+        self.lumanu
+            .create_payable(&self.request)
+            .await
+            .expect("the earlier attempt's create lands");
+        paysaga_core::Unguarded.begin(ctx).await
+    }
+}
+
+/// The look-up of an earlier attempt's payable runs after this attempt's mark is granted: a
+/// create of the earlier attempt that landed while the mark was being taken (its window
+/// closing) is found, not created a second time.
+#[tokio::test]
+async fn lumanu_create_payable_looks_up_after_its_mark_so_a_late_earlier_create_is_found() {
+    let env = env().await;
+    let saga = Uuid::new_v4();
+    let ws = Uuid::new_v4().to_string();
+    let params = json!({"workspace_id": ws, "amount": 3_100, "currency": "USD",
+                        "description": "Late fee", "payee": {"email": "creator@example.com"}});
+    let mut c = ctx(saga, "lumanu_campaign_creator", "create_payable");
+    let reference = format!("ps-{}", c.idempotency_key());
+    let lumanu = env.clients.lumanu.clone().unwrap();
+    let request = paysaga_providers::lumanu::CreatePayable {
+        workspace_id: ws.clone(),
+        payee_email: Some("creator@example.com".into()),
+        payee_lumanu_id: None,
+        amount: 3_100,
+        description: format!("Late fee [{reference}]"),
+        due_date: None,
+        custom_fields: None,
+    };
+    c.effects = Arc::new(LateLandingGuard { lumanu, request });
+    c.attempt = 2;
+    let out = done(env.start("lumanu.create_payable", &c, &params).await);
+    assert_eq!(
+        out["existing"], true,
+        "found the earlier attempt's payable: {out}"
+    );
+    let objects = env.lumanu_objects().await;
+    let payables = objects["payables"].as_array().map(|p| {
+        p.iter()
+            .filter(|p| p["workspace_id"] == ws.as_str())
+            .count()
+    });
+    assert_eq!(payables, Some(1), "one payable: {objects}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Lumanu funding invoices (issue 11 item 9)
 
