@@ -538,9 +538,9 @@ impl Step for LinkDeposit {
 /// Params: `workspace_id`, `amount` (cents), `currency` (`USD`), `description`, `payee`
 /// `{email}` or `{lumanu_id}`, optional `due_date`. The description sent is
 /// `"{description} [ps-{idempotency key}]"`; a run whose earlier attempt may have sent the
-/// create ([`StepContext::earlier_send_possible`]) looks, once its own effect mark is granted
-/// (after every earlier attempt's window), for a payable of the workspace with exactly that
-/// description, and sends only if there is none. Output: `{payable_id, amount, currency,
+/// create ([`StepContext::earlier_send_possible`]) looks for a payable of the workspace with
+/// exactly that description, before its own effect mark and again once the mark is granted
+/// (after every earlier attempt's window), and sends only if there is none. Output: `{payable_id, amount, currency,
 /// description, payable_status, existing}`.
 ///
 /// Compensation cancels the payable (allowed while it is not approved or approved; a payable
@@ -672,12 +672,20 @@ impl Step for CreatePayableStep {
         // of the workspace, so it runs only when an earlier attempt of this step may have
         // sent the create (a campaign's first attempts would otherwise cost n/100 pages each).
         let earlier = ctx.earlier_send_possible().await?;
+        if earlier {
+            // Found at once when the earlier attempt's create has landed (a takeover after a
+            // crash): no wait for its effect window.
+            match find().await {
+                Ok(Some(existing)) => return check(existing).map_err(StepOutcome::fail),
+                Ok(None) => {}
+                Err(e) => return Err(outcome_for("look up payable by reference", &e)),
+            }
+        }
         // Lumanu cannot deduplicate the create: mark the attempt durably before sending, so
         // a worker that lost the saga while its request was out cannot leave a second payable.
         // The mark is granted only once every earlier attempt's window has closed (its
-        // request, if sent, has landed or failed by then), so the look-up runs after it: a
-        // look-up before the mark could start inside that window, miss a request still in
-        // flight, and be followed by a mark granted just after the window closed.
+        // request, if sent, has landed or failed by then), so the look-up runs again after it:
+        // the one above may have started inside that window, while a request was in flight.
         let permit = ctx.begin_effect().await?;
         if earlier {
             match find().await {
