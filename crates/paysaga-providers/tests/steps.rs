@@ -78,16 +78,7 @@ impl Env {
     /// the providers' OpenAPI files (see `openapi/mod.rs` for the allow-lists); `min` bodies of
     /// each side at least were checked.
     async fn assert_openapi_conformance(&self, min_requests: usize, min_responses: usize) {
-        let url = format!("{}/_sandbox/requests", self.sandbox.base_url());
-        let exchanges: Vec<Value> = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let exchanges = self.exchanges().await;
         let (requests, responses) = openapi::check(
             &openapi::Specs::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/openapi")),
             &exchanges,
@@ -1639,22 +1630,37 @@ impl paysaga_core::EffectGuard for EarlierSendGuard {
 }
 
 impl Env {
-    /// How many `GET /payable` (list) requests the sandbox answered so far.
-    async fn payable_lists(&self) -> usize {
+    /// Every provider API exchange the sandbox recorded so far (`GET /_sandbox/requests`).
+    async fn exchanges(&self) -> Vec<Value> {
         let url = format!("{}/_sandbox/requests", self.sandbox.base_url());
-        let exchanges: Vec<Value> = self
-            .http
+        self.http
             .get(url)
             .send()
             .await
             .unwrap()
             .json()
             .await
-            .unwrap();
-        exchanges
+            .unwrap()
+    }
+
+    /// How many `GET /payable` (list) requests the sandbox answered so far.
+    async fn payable_lists(&self) -> usize {
+        self.exchanges()
+            .await
             .iter()
             .filter(|e| e["method"] == "GET" && e["path"] == "/api/rest/payable")
             .count()
+    }
+
+    /// The payables of workspace `ws` at Lumanu.
+    async fn payables_of(&self, ws: &str) -> Vec<Value> {
+        self.lumanu_objects().await["payables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["workspace_id"] == ws)
+            .cloned()
+            .collect()
     }
 }
 
@@ -1685,13 +1691,8 @@ async fn lumanu_create_payable_looks_up_only_when_an_earlier_attempt_may_have_se
     assert_eq!(again["existing"], true);
     assert_eq!(again["payable_id"], first["payable_id"]);
     assert!(env.payable_lists().await >= 1, "the look-up ran");
-    let objects = env.lumanu_objects().await;
-    let payables = objects["payables"].as_array().map(|p| {
-        p.iter()
-            .filter(|p| p["workspace_id"] == ws.as_str())
-            .count()
-    });
-    assert_eq!(payables, Some(1), "one payable: {objects}");
+    let payables = env.payables_of(&ws).await;
+    assert_eq!(payables.len(), 1, "one payable: {payables:?}");
 }
 
 /// An effect guard that, while it grants the mark, lets an earlier attempt's create land at
@@ -1742,13 +1743,8 @@ async fn lumanu_create_payable_looks_up_after_its_mark_so_a_late_earlier_create_
         out["existing"], true,
         "found the earlier attempt's payable: {out}"
     );
-    let objects = env.lumanu_objects().await;
-    let payables = objects["payables"].as_array().map(|p| {
-        p.iter()
-            .filter(|p| p["workspace_id"] == ws.as_str())
-            .count()
-    });
-    assert_eq!(payables, Some(1), "one payable: {objects}");
+    let payables = env.payables_of(&ws).await;
+    assert_eq!(payables.len(), 1, "one payable: {payables:?}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -211,6 +211,16 @@ fn late_by(saga: &SagaRecord) -> Duration {
     (chrono::Utc::now() - finished).to_std().unwrap_or_default()
 }
 
+/// The waiter learnt of the end well before any fallback poll (the tests set it to 60 s).
+#[track_caller]
+fn assert_woken_promptly(saga: &SagaRecord) {
+    let late = late_by(saga);
+    assert!(
+        late < Duration::from_secs(2),
+        "woken {late:?} after the end"
+    );
+}
+
 /// `query` on the test database's pool until it returns `want` (at most 10 s).
 async fn until_count(pool: &sqlx::PgPool, sql: &str, want: i64) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -317,11 +327,7 @@ async fn a_saga_that_parks_wakes_its_waiter_with_needs_operator() {
         .await
         .unwrap();
     assert_eq!(saga.status, SagaStatus::NeedsOperator, "{saga:?}");
-    assert!(
-        late_by(&saga) < Duration::from_secs(2),
-        "woken {:?} after the park",
-        late_by(&saga)
-    );
+    assert_woken_promptly(&saga);
     worker.stop().await;
 }
 
@@ -462,11 +468,7 @@ async fn a_waiter_still_hears_the_end_after_its_listen_connection_was_killed() {
         .unwrap()
         .unwrap();
     assert_eq!(saga.status, SagaStatus::Completed);
-    assert!(
-        late_by(&saga) < Duration::from_secs(2),
-        "{:?}",
-        late_by(&saga)
-    );
+    assert_woken_promptly(&saga);
     worker.stop().await;
 }
 
@@ -491,11 +493,7 @@ async fn a_waiter_on_the_embedded_sqlite_store_is_woken_by_the_end() {
         .await
         .unwrap();
     assert_eq!(saga.status, SagaStatus::Completed);
-    assert!(
-        late_by(&saga) < Duration::from_secs(2),
-        "{:?}",
-        late_by(&saga)
-    );
+    assert_woken_promptly(&saga);
     // A saga that does not exist is said so, on either store.
     assert!(matches!(
         engine

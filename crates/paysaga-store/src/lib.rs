@@ -1061,6 +1061,18 @@ fn released_entry(
     }
 }
 
+/// The `saga_started` history row of a new saga (both stores).
+fn saga_started_entry(new: &NewSaga) -> paysaga_core::HistoryEntry {
+    paysaga_core::HistoryEntry {
+        kind: paysaga_core::HistoryKind::SagaStarted,
+        step: None,
+        attempt: None,
+        error: None,
+        detail: serde_json::json!({"definition_id": new.definition_id, "version": new.version,
+                                   "idempotency_key": new.idempotency_key}),
+    }
+}
+
 /// The history row of an effect mark.
 fn effect_marked_entry(
     m: &EffectMarkRequest<'_>,

@@ -822,16 +822,18 @@ async fn unrunnable_on(conn: &mut sqlx::PgConnection) -> Result<Vec<UnrunnableGr
     let rows = sqlx::query(&no_live_worker_sql())
         .fetch_all(&mut *conn)
         .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(UnrunnableGroup {
-                workflow: r.try_get("name")?,
-                version: r.try_get::<i32, _>("version")? as u32,
-                sagas: r.try_get("sagas")?,
-                missing_kinds: r.try_get("missing")?,
-            })
-        })
-        .collect()
+    rows.iter().map(unrunnable_from_row).collect()
+}
+
+/// A row of [`no_live_worker_sql`] or of the kinds check (`name`, `version`, `sagas`,
+/// `missing`).
+fn unrunnable_from_row(r: &PgRow) -> Result<UnrunnableGroup, Error> {
+    Ok(UnrunnableGroup {
+        workflow: r.try_get("name")?,
+        version: r.try_get::<i32, _>("version")? as u32,
+        sagas: r.try_get("sagas")?,
+        missing_kinds: r.try_get("missing")?,
+    })
 }
 
 /// The stored gauges (`paysaga_gauges.snapshot`).
@@ -1176,14 +1178,7 @@ async fn insert_saga_on(
             .await?;
             saga = saga_from_row(&row)?;
         }
-        let entry = HistoryEntry {
-            kind: paysaga_core::HistoryKind::SagaStarted,
-            step: None,
-            attempt: None,
-            error: None,
-            detail: json!({"definition_id": new.definition_id, "version": new.version,
-                           "idempotency_key": new.idempotency_key}),
-        };
+        let entry = crate::saga_started_entry(&new);
         insert_history(conn, saga.id, None, Some(&new.actor), &[entry]).await?;
         sqlx::query("SELECT pg_notify($1, '')")
             .bind(WAKEUP_CHANNEL)
@@ -1202,8 +1197,8 @@ async fn insert_saga_at_once_on(
     conn: &mut sqlx::PgConnection,
     new: NewSaga,
 ) -> Result<(SagaRecord, bool), Error> {
-    let detail = json!({"definition_id": new.definition_id, "version": new.version,
-                        "idempotency_key": new.idempotency_key});
+    let started = crate::saga_started_entry(&new);
+    // `n` runs because the final SELECT reads it (a SELECT in a WITH runs only if read).
     let inserted = sqlx::query(&format!(
         "WITH s AS (
              INSERT INTO paysaga_sagas (id, definition_id, workflow, version, idempotency_key,
@@ -1213,8 +1208,8 @@ async fn insert_saga_at_once_on(
              RETURNING {SAGA_COLUMNS}),
          h AS (
              INSERT INTO paysaga_history (saga_id, actor, kind, detail)
-             SELECT s.id, $8, 'saga_started', $9 FROM s),
-         n AS (SELECT pg_notify($10, '') FROM s)
+             SELECT s.id, $8, $9, $10 FROM s),
+         n AS (SELECT pg_notify($11, '') FROM s)
          SELECT {SAGA_COLUMNS}, (SELECT count(*) FROM n) AS notified FROM s"
     ))
     .bind(new.id)
@@ -1225,7 +1220,8 @@ async fn insert_saga_at_once_on(
     .bind(&new.input)
     .bind(&new.trace_context)
     .bind(&new.actor)
-    .bind(&detail)
+    .bind(started.kind.as_str())
+    .bind(&started.detail)
     .bind(WAKEUP_CHANNEL)
     .fetch_optional(&mut *conn)
     .await?;
@@ -1662,16 +1658,7 @@ impl Store for PgStore {
         .bind(kinds)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(UnrunnableGroup {
-                    workflow: r.try_get("name")?,
-                    version: r.try_get::<i32, _>("version")? as u32,
-                    sagas: r.try_get("sagas")?,
-                    missing_kinds: r.try_get("missing")?,
-                })
-            })
-            .collect()
+        rows.iter().map(unrunnable_from_row).collect()
     }
 
     async fn claim(

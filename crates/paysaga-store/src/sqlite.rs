@@ -808,14 +808,7 @@ impl Store for SqliteStore {
                     saga = admitted;
                 }
             }
-            let entry = HistoryEntry {
-                kind: HistoryKind::SagaStarted,
-                step: None,
-                attempt: None,
-                error: None,
-                detail: json!({"definition_id": new.definition_id, "version": new.version,
-                               "idempotency_key": new.idempotency_key}),
-            };
+            let entry = crate::saga_started_entry(&new);
             insert_history(&mut tx, saga.id, None, Some(&new.actor), &[entry]).await?;
             tx.commit().await?;
             self.notify();
