@@ -103,20 +103,26 @@ impl Report {
             }),
             "write xacts (xid advance) in the drain less claims and lease heartbeats, per step; pass at <= 1.005 (residue: releases)".into(),
         ));
-        t.push(target(
-            "steps/s vs pgbench 1-row INSERT+COMMIT",
-            ">= 0.5x",
-            tp.and_then(|x| {
-                let r = x.ratio_to_ceiling?;
-                let tps = x.ceiling_mean_tps?;
-                Some((
-                    format!("{r:.2}x ({:.0} / {tps:.0} tps)", x.drain.steps_per_s),
-                    r >= 0.5,
-                ))
-            }),
-            tp.map(|x| format!("{} clients both", x.workers * x.concurrency))
-                .unwrap_or_default(),
-        ));
+        for (threshold, why) in [(0.3, "issue 14 item 3"), (0.5, "the goal beyond it")] {
+            t.push(target(
+                "steps/s vs pgbench 1-row INSERT+COMMIT",
+                if threshold < 0.5 {
+                    ">= 0.3x"
+                } else {
+                    ">= 0.5x"
+                },
+                tp.and_then(|x| {
+                    let r = x.ratio_to_ceiling?;
+                    let tps = x.ceiling_mean_tps?;
+                    Some((
+                        format!("{r:.2}x ({:.0} / {tps:.0} tps)", x.drain.steps_per_s),
+                        r >= threshold,
+                    ))
+                }),
+                tp.map(|x| format!("{} clients both; {why}", x.workers * x.concurrency))
+                    .unwrap_or_default(),
+            ));
+        }
         let wake = self
             .memory_wake
             .as_ref()

@@ -53,4 +53,4 @@ pub use engine::{
 pub use error::Error;
 pub use registry::Registry;
 pub use starts::{BulkItem, BULK_START_CONCURRENCY};
-pub use worker::{Worker, WorkerConfig, WorkerStats};
+pub use worker::{retention_pause, Worker, WorkerConfig, WorkerStats};

@@ -1171,10 +1171,19 @@ async fn delete_expired_documents(shared: &Shared) {
     }
 }
 
+/// The pause automatic retention takes after a batch that took `took`: three times as long,
+/// at least 20 ms, so retention uses at most a quarter of one connection's time. Background
+/// deletes compete with the step commits for the database's CPU and WAL; at a quarter, a
+/// batch of 500 every ~0.4 s still deletes over 1,000 sagas/s, more than a worker fleet on
+/// such a database finishes (measured: docs/PERFORMANCE.md, "Retention cost").
+pub fn retention_pause(took: Duration) -> Duration {
+    (took * 3).max(Duration::from_millis(20))
+}
+
 /// Automatic retention (`WorkerConfig::retention`): every minute, deletes finished sagas
 /// older than `older_than` in batches, each its own short transaction, pausing between
-/// batches as long as the batch took (at most half of one connection's time); a worker that
-/// finds the retention lock taken leaves the round to the worker holding it.
+/// batches as [`retention_pause`] says; a worker that finds the retention lock taken leaves
+/// the round to the worker holding it.
 async fn prune_finished(shared: &Shared, older_than: Duration) {
     const BATCH: i64 = 500;
     const EVERY: Duration = Duration::from_secs(60);
@@ -1196,7 +1205,7 @@ async fn prune_finished(shared: &Shared, older_than: Duration) {
                     break;
                 }
             }
-            tokio::time::sleep(started.elapsed().max(Duration::from_millis(20))).await;
+            tokio::time::sleep(retention_pause(started.elapsed())).await;
         }
         if deleted > 0 {
             info!(

@@ -713,6 +713,131 @@ async fn concurrent_commits_of_many_sagas_each_apply_once_and_a_stale_one_is_ref
     );
 }
 
+/// Many different step commits at the same moment (on PostgreSQL they group into shared
+/// statements while the database is busy): each saga gets exactly its own status, output,
+/// error, end, lease, history rows in order and references, whatever it shares a statement
+/// with; a stale one in the crowd is refused and stores nothing.
+async fn concurrent_commits_of_every_kind_keep_each_sagas_own_writes(e: Env) {
+    let s = e.s();
+    let w = worker(s, LONG_TTL).await;
+    let mut held = Vec::new();
+    for _ in 0..48 {
+        let started = start(s, "flow", &[STEP, STEP], None).await;
+        held.push(claim_one(s, w, started.id).await);
+    }
+    let stale = held.pop().unwrap();
+    assert!(s.release(stale.id, w, stale.fence).await.unwrap());
+    claim_one(s, w, stale.id).await;
+    let later = Utc::now() + chrono::Duration::hours(1);
+    let plan: Vec<(Transition, Vec<SagaReference>)> = (0..=held.len())
+        .map(|n| {
+            let done = |step| entry(HistoryKind::StepCompleted, Some(step), Some(1));
+            match n % 4 {
+                0 => {
+                    let mut t = transition(SagaStatus::Scheduled, 1);
+                    t.continue_now = true;
+                    t.output = Some(("s1".to_string(), json!({ "n": n })));
+                    t.history = vec![done("s1")];
+                    let refs = vec![
+                        reference("s1", "payable_id", &format!("pay_{n}")),
+                        reference("s1", "funding_id", &format!("fund_{n}")),
+                    ];
+                    (t, refs)
+                }
+                1 => {
+                    let mut t = transition(SagaStatus::Retrying, 0);
+                    t.attempt = 2;
+                    t.run_at = Some(later);
+                    t.last_error = Some(format!("boom {n}"));
+                    t.history = vec![HistoryEntry {
+                        error: Some(format!("boom {n}")),
+                        ..entry(HistoryKind::StepRetrying, Some("s1"), Some(1))
+                    }];
+                    (t, Vec::new())
+                }
+                2 => {
+                    let mut t = transition(SagaStatus::Completed, 2);
+                    t.output = Some(("s2".to_string(), json!({ "n": n })));
+                    t.history = vec![done("s2"), entry(HistoryKind::SagaCompleted, None, None)];
+                    (t, Vec::new())
+                }
+                _ => {
+                    let mut t = transition(SagaStatus::Scheduled, 1);
+                    t.output = Some(("s1".to_string(), json!({ "n": n })));
+                    t.history = vec![done("s1")];
+                    (
+                        t,
+                        vec![reference("s1", "intent_id", &format!("intent_{n}"))],
+                    )
+                }
+            }
+        })
+        .collect();
+    let sagas: Vec<&SagaRecord> = held.iter().chain([&stale]).collect();
+    let results = futures::future::join_all(
+        sagas
+            .iter()
+            .zip(&plan)
+            .map(|(saga, (t, refs))| commit_with_references(s, saga, w, t, refs)),
+    )
+    .await;
+    let (last, applied) = results.split_last().unwrap();
+    assert!(matches!(last, Err(Error::LeaseLost { .. })), "{last:?}");
+    assert!(s.saga_references(stale.id).await.unwrap().is_empty());
+    for (n, (result, before)) in applied.iter().zip(&held).enumerate() {
+        let committed = result.as_ref().unwrap();
+        let (t, refs) = &plan[n];
+        let stored = saga(s, before.id).await;
+        assert_eq!(committed.kept, n % 4 == 0, "saga #{n}");
+        assert_eq!(stored.status, t.status, "saga #{n}");
+        assert_eq!(stored.step_index, t.step_index, "saga #{n}");
+        assert_eq!(stored.attempt, t.attempt, "saga #{n}");
+        assert_eq!(stored.last_error, t.last_error, "saga #{n}");
+        assert_eq!(stored.owner.is_some(), n % 4 == 0, "saga #{n}");
+        assert_eq!(stored.finished_at.is_some(), n % 4 == 2, "saga #{n}");
+        match &t.output {
+            Some((name, value)) => assert_eq!(&stored.outputs[name], value, "saga #{n}"),
+            None => assert_eq!(stored.outputs, json!({}), "saga #{n}"),
+        }
+        if n % 4 == 1 {
+            assert!(close(stored.run_at.unwrap(), later), "saga #{n}");
+        }
+        let mut expected = vec![HistoryKind::SagaStarted];
+        expected.extend(t.history.iter().map(|h| h.kind));
+        let history = s.history(before.id).await.unwrap();
+        assert_eq!(
+            history.iter().map(|h| h.kind).collect::<Vec<_>>(),
+            expected,
+            "saga #{n}"
+        );
+        assert_eq!(history.last().unwrap().error, t.last_error, "saga #{n}");
+        let mut want = refs.clone();
+        want.sort_by(|a, b| (&a.step, &a.name, &a.value).cmp(&(&b.step, &b.name, &b.value)));
+        assert_eq!(
+            s.saga_references(before.id).await.unwrap(),
+            want,
+            "saga #{n}"
+        );
+    }
+    if e.backend == Backend::Postgres {
+        // Rows written by one statement share its transaction id: fewer transactions than
+        // commits means commits were grouped.
+        let pool = sqlx::PgPool::connect(&e.url).await.unwrap();
+        let transactions: i64 = sqlx::query_scalar(
+            "SELECT count(DISTINCT xmin::text) FROM paysaga_history
+             WHERE kind IN ('step_completed', 'step_retrying')",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert!(
+            transactions < held.len() as i64,
+            "{transactions} transactions for {} commits",
+            held.len()
+        );
+    }
+}
+
 /// A commit that keeps the saga (the worker runs the next step at once) leaves `run_at` as it
 /// was: nothing reads it while the saga is owned, and a release makes the saga due at once.
 /// On PostgreSQL those commits are then HOT updates (no indexed column changes).
@@ -3179,6 +3304,7 @@ conformance!(
     a_commit_retried_after_a_lost_acknowledgement_writes_nothing_twice,
     a_marked_request_is_not_sent_again_within_its_window_nor_by_a_worker_that_lost_the_saga,
     concurrent_commits_of_many_sagas_each_apply_once_and_a_stale_one_is_refused,
+    concurrent_commits_of_every_kind_keep_each_sagas_own_writes,
     commits_that_keep_the_saga_leave_run_at_and_are_hot_updates,
     reaper_releases_sagas_of_expired_workers_and_their_fence_is_stale,
     stop_worker_releases_every_saga_it_holds,

@@ -1,8 +1,9 @@
 //! Scenario 8 (issue 14 item 5): retention at scale. N finished sagas (1 million, quick
 //! 100 thousand; each with two history rows), finished 100 days ago, are pruned with
 //! `Store::prune_finished(90 days, 500)` in a loop paced as a worker's automatic retention
-//! (`--retention 90d`) paces it: after each batch, a pause as long as the batch took (at most
-//! half of one connection's time), while W workers drain a backlog of 5-step `noop` sagas.
+//! (`--retention 90d`) paces it: after each batch, the pause of
+//! [`paysaga_runtime::retention_pause`] (three times as long as the batch took), while W
+//! workers drain a backlog of 5-step `noop` sagas.
 //! (`paysaga prune` runs its batches back to back: on this 2-core machine that cost a
 //! concurrent drain about 16%, see docs/PERFORMANCE.md.)
 //!
@@ -103,7 +104,7 @@ async fn rate(
                 if p.sagas < BATCH as u64 {
                     break;
                 }
-                tokio::time::sleep(started.elapsed().max(Duration::from_millis(20))).await;
+                tokio::time::sleep(paysaga_runtime::retention_pause(started.elapsed())).await;
             }
             Some((total, batches, t0.elapsed().as_secs_f64()))
         }
