@@ -147,6 +147,10 @@ struct Opts {
     /// Seconds of the latency phase of the throughput scenario [default: 10, quick 2].
     #[arg(long)]
     latency_secs: Option<u64>,
+    /// Open-loop start rate of the throughput scenario's latency phase, in sagas/s [default:
+    /// half the measured drain rate]. A fixed rate compares builds under the same load.
+    #[arg(long)]
+    latency_rate: Option<f64>,
     /// Also run the peer engine (underway) with the same workflow, sizes and worker
     /// processes on the same cluster, and print the ratios (scenario `peers`).
     #[arg(long)]
@@ -288,7 +292,7 @@ async fn bench(o: Opts) -> Result<()> {
         };
         if run("throughput") {
             eprintln!("[1,2] throughput and pgbench ceiling");
-            let cfg = scenarios::throughput::Config { sagas, workers: o.workers, concurrency: o.concurrency, latency_secs, pgbench_secs };
+            let cfg = scenarios::throughput::Config { sagas, workers: o.workers, concurrency: o.concurrency, latency_secs, latency_rate: o.latency_rate, pgbench_secs };
             match scenarios::throughput::run(&server, &cfg, &log_dir).await {
                 Ok(x) => report.throughput = Some(x),
                 Err(e) => report.errors.push(format!("throughput: {e:#}")),

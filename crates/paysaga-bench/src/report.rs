@@ -584,9 +584,10 @@ impl Report {
             if let Some(p) = &x.latency.start_to_complete {
                 let _ = writeln!(
                     o,
-                    "  start-to-complete      {} at {:.0} sagas/s (half the drain rate)",
+                    "  start-to-complete      {} at {:.0} sagas/s ({:.0}% of the drain rate)",
                     p.short(),
-                    x.latency.rate_per_s
+                    x.latency.rate_per_s,
+                    100.0 * x.latency.rate_per_s / x.drain.sagas_per_s.max(1e-9)
                 );
             }
             if let Some(c) = x.ceiling.first() {

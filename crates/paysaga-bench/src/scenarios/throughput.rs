@@ -34,6 +34,8 @@ pub struct Config {
     pub concurrency: usize,
     /// Length of the latency phase.
     pub latency_secs: u64,
+    /// Start rate of the latency phase (sagas/s); `None`: half the drain rate.
+    pub latency_rate: Option<f64>,
     /// Length of the pgbench run.
     pub pgbench_secs: u64,
 }
@@ -354,9 +356,9 @@ async fn run_in(setup: &Setup, cfg: &Config) -> Result<Throughput> {
     };
 
     // Latency at half the measured rate, on fresh workers.
-    let rate = (sagas_per_s * 0.5).max(1.0);
+    let rate = cfg.latency_rate.unwrap_or(sagas_per_s * 0.5).max(1.0);
     let count = ((rate * cfg.latency_secs as f64) as usize).max(10);
-    eprintln!("  latency: starting {count} sagas at {rate:.0}/s (half the drain rate)...");
+    eprintln!("  latency: starting {count} sagas at {rate:.0}/s...");
     let lat_reports = Arc::new(Reports::default());
     let workers = setup.spawn_workers(cfg.workers, cfg.concurrency, "lat", &lat_reports)?;
     tokio::time::sleep(Duration::from_millis(500)).await;
