@@ -13,8 +13,6 @@ use tracing::{instrument, warn};
 use uuid::Uuid;
 
 use crate::ended::EndSignals;
-
-mod group;
 use crate::SagaReference;
 use crate::{AuditFilter, AuditRecord, OperatorChange};
 use crate::{ChildCount, ChildSaga, ParentLink, StartChildren};
@@ -29,6 +27,8 @@ use crate::{GaugeRequest, GaugeSnapshot, GaugeTurn};
 use crate::{Pruned, Reaped};
 use crate::{RequestSlot, SlotRequest};
 use paysaga_core::DocumentId;
+
+mod group;
 
 /// The migrations in `migrations/`, embedded at build time.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
@@ -655,13 +655,6 @@ impl PgStore {
             cancel_requested: applied.cancel_requested,
         })
     }
-
-    /// Statements run by the group commit of this store's hot-path commits, and the commits
-    /// they carried (statements < commits when commits were grouped).
-    #[doc(hidden)]
-    pub fn group_commit_counts(&self) -> (u64, u64) {
-        self.group.counts()
-    }
 }
 
 /// A hot-path commit, owned, as the statements bind it.
@@ -737,6 +730,16 @@ struct Applied {
     concurrency_key: Option<String>,
 }
 
+impl Applied {
+    /// From a row of [`COMMIT_SIMPLE_SQL`] or [`COMMIT_GROUP_SQL`].
+    fn from_row(row: &PgRow) -> Result<Applied, Error> {
+        Ok(Applied {
+            cancel_requested: row.try_get("cancel_requested")?,
+            concurrency_key: row.try_get("concurrency_key")?,
+        })
+    }
+}
+
 /// The statement of a group of hot-path commits: one commit alone as [`COMMIT_SIMPLE_SQL`]
 /// (its errors are the commit's), several as [`COMMIT_GROUP_SQL`]; if that fails, each
 /// commit is made alone.
@@ -803,13 +806,7 @@ async fn commit_one(pool: &PgPool, c: &SimpleCommit) -> Result<Option<Applied>, 
         )
         .fetch_optional(pool)
         .await?;
-    row.map(|row| {
-        Ok(Applied {
-            cancel_requested: row.try_get("cancel_requested")?,
-            concurrency_key: row.try_get("concurrency_key")?,
-        })
-    })
-    .transpose()
+    row.as_ref().map(Applied::from_row).transpose()
 }
 
 /// Several hot-path commits (distinct sagas) as one statement: one outcome per commit, in
@@ -856,10 +853,7 @@ async fn commit_many(pool: &PgPool, batch: &[Arc<SimpleCommit>]) -> Result<Vec<G
             .ok()
             .and_then(|i| outcomes.get_mut(i))
             .ok_or_else(|| Error::Corrupt(format!("group commit answered for commit #{n}")))?;
-        *slot = Grouped::Applied(Applied {
-            cancel_requested: row.try_get("cancel_requested")?,
-            concurrency_key: row.try_get("concurrency_key")?,
-        });
+        *slot = Grouped::Applied(Applied::from_row(&row)?);
     }
     Ok(outcomes)
 }

@@ -653,21 +653,31 @@ async fn a_marked_request_is_not_sent_again_within_its_window_nor_by_a_worker_th
     );
 }
 
+/// `n` two-step sagas claimed by `w`: the first `n - 1` as claimed, the last as it was
+/// before it was given back and claimed again (its fence is stale), and as claimed again.
+async fn held_with_one_stale(
+    s: &dyn Store,
+    w: Uuid,
+    n: usize,
+) -> (Vec<SagaRecord>, SagaRecord, SagaRecord) {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let started = start(s, "flow", &[STEP, STEP], None).await;
+        held.push(claim_one(s, w, started.id).await);
+    }
+    let stale = held.pop().unwrap();
+    assert!(s.release(stale.id, w, stale.fence).await.unwrap());
+    let fresh = claim_one(s, w, stale.id).await;
+    (held, stale, fresh)
+}
+
 /// Step commits of many sagas at the same moment: each is applied exactly once, with its own
 /// output and history; one whose fence is stale is refused without holding the others back;
 /// the sagas whose transition does not continue give their lease back, the others keep it.
 async fn concurrent_commits_of_many_sagas_each_apply_once_and_a_stale_one_is_refused(e: Env) {
     let s = e.s();
     let w = worker(s, LONG_TTL).await;
-    let mut held = Vec::new();
-    for _ in 0..40 {
-        let started = start(s, "flow", &[STEP, STEP], None).await;
-        held.push(claim_one(s, w, started.id).await);
-    }
-    // The last one's fence goes stale: given back and claimed again.
-    let stale = held.pop().unwrap();
-    assert!(s.release(stale.id, w, stale.fence).await.unwrap());
-    let fresh = claim_one(s, w, stale.id).await;
+    let (held, stale, fresh) = held_with_one_stale(s, w, 40).await;
     let transitions: Vec<Transition> = (0..held.len() + 1)
         .map(|n| {
             let mut t = transition(SagaStatus::Scheduled, 1);
@@ -720,14 +730,7 @@ async fn concurrent_commits_of_many_sagas_each_apply_once_and_a_stale_one_is_ref
 async fn concurrent_commits_of_every_kind_keep_each_sagas_own_writes(e: Env) {
     let s = e.s();
     let w = worker(s, LONG_TTL).await;
-    let mut held = Vec::new();
-    for _ in 0..48 {
-        let started = start(s, "flow", &[STEP, STEP], None).await;
-        held.push(claim_one(s, w, started.id).await);
-    }
-    let stale = held.pop().unwrap();
-    assert!(s.release(stale.id, w, stale.fence).await.unwrap());
-    claim_one(s, w, stale.id).await;
+    let (held, stale, _) = held_with_one_stale(s, w, 48).await;
     let later = Utc::now() + chrono::Duration::hours(1);
     let plan: Vec<(Transition, Vec<SagaReference>)> = (0..=held.len())
         .map(|n| {

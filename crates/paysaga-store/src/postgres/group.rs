@@ -91,7 +91,8 @@ impl<T, O> Drop for Seat<'_, T, O> {
 
 impl<T, O> Group<T, O> {
     /// Statements run and commits they carried, since the store was opened.
-    pub(super) fn counts(&self) -> (u64, u64) {
+    #[cfg(test)]
+    fn counts(&self) -> (u64, u64) {
         (
             self.statements.load(Ordering::Relaxed),
             self.commits.load(Ordering::Relaxed),
