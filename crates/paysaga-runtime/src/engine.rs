@@ -143,6 +143,9 @@ pub struct Engine {
     max_document_size: usize,
     operator_detail: Option<Arc<serde_json::Map<String, Value>>>,
     wait_poll: Duration,
+    /// The workers running in this process on this engine (or a clone of it): `start`
+    /// hands them new sagas directly.
+    pub(crate) local: Arc<Mutex<Vec<crate::worker::LocalWorker>>>,
 }
 
 /// The default largest document [`Engine::put_document`] stores: 10 MiB.
@@ -163,6 +166,7 @@ impl Engine {
             max_document_size: DEFAULT_MAX_DOCUMENT_SIZE,
             operator_detail: None,
             wait_poll: DEFAULT_WAIT_FALLBACK_POLL,
+            local: Default::default(),
         }
     }
 
@@ -256,20 +260,27 @@ impl Engine {
         let (record, documents, concurrency) = checked?;
         let id = Uuid::new_v4();
         let claimed = self.claim_documents(&req, id, &documents).await?;
-        let created = self
-            .store
-            .create_saga(NewSaga {
-                id,
-                definition_id: record.id,
-                workflow: record.name.clone(),
-                version: record.version,
-                idempotency_key: req.idempotency_key,
-                input: req.input,
-                actor: req.actor,
-                concurrency,
-                trace_context: crate::trace_context::current(),
-            })
-            .await;
+        let new = NewSaga {
+            id,
+            definition_id: record.id,
+            workflow: record.name.clone(),
+            version: record.version,
+            idempotency_key: req.idempotency_key,
+            input: req.input,
+            actor: req.actor,
+            concurrency,
+            trace_context: crate::trace_context::current(),
+        };
+        // A worker of this process with a free slot takes the new saga in the insert's own
+        // commit and runs it at once (no NOTIFY, wake-up and claim before its first step).
+        let local = self.reserve_local_worker(id, &record.step_kinds);
+        let created = match &local {
+            Some(slot) => self.store.create_saga_for(new, slot.worker()).await,
+            None => self.store.create_saga(new).await,
+        };
+        if let (Some(slot), Ok((saga, true))) = (local, &created) {
+            slot.hand(saga.clone()).await;
+        }
         // Surely not inserted (the key named a saga already): give the documents back. After
         // another error the insert may have committed: they stay with the id (if no saga has
         // it, retention treats them as given to none).
@@ -290,6 +301,17 @@ impl Engine {
             saga_id: saga.id,
             created,
         })
+    }
+
+    /// A slot of a worker running in this process for new saga `id`, if one is free and
+    /// has `step_kinds`.
+    fn reserve_local_worker(
+        &self,
+        id: Uuid,
+        step_kinds: &[String],
+    ) -> Option<crate::worker::LocalClaim> {
+        let local = self.local.lock().ok()?;
+        local.iter().find_map(|w| w.reserve(id, step_kinds))
     }
 
     /// Starts a saga inside the caller's own PostgreSQL transaction, so that the

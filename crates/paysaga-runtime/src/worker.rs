@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -21,7 +21,7 @@ use paysaga_core::{
 };
 use paysaga_store::{Commit, Committed, SagaRecord, WorkerInfo};
 use serde_json::Value;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 use uuid::Uuid;
@@ -113,6 +113,149 @@ pub struct WorkerStats {
     pub unstorable: AtomicU64,
     /// Commit tries that failed and were retried (database errors, pool time-outs).
     pub commit_retries: AtomicU64,
+    /// Sagas `Engine::start` in this process inserted held by this worker and handed to it
+    /// directly (no NOTIFY, no claim; counted apart from `claimed`).
+    pub handed: AtomicU64,
+}
+
+/// A saga `Engine::start` inserted held by a worker of its process, with the permit (a slot
+/// of the worker's concurrency) taken for it.
+struct Handed {
+    saga: SagaRecord,
+    permit: OwnedSemaphorePermit,
+}
+
+/// A running worker of this process, as `Engine::start` sees it: it hands the worker new
+/// sagas it inserted already held by it (see [`paysaga_store::Store::create_saga_for`]), so
+/// their first step starts without the NOTIFY, the wake-up and the claim.
+#[derive(Debug)]
+pub(crate) struct LocalWorker {
+    shared: Weak<Shared>,
+    permits: Arc<Semaphore>,
+    handoff: mpsc::UnboundedSender<Handed>,
+}
+
+impl std::fmt::Debug for Handed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handed")
+            .field("saga", &self.saga.id)
+            .finish()
+    }
+}
+
+impl LocalWorker {
+    /// Reserves a slot of this worker for saga `id` about to be inserted, if the worker runs,
+    /// is not stopping, has a free slot and has every step kind of the saga's definition.
+    /// The id is marked running at once, so the worker's look for orphans (sagas it holds
+    /// but runs no task for) does not give it back between the insert and the hand-off.
+    pub(crate) fn reserve(&self, id: Uuid, step_kinds: &[String]) -> Option<LocalClaim> {
+        let shared = self.shared.upgrade()?;
+        if shared.stopping.load(Ordering::SeqCst)
+            || !step_kinds.iter().all(|k| shared.kinds.contains(k))
+        {
+            return None;
+        }
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        let worker = shared.id();
+        if worker.is_nil() {
+            return None;
+        }
+        shared.running.lock().ok()?.insert(id);
+        Some(LocalClaim {
+            worker,
+            saga: id,
+            shared,
+            permit: Some(permit),
+            handoff: self.handoff.clone(),
+        })
+    }
+}
+
+/// A slot of a local worker reserved for one saga `Engine::start` inserts (see
+/// [`LocalWorker::reserve`]). Dropped without [`LocalClaim::hand`], it frees the slot.
+pub(crate) struct LocalClaim {
+    worker: Uuid,
+    saga: Uuid,
+    shared: Arc<Shared>,
+    permit: Option<OwnedSemaphorePermit>,
+    handoff: mpsc::UnboundedSender<Handed>,
+}
+
+impl std::fmt::Debug for LocalClaim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalClaim")
+            .field("worker", &self.worker)
+            .field("saga", &self.saga)
+            .finish()
+    }
+}
+
+impl LocalClaim {
+    /// The worker the saga is to be inserted held by.
+    pub(crate) fn worker(&self) -> Uuid {
+        self.worker
+    }
+
+    /// Hands `saga` (as the insert returned it) to the worker if the insert gave it to the
+    /// worker; otherwise (a worker no longer live, an existing saga of the key) nothing: the
+    /// insert woke the workers as for any start. A worker that stopped meanwhile gets
+    /// nothing either: the saga is given back (its stop released it already if it stopped
+    /// after the insert, and the fence makes a second release a no-op).
+    pub(crate) async fn hand(mut self, saga: SagaRecord) {
+        if saga.id != self.saga || saga.owner != Some(self.worker) {
+            return;
+        }
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
+        let (id, fence) = (saga.id, saga.fence);
+        if self.handoff.send(Handed { saga, permit }).is_ok() {
+            // The worker's task for it takes it off the running set when it ends.
+            self.saga = Uuid::nil();
+            return;
+        }
+        match self
+            .shared
+            .engine
+            .store
+            .give_back(
+                id,
+                self.worker,
+                fence,
+                "handed to a worker of this process that stopped before running it",
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(e) => {
+                warn!(saga_id = %id, error = %e, "a new saga held by a worker that stopped could not be given back; the worker's stop or lease expiry releases it")
+            }
+        }
+    }
+}
+
+impl Drop for LocalClaim {
+    fn drop(&mut self) {
+        if !self.saga.is_nil() {
+            if let Ok(mut running) = self.shared.running.lock() {
+                running.remove(&self.saga);
+            }
+        }
+    }
+}
+
+/// Takes a worker off its engine's local workers when its run ends (or is dropped).
+struct LocalRegistration {
+    engine: Engine,
+    shared: Weak<Shared>,
+}
+
+impl Drop for LocalRegistration {
+    fn drop(&mut self) {
+        if let Ok(mut local) = self.engine.local.lock() {
+            local.retain(|w| !w.shared.ptr_eq(&self.shared));
+        }
+    }
 }
 
 /// A worker bound to an engine. Run it with [`Worker::run`].
@@ -219,6 +362,20 @@ impl Worker {
         });
         register(&shared).await?;
         shared.sync_clock().await;
+        let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        // `Engine::start` in this process hands new sagas straight to this worker.
+        let (handoff, mut handed) = mpsc::unbounded_channel::<Handed>();
+        if let Ok(mut local) = self.engine.local.lock() {
+            local.push(LocalWorker {
+                shared: Arc::downgrade(&shared),
+                permits: permits.clone(),
+                handoff,
+            });
+        }
+        let registration = LocalRegistration {
+            engine: self.engine.clone(),
+            shared: Arc::downgrade(&shared),
+        };
         for group in self.engine.store.sagas_needing_other_kinds(&kinds).await? {
             warn!(
                 workflow = %group.workflow, version = group.version, sagas = group.sagas,
@@ -233,7 +390,6 @@ impl Worker {
             self.config.gauges.clone(),
         ));
         let mut tasks = JoinSet::new();
-        let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         tokio::pin!(shutdown);
         // Periodic work runs when due, not every second: an idle worker costs the database
         // a look for work every `idle_poll`, a heartbeat every third of the lease, and a few
@@ -309,36 +465,7 @@ impl Worker {
                             let Ok(permit) = permits.clone().acquire_owned().await else {
                                 break;
                             };
-                            let shared = shared.clone();
-                            let saga = claimed.saga;
-                            let span =
-                                info_span!("saga", saga_id = %saga.id, workflow = %saga.workflow);
-                            // Its steps join the trace of its start (feature `otel`).
-                            crate::trace_context::continue_in(&span, saga.trace_context.as_deref());
-                            if let Ok(mut running) = shared.running.lock() {
-                                running.insert(saga.id);
-                            }
-                            tasks.spawn(
-                                async move {
-                                    let (id, fence) = (saga.id, saga.fence);
-                                    let worker = shared.id();
-                                    let run = AssertUnwindSafe(run_saga(&shared, saga));
-                                    if let Err(panic) = run.catch_unwind().await {
-                                        // Outside a step (a step's panic is caught in run_step):
-                                        // give the saga back rather than hold it.
-                                        error!(panic = %panic_message(&*panic), "saga task panicked; giving the saga back");
-                                        if let Ok(mut list) = shared.to_release.lock() {
-                                            list.push((id, worker, fence));
-                                        }
-                                    }
-                                    if let Ok(mut running) = shared.running.lock() {
-                                        running.remove(&id);
-                                    }
-                                    drop(permit);
-                                    shared.wake.notify_one();
-                                }
-                                .instrument(span),
-                            );
+                            spawn_saga(&mut tasks, &shared, claimed.saga, permit);
                         }
                     }
                     Err(e) => {
@@ -377,20 +504,23 @@ impl Worker {
             let sleep_for = until_due
                 .min(look_every.saturating_sub(last_look.elapsed()))
                 .min(periodic.saturating_duration_since(tokio::time::Instant::now()));
-            if until_due.is_zero() && free == 0 {
-                // Everything is busy: wait for a task to finish.
-                tokio::select! {
-                    _ = &mut shutdown => break,
-                    _ = shared.wake.notified() => woken = true,
-                }
-                continue;
-            }
+            // A saga handed over by `Engine::start` comes with its slot: run it at once.
+            let busy = until_due.is_zero() && free == 0;
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = shared.wake.notified() => woken = true,
-                _ = tokio::time::sleep(sleep_for) => {}
+                Some(h) = handed.recv() => {
+                    shared.stats.handed.fetch_add(1, Ordering::Relaxed);
+                    spawn_saga(&mut tasks, &shared, h.saga, h.permit);
+                }
+                // Everything busy: wait for a task to finish (it wakes this loop).
+                _ = tokio::time::sleep(sleep_for), if !busy => {}
             }
         }
+        // No new sagas from `Engine::start`; those handed but not taken are released by the
+        // stop below with the others this worker holds.
+        drop(registration);
+        handed.close();
         // Drain.
         info!(in_flight = tasks.len(), grace = ?self.config.shutdown_grace, "stopping: no new claims; draining in-flight steps");
         shared.stopping.store(true, Ordering::SeqCst);
@@ -417,6 +547,44 @@ impl Worker {
         info!(released, "worker stopped");
         Ok(())
     }
+}
+
+/// Runs `saga` (claimed, or handed by `Engine::start`) in a task of its own holding
+/// `permit` until it waits, backs off, finishes or the lease is lost.
+fn spawn_saga(
+    tasks: &mut JoinSet<()>,
+    shared: &Arc<Shared>,
+    saga: SagaRecord,
+    permit: OwnedSemaphorePermit,
+) {
+    let shared = shared.clone();
+    let span = info_span!("saga", saga_id = %saga.id, workflow = %saga.workflow);
+    // Its steps join the trace of its start (feature `otel`).
+    crate::trace_context::continue_in(&span, saga.trace_context.as_deref());
+    if let Ok(mut running) = shared.running.lock() {
+        running.insert(saga.id);
+    }
+    tasks.spawn(
+        async move {
+            let (id, fence) = (saga.id, saga.fence);
+            let worker = shared.id();
+            let run = AssertUnwindSafe(run_saga(&shared, saga));
+            if let Err(panic) = run.catch_unwind().await {
+                // Outside a step (a step's panic is caught in run_step): give the saga back
+                // rather than hold it.
+                error!(panic = %panic_message(&*panic), "saga task panicked; giving the saga back");
+                if let Ok(mut list) = shared.to_release.lock() {
+                    list.push((id, worker, fence));
+                }
+            }
+            if let Ok(mut running) = shared.running.lock() {
+                running.remove(&id);
+            }
+            drop(permit);
+            shared.wake.notify_one();
+        }
+        .instrument(span),
+    );
 }
 
 /// Gives back sagas whose commit failed for good.

@@ -5,7 +5,11 @@
 
 use std::sync::Arc;
 
-use paysaga_runtime::{noop, Engine, Error, Registry};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use paysaga_core::SagaStatus;
+use paysaga_runtime::{noop, Engine, Error, Registry, WorkerConfig};
 use paysaga_store::{PgStore, Store};
 use serde_json::json;
 
@@ -80,4 +84,99 @@ async fn bulk_starts_answer_each_item_in_order_and_a_second_run_starts_nothing_n
         }
     }
     assert_eq!(count().await, 1 + 19, "nothing new");
+}
+
+/// A worker running in the starting process is handed the new saga by `Engine::start`
+/// itself (inserted held by it: no NOTIFY, no claim) and runs each step once; when its one
+/// slot is busy, or once it stopped, a start goes the usual way (unowned, woken, claimed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_hands_the_saga_to_a_worker_of_its_process_and_goes_the_usual_way_when_it_cannot_take_it(
+) {
+    let db = paysaga_testkit::database().await;
+    let engine = engine(db.url()).await;
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let mut config = WorkerConfig::default();
+    config.concurrency = 1;
+    config.idle_poll = Duration::from_millis(200);
+    let worker = engine.worker(config.clone());
+    let stats = worker.stats();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    let live = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM paysaga_workers WHERE stopped_at IS NULL",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    while live().await == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let count = |kind: &'static str, saga: uuid::Uuid| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM paysaga_history WHERE saga_id = $1 AND kind = $2",
+            )
+            .bind(saga)
+            .bind(kind)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let wait = Duration::from_secs(20);
+
+    let a = engine
+        .start("noop", json!({"delay_ms": 0}), Some("a"))
+        .await
+        .unwrap();
+    let ended = engine.wait_for_end(a.saga_id, wait).await.unwrap();
+    assert_eq!(ended.status, SagaStatus::Completed);
+    assert_eq!(stats.handed.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.claimed.load(Ordering::Relaxed), 0);
+    assert_eq!(count("step_completed", a.saga_id).await, 5);
+    assert_eq!(count("saga_completed", a.saga_id).await, 1);
+
+    // The one slot busy: the next start is not handed; the worker claims it afterwards.
+    let long = engine
+        .start("noop", json!({"delay_ms": 100}), Some("long"))
+        .await
+        .unwrap();
+    let b = engine
+        .start("noop", json!({"delay_ms": 0}), Some("b"))
+        .await
+        .unwrap();
+    assert_eq!(stats.handed.load(Ordering::Relaxed), 2);
+    for id in [long.saga_id, b.saga_id] {
+        let ended = engine.wait_for_end(id, wait).await.unwrap();
+        assert_eq!(ended.status, SagaStatus::Completed);
+        assert_eq!(count("step_completed", id).await, 5);
+    }
+    assert_eq!(stats.claimed.load(Ordering::Relaxed), 1);
+
+    // Stopped: a start is left to whichever worker claims it.
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    let c = engine
+        .start("noop", json!({"delay_ms": 0}), Some("c"))
+        .await
+        .unwrap();
+    let held = engine.store().saga(c.saga_id).await.unwrap().unwrap();
+    assert_eq!((held.owner, held.status), (None, SagaStatus::Scheduled));
+    let next = engine.worker(config);
+    let next_stats = next.stats();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(next.run(async {
+        let _ = stopped.await;
+    }));
+    let ended = engine.wait_for_end(c.saga_id, wait).await.unwrap();
+    assert_eq!(ended.status, SagaStatus::Completed);
+    assert_eq!(stats.handed.load(Ordering::Relaxed), 2);
+    assert_eq!(next_stats.claimed.load(Ordering::Relaxed), 1);
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
 }

@@ -253,6 +253,22 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Creates a saga (status `scheduled`) or returns the existing one for the key.
     async fn create_saga(&self, new: NewSaga) -> Result<(SagaRecord, bool), Error>;
+    /// Creates a saga as [`Store::create_saga`] does and, in the same commit, gives it to
+    /// `worker` if that worker is live (`owner` set, `fence` 1, as a claim leaves it; no
+    /// wake-up sent): an engine whose own process runs a worker hands it the new saga
+    /// without the NOTIFY, wake-up and claim round trips. The returned record's `owner`
+    /// says whether it was given; when it was not (a worker no longer live, a saga with a
+    /// concurrency key, or a store without this path: the default), it is unowned and
+    /// workers are woken as by [`Store::create_saga`]. An existing saga of the key is
+    /// returned as it is.
+    async fn create_saga_for(
+        &self,
+        new: NewSaga,
+        worker: Uuid,
+    ) -> Result<(SagaRecord, bool), Error> {
+        let _ = worker;
+        self.create_saga(new).await
+    }
     /// A saga by id.
     async fn saga(&self, id: Uuid) -> Result<Option<SagaRecord>, Error>;
     /// Sagas matching a filter, newest first.

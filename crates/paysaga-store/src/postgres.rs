@@ -180,6 +180,29 @@ fn next_due_sql() -> String {
 /// The sagas a worker holds (`$1`), served by the partial index `paysaga_sagas_owner`.
 const OWNED_SQL: &str = "SELECT id, fence FROM paysaga_sagas WHERE owner = $1";
 
+/// A pooled connection idle at least this long is pinged before it is handed out.
+const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(5);
+
+/// The store's pool settings. sqlx pings every connection it hands out by default: one more
+/// round trip before every statement of the hot path (a step's commit, a claim, a start).
+/// Here only a connection idle for [`PING_WHEN_IDLE_FOR`] is pinged first (the one that may
+/// have been cut while unused, e.g. by a database restart); one that fails is closed and
+/// another taken, as sqlx does. A connection that breaks between two busy statements fails
+/// the next statement, which every caller already retries or reports.
+fn pool_options() -> PgPoolOptions {
+    PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(10))
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_WHEN_IDLE_FOR {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+}
+
 /// The reaper's release (`$1` the workers just found dead): their sagas and, a safety net
 /// (the claim refuses a worker that is not live, so it should find none), any saga still held
 /// by a worker stopped earlier. `owner IS NOT NULL` lets the partial index
@@ -426,25 +449,21 @@ impl PgStore {
                 .into())
             }
         }
-        let pool = PgPoolOptions::new()
+        let pool = pool_options()
             .max_connections(connect.max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(10))
             .connect_with(options.clone())
             .await?;
-        let lease_pool = PgPoolOptions::new()
+        let lease_pool = pool_options()
             .max_connections(1)
             .min_connections(0)
-            .acquire_timeout(Duration::from_secs(10))
             .connect_lazy_with(options.clone());
-        let listen_pool = PgPoolOptions::new()
+        let listen_pool = pool_options()
             .max_connections(1)
             .min_connections(0)
-            .acquire_timeout(Duration::from_secs(10))
             .connect_lazy_with(options.clone());
-        let end_pool = PgPoolOptions::new()
+        let end_pool = pool_options()
             .max_connections(1)
             .min_connections(0)
-            .acquire_timeout(Duration::from_secs(10))
             .connect_lazy_with(options);
         Ok(PgStore {
             pool,
@@ -1380,7 +1399,7 @@ async fn insert_saga_on(
     // of its key, if any, under the key's lock (the oldest queued saga of the key first).
     let key = new.concurrency.as_ref().map(|c| c.key.clone());
     if key.is_none() {
-        return insert_saga_at_once_on(conn, new).await;
+        return insert_saga_at_once_on(conn, new, None).await;
     }
     let inserted = sqlx::query(&format!(
         "INSERT INTO paysaga_sagas (id, definition_id, workflow, version, idempotency_key,
@@ -1433,23 +1452,34 @@ async fn insert_saga_on(
 /// `saga_started` history row and the wake-up NOTIFY in one statement (one round trip; on the
 /// pool it commits by itself, without `BEGIN`/`COMMIT`). A key already taken inserts nothing
 /// and answers as [`insert_saga_on`] does.
+///
+/// With `worker` (see [`Store::create_saga_for`]) the saga is inserted held by that worker
+/// if it is live, as the claim would leave it (`owner`, `fence` 1), and no NOTIFY is sent;
+/// the worker row is read `FOR SHARE` as by the claim, so a worker stopping meanwhile
+/// releases it with the others it holds.
 async fn insert_saga_at_once_on(
     conn: &mut sqlx::PgConnection,
     new: NewSaga,
+    worker: Option<Uuid>,
 ) -> Result<(SagaRecord, bool), Error> {
     let started = crate::saga_started_entry(&new);
     // `n` runs because the final SELECT reads it (a SELECT in a WITH runs only if read).
     let inserted = sqlx::query(&format!(
-        "WITH s AS (
+        "WITH me AS (
+             SELECT id FROM paysaga_workers
+             WHERE id = $12 AND stopped_at IS NULL AND lease_expires_at > now()
+             FOR SHARE),
+         s AS (
              INSERT INTO paysaga_sagas (id, definition_id, workflow, version, idempotency_key,
-                                        input, status, run_at, trace_context)
-             VALUES ($1, $2, $3, $4, $5, $6, 'scheduled', now(), $7)
+                                        input, status, run_at, trace_context, owner, fence)
+             SELECT $1, $2, $3, $4, $5, $6, 'scheduled', now(), $7, (SELECT id FROM me),
+                    CASE WHEN EXISTS (SELECT 1 FROM me) THEN 1 ELSE 0 END
              ON CONFLICT (workflow, idempotency_key) DO NOTHING
              RETURNING {SAGA_COLUMNS}),
          h AS (
              INSERT INTO paysaga_history (saga_id, actor, kind, detail)
              SELECT s.id, $8, $9, $10 FROM s),
-         n AS (SELECT pg_notify($11, '') FROM s)
+         n AS (SELECT pg_notify($11, '') FROM s WHERE s.owner IS NULL)
          SELECT {SAGA_COLUMNS}, (SELECT count(*) FROM n) AS notified FROM s"
     ))
     .bind(new.id)
@@ -1463,6 +1493,7 @@ async fn insert_saga_at_once_on(
     .bind(started.kind.as_str())
     .bind(&started.detail)
     .bind(WAKEUP_CHANNEL)
+    .bind(worker)
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(row) = inserted {
@@ -1748,7 +1779,7 @@ impl Store for PgStore {
         if new.concurrency.is_none() {
             // One statement: it commits by itself.
             let mut conn = self.pool.acquire().await?;
-            return insert_saga_at_once_on(&mut conn, new).await;
+            return insert_saga_at_once_on(&mut conn, new, None).await;
         }
         let mut tx = self.pool.begin().await?;
         let created = insert_saga_on(&mut tx, new).await?;
@@ -1758,6 +1789,19 @@ impl Store for PgStore {
             tx.rollback().await?;
         }
         Ok(created)
+    }
+
+    async fn create_saga_for(
+        &self,
+        new: NewSaga,
+        worker: Uuid,
+    ) -> Result<(SagaRecord, bool), Error> {
+        if new.concurrency.is_some() {
+            // Queued for a slot of its key: the claim takes it when it holds one.
+            return self.create_saga(new).await;
+        }
+        let mut conn = self.pool.acquire().await?;
+        insert_saga_at_once_on(&mut conn, new, Some(worker)).await
     }
 
     async fn saga(&self, id: Uuid) -> Result<Option<SagaRecord>, Error> {

@@ -971,6 +971,88 @@ async fn stop_worker_releases_every_saga_it_holds(e: Env) {
     assert!(matches!(err, Error::LeaseLost { .. }));
 }
 
+/// `create_saga_for`: on PostgreSQL the new saga is held by the live worker it names, in
+/// the insert's own commit (fence 1, no wake-up sent, nobody else can claim it); a worker
+/// that stopped is given nothing (the saga is unowned, workers are woken) and its stop
+/// releases the sagas it was given. The SQLite store gives no saga (the default): every
+/// start goes through the claim there.
+async fn a_start_given_to_a_live_worker_is_held_by_it_alone_and_its_stop_releases_it(e: Env) {
+    let s = e.s();
+    let def = s
+        .put_definition(&definition("flow", 1, &[STEP]))
+        .await
+        .unwrap();
+    let new = |key: &str| NewSaga {
+        id: Uuid::new_v4(),
+        definition_id: def.id,
+        workflow: "flow".to_string(),
+        version: 1,
+        idempotency_key: Some(key.to_string()),
+        input: json!({"amount": "10.00"}),
+        actor: "test".to_string(),
+        concurrency: None,
+        trace_context: None,
+    };
+    let mut wakeups = e.store.wakeups().await.unwrap();
+    let w = worker(s, LONG_TTL).await;
+    let (given, created) = s.create_saga_for(new("a"), w).await.unwrap();
+    assert!(created);
+    if e.backend == Backend::Sqlite {
+        assert_eq!((given.owner, given.fence), (None, 0));
+        claim_one(s, w, given.id).await;
+        return;
+    }
+    assert_eq!((given.owner, given.fence), (Some(w), 1));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), wakeups.recv())
+            .await
+            .is_err(),
+        "a saga given to a worker wakes nobody"
+    );
+    let other = worker(s, LONG_TTL).await;
+    assert!(s.claim(other, &all_kinds(), 16).await.unwrap().is_empty());
+    assert_eq!(
+        history_kinds(s, given.id).await,
+        vec![HistoryKind::SagaStarted]
+    );
+    commit(s, &given, w, &transition(SagaStatus::Completed, 1), None)
+        .await
+        .unwrap();
+    // The same key again: that saga, as it is.
+    let (again, created) = s.create_saga_for(new("a"), other).await.unwrap();
+    assert!(!created);
+    assert_eq!((again.id, again.status), (given.id, SagaStatus::Completed));
+    // Its stop releases what it was given; a stopped worker is given nothing.
+    let held = worker(s, LONG_TTL).await;
+    let (b, _) = s.create_saga_for(new("b"), held).await.unwrap();
+    assert_eq!(b.owner, Some(held));
+    assert_eq!(s.stop_worker(held).await.unwrap(), 1);
+    assert_eq!(saga(s, b.id).await.owner, None);
+    while tokio::time::timeout(Duration::from_millis(300), wakeups.recv())
+        .await
+        .is_ok()
+    {}
+    let (c, created) = s.create_saga_for(new("c"), held).await.unwrap();
+    assert!(created);
+    assert_eq!((c.owner, c.fence), (None, 0));
+    tokio::time::timeout(Duration::from_secs(5), wakeups.recv())
+        .await
+        .expect("a saga given to nobody wakes the workers")
+        .unwrap();
+    let claimed: Vec<SagaRecord> = s
+        .claim(other, &all_kinds(), 16)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.saga)
+        .collect();
+    let mut claimed = ids(&claimed);
+    claimed.sort();
+    let mut expected = vec![b.id, c.id];
+    expected.sort();
+    assert_eq!(claimed, expected);
+}
+
 async fn release_gives_the_saga_back_unchanged(e: Env) {
     let s = e.s();
     let w = worker(s, LONG_TTL).await;
@@ -3311,6 +3393,7 @@ conformance!(
     commits_that_keep_the_saga_leave_run_at_and_are_hot_updates,
     reaper_releases_sagas_of_expired_workers_and_their_fence_is_stale,
     stop_worker_releases_every_saga_it_holds,
+    a_start_given_to_a_live_worker_is_held_by_it_alone_and_its_stop_releases_it,
     release_gives_the_saga_back_unchanged,
     commit_stores_done_retry_and_fail_transitions_with_their_history,
     commit_of_a_completed_saga_makes_it_final,

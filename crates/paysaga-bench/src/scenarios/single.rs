@@ -1,4 +1,7 @@
-//! Scenario 6: one 5-step `noop` saga at a time on an otherwise idle worker.
+//! Scenario 6: one 5-step `noop` saga at a time on an otherwise idle worker, in two
+//! deployments: the worker in a process of its own (the saga reaches it by NOTIFY and its
+//! claim), and the worker in the process that starts the saga (`Engine::start` inserts the
+//! saga held by that worker and hands it over in-process: no NOTIFY, no claim).
 //!
 //! Two figures per saga: **end to end**, measured here from calling `Engine::start` to
 //! seeing the saga finished (polled every millisecond, so it includes up to ~1 ms of
@@ -8,7 +11,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use paysaga_runtime::WorkerConfig;
 use serde::Serialize;
 use serde_json::json;
 use uuid::Uuid;
@@ -21,8 +25,17 @@ use crate::stats::Percentiles;
 /// Scenario 6.
 #[derive(Debug, Clone, Serialize)]
 pub struct Single {
-    /// Sagas measured (after 10 warm-up sagas).
+    /// Sagas measured per phase (after 10 warm-up sagas).
     pub sagas: usize,
+    /// The worker in a process of its own (woken by NOTIFY, claims the saga).
+    pub worker_process: SinglePhase,
+    /// The worker in the process that calls `Engine::start` (handed the saga in-process).
+    pub in_process: Option<SinglePhase>,
+}
+
+/// One deployment's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct SinglePhase {
     /// Start call to finished seen.
     pub end_to_end: Option<Percentiles>,
     /// `saga_started` to `saga_completed` (database clock).
@@ -30,9 +43,9 @@ pub struct Single {
     /// The `Engine::start` call alone.
     pub start_call: Option<Percentiles>,
     /// Where the time goes (history times, database clock, `clock_timestamp()`):
-    /// `saga_started` (inside the start transaction) -> first `step_completed` (the
-    /// start's commit, the NOTIFY to the worker, its claim transaction, the step and its
-    /// commit statement).
+    /// `saga_started` (inside the start's statement) -> first `step_completed` (the
+    /// start's commit, then the NOTIFY to the worker and its claim or the in-process
+    /// hand-off, the step and its commit statement).
     pub started_to_first_step: Option<Percentiles>,
     /// One `step_completed` -> the next (one step: its run and its one-statement commit,
     /// including the previous commit's WAL flush).
@@ -62,6 +75,41 @@ async fn run_in(setup: &Setup, sagas: usize, concurrency: usize) -> Result<Singl
     let reports = Arc::new(Reports::default());
     let workers = setup.spawn_workers(1, concurrency, "single", &reports)?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    let worker_process = measure(setup, sagas, "single").await;
+    stop_all(workers).await?;
+    let worker_process = worker_process?;
+    // The same with the worker in this process, on the engine that starts the sagas.
+    let mut config = WorkerConfig::default();
+    config.name = "single-in-process".to_string();
+    config.concurrency = concurrency;
+    let worker = setup.engine.worker(config);
+    let stats = worker.stats();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let in_process = measure(setup, sagas, "single-local").await;
+    let _ = stop.send(());
+    running
+        .await
+        .context("in-process worker task")?
+        .context("in-process worker")?;
+    let in_process = in_process?;
+    let handed = stats.handed.load(std::sync::atomic::Ordering::Relaxed);
+    if handed < sagas as u64 {
+        bail!("the in-process worker was handed {handed} of {sagas} sagas: the hand-off did not happen");
+    }
+    Ok(Single {
+        sagas,
+        worker_process,
+        in_process: Some(in_process),
+    })
+}
+
+/// Starts `sagas` sagas one at a time (after 10 warm-up ones), each after the previous one
+/// finished, and measures them.
+async fn measure(setup: &Setup, sagas: usize, label: &str) -> Result<SinglePhase> {
     let mut e2e = Vec::new();
     let mut start_call = Vec::new();
     let mut ids = Vec::new();
@@ -73,7 +121,11 @@ async fn run_in(setup: &Setup, sagas: usize, concurrency: usize) -> Result<Singl
         let t = Instant::now();
         let id = setup
             .engine
-            .start("noop", json!({"delay_ms": 0}), Some(&format!("single-{i}")))
+            .start(
+                "noop",
+                json!({"delay_ms": 0}),
+                Some(&format!("{label}-{i}")),
+            )
             .await?
             .saga_id;
         let started = t.elapsed();
@@ -103,7 +155,6 @@ async fn run_in(setup: &Setup, sagas: usize, concurrency: usize) -> Result<Singl
     let statements = crate::machine::top_statements(&setup.db.url, 14)
         .await
         .unwrap_or_default();
-    stop_all(workers).await?;
     // Gaps between consecutive history entries of each saga.
     let gaps: Vec<(String, String, f64)> = sqlx::query_as(
         "SELECT coalesce(lag(kind) OVER w, ''), kind,
@@ -140,8 +191,7 @@ async fn run_in(setup: &Setup, sagas: usize, concurrency: usize) -> Result<Singl
         (Some(e), Some(d), Some(s)) => Some(e.p50_ms - d.p50_ms - s.p50_ms),
         _ => None,
     };
-    Ok(Single {
-        sagas,
+    Ok(SinglePhase {
         end_to_end,
         in_database,
         start_call,
