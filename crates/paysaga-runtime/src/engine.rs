@@ -201,7 +201,10 @@ impl Engine {
         &self.registry
     }
 
-    /// A worker for this engine.
+    /// A worker for this engine. While it runs, [`Engine::start`] on this engine (or a clone)
+    /// gives it each new saga it has a free slot and every step kind for, in the insert's own
+    /// commit (PostgreSQL), and hands it over in-process: the first step starts without the
+    /// NOTIFY, the wake-up and the claim a worker in another process needs.
     pub fn worker(&self, config: WorkerConfig) -> Worker {
         Worker::new(self.clone(), config)
     }
