@@ -146,7 +146,14 @@ pub struct Engine {
     /// The workers running in this process on this engine (or a clone of it): `start`
     /// hands them new sagas directly.
     pub(crate) local: Arc<Mutex<Vec<crate::worker::LocalWorker>>>,
+    /// The latest version of each workflow this engine started, as last read (the insert
+    /// refuses it once it is outdated; see [`Engine::start_with`]).
+    latest: Arc<Mutex<HashMap<String, DefinitionRecord>>>,
 }
+
+/// How many times `start` resolves the latest version again after its insert found a newer
+/// one (a version submitted between the look-up and the insert, each time).
+const MAX_OUTDATED_RETRIES: u32 = 3;
 
 /// The default largest document [`Engine::put_document`] stores: 10 MiB.
 pub const DEFAULT_MAX_DOCUMENT_SIZE: usize = 10 * 1024 * 1024;
@@ -167,6 +174,14 @@ impl Engine {
             operator_detail: None,
             wait_poll: DEFAULT_WAIT_FALLBACK_POLL,
             local: Default::default(),
+            latest: Default::default(),
+        }
+    }
+
+    /// Forgets the remembered latest version of `workflow`.
+    fn forget_latest(&self, workflow: &str) {
+        if let Ok(mut latest) = self.latest.lock() {
+            latest.remove(workflow);
         }
     }
 
@@ -215,6 +230,7 @@ impl Engine {
     pub async fn submit_definition(&self, def: &Definition) -> Result<DefinitionRecord, Error> {
         def.compile(&|k| self.registry.traits(k), &self.registry.names())?;
         let record = self.store.put_definition(def).await?;
+        self.forget_latest(&def.name);
         info!(hash = %record.content_hash, "definition stored");
         Ok(record)
     }
@@ -238,20 +254,47 @@ impl Engine {
 
     /// Starts a saga. The input is checked against every step's parameters first; a bad
     /// input is refused with the step and field named, and nothing is stored.
+    ///
+    /// The latest version of a workflow is remembered by this engine (no look-up per start);
+    /// the insert itself refuses it once a newer version is stored, and the start is then
+    /// made again with that one.
     #[instrument(skip_all, fields(workflow = %req.workflow))]
     pub async fn start_with(&self, req: StartRequest) -> Result<Started, Error> {
+        let mut tries = 0;
+        loop {
+            match self.start_once(req.clone()).await {
+                Err(Error::Store(paysaga_store::Error::DefinitionOutdated { .. }))
+                    if tries < MAX_OUTDATED_RETRIES =>
+                {
+                    tries += 1;
+                    self.forget_latest(&req.workflow);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn start_once(&self, req: StartRequest) -> Result<Started, Error> {
         // A retried start returns its saga (the same input, compared as values) even if a
         // newer definition version would now refuse that input: the key is looked up when the
         // input is refused, and before documents are taken (they may be the saga's already);
         // otherwise the store's insert finds the saga holding the key (one round trip less
         // on the hot path).
-        let checked = self
-            .checked_input(&req)
-            .await
-            .and_then(|(record, documents)| {
-                let concurrency = concurrency_of(&record, &req.input)?;
-                Ok((record, documents, concurrency))
-            });
+        let check = || async {
+            self.checked_input(&req, true)
+                .await
+                .and_then(|(record, documents)| {
+                    let concurrency = concurrency_of(&record, &req.input)?;
+                    Ok((record, documents, concurrency))
+                })
+        };
+        let mut checked = check().await;
+        if checked.is_err() && req.version.is_none() {
+            // The remembered latest version may be outdated: refuse only what the latest
+            // stored version refuses.
+            self.forget_latest(&req.workflow);
+            checked = check().await;
+        }
         let look_up_key_first = checked
             .as_ref()
             .map_or(true, |(_, documents, _)| !documents.is_empty());
@@ -273,6 +316,7 @@ impl Engine {
             actor: req.actor,
             concurrency,
             trace_context: crate::trace_context::current(),
+            latest: req.version.is_none(),
         };
         // A worker of this process with a free slot takes the new saga in the insert's own
         // commit and runs it at once (no NOTIFY, wake-up and claim before its first step).
@@ -288,7 +332,11 @@ impl Engine {
         // another error the insert may have committed: they stay with the id (if no saga has
         // it, retention treats them as given to none).
         let not_inserted = matches!(&created, Ok((saga, _)) if saga.id != id)
-            || matches!(&created, Err(paysaga_store::Error::KeyReused { .. }));
+            || matches!(
+                &created,
+                Err(paysaga_store::Error::KeyReused { .. }
+                    | paysaga_store::Error::DefinitionOutdated { .. })
+            );
         if claimed && not_inserted {
             if let Err(e) = self.store.release_documents(id).await {
                 warn!(error = %e, "could not give back the documents of a saga that was not inserted; they go with retention");
@@ -358,7 +406,7 @@ impl Engine {
                 return started_for_key(existing, &req, key);
             }
         }
-        let (record, documents) = self.checked_input(&req).await?;
+        let (record, documents) = self.checked_input(&req, false).await?;
         let concurrency = concurrency_of(&record, &req.input)?;
         let ids: Vec<DocumentId> = documents.iter().map(|(_, id)| *id).collect();
         let workflow = req.workflow.clone();
@@ -374,6 +422,9 @@ impl Engine {
                 actor: req.actor,
                 concurrency,
                 trace_context: crate::trace_context::current(),
+                // Resolved just now, in the caller's transaction (documents it takes are
+                // held there under this id): as before, the version read is pinned.
+                latest: false,
             },
             &ids,
         )
@@ -457,18 +508,41 @@ impl Engine {
 
     /// The definition a start resolves to, with the input checked against every step and the
     /// documents the steps reference.
+    /// The definition `req` names (the latest version from this engine's memory when
+    /// `remembered` and no version is asked for; see [`Engine::start_with`]) and the
+    /// documents its input references.
     async fn checked_input(
         &self,
         req: &StartRequest,
+        remembered: bool,
     ) -> Result<(DefinitionRecord, Vec<(String, DocumentId)>), Error> {
-        let record = self
-            .store
-            .find_definition(&req.workflow, req.version)
-            .await?
-            .ok_or_else(|| Error::UnknownWorkflow {
-                workflow: req.workflow.clone(),
-                version: req.version,
-            })?;
+        let known = match (remembered, req.version) {
+            (true, None) => self
+                .latest
+                .lock()
+                .ok()
+                .and_then(|latest| latest.get(&req.workflow).cloned()),
+            _ => None,
+        };
+        let record = match known {
+            Some(record) => record,
+            None => {
+                let record = self
+                    .store
+                    .find_definition(&req.workflow, req.version)
+                    .await?
+                    .ok_or_else(|| Error::UnknownWorkflow {
+                        workflow: req.workflow.clone(),
+                        version: req.version,
+                    })?;
+                if req.version.is_none() {
+                    if let Ok(mut latest) = self.latest.lock() {
+                        latest.insert(req.workflow.clone(), record.clone());
+                    }
+                }
+                record
+            }
+        };
         let loaded = self.load(record.id).await?;
         let documents = self.validate_input(&loaded, &req.input)?;
         Ok((record, documents))

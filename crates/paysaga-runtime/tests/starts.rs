@@ -180,3 +180,77 @@ async fn a_start_hands_the_saga_to_a_worker_of_its_process_and_goes_the_usual_wa
     stop.send(()).unwrap();
     running.await.unwrap().unwrap();
 }
+
+/// An engine remembers a workflow's latest version instead of reading it at every start, and
+/// never starts an outdated one: a version submitted by another process is picked up by the
+/// next start (the insert refuses the remembered one; the start is made again), and an input
+/// the remembered version refuses is checked against the latest stored one before it is
+/// refused.
+#[tokio::test]
+async fn a_start_uses_a_version_another_process_submitted_since_the_engine_last_looked() {
+    let db = paysaga_testkit::database().await;
+    let engine = engine(db.url()).await;
+    let other = engine_without_definitions(db.url()).await;
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let version_of = |id: uuid::Uuid| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i32>("SELECT version FROM paysaga_sagas WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let constant = |version: u32| {
+        let mut def = noop::noop_definition();
+        def.version = version;
+        def.steps.truncate(1);
+        def.steps[0].params = json!({"delay_ms": 0});
+        def
+    };
+
+    let first = engine
+        .start("noop", json!({"delay_ms": 0}), Some("one"))
+        .await
+        .unwrap();
+    assert_eq!(version_of(first.saga_id).await, 1);
+    // Version 1 refuses an input without delay_ms; version 2 (another process) takes any.
+    let pinned = engine
+        .start_with(paysaga_runtime::StartRequest {
+            workflow: "noop".into(),
+            version: Some(1),
+            input: json!({}),
+            idempotency_key: Some("pinned".into()),
+            actor: "test".into(),
+        })
+        .await;
+    assert!(
+        matches!(pinned, Err(Error::InvalidInput { .. })),
+        "{pinned:?}"
+    );
+    other.submit_definition(&constant(2)).await.unwrap();
+    let second = engine.start("noop", json!({}), Some("two")).await.unwrap();
+    assert_eq!(version_of(second.saga_id).await, 2);
+    // Version 3 (another process) while this engine remembers version 2, which would take
+    // the input too: the insert refuses version 2 and the start is made with version 3.
+    other.submit_definition(&constant(3)).await.unwrap();
+    let third = engine
+        .start("noop", json!({"delay_ms": 0}), Some("three"))
+        .await
+        .unwrap();
+    assert!(third.created);
+    assert_eq!(version_of(third.saga_id).await, 3);
+    let sagas: i64 = sqlx::query_scalar("SELECT count(*) FROM paysaga_sagas")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(sagas, 3);
+}
+
+async fn engine_without_definitions(url: &str) -> Engine {
+    let store = PgStore::connect(url).await.unwrap();
+    let mut registry = Registry::new();
+    registry.register(noop::Sleep);
+    Engine::new(Arc::new(store), registry)
+}

@@ -91,6 +91,16 @@ pub enum Error {
         /// The existing saga.
         saga: Uuid,
     },
+    /// A start resolved the workflow's latest version, and a newer one was stored before its
+    /// insert (see [`NewSaga::latest`]): nothing was written; resolve the latest version
+    /// again and start again (`Engine::start` does).
+    #[error("workflow {workflow}: version {version} is no longer the latest (a newer version was submitted); nothing was started: resolve the latest version again and retry")]
+    DefinitionOutdated {
+        /// Workflow.
+        workflow: String,
+        /// The version the start resolved.
+        version: u32,
+    },
     /// A stored value could not be read back (schema drift or manual edits).
     #[error("corrupt row: {0}")]
     Corrupt(String),

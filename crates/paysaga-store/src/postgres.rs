@@ -1401,6 +1401,7 @@ async fn insert_saga_on(
     if key.is_none() {
         return insert_saga_at_once_on(conn, new, None).await;
     }
+    refuse_if_outdated_on(conn, &new).await?;
     let inserted = sqlx::query(&format!(
         "INSERT INTO paysaga_sagas (id, definition_id, workflow, version, idempotency_key,
                                     input, status, run_at, concurrency_key, concurrency_limit,
@@ -1474,6 +1475,8 @@ async fn insert_saga_at_once_on(
                                         input, status, run_at, trace_context, owner, fence)
              SELECT $1, $2, $3, $4, $5, $6, 'scheduled', now(), $7, (SELECT id FROM me),
                     CASE WHEN EXISTS (SELECT 1 FROM me) THEN 1 ELSE 0 END
+             WHERE NOT ($13 AND EXISTS (SELECT 1 FROM paysaga_definitions d
+                                        WHERE d.name = $3 AND d.version > $4))
              ON CONFLICT (workflow, idempotency_key) DO NOTHING
              RETURNING {SAGA_COLUMNS}),
          h AS (
@@ -1494,12 +1497,37 @@ async fn insert_saga_at_once_on(
     .bind(&started.detail)
     .bind(WAKEUP_CHANNEL)
     .bind(worker)
+    .bind(new.latest)
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(row) = inserted {
         return Ok((saga_from_row(&row)?, true));
     }
+    // Nothing inserted: a newer version (only when `latest`), or the key taken.
+    refuse_if_outdated_on(conn, &new).await?;
     existing_by_key_on(conn, new).await
+}
+
+/// [`Error::DefinitionOutdated`] if `new` resolved the latest version of its workflow and a
+/// newer one is stored (index `paysaga_definitions_name_version_key`).
+async fn refuse_if_outdated_on(conn: &mut sqlx::PgConnection, new: &NewSaga) -> Result<(), Error> {
+    if !new.latest {
+        return Ok(());
+    }
+    let newer: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM paysaga_definitions WHERE name = $1 AND version > $2)",
+    )
+    .bind(&new.workflow)
+    .bind(new.version as i32)
+    .fetch_one(&mut *conn)
+    .await?;
+    if newer {
+        return Err(Error::DefinitionOutdated {
+            workflow: new.workflow.clone(),
+            version: new.version,
+        });
+    }
+    Ok(())
 }
 
 /// The saga an insert found holding `new`'s idempotency key: committed by a concurrent start

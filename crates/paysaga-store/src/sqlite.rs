@@ -776,6 +776,22 @@ impl Store for SqliteStore {
         }
         let now = ts(Utc::now());
         let mut tx = self.write_tx().await?;
+        if new.latest {
+            let newer: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM paysaga_definitions WHERE name = $1 AND version > $2)",
+            )
+            .bind(&new.workflow)
+            .bind(i64::from(new.version))
+            .fetch_one(&mut *tx)
+            .await?;
+            if newer {
+                tx.rollback().await?;
+                return Err(Error::DefinitionOutdated {
+                    workflow: new.workflow.clone(),
+                    version: new.version,
+                });
+            }
+        }
         // A saga with a concurrency key is inserted queued (no run_at), then given a free slot
         // of its key if there is one (the oldest queued saga of the key first).
         let key = new.concurrency.as_ref().map(|c| c.key.clone());

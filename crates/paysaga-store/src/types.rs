@@ -51,6 +51,12 @@ pub struct NewSaga {
     /// The W3C trace context (`{"traceparent": .., "tracestate": ..}` as JSON) of the span
     /// that started it, which the worker's spans for it continue (runtime feature `otel`).
     pub trace_context: Option<String>,
+    /// `definition_id` was resolved as the workflow's latest version (no version asked for):
+    /// the insert is refused with [`crate::Error::DefinitionOutdated`], writing nothing, if
+    /// a newer version of the workflow is stored by then. So a start never pins an older
+    /// version than the latest one committed before it, even when its caller resolved the
+    /// latest version from a cache.
+    pub latest: bool,
 }
 
 /// A saga's concurrency key: at most `limit` open sagas with the same `key` hold a slot, and

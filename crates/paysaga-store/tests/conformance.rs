@@ -129,6 +129,7 @@ async fn start(store: &dyn Store, workflow: &str, kinds: &[&str], key: Option<&s
             actor: "test".to_string(),
             concurrency: None,
             trace_context: None,
+            latest: false,
         })
         .await
         .unwrap();
@@ -373,6 +374,7 @@ async fn start_is_idempotent_per_key_and_a_reused_key_with_another_input_is_refu
         actor: "test".to_string(),
         concurrency: None,
         trace_context: None,
+        latest: false,
     };
     let (existing, created) = s.create_saga(same.clone()).await.unwrap();
     assert!(!created);
@@ -400,6 +402,77 @@ async fn start_is_idempotent_per_key_and_a_reused_key_with_another_input_is_refu
     assert_eq!(history[0].actor.as_deref(), Some("test"));
 }
 
+/// A start that resolved the latest version (`NewSaga::latest`) is refused, writing
+/// nothing, once a newer version is stored; with that version it starts, and a start that
+/// pinned the old version on purpose still may. Both insert paths: with and without a
+/// concurrency key, and (PostgreSQL) the one giving the saga to a worker.
+async fn a_start_resolved_against_a_version_no_longer_the_latest_writes_nothing(e: Env) {
+    let s = e.s();
+    let v1 = s
+        .put_definition(&definition("flow", 1, &[STEP]))
+        .await
+        .unwrap();
+    let v2 = s
+        .put_definition(&definition("flow", 2, &[STEP]))
+        .await
+        .unwrap();
+    let w = worker(s, LONG_TTL).await;
+    let new =
+        |def: &paysaga_store::DefinitionRecord, key: &str, latest: bool, keyed: bool| NewSaga {
+            id: Uuid::new_v4(),
+            definition_id: def.id,
+            workflow: "flow".to_string(),
+            version: def.version,
+            idempotency_key: Some(key.to_string()),
+            input: json!({"amount": "10.00"}),
+            actor: "test".to_string(),
+            concurrency: keyed.then(|| paysaga_store::SagaConcurrency {
+                key: "payee:p1".to_string(),
+                limit: 1,
+                holds_slot: false,
+            }),
+            trace_context: None,
+            latest,
+        };
+    for keyed in [false, true] {
+        let key = format!("k-{keyed}");
+        for given in [false, true] {
+            let outdated = if given {
+                s.create_saga_for(new(&v1, &key, true, keyed), w).await
+            } else {
+                s.create_saga(new(&v1, &key, true, keyed)).await
+            };
+            match outdated {
+                Err(Error::DefinitionOutdated { workflow, version }) => {
+                    assert_eq!((workflow.as_str(), version), ("flow", 1));
+                }
+                other => panic!(
+                    "keyed {keyed}, given {given}: expected DefinitionOutdated, got {other:?}"
+                ),
+            }
+        }
+        let listed = s
+            .list_sagas(&SagaFilter {
+                workflow: Some("flow".to_string()),
+                ..SagaFilter::default()
+            })
+            .await
+            .unwrap();
+        assert!(listed
+            .iter()
+            .all(|x| x.idempotency_key.as_deref() != Some(key.as_str())));
+        let (latest, created) = s.create_saga(new(&v2, &key, true, keyed)).await.unwrap();
+        assert!(created);
+        assert_eq!(latest.version, 2);
+        let (pinned, created) = s
+            .create_saga(new(&v1, &format!("{key}-pinned"), false, keyed))
+            .await
+            .unwrap();
+        assert!(created);
+        assert_eq!(pinned.version, 1);
+    }
+}
+
 async fn concurrent_starts_with_one_key_create_exactly_one_saga(e: Env) {
     let def = e
         .s()
@@ -422,6 +495,7 @@ async fn concurrent_starts_with_one_key_create_exactly_one_saga(e: Env) {
                     actor: "test".to_string(),
                     concurrency: None,
                     trace_context: None,
+                    latest: false,
                 })
                 .await
                 .unwrap()
@@ -992,6 +1066,7 @@ async fn a_start_given_to_a_live_worker_is_held_by_it_alone_and_its_stop_release
         actor: "test".to_string(),
         concurrency: None,
         trace_context: None,
+        latest: false,
     };
     let mut wakeups = e.store.wakeups().await.unwrap();
     let w = worker(s, LONG_TTL).await;
@@ -2287,6 +2362,7 @@ async fn a_start_retried_with_the_same_input_written_differently_returns_the_sag
         actor: "test".to_string(),
         concurrency: None,
         trace_context: None,
+        latest: false,
     };
     let first: Value = serde_json::from_str(
         r#"{"amount_minor": 100, "currency": "NGN", "payee": {"id": "p1", "bank": "058"}}"#,
@@ -3382,6 +3458,7 @@ conformance!(
     definition_submit_is_idempotent_and_changed_content_is_refused,
     start_is_idempotent_per_key_and_a_reused_key_with_another_input_is_refused,
     concurrent_starts_with_one_key_create_exactly_one_saga,
+    a_start_resolved_against_a_version_no_longer_the_latest_writes_nothing,
     claim_bumps_the_fence_and_a_stale_fence_cannot_commit,
     worker_whose_lease_expired_cannot_commit_even_before_it_is_reaped,
     heartbeat_extends_a_live_lease,
@@ -3943,6 +4020,7 @@ async fn start_keyed(store: &dyn Store, workflow: &str, key: &str, limit: u32) -
                 holds_slot: false,
             }),
             trace_context: None,
+            latest: false,
         })
         .await
         .unwrap();
@@ -4175,6 +4253,7 @@ async fn conditional_steps_whose_condition_fails_are_skipped_with_a_history_row_
             actor: "test".to_string(),
             concurrency: None,
             trace_context: None,
+            latest: false,
         })
         .await
         .unwrap();
@@ -4911,6 +4990,7 @@ async fn a_saga_keeps_the_trace_context_of_its_start_and_its_children_inherit_it
             actor: "test".to_string(),
             concurrency: None,
             trace_context: Some(context.to_string()),
+            latest: false,
         })
         .await
         .unwrap();
