@@ -441,7 +441,19 @@ impl Worker {
             let look = claim_now || last_look.elapsed() >= look_every;
             let free = permits.available_permits();
             let mut claimed_all = false;
-            if claim_now && free > 0 {
+            // The slots are taken before the claim: a start handing a saga to this worker
+            // meanwhile cannot leave a claimed saga held while it waits for a slot.
+            let slots = if claim_now && free > 0 {
+                permits.clone().try_acquire_many_owned(free as u32).ok()
+            } else {
+                None
+            };
+            if claim_now && free > 0 && slots.is_none() {
+                // A start took a slot since `free` was read: count again.
+                woken = true;
+                continue;
+            }
+            if let Some(mut slots) = slots {
                 match self
                     .engine
                     .store
@@ -462,8 +474,10 @@ impl Worker {
                             .claimed
                             .fetch_add(batch.len() as u64, Ordering::Relaxed);
                         for claimed in batch {
-                            let Ok(permit) = permits.clone().acquire_owned().await else {
-                                break;
+                            // At most `free` sagas come back, one slot each.
+                            let Some(permit) = slots.split(1) else {
+                                shared.give_back(&claimed.saga, shared.id());
+                                continue;
                             };
                             spawn_saga(&mut tasks, &shared, claimed.saga, permit);
                         }

@@ -969,12 +969,16 @@ async fn commits_that_keep_the_saga_leave_run_at_and_are_hot_updates(e: Env) {
 
 async fn heartbeat_extends_a_live_lease(e: Env) {
     let s = e.s();
-    let w = worker(s, Duration::from_millis(400)).await;
+    // Four beats 300 ms apart outlive the 1 s lease only because each extends it; each beat
+    // has 700 ms of slack (a 400 ms lease beaten every 150 ms failed once on a loaded
+    // machine, its SQLite beat late).
+    let ttl = Duration::from_millis(1000);
+    let w = worker(s, ttl).await;
     let started = start(s, "flow", &[STEP], None).await;
     let claimed = claim_one(s, w, started.id).await;
     for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        assert!(s.heartbeat(w, Duration::from_millis(400)).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(s.heartbeat(w, ttl).await.unwrap());
     }
     assert_eq!(s.reap_expired_workers().await.unwrap(), 0);
     commit(s, &claimed, w, &transition(SagaStatus::Completed, 1), None)
