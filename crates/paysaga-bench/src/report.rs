@@ -748,7 +748,9 @@ impl Report {
             if let Some(p) = &s.in_process {
                 let _ = writeln!(
                     o,
-                    "  worker in the starting process (handed over by Engine::start, no claim):"
+                    "  worker in the starting process (handed over by Engine::start, no claim; {} of {} sagas handed):",
+                    s.handed.map_or("-".to_string(), |h| h.to_string()),
+                    s.sagas + 10
                 );
                 render_single_phase(&mut o, p, s.sagas);
             }

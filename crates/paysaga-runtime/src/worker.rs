@@ -360,10 +360,10 @@ impl Worker {
             running: Mutex::new(HashSet::new()),
             clock_offset_ms: AtomicI64::new(0),
         });
-        register(&shared).await?;
-        shared.sync_clock().await;
         let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
-        // `Engine::start` in this process hands new sagas straight to this worker.
+        // `Engine::start` in this process hands new sagas straight to this worker, from the
+        // moment its registration is stored (a saga handed before the loop below runs waits
+        // in the channel).
         let (handoff, mut handed) = mpsc::unbounded_channel::<Handed>();
         if let Ok(mut local) = self.engine.local.lock() {
             local.push(LocalWorker {
@@ -376,6 +376,8 @@ impl Worker {
             engine: self.engine.clone(),
             shared: Arc::downgrade(&shared),
         };
+        register(&shared).await?;
+        shared.sync_clock().await;
         for group in self.engine.store.sagas_needing_other_kinds(&kinds).await? {
             warn!(
                 workflow = %group.workflow, version = group.version, sagas = group.sagas,
@@ -756,14 +758,17 @@ async fn register(shared: &Shared) -> Result<(), Error> {
         pid: std::process::id(),
         step_kinds: shared.kinds.clone(),
     };
+    // The id first: a start that reads it before the row is stored only finds the worker
+    // not live (and wakes workers instead of handing it the saga); one that finds the row
+    // finds the id too.
+    if let Ok(mut g) = shared.worker_id.lock() {
+        *g = id;
+    }
     shared
         .engine
         .store
         .register_worker(&info, shared.config.lease_ttl)
         .await?;
-    if let Ok(mut g) = shared.worker_id.lock() {
-        *g = id;
-    }
     shared.lease.renewed(sent);
     info!(worker_id = %id, name = %shared.config.name, kinds = ?shared.kinds, "worker registered");
     Ok(())

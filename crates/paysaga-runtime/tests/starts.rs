@@ -115,6 +115,11 @@ async fn a_start_hands_the_saga_to_a_worker_of_its_process_and_goes_the_usual_wa
     while live().await == 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The worker claims at its start and after each task ends, holding its free slots for
+    // that round trip; a start meanwhile is not handed (it goes the usual way, by design).
+    // The hand-offs below start when the worker is idle.
+    let settle = || tokio::time::sleep(Duration::from_millis(300));
+    settle().await;
     let count = |kind: &'static str, saga: uuid::Uuid| {
         let pool = pool.clone();
         async move {
@@ -142,6 +147,7 @@ async fn a_start_hands_the_saga_to_a_worker_of_its_process_and_goes_the_usual_wa
     assert_eq!(count("saga_completed", a.saga_id).await, 1);
 
     // The one slot busy: the next start is not handed; the worker claims it afterwards.
+    settle().await;
     let long = engine
         .start("noop", json!({"delay_ms": 100}), Some("long"))
         .await

