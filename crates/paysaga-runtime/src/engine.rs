@@ -288,8 +288,13 @@ impl Engine {
                     Ok((record, documents, concurrency))
                 })
         };
+        let remembered = req.version.is_none()
+            && self
+                .latest
+                .lock()
+                .is_ok_and(|latest| latest.contains_key(&req.workflow));
         let mut checked = check().await;
-        if checked.is_err() && req.version.is_none() {
+        if checked.is_err() && remembered {
             // The remembered latest version may be outdated: refuse only what the latest
             // stored version refuses.
             self.forget_latest(&req.workflow);
@@ -306,18 +311,8 @@ impl Engine {
         let (record, documents, concurrency) = checked?;
         let id = Uuid::new_v4();
         let claimed = self.claim_documents(&req, id, &documents).await?;
-        let new = NewSaga {
-            id,
-            definition_id: record.id,
-            workflow: record.name.clone(),
-            version: record.version,
-            idempotency_key: req.idempotency_key,
-            input: req.input,
-            actor: req.actor,
-            concurrency,
-            trace_context: crate::trace_context::current(),
-            latest: req.version.is_none(),
-        };
+        let latest = req.version.is_none();
+        let new = new_saga(id, &record, req, concurrency, latest);
         // A worker of this process with a free slot takes the new saga in the insert's own
         // commit and runs it at once (no NOTIFY, wake-up and claim before its first step).
         let local = self.reserve_local_worker(id, &record.step_kinds);
@@ -410,22 +405,11 @@ impl Engine {
         let concurrency = concurrency_of(&record, &req.input)?;
         let ids: Vec<DocumentId> = documents.iter().map(|(_, id)| *id).collect();
         let workflow = req.workflow.clone();
+        // Resolved just now, in the caller's transaction (documents it takes are held there
+        // under this id): as before, the version read is pinned (`latest: false`).
         let (saga, created) = paysaga_store::PgStore::create_saga_in(
             conn,
-            NewSaga {
-                id: Uuid::new_v4(),
-                definition_id: record.id,
-                workflow: record.name.clone(),
-                version: record.version,
-                idempotency_key: req.idempotency_key,
-                input: req.input,
-                actor: req.actor,
-                concurrency,
-                trace_context: crate::trace_context::current(),
-                // Resolved just now, in the caller's transaction (documents it takes are
-                // held there under this id): as before, the version read is pinned.
-                latest: false,
-            },
+            new_saga(Uuid::new_v4(), &record, req, concurrency, false),
             &ids,
         )
         .await
@@ -506,8 +490,6 @@ impl Engine {
         }
     }
 
-    /// The definition a start resolves to, with the input checked against every step and the
-    /// documents the steps reference.
     /// The definition `req` names (the latest version from this engine's memory when
     /// `remembered` and no version is asked for; see [`Engine::start_with`]) and the
     /// documents its input references.
@@ -1452,6 +1434,28 @@ fn concurrency_of(
         limit: c.limit,
         holds_slot: false,
     }))
+}
+
+/// The saga `req` starts as `id`, of definition `record`.
+fn new_saga(
+    id: Uuid,
+    record: &DefinitionRecord,
+    req: StartRequest,
+    concurrency: Option<paysaga_store::SagaConcurrency>,
+    latest: bool,
+) -> NewSaga {
+    NewSaga {
+        id,
+        definition_id: record.id,
+        workflow: record.name.clone(),
+        version: record.version,
+        idempotency_key: req.idempotency_key,
+        input: req.input,
+        actor: req.actor,
+        concurrency,
+        trace_context: crate::trace_context::current(),
+        latest,
+    }
 }
 
 #[cfg(test)]

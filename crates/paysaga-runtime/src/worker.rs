@@ -135,14 +135,6 @@ pub(crate) struct LocalWorker {
     handoff: mpsc::UnboundedSender<Handed>,
 }
 
-impl std::fmt::Debug for Handed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Handed")
-            .field("saga", &self.saga.id)
-            .finish()
-    }
-}
-
 impl LocalWorker {
     /// Reserves a slot of this worker for saga `id` about to be inserted, if the worker runs,
     /// is not stopping, has a free slot and has every step kind of the saga's definition.

@@ -180,6 +180,11 @@ fn next_due_sql() -> String {
 /// The sagas a worker holds (`$1`), served by the partial index `paysaga_sagas_owner`.
 const OWNED_SQL: &str = "SELECT id, fence FROM paysaga_sagas WHERE owner = $1";
 
+/// Whether workflow `$1` has a version newer than `$2` (index
+/// `paysaga_definitions_name_version_key`; test `hot_path_queries_use_their_indexes`).
+const NEWER_VERSION_SQL: &str =
+    "SELECT EXISTS (SELECT 1 FROM paysaga_definitions WHERE name = $1 AND version > $2)";
+
 /// A pooled connection idle at least this long is pinged before it is handed out.
 const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(5);
 
@@ -1514,13 +1519,11 @@ async fn refuse_if_outdated_on(conn: &mut sqlx::PgConnection, new: &NewSaga) -> 
     if !new.latest {
         return Ok(());
     }
-    let newer: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM paysaga_definitions WHERE name = $1 AND version > $2)",
-    )
-    .bind(&new.workflow)
-    .bind(new.version as i32)
-    .fetch_one(&mut *conn)
-    .await?;
+    let newer: bool = sqlx::query_scalar(NEWER_VERSION_SQL)
+        .bind(&new.workflow)
+        .bind(new.version as i32)
+        .fetch_one(&mut *conn)
+        .await?;
     if newer {
         return Err(Error::DefinitionOutdated {
             workflow: new.workflow.clone(),
@@ -3765,6 +3768,26 @@ mod tests {
             "claim plan:\n{claim}"
         );
         let due = plan(&pool, &next_due_sql(), &kinds).await;
+        // A deployment has a handful of definitions, where a scan is the planner's cheaper
+        // choice; with scans priced out, the key serves it (as it will once there are many).
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query("SET LOCAL enable_seqscan = off")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let newer: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {NEWER_VERSION_SQL}"))
+            .bind("flow")
+            .bind(1_i32)
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        assert!(
+            newer
+                .join("\n")
+                .contains("paysaga_definitions_name_version_key"),
+            "newer version plan: {newer:?}"
+        );
         let owned: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {OWNED_SQL}"))
             .bind(Uuid::new_v4())
             .fetch_all(&pool)
