@@ -107,7 +107,7 @@ impl Server {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let opts = format!(
             "-p {port} -c listen_addresses=127.0.0.1 -k {} -c shared_preload_libraries=pg_stat_statements \
-             -c pg_stat_statements.track=top -c track_activity_query_size=8192 -c max_connections=200",
+             -c pg_stat_statements.track=top -c pg_stat_statements.track_planning=on -c track_activity_query_size=8192 -c max_connections=200",
             root.to_string_lossy()
         );
         let log = root.join("server.log").to_string_lossy().to_string();

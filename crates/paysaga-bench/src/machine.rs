@@ -266,6 +266,11 @@ pub struct StatementStat {
     pub rows: i64,
     /// WAL bytes it generated.
     pub wal_bytes: i64,
+    /// Times it was planned (0 unless the server tracks planning, as the private cluster
+    /// does): a prepared statement run on a generic plan is planned once per connection.
+    pub plans: i64,
+    /// Total planning time, ms (same condition).
+    pub plan_ms: f64,
 }
 
 /// The statements of this database by total execution time (top `limit`).
@@ -276,7 +281,8 @@ pub async fn top_statements(url: &str, limit: i64) -> Result<Vec<StatementStat>>
         return Ok(Vec::new());
     }
     let rows = sqlx::query(
-        "SELECT query, calls, total_exec_time, mean_exec_time, rows, wal_bytes::bigint
+        "SELECT query, calls, total_exec_time, mean_exec_time, rows, wal_bytes::bigint,
+                plans, total_plan_time
          FROM pg_stat_statements
          WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
            AND query NOT ILIKE '%pg_stat_statements%' AND query NOT ILIKE '%pg_stat_database%'
@@ -297,6 +303,8 @@ pub async fn top_statements(url: &str, limit: i64) -> Result<Vec<StatementStat>>
                 mean_ms: r.try_get(3)?,
                 rows: r.try_get(4)?,
                 wal_bytes: r.try_get(5)?,
+                plans: r.try_get(6)?,
+                plan_ms: r.try_get(7)?,
             })
         })
         .collect()

@@ -643,17 +643,19 @@ impl Report {
                 );
                 let _ = writeln!(
                     o,
-                    "  {:>8} {:>9} {:>8} {:>9}  query",
-                    "calls", "total ms", "mean ms", "WAL B"
+                    "  {:>8} {:>9} {:>8} {:>9} {:>7} {:>8}  query",
+                    "calls", "total ms", "mean ms", "WAL B", "plans", "plan ms"
                 );
                 for s in x.top_statements.iter().take(8) {
                     let _ = writeln!(
                         o,
-                        "  {:>8} {:>9.0} {:>8.3} {:>9}  {}",
+                        "  {:>8} {:>9.0} {:>8.3} {:>9} {:>7} {:>8.0}  {}",
                         s.calls,
                         s.total_ms,
                         s.mean_ms,
                         s.wal_bytes,
+                        s.plans,
+                        s.plan_ms,
                         s.query.chars().take(90).collect::<String>()
                     );
                 }

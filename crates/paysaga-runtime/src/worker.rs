@@ -432,8 +432,11 @@ impl Worker {
             }
             let claim_now =
                 std::mem::take(&mut woken) || known_due.is_some_and(|at| at <= shared.now());
-            let look = claim_now || last_look.elapsed() >= look_every;
             let free = permits.available_permits();
+            // With every slot taken nothing could be claimed: when the next saga is due can
+            // wait until a task ends (it wakes this loop). Under load this is the pass right
+            // after a claim that filled the last slots, one statement per claim otherwise.
+            let look = (claim_now && free > 0) || last_look.elapsed() >= look_every;
             let mut claimed_all = false;
             // The slots are taken before the claim: a start handing a saga to this worker
             // meanwhile cannot leave a claimed saga held while it waits for a slot.
