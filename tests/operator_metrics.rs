@@ -450,6 +450,7 @@ async fn alert_rules_and_dashboard_pass_promtool_and_name_only_metrics_a_worker_
         "paysaga_unrunnable_sagas",
         "up{job=\"paysaga\"} == 0",
         "paysaga_inbox_events_total{result=~\"busy|not_stored\"}",
+        "paysaga_drift",
     ] {
         assert!(
             rule_exprs.iter().any(|e| e.contains(needed)),
@@ -506,6 +507,9 @@ async fn alert_rules_and_dashboard_pass_promtool_and_name_only_metrics_a_worker_
         // Needs a duplicate funding deposit at Lumanu (tests/payouts.rs makes one); its
         // registration is checked below.
         "paysaga_saga_alerts_total",
+        // Exported once a reconciliation run is stored (none is here); tests/reconciliation.rs
+        // scrapes it from a worker after its periodic run. Its registration is checked below.
+        "paysaga_drift",
     ];
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
@@ -535,6 +539,12 @@ async fn alert_rules_and_dashboard_pass_promtool_and_name_only_metrics_a_worker_
             .unwrap()
             .contains("\"saga_alerts\""),
         "paysaga_saga_alerts_total is registered as saga_alerts"
+    );
+    assert!(
+        std::fs::read_to_string(repo().join("crates/paysaga-runtime/src/metrics.rs"))
+            .unwrap()
+            .contains("\"drift\""),
+        "paysaga_drift is registered as drift"
     );
 }
 
