@@ -662,7 +662,8 @@ impl PgStore {
             Some(Ok(Grouped::Applied(a))) => Some(a),
             Some(Ok(Grouped::Refused)) => None,
             Some(Err(e)) => return Err(e),
-            // Its group's statement failed, or the leader running it was dropped: alone.
+            // Its group's statement failed or left it out (a child's end), or the leader
+            // running it was dropped: alone.
             Some(Ok(Grouped::Alone)) | None => commit_one(pool, &simple).await?,
         };
         let Some(applied) = outcome else {
@@ -744,7 +745,8 @@ impl SimpleCommit {
 enum Grouped {
     Applied(Applied),
     Refused,
-    /// The group's statement failed as a whole: the commit is made alone.
+    /// Not made in the group's statement (it failed as a whole, or the commit ends a child
+    /// saga): the commit is made alone.
     Alone,
 }
 
@@ -877,7 +879,11 @@ async fn commit_many(pool: &PgPool, batch: &[Arc<SimpleCommit>]) -> Result<Vec<G
             .ok()
             .and_then(|i| outcomes.get_mut(i))
             .ok_or_else(|| Error::Corrupt(format!("group commit answered for commit #{n}")))?;
-        *slot = Grouped::Applied(Applied::from_row(&row)?);
+        *slot = if row.try_get("alone")? {
+            Grouped::Alone
+        } else {
+            Grouped::Applied(Applied::from_row(&row)?)
+        };
     }
     Ok(outcomes)
 }
@@ -963,6 +969,15 @@ FROM lease";
 /// it) without holding the others back. The rows are locked in id order, so two groups never
 /// wait for each other in a cycle. One notification for the whole statement.
 ///
+/// A child saga's final commit (`alone`: it has a parent) is not made here: its row comes
+/// back marked `alone` and the committer makes it in a statement of its own. Its end counts
+/// itself on the parent's fan-out row and may wake the parent (trigger
+/// `paysaga_child_ended`), so a statement ending children of two parents would lock two
+/// fan-out rows in an order of its own, and two such statements in opposite orders would
+/// deadlock (PostgreSQL breaks the cycle after `deadlock_timeout` by failing one). Alone, a
+/// child's end locks one parent and one fan-out row (test
+/// `a_group_leaves_a_child_sagas_end_to_a_statement_of_its_own`).
+///
 /// The batch travels as JSON, not as arrays, for the plan cache: the planner sizes
 /// `UNNEST` of a constant array exactly in a custom plan and guesses in a generic one, so a
 /// statement of arrays is planned again at every execution (~1.3 ms for this one, more than
@@ -978,7 +993,8 @@ WITH c AS (
              output_value jsonb, last_error text, keep bool, final bool, token uuid,
              effect_possible bool, notify bool, n int8)),
 lease AS (
-    SELECT s.id, s.cancel_requested, c.n FROM paysaga_sagas s JOIN c ON s.id = c.id
+    SELECT s.id, s.cancel_requested, c.n, c.final AND s.parent_id IS NOT NULL AS alone
+    FROM paysaga_sagas s JOIN c ON s.id = c.id
     WHERE s.id = ANY(ARRAY(SELECT id FROM c)) AND s.owner = c.worker AND s.fence = c.fence
       AND s.last_commit IS DISTINCT FROM c.token
       AND EXISTS (SELECT 1 FROM paysaga_workers w
@@ -1003,7 +1019,7 @@ upd AS (
            close_requested = CASE WHEN c.status IN ('compensating', 'needs_operator')
                                   THEN s.close_requested END
     FROM lease JOIN c ON c.n = lease.n
-    WHERE s.id = lease.id AND s.id = ANY(ARRAY(SELECT id FROM lease))
+    WHERE s.id = lease.id AND NOT lease.alone AND s.id = ANY(ARRAY(SELECT id FROM lease))
     RETURNING s.id, s.concurrency_key, c.n, c.worker, c.notify),
 hist AS (
     INSERT INTO paysaga_history (saga_id, worker, step, attempt, kind, error, detail)
@@ -1021,9 +1037,9 @@ refs AS (
     ON CONFLICT DO NOTHING
     RETURNING 1),
 wake AS (SELECT pg_notify($4, '') WHERE EXISTS (SELECT 1 FROM upd WHERE upd.notify))
-SELECT lease.n, lease.cancel_requested, upd.concurrency_key,
+SELECT lease.n, lease.cancel_requested, upd.concurrency_key, lease.alone,
        (SELECT count(*) FROM wake) AS notified
-FROM lease JOIN upd ON upd.n = lease.n";
+FROM lease LEFT JOIN upd ON upd.n = lease.n";
 
 /// The saga listing of [`Store::list_sagas`] (`$1`.. the filter's fields) in `order`.
 fn list_sagas_sql(order: &str) -> String {
@@ -4246,6 +4262,156 @@ mod tests {
         assert!(
             due.contains("paysaga_sagas_runnable"),
             "next due plan:\n{due}"
+        );
+    }
+
+    /// A group's statement never ends a child saga: ending children of two parents in one
+    /// transaction locks their fan-out rows in an order of its own, and two such
+    /// transactions deadlock. The group leaves each child's end out (its outcome is "alone")
+    /// and commits the rest; the child's end, made alone, counts itself on its parent's
+    /// fan-out row.
+    #[tokio::test]
+    async fn a_group_leaves_a_child_sagas_end_to_a_statement_of_its_own() {
+        let db = paysaga_testkit::database().await;
+        let store = PgStore::connect(db.url()).await.unwrap();
+        store.migrate().await.unwrap();
+        let pool = store.pool().clone();
+        let worker = Uuid::new_v4();
+        let (p1, p2, plain) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let children = [
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+        ];
+        sqlx::query(
+            "INSERT INTO paysaga_definitions (name, version, content_hash, body, step_kinds)
+                 VALUES ('noop', 1, 'h', '{}', '{noop.sleep}');",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO paysaga_workers (id, name, hostname, pid, step_kinds, lease_expires_at)
+                 VALUES ($1, 'w', 'h', 1, '{noop.sleep}', now() + interval '1 hour')",
+        )
+        .bind(worker)
+        .execute(&pool)
+        .await
+        .unwrap();
+        for parent in [p1, p2] {
+            sqlx::query(
+                "INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status, run_at)
+                     VALUES ($1, 1, 'noop', 1, '{}', 'waiting', now() + interval '1 day');
+                 ",
+            )
+            .bind(parent)
+            .execute(&pool)
+            .await
+            .unwrap();
+            sqlx::query(
+                "INSERT INTO paysaga_fan_outs (parent_id, step, total, started) VALUES ($1, 'pay', 2, 2)",
+            )
+            .bind(parent)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        // Children of p1, p2, p1, p2 (the order two groups would end them in), and a saga
+        // that is nobody's child.
+        for (i, child) in children.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status,
+                                            run_at, owner, fence, parent_id, parent_step,
+                                            child_index, child_key)
+                     VALUES ($1, 1, 'noop', 1, '{}', 'scheduled', now(), $2, 1, $3, 'pay', $4, $5)",
+            )
+            .bind(child)
+            .bind(worker)
+            .bind(if i % 2 == 0 { p1 } else { p2 })
+            .bind(i as i64 / 2)
+            .bind(format!("k{i}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        sqlx::query(
+            "INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status, run_at, owner, fence)
+                 VALUES ($1, 1, 'noop', 1, '{}', 'scheduled', now(), $2, 1)",
+        )
+        .bind(plain)
+        .bind(worker)
+        .execute(&pool)
+        .await
+        .unwrap();
+        let completed = paysaga_core::Transition {
+            status: paysaga_core::SagaStatus::Completed,
+            step_index: 1,
+            attempt: 1,
+            step_started_at: None,
+            run_at: None,
+            wait: None,
+            output: None,
+            last_error: None,
+            history: Vec::new(),
+            continue_now: false,
+            effect_possible: false,
+        };
+        let commit = |saga: Uuid| Commit {
+            saga,
+            worker,
+            fence: 1,
+            prior_status: paysaga_core::SagaStatus::Scheduled,
+            consumed_event: None,
+            transition: &completed,
+            token: Uuid::new_v4(),
+            references: &[],
+        };
+        let ids: Vec<Uuid> = children.iter().copied().chain([plain]).collect();
+        let batch: Vec<Arc<SimpleCommit>> = ids
+            .iter()
+            .map(|id| Arc::new(SimpleCommit::new(&commit(*id))))
+            .collect();
+        let outcomes = commit_many(&pool, &batch).await.unwrap();
+        for (id, outcome) in ids.iter().zip(&outcomes) {
+            match outcome {
+                Grouped::Alone => assert!(children.contains(id), "{id} left out of the group"),
+                Grouped::Applied(_) => assert_eq!(*id, plain, "a child's end in the group"),
+                Grouped::Refused => panic!("{id} refused"),
+            }
+        }
+        let count = |sql: &'static str| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>(sql)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(
+            count("SELECT count(*) FROM paysaga_sagas WHERE status = 'completed'").await,
+            1,
+            "only the saga that is nobody's child ended in the group"
+        );
+        assert_eq!(
+            count("SELECT coalesce(sum(ended), 0)::int8 FROM paysaga_fan_outs").await,
+            0
+        );
+        // Through the store: each child's end is made alone and counted on its parent.
+        let ends =
+            futures::future::join_all(children.iter().map(|id| store.commit(commit(*id)))).await;
+        for end in ends {
+            end.unwrap();
+        }
+        assert_eq!(
+            count("SELECT count(*) FROM paysaga_sagas WHERE status = 'completed'").await,
+            5
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM paysaga_fan_outs WHERE ended = 2").await,
+            2,
+            "every child counted once on its own parent's fan-out row"
         );
     }
 
