@@ -4286,24 +4286,26 @@ mod tests {
         ];
         sqlx::query(
             "INSERT INTO paysaga_definitions (name, version, content_hash, body, step_kinds)
-                 VALUES ('noop', 1, 'h', '{}', '{noop.sleep}');",
+                 VALUES ('noop', 1, 'h', '{}', '{noop.sleep}')",
         )
         .execute(&pool)
         .await
         .unwrap();
-        sqlx::query(
-            "INSERT INTO paysaga_workers (id, name, hostname, pid, step_kinds, lease_expires_at)
-                 VALUES ($1, 'w', 'h', 1, '{noop.sleep}', now() + interval '1 hour')",
-        )
-        .bind(worker)
-        .execute(&pool)
-        .await
-        .unwrap();
+        let info = WorkerInfo {
+            id: worker,
+            name: "w".to_string(),
+            hostname: "h".to_string(),
+            pid: 1,
+            step_kinds: vec!["noop.sleep".to_string()],
+        };
+        store
+            .register_worker(&info, Duration::from_secs(3600))
+            .await
+            .unwrap();
         for parent in [p1, p2] {
             sqlx::query(
                 "INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status, run_at)
-                     VALUES ($1, 1, 'noop', 1, '{}', 'waiting', now() + interval '1 day');
-                 ",
+                     VALUES ($1, 1, 'noop', 1, '{}', 'waiting', now() + interval '1 day')",
             )
             .bind(parent)
             .execute(&pool)
