@@ -29,6 +29,7 @@ use crate::{RequestSlot, SlotRequest};
 use paysaga_core::DocumentId;
 
 mod group;
+mod kept;
 
 /// The migrations in `migrations/`, embedded at build time.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
@@ -193,7 +194,9 @@ const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(5);
 /// Here only a connection idle for [`PING_WHEN_IDLE_FOR`] is pinged first (the one that may
 /// have been cut while unused, e.g. by a database restart); one that fails is closed and
 /// another taken, as sqlx does. A connection that breaks between two busy statements fails
-/// the next statement, which every caller already retries or reports.
+/// the next statement, which every caller already retries or reports. (sqlx also pings every
+/// connection given back to the pool, which no option turns off: the hot path keeps its
+/// connections instead, see [`kept`].)
 fn pool_options() -> PgPoolOptions {
     PgPoolOptions::new()
         .acquire_timeout(Duration::from_secs(10))
@@ -313,6 +316,9 @@ pub struct PgStore {
     ended: Arc<EndListener>,
     /// The group commit of the hot-path commits of this store (and its clones).
     group: Arc<group::Group<SimpleCommit, Result<Grouped, Error>>>,
+    /// Connections of `pool` kept for the hot path's one-statement transactions (commits,
+    /// claims, starts), reused without the ping sqlx's pool makes on every release.
+    kept: Arc<kept::Kept>,
 }
 
 /// The end listener of a [`PgStore`]: one connection for every waiter of the process.
@@ -471,11 +477,12 @@ impl PgStore {
             .min_connections(0)
             .connect_lazy_with(options);
         Ok(PgStore {
-            pool,
             lease_pool,
             listen_pool,
             ended: EndListener::new(end_pool),
             group: Arc::default(),
+            kept: Arc::new(kept::Kept::for_pool(&pool)),
+            pool,
         })
     }
 
@@ -487,6 +494,7 @@ impl PgStore {
             listen_pool: pool.clone(),
             ended: EndListener::new(pool.clone()),
             group: Arc::default(),
+            kept: Arc::new(kept::Kept::for_pool(&pool)),
             pool,
         }
     }
@@ -653,10 +661,13 @@ impl PgStore {
     async fn commit_simple(&self, c: &Commit<'_>) -> Result<Committed, Error> {
         let t = c.transition;
         let simple = Arc::new(SimpleCommit::new(c));
-        let pool = &self.pool;
+        let hot = Hot {
+            pool: &self.pool,
+            kept: &self.kept,
+        };
         let grouped = self
             .group
-            .submit(simple.clone(), |batch| commit_group(pool, batch))
+            .submit(simple.clone(), |batch| commit_group(hot, batch))
             .await;
         let outcome = match grouped {
             Some(Ok(Grouped::Applied(a))) => Some(a),
@@ -664,7 +675,7 @@ impl PgStore {
             Some(Err(e)) => return Err(e),
             // Its group's statement failed or left it out (a child's end), or the leader
             // running it was dropped: alone.
-            Some(Ok(Grouped::Alone)) | None => commit_one(pool, &simple).await?,
+            Some(Ok(Grouped::Alone)) | None => commit_one(hot, &simple).await?,
         };
         let Some(applied) = outcome else {
             return self.already_committed(c).await;
@@ -766,17 +777,25 @@ impl Applied {
     }
 }
 
+/// Where the hot path's statements run: on a connection [`kept::Kept`] for it, else one of
+/// the pool's.
+#[derive(Debug, Clone, Copy)]
+struct Hot<'a> {
+    pool: &'a PgPool,
+    kept: &'a kept::Kept,
+}
+
 /// The statement of a group of hot-path commits: one commit alone as [`COMMIT_SIMPLE_SQL`]
 /// (its errors are the commit's), several as [`COMMIT_GROUP_SQL`]; if that fails, each
 /// commit is made alone.
-async fn commit_group(pool: &PgPool, batch: Vec<Arc<SimpleCommit>>) -> Vec<Result<Grouped, Error>> {
+async fn commit_group(hot: Hot<'_>, batch: Vec<Arc<SimpleCommit>>) -> Vec<Result<Grouped, Error>> {
     if let [one] = batch.as_slice() {
-        return vec![commit_one(pool, one).await.map(|a| match a {
+        return vec![commit_one(hot, one).await.map(|a| match a {
             Some(a) => Grouped::Applied(a),
             None => Grouped::Refused,
         })];
     }
-    match commit_many(pool, &batch).await {
+    match commit_many(hot, &batch).await {
         Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
         Err(e) => {
             tracing::warn!(commits = batch.len(), error = %e,
@@ -787,8 +806,9 @@ async fn commit_group(pool: &PgPool, batch: Vec<Arc<SimpleCommit>>) -> Vec<Resul
 }
 
 /// One hot-path commit as one statement. `None`: no row it may write.
-async fn commit_one(pool: &PgPool, c: &SimpleCommit) -> Result<Option<Applied>, Error> {
+async fn commit_one(hot: Hot<'_>, c: &SimpleCommit) -> Result<Option<Applied>, Error> {
     let h = &c.history;
+    let mut conn = hot.kept.take(hot.pool).await?;
     let row = sqlx::query(COMMIT_SIMPLE_SQL)
         .bind(c.saga)
         .bind(c.worker)
@@ -830,14 +850,15 @@ async fn commit_one(pool: &PgPool, c: &SimpleCommit) -> Result<Option<Applied>, 
                 .map(|r| r.value.as_str())
                 .collect::<Vec<_>>(),
         )
-        .fetch_optional(pool)
-        .await?;
-    row.as_ref().map(Applied::from_row).transpose()
+        .fetch_optional(&mut *conn)
+        .await;
+    hot.kept.give_back(conn, row.as_ref().err());
+    row?.as_ref().map(Applied::from_row).transpose()
 }
 
 /// Several hot-path commits (distinct sagas) as one statement: one outcome per commit, in
 /// order.
-async fn commit_many(pool: &PgPool, batch: &[Arc<SimpleCommit>]) -> Result<Vec<Grouped>, Error> {
+async fn commit_many(hot: Hot<'_>, batch: &[Arc<SimpleCommit>]) -> Result<Vec<Grouped>, Error> {
     // Microseconds, truncated, as the other statements bind them.
     let at = |t: Option<DateTime<Utc>>| t.map(|t| t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string());
     let mut commits = Vec::with_capacity(batch.len());
@@ -865,13 +886,16 @@ async fn commit_many(pool: &PgPool, batch: &[Arc<SimpleCommit>]) -> Result<Vec<G
             references.push(json!({"c": n, "step": r.step, "name": r.name, "value": r.value}));
         }
     }
+    let mut conn = hot.kept.take(hot.pool).await?;
     let rows = sqlx::query(COMMIT_GROUP_SQL)
         .bind(Value::Array(commits))
         .bind(Value::Array(history))
         .bind(Value::Array(references))
         .bind(WAKEUP_CHANNEL)
-        .fetch_all(pool)
-        .await?;
+        .fetch_all(&mut *conn)
+        .await;
+    hot.kept.give_back(conn, rows.as_ref().err());
+    let rows = rows?;
     let mut outcomes: Vec<Grouped> = batch.iter().map(|_| Grouped::Refused).collect();
     for row in rows {
         let n: i64 = row.try_get("n")?;
@@ -1479,6 +1503,25 @@ async fn insert_saga_on(
 /// if it is live, as the claim would leave it (`owner`, `fence` 1), and no NOTIFY is sent;
 /// the worker row is read `FOR SHARE` as by the claim, so a worker stopping meanwhile
 /// releases it with the others it holds.
+impl PgStore {
+    /// [`insert_saga_at_once_on`] on a connection kept for the hot path.
+    async fn insert_saga_at_once(
+        &self,
+        new: NewSaga,
+        worker: Option<Uuid>,
+    ) -> Result<(SagaRecord, bool), Error> {
+        let mut conn = self.kept.take(&self.pool).await?;
+        let inserted = insert_saga_at_once_on(&mut conn, new, worker).await;
+        let failed = match &inserted {
+            Err(Error::Database(e)) => Some(e),
+            // Answered (a refusal such as an outdated definition is the server's answer).
+            _ => None,
+        };
+        self.kept.give_back(conn, failed);
+        inserted
+    }
+}
+
 async fn insert_saga_at_once_on(
     conn: &mut sqlx::PgConnection,
     new: NewSaga,
@@ -1825,8 +1868,7 @@ impl Store for PgStore {
         // nothing then), and `Engine::start` looks it up itself where it must.
         if new.concurrency.is_none() {
             // One statement: it commits by itself.
-            let mut conn = self.pool.acquire().await?;
-            return insert_saga_at_once_on(&mut conn, new, None).await;
+            return self.insert_saga_at_once(new, None).await;
         }
         let mut tx = self.pool.begin().await?;
         let created = insert_saga_on(&mut tx, new).await?;
@@ -1847,8 +1889,7 @@ impl Store for PgStore {
             // Queued for a slot of its key: the claim takes it when it holds one.
             return self.create_saga(new).await;
         }
-        let mut conn = self.pool.acquire().await?;
-        insert_saga_at_once_on(&mut conn, new, Some(worker)).await
+        self.insert_saga_at_once(new, Some(worker)).await
     }
 
     async fn saga(&self, id: Uuid) -> Result<Option<SagaRecord>, Error> {
@@ -1998,12 +2039,15 @@ impl Store for PgStore {
         kinds: &[String],
         limit: i64,
     ) -> Result<Vec<ClaimedSaga>, Error> {
+        let mut conn = self.kept.take(&self.pool).await?;
         let rows = sqlx::query(&claim_sql())
             .bind(worker)
             .bind(limit)
             .bind(kinds)
-            .fetch_all(&self.pool)
-            .await?;
+            .fetch_all(&mut *conn)
+            .await;
+        self.kept.give_back(conn, rows.as_ref().err());
+        let rows = rows?;
         rows.iter()
             .map(|r| {
                 Ok(ClaimedSaga {
@@ -2014,12 +2058,13 @@ impl Store for PgStore {
     }
 
     async fn next_due(&self, kinds: &[String]) -> Result<Option<DateTime<Utc>>, Error> {
-        let due: Option<DateTime<Utc>> = sqlx::query_scalar(&next_due_sql())
+        let mut conn = self.kept.take(&self.pool).await?;
+        let due: Result<Option<Option<DateTime<Utc>>>, _> = sqlx::query_scalar(&next_due_sql())
             .bind(kinds)
-            .fetch_optional(&self.pool)
-            .await?
-            .flatten();
-        Ok(due)
+            .fetch_optional(&mut *conn)
+            .await;
+        self.kept.give_back(conn, due.as_ref().err());
+        Ok(due?.flatten())
     }
 
     #[instrument(skip_all, fields(saga_id = %m.saga, step = m.step))]
@@ -3744,6 +3789,61 @@ mod tests {
         rows.join("\n")
     }
 
+    /// The hot path reuses the connections it keeps (no release to the pool, whose ping is a
+    /// second round trip per statement), keeps one through an error the server answered, and
+    /// gives up one the server ended: the statement after it gets a working connection.
+    #[tokio::test]
+    async fn a_kept_connection_is_reused_until_the_server_ends_it() {
+        let db = paysaga_testkit::database().await;
+        let store = PgStore::connect(db.url()).await.unwrap();
+        let (pool, kept) = (store.pool(), &store.kept);
+        let pid = |mut conn: kept::Taken| async move {
+            let pid = sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()")
+                .fetch_one(&mut *conn)
+                .await;
+            kept.give_back(conn, pid.as_ref().err());
+            pid
+        };
+        let first = pid(kept.take(pool).await.unwrap()).await.unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(pid(kept.take(pool).await.unwrap()).await.unwrap(), first);
+        // A second one, kept while the first is in use.
+        let in_use = kept.take(pool).await.unwrap();
+        let second = pid(kept.take(pool).await.unwrap()).await.unwrap();
+        assert_ne!(second, first);
+        kept.give_back(in_use, None);
+        assert_eq!(kept.len(), 2);
+
+        // The server's answer to a bad statement: the connection is still sound.
+        let mut conn = kept.take(pool).await.unwrap();
+        let failed = sqlx::query("SELECT 1 / 0").execute(&mut *conn).await;
+        assert!(
+            matches!(failed, Err(sqlx::Error::Database(_))),
+            "{failed:?}"
+        );
+        kept.give_back(conn, failed.as_ref().err());
+        assert_eq!(kept.len(), 2);
+        assert_eq!(pid(kept.take(pool).await.unwrap()).await.unwrap(), first);
+
+        // The server ends that session: the next statement on it fails and it is let go.
+        let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(first)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert!(ended);
+        let after = pid(kept.take(pool).await.unwrap()).await;
+        assert!(after.is_err(), "a statement on an ended session: {after:?}");
+        assert_eq!(
+            kept.len(),
+            0,
+            "a connection the server ended is not kept, nor are the others"
+        );
+        let next = pid(kept.take(pool).await.unwrap()).await.unwrap();
+        assert_ne!(next, first);
+        assert_eq!(kept.len(), 1);
+    }
+
     /// Every hot-path query is served by an index, with many finished sagas in the table.
     #[tokio::test]
     async fn hot_path_queries_use_their_indexes() {
@@ -4374,7 +4474,11 @@ mod tests {
             .iter()
             .map(|id| Arc::new(SimpleCommit::new(&commit(*id))))
             .collect();
-        let outcomes = commit_many(&pool, &batch).await.unwrap();
+        let hot = Hot {
+            pool: &pool,
+            kept: &store.kept,
+        };
+        let outcomes = commit_many(hot, &batch).await.unwrap();
         for (id, outcome) in ids.iter().zip(&outcomes) {
             match outcome {
                 Grouped::Alone => assert!(children.contains(id), "{id} left out of the group"),
