@@ -21,11 +21,14 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{oneshot, Notify};
 
-/// Statements in flight at once per store (worker process): with two worker processes,
-/// four statements keep a 2-core database busy, and a busy worker's commits queue and
-/// group. Measured with `paysaga-bench --only throughput` (2 workers x 16): 1, 2, 4 and 8
-/// gave 2,801, 3,000, 2,495 and 1,944 steps/s (docs/PERFORMANCE.md).
-pub(super) const LEADERS: usize = 2;
+/// Statements in flight at once per store (worker process). Measured with `paysaga-bench
+/// --only throughput` (docs/PERFORMANCE.md): while sqlx's pool pinged every connection given
+/// back to it, 1, 2, 4 and 8 gave 2,801, 3,000, 2,495 and 1,944 steps/s (2 workers x 16);
+/// since the hot path keeps its connections (no ping), 1, 2 and 3 gave 9,619 and 9,454,
+/// 8,576 and 8,253, 7,267 and 7,121 steps/s, and 1 against 2 gave 13,691 against 11,442 with
+/// 4 workers x 32 and the same with 1 worker x 16 (6,916 and 6,681 against 6,751 and 6,658).
+/// One statement at a time lets the most commits queue behind it and group.
+pub(super) const LEADERS: usize = 1;
 
 /// The most commits in one statement.
 pub(super) const MOST: usize = 64;
