@@ -661,10 +661,7 @@ impl PgStore {
     async fn commit_simple(&self, c: &Commit<'_>) -> Result<Committed, Error> {
         let t = c.transition;
         let simple = Arc::new(SimpleCommit::new(c));
-        let hot = Hot {
-            pool: &self.pool,
-            kept: &self.kept,
-        };
+        let hot = self.hot();
         let grouped = self
             .group
             .submit(simple.clone(), |batch| commit_group(hot, batch))
@@ -783,6 +780,15 @@ impl Applied {
 struct Hot<'a> {
     pool: &'a PgPool,
     kept: &'a kept::Kept,
+}
+
+impl PgStore {
+    fn hot(&self) -> Hot<'_> {
+        Hot {
+            pool: &self.pool,
+            kept: &self.kept,
+        }
+    }
 }
 
 /// The statement of a group of hot-path commits: one commit alone as [`COMMIT_SIMPLE_SQL`]
@@ -1494,15 +1500,6 @@ async fn insert_saga_on(
     existing_by_key_on(conn, new).await
 }
 
-/// [`insert_saga_on`] for a saga without a concurrency key: the saga row, its
-/// `saga_started` history row and the wake-up NOTIFY in one statement (one round trip; on the
-/// pool it commits by itself, without `BEGIN`/`COMMIT`). A key already taken inserts nothing
-/// and answers as [`insert_saga_on`] does.
-///
-/// With `worker` (see [`Store::create_saga_for`]) the saga is inserted held by that worker
-/// if it is live, as the claim would leave it (`owner`, `fence` 1), and no NOTIFY is sent;
-/// the worker row is read `FOR SHARE` as by the claim, so a worker stopping meanwhile
-/// releases it with the others it holds.
 impl PgStore {
     /// [`insert_saga_at_once_on`] on a connection kept for the hot path.
     async fn insert_saga_at_once(
@@ -1522,6 +1519,15 @@ impl PgStore {
     }
 }
 
+/// [`insert_saga_on`] for a saga without a concurrency key: the saga row, its
+/// `saga_started` history row and the wake-up NOTIFY in one statement (one round trip; on the
+/// pool it commits by itself, without `BEGIN`/`COMMIT`). A key already taken inserts nothing
+/// and answers as [`insert_saga_on`] does.
+///
+/// With `worker` (see [`Store::create_saga_for`]) the saga is inserted held by that worker
+/// if it is live, as the claim would leave it (`owner`, `fence` 1), and no NOTIFY is sent;
+/// the worker row is read `FOR SHARE` as by the claim, so a worker stopping meanwhile
+/// releases it with the others it holds.
 async fn insert_saga_at_once_on(
     conn: &mut sqlx::PgConnection,
     new: NewSaga,
@@ -3842,6 +3848,21 @@ mod tests {
         let next = pid(kept.take(pool).await.unwrap()).await.unwrap();
         assert_ne!(next, first);
         assert_eq!(kept.len(), 1);
+
+        // One unused for PING_WHEN_IDLE_FOR goes back to the pool (and its ping) at the next
+        // take, even under one used since.
+        let (a, b) = (
+            kept.take(pool).await.unwrap(),
+            kept.take(pool).await.unwrap(),
+        );
+        kept.give_back(a, None);
+        tokio::time::sleep(PING_WHEN_IDLE_FOR + Duration::from_millis(100)).await;
+        kept.give_back(b, None);
+        assert_eq!(kept.len(), 2);
+        let fresh = kept.take(pool).await.unwrap();
+        assert_eq!(kept.len(), 0, "the idle one is no longer kept");
+        kept.give_back(fresh, None);
+        assert_eq!(kept.len(), 1);
     }
 
     /// Every hot-path query is served by an index, with many finished sagas in the table.
@@ -4474,11 +4495,7 @@ mod tests {
             .iter()
             .map(|id| Arc::new(SimpleCommit::new(&commit(*id))))
             .collect();
-        let hot = Hot {
-            pool: &pool,
-            kept: &store.kept,
-        };
-        let outcomes = commit_many(hot, &batch).await.unwrap();
+        let outcomes = commit_many(store.hot(), &batch).await.unwrap();
         for (id, outcome) in ids.iter().zip(&outcomes) {
             match outcome {
                 Grouped::Alone => assert!(children.contains(id), "{id} left out of the group"),

@@ -57,22 +57,20 @@ impl Kept {
     }
 
     /// A kept connection used within [`super::PING_WHEN_IDLE_FOR`], else one of the pool's.
-    /// Hand it back with [`Kept::give_back`] once its statement has answered.
+    /// Hand it back with [`Kept::give_back`] once its statement has answered. Every kept
+    /// connection unused that long (or kept for [`TURN`]) goes back to the pool, which pings
+    /// it before handing it out again.
     pub(super) async fn take(&self, pool: &PgPool) -> Result<Taken, sqlx::Error> {
         let (fresh, stale) = {
             let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-            let mut stale = Vec::new();
-            let mut fresh = None;
-            while let Some(held) = conns.pop() {
-                if held.used.elapsed() < super::PING_WHEN_IDLE_FOR && held.since.elapsed() < TURN {
-                    fresh = Some(held);
-                    break;
-                }
-                stale.push(held);
-            }
-            (fresh, stale)
+            let stale: Vec<Held> = conns
+                .extract_if(.., |held| {
+                    held.used.elapsed() >= super::PING_WHEN_IDLE_FOR || held.since.elapsed() >= TURN
+                })
+                .collect();
+            (conns.pop(), stale)
         };
-        // Back to the pool, which pings them (outside the lock: a drop spawns a task).
+        // Outside the lock: giving a connection back spawns a task.
         drop(stale);
         Ok(match fresh {
             Some(held) => Taken {
@@ -110,14 +108,14 @@ impl Kept {
         }
         // A broken one may mean the server restarted and every kept connection is dead: all
         // go back to the pool, whose ping sorts them, rather than fail a statement each.
-        let others: Vec<Held> = if sound {
+        let others = if sound {
             Vec::new()
         } else {
-            conns.drain(..).collect()
+            std::mem::take(&mut *conns)
         };
+        // Outside the lock, as in `take`.
         drop(conns);
-        drop(others);
-        drop(taken);
+        drop((others, taken));
     }
 
     /// How many connections are kept now.
