@@ -203,7 +203,7 @@ impl Report {
             single
                 .as_ref()
                 .map(|p| (format!("{:.2} ms", p.p50_ms), p.p50_ms < 3.5)),
-            "Engine::start call -> finished seen (1 ms polling); the worker in its own process"
+            "Engine::start_and_wait call -> its return with the ended saga; the worker in its own process"
                 .into(),
         ));
         let in_process = self
@@ -238,7 +238,7 @@ impl Report {
                     p.p50_ms < u.p50_ms,
                 )
             }),
-            "same run, same polling, both workers in their own processes; `--peers` runs underway"
+            "same run, both workers in their own processes; underway's end seen by 1 ms polling (it notifies none); `--peers` runs underway"
                 .into(),
         ));
         self.evaluate_idle_and_retention(&mut t);
@@ -436,9 +436,7 @@ impl Report {
                 (
                     format!(
                         "{:.1}% ({:.0} vs {:.0} sagas/s)",
-                        p.cost_pct,
-                        p.with_pruning,
-                        (p.without_before + p.without_after) / 2.0
+                        p.cost_pct, p.with_pruning, p.without_pruning
                     ),
                     p.cost_pct < 10.0,
                 )
@@ -504,8 +502,13 @@ impl Report {
             );
             let _ = writeln!(
                 o,
-                "  throughput             {:.0} sagas/s before, {:.0} while pruning, {:.0} after: cost {:.1}%",
-                p.without_before, p.with_pruning, p.without_after, p.cost_pct
+                "  throughput             {:.0} sagas/s while pruning ({} segments), {:.0} without ({} segments between them): cost {:.1}%",
+                p.with_pruning, p.segments_with, p.without_pruning, p.segments_without, p.cost_pct
+            );
+            let [lo, median, hi] = p.segment_costs_pct;
+            let _ = writeln!(
+                o,
+                "  per segment            cost against the two without it around it: lowest {lo:.1}%, median {median:.1}%, highest {hi:.1}%"
             );
             let _ = writeln!(
                 o,
@@ -787,18 +790,16 @@ impl Report {
 fn render_single_phase(o: &mut String, s: &crate::scenarios::single::SinglePhase, sagas: usize) {
     let rows = [
         ("end to end", &s.end_to_end),
+        ("call -> started", &s.call_to_started),
         ("in the database", &s.in_database),
-        ("Engine::start call", &s.start_call),
         ("started -> 1st step", &s.started_to_first_step),
         ("step -> next step", &s.step_to_step),
+        ("completed -> return", &s.completed_to_return),
     ];
     for (name, p) in rows {
         if let Some(p) = p {
             let _ = writeln!(o, "    {name:<22} {}", p.short());
         }
-    }
-    if let Some(v) = s.outside_database_p50_ms {
-        let _ = writeln!(o, "    rest (p50 e2e - p50 in db - p50 start call) {v:.2} ms: start's reply after its insert, last commit's flush and reply, polling");
     }
     if !s.statements.is_empty() {
         let _ = writeln!(

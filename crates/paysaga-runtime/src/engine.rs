@@ -260,9 +260,76 @@ impl Engine {
     /// made again with that one.
     #[instrument(skip_all, fields(workflow = %req.workflow))]
     pub async fn start_with(&self, req: StartRequest) -> Result<Started, Error> {
+        let (saga, created) = self.start_as(req, Uuid::new_v4(), false).await?;
+        Ok(Started {
+            saga_id: saga.id,
+            created,
+        })
+    }
+
+    /// Starts a saga and waits for its end, at most `timeout`: [`Engine::start_with`] and
+    /// [`Engine::wait_for_end`] in one call, and cheaper than the two. The insert marks the
+    /// saga awaited (the wait's own mark is a second write), and when a worker of this
+    /// process runs the saga (see [`Engine::worker`]: a worker with a free slot is handed the
+    /// new saga in the insert's commit) its last commit wakes the caller at once, without the
+    /// end's notification going through the database. Returns the saga as stored at its end
+    /// (`completed` with its outputs, `compensated`, `cancelled`, `closed`, or
+    /// `needs_operator`); [`Error::WaitTimedOut`], naming the saga, if it still moves after
+    /// `timeout` (it goes on; [`Engine::wait_for_end`] waits again). An idempotency key that
+    /// names an existing saga waits for that one, as [`Engine::wait_for_end`] does.
+    ///
+    /// ```no_run
+    /// # async fn demo(engine: paysaga_runtime::Engine) -> Result<(), paysaga_runtime::Error> {
+    /// let saga = engine
+    ///     .start_and_wait(
+    ///         paysaga_runtime::StartRequest {
+    ///             workflow: "noop".into(),
+    ///             version: None,
+    ///             input: serde_json::json!({"delay_ms": 0}),
+    ///             idempotency_key: Some("order-42".into()),
+    ///             actor: "orders-api".into(),
+    ///         },
+    ///         std::time::Duration::from_secs(30),
+    ///     )
+    ///     .await?;
+    /// assert_eq!(saga.status, paysaga_core::SagaStatus::Completed);
+    /// # Ok(()) }
+    /// ```
+    #[instrument(skip_all, fields(workflow = %req.workflow))]
+    pub async fn start_and_wait(
+        &self,
+        req: StartRequest,
+        timeout: Duration,
+    ) -> Result<SagaRecord, Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let id = Uuid::new_v4();
+        // Subscribed before the insert: an end committed as soon as the insert is (by this
+        // process's worker) is not missed. Making sure ends are heard is not waited for
+        // past the caller's deadline (then only the polling finds the end).
+        let mut signal = tokio::time::timeout_at(deadline, self.store.end_signal(id))
+            .await
+            .ok()
+            .transpose()?;
+        let (saga, _) = self.start_as(req, id, true).await?;
+        if saga.id != id {
+            // The idempotency key named another saga: wait for that one.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            return self.wait_for_end(saga.id, left).await;
+        }
+        self.until_final(saga, signal.as_mut(), deadline, timeout)
+            .await
+    }
+
+    /// [`Engine::start_with`] with the new saga's id and whether its caller awaits its end.
+    async fn start_as(
+        &self,
+        req: StartRequest,
+        id: Uuid,
+        awaited: bool,
+    ) -> Result<(SagaRecord, bool), Error> {
         let mut tries = 0;
         loop {
-            match self.start_once(req.clone()).await {
+            match self.start_once(req.clone(), id, awaited).await {
                 Err(Error::Store(paysaga_store::Error::DefinitionOutdated { .. }))
                     if tries < MAX_OUTDATED_RETRIES =>
                 {
@@ -274,7 +341,12 @@ impl Engine {
         }
     }
 
-    async fn start_once(&self, req: StartRequest) -> Result<Started, Error> {
+    async fn start_once(
+        &self,
+        req: StartRequest,
+        id: Uuid,
+        awaited: bool,
+    ) -> Result<(SagaRecord, bool), Error> {
         // A retried start returns its saga (the same input, compared as values) even if a
         // newer definition version would now refuse that input: the key is looked up when the
         // input is refused, and before documents are taken (they may be the saga's already);
@@ -305,14 +377,14 @@ impl Engine {
             .map_or(true, |(_, documents, _)| !documents.is_empty());
         if let (Some(key), true) = (&req.idempotency_key, look_up_key_first) {
             if let Some(existing) = self.store.find_saga_by_key(&req.workflow, key).await? {
-                return started_for_key(existing, &req, key);
+                return existing_for_key(existing, &req, key).map(|saga| (saga, false));
             }
         }
         let (record, documents, concurrency) = checked?;
-        let id = Uuid::new_v4();
         let claimed = self.claim_documents(&req, id, &documents).await?;
         let latest = req.version.is_none();
-        let new = new_saga(id, &record, req, concurrency, latest);
+        let mut new = new_saga(id, &record, req, concurrency, latest);
+        new.awaited = awaited;
         // A worker of this process with a free slot takes the new saga in the insert's own
         // commit and runs it at once (no NOTIFY, wake-up and claim before its first step).
         let local = self.reserve_local_worker(id, &record.step_kinds);
@@ -343,10 +415,7 @@ impl Engine {
             // gauges (crate::gauges): starts happen in processes that export no metrics.
             info!(saga_id = %saga.id, version = record.version, "saga started");
         }
-        Ok(Started {
-            saga_id: saga.id,
-            created,
-        })
+        Ok((saga, created))
     }
 
     /// A slot of a worker running in this process for new saga `id`, if one is free and
@@ -398,7 +467,10 @@ impl Engine {
             if let Some(existing) =
                 paysaga_store::PgStore::find_saga_by_key_in(conn, &req.workflow, key).await?
             {
-                return started_for_key(existing, &req, key);
+                return existing_for_key(existing, &req, key).map(|saga| Started {
+                    saga_id: saga.id,
+                    created: false,
+                });
             }
         }
         let (record, documents) = self.checked_input(&req, false).await?;
@@ -461,7 +533,7 @@ impl Engine {
             waited: timeout,
         };
         // Making sure ends are heard may take a connection; never longer than the caller waits.
-        let mut watch = match tokio::time::timeout_at(deadline, self.store.watch_end(id)).await {
+        let watch = match tokio::time::timeout_at(deadline, self.store.watch_end(id)).await {
             Ok(watch) => watch?.ok_or(Error::SagaNotFound(id))?,
             Err(_) => {
                 let saga = self.store.saga(id).await?.ok_or(Error::SagaNotFound(id))?;
@@ -472,18 +544,43 @@ impl Engine {
                 };
             }
         };
-        let mut saga = watch.saga.clone();
+        let paysaga_store::EndWatch { saga, mut signal } = watch;
+        self.until_final(saga, Some(&mut signal), deadline, timeout)
+            .await
+    }
+
+    /// Reads `saga` again each time `signal` says it may have ended, and at least every
+    /// fallback poll, until its status is final (returned) or `deadline` passes
+    /// ([`Error::WaitTimedOut`], reporting `waited`).
+    async fn until_final(
+        &self,
+        mut saga: SagaRecord,
+        mut signal: Option<&mut paysaga_store::EndSignal>,
+        deadline: tokio::time::Instant,
+        waited: Duration,
+    ) -> Result<SagaRecord, Error> {
+        let id = saga.id;
         loop {
             if saga.status.is_final() {
                 return Ok(saga);
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
-                return Err(timed_out(&saga));
+                return Err(Error::WaitTimedOut {
+                    saga: id,
+                    status: saga.observed_status(),
+                    waited,
+                });
             }
             let poll = (now + self.wait_poll).min(deadline);
+            let changed = async {
+                match signal.as_deref_mut() {
+                    Some(signal) => signal.changed().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = watch.changed() => {}
+                _ = changed => {}
                 _ = tokio::time::sleep_until(poll) => {}
             }
             saga = self.store.saga(id).await?.ok_or(Error::SagaNotFound(id))?;
@@ -1398,7 +1495,11 @@ impl Engine {
 
 /// A start whose idempotency key names `existing`: that saga when the input is the same
 /// value (key order and number spelling aside), else [`paysaga_store::Error::KeyReused`].
-fn started_for_key(existing: SagaRecord, req: &StartRequest, key: &str) -> Result<Started, Error> {
+fn existing_for_key(
+    existing: SagaRecord,
+    req: &StartRequest,
+    key: &str,
+) -> Result<SagaRecord, Error> {
     if !paysaga_store::same_input(&existing.input, &req.input) {
         return Err(paysaga_store::Error::KeyReused {
             workflow: req.workflow.clone(),
@@ -1407,10 +1508,7 @@ fn started_for_key(existing: SagaRecord, req: &StartRequest, key: &str) -> Resul
         }
         .into());
     }
-    Ok(Started {
-        saga_id: existing.id,
-        created: false,
-    })
+    Ok(existing)
 }
 
 /// The concurrency key of a saga of `record` with `input` (its definition's `[concurrency]`
@@ -1455,6 +1553,7 @@ fn new_saga(
         concurrency,
         trace_context: crate::trace_context::current(),
         latest,
+        awaited: false,
     }
 }
 

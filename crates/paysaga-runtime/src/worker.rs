@@ -1353,13 +1353,14 @@ async fn delete_expired_documents(shared: &Shared) {
     }
 }
 
-/// The pause automatic retention takes after a batch that took `took`: three times as long,
-/// at least 20 ms, so retention uses at most a quarter of one connection's time. Background
-/// deletes compete with the step commits for the database's CPU and WAL; at a quarter, a
-/// batch of 500 every ~0.4 s still deletes over 1,000 sagas/s, more than a worker fleet on
-/// such a database finishes (measured: docs/PERFORMANCE.md, "Retention cost").
+/// The pause automatic retention takes after a batch that took `took`: five times as long,
+/// at least 20 ms, so retention uses at most a sixth of one connection's time. Background
+/// deletes compete with the step commits for the database's CPU and WAL. Measured with
+/// `paysaga-bench --only prune` (docs/PERFORMANCE.md, "Retention cost"): a quarter of the
+/// time cost a concurrent drain 10%; at a sixth, batches of 500 still delete some 2,000
+/// sagas/s on a 2-core database, more than such a database finishes.
 pub fn retention_pause(took: Duration) -> Duration {
-    (took * 3).max(Duration::from_millis(20))
+    (took * 5).max(Duration::from_millis(20))
 }
 
 /// Automatic retention (`WorkerConfig::retention`): every minute, deletes finished sagas

@@ -503,3 +503,70 @@ async fn a_waiter_on_the_embedded_sqlite_store_is_woken_by_the_end() {
     ));
     worker.stop().await;
 }
+
+/// `Engine::start_and_wait` marks its saga awaited in the insert itself (no second write) and
+/// returns the saga at its end, woken by the end and not by its fallback poll: by the last
+/// commit of this process's worker, and by the end's notification when another process's
+/// worker runs it. The key of a saga that exists waits for that saga; a saga no worker runs
+/// times out, named and left as it is.
+#[tokio::test]
+async fn start_and_wait_marks_its_saga_in_the_insert_and_is_woken_by_the_end_wherever_it_runs() {
+    let db = paysaga_testkit::database().await;
+    let engine = engine(db.url()).await.with_wait_fallback_poll(NO_POLL);
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let wait = Duration::from_secs(30);
+
+    // No worker: the wait times out, naming the saga, which stays scheduled and awaited.
+    let err = engine
+        .start_and_wait(request("po-10"), Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    let parked = match err {
+        paysaga_runtime::Error::WaitTimedOut { saga, status, .. } => {
+            assert_eq!(status, paysaga_core::ObservedStatus::Scheduled);
+            saga
+        }
+        other => panic!("{other}"),
+    };
+    let awaited: bool = sqlx::query_scalar("SELECT awaited FROM paysaga_sagas WHERE id = $1")
+        .bind(parked)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(awaited, "the insert marks the saga awaited");
+
+    // This process's worker (handed the saga by the start): its last commit wakes the caller.
+    let worker = run_worker(&engine);
+    let saga = engine.start_and_wait(request("po-11"), wait).await.unwrap();
+    assert_eq!(saga.status, SagaStatus::Completed);
+    assert_eq!(saga.outputs["sleep5"], json!({"slept_ms": 0}));
+    assert_woken_promptly(&saga);
+    // The key of the saga that timed out: that saga, now run to its end by the worker.
+    let again = engine.start_and_wait(request("po-10"), wait).await.unwrap();
+    assert_eq!((again.id, again.status), (parked, SagaStatus::Completed));
+    worker.stop().await;
+
+    // Another process's worker (an engine of its own): the end's notification wakes the caller.
+    let mut listener = PgListener::connect(db.url()).await.unwrap();
+    listener.listen("paysaga_saga_ended").await.unwrap();
+    let other = self::engine(db.url()).await;
+    let worker = run_worker(&other);
+    let saga = engine
+        .start_and_wait(
+            StartRequest {
+                input: json!({"delay_ms": 20}),
+                ..request("po-12")
+            },
+            wait,
+        )
+        .await
+        .unwrap();
+    assert_eq!(saga.status, SagaStatus::Completed);
+    assert_woken_promptly(&saga);
+    let heard = tokio::time::timeout(Duration::from_secs(2), listener.recv())
+        .await
+        .expect("the end of a saga started awaited is notified")
+        .unwrap();
+    assert_eq!(heard.payload(), saga.id.to_string());
+    worker.stop().await;
+}

@@ -389,6 +389,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// listener that is down).
     async fn watch_end(&self, id: Uuid) -> Result<Option<EndWatch>, Error>;
 
+    /// Begins awaiting the end of saga `id` before it exists, for a start that inserts it
+    /// with [`NewSaga::awaited`] (which marks it in the insert, where [`Store::watch_end`]
+    /// marks it afterwards): subscribes to this process's end signals and makes sure they are
+    /// heard, as [`Store::watch_end`] does, and reads or writes nothing. An end committed by
+    /// this store's own worker is signalled by its commit; another process's by the end's
+    /// notification.
+    async fn end_signal(&self, id: Uuid) -> Result<EndSignal, Error>;
+
     /// The sagas `worker` holds, with their fencing tokens (index `paysaga_sagas_owner`): a
     /// worker compares them with the sagas it runs and releases the others (a claim whose
     /// reply was lost).
@@ -705,16 +713,29 @@ pub struct EndWatch {
     /// The saga as read when the watch began (already marked awaited): if its status is
     /// final there is nothing to wait for.
     pub saga: SagaRecord,
-    signal: ended::Subscription,
+    /// Its end signals (see [`EndSignal::changed`]).
+    pub signal: EndSignal,
 }
 
 impl EndWatch {
-    /// Returns when the saga may have ended (its end was notified) or when an end may have
-    /// been missed (the listening connection dropped or came back): read the saga again
-    /// then. Does not return otherwise, however long: callers keep their own deadline and
-    /// polling fallback beside it.
+    /// See [`EndSignal::changed`].
     pub async fn changed(&mut self) {
         self.signal.changed().await;
+    }
+}
+
+/// A caller's subscription to one saga's end signals, from [`Store::end_signal`] (or inside
+/// an [`EndWatch`]); stops when dropped.
+#[derive(Debug)]
+pub struct EndSignal(ended::Subscription);
+
+impl EndSignal {
+    /// Returns when the saga may have ended (its end was notified or committed by this
+    /// store) or when an end may have been missed (the listening connection dropped or came
+    /// back): read the saga again then. Does not return otherwise, however long: callers keep
+    /// their own deadline and polling fallback beside it.
+    pub async fn changed(&mut self) {
+        self.0.changed().await;
     }
 }
 

@@ -677,6 +677,10 @@ impl PgStore {
         let Some(applied) = outcome else {
             return self.already_committed(c).await;
         };
+        if t.status.is_final() {
+            // A waiter in this process hears it now rather than by the notification's hop.
+            self.ended.signals.signal(c.saga);
+        }
         if t.status.is_ended() {
             if let Some(key) = &applied.concurrency_key {
                 self.hand_over_slot(c.saga, key).await;
@@ -1456,9 +1460,9 @@ async fn insert_saga_on(
     let inserted = sqlx::query(&format!(
         "INSERT INTO paysaga_sagas (id, definition_id, workflow, version, idempotency_key,
                                     input, status, run_at, concurrency_key, concurrency_limit,
-                                    trace_context)
+                                    trace_context, awaited)
          VALUES ($1, $2, $3, $4, $5, $6, 'scheduled', CASE WHEN $7::text IS NULL THEN now() END,
-                 $7, $8, $9)
+                 $7, $8, $9, $10)
          ON CONFLICT (workflow, idempotency_key) DO NOTHING
          RETURNING {SAGA_COLUMNS}"
     ))
@@ -1475,6 +1479,7 @@ async fn insert_saga_on(
             .map(|c| i32::try_from(c.limit).unwrap_or(i32::MAX)),
     )
     .bind(&new.trace_context)
+    .bind(new.awaited)
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(row) = inserted {
@@ -1542,9 +1547,10 @@ async fn insert_saga_at_once_on(
              FOR SHARE),
          s AS (
              INSERT INTO paysaga_sagas (id, definition_id, workflow, version, idempotency_key,
-                                        input, status, run_at, trace_context, owner, fence)
+                                        input, status, run_at, trace_context, owner, fence,
+                                        awaited)
              SELECT $1, $2, $3, $4, $5, $6, 'scheduled', now(), $7, (SELECT id FROM me),
-                    CASE WHEN EXISTS (SELECT 1 FROM me) THEN 1 ELSE 0 END
+                    CASE WHEN EXISTS (SELECT 1 FROM me) THEN 1 ELSE 0 END, $14
              WHERE NOT ($13 AND EXISTS (SELECT 1 FROM paysaga_definitions d
                                         WHERE d.name = $3 AND d.version > $4))
              ON CONFLICT (workflow, idempotency_key) DO NOTHING
@@ -1568,6 +1574,7 @@ async fn insert_saga_at_once_on(
     .bind(WAKEUP_CHANNEL)
     .bind(worker)
     .bind(new.latest)
+    .bind(new.awaited)
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(row) = inserted {
@@ -2334,6 +2341,9 @@ impl Store for PgStore {
             notify(&mut tx).await?;
         }
         tx.commit().await?;
+        if t.status.is_final() {
+            self.ended.signals.signal(c.saga);
+        }
         if let (true, Some(key)) = (t.status.is_ended(), &concurrency_key) {
             self.hand_over_slot(c.saga, key).await;
         }
@@ -2582,11 +2592,9 @@ impl Store for PgStore {
     }
 
     async fn watch_end(&self, id: Uuid) -> Result<Option<crate::EndWatch>, Error> {
-        self.ended.start();
-        let mut signal = self.ended.signals.subscribe(id);
         // LISTEN before the mark: an end committed after the mark is then surely heard,
         // one committed before it is in the row the mark returns.
-        signal.heard_within(LISTENER_READY_WITHIN).await;
+        let signal = self.end_signal(id).await?;
         let row = sqlx::query(&format!(
             "UPDATE paysaga_sagas SET awaited = true WHERE id = $1 RETURNING {SAGA_COLUMNS}"
         ))
@@ -2600,6 +2608,13 @@ impl Store for PgStore {
             })),
             None => Ok(None),
         }
+    }
+
+    async fn end_signal(&self, id: Uuid) -> Result<crate::EndSignal, Error> {
+        self.ended.start();
+        let mut signal = self.ended.signals.subscribe(id);
+        signal.heard_within(LISTENER_READY_WITHIN).await;
+        Ok(crate::EndSignal(signal))
     }
 
     async fn find_saga_by_key(

@@ -1748,11 +1748,15 @@ impl Store for SqliteStore {
         // Subscribe before reading: an end committed after the read is signalled to it.
         // No `awaited` column here: every end this process commits is signalled (a map
         // look-up when nobody waits); another process's are found by the caller's polling.
-        let signal = self.ended.subscribe(id);
+        let signal = self.end_signal(id).await?;
         Ok(self
             .saga(id)
             .await?
             .map(|saga| crate::EndWatch { saga, signal }))
+    }
+
+    async fn end_signal(&self, id: Uuid) -> Result<crate::EndSignal, Error> {
+        Ok(crate::EndSignal(self.ended.subscribe(id)))
     }
 
     async fn find_saga_by_key(

@@ -57,6 +57,11 @@ pub struct NewSaga {
     /// version than the latest one committed before it, even when its caller resolved the
     /// latest version from a cache.
     pub latest: bool,
+    /// Its caller awaits its end from the start (see [`crate::Store::end_signal`]): the
+    /// insert marks it awaited, as [`crate::Store::watch_end`] would mark it afterwards, so
+    /// the commit that gives it a final status notifies the end (PostgreSQL: trigger
+    /// `paysaga_saga_ended`). Without it, a saga's last commit notifies nothing.
+    pub awaited: bool,
 }
 
 /// A saga's concurrency key: at most `limit` open sagas with the same `key` hold a slot, and

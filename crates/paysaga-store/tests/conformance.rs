@@ -130,6 +130,7 @@ async fn start(store: &dyn Store, workflow: &str, kinds: &[&str], key: Option<&s
             concurrency: None,
             trace_context: None,
             latest: false,
+            awaited: false,
         })
         .await
         .unwrap();
@@ -375,6 +376,7 @@ async fn start_is_idempotent_per_key_and_a_reused_key_with_another_input_is_refu
         concurrency: None,
         trace_context: None,
         latest: false,
+        awaited: false,
     };
     let (existing, created) = s.create_saga(same.clone()).await.unwrap();
     assert!(!created);
@@ -433,6 +435,7 @@ async fn a_start_resolved_against_a_version_no_longer_the_latest_writes_nothing(
             }),
             trace_context: None,
             latest,
+            awaited: false,
         };
     for keyed in [false, true] {
         let key = format!("k-{keyed}");
@@ -496,6 +499,7 @@ async fn concurrent_starts_with_one_key_create_exactly_one_saga(e: Env) {
                     concurrency: None,
                     trace_context: None,
                     latest: false,
+                    awaited: false,
                 })
                 .await
                 .unwrap()
@@ -1071,6 +1075,7 @@ async fn a_start_given_to_a_live_worker_is_held_by_it_alone_and_its_stop_release
         concurrency: None,
         trace_context: None,
         latest: false,
+        awaited: false,
     };
     let mut wakeups = e.store.wakeups().await.unwrap();
     let w = worker(s, LONG_TTL).await;
@@ -2367,6 +2372,7 @@ async fn a_start_retried_with_the_same_input_written_differently_returns_the_sag
         concurrency: None,
         trace_context: None,
         latest: false,
+        awaited: false,
     };
     let first: Value = serde_json::from_str(
         r#"{"amount_minor": 100, "currency": "NGN", "payee": {"id": "p1", "bank": "058"}}"#,
@@ -4025,6 +4031,7 @@ async fn start_keyed(store: &dyn Store, workflow: &str, key: &str, limit: u32) -
             }),
             trace_context: None,
             latest: false,
+            awaited: false,
         })
         .await
         .unwrap();
@@ -4258,6 +4265,7 @@ async fn conditional_steps_whose_condition_fails_are_skipped_with_a_history_row_
             concurrency: None,
             trace_context: None,
             latest: false,
+            awaited: false,
         })
         .await
         .unwrap();
@@ -4995,6 +5003,7 @@ async fn a_saga_keeps_the_trace_context_of_its_start_and_its_children_inherit_it
             concurrency: None,
             trace_context: Some(context.to_string()),
             latest: false,
+            awaited: false,
         })
         .await
         .unwrap();

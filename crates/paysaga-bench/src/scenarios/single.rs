@@ -3,10 +3,15 @@
 //! claim), and the worker in the process that starts the saga (`Engine::start` inserts the
 //! saga held by that worker and hands it over in-process: no NOTIFY, no claim).
 //!
-//! Two figures per saga: **end to end**, measured here from calling `Engine::start` to
-//! seeing the saga finished (polled every millisecond, so it includes up to ~1 ms of
-//! polling delay), and **in the database**, from the `saga_started` history entry (written
-//! in the start transaction) to the `saga_completed` entry (written in the last commit).
+//! Each saga is run with `Engine::start_and_wait`, the library's call for "start this and
+//! give me its end": the insert marks the saga awaited, and its end wakes the caller (the
+//! end's NOTIFY from another process, or the last commit of this process's worker). Figures
+//! per saga: **end to end**, the call to its return with the ended saga; **in the
+//! database**, from the `saga_started` history entry (written in the start's statement) to
+//! the `saga_completed` entry (written in the last commit); and the two ends outside it,
+//! from the call to `saga_started` and from `saga_completed` to the return. The database
+//! runs on this machine (the benchmark's private cluster), so its `clock_timestamp()` and
+//! this process's clock are the same clock.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,8 +47,12 @@ pub struct SinglePhase {
     pub end_to_end: Option<Percentiles>,
     /// `saga_started` to `saga_completed` (database clock).
     pub in_database: Option<Percentiles>,
-    /// The `Engine::start` call alone.
-    pub start_call: Option<Percentiles>,
+    /// The call -> `saga_started` (the start's checks and its statement up to its history
+    /// row): the database's clock against this process's, the same machine's clock.
+    pub call_to_started: Option<Percentiles>,
+    /// `saga_completed` -> the call's return (the rest of the last commit, its WAL flush and
+    /// reply, the wake-up of the caller and its read of the ended saga).
+    pub completed_to_return: Option<Percentiles>,
     /// Where the time goes (history times, database clock, `clock_timestamp()`):
     /// `saga_started` (inside the start's statement) -> first `step_completed` (the
     /// start's commit, then the NOTIFY to the worker and its claim or the in-process
@@ -52,9 +61,6 @@ pub struct SinglePhase {
     /// One `step_completed` -> the next (one step: its run and its one-statement commit,
     /// including the previous commit's WAL flush).
     pub step_to_step: Option<Percentiles>,
-    /// End to end less (start call + in the database): the start's return after its
-    /// insert, the last commit's flush and reply, and the 1 ms polling.
-    pub outside_database_p50_ms: Option<f64>,
     /// Statements of the measured phase (`pg_stat_statements`, by total server time), to
     /// count round trips per saga.
     pub statements: Vec<crate::machine::StatementStat>,
@@ -115,48 +121,42 @@ async fn run_in(setup: &Setup, sagas: usize, concurrency: usize) -> Result<Singl
     })
 }
 
-/// Starts `sagas` sagas one at a time (after 10 warm-up ones), each after the previous one
-/// finished, and measures them.
+/// Runs `sagas` sagas one at a time with `Engine::start_and_wait` (after 10 warm-up ones),
+/// each after the previous one ended, and measures them.
 async fn measure(setup: &Setup, sagas: usize, label: &str) -> Result<SinglePhase> {
     let mut e2e = Vec::new();
-    let mut start_call = Vec::new();
     let mut ids = Vec::new();
+    // Per saga: the call and the return, on this process's clock.
+    let mut called_returned = Vec::new();
     let warmup = 10;
     for i in 0..warmup + sagas {
         if i == warmup {
             crate::machine::reset_statements(&setup.db.url).await.ok();
         }
-        let t = Instant::now();
-        let id = setup
+        let (called, t) = (chrono::Utc::now(), Instant::now());
+        let saga = setup
             .engine
-            .start(
-                "noop",
-                json!({"delay_ms": 0}),
-                Some(&format!("{label}-{i}")),
+            .start_and_wait(
+                paysaga_runtime::StartRequest {
+                    workflow: "noop".to_string(),
+                    version: None,
+                    input: json!({"delay_ms": 0}),
+                    idempotency_key: Some(format!("{label}-{i}")),
+                    actor: "bench".to_string(),
+                },
+                Duration::from_secs(30),
             )
-            .await?
-            .saga_id;
-        let started = t.elapsed();
-        let deadline = t + Duration::from_secs(30);
-        loop {
-            let done: bool = sqlx::query_scalar(
-                "SELECT finished_at IS NOT NULL FROM paysaga_sagas WHERE id = $1",
-            )
-            .bind(id)
-            .fetch_one(&setup.pool)
-            .await?;
-            if done {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("saga {id} did not finish within 30 s");
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            .await
+            .with_context(|| format!("saga {label}-{i}"))?;
+        let took = t.elapsed();
+        let returned = chrono::Utc::now();
+        if saga.status != paysaga_core::SagaStatus::Completed {
+            bail!("saga {} ended {}", saga.id, saga.status.as_str());
         }
         if i >= warmup {
-            e2e.push(t.elapsed().as_micros() as u64);
-            start_call.push(started.as_micros() as u64);
-            ids.push(id);
+            e2e.push(took.as_micros() as u64);
+            ids.push(saga.id);
+            called_returned.push((saga.id, called, returned));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -192,20 +192,40 @@ async fn measure(setup: &Setup, sagas: usize, label: &str) -> Result<SinglePhase
     .bind(&ids as &[Uuid])
     .fetch_all(&setup.pool)
     .await?;
+    // The two ends outside the database: the call -> `saga_started`, `saga_completed` -> the
+    // return.
+    let ends: Vec<(
+        Uuid,
+        chrono::DateTime<chrono::Utc>,
+        chrono::DateTime<chrono::Utc>,
+    )> = sqlx::query_as(
+        "SELECT s.saga_id, s.at, c.at
+             FROM paysaga_history s
+             JOIN paysaga_history c ON c.saga_id = s.saga_id AND c.kind = 'saga_completed'
+             WHERE s.kind = 'saga_started' AND s.saga_id = ANY($1)",
+    )
+    .bind(&ids as &[Uuid])
+    .fetch_all(&setup.pool)
+    .await?;
+    let ends: std::collections::HashMap<_, _> =
+        ends.into_iter().map(|(id, s, c)| (id, (s, c))).collect();
+    let micros = |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(0).max(0) as u64;
+    let (mut before, mut after) = (Vec::new(), Vec::new());
+    for (id, called, returned) in &called_returned {
+        if let Some((started, completed)) = ends.get(id) {
+            before.push(micros(*started - *called));
+            after.push(micros(*returned - *completed));
+        }
+    }
     let end_to_end = Percentiles::from_micros(e2e);
     let in_database = Percentiles::from_micros(db.iter().map(|v| v.max(0.0) as u64).collect());
-    let start_call = Percentiles::from_micros(start_call);
-    let outside_database_p50_ms = match (&end_to_end, &in_database, &start_call) {
-        (Some(e), Some(d), Some(s)) => Some(e.p50_ms - d.p50_ms - s.p50_ms),
-        _ => None,
-    };
     Ok(SinglePhase {
         end_to_end,
         in_database,
-        start_call,
+        call_to_started: Percentiles::from_micros(before),
+        completed_to_return: Percentiles::from_micros(after),
         started_to_first_step: Percentiles::from_micros(first),
         step_to_step: Percentiles::from_micros(steps),
-        outside_database_p50_ms,
         statements,
     })
 }
