@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use paysaga_core::{DocumentId, SagaStatus};
 use paysaga_runtime::Error;
-use paysaga_store::SagaFilter;
+use paysaga_store::{SagaFilter, Store};
 use serde_json::{json, Value};
 use support::processes::{free_port, log_dir, Sandbox, WorkerProcess};
 use support::workflows::{control_engine, example_document, input, repo};
@@ -293,6 +293,47 @@ async fn start_naming_a_missing_or_taken_document_is_refused_and_stores_nothing(
         }
         other => panic!("expected DocumentTooLarge, got {other:?}"),
     }
+}
+
+/// A start that claimed its documents and then lost its database before its insert committed
+/// leaves them with a saga id no saga has; the same request retried takes them back and
+/// starts (before: refused for good, "belongs to saga ..."), while a document a stored saga
+/// holds stays refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_retried_after_its_insert_failed_takes_back_the_documents_its_first_try_claimed() {
+    let db = paysaga_testkit::database().await;
+    let engine = control_engine(db.url()).await;
+    let store = paysaga_store::PgStore::connect(db.url()).await.unwrap();
+    let run = Uuid::new_v4().simple().to_string()[..8].to_string();
+    let base = input(&engine, "blaaiz_kyc_payout", &run, 0).await;
+    let ids: Vec<DocumentId> = base["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["document_id"].as_str().unwrap().parse().unwrap())
+        .collect();
+    // What the first try left: its documents claimed for its id, no saga inserted.
+    let orphan = Uuid::new_v4();
+    store.claim_documents(orphan, &ids).await.unwrap();
+    let started = engine
+        .start("blaaiz_kyc_payout", base.clone(), Some("k1"))
+        .await
+        .expect("the retried start takes its documents back");
+    assert!(started.created);
+    for id in &ids {
+        assert_eq!(
+            engine.document(*id).await.unwrap().unwrap().saga_id,
+            Some(started.saga_id)
+        );
+    }
+    // Held by a stored saga: still refused, with that saga named.
+    match engine.start("blaaiz_kyc_payout", base, Some("k2")).await {
+        Err(e @ Error::InvalidInput { .. }) => {
+            assert!(e.to_string().contains(&started.saga_id.to_string()), "{e}")
+        }
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+    assert_eq!(engine.list(&SagaFilter::default()).await.unwrap().len(), 1);
 }
 
 /// A step kind that reads the document its input names (as `blaaiz.upload_documents` does)

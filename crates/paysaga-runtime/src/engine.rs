@@ -720,6 +720,15 @@ impl Engine {
             }
             match record.saga_id {
                 Some(holder) if Some(holder) == existing => {}
+                // Given to a saga id that no saga has: a start that claimed it and then lost
+                // its database before its insert committed (its documents stay with its id
+                // when the insert's outcome is unknown). This start (the same request
+                // retried, as a client does after such an error) takes them back.
+                Some(holder) if self.store.saga(holder).await?.is_none() => {
+                    let released = self.store.release_documents(holder).await?;
+                    warn!(document = %id, orphan = %holder, released,
+                          "documents were held by a start that never inserted its saga; given to this start");
+                }
                 Some(holder) => {
                     return Err(refused(
                         step,
