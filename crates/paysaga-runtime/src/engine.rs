@@ -527,21 +527,13 @@ impl Engine {
     /// ```
     pub async fn wait_for_end(&self, id: Uuid, timeout: Duration) -> Result<SagaRecord, Error> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let timed_out = |saga: &SagaRecord| Error::WaitTimedOut {
-            saga: id,
-            status: saga.observed_status(),
-            waited: timeout,
-        };
-        // Making sure ends are heard may take a connection; never longer than the caller waits.
+        // Making sure ends are heard may take a connection; never longer than the caller waits
+        // (past the deadline: the saga as it is now, ended or timed out).
         let watch = match tokio::time::timeout_at(deadline, self.store.watch_end(id)).await {
             Ok(watch) => watch?.ok_or(Error::SagaNotFound(id))?,
             Err(_) => {
                 let saga = self.store.saga(id).await?.ok_or(Error::SagaNotFound(id))?;
-                return if saga.status.is_final() {
-                    Ok(saga)
-                } else {
-                    Err(timed_out(&saga))
-                };
+                return self.until_final(saga, None, deadline, timeout).await;
             }
         };
         let paysaga_store::EndWatch { saga, mut signal } = watch;

@@ -1357,8 +1357,8 @@ async fn delete_expired_documents(shared: &Shared) {
 /// at least 20 ms, so retention uses at most a sixth of one connection's time. Background
 /// deletes compete with the step commits for the database's CPU and WAL. Measured with
 /// `paysaga-bench --only prune` (docs/PERFORMANCE.md, "Retention cost"): a quarter of the
-/// time cost a concurrent drain 10%; at a sixth, batches of 500 still delete some 2,000
-/// sagas/s on a 2-core database, more than such a database finishes.
+/// time cost a concurrent drain 10%, a sixth 6-7%, while batches of 500 still deleted
+/// 1,400-1,700 sagas/s on a 2-core database, more than such a database finishes.
 pub fn retention_pause(took: Duration) -> Duration {
     (took * 5).max(Duration::from_millis(20))
 }

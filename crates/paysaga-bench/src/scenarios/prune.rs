@@ -150,8 +150,8 @@ async fn measure(
     let load_seconds =
         super::idle::load_finished(setup, finished, Duration::from_secs(100 * 86_400)).await?;
     // A backlog the run cannot exhaust (checked at the end): pruning paced as retention goes
-    // at ~2,000 sagas/s here, the segments without it add half, and 2 x 16 workers drain up
-    // to ~1,900 sagas/s: ~1.4 drained per pruned.
+    // at 1,400-1,700 sagas/s here, the segments without it add half, and 2 x 16 workers
+    // drain up to ~1,900 sagas/s: up to ~1.7 drained per pruned.
     let backlog: u64 = (finished * 2).max(200_000);
     let def = setup.definition_id("noop").await?;
     sqlx::query(
