@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
 use tokio::task::JoinSet;
 
 use super::stop_all;
@@ -21,6 +22,7 @@ use crate::cluster::Server;
 use crate::machine;
 use crate::peer::{self, Noop};
 use crate::stats::Percentiles;
+use underway::Job;
 
 /// Parameters (those of scenarios 1 and 6).
 #[derive(Debug, Clone)]
@@ -68,12 +70,26 @@ pub struct PeerRun {
     pub workers_cpu_s: f64,
     /// PostgreSQL backends' CPU seconds during the drain.
     pub postgres_backends_cpu_s: f64,
-    /// Single job: enqueue call -> last step seen succeeded.
-    pub single_end_to_end: Option<Percentiles>,
-    /// Single job: first task created -> last task completed (database clock).
-    pub single_in_database: Option<Percentiles>,
-    /// Single job: the `Job::enqueue` call alone.
-    pub single_enqueue_call: Option<Percentiles>,
+    /// Single job on an empty queue (before the drain, as paysaga's scenario 6 runs on a
+    /// database of its own): the comparison with paysaga's single saga.
+    pub single: Option<PeerSingle>,
+    /// Single job again after the drain, with the drain's tasks retained (underway keeps
+    /// succeeded tasks for 14 days by default and its dequeue reads them all).
+    pub single_after_drain: Option<PeerSingle>,
+}
+
+/// One job at a time on one idle worker process.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerSingle {
+    /// Task rows in the queue when the phase began.
+    pub tasks_in_queue: i64,
+    /// Enqueue call -> last step seen succeeded (polled every millisecond: a tokio sleep
+    /// of 1 ms lasts 1-2 ms, so this is up to ~2 ms late).
+    pub end_to_end: Option<Percentiles>,
+    /// First task created -> last task completed (database clock; no polling in it).
+    pub in_database: Option<Percentiles>,
+    /// The `Job::enqueue` call alone.
+    pub enqueue_call: Option<Percentiles>,
 }
 
 fn per(n: i64, d: f64) -> f64 {
@@ -105,6 +121,13 @@ async fn run_in(
         .connect(url)
         .await?;
     let job = peer::job(pool.clone(), Arc::new(AtomicU64::new(0))).await?;
+    // The lookup of the single-job phases' tasks (the benchmark's, not underway's).
+    sqlx::query("CREATE INDEX bench_task_n ON underway.task ((input->'step_input'->>'n'))")
+        .execute(&pool)
+        .await?;
+    // Single jobs on the empty queue first (paysaga's scenario 6 runs on a database of its
+    // own too), then the drain, then single jobs again with the drain's tasks retained.
+    let single_empty = single(&job, &pool, url, cfg, log_dir, "empty").await?;
 
     // Enqueue, no worker running.
     eprintln!(
@@ -163,8 +186,12 @@ async fn run_in(
     let (completed, steps, drain_seconds): (i64, i64, f64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE t.input->>'step_index' = '4'),
                 count(*),
-                (SELECT extract(epoch FROM max(t.completed_at) - (SELECT min(started_at) FROM underway.task_attempt))::float8)
-         FROM underway.task t WHERE t.state = 'succeeded'",
+                (SELECT extract(epoch FROM max(t.completed_at) - (
+                     SELECT min(a.started_at) FROM underway.task_attempt a
+                     JOIN underway.task d ON d.id = a.task_id
+                     WHERE d.input->'step_input'->>'n' IS NULL))::float8)
+         FROM underway.task t
+         WHERE t.state = 'succeeded' AND t.input->'step_input'->>'n' IS NULL",
     )
     .fetch_one(&pool)
     .await?;
@@ -173,21 +200,59 @@ async fn run_in(
     let d = machine::counters(url).await?.since(&before);
     let s = steps.max(1) as f64;
 
-    // Single: one job at a time on one idle worker.
-    eprintln!("  underway: {} jobs one at a time...", cfg.single);
-    sqlx::query("CREATE INDEX bench_task_n ON underway.task ((input->'step_input'->>'n'))")
-        .execute(&pool)
+    // The same single-job phase with the drain's tasks retained.
+    let single_after_drain = single(&job, &pool, url, cfg, log_dir, "after").await?;
+    pool.close().await;
+    Ok(PeerRun {
+        engine: "underway 0.2.0".into(),
+        workers: cfg.workers,
+        concurrency: cfg.concurrency,
+        jobs: cfg.jobs,
+        enqueue_per_s,
+        drain_seconds,
+        completed,
+        steps,
+        jobs_per_s: per(completed, drain_seconds),
+        steps_per_s: per(steps, drain_seconds),
+        write_xacts_per_step: per(d.next_xid, s),
+        commits_per_step: per(d.xact_commit, s),
+        wal_bytes_per_step: per(d.wal_bytes, s),
+        workers_cpu_s,
+        postgres_backends_cpu_s,
+        single: Some(single_empty),
+        single_after_drain: Some(single_after_drain),
+    })
+}
+
+/// One job at a time on one idle worker process (10 warm-up jobs, then `cfg.single`): the
+/// enqueue call, the end seen by polling every millisecond, and the database's own times.
+async fn single(
+    job: &Job<Noop, ()>,
+    pool: &PgPool,
+    url: &str,
+    cfg: &Config,
+    log_dir: &std::path::Path,
+    phase: &str,
+) -> Result<PeerSingle> {
+    eprintln!("  underway: {} jobs one at a time ({phase})...", cfg.single);
+    let tasks_in_queue: i64 = sqlx::query_scalar("SELECT count(*) FROM underway.task")
+        .fetch_one(pool)
         .await?;
     let reports = Arc::new(Reports::default());
-    let worker =
-        WorkerProc::spawn_underway(url, "uw-single", cfg.concurrency, log_dir, reports.clone())?;
+    let worker = WorkerProc::spawn_underway(
+        url,
+        &format!("uw-single-{phase}"),
+        cfg.concurrency,
+        log_dir,
+        reports,
+    )?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let warmup = 10;
     let mut e2e = Vec::new();
     let mut calls = Vec::new();
     let mut measured = Vec::new();
     for i in 0..warmup + cfg.single {
-        let n = format!("single-{i}");
+        let n = format!("single-{phase}-{i}");
         let t = Instant::now();
         job.enqueue(&Noop {
             delay_ms: 0,
@@ -203,7 +268,7 @@ async fn run_in(
                    AND input->>'step_index' = '4' AND state = 'succeeded')",
             )
             .bind(&n)
-            .fetch_one(&pool)
+            .fetch_one(pool)
             .await?;
             if done {
                 break;
@@ -227,29 +292,12 @@ async fn run_in(
          GROUP BY input->'step_input'->>'n'",
     )
     .bind(&measured)
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await?;
-    pool.close().await;
-    Ok(PeerRun {
-        engine: "underway 0.2.0".into(),
-        workers: cfg.workers,
-        concurrency: cfg.concurrency,
-        jobs: cfg.jobs,
-        enqueue_per_s,
-        drain_seconds,
-        completed,
-        steps,
-        jobs_per_s: per(completed, drain_seconds),
-        steps_per_s: per(steps, drain_seconds),
-        write_xacts_per_step: per(d.next_xid, s),
-        commits_per_step: per(d.xact_commit, s),
-        wal_bytes_per_step: per(d.wal_bytes, s),
-        workers_cpu_s,
-        postgres_backends_cpu_s,
-        single_end_to_end: Percentiles::from_micros(e2e),
-        single_in_database: Percentiles::from_micros(
-            db.iter().map(|v| v.max(0.0) as u64).collect(),
-        ),
-        single_enqueue_call: Percentiles::from_micros(calls),
+    Ok(PeerSingle {
+        tasks_in_queue,
+        end_to_end: Percentiles::from_micros(e2e),
+        in_database: Percentiles::from_micros(db.iter().map(|v| v.max(0.0) as u64).collect()),
+        enqueue_call: Percentiles::from_micros(calls),
     })
 }
