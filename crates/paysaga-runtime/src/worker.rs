@@ -97,6 +97,8 @@ impl Default for WorkerConfig {
 pub struct WorkerStats {
     /// Sagas claimed.
     pub claimed: AtomicU64,
+    /// Claim statements run (those that found nothing included).
+    pub claims: AtomicU64,
     /// Step runs (forward and compensation).
     pub steps_run: AtomicU64,
     /// Commits that failed because the lease was lost.
@@ -275,6 +277,12 @@ struct Shared {
     running: Mutex<HashSet<Uuid>>,
     /// Database clock minus this process's clock, in milliseconds (learned at heartbeats).
     clock_offset_ms: AtomicI64,
+    /// Runnable sagas may be waiting for a slot of this worker: a wake-up (a notification,
+    /// a due time) came while every slot was taken, or the last claim filled every free
+    /// slot. Cleared by a claim that found fewer sagas than it had slots for. A task whose
+    /// saga finished wakes the claim loop only then: otherwise nothing it did made a saga
+    /// runnable (whatever does notifies), and a claim would find nothing.
+    backlog: AtomicBool,
 }
 
 impl Shared {
@@ -351,6 +359,7 @@ impl Worker {
             lease: Arc::new(LeaseClock::new(self.config.lease_ttl)),
             running: Mutex::new(HashSet::new()),
             clock_offset_ms: AtomicI64::new(0),
+            backlog: AtomicBool::new(false),
         });
         let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         // `Engine::start` in this process hands new sagas straight to this worker, from the
@@ -450,7 +459,17 @@ impl Worker {
                 woken = true;
                 continue;
             }
+            if claim_now && free == 0 {
+                // Claimed when a task ends. Counted again after the mark: a task that freed
+                // its slot before the mark was seen may not have woken this loop.
+                shared.backlog.store(true, Ordering::SeqCst);
+                if permits.available_permits() > 0 {
+                    woken = true;
+                    continue;
+                }
+            }
             if let Some(mut slots) = slots {
+                shared.stats.claims.fetch_add(1, Ordering::Relaxed);
                 match self
                     .engine
                     .store
@@ -459,6 +478,7 @@ impl Worker {
                 {
                     Ok(batch) => {
                         claimed_all = batch.len() == free;
+                        shared.backlog.store(claimed_all, Ordering::SeqCst);
                         if !batch.is_empty() {
                             shared
                                 .engine
@@ -580,19 +600,28 @@ fn spawn_saga(
             let (id, fence) = (saga.id, saga.fence);
             let worker = shared.id();
             let run = AssertUnwindSafe(run_saga(&shared, saga));
-            if let Err(panic) = run.catch_unwind().await {
-                // Outside a step (a step's panic is caught in run_step): give the saga back
-                // rather than hold it.
-                error!(panic = %panic_message(&*panic), "saga task panicked; giving the saga back");
-                if let Ok(mut list) = shared.to_release.lock() {
-                    list.push((id, worker, fence));
+            let finished = match run.catch_unwind().await {
+                Ok(finished) => finished,
+                Err(panic) => {
+                    // Outside a step (a step's panic is caught in run_step): give the saga
+                    // back rather than hold it.
+                    error!(panic = %panic_message(&*panic), "saga task panicked; giving the saga back");
+                    if let Ok(mut list) = shared.to_release.lock() {
+                        list.push((id, worker, fence));
+                    }
+                    false
                 }
-            }
+            };
             if let Ok(mut running) = shared.running.lock() {
                 running.remove(&id);
             }
             drop(permit);
-            shared.wake.notify_one();
+            // A saga given back, waiting or retrying later: the loop claims (the slot) and
+            // learns its due time. A finished saga made nothing runnable: the loop is woken
+            // only if sagas may wait for the slot (see `Shared::backlog`).
+            if !finished || shared.backlog.load(Ordering::SeqCst) {
+                shared.wake.notify_one();
+            }
         }
         .instrument(span),
     );
@@ -841,7 +870,9 @@ fn spawn_background(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
 }
 
 /// Runs a claimed saga until it waits, backs off, finishes, or the lease is lost.
-async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
+/// Runs `saga`'s steps while this worker keeps it; true if its last commit ended it for
+/// good (a final status).
+async fn run_saga(shared: &Shared, mut saga: SagaRecord) -> bool {
     let worker = shared.id();
     let mut wake_event = saga.wake_event.take();
     loop {
@@ -850,7 +881,7 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
             Err(e) => {
                 error!(error = %e, "cannot load the saga's definition; releasing it");
                 shared.give_back(&saga, worker);
-                return;
+                return false;
             }
         };
         let now = shared.now();
@@ -878,7 +909,7 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
                     warn!(step = %loaded.compiled.steps[index].def.name,
                           "the lease may be about to lapse (a pause or a slow database): not starting an irreversible step; giving the saga back");
                     shared.give_back(&saga, worker);
-                    return;
+                    return false;
                 }
                 if loaded.compiled.steps[index].fan_out.is_some() {
                     match crate::children::run_fan_out(
@@ -899,7 +930,7 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
                         }
                         crate::children::FanOutRun::LeaseLost => {
                             warn!("lease lost while starting children: nothing started; the saga's new holder goes on");
-                            return;
+                            return false;
                         }
                     }
                 } else {
@@ -957,7 +988,7 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
         {
             error!(error = %e, "could not ask the children to cancel; giving the saga back to unwind later");
             shared.give_back(&saga, worker);
-            return;
+            return false;
         }
         let mut committed = commit_with_retry(
             shared,
@@ -996,14 +1027,14 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
                 shared.engine.metrics.lease_lost.inc();
                 warn!(step = ?loaded.compiled.steps.get(saga.step_index).map(|s| &s.def.name),
                       "lease lost before commit: result discarded; the saga's new holder re-runs the step with the same idempotency key");
-                return;
+                return false;
             }
             Err(e) => {
                 error!(error = %e, "could not commit the step result; the saga is given back when the database answers and the step re-runs with the same idempotency key");
                 if let Ok(mut list) = shared.to_release.lock() {
                     list.push((saga.id, worker, saga.fence));
                 }
-                return;
+                return false;
             }
         };
         record_transition(shared, &saga.workflow, &transition);
@@ -1036,13 +1067,13 @@ async fn run_saga(shared: &Shared, mut saga: SagaRecord) {
             info!(status = %transition.status, error = ?transition.last_error, "saga finished");
         }
         if !committed.kept {
-            return;
+            return transition.status.is_final();
         }
         apply_locally(&mut saga, &transition, &committed);
         wake_event = committed.wake_event;
         if shared.stopping.load(Ordering::SeqCst) {
             debug!("shutting down: leaving the saga for the next holder");
-            return;
+            return false;
         }
     }
 }

@@ -115,9 +115,9 @@ async fn a_start_hands_the_saga_to_a_worker_of_its_process_and_goes_the_usual_wa
     while live().await == 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // The worker claims at its start and after each task ends, holding its free slots for
-    // that round trip; a start meanwhile is not handed (it goes the usual way, by design).
-    // The hand-offs below start when the worker is idle.
+    // The worker claims at its start (and after a task ends when sagas may wait for its
+    // slot), holding its free slots for that round trip; a start meanwhile is not handed (it
+    // goes the usual way, by design). The hand-offs below start when the worker is idle.
     let settle = || tokio::time::sleep(Duration::from_millis(300));
     settle().await;
     let count = |kind: &'static str, saga: uuid::Uuid| {
@@ -183,6 +183,76 @@ async fn a_start_hands_the_saga_to_a_worker_of_its_process_and_goes_the_usual_wa
     assert_eq!(ended.status, SagaStatus::Completed);
     assert_eq!(stats.handed.load(Ordering::Relaxed), 2);
     assert_eq!(next_stats.claimed.load(Ordering::Relaxed), 1);
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+}
+
+/// A saga that finishes frees its slot without a claim when nothing waits for it (nothing
+/// it did made a saga runnable), and a worker whose every slot was taken when sagas came
+/// claims them as soon as a slot frees: their notifications came while it was full, and its
+/// look for work is a minute away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_saga_wakes_the_claim_only_when_sagas_wait_for_a_slot() {
+    let db = paysaga_testkit::database().await;
+    // The sagas are started by an engine without a worker (as another process would).
+    let starter = engine(db.url()).await;
+    let engine = engine(db.url()).await;
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let mut config = WorkerConfig::default();
+    config.concurrency = 2;
+    config.idle_poll = Duration::from_secs(60);
+    let worker = engine.worker(config);
+    let stats = worker.stats();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    while sqlx::query_scalar::<_, i64>(
+        "SELECT count(*) FROM paysaga_workers WHERE stopped_at IS NULL",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap()
+        == 0
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let settle = || tokio::time::sleep(Duration::from_millis(500));
+    settle().await;
+    let wait = Duration::from_secs(10);
+    let start = |key: &'static str, delay_ms: u64| {
+        let starter = starter.clone();
+        async move {
+            starter
+                .start("noop", json!({ "delay_ms": delay_ms }), Some(key))
+                .await
+                .unwrap()
+                .saga_id
+        }
+    };
+
+    // Nothing waits: the saga's notification makes one claim, its end none.
+    let claims = stats.claims.load(Ordering::Relaxed);
+    let a = start("a", 0).await;
+    let ended = starter.wait_for_end(a, wait).await.unwrap();
+    assert_eq!(ended.status, SagaStatus::Completed);
+    settle().await;
+    assert_eq!(stats.claims.load(Ordering::Relaxed), claims + 1);
+    assert_eq!(stats.claimed.load(Ordering::Relaxed), 1);
+
+    // Both slots busy when two more come: they run as soon as a slot frees, not at the
+    // next look for work a minute later.
+    let long = [start("long-1", 400).await, start("long-2", 400).await];
+    while stats.claimed.load(Ordering::Relaxed) < 3 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let queued = [start("b", 0).await, start("c", 0).await];
+    for id in long.into_iter().chain(queued) {
+        let ended = starter.wait_for_end(id, wait).await.unwrap();
+        assert_eq!(ended.status, SagaStatus::Completed);
+    }
+    assert_eq!(stats.claimed.load(Ordering::Relaxed), 5);
+    assert_eq!(stats.finished.load(Ordering::Relaxed), 5);
     stop.send(()).unwrap();
     running.await.unwrap().unwrap();
 }
