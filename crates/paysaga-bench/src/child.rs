@@ -208,23 +208,33 @@ impl Reports {
             .unwrap_or(0)
     }
 
-    /// Waits until the workers reporting here finished `target` sagas.
+    /// Waits until the workers reporting here finished `target` sagas. It gives up only when
+    /// the count has not grown for `stall`: a slow machine or a peer that slows down as its
+    /// queue grows still finishes, a stuck one fails with the count it reached.
     pub async fn wait_finished(
         &self,
         target: u64,
-        timeout: Duration,
+        stall: Duration,
         mut each: impl FnMut(),
     ) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while self.finished() < target {
-            if tokio::time::Instant::now() > deadline {
+        let start = tokio::time::Instant::now();
+        let mut seen = self.finished();
+        let mut moved = start;
+        while seen < target {
+            let now = tokio::time::Instant::now();
+            if now - moved > stall {
                 anyhow::bail!(
-                    "timed out after {timeout:?}: workers finished {} of {target} sagas",
-                    self.finished()
+                    "no progress for {stall:?}: workers finished {seen} of {target} sagas in {:.0?}",
+                    now - start
                 );
             }
             each();
             tokio::time::sleep(Duration::from_millis(20)).await;
+            let f = self.finished();
+            if f > seen {
+                seen = f;
+                moved = tokio::time::Instant::now();
+            }
         }
         Ok(())
     }

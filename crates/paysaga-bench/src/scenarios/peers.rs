@@ -178,7 +178,7 @@ async fn run_in(
         })
         .collect::<Result<Vec<_>>>()?;
     reports
-        .wait_finished(cfg.jobs as u64, Duration::from_secs(900), || {})
+        .wait_finished(cfg.jobs as u64, Duration::from_secs(180), || {})
         .await
         .context("underway drain")?;
     let workers_cpu_s: f64 = workers.iter().map(|w| w.cpu_seconds()).sum();

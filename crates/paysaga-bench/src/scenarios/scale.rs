@@ -190,7 +190,7 @@ async fn drain_cell(
         })
         .collect::<Result<Vec<_>>>()?;
     reports
-        .wait_finished(sagas as u64, Duration::from_secs(600), || {})
+        .wait_finished(sagas as u64, Duration::from_secs(180), || {})
         .await?;
     let cpu_after = machine::machine_cpu();
     let backends =

@@ -269,7 +269,7 @@ async fn run_in(setup: &Setup, cfg: &Config) -> Result<Throughput> {
     // Progress comes from the workers' own counters (stdout), not from polling the
     // database, so that the measurement adds no load to the server.
     reports
-        .wait_finished(cfg.sagas as u64, Duration::from_secs(900), || {
+        .wait_finished(cfg.sagas as u64, Duration::from_secs(180), || {
             for (peak, w) in peaks.iter_mut().zip(&workers) {
                 if let Some((_, hwm)) = w.rss_mib() {
                     *peak = peak.max(hwm);
@@ -368,7 +368,7 @@ async fn run_in(setup: &Setup, cfg: &Config) -> Result<Throughput> {
     paced_starts(setup, rate, warmup, "lat-warmup").await?;
     let ids = paced_starts(setup, rate, count, "lat").await?;
     lat_reports
-        .wait_finished((warmup + count) as u64, Duration::from_secs(300), || {})
+        .wait_finished((warmup + count) as u64, Duration::from_secs(180), || {})
         .await?;
     stop_all(workers).await?;
     let lat: Vec<f64> = sqlx::query_scalar(
