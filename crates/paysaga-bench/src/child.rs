@@ -208,9 +208,19 @@ impl Reports {
             .unwrap_or(0)
     }
 
+    /// Sagas finished plus work taken (paysaga: claims; underway: steps run) by all workers
+    /// reporting here: what moves while they work.
+    fn activity(&self) -> u64 {
+        self.progress
+            .lock()
+            .map(|p| p.values().map(|v| v.0 + v.1).sum())
+            .unwrap_or(0)
+    }
+
     /// Waits until the workers reporting here finished `target` sagas. It gives up only when
-    /// the count has not grown for `stall`: a slow machine or a peer that slows down as its
-    /// queue grows still finishes, a stuck one fails with the count it reached.
+    /// they did nothing for `stall` (no saga finished, no work taken): a slow machine or a
+    /// peer that slows down as its queue grows still finishes, a stuck one fails with the
+    /// count it reached.
     pub async fn wait_finished(
         &self,
         target: u64,
@@ -218,21 +228,22 @@ impl Reports {
         mut each: impl FnMut(),
     ) -> Result<()> {
         let start = tokio::time::Instant::now();
-        let mut seen = self.finished();
+        let mut seen = self.activity();
         let mut moved = start;
-        while seen < target {
+        while self.finished() < target {
             let now = tokio::time::Instant::now();
             if now - moved > stall {
                 anyhow::bail!(
-                    "no progress for {stall:?}: workers finished {seen} of {target} sagas in {:.0?}",
+                    "no progress for {stall:?}: workers finished {} of {target} sagas in {:.0?}",
+                    self.finished(),
                     now - start
                 );
             }
             each();
             tokio::time::sleep(Duration::from_millis(20)).await;
-            let f = self.finished();
-            if f > seen {
-                seen = f;
+            let a = self.activity();
+            if a != seen {
+                seen = a;
                 moved = tokio::time::Instant::now();
             }
         }

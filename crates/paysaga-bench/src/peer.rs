@@ -34,19 +34,35 @@ pub struct Noop {
     pub n: Option<String>,
 }
 
-/// The 5-step job; `finished` counts the last step's runs.
-pub async fn job(pool: PgPool, finished: Arc<AtomicU64>) -> Result<Job<Noop, ()>> {
+/// What an underway worker process counts: jobs finished (its last step's runs) and steps
+/// run. underway queues tasks in creation order, so a drain runs most first steps before
+/// any job's last one: the step count is what shows it moving.
+#[derive(Debug, Default)]
+pub struct Counts {
+    /// Last steps run.
+    pub finished: AtomicU64,
+    /// Steps run, the last ones included.
+    pub steps: AtomicU64,
+}
+
+/// The 5-step job, counting into `counts`.
+pub async fn job(pool: PgPool, counts: Arc<Counts>) -> Result<Job<Noop, ()>> {
+    let step = |counts: &Arc<Counts>| {
+        let counts = counts.clone();
+        move |_cx, n: Noop| {
+            counts.steps.fetch_add(1, Ordering::Relaxed);
+            async move { To::next(n) }
+        }
+    };
     let job = Job::builder()
-        .step(|_cx, n: Noop| async move { To::next(n) })
-        .step(|_cx, n: Noop| async move { To::next(n) })
-        .step(|_cx, n: Noop| async move { To::next(n) })
-        .step(|_cx, n: Noop| async move { To::next(n) })
+        .step(step(&counts))
+        .step(step(&counts))
+        .step(step(&counts))
+        .step(step(&counts))
         .step(move |_cx, _n: Noop| {
-            let finished = finished.clone();
-            async move {
-                finished.fetch_add(1, Ordering::Relaxed);
-                To::done()
-            }
+            counts.steps.fetch_add(1, Ordering::Relaxed);
+            counts.finished.fetch_add(1, Ordering::Relaxed);
+            async move { To::done() }
         })
         .name(QUEUE)
         .pool(pool)
@@ -68,29 +84,33 @@ pub async fn prepare(url: &str) -> Result<()> {
 }
 
 /// Entry point of an underway worker child process: runs until its stdin closes, prints
-/// `progress NAME FINISHED 0` lines and a final `exit finished=N`.
+/// `progress NAME FINISHED STEPS` lines (the second counter is paysaga's claims: work taken)
+/// and a final `exit finished=N`.
 pub async fn run_child(url: &str, name: &str, concurrency: usize) -> Result<()> {
     let pool = PgPoolOptions::new()
         .max_connections(concurrency as u32 + 2)
         .connect(url)
         .await
         .context("underway child: connect")?;
-    let finished = Arc::new(AtomicU64::new(0));
-    let job = job(pool, finished.clone()).await?;
+    let counts = Arc::new(Counts::default());
+    let job = job(pool, counts.clone()).await?;
     let mut worker = job.worker();
     worker.set_concurrency_limit(concurrency);
     let stopper = worker.clone();
     let runner = tokio::spawn(async move { worker.run().await });
     let progress = {
-        let finished = finished.clone();
+        let counts = counts.clone();
         let name = name.to_string();
         tokio::spawn(async move {
-            let mut last = u64::MAX;
+            let mut last = (u64::MAX, u64::MAX);
             loop {
-                let f = finished.load(Ordering::Relaxed);
-                if f != last {
-                    println!("progress {name} {f} 0");
-                    last = f;
+                let now = (
+                    counts.finished.load(Ordering::Relaxed),
+                    counts.steps.load(Ordering::Relaxed),
+                );
+                if now != last {
+                    println!("progress {name} {} {}", now.0, now.1);
+                    last = now;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -109,6 +129,6 @@ pub async fn run_child(url: &str, name: &str, concurrency: usize) -> Result<()> 
         .context("underway child: join the worker")?
         .context("underway child: worker")?;
     progress.abort();
-    println!("exit finished={}", finished.load(Ordering::Relaxed));
+    println!("exit finished={}", counts.finished.load(Ordering::Relaxed));
     Ok(())
 }

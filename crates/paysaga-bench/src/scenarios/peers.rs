@@ -6,7 +6,6 @@
 //! one idle worker process; enqueue call -> last step's task seen succeeded, polled every
 //! millisecond). The report prints the ratios next to paysaga's and pgbench's.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -120,7 +119,7 @@ async fn run_in(
         .max_connections(18)
         .connect(url)
         .await?;
-    let job = peer::job(pool.clone(), Arc::new(AtomicU64::new(0))).await?;
+    let job = peer::job(pool.clone(), Arc::default()).await?;
     // The lookup of the single-job phases' tasks (the benchmark's, not underway's).
     sqlx::query("CREATE INDEX bench_task_n ON underway.task ((input->'step_input'->>'n'))")
         .execute(&pool)
