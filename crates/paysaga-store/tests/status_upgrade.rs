@@ -2,7 +2,9 @@
 //! a deployment upgraded with sagas in flight finds `running` sagas `scheduled` (no failed
 //! attempt) or `retrying` (backing off), parked `failed` ones `needs_operator`, their
 //! `saga_failed` history rows `saga_parked`, and every other row unchanged; on PostgreSQL and
-//! on the embedded SQLite store.
+//! on the embedded SQLite store. The later rewrite of the commit path's checks as array
+//! constants (20261128040101, PostgreSQL) validates the rows already stored and accepts
+//! exactly the statuses and history kinds the engine writes.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -14,24 +16,24 @@ use uuid::Uuid;
 
 const VOCABULARY: i64 = 20261126090101;
 
-/// A directory holding the paysaga migrations of `dir` released before the new vocabulary.
-fn migrations_before_vocabulary(dir: &str) -> PathBuf {
+/// A directory holding the paysaga migrations of `dir` released before `version`.
+fn migrations_before(dir: &str, version: i64) -> PathBuf {
     let target = std::env::temp_dir().join(format!(
-        "paysaga-status-upgrade-{}",
+        "paysaga-upgrade-{version}-{}",
         Uuid::new_v4().simple()
     ));
     std::fs::create_dir_all(&target).unwrap();
     for e in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(dir)).unwrap() {
         let e = e.unwrap();
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(version) = name
+        let Some(v) = name
             .strip_suffix(".sql")
             .and_then(|n| n.split('_').next())
             .and_then(|v| v.parse::<i64>().ok())
         else {
             continue;
         };
-        if version < VOCABULARY {
+        if v < version {
             std::fs::copy(e.path(), target.join(&name)).unwrap();
         }
     }
@@ -93,7 +95,7 @@ async fn postgres_sagas_in_flight_keep_their_meaning_across_the_status_vocabular
     let db = paysaga_testkit::database().await;
     let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
     // What the earlier release did: its migrations, recorded by sqlx's migrator.
-    Migrator::new(migrations_before_vocabulary("../../migrations"))
+    Migrator::new(migrations_before("../../migrations", VOCABULARY))
         .await
         .unwrap()
         .run(&pool)
@@ -157,7 +159,7 @@ async fn sqlite_sagas_in_flight_keep_their_meaning_across_the_status_vocabulary_
         .create_if_missing(true)
         .foreign_keys(true);
     let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
-    Migrator::new(migrations_before_vocabulary("../../migrations/sqlite"))
+    Migrator::new(migrations_before("../../migrations/sqlite", VOCABULARY))
         .await
         .unwrap()
         .run(&pool)
@@ -243,4 +245,192 @@ async fn sqlite_sagas_in_flight_keep_their_meaning_across_the_status_vocabulary_
         .await
         .unwrap();
     assert_eq!(waits, 1);
+}
+
+const ARRAY_CHECKS: i64 = 20261128040101;
+
+/// The checks and trigger conditions every step commit evaluates, with the size of the
+/// expression tree PostgreSQL reads back at each statement (`conbin`, `tgqual` as text).
+async fn commit_path_expressions(pool: &sqlx::PgPool) -> Vec<(String, bool, i32)> {
+    sqlx::query_as(
+        "SELECT conname::text, convalidated, octet_length(conbin::text)
+           FROM pg_constraint
+          WHERE conname IN ('paysaga_history_kind_check', 'paysaga_sagas_status_check',
+                            'paysaga_sagas_final_check', 'paysaga_sagas_closed_outcome_check',
+                            'paysaga_sagas_close_requested_check')
+         UNION ALL
+         SELECT tgname::text, true, octet_length(tgqual::text)
+           FROM pg_trigger WHERE tgname IN ('paysaga_child_ended', 'paysaga_saga_ended')
+         ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// The SQLSTATE of a refused statement (`None`: it was accepted).
+async fn refused(pool: &sqlx::PgPool, sql: &str, id: Uuid, text: &str) -> Option<String> {
+    match sqlx::query(sql).bind(id).bind(text).execute(pool).await {
+        Ok(_) => None,
+        Err(sqlx::Error::Database(e)) => e.code().map(|c| c.into_owned()),
+        Err(e) => panic!("{sql}: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn postgres_commit_path_checks_accept_every_status_and_kind_the_engine_writes_and_no_other() {
+    let db = paysaga_testkit::database().await;
+    let store = paysaga_store::connect(db.url()).await.unwrap();
+    store.migrate().await.unwrap();
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    sqlx::query(
+        "INSERT INTO paysaga_definitions (name, version, content_hash, body, step_kinds)
+         VALUES ('flow', 1, 'h', '{\"name\":\"flow\",\"version\":1,\"steps\":[]}', '{noop.sleep}')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let insert = "INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status,
+             run_at, closed_outcome)
+         SELECT $1, id, 'flow', 1, '{}', $2,
+             CASE WHEN $2 IN ('scheduled', 'retrying', 'waiting', 'compensating') THEN now() END,
+             CASE WHEN $2 = 'closed' THEN 'paid' END
+         FROM paysaga_definitions WHERE name = 'flow'";
+    let mut ids = Vec::new();
+    for status in SagaStatus::ALL {
+        let id = Uuid::new_v4();
+        assert_eq!(
+            refused(&pool, insert, id, status.as_str()).await,
+            None,
+            "{status:?}"
+        );
+        ids.push(id);
+    }
+    assert_eq!(
+        refused(&pool, insert, Uuid::new_v4(), "running")
+            .await
+            .as_deref(),
+        Some("23514"),
+        "`running` is derived, never stored"
+    );
+    let history = "INSERT INTO paysaga_history (saga_id, kind) VALUES ($1, $2)";
+    for kind in HistoryKind::ALL {
+        assert_eq!(
+            refused(&pool, history, ids[0], kind.as_str()).await,
+            None,
+            "{kind:?}"
+        );
+    }
+    assert_eq!(
+        refused(&pool, history, ids[0], "saga_failed")
+            .await
+            .as_deref(),
+        Some("23514"),
+        "a kind the engine no longer writes"
+    );
+    // The other conditions of the rewritten checks still hold.
+    let completed = ids[4];
+    let cases = [
+        ("UPDATE paysaga_sagas SET run_at = now() WHERE id = $1 AND $2 <> ''", completed, "a final saga is never runnable"),
+        ("UPDATE paysaga_sagas SET closed_outcome = $2 WHERE id = $1", completed, "only a closed saga has an outcome"),
+        ("UPDATE paysaga_sagas SET closed_outcome = NULL WHERE id = $1 AND $2 <> ''", ids[8], "a closed saga has its outcome"),
+        ("UPDATE paysaga_sagas SET close_requested = jsonb_build_object('outcome', $2) WHERE id = $1", ids[6], "a close request names paid or not_paid"),
+        ("UPDATE paysaga_sagas SET close_requested = jsonb_build_object('note', $2) WHERE id = $1", ids[6], "a close request names its outcome"),
+        ("UPDATE paysaga_sagas SET close_requested = jsonb_build_object('outcome', 'paid') WHERE id = $1 AND $2 <> ''", ids[0], "only an unwinding or parked saga has a close request"),
+    ];
+    for (sql, id, what) in cases {
+        assert_eq!(
+            refused(&pool, sql, id, "paid!").await.as_deref(),
+            Some("23514"),
+            "{what}"
+        );
+    }
+    assert_eq!(
+        refused(&pool, "UPDATE paysaga_sagas SET close_requested = jsonb_build_object('outcome', $2) WHERE id = $1", ids[6], "not_paid").await,
+        None
+    );
+}
+
+#[tokio::test]
+async fn postgres_upgrade_to_array_checks_validates_stored_rows_and_shrinks_what_each_commit_reads()
+{
+    let db = paysaga_testkit::database().await;
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    Migrator::new(migrations_before("../../migrations", ARRAY_CHECKS))
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    let before = commit_path_expressions(&pool).await;
+    assert_eq!(before.len(), 7, "{before:?}");
+    let def: i64 = sqlx::query_scalar(
+        "INSERT INTO paysaga_definitions (name, version, content_hash, body, step_kinds)
+         VALUES ('flow', 1, 'h', '{\"name\":\"flow\",\"version\":1,\"steps\":[]}', '{noop.sleep}')
+         RETURNING id",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let (open, closed) = (Uuid::new_v4(), Uuid::new_v4());
+    sqlx::query(
+        "INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status, run_at,
+             closed_outcome)
+         VALUES ($1, $3, 'flow', 1, '{}', 'retrying', now(), NULL),
+                ($2, $3, 'flow', 1, '{}', 'closed', NULL, 'not_paid')",
+    )
+    .bind(open)
+    .bind(closed)
+    .bind(def)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO paysaga_history (saga_id, kind) VALUES ($1, 'saga_started'),
+             ($1, 'step_retrying'), ($2, 'saga_started'), ($2, 'saga_closed')",
+    )
+    .bind(open)
+    .bind(closed)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let rows = "SELECT s.id, s.status, s.closed_outcome, array_agg(h.kind ORDER BY h.id)::text
+                  FROM paysaga_sagas s JOIN paysaga_history h ON h.saga_id = s.id
+                 GROUP BY 1, 2, 3 ORDER BY 1";
+    type Row = (Uuid, String, Option<String>, String);
+    let stored: Vec<Row> = sqlx::query_as(rows).fetch_all(&pool).await.unwrap();
+
+    let store = paysaga_store::connect(db.url()).await.unwrap();
+    store.migrate().await.unwrap();
+
+    let after: Vec<Row> = sqlx::query_as(rows).fetch_all(&pool).await.unwrap();
+    assert_eq!(after, stored, "every stored row kept as it was");
+    let now = commit_path_expressions(&pool).await;
+    assert_eq!(
+        now.iter().map(|(n, _, _)| n).collect::<Vec<_>>(),
+        before.iter().map(|(n, _, _)| n).collect::<Vec<_>>(),
+        "the same checks and triggers, by name"
+    );
+    for (name, valid, _) in &now {
+        assert!(*valid, "{name} is validated against the stored rows");
+    }
+    let total = |rows: &[(String, bool, i32)]| rows.iter().map(|r| r.2).sum::<i32>();
+    assert!(
+        total(&now) * 3 < total(&before) * 2,
+        "read per status update: {} bytes, {} before",
+        total(&now),
+        total(&before)
+    );
+    let kind = |rows: &[(String, bool, i32)]| {
+        rows.iter()
+            .find(|(n, _, _)| n == "paysaga_history_kind_check")
+            .map(|r| r.2)
+            .unwrap()
+    };
+    assert!(
+        kind(&now) * 2 < kind(&before),
+        "the history kinds are one constant, not one node per kind: {} bytes, {} before",
+        kind(&now),
+        kind(&before)
+    );
 }
