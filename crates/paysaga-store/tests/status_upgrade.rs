@@ -4,7 +4,10 @@
 //! `saga_failed` history rows `saga_parked`, and every other row unchanged; on PostgreSQL and
 //! on the embedded SQLite store. The later rewrite of the commit path's checks as array
 //! constants (20261128040101, PostgreSQL) validates the rows already stored and accepts
-//! exactly the statuses and history kinds the engine writes.
+//! exactly the statuses and history kinds the engine writes. The same migration closed two
+//! NULL holes (a closed saga without its outcome, a close request without one); the SQLite
+//! store closes them with triggers (20261128090101), and its upgrade stops on a stored row of
+//! either shape.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -432,5 +435,206 @@ async fn postgres_upgrade_to_array_checks_validates_stored_rows_and_shrinks_what
         "the history kinds are one constant, not one node per kind: {} bytes, {} before",
         kind(&now),
         kind(&before)
+    );
+}
+
+const OUTCOME_REQUIRED: i64 = 20261128090101;
+
+/// A new SQLite database file, in a directory of its own under the temp dir, with its URL
+/// and a pool on it.
+async fn sqlite_file(name: &str) -> (String, sqlx::SqlitePool) {
+    let dir = std::env::temp_dir().join(format!("paysaga-{name}-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}", dir.join("paysaga.db").display());
+    let options = url
+        .parse::<sqlx::sqlite::SqliteConnectOptions>()
+        .unwrap()
+        .create_if_missing(true)
+        .foreign_keys(true);
+    (url, sqlx::SqlitePool::connect_with(options).await.unwrap())
+}
+
+/// Inserts a saga of `status` (runnable when active, an outcome when `outcome` is given) on
+/// a one-definition SQLite database, and returns whether SQLite accepted it.
+async fn sqlite_insert(
+    pool: &sqlx::SqlitePool,
+    id: Uuid,
+    status: &str,
+    outcome: Option<&str>,
+) -> Result<(), String> {
+    let now = "2026-11-28T10:00:00.000000Z";
+    let active = matches!(
+        status,
+        "scheduled" | "retrying" | "waiting" | "compensating"
+    );
+    sqlx::query(
+        "INSERT INTO paysaga_sagas (id, definition_id, workflow, version, input, status,
+             run_at, closed_outcome, created_at, updated_at)
+         VALUES ($1, 1, 'flow', 1, '{}', $2, $3, $4, $5, $5)",
+    )
+    .bind(id.to_string())
+    .bind(status)
+    .bind(active.then_some(now))
+    .bind(outcome)
+    .bind(now)
+    .execute(pool)
+    .await
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}
+
+async fn sqlite_definition(pool: &sqlx::SqlitePool) {
+    sqlx::query(
+        "INSERT INTO paysaga_definitions (id, name, version, content_hash, body, step_kinds, created_at)
+         VALUES (1, 'flow', 1, 'h', '{\"name\":\"flow\",\"version\":1,\"steps\":[]}', '[\"noop.sleep\"]',
+                 '2026-11-28T10:00:00.000000Z')",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn sqlite_refuses_a_closed_saga_without_its_outcome_and_a_close_request_without_one() {
+    let (url, pool) = sqlite_file("outcome").await;
+    let store = paysaga_store::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    sqlite_definition(&pool).await;
+    for status in SagaStatus::ALL {
+        let outcome = (status == SagaStatus::Closed).then_some("paid");
+        sqlite_insert(&pool, Uuid::new_v4(), status.as_str(), outcome)
+            .await
+            .unwrap_or_else(|e| panic!("{status:?}: {e}"));
+    }
+    let refused = sqlite_insert(&pool, Uuid::new_v4(), "closed", None).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("a closed saga carries its outcome")),
+        "a closed saga without its outcome: {refused:?}"
+    );
+    let (closed, unwinding) = (Uuid::new_v4(), Uuid::new_v4());
+    sqlite_insert(&pool, closed, "closed", Some("not_paid"))
+        .await
+        .unwrap();
+    sqlite_insert(&pool, unwinding, "compensating", None)
+        .await
+        .unwrap();
+    let update = |sql: &'static str, id: Uuid| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(sql)
+                .bind(id.to_string())
+                .execute(&pool)
+                .await
+                .map(|_| ())
+                .map_err(|e| match e {
+                    sqlx::Error::Database(db) => db.code().unwrap_or_default().into_owned(),
+                    other => panic!("{sql}: {other}"),
+                })
+        }
+    };
+    // Refused with a constraint error (SQLITE_CONSTRAINT and its extended codes), which the
+    // engine treats as a result that cannot be stored, as it does a CHECK's.
+    let constraint =
+        |r: Result<(), String>| r.is_err_and(|c| c.parse::<i64>().unwrap() & 0xff == 19);
+    let cases = [
+        (
+            "UPDATE paysaga_sagas SET closed_outcome = NULL WHERE id = $1",
+            closed,
+            "a closed saga keeps its outcome",
+        ),
+        (
+            "UPDATE paysaga_sagas SET close_requested = '{\"note\": \"x\"}' WHERE id = $1",
+            unwinding,
+            "a close request names its outcome",
+        ),
+        (
+            "UPDATE paysaga_sagas SET close_requested = '{\"outcome\": null}' WHERE id = $1",
+            unwinding,
+            "a close request's outcome is not null",
+        ),
+        (
+            "UPDATE paysaga_sagas SET close_requested = '{\"outcome\": \"maybe\"}' WHERE id = $1",
+            unwinding,
+            "a close request names paid or not_paid",
+        ),
+    ];
+    for (sql, id, what) in cases {
+        assert!(constraint(update(sql, id).await), "{what}");
+    }
+    update(
+        "UPDATE paysaga_sagas SET close_requested = '{\"outcome\": \"not_paid\"}' WHERE id = $1",
+        unwinding,
+    )
+    .await
+    .unwrap();
+    let stored: (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT (SELECT closed_outcome FROM paysaga_sagas WHERE id = $1),
+                (SELECT json_extract(close_requested, '$.outcome') FROM paysaga_sagas WHERE id = $2)",
+    )
+    .bind(closed.to_string())
+    .bind(unwinding.to_string())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, (Some("not_paid".into()), Some("not_paid".into())));
+}
+
+#[tokio::test]
+async fn sqlite_upgrade_stops_on_a_stored_closed_saga_without_outcome_and_goes_on_once_it_has_one()
+{
+    let (url, pool) = sqlite_file("outcome-upgrade").await;
+    Migrator::new(migrations_before(
+        "../../migrations/sqlite",
+        OUTCOME_REQUIRED,
+    ))
+    .await
+    .unwrap()
+    .run(&pool)
+    .await
+    .unwrap();
+    sqlite_definition(&pool).await;
+    let (closed, open) = (Uuid::new_v4(), Uuid::new_v4());
+    sqlite_insert(&pool, closed, "closed", None)
+        .await
+        .expect("the earlier schema let it through");
+    sqlite_insert(&pool, open, "retrying", None).await.unwrap();
+    let store = paysaga_store::connect(&url).await.unwrap();
+    let stopped = store.migrate().await;
+    assert!(
+        stopped.as_ref().is_err_and(|e| e
+            .to_string()
+            .contains("sagas_closed_without_outcome_or_with_an_outcome_less_close_request")),
+        "the upgrade names what stops it: {stopped:?}"
+    );
+    let triggers: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sqlite_master WHERE name LIKE 'paysaga_sagas_outcome_%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(triggers, 0, "nothing of the stopped migration stays");
+    // The operator gives the saga its outcome; the upgrade then goes through.
+    sqlx::query("UPDATE paysaga_sagas SET closed_outcome = 'paid' WHERE id = $1")
+        .bind(closed.to_string())
+        .execute(&pool)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    assert!(sqlite_insert(&pool, Uuid::new_v4(), "closed", None)
+        .await
+        .is_err());
+    let kept: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT id, status, closed_outcome FROM paysaga_sagas ORDER BY status")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        kept,
+        vec![
+            (closed.to_string(), "closed".into(), Some("paid".into())),
+            (open.to_string(), "retrying".into(), None),
+        ]
     );
 }
