@@ -246,11 +246,43 @@ async fn single(
         reports,
     )?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    // From a task of the runtime, as paysaga's calls in scenario 6 (see `single::measure`).
+    let (job, pool_for_calls, phase_name, jobs) =
+        (job.clone(), pool.clone(), phase.to_string(), cfg.single);
+    let (e2e, calls, measured) =
+        tokio::spawn(async move { one_at_a_time(&job, &pool_for_calls, &phase_name, jobs).await })
+            .await
+            .context("underway: the task making the calls")??;
+    stop_all(vec![worker]).await?;
+    let db: Vec<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM max(completed_at) - min(created_at))::float8 * 1e6
+         FROM underway.task WHERE input->'step_input'->>'n' = ANY($1)
+         GROUP BY input->'step_input'->>'n'",
+    )
+    .bind(&measured)
+    .fetch_all(pool)
+    .await?;
+    Ok(PeerSingle {
+        tasks_in_queue,
+        end_to_end: Percentiles::from_micros(e2e),
+        in_database: Percentiles::from_micros(db.iter().map(|v| v.max(0.0) as u64).collect()),
+        enqueue_call: Percentiles::from_micros(calls),
+    })
+}
+
+/// `jobs` jobs one at a time (after 10 warm-up jobs), each polled until its last step's task
+/// succeeded: end-to-end and enqueue-call times (µs) and the measured jobs' names.
+async fn one_at_a_time(
+    job: &Job<Noop, ()>,
+    pool: &PgPool,
+    phase: &str,
+    jobs: usize,
+) -> Result<(Vec<u64>, Vec<u64>, Vec<String>)> {
     let warmup = 10;
     let mut e2e = Vec::new();
     let mut calls = Vec::new();
     let mut measured = Vec::new();
-    for i in 0..warmup + cfg.single {
+    for i in 0..warmup + jobs {
         let n = format!("single-{phase}-{i}");
         let t = Instant::now();
         job.enqueue(&Noop {
@@ -284,19 +316,5 @@ async fn single(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    stop_all(vec![worker]).await?;
-    let db: Vec<f64> = sqlx::query_scalar(
-        "SELECT extract(epoch FROM max(completed_at) - min(created_at))::float8 * 1e6
-         FROM underway.task WHERE input->'step_input'->>'n' = ANY($1)
-         GROUP BY input->'step_input'->>'n'",
-    )
-    .bind(&measured)
-    .fetch_all(pool)
-    .await?;
-    Ok(PeerSingle {
-        tasks_in_queue,
-        end_to_end: Percentiles::from_micros(e2e),
-        in_database: Percentiles::from_micros(db.iter().map(|v| v.max(0.0) as u64).collect()),
-        enqueue_call: Percentiles::from_micros(calls),
-    })
+    Ok((e2e, calls, measured))
 }
