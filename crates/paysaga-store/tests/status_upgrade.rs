@@ -153,15 +153,7 @@ async fn postgres_sagas_in_flight_keep_their_meaning_across_the_status_vocabular
 
 #[tokio::test]
 async fn sqlite_sagas_in_flight_keep_their_meaning_across_the_status_vocabulary_migration() {
-    let dir = std::env::temp_dir().join(format!("paysaga-status-{}", Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let url = format!("sqlite://{}", dir.join("paysaga.db").display());
-    let options = url
-        .parse::<sqlx::sqlite::SqliteConnectOptions>()
-        .unwrap()
-        .create_if_missing(true)
-        .foreign_keys(true);
-    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    let (url, pool) = sqlite_file("status").await;
     Migrator::new(migrations_before("../../migrations/sqlite", VOCABULARY))
         .await
         .unwrap()
