@@ -35,6 +35,7 @@ fn worker_info(id: Uuid) -> WorkerInfo {
         hostname: "test".into(),
         pid: 1,
         step_kinds: vec!["noop.sleep".into()],
+        assignments: None,
     }
 }
 

@@ -173,6 +173,7 @@ async fn stuck_sagas_are_found_and_each_action_moves_them_on() {
                 hostname: "h".into(),
                 pid: 1,
                 step_kinds: vec!["noop.sleep".into()],
+                assignments: None,
             },
             Duration::from_millis(100),
         )
@@ -197,6 +198,7 @@ async fn stuck_sagas_are_found_and_each_action_moves_them_on() {
                 hostname: "h".into(),
                 pid: 2,
                 step_kinds: h.engine.registry().names(),
+                assignments: None,
             },
             Duration::from_secs(3600),
         )

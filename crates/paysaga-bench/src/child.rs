@@ -130,8 +130,9 @@ pub async fn run_child(
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
     println!(
-        "exit claimed={} steps_run={} finished={} lease_lost={} claim_batches={claim_batches}",
+        "exit claimed={} assigned={} steps_run={} finished={} lease_lost={} claim_batches={claim_batches}",
         stats.claimed.load(Ordering::Relaxed),
+        stats.assigned.load(Ordering::Relaxed),
         stats.steps_run.load(Ordering::Relaxed),
         stats.finished.load(Ordering::Relaxed),
         stats.lease_lost.load(Ordering::Relaxed),

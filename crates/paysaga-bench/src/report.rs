@@ -781,7 +781,12 @@ impl Report {
                 "\n[6] single-saga latency: {} noop sagas one at a time, 1 idle worker",
                 s.sagas
             );
-            let _ = writeln!(o, "  worker in a process of its own (NOTIFY, claim):");
+            let _ = writeln!(
+                o,
+                "  worker in a process of its own (held by it from the insert, NOTIFY on its channel, no claim; {} of {} sagas):",
+                s.assigned.map_or("-".to_string(), |a| a.to_string()),
+                s.sagas + 10
+            );
             render_single_phase(&mut o, &s.worker_process, s.sagas);
             if let Some(p) = &s.in_process {
                 let _ = writeln!(

@@ -99,6 +99,8 @@ pub struct Metrics {
     pub waits_past_deadline: Family<WorkflowLabels, Counter>,
     /// Sagas claimed per claim query.
     pub claim_batch: Histogram,
+    /// Sagas a start in another process inserted held by this worker (run without a claim).
+    pub sagas_assigned: Counter,
     /// Sagas released from workers whose lease expired.
     pub lease_takeovers: Counter,
     /// Commits refused because the lease was lost.
@@ -154,6 +156,7 @@ impl Metrics {
             retries: Family::default(),
             waits_past_deadline: Family::default(),
             claim_batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            sagas_assigned: Counter::default(),
             lease_takeovers: Counter::default(),
             lease_lost: Counter::default(),
             inbox_events: Family::default(),
@@ -222,6 +225,11 @@ impl Metrics {
             "claim_batch_size",
             "Sagas claimed per claim query",
             self.claim_batch.clone(),
+        );
+        registry.register(
+            "sagas_assigned",
+            "Sagas a start in another process inserted held by this worker and ran without a claim",
+            self.sagas_assigned.clone(),
         );
         registry.register(
             "lease_takeovers",

@@ -5,10 +5,10 @@
 //! sagas it holds); a saga's fencing token increases at every claim. A step result is
 //! committed only while the worker's lease is live and the token unchanged.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use paysaga_core::{
     after_compensation, after_step, next_run, unstorable, NextRun, SagaStatus, StepContext,
     StepOutcome, Transition, Wake,
 };
-use paysaga_store::{Commit, Committed, SagaRecord, WorkerInfo};
+use paysaga_store::{Assignments, Commit, Committed, SagaRecord, Wakeup, WorkerInfo};
 use serde_json::Value;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -118,6 +118,9 @@ pub struct WorkerStats {
     /// Sagas `Engine::start` in this process inserted held by this worker and handed to it
     /// directly (no NOTIFY, no claim; counted apart from `claimed`).
     pub handed: AtomicU64,
+    /// Sagas a start in another process inserted held by this worker and named on its own
+    /// channel, taken with a free slot (no claim; counted apart from `claimed` and `handed`).
+    pub assigned: AtomicU64,
 }
 
 /// A saga `Engine::start` inserted held by a worker of its process, with the permit (a slot
@@ -283,6 +286,16 @@ struct Shared {
     /// saga finished wakes the claim loop only then: otherwise nothing it did made a saga
     /// runnable (whatever does notifies), and a claim would find nothing.
     backlog: AtomicBool,
+    /// The key of this worker's own wake-up channel ([`paysaga_store::Assignments`]): a
+    /// start in another process hands it new sagas there. The same under every worker id
+    /// this process registers.
+    listener: Uuid,
+    /// How many sagas handed to this worker by starts in other processes wait for a slot: a
+    /// task that ends wakes the claim loop while there are any.
+    pending_assigned: AtomicUsize,
+    /// Set by the LISTEN task when its connection came back: sagas handed to this worker
+    /// meanwhile were not heard of, so the loop looks for sagas it holds without running them.
+    relistened: AtomicBool,
 }
 
 impl Shared {
@@ -360,6 +373,9 @@ impl Worker {
             running: Mutex::new(HashSet::new()),
             clock_offset_ms: AtomicI64::new(0),
             backlog: AtomicBool::new(false),
+            listener: Uuid::new_v4(),
+            relistened: AtomicBool::new(false),
+            pending_assigned: AtomicUsize::new(0),
         });
         let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         // `Engine::start` in this process hands new sagas straight to this worker, from the
@@ -377,6 +393,16 @@ impl Worker {
             engine: self.engine.clone(),
             shared: Arc::downgrade(&shared),
         };
+        // Listening before the registration makes the worker a candidate for sagas handed
+        // by other processes: none is sent before it hears them.
+        let (assigned_tx, mut assigned) = mpsc::unbounded_channel::<Uuid>();
+        let listening = match self.engine.store.worker_wakeups(shared.listener).await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(error = %e, "cannot LISTEN yet; polling until it works");
+                None
+            }
+        };
         register(&shared).await?;
         shared.sync_clock().await;
         for group in self.engine.store.sagas_needing_other_kinds(&kinds).await? {
@@ -387,7 +413,7 @@ impl Worker {
             );
         }
         // Aborted when this future is dropped too, so a dropped worker stops heartbeating.
-        let background = AbortOnDrop(spawn_background(shared.clone()));
+        let background = AbortOnDrop(spawn_background(shared.clone(), listening, assigned_tx));
         let _gauges = AbortOnDrop(crate::gauges::spawn(
             self.engine.clone(),
             self.config.gauges.clone(),
@@ -411,6 +437,10 @@ impl Worker {
         // fallback for a notification this worker missed: a due saga found then is claimed at
         // once).
         let mut woken = true;
+        // Sagas starts in other processes inserted held by this worker, waiting for a slot
+        // (the start counted one free, but the slot is taken for a claim's round trip or by a
+        // task about to end). They run before anything is claimed.
+        let mut pending: VecDeque<Uuid> = VecDeque::new();
         let mut known_due: Option<DateTime<Utc>> = None;
         let mut last_look = start;
         let mut look_every = self.config.idle_poll;
@@ -421,6 +451,10 @@ impl Worker {
                 }
             }
             release_abandoned(&shared).await;
+            if shared.relistened.swap(false, Ordering::SeqCst) {
+                // Sagas handed to this worker while it did not listen are held and not run.
+                next_orphan_check = tokio::time::Instant::now();
+            }
             // No claim is in flight here (claims run in this loop): a saga the store says we
             // own that no task runs was claimed by a claim whose reply was lost.
             if tokio::time::Instant::now() >= next_orphan_check {
@@ -439,6 +473,26 @@ impl Worker {
                 next_document_sweep = tokio::time::Instant::now() + document_sweep_every;
                 delete_expired_documents(&shared).await;
             }
+            while !pending.is_empty() {
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    break;
+                };
+                if let Some(saga) = pending.pop_front() {
+                    shared.stats.assigned.fetch_add(1, Ordering::Relaxed);
+                    shared.engine.metrics.sagas_assigned.inc();
+                    spawn_saga(&mut tasks, &shared, Taken::Assigned(saga), permit);
+                }
+            }
+            // Many more than its slots: starts raced for its last ones. The newest go back
+            // to be claimed by a worker with a free slot.
+            while pending.len() > self.config.concurrency.max(1) {
+                if let Some(saga) = pending.pop_back() {
+                    give_back_assigned(&mut tasks, &shared, saga);
+                }
+            }
+            shared
+                .pending_assigned
+                .store(pending.len(), Ordering::SeqCst);
             let claim_now =
                 std::mem::take(&mut woken) || known_due.is_some_and(|at| at <= shared.now());
             let free = permits.available_permits();
@@ -496,7 +550,12 @@ impl Worker {
                                 shared.give_back(&claimed.saga, shared.id());
                                 continue;
                             };
-                            spawn_saga(&mut tasks, &shared, claimed.saga, permit);
+                            spawn_saga(
+                                &mut tasks,
+                                &shared,
+                                Taken::Record(Box::new(claimed.saga)),
+                                permit,
+                            );
                         }
                     }
                     Err(e) => {
@@ -542,7 +601,17 @@ impl Worker {
                 _ = shared.wake.notified() => woken = true,
                 Some(h) = handed.recv() => {
                     shared.stats.handed.fetch_add(1, Ordering::Relaxed);
-                    spawn_saga(&mut tasks, &shared, h.saga, h.permit);
+                    spawn_saga(&mut tasks, &shared, Taken::Record(Box::new(h.saga)), h.permit);
+                }
+                Some(saga) = assigned.recv() => {
+                    // Marked before the slot is looked for (at the loop's top): a task ending
+                    // after the mark wakes the loop, one ending before it freed the slot.
+                    // Held and about to run: not an orphan for the look for those.
+                    if let Ok(mut running) = shared.running.lock() {
+                        running.insert(saga);
+                    }
+                    pending.push_back(saga);
+                    shared.pending_assigned.store(pending.len(), Ordering::SeqCst);
                 }
                 // Everything busy: wait for a task to finish (it wakes this loop).
                 _ = tokio::time::sleep(sleep_for), if !busy => {}
@@ -552,6 +621,7 @@ impl Worker {
         // stop below with the others this worker holds.
         drop(registration);
         handed.close();
+        assigned.close();
         // Drain.
         info!(in_flight = tasks.len(), grace = ?self.config.shutdown_grace, "stopping: no new claims; draining in-flight steps");
         shared.stopping.store(true, Ordering::SeqCst);
@@ -580,37 +650,89 @@ impl Worker {
     }
 }
 
-/// Runs `saga` (claimed, or handed by `Engine::start`) in a task of its own holding
-/// `permit` until it waits, backs off, finishes or the lease is lost.
+/// A saga a worker took: as the claim or the insert returned it, or only its id (a start in
+/// another process inserted it held by this worker and named it on the worker's channel).
+enum Taken {
+    Record(Box<SagaRecord>),
+    Assigned(Uuid),
+}
+
+/// Gives back a saga a start in another process inserted held by this worker (fence 1, the
+/// insert's) without running it, so that a worker with a free slot claims it.
+fn give_back_assigned(tasks: &mut JoinSet<()>, shared: &Arc<Shared>, saga: Uuid) {
+    let (shared, worker) = (shared.clone(), shared.id());
+    tasks.spawn(async move {
+        let reason = "handed to a worker whose slots were all taken; a worker with a free slot claims it";
+        let given = shared.engine.store.give_back(saga, worker, 1, reason).await;
+        if let Ok(mut running) = shared.running.lock() {
+            running.remove(&saga);
+        }
+        match given {
+            Ok(_) => info!(saga_id = %saga, "more sagas were handed to this worker than it has slots; gave one back for another worker to claim"),
+            Err(e) => {
+                warn!(saga_id = %saga, error = %e, "cannot give back a saga handed to this worker beyond its slots; retrying");
+                if let Ok(mut list) = shared.to_release.lock() {
+                    list.push((saga, worker, 1));
+                }
+            }
+        }
+    });
+}
+
+/// Runs `saga` (claimed, handed by `Engine::start` in this process, or inserted held by this
+/// worker by a start in another process) in a task of its own holding `permit` until it
+/// waits, backs off, finishes or the lease is lost.
 fn spawn_saga(
     tasks: &mut JoinSet<()>,
     shared: &Arc<Shared>,
-    saga: SagaRecord,
+    saga: Taken,
     permit: OwnedSemaphorePermit,
 ) {
     let shared = shared.clone();
-    let span = info_span!("saga", saga_id = %saga.id, workflow = %saga.workflow);
-    // Its steps join the trace of its start (feature `otel`).
-    crate::trace_context::continue_in(&span, saga.trace_context.as_deref());
+    let (id, span) = match &saga {
+        Taken::Record(saga) => (
+            saga.id,
+            info_span!("saga", saga_id = %saga.id, workflow = %saga.workflow),
+        ),
+        Taken::Assigned(id) => (
+            *id,
+            info_span!("saga", saga_id = %id, workflow = tracing::field::Empty),
+        ),
+    };
+    if let Taken::Record(saga) = &saga {
+        // Its steps join the trace of its start (feature `otel`).
+        crate::trace_context::continue_in(&span, saga.trace_context.as_deref());
+    }
+    // Marked running before anything else: the look for orphans (sagas held without a task)
+    // must not give it back.
     if let Ok(mut running) = shared.running.lock() {
-        running.insert(saga.id);
+        running.insert(id);
     }
     tasks.spawn(
         async move {
-            let (id, fence) = (saga.id, saga.fence);
             let worker = shared.id();
-            let run = AssertUnwindSafe(run_saga(&shared, saga));
-            let finished = match run.catch_unwind().await {
-                Ok(finished) => finished,
-                Err(panic) => {
-                    // Outside a step (a step's panic is caught in run_step): give the saga
-                    // back rather than hold it.
-                    error!(panic = %panic_message(&*panic), "saga task panicked; giving the saga back");
-                    if let Ok(mut list) = shared.to_release.lock() {
-                        list.push((id, worker, fence));
+            let saga = match saga {
+                Taken::Record(saga) => Some(*saga),
+                Taken::Assigned(id) => assigned_saga(&shared, id, worker).await,
+            };
+            let finished = match saga {
+                Some(saga) => {
+                    let fence = saga.fence;
+                    let run = AssertUnwindSafe(run_saga(&shared, saga));
+                    match run.catch_unwind().await {
+                        Ok(finished) => finished,
+                        Err(panic) => {
+                            // Outside a step (a step's panic is caught in run_step): give the
+                            // saga back rather than hold it.
+                            error!(panic = %panic_message(&*panic), "saga task panicked; giving the saga back");
+                            if let Ok(mut list) = shared.to_release.lock() {
+                                list.push((id, worker, fence));
+                            }
+                            false
+                        }
                     }
-                    false
                 }
+                None => false,
             };
             if let Ok(mut running) = shared.running.lock() {
                 running.remove(&id);
@@ -619,12 +741,40 @@ fn spawn_saga(
             // A saga given back, waiting or retrying later: the loop claims (the slot) and
             // learns its due time. A finished saga made nothing runnable: the loop is woken
             // only if sagas may wait for the slot (see `Shared::backlog`).
-            if !finished || shared.backlog.load(Ordering::SeqCst) {
+            if !finished
+                || shared.backlog.load(Ordering::SeqCst)
+                || shared.pending_assigned.load(Ordering::SeqCst) > 0
+            {
                 shared.wake.notify_one();
             }
         }
         .instrument(span),
     );
+}
+
+/// Saga `id`, handed to this worker by a start in another process, as stored: `None` if this
+/// worker no longer holds it (a look for orphans gave it back before the notification came)
+/// or it cannot be read (then it is given back when the database answers).
+async fn assigned_saga(shared: &Shared, id: Uuid, worker: Uuid) -> Option<SagaRecord> {
+    match shared.engine.store.saga(id).await {
+        Ok(Some(saga)) if saga.owner == Some(worker) && !saga.status.is_final() => {
+            let span = tracing::Span::current();
+            span.record("workflow", saga.workflow.as_str());
+            crate::trace_context::continue_in(&span, saga.trace_context.as_deref());
+            Some(saga)
+        }
+        Ok(_) => {
+            debug!("a saga handed to this worker is no longer held by it; nothing to run");
+            None
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot read a saga handed to this worker; giving it back when the database answers");
+            if let Ok(mut list) = shared.to_release.lock() {
+                list.push((id, worker, 1));
+            }
+            None
+        }
+    }
 }
 
 /// Gives back sagas whose commit failed for good.
@@ -781,6 +931,10 @@ async fn register(shared: &Shared) -> Result<(), Error> {
         hostname: std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".to_string()),
         pid: std::process::id(),
         step_kinds: shared.kinds.clone(),
+        assignments: Some(Assignments {
+            concurrency: u32::try_from(shared.config.concurrency.max(1)).unwrap_or(u32::MAX),
+            listener: shared.listener,
+        }),
     };
     // The id first: a start that reads it before the row is stored only finds the worker
     // not live (and wakes workers instead of handing it the saga); one that finds the row
@@ -798,8 +952,13 @@ async fn register(shared: &Shared) -> Result<(), Error> {
     Ok(())
 }
 
-/// Heartbeat and LISTEN tasks.
-fn spawn_background(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
+/// Heartbeat and LISTEN tasks. `listening`: the LISTEN connection made before the worker
+/// registered, if it could be made; sagas handed to this worker go to `assigned`.
+fn spawn_background(
+    shared: Arc<Shared>,
+    listening: Option<paysaga_store::WakeupsBox>,
+    assigned: mpsc::UnboundedSender<Uuid>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let hb = {
             let shared = shared.clone();
@@ -840,11 +999,36 @@ fn spawn_background(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
         let listen = {
             let shared = shared.clone();
             async move {
+                let mut listening = listening;
                 loop {
-                    match shared.engine.store.wakeups().await {
+                    let connected = match listening.take() {
+                        Some(w) => Ok(w),
+                        None => {
+                            let connected =
+                                shared.engine.store.worker_wakeups(shared.listener).await;
+                            if connected.is_ok() {
+                                // Not listening until now: sagas handed meanwhile went unheard.
+                                shared.relistened.store(true, Ordering::SeqCst);
+                                shared.wake.notify_one();
+                            }
+                            connected
+                        }
+                    };
+                    match connected {
                         Ok(mut w) => loop {
-                            match w.recv().await {
-                                Ok(()) => shared.wake.notify_one(),
+                            match w.next().await {
+                                Ok(Wakeup::Runnable) => shared.wake.notify_one(),
+                                Ok(Wakeup::Assigned { saga }) => {
+                                    if assigned.send(saga).is_err() {
+                                        // The loop ended: the stop releases the saga.
+                                        return;
+                                    }
+                                }
+                                Ok(Wakeup::Reconnected) => {
+                                    warn!("LISTEN connection lost and back; looking for sagas handed to this worker meanwhile");
+                                    shared.relistened.store(true, Ordering::SeqCst);
+                                    shared.wake.notify_one();
+                                }
                                 Err(e) => {
                                     warn!(error = %e, "LISTEN connection lost; reconnecting");
                                     break;

@@ -190,7 +190,9 @@ async fn a_start_hands_the_saga_to_a_worker_of_its_process_and_goes_the_usual_wa
 /// A saga that finishes frees its slot without a claim when nothing waits for it (nothing
 /// it did made a saga runnable), and a worker whose every slot was taken when sagas came
 /// claims them as soon as a slot frees: their notifications came while it was full, and its
-/// look for work is a minute away.
+/// look for work is a minute away. (Sagas started while the worker has a free slot are
+/// handed to it by the insert and claimed by no one; those started while it is full are
+/// inserted free and claimed.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finished_saga_wakes_the_claim_only_when_sagas_wait_for_a_slot() {
     let db = paysaga_testkit::database().await;
@@ -231,27 +233,37 @@ async fn a_finished_saga_wakes_the_claim_only_when_sagas_wait_for_a_slot() {
         }
     };
 
-    // Nothing waits: the saga's notification makes one claim, its end none.
+    // Nothing waits: the saga is handed to the worker (no claim), its end makes none.
     let claims = stats.claims.load(Ordering::Relaxed);
     let a = start("a", 0).await;
     let ended = starter.wait_for_end(a, wait).await.unwrap();
     assert_eq!(ended.status, SagaStatus::Completed);
     settle().await;
-    assert_eq!(stats.claims.load(Ordering::Relaxed), claims + 1);
-    assert_eq!(stats.claimed.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.claims.load(Ordering::Relaxed), claims);
+    assert_eq!(stats.assigned.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.claimed.load(Ordering::Relaxed), 0);
 
-    // Both slots busy when two more come: they run as soon as a slot frees, not at the
-    // next look for work a minute later.
+    // Both slots busy when two more come: they are inserted free (the worker holds as many
+    // sagas as its concurrency) and run as soon as a slot frees, not at the next look for
+    // work a minute later.
     let long = [start("long-1", 400).await, start("long-2", 400).await];
-    while stats.claimed.load(Ordering::Relaxed) < 3 {
+    while stats.assigned.load(Ordering::Relaxed) < 3 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let queued = [start("b", 0).await, start("c", 0).await];
+    for id in queued {
+        let held = starter.store().saga(id).await.unwrap().unwrap();
+        assert_eq!(
+            held.owner, None,
+            "a saga started while every slot is taken is free"
+        );
+    }
     for id in long.into_iter().chain(queued) {
         let ended = starter.wait_for_end(id, wait).await.unwrap();
         assert_eq!(ended.status, SagaStatus::Completed);
     }
-    assert_eq!(stats.claimed.load(Ordering::Relaxed), 5);
+    assert_eq!(stats.assigned.load(Ordering::Relaxed), 3);
+    assert_eq!(stats.claimed.load(Ordering::Relaxed), 2);
     assert_eq!(stats.finished.load(Ordering::Relaxed), 5);
     stop.send(()).unwrap();
     running.await.unwrap().unwrap();
@@ -329,4 +341,267 @@ async fn engine_without_definitions(url: &str) -> Engine {
     let mut registry = Registry::new();
     registry.register(noop::Sleep);
     Engine::new(Arc::new(store), registry)
+}
+
+/// A worker of `engine` running until the sender is used or dropped, once its row is live.
+async fn running_worker(
+    engine: &Engine,
+    pool: &sqlx::PgPool,
+    config: WorkerConfig,
+) -> (
+    Arc<paysaga_runtime::WorkerStats>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), Error>>,
+) {
+    let live = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM paysaga_workers WHERE stopped_at IS NULL",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    };
+    let before = live().await;
+    let worker = engine.worker(config);
+    let stats = worker.stats();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    while live().await == before {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (stats, stop, running)
+}
+
+/// History rows of `kind` for `saga`.
+async fn history_count(pool: &sqlx::PgPool, saga: uuid::Uuid, kind: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM paysaga_history WHERE saga_id = $1 AND kind = $2")
+        .bind(saga)
+        .bind(kind)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// A start in a process without a worker of its own inserts the saga held by a live worker
+/// of another process that has a free slot and every step kind, and wakes that worker alone:
+/// it runs the saga without a claim. A worker without the kinds is never handed one, and
+/// when the only worker with them holds as many sagas as its concurrency, the saga is
+/// inserted free and claimed when a slot frees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_in_another_process_hands_the_saga_to_a_live_worker_with_a_free_slot_and_every_kind(
+) {
+    let db = paysaga_testkit::database().await;
+    let starter = engine(db.url()).await;
+    let with_kinds = engine(db.url()).await;
+    let without_kinds = {
+        let store = PgStore::connect(db.url()).await.unwrap();
+        Engine::new(Arc::new(store), Registry::new())
+    };
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let mut config = WorkerConfig::default();
+    config.concurrency = 1;
+    config.idle_poll = Duration::from_secs(60);
+    let (stats, stop, running) = running_worker(&with_kinds, &pool, config.clone()).await;
+    config.concurrency = 4;
+    let (other_stats, other_stop, other_running) =
+        running_worker(&without_kinds, &pool, config).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let claims = stats.claims.load(Ordering::Relaxed);
+    let wait = Duration::from_secs(20);
+
+    let a = starter
+        .start("noop", json!({"delay_ms": 0}), Some("a"))
+        .await
+        .unwrap();
+    let ended = starter.wait_for_end(a.saga_id, wait).await.unwrap();
+    assert_eq!(ended.status, SagaStatus::Completed);
+    assert_eq!(history_count(&pool, a.saga_id, "step_completed").await, 5);
+    assert_eq!(stats.assigned.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.claims.load(Ordering::Relaxed), claims, "no claim ran");
+    assert_eq!(stats.claimed.load(Ordering::Relaxed), 0);
+    assert_eq!(history_count(&pool, a.saga_id, "saga_released").await, 0);
+
+    // Its one slot busy: the next saga is inserted free (not held by the worker without the
+    // kinds) and claimed when the slot frees.
+    let long = starter
+        .start("noop", json!({"delay_ms": 150}), Some("long"))
+        .await
+        .unwrap();
+    let held = starter.store().saga(long.saga_id).await.unwrap().unwrap();
+    assert!(held.owner.is_some(), "handed: {held:?}");
+    let b = starter
+        .start("noop", json!({"delay_ms": 0}), Some("b"))
+        .await
+        .unwrap();
+    let free = starter.store().saga(b.saga_id).await.unwrap().unwrap();
+    assert_eq!(free.owner, None);
+    for id in [long.saga_id, b.saga_id] {
+        let ended = starter.wait_for_end(id, wait).await.unwrap();
+        assert_eq!(ended.status, SagaStatus::Completed);
+    }
+    assert_eq!(stats.assigned.load(Ordering::Relaxed), 2);
+    assert_eq!(stats.claimed.load(Ordering::Relaxed), 1);
+    assert_eq!(other_stats.assigned.load(Ordering::Relaxed), 0);
+    assert_eq!(other_stats.claimed.load(Ordering::Relaxed), 0);
+    for (stop, running) in [(stop, running), (other_stop, other_running)] {
+        stop.send(()).unwrap();
+        running.await.unwrap().unwrap();
+    }
+}
+
+/// Sagas handed to a worker whose slots are all taken when their notifications come (the
+/// starts counted free slots: here the worker's row claims more concurrency than it runs)
+/// wait for its next free slot, held, and run before anything is claimed; beyond its
+/// concurrency in number, the newest is given back at once, with a `saga_released` row
+/// saying why, and claimed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sagas_handed_to_a_worker_with_every_slot_taken_wait_for_a_slot_and_the_excess_goes_back() {
+    let db = paysaga_testkit::database().await;
+    let starter = engine(db.url()).await;
+    let engine = engine(db.url()).await;
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let mut config = WorkerConfig::default();
+    config.concurrency = 1;
+    config.idle_poll = Duration::from_secs(60);
+    let (stats, stop, running) = running_worker(&engine, &pool, config).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let wait = Duration::from_secs(20);
+    let long = starter
+        .start("noop", json!({"delay_ms": 150}), Some("long"))
+        .await
+        .unwrap();
+    while stats.assigned.load(Ordering::Relaxed) < 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    sqlx::query("UPDATE paysaga_workers SET concurrency = 4 WHERE stopped_at IS NULL")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let waits = starter
+        .start("noop", json!({"delay_ms": 0}), Some("waits"))
+        .await
+        .unwrap();
+    let excess = starter
+        .start("noop", json!({"delay_ms": 0}), Some("excess"))
+        .await
+        .unwrap();
+    for id in [long.saga_id, waits.saga_id, excess.saga_id] {
+        let ended = starter.wait_for_end(id, wait).await.unwrap();
+        assert_eq!(ended.status, SagaStatus::Completed);
+        assert_eq!(history_count(&pool, id, "step_completed").await, 5);
+    }
+    let started_at = |id: uuid::Uuid| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>(
+                "SELECT min(at) FROM paysaga_history WHERE saga_id = $1 AND kind = 'step_completed'",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let long_ended: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+        "SELECT at FROM paysaga_history WHERE saga_id = $1 AND kind = 'saga_completed'",
+    )
+    .bind(long.saga_id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        started_at(waits.saga_id).await > long_ended,
+        "ran in the freed slot"
+    );
+    assert_eq!(
+        history_count(&pool, waits.saga_id, "saga_released").await,
+        0
+    );
+    let reason: String = sqlx::query_scalar(
+        "SELECT detail->>'reason' FROM paysaga_history WHERE saga_id = $1 AND kind = 'saga_released'",
+    )
+    .bind(excess.saga_id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(reason.contains("slots were all taken"), "{reason}");
+    assert_eq!(history_count(&pool, long.saga_id, "saga_released").await, 0);
+    assert_eq!(stats.assigned.load(Ordering::Relaxed), 2);
+    assert_eq!(stats.claimed.load(Ordering::Relaxed), 1);
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+}
+
+/// A saga handed to a worker while it did not hear it (here: inserted held by the worker
+/// with no notification, as when its LISTEN connection was down) is found as soon as the
+/// connection is back: the worker releases it as held without running it and it runs, long
+/// before the periodic look for such sagas (a lease, 60 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_handed_while_the_worker_did_not_listen_runs_once_its_listen_connection_is_back() {
+    let db = paysaga_testkit::database().await;
+    let starter = engine(db.url()).await;
+    let engine = engine(db.url()).await;
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let mut config = WorkerConfig::default();
+    config.concurrency = 2;
+    config.idle_poll = Duration::from_secs(60);
+    config.lease_ttl = Duration::from_secs(60);
+    let (stats, stop, running) = running_worker(&engine, &pool, config).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Inserted held by the worker without a word to it (its own channel): the start's
+    // transaction gives the new saga to the worker before it commits. The workers' common
+    // wake-up it sends makes a claim that finds nothing free.
+    let worker: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM paysaga_workers WHERE stopped_at IS NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let lost = starter
+        .start_in(
+            &mut tx,
+            paysaga_runtime::StartRequest {
+                workflow: "noop".into(),
+                version: None,
+                input: json!({"delay_ms": 0}),
+                idempotency_key: Some("lost".into()),
+                actor: "test".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let updated = sqlx::query("UPDATE paysaga_sagas SET owner = $1, fence = 1 WHERE id = $2")
+        .bind(worker)
+        .bind(lost.saga_id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(updated.rows_affected(), 1);
+    tx.commit().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = starter.store().saga(lost.saga_id).await.unwrap().unwrap();
+    assert_eq!(
+        (held.owner, held.status),
+        (Some(worker), SagaStatus::Scheduled)
+    );
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                               WHERE datname = current_database() AND pid <> pg_backend_pid()
+                                 AND query LIKE 'LISTEN %paysaga_worker_%') k",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(killed, 1, "the worker's LISTEN connection");
+    let ended = starter
+        .wait_for_end(lost.saga_id, Duration::from_secs(15))
+        .await
+        .unwrap();
+    assert_eq!(ended.status, SagaStatus::Completed);
+    assert_eq!(stats.orphans_released.load(Ordering::Relaxed), 1);
+    assert_eq!(history_count(&pool, lost.saga_id, "saga_released").await, 1);
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
 }

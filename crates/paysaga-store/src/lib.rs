@@ -375,6 +375,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// A stream of wake-ups (new runnable work); may be lossy, callers also poll.
     async fn wakeups(&self) -> Result<WakeupsBox, Error>;
 
+    /// [`Store::wakeups`] for a worker registered with [`Assignments`] keyed `listener`:
+    /// also the sagas handed to it ([`Wakeup::Assigned`]) and the listening connection's
+    /// reconnections. A store that hands no sagas this way gives [`Store::wakeups`].
+    async fn worker_wakeups(&self, listener: Uuid) -> Result<WakeupsBox, Error> {
+        let _ = listener;
+        self.wakeups().await
+    }
+
     /// Begins awaiting saga `id`'s end (a status where `SagaStatus::is_final` holds:
     /// completed, compensated, needs_operator, cancelled, closed); `None` if there is no such
     /// saga. In this order, so that no end is missed: subscribe to this process's end
@@ -744,6 +752,28 @@ impl EndSignal {
 pub trait Wakeups: Send {
     /// Waits for the next notification.
     async fn recv(&mut self) -> Result<(), Error>;
+
+    /// Waits for the next notification and says what it is (a stream from
+    /// [`Store::worker_wakeups`] tells a saga handed to its worker apart).
+    async fn next(&mut self) -> Result<Wakeup, Error> {
+        self.recv().await.map(|()| Wakeup::Runnable)
+    }
+}
+
+/// One notification of a [`Wakeups`] stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wakeup {
+    /// Runnable work may exist: claim.
+    Runnable,
+    /// A start inserted saga `saga` held by the listening worker (see [`Assignments`]): it is
+    /// the worker's to run, with no claim.
+    Assigned {
+        /// The new saga.
+        saga: Uuid,
+    },
+    /// The listening connection was lost and is back: notifications sent in between were
+    /// lost, sagas handed to the worker among them.
+    Reconnected,
 }
 
 /// The answer to [`Store::gauge_turn`].

@@ -1454,7 +1454,9 @@ async fn insert_saga_on(
     // of its key, if any, under the key's lock (the oldest queued saga of the key first).
     let key = new.concurrency.as_ref().map(|c| c.key.clone());
     if key.is_none() {
-        return insert_saga_at_once_on(conn, new, None).await;
+        // Inside the caller's transaction no worker row is locked (its heartbeat would wait
+        // for the caller's commit): the saga is inserted free.
+        return insert_saga_at_once_on(conn, new, Holder::None).await;
     }
     refuse_if_outdated_on(conn, &new).await?;
     let inserted = sqlx::query(&format!(
@@ -1513,7 +1515,11 @@ impl PgStore {
         worker: Option<Uuid>,
     ) -> Result<(SagaRecord, bool), Error> {
         let mut conn = self.kept.take(&self.pool).await?;
-        let inserted = insert_saga_at_once_on(&mut conn, new, worker).await;
+        let holder = match worker {
+            Some(worker) => Holder::Worker(worker),
+            None => Holder::AnyWithFreeSlot,
+        };
+        let inserted = insert_saga_at_once_on(&mut conn, new, holder).await;
         let failed = match &inserted {
             Err(Error::Database(e)) => Some(e),
             // Answered (a refusal such as an outdated definition is the server's answer).
@@ -1524,27 +1530,89 @@ impl PgStore {
     }
 }
 
+/// The worker a new saga is inserted held by ([`Holder::AnyWithFreeSlot`]), if `any` (an
+/// SQL boolean expression) is true: a live one registered with [`crate::Assignments`], with
+/// every step kind of definition `definition` (a placeholder) and fewer sagas held than its
+/// concurrency, the fewest first; and none while a free saga is due (it waits in the claim's
+/// queue, which is first come first served: a new saga handed to a worker would pass it).
+/// Live workers by `paysaga_workers_live`, their sagas by `paysaga_sagas_owner`, a due free
+/// saga by the claim's `paysaga_sagas_runnable` (test `hot_path_queries_use_their_indexes`).
+///
+/// The worker row is not locked: every start would share-lock the same few rows (a
+/// multixact per locker, each new one listing the others; under a load of starts that
+/// stalls them all). A worker that stops or dies between this read and the insert's commit
+/// leaves the saga held by a worker whose lease has ended: the reaper releases it, as it
+/// releases the sagas of a worker that crashed.
+fn pick_worker_sql(any: &str, definition: &str) -> String {
+    format!(
+        "SELECT w.id, w.wake_channel
+         FROM paysaga_workers w
+              CROSS JOIN LATERAL (SELECT count(*) AS held FROM paysaga_sagas o
+                                  WHERE o.owner = w.id) held
+         WHERE {any} AND w.wake_channel IS NOT NULL
+           AND w.stopped_at IS NULL AND w.lease_expires_at > now()
+           AND held.held < w.concurrency
+           AND w.step_kinds @> (SELECT d.step_kinds FROM paysaga_definitions d
+                                WHERE d.id = {definition})
+           AND NOT EXISTS (SELECT 1 FROM paysaga_sagas q
+                           WHERE q.owner IS NULL AND q.status IN {ACTIVE} AND q.run_at <= now())
+         ORDER BY held.held, random()
+         LIMIT 1"
+    )
+}
+
+/// Who holds a saga [`insert_saga_at_once_on`] inserts.
+#[derive(Debug, Clone, Copy)]
+enum Holder {
+    /// That worker (of this process), if it is live.
+    Worker(Uuid),
+    /// A live worker of any process with a free slot and the saga's step kinds, if any.
+    AnyWithFreeSlot,
+    /// No one: every worker is woken to claim it.
+    None,
+}
+
 /// [`insert_saga_on`] for a saga without a concurrency key: the saga row, its
 /// `saga_started` history row and the wake-up NOTIFY in one statement (one round trip; on the
 /// pool it commits by itself, without `BEGIN`/`COMMIT`). A key already taken inserts nothing
 /// and answers as [`insert_saga_on`] does.
 ///
-/// With `worker` (see [`Store::create_saga_for`]) the saga is inserted held by that worker
+/// Held by [`Holder::Worker`] (see [`Store::create_saga_for`]) the saga is inserted held by that worker
 /// if it is live, as the claim would leave it (`owner`, `fence` 1), and no NOTIFY is sent;
 /// the worker row is read `FOR SHARE` as by the claim, so a worker stopping meanwhile
 /// releases it with the others it holds.
+///
+/// With [`Holder::AnyWithFreeSlot`] the saga is inserted held by a live worker of any process that takes
+/// sagas this way (registered with [`crate::Assignments`]), has every step kind of the
+/// definition and holds fewer sagas than its concurrency (the fewest first; index
+/// `paysaga_sagas_owner`), and the NOTIFY goes to that worker's channel alone, naming the
+/// saga: it runs it without a claim. A worker row locked at that moment (its heartbeat) is
+/// skipped. With no such worker the saga is inserted free and every worker is woken.
 async fn insert_saga_at_once_on(
     conn: &mut sqlx::PgConnection,
     new: NewSaga,
-    worker: Option<Uuid>,
+    holder: Holder,
 ) -> Result<(SagaRecord, bool), Error> {
+    // One statement per kind of holder: the parts of another kind would cost every
+    // execution their initialisation.
+    let (worker, me) = match holder {
+        Holder::Worker(worker) => (
+            Some(worker),
+            "SELECT id, NULL::text AS wake_channel FROM paysaga_workers
+             WHERE id = $12 AND stopped_at IS NULL AND lease_expires_at > now()
+             FOR SHARE"
+                .to_string(),
+        ),
+        Holder::AnyWithFreeSlot => (None, pick_worker_sql("$12::uuid IS NULL", "$2")),
+        Holder::None => (
+            None,
+            "SELECT $12::uuid AS id, NULL::text AS wake_channel WHERE false".to_string(),
+        ),
+    };
     let started = crate::saga_started_entry(&new);
     // `n` runs because the final SELECT reads it (a SELECT in a WITH runs only if read).
     let inserted = sqlx::query(&format!(
-        "WITH me AS (
-             SELECT id FROM paysaga_workers
-             WHERE id = $12 AND stopped_at IS NULL AND lease_expires_at > now()
-             FOR SHARE),
+        "WITH me AS ({me}),
          s AS (
              INSERT INTO paysaga_sagas (id, definition_id, workflow, version, idempotency_key,
                                         input, status, run_at, trace_context, owner, fence,
@@ -1558,7 +1626,10 @@ async fn insert_saga_at_once_on(
          h AS (
              INSERT INTO paysaga_history (saga_id, actor, kind, detail)
              SELECT s.id, $8, $9, $10 FROM s),
-         n AS (SELECT pg_notify($11, '') FROM s WHERE s.owner IS NULL)
+         n AS (SELECT pg_notify(COALESCE(me.wake_channel, $11),
+                                CASE WHEN me.id IS NULL THEN '' ELSE s.id::text END)
+               FROM s LEFT JOIN me ON true
+               WHERE s.owner IS NULL OR me.wake_channel IS NOT NULL)
          SELECT {SAGA_COLUMNS}, (SELECT count(*) FROM n) AS notified FROM s"
     ))
     .bind(new.id)
@@ -1982,8 +2053,9 @@ impl Store for PgStore {
 
     async fn register_worker(&self, w: &WorkerInfo, ttl: Duration) -> Result<(), Error> {
         sqlx::query(
-            "INSERT INTO paysaga_workers (id, name, hostname, pid, step_kinds, lease_expires_at)
-             VALUES ($1, $2, $3, $4, $5, now() + $6 * interval '1 millisecond')",
+            "INSERT INTO paysaga_workers (id, name, hostname, pid, step_kinds, lease_expires_at,
+                                          concurrency, wake_channel)
+             VALUES ($1, $2, $3, $4, $5, now() + $6 * interval '1 millisecond', $7, $8)",
         )
         .bind(w.id)
         .bind(&w.name)
@@ -1991,6 +2063,11 @@ impl Store for PgStore {
         .bind(w.pid as i32)
         .bind(&w.step_kinds)
         .bind(ttl.as_millis() as f64)
+        .bind(
+            w.assignments
+                .map(|a| i32::try_from(a.concurrency).unwrap_or(i32::MAX)),
+        )
+        .bind(w.assignments.map(|a| worker_channel(a.listener)))
         .execute(&self.lease_pool)
         .await?;
         Ok(())
@@ -2586,9 +2663,15 @@ impl Store for PgStore {
     }
 
     async fn wakeups(&self) -> Result<WakeupsBox, Error> {
-        let mut listener = PgListener::connect_with(&self.listen_pool).await?;
-        listener.listen(WAKEUP_CHANNEL).await?;
-        Ok(Box::new(PgWakeups { listener }))
+        PgWakeups::listen(&self.listen_pool, vec![WAKEUP_CHANNEL.to_string()]).await
+    }
+
+    async fn worker_wakeups(&self, listener: Uuid) -> Result<WakeupsBox, Error> {
+        PgWakeups::listen(
+            &self.listen_pool,
+            vec![WAKEUP_CHANNEL.to_string(), worker_channel(listener)],
+        )
+        .await
     }
 
     async fn watch_end(&self, id: Uuid) -> Result<Option<crate::EndWatch>, Error> {
@@ -3785,15 +3868,67 @@ const RESERVE_SLOT_SQL: &str = "
               slot.slowed AS slowed, now() AS now";
 
 struct PgWakeups {
-    listener: PgListener,
+    /// `None` only between a lost connection and the next one (the pool may allow one).
+    listener: Option<PgListener>,
+    pool: PgPool,
+    channels: Vec<String>,
+}
+
+impl PgWakeups {
+    async fn connect(pool: &PgPool, channels: &[String]) -> Result<PgListener, Error> {
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener
+            .listen_all(channels.iter().map(String::as_str))
+            .await?;
+        Ok(listener)
+    }
+
+    async fn listen(pool: &PgPool, channels: Vec<String>) -> Result<WakeupsBox, Error> {
+        Ok(Box::new(PgWakeups {
+            listener: Some(PgWakeups::connect(pool, &channels).await?),
+            pool: pool.clone(),
+            channels,
+        }))
+    }
 }
 
 #[async_trait]
 impl crate::Wakeups for PgWakeups {
     async fn recv(&mut self) -> Result<(), Error> {
-        self.listener.recv().await?;
+        while self.next().await? == crate::Wakeup::Reconnected {}
         Ok(())
     }
+
+    async fn next(&mut self) -> Result<crate::Wakeup, Error> {
+        // `try_recv` answers `None` when the connection was lost. `Reconnected` is answered
+        // once a new connection LISTENs again, so that a look for what was missed comes
+        // after anything sent from then on is heard.
+        let listener = match &mut self.listener {
+            Some(listener) => listener,
+            None => {
+                let listener = PgWakeups::connect(&self.pool, &self.channels).await?;
+                self.listener.insert(listener)
+            }
+        };
+        Ok(match listener.try_recv().await? {
+            None => {
+                self.listener = None;
+                self.listener = Some(PgWakeups::connect(&self.pool, &self.channels).await?);
+                crate::Wakeup::Reconnected
+            }
+            Some(n) if n.channel() != WAKEUP_CHANNEL => match n.payload().parse::<Uuid>() {
+                Ok(saga) => crate::Wakeup::Assigned { saga },
+                Err(_) => crate::Wakeup::Runnable,
+            },
+            Some(_) => crate::Wakeup::Runnable,
+        })
+    }
+}
+
+/// The channel a worker registered with [`crate::Assignments`] keyed `listener` listens on
+/// for the sagas handed to it (a name the column's CHECK accepts).
+fn worker_channel(listener: Uuid) -> String {
+    format!("paysaga_worker_{}", listener.simple())
 }
 
 #[cfg(test)]
@@ -3939,6 +4074,37 @@ mod tests {
                 .join("\n")
                 .contains("paysaga_definitions_name_version_key"),
             "newer version plan: {newer:?}"
+        );
+        // The worker a start hands its saga to: among thousands of stopped workers, the live
+        // ones by their partial index, the sagas each holds by the owner index.
+        sqlx::raw_sql(
+            "INSERT INTO paysaga_workers (id, name, hostname, pid, step_kinds, lease_expires_at,
+                                          stopped_at, concurrency, wake_channel)
+                 SELECT gen_random_uuid(), 'w', 'h', 1, '{noop.sleep}', now(), now(), 16,
+                        'paysaga_worker_' || md5(g::text)
+                 FROM generate_series(1, 5000) g;
+             INSERT INTO paysaga_workers (id, name, hostname, pid, step_kinds, lease_expires_at,
+                                          concurrency, wake_channel)
+                 VALUES (gen_random_uuid(), 'live', 'h', 1, '{noop.sleep}',
+                         now() + interval '1 minute', 16, 'paysaga_worker_' || md5('live'));
+             ANALYZE paysaga_workers;",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let pick: Vec<String> =
+            sqlx::query_scalar(&format!("EXPLAIN {}", pick_worker_sql("$1", "$2")))
+                .bind(true)
+                .bind(1_i64)
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        let pick = pick.join("\n");
+        assert!(
+            pick.contains("paysaga_workers_live")
+                && pick.contains("paysaga_sagas_owner")
+                && pick.contains("paysaga_sagas_runnable"),
+            "worker pick plan:\n{pick}"
         );
         let owned: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {OWNED_SQL}"))
             .bind(Uuid::new_v4())
@@ -4433,6 +4599,7 @@ mod tests {
             hostname: "h".to_string(),
             pid: 1,
             step_kinds: vec!["noop.sleep".to_string()],
+            assignments: None,
         };
         store
             .register_worker(&info, Duration::from_secs(3600))

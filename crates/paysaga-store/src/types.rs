@@ -303,6 +303,19 @@ pub struct WorkerInfo {
     pub pid: u32,
     /// Registered step kinds.
     pub step_kinds: Vec<String>,
+    /// Whether (and how) a start in another process may insert a new saga held by this
+    /// worker and wake it alone (PostgreSQL); `None`: never, the worker claims its sagas.
+    pub assignments: Option<Assignments>,
+}
+
+/// A worker taking new sagas a start inserts held by it ([`WorkerInfo::assignments`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Assignments {
+    /// How many sagas it runs at once: a start hands it a saga only while it holds fewer.
+    pub concurrency: u32,
+    /// The key of the channel it listens on for them ([`crate::Store::worker_wakeups`]);
+    /// stays the same when the worker registers again under a new id.
+    pub listener: Uuid,
 }
 
 /// Unfinished sagas a worker cannot run.

@@ -150,6 +150,7 @@ async fn worker(store: &dyn Store, ttl: Duration) -> Uuid {
                 hostname: "localhost".to_string(),
                 pid: std::process::id(),
                 step_kinds: all_kinds(),
+                assignments: None,
             },
             ttl,
         )
@@ -2164,6 +2165,7 @@ async fn a_second_live_worker_is_refused_where_one_node_is_the_limit(e: Env) {
         hostname: "localhost".to_string(),
         pid: 1,
         step_kinds: all_kinds(),
+        assignments: None,
     };
     let result = s.register_worker(&second, LONG_TTL).await;
     match e.backend {
@@ -3164,6 +3166,7 @@ async fn register_kinds(store: &dyn Store, kinds: &[&str]) -> Uuid {
                 hostname: "localhost".to_string(),
                 pid: std::process::id(),
                 step_kinds: kinds.iter().map(|k| k.to_string()).collect(),
+                assignments: None,
             },
             LONG_TTL,
         )

@@ -118,6 +118,7 @@ async fn prepare<'a>(scale: u64, setup: &'a Setup) -> Result<Sized<'a>> {
                 hostname: "bench".to_string(),
                 pid: std::process::id(),
                 step_kinds: kinds.clone(),
+                assignments: None,
             },
             Duration::from_secs(3600),
         )

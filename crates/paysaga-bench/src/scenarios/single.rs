@@ -1,7 +1,9 @@
 //! Scenario 6: one 5-step `noop` saga at a time on an otherwise idle worker, in two
-//! deployments: the worker in a process of its own (the saga reaches it by NOTIFY and its
-//! claim), and the worker in the process that starts the saga (`Engine::start` inserts the
-//! saga held by that worker and hands it over in-process: no NOTIFY, no claim).
+//! deployments: the worker in a process of its own (the start inserts the saga held by that
+//! worker, which has a free slot, and the NOTIFY on the worker's own channel names it: the
+//! worker reads it and runs it, no claim), and the worker in the process that starts the
+//! saga (`Engine::start` inserts the saga held by that worker and hands it over in-process:
+//! no NOTIFY, no claim).
 //!
 //! Each saga is run with `Engine::start_and_wait`, the library's call for "start this and
 //! give me its end": the insert marks the saga awaited, and its end wakes the caller (the
@@ -32,12 +34,16 @@ use crate::stats::Percentiles;
 pub struct Single {
     /// Sagas measured per phase (after 10 warm-up sagas).
     pub sagas: usize,
-    /// The worker in a process of its own (woken by NOTIFY, claims the saga).
+    /// The worker in a process of its own (the start inserts the saga held by it and
+    /// notifies it alone, on its own channel; no claim).
     pub worker_process: SinglePhase,
     /// The worker in the process that calls `Engine::start` (handed the saga in-process).
     pub in_process: Option<SinglePhase>,
     /// Of the in-process phase's sagas (warm-up included), how many were handed over.
     pub handed: Option<u64>,
+    /// Of the own-process phase's sagas (warm-up included), how many the worker was handed
+    /// by their insert (the others it claimed).
+    pub assigned: Option<u64>,
 }
 
 /// One deployment's figures.
@@ -86,6 +92,7 @@ async fn run_in(setup: &Setup, sagas: usize, concurrency: usize) -> Result<Singl
     let worker_process = measure(setup, sagas, "single").await;
     stop_all(workers).await?;
     let worker_process = worker_process?;
+    let assigned = reports.exit_sum("assigned");
     // The same with the worker in this process, on the engine that starts the sagas.
     let mut config = WorkerConfig::default();
     config.name = "single-in-process".to_string();
@@ -118,6 +125,7 @@ async fn run_in(setup: &Setup, sagas: usize, concurrency: usize) -> Result<Singl
         worker_process,
         in_process: Some(in_process),
         handed: Some(handed),
+        assigned: Some(assigned),
     })
 }
 
