@@ -52,12 +52,15 @@ async fn the_host_registry_exposes_the_step_and_saga_metrics_of_a_saga_that_ran(
         .unwrap();
     assert_eq!(saga.status, SagaStatus::Completed);
     // Until the gauges were computed after the start (the worker's first computation may
-    // have run before it).
+    // have run before it), and the worker counted the end it committed (the waiter is woken
+    // by the commit itself, a moment before the worker's task counts it).
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let text = loop {
         let mut text = String::new();
         encode(&mut text, &host).unwrap();
-        if text.contains(r#"paysaga_sagas_started_total{workflow="noop"} 1"#) {
+        if text.contains(r#"paysaga_sagas_started_total{workflow="noop"} 1"#)
+            && text.contains("paysaga_sagas_finished_total")
+        {
             break text;
         }
         assert!(

@@ -40,6 +40,18 @@ const ALLOWED: &[(&str, &str)] = &[
         "constant per-key concurrency condition of the claim",
     ),
     ("holding", "the constant status set SLOT_HOLDING_STATUSES"),
+    (
+        "me",
+        "one of three constant subqueries naming the new saga's holder (insert_saga_at_once_on)",
+    ),
+    (
+        "any",
+        "pick_worker_sql's condition: a constant test of a placeholder, or a placeholder",
+    ),
+    (
+        "definition",
+        "pick_worker_sql's definition id: a placeholder ($2, or $2 in the plan test)",
+    ),
 ];
 
 const SQL_WORDS: &[&str] = &[
