@@ -640,11 +640,36 @@ impl Worker {
         } else {
             "worker stopping"
         };
-        let released = self
-            .engine
-            .store
-            .stop_worker_because(shared.id(), reason)
-            .await?;
+        // The database may have restarted as the signal came (its crash, a deploy of both):
+        // the pool's connections used in the last seconds are not pinged, so the stop may
+        // meet a dead one. It is tried again for up to 10 s (each failure closes a dead
+        // connection; it writes the same whatever the number of tries), within the 15 s
+        // systemd allows beyond the grace. Unrecorded, the sagas held here would wait for the
+        // lease to expire.
+        let stop = || async {
+            self.engine
+                .store
+                .stop_worker_because(shared.id(), reason)
+                .await
+        };
+        let released = stop
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(100))
+                    .with_max_delay(Duration::from_secs(2))
+                    .without_max_times()
+                    .with_total_delay(Some(Duration::from_secs(10)))
+                    .with_jitter(),
+            )
+            .when(|e| matches!(e, paysaga_store::Error::Database(_)))
+            .notify(|e, after| {
+                warn!(error = %e, retry_in = ?after, "could not record the stop; retrying")
+            })
+            .await
+            .inspect_err(|e| {
+                error!(error = %e, lease_ttl = ?self.config.lease_ttl,
+                    "could not record the stop: the sagas this worker holds are released when its lease expires")
+            })?;
         info!(released, "worker stopped");
         Ok(())
     }
