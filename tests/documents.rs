@@ -295,10 +295,10 @@ async fn start_naming_a_missing_or_taken_document_is_refused_and_stores_nothing(
     }
 }
 
-/// A start that claimed its documents and then lost its database before its insert committed
-/// leaves them with a saga id no saga has; the same request retried takes them back and
-/// starts (before: refused for good, "belongs to saga ..."), while a document a stored saga
-/// holds stays refused.
+/// A start of an earlier version (documents claimed in a commit of their own) that lost its
+/// database before its insert committed left them with a saga id no saga has; the same
+/// request retried takes them back and starts (before: refused for good, "belongs to saga
+/// ..."), while a document a stored saga holds stays refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_retried_after_its_insert_failed_takes_back_the_documents_its_first_try_claimed() {
     let db = paysaga_testkit::database().await;
@@ -332,6 +332,79 @@ async fn a_start_retried_after_its_insert_failed_takes_back_the_documents_its_fi
             assert!(e.to_string().contains(&started.saga_id.to_string()), "{e}")
         }
         other => panic!("expected InvalidInput, got {other:?}"),
+    }
+    assert_eq!(engine.list(&SagaFilter::default()).await.unwrap().len(), 1);
+}
+
+/// Sessions of the test's database waiting for a lock.
+async fn lock_waiters(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Two starts (different keys) name the same documents; the first one's insert is still in
+/// flight when the second one looks at them. The documents stay the first saga's and the
+/// second start is refused with that saga named. Before, the first start claimed them in a
+/// commit of its own: the second found them held by an id no saga had, took them back as
+/// a dead start's, and both sagas were stored, the first without its documents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_whose_insert_is_in_flight_keeps_its_documents_from_another_start() {
+    let db = paysaga_testkit::database().await;
+    let engine = control_engine(db.url()).await;
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let run = Uuid::new_v4().simple().to_string()[..8].to_string();
+    let base = input(&engine, "blaaiz_kyc_payout", &run, 0).await;
+    let ids: Vec<DocumentId> = base["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["document_id"].as_str().unwrap().parse().unwrap())
+        .collect();
+    // Inserts into the sagas table wait while this transaction holds its lock; reads do not.
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE paysaga_sagas IN EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let wait_for_waiters = |n: i64| {
+        let pool = pool.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while lock_waiters(&pool).await < n {
+                assert!(Instant::now() < deadline, "{n} starts never waited");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    let start = |key: &'static str| {
+        let (engine, input) = (engine.clone(), base.clone());
+        tokio::spawn(async move { engine.start("blaaiz_kyc_payout", input, Some(key)).await })
+    };
+    let first = start("first");
+    wait_for_waiters(1).await;
+    let second = start("second");
+    wait_for_waiters(2).await;
+    blocker.commit().await.unwrap();
+
+    let first = first.await.unwrap().expect("the first start");
+    assert!(first.created);
+    match second.await.unwrap() {
+        Err(e @ (Error::Refused(_) | Error::InvalidInput { .. })) => {
+            assert!(e.to_string().contains(&first.saga_id.to_string()), "{e}")
+        }
+        other => panic!("expected the second start refused, got {other:?}"),
+    }
+    for id in &ids {
+        assert_eq!(
+            engine.document(*id).await.unwrap().unwrap().saga_id,
+            Some(first.saga_id),
+            "document {id} stays the first saga's"
+        );
     }
     assert_eq!(engine.list(&SagaFilter::default()).await.unwrap().len(), 1);
 }

@@ -381,10 +381,14 @@ impl Engine {
             }
         }
         let (record, documents, concurrency) = checked?;
-        let claimed = self.claim_documents(&req, id, &documents).await?;
+        let taken = self.documents_to_take(&req, &documents).await?;
         let latest = req.version.is_none();
+        let workflow = req.workflow.clone();
         let mut new = new_saga(id, &record, req, concurrency, latest);
         new.awaited = awaited;
+        // Taken in the insert's own commit: a start whose insert fails leaves them free.
+        new.documents = taken;
+        let takes_documents = !new.documents.is_empty();
         // A worker of this process with a free slot takes the new saga in the insert's own
         // commit and runs it at once (no NOTIFY, wake-up and claim before its first step).
         let local = self.reserve_local_worker(id, &record.step_kinds);
@@ -395,21 +399,10 @@ impl Engine {
         if let (Some(slot), Ok((saga, true))) = (local, &created) {
             slot.hand(saga.clone()).await;
         }
-        // Surely not inserted (the key named a saga already): give the documents back. After
-        // another error the insert may have committed: they stay with the id (if no saga has
-        // it, retention treats them as given to none).
-        let not_inserted = matches!(&created, Ok((saga, _)) if saga.id != id)
-            || matches!(
-                &created,
-                Err(paysaga_store::Error::KeyReused { .. }
-                    | paysaga_store::Error::DefinitionOutdated { .. })
-            );
-        if claimed && not_inserted {
-            if let Err(e) = self.store.release_documents(id).await {
-                warn!(error = %e, "could not give back the documents of a saga that was not inserted; they go with retention");
-            }
-        }
-        let (saga, created) = created?;
+        let (saga, created) = match created {
+            Err(e) if takes_documents => return Err(document_refusal(&workflow, e)),
+            other => other?,
+        };
         if created {
             // `paysaga_sagas_started_total` is counted from the database by the operator
             // gauges (crate::gauges): starts happen in processes that export no metrics.
@@ -475,22 +468,14 @@ impl Engine {
         }
         let (record, documents) = self.checked_input(&req, false).await?;
         let concurrency = concurrency_of(&record, &req.input)?;
-        let ids: Vec<DocumentId> = documents.iter().map(|(_, id)| *id).collect();
         let workflow = req.workflow.clone();
         // Resolved just now, in the caller's transaction (documents it takes are held there
         // under this id): as before, the version read is pinned (`latest: false`).
-        let (saga, created) = paysaga_store::PgStore::create_saga_in(
-            conn,
-            new_saga(Uuid::new_v4(), &record, req, concurrency, false),
-            &ids,
-        )
-        .await
-        .map_err(|e| match e {
-            paysaga_store::Error::NotFound(_) | paysaga_store::Error::Refused(_) => {
-                Error::Refused(format!("workflow {workflow}: {e}"))
-            }
-            other => other.into(),
-        })?;
+        let mut new = new_saga(Uuid::new_v4(), &record, req, concurrency, false);
+        new.documents = documents.iter().map(|(_, id)| *id).collect();
+        let (saga, created) = paysaga_store::PgStore::create_saga_in(conn, new)
+            .await
+            .map_err(|e| document_refusal(&workflow, e))?;
         if created {
             // `paysaga_sagas_started_total` counts it from the database once committed.
             info!(saga_id = %saga.id, version = record.version, "saga started in the caller's transaction");
@@ -667,18 +652,18 @@ impl Engine {
         Ok(documents)
     }
 
-    /// Gives the documents an input references to the saga about to be inserted, all or
-    /// none; refused (nothing stored) with the step and the document named. `false` when
-    /// there was nothing to give (no documents, or the idempotency key names a saga that
+    /// The documents an input references that the saga about to be inserted takes (in its
+    /// insert's commit: [`paysaga_store::NewSaga::documents`]); refused (nothing stored) with
+    /// the step and the document named when one is missing, deleted or another saga's. None
+    /// when there is nothing to take (no documents, or the idempotency key names a saga that
     /// already holds them).
-    async fn claim_documents(
+    async fn documents_to_take(
         &self,
         req: &StartRequest,
-        saga: Uuid,
         documents: &[(String, DocumentId)],
-    ) -> Result<bool, Error> {
+    ) -> Result<Vec<DocumentId>, Error> {
         if documents.is_empty() {
-            return Ok(false);
+            return Ok(Vec::new());
         }
         let refused = |step: &str, reason: String| Error::InvalidInput {
             workflow: req.workflow.clone(),
@@ -712,10 +697,10 @@ impl Engine {
             }
             match record.saga_id {
                 Some(holder) if Some(holder) == existing => {}
-                // Given to a saga id that no saga has: a start that claimed it and then lost
-                // its database before its insert committed (its documents stay with its id
-                // when the insert's outcome is unknown). This start (the same request
-                // retried, as a client does after such an error) takes them back.
+                // Given to a saga id that no saga has: left by a start of a version before
+                // the documents were taken in the insert's own commit, that claimed them and
+                // then lost its database before its insert committed. This start (the same
+                // request retried, as a client does after such an error) takes them back.
                 Some(holder) if self.store.saga(holder).await?.is_none() => {
                     let released = self.store.release_documents(holder).await?;
                     warn!(document = %id, orphan = %holder, released,
@@ -736,19 +721,9 @@ impl Engine {
         }
         if existing.is_some() {
             // A repeated start: `create_saga` returns that saga (or refuses another input).
-            return Ok(false);
+            return Ok(Vec::new());
         }
-        let ids: Vec<DocumentId> = documents.iter().map(|(_, id)| *id).collect();
-        self.store
-            .claim_documents(saga, &ids)
-            .await
-            .map_err(|e| match e {
-                paysaga_store::Error::NotFound(_) | paysaga_store::Error::Refused(_) => {
-                    Error::Refused(format!("workflow {}: {e}", req.workflow))
-                }
-                other => other.into(),
-            })?;
-        Ok(true)
+        Ok(documents.iter().map(|(_, id)| *id).collect())
     }
 
     /// Stores a document (e.g. a KYC scan) durably in the engine's database and returns its
@@ -1555,6 +1530,18 @@ fn new_saga(
         trace_context: crate::trace_context::current(),
         latest,
         awaited: false,
+        documents: Vec::new(),
+    }
+}
+
+/// A store error of a start that takes documents: a document missing, deleted or another
+/// saga's is the caller's refusal, named with the workflow; anything else as it is.
+fn document_refusal(workflow: &str, e: paysaga_store::Error) -> Error {
+    match e {
+        paysaga_store::Error::NotFound(_) | paysaga_store::Error::Refused(_) => {
+            Error::Refused(format!("workflow {workflow}: {e}"))
+        }
+        other => other.into(),
     }
 }
 

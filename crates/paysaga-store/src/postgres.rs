@@ -1744,24 +1744,77 @@ impl PgStore {
 
     /// Creates a saga inside the caller's own transaction on `conn` (a
     /// `sqlx::Transaction<Postgres>` derefs to it): the saga, its history row, the documents
-    /// it takes (`documents`, checked as by [`Store::claim_documents`]) and its wake-up
+    /// it takes (`new.documents`, checked as by [`Store::claim_documents`]) and its wake-up
     /// NOTIFY commit or roll back with the caller's own writes (e.g. the application's payout
     /// row). `conn` must be a connection to this store's database, migrated. The input must
     /// have been validated (use `paysaga_runtime::Engine::start_in`, which does).
     pub async fn create_saga_in(
         conn: &mut sqlx::PgConnection,
         new: NewSaga,
-        documents: &[DocumentId],
     ) -> Result<(SagaRecord, bool), Error> {
-        if let Some(key) = &new.idempotency_key {
-            if let Some(existing) = Self::find_saga_by_key_in(conn, &new.workflow, key).await? {
-                return crate::existing_for_key(existing, new);
+        insert_with_documents_on(conn, new, Holder::None).await
+    }
+
+    /// [`Store::create_saga`] (held by `holder`) of a saga that takes documents: they are
+    /// taken and the saga is inserted in one transaction, so a start whose insert fails or
+    /// is refused leaves them free, and no other start ever finds them held by an id that
+    /// no saga has.
+    async fn create_saga_with_documents(
+        &self,
+        new: NewSaga,
+        holder: Holder,
+    ) -> Result<(SagaRecord, bool), Error> {
+        let mut tx = self.pool.begin().await?;
+        let created = insert_with_documents_on(&mut tx, new, holder).await?;
+        if created.1 {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(created)
+    }
+}
+
+/// Inserts `new` on `conn`, inside whatever transaction `conn` is in, after giving it
+/// `new.documents` there (all or none): the saga of its idempotency key if one exists
+/// (nothing taken), else a refusal for a document missing, deleted or held by another saga,
+/// else the saga inserted as [`insert_saga_on`] (held by `holder` when it has no concurrency
+/// key) does.
+async fn insert_with_documents_on(
+    conn: &mut sqlx::PgConnection,
+    new: NewSaga,
+    holder: Holder,
+) -> Result<(SagaRecord, bool), Error> {
+    if let Some(existing) = saga_of_key_on(conn, &new).await? {
+        return crate::existing_for_key(existing, new);
+    }
+    if !new.documents.is_empty() {
+        if let Err(e) = claim_documents_on(conn, new.id, &new.documents).await {
+            // A start of the same key that committed while this one waited for the
+            // documents' rows holds them: its saga is this start's.
+            if matches!(e, Error::Refused(_)) {
+                if let Some(existing) = saga_of_key_on(conn, &new).await? {
+                    return crate::existing_for_key(existing, new);
+                }
             }
+            return Err(e);
         }
-        if !documents.is_empty() {
-            claim_documents_on(conn, new.id, documents).await?;
-        }
+    }
+    if new.concurrency.is_none() {
+        insert_saga_at_once_on(conn, new, holder).await
+    } else {
         insert_saga_on(conn, new).await
+    }
+}
+
+/// The saga holding `new`'s idempotency key, read on `conn` (none without a key).
+async fn saga_of_key_on(
+    conn: &mut sqlx::PgConnection,
+    new: &NewSaga,
+) -> Result<Option<SagaRecord>, Error> {
+    match &new.idempotency_key {
+        Some(key) => PgStore::find_saga_by_key_in(conn, &new.workflow, key).await,
+        None => Ok(None),
     }
 }
 
@@ -1948,6 +2001,11 @@ impl Store for PgStore {
 
     #[instrument(skip_all, fields(workflow = %new.workflow, saga_id = %new.id))]
     async fn create_saga(&self, new: NewSaga) -> Result<(SagaRecord, bool), Error> {
+        if !new.documents.is_empty() {
+            return self
+                .create_saga_with_documents(new, Holder::AnyWithFreeSlot)
+                .await;
+        }
         // No look-up of the key first: the insert finds a saga holding it (and writes
         // nothing then), and `Engine::start` looks it up itself where it must.
         if new.concurrency.is_none() {
@@ -1972,6 +2030,11 @@ impl Store for PgStore {
         if new.concurrency.is_some() {
             // Queued for a slot of its key: the claim takes it when it holds one.
             return self.create_saga(new).await;
+        }
+        if !new.documents.is_empty() {
+            return self
+                .create_saga_with_documents(new, Holder::Worker(worker))
+                .await;
         }
         self.insert_saga_at_once(new, Some(worker)).await
     }

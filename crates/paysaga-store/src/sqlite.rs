@@ -177,6 +177,52 @@ WHERE concurrency_key = $1 AND concurrency_held = 1
 ORDER BY created_at, id";
 
 /// Gives the free slots of concurrency `key` to its oldest queued sagas inside `tx`.
+/// Gives the documents `ids` to `saga` in `tx` (a write transaction): all or none, checked
+/// by [`crate::check_document_claim`].
+async fn claim_documents_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    saga: Uuid,
+    ids: &[DocumentId],
+) -> Result<(), Error> {
+    for id in ids {
+        let row = sqlx::query(
+            "SELECT saga_id, content IS NULL AS deleted FROM paysaga_documents WHERE id = $1",
+        )
+        .bind(id.0.to_string())
+        .fetch_optional(&mut **tx)
+        .await?;
+        let found = match row {
+            Some(row) => Some((get_opt_uuid(&row, "saga_id")?, row.try_get("deleted")?)),
+            None => None,
+        };
+        crate::check_document_claim(saga, *id, found)?;
+        sqlx::query("UPDATE paysaga_documents SET saga_id = $1 WHERE id = $2 AND saga_id IS NULL")
+            .bind(saga.to_string())
+            .bind(id.0.to_string())
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The saga holding `new`'s idempotency key, read in `tx` (none without a key).
+async fn saga_of_key_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    new: &NewSaga,
+) -> Result<Option<SagaRecord>, Error> {
+    let Some(key) = &new.idempotency_key else {
+        return Ok(None);
+    };
+    let row = sqlx::query(&format!(
+        "SELECT {SAGA_COLUMNS} FROM paysaga_sagas WHERE workflow = $1 AND idempotency_key = $2"
+    ))
+    .bind(&new.workflow)
+    .bind(key)
+    .fetch_optional(&mut **tx)
+    .await?;
+    row.as_ref().map(saga_from_row).transpose()
+}
+
 async fn admit_in(tx: &mut Transaction<'static, Sqlite>, key: &str) -> Result<u64, Error> {
     Ok(sqlx::query(ADMIT_SQL)
         .bind(key)
@@ -792,6 +838,16 @@ impl Store for SqliteStore {
                 });
             }
         }
+        if !new.documents.is_empty() {
+            // Under the write lock: a saga of the key committed since the look-up above is
+            // this start's (the documents are its own); else the documents are taken in the
+            // insert's transaction, all or none.
+            if let Some(existing) = saga_of_key_in(&mut tx, &new).await? {
+                tx.rollback().await?;
+                return crate::existing_for_key(existing, new);
+            }
+            claim_documents_in(&mut tx, new.id, &new.documents).await?;
+        }
         // A saga with a concurrency key is inserted queued (no run_at), then given a free slot
         // of its key if there is one (the oldest queued saga of the key first).
         let key = new.concurrency.as_ref().map(|c| c.key.clone());
@@ -832,15 +888,9 @@ impl Store for SqliteStore {
         }
         // The key exists: read it in the same transaction (writes are serialised, so it is
         // committed and cannot change under us).
-        let row = sqlx::query(&format!(
-            "SELECT {SAGA_COLUMNS} FROM paysaga_sagas WHERE workflow = $1 AND idempotency_key = $2"
-        ))
-        .bind(&new.workflow)
-        .bind(&new.idempotency_key)
-        .fetch_one(&mut *tx)
-        .await?;
+        let existing = saga_of_key_in(&mut tx, &new).await?;
         tx.rollback().await?;
-        crate::existing_for_key(saga_from_row(&row)?, new)
+        crate::existing_for_key(existing.ok_or(sqlx::Error::RowNotFound)?, new)
     }
 
     async fn saga(&self, id: Uuid) -> Result<Option<SagaRecord>, Error> {
@@ -1882,26 +1932,7 @@ impl Store for SqliteStore {
     #[instrument(skip_all, fields(saga_id = %saga, documents = ids.len()))]
     async fn claim_documents(&self, saga: Uuid, ids: &[DocumentId]) -> Result<(), Error> {
         let mut tx = self.write_tx().await?;
-        for id in ids {
-            let row = sqlx::query(
-                "SELECT saga_id, content IS NULL AS deleted FROM paysaga_documents WHERE id = $1",
-            )
-            .bind(id.0.to_string())
-            .fetch_optional(&mut *tx)
-            .await?;
-            let found = match row {
-                Some(row) => Some((get_opt_uuid(&row, "saga_id")?, row.try_get("deleted")?)),
-                None => None,
-            };
-            crate::check_document_claim(saga, *id, found)?;
-            sqlx::query(
-                "UPDATE paysaga_documents SET saga_id = $1 WHERE id = $2 AND saga_id IS NULL",
-            )
-            .bind(saga.to_string())
-            .bind(id.0.to_string())
-            .execute(&mut *tx)
-            .await?;
-        }
+        claim_documents_in(&mut tx, saga, ids).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -62,6 +62,12 @@ pub struct NewSaga {
     /// the commit that gives it a final status notifies the end (PostgreSQL: trigger
     /// `paysaga_saga_ended`). Without it, a saga's last commit notifies nothing.
     pub awaited: bool,
+    /// Documents (e.g. KYC scans) the saga takes in its insert's own commit, all or none,
+    /// checked as [`crate::Store::claim_documents`] checks them (refused with
+    /// [`crate::Error::NotFound`] or [`crate::Error::Refused`], nothing stored). Nothing is
+    /// taken when the insert writes nothing (the key names a saga, the definition is
+    /// outdated) or fails, so no document is ever held by an id no saga has.
+    pub documents: Vec<paysaga_core::DocumentId>,
 }
 
 /// A saga's concurrency key: at most `limit` open sagas with the same `key` hold a slot, and

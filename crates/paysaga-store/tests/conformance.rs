@@ -131,6 +131,7 @@ async fn start(store: &dyn Store, workflow: &str, kinds: &[&str], key: Option<&s
             trace_context: None,
             latest: false,
             awaited: false,
+            documents: vec![],
         })
         .await
         .unwrap();
@@ -378,6 +379,7 @@ async fn start_is_idempotent_per_key_and_a_reused_key_with_another_input_is_refu
         trace_context: None,
         latest: false,
         awaited: false,
+        documents: vec![],
     };
     let (existing, created) = s.create_saga(same.clone()).await.unwrap();
     assert!(!created);
@@ -437,6 +439,7 @@ async fn a_start_resolved_against_a_version_no_longer_the_latest_writes_nothing(
             trace_context: None,
             latest,
             awaited: false,
+            documents: vec![],
         };
     for keyed in [false, true] {
         let key = format!("k-{keyed}");
@@ -501,6 +504,7 @@ async fn concurrent_starts_with_one_key_create_exactly_one_saga(e: Env) {
                     trace_context: None,
                     latest: false,
                     awaited: false,
+                    documents: vec![],
                 })
                 .await
                 .unwrap()
@@ -1077,6 +1081,7 @@ async fn a_start_given_to_a_live_worker_is_held_by_it_alone_and_its_stop_release
         trace_context: None,
         latest: false,
         awaited: false,
+        documents: vec![],
     };
     let mut wakeups = e.store.wakeups().await.unwrap();
     let w = worker(s, LONG_TTL).await;
@@ -2375,6 +2380,7 @@ async fn a_start_retried_with_the_same_input_written_differently_returns_the_sag
         trace_context: None,
         latest: false,
         awaited: false,
+        documents: vec![],
     };
     let first: Value = serde_json::from_str(
         r#"{"amount_minor": 100, "currency": "NGN", "payee": {"id": "p1", "bank": "058"}}"#,
@@ -2694,6 +2700,75 @@ async fn documents_keep_exact_bytes_and_a_claim_is_all_or_nothing(e: Env) {
     );
     assert_eq!(s.release_documents(saga_a).await.unwrap(), 1);
     assert_eq!(s.document(doc.id).await.unwrap().unwrap().saga_id, None);
+}
+
+/// A saga's documents are taken in its insert's own commit: a refused document stores no
+/// saga and takes none of the others; an insert that writes nothing (the key names a saga,
+/// another input under the key) takes nothing.
+async fn a_saga_takes_its_documents_in_its_insert_commit_or_not_at_all(e: Env) {
+    let s = e.s();
+    let first = start(s, "flow", &[STEP], Some("k0")).await;
+    let (d1, d2) = (
+        new_document(b"one", "image/png"),
+        new_document(b"two", "image/png"),
+    );
+    s.put_document(&d1).await.unwrap();
+    s.put_document(&d2).await.unwrap();
+    let holder = |id: DocumentId| async move { s.document(id).await.unwrap().unwrap().saga_id };
+    let new = |key: &str, documents: Vec<DocumentId>| NewSaga {
+        id: Uuid::new_v4(),
+        definition_id: first.definition_id,
+        workflow: "flow".to_string(),
+        version: 1,
+        idempotency_key: Some(key.to_string()),
+        input: json!({"amount": "10.00"}),
+        actor: "test".to_string(),
+        concurrency: None,
+        trace_context: None,
+        latest: false,
+        awaited: false,
+        documents,
+    };
+    let sagas = || async { s.list_sagas(&SagaFilter::default()).await.unwrap().len() };
+
+    // A missing document: no saga, the other document not taken.
+    let missing = DocumentId::new();
+    let refused = new("k1", vec![d1.id, missing]);
+    match s.create_saga(refused.clone()).await {
+        Err(Error::NotFound(what)) => assert!(what.contains(&missing.to_string()), "{what}"),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    assert!(s.saga(refused.id).await.unwrap().is_none());
+    assert_eq!((holder(d1.id).await, sagas().await), (None, 1));
+
+    // Taken with the insert.
+    let taking = new("k1", vec![d1.id]);
+    let (saga, created) = s.create_saga(taking.clone()).await.unwrap();
+    assert!(created && saga.id == taking.id);
+    assert_eq!(holder(d1.id).await, Some(saga.id));
+
+    // The same start again: its saga, nothing written.
+    let again = new("k1", vec![d1.id]);
+    let (same, created) = s.create_saga(again).await.unwrap();
+    assert_eq!((same.id, created), (saga.id, false));
+
+    // Another input under the key: refused, its document not taken.
+    let mut reused = new("k1", vec![d2.id]);
+    reused.input = json!({"amount": "99.00"});
+    assert!(matches!(
+        s.create_saga(reused).await,
+        Err(Error::KeyReused { .. })
+    ));
+    assert_eq!(holder(d2.id).await, None);
+
+    // A document another saga holds: refused with that saga named, no saga stored.
+    let other = new("k2", vec![d2.id, d1.id]);
+    match s.create_saga(other.clone()).await {
+        Err(Error::Refused(why)) => assert!(why.contains(&saga.id.to_string()), "{why}"),
+        other => panic!("expected Refused, got {other:?}"),
+    }
+    assert!(s.saga(other.id).await.unwrap().is_none());
+    assert_eq!((holder(d2.id).await, sagas().await), (None, 2));
 }
 
 async fn document_content_goes_once_its_saga_is_final_plus_retention_and_metadata_stays(e: Env) {
@@ -3469,6 +3544,7 @@ macro_rules! conformance {
 
 conformance!(
     definition_submit_is_idempotent_and_changed_content_is_refused,
+    a_saga_takes_its_documents_in_its_insert_commit_or_not_at_all,
     start_is_idempotent_per_key_and_a_reused_key_with_another_input_is_refused,
     concurrent_starts_with_one_key_create_exactly_one_saga,
     a_start_resolved_against_a_version_no_longer_the_latest_writes_nothing,
@@ -4035,6 +4111,7 @@ async fn start_keyed(store: &dyn Store, workflow: &str, key: &str, limit: u32) -
             trace_context: None,
             latest: false,
             awaited: false,
+            documents: vec![],
         })
         .await
         .unwrap();
@@ -4269,6 +4346,7 @@ async fn conditional_steps_whose_condition_fails_are_skipped_with_a_history_row_
             trace_context: None,
             latest: false,
             awaited: false,
+            documents: vec![],
         })
         .await
         .unwrap();
@@ -5007,6 +5085,7 @@ async fn a_saga_keeps_the_trace_context_of_its_start_and_its_children_inherit_it
             trace_context: Some(context.to_string()),
             latest: false,
             awaited: false,
+            documents: vec![],
         })
         .await
         .unwrap();
