@@ -545,6 +545,10 @@ impl Worker {
                             .claimed
                             .fetch_add(batch.len() as u64, Ordering::Relaxed);
                         for claimed in batch {
+                            // Handed to this worker, given back by a look for orphans before
+                            // its notification came, and claimed now: the claim's task runs it,
+                            // not the hand-off's as well.
+                            pending.retain(|handed| *handed != claimed.saga.id);
                             // At most `free` sagas come back, one slot each.
                             let Some(permit) = slots.split(1) else {
                                 shared.give_back(&claimed.saga, shared.id());
@@ -607,11 +611,20 @@ impl Worker {
                     // Marked before the slot is looked for (at the loop's top): a task ending
                     // after the mark wakes the loop, one ending before it freed the slot.
                     // Held and about to run: not an orphan for the look for those.
-                    if let Ok(mut running) = shared.running.lock() {
-                        running.insert(saga);
+                    let fresh = shared
+                        .running
+                        .lock()
+                        .map(|mut running| running.insert(saga))
+                        .unwrap_or(true);
+                    if fresh {
+                        pending.push_back(saga);
+                        shared.pending_assigned.store(pending.len(), Ordering::SeqCst);
+                    } else {
+                        // A task of this worker runs it already (a look for orphans gave it
+                        // back before this notification came, and a claim took it again; or
+                        // the notification came twice): a second task would run it twice.
+                        debug!(saga_id = %saga, "a saga handed to this worker runs already; notification ignored");
                     }
-                    pending.push_back(saga);
-                    shared.pending_assigned.store(pending.len(), Ordering::SeqCst);
                 }
                 // Everything busy: wait for a task to finish (it wakes this loop).
                 _ = tokio::time::sleep(sleep_for), if !busy => {}
@@ -777,12 +790,16 @@ fn spawn_saga(
     );
 }
 
-/// Saga `id`, handed to this worker by a start in another process, as stored: `None` if this
-/// worker no longer holds it (a look for orphans gave it back before the notification came)
-/// or it cannot be read (then it is given back when the database answers).
+/// Saga `id`, handed to this worker by a start in another process, as stored: `None` if it
+/// is no longer as the hand-off left it (held by this worker with fence 1: a look for orphans
+/// gave it back before the notification came, and it may have been claimed since, by this
+/// worker too, whose claim's task runs it) or it cannot be read (then it is given back when
+/// the database answers).
 async fn assigned_saga(shared: &Shared, id: Uuid, worker: Uuid) -> Option<SagaRecord> {
     match shared.engine.store.saga(id).await {
-        Ok(Some(saga)) if saga.owner == Some(worker) && !saga.status.is_final() => {
+        Ok(Some(saga))
+            if saga.owner == Some(worker) && saga.fence == 1 && !saga.status.is_final() =>
+        {
             let span = tracing::Span::current();
             span.record("workflow", saga.workflow.as_str());
             crate::trace_context::continue_in(&span, saga.trace_context.as_deref());

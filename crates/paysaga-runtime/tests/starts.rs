@@ -605,3 +605,102 @@ async fn a_saga_handed_while_the_worker_did_not_listen_runs_once_its_listen_conn
     stop.send(()).unwrap();
     running.await.unwrap().unwrap();
 }
+
+/// A notification naming a saga this worker runs already (a look for orphans gave the handed
+/// saga back before its notification came and a claim took it again; or the notification
+/// came twice) starts no second task for it, and one naming a saga held by this worker with
+/// a fence past the hand-off's (claimed again since) does not run it: one task per saga.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_saga_runs_in_one_task_whatever_notifications_name_it() {
+    let db = paysaga_testkit::database().await;
+    let starter = engine(db.url()).await;
+    let engine = engine(db.url()).await;
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let mut config = WorkerConfig::default();
+    config.concurrency = 4;
+    config.idle_poll = Duration::from_secs(60);
+    config.lease_ttl = Duration::from_secs(60);
+    let (stats, stop, running) = running_worker(&engine, &pool, config).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (worker, channel): (uuid::Uuid, String) =
+        sqlx::query_as("SELECT id, wake_channel FROM paysaga_workers WHERE stopped_at IS NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let notify = |saga: uuid::Uuid| {
+        let (pool, channel) = (pool.clone(), channel.clone());
+        async move {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(channel)
+                .bind(saga.to_string())
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    };
+
+    // Handed and running (each step sleeps): the same notification again.
+    let a = starter
+        .start("noop", json!({"delay_ms": 200}), Some("a"))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while history_count(&pool, a.saga_id, "step_completed").await == 0 {
+        assert!(std::time::Instant::now() < deadline, "saga a never ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    notify(a.saga_id).await;
+    let ended = starter
+        .wait_for_end(a.saga_id, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(ended.status, SagaStatus::Completed);
+    assert_eq!(history_count(&pool, a.saga_id, "step_completed").await, 5);
+    assert_eq!(
+        stats.assigned.load(Ordering::Relaxed),
+        1,
+        "one hand-off taken"
+    );
+
+    // Held by this worker with fence 2 (as a claim after a give-back leaves it) and run by no
+    // task of it: the notification does not run it.
+    let mut tx = pool.begin().await.unwrap();
+    let b = starter
+        .start_in(
+            &mut tx,
+            paysaga_runtime::StartRequest {
+                workflow: "noop".into(),
+                version: None,
+                input: json!({"delay_ms": 0}),
+                idempotency_key: Some("b".into()),
+                actor: "test".into(),
+            },
+        )
+        .await
+        .unwrap();
+    sqlx::query("UPDATE paysaga_sagas SET owner = $1, fence = 2 WHERE id = $2")
+        .bind(worker)
+        .bind(b.saga_id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    notify(b.saga_id).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while stats.assigned.load(Ordering::Relaxed) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the notification never came"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(history_count(&pool, b.saga_id, "step_completed").await, 0);
+    let held = starter.store().saga(b.saga_id).await.unwrap().unwrap();
+    assert_eq!(
+        (held.owner, held.fence, held.status),
+        (Some(worker), 2, SagaStatus::Scheduled)
+    );
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+}
