@@ -160,6 +160,27 @@ async fn the_start_and_every_step_of_a_saga_share_one_trace_across_processes() {
     let (endpoint, spans) = collector().await;
     let log = std::env::temp_dir().join(format!("paysaga-otel-{}.log", Uuid::new_v4().simple()));
     let mut worker = spawn_worker(&url, &endpoint, &log);
+    // Live and taking sagas handed by starts: the start inserts the saga held by it and the
+    // worker reads it on its notification (the claim's path is the other test's).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let live: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM paysaga_workers
+             WHERE stopped_at IS NULL AND lease_expires_at > now() AND wake_channel IS NOT NULL",
+        )
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+        if live > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker never became live; log in {}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let id = start(&url, Some(&endpoint));
     // The trace context is stored with the saga.

@@ -23,7 +23,7 @@ use paysaga_store::{Assignments, Commit, Committed, SagaRecord, Wakeup, WorkerIn
 use serde_json::Value;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use tracing::{debug, error, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, info_span, warn, Instrument, Span};
 use uuid::Uuid;
 
 use crate::effect::StoreEffectGuard;
@@ -727,33 +727,38 @@ fn spawn_saga(
     permit: OwnedSemaphorePermit,
 ) {
     let shared = shared.clone();
-    let (id, span) = match &saga {
-        Taken::Record(saga) => (
-            saga.id,
-            info_span!("saga", saga_id = %saga.id, workflow = %saga.workflow),
-        ),
-        Taken::Assigned(id) => (
-            *id,
-            info_span!("saga", saga_id = %id, workflow = tracing::field::Empty),
-        ),
+    let (id, record_span) = match &saga {
+        Taken::Record(saga) => {
+            let span = info_span!("saga", saga_id = %saga.id, workflow = %saga.workflow);
+            // Its steps join the trace of its start (feature `otel`).
+            crate::trace_context::continue_in(&span, saga.trace_context.as_deref());
+            (saga.id, Some(span))
+        }
+        Taken::Assigned(id) => (*id, None),
     };
-    if let Taken::Record(saga) = &saga {
-        // Its steps join the trace of its start (feature `otel`).
-        crate::trace_context::continue_in(&span, saga.trace_context.as_deref());
-    }
     // Marked running before anything else: the look for orphans (sagas held without a task)
     // must not give it back.
     if let Ok(mut running) = shared.running.lock() {
         running.insert(id);
     }
-    tasks.spawn(
-        async move {
-            let worker = shared.id();
-            let saga = match saga {
-                Taken::Record(saga) => Some(*saga),
-                Taken::Assigned(id) => assigned_saga(&shared, id, worker).await,
-            };
-            let finished = match saga {
+    tasks.spawn(async move {
+        let worker = shared.id();
+        let (saga, span) = match saga {
+            Taken::Record(saga) => (Some(*saga), record_span.unwrap_or_else(Span::none)),
+            Taken::Assigned(id) => {
+                // Read before its span is made: a span joins the trace of the saga's start
+                // only if its parent is set before it is first entered.
+                let saga = assigned_saga(&shared, id, worker).await;
+                let workflow = saga.as_ref().map_or("", |s| s.workflow.as_str());
+                let span = info_span!("saga", saga_id = %id, workflow = %workflow);
+                if let Some(saga) = &saga {
+                    crate::trace_context::continue_in(&span, saga.trace_context.as_deref());
+                }
+                (saga, span)
+            }
+        };
+        let finished = async {
+            match saga {
                 Some(saga) => {
                     let fence = saga.fence;
                     let run = AssertUnwindSafe(run_saga(&shared, saga));
@@ -771,23 +776,24 @@ fn spawn_saga(
                     }
                 }
                 None => false,
-            };
-            if let Ok(mut running) = shared.running.lock() {
-                running.remove(&id);
-            }
-            drop(permit);
-            // A saga given back, waiting or retrying later: the loop claims (the slot) and
-            // learns its due time. A finished saga made nothing runnable: the loop is woken
-            // only if sagas may wait for the slot (see `Shared::backlog`).
-            if !finished
-                || shared.backlog.load(Ordering::SeqCst)
-                || shared.pending_assigned.load(Ordering::SeqCst) > 0
-            {
-                shared.wake.notify_one();
             }
         }
-        .instrument(span),
-    );
+        .instrument(span)
+        .await;
+        if let Ok(mut running) = shared.running.lock() {
+            running.remove(&id);
+        }
+        drop(permit);
+        // A saga given back, waiting or retrying later: the loop claims (the slot) and
+        // learns its due time. A finished saga made nothing runnable: the loop is woken
+        // only if sagas may wait for the slot (see `Shared::backlog`).
+        if !finished
+            || shared.backlog.load(Ordering::SeqCst)
+            || shared.pending_assigned.load(Ordering::SeqCst) > 0
+        {
+            shared.wake.notify_one();
+        }
+    });
 }
 
 /// Saga `id`, handed to this worker by a start in another process, as stored: `None` if it
@@ -800,17 +806,14 @@ async fn assigned_saga(shared: &Shared, id: Uuid, worker: Uuid) -> Option<SagaRe
         Ok(Some(saga))
             if saga.owner == Some(worker) && saga.fence == 1 && !saga.status.is_final() =>
         {
-            let span = tracing::Span::current();
-            span.record("workflow", saga.workflow.as_str());
-            crate::trace_context::continue_in(&span, saga.trace_context.as_deref());
             Some(saga)
         }
         Ok(_) => {
-            debug!("a saga handed to this worker is no longer held by it; nothing to run");
+            debug!(saga_id = %id, "a saga handed to this worker is no longer as the hand-off left it; nothing to run");
             None
         }
         Err(e) => {
-            warn!(error = %e, "cannot read a saga handed to this worker; giving it back when the database answers");
+            warn!(saga_id = %id, error = %e, "cannot read a saga handed to this worker; giving it back when the database answers");
             if let Ok(mut list) = shared.to_release.lock() {
                 list.push((id, worker, 1));
             }
