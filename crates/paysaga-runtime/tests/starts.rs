@@ -262,6 +262,11 @@ async fn a_finished_saga_wakes_the_claim_only_when_sagas_wait_for_a_slot() {
         let ended = starter.wait_for_end(id, wait).await.unwrap();
         assert_eq!(ended.status, SagaStatus::Completed);
     }
+    // The waiter is woken by the end's commit, a moment before the worker counts it.
+    let deadline = std::time::Instant::now() + wait;
+    while stats.finished.load(Ordering::Relaxed) < 5 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert_eq!(stats.assigned.load(Ordering::Relaxed), 3);
     assert_eq!(stats.claimed.load(Ordering::Relaxed), 2);
     assert_eq!(stats.finished.load(Ordering::Relaxed), 5);
