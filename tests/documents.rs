@@ -306,12 +306,7 @@ async fn a_start_retried_after_its_insert_failed_takes_back_the_documents_its_fi
     let store = paysaga_store::PgStore::connect(db.url()).await.unwrap();
     let run = Uuid::new_v4().simple().to_string()[..8].to_string();
     let base = input(&engine, "blaaiz_kyc_payout", &run, 0).await;
-    let ids: Vec<DocumentId> = base["documents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["document_id"].as_str().unwrap().parse().unwrap())
-        .collect();
+    let ids = document_ids(&base);
     // What the first try left: its documents claimed for its id, no saga inserted.
     let orphan = Uuid::new_v4();
     store.claim_documents(orphan, &ids).await.unwrap();
@@ -334,6 +329,16 @@ async fn a_start_retried_after_its_insert_failed_takes_back_the_documents_its_fi
         other => panic!("expected InvalidInput, got {other:?}"),
     }
     assert_eq!(engine.list(&SagaFilter::default()).await.unwrap().len(), 1);
+}
+
+/// The documents a `blaaiz_kyc_payout` input names.
+fn document_ids(input: &Value) -> Vec<DocumentId> {
+    input["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["document_id"].as_str().unwrap().parse().unwrap())
+        .collect()
 }
 
 /// Sessions of the test's database waiting for a lock.
@@ -359,12 +364,7 @@ async fn a_start_whose_insert_is_in_flight_keeps_its_documents_from_another_star
     let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
     let run = Uuid::new_v4().simple().to_string()[..8].to_string();
     let base = input(&engine, "blaaiz_kyc_payout", &run, 0).await;
-    let ids: Vec<DocumentId> = base["documents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["document_id"].as_str().unwrap().parse().unwrap())
-        .collect();
+    let ids = document_ids(&base);
     // Inserts into the sagas table wait while this transaction holds its lock; reads do not.
     let mut blocker = pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE paysaga_sagas IN EXCLUSIVE MODE")

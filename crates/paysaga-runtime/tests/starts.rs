@@ -379,6 +379,41 @@ async fn running_worker(
     (stats, stop, running)
 }
 
+/// A noop saga started with `key`, inserted held by `worker` with `fence` in the start's own
+/// transaction (no notification to the worker): its id.
+async fn started_held_by(
+    starter: &Engine,
+    pool: &sqlx::PgPool,
+    key: &str,
+    worker: uuid::Uuid,
+    fence: i64,
+) -> uuid::Uuid {
+    let mut tx = pool.begin().await.unwrap();
+    let started = starter
+        .start_in(
+            &mut tx,
+            paysaga_runtime::StartRequest {
+                workflow: "noop".into(),
+                version: None,
+                input: json!({"delay_ms": 0}),
+                idempotency_key: Some(key.into()),
+                actor: "test".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let updated = sqlx::query("UPDATE paysaga_sagas SET owner = $1, fence = $2 WHERE id = $3")
+        .bind(worker)
+        .bind(fence)
+        .bind(started.saga_id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(updated.rows_affected(), 1);
+    tx.commit().await.unwrap();
+    started.saga_id
+}
+
 /// History rows of `kind` for `saga`.
 async fn history_count(pool: &sqlx::PgPool, saga: uuid::Uuid, kind: &str) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM paysaga_history WHERE saga_id = $1 AND kind = $2")
@@ -563,30 +598,9 @@ async fn a_saga_handed_while_the_worker_did_not_listen_runs_once_its_listen_conn
             .fetch_one(&pool)
             .await
             .unwrap();
-    let mut tx = pool.begin().await.unwrap();
-    let lost = starter
-        .start_in(
-            &mut tx,
-            paysaga_runtime::StartRequest {
-                workflow: "noop".into(),
-                version: None,
-                input: json!({"delay_ms": 0}),
-                idempotency_key: Some("lost".into()),
-                actor: "test".into(),
-            },
-        )
-        .await
-        .unwrap();
-    let updated = sqlx::query("UPDATE paysaga_sagas SET owner = $1, fence = 1 WHERE id = $2")
-        .bind(worker)
-        .bind(lost.saga_id)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    assert_eq!(updated.rows_affected(), 1);
-    tx.commit().await.unwrap();
+    let lost = started_held_by(&starter, &pool, "lost", worker, 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let held = starter.store().saga(lost.saga_id).await.unwrap().unwrap();
+    let held = starter.store().saga(lost).await.unwrap().unwrap();
     assert_eq!(
         (held.owner, held.status),
         (Some(worker), SagaStatus::Scheduled)
@@ -601,12 +615,12 @@ async fn a_saga_handed_while_the_worker_did_not_listen_runs_once_its_listen_conn
     .unwrap();
     assert_eq!(killed, 1, "the worker's LISTEN connection");
     let ended = starter
-        .wait_for_end(lost.saga_id, Duration::from_secs(15))
+        .wait_for_end(lost, Duration::from_secs(15))
         .await
         .unwrap();
     assert_eq!(ended.status, SagaStatus::Completed);
     assert_eq!(stats.orphans_released.load(Ordering::Relaxed), 1);
-    assert_eq!(history_count(&pool, lost.saga_id, "saga_released").await, 1);
+    assert_eq!(history_count(&pool, lost, "saga_released").await, 1);
     stop.send(()).unwrap();
     running.await.unwrap().unwrap();
 }
@@ -669,28 +683,8 @@ async fn a_handed_saga_runs_in_one_task_whatever_notifications_name_it() {
 
     // Held by this worker with fence 2 (as a claim after a give-back leaves it) and run by no
     // task of it: the notification does not run it.
-    let mut tx = pool.begin().await.unwrap();
-    let b = starter
-        .start_in(
-            &mut tx,
-            paysaga_runtime::StartRequest {
-                workflow: "noop".into(),
-                version: None,
-                input: json!({"delay_ms": 0}),
-                idempotency_key: Some("b".into()),
-                actor: "test".into(),
-            },
-        )
-        .await
-        .unwrap();
-    sqlx::query("UPDATE paysaga_sagas SET owner = $1, fence = 2 WHERE id = $2")
-        .bind(worker)
-        .bind(b.saga_id)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    notify(b.saga_id).await;
+    let b = started_held_by(&starter, &pool, "b", worker, 2).await;
+    notify(b).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while stats.assigned.load(Ordering::Relaxed) < 2 {
         assert!(
@@ -700,8 +694,8 @@ async fn a_handed_saga_runs_in_one_task_whatever_notifications_name_it() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(history_count(&pool, b.saga_id, "step_completed").await, 0);
-    let held = starter.store().saga(b.saga_id).await.unwrap().unwrap();
+    assert_eq!(history_count(&pool, b, "step_completed").await, 0);
+    let held = starter.store().saga(b).await.unwrap().unwrap();
     assert_eq!(
         (held.owner, held.fence, held.status),
         (Some(worker), 2, SagaStatus::Scheduled)

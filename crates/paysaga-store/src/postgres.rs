@@ -1755,11 +1755,12 @@ impl PgStore {
         insert_with_documents_on(conn, new, Holder::None).await
     }
 
-    /// [`Store::create_saga`] (held by `holder`) of a saga that takes documents: they are
-    /// taken and the saga is inserted in one transaction, so a start whose insert fails or
-    /// is refused leaves them free, and no other start ever finds them held by an id that
-    /// no saga has.
-    async fn create_saga_with_documents(
+    /// [`Store::create_saga`] in a transaction of its own (held by `holder` when the saga
+    /// has no concurrency key), for a saga with a concurrency key or documents: documents are
+    /// taken and the saga is inserted in one transaction, so a start whose insert fails or is
+    /// refused leaves them free, and no other start ever finds them held by an id that no
+    /// saga has.
+    async fn create_saga_in_transaction(
         &self,
         new: NewSaga,
         holder: Holder,
@@ -1776,19 +1777,20 @@ impl PgStore {
 }
 
 /// Inserts `new` on `conn`, inside whatever transaction `conn` is in, after giving it
-/// `new.documents` there (all or none): the saga of its idempotency key if one exists
-/// (nothing taken), else a refusal for a document missing, deleted or held by another saga,
-/// else the saga inserted as [`insert_saga_on`] (held by `holder` when it has no concurrency
-/// key) does.
+/// `new.documents` there (all or none): with documents, the saga of its idempotency key if
+/// one exists (nothing taken), else a refusal for a document missing, deleted or held by
+/// another saga; then the saga inserted as [`insert_saga_on`] (held by `holder` when it has
+/// no concurrency key) does.
 async fn insert_with_documents_on(
     conn: &mut sqlx::PgConnection,
     new: NewSaga,
     holder: Holder,
 ) -> Result<(SagaRecord, bool), Error> {
-    if let Some(existing) = saga_of_key_on(conn, &new).await? {
-        return crate::existing_for_key(existing, new);
-    }
     if !new.documents.is_empty() {
+        // The key first: documents a saga of the key holds are its own, not taken again.
+        if let Some(existing) = saga_of_key_on(conn, &new).await? {
+            return crate::existing_for_key(existing, new);
+        }
         if let Err(e) = claim_documents_on(conn, new.id, &new.documents).await {
             // A start of the same key that committed while this one waited for the
             // documents' rows holds them: its saga is this start's.
@@ -2001,25 +2003,14 @@ impl Store for PgStore {
 
     #[instrument(skip_all, fields(workflow = %new.workflow, saga_id = %new.id))]
     async fn create_saga(&self, new: NewSaga) -> Result<(SagaRecord, bool), Error> {
-        if !new.documents.is_empty() {
-            return self
-                .create_saga_with_documents(new, Holder::AnyWithFreeSlot)
-                .await;
-        }
         // No look-up of the key first: the insert finds a saga holding it (and writes
         // nothing then), and `Engine::start` looks it up itself where it must.
-        if new.concurrency.is_none() {
+        if new.concurrency.is_none() && new.documents.is_empty() {
             // One statement: it commits by itself.
             return self.insert_saga_at_once(new, None).await;
         }
-        let mut tx = self.pool.begin().await?;
-        let created = insert_saga_on(&mut tx, new).await?;
-        if created.1 {
-            tx.commit().await?;
-        } else {
-            tx.rollback().await?;
-        }
-        Ok(created)
+        self.create_saga_in_transaction(new, Holder::AnyWithFreeSlot)
+            .await
     }
 
     async fn create_saga_for(
@@ -2033,7 +2024,7 @@ impl Store for PgStore {
         }
         if !new.documents.is_empty() {
             return self
-                .create_saga_with_documents(new, Holder::Worker(worker))
+                .create_saga_in_transaction(new, Holder::Worker(worker))
                 .await;
         }
         self.insert_saga_at_once(new, Some(worker)).await

@@ -106,6 +106,25 @@ fn definition(name: &str, version: u32, kinds: &[&str]) -> Definition {
     }
 }
 
+/// A new saga of workflow "flow" version 1 (definition `definition_id`) with idempotency
+/// key `key`, nothing else set.
+fn keyed_saga(definition_id: i64, key: &str) -> NewSaga {
+    NewSaga {
+        id: Uuid::new_v4(),
+        definition_id,
+        workflow: "flow".to_string(),
+        version: 1,
+        idempotency_key: Some(key.to_string()),
+        input: json!({"amount": "10.00"}),
+        actor: "test".to_string(),
+        concurrency: None,
+        trace_context: None,
+        latest: false,
+        awaited: false,
+        documents: vec![],
+    }
+}
+
 fn all_kinds() -> Vec<String> {
     vec![STEP.to_string(), LUMANU.to_string()]
 }
@@ -1069,20 +1088,7 @@ async fn a_start_given_to_a_live_worker_is_held_by_it_alone_and_its_stop_release
         .put_definition(&definition("flow", 1, &[STEP]))
         .await
         .unwrap();
-    let new = |key: &str| NewSaga {
-        id: Uuid::new_v4(),
-        definition_id: def.id,
-        workflow: "flow".to_string(),
-        version: 1,
-        idempotency_key: Some(key.to_string()),
-        input: json!({"amount": "10.00"}),
-        actor: "test".to_string(),
-        concurrency: None,
-        trace_context: None,
-        latest: false,
-        awaited: false,
-        documents: vec![],
-    };
+    let new = |key: &str| keyed_saga(def.id, key);
     let mut wakeups = e.store.wakeups().await.unwrap();
     let w = worker(s, LONG_TTL).await;
     let (given, created) = s.create_saga_for(new("a"), w).await.unwrap();
@@ -2716,18 +2722,8 @@ async fn a_saga_takes_its_documents_in_its_insert_commit_or_not_at_all(e: Env) {
     s.put_document(&d2).await.unwrap();
     let holder = |id: DocumentId| async move { s.document(id).await.unwrap().unwrap().saga_id };
     let new = |key: &str, documents: Vec<DocumentId>| NewSaga {
-        id: Uuid::new_v4(),
-        definition_id: first.definition_id,
-        workflow: "flow".to_string(),
-        version: 1,
-        idempotency_key: Some(key.to_string()),
-        input: json!({"amount": "10.00"}),
-        actor: "test".to_string(),
-        concurrency: None,
-        trace_context: None,
-        latest: false,
-        awaited: false,
         documents,
+        ..keyed_saga(first.definition_id, key)
     };
     let sagas = || async { s.list_sagas(&SagaFilter::default()).await.unwrap().len() };
 
